@@ -1,0 +1,179 @@
+//! The wire format shared by Periscope's kernel programs and its userspace agent.
+//!
+//! Everything here is `#[repr(C)]` and plain data: the kernel writes it into maps and the ring
+//! buffer, userspace reads it back byte for byte. Nothing else in the project re-declares these
+//! layouts. With the `user` feature the types also implement `aya::Pod`.
+#![no_std]
+
+/// Hard upper bound on the payload prefix the kernel copies per syscall. The runtime limit
+/// (`Config::capture_bytes`) may be lower, never higher.
+pub const MAX_CAPTURE: usize = 4096;
+
+/// How many iovecs of a `readv`/`writev`/`recvmsg`/`sendmsg` the kernel walks for the prefix.
+pub const MAX_IOVECS: usize = 8;
+
+/// Size of the socket address kept with an `Open` event (large enough for `sockaddr_in6`).
+pub const SOCKADDR_LEN: usize = 28;
+
+/// Where the opening task's `comm` sits in an `Open` event's payload, and its length: a process
+/// that exits at once (a `curl`) is still named, even when `/proc` has forgotten it.
+pub const OPEN_COMM_OFFSET: usize = 32;
+pub const COMM_LEN: usize = 16;
+/// Payload length of an `Open` event: sockaddr, padding, comm.
+pub const OPEN_PAYLOAD_LEN: usize = OPEN_COMM_OFFSET + COMM_LEN;
+
+/// The kernel wakes the reader only once this many bytes are pending in the ring buffer; the
+/// reader also drains it every `DRAIN_INTERVAL_MS`, so nothing waits longer than that.
+pub const WAKEUP_BYTES: u64 = 256 * 1024;
+pub const DRAIN_INTERVAL_MS: u64 = 10;
+
+/// What a ring-buffer event reports.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// Bytes moved on a tracked socket; `cap_len` bytes of payload follow the header.
+    Data = 1,
+    /// A socket became tracked (accept, connect). The payload is the peer's `sockaddr` and the
+    /// task's `comm` (see `OPEN_PAYLOAD_LEN`).
+    Open = 2,
+    /// A tracked socket was closed by `close(2)`.
+    Close = 3,
+    /// A thread-group leader exited: all its sockets are gone.
+    ProcessExit = 4,
+}
+
+impl EventKind {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Data),
+            2 => Some(Self::Open),
+            3 => Some(Self::Close),
+            4 => Some(Self::ProcessExit),
+            _ => None,
+        }
+    }
+}
+
+/// Which way the bytes went, seen from the process that made the syscall.
+pub const DIR_INGRESS: u8 = 1;
+pub const DIR_EGRESS: u8 = 2;
+
+/// How a socket came to be tracked; a hint for the role the process plays on it.
+pub const ORIGIN_UNKNOWN: u8 = 0;
+pub const ORIGIN_ACCEPT: u8 = 1;
+pub const ORIGIN_CONNECT: u8 = 2;
+/// Found in `/proc` at start-up by userspace.
+pub const ORIGIN_PROC: u8 = 3;
+
+/// The syscall an event came from (kept for self-metrics and debugging).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Syscall {
+    Read = 1,
+    Write = 2,
+    Readv = 3,
+    Writev = 4,
+    Recvfrom = 5,
+    Sendto = 6,
+    Recvmsg = 7,
+    Sendmsg = 8,
+    Sendfile = 9,
+    Accept = 10,
+    Connect = 11,
+    Close = 12,
+    Exit = 13,
+}
+
+/// Fixed header of every ring-buffer event; for `Data` and `Open` events `cap_len` payload
+/// bytes follow it directly.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventHeader {
+    /// `CLOCK_MONOTONIC` ns when the syscall was entered.
+    pub enter_ns: u64,
+    /// `CLOCK_MONOTONIC` ns when the syscall returned.
+    pub exit_ns: u64,
+    /// Unique per tracked socket lifetime (never reused while the agent runs).
+    pub conn_id: u64,
+    pub cgroup_id: u64,
+    /// The syscall's real return value: bytes moved, which may exceed `cap_len`.
+    pub ret_len: i64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    /// Payload bytes that follow this header.
+    pub cap_len: u32,
+    /// `EventKind` as u8.
+    pub kind: u8,
+    /// `DIR_INGRESS` / `DIR_EGRESS` for data events.
+    pub direction: u8,
+    /// `Syscall` as u8.
+    pub syscall: u8,
+    /// `ORIGIN_*` of the connection.
+    pub origin: u8,
+    /// For `Open` from accept: the listening socket's fd (to learn the local port).
+    pub listen_fd: i32,
+}
+
+pub const HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
+
+/// Key of the socket table: a file descriptor in a process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockKey {
+    pub tgid: u32,
+    pub fd: i32,
+}
+
+/// Value of the socket table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnInfo {
+    pub conn_id: u64,
+    pub origin: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Agent configuration the kernel programs read (a global, set at load time).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Config {
+    /// The agent's own process: never traced, so scraping Periscope does not observe itself.
+    pub self_tgid: u32,
+    /// Payload prefix to copy per syscall, at most `MAX_CAPTURE`.
+    pub capture_bytes: u32,
+}
+
+/// Index of each per-CPU counter of things that could not be delivered.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// The ring buffer had no room for an event.
+    RingbufFull = 0,
+    /// The socket table was full; the connection is not tracked.
+    ConnTableFull = 1,
+    /// The in-flight syscall table was full; one syscall's bytes are missed.
+    InflightTableFull = 2,
+    /// Copying the payload from user memory failed (the event carries no payload).
+    ReadUserFailed = 3,
+    /// Events written to the ring buffer (for cross-checking with userspace).
+    EventsSent = 4,
+}
+
+pub const COUNTER_NAMES: [&str; 5] = [
+    "ringbuf_full",
+    "conn_table_full",
+    "inflight_table_full",
+    "read_user_failed",
+    "events_sent",
+];
+pub const COUNTERS_LEN: u32 = COUNTER_NAMES.len() as u32;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are #[repr(C)], Copy, made only of integers, and every bit pattern is valid.
+    unsafe impl aya::Pod for super::SockKey {}
+    unsafe impl aya::Pod for super::ConnInfo {}
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::EventHeader {}
+}

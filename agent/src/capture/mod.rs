@@ -1,0 +1,406 @@
+//! Loading, attaching and reading the kernel programs. The only module that talks to the kernel.
+//!
+//! Everything is attached through tracepoints (perf-event links owned by file descriptors), so
+//! when the agent exits, however it exits, the kernel detaches every program.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_ebpf::{
+    Config, ConnInfo, EventHeader, EventKind, SockKey, COUNTERS_LEN, COUNTER_NAMES,
+    DRAIN_INTERVAL_MS, HEADER_LEN, MAX_CAPTURE, ORIGIN_PROC,
+};
+use anyhow::{bail, Context};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::{RawTracePoint, TracePoint};
+use aya::{Ebpf, EbpfLoader};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+use crate::conn::{KernelAction, Tracker};
+use crate::export::prometheus::{DeltaCounter, Metrics, MetricsSink, ReasonLabel};
+
+pub mod preflight;
+
+/// The kernel object built by `build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
+
+/// Syscall hooks: raw tracepoints on every syscall entry and exit, dispatching on the syscall
+/// number in the kernel (much cheaper per hit than per-syscall tracepoints; see BENCHMARKS.md).
+const RAW_TRACEPOINTS: &[(&str, &str)] = &[("sys_exit", "sys_exit"), ("sys_enter", "sys_enter")];
+
+/// Classic tracepoints: (program, category, name).
+const TRACEPOINTS: &[(&str, &str, &str)] = &[("process_exit", "sched", "sched_process_exit")];
+
+/// Capture settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Payload prefix copied per syscall (≤ `MAX_CAPTURE`).
+    pub capture_bytes: u32,
+    /// Ring-buffer size in bytes (a power of two, at least one page).
+    pub ringbuf_bytes: u32,
+}
+
+/// Loaded and attached kernel programs. Dropping it detaches everything.
+pub struct Capture {
+    ebpf: Ebpf,
+}
+
+/// The maps the reader needs, taken out of the `Ebpf` object.
+pub struct Maps {
+    events: RingBuf<MapData>,
+    conns: BpfHashMap<MapData, SockKey, ConnInfo>,
+    muted: BpfHashMap<MapData, u64, u8>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+impl Capture {
+    /// Loads the programs and attaches every hook.
+    pub fn start(settings: &Settings) -> anyhow::Result<(Capture, Maps)> {
+        if !cfg!(target_arch = "x86_64") {
+            bail!("Periscope's syscall hooks read x86_64 registers; this architecture is not supported yet");
+        }
+        if OBJECT.is_empty() {
+            bail!("this binary was built with AYA_BUILD_SKIP=1 and holds no kernel programs; rebuild it with `cargo xtask run`");
+        }
+        if settings.capture_bytes as usize > MAX_CAPTURE || settings.capture_bytes == 0 {
+            bail!(
+                "--capture-bytes {}: must be between 1 and {MAX_CAPTURE}",
+                settings.capture_bytes
+            );
+        }
+        let config = Config {
+            self_tgid: std::process::id(),
+            capture_bytes: settings.capture_bytes,
+        };
+        let mut ebpf = EbpfLoader::new()
+            .override_global("CONFIG", &config, true)
+            .map_max_entries("EVENTS", settings.ringbuf_bytes)
+            .load(OBJECT)
+            .context("loading the kernel programs failed (the kernel's verifier log follows)")?;
+        for (program, category, name) in TRACEPOINTS {
+            let tp: &mut TracePoint = ebpf
+                .program_mut(program)
+                .with_context(|| format!("program {program} missing from the object"))?
+                .try_into()?;
+            tp.load()
+                .with_context(|| format!("the kernel rejected program {program}"))?;
+            tp.attach(category, name)
+                .with_context(|| format!("attaching {program} to tracepoint {category}:{name}"))?;
+        }
+        // The exit hook goes first, so no syscall entered after attaching misses its exit.
+        for (program, name) in RAW_TRACEPOINTS {
+            let tp: &mut RawTracePoint = ebpf
+                .program_mut(program)
+                .with_context(|| format!("program {program} missing from the object"))?
+                .try_into()?;
+            tp.load()
+                .with_context(|| format!("the kernel rejected program {program}"))?;
+            tp.attach(name)
+                .with_context(|| format!("attaching {program} to raw tracepoint {name}"))?;
+        }
+        let maps = Maps {
+            events: RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?,
+            conns: BpfHashMap::try_from(take(&mut ebpf, "CONNS")?)?,
+            muted: BpfHashMap::try_from(take(&mut ebpf, "MUTED")?)?,
+            counters: PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)?,
+        };
+        log::info!(
+            "capture: {} hooks attached (capture {} B per syscall, ring buffer {} KiB)",
+            RAW_TRACEPOINTS.len() + TRACEPOINTS.len(),
+            settings.capture_bytes,
+            settings.ringbuf_bytes / 1024
+        );
+        Ok((Capture { ebpf }, maps))
+    }
+
+    /// Number of loaded programs (for the start-up log and tests).
+    pub fn program_count(&self) -> usize {
+        self.ebpf.programs().count()
+    }
+}
+
+fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
+    ebpf.take_map(name)
+        .with_context(|| format!("map {name} missing from the object"))
+}
+
+/// Reads events until the task is dropped.
+pub struct Reader {
+    maps: Maps,
+    tracker: Tracker,
+    sink: MetricsSink,
+    lost: Vec<DeltaCounter>,
+    actions: Vec<KernelAction>,
+}
+
+impl Reader {
+    pub fn new(maps: Maps, metrics: Arc<Metrics>) -> Reader {
+        Reader {
+            maps,
+            tracker: Tracker::new(Path::new("/proc")),
+            sink: MetricsSink::new(metrics),
+            lost: (0..COUNTERS_LEN).map(|_| DeltaCounter::default()).collect(),
+            actions: Vec::new(),
+        }
+    }
+
+    /// Registers sockets that were open before start-up so their traffic is decoded too.
+    pub fn adopt_existing_sockets(&mut self) -> usize {
+        let mut adopted = 0;
+        let mut next_id: u64 = 1 << 63;
+        for found in discover_established(Path::new("/proc")) {
+            let key = SockKey {
+                tgid: found.tgid,
+                fd: found.fd,
+            };
+            let info = ConnInfo {
+                conn_id: next_id,
+                origin: ORIGIN_PROC,
+                _pad: [0; 7],
+            };
+            // BPF_NOEXIST: the kernel may already track it if it was opened while attaching.
+            if self.maps.conns.insert(key, info, 1).is_ok() {
+                self.tracker.adopt(
+                    next_id,
+                    found.tgid,
+                    found.fd,
+                    found.local,
+                    found.remote,
+                    found.is_server,
+                    &mut self.sink,
+                );
+                next_id += 1;
+                adopted += 1;
+            }
+        }
+        adopted
+    }
+
+    /// The read loop: drains the ring buffer whenever it is readable, and every second folds the
+    /// kernel's per-CPU counters into the self-metrics.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let Reader {
+            maps,
+            mut tracker,
+            mut sink,
+            lost,
+            mut actions,
+        } = self;
+        let Maps {
+            events,
+            mut conns,
+            mut muted,
+            counters,
+        } = maps;
+        // SAFETY: the ring buffer owns its map fd, which stays open and unchanged for as long
+        // as the `AsyncFd` (which owns the ring buffer) lives.
+        let mut events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("cannot poll the ring buffer: {e}"))?;
+        // The kernel wakes us only when much is pending; the drain timer bounds the delay.
+        let mut drain = tokio::time::interval(Duration::from_millis(DRAIN_INTERVAL_MS));
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut ticks: u64 = 0;
+        loop {
+            tokio::select! {
+                guard = events.readable_mut() => {
+                    let mut guard = guard?;
+                    let ring = guard.get_inner_mut();
+                    while let Some(item) = ring.next() {
+                        handle_record(&item, &mut tracker, &mut sink, &mut actions);
+                    }
+                    guard.clear_ready();
+                    apply(&mut actions, &mut conns, &mut muted);
+                }
+                _ = drain.tick() => {
+                    let ring = events.get_mut();
+                    while let Some(item) = ring.next() {
+                        handle_record(&item, &mut tracker, &mut sink, &mut actions);
+                    }
+                    apply(&mut actions, &mut conns, &mut muted);
+                }
+                _ = tick.tick() => {
+                    ticks += 1;
+                    fold_counters(&counters, &lost, &sink.metrics);
+                    if ticks % 30 == 0 {
+                        tracker.expire_dead(&mut sink, &mut actions);
+                        apply(&mut actions, &mut conns, &mut muted);
+                        forget_dead_sockets(&mut conns);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn handle_record(
+    record: &[u8],
+    tracker: &mut Tracker,
+    sink: &mut MetricsSink,
+    actions: &mut Vec<KernelAction>,
+) {
+    let metrics = &sink.metrics;
+    if record.len() < HEADER_LEN {
+        metrics.malformed_events.inc();
+        return;
+    }
+    // SAFETY: the record holds at least HEADER_LEN bytes written by the kernel as an
+    // EventHeader; read_unaligned copes with any alignment.
+    let header: EventHeader = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+    let Some(payload) = record.get(HEADER_LEN..HEADER_LEN + header.cap_len as usize) else {
+        metrics.malformed_events.inc();
+        return;
+    };
+    let by_kind = &metrics.events_by_kind;
+    match EventKind::from_u8(header.kind) {
+        Some(EventKind::Data) => {
+            by_kind.data.inc();
+            metrics.captured_bytes.inc_by(payload.len() as u64);
+            if (payload.len() as i64) < header.ret_len {
+                metrics.truncated_captures.inc();
+            }
+        }
+        Some(EventKind::Open) => {
+            by_kind.open.inc();
+        }
+        Some(EventKind::Close) => {
+            by_kind.close.inc();
+        }
+        Some(EventKind::ProcessExit) => {
+            by_kind.process_exit.inc();
+        }
+        None => {
+            metrics.malformed_events.inc();
+            return;
+        }
+    }
+    tracker.on_event(&header, payload, sink, actions);
+}
+
+fn apply(
+    actions: &mut Vec<KernelAction>,
+    conns: &mut BpfHashMap<MapData, SockKey, ConnInfo>,
+    muted: &mut BpfHashMap<MapData, u64, u8>,
+) {
+    for action in actions.drain(..) {
+        match action {
+            KernelAction::Mute { conn_id } => {
+                if let Err(e) = muted.insert(conn_id, 1, 0) {
+                    log::debug!("cannot mute connection {conn_id}: {e}");
+                }
+            }
+            KernelAction::Forget { tgid, fd, conn_id } => {
+                let key = SockKey { tgid, fd };
+                // Only the socket we knew: the fd may already belong to a new connection.
+                if conns.get(&key, 0).is_ok_and(|info| info.conn_id == conn_id) {
+                    let _ = conns.remove(&key);
+                }
+                let _ = muted.remove(&conn_id);
+            }
+        }
+    }
+}
+
+/// Removes kernel entries of processes that no longer exist, whatever userspace knew of them.
+fn forget_dead_sockets(conns: &mut BpfHashMap<MapData, SockKey, ConnInfo>) {
+    let dead: Vec<SockKey> = conns
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !Path::new(&format!("/proc/{}", k.tgid)).exists())
+        .collect();
+    for key in dead {
+        let _ = conns.remove(&key);
+    }
+}
+
+fn fold_counters(
+    counters: &PerCpuArray<MapData, u64>,
+    lost: &[DeltaCounter],
+    metrics: &Metrics,
+) {
+    for (index, name) in COUNTER_NAMES.iter().enumerate() {
+        let Ok(values) = counters.get(&(index as u32), 0) else {
+            continue;
+        };
+        let total: u64 = values.iter().sum();
+        if *name == "events_sent" {
+            lost[index].advance(&metrics.kernel_events_sent, total);
+        } else {
+            let counter = metrics.kernel_events_lost.get_or_create(&ReasonLabel {
+                reason: (*name).to_owned(),
+            });
+            lost[index].advance(&counter, total);
+        }
+    }
+}
+
+/// An established TCP socket found in `/proc`.
+#[derive(Clone, Copy, Debug)]
+pub struct FoundSocket {
+    pub tgid: u32,
+    pub fd: i32,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// Its local port is one the same network namespace listens on.
+    pub is_server: bool,
+}
+
+/// Established TCP sockets of every process (but this one), with their fds.
+pub fn discover_established(proc_root: &Path) -> Vec<FoundSocket> {
+    use crate::conn::listeners::{socket_inode, tcp_table, TCP_ESTABLISHED, TCP_LISTEN};
+    let me = std::process::id();
+    let mut tables: std::collections::HashMap<String, Vec<crate::conn::listeners::TcpEntry>> =
+        std::collections::HashMap::new();
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir(proc_root) else {
+        return found;
+    };
+    for entry in dir.flatten() {
+        let Some(tgid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if tgid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        let netns = std::fs::read_link(entry.path().join("ns/net"))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for fd_entry in fds.flatten() {
+            let Some(fd) = fd_entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Some(inode) = socket_inode(proc_root, tgid, fd) else {
+                continue;
+            };
+            let table = tables
+                .entry(netns.clone())
+                .or_insert_with(|| tcp_table(proc_root, tgid));
+            let Some(sock) = table
+                .iter()
+                .find(|e| e.inode == inode && e.state == TCP_ESTABLISHED)
+            else {
+                continue;
+            };
+            let is_server = table.iter().any(|l| {
+                l.state == TCP_LISTEN
+                    && l.local.port() == sock.local.port()
+                    && (l.local.ip().is_unspecified() || l.local.ip() == sock.local.ip())
+            });
+            found.push(FoundSocket {
+                tgid,
+                fd,
+                local: sock.local,
+                remote: sock.remote,
+                is_server,
+            });
+        }
+    }
+    found
+}

@@ -1,0 +1,58 @@
+//! The agent's one typed configuration: CLI flags, each with an environment variable.
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+
+/// Periscope: eBPF observability for HTTP, without touching the application.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "periscope", version, about)]
+pub struct Config {
+    /// Address of the /metrics, /healthz and /readyz endpoint.
+    #[arg(long, env = "PERISCOPE_METRICS_ADDR", default_value = "0.0.0.0:9464")]
+    pub metrics_addr: SocketAddr,
+
+    /// Bytes of payload copied from the kernel per socket read or write (1..=4096).
+    #[arg(long, env = "PERISCOPE_CAPTURE_BYTES", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..=agent_ebpf::MAX_CAPTURE as i64))]
+    pub capture_bytes: u32,
+
+    /// Size of the kernel → userspace ring buffer in bytes (a power of two, ≥ 4096).
+    #[arg(long, env = "PERISCOPE_RINGBUF_BYTES", default_value_t = 16 * 1024 * 1024,
+          value_parser = parse_ringbuf_bytes)]
+    pub ringbuf_bytes: u32,
+
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, env = "PERISCOPE_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+fn parse_ringbuf_bytes(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("not a number: {e}"))?;
+    if n < 4096 || !n.is_power_of_two() {
+        return Err(format!("{n} is not a power of two of at least 4096"));
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let c = Config::try_parse_from(["periscope"]).unwrap();
+        assert_eq!(c.metrics_addr, "0.0.0.0:9464".parse().unwrap());
+        assert_eq!(c.capture_bytes, 4096);
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let err = Config::try_parse_from(["periscope", "--ringbuf-bytes", "5000"]).unwrap_err();
+        assert!(err.to_string().contains("--ringbuf-bytes"), "{err}");
+        let err = Config::try_parse_from(["periscope", "--capture-bytes", "9999"]).unwrap_err();
+        assert!(err.to_string().contains("--capture-bytes"), "{err}");
+        let err = Config::try_parse_from(["periscope", "--metrics-addr", "nope"]).unwrap_err();
+        assert!(err.to_string().contains("--metrics-addr"), "{err}");
+    }
+}

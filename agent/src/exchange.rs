@@ -1,0 +1,62 @@
+//! `Exchange`: one request/response pair, the single type every protocol decoder produces.
+//! Metrics and spans are both derived from it, so they always agree.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::protocol::http1::HttpExchange;
+
+/// Which end of the connection the observed process is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// The process received the request and wrote the response.
+    Server,
+    /// The process wrote the request and read the response.
+    Client,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Server => "server",
+            Role::Client => "client",
+        }
+    }
+}
+
+/// Who made the exchange: the process on this node, and the other end of the socket.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub process: Arc<crate::metadata::ProcessInfo>,
+    /// The remote end of the socket, when known.
+    pub peer: Option<SocketAddr>,
+    /// The server's port: the local port for `Role::Server`, the peer's for `Role::Client`.
+    pub server_port: Option<u16>,
+}
+
+/// Protocol-specific attributes of an exchange.
+#[derive(Clone, Debug)]
+pub enum Detail {
+    Http(HttpExchange),
+}
+
+/// One request/response pair with kernel timings.
+///
+/// Timing semantics: a server exchange runs from the first byte of the request read (the
+/// read's return) to the end of the response write (the write's return); a client exchange
+/// from the first request byte written (the write's entry) to the last response byte read
+/// (the read's return). Timestamps are `CLOCK_MONOTONIC` nanoseconds.
+#[derive(Clone, Debug)]
+pub struct Exchange {
+    pub role: Role,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub endpoint: Endpoint,
+    pub detail: Detail,
+}
+
+impl Exchange {
+    pub fn duration_seconds(&self) -> f64 {
+        self.end_ns.saturating_sub(self.start_ns) as f64 / 1e9
+    }
+}

@@ -1,0 +1,120 @@
+//! The agent's own HTTP endpoint: `/metrics`, `/healthz` (alive), `/readyz` (capturing).
+//!
+//! A deliberately small HTTP/1.x server: one request per connection, bounded request size and
+//! time, so that a slow or hostile scraper can never hold the agent up.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::prometheus::Metrics;
+
+const MAX_REQUEST: usize = 8192;
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the endpoint serves.
+pub struct State {
+    pub registry: Registry,
+    pub metrics: Arc<Metrics>,
+    /// Set once every kernel program is attached and the reader runs.
+    pub ready: AtomicBool,
+}
+
+/// Binds the endpoint; done before any kernel work so that a taken port fails fast.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow::anyhow!(
+                "--metrics-addr {addr}: the port is already in use (is another Periscope running?)"
+            )
+        } else {
+            anyhow::anyhow!("--metrics-addr {addr}: cannot listen: {e}")
+        }
+    })
+}
+
+/// Serves until the task is dropped.
+pub async fn serve(listener: TcpListener, state: Arc<State>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                log::warn!("metrics endpoint: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            if let Err(e) = tokio::time::timeout(IO_TIMEOUT, handle(stream, &state)).await {
+                log::debug!("metrics endpoint: client timed out: {e}");
+            }
+        });
+    }
+}
+
+async fn handle(mut stream: TcpStream, state: &State) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.len() > MAX_REQUEST {
+            return respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", b"too large\n").await;
+        }
+    }
+    let line = buf.split(|&b| b == b'\r').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split(' ');
+    let method = parts.next().unwrap_or_default();
+    let path = parts.next().unwrap_or_default();
+    let path = path.split('?').next().unwrap_or_default();
+    if method != "GET" && method != "HEAD" {
+        return respond(&mut stream, "405 Method Not Allowed", "text/plain", b"GET only\n").await;
+    }
+    match path {
+        "/metrics" => {
+            state.metrics.refresh_process_stats();
+            let mut body = String::with_capacity(64 * 1024);
+            if prometheus_client::encoding::text::encode(&mut body, &state.registry).is_err() {
+                return respond(&mut stream, "500 Internal Server Error", "text/plain", b"encoding failed\n").await;
+            }
+            respond(
+                &mut stream,
+                "200 OK",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                body.as_bytes(),
+            )
+            .await
+        }
+        "/healthz" => respond(&mut stream, "200 OK", "text/plain", b"ok\n").await,
+        "/readyz" if state.ready.load(Ordering::Relaxed) => {
+            respond(&mut stream, "200 OK", "text/plain", b"ready\n").await
+        }
+        "/readyz" => respond(&mut stream, "503 Service Unavailable", "text/plain", b"starting\n").await,
+        _ => respond(&mut stream, "404 Not Found", "text/plain", b"try /metrics\n").await,
+    }
+}
+
+async fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
+    stream.shutdown().await
+}

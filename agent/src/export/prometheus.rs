@@ -1,0 +1,552 @@
+//! RED metrics and self-metrics in the Prometheus registry.
+//!
+//! Names follow the OpenTelemetry semantic conventions with dots turned into underscores and
+//! the unit appended (`http.server.request.duration` → `http_server_request_duration_seconds`).
+//! `process_pid` is deliberately not a label: pids change on every restart and would make
+//! series churn; the process is named by `service_name` (and `container_id`).
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::conn::{EndReason, MuteReason, Sink};
+use crate::exchange::{Detail, Exchange, Role};
+use crate::protocol::http1::DecoderStats;
+
+/// Semantic-convention default buckets for `http.*.request.duration`.
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// Body-size buckets: powers of 4 from 64 B to 64 MiB.
+pub const SIZE_BUCKETS: [f64; 11] = [
+    64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
+    67108864.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpServerLabels {
+    pub http_request_method: String,
+    pub http_response_status_code: u16,
+    pub http_route: String,
+    pub server_port: u16,
+    pub service_name: String,
+    pub container_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpClientLabels {
+    pub http_request_method: String,
+    pub http_response_status_code: u16,
+    pub http_route: String,
+    pub server_address: String,
+    pub server_port: u16,
+    pub service_name: String,
+    pub container_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolReasonLabels {
+    pub protocol: String,
+    pub reason: String,
+}
+
+type HistFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+fn size_histogram() -> Histogram {
+    Histogram::new(SIZE_BUCKETS)
+}
+
+/// Every metric Periscope exports.
+#[derive(Clone)]
+pub struct Metrics {
+    pub http_server_duration: HistFamily<HttpServerLabels>,
+    pub http_client_duration: HistFamily<HttpClientLabels>,
+    pub http_server_request_body: HistFamily<HttpServerLabels>,
+    pub http_server_response_body: HistFamily<HttpServerLabels>,
+    pub http_client_request_body: HistFamily<HttpClientLabels>,
+    pub http_client_response_body: HistFamily<HttpClientLabels>,
+    pub events_read: Family<KindLabel, Counter>,
+    /// `events_read` series by kind, created once (no label set built per event).
+    pub events_by_kind: EventCounters,
+    pub kernel_events_lost: Family<ReasonLabel, Counter>,
+    pub kernel_events_sent: Counter,
+    pub captured_bytes: Counter,
+    pub truncated_captures: Counter,
+    pub malformed_events: Counter,
+    pub parse_errors: Family<ProtocolReasonLabels, Counter>,
+    pub decoder_anomalies: Family<ProtocolReasonLabels, Counter>,
+    pub connections_tracked: Gauge,
+    pub connections_opened: Family<ReasonLabel, Counter>,
+    pub connections_ended: Family<ReasonLabel, Counter>,
+    pub connections_muted: Family<ReasonLabel, Counter>,
+    pub incomplete_exchanges: Counter,
+    pub process_cpu_seconds: Counter<f64, AtomicU64>,
+    pub process_resident_memory: Gauge<i64>,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &mut Registry) -> Metrics {
+        let mut m = Metrics {
+            http_server_duration: Family::new_with_constructor(duration_histogram),
+            http_client_duration: Family::new_with_constructor(duration_histogram),
+            http_server_request_body: Family::new_with_constructor(size_histogram),
+            http_server_response_body: Family::new_with_constructor(size_histogram),
+            http_client_request_body: Family::new_with_constructor(size_histogram),
+            http_client_response_body: Family::new_with_constructor(size_histogram),
+            events_read: Family::default(),
+            events_by_kind: EventCounters::default(),
+            kernel_events_lost: Family::default(),
+            kernel_events_sent: Counter::default(),
+            captured_bytes: Counter::default(),
+            truncated_captures: Counter::default(),
+            malformed_events: Counter::default(),
+            parse_errors: Family::default(),
+            decoder_anomalies: Family::default(),
+            connections_tracked: Gauge::default(),
+            connections_opened: Family::default(),
+            connections_ended: Family::default(),
+            connections_muted: Family::default(),
+            incomplete_exchanges: Counter::default(),
+            process_cpu_seconds: Counter::default(),
+            process_resident_memory: Gauge::default(),
+        };
+        registry.register_with_unit(
+            "http_server_request_duration",
+            "Duration of HTTP server requests, first request byte read to last response byte written",
+            Unit::Seconds,
+            m.http_server_duration.clone(),
+        );
+        registry.register_with_unit(
+            "http_client_request_duration",
+            "Duration of HTTP client requests, first request byte written to last response byte read",
+            Unit::Seconds,
+            m.http_client_duration.clone(),
+        );
+        registry.register_with_unit(
+            "http_server_request_body_size",
+            "Size of HTTP server request bodies",
+            Unit::Bytes,
+            m.http_server_request_body.clone(),
+        );
+        registry.register_with_unit(
+            "http_server_response_body_size",
+            "Size of HTTP server response bodies",
+            Unit::Bytes,
+            m.http_server_response_body.clone(),
+        );
+        registry.register_with_unit(
+            "http_client_request_body_size",
+            "Size of HTTP client request bodies",
+            Unit::Bytes,
+            m.http_client_request_body.clone(),
+        );
+        registry.register_with_unit(
+            "http_client_response_body_size",
+            "Size of HTTP client response bodies",
+            Unit::Bytes,
+            m.http_client_response_body.clone(),
+        );
+        let own = registry.sub_registry_with_prefix("periscope");
+        m.events_by_kind = EventCounters::new(&m.events_read);
+        own.register(
+            "events_read",
+            "Ring-buffer events read by userspace, by kind",
+            m.events_read.clone(),
+        );
+        own.register(
+            "kernel_events_lost",
+            "Events the kernel programs could not deliver, by reason",
+            m.kernel_events_lost.clone(),
+        );
+        own.register(
+            "kernel_events_sent",
+            "Events the kernel programs wrote to the ring buffer",
+            m.kernel_events_sent.clone(),
+        );
+        own.register_with_unit(
+            "captured",
+            "Payload bytes copied from the kernel",
+            Unit::Bytes,
+            m.captured_bytes.clone(),
+        );
+        own.register(
+            "truncated_captures",
+            "Data events whose payload was cut by the capture limit",
+            m.truncated_captures.clone(),
+        );
+        own.register(
+            "malformed_events",
+            "Ring-buffer records that were too short or of an unknown kind",
+            m.malformed_events.clone(),
+        );
+        own.register(
+            "parse_errors",
+            "Connections dropped from decoding because their bytes did not parse",
+            m.parse_errors.clone(),
+        );
+        own.register(
+            "decoder_anomalies",
+            "Recoverable decoder events: resyncs, unpaired requests, unexpected responses, truncated headers",
+            m.decoder_anomalies.clone(),
+        );
+        own.register(
+            "connections_tracked",
+            "Connections currently tracked in userspace",
+            m.connections_tracked.clone(),
+        );
+        own.register(
+            "connections_opened",
+            "Connections that started being tracked, by how they were found",
+            m.connections_opened.clone(),
+        );
+        own.register(
+            "connections_ended",
+            "Connections that stopped being tracked, by reason",
+            m.connections_ended.clone(),
+        );
+        own.register(
+            "connections_muted",
+            "Connections whose capture was switched off in the kernel, by reason",
+            m.connections_muted.clone(),
+        );
+        own.register(
+            "incomplete_exchanges",
+            "Exchanges whose response was cut short by the connection closing",
+            m.incomplete_exchanges.clone(),
+        );
+        registry.register_with_unit(
+            "process_cpu",
+            "Total user and system CPU time spent by the agent",
+            Unit::Seconds,
+            m.process_cpu_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "process_resident_memory",
+            "Resident memory of the agent",
+            Unit::Bytes,
+            m.process_resident_memory.clone(),
+        );
+        m
+    }
+
+    fn series(&self, exchange: &Exchange) -> Series {
+        let Detail::Http(http) = &exchange.detail;
+        let process = &exchange.endpoint.process;
+        let method = normalize_method(&http.method).to_owned();
+        let container_id = process.container_id.clone().unwrap_or_default();
+        let server_port = exchange.endpoint.server_port.unwrap_or(0);
+        match exchange.role {
+            Role::Server => {
+                let labels = HttpServerLabels {
+                    http_request_method: method,
+                    http_response_status_code: http.status,
+                    http_route: http.route.clone(),
+                    server_port,
+                    service_name: process.service_name.clone(),
+                    container_id,
+                };
+                Series {
+                    duration: self.http_server_duration.get_or_create(&labels).clone(),
+                    request_body: self.http_server_request_body.get_or_create(&labels).clone(),
+                    response_body: self.http_server_response_body.get_or_create(&labels).clone(),
+                }
+            }
+            Role::Client => {
+                let labels = HttpClientLabels {
+                    http_request_method: method,
+                    http_response_status_code: http.status,
+                    http_route: http.route.clone(),
+                    server_address: exchange
+                        .endpoint
+                        .peer
+                        .map(|p| p.ip().to_string())
+                        .unwrap_or_default(),
+                    server_port,
+                    service_name: process.service_name.clone(),
+                    container_id,
+                };
+                Series {
+                    duration: self.http_client_duration.get_or_create(&labels).clone(),
+                    request_body: self.http_client_request_body.get_or_create(&labels).clone(),
+                    response_body: self.http_client_response_body.get_or_create(&labels).clone(),
+                }
+            }
+        }
+    }
+
+    /// Refreshes the agent's own CPU and memory gauges from `/proc/self`.
+    pub fn refresh_process_stats(&self) {
+        if let Some((cpu, rss)) = own_usage() {
+            let seen = self.process_cpu_seconds.get();
+            if cpu > seen {
+                self.process_cpu_seconds.inc_by(cpu - seen);
+            }
+            self.process_resident_memory.set(rss as i64);
+        }
+    }
+}
+
+/// CPU seconds (user + system) and resident bytes of this process.
+fn own_usage() -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised comm: state is field 3; utime 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    let rss_pages: u64 = fields.get(21)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    Some(((utime + stime) as f64 / ticks, rss_pages * page))
+}
+
+/// Semantic conventions: known methods as they are, anything else `_OTHER` (bounds cardinality).
+pub fn normalize_method(method: &str) -> &str {
+    match method {
+        "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "CONNECT" | "OPTIONS" | "TRACE"
+        | "PATCH" => method,
+        _ => "_OTHER",
+    }
+}
+
+/// The tracker's sink: turns what it reports into metric updates.
+pub struct MetricsSink {
+    pub metrics: Arc<Metrics>,
+    series: SeriesCache,
+}
+
+impl MetricsSink {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        MetricsSink {
+            metrics,
+            series: SeriesCache::default(),
+        }
+    }
+}
+
+/// The three histograms one exchange updates.
+#[derive(Clone)]
+struct Series {
+    duration: Histogram,
+    request_body: Histogram,
+    response_body: Histogram,
+}
+
+/// Series handles by label values, so that a busy series costs one hash and a few string
+/// compares per exchange instead of building and hashing a label set with fresh strings.
+#[derive(Default)]
+struct SeriesCache {
+    entries: HashMap<u64, Vec<(SeriesKey, Series)>>,
+    len: usize,
+}
+
+/// Owned label values of a cached series; compared field by field on lookup.
+#[derive(Clone, PartialEq, Eq)]
+struct SeriesKey {
+    role: Role,
+    method: String,
+    status: u16,
+    route: String,
+    port: u16,
+    peer: Option<std::net::IpAddr>,
+    process: usize,
+}
+
+/// Beyond this many cached series the cache starts over (the families keep the data).
+const SERIES_CACHE_MAX: usize = 16384;
+
+impl Sink for MetricsSink {
+    fn exchange(&mut self, exchange: &Exchange) {
+        let Detail::Http(http) = &exchange.detail;
+        let method = normalize_method(&http.method);
+        let endpoint = &exchange.endpoint;
+        let port = endpoint.server_port.unwrap_or(0);
+        let peer = match exchange.role {
+            Role::Client => endpoint.peer.map(|p| p.ip()),
+            Role::Server => None,
+        };
+        let process = Arc::as_ptr(&endpoint.process) as usize;
+        let mut hasher = std::hash::DefaultHasher::new();
+        (exchange.role, method, http.status, &http.route, port, peer, process).hash(&mut hasher);
+        let hash = hasher.finish();
+        let matches = |key: &SeriesKey| {
+            key.role == exchange.role
+                && key.status == http.status
+                && key.port == port
+                && key.process == process
+                && key.peer == peer
+                && key.method == method
+                && key.route == http.route
+        };
+        let cache = &mut self.series;
+        let series = match cache
+            .entries
+            .get(&hash)
+            .and_then(|bucket| bucket.iter().find(|(k, _)| matches(k)))
+        {
+            Some((_, series)) => series.clone(),
+            None => {
+                let series = self.metrics.series(exchange);
+                if cache.len >= SERIES_CACHE_MAX {
+                    cache.entries.clear();
+                    cache.len = 0;
+                }
+                let key = SeriesKey {
+                    role: exchange.role,
+                    method: method.to_owned(),
+                    status: http.status,
+                    route: http.route.clone(),
+                    port,
+                    peer,
+                    process,
+                };
+                cache
+                    .entries
+                    .entry(hash)
+                    .or_default()
+                    .push((key, series.clone()));
+                cache.len += 1;
+                series
+            }
+        };
+        series.duration.observe(exchange.duration_seconds());
+        series.request_body.observe(http.request_body_bytes as f64);
+        series.response_body.observe(http.response_body_bytes as f64);
+        if !http.complete {
+            self.metrics.incomplete_exchanges.inc();
+        }
+    }
+
+    fn opened(&mut self, origin: u8) {
+        let reason = match origin {
+            agent_ebpf::ORIGIN_ACCEPT => "accept",
+            agent_ebpf::ORIGIN_CONNECT => "connect",
+            agent_ebpf::ORIGIN_PROC => "proc",
+            _ => "unknown",
+        };
+        self.metrics
+            .connections_opened
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+        self.metrics.connections_tracked.inc();
+    }
+
+    fn ended(&mut self, reason: EndReason) {
+        self.metrics
+            .connections_ended
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str().to_owned(),
+            })
+            .inc();
+        self.metrics.connections_tracked.dec();
+    }
+
+    fn muted(&mut self, reason: MuteReason) {
+        self.metrics
+            .connections_muted
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str().to_owned(),
+            })
+            .inc();
+    }
+
+    fn parse_error(&mut self, protocol: &'static str, reason: &'static str) {
+        self.metrics
+            .parse_errors
+            .get_or_create(&ProtocolReasonLabels {
+                protocol: protocol.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    fn decoder_stats(&mut self, protocol: &'static str, stats: DecoderStats) {
+        let pairs = [
+            ("resync", stats.resyncs),
+            ("unpaired_request", stats.unpaired_requests),
+            ("unexpected_response", stats.unexpected_responses),
+            ("truncated_headers", stats.truncated_headers),
+        ];
+        for (reason, n) in pairs {
+            if n > 0 {
+                self.metrics
+                    .decoder_anomalies
+                    .get_or_create(&ProtocolReasonLabels {
+                        protocol: protocol.to_owned(),
+                        reason: reason.to_owned(),
+                    })
+                    .inc_by(n);
+            }
+        }
+    }
+}
+
+/// The `periscope_events_read_total` series, one per event kind.
+#[derive(Clone, Default)]
+pub struct EventCounters {
+    pub data: Counter,
+    pub open: Counter,
+    pub close: Counter,
+    pub process_exit: Counter,
+}
+
+impl EventCounters {
+    fn new(family: &Family<KindLabel, Counter>) -> Self {
+        let get = |kind: &str| {
+            family
+                .get_or_create(&KindLabel {
+                    kind: kind.to_owned(),
+                })
+                .clone()
+        };
+        EventCounters {
+            data: get("data"),
+            open: get("open"),
+            close: get("close"),
+            process_exit: get("process_exit"),
+        }
+    }
+}
+
+/// Keeps the last value of a kernel counter so the Prometheus counter grows by the difference.
+#[derive(Default)]
+pub struct DeltaCounter {
+    last: AtomicU64,
+}
+
+impl DeltaCounter {
+    pub fn advance(&self, counter: &Counter, now: u64) {
+        let last = self.last.swap(now, Ordering::Relaxed);
+        if now > last {
+            counter.inc_by(now - last);
+        }
+    }
+}

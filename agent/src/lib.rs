@@ -1,0 +1,10 @@
+//! Periscope's userspace agent: capture → connection tracking → protocol decoding → metrics.
+//! See the README's design section for the one-screen tour.
+
+pub mod capture;
+pub mod config;
+pub mod conn;
+pub mod exchange;
+pub mod export;
+pub mod metadata;
+pub mod protocol;

@@ -1,0 +1,89 @@
+//! `periscope`: wiring and shutdown. Standalone mode (no Kubernetes) is the default.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use prometheus_client::registry::Registry;
+use tokio::signal::unix::{signal, SignalKind};
+
+use periscope::capture::{self, Capture, Reader};
+use periscope::config::Config;
+use periscope::export::http;
+use periscope::export::prometheus::Metrics;
+
+fn main() {
+    let config = Config::parse();
+    env_logger::Builder::new()
+        .parse_filters(&config.log_level)
+        .parse_env("RUST_LOG")
+        .format_timestamp_millis()
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    if let Err(e) = runtime.block_on(run(config)) {
+        log::error!("{e:#}");
+        eprintln!("periscope: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    // The endpoint is bound first: a taken port fails before any kernel work.
+    let listener = http::bind(config.metrics_addr).await?;
+    let facts = capture::preflight::check()?;
+    log::info!(
+        "kernel {}, BTF {}, tracefs at {}",
+        facts.release,
+        if facts.btf { "present" } else { "absent (not needed)" },
+        facts.tracefs
+    );
+
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    let state = Arc::new(http::State {
+        registry,
+        metrics: metrics.clone(),
+        ready: AtomicBool::new(false),
+    });
+    let server = tokio::spawn(http::serve(listener, state.clone()));
+
+    let settings = capture::Settings {
+        capture_bytes: config.capture_bytes,
+        ringbuf_bytes: config.ringbuf_bytes,
+    };
+    let (capture, maps) = Capture::start(&settings)?;
+    let mut reader = Reader::new(maps, metrics);
+    let adopted = reader.adopt_existing_sockets();
+    log::info!(
+        "{} kernel programs loaded; adopted {adopted} connections open before start-up; serving http://{}/metrics",
+        capture.program_count(),
+        config.metrics_addr
+    );
+    let mut reader = tokio::spawn(reader.run());
+    state.ready.store(true, Ordering::Relaxed);
+
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let outcome = tokio::select! {
+        _ = sigterm.recv() => Ok(()),
+        _ = sigint.recv() => Ok(()),
+        result = &mut reader => match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.context("the event reader stopped")),
+            Err(e) => Err(anyhow::anyhow!("the event reader panicked: {e}")),
+        },
+    };
+    state.ready.store(false, Ordering::Relaxed);
+    reader.abort();
+    let _ = reader.await;
+    server.abort();
+    // Dropping the programs closes their links: nothing stays attached in the kernel.
+    drop(capture);
+    log::info!("stopped; every kernel program detached");
+    outcome
+}
