@@ -1,23 +1,27 @@
-//! Socket tracking and payload capture from syscall tracepoints.
+//! Socket tracking and payload capture, from syscall entry and exit hooks.
 //!
-//! Tracked sockets live in `CONNS`, keyed by (tgid, fd). An I/O syscall on a tracked, unmuted
-//! socket stashes its arguments at entry (`INFLIGHT`, keyed by thread); the exit program copies
-//! a bounded prefix of the bytes actually moved and sends one event through `EVENTS`. Sockets
-//! that are not tracked cost one hash lookup at entry and one at exit.
+//! Tracked sockets live in `CONNS`, keyed by (tgid, fd). Everything happens when a syscall
+//! returns, because on x86_64 the saved argument registers (`struct pt_regs`) are still intact
+//! then: one hook on syscall exit sees the arguments and the result together, so no state is
+//! kept between entry and exit, and there is no entry hook at all. Both directions are
+//! therefore timestamped when the syscall returns (the bytes were handed to, or taken from, the
+//! kernel). Only `close` is caught at entry, by its own tracepoint, so the socket is forgotten
+//! before another thread can be given the same fd number.
 //!
-//! All of it hangs off two raw tracepoints, `raw_syscalls:sys_enter` and `sys_exit`, that
-//! dispatch on the syscall number. Measured on the development VM, one per-syscall tracepoint
-//! (`syscalls:sys_enter_read`) costs ~700 ns per hit through the perf-event path, while a raw
-//! tracepoint costs ~140 ns per syscall even though it fires for every syscall; see
-//! BENCHMARKS.md. Arguments are read from the saved user registers (`struct pt_regs`), whose
-//! layout is part of the x86_64 syscall ABI.
+//! The exit hook runs for every syscall on the machine, so the common case (a syscall Periscope
+//! does not care about, or an fd it does not track) is kept to a register read, a compare and,
+//! for I/O syscalls, one hash lookup. It attaches as a BTF tracepoint (`tp_btf`, registers are
+//! plain loads) when the kernel has BTF, else as a raw tracepoint (registers read through
+//! `bpf_probe_read_kernel`). Measured on the development VM (see BENCHMARKS.md): a per-syscall
+//! tracepoint (`syscalls:sys_enter_read`) costs ~700 ns per hit through the perf-event path, a
+//! raw `sys_enter` hook ~100 ns on every syscall, the exit hook ~170 ns.
 
 use core::ffi::c_void;
 
 use agent_ebpf::{
-    Config, ConnInfo, Counter, EventHeader, EventKind, SockKey, Syscall, COUNTERS_LEN,
-    DIR_EGRESS, DIR_INGRESS, HEADER_LEN, MAX_CAPTURE, MAX_IOVECS, OPEN_COMM_OFFSET, OPEN_PAYLOAD_LEN, ORIGIN_ACCEPT,
-    ORIGIN_CONNECT, SOCKADDR_LEN,
+    Config, ConnInfo, Counter, EventHeader, EventKind, SockKey, Syscall, COUNTERS_LEN, DIR_EGRESS,
+    DIR_INGRESS, HEADER_LEN, MAX_CAPTURE, MAX_IOVECS, OPEN_COMM_OFFSET, OPEN_PAYLOAD_LEN,
+    ORIGIN_ACCEPT, ORIGIN_CONNECT, SOCKADDR_LEN,
 };
 use aya_ebpf::{
     helpers::{
@@ -29,7 +33,7 @@ use aya_ebpf::{
     },
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
-    programs::{RawTracePointContext, TracePointContext},
+    programs::TracePointContext,
 };
 
 /// Set by the loader (`EbpfLoader::override_global`).
@@ -43,11 +47,28 @@ const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const SOCK_STREAM: u32 = 1;
 const EINPROGRESS: i64 = 115;
+const EEXIST: i64 = 17;
+const BPF_NOEXIST: u64 = 1;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
-/// Pending bytes at which the reader is woken (userspace drains every few ms otherwise).
-const WAKEUP_BYTES: u64 = agent_ebpf::WAKEUP_BYTES;
+
+/// x86_64 syscall numbers of the syscalls Periscope hooks.
+pub mod nr {
+    pub const READ: u64 = 0;
+    pub const WRITE: u64 = 1;
+    pub const READV: u64 = 19;
+    pub const WRITEV: u64 = 20;
+    pub const SENDFILE: u64 = 40;
+    pub const SOCKET: u64 = 41;
+    pub const CONNECT: u64 = 42;
+    pub const ACCEPT: u64 = 43;
+    pub const SENDTO: u64 = 44;
+    pub const RECVFROM: u64 = 45;
+    pub const SENDMSG: u64 = 46;
+    pub const RECVMSG: u64 = 47;
+    pub const ACCEPT4: u64 = 288;
+}
 
 /// Tracked sockets. Userspace adds the ones that existed before start-up and removes the
 /// ones of processes that exited.
@@ -62,10 +83,6 @@ static MUTED: HashMap<u64, u8> = HashMap::with_max_entries(65536, 0);
 /// UDP socket is not tracked.
 #[map]
 static SOCK_TYPES: HashMap<SockKey, u32> = HashMap::with_max_entries(65536, 0);
-
-/// Arguments of syscalls in flight, by thread.
-#[map]
-static INFLIGHT: HashMap<u64, Inflight> = HashMap::with_max_entries(16384, 0);
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
@@ -90,41 +107,65 @@ pub struct EventBuf {
     payload: [u8; 2 * MAX_CAPTURE],
 }
 
-/// How an I/O syscall passes its buffer.
-#[derive(Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Buffer {
-    /// `buf, len`
-    Flat = 0,
-    /// `const struct iovec *, iovcnt`
-    Iovec = 1,
-    /// `struct msghdr *`
-    Msghdr = 2,
-    /// No user buffer (sendfile): only the length is reported.
-    None = 3,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Inflight {
-    enter_ns: u64,
-    conn_id: u64,
-    /// Buffer or iovec array or sockaddr, depending on the syscall.
-    ptr: u64,
-    /// iovcnt, or pointer to the sockaddr length for accept.
-    count: u64,
-    fd: i32,
-    syscall: u8,
-    direction: u8,
-    buffer: u8,
-    origin: u8,
-}
-
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Iovec {
     base: u64,
     len: u64,
+}
+
+/// How an I/O syscall passes its buffer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Buffer {
+    /// `buf, len`
+    Flat,
+    /// `const struct iovec *, iovcnt`
+    Iovec,
+    /// `struct msghdr *`
+    Msghdr,
+    /// No user buffer (sendfile): only the length is reported.
+    None,
+}
+
+/// Reads the saved user registers of the current syscall.
+pub trait Regs {
+    fn load(&self, offset: usize) -> u64;
+}
+
+/// Registers behind a BTF-typed pointer (`tp_btf`): plain loads the verifier checks.
+pub struct BtfRegs(pub *const u8);
+
+impl Regs for BtfRegs {
+    #[inline(always)]
+    fn load(&self, offset: usize) -> u64 {
+        // SAFETY: the pointer is the kernel's `struct pt_regs *` typed by BTF; the verifier only
+        // accepts loads at offsets of real fields and guards them against faults.
+        unsafe { core::ptr::read_volatile(self.0.add(offset) as *const u64) }
+    }
+}
+
+/// Registers read through `bpf_probe_read_kernel` (raw tracepoints, no BTF needed).
+pub struct ProbedRegs(pub *const u8);
+
+impl Regs for ProbedRegs {
+    #[inline(always)]
+    fn load(&self, offset: usize) -> u64 {
+        // SAFETY: the helper checks the address and returns an error instead of faulting.
+        unsafe { bpf_probe_read_kernel(self.0.add(offset) as *const u64) }.unwrap_or(0)
+    }
+}
+
+/// Offsets in x86_64 `struct pt_regs` (part of the syscall ABI): the six argument registers
+/// (di, si, dx, r10, r8, r9) and `orig_ax`, which holds the syscall number.
+const ARG_OFFSETS: [usize; 6] = [112, 104, 96, 56, 72, 64];
+const ORIG_AX_OFFSET: usize = 120;
+
+#[inline(always)]
+fn arg<R: Regs>(regs: &R, index: usize) -> u64 {
+    match ARG_OFFSETS.get(index) {
+        Some(offset) => regs.load(*offset),
+        None => 0,
+    }
 }
 
 #[inline(always)]
@@ -142,95 +183,10 @@ fn bump(counter: Counter) {
     }
 }
 
-/// x86_64 syscall numbers of the syscalls Periscope hooks.
-pub mod nr {
-    pub const READ: u64 = 0;
-    pub const WRITE: u64 = 1;
-    pub const CLOSE: u64 = 3;
-    pub const READV: u64 = 19;
-    pub const WRITEV: u64 = 20;
-    pub const SENDFILE: u64 = 40;
-    pub const SOCKET: u64 = 41;
-    pub const CONNECT: u64 = 42;
-    pub const ACCEPT: u64 = 43;
-    pub const SENDTO: u64 = 44;
-    pub const RECVFROM: u64 = 45;
-    pub const SENDMSG: u64 = 46;
-    pub const RECVMSG: u64 = 47;
-    pub const ACCEPT4: u64 = 288;
-}
-
-/// Offsets in x86_64 `struct pt_regs` of the syscall arguments (di, si, dx, r10, r8, r9) and
-/// of `orig_ax`, which holds the syscall number.
-const ARG_OFFSETS: [usize; 6] = [112, 104, 96, 56, 72, 64];
-const ORIG_AX_OFFSET: usize = 120;
-
-/// The arguments of the syscall being entered, read lazily from the saved registers.
-pub struct SysArgs {
-    regs: *const u8,
-}
-
-impl SysArgs {
-    pub fn new(regs: u64) -> Self {
-        SysArgs {
-            regs: regs as *const u8,
-        }
-    }
-
-    #[inline(always)]
-    fn get(&self, index: usize) -> u64 {
-        let Some(offset) = ARG_OFFSETS.get(index) else {
-            return 0;
-        };
-        // SAFETY: `regs` is the kernel's pt_regs for this syscall; the helper checks the read.
-        unsafe { bpf_probe_read_kernel(self.regs.add(*offset) as *const u64) }.unwrap_or(0)
-    }
-
-    /// The syscall number (valid at exit too).
-    #[inline(always)]
-    pub fn syscall_nr(&self) -> u64 {
-        // SAFETY: as above.
-        unsafe { bpf_probe_read_kernel(self.regs.add(ORIG_AX_OFFSET) as *const u64) }
-            .unwrap_or(u64::MAX)
-    }
-}
-
-/// `raw_syscalls:sys_enter(regs, id)`.
-pub fn sys_enter(ctx: &RawTracePointContext) -> i32 {
-    let id: u64 = ctx.arg(1);
-    let args = SysArgs::new(ctx.arg(0));
-    match id {
-        nr::READ => enter_io(&args, Syscall::Read, DIR_INGRESS, Buffer::Flat),
-        nr::RECVFROM => enter_io(&args, Syscall::Recvfrom, DIR_INGRESS, Buffer::Flat),
-        nr::READV => enter_io(&args, Syscall::Readv, DIR_INGRESS, Buffer::Iovec),
-        nr::RECVMSG => enter_io(&args, Syscall::Recvmsg, DIR_INGRESS, Buffer::Msghdr),
-        nr::WRITE => enter_io(&args, Syscall::Write, DIR_EGRESS, Buffer::Flat),
-        nr::SENDTO => enter_io(&args, Syscall::Sendto, DIR_EGRESS, Buffer::Flat),
-        nr::WRITEV => enter_io(&args, Syscall::Writev, DIR_EGRESS, Buffer::Iovec),
-        nr::SENDMSG => enter_io(&args, Syscall::Sendmsg, DIR_EGRESS, Buffer::Msghdr),
-        nr::SENDFILE => enter_io(&args, Syscall::Sendfile, DIR_EGRESS, Buffer::None),
-        nr::ACCEPT | nr::ACCEPT4 => enter_accept(&args),
-        nr::CONNECT => enter_connect(&args),
-        nr::SOCKET => enter_socket(&args),
-        nr::CLOSE => enter_close(&args),
-        _ => {}
-    }
-    0
-}
-
-/// `raw_syscalls:sys_exit(regs, ret)`.
-pub fn sys_exit(ctx: &RawTracePointContext) -> i32 {
-    let ret: i64 = ctx.arg(1);
-    let args = SysArgs::new(ctx.arg(0));
-    match args.syscall_nr() {
-        nr::READ | nr::RECVFROM | nr::READV | nr::RECVMSG | nr::WRITE | nr::SENDTO
-        | nr::WRITEV | nr::SENDMSG | nr::SENDFILE => exit_io(ret),
-        nr::ACCEPT | nr::ACCEPT4 => exit_accept(ret),
-        nr::CONNECT => exit_connect(ret),
-        nr::SOCKET => exit_socket(ret),
-        _ => {}
-    }
-    0
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_ktime_get_ns() }
 }
 
 #[inline(always)]
@@ -238,27 +194,35 @@ fn tgid_of(pid_tgid: u64) -> u32 {
     (pid_tgid >> 32) as u32
 }
 
+/// `sys_exit(regs, ret)`: the syscall's arguments are still in `regs`.
 #[inline(always)]
-fn next_conn_id() -> u64 {
-    // SAFETY: bpf_get_smp_processor_id has no preconditions.
-    let cpu = unsafe { bpf_get_smp_processor_id() } as u64;
-    let seq = match CONN_SEQ.get_ptr_mut(0) {
-        Some(slot) => {
-            // SAFETY: per-CPU slot.
-            unsafe {
-                *slot += 1;
-                *slot
-            }
-        }
-        None => 0,
-    };
-    // Kernel ids never set the top bit: userspace uses it for sockets found in /proc.
-    ((seq << 8) | (cpu & 0xff)) & !(1u64 << 63)
+pub fn sys_exit<R: Regs>(regs: &R, ret: i64) {
+    match regs.load(ORIG_AX_OFFSET) {
+        nr::READ => on_io(regs, ret, Syscall::Read, DIR_INGRESS, Buffer::Flat),
+        nr::RECVFROM => on_io(regs, ret, Syscall::Recvfrom, DIR_INGRESS, Buffer::Flat),
+        nr::READV => on_io(regs, ret, Syscall::Readv, DIR_INGRESS, Buffer::Iovec),
+        nr::RECVMSG => on_io(regs, ret, Syscall::Recvmsg, DIR_INGRESS, Buffer::Msghdr),
+        nr::WRITE => on_io(regs, ret, Syscall::Write, DIR_EGRESS, Buffer::Flat),
+        nr::SENDTO => on_io(regs, ret, Syscall::Sendto, DIR_EGRESS, Buffer::Flat),
+        nr::WRITEV => on_io(regs, ret, Syscall::Writev, DIR_EGRESS, Buffer::Iovec),
+        nr::SENDMSG => on_io(regs, ret, Syscall::Sendmsg, DIR_EGRESS, Buffer::Msghdr),
+        nr::SENDFILE => on_io(regs, ret, Syscall::Sendfile, DIR_EGRESS, Buffer::None),
+        nr::ACCEPT | nr::ACCEPT4 => on_accept(regs, ret),
+        nr::CONNECT => on_connect(regs, ret),
+        nr::SOCKET => on_socket(regs, ret),
+        _ => {}
+    }
 }
 
-fn enter_io(args: &SysArgs, syscall: Syscall, direction: u8, buffer: Buffer) {
+/// A read or write returned: if the fd is a tracked, unmuted socket, send its bytes.
+#[inline(always)]
+fn on_io<R: Regs>(regs: &R, ret: i64, syscall: Syscall, direction: u8, buffer: Buffer) {
+    if ret <= 0 {
+        // Errors (EAGAIN above all) and EOF move no bytes.
+        return;
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
-    let fd = args.get(0) as i32;
+    let fd = arg(regs, 0) as i32;
     let key = SockKey {
         tgid: tgid_of(pid_tgid),
         fd,
@@ -271,79 +235,44 @@ fn enter_io(args: &SysArgs, syscall: Syscall, direction: u8, buffer: Buffer) {
     if unsafe { MUTED.get(&conn.conn_id) }.is_some() {
         return;
     }
-    let (ptr, count) = match buffer {
-        Buffer::Flat | Buffer::Iovec => (args.get(1), args.get(2)),
-        Buffer::None => (0, 0),
-        Buffer::Msghdr => {
-            // struct msghdr (user ABI): msg_iov at offset 16, msg_iovlen at offset 24.
-            let msg = args.get(1);
-            // SAFETY: reading user memory through the helper; failure is handled.
-            let iov = unsafe { bpf_probe_read_user((msg + 16) as *const u64) }.unwrap_or(0);
-            let iovlen = unsafe { bpf_probe_read_user((msg + 24) as *const u64) }.unwrap_or(0);
-            (iov, iovlen)
-        }
-    };
-    let buffer = if buffer == Buffer::Msghdr {
-        Buffer::Iovec
-    } else {
-        buffer
-    };
-    let inflight = Inflight {
-        // SAFETY: no preconditions.
-        enter_ns: unsafe { bpf_ktime_get_ns() },
-        conn_id: conn.conn_id,
-        ptr,
-        count,
-        fd,
-        syscall: syscall as u8,
-        direction,
-        buffer: buffer as u8,
-        origin: conn.origin,
-    };
-    if INFLIGHT.insert(&pid_tgid, &inflight, 0).is_err() {
-        bump(Counter::InflightTableFull);
-    }
-}
-
-fn exit_io(ret: i64) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: copied out before removal.
-    let Some(inflight) = (unsafe { INFLIGHT.get(&pid_tgid) }).copied() else {
-        return;
-    };
-    let _ = INFLIGHT.remove(&pid_tgid);
-    if ret <= 0 {
-        // Errors (EAGAIN above all) and EOF move no bytes.
-        return;
-    }
+    let exit_ns = now();
     let Some(buf) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
     let buf = unsafe { &mut *buf };
-    let limit = (config().capture_bytes as u64).min(MAX_CAPTURE as u64).min(ret as u64);
-    let captured = if inflight.buffer == Buffer::Flat as u8 {
-        copy_flat(buf, inflight.ptr, limit)
-    } else if inflight.buffer == Buffer::Iovec as u8 {
-        copy_iovec(buf, inflight.ptr, inflight.count, limit)
-    } else {
-        0
+    let limit = (config().capture_bytes as u64)
+        .min(MAX_CAPTURE as u64)
+        .min(ret as u64);
+    let captured = match buffer {
+        Buffer::Flat => copy_flat(buf, arg(regs, 1), limit),
+        Buffer::Iovec => copy_iovec(buf, arg(regs, 1), arg(regs, 2), limit),
+        Buffer::Msghdr => {
+            // struct msghdr (user ABI): msg_iov at offset 16, msg_iovlen at offset 24.
+            let msg = arg(regs, 1);
+            // SAFETY: reading user memory through the helper; failure means no payload.
+            let iov = unsafe { bpf_probe_read_user((msg + 16) as *const u64) }.unwrap_or(0);
+            let iovlen = unsafe { bpf_probe_read_user((msg + 24) as *const u64) }.unwrap_or(0);
+            copy_iovec(buf, iov, iovlen, limit)
+        }
+        Buffer::None => limit,
     };
-    if captured < limit {
+    let captured = if buffer == Buffer::None { 0 } else { captured };
+    if buffer != Buffer::None && captured < limit {
         bump(Counter::ReadUserFailed);
     }
     fill_header(
         &mut buf.header,
         pid_tgid,
         EventKind::Data,
-        inflight.conn_id,
-        inflight.fd,
-        inflight.enter_ns,
+        conn.conn_id,
+        fd,
+        exit_ns,
     );
     buf.header.ret_len = ret;
-    buf.header.direction = inflight.direction;
-    buf.header.syscall = inflight.syscall;
-    buf.header.origin = inflight.origin;
+    buf.header.direction = direction;
+    buf.header.syscall = syscall as u8;
+    buf.header.origin = conn.origin;
     submit(buf, captured);
 }
 
@@ -416,16 +345,14 @@ fn fill_header(
     kind: EventKind,
     conn_id: u64,
     fd: i32,
-    enter_ns: u64,
+    ts: u64,
 ) {
     header.kind = kind as u8;
     header.tgid = tgid_of(pid_tgid);
     header.tid = pid_tgid as u32;
     header.fd = fd;
     header.conn_id = conn_id;
-    header.enter_ns = enter_ns;
-    // SAFETY: no preconditions.
-    header.exit_ns = unsafe { bpf_ktime_get_ns() };
+    header.ts_ns = ts;
     // SAFETY: no preconditions.
     header.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     header.ret_len = 0;
@@ -445,10 +372,10 @@ fn submit(buf: &mut EventBuf, captured: u64) {
     let size = HEADER_LEN as u64 + (captured & (2 * MAX_CAPTURE as u64 - 1));
     let ring = &EVENTS as *const RingBuf as *mut c_void;
     // Waking the reader for every event would cost a context switch each: wake it only once
-    // enough is pending; userspace also drains on a short timer (see `WAKEUP_BYTES`).
+    // enough is pending; userspace also drains on a short timer.
     // SAFETY: `ring` is the ring buffer map.
     let pending = unsafe { bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) };
-    let flags = if pending >= WAKEUP_BYTES {
+    let flags = if pending >= agent_ebpf::WAKEUP_BYTES {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
@@ -472,113 +399,96 @@ fn sockaddr_family(addr: u64) -> u16 {
     unsafe { bpf_probe_read_user(addr as *const u16) }.unwrap_or(0)
 }
 
-fn enter_accept(args: &SysArgs) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if tgid_of(pid_tgid) == config().self_tgid {
-        return;
-    }
-    let inflight = Inflight {
-        // SAFETY: no preconditions.
-        enter_ns: unsafe { bpf_ktime_get_ns() },
-        conn_id: 0,
-        ptr: args.get(1),
-        count: 0,
-        fd: args.get(0) as i32,
-        syscall: Syscall::Accept as u8,
-        direction: 0,
-        buffer: Buffer::None as u8,
-        origin: ORIGIN_ACCEPT,
-    };
-    if INFLIGHT.insert(&pid_tgid, &inflight, 0).is_err() {
-        bump(Counter::InflightTableFull);
+/// Whether an AF_INET socket we saw created is something other than a stream (UDP).
+#[inline(always)]
+fn known_not_stream(key: &SockKey) -> bool {
+    // SAFETY: copied out at once.
+    match unsafe { SOCK_TYPES.get(key) } {
+        Some(ty) => *ty & 0xf != SOCK_STREAM,
+        None => false,
     }
 }
 
-fn exit_accept(ret: i64) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: copied out before removal.
-    let Some(inflight) = (unsafe { INFLIGHT.get(&pid_tgid) }).copied() else {
-        return;
-    };
-    let _ = INFLIGHT.remove(&pid_tgid);
-    let fd = ret;
-    if fd < 0 {
+/// `accept(fd, addr, addrlen)` / `accept4` returned a new socket.
+#[inline(always)]
+fn on_accept<R: Regs>(regs: &R, ret: i64) {
+    if ret < 0 {
         return;
     }
-    let family = sockaddr_family(inflight.ptr);
-    if family != 0 && family != AF_INET && family != AF_INET6 {
-        // AF_UNIX and friends: not TCP.
-        return;
-    }
-    let tgid = tgid_of(pid_tgid);
-    if family == 0 {
-        // No address asked for: the listening socket tells, when we saw it created.
-        // SAFETY: copied out.
-        let listen = SockKey {
-            tgid,
-            fd: inflight.fd,
-        };
-        if let Some(ty) = unsafe { SOCK_TYPES.get(&listen) } {
-            if *ty & 0xf != SOCK_STREAM {
-                return;
-            }
-        }
-    }
-    open_conn(pid_tgid, fd as i32, inflight, ORIGIN_ACCEPT);
-}
-
-fn enter_connect(args: &SysArgs) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = tgid_of(pid_tgid);
     if tgid == config().self_tgid {
         return;
     }
-    let addr = args.get(1);
+    let listen_fd = arg(regs, 0) as i32;
+    let addr = arg(regs, 1);
+    let family = sockaddr_family(addr);
+    if family != 0 && family != AF_INET && family != AF_INET6 {
+        // AF_UNIX and friends: not TCP.
+        return;
+    }
+    if family == 0
+        && known_not_stream(&SockKey {
+            tgid,
+            fd: listen_fd,
+        })
+    {
+        return;
+    }
+    open_conn(
+        pid_tgid,
+        ret as i32,
+        addr,
+        ORIGIN_ACCEPT,
+        Syscall::Accept,
+        listen_fd,
+    );
+}
+
+/// `connect(fd, addr, addrlen)` returned: 0, or EINPROGRESS for a non-blocking socket.
+#[inline(always)]
+fn on_connect<R: Regs>(regs: &R, ret: i64) {
+    if ret != 0 && ret != -EINPROGRESS {
+        return;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = tgid_of(pid_tgid);
+    if tgid == config().self_tgid {
+        return;
+    }
+    let fd = arg(regs, 0) as i32;
+    let addr = arg(regs, 1);
     let family = sockaddr_family(addr);
     if family != AF_INET && family != AF_INET6 {
         return;
     }
-    let fd = args.get(0) as i32;
-    // SAFETY: copied out.
-    if let Some(ty) = unsafe { SOCK_TYPES.get(&SockKey { tgid, fd }) } {
-        if *ty & 0xf != SOCK_STREAM {
-            return;
-        }
-    }
-    let inflight = Inflight {
-        // SAFETY: no preconditions.
-        enter_ns: unsafe { bpf_ktime_get_ns() },
-        conn_id: 0,
-        ptr: addr,
-        count: 0,
-        fd,
-        syscall: Syscall::Connect as u8,
-        direction: 0,
-        buffer: Buffer::None as u8,
-        origin: ORIGIN_CONNECT,
-    };
-    if INFLIGHT.insert(&pid_tgid, &inflight, 0).is_err() {
-        bump(Counter::InflightTableFull);
-    }
-}
-
-fn exit_connect(ret: i64) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: copied out before removal.
-    let Some(inflight) = (unsafe { INFLIGHT.get(&pid_tgid) }).copied() else {
-        return;
-    };
-    let _ = INFLIGHT.remove(&pid_tgid);
-    if ret != 0 && ret != -EINPROGRESS {
+    if known_not_stream(&SockKey { tgid, fd }) {
         return;
     }
-    let fd = inflight.fd;
-    open_conn(pid_tgid, fd, inflight, ORIGIN_CONNECT);
+    open_conn(pid_tgid, fd, addr, ORIGIN_CONNECT, Syscall::Connect, -1);
 }
 
-/// Starts tracking `fd` and reports it with the peer address found at `inflight.ptr`.
 #[inline(always)]
-fn open_conn(pid_tgid: u64, fd: i32, inflight: Inflight, origin: u8) {
+fn next_conn_id() -> u64 {
+    // SAFETY: bpf_get_smp_processor_id has no preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() } as u64;
+    let seq = match CONN_SEQ.get_ptr_mut(0) {
+        Some(slot) => {
+            // SAFETY: per-CPU slot.
+            unsafe {
+                *slot += 1;
+                *slot
+            }
+        }
+        None => 0,
+    };
+    // Kernel ids never set the top bit: userspace uses it for sockets found in /proc.
+    ((seq << 8) | (cpu & 0xff)) & !(1u64 << 63)
+}
+
+/// Starts tracking `fd` and reports it with the peer address found at user address `addr`.
+#[inline(always)]
+fn open_conn(pid_tgid: u64, fd: i32, addr: u64, origin: u8, syscall: Syscall, listen_fd: i32) {
     let key = SockKey {
         tgid: tgid_of(pid_tgid),
         fd,
@@ -590,10 +500,8 @@ fn open_conn(pid_tgid: u64, fd: i32, inflight: Inflight, origin: u8) {
         _pad: [0; 7],
     };
     // BPF_NOEXIST: a repeated connect on a socket already tracked keeps its identity.
-    const BPF_NOEXIST: u64 = 1;
     if let Err(e) = CONNS.insert(&key, &info, BPF_NOEXIST) {
-        // -EEXIST is the repeated connect; anything else is a full table.
-        if e != -17 {
+        if e as i64 != -EEXIST {
             bump(Counter::ConnTableFull);
         }
         return;
@@ -603,79 +511,58 @@ fn open_conn(pid_tgid: u64, fd: i32, inflight: Inflight, origin: u8) {
     };
     // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
     let buf = unsafe { &mut *buf };
-    fill_header(
-        &mut buf.header,
-        pid_tgid,
-        EventKind::Open,
-        conn_id,
-        fd,
-        inflight.enter_ns,
-    );
+    let ts = now();
+    fill_header(&mut buf.header, pid_tgid, EventKind::Open, conn_id, fd, ts);
     buf.header.origin = origin;
-    buf.header.syscall = inflight.syscall;
-    if origin == ORIGIN_ACCEPT {
-        buf.header.listen_fd = inflight.fd;
-    }
+    buf.header.syscall = syscall as u8;
+    buf.header.listen_fd = listen_fd;
     // Payload: sockaddr (zeroed when unreadable), padding, comm.
     buf.payload[..OPEN_PAYLOAD_LEN].fill(0);
-    if inflight.ptr != 0 {
+    if addr != 0 {
         // SAFETY: SOCKADDR_LEN < payload length; the helper validates the user address.
         unsafe {
             probe_read_user_raw(
                 buf.payload.as_mut_ptr() as *mut c_void,
                 SOCKADDR_LEN as u32,
-                inflight.ptr as *const c_void,
+                addr as *const c_void,
             )
         };
     }
     if let Ok(comm) = bpf_get_current_comm() {
         buf.payload[OPEN_COMM_OFFSET..OPEN_PAYLOAD_LEN].copy_from_slice(&comm);
     }
-    let captured = OPEN_PAYLOAD_LEN as u64;
-    submit(buf, captured);
+    submit(buf, OPEN_PAYLOAD_LEN as u64);
 }
 
-fn enter_socket(args: &SysArgs) {
-    let family = args.get(0) as u16;
+/// `socket(family, type, protocol)` returned: remember the type of inet sockets.
+#[inline(always)]
+fn on_socket<R: Regs>(regs: &R, ret: i64) {
+    if ret < 0 {
+        return;
+    }
+    let family = arg(regs, 0) as u16;
     if family != AF_INET && family != AF_INET6 {
         return;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let inflight = Inflight {
-        enter_ns: 0,
-        conn_id: 0,
-        ptr: 0,
-        count: args.get(1),
-        fd: -1,
-        syscall: 0,
-        direction: 0,
-        buffer: Buffer::None as u8,
-        origin: 0,
-    };
-    let _ = INFLIGHT.insert(&pid_tgid, &inflight, 0);
-}
-
-fn exit_socket(ret: i64) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: copied out before removal.
-    let Some(inflight) = (unsafe { INFLIGHT.get(&pid_tgid) }).copied() else {
-        return;
-    };
-    let _ = INFLIGHT.remove(&pid_tgid);
-    let fd = ret;
-    if fd < 0 {
-        return;
-    }
     let key = SockKey {
-        tgid: tgid_of(pid_tgid),
-        fd: fd as i32,
+        tgid: tgid_of(bpf_get_current_pid_tgid()),
+        fd: ret as i32,
     };
-    let _ = SOCK_TYPES.insert(&key, &(inflight.count as u32), 0);
+    let _ = SOCK_TYPES.insert(&key, &(arg(regs, 1) as u32), 0);
 }
 
-fn enter_close(args: &SysArgs) {
+/// `syscalls:sys_enter_close`: forget the socket before its number can be reused. The record
+/// holds the fd at offset 16 (stable tracepoint format).
+pub fn sys_enter_close(ctx: &TracePointContext) -> u32 {
+    // SAFETY: offset 16 of a syscall enter record is its first argument.
+    let fd = unsafe { ctx.read_at::<u64>(16) }.unwrap_or(u64::MAX) as i32;
+    on_close(fd);
+    0
+}
+
+#[inline(always)]
+fn on_close(fd: i32) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let fd = args.get(0) as i32;
     let key = SockKey {
         tgid: tgid_of(pid_tgid),
         fd,
@@ -692,9 +579,15 @@ fn enter_close(args: &SysArgs) {
     };
     // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
     let buf = unsafe { &mut *buf };
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    fill_header(&mut buf.header, pid_tgid, EventKind::Close, conn.conn_id, fd, now);
+    let ts = now();
+    fill_header(
+        &mut buf.header,
+        pid_tgid,
+        EventKind::Close,
+        conn.conn_id,
+        fd,
+        ts,
+    );
     buf.header.syscall = Syscall::Close as u8;
     buf.header.origin = conn.origin;
     submit(buf, 0);
@@ -712,9 +605,8 @@ pub fn process_exit(_ctx: &TracePointContext) -> u32 {
     };
     // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
     let buf = unsafe { &mut *buf };
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    fill_header(&mut buf.header, pid_tgid, EventKind::ProcessExit, 0, -1, now);
+    let ts = now();
+    fill_header(&mut buf.header, pid_tgid, EventKind::ProcessExit, 0, -1, ts);
     buf.header.syscall = Syscall::Exit as u8;
     submit(buf, 0);
     0

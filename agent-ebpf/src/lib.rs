@@ -89,10 +89,8 @@ pub enum Syscall {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct EventHeader {
-    /// `CLOCK_MONOTONIC` ns when the syscall was entered.
-    pub enter_ns: u64,
-    /// `CLOCK_MONOTONIC` ns when the syscall returned.
-    pub exit_ns: u64,
+    /// `CLOCK_MONOTONIC` ns when the syscall returned (for `Close`: when it was entered).
+    pub ts_ns: u64,
     /// Unique per tracked socket lifetime (never reused while the agent runs).
     pub conn_id: u64,
     pub cgroup_id: u64,

@@ -11,22 +11,35 @@ mod io;
 #[cfg(target_arch = "bpf")]
 mod programs {
     use aya_ebpf::{
-        macros::{raw_tracepoint, tracepoint},
-        programs::{RawTracePointContext, TracePointContext},
+        macros::{btf_tracepoint, raw_tracepoint, tracepoint},
+        programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
     };
 
-    use crate::io;
+    use crate::io::{self, BtfRegs, ProbedRegs};
 
-    /// Every syscall entry; dispatches on the syscall number.
-    #[raw_tracepoint(tracepoint = "sys_enter")]
-    pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
-        io::sys_enter(&ctx)
+    // Two variants of the same syscall exit hook; the loader picks one at start-up. BTF
+    // tracepoints read registers with plain loads; raw tracepoints (no BTF needed) through a
+    // helper.
+
+    /// Every syscall exit (BTF variant).
+    #[btf_tracepoint(function = "sys_exit")]
+    pub fn sys_exit_btf(ctx: BtfTracePointContext) -> i32 {
+        let regs: *const u8 = ctx.arg(0);
+        io::sys_exit(&BtfRegs(regs), ctx.arg(1));
+        0
     }
 
-    /// Every syscall exit; dispatches on the syscall number.
+    /// Every syscall exit (raw variant).
     #[raw_tracepoint(tracepoint = "sys_exit")]
-    pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
-        io::sys_exit(&ctx)
+    pub fn sys_exit_raw(ctx: RawTracePointContext) -> i32 {
+        let regs: u64 = ctx.arg(0);
+        io::sys_exit(&ProbedRegs(regs as *const u8), ctx.arg(1));
+        0
+    }
+
+    #[tracepoint]
+    pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+        io::sys_enter_close(&ctx)
     }
 
     #[tracepoint]

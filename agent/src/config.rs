@@ -18,9 +18,18 @@ pub struct Config {
     pub capture_bytes: u32,
 
     /// Size of the kernel → userspace ring buffer in bytes (a power of two, ≥ 4096).
-    #[arg(long, env = "PERISCOPE_RINGBUF_BYTES", default_value_t = 16 * 1024 * 1024,
+    #[arg(long, env = "PERISCOPE_RINGBUF_BYTES", default_value_t = 8 * 1024 * 1024,
           value_parser = parse_ringbuf_bytes)]
     pub ringbuf_bytes: u32,
+
+    /// How to attach the syscall hooks: auto picks BTF tracepoints when the kernel has BTF.
+    #[arg(
+        long,
+        env = "PERISCOPE_SYSCALL_HOOKS",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub syscall_hooks: crate::capture::HookMode,
 
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, env = "PERISCOPE_LOG_LEVEL", default_value = "info")]

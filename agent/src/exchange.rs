@@ -42,10 +42,13 @@ pub enum Detail {
 
 /// One request/response pair with kernel timings.
 ///
-/// Timing semantics: a server exchange runs from the first byte of the request read (the
-/// read's return) to the end of the response write (the write's return); a client exchange
-/// from the first request byte written (the write's entry) to the last response byte read
-/// (the read's return). Timestamps are `CLOCK_MONOTONIC` nanoseconds.
+/// Timing semantics: a server exchange runs from the return of the read that brought the
+/// request's first byte to the return of the write that sent the response's last byte; a
+/// client exchange from the return of the write that sent the request's first byte to the
+/// return of the read that brought the response's last byte. Every timestamp is taken when a
+/// syscall returns (the bytes were handed to, or taken from, the kernel), so a client exchange
+/// leaves out the duration of its first write syscall — microseconds, measured in
+/// BENCHMARKS.md. Timestamps are `CLOCK_MONOTONIC` nanoseconds.
 #[derive(Clone, Debug)]
 pub struct Exchange {
     pub role: Role,

@@ -39,7 +39,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
     log::info!(
         "kernel {}, BTF {}, tracefs at {}",
         facts.release,
-        if facts.btf { "present" } else { "absent (not needed)" },
+        if facts.btf {
+            "present"
+        } else {
+            "absent (not needed)"
+        },
         facts.tracefs
     );
 
@@ -55,8 +59,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let settings = capture::Settings {
         capture_bytes: config.capture_bytes,
         ringbuf_bytes: config.ringbuf_bytes,
+        hooks: config.syscall_hooks,
     };
     let (capture, maps) = Capture::start(&settings)?;
+    metrics
+        .hooks_info
+        .get_or_create(&periscope::export::prometheus::HooksLabels {
+            syscall_hooks: capture.hooks.as_str().to_owned(),
+            kernel: facts.release.clone(),
+        })
+        .set(1);
     let mut reader = Reader::new(maps, metrics);
     let adopted = reader.adopt_existing_sockets();
     log::info!(

@@ -3,7 +3,6 @@
 //! Everything is attached through tracepoints (perf-event links owned by file descriptors), so
 //! when the agent exits, however it exits, the kernel detaches every program.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,12 +13,13 @@ use agent_ebpf::{
 };
 use anyhow::{bail, Context};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::{RawTracePoint, TracePoint};
+use aya::programs::{BtfTracePoint, RawTracePoint, TracePoint};
+use aya::Btf;
 use aya::{Ebpf, EbpfLoader};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use crate::conn::{KernelAction, Tracker};
+use crate::conn::{listeners, KernelAction, Tracker};
 use crate::export::prometheus::{DeltaCounter, Metrics, MetricsSink, ReasonLabel};
 
 pub mod preflight;
@@ -27,12 +27,33 @@ pub mod preflight;
 /// The kernel object built by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
 
-/// Syscall hooks: raw tracepoints on every syscall entry and exit, dispatching on the syscall
-/// number in the kernel (much cheaper per hit than per-syscall tracepoints; see BENCHMARKS.md).
-const RAW_TRACEPOINTS: &[(&str, &str)] = &[("sys_exit", "sys_exit"), ("sys_enter", "sys_enter")];
-
 /// Classic tracepoints: (program, category, name).
-const TRACEPOINTS: &[(&str, &str, &str)] = &[("process_exit", "sched", "sched_process_exit")];
+const TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("sys_enter_close", "syscalls", "sys_enter_close"),
+    ("process_exit", "sched", "sched_process_exit"),
+];
+
+/// How the syscall exit hook is attached. Both run the same code and produce the same
+/// events; they differ in how registers are read and in what the kernel must offer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum HookMode {
+    /// BTF tracepoints when the kernel has BTF and accepts them, raw tracepoints otherwise.
+    Auto,
+    /// `tp_btf/sys_exit`: registers are plain loads. Needs kernel BTF.
+    Btf,
+    /// `raw_tracepoint/sys_exit`: registers read through a helper. Any kernel ≥ 5.8.
+    Raw,
+}
+
+impl HookMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookMode::Auto => "auto",
+            HookMode::Btf => "tp_btf",
+            HookMode::Raw => "raw_tracepoint",
+        }
+    }
+}
 
 /// Capture settings.
 #[derive(Clone, Debug)]
@@ -41,11 +62,14 @@ pub struct Settings {
     pub capture_bytes: u32,
     /// Ring-buffer size in bytes (a power of two, at least one page).
     pub ringbuf_bytes: u32,
+    pub hooks: HookMode,
 }
 
 /// Loaded and attached kernel programs. Dropping it detaches everything.
 pub struct Capture {
     ebpf: Ebpf,
+    /// The mechanism the syscall hooks ended up on (`Btf` or `Raw`).
+    pub hooks: HookMode,
 }
 
 /// The maps the reader needs, taken out of the `Ebpf` object.
@@ -90,17 +114,7 @@ impl Capture {
             tp.attach(category, name)
                 .with_context(|| format!("attaching {program} to tracepoint {category}:{name}"))?;
         }
-        // The exit hook goes first, so no syscall entered after attaching misses its exit.
-        for (program, name) in RAW_TRACEPOINTS {
-            let tp: &mut RawTracePoint = ebpf
-                .program_mut(program)
-                .with_context(|| format!("program {program} missing from the object"))?
-                .try_into()?;
-            tp.load()
-                .with_context(|| format!("the kernel rejected program {program}"))?;
-            tp.attach(name)
-                .with_context(|| format!("attaching {program} to raw tracepoint {name}"))?;
-        }
+        let hooks = attach_syscall_hooks(&mut ebpf, settings.hooks)?;
         let maps = Maps {
             events: RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?,
             conns: BpfHashMap::try_from(take(&mut ebpf, "CONNS")?)?,
@@ -108,18 +122,53 @@ impl Capture {
             counters: PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)?,
         };
         log::info!(
-            "capture: {} hooks attached (capture {} B per syscall, ring buffer {} KiB)",
-            RAW_TRACEPOINTS.len() + TRACEPOINTS.len(),
+            "capture: syscall hooks on {}, capture {} B per syscall, ring buffer {} KiB",
+            hooks.as_str(),
             settings.capture_bytes,
             settings.ringbuf_bytes / 1024
         );
-        Ok((Capture { ebpf }, maps))
+        Ok((Capture { ebpf, hooks }, maps))
     }
 
     /// Number of loaded programs (for the start-up log and tests).
     pub fn program_count(&self) -> usize {
         self.ebpf.programs().count()
     }
+}
+
+/// Attaches the syscall exit hook with the chosen (or best available) mechanism.
+fn attach_syscall_hooks(ebpf: &mut Ebpf, mode: HookMode) -> anyhow::Result<HookMode> {
+    if mode != HookMode::Raw {
+        match attach_btf_hooks(ebpf) {
+            Ok(()) => return Ok(HookMode::Btf),
+            Err(e) if mode == HookMode::Auto => {
+                log::info!("BTF tracepoints unavailable ({e:#}); using raw tracepoints");
+            }
+            Err(e) => return Err(e.context("--syscall-hooks btf")),
+        }
+    }
+    let tp: &mut RawTracePoint = program_of(ebpf, "sys_exit_raw")?.try_into()?;
+    tp.load()
+        .context("the kernel rejected program sys_exit_raw")?;
+    tp.attach("sys_exit")
+        .context("attaching sys_exit_raw to raw tracepoint sys_exit")?;
+    Ok(HookMode::Raw)
+}
+
+fn attach_btf_hooks(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
+    let tp: &mut BtfTracePoint = program_of(ebpf, "sys_exit_btf")?.try_into()?;
+    tp.load("sys_exit", &btf).context("loading sys_exit_btf")?;
+    tp.attach().context("attaching sys_exit_btf")?;
+    Ok(())
+}
+
+fn program_of<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+) -> anyhow::Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name)
+        .with_context(|| format!("program {name} missing from the object"))
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
@@ -151,7 +200,7 @@ impl Reader {
     pub fn adopt_existing_sockets(&mut self) -> usize {
         let mut adopted = 0;
         let mut next_id: u64 = 1 << 63;
-        for found in discover_established(Path::new("/proc")) {
+        for found in listeners::discover_established(Path::new("/proc")) {
             let key = SockKey {
                 tgid: found.tgid,
                 fd: found.fd,
@@ -163,15 +212,7 @@ impl Reader {
             };
             // BPF_NOEXIST: the kernel may already track it if it was opened while attaching.
             if self.maps.conns.insert(key, info, 1).is_ok() {
-                self.tracker.adopt(
-                    next_id,
-                    found.tgid,
-                    found.fd,
-                    found.local,
-                    found.remote,
-                    found.is_server,
-                    &mut self.sink,
-                );
+                self.tracker.adopt(next_id, &found, &mut self.sink);
                 next_id += 1;
                 adopted += 1;
             }
@@ -225,7 +266,7 @@ impl Reader {
                 _ = tick.tick() => {
                     ticks += 1;
                     fold_counters(&counters, &lost, &sink.metrics);
-                    if ticks % 30 == 0 {
+                    if ticks.is_multiple_of(30) {
                         tracker.expire_dead(&mut sink, &mut actions);
                         apply(&mut actions, &mut conns, &mut muted);
                         forget_dead_sockets(&mut conns);
@@ -316,11 +357,7 @@ fn forget_dead_sockets(conns: &mut BpfHashMap<MapData, SockKey, ConnInfo>) {
     }
 }
 
-fn fold_counters(
-    counters: &PerCpuArray<MapData, u64>,
-    lost: &[DeltaCounter],
-    metrics: &Metrics,
-) {
+fn fold_counters(counters: &PerCpuArray<MapData, u64>, lost: &[DeltaCounter], metrics: &Metrics) {
     for (index, name) in COUNTER_NAMES.iter().enumerate() {
         let Ok(values) = counters.get(&(index as u32), 0) else {
             continue;
@@ -335,72 +372,4 @@ fn fold_counters(
             lost[index].advance(&counter, total);
         }
     }
-}
-
-/// An established TCP socket found in `/proc`.
-#[derive(Clone, Copy, Debug)]
-pub struct FoundSocket {
-    pub tgid: u32,
-    pub fd: i32,
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-    /// Its local port is one the same network namespace listens on.
-    pub is_server: bool,
-}
-
-/// Established TCP sockets of every process (but this one), with their fds.
-pub fn discover_established(proc_root: &Path) -> Vec<FoundSocket> {
-    use crate::conn::listeners::{socket_inode, tcp_table, TCP_ESTABLISHED, TCP_LISTEN};
-    let me = std::process::id();
-    let mut tables: std::collections::HashMap<String, Vec<crate::conn::listeners::TcpEntry>> =
-        std::collections::HashMap::new();
-    let mut found = Vec::new();
-    let Ok(dir) = std::fs::read_dir(proc_root) else {
-        return found;
-    };
-    for entry in dir.flatten() {
-        let Some(tgid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        if tgid == me {
-            continue;
-        }
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
-            continue;
-        };
-        let netns = std::fs::read_link(entry.path().join("ns/net"))
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        for fd_entry in fds.flatten() {
-            let Some(fd) = fd_entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            let Some(inode) = socket_inode(proc_root, tgid, fd) else {
-                continue;
-            };
-            let table = tables
-                .entry(netns.clone())
-                .or_insert_with(|| tcp_table(proc_root, tgid));
-            let Some(sock) = table
-                .iter()
-                .find(|e| e.inode == inode && e.state == TCP_ESTABLISHED)
-            else {
-                continue;
-            };
-            let is_server = table.iter().any(|l| {
-                l.state == TCP_LISTEN
-                    && l.local.port() == sock.local.port()
-                    && (l.local.ip().is_unspecified() || l.local.ip() == sock.local.ip())
-            });
-            found.push(FoundSocket {
-                tgid,
-                fd,
-                local: sock.local,
-                remote: sock.remote,
-                is_server,
-            });
-        }
-    }
-    found
 }

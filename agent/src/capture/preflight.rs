@@ -135,7 +135,10 @@ mod tests {
         let bpf_only = format!("CapEff:\t{:016x}\n", 1u64 << CAP_BPF);
         let err = check_capabilities(&bpf_only).unwrap_err().to_string();
         assert!(err.contains("missing capability CAP_PERFMON"), "{err}");
-        let both = format!("CapEff:\t{:016x}\n", (1u64 << CAP_BPF) | (1u64 << CAP_PERFMON));
+        let both = format!(
+            "CapEff:\t{:016x}\n",
+            (1u64 << CAP_BPF) | (1u64 << CAP_PERFMON)
+        );
         assert!(check_capabilities(&both).is_ok());
         assert!(check_capabilities("CapEff:\t000001ffffffffff\n").is_ok());
     }

@@ -1,7 +1,7 @@
 //! Local addresses of sockets, from `/proc/<pid>/fd` and `/proc/<pid>/net/tcp{,6}`.
 //!
 //! Used once per listening socket (to name the server port of accepted connections) and once at
-//! start-up (to adopt connections that were already open).
+//! start-up (to find the connections that were already open).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -58,7 +58,9 @@ fn parse_hex_addr(s: &str) -> Option<SocketAddr> {
                 chunk.copy_from_slice(&word.to_ne_bytes());
             }
             let v6 = Ipv6Addr::from(bytes);
-            v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6))
+            v6.to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(v6))
         }
         _ => return None,
     };
@@ -69,7 +71,10 @@ fn parse_hex_addr(s: &str) -> Option<SocketAddr> {
 pub fn socket_inode(proc_root: &Path, pid: u32, fd: i32) -> Option<u64> {
     let link = std::fs::read_link(proc_root.join(format!("{pid}/fd/{fd}"))).ok()?;
     let link = link.to_str()?;
-    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 /// The TCP table of a process's network namespace (IPv4 and IPv6).
@@ -118,6 +123,79 @@ impl ListenerPorts {
     }
 }
 
+/// An established TCP socket found in `/proc`.
+#[derive(Clone, Copy, Debug)]
+pub struct FoundSocket {
+    pub tgid: u32,
+    pub fd: i32,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// Its local port is one the same network namespace listens on.
+    pub is_server: bool,
+}
+
+/// Established TCP sockets of every process (but this one), with their fds.
+pub fn discover_established(proc_root: &Path) -> Vec<FoundSocket> {
+    let me = std::process::id();
+    let mut tables: HashMap<String, Vec<TcpEntry>> = HashMap::new();
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir(proc_root) else {
+        return found;
+    };
+    for entry in dir.flatten() {
+        let Some(tgid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if tgid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        let netns = std::fs::read_link(entry.path().join("ns/net"))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for fd_entry in fds.flatten() {
+            let Some(fd) = fd_entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Some(inode) = socket_inode(proc_root, tgid, fd) else {
+                continue;
+            };
+            let table = tables
+                .entry(netns.clone())
+                .or_insert_with(|| tcp_table(proc_root, tgid));
+            let Some(sock) = table
+                .iter()
+                .find(|e| e.inode == inode && e.state == TCP_ESTABLISHED)
+            else {
+                continue;
+            };
+            let is_server = table.iter().any(|l| {
+                l.state == TCP_LISTEN
+                    && l.local.port() == sock.local.port()
+                    && (l.local.ip().is_unspecified() || l.local.ip() == sock.local.ip())
+            });
+            found.push(FoundSocket {
+                tgid,
+                fd,
+                local: sock.local,
+                remote: sock.remote,
+                is_server,
+            });
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,7 +230,10 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         use std::os::fd::AsRawFd;
         let mut ports = ListenerPorts::new(Path::new("/proc"));
-        assert_eq!(ports.port(std::process::id(), listener.as_raw_fd()), Some(port));
+        assert_eq!(
+            ports.port(std::process::id(), listener.as_raw_fd()),
+            Some(port)
+        );
     }
 
     #[test]

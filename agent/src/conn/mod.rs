@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
-use agent_ebpf::{EventHeader, EventKind, DIR_EGRESS, DIR_INGRESS, ORIGIN_PROC};
+use agent_ebpf::{EventHeader, EventKind, DIR_INGRESS, ORIGIN_PROC};
 
 use crate::exchange::{Detail, Endpoint, Exchange, Role};
 use crate::metadata::{ProcessCache, ProcessInfo};
@@ -77,8 +77,13 @@ pub trait Sink {
 }
 
 enum State {
-    Detecting { chunks_seen: u32 },
-    Http { role: Role, decoder: Box<Http1Decoder> },
+    Detecting {
+        chunks_seen: u32,
+    },
+    Http {
+        role: Role,
+        decoder: Box<Http1Decoder>,
+    },
     Muted,
 }
 
@@ -87,7 +92,7 @@ struct Conn {
     fd: i32,
     origin: u8,
     peer: Option<SocketAddr>,
-    local_port: Option<u16>,
+    server_port: Option<u16>,
     process: Arc<ProcessInfo>,
     state: State,
     last_ns: u64,
@@ -121,26 +126,21 @@ impl Tracker {
 
     /// A connection that existed before start-up, found in `/proc` and registered in the kernel
     /// table by the capture layer.
-    pub fn adopt(
-        &mut self,
-        conn_id: u64,
-        tgid: u32,
-        fd: i32,
-        local: SocketAddr,
-        peer: SocketAddr,
-        is_server: bool,
-        sink: &mut dyn Sink,
-    ) {
-        let process = self.processes.get(tgid, None);
-        let local_port = Some(if is_server { local.port() } else { peer.port() });
+    pub fn adopt(&mut self, conn_id: u64, found: &listeners::FoundSocket, sink: &mut dyn Sink) {
+        let process = self.processes.get(found.tgid, None);
+        let server_port = if found.is_server {
+            found.local.port()
+        } else {
+            found.remote.port()
+        };
         self.conns.insert(
             conn_id,
             Conn {
-                tgid,
-                fd,
+                tgid: found.tgid,
+                fd: found.fd,
                 origin: ORIGIN_PROC,
-                peer: Some(peer),
-                local_port,
+                peer: Some(found.remote),
+                server_port: Some(server_port),
                 process,
                 state: State::Detecting { chunks_seen: 0 },
                 last_ns: 0,
@@ -162,10 +162,12 @@ impl Tracker {
             Some(EventKind::Data) => self.data(header, payload, sink, actions),
             Some(EventKind::Close) => {
                 if let Some(conn) = self.conns.remove(&header.conn_id) {
-                    self.finish(conn, header.exit_ns, EndReason::Closed, sink);
+                    self.finish(conn, header.ts_ns, EndReason::Closed, sink);
                 }
             }
-            Some(EventKind::ProcessExit) => self.process_exit(header.tgid, header.exit_ns, sink, actions),
+            Some(EventKind::ProcessExit) => {
+                self.process_exit(header.tgid, header.ts_ns, sink, actions)
+            }
             None => {}
         }
     }
@@ -178,7 +180,7 @@ impl Tracker {
             .and_then(|c| std::str::from_utf8(c).ok())
             .filter(|c| !c.is_empty());
         let process = self.processes.get(header.tgid, comm);
-        let local_port = match header.origin {
+        let server_port = match header.origin {
             agent_ebpf::ORIGIN_ACCEPT => self.listeners.port(header.tgid, header.listen_fd),
             _ => peer.map(|p| p.port()),
         };
@@ -189,10 +191,10 @@ impl Tracker {
                 fd: header.fd,
                 origin: header.origin,
                 peer,
-                local_port,
+                server_port,
                 process,
                 state: State::Detecting { chunks_seen: 0 },
-                last_ns: header.exit_ns,
+                last_ns: header.ts_ns,
             },
         );
         sink.opened(header.origin);
@@ -216,14 +218,14 @@ impl Tracker {
                     fd: header.fd,
                     origin: header.origin,
                     peer: None,
-                    local_port: None,
+                    server_port: None,
                     process,
                     state: State::Detecting { chunks_seen: 0 },
-                    last_ns: header.exit_ns,
+                    last_ns: header.ts_ns,
                 })
             }
         };
-        conn.last_ns = header.exit_ns;
+        conn.last_ns = header.ts_ns;
         let ingress = header.direction == DIR_INGRESS;
         if let State::Detecting { chunks_seen } = &mut conn.state {
             *chunks_seen += 1;
@@ -238,7 +240,7 @@ impl Tracker {
                 Some(role) => {
                     if role == Role::Server && conn.origin == agent_ebpf::ORIGIN_CONNECT {
                         // A connected socket serving requests (rare): the server port is ours.
-                        conn.local_port = None;
+                        conn.server_port = None;
                     }
                     conn.state = State::Http {
                         role,
@@ -264,12 +266,11 @@ impl Tracker {
             (Role::Server, true) | (Role::Client, false) => Stream::Request,
             (Role::Server, false) | (Role::Client, true) => Stream::Response,
         };
-        let egress = header.direction == DIR_EGRESS;
+        // Both directions are stamped when the syscall returned (see agent-ebpf's io.rs).
         let chunk = Chunk {
             stream,
-            // A write's first byte moves when it is entered; a read's when it returns.
-            first_ns: if egress { header.enter_ns } else { header.exit_ns },
-            last_ns: header.exit_ns,
+            first_ns: header.ts_ns,
+            last_ns: header.ts_ns,
             bytes: payload,
             len: header.ret_len.max(0) as u64,
         };
@@ -388,7 +389,7 @@ fn emit(conn: &Conn, role: Role, exchanges: &mut Vec<HttpExchange>, sink: &mut d
             endpoint: Endpoint {
                 process: conn.process.clone(),
                 peer: conn.peer,
-                server_port: conn.local_port,
+                server_port: conn.server_port,
             },
             detail: Detail::Http(http),
         };

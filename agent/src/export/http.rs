@@ -68,7 +68,13 @@ async fn handle(mut stream: TcpStream, state: &State) -> std::io::Result<()> {
         }
         buf.extend_from_slice(&chunk[..n]);
         if buf.len() > MAX_REQUEST {
-            return respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", b"too large\n").await;
+            return respond(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                b"too large\n",
+            )
+            .await;
         }
     }
     let line = buf.split(|&b| b == b'\r').next().unwrap_or_default();
@@ -78,30 +84,101 @@ async fn handle(mut stream: TcpStream, state: &State) -> std::io::Result<()> {
     let path = parts.next().unwrap_or_default();
     let path = path.split('?').next().unwrap_or_default();
     if method != "GET" && method != "HEAD" {
-        return respond(&mut stream, "405 Method Not Allowed", "text/plain", b"GET only\n").await;
+        return respond(
+            &mut stream,
+            "405 Method Not Allowed",
+            "text/plain",
+            b"GET only\n",
+        )
+        .await;
     }
     match path {
         "/metrics" => {
             state.metrics.refresh_process_stats();
             let mut body = String::with_capacity(64 * 1024);
             if prometheus_client::encoding::text::encode(&mut body, &state.registry).is_err() {
-                return respond(&mut stream, "500 Internal Server Error", "text/plain", b"encoding failed\n").await;
+                return respond(
+                    &mut stream,
+                    "500 Internal Server Error",
+                    "text/plain",
+                    b"encoding failed\n",
+                )
+                .await;
             }
-            respond(
-                &mut stream,
-                "200 OK",
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                body.as_bytes(),
-            )
-            .await
+            let head = String::from_utf8_lossy(&buf);
+            if accepts_openmetrics(&head) {
+                respond(&mut stream, "200 OK", OPENMETRICS, body.as_bytes()).await
+            } else {
+                let body = openmetrics_to_prometheus(&body);
+                respond(&mut stream, "200 OK", PROMETHEUS_TEXT, body.as_bytes()).await
+            }
         }
         "/healthz" => respond(&mut stream, "200 OK", "text/plain", b"ok\n").await,
         "/readyz" if state.ready.load(Ordering::Relaxed) => {
             respond(&mut stream, "200 OK", "text/plain", b"ready\n").await
         }
-        "/readyz" => respond(&mut stream, "503 Service Unavailable", "text/plain", b"starting\n").await,
-        _ => respond(&mut stream, "404 Not Found", "text/plain", b"try /metrics\n").await,
+        "/readyz" => {
+            respond(
+                &mut stream,
+                "503 Service Unavailable",
+                "text/plain",
+                b"starting\n",
+            )
+            .await
+        }
+        _ => {
+            respond(
+                &mut stream,
+                "404 Not Found",
+                "text/plain",
+                b"try /metrics\n",
+            )
+            .await
+        }
     }
+}
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Whether the request's `Accept` header asks for OpenMetrics (Prometheus does; curl and
+/// promtool get the classic text format).
+fn accepts_openmetrics(request_head: &str) -> bool {
+    request_head.lines().any(|line| {
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("accept")
+                && value.contains("application/openmetrics-text")
+        })
+    })
+}
+
+/// Rewrites OpenMetrics text as Prometheus text format 0.0.4: counter families are named with
+/// their `_total` suffix in `# HELP`/`# TYPE`, and `# UNIT` and `# EOF` lines are dropped.
+pub fn openmetrics_to_prometheus(text: &str) -> String {
+    let counters: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let rewritten = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match rewritten {
+            Some(line) => out.push_str(&line),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 async fn respond(
@@ -117,4 +194,30 @@ async fn respond(
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body).await?;
     stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_get_their_total_suffix_in_classic_text() {
+        let om = "# HELP x_bytes Bytes.\n# TYPE x_bytes counter\n# UNIT x_bytes bytes\nx_bytes_total 3\n# HELP g A gauge.\n# TYPE g gauge\ng 1\n# EOF\n";
+        let classic = openmetrics_to_prometheus(om);
+        assert_eq!(
+            classic,
+            "# HELP x_bytes_total Bytes.\n# TYPE x_bytes_total counter\nx_bytes_total 3\n# HELP g A gauge.\n# TYPE g gauge\ng 1\n"
+        );
+    }
+
+    #[test]
+    fn negotiation_follows_accept() {
+        assert!(accepts_openmetrics(
+            "GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n"
+        ));
+        assert!(!accepts_openmetrics(
+            "GET /metrics HTTP/1.1\r\nAccept: */*\r\n"
+        ));
+        assert!(!accepts_openmetrics("GET /metrics HTTP/1.1\r\n"));
+    }
 }

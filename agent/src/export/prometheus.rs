@@ -54,6 +54,12 @@ pub struct HttpClientLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HooksLabels {
+    pub syscall_hooks: String,
+    pub kernel: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: String,
 }
@@ -103,6 +109,7 @@ pub struct Metrics {
     pub connections_ended: Family<ReasonLabel, Counter>,
     pub connections_muted: Family<ReasonLabel, Counter>,
     pub incomplete_exchanges: Counter,
+    pub hooks_info: Family<HooksLabels, Gauge>,
     pub process_cpu_seconds: Counter<f64, AtomicU64>,
     pub process_resident_memory: Gauge<i64>,
 }
@@ -131,6 +138,7 @@ impl Metrics {
             connections_ended: Family::default(),
             connections_muted: Family::default(),
             incomplete_exchanges: Counter::default(),
+            hooks_info: Family::default(),
             process_cpu_seconds: Counter::default(),
             process_resident_memory: Gauge::default(),
         };
@@ -238,6 +246,11 @@ impl Metrics {
             "Exchanges whose response was cut short by the connection closing",
             m.incomplete_exchanges.clone(),
         );
+        own.register(
+            "hooks_info",
+            "Which mechanism the syscall hooks use (tp_btf or raw_tracepoint), and the kernel",
+            m.hooks_info.clone(),
+        );
         registry.register_with_unit(
             "process_cpu",
             "Total user and system CPU time spent by the agent",
@@ -272,7 +285,10 @@ impl Metrics {
                 Series {
                     duration: self.http_server_duration.get_or_create(&labels).clone(),
                     request_body: self.http_server_request_body.get_or_create(&labels).clone(),
-                    response_body: self.http_server_response_body.get_or_create(&labels).clone(),
+                    response_body: self
+                        .http_server_response_body
+                        .get_or_create(&labels)
+                        .clone(),
                 }
             }
             Role::Client => {
@@ -292,7 +308,10 @@ impl Metrics {
                 Series {
                     duration: self.http_client_duration.get_or_create(&labels).clone(),
                     request_body: self.http_client_request_body.get_or_create(&labels).clone(),
-                    response_body: self.http_client_response_body.get_or_create(&labels).clone(),
+                    response_body: self
+                        .http_client_response_body
+                        .get_or_create(&labels)
+                        .clone(),
                 }
             }
         }
@@ -329,8 +348,9 @@ fn own_usage() -> Option<(f64, u64)> {
 /// Semantic conventions: known methods as they are, anything else `_OTHER` (bounds cardinality).
 pub fn normalize_method(method: &str) -> &str {
     match method {
-        "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "CONNECT" | "OPTIONS" | "TRACE"
-        | "PATCH" => method,
+        "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "CONNECT" | "OPTIONS" | "TRACE" | "PATCH" => {
+            method
+        }
         _ => "_OTHER",
     }
 }
@@ -393,7 +413,16 @@ impl Sink for MetricsSink {
         };
         let process = Arc::as_ptr(&endpoint.process) as usize;
         let mut hasher = std::hash::DefaultHasher::new();
-        (exchange.role, method, http.status, &http.route, port, peer, process).hash(&mut hasher);
+        (
+            exchange.role,
+            method,
+            http.status,
+            &http.route,
+            port,
+            peer,
+            process,
+        )
+            .hash(&mut hasher);
         let hash = hasher.finish();
         let matches = |key: &SeriesKey| {
             key.role == exchange.role
@@ -437,7 +466,9 @@ impl Sink for MetricsSink {
         };
         series.duration.observe(exchange.duration_seconds());
         series.request_body.observe(http.request_body_bytes as f64);
-        series.response_body.observe(http.response_body_bytes as f64);
+        series
+            .response_body
+            .observe(http.response_body_bytes as f64);
         if !http.complete {
             self.metrics.incomplete_exchanges.inc();
         }

@@ -52,7 +52,10 @@ mod tests {
 
     #[test]
     fn host_processes_have_none() {
-        assert_eq!(container_id("0::/user.slice/user-0.slice/session-1.scope"), None);
+        assert_eq!(
+            container_id("0::/user.slice/user-0.slice/session-1.scope"),
+            None
+        );
         assert_eq!(container_id("0::/"), None);
         assert_eq!(container_id("garbage"), None);
         assert_eq!(container_id(""), None);

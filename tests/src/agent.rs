@@ -1,0 +1,238 @@
+//! The Periscope agent under test, run as a child process in standalone mode.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::{free_port, http_get, read_tail, ChildProcess, Metrics, TempDir};
+
+/// The agent binary: `$PERISCOPE_BIN` if set, else `<workspace>/target/release/periscope`.
+pub fn agent_binary() -> PathBuf {
+    match std::env::var_os("PERISCOPE_BIN") {
+        Some(bin) if !bin.is_empty() => PathBuf::from(bin),
+        _ => crate::workspace_root().join("target/release/periscope"),
+    }
+}
+
+/// How to start an [`Agent`]; `AgentOptions::default()` is what [`Agent::start`] uses.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// The binary; `None` means [`agent_binary`].
+    pub bin: Option<PathBuf>,
+    /// Arguments after `--metrics-addr 127.0.0.1:<port>`.
+    pub args: Vec<String>,
+    /// Extra environment variables (e.g. `RUST_LOG`).
+    pub env: Vec<(String, String)>,
+    /// Pin the agent (all its threads) to this CPU with `taskset`.
+    pub cpu: Option<usize>,
+    /// How long to wait for `GET /readyz` to answer 200.
+    pub ready_timeout: Duration,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        AgentOptions {
+            bin: None,
+            args: Vec::new(),
+            env: Vec::new(),
+            cpu: None,
+            ready_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A running agent serving `/metrics` and `/readyz` on `127.0.0.1:<free port>`; its stdout
+/// and stderr go to a log file. Dropping it stops it like [`Agent::stop`].
+#[derive(Debug)]
+pub struct Agent {
+    process: ChildProcess,
+    addr: SocketAddr,
+    log_path: PathBuf,
+    _dir: TempDir,
+}
+
+impl Agent {
+    /// Starts `$PERISCOPE_BIN --metrics-addr 127.0.0.1:<port> <extra_args>` and waits up to
+    /// 30 s until `GET /readyz` answers 200. Fails, quoting the agent's log, if it exits or
+    /// does not become ready in time.
+    pub fn start(extra_args: &[&str]) -> anyhow::Result<Agent> {
+        Agent::start_with(AgentOptions {
+            args: extra_args.iter().map(|a| a.to_string()).collect(),
+            ..AgentOptions::default()
+        })
+    }
+
+    /// Like [`Agent::start`] with every knob exposed.
+    pub fn start_with(options: AgentOptions) -> anyhow::Result<Agent> {
+        let bin = options.bin.clone().unwrap_or_else(agent_binary);
+        if !bin.exists() {
+            bail!(
+                "agent binary {} does not exist: build it with `cargo build --release -p agent` \
+                 or point PERISCOPE_BIN at it",
+                bin.display()
+            );
+        }
+        let dir = TempDir::new("agent")?;
+        let log_path = dir.path().join("agent.log");
+        let log = File::create(&log_path)?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut cmd = match options.cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpu.to_string()]).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        cmd.arg("--metrics-addr")
+            .arg(addr.to_string())
+            .args(&options.args)
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let process = ChildProcess::spawn("agent", &mut cmd)?;
+        let mut agent = Agent {
+            process,
+            addr,
+            log_path,
+            _dir: dir,
+        };
+        agent.wait_ready(options.ready_timeout)?;
+        Ok(agent)
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.process.try_wait() {
+                bail!(
+                    "the agent exited ({status}) before becoming ready; its log:\n{}",
+                    self.log()
+                );
+            }
+            let last_error = match http_get(self.addr, "/readyz", Duration::from_secs(2)) {
+                Ok(r) if r.status == 200 => return Ok(()),
+                Ok(r) => format!("/readyz answered {}: {}", r.status, r.text()),
+                Err(e) => format!("{e:#}"),
+            };
+            if Instant::now() >= deadline {
+                bail!(
+                    "the agent was not ready after {timeout:?} (last: {last_error}); its log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The agent's pid.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Where the agent serves `/metrics` and `/readyz`.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The agent's stdout and stderr so far (the last 64 KiB), for assertion messages.
+    pub fn log(&self) -> String {
+        read_tail(&self.log_path, 64 * 1024)
+    }
+
+    /// Scrapes and parses `/metrics`; panics (with the agent's log) if that fails.
+    pub fn metrics(&self) -> Metrics {
+        self.try_metrics()
+            .unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", self.log()))
+    }
+
+    /// Scrapes and parses `/metrics`.
+    pub fn try_metrics(&self) -> anyhow::Result<Metrics> {
+        let response = http_get(self.addr, "/metrics", Duration::from_secs(10))?;
+        if response.status != 200 {
+            bail!("/metrics answered {}: {}", response.status, response.text());
+        }
+        Metrics::parse(&response.text()).context("parsing the agent's /metrics")
+    }
+
+    /// Whether the agent is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.process.try_wait().is_none()
+    }
+
+    /// Stops the agent: SIGINT (its graceful shutdown), then SIGKILL after 10 s. Returns its
+    /// exit status; calling it again returns the same status.
+    pub fn stop(&mut self) -> anyhow::Result<ExitStatus> {
+        self.process.stop(libc::SIGINT, Duration::from_secs(10))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            eprintln!("harness: stopping the agent: {e:#}");
+        }
+    }
+}
+
+/// Polls the agent's `/metrics` until `Metrics::sum(name, labels)` equals `expected` exactly.
+/// The error shows the last value, the samples named `name` and the end of the agent's log.
+pub fn wait_for_metric(
+    agent: &Agent,
+    name: &str,
+    labels: &[(&str, &str)],
+    expected: f64,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let mut last: Option<Metrics> = None;
+    let mut last_error = None;
+    let done = crate::wait_until(timeout, Duration::from_millis(100), || {
+        match agent.try_metrics() {
+            Ok(m) => {
+                let hit = m.sum(name, labels) == expected;
+                last = Some(m);
+                hit
+            }
+            Err(e) => {
+                last_error = Some(format!("{e:#}"));
+                false
+            }
+        }
+    });
+    if done {
+        return Ok(());
+    }
+    let selector = labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v:?}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let details = match &last {
+        Some(m) => {
+            let samples: Vec<String> = m
+                .samples(name)
+                .iter()
+                .map(|s| format!("  {name}{s}"))
+                .collect();
+            format!(
+                "last value {} (expected {expected}); samples named {name}:\n{}",
+                m.sum(name, labels),
+                if samples.is_empty() {
+                    "  <none>".to_owned()
+                } else {
+                    samples.join("\n")
+                }
+            )
+        }
+        None => format!("no successful scrape; last error: {last_error:?}"),
+    };
+    bail!(
+        "{name}{{{selector}}} did not reach {expected} within {timeout:?}: {details}\nagent log (tail):\n{}",
+        read_tail(&agent.log_path, 4096)
+    )
+}

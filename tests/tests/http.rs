@@ -1,0 +1,428 @@
+//! End-to-end: real servers and clients on loopback, the real agent with its kernel programs,
+//! exact counts against what the clients sent. Run as root, one test at a time
+//! (`cargo xtask test` does both).
+
+use std::time::Duration;
+
+use harness::{
+    curl, promtool_check_metrics, tcp_raw, wait_for_metric, wrk, Agent, Nginx, PyServer,
+};
+
+const SERVER: &str = "http_server_request_duration_seconds_count";
+const CLIENT: &str = "http_client_request_duration_seconds_count";
+const WAIT: Duration = Duration::from_secs(10);
+
+fn nginx() -> Nginx {
+    Nginx::start(
+        r#"
+        location /ok { return 200 "ok\n"; }
+        location /missing { return 404; }
+        location /broken { return 500; }
+        location /users/ { return 200 "user\n"; }
+        "#,
+    )
+}
+
+fn labels<'a>(port: &'a str, route: &'a str, status: &'a str) -> [(&'a str, &'a str); 3] {
+    [
+        ("server_port", port),
+        ("http_route", route),
+        ("http_response_status_code", status),
+    ]
+}
+
+/// Waits until both roles saw exactly `n` exchanges for the route and status.
+fn expect_both(agent: &Agent, port: u16, route: &str, status: &str, n: f64) {
+    let port = port.to_string();
+    let l = labels(&port, route, status);
+    wait_for_metric(agent, SERVER, &l, n, WAIT).unwrap();
+    wait_for_metric(agent, CLIENT, &l, n, WAIT).unwrap();
+}
+
+#[test]
+fn curl_against_nginx_counts_every_request_once_per_role_and_status() {
+    let nginx = nginx();
+    let agent = Agent::start(&[]).unwrap();
+    let port = nginx.port();
+    // Separate curl processes, each a new connection; and one keep-alive curl for several.
+    for _ in 0..7 {
+        curl(&["-o", "/dev/null", &nginx.url("/ok")]).unwrap();
+    }
+    for _ in 0..3 {
+        curl(&["-o", "/dev/null", &nginx.url("/missing")]).unwrap();
+    }
+    let urls: Vec<String> = (1..=5)
+        .map(|i| nginx.url(&format!("/broken?try={i}")))
+        .collect();
+    let mut args = vec!["-o", "/dev/null"];
+    for url in &urls {
+        args.extend(["-o", "/dev/null", url.as_str()]);
+    }
+    curl(&args).unwrap();
+    let ids: Vec<String> = (1..=4)
+        .map(|i| nginx.url(&format!("/users/{}", 1000 + i)))
+        .collect();
+    for url in &ids {
+        curl(&["-o", "/dev/null", url]).unwrap();
+    }
+
+    expect_both(&agent, port, "/ok", "200", 7.0);
+    expect_both(&agent, port, "/missing", "404", 3.0);
+    expect_both(&agent, port, "/broken", "500", 5.0);
+    expect_both(&agent, port, "/users/{id}", "200", 4.0);
+    let m = agent.metrics();
+    let port_s = port.to_string();
+    // Nothing else was counted on that port, and no label carries a query string.
+    assert_eq!(m.sum(SERVER, &[("server_port", &port_s)]), 19.0);
+    assert_eq!(m.sum(CLIENT, &[("server_port", &port_s)]), 19.0);
+    assert!(
+        !m.text().contains("try="),
+        "a query string leaked into a label"
+    );
+    let on_port = [("server_port", port_s.as_str())];
+    assert!(m
+        .matching(SERVER, &on_port)
+        .all(|s| s.labels["service_name"] == "nginx" && s.labels["http_request_method"] == "GET"));
+    assert!(m
+        .matching(CLIENT, &on_port)
+        .all(|s| s.labels["service_name"] == "curl" && s.labels["server_address"] == "127.0.0.1"));
+}
+
+#[test]
+fn wrk_keep_alive_load_is_counted_exactly() {
+    let nginx = nginx();
+    let agent = Agent::start(&[]).unwrap();
+    let result = wrk(&nginx.url("/ok"), 1, 8, Duration::from_secs(3));
+    assert!(
+        result.requests > 1000,
+        "wrk made only {} requests",
+        result.requests
+    );
+    let port = nginx.port().to_string();
+    let l = labels(&port, "/ok", "200");
+    // wrk counts the responses it read: so does the client side, exactly.
+    wait_for_metric(&agent, CLIENT, &l, result.requests as f64, WAIT).unwrap();
+    // nginx may also have answered the few requests wrk abandoned when it stopped (at most
+    // one per connection), which wrk never read.
+    let server = agent.metrics().sum(SERVER, &l);
+    assert!(
+        server >= result.requests as f64 && server <= result.requests as f64 + 8.0,
+        "server saw {server}, wrk completed {}",
+        result.requests
+    );
+    let m = agent.metrics();
+    assert_eq!(m.sum("periscope_kernel_events_lost_total", &[]), 0.0);
+}
+
+#[test]
+fn latency_is_true_within_a_stated_tolerance() {
+    let py = PyServer::http_test_server();
+    let agent = Agent::start(&[]).unwrap();
+    let n = 5;
+    for _ in 0..n {
+        curl(&[
+            "-o",
+            "/dev/null",
+            &format!("http://127.0.0.1:{}/sleep/50", py.port()),
+        ])
+        .unwrap();
+    }
+    let port = py.port().to_string();
+    let l = labels(&port, "/sleep/{id}", "200");
+    wait_for_metric(&agent, SERVER, &l, n as f64, WAIT).unwrap();
+    wait_for_metric(&agent, CLIENT, &l, n as f64, WAIT).unwrap();
+    let m = agent.metrics();
+    for name in [
+        "http_server_request_duration_seconds",
+        "http_client_request_duration_seconds",
+    ] {
+        let sum = m.sum(&format!("{name}_sum"), &l);
+        let mean = sum / n as f64;
+        // The server sleeps 50 ms; Python adds well under 10 ms.
+        assert!(
+            (0.050..0.060).contains(&mean),
+            "{name}: mean {mean:.4} s is not 50 ms + <10 ms"
+        );
+        // Every observation lands in the (0.05, 0.075] bucket.
+        let le_50 = m.sum(
+            &format!("{name}_bucket"),
+            &[l[0], l[1], l[2], ("le", "0.05")],
+        );
+        let le_75 = m.sum(
+            &format!("{name}_bucket"),
+            &[l[0], l[1], l[2], ("le", "0.075")],
+        );
+        assert_eq!((le_50, le_75), (0.0, n as f64), "{name} buckets");
+    }
+    // The client's view includes the server's, on the same clock.
+    let server = m.sum("http_server_request_duration_seconds_sum", &l);
+    let client = m.sum("http_client_request_duration_seconds_sum", &l);
+    assert!(client >= server, "client {client} < server {server}");
+}
+
+#[test]
+fn pipelined_requests_on_one_socket_are_paired_in_order() {
+    let nginx = nginx();
+    let agent = Agent::start(&[]).unwrap();
+    let mut batch = Vec::new();
+    // nginx closes the connection after a 500, so the error comes last.
+    let paths = ["/ok", "/missing", "/ok", "/ok", "/missing", "/ok"];
+    for path in paths {
+        batch.extend_from_slice(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+    }
+    batch.extend_from_slice(b"GET /broken HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let reply = tcp_raw(nginx.port(), &batch, Duration::from_secs(5));
+    let reply = String::from_utf8_lossy(&reply);
+    assert_eq!(reply.matches("HTTP/1.1 ").count(), 7, "{reply}");
+    // One write carried all seven requests: both roles must still pair them one by one.
+    expect_both(&agent, nginx.port(), "/ok", "200", 4.0);
+    expect_both(&agent, nginx.port(), "/missing", "404", 2.0);
+    expect_both(&agent, nginx.port(), "/broken", "500", 1.0);
+}
+
+#[test]
+fn chunked_split_and_oversized_messages_are_counted_once() {
+    let py = PyServer::http_test_server();
+    // A small capture limit makes the big request and response exceed it.
+    let agent = Agent::start(&["--capture-bytes", "512"]).unwrap();
+    let base = format!("http://127.0.0.1:{}", py.port());
+    for _ in 0..3 {
+        // 20 chunks, each its own write(2).
+        let body = curl(&[&format!("{base}/chunked/20")]).unwrap();
+        assert!(!body.is_empty());
+    }
+    // A 200 kB response: many writes, almost all of it beyond the capture limit.
+    curl(&["-o", "/dev/null", &format!("{base}/big/200000")]).unwrap();
+    // A 100 kB request body, far beyond the capture limit.
+    let body = "x".repeat(100_000);
+    let echoed = curl(&["--data-binary", &body, &format!("{base}/upload")]).unwrap();
+    assert!(echoed.contains("100000"), "{echoed}");
+    // HEAD: headers say a body would follow, none does.
+    curl(&["-I", &format!("{base}/big/5000")]).unwrap();
+
+    let port = py.port();
+    expect_both(&agent, port, "/chunked/{id}", "200", 3.0);
+    expect_both(&agent, port, "/big/{id}", "200", 2.0);
+    expect_both(&agent, port, "/upload", "200", 1.0);
+    let m = agent.metrics();
+    let port_s = port.to_string();
+    let up = [("server_port", port_s.as_str()), ("http_route", "/upload")];
+    assert_eq!(
+        m.sum("http_server_request_body_size_bytes_sum", &up),
+        100_000.0
+    );
+    let head = [
+        ("server_port", port_s.as_str()),
+        ("http_request_method", "HEAD"),
+    ];
+    assert_eq!(m.sum(SERVER, &head), 1.0);
+    assert_eq!(
+        m.sum("http_server_response_body_size_bytes_sum", &head),
+        0.0
+    );
+    assert!(m.sum("periscope_truncated_captures_total", &[]) > 0.0);
+    assert_eq!(
+        m.sum("periscope_parse_errors_total", &[]),
+        0.0,
+        "{}",
+        m.text()
+    );
+}
+
+#[test]
+fn exposition_passes_promtool() {
+    let nginx = nginx();
+    let agent = Agent::start(&[]).unwrap();
+    curl(&["-o", "/dev/null", &nginx.url("/ok")]).unwrap();
+    expect_both(&agent, nginx.port(), "/ok", "200", 1.0);
+    promtool_check_metrics(agent.metrics().text()).unwrap();
+}
+
+#[test]
+fn both_hook_mechanisms_give_identical_counts() {
+    let nginx = nginx();
+    let mut seen = Vec::new();
+    for mode in ["btf", "raw"] {
+        let agent = Agent::start(&["--syscall-hooks", mode]).unwrap();
+        let m = agent.metrics();
+        let info = m.samples("periscope_hooks_info");
+        let expected = if mode == "btf" {
+            "tp_btf"
+        } else {
+            "raw_tracepoint"
+        };
+        assert_eq!(info.len(), 1);
+        assert_eq!(info[0].labels["syscall_hooks"], expected);
+        for _ in 0..4 {
+            curl(&["-o", "/dev/null", &nginx.url("/ok")]).unwrap();
+        }
+        curl(&["-o", "/dev/null", &nginx.url("/missing")]).unwrap();
+        expect_both(&agent, nginx.port(), "/ok", "200", 4.0);
+        expect_both(&agent, nginx.port(), "/missing", "404", 1.0);
+        let m = agent.metrics();
+        let port = nginx.port().to_string();
+        seen.push((
+            m.sum(SERVER, &[("server_port", &port)]),
+            m.sum(CLIENT, &[("server_port", &port)]),
+        ));
+    }
+    assert_eq!(seen[0], seen[1]);
+}
+
+#[test]
+fn connections_open_before_start_up_are_decoded() {
+    let nginx = nginx();
+    // A keep-alive client (python) that connects first, then waits for the agent.
+    let script = r#"
+import socket, sys, time
+port = int(sys.argv[1])
+s = socket.create_connection(("127.0.0.1", port))
+def get(path):
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data or not data.endswith(b"ok\n"):
+        data += s.recv(4096)
+get("/ok")
+print("connected", flush=True)
+while not __import__("os").path.exists(sys.argv[2]):
+    time.sleep(0.05)
+for _ in range(3):
+    get("/ok")
+print("done", flush=True)
+time.sleep(30)
+"#;
+    let dir = harness::TempDir::new("preexisting").unwrap();
+    let flag = dir.path().join("go");
+    let script_path = dir.path().join("client.py");
+    std::fs::write(&script_path, script).unwrap();
+    let mut client = std::process::Command::new("python3")
+        .arg(&script_path)
+        .arg(nginx.port().to_string())
+        .arg(&flag)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "connected");
+
+    let agent = Agent::start(&[]).unwrap();
+    std::fs::write(&flag, b"").unwrap();
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "done");
+    // Only the three requests made after start-up, on the adopted connection, both ends.
+    expect_both(&agent, nginx.port(), "/ok", "200", 3.0);
+    let m = agent.metrics();
+    assert!(m.sum("periscope_connections_opened_total", &[("reason", "proc")]) >= 2.0);
+    let _ = client.kill();
+    let _ = client.wait();
+}
+
+#[test]
+fn garbage_and_unknown_protocols_are_counted_not_fatal() {
+    let nginx = nginx();
+    let agent = Agent::start(&[]).unwrap();
+    // Not HTTP at all: the connection is muted after its first bytes.
+    let _ = tcp_raw(
+        nginx.port(),
+        &[0x16, 0x03, 0x01, 0x00, 0xff, 0, 1, 2],
+        Duration::from_secs(2),
+    );
+    // HTTP-looking, then binary junk in the header block.
+    let mut junk = b"GET /ok HTTP/1.1\r\nHost: x\r\n".to_vec();
+    junk.extend((0..200u8).map(|i| i.wrapping_mul(37)));
+    junk.extend_from_slice(b"\r\n\r\n");
+    let _ = tcp_raw(nginx.port(), &junk, Duration::from_secs(2));
+    harness::wait_until(WAIT, Duration::from_millis(100), || {
+        let m = agent.metrics();
+        m.sum(
+            "periscope_connections_muted_total",
+            &[("reason", "unknown_protocol")],
+        ) >= 2.0
+            && m.sum("periscope_parse_errors_total", &[("protocol", "http1")]) >= 1.0
+    });
+    let m = agent.metrics();
+    assert!(
+        m.sum(
+            "periscope_connections_muted_total",
+            &[("reason", "unknown_protocol")]
+        ) >= 2.0,
+        "{}",
+        m.text()
+    );
+    assert!(m.sum("periscope_parse_errors_total", &[("protocol", "http1")]) >= 1.0);
+    // The agent still works afterwards.
+    curl(&["-o", "/dev/null", &nginx.url("/ok")]).unwrap();
+    expect_both(&agent, nginx.port(), "/ok", "200", 1.0);
+}
+
+fn periscope_programs() -> usize {
+    let out = std::process::Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .expect("bpftool");
+    let text = String::from_utf8_lossy(&out.stdout);
+    [
+        "sys_exit_btf",
+        "sys_exit_raw",
+        "sys_enter_close",
+        "process_exit",
+    ]
+    .iter()
+    .map(|name| text.matches(&format!(" name {name} ")).count())
+    .sum()
+}
+
+#[test]
+fn stopping_detaches_everything_and_a_second_start_works() {
+    let before = periscope_programs();
+    let mut agent = Agent::start(&[]).unwrap();
+    assert!(periscope_programs() > before);
+    let status = agent.stop().unwrap();
+    assert!(status.success(), "{status}\n{}", agent.log());
+    // The kernel frees programs shortly after their last reference goes.
+    harness::wait_until(WAIT, Duration::from_millis(100), || {
+        periscope_programs() == before
+    });
+    assert_eq!(periscope_programs(), before);
+    // SIGKILL too: the kernel detaches what the dead process held.
+    let agent = Agent::start(&[]).unwrap();
+    let pid = agent.pid() as i32;
+    // SAFETY: signalling a child we started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    harness::wait_until(WAIT, Duration::from_millis(100), || {
+        periscope_programs() == before
+    });
+    assert_eq!(periscope_programs(), before);
+    drop(agent);
+    let again = Agent::start(&[]).unwrap();
+    assert!(again.metrics().sum("periscope_hooks_info", &[]) == 1.0);
+}
+
+#[test]
+fn a_taken_port_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = std::process::Command::new(harness::agent_binary())
+        .args(["--metrics-addr", &addr])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--metrics-addr") && err.contains("already in use"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_flags_name_the_setting() {
+    let out = std::process::Command::new(harness::agent_binary())
+        .args(["--capture-bytes", "100000"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--capture-bytes"));
+}

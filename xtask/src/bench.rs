@@ -1,0 +1,475 @@
+//! `cargo xtask bench http`: what does the agent cost a busy HTTP server?
+//!
+//! nginx answers a fixed `200 ok` over keep-alive connections while wrk drives it, in rounds
+//! that alternate without and with the agent (after one discarded warm-up round), so that
+//! drift of the machine (thermal, noisy neighbours) hits both sides alike. The agent's own
+//! CPU is read from /proc; the eBPF programs' cost shows up as lower nginx throughput,
+//! because tracepoints run in the context of the syscalls nginx and wrk make.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use harness::{
+    agent_binary, cpu_time, rss_bytes, run_wrk, Agent, AgentOptions, Nginx, NginxOptions,
+    WrkOptions, WrkResult,
+};
+
+use crate::util::build_agent;
+
+const REQUESTS_METRIC: &str = "http_server_request_duration_seconds_count";
+const LOST_METRIC: &str = "periscope_kernel_events_lost_total";
+/// The label that tells nginx's series apart from other servers' on the machine.
+const PORT_LABEL: &str = "server_port";
+
+/// Requests the agent counted for the server on `port`: the series labelled with that
+/// `server_port`, or all series if the agent does not export that label.
+fn requests_counted(metrics: &harness::Metrics, port: u16) -> f64 {
+    let labelled = metrics
+        .samples(REQUESTS_METRIC)
+        .iter()
+        .any(|s| s.labels.contains_key(PORT_LABEL));
+    if labelled {
+        metrics.sum(REQUESTS_METRIC, &[(PORT_LABEL, &port.to_string())])
+    } else {
+        metrics.sum(REQUESTS_METRIC, &[])
+    }
+}
+
+/// Pids of agents already running (not started by us): their overhead would be measured too.
+fn other_agents() -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/exe"))
+                .is_ok_and(|exe| exe.file_name().is_some_and(|n| n == "periscope"))
+        })
+        .collect()
+}
+
+/// A CPU to pin a process to, or `none`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cpu(Option<usize>);
+
+impl FromStr for Cpu {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "none" {
+            return Ok(Cpu(None));
+        }
+        s.parse()
+            .map(|n| Cpu(Some(n)))
+            .map_err(|_| format!("expected a CPU number or `none`, got {s:?}"))
+    }
+}
+
+impl fmt::Display for Cpu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(n) => write!(f, "{n}"),
+            None => f.write_str("none"),
+        }
+    }
+}
+
+/// Options of `cargo xtask bench http`.
+#[derive(Debug, clap::Args)]
+pub struct HttpArgs {
+    /// Length of each wrk run, in seconds.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Measured rounds; each runs wrk once without and once with the agent.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// wrk connections (-c), all keep-alive.
+    #[arg(long, default_value_t = 50)]
+    connections: u32,
+    /// wrk threads (-t).
+    #[arg(long, default_value_t = 1)]
+    threads: u32,
+    /// CPU for nginx (master and its single worker), or `none`.
+    #[arg(long, default_value = "1")]
+    nginx_cpu: Cpu,
+    /// CPU for wrk, or `none`.
+    #[arg(long, default_value = "0")]
+    wrk_cpu: Cpu,
+    /// CPU for the agent, or `none` (the scheduler places it).
+    #[arg(long, default_value = "none")]
+    agent_cpu: Cpu,
+    /// Use the existing agent binary instead of running `cargo build --release -p agent`
+    /// (also implied by PERISCOPE_BIN).
+    #[arg(long)]
+    no_build: bool,
+    /// Extra arguments for the agent, after `--`.
+    #[arg(last = true)]
+    agent_args: Vec<String>,
+}
+
+impl HttpArgs {
+    /// The full command line, every option spelled out, for the report.
+    fn command(&self) -> String {
+        let mut c = format!(
+            "cargo xtask bench http --seconds {} --rounds {} --connections {} --threads {} \
+             --nginx-cpu {} --wrk-cpu {} --agent-cpu {}",
+            self.seconds,
+            self.rounds,
+            self.connections,
+            self.threads,
+            self.nginx_cpu,
+            self.wrk_cpu,
+            self.agent_cpu
+        );
+        if !self.agent_args.is_empty() {
+            c.push_str(" -- ");
+            c.push_str(&self.agent_args.join(" "));
+        }
+        c
+    }
+}
+
+/// What the agent did during one 'with' run.
+struct AgentRun {
+    cpu: Duration,
+    rss_bytes: u64,
+    lost: f64,
+    counted: f64,
+}
+
+struct Run {
+    wrk: WrkResult,
+    agent: Option<AgentRun>,
+}
+
+impl Run {
+    fn cpu_us_per_request(&self) -> Option<f64> {
+        let a = self.agent.as_ref()?;
+        Some(a.cpu.as_secs_f64() * 1e6 / self.wrk.requests.max(1) as f64)
+    }
+}
+
+/// Runs the benchmark and prints a Markdown report.
+pub fn http(args: &HttpArgs) -> anyhow::Result<()> {
+    if args.rounds == 0 || args.seconds == 0 {
+        bail!("--rounds and --seconds must be at least 1");
+    }
+    crate::setup::setup()?;
+    let custom_bin = std::env::var_os("PERISCOPE_BIN").is_some_and(|b| !b.is_empty());
+    if !args.no_build && !custom_bin {
+        build_agent()?;
+    }
+    let bin = agent_binary();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for (what, cpu) in [
+        ("--nginx-cpu", args.nginx_cpu),
+        ("--wrk-cpu", args.wrk_cpu),
+        ("--agent-cpu", args.agent_cpu),
+    ] {
+        if cpu.0.is_some_and(|c| c >= cpus) {
+            bail!("{what} {cpu}: this machine has only CPUs 0..{cpus}");
+        }
+    }
+
+    // keepalive_requests: nginx closes a keep-alive connection after 1000 requests by
+    // default; raise it so the whole run is pure keep-alive, as stated.
+    let nginx = Nginx::launch(&NginxOptions {
+        cpu: args.nginx_cpu.0,
+        ..NginxOptions::server(
+            "keepalive_requests 10000000;\n    keepalive_timeout 75s;\n    \
+             location / { return 200 \"ok\\n\"; }",
+        )
+    })?;
+    let url = nginx.url("/");
+    let nginx_port = nginx.port();
+    let others = other_agents();
+    let warning = if others.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " **Warning: other Periscope processes were running ({others:?}); their overhead is \
+             in both columns.**"
+        )
+    };
+    if !others.is_empty() {
+        eprintln!("[bench] warning: other periscope processes are running: {others:?}");
+    }
+    let on = |cpu: Cpu| match cpu.0 {
+        Some(n) => format!("pinned to CPU {n}"),
+        None => "unpinned".to_owned(),
+    };
+    let placement = format!(
+        "nginx (master + 1 worker) {}, wrk -t{} -c{} {}, agent {} (taskset); {cpus} CPUs online",
+        on(args.nginx_cpu),
+        args.threads,
+        args.connections,
+        on(args.wrk_cpu),
+        on(args.agent_cpu)
+    );
+    println!("[bench] {placement}");
+    println!("[bench] target {url}, agent {}", bin.display());
+
+    let wrk_options = WrkOptions {
+        url,
+        threads: args.threads,
+        connections: args.connections,
+        duration: Duration::from_secs(args.seconds),
+        cpu: args.wrk_cpu.0,
+    };
+    let agent_options = AgentOptions {
+        bin: Some(bin),
+        args: args.agent_args.clone(),
+        cpu: args.agent_cpu.0,
+        ..AgentOptions::default()
+    };
+    let measure = |label: &str, with_agent: bool| -> anyhow::Result<Run> {
+        let run = if with_agent {
+            run_with_agent(&wrk_options, &agent_options, nginx_port)?
+        } else {
+            Run {
+                wrk: run_wrk(&wrk_options)?,
+                agent: None,
+            }
+        };
+        println!("[bench] {label}: {}", round_line(&run));
+        Ok(run)
+    };
+
+    measure("warm-up without (discarded)", false)?;
+    measure("warm-up with    (discarded)", true)?;
+    let mut rounds: Vec<(Run, Run)> = Vec::new();
+    for i in 1..=args.rounds {
+        let without = measure(&format!("round {i} without"), false)?;
+        let with = measure(&format!("round {i} with   "), true)?;
+        rounds.push((without, with));
+    }
+    drop(nginx);
+
+    println!(
+        "\n{}",
+        report(args, &format!("{placement}.{warning}"), &rounds)
+    );
+    Ok(())
+}
+
+fn run_with_agent(
+    wrk_options: &WrkOptions,
+    agent_options: &AgentOptions,
+    nginx_port: u16,
+) -> anyhow::Result<Run> {
+    let mut agent = Agent::start_with(agent_options.clone())?;
+    let pid = agent.pid();
+    let counted_before = requests_counted(&agent.try_metrics()?, nginx_port);
+    let cpu_before = cpu_time(pid)?;
+    let wrk = run_wrk(wrk_options)?;
+    // Let the agent drain its ring buffer and pair the last exchanges before reading its
+    // counters: stop once the request count is stable and covers what wrk saw (or give up
+    // waiting for it after a few seconds, reporting what it has).
+    let started = Instant::now();
+    let mut previous = f64::NAN;
+    let metrics = loop {
+        let metrics = agent
+            .try_metrics()
+            .with_context(|| format!("scraping the agent; its log:\n{}", agent.log()))?;
+        let counted = requests_counted(&metrics, nginx_port);
+        let stable = counted == previous;
+        previous = counted;
+        let covered = counted - counted_before >= wrk.requests as f64;
+        if stable && (covered || started.elapsed() > Duration::from_secs(3)) {
+            break metrics;
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            break metrics;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let cpu = cpu_time(pid)?.saturating_sub(cpu_before);
+    let rss = rss_bytes(pid)?;
+    let status = agent.stop()?;
+    if !status.success() {
+        eprintln!(
+            "[bench] warning: the agent exited with {status} after SIGINT; its log:\n{}",
+            agent.log()
+        );
+    }
+    Ok(Run {
+        wrk,
+        agent: Some(AgentRun {
+            cpu,
+            rss_bytes: rss,
+            lost: metrics.sum(LOST_METRIC, &[]),
+            counted: requests_counted(&metrics, nginx_port) - counted_before,
+        }),
+    })
+}
+
+fn round_line(run: &Run) -> String {
+    let w = &run.wrk;
+    let mut line = format!(
+        "{:.0} req/s, {} requests, p50 {:.3} ms, p99 {:.3} ms",
+        w.rps, w.requests, w.p50_ms, w.p99_ms
+    );
+    if w.socket_errors > 0 || w.non_2xx > 0 {
+        line.push_str(&format!(
+            ", {} socket errors, {} non-2xx",
+            w.socket_errors, w.non_2xx
+        ));
+    }
+    if let (Some(a), Some(us)) = (&run.agent, run.cpu_us_per_request()) {
+        line.push_str(&format!(
+            "; agent {:.2} s CPU = {us:.2} µs/request, RSS {:.1} MB, lost events {}, counted {} requests",
+            a.cpu.as_secs_f64(),
+            a.rss_bytes as f64 / 1e6,
+            a.lost,
+            a.counted
+        ));
+    }
+    line
+}
+
+/// (min, median, max); the median of an even count is the mean of the middle two.
+fn spread(values: &[f64]) -> (f64, f64, f64) {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    (v[0], median, v[n - 1])
+}
+
+fn spread_cell(values: &[f64], decimals: usize) -> String {
+    if values.is_empty() {
+        return "–".into();
+    }
+    let (min, median, max) = spread(values);
+    format!("{min:.decimals$} / **{median:.decimals$}** / {max:.decimals$}")
+}
+
+fn machine() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|k| k.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into());
+    format!("{model}, Linux {kernel}")
+}
+
+fn report(args: &HttpArgs, placement: &str, rounds: &[(Run, Run)]) -> String {
+    let dash = "–";
+    let mut out = String::new();
+    out.push_str("### HTTP: nginx `return 200` under wrk, without and with Periscope\n\n");
+    out.push_str(&format!("Command: `{}`\n\n", args.command()));
+    out.push_str(&format!(
+        "Machine: {}. Placement: {placement} Each round runs wrk for {} s without, then with \
+         the agent (started fresh, ready before wrk starts, stopped with SIGINT after); \
+         one warm-up round is discarded.\n\n",
+        machine(),
+        args.seconds
+    ));
+    out.push_str(
+        "| round | agent | requests/s | p50 (ms) | p99 (ms) | agent CPU (µs/request) | agent RSS (MB) | kernel events lost | requests counted / wrk |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (i, (without, with)) in rounds.iter().enumerate() {
+        for (label, run) in [("without", without), ("with", with)] {
+            let w = &run.wrk;
+            let (cpu, rss, lost, counted) = match (&run.agent, run.cpu_us_per_request()) {
+                (Some(a), Some(us)) => (
+                    format!("{us:.2}"),
+                    format!("{:.1}", a.rss_bytes as f64 / 1e6),
+                    format!("{}", a.lost),
+                    format!("{} / {}", a.counted, w.requests),
+                ),
+                _ => (dash.into(), dash.into(), dash.into(), dash.into()),
+            };
+            out.push_str(&format!(
+                "| {} | {label} | {:.0} | {:.3} | {:.3} | {cpu} | {rss} | {lost} | {counted} |\n",
+                i + 1,
+                w.rps,
+                w.p50_ms,
+                w.p99_ms
+            ));
+        }
+    }
+
+    /// One number per run, `None` where it does not apply (agent figures without the agent).
+    type Column = fn(&Run) -> Option<f64>;
+    let pick = |with: bool, f: Column| -> Vec<f64> {
+        rounds
+            .iter()
+            .filter_map(|(without, with_agent)| f(if with { with_agent } else { without }))
+            .collect()
+    };
+    let rps: Column = |r| Some(r.wrk.rps);
+    let rows: [(&str, Column, usize); 6] = [
+        ("requests/s", rps, 0),
+        ("p50 latency (ms)", |r| Some(r.wrk.p50_ms), 3),
+        ("p99 latency (ms)", |r| Some(r.wrk.p99_ms), 3),
+        ("agent CPU (µs/request)", Run::cpu_us_per_request, 2),
+        (
+            "agent RSS (MB)",
+            |r| r.agent.as_ref().map(|a| a.rss_bytes as f64 / 1e6),
+            1,
+        ),
+        (
+            "kernel events lost",
+            |r| r.agent.as_ref().map(|a| a.lost),
+            0,
+        ),
+    ];
+    out.push_str(
+        "\nmin / **median** / max over rounds:\n\n\
+         | metric | without agent | with agent |\n|---|---:|---:|\n",
+    );
+    for (name, f, decimals) in rows {
+        out.push_str(&format!(
+            "| {name} | {} | {} |\n",
+            spread_cell(&pick(false, f), decimals),
+            spread_cell(&pick(true, f), decimals)
+        ));
+    }
+    let ratios: Vec<f64> = rounds
+        .iter()
+        .map(|(without, with)| with.wrk.rps / without.wrk.rps)
+        .collect();
+    let (_, median_without, _) = spread(&pick(false, rps));
+    let (_, median_with, _) = spread(&pick(true, rps));
+    out.push_str(&format!(
+        "\nThroughput with/without: **{:.3}** (ratio of medians); per round {}.\n",
+        median_with / median_without,
+        spread_cell(&ratios, 3)
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_takes_the_middle() {
+        assert_eq!(spread(&[3.0, 1.0, 2.0]), (1.0, 2.0, 3.0));
+        assert_eq!(spread(&[4.0, 1.0, 2.0, 3.0]), (1.0, 2.5, 4.0));
+        assert_eq!(spread_cell(&[], 1), "–");
+    }
+
+    #[test]
+    fn cpu_parses_numbers_and_none() {
+        assert_eq!("1".parse::<Cpu>(), Ok(Cpu(Some(1))));
+        assert_eq!("none".parse::<Cpu>(), Ok(Cpu(None)));
+        assert!("x".parse::<Cpu>().is_err());
+    }
+}
