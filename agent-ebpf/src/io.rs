@@ -28,7 +28,7 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
         generated::{
             bpf_get_current_cgroup_id, bpf_get_smp_processor_id, bpf_ktime_get_ns,
-            bpf_probe_read_user as probe_read_user_raw, bpf_ringbuf_output, bpf_ringbuf_query,
+            bpf_probe_read_user as probe_read_user_raw, bpf_ringbuf_output,
         },
     },
     macros::map,
@@ -50,8 +50,6 @@ const EINPROGRESS: i64 = 115;
 const EEXIST: i64 = 17;
 const BPF_NOEXIST: u64 = 1;
 const BPF_RB_NO_WAKEUP: u64 = 1;
-const BPF_RB_FORCE_WAKEUP: u64 = 2;
-const BPF_RB_AVAIL_DATA: u64 = 0;
 
 /// x86_64 syscall numbers of the syscalls Periscope hooks.
 pub mod nr {
@@ -353,8 +351,7 @@ fn fill_header(
     header.fd = fd;
     header.conn_id = conn_id;
     header.ts_ns = ts;
-    // SAFETY: no preconditions.
-    header.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    header.cgroup_id = 0;
     header.ret_len = 0;
     header.direction = 0;
     header.syscall = 0;
@@ -371,17 +368,17 @@ fn submit(buf: &mut EventBuf, captured: u64) {
     // The mask restates captured ≤ MAX_CAPTURE for the verifier; the size stays inside EventBuf.
     let size = HEADER_LEN as u64 + (captured & (2 * MAX_CAPTURE as u64 - 1));
     let ring = &EVENTS as *const RingBuf as *mut c_void;
-    // Waking the reader for every event would cost a context switch each: wake it only once
-    // enough is pending; userspace also drains on a short timer.
-    // SAFETY: `ring` is the ring buffer map.
-    let pending = unsafe { bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) };
-    let flags = if pending >= agent_ebpf::WAKEUP_BYTES {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
+    // Never wake the reader: a wake-up per event costs a context switch each, and even asking
+    // how full the ring is costs a helper call per event. Userspace drains on a timer.
     // SAFETY: `buf` is a valid map value of at least `size` bytes.
-    let rc = unsafe { bpf_ringbuf_output(ring, buf as *mut EventBuf as *mut c_void, size, flags) };
+    let rc = unsafe {
+        bpf_ringbuf_output(
+            ring,
+            buf as *mut EventBuf as *mut c_void,
+            size,
+            BPF_RB_NO_WAKEUP,
+        )
+    };
     if rc == 0 {
         bump(Counter::EventsSent);
     } else {
@@ -513,6 +510,8 @@ fn open_conn(pid_tgid: u64, fd: i32, addr: u64, origin: u8, syscall: Syscall, li
     let buf = unsafe { &mut *buf };
     let ts = now();
     fill_header(&mut buf.header, pid_tgid, EventKind::Open, conn_id, fd, ts);
+    // SAFETY: no preconditions.
+    buf.header.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     buf.header.origin = origin;
     buf.header.syscall = syscall as u8;
     buf.header.listen_fd = listen_fd;

@@ -426,3 +426,18 @@ fn bad_flags_name_the_setting() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--capture-bytes"));
 }
+
+#[test]
+fn without_privileges_the_missing_capability_is_named() {
+    use std::os::unix::process::CommandExt;
+    let port = harness::free_port();
+    let out = std::process::Command::new(harness::agent_binary())
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("missing capability CAP_BPF"), "{err}");
+}

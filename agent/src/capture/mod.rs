@@ -9,15 +9,13 @@ use std::time::Duration;
 
 use agent_ebpf::{
     Config, ConnInfo, EventHeader, EventKind, SockKey, COUNTERS_LEN, COUNTER_NAMES,
-    DRAIN_INTERVAL_MS, HEADER_LEN, MAX_CAPTURE, ORIGIN_PROC,
+    DRAIN_INTERVAL_MS, HEADER_LEN, IDLE_DRAIN_INTERVAL_MS, MAX_CAPTURE, ORIGIN_PROC,
 };
 use anyhow::{bail, Context};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{BtfTracePoint, RawTracePoint, TracePoint};
 use aya::Btf;
 use aya::{Ebpf, EbpfLoader};
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
 
 use crate::conn::{listeners, KernelAction, Tracker};
 use crate::export::prometheus::{DeltaCounter, Metrics, MetricsSink, ReasonLabel};
@@ -231,37 +229,28 @@ impl Reader {
             mut actions,
         } = self;
         let Maps {
-            events,
+            mut events,
             mut conns,
             mut muted,
             counters,
         } = maps;
-        // SAFETY: the ring buffer owns its map fd, which stays open and unchanged for as long
-        // as the `AsyncFd` (which owns the ring buffer) lives.
-        let mut events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
-            .map_err(|e| anyhow::anyhow!("cannot poll the ring buffer: {e}"))?;
-        // The kernel wakes us only when much is pending; the drain timer bounds the delay.
-        let mut drain = tokio::time::interval(Duration::from_millis(DRAIN_INTERVAL_MS));
-        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The kernel never wakes us (see agent-ebpf): drain on a timer that speeds up while
+        // events flow and slows down when idle.
+        let busy = Duration::from_millis(DRAIN_INTERVAL_MS);
+        let idle = Duration::from_millis(IDLE_DRAIN_INTERVAL_MS);
+        let mut next_drain = busy;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut ticks: u64 = 0;
         loop {
             tokio::select! {
-                guard = events.readable_mut() => {
-                    let mut guard = guard?;
-                    let ring = guard.get_inner_mut();
-                    while let Some(item) = ring.next() {
+                _ = tokio::time::sleep(next_drain) => {
+                    let mut drained = 0usize;
+                    while let Some(item) = events.next() {
                         handle_record(&item, &mut tracker, &mut sink, &mut actions);
-                    }
-                    guard.clear_ready();
-                    apply(&mut actions, &mut conns, &mut muted);
-                }
-                _ = drain.tick() => {
-                    let ring = events.get_mut();
-                    while let Some(item) = ring.next() {
-                        handle_record(&item, &mut tracker, &mut sink, &mut actions);
+                        drained += 1;
                     }
                     apply(&mut actions, &mut conns, &mut muted);
+                    next_drain = if drained > 0 { busy } else { (next_drain * 2).min(idle) };
                 }
                 _ = tick.tick() => {
                     ticks += 1;

@@ -4,9 +4,10 @@
 //! time. It never touches the kernel itself: what it wants done there (switch a connection off,
 //! forget a socket) is returned as `KernelAction`s for the capture layer to apply.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
 
 use agent_ebpf::{EventHeader, EventKind, DIR_INGRESS, ORIGIN_PROC};
 
@@ -100,7 +101,8 @@ struct Conn {
 
 /// All connections the agent decodes.
 pub struct Tracker {
-    conns: HashMap<u64, Conn>,
+    /// By conn id (ids come from the kernel, so a fast non-keyed hash is fine).
+    conns: FxHashMap<u64, Conn>,
     processes: ProcessCache,
     listeners: listeners::ListenerPorts,
     scratch: Vec<HttpExchange>,
@@ -109,7 +111,7 @@ pub struct Tracker {
 impl Tracker {
     pub fn new(proc_root: &std::path::Path) -> Self {
         Tracker {
-            conns: HashMap::new(),
+            conns: FxHashMap::default(),
             processes: ProcessCache::new(proc_root),
             listeners: listeners::ListenerPorts::new(proc_root),
             scratch: Vec::new(),

@@ -1,4 +1,230 @@
 use super::*;
+use agent_ebpf::{DIR_EGRESS, OPEN_PAYLOAD_LEN, ORIGIN_ACCEPT, ORIGIN_CONNECT};
+
+#[derive(Default)]
+struct Recorded {
+    exchanges: Vec<(Role, String, u16, u64, u64, Option<u16>, String)>,
+    opened: Vec<u8>,
+    ended: Vec<EndReason>,
+    muted: Vec<MuteReason>,
+    parse_errors: Vec<&'static str>,
+}
+
+impl Sink for Recorded {
+    fn exchange(&mut self, e: &Exchange) {
+        let Detail::Http(h) = &e.detail;
+        self.exchanges.push((
+            e.role,
+            h.route.clone(),
+            h.status,
+            e.start_ns,
+            e.end_ns,
+            e.endpoint.server_port,
+            e.endpoint.process.service_name.clone(),
+        ));
+    }
+    fn opened(&mut self, origin: u8) {
+        self.opened.push(origin);
+    }
+    fn ended(&mut self, reason: EndReason) {
+        self.ended.push(reason);
+    }
+    fn muted(&mut self, reason: MuteReason) {
+        self.muted.push(reason);
+    }
+    fn parse_error(&mut self, _protocol: &'static str, reason: &'static str) {
+        self.parse_errors.push(reason);
+    }
+    fn decoder_stats(&mut self, _protocol: &'static str, _stats: DecoderStats) {}
+}
+
+/// A process id that does not exist, so identity comes from the kernel's comm.
+const PID: u32 = u32::MAX - 7;
+
+fn header(kind: EventKind, conn_id: u64, ts: u64) -> EventHeader {
+    EventHeader {
+        kind: kind as u8,
+        conn_id,
+        ts_ns: ts,
+        tgid: PID,
+        tid: PID,
+        fd: 5,
+        listen_fd: -1,
+        ..Default::default()
+    }
+}
+
+fn open_payload(port: u16, comm: &str) -> Vec<u8> {
+    let mut p = vec![0u8; OPEN_PAYLOAD_LEN];
+    p[0..2].copy_from_slice(&2u16.to_ne_bytes());
+    p[2..4].copy_from_slice(&port.to_be_bytes());
+    p[4..8].copy_from_slice(&[127, 0, 0, 1]);
+    p[agent_ebpf::OPEN_COMM_OFFSET..agent_ebpf::OPEN_COMM_OFFSET + comm.len()]
+        .copy_from_slice(comm.as_bytes());
+    p
+}
+
+struct Harness {
+    tracker: Tracker,
+    sink: Recorded,
+    actions: Vec<KernelAction>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Harness {
+            tracker: Tracker::new(std::path::Path::new("/proc")),
+            sink: Recorded::default(),
+            actions: Vec::new(),
+        }
+    }
+
+    fn open(&mut self, conn_id: u64, origin: u8, port: u16, comm: &str) {
+        let mut h = header(EventKind::Open, conn_id, 1);
+        h.origin = origin;
+        let payload = open_payload(port, comm);
+        h.cap_len = payload.len() as u32;
+        self.tracker
+            .on_event(&h, &payload, &mut self.sink, &mut self.actions);
+    }
+
+    fn data(&mut self, conn_id: u64, direction: u8, ts: u64, bytes: &[u8], real_len: usize) {
+        let mut h = header(EventKind::Data, conn_id, ts);
+        h.direction = direction;
+        h.ret_len = real_len as i64;
+        h.cap_len = bytes.len() as u32;
+        self.tracker
+            .on_event(&h, bytes, &mut self.sink, &mut self.actions);
+    }
+
+    fn close(&mut self, conn_id: u64, ts: u64) {
+        let h = header(EventKind::Close, conn_id, ts);
+        self.tracker
+            .on_event(&h, &[], &mut self.sink, &mut self.actions);
+    }
+}
+
+const REQ: &[u8] = b"GET /users/42 HTTP/1.1\r\nHost: a\r\n\r\n";
+const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+#[test]
+fn client_role_from_a_written_request_with_peer_port_and_comm() {
+    let mut h = Harness::new();
+    h.open(9, ORIGIN_CONNECT, 8080, "curl");
+    h.data(9, DIR_EGRESS, 100, REQ, REQ.len());
+    h.data(9, DIR_INGRESS, 350, RESP, RESP.len());
+    h.close(9, 400);
+    assert_eq!(
+        h.sink.exchanges,
+        vec![(
+            Role::Client,
+            "/users/{id}".to_owned(),
+            200,
+            100,
+            350,
+            Some(8080),
+            "curl".to_owned()
+        )]
+    );
+    assert_eq!(h.sink.opened, vec![ORIGIN_CONNECT]);
+    assert_eq!(h.sink.ended, vec![EndReason::Closed]);
+    assert!(h.tracker.is_empty());
+}
+
+#[test]
+fn server_role_from_a_read_request() {
+    let mut h = Harness::new();
+    h.open(3, ORIGIN_ACCEPT, 40000, "nginx");
+    h.data(3, DIR_INGRESS, 10, REQ, REQ.len());
+    h.data(3, DIR_EGRESS, 30, RESP, RESP.len());
+    let got = &h.sink.exchanges;
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].0, got[0].3, got[0].4), (Role::Server, 10, 30));
+    // The listening socket of a process that does not exist is unknown: no port, not a guess.
+    assert_eq!(got[0].5, None);
+}
+
+#[test]
+fn unknown_protocols_are_muted_in_the_kernel_once() {
+    let mut h = Harness::new();
+    h.open(4, ORIGIN_CONNECT, 5432, "psql");
+    h.data(4, DIR_EGRESS, 1, &[0, 0, 0, 8, 4, 210, 22, 47], 8);
+    h.data(4, DIR_EGRESS, 2, b"more bytes", 10);
+    assert_eq!(h.sink.muted, vec![MuteReason::UnknownProtocol]);
+    assert_eq!(h.actions, vec![KernelAction::Mute { conn_id: 4 }]);
+    assert!(h.sink.exchanges.is_empty());
+}
+
+#[test]
+fn malformed_http_is_a_counted_parse_error_and_muted() {
+    let mut h = Harness::new();
+    h.open(6, ORIGIN_ACCEPT, 80, "srv");
+    h.data(
+        6,
+        DIR_INGRESS,
+        1,
+        b"GET / HTTP/1.1\r\nContent-Length: zz\r\n\r\n",
+        38,
+    );
+    assert_eq!(h.sink.parse_errors.len(), 1);
+    assert_eq!(h.sink.muted, vec![MuteReason::ParseError]);
+    assert_eq!(h.actions, vec![KernelAction::Mute { conn_id: 6 }]);
+}
+
+#[test]
+fn lost_open_event_still_decodes() {
+    let mut h = Harness::new();
+    h.data(11, DIR_EGRESS, 5, REQ, REQ.len());
+    h.data(11, DIR_INGRESS, 9, RESP, RESP.len());
+    assert_eq!(h.sink.exchanges.len(), 1);
+    assert_eq!(h.sink.opened.len(), 1);
+}
+
+#[test]
+fn process_exit_ends_its_connections_and_forgets_them_in_the_kernel() {
+    let mut h = Harness::new();
+    h.open(21, ORIGIN_CONNECT, 80, "a");
+    h.open(22, ORIGIN_CONNECT, 81, "a");
+    // A response cut by the exit is still reported, as incomplete.
+    h.data(21, DIR_EGRESS, 1, REQ, REQ.len());
+    h.data(
+        21,
+        DIR_INGRESS,
+        2,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok",
+        42,
+    );
+    let exit = header(EventKind::ProcessExit, 0, 50);
+    h.tracker.on_event(&exit, &[], &mut h.sink, &mut h.actions);
+    assert!(h.tracker.is_empty());
+    assert_eq!(h.sink.ended, vec![EndReason::ProcessExit; 2]);
+    let mut forgotten: Vec<u64> = h
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            KernelAction::Forget { conn_id, .. } => Some(*conn_id),
+            _ => None,
+        })
+        .collect();
+    forgotten.sort();
+    assert_eq!(forgotten, vec![21, 22]);
+    assert_eq!(h.sink.exchanges.len(), 1);
+}
+
+#[test]
+fn truncated_capture_is_skipped_by_length() {
+    // 100 kB body, only the first 64 bytes of the write captured.
+    let mut h = Harness::new();
+    h.open(30, ORIGIN_ACCEPT, 80, "srv");
+    let head = b"POST /upload HTTP/1.1\r\nContent-Length: 100000\r\n\r\n";
+    let mut captured = head.to_vec();
+    captured.extend([b'x'; 64]);
+    h.data(30, DIR_INGRESS, 1, &captured, head.len() + 100_000);
+    h.data(30, DIR_EGRESS, 2, RESP, RESP.len());
+    let got = &h.sink.exchanges;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((got[0].1.as_str(), got[0].2), ("/upload", 200));
+}
 
 #[test]
 fn sockaddr_v4_and_v6() {

@@ -5,7 +5,6 @@
 //! `process_pid` is deliberately not a label: pids change on every restart and would make
 //! series churn; the process is named by `service_name` (and `container_id`).
 
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,6 +15,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
+use rustc_hash::{FxHashMap, FxHasher};
 
 use crate::conn::{EndReason, MuteReason, Sink};
 use crate::exchange::{Detail, Exchange, Role};
@@ -382,7 +382,7 @@ struct Series {
 /// compares per exchange instead of building and hashing a label set with fresh strings.
 #[derive(Default)]
 struct SeriesCache {
-    entries: HashMap<u64, Vec<(SeriesKey, Series)>>,
+    entries: FxHashMap<u64, Vec<(SeriesKey, Series)>>,
     len: usize,
 }
 
@@ -412,7 +412,7 @@ impl Sink for MetricsSink {
             Role::Server => None,
         };
         let process = Arc::as_ptr(&endpoint.process) as usize;
-        let mut hasher = std::hash::DefaultHasher::new();
+        let mut hasher = FxHasher::default();
         (
             exchange.role,
             method,

@@ -491,6 +491,9 @@ pub struct Http1Decoder {
     upgraded: bool,
     failed: Option<DecodeError>,
     stats: DecoderStats,
+    /// The last path and its route: keep-alive connections mostly repeat a path, and the
+    /// template is then not recomputed.
+    last_route: Option<(String, String)>,
 }
 
 impl Default for Http1Decoder {
@@ -511,6 +514,7 @@ impl Http1Decoder {
             upgraded: false,
             failed: None,
             stats: DecoderStats::default(),
+            last_route: None,
         }
     }
 
@@ -723,7 +727,14 @@ impl Http1Decoder {
         let route = if connect || path.is_empty() {
             String::new()
         } else {
-            route::template(&path)
+            match &self.last_route {
+                Some((last_path, route)) if *last_path == path => route.clone(),
+                _ => {
+                    let route = route::template(&path);
+                    self.last_route = Some((path.clone(), route.clone()));
+                    route
+                }
+            }
         };
         let seq = self.next_seq;
         self.next_seq += 1;
