@@ -18,14 +18,14 @@ use harness::{
 
 use crate::util::build_agent;
 
-const REQUESTS_METRIC: &str = "http_server_request_duration_seconds_count";
-const LOST_METRIC: &str = "periscope_kernel_events_lost_total";
+pub(crate) const REQUESTS_METRIC: &str = "http_server_request_duration_seconds_count";
+pub(crate) const LOST_METRIC: &str = "periscope_kernel_events_lost_total";
 /// The label that tells nginx's series apart from other servers' on the machine.
 const PORT_LABEL: &str = "server_port";
 
 /// Requests the agent counted for the server on `port`: the series labelled with that
 /// `server_port`, or all series if the agent does not export that label.
-fn requests_counted(metrics: &harness::Metrics, port: u16) -> f64 {
+pub(crate) fn requests_counted(metrics: &harness::Metrics, port: u16) -> f64 {
     let labelled = metrics
         .samples(REQUESTS_METRIC)
         .iter()
@@ -38,7 +38,7 @@ fn requests_counted(metrics: &harness::Metrics, port: u16) -> f64 {
 }
 
 /// Pids of agents already running (not started by us): their overhead would be measured too.
-fn other_agents() -> Vec<u32> {
+pub(crate) fn other_agents() -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -54,7 +54,7 @@ fn other_agents() -> Vec<u32> {
 
 /// A CPU to pin a process to, or `none`.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Cpu(Option<usize>);
+pub struct Cpu(pub(crate) Option<usize>);
 
 impl FromStr for Cpu {
     type Err = String;
@@ -265,27 +265,7 @@ fn run_with_agent(
     let counted_before = requests_counted(&agent.try_metrics()?, nginx_port);
     let cpu_before = cpu_time(pid)?;
     let wrk = run_wrk(wrk_options)?;
-    // Let the agent drain its ring buffer and pair the last exchanges before reading its
-    // counters: stop once the request count is stable and covers what wrk saw (or give up
-    // waiting for it after a few seconds, reporting what it has).
-    let started = Instant::now();
-    let mut previous = f64::NAN;
-    let metrics = loop {
-        let metrics = agent
-            .try_metrics()
-            .with_context(|| format!("scraping the agent; its log:\n{}", agent.log()))?;
-        let counted = requests_counted(&metrics, nginx_port);
-        let stable = counted == previous;
-        previous = counted;
-        let covered = counted - counted_before >= wrk.requests as f64;
-        if stable && (covered || started.elapsed() > Duration::from_secs(3)) {
-            break metrics;
-        }
-        if started.elapsed() > Duration::from_secs(10) {
-            break metrics;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    };
+    let metrics = settled_metrics(&agent, nginx_port, counted_before, wrk.requests)?;
     let cpu = cpu_time(pid)?.saturating_sub(cpu_before);
     let rss = rss_bytes(pid)?;
     let status = agent.stop()?;
@@ -304,6 +284,36 @@ fn run_with_agent(
             counted: requests_counted(&metrics, nginx_port) - counted_before,
         }),
     })
+}
+
+/// Lets the agent drain its ring buffer and pair the last exchanges before its counters are
+/// read: scrapes until the request count for `port` is stable and covers the `expected`
+/// requests made since it was `counted_before` (or gives up waiting for that after a few
+/// seconds, returning what it has).
+pub(crate) fn settled_metrics(
+    agent: &Agent,
+    port: u16,
+    counted_before: f64,
+    expected: u64,
+) -> anyhow::Result<harness::Metrics> {
+    let started = Instant::now();
+    let mut previous = f64::NAN;
+    loop {
+        let metrics = agent
+            .try_metrics()
+            .with_context(|| format!("scraping the agent; its log:\n{}", agent.log()))?;
+        let counted = requests_counted(&metrics, port);
+        let stable = counted == previous;
+        previous = counted;
+        let covered = counted - counted_before >= expected as f64;
+        if stable && (covered || started.elapsed() > Duration::from_secs(3)) {
+            return Ok(metrics);
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            return Ok(metrics);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 fn round_line(run: &Run) -> String {
@@ -331,7 +341,7 @@ fn round_line(run: &Run) -> String {
 }
 
 /// (min, median, max); the median of an even count is the mean of the middle two.
-fn spread(values: &[f64]) -> (f64, f64, f64) {
+pub(crate) fn spread(values: &[f64]) -> (f64, f64, f64) {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -343,7 +353,7 @@ fn spread(values: &[f64]) -> (f64, f64, f64) {
     (v[0], median, v[n - 1])
 }
 
-fn spread_cell(values: &[f64], decimals: usize) -> String {
+pub(crate) fn spread_cell(values: &[f64], decimals: usize) -> String {
     if values.is_empty() {
         return "–".into();
     }
@@ -351,7 +361,7 @@ fn spread_cell(values: &[f64], decimals: usize) -> String {
     format!("{min:.decimals$} / **{median:.decimals$}** / {max:.decimals$}")
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {

@@ -1,8 +1,10 @@
 //! `cargo xtask`: Periscope's developer tasks. See `cargo xtask --help`.
 
 mod bench;
+mod bench_syscall;
 mod run;
 mod setup;
+mod syscall_worker;
 mod test;
 mod util;
 
@@ -32,12 +34,23 @@ enum Cli {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(Bench),
+    /// One timed syscall loop, printed as `key=value` pairs; `cargo xtask bench syscall` runs
+    /// it in a pinned child process.
+    #[command(hide = true)]
+    BenchWorker {
+        #[arg(value_enum)]
+        workload: syscall_worker::Workload,
+        iterations: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum Bench {
     /// nginx under wrk, alternating rounds without and with the agent.
     Http(bench::HttpArgs),
+    /// What the kernel hooks add to each syscall: pipe, getppid and loopback HTTP loops,
+    /// alternating no agent, `--syscall-hooks btf` and `raw`.
+    Syscall(bench_syscall::SyscallArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +59,11 @@ fn main() -> ExitCode {
         Cli::Run { args } => run::run(&args),
         Cli::Test(args) => test::test(&args),
         Cli::Bench(Bench::Http(args)) => bench::http(&args),
+        Cli::Bench(Bench::Syscall(args)) => bench_syscall::syscall(&args),
+        Cli::BenchWorker {
+            workload,
+            iterations,
+        } => syscall_worker::worker(workload, iterations),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -83,5 +101,13 @@ mod tests {
             Cli::Test(test::TestArgs { fuzz_seconds: 0 })
         ));
         assert!(Cli::try_parse_from(["xtask", "bench", "http", "--agent-cpu", "x"]).is_err());
+        assert!(Cli::try_parse_from(["xtask", "bench", "syscall", "--cpu", "x"]).is_err());
+        assert!(matches!(
+            Cli::try_parse_from(["xtask", "bench-worker", "tcp-http", "8"]).unwrap(),
+            Cli::BenchWorker {
+                workload: syscall_worker::Workload::TcpHttp,
+                iterations: 8
+            }
+        ));
     }
 }

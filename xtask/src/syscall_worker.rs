@@ -220,7 +220,9 @@ mod tests {
         };
         assert_eq!(report.to_string().parse::<WorkerReport>().unwrap(), report);
         assert!("ns_per_syscall=1".parse::<WorkerReport>().is_err());
-        assert!("ns_per_syscall=x syscalls=1".parse::<WorkerReport>().is_err());
+        assert!("ns_per_syscall=x syscalls=1"
+            .parse::<WorkerReport>()
+            .is_err());
     }
 
     #[test]

@@ -94,14 +94,19 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
     let mut stages = Stages::default();
     stages.run("setup".into(), crate::setup::setup);
     stages.run("build agent (release)".into(), build_agent);
+    let mut counts = TestCounts::default();
     stages.run("cargo test --workspace --release".into(), || {
-        run(cmd("cargo").env("PERISCOPE_BIN", release_agent()).args([
+        counts = run_counting(cmd("cargo").env("PERISCOPE_BIN", release_agent()).args([
             "test",
             "--workspace",
             "--release",
             "--",
             "--test-threads=1",
-        ]))
+        ]))?;
+        if counts.failed > 0 {
+            bail!("{} tests failed", counts.failed);
+        }
+        Ok(())
     });
     let fuzz_dir = root().join("fuzz");
     let targets = fuzz_targets(&fuzz_dir)?;
@@ -122,7 +127,67 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
                 .arg(format!("-max_total_time={}", args.fuzz_seconds)))
         });
     }
-    stages.summary()
+    let outcome = stages.summary();
+    // The one closing line CI reads as the test count, over every cargo test binary.
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        counts.passed, counts.failed, counts.ignored
+    );
+    outcome
+}
+
+/// Totals of cargo test's `test result:` lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TestCounts {
+    pub passed: u64,
+    pub failed: u64,
+    pub ignored: u64,
+}
+
+impl TestCounts {
+    /// Adds one `test result: ok. 12 passed; 0 failed; 1 ignored; ...` line; other lines are
+    /// ignored.
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs `cmd` streaming its stdout through (stderr is inherited) and totals its test results.
+fn run_counting(cmd: &mut std::process::Command) -> anyhow::Result<TestCounts> {
+    use std::io::{BufRead, BufReader};
+    println!("$ {}", crate::util::display(cmd));
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", crate::util::display(cmd)))?;
+    let mut counts = TestCounts::default();
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line.unwrap_or_default();
+            println!("{line}");
+            counts.add_line(&line);
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() && counts.failed == 0 {
+        bail!("`{}` failed ({status})", crate::util::display(cmd));
+    }
+    Ok(counts)
 }
 
 /// The fuzz targets: `fuzz/fuzz_targets/*.rs` file stems, sorted; none if there is no fuzz/.
@@ -140,4 +205,25 @@ fn fuzz_targets(fuzz_dir: &Path) -> anyhow::Result<Vec<String>> {
         .collect();
     targets.sort();
     Ok(targets)
+}
+
+#[cfg(test)]
+mod count_tests {
+    use super::TestCounts;
+
+    #[test]
+    fn totals_result_lines() {
+        let mut c = TestCounts::default();
+        c.add_line("test result: ok. 76 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.05s");
+        c.add_line("test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured");
+        c.add_line("running 13 tests");
+        assert_eq!(
+            c,
+            TestCounts {
+                passed: 79,
+                failed: 2,
+                ignored: 1
+            }
+        );
+    }
 }

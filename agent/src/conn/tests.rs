@@ -1,9 +1,12 @@
 use super::*;
 use agent_ebpf::{DIR_EGRESS, OPEN_PAYLOAD_LEN, ORIGIN_ACCEPT, ORIGIN_CONNECT};
 
+/// role, route, status, start, end, server port, service name
+type Seen = (Role, String, u16, u64, u64, Option<u16>, String);
+
 #[derive(Default)]
 struct Recorded {
-    exchanges: Vec<(Role, String, u16, u64, u64, Option<u16>, String)>,
+    exchanges: Vec<Seen>,
     opened: Vec<u8>,
     ended: Vec<EndReason>,
     muted: Vec<MuteReason>,

@@ -1,7 +1,10 @@
 //! Pure protocol decoders: bytes in, exchanges out. No I/O, no clocks, no kernel types.
 
 pub mod http1;
+pub mod kafka;
+pub mod postgres;
 pub mod route;
+pub mod sql;
 
 /// Which half of a connection a chunk of bytes belongs to, from the protocol's point of view
 /// (not the syscall's): the connection tracker maps (direction, role) to this.

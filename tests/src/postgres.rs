@@ -1,0 +1,199 @@
+//! A real PostgreSQL server for tests: `initdb` in a temp dir, `postgres` on
+//! `127.0.0.1:<free port>`, run as an unprivileged user (PostgreSQL refuses to run as root).
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use crate::http::wait_for_port_or_exit;
+use crate::{free_port, read_tail, ChildProcess, TempDir};
+
+/// The unprivileged account the server runs as (created if missing).
+const USER: &str = "periscope-pg";
+
+/// A running PostgreSQL server with trust authentication for user `postgres`. Dropping it
+/// stops the server (fast shutdown) and removes its data directory.
+#[derive(Debug)]
+pub struct PgServer {
+    process: ChildProcess,
+    port: u16,
+    dir: TempDir,
+}
+
+impl PgServer {
+    /// Initialises a cluster and starts the server; panics with the server log on failure.
+    pub fn start() -> PgServer {
+        PgServer::launch().unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    pub fn launch() -> anyhow::Result<PgServer> {
+        ensure_user()?;
+        let dir = TempDir::new("pg")?;
+        let data = dir.path().join("data");
+        let log_path = dir.path().join("server.log");
+        chown_to_user(dir.path())?;
+        let init = Command::new("runuser")
+            .args(["-u", USER, "--", &bin("initdb")])
+            .arg("-D")
+            .arg(&data)
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
+            .output()
+            .context("running initdb")?;
+        if !init.status.success() {
+            bail!("initdb failed: {}", String::from_utf8_lossy(&init.stderr));
+        }
+        let port = free_port();
+        let log = std::fs::File::create(&log_path)?;
+        chown_to_user(&log_path)?;
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", USER, "--", &bin("postgres")])
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(dir.path())
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "ssl=off",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let mut process = ChildProcess::spawn("postgres", &mut cmd)?;
+        match wait_for_port_or_exit(&mut process, port, Duration::from_secs(30)) {
+            Ok(()) => {}
+            Err(Some(status)) => bail!(
+                "postgres exited ({status}):\n{}",
+                read_tail(&log_path, 8192)
+            ),
+            Err(None) => bail!(
+                "postgres did not listen on 127.0.0.1:{port}:\n{}",
+                read_tail(&log_path, 8192)
+            ),
+        }
+        let server = PgServer { process, port, dir };
+        // Accepting TCP is not yet accepting queries: wait until a query works.
+        let ready = crate::wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+            server.psql(&["-c", "SELECT 1"]).is_ok()
+        });
+        if !ready {
+            bail!("postgres never answered:\n{}", read_tail(&log_path, 8192));
+        }
+        Ok(server)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// `postgresql://postgres@127.0.0.1:<port>/<db>`
+    pub fn url(&self, db: &str) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Runs `psql` over TCP (database `postgres`, no SSL) with extra arguments; returns stdout.
+    pub fn psql(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.tool("psql", &["-X", "-q", "-v", "ON_ERROR_STOP=1"], args)
+    }
+
+    /// Runs `pgbench` against database `postgres` with extra arguments; returns stdout.
+    pub fn pgbench(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.tool("pgbench", &[], args)
+    }
+
+    fn tool(&self, program: &str, first: &[&str], args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(program)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args(first)
+            .args(args)
+            .env("PGSSLMODE", "disable")
+            .env("PGDATABASE", "postgres")
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {program}"))?;
+        if !out.status.success() {
+            bail!(
+                "{program} {args:?} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The server's log, for assertion messages.
+    pub fn log(&self) -> String {
+        read_tail(&self.dir.path().join("server.log"), 16384)
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        // SIGINT is PostgreSQL's fast shutdown.
+        let _ = self.process.stop(libc::SIGINT, Duration::from_secs(10));
+    }
+}
+
+/// PostgreSQL's own binaries live outside PATH on Debian; prefer them.
+fn bin(name: &str) -> String {
+    let debian = PathBuf::from(format!("/usr/lib/postgresql/15/bin/{name}"));
+    if debian.exists() {
+        debian.to_string_lossy().into_owned()
+    } else {
+        name.to_owned()
+    }
+}
+
+fn ensure_user() -> anyhow::Result<()> {
+    let known = Command::new("id")
+        .arg(USER)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    if known.success() {
+        return Ok(());
+    }
+    let made = Command::new("useradd")
+        .args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            USER,
+        ])
+        .status()
+        .context("running useradd")?;
+    // Another test may have created it at the same moment.
+    if !made.success() && !Command::new("id").arg(USER).output()?.status.success() {
+        bail!("could not create user {USER}");
+    }
+    Ok(())
+}
+
+fn chown_to_user(path: &std::path::Path) -> anyhow::Result<()> {
+    let status = Command::new("chown")
+        .arg(format!("{USER}:"))
+        .arg(path)
+        .status()
+        .context("running chown")?;
+    if !status.success() {
+        bail!("chown {} failed", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,406 @@
+//! `cargo xtask bench syscall`: what do Periscope's kernel hooks add to each syscall?
+//!
+//! Three tight syscall loops ([`Workload`]) run in a worker process pinned to one CPU, first
+//! with no agent, then under a fresh agent with `--syscall-hooks btf`, then `raw`, the order
+//! rotated from round to round (after one discarded warm-up round) so that drift of the
+//! machine hits every mode alike. The hooks run in the context of the worker's syscalls, so
+//! their cost is the difference in ns per syscall; the agent itself sits on another CPU.
+
+use std::fmt;
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, ensure, Context};
+use harness::{agent_binary, Agent, AgentOptions};
+
+use crate::bench::{
+    machine, other_agents, requests_counted, settled_metrics, spread, spread_cell, Cpu, LOST_METRIC,
+};
+use crate::syscall_worker::{WorkerReport, Workload};
+use crate::util::{build_agent, display};
+
+/// The agent's info metric naming the hook mechanism it ended up on.
+const HOOKS_METRIC: &str = "periscope_hooks_info";
+
+/// How the worker runs: without the agent, or with its hooks on one mechanism.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    None,
+    Btf,
+    Raw,
+}
+
+impl Mode {
+    const ALL: [Mode; 3] = [Mode::None, Mode::Btf, Mode::Raw];
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::None => "none",
+            Mode::Btf => "btf",
+            Mode::Raw => "raw",
+        }
+    }
+
+    /// The `--syscall-hooks` value, `None` for no agent.
+    fn hooks(self) -> Option<&'static str> {
+        match self {
+            Mode::None => None,
+            Mode::Btf => Some("btf"),
+            Mode::Raw => Some("raw"),
+        }
+    }
+
+    /// The order of the modes in `round` (0 is the warm-up): rotated by one each round.
+    fn order(round: usize) -> [Mode; 3] {
+        let mut order = Mode::ALL;
+        order.rotate_left(round % Mode::ALL.len());
+        order
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Options of `cargo xtask bench syscall`.
+#[derive(Debug, clap::Args)]
+pub struct SyscallArgs {
+    /// Measured rounds; each runs every workload without the agent and under each hook
+    /// mechanism.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Loop iterations of the pipe and getppid workloads; tcp-http runs a quarter as many
+    /// (it makes 4 syscalls per iteration), so each workload runs for a similar time.
+    #[arg(long, default_value_t = 1_000_000)]
+    iterations: u64,
+    /// CPU for the worker process (taskset), or `none`.
+    #[arg(long, default_value = "1")]
+    cpu: Cpu,
+    /// CPU for the agent, or `none`: off the worker's CPU, so that only the hooks (which
+    /// run inside the worker's syscalls) are measured, not the agent competing for its CPU.
+    #[arg(long, default_value = "0")]
+    agent_cpu: Cpu,
+    /// Use the existing agent binary instead of running `cargo build --release -p agent`
+    /// (also implied by PERISCOPE_BIN).
+    #[arg(long)]
+    no_build: bool,
+}
+
+impl SyscallArgs {
+    /// The full command line, every option spelled out, for the report.
+    fn command(&self) -> String {
+        format!(
+            "cargo xtask bench syscall --rounds {} --iterations {} --cpu {} --agent-cpu {}",
+            self.rounds, self.iterations, self.cpu, self.agent_cpu
+        )
+    }
+
+    fn iterations_of(&self, workload: Workload) -> u64 {
+        match workload {
+            Workload::TcpHttp => (self.iterations / 4).max(1),
+            Workload::Pipe | Workload::Getppid => self.iterations,
+        }
+    }
+}
+
+/// What the agent saw of a tcp-http run: did the tracked path really run?
+struct Check {
+    made: u64,
+    counted: f64,
+    lost: f64,
+}
+
+struct Measurement {
+    round: usize,
+    mode: Mode,
+    workload: Workload,
+    report: WorkerReport,
+    check: Option<Check>,
+}
+
+/// Runs the benchmark and prints a Markdown report.
+pub fn syscall(args: &SyscallArgs) -> anyhow::Result<()> {
+    if args.rounds == 0 || args.iterations < 4 {
+        bail!("--rounds must be at least 1 and --iterations at least 4");
+    }
+    if !harness::is_root() {
+        bail!(
+            "the agent loads eBPF programs: run as root (try `sudo -E cargo xtask bench syscall`)"
+        );
+    }
+    let custom_bin = std::env::var_os("PERISCOPE_BIN").is_some_and(|b| !b.is_empty());
+    if !args.no_build && !custom_bin {
+        crate::setup::setup()?;
+        build_agent()?;
+    }
+    let bin = agent_binary();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for (what, cpu) in [("--cpu", args.cpu), ("--agent-cpu", args.agent_cpu)] {
+        if cpu.0.is_some_and(|c| c >= cpus) {
+            bail!("{what} {cpu}: this machine has only CPUs 0..{cpus}");
+        }
+    }
+    let others = other_agents();
+    let warning = if others.is_empty() {
+        String::new()
+    } else {
+        eprintln!("[bench] warning: other periscope processes are running: {others:?}");
+        format!(
+            " **Warning: other Periscope processes were running ({others:?}); their hooks are \
+             in every column, `none` included.**"
+        )
+    };
+    let on = |cpu: Cpu| match cpu.0 {
+        Some(n) => format!("pinned to CPU {n}"),
+        None => "unpinned".to_owned(),
+    };
+    let placement = format!(
+        "worker {}, agent {} (taskset); {cpus} CPUs online",
+        on(args.cpu),
+        on(args.agent_cpu)
+    );
+    println!("[bench] {placement}");
+    println!("[bench] agent {}", bin.display());
+
+    let mut measured = Vec::new();
+    for round in 0..=args.rounds {
+        let label = if round == 0 {
+            "warm-up (discarded)".to_owned()
+        } else {
+            format!("round {round}")
+        };
+        for mode in Mode::order(round) {
+            let options = mode.hooks().map(|hooks| AgentOptions {
+                bin: Some(bin.clone()),
+                args: vec!["--syscall-hooks".into(), hooks.into()],
+                cpu: args.agent_cpu.0,
+                ..AgentOptions::default()
+            });
+            let (results, hooks) = run_mode(args, options)?;
+            println!(
+                "[bench] {label} {mode:<4}: {}",
+                round_line(&results, &hooks)
+            );
+            if round > 0 {
+                measured.extend(
+                    results
+                        .into_iter()
+                        .map(|(workload, report, check)| Measurement {
+                            round,
+                            mode,
+                            workload,
+                            report,
+                            check,
+                        }),
+                );
+            }
+        }
+    }
+
+    println!(
+        "\n{}",
+        report(args, &format!("{placement}.{warning}"), &measured)
+    );
+    Ok(())
+}
+
+type WorkloadResult = (Workload, WorkerReport, Option<Check>);
+
+/// Runs every workload once, under a fresh agent started with `agent` (none if `None`).
+/// Also returns the hook mechanism the agent reported, if it exports it.
+fn run_mode(
+    args: &SyscallArgs,
+    agent: Option<AgentOptions>,
+) -> anyhow::Result<(Vec<WorkloadResult>, Option<String>)> {
+    let mut agent = agent.map(Agent::start_with).transpose()?;
+    let mut results = Vec::new();
+    let mut hooks = None;
+    for workload in Workload::ALL {
+        let report = run_worker(args, workload)?;
+        let check = match (&agent, report.server_port) {
+            (Some(agent), Some(port)) => {
+                // The agent is fresh and the port was just picked by the kernel, so every
+                // request counted for it came from this run.
+                let metrics = settled_metrics(agent, port, 0.0, report.requests)?;
+                hooks = metrics
+                    .samples(HOOKS_METRIC)
+                    .into_iter()
+                    .find_map(|s| s.labels.get("syscall_hooks").cloned());
+                Some(Check {
+                    made: report.requests,
+                    counted: requests_counted(&metrics, port),
+                    lost: metrics.sum(LOST_METRIC, &[]),
+                })
+            }
+            _ => None,
+        };
+        results.push((workload, report, check));
+    }
+    if let Some(agent) = agent.as_mut() {
+        let status = agent.stop()?;
+        if !status.success() {
+            eprintln!(
+                "[bench] warning: the agent exited with {status} after SIGINT; its log:\n{}",
+                agent.log()
+            );
+        }
+    }
+    Ok((results, hooks))
+}
+
+/// Runs `cargo xtask bench-worker <workload> <iterations>` (this very binary), pinned.
+fn run_worker(args: &SyscallArgs, workload: Workload) -> anyhow::Result<WorkerReport> {
+    let exe = std::env::current_exe().context("locating the xtask binary")?;
+    let mut cmd = match args.cpu.0 {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpu.to_string()]).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    cmd.arg("bench-worker")
+        .arg(workload.name())
+        .arg(args.iterations_of(workload).to_string())
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit());
+    let output = cmd
+        .output()
+        .with_context(|| format!("starting {}", display(&cmd)))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        output.status.success(),
+        "`{}` failed ({}): {stdout}",
+        display(&cmd),
+        output.status
+    );
+    stdout
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .parse()
+        .with_context(|| format!("reading the output of `{}`", display(&cmd)))
+}
+
+fn round_line(results: &[WorkloadResult], hooks: &Option<String>) -> String {
+    let mut parts: Vec<String> = results
+        .iter()
+        .map(|(workload, report, _)| format!("{workload} {:.1}", report.ns_per_syscall))
+        .collect();
+    parts[0].push_str(" ns/syscall");
+    let mut line = parts.join(", ");
+    for (_, _, check) in results {
+        if let Some(c) = check {
+            line.push_str(&format!(
+                "; agent counted {} / {} requests, lost {} events",
+                c.counted, c.made, c.lost
+            ));
+        }
+    }
+    if let Some(hooks) = hooks {
+        line.push_str(&format!(" (hooks: {hooks})"));
+    }
+    line
+}
+
+fn describe(workload: Workload) -> &'static str {
+    match workload {
+        Workload::Pipe => {
+            "`pipe`: 1-byte `write` + `read` on a pipe (an fd Periscope does not track)"
+        }
+        Workload::Getppid => {
+            "`getppid`: a syscall Periscope ignores (the exit hook still fires and returns at once)"
+        }
+        Workload::TcpHttp => {
+            "`tcp-http`: HTTP request + response over loopback TCP, 4 syscalls on tracked \
+             sockets, payload copied to the ring buffer"
+        }
+    }
+}
+
+fn report(args: &SyscallArgs, placement: &str, measured: &[Measurement]) -> String {
+    let ns = |mode: Mode, workload: Workload| -> Vec<f64> {
+        measured
+            .iter()
+            .filter(|m| m.mode == mode && m.workload == workload)
+            .map(|m| m.report.ns_per_syscall)
+            .collect()
+    };
+    let mut out = String::new();
+    out.push_str("### Syscall overhead: what Periscope's kernel hooks add per syscall\n\n");
+    out.push_str(&format!("Command: `{}`\n\n", args.command()));
+    out.push_str(&format!(
+        "Machine: {}. Placement: {placement} Each round runs every workload in a fresh worker \
+         process without the agent (`none`), then under a fresh agent with `--syscall-hooks \
+         btf`, then `raw` (ready before the workloads, stopped with SIGINT after); the order of \
+         the modes rotates every round, and one warm-up round is discarded. Iterations: {} \
+         (tcp-http: {}).\n\n",
+        machine(),
+        args.iterations,
+        args.iterations_of(Workload::TcpHttp)
+    ));
+    out.push_str(
+        "ns per syscall, min / **median** / max over rounds; added = median(mode) − \
+         median(none):\n\n\
+         | workload | none | btf | raw | added by btf | added by raw |\n\
+         |---|---:|---:|---:|---:|---:|\n",
+    );
+    for workload in Workload::ALL {
+        let (_, base, _) = spread(&ns(Mode::None, workload));
+        let added = |mode: Mode| {
+            let (_, median, _) = spread(&ns(mode, workload));
+            let delta = median - base;
+            format!("{delta:+.1} ns ({:+.0}%)", 100.0 * delta / base)
+        };
+        out.push_str(&format!(
+            "| {workload} | {} | {} | {} | {} | {} |\n",
+            spread_cell(&ns(Mode::None, workload), 1),
+            spread_cell(&ns(Mode::Btf, workload), 1),
+            spread_cell(&ns(Mode::Raw, workload), 1),
+            added(Mode::Btf),
+            added(Mode::Raw),
+        ));
+    }
+    out.push('\n');
+    for workload in Workload::ALL {
+        out.push_str(&format!("- {}\n", describe(workload)));
+    }
+    out.push_str(
+        "\nSanity check, tcp-http with the agent (`http_server_request_duration_seconds_count` \
+         for the worker's port, `periscope_kernel_events_lost_total`):\n\n\
+         | round | mode | requests counted / made | kernel events lost |\n|---|---|---:|---:|\n",
+    );
+    let mut checks: Vec<(usize, Mode, &Check)> = measured
+        .iter()
+        .filter_map(|m| Some((m.round, m.mode, m.check.as_ref()?)))
+        .collect();
+    checks.sort_by_key(|(round, mode, _)| (*round, *mode as u8));
+    let mut suspect = false;
+    for (round, mode, c) in checks {
+        suspect |= c.counted != c.made as f64 || c.lost != 0.0;
+        out.push_str(&format!(
+            "| {round} | {mode} | {} / {} | {} |\n",
+            c.counted, c.made, c.lost
+        ));
+    }
+    if suspect {
+        out.push_str(
+            "\n**Warning: the agent did not count every request, or lost events: the tcp-http \
+             figures with the agent did not take the full captured path every time.**\n",
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_rotate_and_every_round_has_each_once() {
+        assert_eq!(Mode::order(0), [Mode::None, Mode::Btf, Mode::Raw]);
+        assert_eq!(Mode::order(1), [Mode::Btf, Mode::Raw, Mode::None]);
+        assert_eq!(Mode::order(3), Mode::order(0));
+    }
+}
