@@ -21,7 +21,7 @@ use core::ffi::c_void;
 use agent_ebpf::{
     Config, ConnInfo, Counter, EventHeader, EventKind, SockKey, Syscall, COUNTERS_LEN, DIR_EGRESS,
     DIR_INGRESS, HEADER_LEN, MAX_CAPTURE, MAX_IOVECS, OPEN_COMM_OFFSET, OPEN_PAYLOAD_LEN,
-    ORIGIN_ACCEPT, ORIGIN_CONNECT, SOCKADDR_LEN,
+    ORIGIN_ACCEPT, ORIGIN_CONNECT, RECENT_FDS, SOCKADDR_LEN,
 };
 use aya_ebpf::{
     helpers::{
@@ -32,7 +32,7 @@ use aya_ebpf::{
         },
     },
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 
@@ -41,7 +41,11 @@ use aya_ebpf::{
 static CONFIG: Config = Config {
     self_tgid: 0,
     capture_bytes: MAX_CAPTURE as u32,
+    newtask_pid_offset: 8,
+    newtask_flags_offset: 32,
 };
+
+const CLONE_THREAD: u64 = 0x0001_0000;
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -88,6 +92,17 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 /// Things that could not be delivered, per CPU, indexed by `Counter`.
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
+
+/// The most recently opened tracked fds of each process, for inheritance at fork.
+#[map]
+static RECENT: LruHashMap<u32, RecentFds> = LruHashMap::with_max_entries(16384, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RecentFds {
+    fds: [i32; RECENT_FDS],
+    next: u32,
+}
 
 /// Per-CPU sequence for connection ids.
 #[map]
@@ -503,6 +518,7 @@ fn open_conn(pid_tgid: u64, fd: i32, addr: u64, origin: u8, syscall: Syscall, li
         }
         return;
     }
+    remember_recent(key.tgid, fd);
     let Some(buf) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -527,6 +543,101 @@ fn open_conn(pid_tgid: u64, fd: i32, addr: u64, origin: u8, syscall: Syscall, li
             )
         };
     }
+    if let Ok(comm) = bpf_get_current_comm() {
+        buf.payload[OPEN_COMM_OFFSET..OPEN_PAYLOAD_LEN].copy_from_slice(&comm);
+    }
+    submit(buf, OPEN_PAYLOAD_LEN as u64);
+}
+
+#[inline(always)]
+fn remember_recent(tgid: u32, fd: i32) {
+    // SAFETY: the value is updated in place; a lost race only drops a hint.
+    match RECENT.get_ptr_mut(&tgid) {
+        Some(recent) => unsafe {
+            let slot = ((*recent).next as usize) % RECENT_FDS;
+            if let Some(f) = (*recent).fds.get_mut(slot) {
+                *f = fd;
+            }
+            (*recent).next = (*recent).next.wrapping_add(1);
+        },
+        None => {
+            let mut recent = RecentFds {
+                fds: [-1; RECENT_FDS],
+                next: 1,
+            };
+            recent.fds[0] = fd;
+            let _ = RECENT.insert(&tgid, &recent, 0);
+        }
+    }
+}
+
+/// `task:task_newtask`, in the parent: a new process (not a thread) inherits the parent's most
+/// recently opened tracked sockets, each as a new connection whose `Open` event names its
+/// parent connection. Accept-then-fork servers (PostgreSQL) serve from the child.
+pub fn task_newtask(ctx: &TracePointContext) -> u32 {
+    let cfg = config();
+    // SAFETY: offsets come from this tracepoint's format file, checked by the loader.
+    let flags = unsafe { ctx.read_at::<u64>(cfg.newtask_flags_offset as usize) }.unwrap_or(0);
+    if flags & CLONE_THREAD != 0 {
+        return 0;
+    }
+    let Ok(child) = (unsafe { ctx.read_at::<i32>(cfg.newtask_pid_offset as usize) }) else {
+        return 0;
+    };
+    let parent_pid_tgid = bpf_get_current_pid_tgid();
+    let parent = tgid_of(parent_pid_tgid);
+    // SAFETY: copied out at once.
+    let Some(recent) = (unsafe { RECENT.get(&parent) }).copied() else {
+        return 0;
+    };
+    let child_pid_tgid = ((child as u32 as u64) << 32) | child as u32 as u64;
+    for fd in recent.fds {
+        if fd < 0 {
+            continue;
+        }
+        // SAFETY: copied out at once.
+        let Some(conn) = (unsafe { CONNS.get(&SockKey { tgid: parent, fd }) }).copied() else {
+            continue;
+        };
+        inherit(child_pid_tgid, fd, conn);
+    }
+    0
+}
+
+#[inline(always)]
+fn inherit(child_pid_tgid: u64, fd: i32, parent: ConnInfo) {
+    let key = SockKey {
+        tgid: tgid_of(child_pid_tgid),
+        fd,
+    };
+    let conn_id = next_conn_id();
+    let info = ConnInfo {
+        conn_id,
+        origin: parent.origin,
+        _pad: [0; 7],
+    };
+    if CONNS.insert(&key, &info, BPF_NOEXIST).is_err() {
+        return;
+    }
+    remember_recent(key.tgid, fd);
+    let Some(buf) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
+    let buf = unsafe { &mut *buf };
+    let ts = now();
+    fill_header(
+        &mut buf.header,
+        child_pid_tgid,
+        EventKind::Open,
+        conn_id,
+        fd,
+        ts,
+    );
+    buf.header.origin = parent.origin;
+    buf.header.syscall = Syscall::Fork as u8;
+    buf.payload[..OPEN_PAYLOAD_LEN].fill(0);
+    buf.payload[..8].copy_from_slice(&parent.conn_id.to_ne_bytes());
     if let Ok(comm) = bpf_get_current_comm() {
         buf.payload[OPEN_COMM_OFFSET..OPEN_PAYLOAD_LEN].copy_from_slice(&comm);
     }

@@ -67,6 +67,14 @@ pub const ORIGIN_CONNECT: u8 = 2;
 /// Found in `/proc` at start-up by userspace.
 pub const ORIGIN_PROC: u8 = 3;
 
+/// In an `Open` event made at fork (`Syscall::Fork`), the parent's conn id sits in the first 8
+/// payload bytes, where other `Open` events carry the peer address.
+pub const FORK_PARENT_OFFSET: usize = 0;
+
+/// How many of a process's most recently opened tracked sockets a forked child inherits in the
+/// kernel (accept-then-fork servers such as PostgreSQL hand the newest one to the child).
+pub const RECENT_FDS: usize = 4;
+
 /// The syscall an event came from (kept for self-metrics and debugging).
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +92,8 @@ pub enum Syscall {
     Connect = 11,
     Close = 12,
     Exit = 13,
+    /// A socket inherited by a child process at fork (an `Open` event).
+    Fork = 14,
 }
 
 /// Fixed header of every ring-buffer event; for `Data` and `Open` events `cap_len` payload
@@ -143,6 +153,10 @@ pub struct Config {
     pub self_tgid: u32,
     /// Payload prefix to copy per syscall, at most `MAX_CAPTURE`.
     pub capture_bytes: u32,
+    /// Offsets of `pid` and `clone_flags` in the `task:task_newtask` record, read from its
+    /// tracefs format at load time.
+    pub newtask_pid_offset: u32,
+    pub newtask_flags_offset: u32,
 }
 
 /// Index of each per-CPU counter of things that could not be delivered.

@@ -43,6 +43,11 @@ mod programs {
     }
 
     #[tracepoint]
+    pub fn task_newtask(ctx: TracePointContext) -> u32 {
+        io::task_newtask(&ctx)
+    }
+
+    #[tracepoint]
     pub fn process_exit(ctx: TracePointContext) -> u32 {
         io::process_exit(&ctx)
     }

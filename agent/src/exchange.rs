@@ -40,6 +40,15 @@ pub enum Detail {
     Http(HttpExchange),
 }
 
+impl Detail {
+    /// (start, end) in `CLOCK_MONOTONIC` ns, as the decoder measured them.
+    pub fn span(&self) -> (u64, u64) {
+        match self {
+            Detail::Http(h) => (h.start_ns, h.end_ns),
+        }
+    }
+}
+
 /// One request/response pair with kernel timings.
 ///
 /// Timing semantics: a server exchange runs from the return of the read that brought the

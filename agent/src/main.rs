@@ -61,7 +61,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         ringbuf_bytes: config.ringbuf_bytes,
         hooks: config.syscall_hooks,
     };
-    let (capture, maps) = Capture::start(&settings)?;
+    let (capture, maps) = Capture::start(&settings, facts.tracefs)?;
     metrics
         .hooks_info
         .get_or_create(&periscope::export::prometheus::HooksLabels {

@@ -13,6 +13,7 @@
 
 mod agent;
 mod http;
+mod kafka;
 mod metrics;
 mod nginx;
 mod postgres;
@@ -30,6 +31,7 @@ use anyhow::Context;
 
 pub use agent::{agent_binary, wait_for_metric, Agent, AgentOptions};
 pub use http::{curl, http_get, tcp_raw, wait_for_port, HttpResponse};
+pub use kafka::{kcat, python_kafka_client, MockKafka};
 pub use metrics::{Metrics, Sample};
 pub use nginx::{Nginx, NginxOptions};
 pub use postgres::PgServer;

@@ -32,6 +32,11 @@ impl ChildProcess {
         self.child.id()
     }
 
+    /// The child's stdout, if it was spawned with `Stdio::piped()` and not taken yet.
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
+    }
+
     /// `Some(status)` once the child has exited (reaping it), `None` while it runs.
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {

@@ -441,3 +441,45 @@ fn without_privileges_the_missing_capability_is_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("missing capability CAP_BPF"), "{err}");
 }
+
+#[test]
+fn accept_then_fork_servers_are_seen_from_the_child() {
+    // Python's ForkingHTTPServer accepts in the parent and serves from a forked child, like
+    // PostgreSQL's postmaster does.
+    let py = PyServer::start(
+        r#"
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from socketserver import ForkingMixIn
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_GET(self):
+        body = b"forked\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+class S(ForkingMixIn, HTTPServer): pass
+S(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#,
+    );
+    let agent = Agent::start(&[]).unwrap();
+    for _ in 0..4 {
+        curl(&[
+            "-o",
+            "/dev/null",
+            &format!("http://127.0.0.1:{}/f", py.port()),
+        ])
+        .unwrap();
+    }
+    let port = py.port().to_string();
+    let l = labels(&port, "/f", "200");
+    wait_for_metric(&agent, SERVER, &l, 4.0, WAIT).unwrap();
+    wait_for_metric(&agent, CLIENT, &l, 4.0, WAIT).unwrap();
+    let m = agent.metrics();
+    assert_eq!(
+        m.sum("periscope_connections_opened_total", &[("reason", "fork")]),
+        4.0
+    );
+}

@@ -22,6 +22,17 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "iproute2",
     "python3",
+    "postgresql", // initdb, postgres, psql, pgbench for the Postgres tests
+    "kcat",       // an independent Kafka client for the Kafka tests
+];
+
+/// Python packages the tests drive real servers and clients with: (pip name, import name).
+const PYTHON_PACKAGES: &[(&str, &str)] = &[
+    ("flask", "flask"),
+    ("gunicorn", "gunicorn"),
+    ("psycopg[binary]", "psycopg"),
+    ("confluent-kafka", "confluent_kafka"),
+    ("kafka-python", "kafka"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -225,12 +236,15 @@ fn wait_for_other_cargo_install(krate: &str) -> anyhow::Result<bool> {
 }
 
 fn python_packages() -> anyhow::Result<()> {
-    let what = "python3 flask gunicorn";
-    if probe("python3", &["-c", "import flask, gunicorn"]).is_some() {
-        report(what, "ok");
+    let names: Vec<&str> = PYTHON_PACKAGES.iter().map(|(pip, _)| *pip).collect();
+    let what = format!("python3 {}", names.join(" "));
+    let imports: Vec<&str> = PYTHON_PACKAGES.iter().map(|(_, module)| *module).collect();
+    let check = format!("import {}", imports.join(", "));
+    if probe("python3", &["-c", &check]).is_some() {
+        report(&what, "ok");
         return Ok(());
     }
-    report(what, "missing");
+    report(&what, "missing");
     if probe("python3", &["-m", "pip", "--version"]).is_none() {
         report("python3 pip", "missing");
         run(cmd("apt-get")
@@ -248,17 +262,17 @@ fn python_packages() -> anyhow::Result<()> {
                 "--root-user-action=ignore",
             ])
             .args(extra)
-            .args(["flask", "gunicorn"]))
+            .args(&names))
     };
     // Debian's own python3 refuses pip installs into its site-packages (PEP 668) unless told.
     if let Err(e) = pip(&[]) {
         println!("[setup] {e:#}; retrying with --break-system-packages");
         pip(&["--break-system-packages"])?;
     }
-    if probe("python3", &["-c", "import flask, gunicorn"]).is_none() {
-        bail!("python3 still cannot import flask and gunicorn after pip install");
+    if probe("python3", &["-c", &check]).is_none() {
+        bail!("python3 still cannot `{check}` after pip install");
     }
-    report(what, "installed");
+    report(&what, "installed");
     Ok(())
 }
 

@@ -28,6 +28,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ag
 /// Classic tracepoints: (program, category, name).
 const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sys_enter_close", "syscalls", "sys_enter_close"),
+    ("task_newtask", "task", "task_newtask"),
     ("process_exit", "sched", "sched_process_exit"),
 ];
 
@@ -75,12 +76,13 @@ pub struct Maps {
     events: RingBuf<MapData>,
     conns: BpfHashMap<MapData, SockKey, ConnInfo>,
     muted: BpfHashMap<MapData, u64, u8>,
+    sock_types: BpfHashMap<MapData, SockKey, u32>,
     counters: PerCpuArray<MapData, u64>,
 }
 
 impl Capture {
     /// Loads the programs and attaches every hook.
-    pub fn start(settings: &Settings) -> anyhow::Result<(Capture, Maps)> {
+    pub fn start(settings: &Settings, tracefs: &str) -> anyhow::Result<(Capture, Maps)> {
         if !cfg!(target_arch = "x86_64") {
             bail!("Periscope's syscall hooks read x86_64 registers; this architecture is not supported yet");
         }
@@ -93,9 +95,23 @@ impl Capture {
                 settings.capture_bytes
             );
         }
+        let newtask = Path::new(tracefs).join("events/task/task_newtask/format");
+        let format = std::fs::read_to_string(&newtask)
+            .with_context(|| format!("reading {}", newtask.display()))?;
+        let (Some(pid_offset), Some(flags_offset)) = (
+            tracepoint_field(&format, "pid", 4),
+            tracepoint_field(&format, "clone_flags", 8),
+        ) else {
+            bail!(
+                "{}: no `pid` (4 bytes) and `clone_flags` (8 bytes) fields",
+                newtask.display()
+            );
+        };
         let config = Config {
             self_tgid: std::process::id(),
             capture_bytes: settings.capture_bytes,
+            newtask_pid_offset: pid_offset,
+            newtask_flags_offset: flags_offset,
         };
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
@@ -117,6 +133,7 @@ impl Capture {
             events: RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?,
             conns: BpfHashMap::try_from(take(&mut ebpf, "CONNS")?)?,
             muted: BpfHashMap::try_from(take(&mut ebpf, "MUTED")?)?,
+            sock_types: BpfHashMap::try_from(take(&mut ebpf, "SOCK_TYPES")?)?,
             counters: PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)?,
         };
         log::info!(
@@ -167,6 +184,27 @@ fn program_of<'a>(
 ) -> anyhow::Result<&'a mut aya::programs::Program> {
     ebpf.program_mut(name)
         .with_context(|| format!("program {name} missing from the object"))
+}
+
+/// The offset of field `name` in a tracefs format description, if it has `size` bytes.
+pub fn tracepoint_field(format: &str, name: &str, size: u32) -> Option<u32> {
+    format.lines().find_map(|line| {
+        let mut decl = None;
+        let mut offset = None;
+        let mut field_size = None;
+        for part in line.trim().split(';') {
+            let part = part.trim();
+            if let Some(d) = part.strip_prefix("field:") {
+                decl = Some(d);
+            } else if let Some(o) = part.strip_prefix("offset:") {
+                offset = o.parse::<u32>().ok();
+            } else if let Some(z) = part.strip_prefix("size:") {
+                field_size = z.parse::<u32>().ok();
+            }
+        }
+        let ident = decl?.rsplit([' ', '*']).next()?;
+        (ident == name && field_size == Some(size)).then_some(offset?)
+    })
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
@@ -232,6 +270,7 @@ impl Reader {
             mut events,
             mut conns,
             mut muted,
+            mut sock_types,
             counters,
         } = maps;
         // The kernel never wakes us (see agent-ebpf): drain on a timer that speeds up while
@@ -258,7 +297,8 @@ impl Reader {
                     if ticks.is_multiple_of(30) {
                         tracker.expire_dead(&mut sink, &mut actions);
                         apply(&mut actions, &mut conns, &mut muted);
-                        forget_dead_sockets(&mut conns);
+                        forget_dead(&mut conns);
+                        forget_dead(&mut sock_types);
                     }
                 }
             }
@@ -334,15 +374,16 @@ fn apply(
     }
 }
 
-/// Removes kernel entries of processes that no longer exist, whatever userspace knew of them.
-fn forget_dead_sockets(conns: &mut BpfHashMap<MapData, SockKey, ConnInfo>) {
-    let dead: Vec<SockKey> = conns
+/// Removes kernel entries of processes that no longer exist (they exited without closing their
+/// sockets), whatever userspace knew of them.
+fn forget_dead<V: aya::Pod>(map: &mut BpfHashMap<MapData, SockKey, V>) {
+    let dead: Vec<SockKey> = map
         .keys()
         .filter_map(Result::ok)
         .filter(|k| !Path::new(&format!("/proc/{}", k.tgid)).exists())
         .collect();
     for key in dead {
-        let _ = conns.remove(&key);
+        let _ = map.remove(&key);
     }
 }
 
@@ -360,5 +401,30 @@ fn fold_counters(counters: &PerCpuArray<MapData, u64>, lost: &[DeltaCounter], me
             });
             lost[index].advance(&counter, total);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tracepoint_field;
+
+    #[test]
+    fn reads_offsets_from_a_tracefs_format() {
+        let format = "name: task_newtask\nID: 1\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\tfield:pid_t pid;\toffset:8;\tsize:4;\tsigned:1;\n\tfield:char comm[16];\toffset:12;\tsize:16;\tsigned:0;\n\tfield:u64 clone_flags;\toffset:32;\tsize:8;\tsigned:0;\n";
+        assert_eq!(tracepoint_field(format, "pid", 4), Some(8));
+        assert_eq!(tracepoint_field(format, "clone_flags", 8), Some(32));
+        assert_eq!(tracepoint_field(format, "clone_flags", 4), None);
+        assert_eq!(tracepoint_field(format, "missing", 4), None);
+    }
+
+    #[test]
+    fn this_kernel_has_the_fields() {
+        let Ok(format) =
+            std::fs::read_to_string("/sys/kernel/tracing/events/task/task_newtask/format")
+        else {
+            return; // tracefs not mounted for this unit test run
+        };
+        assert!(tracepoint_field(&format, "pid", 4).is_some());
+        assert!(tracepoint_field(&format, "clone_flags", 8).is_some());
     }
 }

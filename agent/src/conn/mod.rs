@@ -13,10 +13,13 @@ use agent_ebpf::{EventHeader, EventKind, DIR_INGRESS, ORIGIN_PROC};
 
 use crate::exchange::{Detail, Endpoint, Exchange, Role};
 use crate::metadata::{ProcessCache, ProcessInfo};
-use crate::protocol::http1::{self, DecoderStats, Http1Decoder, HttpExchange};
+use crate::protocol::http1::DecoderStats;
 use crate::protocol::{Chunk, Stream};
 
+pub mod decoder;
 pub mod listeners;
+
+use decoder::Decoder;
 
 /// Data chunks a connection found in `/proc` may take to show a message boundary before it is
 /// given up on: it may have been opened mid-body.
@@ -28,6 +31,8 @@ pub enum MuteReason {
     UnknownProtocol,
     ParseError,
     Upgraded,
+    /// The conversation switched to TLS: nothing left to read in clear text.
+    Tls,
 }
 
 impl MuteReason {
@@ -36,6 +41,7 @@ impl MuteReason {
             MuteReason::UnknownProtocol => "unknown_protocol",
             MuteReason::ParseError => "parse_error",
             MuteReason::Upgraded => "upgraded",
+            MuteReason::Tls => "tls",
         }
     }
 }
@@ -70,7 +76,9 @@ pub enum KernelAction {
 /// Everything the tracker reports to the sinks.
 pub trait Sink {
     fn exchange(&mut self, exchange: &Exchange);
-    fn opened(&mut self, origin: u8);
+    /// A connection started being tracked: `accept`, `connect`, `proc` (found at start-up),
+    /// `fork` (inherited by a child process) or `unknown` (its open event was lost).
+    fn opened(&mut self, how: &'static str);
     fn ended(&mut self, reason: EndReason);
     fn muted(&mut self, reason: MuteReason);
     fn parse_error(&mut self, protocol: &'static str, reason: &'static str);
@@ -78,13 +86,8 @@ pub trait Sink {
 }
 
 enum State {
-    Detecting {
-        chunks_seen: u32,
-    },
-    Http {
-        role: Role,
-        decoder: Box<Http1Decoder>,
-    },
+    Detecting { chunks_seen: u32 },
+    Decoding { role: Role, decoder: Decoder },
     Muted,
 }
 
@@ -92,6 +95,9 @@ struct Conn {
     tgid: u32,
     fd: i32,
     origin: u8,
+    /// Found already open (in /proc, or inherited after bytes flowed): the first bytes seen
+    /// may be anywhere in a conversation.
+    mid_stream: bool,
     peer: Option<SocketAddr>,
     server_port: Option<u16>,
     process: Arc<ProcessInfo>,
@@ -105,7 +111,7 @@ pub struct Tracker {
     conns: FxHashMap<u64, Conn>,
     processes: ProcessCache,
     listeners: listeners::ListenerPorts,
-    scratch: Vec<HttpExchange>,
+    scratch: Vec<Detail>,
 }
 
 impl Tracker {
@@ -141,6 +147,7 @@ impl Tracker {
                 tgid: found.tgid,
                 fd: found.fd,
                 origin: ORIGIN_PROC,
+                mid_stream: true,
                 peer: Some(found.remote),
                 server_port: Some(server_port),
                 process,
@@ -148,7 +155,7 @@ impl Tracker {
                 last_ns: 0,
             },
         );
-        sink.opened(ORIGIN_PROC);
+        sink.opened("proc");
     }
 
     /// Handles one ring-buffer event. `payload` is the captured prefix (`cap_len` bytes).
@@ -160,7 +167,7 @@ impl Tracker {
         actions: &mut Vec<KernelAction>,
     ) {
         match EventKind::from_u8(header.kind) {
-            Some(EventKind::Open) => self.open(header, payload, sink),
+            Some(EventKind::Open) => self.open(header, payload, sink, actions),
             Some(EventKind::Data) => self.data(header, payload, sink, actions),
             Some(EventKind::Close) => {
                 if let Some(conn) = self.conns.remove(&header.conn_id) {
@@ -174,7 +181,16 @@ impl Tracker {
         }
     }
 
-    fn open(&mut self, header: &EventHeader, payload: &[u8], sink: &mut dyn Sink) {
+    fn open(
+        &mut self,
+        header: &EventHeader,
+        payload: &[u8],
+        sink: &mut dyn Sink,
+        actions: &mut Vec<KernelAction>,
+    ) {
+        if header.syscall == agent_ebpf::Syscall::Fork as u8 {
+            return self.inherit(header, payload, sink, actions);
+        }
         let peer = parse_sockaddr(payload);
         let comm = payload
             .get(agent_ebpf::OPEN_COMM_OFFSET..agent_ebpf::OPEN_PAYLOAD_LEN)
@@ -192,6 +208,7 @@ impl Tracker {
                 tgid: header.tgid,
                 fd: header.fd,
                 origin: header.origin,
+                mid_stream: false,
                 peer,
                 server_port,
                 process,
@@ -199,7 +216,58 @@ impl Tracker {
                 last_ns: header.ts_ns,
             },
         );
-        sink.opened(header.origin);
+        sink.opened(origin_name(header.origin));
+    }
+
+    /// A child process inherited a tracked socket at fork: it continues its parent's
+    /// connection (same peer and port, and muted if the parent's was).
+    fn inherit(
+        &mut self,
+        header: &EventHeader,
+        payload: &[u8],
+        sink: &mut dyn Sink,
+        actions: &mut Vec<KernelAction>,
+    ) {
+        let parent_id = payload
+            .get(agent_ebpf::FORK_PARENT_OFFSET..agent_ebpf::FORK_PARENT_OFFSET + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_ne_bytes);
+        let parent = parent_id.and_then(|id| self.conns.get(&id));
+        let (peer, server_port, muted, seen_data) = match parent {
+            Some(p) => (
+                p.peer,
+                p.server_port,
+                matches!(p.state, State::Muted),
+                !matches!(p.state, State::Detecting { chunks_seen: 0 }),
+            ),
+            None => (None, None, false, true),
+        };
+        let process = self.processes.get(header.tgid, None);
+        self.conns.insert(
+            header.conn_id,
+            Conn {
+                tgid: header.tgid,
+                fd: header.fd,
+                origin: header.origin,
+                peer,
+                server_port,
+                process,
+                // Bytes may already have flowed: detect like a connection found in /proc.
+                mid_stream: seen_data,
+                state: if muted {
+                    State::Muted
+                } else {
+                    State::Detecting { chunks_seen: 0 }
+                },
+                last_ns: header.ts_ns,
+            },
+        );
+        sink.opened("fork");
+        if muted {
+            actions.push(KernelAction::Mute {
+                conn_id: header.conn_id,
+            });
+        }
     }
 
     fn data(
@@ -214,11 +282,12 @@ impl Tracker {
             None => {
                 // The open event was lost (ring buffer full): decode what we can.
                 let process = self.processes.get(header.tgid, None);
-                sink.opened(header.origin);
+                sink.opened("unknown");
                 self.conns.entry(header.conn_id).or_insert(Conn {
                     tgid: header.tgid,
                     fd: header.fd,
                     origin: header.origin,
+                    mid_stream: true,
                     peer: None,
                     server_port: None,
                     process,
@@ -231,25 +300,19 @@ impl Tracker {
         let ingress = header.direction == DIR_INGRESS;
         if let State::Detecting { chunks_seen } = &mut conn.state {
             *chunks_seen += 1;
-            let role = match http1::detect(payload) {
-                Some(Stream::Request) if ingress => Some(Role::Server),
-                Some(Stream::Request) => Some(Role::Client),
-                Some(Stream::Response) if ingress => Some(Role::Client),
-                Some(Stream::Response) => Some(Role::Server),
-                None => None,
-            };
-            match role {
-                Some(role) => {
-                    if role == Role::Server && conn.origin == agent_ebpf::ORIGIN_CONNECT {
+            let mid_stream = conn.mid_stream;
+            match decoder::detect(payload, ingress, mid_stream) {
+                Some(found) => {
+                    if found.role == Role::Server && conn.origin == agent_ebpf::ORIGIN_CONNECT {
                         // A connected socket serving requests (rare): the server port is ours.
                         conn.server_port = None;
                     }
-                    conn.state = State::Http {
-                        role,
-                        decoder: Box::default(),
+                    conn.state = State::Decoding {
+                        role: found.role,
+                        decoder: found.decoder,
                     }
                 }
-                None if conn.origin == ORIGIN_PROC && *chunks_seen < PROC_DETECT_CHUNKS => return,
+                None if mid_stream && *chunks_seen < PROC_DETECT_CHUNKS => return,
                 None => {
                     conn.state = State::Muted;
                     actions.push(KernelAction::Mute {
@@ -260,7 +323,7 @@ impl Tracker {
                 }
             }
         }
-        let State::Http { role, decoder } = &mut conn.state else {
+        let State::Decoding { role, decoder } = &mut conn.state else {
             return;
         };
         let role = *role;
@@ -278,20 +341,19 @@ impl Tracker {
         };
         self.scratch.clear();
         let result = decoder.feed(&chunk, &mut self.scratch);
+        let protocol = decoder.protocol();
         let stats = decoder.take_stats();
-        let upgraded = decoder.upgraded();
         if stats != DecoderStats::default() {
-            sink.decoder_stats("http1", stats);
+            sink.decoder_stats(protocol, stats);
         }
-        emit(conn, role, &mut self.scratch, sink);
         let mute = match result {
-            Err(e) => {
-                sink.parse_error("http1", e.reason());
+            Err(reason) => {
+                sink.parse_error(protocol, reason);
                 Some(MuteReason::ParseError)
             }
-            Ok(()) if upgraded => Some(MuteReason::Upgraded),
-            Ok(()) => None,
+            Ok(()) => decoder.stopped(),
         };
+        emit(conn, role, &mut self.scratch, sink);
         if let Some(reason) = mute {
             conn.state = State::Muted;
             actions.push(KernelAction::Mute {
@@ -302,13 +364,13 @@ impl Tracker {
     }
 
     fn finish(&mut self, mut conn: Conn, ts_ns: u64, reason: EndReason, sink: &mut dyn Sink) {
-        if let State::Http { role, decoder } = &mut conn.state {
+        if let State::Decoding { role, decoder } = &mut conn.state {
             let role = *role;
             self.scratch.clear();
             decoder.close(ts_ns, &mut self.scratch);
             let stats = decoder.take_stats();
             if stats != DecoderStats::default() {
-                sink.decoder_stats("http1", stats);
+                sink.decoder_stats(decoder.protocol(), stats);
             }
             emit(&conn, role, &mut self.scratch, sink);
         }
@@ -382,20 +444,30 @@ impl Tracker {
     }
 }
 
-fn emit(conn: &Conn, role: Role, exchanges: &mut Vec<HttpExchange>, sink: &mut dyn Sink) {
-    for http in exchanges.drain(..) {
+fn emit(conn: &Conn, role: Role, details: &mut Vec<Detail>, sink: &mut dyn Sink) {
+    for detail in details.drain(..) {
+        let (start_ns, end_ns) = detail.span();
         let exchange = Exchange {
             role,
-            start_ns: http.start_ns,
-            end_ns: http.end_ns,
+            start_ns,
+            end_ns,
             endpoint: Endpoint {
                 process: conn.process.clone(),
                 peer: conn.peer,
                 server_port: conn.server_port,
             },
-            detail: Detail::Http(http),
+            detail,
         };
         sink.exchange(&exchange);
+    }
+}
+
+fn origin_name(origin: u8) -> &'static str {
+    match origin {
+        agent_ebpf::ORIGIN_ACCEPT => "accept",
+        agent_ebpf::ORIGIN_CONNECT => "connect",
+        ORIGIN_PROC => "proc",
+        _ => "unknown",
     }
 }
 

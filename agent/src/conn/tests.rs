@@ -7,7 +7,7 @@ type Seen = (Role, String, u16, u64, u64, Option<u16>, String);
 #[derive(Default)]
 struct Recorded {
     exchanges: Vec<Seen>,
-    opened: Vec<u8>,
+    opened: Vec<&'static str>,
     ended: Vec<EndReason>,
     muted: Vec<MuteReason>,
     parse_errors: Vec<&'static str>,
@@ -26,8 +26,8 @@ impl Sink for Recorded {
             e.endpoint.process.service_name.clone(),
         ));
     }
-    fn opened(&mut self, origin: u8) {
-        self.opened.push(origin);
+    fn opened(&mut self, how: &'static str) {
+        self.opened.push(how);
     }
     fn ended(&mut self, reason: EndReason) {
         self.ended.push(reason);
@@ -129,7 +129,7 @@ fn client_role_from_a_written_request_with_peer_port_and_comm() {
             "curl".to_owned()
         )]
     );
-    assert_eq!(h.sink.opened, vec![ORIGIN_CONNECT]);
+    assert_eq!(h.sink.opened, vec!["connect"]);
     assert_eq!(h.sink.ended, vec![EndReason::Closed]);
     assert!(h.tracker.is_empty());
 }
@@ -245,4 +245,48 @@ fn sockaddr_v4_and_v6() {
 
     assert_eq!(parse_sockaddr(&[]), None);
     assert_eq!(parse_sockaddr(&[1, 0, 0, 0]), None);
+}
+
+#[test]
+fn a_forked_child_continues_its_parents_connection() {
+    let mut h = Harness::new();
+    h.open(40, ORIGIN_ACCEPT, 5432, "postgres");
+    // The kernel copied fd 5 to the child (conn 41), naming conn 40 as the parent.
+    let mut fork = header(EventKind::Open, 41, 2);
+    fork.tgid = PID - 1;
+    fork.origin = ORIGIN_ACCEPT;
+    fork.syscall = agent_ebpf::Syscall::Fork as u8;
+    let mut payload = vec![0u8; OPEN_PAYLOAD_LEN];
+    payload[..8].copy_from_slice(&40u64.to_ne_bytes());
+    fork.cap_len = payload.len() as u32;
+    h.tracker
+        .on_event(&fork, &payload, &mut h.sink, &mut h.actions);
+    // The parent closes its copy; the child serves.
+    h.close(40, 3);
+    h.data(41, DIR_INGRESS, 10, REQ, REQ.len());
+    h.data(41, DIR_EGRESS, 20, RESP, RESP.len());
+    assert_eq!(h.sink.opened, vec!["accept", "fork"]);
+    assert_eq!(h.sink.exchanges.len(), 1);
+    assert_eq!(h.sink.exchanges[0].0, Role::Server);
+}
+
+#[test]
+fn a_child_of_a_muted_connection_is_muted_too() {
+    let mut h = Harness::new();
+    h.open(50, ORIGIN_ACCEPT, 22, "sshd");
+    h.data(50, DIR_INGRESS, 1, b"SSH-2.0-OpenSSH_9.2\r\n", 21);
+    let mut fork = header(EventKind::Open, 51, 2);
+    fork.syscall = agent_ebpf::Syscall::Fork as u8;
+    let mut payload = vec![0u8; OPEN_PAYLOAD_LEN];
+    payload[..8].copy_from_slice(&50u64.to_ne_bytes());
+    fork.cap_len = payload.len() as u32;
+    h.tracker
+        .on_event(&fork, &payload, &mut h.sink, &mut h.actions);
+    assert_eq!(
+        h.actions,
+        vec![
+            KernelAction::Mute { conn_id: 50 },
+            KernelAction::Mute { conn_id: 51 }
+        ]
+    );
 }

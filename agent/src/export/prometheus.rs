@@ -474,13 +474,7 @@ impl Sink for MetricsSink {
         }
     }
 
-    fn opened(&mut self, origin: u8) {
-        let reason = match origin {
-            agent_ebpf::ORIGIN_ACCEPT => "accept",
-            agent_ebpf::ORIGIN_CONNECT => "connect",
-            agent_ebpf::ORIGIN_PROC => "proc",
-            _ => "unknown",
-        };
+    fn opened(&mut self, reason: &'static str) {
         self.metrics
             .connections_opened
             .get_or_create(&ReasonLabel {

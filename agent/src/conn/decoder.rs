@@ -1,0 +1,86 @@
+//! The protocol decoders a connection can be handed to, behind one interface: detection on a
+//! connection's first bytes, then bytes in and exchange details out.
+
+use crate::exchange::{Detail, Role};
+use crate::protocol::http1::{self, DecoderStats, Http1Decoder, HttpExchange};
+use crate::protocol::{Chunk, Stream};
+
+use super::MuteReason;
+
+/// A connection's decoder, with the buffer its exchanges are collected in.
+pub enum Decoder {
+    Http(Box<(Http1Decoder, Vec<HttpExchange>)>),
+}
+
+/// What detection found: the protocol, and the role the observed process plays.
+pub struct Detected {
+    pub role: Role,
+    pub decoder: Decoder,
+}
+
+/// The role of a process that sent (`ingress == false`) or received the first bytes of a
+/// message travelling on `stream`.
+fn role_of(stream: Stream, ingress: bool) -> Role {
+    match (stream, ingress) {
+        (Stream::Request, true) | (Stream::Response, false) => Role::Server,
+        (Stream::Request, false) | (Stream::Response, true) => Role::Client,
+    }
+}
+
+/// Tries every enabled protocol on bytes seen on a connection. `mid_stream` connections were
+/// found already open, so their bytes may start anywhere in a conversation.
+pub fn detect(payload: &[u8], ingress: bool, _mid_stream: bool) -> Option<Detected> {
+    if let Some(stream) = http1::detect(payload) {
+        return Some(Detected {
+            role: role_of(stream, ingress),
+            decoder: Decoder::Http(Box::default()),
+        });
+    }
+    None
+}
+
+impl Decoder {
+    /// Protocol name for self-metrics.
+    pub fn protocol(&self) -> &'static str {
+        match self {
+            Decoder::Http(_) => "http1",
+        }
+    }
+
+    /// Feeds one chunk; completed exchanges are appended to `out`. An error is the reason
+    /// label of a parse error: the caller stops decoding the connection.
+    pub fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Detail>) -> Result<(), &'static str> {
+        match self {
+            Decoder::Http(state) => {
+                let (decoder, found) = &mut **state;
+                let result = decoder.feed(chunk, found);
+                out.extend(found.drain(..).map(Detail::Http));
+                result.map_err(|e| e.reason())
+            }
+        }
+    }
+
+    /// The connection closed at `ts_ns`: flush what can still be completed.
+    pub fn close(&mut self, ts_ns: u64, out: &mut Vec<Detail>) {
+        match self {
+            Decoder::Http(state) => {
+                let (decoder, found) = &mut **state;
+                decoder.close(ts_ns, found);
+                out.extend(found.drain(..).map(Detail::Http));
+            }
+        }
+    }
+
+    pub fn take_stats(&mut self) -> DecoderStats {
+        match self {
+            Decoder::Http(state) => state.0.take_stats(),
+        }
+    }
+
+    /// Set when the conversation left the protocol (an upgrade, TLS): stop decoding.
+    pub fn stopped(&self) -> Option<MuteReason> {
+        match self {
+            Decoder::Http(state) => state.0.upgraded().then_some(MuteReason::Upgraded),
+        }
+    }
+}
