@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::protocol::http1::HttpExchange;
+use crate::protocol::kafka::KafkaExchange;
 
 /// Which end of the connection the observed process is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -38,6 +39,7 @@ pub struct Endpoint {
 #[derive(Clone, Debug)]
 pub enum Detail {
     Http(HttpExchange),
+    Kafka(KafkaExchange),
 }
 
 impl Detail {
@@ -45,6 +47,7 @@ impl Detail {
     pub fn span(&self) -> (u64, u64) {
         match self {
             Detail::Http(h) => (h.start_ns, h.end_ns),
+            Detail::Kafka(k) => (k.start_ns, k.end_ns),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::exchange::{Detail, Role};
 use crate::protocol::http1::{self, DecoderStats, Http1Decoder, HttpExchange};
+use crate::protocol::kafka::{self, KafkaDecoder, KafkaExchange};
 use crate::protocol::{Chunk, Stream};
 
 use super::MuteReason;
@@ -10,6 +11,7 @@ use super::MuteReason;
 /// A connection's decoder, with the buffer its exchanges are collected in.
 pub enum Decoder {
     Http(Box<(Http1Decoder, Vec<HttpExchange>)>),
+    Kafka(Box<(KafkaDecoder, Vec<KafkaExchange>)>),
 }
 
 /// What detection found: the protocol, and the role the observed process plays.
@@ -36,6 +38,12 @@ pub fn detect(payload: &[u8], ingress: bool, _mid_stream: bool) -> Option<Detect
             decoder: Decoder::Http(Box::default()),
         });
     }
+    if let Some(stream) = kafka::detect(payload) {
+        return Some(Detected {
+            role: role_of(stream, ingress),
+            decoder: Decoder::Kafka(Box::new((KafkaDecoder::new(), Vec::new()))),
+        });
+    }
     None
 }
 
@@ -44,6 +52,7 @@ impl Decoder {
     pub fn protocol(&self) -> &'static str {
         match self {
             Decoder::Http(_) => "http1",
+            Decoder::Kafka(_) => "kafka",
         }
     }
 
@@ -57,6 +66,12 @@ impl Decoder {
                 out.extend(found.drain(..).map(Detail::Http));
                 result.map_err(|e| e.reason())
             }
+            Decoder::Kafka(state) => {
+                let (decoder, found) = &mut **state;
+                let result = decoder.feed(chunk, found);
+                out.extend(found.drain(..).map(Detail::Kafka));
+                result.map_err(|e| e.reason())
+            }
         }
     }
 
@@ -68,12 +83,18 @@ impl Decoder {
                 decoder.close(ts_ns, found);
                 out.extend(found.drain(..).map(Detail::Http));
             }
+            Decoder::Kafka(state) => {
+                let (decoder, found) = &mut **state;
+                decoder.close(ts_ns, found);
+                out.extend(found.drain(..).map(Detail::Kafka));
+            }
         }
     }
 
     pub fn take_stats(&mut self) -> DecoderStats {
         match self {
             Decoder::Http(state) => state.0.take_stats(),
+            Decoder::Kafka(state) => state.0.take_stats(),
         }
     }
 
@@ -81,6 +102,7 @@ impl Decoder {
     pub fn stopped(&self) -> Option<MuteReason> {
         match self {
             Decoder::Http(state) => state.0.upgraded().then_some(MuteReason::Upgraded),
+            Decoder::Kafka(_) => None,
         }
     }
 }

@@ -86,9 +86,152 @@ pub trait Sink {
 }
 
 enum State {
-    Detecting { chunks_seen: u32 },
-    Decoding { role: Role, decoder: Decoder },
+    Detecting {
+        chunks_seen: u32,
+        /// The first bytes, held back while too few to recognise a protocol.
+        held: Option<Box<Held>>,
+    },
+    Decoding {
+        role: Role,
+        decoder: Decoder,
+    },
     Muted,
+}
+
+/// Bytes of one direction seen before the protocol was recognised (a server that reads a
+/// 4-byte length prefix on its own, a client typing one byte at a time).
+struct Held {
+    ingress: bool,
+    /// (timestamp, length) of each syscall's bytes, in order.
+    pieces: Vec<(u64, usize)>,
+    bytes: Vec<u8>,
+}
+
+/// Recognition needs at most this many bytes; fewer are held back, up to `HOLD_CHUNKS` reads.
+const HOLD_BYTES: usize = 16;
+const HOLD_CHUNKS: usize = 8;
+
+enum Detection {
+    /// Too few bytes yet: they are held.
+    Undecided,
+    /// Not a protocol Periscope decodes.
+    Unknown,
+    /// Recognised (the connection is now `Decoding`), with any bytes held before.
+    Decided(Option<Box<Held>>),
+}
+
+/// Recognises the protocol of a connection still being detected; no-op for others.
+fn detect(conn: &mut Conn, ingress: bool, ts: u64, payload: &[u8], len: u64) -> Detection {
+    let State::Detecting { chunks_seen, held } = &mut conn.state else {
+        return Detection::Decided(None);
+    };
+    *chunks_seen += 1;
+    let mid_stream = conn.mid_stream;
+    // Held bytes only join bytes of the same direction; a reply means they were not a start.
+    if held.as_ref().is_some_and(|h| h.ingress != ingress) {
+        *held = None;
+    }
+    let joined: Vec<u8>;
+    let candidate: &[u8] = match held {
+        Some(h) => {
+            joined = [h.bytes.as_slice(), payload].concat();
+            &joined
+        }
+        None => payload,
+    };
+    match decoder::detect(candidate, ingress, mid_stream) {
+        Some(found) => {
+            if found.role == Role::Server && conn.origin == agent_ebpf::ORIGIN_CONNECT {
+                // A connected socket serving requests (rare): the server port is ours.
+                conn.server_port = None;
+            }
+            let held = held.take();
+            conn.state = State::Decoding {
+                role: found.role,
+                decoder: found.decoder,
+            };
+            Detection::Decided(held)
+        }
+        None if candidate.len() < HOLD_BYTES
+            && len == payload.len() as u64
+            && (*chunks_seen as usize) < HOLD_CHUNKS =>
+        {
+            let h = held.get_or_insert_with(|| {
+                Box::new(Held {
+                    ingress,
+                    pieces: Vec::new(),
+                    bytes: Vec::new(),
+                })
+            });
+            h.pieces.push((ts, payload.len()));
+            h.bytes.extend_from_slice(payload);
+            Detection::Undecided
+        }
+        None if mid_stream && *chunks_seen < PROC_DETECT_CHUNKS => {
+            *held = None;
+            Detection::Undecided
+        }
+        None => Detection::Unknown,
+    }
+}
+
+/// What feeding a decoder needs besides the connection.
+struct FeedContext<'a> {
+    scratch: &'a mut Vec<Detail>,
+    topic_names: &'a mut TopicNames,
+    sink: &'a mut dyn Sink,
+    actions: &'a mut Vec<KernelAction>,
+    conn_id: u64,
+}
+
+/// Feeds one syscall's bytes to a connection's decoder and reports what it completed.
+fn feed(
+    conn: &mut Conn,
+    ctx: &mut FeedContext<'_>,
+    ingress: bool,
+    ts: u64,
+    bytes: &[u8],
+    len: u64,
+) {
+    let State::Decoding { role, decoder } = &mut conn.state else {
+        return;
+    };
+    let role = *role;
+    let stream = match (role, ingress) {
+        (Role::Server, true) | (Role::Client, false) => Stream::Request,
+        (Role::Server, false) | (Role::Client, true) => Stream::Response,
+    };
+    // Both directions are stamped when the syscall returned (see agent-ebpf's io.rs).
+    let chunk = Chunk {
+        stream,
+        first_ns: ts,
+        last_ns: ts,
+        bytes,
+        len,
+    };
+    ctx.scratch.clear();
+    let result = decoder.feed(&chunk, ctx.scratch);
+    let protocol = decoder.protocol();
+    let stats = decoder.take_stats();
+    if stats != DecoderStats::default() {
+        ctx.sink.decoder_stats(protocol, stats);
+    }
+    let mute = match result {
+        Err(reason) => {
+            ctx.sink.parse_error(protocol, reason);
+            Some(MuteReason::ParseError)
+        }
+        Ok(()) => decoder.stopped(),
+    };
+    ctx.topic_names.learn_and_resolve(ctx.scratch);
+    emit(conn, role, ctx.scratch, ctx.sink);
+    if let Some(reason) = mute {
+        conn.state = State::Muted;
+        ctx.actions.push(KernelAction::Mute {
+            conn_id: ctx.conn_id,
+        });
+        ctx.sink.muted(reason);
+    }
 }
 
 struct Conn {
@@ -112,6 +255,9 @@ pub struct Tracker {
     processes: ProcessCache,
     listeners: listeners::ListenerPorts,
     scratch: Vec<Detail>,
+    /// Kafka topic names by topic id, learnt from Metadata responses anywhere on the node, to
+    /// name the topics of Fetch requests (v13+) that carry only ids.
+    topic_names: TopicNames,
 }
 
 impl Tracker {
@@ -121,6 +267,7 @@ impl Tracker {
             processes: ProcessCache::new(proc_root),
             listeners: listeners::ListenerPorts::new(proc_root),
             scratch: Vec::new(),
+            topic_names: TopicNames::default(),
         }
     }
 
@@ -151,7 +298,10 @@ impl Tracker {
                 peer: Some(found.remote),
                 server_port: Some(server_port),
                 process,
-                state: State::Detecting { chunks_seen: 0 },
+                state: State::Detecting {
+                    chunks_seen: 0,
+                    held: None,
+                },
                 last_ns: 0,
             },
         );
@@ -212,7 +362,10 @@ impl Tracker {
                 peer,
                 server_port,
                 process,
-                state: State::Detecting { chunks_seen: 0 },
+                state: State::Detecting {
+                    chunks_seen: 0,
+                    held: None,
+                },
                 last_ns: header.ts_ns,
             },
         );
@@ -238,7 +391,7 @@ impl Tracker {
                 p.peer,
                 p.server_port,
                 matches!(p.state, State::Muted),
-                !matches!(p.state, State::Detecting { chunks_seen: 0 }),
+                !matches!(p.state, State::Detecting { chunks_seen: 0, .. }),
             ),
             None => (None, None, false, true),
         };
@@ -257,7 +410,10 @@ impl Tracker {
                 state: if muted {
                     State::Muted
                 } else {
-                    State::Detecting { chunks_seen: 0 }
+                    State::Detecting {
+                        chunks_seen: 0,
+                        held: None,
+                    }
                 },
                 last_ns: header.ts_ns,
             },
@@ -291,76 +447,46 @@ impl Tracker {
                     peer: None,
                     server_port: None,
                     process,
-                    state: State::Detecting { chunks_seen: 0 },
+                    state: State::Detecting {
+                        chunks_seen: 0,
+                        held: None,
+                    },
                     last_ns: header.ts_ns,
                 })
             }
         };
         conn.last_ns = header.ts_ns;
         let ingress = header.direction == DIR_INGRESS;
-        if let State::Detecting { chunks_seen } = &mut conn.state {
-            *chunks_seen += 1;
-            let mid_stream = conn.mid_stream;
-            match decoder::detect(payload, ingress, mid_stream) {
-                Some(found) => {
-                    if found.role == Role::Server && conn.origin == agent_ebpf::ORIGIN_CONNECT {
-                        // A connected socket serving requests (rare): the server port is ours.
-                        conn.server_port = None;
-                    }
-                    conn.state = State::Decoding {
-                        role: found.role,
-                        decoder: found.decoder,
-                    }
-                }
-                None if mid_stream && *chunks_seen < PROC_DETECT_CHUNKS => return,
-                None => {
-                    conn.state = State::Muted;
-                    actions.push(KernelAction::Mute {
-                        conn_id: header.conn_id,
-                    });
-                    sink.muted(MuteReason::UnknownProtocol);
-                    return;
-                }
+        let len = header.ret_len.max(0) as u64;
+        let held = match detect(conn, ingress, header.ts_ns, payload, len) {
+            Detection::Undecided => return,
+            Detection::Unknown => {
+                conn.state = State::Muted;
+                actions.push(KernelAction::Mute {
+                    conn_id: header.conn_id,
+                });
+                sink.muted(MuteReason::UnknownProtocol);
+                return;
+            }
+            Detection::Decided(held) => held,
+        };
+        let mut ctx = FeedContext {
+            scratch: &mut self.scratch,
+            topic_names: &mut self.topic_names,
+            sink,
+            actions,
+            conn_id: header.conn_id,
+        };
+        // Bytes held back while the protocol was being recognised go first, in order.
+        if let Some(held) = held {
+            let mut at = 0;
+            for (ts, n) in &held.pieces {
+                let bytes = &held.bytes[at..at + n];
+                at += n;
+                feed(conn, &mut ctx, held.ingress, *ts, bytes, *n as u64);
             }
         }
-        let State::Decoding { role, decoder } = &mut conn.state else {
-            return;
-        };
-        let role = *role;
-        let stream = match (role, ingress) {
-            (Role::Server, true) | (Role::Client, false) => Stream::Request,
-            (Role::Server, false) | (Role::Client, true) => Stream::Response,
-        };
-        // Both directions are stamped when the syscall returned (see agent-ebpf's io.rs).
-        let chunk = Chunk {
-            stream,
-            first_ns: header.ts_ns,
-            last_ns: header.ts_ns,
-            bytes: payload,
-            len: header.ret_len.max(0) as u64,
-        };
-        self.scratch.clear();
-        let result = decoder.feed(&chunk, &mut self.scratch);
-        let protocol = decoder.protocol();
-        let stats = decoder.take_stats();
-        if stats != DecoderStats::default() {
-            sink.decoder_stats(protocol, stats);
-        }
-        let mute = match result {
-            Err(reason) => {
-                sink.parse_error(protocol, reason);
-                Some(MuteReason::ParseError)
-            }
-            Ok(()) => decoder.stopped(),
-        };
-        emit(conn, role, &mut self.scratch, sink);
-        if let Some(reason) = mute {
-            conn.state = State::Muted;
-            actions.push(KernelAction::Mute {
-                conn_id: header.conn_id,
-            });
-            sink.muted(reason);
-        }
+        feed(conn, &mut ctx, ingress, header.ts_ns, payload, len);
     }
 
     fn finish(&mut self, mut conn: Conn, ts_ns: u64, reason: EndReason, sink: &mut dyn Sink) {
@@ -368,6 +494,7 @@ impl Tracker {
             let role = *role;
             self.scratch.clear();
             decoder.close(ts_ns, &mut self.scratch);
+            self.topic_names.learn_and_resolve(&mut self.scratch);
             let stats = decoder.take_stats();
             if stats != DecoderStats::default() {
                 sink.decoder_stats(decoder.protocol(), stats);
@@ -459,6 +586,35 @@ fn emit(conn: &Conn, role: Role, details: &mut Vec<Detail>, sink: &mut dyn Sink)
             detail,
         };
         sink.exchange(&exchange);
+    }
+}
+
+/// Kafka topic names by id, bounded (the oldest half is dropped when full).
+#[derive(Default)]
+struct TopicNames {
+    names: FxHashMap<[u8; 16], String>,
+}
+
+const TOPIC_NAMES_MAX: usize = 65536;
+
+impl TopicNames {
+    fn learn_and_resolve(&mut self, details: &mut [Detail]) {
+        for detail in details.iter_mut() {
+            let Detail::Kafka(k) = detail else {
+                continue;
+            };
+            for (id, name) in &k.metadata_topics {
+                if self.names.len() >= TOPIC_NAMES_MAX {
+                    self.names.clear();
+                }
+                self.names.insert(*id, name.clone());
+            }
+            for topic in k.topics.iter_mut().filter(|t| t.name.is_none()) {
+                if let Some(name) = topic.topic_id.and_then(|id| self.names.get(&id)) {
+                    topic.name = Some(name.clone());
+                }
+            }
+        }
     }
 }
 

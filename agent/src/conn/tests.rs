@@ -15,7 +15,9 @@ struct Recorded {
 
 impl Sink for Recorded {
     fn exchange(&mut self, e: &Exchange) {
-        let Detail::Http(h) = &e.detail;
+        let Detail::Http(h) = &e.detail else {
+            return;
+        };
         self.exchanges.push((
             e.role,
             h.route.clone(),

@@ -19,7 +19,8 @@ use rustc_hash::{FxHashMap, FxHasher};
 
 use crate::conn::{EndReason, MuteReason, Sink};
 use crate::exchange::{Detail, Exchange, Role};
-use crate::protocol::http1::DecoderStats;
+use crate::protocol::http1::{DecoderStats, HttpExchange};
+use crate::protocol::kafka::{KafkaExchange, TopicStats};
 
 /// Semantic-convention default buckets for `http.*.request.duration`.
 pub const DURATION_BUCKETS: [f64; 14] = [
@@ -47,6 +48,43 @@ pub struct HttpClientLabels {
     pub http_request_method: String,
     pub http_response_status_code: u16,
     pub http_route: String,
+    pub server_address: String,
+    pub server_port: u16,
+    pub service_name: String,
+    pub container_id: String,
+}
+
+/// Semantic-convention buckets for `db.client.operation.duration`.
+pub const DB_DURATION_BUCKETS: [f64; 9] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
+
+/// Buckets for returned-row and message-count histograms.
+pub const COUNT_BUCKETS: [f64; 12] = [
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 5000.0, 10000.0,
+];
+
+/// Labels of database operation metrics (`db.*` semantic conventions).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DbLabels {
+    pub db_system_name: String,
+    pub db_operation_name: String,
+    pub db_collection_name: String,
+    pub db_namespace: String,
+    /// SQLSTATE of a failed operation, empty when it succeeded.
+    pub error_type: String,
+    pub server_address: String,
+    pub server_port: u16,
+    pub service_name: String,
+    pub container_id: String,
+}
+
+/// Labels of messaging operation metrics (`messaging.*` semantic conventions).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MessagingLabels {
+    pub messaging_system: String,
+    pub messaging_operation_name: String,
+    pub messaging_destination_name: String,
+    /// Kafka error name (or code) of a failed operation, empty when it succeeded.
+    pub error_type: String,
     pub server_address: String,
     pub server_port: u16,
     pub service_name: String,
@@ -85,6 +123,14 @@ fn size_histogram() -> Histogram {
     Histogram::new(SIZE_BUCKETS)
 }
 
+fn db_duration_histogram() -> Histogram {
+    Histogram::new(DB_DURATION_BUCKETS)
+}
+
+fn count_histogram() -> Histogram {
+    Histogram::new(COUNT_BUCKETS)
+}
+
 /// Every metric Periscope exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -94,6 +140,16 @@ pub struct Metrics {
     pub http_server_response_body: HistFamily<HttpServerLabels>,
     pub http_client_request_body: HistFamily<HttpClientLabels>,
     pub http_client_response_body: HistFamily<HttpClientLabels>,
+    pub db_client_duration: HistFamily<DbLabels>,
+    pub db_server_duration: HistFamily<DbLabels>,
+    pub db_client_rows: HistFamily<DbLabels>,
+    pub db_server_rows: HistFamily<DbLabels>,
+    pub messaging_client_duration: HistFamily<MessagingLabels>,
+    pub messaging_server_duration: HistFamily<MessagingLabels>,
+    pub messaging_client_sent: Family<MessagingLabels, Counter>,
+    pub messaging_client_consumed: Family<MessagingLabels, Counter>,
+    pub messaging_server_received: Family<MessagingLabels, Counter>,
+    pub messaging_server_delivered: Family<MessagingLabels, Counter>,
     pub events_read: Family<KindLabel, Counter>,
     /// `events_read` series by kind, created once (no label set built per event).
     pub events_by_kind: EventCounters,
@@ -124,6 +180,16 @@ impl Metrics {
             http_server_response_body: Family::new_with_constructor(size_histogram),
             http_client_request_body: Family::new_with_constructor(size_histogram),
             http_client_response_body: Family::new_with_constructor(size_histogram),
+            db_client_duration: Family::new_with_constructor(db_duration_histogram),
+            db_server_duration: Family::new_with_constructor(db_duration_histogram),
+            db_client_rows: Family::new_with_constructor(count_histogram),
+            db_server_rows: Family::new_with_constructor(count_histogram),
+            messaging_client_duration: Family::new_with_constructor(duration_histogram),
+            messaging_server_duration: Family::new_with_constructor(duration_histogram),
+            messaging_client_sent: Family::default(),
+            messaging_client_consumed: Family::default(),
+            messaging_server_received: Family::default(),
+            messaging_server_delivered: Family::default(),
             events_read: Family::default(),
             events_by_kind: EventCounters::default(),
             kernel_events_lost: Family::default(),
@@ -177,6 +243,60 @@ impl Metrics {
             "Size of HTTP client response bodies",
             Unit::Bytes,
             m.http_client_response_body.clone(),
+        );
+        registry.register_with_unit(
+            "db_client_operation_duration",
+            "Duration of database operations seen from the client, first request byte sent to last response byte read",
+            Unit::Seconds,
+            m.db_client_duration.clone(),
+        );
+        registry.register_with_unit(
+            "db_server_operation_duration",
+            "Duration of database operations seen from the server process, first request byte read to last response byte written",
+            Unit::Seconds,
+            m.db_server_duration.clone(),
+        );
+        registry.register(
+            "db_client_response_returned_rows",
+            "Rows returned by database operations, seen from the client",
+            m.db_client_rows.clone(),
+        );
+        registry.register(
+            "db_server_response_returned_rows",
+            "Rows returned by database operations, seen from the server process",
+            m.db_server_rows.clone(),
+        );
+        registry.register_with_unit(
+            "messaging_client_operation_duration",
+            "Duration of messaging operations seen from the client",
+            Unit::Seconds,
+            m.messaging_client_duration.clone(),
+        );
+        registry.register_with_unit(
+            "messaging_server_operation_duration",
+            "Duration of messaging operations seen from the broker process",
+            Unit::Seconds,
+            m.messaging_server_duration.clone(),
+        );
+        registry.register(
+            "messaging_client_sent_messages",
+            "Messages a client sent to the broker (records in Produce requests)",
+            m.messaging_client_sent.clone(),
+        );
+        registry.register(
+            "messaging_client_consumed_messages",
+            "Messages a client received from the broker (records in Fetch responses)",
+            m.messaging_client_consumed.clone(),
+        );
+        registry.register(
+            "messaging_server_received_messages",
+            "Messages the broker process received (records in Produce requests)",
+            m.messaging_server_received.clone(),
+        );
+        registry.register(
+            "messaging_server_delivered_messages",
+            "Messages the broker process delivered (records in Fetch responses)",
+            m.messaging_server_delivered.clone(),
         );
         let own = registry.sub_registry_with_prefix("periscope");
         m.events_by_kind = EventCounters::new(&m.events_read);
@@ -266,8 +386,7 @@ impl Metrics {
         m
     }
 
-    fn series(&self, exchange: &Exchange) -> Series {
-        let Detail::Http(http) = &exchange.detail;
+    fn series(&self, exchange: &Exchange, http: &HttpExchange) -> Series {
         let process = &exchange.endpoint.process;
         let method = normalize_method(&http.method).to_owned();
         let container_id = process.container_id.clone().unwrap_or_default();
@@ -317,6 +436,76 @@ impl Metrics {
         }
     }
 
+    /// Records a Kafka exchange: one observation per topic it names (or one without a
+    /// destination), and the record counts of Produce and Fetch.
+    fn record_kafka(&self, exchange: &Exchange, kafka: &KafkaExchange) {
+        let process = &exchange.endpoint.process;
+        let operation = match kafka.api_key {
+            0 => "send",
+            1 => "receive",
+            _ => kafka.api_name,
+        };
+        let server_address = match exchange.role {
+            Role::Client => exchange
+                .endpoint
+                .peer
+                .map(|p| p.ip().to_string())
+                .unwrap_or_default(),
+            Role::Server => String::new(),
+        };
+        let any_topic_failed = kafka.topics.iter().any(|t| t.error_code != 0);
+        let labels = |topic: Option<&TopicStats>| {
+            let error = match topic {
+                Some(t) if t.error_code != 0 => t.error_code,
+                _ if !any_topic_failed => kafka.error_code,
+                _ => 0,
+            };
+            MessagingLabels {
+                messaging_system: "kafka".to_owned(),
+                messaging_operation_name: operation.to_owned(),
+                messaging_destination_name: match topic {
+                    Some(t) => t.name.clone().unwrap_or_else(|| "unknown".to_owned()),
+                    None => String::new(),
+                },
+                error_type: kafka_error_name(error),
+                server_address: server_address.clone(),
+                server_port: exchange.endpoint.server_port.unwrap_or(0),
+                service_name: process.service_name.clone(),
+                container_id: process.container_id.clone().unwrap_or_default(),
+            }
+        };
+        let (duration, produced, fetched) = match exchange.role {
+            Role::Client => (
+                &self.messaging_client_duration,
+                &self.messaging_client_sent,
+                &self.messaging_client_consumed,
+            ),
+            Role::Server => (
+                &self.messaging_server_duration,
+                &self.messaging_server_received,
+                &self.messaging_server_delivered,
+            ),
+        };
+        let seconds = exchange.duration_seconds();
+        if kafka.topics.is_empty() {
+            duration.get_or_create(&labels(None)).observe(seconds);
+        }
+        for topic in &kafka.topics {
+            let labels = labels(Some(topic));
+            duration.get_or_create(&labels).observe(seconds);
+            if topic.record_count > 0 {
+                match kafka.api_key {
+                    0 => produced.get_or_create(&labels).inc_by(topic.record_count),
+                    1 => fetched.get_or_create(&labels).inc_by(topic.record_count),
+                    _ => 0,
+                };
+            }
+        }
+        if !kafka.complete {
+            self.incomplete_exchanges.inc();
+        }
+    }
+
     /// Refreshes the agent's own CPU and memory gauges from `/proc/self`.
     pub fn refresh_process_stats(&self) {
         if let Some((cpu, rss)) = own_usage() {
@@ -343,6 +532,40 @@ fn own_usage() -> Option<(f64, u64)> {
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
     Some(((utime + stime) as f64 / ticks, rss_pages * page))
+}
+
+/// `error.type` of a Kafka error code: its protocol name for the common ones, else the number;
+/// empty for success.
+pub fn kafka_error_name(code: i16) -> String {
+    let name = match code {
+        0 => return String::new(),
+        -1 => "UNKNOWN_SERVER_ERROR",
+        1 => "OFFSET_OUT_OF_RANGE",
+        2 => "CORRUPT_MESSAGE",
+        3 => "UNKNOWN_TOPIC_OR_PARTITION",
+        5 => "LEADER_NOT_AVAILABLE",
+        6 => "NOT_LEADER_OR_FOLLOWER",
+        7 => "REQUEST_TIMED_OUT",
+        10 => "MESSAGE_TOO_LARGE",
+        14 => "COORDINATOR_LOAD_IN_PROGRESS",
+        15 => "COORDINATOR_NOT_AVAILABLE",
+        16 => "NOT_COORDINATOR",
+        17 => "INVALID_TOPIC_EXCEPTION",
+        19 => "NOT_ENOUGH_REPLICAS",
+        22 => "ILLEGAL_GENERATION",
+        25 => "UNKNOWN_MEMBER_ID",
+        27 => "REBALANCE_IN_PROGRESS",
+        29 => "TOPIC_AUTHORIZATION_FAILED",
+        30 => "GROUP_AUTHORIZATION_FAILED",
+        35 => "UNSUPPORTED_VERSION",
+        36 => "TOPIC_ALREADY_EXISTS",
+        41 => "NOT_CONTROLLER",
+        58 => "SASL_AUTHENTICATION_FAILED",
+        79 => "MEMBER_ID_REQUIRED",
+        100 => "UNKNOWN_TOPIC_ID",
+        other => return other.to_string(),
+    };
+    name.to_owned()
 }
 
 /// Semantic conventions: known methods as they are, anything else `_OTHER` (bounds cardinality).
@@ -401,9 +624,9 @@ struct SeriesKey {
 /// Beyond this many cached series the cache starts over (the families keep the data).
 const SERIES_CACHE_MAX: usize = 16384;
 
-impl Sink for MetricsSink {
-    fn exchange(&mut self, exchange: &Exchange) {
-        let Detail::Http(http) = &exchange.detail;
+impl MetricsSink {
+    /// Records an HTTP exchange through the series cache.
+    fn http(&mut self, exchange: &Exchange, http: &HttpExchange) {
         let method = normalize_method(&http.method);
         let endpoint = &exchange.endpoint;
         let port = endpoint.server_port.unwrap_or(0);
@@ -441,7 +664,7 @@ impl Sink for MetricsSink {
         {
             Some((_, series)) => series.clone(),
             None => {
-                let series = self.metrics.series(exchange);
+                let series = self.metrics.series(exchange, http);
                 if cache.len >= SERIES_CACHE_MAX {
                     cache.entries.clear();
                     cache.len = 0;
@@ -471,6 +694,15 @@ impl Sink for MetricsSink {
             .observe(http.response_body_bytes as f64);
         if !http.complete {
             self.metrics.incomplete_exchanges.inc();
+        }
+    }
+}
+
+impl Sink for MetricsSink {
+    fn exchange(&mut self, exchange: &Exchange) {
+        match &exchange.detail {
+            Detail::Http(http) => self.http(exchange, http),
+            Detail::Kafka(kafka) => self.metrics.record_kafka(exchange, kafka),
         }
     }
 

@@ -1,0 +1,1324 @@
+use super::*;
+
+/// Big-endian message writer for hand-made frames.
+#[derive(Default)]
+struct W(Vec<u8>);
+
+impl W {
+    fn i8(mut self, v: i8) -> Self {
+        self.0.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+    fn i16(mut self, v: i16) -> Self {
+        self.0.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+    fn i32(mut self, v: i32) -> Self {
+        self.0.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+    fn i64(mut self, v: i64) -> Self {
+        self.0.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+    fn raw(mut self, b: &[u8]) -> Self {
+        self.0.extend_from_slice(b);
+        self
+    }
+    fn uvarint(mut self, mut v: u32) -> Self {
+        while v >= 0x80 {
+            self.0.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.0.push(v as u8);
+        self
+    }
+    /// Array/bytes length: compact (n + 1) or int32.
+    fn len(self, flex: bool, n: usize) -> Self {
+        if flex {
+            self.uvarint(n as u32 + 1)
+        } else {
+            self.i32(n as i32)
+        }
+    }
+    fn str(self, flex: bool, s: Option<&str>) -> Self {
+        match (s, flex) {
+            (None, true) => self.uvarint(0),
+            (None, false) => self.i16(-1),
+            (Some(s), true) => self.uvarint(s.len() as u32 + 1).raw(s.as_bytes()),
+            (Some(s), false) => self.i16(s.len() as i16).raw(s.as_bytes()),
+        }
+    }
+    fn tags(self, flex: bool) -> Self {
+        if flex {
+            self.uvarint(0)
+        } else {
+            self
+        }
+    }
+    /// Prefixes the size.
+    fn frame(self) -> Vec<u8> {
+        let mut f = (self.0.len() as i32).to_be_bytes().to_vec();
+        f.extend(self.0);
+        f
+    }
+}
+
+fn req(api: i16, ver: i16, corr: i32, client: Option<&str>) -> W {
+    let w = W::default().i16(api).i16(ver).i32(corr);
+    match apis::request_header_version(api, ver) {
+        0 => w,
+        1 => w.str(false, client),
+        _ => w.str(false, client).tags(true),
+    }
+}
+
+fn resp(api: i16, ver: i16, corr: i32) -> W {
+    let w = W::default().i32(corr);
+    if apis::response_header_version(api, ver) == 1 {
+        w.tags(true)
+    } else {
+        w
+    }
+}
+
+/// A magic v2 record batch header claiming `n` records, with a few payload bytes.
+fn batch(n: i32) -> Vec<u8> {
+    let mut b = W::default()
+        .i64(0)
+        .i32(0)
+        .i32(0)
+        .i8(2)
+        .i32(0)
+        .i16(0)
+        .i32(n - 1)
+        .i64(1)
+        .i64(1)
+        .i64(-1)
+        .i16(-1)
+        .i32(-1)
+        .i32(n)
+        .raw(&[0x11; 9])
+        .0;
+    let len = (b.len() - 12) as i32;
+    b[8..12].copy_from_slice(&len.to_be_bytes());
+    b
+}
+
+/// Produce request: topics of (name, partitions of record counts per batch).
+fn produce_req(ver: i16, corr: i32, acks: i16, topics: &[(&str, &[&[i32]])]) -> Vec<u8> {
+    let flex = ver >= 9;
+    let mut w = req(0, ver, corr, Some("producer-1"));
+    if ver >= 3 {
+        w = w.str(flex, None);
+    }
+    w = w.i16(acks).i32(30_000).len(flex, topics.len());
+    for (name, parts) in topics {
+        w = w.str(flex, Some(name)).len(flex, parts.len());
+        for (i, batches) in parts.iter().enumerate() {
+            let records: Vec<u8> = batches.iter().flat_map(|&n| batch(n)).collect();
+            w = w
+                .i32(i as i32)
+                .len(flex, records.len())
+                .raw(&records)
+                .tags(flex);
+        }
+        w = w.tags(flex);
+    }
+    w.tags(flex).frame()
+}
+
+/// Produce response: topics of (name, partition error codes).
+fn produce_resp(ver: i16, corr: i32, topics: &[(&str, &[i16])]) -> Vec<u8> {
+    let flex = ver >= 9;
+    let mut w = resp(0, ver, corr).len(flex, topics.len());
+    for (name, errs) in topics {
+        w = w.str(flex, Some(name)).len(flex, errs.len());
+        for (i, &e) in errs.iter().enumerate() {
+            w = w.i32(i as i32).i16(e).i64(42);
+            if ver >= 2 {
+                w = w.i64(-1);
+            }
+            if ver >= 5 {
+                w = w.i64(0);
+            }
+            if ver >= 8 {
+                w = w.len(flex, 0).str(flex, None);
+            }
+            w = w.tags(flex);
+        }
+        w = w.tags(flex);
+    }
+    w.i32(0).tags(flex).frame()
+}
+
+struct Conn {
+    dec: KafkaDecoder,
+    out: Vec<KafkaExchange>,
+    t: u64,
+}
+
+impl Conn {
+    fn new() -> Self {
+        Conn {
+            dec: KafkaDecoder::new(),
+            out: Vec::new(),
+            t: 0,
+        }
+    }
+
+    fn feed(&mut self, stream: Stream, bytes: &[u8], gap: u64) -> Result<(), DecodeError> {
+        self.t += 1;
+        let chunk = Chunk {
+            stream,
+            first_ns: self.t * 10,
+            last_ns: self.t * 10 + 5,
+            bytes,
+            len: bytes.len() as u64 + gap,
+        };
+        self.dec.feed(&chunk, &mut self.out)
+    }
+
+    fn req(&mut self, bytes: &[u8]) -> &mut Self {
+        self.feed(Stream::Request, bytes, 0)
+            .expect("request decodes");
+        self
+    }
+
+    fn resp(&mut self, bytes: &[u8]) -> &mut Self {
+        self.feed(Stream::Response, bytes, 0)
+            .expect("response decodes");
+        self
+    }
+
+    fn req_gap(&mut self, bytes: &[u8], gap: u64) -> &mut Self {
+        self.feed(Stream::Request, bytes, gap)
+            .expect("request decodes");
+        self
+    }
+
+    fn resp_gap(&mut self, bytes: &[u8], gap: u64) -> &mut Self {
+        self.feed(Stream::Response, bytes, gap)
+            .expect("response decodes");
+        self
+    }
+
+    fn close(&mut self) -> &mut Self {
+        self.t += 1;
+        self.dec.close(self.t * 10, &mut self.out);
+        self
+    }
+
+    fn take(&mut self) -> Vec<KafkaExchange> {
+        std::mem::take(&mut self.out)
+    }
+}
+
+fn hex8(id: &[u8; 16]) -> String {
+    id[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Compact view of an exchange, without timestamps.
+fn line(x: &KafkaExchange) -> String {
+    let topics: Vec<String> = x
+        .topics
+        .iter()
+        .map(|t| {
+            let mut s = t.name.clone().unwrap_or_else(|| "?".into());
+            if let Some(id) = &t.topic_id {
+                s += &format!("#{}", hex8(id));
+            }
+            format!(
+                "{s} parts={} records={} err={}",
+                t.partitions, t.record_count, t.error_code
+            )
+        })
+        .collect();
+    let mut s = format!(
+        "{} v{} corr={} client={} err={}",
+        x.api_name,
+        x.api_version,
+        x.correlation_id,
+        x.client_id.as_deref().unwrap_or("-"),
+        x.error_code
+    );
+    if let Some(acks) = x.acks {
+        s += &format!(" acks={acks}");
+    }
+    if !topics.is_empty() {
+        s += &format!(" topics=[{}]", topics.join(", "));
+    }
+    if !x.metadata_topics.is_empty() {
+        let m: Vec<String> = x
+            .metadata_topics
+            .iter()
+            .map(|(id, n)| format!("{}={n}", hex8(id)))
+            .collect();
+        s += &format!(" ids=[{}]", m.join(", "));
+    }
+    format!(
+        "{s} req={} resp={} complete={}",
+        x.request_bytes, x.response_bytes, x.complete
+    )
+}
+
+fn lines(xs: &[KafkaExchange]) -> Vec<String> {
+    xs.iter().map(line).collect()
+}
+
+#[test]
+fn produce_non_flexible_and_flexible_pair_with_record_counts() {
+    let mut c = Conn::new();
+    let rq = produce_req(7, 1, 1, &[("orders", &[&[3], &[1, 4]])]);
+    let rs = produce_resp(7, 1, &[("orders", &[0, 0])]);
+    c.req(&rq).resp(&rs);
+    let rq9 = produce_req(9, 2, -1, &[("orders", &[&[2]]), ("audit", &[&[1]])]);
+    let rs9 = produce_resp(9, 2, &[("orders", &[0]), ("audit", &[6])]);
+    c.req(&rq9).resp(&rs9);
+    let xs = c.take();
+    assert_eq!(
+        lines(&xs),
+        [
+            format!(
+                "Produce v7 corr=1 client=producer-1 err=0 acks=1 topics=[orders parts=2 records=8 err=0] req={} resp={} complete=true",
+                rq.len(),
+                rs.len()
+            ),
+            format!(
+                "Produce v9 corr=2 client=producer-1 err=6 acks=-1 topics=[orders parts=1 records=2 err=0, audit parts=1 records=1 err=6] req={} resp={} complete=true",
+                rq9.len(),
+                rs9.len()
+            ),
+        ]
+    );
+    assert_eq!((xs[0].start_ns, xs[0].end_ns), (10, 25));
+    assert_eq!((xs[1].start_ns, xs[1].end_ns), (30, 45));
+    assert_eq!(c.dec.take_stats(), DecoderStats::default());
+}
+
+#[test]
+fn every_split_of_pipelined_frames_gives_the_same_exchanges() {
+    let mut reqs = produce_req(9, 1, 1, &[("a", &[&[2]])]);
+    reqs.extend(
+        req(12, 4, 2, Some("c"))
+            .raw(&[1, 0, 0, 0, 1, 2, b'm', 0])
+            .frame(),
+    );
+    reqs.extend(produce_req(3, 3, 1, &[("b", &[&[5]])]));
+    let mut resps = produce_resp(9, 1, &[("a", &[0])]);
+    resps.extend(resp(12, 4, 2).i32(0).i16(27).tags(true).frame());
+    resps.extend(produce_resp(3, 3, &[("b", &[0])]));
+    let whole = {
+        let mut c = Conn::new();
+        c.req(&reqs).resp(&resps);
+        lines(&c.take())
+    };
+    assert_eq!(whole.len(), 3);
+    assert!(whole[1].starts_with("Heartbeat v4 corr=2 client=c err=27"));
+    for stream_bytes in [Stream::Request, Stream::Response] {
+        let bytes = if stream_bytes == Stream::Request {
+            &reqs
+        } else {
+            &resps
+        };
+        for k in 0..=bytes.len() {
+            for j in [k, (k + 7).min(bytes.len()), bytes.len()] {
+                let mut c = Conn::new();
+                let (a, rest) = bytes.split_at(k);
+                let (b, d) = rest.split_at(j - k);
+                if stream_bytes == Stream::Request {
+                    c.req(a).req(b).req(d).resp(&resps);
+                } else {
+                    c.req(&reqs).resp(a).resp(b).resp(d);
+                }
+                assert_eq!(lines(&c.take()), whole, "split at {k}/{j}");
+                assert_eq!(c.dec.take_stats(), DecoderStats::default());
+            }
+        }
+    }
+    // One byte at a time.
+    let mut c = Conn::new();
+    for b in reqs.chunks(1) {
+        c.req(b);
+    }
+    for b in resps.chunks(1) {
+        c.resp(b);
+    }
+    assert_eq!(lines(&c.take()), whole);
+}
+
+#[test]
+fn pairs_by_correlation_id_and_counts_unknown_and_skipped() {
+    let mut c = Conn::new();
+    c.req(&produce_req(7, 10, 1, &[("a", &[&[1]])]))
+        .req(&produce_req(7, 11, 1, &[("b", &[&[1]])]))
+        .req(&produce_req(7, 12, 1, &[("c", &[&[1]])]));
+    // An id nobody asked for.
+    c.resp(&produce_resp(7, 99, &[("z", &[0])]));
+    // 11 answered: 10 was skipped (a broker answers in order), so it is unpaired.
+    c.resp(&produce_resp(7, 11, &[("b", &[0])]));
+    let xs = c.take();
+    assert_eq!(xs.len(), 1);
+    assert_eq!(xs[0].correlation_id, 11);
+    let stats = c.dec.take_stats();
+    assert_eq!(
+        (stats.unexpected_responses, stats.unpaired_requests),
+        (1, 1)
+    );
+    c.close();
+    assert_eq!(c.dec.take_stats().unpaired_requests, 1); // 12
+}
+
+#[test]
+fn acks_zero_produce_is_emitted_without_a_response() {
+    let mut c = Conn::new();
+    let rq = produce_req(8, 5, 0, &[("fire", &[&[2]])]);
+    c.req(&rq);
+    let xs = c.take();
+    assert_eq!(
+        lines(&xs),
+        [format!(
+            "Produce v8 corr=5 client=producer-1 err=0 acks=0 topics=[fire parts=1 records=2 err=0] req={} resp=0 complete=true",
+            rq.len()
+        )]
+    );
+    assert_eq!((xs[0].start_ns, xs[0].end_ns), (10, 15));
+    c.close();
+    assert_eq!(c.dec.take_stats(), DecoderStats::default());
+}
+
+#[test]
+fn api_versions_response_uses_header_v0_even_when_flexible() {
+    let mut c = Conn::new();
+    // v3 request: header v2 (tagged fields), compact body strings.
+    c.req(
+        &req(18, 3, 1, Some("rdkafka"))
+            .raw(&[4, b'l', b'i', b'b', 2, b'1', 0])
+            .frame(),
+    );
+    // Response: correlation id then error_code directly (no header tagged fields).
+    c.resp(
+        &W::default()
+            .i32(1)
+            .i16(35)
+            .uvarint(1)
+            .i32(0)
+            .tags(true)
+            .frame(),
+    );
+    c.req(&req(18, 2, 2, Some("rdkafka")).frame());
+    c.resp(
+        &W::default()
+            .i32(2)
+            .i16(0)
+            .i32(1)
+            .i16(0)
+            .i16(0)
+            .i16(9)
+            .i32(0)
+            .frame(),
+    );
+    let xs = c.take();
+    assert_eq!(xs[0].error_code, 35);
+    assert_eq!(xs[0].api_name, "ApiVersions");
+    assert_eq!(xs[1].error_code, 0);
+    assert!(xs.iter().all(|x| x.complete));
+}
+
+/// Metadata v12 response naming topics by id, for the Fetch v13 tests.
+fn metadata_v12(corr: i32, topics: &[(i16, &str, [u8; 16], usize)]) -> Vec<u8> {
+    let f = true;
+    let mut w = resp(3, 12, corr)
+        .i32(0)
+        .len(f, 1)
+        .i32(1)
+        .str(f, Some("localhost"))
+        .i32(9092)
+        .str(f, None)
+        .tags(f)
+        .str(f, Some("cluster"))
+        .i32(1)
+        .len(f, topics.len());
+    for &(err, name, id, parts) in topics {
+        w = w.i16(err).str(f, Some(name)).raw(&id).i8(0).len(f, parts);
+        for p in 0..parts {
+            w = w
+                .i16(0)
+                .i32(p as i32)
+                .i32(1)
+                .i32(0)
+                .len(f, 1)
+                .i32(1)
+                .len(f, 1)
+                .i32(1)
+                .len(f, 0)
+                .tags(f);
+        }
+        w = w.i32(-2147483648).tags(f);
+    }
+    w.tags(f).frame()
+}
+
+#[test]
+fn metadata_and_fetch_by_topic_id() {
+    let id = [0xab; 16];
+    let mut c = Conn::new();
+    // Metadata v12 request for "orders" (topic id zero, name set).
+    c.req(
+        &req(3, 12, 1, Some("cons"))
+            .len(true, 1)
+            .raw(&[0; 16])
+            .str(true, Some("orders"))
+            .tags(true)
+            .i8(1)
+            .i8(0)
+            .tags(true)
+            .frame(),
+    );
+    c.resp(&metadata_v12(
+        1,
+        &[(0, "orders", id, 3), (3, "missing", [0; 16], 0)],
+    ));
+    // Fetch v13 by topic id, two partitions; response with 2 batches (3 + 4 records) in one.
+    let f = true;
+    let fetch = req(1, 13, 2, Some("cons"))
+        .i32(-1)
+        .i32(500)
+        .i32(1)
+        .i32(50 << 20)
+        .i8(0)
+        .i32(0)
+        .i32(-1)
+        .len(f, 1)
+        .raw(&id)
+        .len(f, 2);
+    let mut fetch = fetch;
+    for p in 0..2 {
+        fetch = fetch
+            .i32(p)
+            .i32(0)
+            .i64(0)
+            .i32(-1)
+            .i64(-1)
+            .i32(1 << 20)
+            .tags(f);
+    }
+    let fetch = fetch.tags(f).len(f, 0).str(f, Some("")).tags(f).frame();
+    c.req(&fetch);
+    let mut records = batch(3);
+    records.extend(batch(4));
+    let mut w = resp(1, 13, 2)
+        .i32(0)
+        .i16(0)
+        .i32(7)
+        .len(f, 1)
+        .raw(&id)
+        .len(f, 2);
+    for (p, err, recs) in [(0, 0i16, &records[..]), (1, 1, &[][..])] {
+        w = w
+            .i32(p)
+            .i16(err)
+            .i64(7)
+            .i64(7)
+            .i64(0)
+            .len(f, 0)
+            .i32(-1)
+            .len(f, recs.len())
+            .raw(recs)
+            .tags(f);
+    }
+    let fetch_resp = w.tags(f).tags(f).frame();
+    c.resp(&fetch_resp);
+    let xs = c.take();
+    let ls = lines(&xs);
+    assert!(
+        ls[0].contains(
+            "err=3 topics=[orders#abababab parts=3 records=0 err=0, missing parts=0 records=0 err=3] ids=[abababab=orders]"
+        ),
+        "{}",
+        ls[0]
+    );
+    assert_eq!(xs[0].metadata_topics, vec![(id, "orders".to_owned())]);
+    assert!(
+        ls[1].contains(
+            "Fetch v13 corr=2 client=cons err=1 topics=[orders#abababab parts=2 records=7 err=1]"
+        ),
+        "{}",
+        ls[1]
+    );
+
+    // Same Fetch response cut by a gap inside the records: header and first topic known,
+    // but decoding ran out of captured bytes, so it is incomplete.
+    c.req(&fetch.clone());
+    let cut = fetch_resp.len() - 40;
+    c.resp_gap(&fetch_resp[..cut], 40);
+    let xs = c.take();
+    assert!(!xs[0].complete);
+    assert_eq!(xs[0].response_bytes, fetch_resp.len() as u64);
+    assert_eq!(xs[0].topics[0].partitions, 2);
+    assert_eq!(c.dec.take_stats(), DecoderStats::default());
+}
+
+#[test]
+fn group_coordination_error_codes() {
+    let mut c = Conn::new();
+    // FindCoordinator v2 (top-level error) and v4 (coordinators[]).
+    c.req(
+        &req(10, 2, 1, Some("g"))
+            .str(false, Some("grp"))
+            .i8(0)
+            .frame(),
+    );
+    c.resp(
+        &resp(10, 2, 1)
+            .i32(0)
+            .i16(15)
+            .str(false, None)
+            .i32(-1)
+            .str(false, Some(""))
+            .i32(-1)
+            .frame(),
+    );
+    c.req(
+        &req(10, 4, 2, Some("g"))
+            .i8(0)
+            .len(true, 1)
+            .str(true, Some("grp"))
+            .tags(true)
+            .frame(),
+    );
+    c.resp(
+        &resp(10, 4, 2)
+            .i32(0)
+            .len(true, 1)
+            .str(true, Some("grp"))
+            .i32(1)
+            .str(true, Some("h"))
+            .i32(9092)
+            .i16(14)
+            .str(true, None)
+            .tags(true)
+            .tags(true)
+            .frame(),
+    );
+    // JoinGroup v5 (throttle, error), SyncGroup v3, LeaveGroup v0 (no throttle).
+    c.req(&req(11, 5, 3, Some("g")).frame());
+    c.resp(&resp(11, 5, 3).i32(0).i16(79).frame());
+    c.req(&req(14, 3, 4, Some("g")).frame());
+    c.resp(&resp(14, 3, 4).i32(0).i16(27).frame());
+    c.req(&req(13, 0, 5, Some("g")).frame());
+    c.resp(&resp(13, 0, 5).i16(25).frame());
+    // DescribeGroups: body not decoded.
+    c.req(&req(15, 5, 6, Some("g")).frame());
+    c.resp(&resp(15, 5, 6).i32(0).i16(16).frame());
+    let got: Vec<(&str, i16)> = c
+        .take()
+        .iter()
+        .map(|x| (x.api_name, x.error_code))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("FindCoordinator", 15),
+            ("FindCoordinator", 14),
+            ("JoinGroup", 79),
+            ("SyncGroup", 27),
+            ("LeaveGroup", 25),
+            ("DescribeGroups", 0),
+        ]
+    );
+}
+
+#[test]
+fn offsets_commit_fetch_and_list() {
+    let mut c = Conn::new();
+    // OffsetCommit v2: group, generation, member, retention, topics.
+    c.req(
+        &req(8, 2, 1, Some("g"))
+            .str(false, Some("grp"))
+            .i32(1)
+            .str(false, Some("m"))
+            .i64(-1)
+            .i32(1)
+            .str(false, Some("orders"))
+            .i32(2)
+            .i32(0)
+            .i64(5)
+            .str(false, Some(""))
+            .i32(1)
+            .i64(6)
+            .str(false, None)
+            .frame(),
+    );
+    c.resp(
+        &resp(8, 2, 1)
+            .i32(1)
+            .str(false, Some("orders"))
+            .i32(2)
+            .i32(0)
+            .i16(0)
+            .i32(1)
+            .i16(22)
+            .frame(),
+    );
+    // OffsetFetch v8 (groups[]), all topics (null): partitions come from the response.
+    let f = true;
+    c.req(
+        &req(9, 8, 2, Some("g"))
+            .len(f, 1)
+            .str(f, Some("grp"))
+            .uvarint(0)
+            .tags(f)
+            .i8(0)
+            .tags(f)
+            .frame(),
+    );
+    c.resp(
+        &resp(9, 8, 2)
+            .i32(0)
+            .len(f, 1)
+            .str(f, Some("grp"))
+            .len(f, 1)
+            .str(f, Some("orders"))
+            .len(f, 2)
+            .i32(0)
+            .i64(5)
+            .i32(-1)
+            .str(f, Some(""))
+            .i16(0)
+            .tags(f)
+            .i32(1)
+            .i64(-1)
+            .i32(-1)
+            .str(f, Some(""))
+            .i16(0)
+            .tags(f)
+            .tags(f)
+            .i16(0)
+            .tags(f)
+            .tags(f)
+            .frame(),
+    );
+    // OffsetFetch v1: topics, no top-level error.
+    c.req(
+        &req(9, 1, 3, Some("g"))
+            .str(false, Some("grp"))
+            .i32(1)
+            .str(false, Some("t"))
+            .i32(1)
+            .i32(0)
+            .frame(),
+    );
+    c.resp(
+        &resp(9, 1, 3)
+            .i32(1)
+            .str(false, Some("t"))
+            .i32(1)
+            .i32(0)
+            .i64(-1)
+            .str(false, Some(""))
+            .i16(3)
+            .frame(),
+    );
+    // ListOffsets v1.
+    c.req(
+        &req(2, 1, 4, Some("g"))
+            .i32(-1)
+            .i32(1)
+            .str(false, Some("orders"))
+            .i32(1)
+            .i32(0)
+            .i64(-2)
+            .frame(),
+    );
+    c.resp(
+        &resp(2, 1, 4)
+            .i32(1)
+            .str(false, Some("orders"))
+            .i32(1)
+            .i32(0)
+            .i16(6)
+            .i64(-1)
+            .i64(0)
+            .frame(),
+    );
+    let ls: Vec<String> = c
+        .take()
+        .iter()
+        .map(|x| line(x).split(" req=").next().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(
+        ls,
+        [
+            "OffsetCommit v2 corr=1 client=g err=22 topics=[orders parts=2 records=0 err=22]",
+            "OffsetFetch v8 corr=2 client=g err=0 topics=[orders parts=2 records=0 err=0]",
+            "OffsetFetch v1 corr=3 client=g err=3 topics=[t parts=1 records=0 err=3]",
+            "ListOffsets v1 corr=4 client=g err=6 topics=[orders parts=1 records=0 err=6]",
+        ]
+    );
+}
+
+#[test]
+fn gap_inside_a_request_keeps_the_decoded_prefix() {
+    let rq = produce_req(7, 1, 1, &[("orders", &[&[3], &[4]])]);
+    // Capture holds the header and the first partition's batch header only.
+    let keep = rq.len() - 50;
+    let mut c = Conn::new();
+    c.req_gap(&rq[..keep], (rq.len() - keep) as u64);
+    c.resp(&produce_resp(7, 1, &[("orders", &[0, 0])]));
+    let xs = c.take();
+    assert_eq!(xs.len(), 1);
+    assert_eq!(xs[0].topics[0].record_count, 3);
+    assert_eq!(xs[0].topics[0].partitions, 2); // from the response
+    assert_eq!(xs[0].request_bytes, rq.len() as u64);
+    assert!(xs[0].complete);
+    assert_eq!(c.dec.take_stats(), DecoderStats::default());
+
+    // The gap also covers the start of the next request: framing is lost until a chunk
+    // begins with a request again.
+    let mut c = Conn::new();
+    let next = produce_req(7, 2, 1, &[("orders", &[&[1]])]);
+    c.req_gap(&rq[..keep], (rq.len() - keep + 20) as u64);
+    c.req(&next[20..]); // tail of the lost request: discarded
+    c.req(&produce_req(7, 3, 1, &[("orders", &[&[1]])]));
+    c.resp(&produce_resp(7, 1, &[("orders", &[0, 0])]));
+    c.resp(&produce_resp(7, 2, &[("orders", &[0])]));
+    c.resp(&produce_resp(7, 3, &[("orders", &[0])]));
+    let ids: Vec<i32> = c.take().iter().map(|x| x.correlation_id).collect();
+    assert_eq!(ids, [1, 3]);
+    let stats = c.dec.take_stats();
+    assert_eq!(
+        (
+            stats.resyncs,
+            stats.truncated_headers,
+            stats.unexpected_responses
+        ),
+        (1, 1, 1)
+    );
+}
+
+#[test]
+fn response_framing_lost_in_a_gap_resyncs_on_a_pending_id() {
+    let mut c = Conn::new();
+    for id in 1..=3 {
+        c.req(&produce_req(7, id, 1, &[("t", &[&[1]])]));
+    }
+    let r1 = produce_resp(7, 1, &[("t", &[0])]);
+    // r1's first 10 bytes captured, then a gap covering r1 and 5 bytes of r2.
+    c.resp_gap(&r1[..10], (r1.len() - 10 + 5) as u64);
+    let r2 = produce_resp(7, 2, &[("t", &[0])]);
+    c.resp(&r2[5..]); // garbage for the decoder: skipped
+    c.resp(&produce_resp(7, 3, &[("t", &[0])]));
+    let xs = c.take();
+    assert_eq!(
+        xs.iter()
+            .map(|x| (x.correlation_id, x.complete))
+            .collect::<Vec<_>>(),
+        [(1, false), (3, true)]
+    );
+    let stats = c.dec.take_stats();
+    // 2 dropped when framing was lost.
+    assert_eq!(
+        (
+            stats.resyncs,
+            stats.truncated_headers,
+            stats.unpaired_requests
+        ),
+        (1, 1, 1)
+    );
+}
+
+#[test]
+fn close_cuts_a_response_and_counts_unpaired() {
+    let mut c = Conn::new();
+    c.req(&produce_req(7, 1, 1, &[("t", &[&[1]])]));
+    c.req(&produce_req(7, 2, 1, &[("t", &[&[1]])]));
+    let r1 = produce_resp(7, 1, &[("t", &[0])]);
+    c.resp(&r1[..10]);
+    c.close();
+    let xs = c.take();
+    assert_eq!(xs.len(), 1);
+    assert!(!xs[0].complete);
+    assert_eq!(xs[0].end_ns, 40); // close time, later than the chunk
+    assert_eq!(c.dec.take_stats().unpaired_requests, 1);
+    // Reusable after close.
+    c.req(&produce_req(7, 1, 1, &[("t", &[&[1]])])).resp(&r1);
+    assert_eq!(c.take().len(), 1);
+}
+
+#[test]
+fn memory_caps() {
+    // Pending queue.
+    let mut c = Conn::new();
+    for id in 0..(MAX_PENDING as i32 + 5) {
+        c.req(&req(12, 0, id, None).frame());
+    }
+    assert_eq!(c.dec.pending.len(), MAX_PENDING);
+    assert_eq!(c.dec.take_stats().unpaired_requests, 5);
+
+    // Topics per exchange.
+    let names: Vec<String> = (0..100).map(|i| format!("t{i}")).collect();
+    let parts: &[&[i32]] = &[&[1]];
+    let topics: Vec<(&str, &[&[i32]])> = names.iter().map(|n| (n.as_str(), parts)).collect();
+    let mut c = Conn::new();
+    c.req(&produce_req(7, 1, 0, &topics));
+    assert_eq!(c.take()[0].topics.len(), MAX_TOPICS);
+
+    // A frame larger than the buffer, in chunks: decoded from the kept prefix.
+    let big: Vec<i32> = vec![1; 30_000];
+    let rq = produce_req(7, 1, 1, &[("big", &[&big[..]])]);
+    assert!(rq.len() > MAX_FRAME_BUFFER);
+    let mut c = Conn::new();
+    for part in rq.chunks(64 * 1024) {
+        c.req(part);
+    }
+    assert!(c.dec.req.buf.capacity() <= KEEP_BUFFER_CAPACITY);
+    c.resp(&produce_resp(7, 1, &[("big", &[0])]));
+    let xs = c.take();
+    let counted = xs[0].topics[0].record_count;
+    assert!(counted > 10_000 && counted < 30_000, "{counted}");
+    assert!(xs[0].complete);
+    assert_eq!(xs[0].request_bytes, rq.len() as u64);
+}
+
+#[test]
+fn detect_accepts_kafka_and_rejects_others() {
+    let produce = produce_req(9, 1, 1, &[("t", &[&[1]])]);
+    assert_eq!(detect(&produce), Some(Stream::Request));
+    assert_eq!(detect(&produce[..14]), Some(Stream::Request));
+    assert_eq!(detect(&produce[..13]), None);
+    assert_eq!(detect(&req(18, 3, 0, None).frame()), Some(Stream::Request));
+    assert_eq!(detect(&req(7, 0, 0, None).frame()), Some(Stream::Request));
+    assert_eq!(detect(b"GET / HTTP/1.1\r\n"), None);
+    assert_eq!(detect(b"POST /x HTTP/1.1\r\n"), None);
+    assert_eq!(
+        detect(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"),
+        None
+    );
+    // Postgres StartupMessage, SSLRequest, CancelRequest.
+    let mut pg = W::default()
+        .i32(0x0003_0000)
+        .raw(b"user\0postgres\0database\0app\0\0")
+        .0;
+    let mut startup = ((pg.len() + 4) as i32).to_be_bytes().to_vec();
+    startup.append(&mut pg);
+    assert_eq!(detect(&startup), None);
+    // The longest user name Postgres allows (63 bytes): the client id length read from it
+    // (0x00, 'a') still overruns the frame.
+    let pg_long_user = [
+        &[0, 0, 0, 78][..],
+        &[0, 3, 0, 0],
+        b"user\0a",
+        &[b'x'; 62],
+        b"\0\0",
+    ]
+    .concat();
+    assert_eq!(detect(&pg_long_user), None);
+    assert_eq!(detect(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]), None);
+    assert_eq!(
+        detect(&[0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e, 0, 0, 0, 1, 0, 0]),
+        None
+    );
+    // Unknown key, absurd version, bad client id length, empty.
+    assert_eq!(detect(&req(75, 0, 0, None).frame()), None);
+    assert_eq!(detect(&req(0, 25, 0, None).frame()), None);
+    assert_eq!(
+        detect(&W::default().i16(0).i16(9).i32(0).i16(-2).frame()),
+        None
+    );
+    assert_eq!(
+        detect(&W::default().i16(0).i16(9).i32(0).i16(100).frame()),
+        None
+    );
+    assert_eq!(detect(b""), None);
+}
+
+#[test]
+fn garbage_is_rejected_and_the_error_sticks() {
+    let mut c = Conn::new();
+    assert_eq!(
+        c.feed(Stream::Request, b"GET / HTTP/1.1\r\n\r\n", 0),
+        Err(DecodeError::NotKafka)
+    );
+    assert_eq!(
+        c.feed(Stream::Request, &req(12, 0, 1, None).frame(), 0),
+        Err(DecodeError::NotKafka)
+    );
+    let mut c = Conn::new();
+    assert_eq!(
+        c.feed(Stream::Request, &req(99, 0, 1, None).frame(), 0),
+        Err(DecodeError::NotKafka)
+    );
+    // After a good frame, faults are Malformed.
+    let mut c = Conn::new();
+    c.req(&req(12, 0, 1, None).frame());
+    let e = c.feed(Stream::Request, &[0xff, 0xff, 0xff, 0xff], 0);
+    assert_eq!(e, Err(DecodeError::Malformed("bad_frame_size")));
+    assert_eq!(e.unwrap_err().reason(), "bad_frame_size");
+    let mut c = Conn::new();
+    c.req(&req(12, 0, 1, None).frame());
+    let e = c.feed(
+        Stream::Request,
+        &W::default().i16(-3).i16(0).i32(2).frame(),
+        0,
+    );
+    assert_eq!(e, Err(DecodeError::Malformed("bad_request_header")));
+    // Client id longer than its frame.
+    let mut c = Conn::new();
+    let e = c.feed(
+        Stream::Request,
+        &W::default().i16(12).i16(0).i32(2).i16(50).frame(),
+        0,
+    );
+    assert_eq!(e, Err(DecodeError::NotKafka));
+    assert_eq!(DecodeError::NotKafka.reason(), "not_kafka");
+    // Unknown API key after sync: an exchange named Unknown.
+    let mut c = Conn::new();
+    c.req(&req(12, 0, 1, None).frame())
+        .req(&req(300, 1, 2, Some("x")).i32(7).frame());
+    c.resp(&resp(12, 0, 1).i16(0).frame())
+        .resp(&resp(300, 1, 2).i32(0).frame());
+    let xs = c.take();
+    assert_eq!(
+        (xs[1].api_name, xs[1].api_key, xs[1].error_code),
+        ("Unknown", 300, 0)
+    );
+}
+
+#[test]
+fn random_input_never_panics() {
+    let mut seed = 0x1234_5678_9abc_def0u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let valid = produce_req(9, 1, 1, &[("t", &[&[2]])]);
+    let valid_resp = produce_resp(9, 1, &[("t", &[0])]);
+    for round in 0..3000 {
+        let mut dec = KafkaDecoder::new();
+        let mut out = Vec::new();
+        for t in 0..20u64 {
+            let mut bytes: Vec<u8> = match next() % 3 {
+                0 => valid.clone(),
+                1 => valid_resp.clone(),
+                _ => (0..next() % 64).map(|_| next() as u8).collect(),
+            };
+            if !bytes.is_empty() && round % 2 == 0 {
+                let i = (next() as usize) % bytes.len();
+                bytes[i] = next() as u8;
+            }
+            let cut = (next() as usize) % (bytes.len() + 1);
+            let stream = if next() % 2 == 0 {
+                Stream::Request
+            } else {
+                Stream::Response
+            };
+            let gap = if next() % 4 == 0 { next() % 100_000 } else { 0 };
+            let chunk = Chunk {
+                stream,
+                first_ns: t * 10,
+                last_ns: t * 10 + 5,
+                bytes: &bytes[..cut],
+                len: cut as u64 + gap,
+            };
+            let _ = dec.feed(&chunk, &mut out);
+        }
+        dec.close(1000, &mut out);
+        for x in &out {
+            assert!(x.end_ns >= x.start_ns);
+            assert!(x.topics.len() <= MAX_TOPICS);
+        }
+    }
+}
+
+// ---- golden tests over recorded traffic (tests/fixtures/kafka, see record.py) ----
+
+struct Fixture {
+    name: String,
+    chunks: Vec<(Stream, Vec<u8>)>,
+}
+
+fn fixtures_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kafka")
+}
+
+fn hex_decode(s: &str) -> Vec<u8> {
+    assert!(s.len().is_multiple_of(2), "odd hex length");
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex digit"))
+        .collect()
+}
+
+/// Reads the fixture JSON written by record.py (one chunk object per line, `"stream"` before
+/// `"hex"`): a scan for the two keys is enough, no JSON crate.
+fn parse_fixture(text: &str) -> Vec<(Stream, Vec<u8>)> {
+    let field = |line: &str, key: &str| -> Option<String> {
+        let at = line.find(&format!("\"{key}\": \""))? + key.len() + 5;
+        let end = line[at..].find('"')?;
+        Some(line[at..at + end].to_owned())
+    };
+    text.lines()
+        .filter_map(|line| {
+            let stream = match field(line, "stream")?.as_str() {
+                "request" => Stream::Request,
+                "response" => Stream::Response,
+                other => panic!("unknown stream {other}"),
+            };
+            Some((stream, hex_decode(&field(line, "hex")?)))
+        })
+        .collect()
+}
+
+fn load_fixtures() -> Vec<Fixture> {
+    let mut names: Vec<_> = std::fs::read_dir(fixtures_dir())
+        .expect("fixture directory")
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_suffix(".json").map(str::to_owned)
+        })
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let text = std::fs::read_to_string(fixtures_dir().join(format!("{name}.json")))
+                .expect("fixture readable");
+            Fixture {
+                chunks: parse_fixture(&text),
+                name,
+            }
+        })
+        .collect()
+}
+
+/// Golden line: fields, then `@start..end` in chunk indices (chunk i has first_ns = last_ns =
+/// i; close happens at the chunk count).
+fn golden_line(x: &KafkaExchange) -> String {
+    format!("{} @{}..{}", line(x), x.start_ns, x.end_ns)
+}
+
+fn decode_fixture(chunks: &[(Stream, &[u8])]) -> (Vec<KafkaExchange>, DecoderStats) {
+    let mut dec = KafkaDecoder::new();
+    let mut out = Vec::new();
+    for (i, (stream, bytes)) in chunks.iter().enumerate() {
+        let chunk = Chunk {
+            stream: *stream,
+            first_ns: i as u64,
+            last_ns: i as u64,
+            bytes,
+            len: bytes.len() as u64,
+        };
+        dec.feed(&chunk, &mut out).expect("fixture decodes");
+    }
+    dec.close(chunks.len() as u64, &mut out);
+    (out, dec.take_stats())
+}
+
+#[test]
+fn golden_fixtures() {
+    let fixtures = load_fixtures();
+    assert!(fixtures.len() >= 10, "fixtures missing: run record.py");
+    let bless = std::env::var_os("PERISCOPE_BLESS").is_some();
+    for f in &fixtures {
+        assert_eq!(detect(&f.chunks[0].1), Some(Stream::Request), "{}", f.name);
+        let chunks: Vec<(Stream, &[u8])> =
+            f.chunks.iter().map(|(s, b)| (*s, b.as_slice())).collect();
+        let (xs, stats) = decode_fixture(&chunks);
+        let mut got: Vec<String> = xs.iter().map(golden_line).collect();
+        got.push(format!("stats {stats:?}"));
+        let got = got.join("\n") + "\n";
+        let path = fixtures_dir().join(format!("{}.golden", f.name));
+        if bless {
+            std::fs::write(&path, &got).expect("golden writable");
+        }
+        let want = std::fs::read_to_string(&path).expect("golden file");
+        assert_eq!(got, want, "fixture {}", f.name);
+        // Clients close with requests in flight (a consumer's pending Fetch): unpaired is
+        // expected there, but nothing else.
+        assert_eq!(
+            (stats.resyncs, stats.truncated_headers),
+            (0, 0),
+            "{}",
+            f.name
+        );
+        assert_eq!(stats.unexpected_responses, 0, "{}", f.name);
+        assert!(xs.iter().all(|x| x.complete && x.end_ns >= x.start_ns));
+    }
+}
+
+/// What the clients did, checked against the decoded fixtures independently of the goldens.
+#[test]
+fn golden_fixtures_match_what_the_clients_did() {
+    let fixtures = load_fixtures();
+    let decode = |prefix: &str| -> Vec<KafkaExchange> {
+        fixtures
+            .iter()
+            .filter(|f| f.name.starts_with(prefix))
+            .flat_map(|f| {
+                let chunks: Vec<(Stream, &[u8])> =
+                    f.chunks.iter().map(|(s, b)| (*s, b.as_slice())).collect();
+                decode_fixture(&chunks).0
+            })
+            .collect()
+    };
+    let produced = |xs: &[KafkaExchange]| -> u64 {
+        xs.iter()
+            .filter(|x| x.api_key == 0 && x.error_code == 0)
+            .flat_map(|x| &x.topics)
+            .filter(|t| t.name.as_deref() == Some("orders"))
+            .map(|t| t.record_count)
+            .sum()
+    };
+    let py = decode("kafkapy_produce_5");
+    assert_eq!(produced(&py), 5);
+    assert_eq!(py.iter().filter(|x| x.api_key == 0).count(), 5); // one Produce per get()
+    assert!(py
+        .iter()
+        .filter(|x| x.api_key == 0)
+        .all(|x| x.acks == Some(1)));
+    assert_eq!(produced(&decode("rdkafka_produce_3")), 3);
+
+    let errors = decode("kafkapy_errors");
+    let summary: Vec<(&str, i16, Option<i16>)> = errors
+        .iter()
+        .map(|x| (x.api_name, x.error_code, x.acks))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("Metadata", 3, None),
+            ("Produce", 3, Some(1)),
+            ("Produce", 0, Some(0)),
+            ("Metadata", 0, None),
+        ]
+    );
+    assert_eq!(errors[1].topics[0].record_count, 2);
+
+    let v4 = decode("raw_apiversions_v4");
+    assert_eq!((v4[0].api_version, v4[0].error_code), (4, 35));
+
+    // Consumers fetched what was produced: 5 + 3 + 1 (acks=0) records in "orders".
+    for (prefix, at_least) in [("kafkapy_consume_group", 5), ("rdkafka_consume_group", 9)] {
+        let xs = decode(prefix);
+        let fetched: u64 = xs
+            .iter()
+            .filter(|x| x.api_key == 1)
+            .flat_map(|x| &x.topics)
+            .map(|t| t.record_count)
+            .sum();
+        assert!(fetched >= at_least, "{prefix}: {fetched}");
+        for api in [
+            "FindCoordinator",
+            "JoinGroup",
+            "SyncGroup",
+            "OffsetCommit",
+            "Fetch",
+        ] {
+            assert!(xs.iter().any(|x| x.api_name == api), "{prefix}: no {api}");
+        }
+    }
+}
+
+/// Merges consecutive chunks of the same stream into runs.
+fn runs(chunks: &[(Stream, Vec<u8>)]) -> Vec<(Stream, Vec<u8>)> {
+    let mut runs: Vec<(Stream, Vec<u8>)> = Vec::new();
+    for (s, b) in chunks {
+        match runs.last_mut() {
+            Some((last, run)) if last == s => run.extend_from_slice(b),
+            _ => runs.push((*s, b.clone())),
+        }
+    }
+    runs
+}
+
+fn without_times(xs: &[KafkaExchange]) -> Vec<String> {
+    xs.iter().map(line).collect()
+}
+
+#[test]
+fn golden_fixtures_resplit_at_every_byte_boundary() {
+    for f in &load_fixtures() {
+        let chunks: Vec<(Stream, &[u8])> =
+            f.chunks.iter().map(|(s, b)| (*s, b.as_slice())).collect();
+        let want = without_times(&decode_fixture(&chunks).0);
+        let runs = runs(&f.chunks);
+        let merged: Vec<(Stream, &[u8])> = runs.iter().map(|(s, b)| (*s, b.as_slice())).collect();
+        assert_eq!(
+            without_times(&decode_fixture(&merged).0),
+            want,
+            "{} merged",
+            f.name
+        );
+        for r in 0..runs.len() {
+            for k in 1..runs[r].1.len() {
+                let mut split = merged.clone();
+                let (a, b) = runs[r].1.split_at(k);
+                split[r] = (runs[r].0, a);
+                split.insert(r + 1, (runs[r].0, b));
+                assert_eq!(
+                    without_times(&decode_fixture(&split).0),
+                    want,
+                    "{} run {r} split at {k}",
+                    f.name
+                );
+            }
+        }
+        let bytes: Vec<(Stream, &[u8])> = runs
+            .iter()
+            .flat_map(|(s, b)| b.chunks(1).map(move |c| (*s, c)))
+            .collect();
+        assert_eq!(
+            without_times(&decode_fixture(&bytes).0),
+            want,
+            "{} bytes",
+            f.name
+        );
+    }
+}
+
+/// The fixtures as a capture limit would deliver them: each chunk keeps only its first
+/// `limit` bytes, the rest becomes a gap. Whatever the limit: no error, sane timestamps, never
+/// more exchanges than the full capture. With a limit above every frame header, the same
+/// requests pair in the same order.
+#[test]
+fn golden_fixtures_under_a_capture_limit() {
+    for f in &load_fixtures() {
+        let full: Vec<(Stream, &[u8])> = f.chunks.iter().map(|(s, b)| (*s, b.as_slice())).collect();
+        let want = decode_fixture(&full).0;
+        for limit in [0usize, 1, 4, 16, 64, 200, 1024] {
+            let mut dec = KafkaDecoder::new();
+            let mut out = Vec::new();
+            for (i, (stream, bytes)) in f.chunks.iter().enumerate() {
+                let chunk = Chunk {
+                    stream: *stream,
+                    first_ns: i as u64,
+                    last_ns: i as u64,
+                    bytes: &bytes[..bytes.len().min(limit)],
+                    len: bytes.len() as u64,
+                };
+                dec.feed(&chunk, &mut out)
+                    .unwrap_or_else(|e| panic!("{} limit {limit}: {e}", f.name));
+            }
+            dec.close(f.chunks.len() as u64, &mut out);
+            assert!(out.len() <= want.len(), "{} limit {limit}", f.name);
+            assert!(out.iter().all(|x| x.end_ns >= x.start_ns));
+            if limit >= 64 {
+                let key = |x: &KafkaExchange| (x.api_key, x.api_version, x.correlation_id);
+                let got: Vec<_> = out.iter().map(key).collect();
+                let all: Vec<_> = want.iter().map(key).collect();
+                // Chunks holding several frames lose the later ones to the gap; the rest pair.
+                assert!(
+                    got.iter().all(|k| all.contains(k)),
+                    "{} limit {limit}",
+                    f.name
+                );
+                if limit == 1024 {
+                    assert_eq!(got, all, "{} limit {limit}", f.name);
+                }
+            }
+        }
+    }
+}
