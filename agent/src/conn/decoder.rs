@@ -47,6 +47,25 @@ pub fn detect(payload: &[u8], ingress: bool, _mid_stream: bool) -> Option<Detect
     None
 }
 
+/// Whether `bytes`, too few to recognise, could still begin a message of a protocol Periscope
+/// decodes: an HTTP method being typed, or a big-endian length prefix in a plausible range
+/// (Kafka frames, PostgreSQL startup packets). TLS records and other binary protocols fail this
+/// at once and are switched off without waiting.
+pub fn could_be_start(bytes: &[u8]) -> bool {
+    if !bytes.is_empty() && bytes.iter().all(|b| b.is_ascii_uppercase()) {
+        return true;
+    }
+    match bytes {
+        [a, b, c, d, ..] => {
+            let n = u32::from_be_bytes([*a, *b, *c, *d]);
+            (8..=100 << 20).contains(&n)
+        }
+        // Lengths up to 100 MiB start with 0x00..=0x06.
+        [first, ..] => *first <= 0x06,
+        [] => false,
+    }
+}
+
 impl Decoder {
     /// Protocol name for self-metrics.
     pub fn protocol(&self) -> &'static str {

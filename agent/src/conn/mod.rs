@@ -153,6 +153,7 @@ fn detect(conn: &mut Conn, ingress: bool, ts: u64, payload: &[u8], len: u64) -> 
             Detection::Decided(held)
         }
         None if candidate.len() < HOLD_BYTES
+            && decoder::could_be_start(candidate)
             && len == payload.len() as u64
             && (*chunks_seen as usize) < HOLD_CHUNKS =>
         {

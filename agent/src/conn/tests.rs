@@ -292,3 +292,25 @@ fn a_child_of_a_muted_connection_is_muted_too() {
         ]
     );
 }
+
+#[test]
+fn a_short_first_read_is_held_until_the_protocol_shows() {
+    // A server reading a 4-byte length prefix on its own, then the rest (Kafka brokers do).
+    let mut h = Harness::new();
+    h.open(60, ORIGIN_ACCEPT, 9092, "broker");
+    h.data(60, DIR_INGRESS, 1, &REQ[..2], 2);
+    h.data(60, DIR_INGRESS, 2, &REQ[2..], REQ.len() - 2);
+    h.data(60, DIR_EGRESS, 3, RESP, RESP.len());
+    assert!(h.sink.muted.is_empty());
+    assert_eq!(h.sink.exchanges.len(), 1);
+    // Started by the held piece's timestamp.
+    assert_eq!(h.sink.exchanges[0].3, 1);
+}
+
+#[test]
+fn short_bytes_that_cannot_start_a_protocol_are_muted_at_once() {
+    let mut h = Harness::new();
+    h.open(61, ORIGIN_CONNECT, 443, "client");
+    h.data(61, DIR_EGRESS, 1, &[0x16, 0x03, 0x01, 0x00, 0xff], 5);
+    assert_eq!(h.sink.muted, vec![MuteReason::UnknownProtocol]);
+}
