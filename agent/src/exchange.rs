@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::protocol::http1::HttpExchange;
 use crate::protocol::kafka::KafkaExchange;
+use crate::protocol::postgres::PgExchange;
 
 /// Which end of the connection the observed process is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -40,6 +41,15 @@ pub struct Endpoint {
 pub enum Detail {
     Http(HttpExchange),
     Kafka(KafkaExchange),
+    Postgres(PostgresDetail),
+}
+
+/// One executed SQL statement, with the database its connection was opened on (when the
+/// startup message was seen).
+#[derive(Clone, Debug)]
+pub struct PostgresDetail {
+    pub statement: PgExchange,
+    pub db_namespace: Option<String>,
 }
 
 impl Detail {
@@ -48,6 +58,7 @@ impl Detail {
         match self {
             Detail::Http(h) => (h.start_ns, h.end_ns),
             Detail::Kafka(k) => (k.start_ns, k.end_ns),
+            Detail::Postgres(p) => (p.statement.start_ns, p.statement.end_ns),
         }
     }
 }

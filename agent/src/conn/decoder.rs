@@ -1,9 +1,10 @@
 //! The protocol decoders a connection can be handed to, behind one interface: detection on a
 //! connection's first bytes, then bytes in and exchange details out.
 
-use crate::exchange::{Detail, Role};
+use crate::exchange::{Detail, PostgresDetail, Role};
 use crate::protocol::http1::{self, DecoderStats, Http1Decoder, HttpExchange};
 use crate::protocol::kafka::{self, KafkaDecoder, KafkaExchange};
+use crate::protocol::postgres::{self, PgDecoder, PgExchange};
 use crate::protocol::{Chunk, Stream};
 
 use super::MuteReason;
@@ -12,6 +13,7 @@ use super::MuteReason;
 pub enum Decoder {
     Http(Box<(Http1Decoder, Vec<HttpExchange>)>),
     Kafka(Box<(KafkaDecoder, Vec<KafkaExchange>)>),
+    Postgres(Box<(PgDecoder, Vec<PgExchange>)>),
 }
 
 /// What detection found: the protocol, and the role the observed process plays.
@@ -31,11 +33,22 @@ fn role_of(stream: Stream, ingress: bool) -> Role {
 
 /// Tries every enabled protocol on bytes seen on a connection. `mid_stream` connections were
 /// found already open, so their bytes may start anywhere in a conversation.
-pub fn detect(payload: &[u8], ingress: bool, _mid_stream: bool) -> Option<Detected> {
+pub fn detect(payload: &[u8], ingress: bool, mid_stream: bool) -> Option<Detected> {
     if let Some(stream) = http1::detect(payload) {
         return Some(Detected {
             role: role_of(stream, ingress),
             decoder: Decoder::Http(Box::default()),
+        });
+    }
+    if let Some(stream) = postgres::detect(payload, mid_stream) {
+        let decoder = if mid_stream {
+            PgDecoder::new_mid_stream()
+        } else {
+            PgDecoder::new()
+        };
+        return Some(Detected {
+            role: role_of(stream, ingress),
+            decoder: Decoder::Postgres(Box::new((decoder, Vec::new()))),
         });
     }
     if let Some(stream) = kafka::detect(payload) {
@@ -72,6 +85,7 @@ impl Decoder {
         match self {
             Decoder::Http(_) => "http1",
             Decoder::Kafka(_) => "kafka",
+            Decoder::Postgres(_) => "postgresql",
         }
     }
 
@@ -91,6 +105,12 @@ impl Decoder {
                 out.extend(found.drain(..).map(Detail::Kafka));
                 result.map_err(|e| e.reason())
             }
+            Decoder::Postgres(state) => {
+                let (decoder, found) = &mut **state;
+                let result = decoder.feed(chunk, found);
+                postgres_details(decoder, found, out);
+                result.map_err(|e| e.reason())
+            }
         }
     }
 
@@ -107,6 +127,11 @@ impl Decoder {
                 decoder.close(ts_ns, found);
                 out.extend(found.drain(..).map(Detail::Kafka));
             }
+            Decoder::Postgres(state) => {
+                let (decoder, found) = &mut **state;
+                decoder.close(ts_ns, found);
+                postgres_details(decoder, found, out);
+            }
         }
     }
 
@@ -114,6 +139,7 @@ impl Decoder {
         match self {
             Decoder::Http(state) => state.0.take_stats(),
             Decoder::Kafka(state) => state.0.take_stats(),
+            Decoder::Postgres(state) => state.0.take_stats(),
         }
     }
 
@@ -122,6 +148,18 @@ impl Decoder {
         match self {
             Decoder::Http(state) => state.0.upgraded().then_some(MuteReason::Upgraded),
             Decoder::Kafka(_) => None,
+            Decoder::Postgres(state) => state.0.is_tls().then_some(MuteReason::Tls),
         }
     }
+}
+
+/// Statements with the database the connection's startup message named.
+fn postgres_details(decoder: &PgDecoder, found: &mut Vec<PgExchange>, out: &mut Vec<Detail>) {
+    let namespace = decoder.startup().and_then(|s| s.database.clone());
+    out.extend(found.drain(..).map(|statement| {
+        Detail::Postgres(PostgresDetail {
+            statement,
+            db_namespace: namespace.clone(),
+        })
+    }));
 }

@@ -343,12 +343,7 @@ impl Tracker {
             return self.inherit(header, payload, sink, actions);
         }
         let peer = parse_sockaddr(payload);
-        let comm = payload
-            .get(agent_ebpf::OPEN_COMM_OFFSET..agent_ebpf::OPEN_PAYLOAD_LEN)
-            .map(|c| c.split(|&b| b == 0).next().unwrap_or_default())
-            .and_then(|c| std::str::from_utf8(c).ok())
-            .filter(|c| !c.is_empty());
-        let process = self.processes.get(header.tgid, comm);
+        let process = self.processes.get(header.tgid, open_comm(payload));
         let server_port = match header.origin {
             agent_ebpf::ORIGIN_ACCEPT => self.listeners.port(header.tgid, header.listen_fd),
             _ => peer.map(|p| p.port()),
@@ -396,7 +391,8 @@ impl Tracker {
             ),
             None => (None, None, false, true),
         };
-        let process = self.processes.get(header.tgid, None);
+        // A child that served and exited before we got here is still named after its parent.
+        let process = self.processes.get(header.tgid, open_comm(payload));
         self.conns.insert(
             header.conn_id,
             Conn {
@@ -617,6 +613,15 @@ impl TopicNames {
             }
         }
     }
+}
+
+/// The task name the kernel put in an `Open` event, if any.
+fn open_comm(payload: &[u8]) -> Option<&str> {
+    payload
+        .get(agent_ebpf::OPEN_COMM_OFFSET..agent_ebpf::OPEN_PAYLOAD_LEN)
+        .map(|c| c.split(|&b| b == 0).next().unwrap_or_default())
+        .and_then(|c| std::str::from_utf8(c).ok())
+        .filter(|c| !c.is_empty())
 }
 
 fn origin_name(origin: u8) -> &'static str {

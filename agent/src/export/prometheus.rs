@@ -18,7 +18,7 @@ use prometheus_client::registry::{Registry, Unit};
 use rustc_hash::{FxHashMap, FxHasher};
 
 use crate::conn::{EndReason, MuteReason, Sink};
-use crate::exchange::{Detail, Exchange, Role};
+use crate::exchange::{Detail, Exchange, PostgresDetail, Role};
 use crate::protocol::http1::{DecoderStats, HttpExchange};
 use crate::protocol::kafka::{KafkaExchange, TopicStats};
 
@@ -436,6 +436,43 @@ impl Metrics {
         }
     }
 
+    /// Records one SQL statement from the client's or the server process's side.
+    fn record_postgres(&self, exchange: &Exchange, pg: &PostgresDetail) {
+        let process = &exchange.endpoint.process;
+        let statement = &pg.statement;
+        let labels = DbLabels {
+            db_system_name: "postgresql".to_owned(),
+            db_operation_name: statement.operation.clone(),
+            db_collection_name: statement.collection.clone().unwrap_or_default(),
+            db_namespace: pg.db_namespace.clone().unwrap_or_default(),
+            error_type: statement.error_sqlstate.clone().unwrap_or_default(),
+            server_address: match exchange.role {
+                Role::Client => exchange
+                    .endpoint
+                    .peer
+                    .map(|p| p.ip().to_string())
+                    .unwrap_or_default(),
+                Role::Server => String::new(),
+            },
+            server_port: exchange.endpoint.server_port.unwrap_or(0),
+            service_name: process.service_name.clone(),
+            container_id: process.container_id.clone().unwrap_or_default(),
+        };
+        let (duration, rows) = match exchange.role {
+            Role::Client => (&self.db_client_duration, &self.db_client_rows),
+            Role::Server => (&self.db_server_duration, &self.db_server_rows),
+        };
+        if let Some(n) = statement.rows {
+            rows.get_or_create(&labels).observe(n as f64);
+        }
+        duration
+            .get_or_create(&labels)
+            .observe(exchange.duration_seconds());
+        if !statement.complete {
+            self.incomplete_exchanges.inc();
+        }
+    }
+
     /// Records a Kafka exchange: one observation per topic it names (or one without a
     /// destination), and the record counts of Produce and Fetch.
     fn record_kafka(&self, exchange: &Exchange, kafka: &KafkaExchange) {
@@ -703,6 +740,7 @@ impl Sink for MetricsSink {
         match &exchange.detail {
             Detail::Http(http) => self.http(exchange, http),
             Detail::Kafka(kafka) => self.metrics.record_kafka(exchange, kafka),
+            Detail::Postgres(pg) => self.metrics.record_postgres(exchange, pg),
         }
     }
 

@@ -1,0 +1,510 @@
+//! The capture tests, run once per syscall hook mode with the agent in this process.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use periscope::capture::preflight::{self, KernelFacts};
+use periscope::capture::{Capture, HookMode, Reader, Settings};
+use periscope::export::prometheus::Metrics;
+use prometheus_client::registry::Registry;
+use tokio::sync::oneshot;
+
+use crate::report::{self, test, Outcome};
+use crate::worker::{self, Serve};
+
+/// Names of Periscope's kernel programs (as the kernel stores them: at most 15 bytes).
+const PROGRAM_NAMES: &[&str] = &[
+    "sys_exit_btf",
+    "sys_exit_raw",
+    "sys_enter_close",
+    "task_newtask",
+    "process_exit",
+];
+
+/// How long the metrics may take to show every exchange after the worker exits.
+const SETTLE: Duration = Duration::from_secs(10);
+/// How long a worker may take to exit once told to.
+const WORKER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs preflight, then every test for both hook modes.
+pub fn run_all() {
+    let facts = match preflight::check() {
+        Ok(facts) => facts,
+        Err(e) => {
+            report::record("preflight", Outcome::Fail(format!("{e:#}")));
+            return;
+        }
+    };
+    report::line(&format!(
+        "VMTEST-KERNEL release={} btf={}",
+        facts.release,
+        if facts.btf { "yes" } else { "no" }
+    ));
+    for mode in [HookMode::Btf, HookMode::Raw] {
+        run_mode(mode, &facts);
+    }
+}
+
+fn mode_name(mode: HookMode) -> &'static str {
+    match mode {
+        HookMode::Btf => "btf",
+        HookMode::Raw => "raw",
+        HookMode::Auto => "auto",
+    }
+}
+
+fn run_mode(mode: HookMode, facts: &KernelFacts) {
+    let prefix = mode_name(mode);
+    let mut session = None;
+    // Set when attaching was skipped (no BTF) rather than failed.
+    let mut skipped = false;
+    test(&format!("{prefix}.attach"), || {
+        match Session::start(mode, facts) {
+            Ok(s) if s.hooks == mode => {
+                let detail = format!("hooks={} programs={}", s.hooks.as_str(), s.programs.len());
+                session = Some(s);
+                Outcome::Pass(detail)
+            }
+            Ok(s) => Outcome::Fail(format!(
+                "asked for {}, got {}",
+                mode.as_str(),
+                s.hooks.as_str()
+            )),
+            Err(e) if mode == HookMode::Btf && !facts.btf => {
+                skipped = true;
+                Outcome::Skip(format!("kernel has no BTF: {e:#}"))
+            }
+            Err(e) => Outcome::Fail(format!("{e:#}")),
+        }
+    });
+    let names = [
+        "http-threads",
+        "http-threads-port",
+        "http-fork",
+        "http-fork-port",
+        "detach",
+    ]
+    .map(|t| format!("{prefix}.{t}"));
+    let Some(mut session) = session else {
+        for name in names {
+            let why = "capture did not start".to_owned();
+            report::record(
+                &name,
+                if skipped {
+                    Outcome::Skip(why)
+                } else {
+                    Outcome::Fail(why)
+                },
+            );
+        }
+        return;
+    };
+    for (i, serve) in [(0, Serve::Threads), (2, Serve::Fork)] {
+        // One worker run gives two results: exact counts, and the server port label.
+        let mut labels = None;
+        test(&names[i], || {
+            let (exact, port) = http_exact_counts(&session, serve);
+            labels = Some(port);
+            exact
+        });
+        let labels = labels.unwrap_or_else(|| Outcome::Fail("counts test did not finish".into()));
+        report::record(&names[i + 1], labels);
+    }
+    test(&names[4], || session.detach());
+}
+
+/// A running capture with its reader and registry.
+struct Session {
+    /// `None` once detached.
+    capture: Option<Capture>,
+    /// The mechanism the syscall hook ended up on.
+    hooks: HookMode,
+    registry: Registry,
+    stop: Option<oneshot::Sender<()>>,
+    reader: Option<JoinHandle<anyhow::Result<()>>>,
+    /// Ids of the kernel programs this capture loaded.
+    programs: BTreeSet<u32>,
+}
+
+impl Session {
+    fn start(mode: HookMode, facts: &KernelFacts) -> anyhow::Result<Session> {
+        let before = periscope_programs()?;
+        let settings = Settings {
+            capture_bytes: 4096,
+            ringbuf_bytes: 8 << 20,
+            hooks: mode,
+        };
+        let (capture, maps) = Capture::start(&settings, facts.tracefs)?;
+        let programs = periscope_programs()?.difference(&before).copied().collect();
+        let mut registry = Registry::default();
+        let metrics = Arc::new(Metrics::register(&mut registry));
+        let reader = Reader::new(maps, metrics);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let reader = std::thread::Builder::new()
+            .name("reader".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async move {
+                    tokio::select! {
+                        result = reader.run() => result,
+                        _ = stopped => Ok(()),
+                    }
+                })
+            })?;
+        Ok(Session {
+            hooks: capture.hooks,
+            capture: Some(capture),
+            registry,
+            stop: Some(stop),
+            reader: Some(reader),
+            programs,
+        })
+    }
+
+    /// Stops the reader, drops the capture and checks that the kernel unloaded every program.
+    fn detach(&mut self) -> Outcome {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(reader) = self.reader.take() {
+            match reader.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Outcome::Fail(format!("the reader failed: {e:#}")),
+                Err(_) => return Outcome::Fail("the reader panicked".into()),
+            }
+        }
+        let loaded = self.programs.len();
+        drop(self.capture.take());
+        // The kernel frees programs after an RCU grace period: poll briefly.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let remaining = match periscope_programs() {
+                Ok(ids) => ids.intersection(&self.programs).count(),
+                Err(e) => return Outcome::Fail(format!("{e:#}")),
+            };
+            if remaining == 0 {
+                return Outcome::Pass(format!("{loaded} programs loaded, 0 remain"));
+            }
+            if Instant::now() > deadline {
+                return Outcome::Fail(format!("{remaining} of {loaded} programs still loaded"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Ids of loaded kernel programs named like Periscope's.
+fn periscope_programs() -> anyhow::Result<BTreeSet<u32>> {
+    let mut ids = BTreeSet::new();
+    for program in aya::programs::loaded_programs() {
+        let program = program.context("listing loaded BPF programs")?;
+        let name = String::from_utf8_lossy(program.name());
+        if PROGRAM_NAMES.contains(&name.as_ref()) {
+            ids.insert(program.id());
+        }
+    }
+    Ok(ids)
+}
+
+/// Exchanges counted for one worker, by side and outcome (`[200 on /items/{id}, 404 on
+/// /missing]`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Counts {
+    /// Server series labelled with the worker's port.
+    server: [u64; 2],
+    client: [u64; 2],
+    /// Server series labelled `server_port="0"`: the agent counted the exchange but could not
+    /// tell which listener the connection came from.
+    unattributed: [u64; 2],
+    /// Series for the worker's port with any other route or status.
+    other: u64,
+}
+
+impl Counts {
+    fn expected() -> Counts {
+        let mix = [
+            u64::from(worker::KEEPALIVE_ITEMS + worker::FRESH_ITEMS),
+            u64::from(worker::MISSING),
+        ];
+        Counts {
+            server: mix,
+            client: mix,
+            unattributed: [0; 2],
+            other: 0,
+        }
+    }
+
+    /// Sums the `_count` series of the request-duration histograms for `port` (and the
+    /// server's `server_port="0"` series) from the text exposition.
+    fn parse(exposition: &str, port: u16) -> Counts {
+        let port_label = format!("server_port=\"{port}\"");
+        let mut counts = Counts::default();
+        for line in exposition.lines() {
+            let server = line.starts_with("http_server_request_duration_seconds_count{");
+            let client = line.starts_with("http_client_request_duration_seconds_count{");
+            let ours = line.contains(&port_label);
+            let unattributed = server && line.contains("server_port=\"0\"");
+            if !(server || client) || !(ours || unattributed) {
+                continue;
+            }
+            let Some(value) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else {
+                continue;
+            };
+            let outcome = if line.contains("http_route=\"/items/{id}\"")
+                && line.contains("http_response_status_code=\"200\"")
+            {
+                Some(0)
+            } else if line.contains("http_route=\"/missing\"")
+                && line.contains("http_response_status_code=\"404\"")
+            {
+                Some(1)
+            } else {
+                None
+            };
+            let side = match (unattributed, server) {
+                (true, _) => &mut counts.unattributed,
+                (false, true) => &mut counts.server,
+                (false, false) => &mut counts.client,
+            };
+            match outcome {
+                Some(i) => side[i] += value as u64,
+                None if ours => counts.other += value as u64,
+                None => {}
+            }
+        }
+        counts
+    }
+
+    /// `self - base` for the unattributed series (which earlier tests may have fed).
+    fn since(mut self, base: &Counts) -> Counts {
+        for i in 0..2 {
+            self.unattributed[i] = self.unattributed[i].saturating_sub(base.unattributed[i]);
+        }
+        self
+    }
+
+    /// Server exchanges counted with or without the right port.
+    fn combined(&self) -> Counts {
+        Counts {
+            server: [
+                self.server[0] + self.unattributed[0],
+                self.server[1] + self.unattributed[1],
+            ],
+            unattributed: [0; 2],
+            ..*self
+        }
+    }
+
+    fn exceeds(&self, limit: &Counts) -> bool {
+        (0..2).any(|i| self.server[i] > limit.server[i] || self.client[i] > limit.client[i])
+            || self.other > limit.other
+    }
+}
+
+impl std::fmt::Display for Counts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "server 200={} 404={}, client 200={} 404={}, other={}",
+            self.server[0], self.server[1], self.client[0], self.client[1], self.other
+        )?;
+        if self.unattributed != [0; 2] {
+            write!(
+                f,
+                ", server_port=\"0\" 200={} 404={}",
+                self.unattributed[0], self.unattributed[1]
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs a worker; returns whether the metrics count exactly its exchanges on both sides, and
+/// whether every server exchange carries the worker's port.
+fn http_exact_counts(session: &Session, serve: Serve) -> (Outcome, Outcome) {
+    let base = Counts::parse(&encode(&session.registry), 0);
+    let mut worker = match Worker::start(serve) {
+        Ok(worker) => worker,
+        Err(e) => return not_run(format!("worker: {e:#}")),
+    };
+    let outcomes = match worker.wait_traffic() {
+        Ok(port) => check_counts(session, port, &base),
+        Err(e) => not_run(format!("worker: {e:#}")),
+    };
+    match (worker.finish(), outcomes) {
+        (Err(e), (Outcome::Pass(_), labels)) => (Outcome::Fail(format!("worker: {e:#}")), labels),
+        (_, outcomes) => outcomes,
+    }
+}
+
+fn not_run(why: String) -> (Outcome, Outcome) {
+    (
+        Outcome::Fail(why),
+        Outcome::Fail("counts test failed".into()),
+    )
+}
+
+/// Polls the registry until the counts for `port` are exactly the worker's mix.
+fn check_counts(session: &Session, port: u16, base: &Counts) -> (Outcome, Outcome) {
+    let expected = Counts::expected();
+    let started = Instant::now();
+    let read = || Counts::parse(&encode(&session.registry), port).since(base);
+    let mut counts = Counts::default();
+    while started.elapsed() < SETTLE {
+        counts = read();
+        if counts.combined().exceeds(&expected) {
+            return not_run(format!("too many: {counts}"));
+        }
+        if counts.combined() == expected {
+            // Give late duplicates a chance to show up before calling it exact.
+            std::thread::sleep(Duration::from_millis(500));
+            counts = read();
+            if counts.combined() != expected {
+                return not_run(format!("changed after settling: {counts}"));
+            }
+            let exact = Outcome::Pass(format!(
+                "{} after {} ms",
+                counts.combined(),
+                started.elapsed().as_millis()
+            ));
+            let labels = if counts.unattributed == [0; 2] {
+                Outcome::Pass(format!("every server series has server_port=\"{port}\""))
+            } else {
+                Outcome::Fail(format!(
+                    "{} of {} server exchanges labelled server_port=\"0\" instead of \"{port}\"",
+                    counts.unattributed[0] + counts.unattributed[1],
+                    expected.server[0] + expected.server[1],
+                ))
+            };
+            return (exact, labels);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = encode(&session.registry);
+    log::warn!("registry after the failed check:\n{text}");
+    not_run(format!(
+        "after {}s: {counts}; expected {expected}; {}",
+        SETTLE.as_secs(),
+        self_metrics(&text)
+    ))
+}
+
+/// The self-metrics that explain a miss: events read by kind and connection outcomes.
+fn self_metrics(exposition: &str) -> String {
+    let mut parts = Vec::new();
+    for line in exposition.lines() {
+        if !line.starts_with("periscope_") || line.starts_with('#') {
+            continue;
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        if value != "0" && !series.starts_with("periscope_process_") {
+            parts.push(format!("{series}={value}"));
+        }
+    }
+    parts.join(" ")
+}
+
+fn encode(registry: &Registry) -> String {
+    let mut text = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, registry) {
+        log::warn!("encoding the registry: {e}");
+    }
+    text
+}
+
+/// `<self> --role http-worker <serve>`, running.
+struct Worker {
+    child: Child,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Worker {
+    fn start(serve: Serve) -> anyhow::Result<Worker> {
+        let exe = std::env::current_exe().context("finding my own executable")?;
+        let mut child = Command::new(exe)
+            .args(["--role", "http-worker", serve.as_str()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting the worker")?;
+        let stdout = BufReader::new(child.stdout.take().context("worker stdout")?);
+        Ok(Worker { child, stdout })
+    }
+
+    /// Waits until the worker has sent all its traffic (`DONE`); returns its server port.
+    fn wait_traffic(&mut self) -> anyhow::Result<u16> {
+        let port_line = self.line()?;
+        let port: u16 = port_line
+            .strip_prefix("PORT ")
+            .and_then(|p| p.parse().ok())
+            .with_context(|| format!("expected `PORT <n>`, got {port_line:?}"))?;
+        let done = self.line()?;
+        if done != "DONE" {
+            bail!("expected `DONE`, got {done:?} (the traffic failed; see its stderr above)");
+        }
+        Ok(port)
+    }
+
+    fn line(&mut self) -> anyhow::Result<String> {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        Ok(line.trim_end().to_owned())
+    }
+
+    /// Closes the worker's stdin (its signal to exit) and waits for it.
+    fn finish(mut self) -> anyhow::Result<()> {
+        drop(self.child.stdin.take());
+        let deadline = Instant::now() + WORKER_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                if !status.success() {
+                    bail!("exited with {status}");
+                }
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!(
+                    "still running {}s after being told to exit",
+                    WORKER_TIMEOUT.as_secs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_this_port_and_unattributed_server_series() {
+        let text = "\
+http_server_request_duration_seconds_count{http_request_method=\"GET\",http_response_status_code=\"200\",http_route=\"/items/{id}\",server_port=\"8080\",service_name=\"init\",container_id=\"\"} 60
+http_server_request_duration_seconds_count{http_request_method=\"GET\",http_response_status_code=\"404\",http_route=\"/missing\",server_port=\"8080\",service_name=\"init\",container_id=\"\"} 5
+http_client_request_duration_seconds_count{http_request_method=\"GET\",http_response_status_code=\"200\",http_route=\"/items/{id}\",server_address=\"127.0.0.1\",server_port=\"8080\",service_name=\"init\",container_id=\"\"} 60
+http_client_request_duration_seconds_count{http_request_method=\"GET\",http_response_status_code=\"404\",http_route=\"/missing\",server_address=\"127.0.0.1\",server_port=\"8080\",service_name=\"init\",container_id=\"\"} 5
+http_client_request_duration_seconds_count{http_request_method=\"GET\",http_response_status_code=\"200\",http_route=\"/items/{id}\",server_address=\"127.0.0.1\",server_port=\"9090\",service_name=\"init\",container_id=\"\"} 7
+http_server_request_duration_seconds_count{http_request_method=\"GET\",http_response_status_code=\"200\",http_route=\"/items/{id}\",server_port=\"0\",service_name=\"unknown\",container_id=\"\"} 3
+";
+        // `server_port="0"` series belong to whichever test fed them: the baseline taken
+        // before the worker ran removes earlier ones.
+        let base = Counts::parse(text, 0);
+        assert_eq!(base.unattributed, [3, 0]);
+        assert_eq!(Counts::parse(text, 8080).since(&base), Counts::expected());
+        let other = Counts::parse(text, 9090);
+        assert_eq!((other.client, other.unattributed), ([7, 0], [3, 0]));
+        assert_eq!(other.combined().server, [3, 0]);
+    }
+}

@@ -1,0 +1,230 @@
+//! The traffic generator, run as a child process (`/init --role http-worker threads|fork`),
+//! because the agent never traces its own process.
+//!
+//! It listens on 127.0.0.1:0, prints `PORT <n>`, then one client sends the fixed mix below to
+//! its own server, prints `DONE` and stays alive until its stdin closes. Both sides are in this
+//! process, so the agent should count every exchange twice: once as server, once as client.
+//!
+//! Staying alive matters: the agent looks up an accepted connection's listening port (and the
+//! process's name) in `/proc` when it reads the events, so a server that has already exited is
+//! reported with `server_port="0"`. Real servers live; the test is about counting.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use crate::sys;
+
+/// Requests to `/items/<n>` on one keep-alive connection.
+pub const KEEPALIVE_ITEMS: u32 = 50;
+/// Requests to `/missing` (404) on the same keep-alive connection.
+pub const MISSING: u32 = 5;
+/// Requests to `/items/<n>`, each on a fresh connection.
+pub const FRESH_ITEMS: u32 = 10;
+/// Connections the client opens in total.
+const CONNECTIONS: u32 = 1 + FRESH_ITEMS;
+
+const IO_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How the server serves each accepted connection.
+#[derive(Clone, Copy, Debug)]
+pub enum Serve {
+    /// A thread per connection; the client runs in the main thread.
+    Threads,
+    /// The listener accepts, then forks a child that serves the connection; the client is a
+    /// forked process too. Checks that sockets inherited over fork stay tracked.
+    Fork,
+}
+
+impl Serve {
+    pub fn parse(s: &str) -> anyhow::Result<Serve> {
+        match s {
+            "threads" => Ok(Serve::Threads),
+            "fork" => Ok(Serve::Fork),
+            other => bail!("http-worker: unknown serving mode {other:?} (threads|fork)"),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Serve::Threads => "threads",
+            Serve::Fork => "fork",
+        }
+    }
+}
+
+/// The worker's main: exits 0 only if every request got the expected answer.
+pub fn run(serve: Serve) -> anyhow::Result<()> {
+    traffic(serve)?;
+    println!("DONE");
+    // Wait for the parent to close stdin (it has read the metrics by then).
+    std::io::copy(&mut std::io::stdin(), &mut std::io::sink())?;
+    Ok(())
+}
+
+fn traffic(serve: Serve) -> anyhow::Result<()> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    // stdout is line-buffered, so this is flushed before any fork below.
+    println!("PORT {port}");
+    match serve {
+        Serve::Threads => {
+            std::thread::spawn(move || {
+                for stream in listener.incoming().flatten() {
+                    std::thread::spawn(move || serve_connection(stream));
+                }
+            });
+            client(port)
+        }
+        Serve::Fork => {
+            // Fork the client first, while this process is still single-threaded.
+            let client_pid = sys::fork()?;
+            if client_pid == 0 {
+                drop(listener);
+                let code = match client(port) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprintln!("http-worker client: {e:#}");
+                        1
+                    }
+                };
+                sys::exit_child(code);
+            }
+            let mut servers = Vec::new();
+            for _ in 0..CONNECTIONS {
+                let (stream, _) = listener.accept().context("accept")?;
+                let pid = sys::fork()?;
+                if pid == 0 {
+                    drop(listener);
+                    serve_connection(stream);
+                    sys::exit_child(0);
+                }
+                // The child owns the connection now; the parent's copy must go so that the
+                // client sees the close when the child is done.
+                drop(stream);
+                servers.push(pid);
+            }
+            let client_ok = sys::wait_ok(client_pid)?;
+            for pid in servers {
+                sys::wait_ok(pid)?;
+            }
+            if !client_ok {
+                bail!("the client process failed");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Answers requests on one connection until the peer closes it.
+fn serve_connection(stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+    // Reads and writes go through the same fd: the agent tracks the fd that accept returned,
+    // not `dup`s of it (`try_clone`), so a cloned stream's I/O would be invisible.
+    let mut writer = &stream;
+    let mut reader = BufReader::new(&stream);
+    loop {
+        let mut request_line = String::new();
+        match reader.read_line(&mut request_line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        // Requests carry no body: skip headers up to the blank line.
+        loop {
+            let mut header = String::new();
+            match reader.read_line(&mut header) {
+                Ok(0) | Err(_) => return,
+                Ok(_) if header == "\r\n" => break,
+                Ok(_) => {}
+            }
+        }
+        let path = request_line.split(' ').nth(1).unwrap_or("");
+        let (status, body) = match path.strip_prefix("/items/") {
+            Some(id) => ("200 OK", format!("{{\"id\":{id}}}")),
+            None => ("404 Not Found", "not found".to_owned()),
+        };
+        let response = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        // One write per response, as most servers do.
+        if writer.write_all(response.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// Sends the fixed request mix and checks every status.
+fn client(port: u16) -> anyhow::Result<()> {
+    let connect = || -> anyhow::Result<TcpStream> {
+        let stream = TcpStream::connect(("127.0.0.1", port)).context("connect")?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        Ok(stream)
+    };
+    let stream = connect()?;
+    // One reader for the whole connection: it may buffer past a response (it never does
+    // here, since each response is read before the next request is sent).
+    let mut reader = BufReader::new(&stream);
+    for i in 0..KEEPALIVE_ITEMS {
+        request(&stream, &mut reader, &format!("/items/{i}"), 200)?;
+    }
+    for _ in 0..MISSING {
+        request(&stream, &mut reader, "/missing", 404)?;
+    }
+    drop(reader);
+    drop(stream);
+    for i in 0..FRESH_ITEMS {
+        let stream = connect()?;
+        request(
+            &stream,
+            &mut BufReader::new(&stream),
+            &format!("/items/{}", 1000 + i),
+            200,
+        )?;
+    }
+    Ok(())
+}
+
+/// One request; reads the whole response. Writes and reads use the connection's own fd (see
+/// `serve_connection`).
+fn request(
+    mut stream: &TcpStream,
+    reader: &mut BufReader<&TcpStream>,
+    path: &str,
+    expect: u16,
+) -> anyhow::Result<()> {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: vmtest\r\n\r\n");
+    stream.write_all(req.as_bytes())?;
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line)?;
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("GET {path}: bad status line {status_line:?}"))?;
+    let mut length = 0usize;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header)? == 0 {
+            bail!("GET {path}: connection closed inside the headers");
+        }
+        if header == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().context("Content-Length")?;
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    if status != expect {
+        bail!("GET {path}: status {status}, expected {expect}");
+    }
+    Ok(())
+}
