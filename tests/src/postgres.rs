@@ -47,9 +47,13 @@ impl PgServer {
         let port = free_port();
         let log = std::fs::File::create(&log_path)?;
         chown_to_user(&log_path)?;
-        let mut cmd = Command::new("runuser");
-        cmd.args(["-u", USER, "--", &bin("postgres")])
-            .arg("-D")
+        // Started directly under the account's uid (not through runuser), so that the signals
+        // Drop sends reach the postmaster itself.
+        let (uid, gid) = user_ids()?;
+        let mut cmd = Command::new(bin("postgres"));
+        std::os::unix::process::CommandExt::uid(&mut cmd, uid);
+        std::os::unix::process::CommandExt::gid(&mut cmd, gid);
+        cmd.arg("-D")
             .arg(&data)
             .args(["-p", &port.to_string(), "-k"])
             .arg(dir.path())
@@ -158,6 +162,18 @@ fn bin(name: &str) -> String {
     } else {
         name.to_owned()
     }
+}
+
+/// Numeric uid and gid of the server's account.
+fn user_ids() -> anyhow::Result<(u32, u32)> {
+    let id = |flag: &str| -> anyhow::Result<u32> {
+        let out = Command::new("id").args([flag, USER]).output()?;
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .with_context(|| format!("id {flag} {USER}"))
+    };
+    Ok((id("-u")?, id("-g")?))
 }
 
 fn ensure_user() -> anyhow::Result<()> {

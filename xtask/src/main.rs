@@ -1,12 +1,15 @@
 //! `cargo xtask`: Periscope's developer tasks. See `cargo xtask --help`.
 
 mod bench;
+mod bench_decode;
+mod bench_pgbench;
 mod bench_syscall;
 mod run;
 mod setup;
 mod syscall_worker;
 mod test;
 mod util;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -34,6 +37,9 @@ enum Cli {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(Bench),
+    /// Run the kernel-level capture tests inside other kernels (Debian 6.1 and 6.12 cloud
+    /// kernels by default) under QEMU, and report per kernel and per test.
+    Vm(vm::VmArgs),
     /// One timed syscall loop, printed as `key=value` pairs; `cargo xtask bench syscall` runs
     /// it in a pinned child process.
     #[command(hide = true)]
@@ -51,6 +57,12 @@ enum Bench {
     /// What the kernel hooks add to each syscall: pipe, getppid and loopback HTTP loops,
     /// alternating no agent, `--syscall-hooks btf` and `raw`.
     Syscall(bench_syscall::SyscallArgs),
+    /// pgbench (TPC-B) against PostgreSQL in each query mode (simple, extended, prepared),
+    /// alternating rounds without and with the agent.
+    Pgbench(bench_pgbench::PgbenchArgs),
+    /// Decode cost per exchange of each protocol decoder, replaying the recorded fixtures
+    /// (no agent, no root).
+    Decode(bench_decode::DecodeArgs),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +72,9 @@ fn main() -> ExitCode {
         Cli::Test(args) => test::test(&args),
         Cli::Bench(Bench::Http(args)) => bench::http(&args),
         Cli::Bench(Bench::Syscall(args)) => bench_syscall::syscall(&args),
+        Cli::Bench(Bench::Pgbench(args)) => bench_pgbench::pgbench(&args),
+        Cli::Bench(Bench::Decode(args)) => bench_decode::decode(&args),
+        Cli::Vm(args) => vm::vm(&args),
         Cli::BenchWorker {
             workload,
             iterations,
@@ -102,6 +117,10 @@ mod tests {
         ));
         assert!(Cli::try_parse_from(["xtask", "bench", "http", "--agent-cpu", "x"]).is_err());
         assert!(Cli::try_parse_from(["xtask", "bench", "syscall", "--cpu", "x"]).is_err());
+        match Cli::try_parse_from(["xtask", "vm", "--kernel", "6.1", "--kernel", "6.12"]).unwrap() {
+            Cli::Vm(args) => assert_eq!((args.kernels.len(), args.timeout), (2, 240)),
+            other => panic!("{other:?}"),
+        }
         assert!(matches!(
             Cli::try_parse_from(["xtask", "bench-worker", "tcp-http", "8"]).unwrap(),
             Cli::BenchWorker {

@@ -13,6 +13,10 @@ pub struct TestArgs {
     /// Seconds of fuzzing per fuzz target (0 skips fuzzing).
     #[arg(long, default_value_t = 30)]
     pub fuzz_seconds: u64,
+    /// Skip the kernel matrix (`cargo xtask vm`: the capture tests in the Debian 6.1 and 6.12
+    /// kernels under QEMU).
+    #[arg(long)]
+    pub no_vm: bool,
 }
 
 enum Outcome {
@@ -100,6 +104,7 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
             "test",
             "--workspace",
             "--release",
+            "--no-fail-fast",
             "--",
             "--test-threads=1",
         ]))?;
@@ -125,6 +130,16 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
                 .env("AYA_BUILD_SKIP", "1")
                 .args(["+nightly", "fuzz", "run", target, "--"])
                 .arg(format!("-max_total_time={}", args.fuzz_seconds)))
+        });
+    }
+    if args.no_vm {
+        stages.skip("kernel matrix (cargo xtask vm)".into(), "--no-vm");
+    } else {
+        stages.run("kernel matrix (cargo xtask vm)".into(), || {
+            crate::vm::vm(&crate::vm::VmArgs {
+                kernels: vec!["6.1".into(), "6.12".into()],
+                timeout: 240,
+            })
         });
     }
     let outcome = stages.summary();
