@@ -113,7 +113,10 @@ mod tests {
         Cli::command().debug_assert();
         assert!(matches!(
             Cli::try_parse_from(["xtask", "test", "--fuzz-seconds", "0"]).unwrap(),
-            Cli::Test(test::TestArgs { fuzz_seconds: 0 })
+            Cli::Test(test::TestArgs {
+                fuzz_seconds: 0,
+                ..
+            })
         ));
         assert!(Cli::try_parse_from(["xtask", "bench", "http", "--agent-cpu", "x"]).is_err());
         assert!(Cli::try_parse_from(["xtask", "bench", "syscall", "--cpu", "x"]).is_err());

@@ -152,8 +152,8 @@ fn server_role_from_a_read_request() {
 #[test]
 fn unknown_protocols_are_muted_in_the_kernel_once() {
     let mut h = Harness::new();
-    h.open(4, ORIGIN_CONNECT, 5432, "psql");
-    h.data(4, DIR_EGRESS, 1, &[0, 0, 0, 8, 4, 210, 22, 47], 8);
+    h.open(4, ORIGIN_CONNECT, 22, "ssh");
+    h.data(4, DIR_EGRESS, 1, b"SSH-2.0-OpenSSH_9.2\r\n", 21);
     h.data(4, DIR_EGRESS, 2, b"more bytes", 10);
     assert_eq!(h.sink.muted, vec![MuteReason::UnknownProtocol]);
     assert_eq!(h.actions, vec![KernelAction::Mute { conn_id: 4 }]);

@@ -1,0 +1,303 @@
+//! Decode cost per exchange, from the recorded real traffic in `agent/tests/fixtures`.
+//!
+//! For each protocol, every fixture is loaded once; then each timed run replays all of them
+//! `--iterations` times, each replay through a fresh decoder (as a new connection gets), and
+//! counts the exchanges produced. One untimed run first warms caches and the allocator, and
+//! checks that every fixture decodes.
+//!
+//! `cargo xtask bench decode` builds and runs this (release, without the eBPF programs) and
+//! turns its output into a Markdown report: one line per run,
+//! `protocol=<p> run=<i> fixtures=<n> replays=<n> exchanges=<n> bytes=<n> errors=<n> ns=<n>`.
+//!
+//! Usage: `decode_bench [--iterations N] [--runs N] [--fixtures DIR] [--protocol P]…`
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use periscope::protocol::http1::Http1Decoder;
+use periscope::protocol::kafka::KafkaDecoder;
+use periscope::protocol::postgres::PgDecoder;
+use periscope::protocol::{Chunk, Stream};
+
+/// The protocols measured, in report order; each is a directory under the fixtures root.
+const PROTOCOLS: [&str; 3] = ["http1", "postgres", "kafka"];
+
+struct Options {
+    iterations: u64,
+    runs: usize,
+    fixtures: PathBuf,
+    protocols: Vec<String>,
+}
+
+fn parse_args() -> Result<Options, String> {
+    let mut options = Options {
+        iterations: 5000,
+        runs: 5,
+        fixtures: Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"),
+        protocols: Vec::new(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--iterations" => {
+                let v = value()?;
+                options.iterations = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| format!("--iterations {v:?}: expected a positive number"))?;
+            }
+            "--runs" => {
+                let v = value()?;
+                options.runs = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| format!("--runs {v:?}: expected a positive number"))?;
+            }
+            "--fixtures" => options.fixtures = PathBuf::from(value()?),
+            "--protocol" => {
+                let v = value()?;
+                if !PROTOCOLS.contains(&v.as_str()) {
+                    return Err(format!("--protocol {v:?}: expected one of {PROTOCOLS:?}"));
+                }
+                options.protocols.push(v);
+            }
+            "-h" | "--help" => {
+                println!(
+                    "decode_bench [--iterations N] [--runs N] [--fixtures DIR] [--protocol P]…\n\
+                     protocols: {PROTOCOLS:?} (default: all)"
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?} (try --help)")),
+        }
+    }
+    if options.protocols.is_empty() {
+        options.protocols = PROTOCOLS.iter().map(|p| p.to_string()).collect();
+    }
+    Ok(options)
+}
+
+/// One recorded connection: its chunks in capture order.
+struct Fixture {
+    name: String,
+    chunks: Vec<(Stream, Vec<u8>)>,
+}
+
+impl Fixture {
+    fn bytes(&self) -> u64 {
+        self.chunks.iter().map(|(_, b)| b.len() as u64).sum()
+    }
+}
+
+/// Reads the fixture JSON written by the `record.py` scripts:
+/// `{"chunks": [{"stream": "request"|"response", "hex": "…"}, …]}`. Every key and value in the
+/// chunk objects is a plain string without escapes, so scanning for the two keys suffices
+/// (the agent has no JSON crate, and this keeps the example dependency-free).
+fn parse_fixture(text: &str) -> Result<Vec<(Stream, Vec<u8>)>, String> {
+    fn string_after<'a>(text: &'a str, key: &str) -> Option<(&'a str, &'a str)> {
+        let at = text.find(&format!("\"{key}\""))? + key.len() + 2;
+        let rest = text[at..].trim_start().strip_prefix(':')?.trim_start();
+        let rest = rest.strip_prefix('"')?;
+        let end = rest.find('"')?;
+        Some((&rest[..end], &rest[end + 1..]))
+    }
+    let start = text.find("\"chunks\"").ok_or("no \"chunks\" key")?;
+    let mut rest = &text[start..];
+    let mut chunks = Vec::new();
+    while let Some((stream, after)) = string_after(rest, "stream") {
+        let stream = match stream {
+            "request" => Stream::Request,
+            "response" => Stream::Response,
+            other => return Err(format!("unknown stream {other:?}")),
+        };
+        let (hex, after) = string_after(after, "hex").ok_or("a chunk without \"hex\"")?;
+        chunks.push((stream, hex_decode(hex)?));
+        rest = after;
+    }
+    if chunks.is_empty() {
+        return Err("no chunks".into());
+    }
+    Ok(chunks)
+}
+
+fn hex_decode(s: &str) -> Result<Vec<u8>, String> {
+    if !s.len().is_multiple_of(2) {
+        return Err("odd hex length".into());
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| format!("bad hex at {i}")))
+        .collect()
+}
+
+fn load_fixtures(dir: &Path) -> Result<Vec<Fixture>, String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut paths: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    paths.sort();
+    paths
+        .iter()
+        .map(|path| {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let chunks = parse_fixture(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            let name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Ok(Fixture { name, chunks })
+        })
+        .collect()
+}
+
+/// What replaying fixtures produced.
+#[derive(Default, Clone, Copy)]
+struct Tally {
+    exchanges: u64,
+    /// Fixtures the decoder gave up on (the agent would mute the connection there).
+    errors: u64,
+}
+
+/// The three decoders share one shape (`new`, `feed`, `close`) but no trait; this gives them
+/// one, so the timing loop is written once and monomorphised per decoder.
+trait Decoder {
+    type Exchange;
+    fn new() -> Self;
+    fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Self::Exchange>) -> bool;
+    fn close(&mut self, ts_ns: u64, out: &mut Vec<Self::Exchange>);
+}
+
+macro_rules! decoder {
+    ($ty:ty, $exchange:ty) => {
+        impl Decoder for $ty {
+            type Exchange = $exchange;
+            fn new() -> Self {
+                <$ty>::new()
+            }
+            fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Self::Exchange>) -> bool {
+                <$ty>::feed(self, chunk, out).is_ok()
+            }
+            fn close(&mut self, ts_ns: u64, out: &mut Vec<Self::Exchange>) {
+                <$ty>::close(self, ts_ns, out)
+            }
+        }
+    };
+}
+
+decoder!(Http1Decoder, periscope::protocol::http1::HttpExchange);
+decoder!(KafkaDecoder, periscope::protocol::kafka::KafkaExchange);
+decoder!(PgDecoder, periscope::protocol::postgres::PgExchange);
+
+/// Replays one fixture through a fresh decoder, as one connection: chunk `i` moved at
+/// `i` ns, and the connection closes after the last. Exchanges are dropped here, so their
+/// allocations and frees are part of the cost, as in the agent.
+fn replay<D: Decoder>(fixture: &Fixture, out: &mut Vec<D::Exchange>) -> Tally {
+    let mut decoder = D::new();
+    let mut failed = false;
+    for (i, (stream, bytes)) in fixture.chunks.iter().enumerate() {
+        let chunk = Chunk {
+            stream: *stream,
+            first_ns: i as u64,
+            last_ns: i as u64,
+            bytes,
+            len: bytes.len() as u64,
+        };
+        if !decoder.feed(&chunk, out) {
+            failed = true;
+            break;
+        }
+    }
+    decoder.close(fixture.chunks.len() as u64, out);
+    let exchanges = out.len() as u64;
+    black_box(&mut *out).clear();
+    Tally {
+        exchanges,
+        errors: u64::from(failed),
+    }
+}
+
+fn bench<D: Decoder>(protocol: &str, fixtures: &[Fixture], options: &Options) {
+    let mut out = Vec::new();
+    // Untimed check pass: say which fixtures a decoder rejects, since their cost is partial.
+    for f in fixtures {
+        let t = replay::<D>(f, &mut out);
+        if t.errors > 0 {
+            eprintln!(
+                "[decode_bench] warning: {protocol}/{}: the decoder gave up",
+                f.name
+            );
+        }
+    }
+    let bytes: u64 = fixtures.iter().map(Fixture::bytes).sum();
+    // Run 0 warms up and is not reported.
+    for run in 0..=options.runs {
+        let mut tally = Tally::default();
+        let started = Instant::now();
+        for _ in 0..options.iterations {
+            for f in fixtures {
+                let t = replay::<D>(black_box(f), &mut out);
+                tally.exchanges += t.exchanges;
+                tally.errors += t.errors;
+            }
+        }
+        let ns = started.elapsed().as_nanos();
+        if run == 0 {
+            continue;
+        }
+        println!(
+            "protocol={protocol} run={run} fixtures={} replays={} exchanges={} bytes={} errors={} ns={ns}",
+            fixtures.len(),
+            options.iterations * fixtures.len() as u64,
+            tally.exchanges,
+            bytes * options.iterations,
+            tally.errors,
+        );
+    }
+}
+
+fn main() -> ExitCode {
+    let options = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("decode_bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for protocol in &options.protocols {
+        let dir = options.fixtures.join(protocol);
+        let fixtures = match load_fixtures(&dir) {
+            Ok(f) if !f.is_empty() => f,
+            Ok(_) => {
+                eprintln!("decode_bench: no fixtures in {}", dir.display());
+                return ExitCode::FAILURE;
+            }
+            Err(e) => {
+                eprintln!("decode_bench: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        eprintln!(
+            "[decode_bench] {protocol}: {} fixtures, {} chunks, {} bytes; {} runs of {} iterations",
+            fixtures.len(),
+            fixtures.iter().map(|f| f.chunks.len()).sum::<usize>(),
+            fixtures.iter().map(Fixture::bytes).sum::<u64>(),
+            options.runs,
+            options.iterations
+        );
+        match protocol.as_str() {
+            "http1" => bench::<Http1Decoder>(protocol, &fixtures, &options),
+            "kafka" => bench::<KafkaDecoder>(protocol, &fixtures, &options),
+            "postgres" => bench::<PgDecoder>(protocol, &fixtures, &options),
+            _ => unreachable!("checked in parse_args"),
+        }
+    }
+    ExitCode::SUCCESS
+}
