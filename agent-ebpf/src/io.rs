@@ -8,11 +8,13 @@
 //! kernel). Only `close` is caught at entry, by its own tracepoint, so the socket is forgotten
 //! before another thread can be given the same fd number.
 //!
-//! The exit hook runs for every syscall on the machine, so the common case (a syscall Periscope
-//! does not care about, or an fd it does not track) is kept to a register read, a compare and,
-//! for I/O syscalls, one hash lookup. It attaches as a BTF tracepoint (`tp_btf`, registers are
-//! plain loads) when the kernel has BTF, else as a raw tracepoint (registers read through
-//! `bpf_probe_read_kernel`). Measured on the development VM (see BENCHMARKS.md): a per-syscall
+//! Where the kernel allows BPF trampolines, the same handlers run as `fexit` programs on the
+//! hooked syscalls' own functions (`__x64_sys_read`, ...), so other syscalls pay nothing.
+//! Otherwise one exit hook runs for every syscall on the machine, and the common case (a syscall
+//! Periscope does not care about, or an fd it does not track) is kept to a register read, a
+//! compare and, for I/O syscalls, one hash lookup. That hook attaches as a BTF tracepoint
+//! (`tp_btf`, registers are plain loads) when the kernel has BTF, else as a raw tracepoint
+//! (registers read through `bpf_probe_read_kernel`). Measured on the development VM (see BENCHMARKS.md): a per-syscall
 //! tracepoint (`syscalls:sys_enter_read`) costs ~700 ns per hit through the perf-event path, a
 //! raw `sys_enter` hook ~100 ns on every syscall, the exit hook ~170 ns.
 
@@ -129,7 +131,7 @@ struct Iovec {
 
 /// How an I/O syscall passes its buffer.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Buffer {
+pub enum Buffer {
     /// `buf, len`
     Flat,
     /// `const struct iovec *, iovcnt`
@@ -229,7 +231,7 @@ pub fn sys_exit<R: Regs>(regs: &R, ret: i64) {
 
 /// A read or write returned: if the fd is a tracked, unmuted socket, send its bytes.
 #[inline(always)]
-fn on_io<R: Regs>(regs: &R, ret: i64, syscall: Syscall, direction: u8, buffer: Buffer) {
+pub fn on_io<R: Regs>(regs: &R, ret: i64, syscall: Syscall, direction: u8, buffer: Buffer) {
     if ret <= 0 {
         // Errors (EAGAIN above all) and EOF move no bytes.
         return;
@@ -423,7 +425,7 @@ fn known_not_stream(key: &SockKey) -> bool {
 
 /// `accept(fd, addr, addrlen)` / `accept4` returned a new socket.
 #[inline(always)]
-fn on_accept<R: Regs>(regs: &R, ret: i64) {
+pub fn on_accept<R: Regs>(regs: &R, ret: i64) {
     if ret < 0 {
         return;
     }
@@ -459,7 +461,7 @@ fn on_accept<R: Regs>(regs: &R, ret: i64) {
 
 /// `connect(fd, addr, addrlen)` returned: 0, or EINPROGRESS for a non-blocking socket.
 #[inline(always)]
-fn on_connect<R: Regs>(regs: &R, ret: i64) {
+pub fn on_connect<R: Regs>(regs: &R, ret: i64) {
     if ret != 0 && ret != -EINPROGRESS {
         return;
     }
@@ -646,7 +648,7 @@ fn inherit(child_pid_tgid: u64, fd: i32, parent: ConnInfo) {
 
 /// `socket(family, type, protocol)` returned: remember the type of inet sockets.
 #[inline(always)]
-fn on_socket<R: Regs>(regs: &R, ret: i64) {
+pub fn on_socket<R: Regs>(regs: &R, ret: i64) {
     if ret < 0 {
         return;
     }

@@ -10,14 +10,15 @@ mod io;
 
 #[cfg(target_arch = "bpf")]
 mod programs {
+    use agent_ebpf::{Syscall, DIR_EGRESS, DIR_INGRESS};
     use aya_ebpf::{
-        macros::{btf_tracepoint, raw_tracepoint, tracepoint},
-        programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
+        macros::{btf_tracepoint, fexit, raw_tracepoint, tracepoint},
+        programs::{BtfTracePointContext, FExitContext, RawTracePointContext, TracePointContext},
     };
 
-    use crate::io::{self, BtfRegs, ProbedRegs};
+    use crate::io::{self, BtfRegs, Buffer, ProbedRegs};
 
-    // Two variants of the same syscall exit hook; the loader picks one at start-up. BTF
+    // Three variants of the same syscall exit handling; the loader picks one at start-up. BTF
     // tracepoints read registers with plain loads; raw tracepoints (no BTF needed) through a
     // helper.
 
@@ -34,6 +35,87 @@ mod programs {
     pub fn sys_exit_raw(ctx: RawTracePointContext) -> i32 {
         let regs: u64 = ctx.arg(0);
         io::sys_exit(&ProbedRegs(regs as *const u8), ctx.arg(1));
+        0
+    }
+
+    // The fexit variant: one program per hooked syscall function, so that no other syscall runs
+    // any BPF code. Each receives the syscall's saved registers (BTF-typed) and its return value.
+    macro_rules! fexit_io {
+        ($name:ident, $function:literal, $syscall:ident, $direction:ident, $buffer:ident) => {
+            #[fexit(function = $function)]
+            pub fn $name(ctx: FExitContext) -> i32 {
+                let regs: *const u8 = ctx.arg(0);
+                io::on_io(
+                    &BtfRegs(regs),
+                    ctx.arg(1),
+                    Syscall::$syscall,
+                    $direction,
+                    Buffer::$buffer,
+                );
+                0
+            }
+        };
+    }
+
+    fexit_io!(fexit_read, "__x64_sys_read", Read, DIR_INGRESS, Flat);
+    fexit_io!(
+        fexit_recvfrom,
+        "__x64_sys_recvfrom",
+        Recvfrom,
+        DIR_INGRESS,
+        Flat
+    );
+    fexit_io!(fexit_readv, "__x64_sys_readv", Readv, DIR_INGRESS, Iovec);
+    fexit_io!(
+        fexit_recvmsg,
+        "__x64_sys_recvmsg",
+        Recvmsg,
+        DIR_INGRESS,
+        Msghdr
+    );
+    fexit_io!(fexit_write, "__x64_sys_write", Write, DIR_EGRESS, Flat);
+    fexit_io!(fexit_sendto, "__x64_sys_sendto", Sendto, DIR_EGRESS, Flat);
+    fexit_io!(fexit_writev, "__x64_sys_writev", Writev, DIR_EGRESS, Iovec);
+    fexit_io!(
+        fexit_sendmsg,
+        "__x64_sys_sendmsg",
+        Sendmsg,
+        DIR_EGRESS,
+        Msghdr
+    );
+    fexit_io!(
+        fexit_sendfile,
+        "__x64_sys_sendfile64",
+        Sendfile,
+        DIR_EGRESS,
+        None
+    );
+
+    #[fexit(function = "__x64_sys_accept")]
+    pub fn fexit_accept(ctx: FExitContext) -> i32 {
+        let regs: *const u8 = ctx.arg(0);
+        io::on_accept(&BtfRegs(regs), ctx.arg(1));
+        0
+    }
+
+    #[fexit(function = "__x64_sys_accept4")]
+    pub fn fexit_accept4(ctx: FExitContext) -> i32 {
+        let regs: *const u8 = ctx.arg(0);
+        io::on_accept(&BtfRegs(regs), ctx.arg(1));
+        0
+    }
+
+    #[fexit(function = "__x64_sys_connect")]
+    pub fn fexit_connect(ctx: FExitContext) -> i32 {
+        let regs: *const u8 = ctx.arg(0);
+        io::on_connect(&BtfRegs(regs), ctx.arg(1));
+        0
+    }
+
+    #[fexit(function = "__x64_sys_socket")]
+    pub fn fexit_socket(ctx: FExitContext) -> i32 {
+        let regs: *const u8 = ctx.arg(0);
+        io::on_socket(&BtfRegs(regs), ctx.arg(1));
         0
     }
 

@@ -483,3 +483,24 @@ S(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
         4.0
     );
 }
+
+#[test]
+fn auto_picks_the_cheapest_hooks_the_kernel_allows() {
+    // fexit where BPF trampolines are allowed; this development VM refuses them (EPERM), and
+    // the agent must then say so and fall back to BTF tracepoints.
+    let fexit = Agent::start(&["--syscall-hooks", "fexit"]);
+    let auto = Agent::start(&[]).unwrap();
+    let info = auto.metrics().samples("periscope_hooks_info");
+    let chosen = info[0].labels["syscall_hooks"].clone();
+    match fexit {
+        Ok(agent) => {
+            drop(agent);
+            assert_eq!(chosen, "fexit");
+        }
+        Err(e) => {
+            let e = format!("{e:#}");
+            assert!(e.contains("--syscall-hooks fexit"), "{e}");
+            assert_eq!(chosen, "tp_btf");
+        }
+    }
+}

@@ -21,6 +21,19 @@ use crate::worker::{self, Serve};
 const PROGRAM_NAMES: &[&str] = &[
     "sys_exit_btf",
     "sys_exit_raw",
+    "fexit_read",
+    "fexit_recvfrom",
+    "fexit_readv",
+    "fexit_recvmsg",
+    "fexit_write",
+    "fexit_sendto",
+    "fexit_writev",
+    "fexit_sendmsg",
+    "fexit_sendfile",
+    "fexit_accept",
+    "fexit_accept4",
+    "fexit_connect",
+    "fexit_socket",
     "sys_enter_close",
     "task_newtask",
     "process_exit",
@@ -45,13 +58,15 @@ pub fn run_all() {
         facts.release,
         if facts.btf { "yes" } else { "no" }
     ));
-    for mode in [HookMode::Btf, HookMode::Raw] {
+    test("none.cost", pipe_cost);
+    for mode in [HookMode::Fexit, HookMode::Btf, HookMode::Raw] {
         run_mode(mode, &facts);
     }
 }
 
 fn mode_name(mode: HookMode) -> &'static str {
     match mode {
+        HookMode::Fexit => "fexit",
         HookMode::Btf => "btf",
         HookMode::Raw => "raw",
         HookMode::Auto => "auto",
@@ -75,7 +90,7 @@ fn run_mode(mode: HookMode, facts: &KernelFacts) {
                 mode.as_str(),
                 s.hooks.as_str()
             )),
-            Err(e) if mode == HookMode::Btf && !facts.btf => {
+            Err(e) if matches!(mode, HookMode::Btf | HookMode::Fexit) && !facts.btf => {
                 skipped = true;
                 Outcome::Skip(format!("kernel has no BTF: {e:#}"))
             }
@@ -115,7 +130,47 @@ fn run_mode(mode: HookMode, facts: &KernelFacts) {
         let labels = labels.unwrap_or_else(|| Outcome::Fail("counts test did not finish".into()));
         report::record(&names[i + 1], labels);
     }
+    test(&format!("{prefix}.cost"), pipe_cost);
     test(&names[4], || session.detach());
+}
+
+/// Iterations of the per-syscall cost loop.
+const COST_ITERATIONS: u32 = 200_000;
+
+/// ns per syscall of a 1-byte pipe write + read loop (hooked syscalls on an fd Periscope does
+/// not track) and of `getppid` (a syscall no mechanism hooks), for comparing hook mechanisms
+/// within one guest. TCG is no timing reference across machines.
+fn pipe_cost() -> Outcome {
+    let mut fds = [0; 2];
+    // SAFETY: pipe writes two fds into the array.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Outcome::Fail(format!("pipe: {}", std::io::Error::last_os_error()));
+    }
+    let mut byte = [0u8; 1];
+    let start = std::time::Instant::now();
+    for _ in 0..COST_ITERATIONS {
+        // SAFETY: valid fds and a 1-byte buffer.
+        unsafe {
+            libc::write(fds[1], byte.as_ptr().cast(), 1);
+            libc::read(fds[0], byte.as_mut_ptr().cast(), 1);
+        }
+    }
+    let pipe_ns = start.elapsed().as_nanos() as f64 / (2.0 * COST_ITERATIONS as f64);
+    // SAFETY: closing our own fds.
+    unsafe {
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+    }
+    // A syscall no mechanism hooks: only the every-syscall hooks (tp_btf, raw) cost here.
+    let start = std::time::Instant::now();
+    for _ in 0..COST_ITERATIONS {
+        // SAFETY: getppid has no preconditions.
+        unsafe { libc::syscall(libc::SYS_getppid) };
+    }
+    let other_ns = start.elapsed().as_nanos() as f64 / COST_ITERATIONS as f64;
+    Outcome::Pass(format!(
+        "pipe {pipe_ns:.0} ns/syscall, getppid {other_ns:.0} ns/syscall"
+    ))
 }
 
 /// A running capture with its reader and registry.

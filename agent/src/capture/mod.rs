@@ -13,7 +13,7 @@ use agent_ebpf::{
 };
 use anyhow::{bail, Context};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::{BtfTracePoint, RawTracePoint, TracePoint};
+use aya::programs::{BtfTracePoint, FExit, RawTracePoint, TracePoint};
 use aya::Btf;
 use aya::{Ebpf, EbpfLoader};
 
@@ -36,8 +36,11 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
 /// events; they differ in how registers are read and in what the kernel must offer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum HookMode {
-    /// BTF tracepoints when the kernel has BTF and accepts them, raw tracepoints otherwise.
+    /// The cheapest the kernel accepts: fexit, else BTF tracepoints, else raw tracepoints.
     Auto,
+    /// `fexit` on each hooked syscall's function (`__x64_sys_read`, ...): no other syscall runs
+    /// BPF code. Needs BTF and BPF trampolines (not every kernel or host allows them).
+    Fexit,
     /// `tp_btf/sys_exit`: registers are plain loads. Needs kernel BTF.
     Btf,
     /// `raw_tracepoint/sys_exit`: registers read through a helper. Any kernel ≥ 5.8.
@@ -48,6 +51,7 @@ impl HookMode {
     pub fn as_str(self) -> &'static str {
         match self {
             HookMode::Auto => "auto",
+            HookMode::Fexit => "fexit",
             HookMode::Btf => "tp_btf",
             HookMode::Raw => "raw_tracepoint",
         }
@@ -153,7 +157,16 @@ impl Capture {
 
 /// Attaches the syscall exit hook with the chosen (or best available) mechanism.
 fn attach_syscall_hooks(ebpf: &mut Ebpf, mode: HookMode) -> anyhow::Result<HookMode> {
-    if mode != HookMode::Raw {
+    if matches!(mode, HookMode::Auto | HookMode::Fexit) {
+        match attach_fexit_hooks(ebpf) {
+            Ok(()) => return Ok(HookMode::Fexit),
+            Err(e) if mode == HookMode::Auto => {
+                log::info!("fexit unavailable ({e:#}); trying BTF tracepoints");
+            }
+            Err(e) => return Err(e.context("--syscall-hooks fexit")),
+        }
+    }
+    if matches!(mode, HookMode::Auto | HookMode::Btf) {
         match attach_btf_hooks(ebpf) {
             Ok(()) => return Ok(HookMode::Btf),
             Err(e) if mode == HookMode::Auto => {
@@ -168,6 +181,57 @@ fn attach_syscall_hooks(ebpf: &mut Ebpf, mode: HookMode) -> anyhow::Result<HookM
     tp.attach("sys_exit")
         .context("attaching sys_exit_raw to raw tracepoint sys_exit")?;
     Ok(HookMode::Raw)
+}
+
+/// (program, kernel function) of the fexit variant.
+const FEXIT: &[(&str, &str)] = &[
+    ("fexit_read", "__x64_sys_read"),
+    ("fexit_recvfrom", "__x64_sys_recvfrom"),
+    ("fexit_readv", "__x64_sys_readv"),
+    ("fexit_recvmsg", "__x64_sys_recvmsg"),
+    ("fexit_write", "__x64_sys_write"),
+    ("fexit_sendto", "__x64_sys_sendto"),
+    ("fexit_writev", "__x64_sys_writev"),
+    ("fexit_sendmsg", "__x64_sys_sendmsg"),
+    ("fexit_sendfile", "__x64_sys_sendfile64"),
+    ("fexit_accept", "__x64_sys_accept"),
+    ("fexit_accept4", "__x64_sys_accept4"),
+    ("fexit_connect", "__x64_sys_connect"),
+    ("fexit_socket", "__x64_sys_socket"),
+];
+
+/// Attaches every fexit program, or none: a kernel that refuses one (no trampolines, a
+/// lockdown, EPERM as on the development VM) gets everything detached again.
+fn attach_fexit_hooks(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
+    let mut attached = Vec::new();
+    for (program, function) in FEXIT {
+        let fexit: &mut FExit = program_of(ebpf, program)?.try_into()?;
+        let result = fexit
+            .load(function, &btf)
+            .with_context(|| format!("loading {program} on {function}"))
+            .and_then(|()| {
+                fexit
+                    .attach()
+                    .with_context(|| format!("attaching {program} to {function}"))
+            });
+        match result {
+            Ok(link) => attached.push((*program, link)),
+            Err(e) => {
+                for (program, link) in attached {
+                    let fexit: &mut FExit = program_of(ebpf, program)?.try_into()?;
+                    let _ = fexit.detach(link);
+                }
+                // Loaded but unattached programs would stay in the kernel until exit.
+                for (program, _) in FEXIT {
+                    let fexit: &mut FExit = program_of(ebpf, program)?.try_into()?;
+                    let _ = fexit.unload();
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn attach_btf_hooks(ebpf: &mut Ebpf) -> anyhow::Result<()> {
