@@ -31,6 +31,11 @@ pub struct Config {
     )]
     pub syscall_hooks: crate::capture::HookMode,
 
+    /// Measure the kernel programs' own run time (BPF_ENABLE_STATS) and export it as
+    /// `periscope_bpf_program_run_time_seconds_total`. Costs two clock reads per program run.
+    #[arg(long, env = "PERISCOPE_BPF_STATS")]
+    pub bpf_stats: bool,
+
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, env = "PERISCOPE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,

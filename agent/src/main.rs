@@ -60,6 +60,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         capture_bytes: config.capture_bytes,
         ringbuf_bytes: config.ringbuf_bytes,
         hooks: config.syscall_hooks,
+        bpf_stats: config.bpf_stats,
     };
     let (capture, maps) = Capture::start(&settings, facts.tracefs)?;
     metrics
@@ -70,6 +71,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         })
         .set(1);
     let mut reader = Reader::new(maps, metrics);
+    if config.bpf_stats {
+        reader.watch_programs(capture.loaded_program_ids());
+    }
     let adopted = reader.adopt_existing_sockets();
     log::info!(
         "{} kernel programs loaded; adopted {adopted} connections open before start-up; serving http://{}/metrics",

@@ -504,3 +504,30 @@ fn auto_picks_the_cheapest_hooks_the_kernel_allows() {
         }
     }
 }
+
+#[test]
+fn a_stalled_scraper_does_not_hold_capture_up() {
+    use std::io::Write;
+    let nginx = nginx();
+    let agent = Agent::start(&["--bpf-stats"]).unwrap();
+    // A scraper that connects, sends half a request and never reads: the agent must keep
+    // capturing and keep serving other scrapers.
+    let mut stalled = std::net::TcpStream::connect(agent.addr()).unwrap();
+    stalled.write_all(b"GET /metr").unwrap();
+    for _ in 0..20 {
+        curl(&["-o", "/dev/null", &nginx.url("/ok")]).unwrap();
+    }
+    expect_both(&agent, nginx.port(), "/ok", "200", 20.0);
+    // With --bpf-stats the kernel programs' own cost is exported.
+    harness::wait_until(WAIT, Duration::from_millis(200), || {
+        agent.metrics().sum("periscope_bpf_program_runs_total", &[]) > 0.0
+    });
+    let m = agent.metrics();
+    assert!(
+        m.sum("periscope_bpf_program_runs_total", &[]) > 0.0,
+        "{}",
+        m.text()
+    );
+    assert!(m.sum("periscope_bpf_program_run_time_seconds_total", &[]) > 0.0);
+    drop(stalled);
+}

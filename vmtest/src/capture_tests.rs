@@ -193,6 +193,7 @@ impl Session {
             capture_bytes: 4096,
             ringbuf_bytes: 8 << 20,
             hooks: mode,
+            bpf_stats: false,
         };
         let (capture, maps) = Capture::start(&settings, facts.tracefs)?;
         let programs = periscope_programs()?.difference(&before).copied().collect();

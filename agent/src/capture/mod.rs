@@ -66,11 +66,15 @@ pub struct Settings {
     /// Ring-buffer size in bytes (a power of two, at least one page).
     pub ringbuf_bytes: u32,
     pub hooks: HookMode,
+    /// Turn on the kernel's per-program run-time statistics.
+    pub bpf_stats: bool,
 }
 
 /// Loaded and attached kernel programs. Dropping it detaches everything.
 pub struct Capture {
     ebpf: Ebpf,
+    /// Keeps the kernel's per-program run-time statistics on while held (`--bpf-stats`).
+    _stats: Option<std::os::fd::OwnedFd>,
     /// The mechanism the syscall hooks ended up on (`Btf` or `Raw`).
     pub hooks: HookMode,
 }
@@ -146,12 +150,34 @@ impl Capture {
             settings.capture_bytes,
             settings.ringbuf_bytes / 1024
         );
-        Ok((Capture { ebpf, hooks }, maps))
+        let stats = if settings.bpf_stats {
+            Some(aya::sys::enable_stats(aya::sys::Stats::RunTime).context(
+                "--bpf-stats: the kernel refused BPF_ENABLE_STATS (needs Linux 5.8 and CAP_SYS_ADMIN)",
+            )?)
+        } else {
+            None
+        };
+        Ok((
+            Capture {
+                ebpf,
+                _stats: stats,
+                hooks,
+            },
+            maps,
+        ))
     }
 
     /// Number of loaded programs (for the start-up log and tests).
     pub fn program_count(&self) -> usize {
         self.ebpf.programs().count()
+    }
+
+    /// (kernel id, name) of every program loaded into the kernel.
+    pub fn loaded_program_ids(&self) -> Vec<(u32, String)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, program)| program.info().ok().map(|i| (i.id(), name.to_owned())))
+            .collect()
     }
 }
 
@@ -279,6 +305,8 @@ fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
 /// Reads events until the task is dropped.
 pub struct Reader {
     maps: Maps,
+    /// Programs whose run time is exported (with `--bpf-stats`).
+    programs: Vec<(u32, String)>,
     tracker: Tracker,
     sink: MetricsSink,
     lost: Vec<DeltaCounter>,
@@ -289,11 +317,17 @@ impl Reader {
     pub fn new(maps: Maps, metrics: Arc<Metrics>) -> Reader {
         Reader {
             maps,
+            programs: Vec::new(),
             tracker: Tracker::new(Path::new("/proc")),
             sink: MetricsSink::new(metrics),
             lost: (0..COUNTERS_LEN).map(|_| DeltaCounter::default()).collect(),
             actions: Vec::new(),
         }
+    }
+
+    /// Exports the run time of these kernel programs every second.
+    pub fn watch_programs(&mut self, programs: Vec<(u32, String)>) {
+        self.programs = programs;
     }
 
     /// Registers sockets that were open before start-up so their traffic is decoded too.
@@ -325,6 +359,7 @@ impl Reader {
     pub async fn run(self) -> anyhow::Result<()> {
         let Reader {
             maps,
+            programs,
             mut tracker,
             mut sink,
             lost,
@@ -358,6 +393,9 @@ impl Reader {
                 _ = tick.tick() => {
                     ticks += 1;
                     fold_counters(&counters, &lost, &sink.metrics);
+                    if !programs.is_empty() {
+                        fold_program_stats(&programs, &sink.metrics);
+                    }
                     if ticks.is_multiple_of(30) {
                         tracker.expire_dead(&mut sink, &mut actions);
                         apply(&mut actions, &mut conns, &mut muted);
@@ -435,6 +473,16 @@ fn apply(
                 let _ = muted.remove(&conn_id);
             }
         }
+    }
+}
+
+/// Folds the kernel's per-program run counts and times into the self-metrics.
+fn fold_program_stats(programs: &[(u32, String)], metrics: &Metrics) {
+    for info in aya::programs::loaded_programs().flatten() {
+        let Some((_, name)) = programs.iter().find(|(id, _)| *id == info.id()) else {
+            continue;
+        };
+        metrics.set_program_stats(name, info.run_count(), info.run_time().as_nanos() as u64);
     }
 }
 

@@ -92,6 +92,11 @@ pub struct MessagingLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProgramLabel {
+    pub program: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HooksLabels {
     pub syscall_hooks: String,
     pub kernel: String,
@@ -166,6 +171,9 @@ pub struct Metrics {
     pub connections_muted: Family<ReasonLabel, Counter>,
     pub incomplete_exchanges: Counter,
     pub hooks_info: Family<HooksLabels, Gauge>,
+    pub program_runs: Family<ProgramLabel, Counter>,
+    pub program_run_time: Family<ProgramLabel, Counter<f64, AtomicU64>>,
+    program_seen: Arc<std::sync::Mutex<FxHashMap<String, (u64, u64)>>>,
     pub process_cpu_seconds: Counter<f64, AtomicU64>,
     pub process_resident_memory: Gauge<i64>,
 }
@@ -205,6 +213,9 @@ impl Metrics {
             connections_muted: Family::default(),
             incomplete_exchanges: Counter::default(),
             hooks_info: Family::default(),
+            program_runs: Family::default(),
+            program_run_time: Family::default(),
+            program_seen: Arc::default(),
             process_cpu_seconds: Counter::default(),
             process_resident_memory: Gauge::default(),
         };
@@ -365,6 +376,17 @@ impl Metrics {
             "incomplete_exchanges",
             "Exchanges whose response was cut short by the connection closing",
             m.incomplete_exchanges.clone(),
+        );
+        own.register(
+            "bpf_program_runs",
+            "Times each kernel program ran (with --bpf-stats)",
+            m.program_runs.clone(),
+        );
+        own.register_with_unit(
+            "bpf_program_run_time",
+            "CPU time spent in each kernel program (with --bpf-stats)",
+            Unit::Seconds,
+            m.program_run_time.clone(),
         );
         own.register(
             "hooks_info",
@@ -541,6 +563,28 @@ impl Metrics {
         if !kafka.complete {
             self.incomplete_exchanges.inc();
         }
+    }
+
+    /// Advances a kernel program's run count and run time to the kernel's current totals.
+    pub fn set_program_stats(&self, program: &str, runs: u64, run_time_ns: u64) {
+        let Ok(mut seen) = self.program_seen.lock() else {
+            return;
+        };
+        let last = seen.entry(program.to_owned()).or_insert((0, 0));
+        let label = ProgramLabel {
+            program: program.to_owned(),
+        };
+        if runs > last.0 {
+            self.program_runs
+                .get_or_create(&label)
+                .inc_by(runs - last.0);
+        }
+        if run_time_ns > last.1 {
+            self.program_run_time
+                .get_or_create(&label)
+                .inc_by((run_time_ns - last.1) as f64 / 1e9);
+        }
+        *last = (runs.max(last.0), run_time_ns.max(last.1));
     }
 
     /// Refreshes the agent's own CPU and memory gauges from `/proc/self`.
