@@ -36,6 +36,11 @@ pub struct Config {
     #[arg(long, env = "PERISCOPE_BPF_STATS")]
     pub bpf_stats: bool,
 
+    /// At most this many label sets per metric; observations beyond are dropped and counted in
+    /// `periscope_series_dropped_total` (protects memory from random paths, tables, topics).
+    #[arg(long, env = "PERISCOPE_MAX_SERIES", default_value_t = crate::export::prometheus::DEFAULT_MAX_SERIES)]
+    pub max_series: usize,
+
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, env = "PERISCOPE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,

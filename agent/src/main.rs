@@ -49,6 +49,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
+    metrics.set_max_series(config.max_series);
     let state = Arc::new(http::State {
         registry,
         metrics: metrics.clone(),

@@ -531,3 +531,30 @@ fn a_stalled_scraper_does_not_hold_capture_up() {
     assert!(m.sum("periscope_bpf_program_run_time_seconds_total", &[]) > 0.0);
     drop(stalled);
 }
+
+#[test]
+fn series_beyond_the_cap_are_dropped_and_counted() {
+    let nginx = nginx();
+    let agent = Agent::start(&["--max-series", "5"]).unwrap();
+    let words = [
+        "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
+        "juliet", "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra",
+        "tango",
+    ];
+    for word in words {
+        curl(&["-o", "/dev/null", &nginx.url(&format!("/users/{word}"))]).unwrap();
+    }
+    let port = nginx.port().to_string();
+    // Five routes get series; the other fifteen requests are dropped and counted.
+    wait_for_metric(
+        &agent,
+        "periscope_series_dropped_total",
+        &[("metric", "http_server_request_duration_seconds")],
+        15.0,
+        WAIT,
+    )
+    .unwrap();
+    let m = agent.metrics();
+    assert_eq!(m.samples(SERVER).len(), 5, "{}", m.text());
+    assert_eq!(m.sum(SERVER, &[("server_port", &port)]), 5.0);
+}

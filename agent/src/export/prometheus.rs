@@ -92,6 +92,11 @@ pub struct MessagingLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MetricLabel {
+    pub metric: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProgramLabel {
     pub program: String,
 }
@@ -136,6 +141,48 @@ fn count_histogram() -> Histogram {
     Histogram::new(COUNT_BUCKETS)
 }
 
+/// A cap on the distinct label sets of each metric, so that hostile or unbounded input (random
+/// paths, table names, topics) cannot grow memory and series without limit. Label sets beyond
+/// the cap are dropped and counted in `periscope_series_dropped_total{metric}`.
+pub struct SeriesBudget {
+    max: std::sync::atomic::AtomicUsize,
+    seen: std::sync::Mutex<FxHashMap<&'static str, rustc_hash::FxHashSet<u64>>>,
+}
+
+impl Default for SeriesBudget {
+    fn default() -> Self {
+        SeriesBudget {
+            max: std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_SERIES),
+            seen: std::sync::Mutex::default(),
+        }
+    }
+}
+
+/// Default `--max-series`: label sets per metric.
+pub const DEFAULT_MAX_SERIES: usize = 10_000;
+
+impl SeriesBudget {
+    /// Whether `labels` may have a series in `metric`: yes if it already has one or the cap
+    /// is not reached.
+    fn admit(&self, metric: &'static str, labels: &impl Hash) -> bool {
+        let mut hasher = FxHasher::default();
+        labels.hash(&mut hasher);
+        let key = hasher.finish();
+        let Ok(mut seen) = self.seen.lock() else {
+            return false;
+        };
+        let set = seen.entry(metric).or_default();
+        if set.contains(&key) {
+            return true;
+        }
+        if set.len() >= self.max.load(Ordering::Relaxed) {
+            return false;
+        }
+        set.insert(key);
+        true
+    }
+}
+
 /// Every metric Periscope exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -171,6 +218,8 @@ pub struct Metrics {
     pub connections_muted: Family<ReasonLabel, Counter>,
     pub incomplete_exchanges: Counter,
     pub hooks_info: Family<HooksLabels, Gauge>,
+    pub series_dropped: Family<MetricLabel, Counter>,
+    budget: Arc<SeriesBudget>,
     pub program_runs: Family<ProgramLabel, Counter>,
     pub program_run_time: Family<ProgramLabel, Counter<f64, AtomicU64>>,
     program_seen: Arc<std::sync::Mutex<FxHashMap<String, (u64, u64)>>>,
@@ -213,6 +262,8 @@ impl Metrics {
             connections_muted: Family::default(),
             incomplete_exchanges: Counter::default(),
             hooks_info: Family::default(),
+            series_dropped: Family::default(),
+            budget: Arc::default(),
             program_runs: Family::default(),
             program_run_time: Family::default(),
             program_seen: Arc::default(),
@@ -389,6 +440,11 @@ impl Metrics {
             m.program_run_time.clone(),
         );
         own.register(
+            "series_dropped",
+            "Observations dropped because their metric already had --max-series label sets",
+            m.series_dropped.clone(),
+        );
+        own.register(
             "hooks_info",
             "Which mechanism the syscall hooks use (tp_btf or raw_tracepoint), and the kernel",
             m.hooks_info.clone(),
@@ -408,7 +464,7 @@ impl Metrics {
         m
     }
 
-    fn series(&self, exchange: &Exchange, http: &HttpExchange) -> Series {
+    fn series(&self, exchange: &Exchange, http: &HttpExchange) -> Option<Series> {
         let process = &exchange.endpoint.process;
         let method = normalize_method(&http.method).to_owned();
         let container_id = process.container_id.clone().unwrap_or_default();
@@ -423,14 +479,17 @@ impl Metrics {
                     service_name: process.service_name.clone(),
                     container_id,
                 };
-                Series {
+                if !self.admit("http_server_request_duration_seconds", &labels) {
+                    return None;
+                }
+                Some(Series {
                     duration: self.http_server_duration.get_or_create(&labels).clone(),
                     request_body: self.http_server_request_body.get_or_create(&labels).clone(),
                     response_body: self
                         .http_server_response_body
                         .get_or_create(&labels)
                         .clone(),
-                }
+                })
             }
             Role::Client => {
                 let labels = HttpClientLabels {
@@ -446,14 +505,17 @@ impl Metrics {
                     service_name: process.service_name.clone(),
                     container_id,
                 };
-                Series {
+                if !self.admit("http_client_request_duration_seconds", &labels) {
+                    return None;
+                }
+                Some(Series {
                     duration: self.http_client_duration.get_or_create(&labels).clone(),
                     request_body: self.http_client_request_body.get_or_create(&labels).clone(),
                     response_body: self
                         .http_client_response_body
                         .get_or_create(&labels)
                         .clone(),
-                }
+                })
             }
         }
     }
@@ -480,10 +542,21 @@ impl Metrics {
             service_name: process.service_name.clone(),
             container_id: process.container_id.clone().unwrap_or_default(),
         };
-        let (duration, rows) = match exchange.role {
-            Role::Client => (&self.db_client_duration, &self.db_client_rows),
-            Role::Server => (&self.db_server_duration, &self.db_server_rows),
+        let (metric, duration, rows) = match exchange.role {
+            Role::Client => (
+                "db_client_operation_duration_seconds",
+                &self.db_client_duration,
+                &self.db_client_rows,
+            ),
+            Role::Server => (
+                "db_server_operation_duration_seconds",
+                &self.db_server_duration,
+                &self.db_server_rows,
+            ),
         };
+        if !self.admit(metric, &labels) {
+            return;
+        }
         if let Some(n) = statement.rows {
             rows.get_or_create(&labels).observe(n as f64);
         }
@@ -533,13 +606,15 @@ impl Metrics {
                 container_id: process.container_id.clone().unwrap_or_default(),
             }
         };
-        let (duration, produced, fetched) = match exchange.role {
+        let (metric, duration, produced, fetched) = match exchange.role {
             Role::Client => (
+                "messaging_client_operation_duration_seconds",
                 &self.messaging_client_duration,
                 &self.messaging_client_sent,
                 &self.messaging_client_consumed,
             ),
             Role::Server => (
+                "messaging_server_operation_duration_seconds",
                 &self.messaging_server_duration,
                 &self.messaging_server_received,
                 &self.messaging_server_delivered,
@@ -547,10 +622,16 @@ impl Metrics {
         };
         let seconds = exchange.duration_seconds();
         if kafka.topics.is_empty() {
-            duration.get_or_create(&labels(None)).observe(seconds);
+            let labels = labels(None);
+            if self.admit(metric, &labels) {
+                duration.get_or_create(&labels).observe(seconds);
+            }
         }
         for topic in &kafka.topics {
             let labels = labels(Some(topic));
+            if !self.admit(metric, &labels) {
+                continue;
+            }
             duration.get_or_create(&labels).observe(seconds);
             if topic.record_count > 0 {
                 match kafka.api_key {
@@ -563,6 +644,24 @@ impl Metrics {
         if !kafka.complete {
             self.incomplete_exchanges.inc();
         }
+    }
+
+    /// Sets the cap on label sets per metric (`--max-series`).
+    pub fn set_max_series(&self, max: usize) {
+        self.budget.max.store(max, Ordering::Relaxed);
+    }
+
+    /// Checks the series budget, counting a drop when it is exhausted.
+    fn admit(&self, metric: &'static str, labels: &impl Hash) -> bool {
+        let admitted = self.budget.admit(metric, labels);
+        if !admitted {
+            self.series_dropped
+                .get_or_create(&MetricLabel {
+                    metric: metric.to_owned(),
+                })
+                .inc();
+        }
+        admitted
     }
 
     /// Advances a kernel program's run count and run time to the kernel's current totals.
@@ -745,7 +844,9 @@ impl MetricsSink {
         {
             Some((_, series)) => series.clone(),
             None => {
-                let series = self.metrics.series(exchange, http);
+                let Some(series) = self.metrics.series(exchange, http) else {
+                    return;
+                };
                 if cache.len >= SERIES_CACHE_MAX {
                     cache.entries.clear();
                     cache.len = 0;
