@@ -16,10 +16,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
+use periscope::protocol::fixture::{self, Fixture};
 use periscope::protocol::http1::Http1Decoder;
 use periscope::protocol::kafka::KafkaDecoder;
 use periscope::protocol::postgres::PgDecoder;
-use periscope::protocol::{Chunk, Stream};
+use periscope::protocol::Chunk;
 
 /// The protocols measured, in report order; each is a directory under the fixtures root.
 const PROTOCOLS: [&str; 3] = ["http1", "postgres", "kafka"];
@@ -82,80 +83,9 @@ fn parse_args() -> Result<Options, String> {
     Ok(options)
 }
 
-/// One recorded connection: its chunks in capture order.
-struct Fixture {
-    name: String,
-    chunks: Vec<(Stream, Vec<u8>)>,
-}
-
-impl Fixture {
-    fn bytes(&self) -> u64 {
-        self.chunks.iter().map(|(_, b)| b.len() as u64).sum()
-    }
-}
-
-/// Reads the fixture JSON written by the `record.py` scripts:
-/// `{"chunks": [{"stream": "request"|"response", "hex": "…"}, …]}`. Every key and value in the
-/// chunk objects is a plain string without escapes, so scanning for the two keys suffices
-/// (the agent has no JSON crate, and this keeps the example dependency-free).
-fn parse_fixture(text: &str) -> Result<Vec<(Stream, Vec<u8>)>, String> {
-    fn string_after<'a>(text: &'a str, key: &str) -> Option<(&'a str, &'a str)> {
-        let at = text.find(&format!("\"{key}\""))? + key.len() + 2;
-        let rest = text[at..].trim_start().strip_prefix(':')?.trim_start();
-        let rest = rest.strip_prefix('"')?;
-        let end = rest.find('"')?;
-        Some((&rest[..end], &rest[end + 1..]))
-    }
-    let start = text.find("\"chunks\"").ok_or("no \"chunks\" key")?;
-    let mut rest = &text[start..];
-    let mut chunks = Vec::new();
-    while let Some((stream, after)) = string_after(rest, "stream") {
-        let stream = match stream {
-            "request" => Stream::Request,
-            "response" => Stream::Response,
-            other => return Err(format!("unknown stream {other:?}")),
-        };
-        let (hex, after) = string_after(after, "hex").ok_or("a chunk without \"hex\"")?;
-        chunks.push((stream, hex_decode(hex)?));
-        rest = after;
-    }
-    if chunks.is_empty() {
-        return Err("no chunks".into());
-    }
-    Ok(chunks)
-}
-
-fn hex_decode(s: &str) -> Result<Vec<u8>, String> {
-    if !s.len().is_multiple_of(2) {
-        return Err("odd hex length".into());
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| format!("bad hex at {i}")))
-        .collect()
-}
-
-fn load_fixtures(dir: &Path) -> Result<Vec<Fixture>, String> {
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let mut paths: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    paths.sort();
-    paths
-        .iter()
-        .map(|path| {
-            let text =
-                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let chunks = parse_fixture(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-            let name = path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            Ok(Fixture { name, chunks })
-        })
-        .collect()
+/// Payload bytes of a fixture.
+fn fixture_bytes(fixture: &Fixture) -> u64 {
+    fixture.chunks.iter().map(|(_, b)| b.len() as u64).sum()
 }
 
 /// What replaying fixtures produced.
@@ -236,7 +166,7 @@ fn bench<D: Decoder>(protocol: &str, fixtures: &[Fixture], options: &Options) {
             );
         }
     }
-    let bytes: u64 = fixtures.iter().map(Fixture::bytes).sum();
+    let bytes: u64 = fixtures.iter().map(fixture_bytes).sum();
     // Run 0 warms up and is not reported.
     for run in 0..=options.runs {
         let mut tally = Tally::default();
@@ -273,7 +203,7 @@ fn main() -> ExitCode {
     };
     for protocol in &options.protocols {
         let dir = options.fixtures.join(protocol);
-        let fixtures = match load_fixtures(&dir) {
+        let fixtures = match fixture::load_dir(&dir) {
             Ok(f) if !f.is_empty() => f,
             Ok(_) => {
                 eprintln!("decode_bench: no fixtures in {}", dir.display());
@@ -288,7 +218,7 @@ fn main() -> ExitCode {
             "[decode_bench] {protocol}: {} fixtures, {} chunks, {} bytes; {} runs of {} iterations",
             fixtures.len(),
             fixtures.iter().map(|f| f.chunks.len()).sum::<usize>(),
-            fixtures.iter().map(Fixture::bytes).sum::<u64>(),
+            fixtures.iter().map(fixture_bytes).sum::<u64>(),
             options.runs,
             options.iterations
         );

@@ -358,44 +358,67 @@ fn garbage_and_unknown_protocols_are_counted_not_fatal() {
     expect_both(&agent, nginx.port(), "/ok", "200", 1.0);
 }
 
-fn periscope_programs() -> usize {
+/// Ids of loaded kernel programs named like Periscope's (`bpftool prog show`: `ID: TYPE  name
+/// NAME  ...`).
+fn periscope_programs() -> std::collections::BTreeSet<u32> {
     let out = std::process::Command::new("bpftool")
         .args(["prog", "show"])
         .output()
         .expect("bpftool");
-    let text = String::from_utf8_lossy(&out.stdout);
-    [
+    let names = [
         "sys_exit_btf",
         "sys_exit_raw",
+        "fexit_read",
+        "fexit_write",
         "sys_enter_close",
+        "task_newtask",
         "process_exit",
-    ]
-    .iter()
-    .map(|name| text.matches(&format!(" name {name} ")).count())
-    .sum()
+    ];
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let (id, rest) = line.split_once(':')?;
+            let name = rest
+                .split_whitespace()
+                .skip_while(|w| *w != "name")
+                .nth(1)?;
+            names.contains(&name).then(|| id.trim().parse().ok())?
+        })
+        .collect()
+}
+
+/// Waits until none of `ids` is loaded any more (the kernel frees programs after an RCU grace
+/// period), and says which remain otherwise.
+fn assert_unloaded(ids: &std::collections::BTreeSet<u32>) {
+    harness::wait_until(WAIT, Duration::from_millis(100), || {
+        periscope_programs().is_disjoint(ids)
+    });
+    let left: Vec<u32> = periscope_programs().intersection(ids).copied().collect();
+    assert!(
+        left.is_empty(),
+        "programs {left:?} of a stopped agent are still loaded"
+    );
 }
 
 #[test]
 fn stopping_detaches_everything_and_a_second_start_works() {
     let before = periscope_programs();
     let mut agent = Agent::start(&[]).unwrap();
-    assert!(periscope_programs() > before);
+    let ours: std::collections::BTreeSet<u32> =
+        periscope_programs().difference(&before).copied().collect();
+    assert!(!ours.is_empty(), "the agent loaded no programs");
     let status = agent.stop().unwrap();
     assert!(status.success(), "{status}\n{}", agent.log());
-    // The kernel frees programs shortly after their last reference goes.
-    harness::wait_until(WAIT, Duration::from_millis(100), || {
-        periscope_programs() == before
-    });
-    assert_eq!(periscope_programs(), before);
+    assert_unloaded(&ours);
     // SIGKILL too: the kernel detaches what the dead process held.
+    let before = periscope_programs();
     let agent = Agent::start(&[]).unwrap();
-    let pid = agent.pid() as i32;
+    let ours: std::collections::BTreeSet<u32> =
+        periscope_programs().difference(&before).copied().collect();
+    assert!(!ours.is_empty());
     // SAFETY: signalling a child we started.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    harness::wait_until(WAIT, Duration::from_millis(100), || {
-        periscope_programs() == before
-    });
-    assert_eq!(periscope_programs(), before);
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGKILL) };
+    assert_unloaded(&ours);
     drop(agent);
     let again = Agent::start(&[]).unwrap();
     assert!(again.metrics().sum("periscope_hooks_info", &[]) == 1.0);

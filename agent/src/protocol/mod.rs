@@ -1,5 +1,6 @@
 //! Pure protocol decoders: bytes in, exchanges out. No I/O, no clocks, no kernel types.
 
+pub mod fixture;
 pub mod http1;
 pub mod kafka;
 pub mod postgres;

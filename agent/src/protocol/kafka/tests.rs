@@ -1035,63 +1035,10 @@ fn random_input_never_panics() {
 
 // ---- golden tests over recorded traffic (tests/fixtures/kafka, see record.py) ----
 
-struct Fixture {
-    name: String,
-    chunks: Vec<(Stream, Vec<u8>)>,
-}
-
-fn fixtures_dir() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kafka")
-}
-
-fn hex_decode(s: &str) -> Vec<u8> {
-    assert!(s.len().is_multiple_of(2), "odd hex length");
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex digit"))
-        .collect()
-}
-
-/// Reads the fixture JSON written by record.py (one chunk object per line, `"stream"` before
-/// `"hex"`): a scan for the two keys is enough, no JSON crate.
-fn parse_fixture(text: &str) -> Vec<(Stream, Vec<u8>)> {
-    let field = |line: &str, key: &str| -> Option<String> {
-        let at = line.find(&format!("\"{key}\": \""))? + key.len() + 5;
-        let end = line[at..].find('"')?;
-        Some(line[at..at + end].to_owned())
-    };
-    text.lines()
-        .filter_map(|line| {
-            let stream = match field(line, "stream")?.as_str() {
-                "request" => Stream::Request,
-                "response" => Stream::Response,
-                other => panic!("unknown stream {other}"),
-            };
-            Some((stream, hex_decode(&field(line, "hex")?)))
-        })
-        .collect()
-}
+use crate::protocol::fixture::Fixture;
 
 fn load_fixtures() -> Vec<Fixture> {
-    let mut names: Vec<_> = std::fs::read_dir(fixtures_dir())
-        .expect("fixture directory")
-        .filter_map(|e| {
-            let name = e.ok()?.file_name().into_string().ok()?;
-            name.strip_suffix(".json").map(str::to_owned)
-        })
-        .collect();
-    names.sort();
-    names
-        .into_iter()
-        .map(|name| {
-            let text = std::fs::read_to_string(fixtures_dir().join(format!("{name}.json")))
-                .expect("fixture readable");
-            Fixture {
-                chunks: parse_fixture(&text),
-                name,
-            }
-        })
-        .collect()
+    crate::protocol::fixture::load("kafka")
 }
 
 /// Golden line: fields, then `@start..end` in chunk indices (chunk i has first_ns = last_ns =
@@ -1130,7 +1077,7 @@ fn golden_fixtures() {
         let mut got: Vec<String> = xs.iter().map(golden_line).collect();
         got.push(format!("stats {stats:?}"));
         let got = got.join("\n") + "\n";
-        let path = fixtures_dir().join(format!("{}.golden", f.name));
+        let path = crate::protocol::fixture::dir("kafka").join(format!("{}.golden", f.name));
         if bless {
             std::fs::write(&path, &got).expect("golden writable");
         }
