@@ -16,51 +16,7 @@
 use libfuzzer_sys::fuzz_target;
 use periscope::protocol::postgres::{detect, DecodeError, DecoderStats, PgDecoder, PgExchange};
 use periscope::protocol::{Chunk, Stream};
-
-struct Record<'a> {
-    stream: Stream,
-    gap: u64,
-    bytes: &'a [u8],
-}
-
-fn parse(mut data: &[u8]) -> Vec<Record<'_>> {
-    let mut records = Vec::new();
-    while let [ctrl, rest @ ..] = data {
-        data = rest;
-        let stream = if ctrl & 1 == 0 {
-            Stream::Request
-        } else {
-            Stream::Response
-        };
-        let gap_bytes = match (ctrl >> 1) & 3 {
-            0 => 0,
-            1 => 1,
-            2 => 2,
-            _ => 4,
-        };
-        let n = gap_bytes.min(data.len());
-        let mut le = [0u8; 8];
-        le[..n].copy_from_slice(&data[..n]);
-        let gap = u64::from_le_bytes(le);
-        data = &data[n..];
-        let Some((&len, rest)) = data.split_first() else {
-            records.push(Record {
-                stream,
-                gap,
-                bytes: &[],
-            });
-            break;
-        };
-        let len = usize::from(len).min(rest.len());
-        records.push(Record {
-            stream,
-            gap,
-            bytes: &rest[..len],
-        });
-        data = &rest[len..];
-    }
-    records
-}
+use periscope_fuzz::parse;
 
 type Outcome = (Vec<PgExchange>, Option<DecodeError>, DecoderStats);
 
