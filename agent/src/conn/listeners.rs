@@ -22,24 +22,24 @@ pub struct TcpEntry {
 
 /// Parses the text of `/proc/net/tcp` or `/proc/net/tcp6`. Malformed rows are skipped.
 pub fn parse_tcp_table(text: &str) -> Vec<TcpEntry> {
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let mut cols = line.split_whitespace();
-            let _slot = cols.next()?;
-            let local = parse_hex_addr(cols.next()?)?;
-            let remote = parse_hex_addr(cols.next()?)?;
-            let state = u8::from_str_radix(cols.next()?, 16).ok()?;
-            // tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
-            let inode = cols.nth(5)?.parse().ok()?;
-            Some(TcpEntry {
-                local,
-                remote,
-                state,
-                inode,
-            })
-        })
-        .collect()
+    text.lines().skip(1).filter_map(parse_row).collect()
+}
+
+/// One row (not the header) of `/proc/net/tcp{,6}`.
+fn parse_row(line: &str) -> Option<TcpEntry> {
+    let mut cols = line.split_whitespace();
+    let _slot = cols.next()?;
+    let local = parse_hex_addr(cols.next()?)?;
+    let remote = parse_hex_addr(cols.next()?)?;
+    let state = u8::from_str_radix(cols.next()?, 16).ok()?;
+    // tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
+    let inode = cols.nth(5)?.parse().ok()?;
+    Some(TcpEntry {
+        local,
+        remote,
+        state,
+        inode,
+    })
 }
 
 /// `0100007F:1F90` (IPv4) or 32 hex digits (IPv6), in the kernel's word order.
@@ -78,11 +78,54 @@ pub fn socket_inode(proc_root: &Path, pid: u32, fd: i32) -> Option<u64> {
 }
 
 /// The TCP table of a process's network namespace (IPv4 and IPv6).
+///
+/// `/proc/net/tcp` is a seq_file: every `read()` restarts the kernel's walk of the socket hash
+/// from the beginning, so reading a table of many sockets (TIME_WAIT after a connection storm)
+/// in small reads costs O(n²). Reads here are 1 MiB each.
 pub fn tcp_table(proc_root: &Path, pid: u32) -> Vec<TcpEntry> {
     let mut entries = Vec::new();
     for name in ["tcp", "tcp6"] {
-        if let Ok(text) = std::fs::read_to_string(proc_root.join(format!("{pid}/net/{name}"))) {
+        if let Some(text) = read_large(&proc_root.join(format!("{pid}/net/{name}"))) {
             entries.extend(parse_tcp_table(&text));
+        }
+    }
+    entries
+}
+
+fn read_large(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut bytes = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(_) => return None,
+        }
+    }
+    String::from_utf8(bytes).ok()
+}
+
+/// The listening sockets of a process's network namespace. The kernel prints listening sockets
+/// before all others, so reading stops at the first row in another state and never walks the
+/// established table, however large it is.
+pub fn listening_sockets(proc_root: &Path, pid: u32) -> Vec<TcpEntry> {
+    use std::io::BufRead;
+    let mut entries = Vec::new();
+    for name in ["tcp", "tcp6"] {
+        let Ok(file) = std::fs::File::open(proc_root.join(format!("{pid}/net/{name}"))) else {
+            continue;
+        };
+        for line in std::io::BufReader::with_capacity(64 * 1024, file)
+            .lines()
+            .skip(1)
+            .map_while(Result::ok)
+        {
+            match parse_row(&line) {
+                Some(entry) if entry.state == TCP_LISTEN => entries.push(entry),
+                _ => break,
+            }
         }
     }
     entries
@@ -111,7 +154,7 @@ impl ListenerPorts {
         let root = &self.proc_root;
         *self.ports.entry((tgid, fd)).or_insert_with(|| {
             let inode = socket_inode(root, tgid, fd)?;
-            tcp_table(root, tgid)
+            listening_sockets(root, tgid)
                 .into_iter()
                 .find(|e| e.inode == inode)
                 .map(|e| e.local.port())
