@@ -1,6 +1,7 @@
 //! `cargo xtask`: Periscope's developer tasks. See `cargo xtask --help`.
 
 mod bench;
+mod bench_compare;
 mod bench_decode;
 mod bench_pgbench;
 mod bench_syscall;
@@ -63,6 +64,9 @@ enum Bench {
     /// Decode cost per exchange of each protocol decoder, replaying the recorded fixtures
     /// (no agent, no root).
     Decode(bench_decode::DecodeArgs),
+    /// A Flask app under gunicorn and wrk: CPU per request with prometheus-flask-exporter,
+    /// with OpenTelemetry tracing, uninstrumented with Periscope, and bare, alternating.
+    Compare(bench_compare::CompareArgs),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
         Cli::Bench(Bench::Syscall(args)) => bench_syscall::syscall(&args),
         Cli::Bench(Bench::Pgbench(args)) => bench_pgbench::pgbench(&args),
         Cli::Bench(Bench::Decode(args)) => bench_decode::decode(&args),
+        Cli::Bench(Bench::Compare(args)) => bench_compare::compare(&args),
         Cli::Vm(args) => vm::vm(&args),
         Cli::BenchWorker {
             workload,

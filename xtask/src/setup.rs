@@ -33,6 +33,14 @@ const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("psycopg[binary]", "psycopg"),
     ("confluent-kafka", "confluent_kafka"),
     ("kafka-python", "kafka"),
+    // `cargo xtask bench compare`: the in-process instrumentation Periscope is compared to.
+    ("prometheus-flask-exporter", "prometheus_flask_exporter"),
+    ("opentelemetry-distro", "opentelemetry.distro"),
+    ("opentelemetry-sdk", "opentelemetry.sdk.trace"),
+    (
+        "opentelemetry-instrumentation-flask",
+        "opentelemetry.instrumentation.flask",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -1,0 +1,692 @@
+//! `cargo xtask bench compare`: what does RED-metrics instrumentation cost a Python web app,
+//! done the way teams do it today versus with Periscope?
+//!
+//! One Flask app, served by gunicorn (sync workers) and driven by `wrk --latency` against
+//! `/users/<int:user_id>`, runs in four configurations, alternating within each round (after
+//! one discarded warm-up round) so that drift of the machine hits them all alike:
+//!
+//! - `exporter`: `PrometheusMetrics(app)` from prometheus-flask-exporter (its /metrics is
+//!   never scraped: the cost measured is the per-request instrumentation in the process);
+//! - `otel`: OpenTelemetry tracing, `FlaskInstrumentor().instrument_app(app)` with a
+//!   `TracerProvider` + `BatchSpanProcessor` + `ConsoleSpanExporter` writing to /dev/null
+//!   (spans are serialised, as a real exporter would, but nothing touches the network);
+//! - `periscope`: the app uninstrumented, a fresh Periscope agent running;
+//! - `bare`: the app uninstrumented, no agent.
+//!
+//! The figure compared is CPU per request: all gunicorn processes (master and workers), plus
+//! the agent's for `periscope`, divided by the requests wrk completed.
+
+use std::fmt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use harness::{
+    agent_binary, cpu_time, descendants, free_port, http_get, run_wrk, Agent, AgentOptions,
+    ChildProcess, TempDir, WrkOptions, WrkResult,
+};
+
+use crate::bench::{
+    machine, other_agents, requests_counted, settled_metrics, spread, spread_cell, Cpu, LOST_METRIC,
+};
+use crate::util::{build_agent, probe};
+
+/// The route wrk requests (the app's `/users/<int:user_id>`).
+const ROUTE_PATH: &str = "/users/42";
+
+/// The app, for every configuration: `BENCH_INSTRUMENTATION` (read at import, i.e. in each
+/// worker after gunicorn forks it, so the span processor's thread lives in the worker)
+/// selects the instrumentation.
+const APP: &str = r#"
+import os
+
+from flask import Flask, jsonify
+
+app = Flask(__name__)
+
+
+@app.get("/users/<int:user_id>")
+def user(user_id):
+    return jsonify(id=user_id, name="user-%d" % user_id, active=True)
+
+
+MODE = os.environ["BENCH_INSTRUMENTATION"]
+if MODE == "exporter":
+    from prometheus_flask_exporter import PrometheusMetrics
+
+    metrics = PrometheusMetrics(app)
+elif MODE == "otel":
+    from opentelemetry import trace
+    from opentelemetry.instrumentation.flask import FlaskInstrumentor
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+    provider = TracerProvider(resource=Resource.create({"service.name": "bench-compare"}))
+    provider.add_span_processor(
+        BatchSpanProcessor(ConsoleSpanExporter(out=open(os.devnull, "w")))
+    )
+    trace.set_tracer_provider(provider)
+    FlaskInstrumentor().instrument_app(app)
+elif MODE != "none":
+    raise SystemExit("unknown BENCH_INSTRUMENTATION %r" % MODE)
+"#;
+
+/// How long the OpenTelemetry configuration idles after wrk before its CPU is read: the
+/// BatchSpanProcessor's schedule delay (5 s by default) plus a margin, so the last partial
+/// batch of spans is exported and its cost counted.
+const OTEL_FLUSH: Duration = Duration::from_millis(5500);
+
+/// One way of serving the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Config {
+    Exporter,
+    Otel,
+    Periscope,
+    Bare,
+}
+
+impl Config {
+    const ALL: [Config; 4] = [
+        Config::Exporter,
+        Config::Otel,
+        Config::Periscope,
+        Config::Bare,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Config::Exporter => "exporter",
+            Config::Otel => "otel",
+            Config::Periscope => "periscope",
+            Config::Bare => "bare",
+        }
+    }
+
+    /// The app's `BENCH_INSTRUMENTATION`.
+    fn instrumentation(self) -> &'static str {
+        match self {
+            Config::Exporter => "exporter",
+            Config::Otel => "otel",
+            Config::Periscope | Config::Bare => "none",
+        }
+    }
+}
+
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Options of `cargo xtask bench compare`.
+#[derive(Debug, clap::Args)]
+pub struct CompareArgs {
+    /// Length of each wrk run, in seconds.
+    #[arg(long, default_value_t = 8)]
+    seconds: u64,
+    /// Measured rounds; each runs wrk once per configuration.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// wrk connections (-c); gunicorn's sync workers close each after one request.
+    #[arg(long, default_value_t = 16)]
+    connections: u32,
+    /// gunicorn sync workers.
+    #[arg(long, default_value_t = 1)]
+    workers: u32,
+    /// CPU for gunicorn (master and workers), or `none`.
+    #[arg(long, default_value = "1")]
+    app_cpu: Cpu,
+    /// CPU for wrk, or `none`.
+    #[arg(long, default_value = "0")]
+    wrk_cpu: Cpu,
+    /// CPU for the agent, or `none` (the scheduler places it).
+    #[arg(long, default_value = "none")]
+    agent_cpu: Cpu,
+    /// Use the existing agent binary instead of running `cargo build --release -p agent`
+    /// (also implied by PERISCOPE_BIN).
+    #[arg(long)]
+    no_build: bool,
+    /// Extra arguments for the agent, after `--`.
+    #[arg(last = true)]
+    agent_args: Vec<String>,
+}
+
+impl CompareArgs {
+    /// The full command line, every option spelled out, for the report.
+    fn command(&self) -> String {
+        let mut c = format!(
+            "cargo xtask bench compare --seconds {} --rounds {} --connections {} --workers {} \
+             --app-cpu {} --wrk-cpu {} --agent-cpu {}",
+            self.seconds,
+            self.rounds,
+            self.connections,
+            self.workers,
+            self.app_cpu,
+            self.wrk_cpu,
+            self.agent_cpu
+        );
+        if !self.agent_args.is_empty() {
+            c.push_str(" -- ");
+            c.push_str(&self.agent_args.join(" "));
+        }
+        c
+    }
+}
+
+/// gunicorn serving [`APP`] on `127.0.0.1:<free port>`; stopped (with its workers) on drop.
+struct Gunicorn {
+    process: ChildProcess,
+    port: u16,
+    dir: TempDir,
+}
+
+impl Gunicorn {
+    /// Starts gunicorn and waits until a worker answers the route (not merely until the
+    /// master listens: the worker imports the app after forking, and that start-up must not
+    /// be measured).
+    fn start(args: &CompareArgs, config: Config) -> anyhow::Result<Gunicorn> {
+        let dir = TempDir::new("compare")?;
+        std::fs::write(dir.path().join("app.py"), APP)?;
+        let log_path = dir.path().join("gunicorn.log");
+        let log = std::fs::File::create(&log_path)?;
+        let port = free_port();
+        let mut cmd = match args.app_cpu.0 {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpu.to_string(), "python3"]);
+                c
+            }
+            None => Command::new("python3"),
+        };
+        cmd.args(["-m", "gunicorn", "--worker-class", "sync", "--workers"])
+            .arg(args.workers.to_string())
+            .arg("--bind")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["--graceful-timeout", "2", "--log-level", "warning"])
+            .arg("--chdir")
+            .arg(dir.path())
+            .arg("app:app")
+            .env("BENCH_INSTRUMENTATION", config.instrumentation())
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let mut process = ChildProcess::spawn("gunicorn", &mut cmd)?;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let mut last = String::new();
+        let ready =
+            harness::wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+                if process.try_wait().is_some() {
+                    return true;
+                }
+                match http_get(addr, ROUTE_PATH, Duration::from_secs(2)) {
+                    Ok(r) if r.status == 200 => true,
+                    Ok(r) => {
+                        last = format!("{ROUTE_PATH} answered {}: {}", r.status, r.text());
+                        false
+                    }
+                    Err(e) => {
+                        last = format!("{e:#}");
+                        false
+                    }
+                }
+            });
+        if let Some(status) = process.try_wait() {
+            bail!(
+                "gunicorn ({config}) exited ({status}); its log:\n{}",
+                harness_tail(&log_path)
+            );
+        }
+        if !ready {
+            bail!(
+                "gunicorn ({config}) did not answer {ROUTE_PATH} within 30 s (last: {last}); \
+                 its log:\n{}",
+                harness_tail(&log_path)
+            );
+        }
+        Ok(Gunicorn { process, port, dir })
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}{ROUTE_PATH}", self.port)
+    }
+
+    /// The gunicorn processes: the master and its workers.
+    fn pids(&self) -> Vec<u32> {
+        let mut pids = vec![self.process.pid()];
+        pids.extend(descendants(self.process.pid()));
+        pids
+    }
+
+    /// CPU time of the master and every worker so far.
+    fn cpu(&self) -> anyhow::Result<Duration> {
+        let mut total = Duration::ZERO;
+        for pid in self.pids() {
+            total += cpu_time(pid).with_context(|| {
+                format!(
+                    "reading gunicorn's CPU time (did a worker die?); its log:\n{}",
+                    harness_tail(&self.dir.path().join("gunicorn.log"))
+                )
+            })?;
+        }
+        Ok(total)
+    }
+}
+
+/// The end of a log file, for error messages.
+fn harness_tail(path: &std::path::Path) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let start = bytes.len().saturating_sub(8192);
+            String::from_utf8_lossy(&bytes[start..]).into_owned()
+        }
+        Err(e) => format!("<cannot read {}: {e}>", path.display()),
+    }
+}
+
+/// What the agent did during one `periscope` run.
+struct AgentRun {
+    cpu: Duration,
+    lost: f64,
+    counted: f64,
+}
+
+/// One wrk run against one configuration.
+struct Run {
+    wrk: WrkResult,
+    /// CPU of all gunicorn processes during the run.
+    app_cpu: Duration,
+    agent: Option<AgentRun>,
+}
+
+impl Run {
+    fn per_request_us(&self, cpu: Duration) -> f64 {
+        cpu.as_secs_f64() * 1e6 / self.wrk.requests.max(1) as f64
+    }
+
+    fn app_us(&self) -> f64 {
+        self.per_request_us(self.app_cpu)
+    }
+
+    fn agent_us(&self) -> Option<f64> {
+        self.agent.as_ref().map(|a| self.per_request_us(a.cpu))
+    }
+
+    /// gunicorn + agent CPU per request, in µs.
+    fn total_us(&self) -> f64 {
+        self.app_us() + self.agent_us().unwrap_or(0.0)
+    }
+
+    /// Requests the agent counted minus requests wrk completed.
+    fn counted_excess(&self) -> Option<f64> {
+        self.agent
+            .as_ref()
+            .map(|a| a.counted - self.wrk.requests as f64)
+    }
+}
+
+/// Runs the benchmark and prints a Markdown report.
+pub fn compare(args: &CompareArgs) -> anyhow::Result<()> {
+    if args.rounds == 0 || args.seconds == 0 || args.workers == 0 {
+        bail!("--rounds, --seconds and --workers must be at least 1");
+    }
+    crate::setup::setup()?;
+    let custom_bin = std::env::var_os("PERISCOPE_BIN").is_some_and(|b| !b.is_empty());
+    if !args.no_build && !custom_bin {
+        build_agent()?;
+    }
+    let bin = agent_binary();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for (what, cpu) in [
+        ("--app-cpu", args.app_cpu),
+        ("--wrk-cpu", args.wrk_cpu),
+        ("--agent-cpu", args.agent_cpu),
+    ] {
+        if cpu.0.is_some_and(|c| c >= cpus) {
+            bail!("{what} {cpu}: this machine has only CPUs 0..{cpus}");
+        }
+    }
+    let others = other_agents();
+    let warning = if others.is_empty() {
+        String::new()
+    } else {
+        eprintln!("[bench] warning: other periscope processes are running: {others:?}");
+        format!(
+            " **Warning: other Periscope processes were running ({others:?}); their overhead is \
+             in every configuration.**"
+        )
+    };
+    let on = |cpu: Cpu| match cpu.0 {
+        Some(n) => format!("pinned to CPU {n}"),
+        None => "unpinned".to_owned(),
+    };
+    let versions = probe(
+        "python3",
+        &[
+            "-c",
+            "import sys, importlib.metadata as m; print('Python %d.%d.%d' % sys.version_info[:3] \
+             + ''.join(', %s %s' % (p, m.version(p)) for p in ['flask', 'gunicorn', \
+             'prometheus-flask-exporter', 'opentelemetry-sdk', \
+             'opentelemetry-instrumentation-flask']))",
+        ],
+    )
+    .map(|v| v.trim().to_owned())
+    .unwrap_or_else(|| "unknown versions".into());
+    let placement = format!(
+        "gunicorn (master + {} sync worker{}) {}, wrk -t1 -c{} {}, agent {} (taskset); {cpus} \
+         CPUs online",
+        args.workers,
+        if args.workers == 1 { "" } else { "s" },
+        on(args.app_cpu),
+        args.connections,
+        on(args.wrk_cpu),
+        on(args.agent_cpu)
+    );
+    println!("[bench] {placement}");
+    println!("[bench] {versions}; agent {}", bin.display());
+
+    let agent_options = AgentOptions {
+        bin: Some(bin),
+        args: args.agent_args.clone(),
+        cpu: args.agent_cpu.0,
+        ..AgentOptions::default()
+    };
+    let measure = |label: &str, config: Config| -> anyhow::Result<Run> {
+        let run = run_config(args, config, &agent_options)?;
+        println!("[bench] {label} {config:<9}: {}", round_line(&run));
+        Ok(run)
+    };
+
+    // rounds[config][round]
+    let mut rounds: Vec<Vec<Run>> = Config::ALL.iter().map(|_| Vec::new()).collect();
+    for round in 0..=args.rounds {
+        for (c, config) in Config::ALL.into_iter().enumerate() {
+            if round == 0 {
+                measure("warm-up (discarded)", config)?;
+            } else {
+                rounds[c].push(measure(&format!("round {round}"), config)?);
+            }
+        }
+    }
+
+    println!(
+        "\n{}",
+        report(args, &format!("{placement}.{warning}"), &versions, &rounds)
+    );
+    Ok(())
+}
+
+/// Starts a fresh gunicorn (and agent), runs wrk once, and reads the CPU they used.
+fn run_config(
+    args: &CompareArgs,
+    config: Config,
+    agent_options: &AgentOptions,
+) -> anyhow::Result<Run> {
+    let app = Gunicorn::start(args, config)?;
+    let wrk_options = WrkOptions {
+        url: app.url(),
+        threads: 1,
+        connections: args.connections,
+        duration: Duration::from_secs(args.seconds),
+        cpu: args.wrk_cpu.0,
+    };
+    let workers = app.pids().len() - 1;
+    if workers != args.workers as usize {
+        bail!(
+            "gunicorn ({config}) runs {workers} workers, expected {}",
+            args.workers
+        );
+    }
+    if config != Config::Periscope {
+        let before = app.cpu()?;
+        let wrk = run_wrk(&wrk_options)?;
+        if config == Config::Otel {
+            std::thread::sleep(OTEL_FLUSH);
+        }
+        let app_cpu = app.cpu()?.saturating_sub(before);
+        return Ok(Run {
+            wrk,
+            app_cpu,
+            agent: None,
+        });
+    }
+
+    let mut agent = Agent::start_with(agent_options.clone())?;
+    let pid = agent.pid();
+    let counted_before = requests_counted(&agent.try_metrics()?, app.port);
+    let app_before = app.cpu()?;
+    let agent_before = cpu_time(pid)?;
+    let wrk = run_wrk(&wrk_options)?;
+    let app_cpu = app.cpu()?.saturating_sub(app_before);
+    let metrics = settled_metrics(&agent, app.port, counted_before, wrk.requests)?;
+    let agent_cpu = cpu_time(pid)?.saturating_sub(agent_before);
+    let status = agent.stop()?;
+    if !status.success() {
+        eprintln!(
+            "[bench] warning: the agent exited with {status} after SIGINT; its log:\n{}",
+            agent.log()
+        );
+    }
+    Ok(Run {
+        wrk,
+        app_cpu,
+        agent: Some(AgentRun {
+            cpu: agent_cpu,
+            lost: metrics.sum(LOST_METRIC, &[]),
+            counted: requests_counted(&metrics, app.port) - counted_before,
+        }),
+    })
+}
+
+fn round_line(run: &Run) -> String {
+    let w = &run.wrk;
+    let mut line = format!(
+        "{:.0} req/s, {} requests, p50 {:.3} ms, p99 {:.3} ms, gunicorn {:.2} s CPU = {:.1} \
+         µs/request",
+        w.rps,
+        w.requests,
+        w.p50_ms,
+        w.p99_ms,
+        run.app_cpu.as_secs_f64(),
+        run.app_us()
+    );
+    if w.socket_errors > 0 || w.non_2xx > 0 {
+        line.push_str(&format!(
+            ", {} socket errors, {} non-2xx",
+            w.socket_errors, w.non_2xx
+        ));
+    }
+    if let (Some(a), Some(us)) = (&run.agent, run.agent_us()) {
+        line.push_str(&format!(
+            "; agent {:.2} s CPU = {us:.2} µs/request, lost events {}, counted {} requests",
+            a.cpu.as_secs_f64(),
+            a.lost,
+            a.counted
+        ));
+    }
+    line.push_str(&format!("; total {:.1} µs/request", run.total_us()));
+    line
+}
+
+/// Median of `f` over the runs.
+fn median(runs: &[Run], f: impl Fn(&Run) -> f64) -> f64 {
+    spread(&runs.iter().map(f).collect::<Vec<_>>()).1
+}
+
+/// `**a/b of medians**×` and the per-round ratios, for the ratio lines.
+fn ratio_line(num: &[Run], den: &[Run], f: fn(&Run) -> f64) -> String {
+    let per_round: Vec<f64> = num.iter().zip(den).map(|(n, d)| f(n) / f(d)).collect();
+    format!(
+        "**{:.2}×** (ratio of medians; per round {})",
+        median(num, f) / median(den, f),
+        spread_cell(&per_round, 2)
+    )
+}
+
+fn report(args: &CompareArgs, placement: &str, versions: &str, rounds: &[Vec<Run>]) -> String {
+    let dash = "–";
+    let mut out = String::new();
+    out.push_str(
+        "### Flask under gunicorn: prometheus-flask-exporter, OpenTelemetry and Periscope\n\n",
+    );
+    out.push_str(&format!("Command: `{}`\n\n", args.command()));
+    out.push_str(&format!(
+        "Machine: {}. Software: {versions}. Placement: {placement} The app answers `GET \
+         /users/<int:user_id>` with a small JSON body; wrk requests `{ROUTE_PATH}`. gunicorn's \
+         sync workers close every connection after one response, so each request is a new TCP \
+         connection. Each round runs wrk for {} s against each configuration in turn \
+         (exporter, otel, periscope, bare), each on a freshly started gunicorn (and, for \
+         periscope, a fresh agent), measured once a worker answers; one warm-up round is \
+         discarded. `exporter` = `PrometheusMetrics(app)` (/metrics never scraped); `otel` = \
+         `FlaskInstrumentor().instrument_app(app)` with a `TracerProvider`, \
+         `BatchSpanProcessor` (defaults) and `ConsoleSpanExporter` writing to /dev/null, so \
+         every span is serialised to JSON but nothing goes on the network (its CPU is read \
+         {:.1} s after wrk ends, so the last batch is exported and counted); `periscope` = \
+         the uninstrumented app with the agent (default arguments); `bare` = the \
+         uninstrumented app alone. CPU per request = CPU time of all gunicorn processes \
+         (master + workers, /proc utime + stime) + the agent's for periscope, divided by the \
+         requests wrk completed.\n\n",
+        machine(),
+        args.seconds,
+        OTEL_FLUSH.as_secs_f64()
+    ));
+    out.push_str(
+        "| round | config | requests/s | p50 (ms) | p99 (ms) | gunicorn CPU (µs/request) | agent CPU (µs/request) | total CPU (µs/request) | requests counted / wrk |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for i in 0..args.rounds {
+        for (config, runs) in Config::ALL.iter().zip(rounds) {
+            let run = &runs[i];
+            let w = &run.wrk;
+            let (agent, counted) = match (&run.agent, run.agent_us()) {
+                (Some(a), Some(us)) => (
+                    format!("{us:.2}"),
+                    format!("{} / {}", a.counted, w.requests),
+                ),
+                _ => (dash.into(), dash.into()),
+            };
+            out.push_str(&format!(
+                "| {} | {config} | {:.0} | {:.3} | {:.3} | {:.1} | {agent} | {:.1} | {counted} |\n",
+                i + 1,
+                w.rps,
+                w.p50_ms,
+                w.p99_ms,
+                run.app_us(),
+                run.total_us()
+            ));
+        }
+    }
+
+    type Column = fn(&Run) -> Option<f64>;
+    let rows: [(&str, Column, usize); 6] = [
+        ("requests/s", |r| Some(r.wrk.rps), 0),
+        ("p50 latency (ms)", |r| Some(r.wrk.p50_ms), 3),
+        ("p99 latency (ms)", |r| Some(r.wrk.p99_ms), 3),
+        ("gunicorn CPU (µs/request)", |r| Some(r.app_us()), 1),
+        ("agent CPU (µs/request)", Run::agent_us, 2),
+        ("total CPU (µs/request)", |r| Some(r.total_us()), 1),
+    ];
+    out.push_str("\nmin / **median** / max over rounds:\n\n| metric |");
+    for config in Config::ALL {
+        out.push_str(&format!(" {config} |"));
+    }
+    out.push_str("\n|---|");
+    out.push_str(&"---:|".repeat(Config::ALL.len()));
+    out.push('\n');
+    for (name, f, decimals) in rows {
+        out.push_str(&format!("| {name} |"));
+        for runs in rounds {
+            let values: Vec<f64> = runs.iter().filter_map(f).collect();
+            out.push_str(&format!(" {} |", spread_cell(&values, decimals)));
+        }
+        out.push('\n');
+    }
+
+    let [exporter, otel, periscope, bare] = [0, 1, 2, 3].map(|i| rounds[i].as_slice());
+    let total: fn(&Run) -> f64 = Run::total_us;
+    let rps: fn(&Run) -> f64 = |r| r.wrk.rps;
+    out.push_str("\nTotal CPU per request relative to Periscope:\n\n");
+    out.push_str(&format!(
+        "- exporter / periscope: {}\n",
+        ratio_line(exporter, periscope, total)
+    ));
+    out.push_str(&format!(
+        "- otel / periscope: {}\n",
+        ratio_line(otel, periscope, total)
+    ));
+    let bare_total = median(bare, total);
+    out.push_str(&format!(
+        "\nCPU per request added over bare (median − median of bare, {bare_total:.1} µs): \
+         exporter {:+.1} µs, otel {:+.1} µs, periscope {:+.1} µs.\n",
+        median(exporter, total) - bare_total,
+        median(otel, total) - bare_total,
+        median(periscope, total) - bare_total
+    ));
+    out.push_str("\nThroughput relative to bare:\n\n");
+    for (name, runs) in [
+        ("exporter", exporter),
+        ("otel", otel),
+        ("periscope", periscope),
+    ] {
+        out.push_str(&format!("- {name}: {}\n", ratio_line(runs, bare, rps)));
+    }
+
+    let excess: Vec<f64> = periscope.iter().filter_map(Run::counted_excess).collect();
+    let lost: Vec<f64> = periscope
+        .iter()
+        .filter_map(|r| r.agent.as_ref().map(|a| a.lost))
+        .collect();
+    let within = excess
+        .iter()
+        .all(|&e| (0.0..=f64::from(args.connections)).contains(&e));
+    out.push_str(&format!(
+        "\nCounts: Periscope's `{}` for the app's port minus wrk's completed requests, per \
+         round: {} (in-flight requests when wrk stops, expected 0…{}): **{}**. Kernel events \
+         lost: {}.\n",
+        crate::bench::REQUESTS_METRIC,
+        excess
+            .iter()
+            .map(|e| format!("{e:+}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        args.connections,
+        if within { "ok" } else { "MISMATCH" },
+        spread_cell(&lost, 0)
+    ));
+    // /proc counts CPU in clock ticks: say how coarse that is at this run length.
+    let hz: u64 = probe("getconf", &["CLK_TCK"])
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&h| h > 0)
+        .unwrap_or(100);
+    let fewest = rounds
+        .iter()
+        .flatten()
+        .map(|r| r.wrk.requests)
+        .min()
+        .unwrap_or(1)
+        .max(1);
+    out.push_str(&format!(
+        "\nCPU is read from /proc in clock ticks of {} ms: one tick is at most {:.2} µs/request \
+         at this run length ({fewest} requests in the shortest run).\n",
+        1000 / hz,
+        1e6 / hz as f64 / fewest as f64
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_are_distinct_and_only_two_are_instrumented_in_process() {
+        let names: Vec<&str> = Config::ALL.iter().map(|c| c.name()).collect();
+        assert_eq!(names, ["exporter", "otel", "periscope", "bare"]);
+        let uninstrumented = Config::ALL
+            .iter()
+            .filter(|c| c.instrumentation() == "none")
+            .count();
+        assert_eq!(uninstrumented, 2);
+    }
+}
