@@ -41,9 +41,68 @@ pub struct Config {
     #[arg(long, env = "PERISCOPE_MAX_SERIES", default_value_t = crate::export::prometheus::DEFAULT_MAX_SERIES)]
     pub max_series: usize,
 
+    /// Kubernetes attribution: `auto` turns it on inside a pod (KUBERNETES_SERVICE_HOST set).
+    #[arg(long, env = "PERISCOPE_KUBERNETES", value_enum, default_value = "auto")]
+    pub kubernetes: KubernetesMode,
+
+    /// The API server's URL, instead of the in-cluster service account (tests, out-of-cluster
+    /// runs). Plain `http://` is accepted for local test servers.
+    #[arg(long, env = "PERISCOPE_KUBE_API_URL")]
+    pub kube_api_url: Option<String>,
+
+    /// This node's name: pods are watched with `spec.nodeName=<it>` (from the downward API).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// How long the series of a deleted pod stay before they are removed (e.g. 30s, 5m, 1h).
+    #[arg(long, env = "PERISCOPE_SERIES_GRACE", default_value = "5m", value_parser = parse_duration)]
+    pub series_grace: std::time::Duration,
+
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, env = "PERISCOPE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+}
+
+/// Whether to attribute processes to Kubernetes pods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KubernetesMode {
+    /// On when running in a pod (KUBERNETES_SERVICE_HOST is set) or --kube-api-url is given.
+    Auto,
+    On,
+    Off,
+}
+
+impl Config {
+    /// Whether Kubernetes attribution runs, resolving `auto` against the environment.
+    pub fn kubernetes_enabled(&self) -> bool {
+        match self.kubernetes {
+            KubernetesMode::On => true,
+            KubernetesMode::Off => false,
+            KubernetesMode::Auto => {
+                self.kube_api_url.is_some() || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+            }
+        }
+    }
+}
+
+/// `90s`, `5m`, `1h`, or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (number, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => s.split_at(at),
+        None => (s, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 5m or 1h"))?;
+    let seconds = match unit {
+        "ms" => return Ok(std::time::Duration::from_millis(n)),
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    Ok(std::time::Duration::from_secs(seconds))
 }
 
 fn parse_ringbuf_bytes(s: &str) -> Result<u32, String> {
@@ -73,5 +132,19 @@ mod tests {
         assert!(err.to_string().contains("--capture-bytes"), "{err}");
         let err = Config::try_parse_from(["periscope", "--metrics-addr", "nope"]).unwrap_err();
         assert!(err.to_string().contains("--metrics-addr"), "{err}");
+        let err = Config::try_parse_from(["periscope", "--series-grace", "5d"]).unwrap_err();
+        assert!(err.to_string().contains("--series-grace"), "{err}");
+    }
+
+    #[test]
+    fn durations() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("m").is_err());
+        assert!(parse_duration("-1s").is_err());
     }
 }

@@ -54,6 +54,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         registry,
         metrics: metrics.clone(),
         ready: AtomicBool::new(false),
+        cluster: None,
     });
     let server = tokio::spawn(http::serve(listener, state.clone()));
 

@@ -325,6 +325,12 @@ impl Reader {
         }
     }
 
+    /// Names processes' pods and connections' peers through the cluster view from now on.
+    pub fn set_cluster(&mut self, cluster: Arc<dyn crate::metadata::ClusterView>) {
+        self.tracker.set_cluster(cluster.clone());
+        self.sink.set_cluster(cluster);
+    }
+
     /// Exports the run time of these kernel programs every second.
     pub fn watch_programs(&mut self, programs: Vec<(u32, String)>) {
         self.programs = programs;

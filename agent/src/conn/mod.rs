@@ -272,6 +272,11 @@ impl Tracker {
         }
     }
 
+    /// Names processes' pods through `cluster` from now on.
+    pub fn set_cluster(&mut self, cluster: Arc<dyn crate::metadata::ClusterView>) {
+        self.processes.set_cluster(cluster);
+    }
+
     pub fn len(&self) -> usize {
         self.conns.len()
     }
@@ -453,6 +458,9 @@ impl Tracker {
             }
         };
         conn.last_ns = header.ts_ns;
+        if let Some(fresh) = self.processes.refreshed(&conn.process) {
+            conn.process = fresh;
+        }
         let ingress = header.direction == DIR_INGRESS;
         let len = header.ret_len.max(0) as u64;
         let held = match detect(conn, ingress, header.ts_ns, payload, len) {

@@ -23,6 +23,25 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     /// Set once every kernel program is attached and the reader runs.
     pub ready: AtomicBool,
+    /// With Kubernetes attribution on, ready also needs every watch listed once: until then
+    /// series would carry no pod labels. (A later loss of the API server keeps the agent
+    /// ready: it serves what it knows and says so in `periscope_kubernetes_connected`.)
+    pub cluster: Option<Arc<dyn crate::metadata::ClusterView>>,
+}
+
+impl State {
+    /// Why the agent is not ready, or None when it is.
+    fn not_ready(&self) -> Option<&'static [u8]> {
+        if !self.ready.load(Ordering::Relaxed) {
+            return Some(b"starting: kernel programs not attached yet\n");
+        }
+        match &self.cluster {
+            Some(cluster) if !cluster.is_synced() => {
+                Some(b"waiting for the Kubernetes API: pods not listed yet\n")
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Binds the endpoint; done before any kernel work so that a taken port fails fast.
@@ -114,18 +133,10 @@ async fn handle(mut stream: TcpStream, state: &State) -> std::io::Result<()> {
             }
         }
         "/healthz" => respond(&mut stream, "200 OK", "text/plain", b"ok\n").await,
-        "/readyz" if state.ready.load(Ordering::Relaxed) => {
-            respond(&mut stream, "200 OK", "text/plain", b"ready\n").await
-        }
-        "/readyz" => {
-            respond(
-                &mut stream,
-                "503 Service Unavailable",
-                "text/plain",
-                b"starting\n",
-            )
-            .await
-        }
+        "/readyz" => match state.not_ready() {
+            None => respond(&mut stream, "200 OK", "text/plain", b"ready\n").await,
+            Some(why) => respond(&mut stream, "503 Service Unavailable", "text/plain", why).await,
+        },
         _ => {
             respond(
                 &mut stream,

@@ -17,8 +17,11 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use rustc_hash::{FxHashMap, FxHasher};
 
+use super::expiry::PodSeries;
+use super::labels::{PeerLabels, WorkloadLabels};
 use crate::conn::{EndReason, MuteReason, Sink};
 use crate::exchange::{Detail, Exchange, PostgresDetail, Role};
+use crate::metadata::ClusterView;
 use crate::protocol::http1::{DecoderStats, HttpExchange};
 use crate::protocol::kafka::{KafkaExchange, TopicStats};
 
@@ -39,8 +42,8 @@ pub struct HttpServerLabels {
     pub http_response_status_code: u16,
     pub http_route: String,
     pub server_port: u16,
-    pub service_name: String,
-    pub container_id: String,
+    #[prometheus(flatten)]
+    pub workload: WorkloadLabels,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -48,10 +51,11 @@ pub struct HttpClientLabels {
     pub http_request_method: String,
     pub http_response_status_code: u16,
     pub http_route: String,
-    pub server_address: String,
+    #[prometheus(flatten)]
+    pub peer: PeerLabels,
     pub server_port: u16,
-    pub service_name: String,
-    pub container_id: String,
+    #[prometheus(flatten)]
+    pub workload: WorkloadLabels,
 }
 
 /// Semantic-convention buckets for `db.client.operation.duration`.
@@ -71,10 +75,12 @@ pub struct DbLabels {
     pub db_namespace: String,
     /// SQLSTATE of a failed operation, empty when it succeeded.
     pub error_type: String,
-    pub server_address: String,
+    /// The database server (client side only).
+    #[prometheus(flatten)]
+    pub peer: PeerLabels,
     pub server_port: u16,
-    pub service_name: String,
-    pub container_id: String,
+    #[prometheus(flatten)]
+    pub workload: WorkloadLabels,
 }
 
 /// Labels of messaging operation metrics (`messaging.*` semantic conventions).
@@ -85,10 +91,12 @@ pub struct MessagingLabels {
     pub messaging_destination_name: String,
     /// Kafka error name (or code) of a failed operation, empty when it succeeded.
     pub error_type: String,
-    pub server_address: String,
+    /// The broker (client side only).
+    #[prometheus(flatten)]
+    pub peer: PeerLabels,
     pub server_port: u16,
-    pub service_name: String,
-    pub container_id: String,
+    #[prometheus(flatten)]
+    pub workload: WorkloadLabels,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -164,23 +172,47 @@ pub const DEFAULT_MAX_SERIES: usize = 10_000;
 impl SeriesBudget {
     /// Whether `labels` may have a series in `metric`: yes if it already has one or the cap
     /// is not reached.
-    fn admit(&self, metric: &'static str, labels: &impl Hash) -> bool {
-        let mut hasher = FxHasher::default();
-        labels.hash(&mut hasher);
-        let key = hasher.finish();
+    fn admit(&self, metric: &'static str, labels: &impl Hash) -> Admission {
+        let key = hash_of(labels);
         let Ok(mut seen) = self.seen.lock() else {
-            return false;
+            return Admission::Dropped;
         };
         let set = seen.entry(metric).or_default();
         if set.contains(&key) {
-            return true;
+            return Admission::Known;
         }
         if set.len() >= self.max.load(Ordering::Relaxed) {
-            return false;
+            return Admission::Dropped;
         }
         set.insert(key);
-        true
+        Admission::New
     }
+
+    /// Frees the place of a removed series.
+    fn forget(&self, metric: &'static str, labels: &impl Hash) {
+        if let Ok(mut seen) = self.seen.lock() {
+            if let Some(set) = seen.get_mut(metric) {
+                set.remove(&hash_of(labels));
+            }
+        }
+    }
+}
+
+/// What the series budget said of a label set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Admission {
+    /// The series exists.
+    Known,
+    /// The series is new and fits under the cap.
+    New,
+    /// The series is new and the cap is reached: drop the observation.
+    Dropped,
+}
+
+fn hash_of(value: &impl Hash) -> u64 {
+    let mut hasher = FxHasher::default();
+    value.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Every metric Periscope exports.
@@ -220,6 +252,13 @@ pub struct Metrics {
     pub hooks_info: Family<HooksLabels, Gauge>,
     pub series_dropped: Family<MetricLabel, Counter>,
     budget: Arc<SeriesBudget>,
+    /// Series that name a pod, to remove when the pod is gone.
+    pod_series: Arc<PodSeries>,
+    pub series_expired: Counter,
+    /// 1 while the Kubernetes API server answers, 0 while it does not.
+    pub kubernetes_connected: Gauge,
+    /// Kubernetes watch failures, by reason.
+    pub kubernetes_errors: Family<ReasonLabel, Counter>,
     pub program_runs: Family<ProgramLabel, Counter>,
     pub program_run_time: Family<ProgramLabel, Counter<f64, AtomicU64>>,
     program_seen: Arc<std::sync::Mutex<FxHashMap<String, (u64, u64)>>>,
@@ -264,6 +303,10 @@ impl Metrics {
             hooks_info: Family::default(),
             series_dropped: Family::default(),
             budget: Arc::default(),
+            pod_series: Arc::default(),
+            series_expired: Counter::default(),
+            kubernetes_connected: Gauge::default(),
+            kubernetes_errors: Family::default(),
             program_runs: Family::default(),
             program_run_time: Family::default(),
             program_seen: Arc::default(),
@@ -445,6 +488,11 @@ impl Metrics {
             m.series_dropped.clone(),
         );
         own.register(
+            "series_expired",
+            "Series removed because their pod was deleted more than --series-grace ago",
+            m.series_expired.clone(),
+        );
+        own.register(
             "hooks_info",
             "Which mechanism the syscall hooks use (tp_btf or raw_tracepoint), and the kernel",
             m.hooks_info.clone(),
@@ -464,10 +512,9 @@ impl Metrics {
         m
     }
 
-    fn series(&self, exchange: &Exchange, http: &HttpExchange) -> Option<Series> {
-        let process = &exchange.endpoint.process;
+    fn series(&self, exchange: &Exchange, http: &HttpExchange, peer: PeerLabels) -> Option<Series> {
+        let workload = WorkloadLabels::of(&exchange.endpoint.process);
         let method = normalize_method(&http.method).to_owned();
-        let container_id = process.container_id.clone().unwrap_or_default();
         let server_port = exchange.endpoint.server_port.unwrap_or(0);
         match exchange.role {
             Role::Server => {
@@ -476,11 +523,23 @@ impl Metrics {
                     http_response_status_code: http.status,
                     http_route: http.route.clone(),
                     server_port,
-                    service_name: process.service_name.clone(),
-                    container_id,
+                    workload,
                 };
-                if !self.admit("http_server_request_duration_seconds", &labels) {
+                let admission = self.admit("http_server_request_duration_seconds", &labels);
+                if admission == Admission::Dropped {
                     return None;
+                }
+                if admission == Admission::New {
+                    self.expire_with_pod(
+                        "http_server_request_duration_seconds",
+                        &labels.workload,
+                        &labels,
+                        &[
+                            &self.http_server_duration,
+                            &self.http_server_request_body,
+                            &self.http_server_response_body,
+                        ],
+                    );
                 }
                 Some(Series {
                     duration: self.http_server_duration.get_or_create(&labels).clone(),
@@ -496,17 +555,25 @@ impl Metrics {
                     http_request_method: method,
                     http_response_status_code: http.status,
                     http_route: http.route.clone(),
-                    server_address: exchange
-                        .endpoint
-                        .peer
-                        .map(|p| p.ip().to_string())
-                        .unwrap_or_default(),
+                    peer,
                     server_port,
-                    service_name: process.service_name.clone(),
-                    container_id,
+                    workload,
                 };
-                if !self.admit("http_client_request_duration_seconds", &labels) {
+                let admission = self.admit("http_client_request_duration_seconds", &labels);
+                if admission == Admission::Dropped {
                     return None;
+                }
+                if admission == Admission::New {
+                    self.expire_with_pod(
+                        "http_client_request_duration_seconds",
+                        &labels.workload,
+                        &labels,
+                        &[
+                            &self.http_client_duration,
+                            &self.http_client_request_body,
+                            &self.http_client_response_body,
+                        ],
+                    );
                 }
                 Some(Series {
                     duration: self.http_client_duration.get_or_create(&labels).clone(),
@@ -522,8 +589,12 @@ impl Metrics {
 
     /// Records one SQL statement from the client's or the server process's side.
     /// The duration and rows histograms of a statement's series, if the budget admits it.
-    fn db_series(&self, exchange: &Exchange, pg: &PostgresDetail) -> Option<DbSeries> {
-        let process = &exchange.endpoint.process;
+    fn db_series(
+        &self,
+        exchange: &Exchange,
+        pg: &PostgresDetail,
+        peer: PeerLabels,
+    ) -> Option<DbSeries> {
         let statement = &pg.statement;
         let labels = DbLabels {
             db_system_name: "postgresql".to_owned(),
@@ -531,17 +602,9 @@ impl Metrics {
             db_collection_name: statement.collection.clone().unwrap_or_default(),
             db_namespace: pg.db_namespace.clone().unwrap_or_default(),
             error_type: statement.error_sqlstate.clone().unwrap_or_default(),
-            server_address: match exchange.role {
-                Role::Client => exchange
-                    .endpoint
-                    .peer
-                    .map(|p| p.ip().to_string())
-                    .unwrap_or_default(),
-                Role::Server => String::new(),
-            },
+            peer,
             server_port: exchange.endpoint.server_port.unwrap_or(0),
-            service_name: process.service_name.clone(),
-            container_id: process.container_id.clone().unwrap_or_default(),
+            workload: WorkloadLabels::of(&exchange.endpoint.process),
         };
         let (metric, duration, rows) = match exchange.role {
             Role::Client => (
@@ -555,8 +618,12 @@ impl Metrics {
                 &self.db_server_rows,
             ),
         };
-        if !self.admit(metric, &labels) {
-            return None;
+        match self.admit(metric, &labels) {
+            Admission::Dropped => return None,
+            Admission::New => {
+                self.expire_with_pod(metric, &labels.workload, &labels, &[duration, rows])
+            }
+            Admission::Known => {}
         }
         Some(DbSeries {
             duration: duration.get_or_create(&labels).clone(),
@@ -566,20 +633,12 @@ impl Metrics {
 
     /// Records a Kafka exchange: one observation per topic it names (or one without a
     /// destination), and the record counts of Produce and Fetch.
-    fn record_kafka(&self, exchange: &Exchange, kafka: &KafkaExchange) {
-        let process = &exchange.endpoint.process;
+    fn record_kafka(&self, exchange: &Exchange, kafka: &KafkaExchange, peer: PeerLabels) {
+        let workload = WorkloadLabels::of(&exchange.endpoint.process);
         let operation = match kafka.api_key {
             0 => "send",
             1 => "receive",
             _ => kafka.api_name,
-        };
-        let server_address = match exchange.role {
-            Role::Client => exchange
-                .endpoint
-                .peer
-                .map(|p| p.ip().to_string())
-                .unwrap_or_default(),
-            Role::Server => String::new(),
         };
         let any_topic_failed = kafka.topics.iter().any(|t| t.error_code != 0);
         let labels = |topic: Option<&TopicStats>| {
@@ -596,10 +655,9 @@ impl Metrics {
                     None => String::new(),
                 },
                 error_type: kafka_error_name(error),
-                server_address: server_address.clone(),
+                peer: peer.clone(),
                 server_port: exchange.endpoint.server_port.unwrap_or(0),
-                service_name: process.service_name.clone(),
-                container_id: process.container_id.clone().unwrap_or_default(),
+                workload: workload.clone(),
             }
         };
         let (metric, duration, produced, fetched) = match exchange.role {
@@ -617,15 +675,24 @@ impl Metrics {
             ),
         };
         let seconds = exchange.duration_seconds();
+        let admit = |labels: &MessagingLabels| match self.admit(metric, labels) {
+            Admission::Dropped => false,
+            Admission::New => {
+                self.expire_with_pod(metric, &labels.workload, labels, &[duration]);
+                self.expire_with_pod(metric, &labels.workload, labels, &[produced, fetched]);
+                true
+            }
+            Admission::Known => true,
+        };
         if kafka.topics.is_empty() {
             let labels = labels(None);
-            if self.admit(metric, &labels) {
+            if admit(&labels) {
                 duration.get_or_create(&labels).observe(seconds);
             }
         }
         for topic in &kafka.topics {
             let labels = labels(Some(topic));
-            if !self.admit(metric, &labels) {
+            if !admit(&labels) {
                 continue;
             }
             duration.get_or_create(&labels).observe(seconds);
@@ -642,22 +709,76 @@ impl Metrics {
         }
     }
 
+    /// Registers the Kubernetes watch's self-metrics (only when attribution is on, so that a
+    /// standalone agent exports no "disconnected" gauge for alerts to fire on).
+    pub fn register_kubernetes(&self, registry: &mut Registry) {
+        let own = registry.sub_registry_with_prefix("periscope");
+        own.register(
+            "kubernetes_connected",
+            "1 while the Kubernetes API server answers, 0 while it does not",
+            self.kubernetes_connected.clone(),
+        );
+        own.register(
+            "kubernetes_errors",
+            "Kubernetes watch failures, by reason",
+            self.kubernetes_errors.clone(),
+        );
+    }
+
     /// Sets the cap on label sets per metric (`--max-series`).
     pub fn set_max_series(&self, max: usize) {
         self.budget.max.store(max, Ordering::Relaxed);
     }
 
     /// Checks the series budget, counting a drop when it is exhausted.
-    fn admit(&self, metric: &'static str, labels: &impl Hash) -> bool {
-        let admitted = self.budget.admit(metric, labels);
-        if !admitted {
+    fn admit(&self, metric: &'static str, labels: &impl Hash) -> Admission {
+        let admission = self.budget.admit(metric, labels);
+        if admission == Admission::Dropped {
             self.series_dropped
                 .get_or_create(&MetricLabel {
                     metric: metric.to_owned(),
                 })
                 .inc();
         }
-        admitted
+        admission
+    }
+
+    /// Registers a new series (`labels` in each of `families`) to be removed once its pod has
+    /// been deleted for the grace period; series of processes outside pods never expire.
+    fn expire_with_pod<L, M, C>(
+        &self,
+        metric: &'static str,
+        workload: &WorkloadLabels,
+        labels: &L,
+        families: &[&Family<L, M, C>],
+    ) where
+        L: Clone + Hash + Eq + Send + Sync + 'static,
+        M: Send + Sync + 'static,
+        C: prometheus_client::metrics::family::MetricConstructor<M> + Clone + Send + Sync + 'static,
+    {
+        let Some(pod) = workload.pod_key() else {
+            return;
+        };
+        let families: Vec<Family<L, M, C>> = families.iter().map(|f| (*f).clone()).collect();
+        let labels = labels.clone();
+        let budget = self.budget.clone();
+        self.pod_series.register(
+            pod,
+            Box::new(move || {
+                for family in &families {
+                    family.remove(&labels);
+                }
+                budget.forget(metric, &labels);
+            }),
+        );
+    }
+
+    /// Removes the series of pods deleted at least `grace` ago (see `export::expiry`).
+    pub fn expire_pods(&self, exists: impl Fn(&str, &str) -> bool, grace: std::time::Duration) {
+        let removed = self
+            .pod_series
+            .sweep(exists, grace, std::time::Instant::now());
+        self.series_expired.inc_by(removed);
     }
 
     /// Advances a kernel program's run count and run time to the kernel's current totals.
@@ -761,6 +882,11 @@ pub struct MetricsSink {
     /// Like `series`, for database statements.
     db_series: FxHashMap<u64, Vec<(DbKey, DbSeries)>>,
     db_series_len: usize,
+    /// Names client peers in a cluster; None in standalone mode.
+    cluster: Option<Arc<dyn ClusterView>>,
+    /// (series-expiry epoch, cluster view generation) the caches were filled under: when
+    /// either moves, cached handles or peer names may be stale and the caches start over.
+    cache_epoch: (u64, u64),
 }
 
 impl MetricsSink {
@@ -770,6 +896,46 @@ impl MetricsSink {
             series: SeriesCache::default(),
             db_series: FxHashMap::default(),
             db_series_len: 0,
+            cluster: None,
+            cache_epoch: (0, 0),
+        }
+    }
+
+    /// Names client peers through `cluster` from now on.
+    pub fn set_cluster(&mut self, cluster: Arc<dyn ClusterView>) {
+        self.cluster = Some(cluster);
+    }
+
+    /// Empties the series caches when series were removed or the cluster view changed.
+    fn check_cache_epoch(&mut self) {
+        let epoch = (
+            self.metrics.pod_series.epoch(),
+            self.cluster.as_ref().map_or(0, |c| c.generation()),
+        );
+        if epoch != self.cache_epoch {
+            self.cache_epoch = epoch;
+            self.series = SeriesCache::default();
+            self.db_series.clear();
+            self.db_series_len = 0;
+        }
+    }
+
+    fn peer_labels(&self, exchange: &Exchange) -> PeerLabels {
+        peer_labels(self.cluster.as_deref(), exchange)
+    }
+}
+
+/// The peer labels of an exchange: the server for a client, nothing for a server.
+fn peer_labels(cluster: Option<&dyn ClusterView>, exchange: &Exchange) -> PeerLabels {
+    match exchange.role {
+        Role::Server => PeerLabels::default(),
+        Role::Client => {
+            let ip = exchange.endpoint.peer.map(|p| p.ip());
+            let name = match (cluster, ip) {
+                (Some(cluster), Some(ip)) => cluster.peer(ip),
+                _ => None,
+            };
+            PeerLabels::of(ip, name.as_ref())
         }
     }
 }
@@ -799,7 +965,7 @@ struct SeriesKey {
     route: String,
     port: u16,
     peer: Option<std::net::IpAddr>,
-    process: usize,
+    process: u64,
 }
 
 /// The histograms one SQL statement updates.
@@ -819,7 +985,7 @@ struct DbKey {
     error: Option<String>,
     port: u16,
     peer: Option<std::net::IpAddr>,
-    process: usize,
+    process: u64,
 }
 
 /// Beyond this many cached series the cache starts over (the families keep the data).
@@ -836,7 +1002,7 @@ impl MetricsSink {
             Role::Client => endpoint.peer.map(|p| p.ip()),
             Role::Server => None,
         };
-        let process = Arc::as_ptr(&endpoint.process) as usize;
+        let process = endpoint.process.seq;
         let mut hasher = FxHasher::default();
         (
             exchange.role,
@@ -868,7 +1034,8 @@ impl MetricsSink {
         let series = match cached {
             Some(series) => series,
             None => {
-                let Some(series) = self.metrics.db_series(exchange, pg) else {
+                let peer_labels = self.peer_labels(exchange);
+                let Some(series) = self.metrics.db_series(exchange, pg, peer_labels) else {
                     return;
                 };
                 if self.db_series_len >= SERIES_CACHE_MAX {
@@ -911,7 +1078,7 @@ impl MetricsSink {
             Role::Client => endpoint.peer.map(|p| p.ip()),
             Role::Server => None,
         };
-        let process = Arc::as_ptr(&endpoint.process) as usize;
+        let process = endpoint.process.seq;
         let mut hasher = FxHasher::default();
         (
             exchange.role,
@@ -941,7 +1108,8 @@ impl MetricsSink {
         {
             Some((_, series)) => series.clone(),
             None => {
-                let Some(series) = self.metrics.series(exchange, http) else {
+                let peer_labels = peer_labels(self.cluster.as_deref(), exchange);
+                let Some(series) = self.metrics.series(exchange, http, peer_labels) else {
                     return;
                 };
                 if cache.len >= SERIES_CACHE_MAX {
@@ -979,9 +1147,13 @@ impl MetricsSink {
 
 impl Sink for MetricsSink {
     fn exchange(&mut self, exchange: &Exchange) {
+        self.check_cache_epoch();
         match &exchange.detail {
             Detail::Http(http) => self.http(exchange, http),
-            Detail::Kafka(kafka) => self.metrics.record_kafka(exchange, kafka),
+            Detail::Kafka(kafka) => {
+                let peer = self.peer_labels(exchange);
+                self.metrics.record_kafka(exchange, kafka, peer)
+            }
             Detail::Postgres(pg) => self.postgres(exchange, pg),
         }
     }

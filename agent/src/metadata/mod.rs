@@ -17,8 +17,81 @@ pub struct ProcessInfo {
     pub exe_name: String,
     /// Container id when the process runs in a container (from its cgroup path).
     pub container_id: Option<String>,
-    /// `service.name`: the executable's name in standalone mode.
+    /// `service.name`: the executable's name in standalone mode; in a cluster the pod's
+    /// `app.kubernetes.io/name` label, else its workload's name.
     pub service_name: String,
+    /// Pod UID from the cgroup path, when the process runs in a Kubernetes pod.
+    pub pod_uid: Option<String>,
+    /// Pod, container and workload, once the Kubernetes watch knows the pod.
+    pub k8s: Option<Arc<K8sIdentity>>,
+    /// Unique per `ProcessInfo` value ever made, so caches can key on identity without
+    /// pointer reuse after a free.
+    pub seq: u64,
+}
+
+/// Where a process sits in the cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct K8sIdentity {
+    pub namespace: String,
+    pub pod_name: String,
+    pub pod_uid: String,
+    pub container_name: String,
+    pub node_name: String,
+    /// Top owner: `Deployment` (through its ReplicaSet), `StatefulSet`, `DaemonSet`, `CronJob`
+    /// (through its Job), `Job`, or `Pod` for a bare pod.
+    pub owner_kind: String,
+    pub owner_name: String,
+    /// `app.kubernetes.io/name`, else the owner's name.
+    pub service_name: String,
+}
+
+/// The remote end of a connection, named by the cluster (a pod or a Service).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PeerName {
+    pub namespace: String,
+    pub owner_name: String,
+    /// The Kubernetes Service for a ClusterIP, else the peer pod's service name.
+    pub service_name: String,
+}
+
+/// What the cluster knows, as the rest of the agent needs it: implemented by the Kubernetes
+/// attribution; absent in standalone mode.
+pub trait ClusterView: Send + Sync {
+    /// Changes whenever anything the view answers may have changed.
+    fn generation(&self) -> u64;
+    /// The pod and container of a process, by the pod UID or container id of its cgroup.
+    fn identity(
+        &self,
+        pod_uid: Option<&str>,
+        container_id: Option<&str>,
+    ) -> Option<Arc<K8sIdentity>>;
+    /// The pod or Service behind an IP address.
+    fn peer(&self, ip: std::net::IpAddr) -> Option<PeerName>;
+    /// Whether the pod still exists (series of deleted pods expire).
+    fn pod_exists(&self, namespace: &str, name: &str) -> bool;
+    /// Whether every watch has listed its objects at least once.
+    fn is_synced(&self) -> bool;
+}
+
+fn lookup(cluster: &dyn ClusterView, info: &ProcessInfo) -> Option<Arc<K8sIdentity>> {
+    if info.pod_uid.is_none() && info.container_id.is_none() {
+        return None;
+    }
+    cluster.identity(info.pod_uid.as_deref(), info.container_id.as_deref())
+}
+
+/// A process's standalone name: its executable, else its comm, else `unknown`.
+fn process_name(exe_name: &str, comm: &str) -> String {
+    [exe_name, comm]
+        .into_iter()
+        .find(|s| !s.is_empty())
+        .unwrap_or("unknown")
+        .to_owned()
+}
+
+fn next_seq() -> u64 {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl ProcessInfo {
@@ -37,28 +110,53 @@ impl ProcessInfo {
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .map(|n| n.trim_end_matches(" (deleted)").to_owned())
             .unwrap_or_default();
-        let container_id = std::fs::read_to_string(dir.join("cgroup"))
-            .ok()
-            .and_then(|text| cgroup::container_id(&text));
-        let service_name = [&exe_name, &comm]
-            .into_iter()
-            .find(|s| !s.is_empty())
-            .cloned()
-            .unwrap_or_else(|| "unknown".to_owned());
+        let cgroup_text = std::fs::read_to_string(dir.join("cgroup")).unwrap_or_default();
+        let container_id = cgroup::container_id(&cgroup_text);
+        // The pod UID parser lands with the Kubernetes watch; until then pods are found by
+        // container id only.
+        let pod_uid = None;
+        let service_name = process_name(&exe_name, &comm);
         ProcessInfo {
             pid,
             comm,
             exe_name,
             container_id,
             service_name,
+            pod_uid,
+            k8s: None,
+            seq: next_seq(),
+        }
+    }
+
+    /// The same process with its Kubernetes identity set (or cleared): a new value with a new
+    /// `seq`, so series caches keyed on it start over.
+    pub fn with_k8s(&self, k8s: Option<Arc<K8sIdentity>>) -> ProcessInfo {
+        let service_name = match &k8s {
+            Some(id) if !id.service_name.is_empty() => id.service_name.clone(),
+            _ => process_name(&self.exe_name, &self.comm),
+        };
+        ProcessInfo {
+            service_name,
+            k8s,
+            seq: next_seq(),
+            ..self.clone()
         }
     }
 }
 
-/// Process identities by tgid, read once and dropped when the process exits.
+/// Process identities by tgid, read once and dropped when the process exits. With a cluster
+/// view, an entry's Kubernetes identity is looked up again whenever the view changes, so a pod
+/// created after its process was first seen is named within one watch event.
 pub struct ProcessCache {
     proc_root: std::path::PathBuf,
-    by_pid: HashMap<u32, Arc<ProcessInfo>>,
+    by_pid: HashMap<u32, Entry>,
+    cluster: Option<Arc<dyn ClusterView>>,
+}
+
+struct Entry {
+    info: Arc<ProcessInfo>,
+    /// The cluster view's generation when `info.k8s` was looked up.
+    generation: u64,
 }
 
 impl ProcessCache {
@@ -66,15 +164,54 @@ impl ProcessCache {
         ProcessCache {
             proc_root: proc_root.into(),
             by_pid: HashMap::new(),
+            cluster: None,
         }
     }
 
+    /// Names processes' pods through `cluster` from now on.
+    pub fn set_cluster(&mut self, cluster: Arc<dyn ClusterView>) {
+        self.cluster = Some(cluster);
+        self.by_pid.clear();
+    }
+
     pub fn get(&mut self, pid: u32, comm_hint: Option<&str>) -> Arc<ProcessInfo> {
+        let generation = self.cluster.as_ref().map_or(0, |c| c.generation());
         let root = &self.proc_root;
-        self.by_pid
-            .entry(pid)
-            .or_insert_with(|| Arc::new(ProcessInfo::read(root, pid, comm_hint)))
-            .clone()
+        let cluster = &self.cluster;
+        let entry = self.by_pid.entry(pid).or_insert_with(|| {
+            let info = ProcessInfo::read(root, pid, comm_hint);
+            let k8s = cluster.as_ref().and_then(|c| lookup(c.as_ref(), &info));
+            Entry {
+                info: Arc::new(if k8s.is_some() {
+                    info.with_k8s(k8s)
+                } else {
+                    info
+                }),
+                generation,
+            }
+        });
+        if entry.generation != generation {
+            entry.generation = generation;
+            if let Some(c) = cluster {
+                let k8s = lookup(c.as_ref(), &entry.info);
+                if k8s != entry.info.k8s {
+                    entry.info = Arc::new(entry.info.with_k8s(k8s));
+                }
+            }
+        }
+        entry.info.clone()
+    }
+
+    /// A newer identity for a process first seen as `info`, if the cluster view changed what
+    /// it knows (None in standalone mode, after the process left the cache, or if unchanged).
+    pub fn refreshed(&mut self, info: &Arc<ProcessInfo>) -> Option<Arc<ProcessInfo>> {
+        let generation = self.cluster.as_ref()?.generation();
+        let entry = self.by_pid.get(&info.pid)?;
+        if entry.generation == generation && Arc::ptr_eq(&entry.info, info) {
+            return None;
+        }
+        let fresh = self.get(info.pid, None);
+        (!Arc::ptr_eq(&fresh, info)).then_some(fresh)
     }
 
     pub fn forget(&mut self, pid: u32) {
