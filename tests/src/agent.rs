@@ -31,6 +31,9 @@ pub struct AgentOptions {
     pub cpu: Option<usize>,
     /// How long to wait for `GET /readyz` to answer 200.
     pub ready_timeout: Duration,
+    /// Wait for `/readyz` (true) or only for `/healthz` (false: an agent that is expected to
+    /// stay unready for a while, e.g. with its Kubernetes API server down).
+    pub require_ready: bool,
 }
 
 impl Default for AgentOptions {
@@ -41,6 +44,7 @@ impl Default for AgentOptions {
             env: Vec::new(),
             cpu: None,
             ready_timeout: Duration::from_secs(30),
+            require_ready: true,
         }
     }
 }
@@ -102,11 +106,16 @@ impl Agent {
             log_path,
             _dir: dir,
         };
-        agent.wait_ready(options.ready_timeout)?;
+        let probe = if options.require_ready {
+            "/readyz"
+        } else {
+            "/healthz"
+        };
+        agent.wait_ready(probe, options.ready_timeout)?;
         Ok(agent)
     }
 
-    fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+    fn wait_ready(&mut self, probe: &str, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.process.try_wait() {
@@ -115,9 +124,9 @@ impl Agent {
                     self.log()
                 );
             }
-            let last_error = match http_get(self.addr, "/readyz", Duration::from_secs(2)) {
+            let last_error = match http_get(self.addr, probe, Duration::from_secs(2)) {
                 Ok(r) if r.status == 200 => return Ok(()),
-                Ok(r) => format!("/readyz answered {}: {}", r.status, r.text()),
+                Ok(r) => format!("{probe} answered {}: {}", r.status, r.text()),
                 Err(e) => format!("{e:#}"),
             };
             if Instant::now() >= deadline {

@@ -11,7 +11,7 @@ use crate::http::wait_for_port_or_exit;
 use crate::{free_port, read_tail, ChildProcess, TempDir};
 
 /// The script behind [`PyServer::http_test_server`]: `http.server.ThreadingHTTPServer`
-/// speaking HTTP/1.1 with keep-alive on `127.0.0.1:argv[1]`.
+/// speaking HTTP/1.1 with keep-alive on `127.0.0.1:argv[1]` (or `argv[2]:argv[1]`).
 ///
 /// - `GET /status/<code>`: that status, a small body (none for 204 and 304).
 /// - `GET /sleep/<ms>`: sleeps, then 200.
@@ -121,7 +121,8 @@ class Server(ThreadingHTTPServer):
     request_queue_size = 512
 
 
-Server(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+host = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1"
+Server((host, int(sys.argv[1])), Handler).serve_forever()
 "#;
 
 /// A Python server (`python3 <script> <port> <args…>`) on `127.0.0.1:<free port>`; its
