@@ -18,12 +18,14 @@ const APT_PACKAGES: &[&str] = &[
     "wrk",
     "nghttp2-client",
     "curl",
-    "prometheus", // for promtool
+    "prometheus", // promtool, and the server the dashboard tests query
     "bpftool",
     "iproute2",
     "python3",
     "postgresql", // initdb, postgres, psql, pgbench for the Postgres tests
     "kcat",       // an independent Kafka client for the Kafka tests
+    "skopeo",     // reads the OCI archive `cargo xtask image` writes, in its test
+    "umoci",      // unpacks that archive's layer, in the same test
 ];
 
 /// Python packages the tests drive real servers and clients with: (pip name, import name).
@@ -41,6 +43,10 @@ const PYTHON_PACKAGES: &[(&str, &str)] = &[
         "opentelemetry-instrumentation-flask",
         "opentelemetry.instrumentation.flask",
     ),
+    // deploy/ tests: Helm's own template engine (the Go SDK in a wheel; no helm package exists
+    // on Debian bookworm) and Kubernetes' OpenAPI schemas.
+    ("helm-python-sdk", "helm_python"),
+    ("kubernetes-validate", "kubernetes_validate"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
