@@ -8,7 +8,10 @@
 //!
 //! Custom resources (ServiceMonitor, PodMonitor, PrometheusRule: `monitoring.coreos.com/v1`)
 //! have no schema in kubernetes-validate, which only warns about them; they are excluded from
-//! it by API group and checked here field by field instead, and the rules by promtool.
+//! it by API group and validated instead against the Prometheus Operator's CRD schemas
+//! (`@kubernetes-models/prometheus-operator` on npm, JSON-schema validators generated from the
+//! CRDs: types, enums, patterns and required fields, but unknown fields pass), checked field by
+//! field below, and their rules by promtool.
 
 mod common;
 
@@ -156,6 +159,98 @@ fn kubernetes_validate(objects: &[Value]) -> anyhow::Result<usize> {
         }
     }
     Ok(files.len())
+}
+
+/// Validates the `monitoring.coreos.com/v1` objects among `objects` against the Prometheus
+/// Operator's CRD schemas; returns how many were validated.
+fn validate_custom_resources(objects: &[Value]) -> anyhow::Result<usize> {
+    const PACKAGE: &str = "@kubernetes-models/prometheus-operator";
+    let custom: Vec<&Value> = objects
+        .iter()
+        .filter(|o| {
+            o["apiVersion"]
+                .as_str()
+                .is_some_and(|v| v.starts_with(CUSTOM_GROUP))
+        })
+        .collect();
+    let root = Command::new("npm")
+        .args(["root", "-g"])
+        .output()
+        .context("running npm (`cargo xtask setup` installs it)")?;
+    let module = Path::new(String::from_utf8_lossy(&root.stdout).trim())
+        .join(PACKAGE)
+        .join("monitoring.coreos.com/v1/index.js");
+    if !module.exists() {
+        bail!(
+            "{} is missing: `cargo xtask setup` installs {PACKAGE}",
+            module.display()
+        );
+    }
+    let dir = TempDir::new("crd-validate")?;
+    let input = dir.path().join("objects.json");
+    std::fs::write(&input, serde_json::to_string(&custom)?)?;
+    let script = dir.path().join("validate.mjs");
+    // Imported by file URL: the package's `exports` only cover bare imports.
+    std::fs::write(
+        &script,
+        format!(
+            r#"import {{ readFileSync }} from "node:fs";
+const models = await import("file://{module}");
+let failed = 0;
+for (const object of JSON.parse(readFileSync(process.argv[2], "utf8"))) {{
+  const name = `${{object.kind}}/${{object.metadata?.name}}`;
+  const Model = models[object.kind];
+  if (!Model) {{ console.log(`ERROR ${{name}}: no schema for this kind`); failed++; continue; }}
+  try {{ new Model(object).validate(); console.log(`OK ${{name}}`); }}
+  catch (e) {{ console.log(`ERROR ${{name}}: ${{e.message}}`); failed++; }}
+}}
+process.exit(failed ? 1 : 0);
+"#,
+            module = module.display()
+        ),
+    )?;
+    let out = Command::new("node").arg(&script).arg(&input).output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let ok = stdout.lines().filter(|l| l.starts_with("OK ")).count();
+    if !out.status.success() || ok != custom.len() {
+        bail!(
+            "CRD validation: {ok}/{} passed ({}):\n{stdout}{}",
+            custom.len(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(custom.len())
+}
+
+#[test]
+fn custom_resources_validate_against_the_operator_schemas() {
+    let plain = plain_objects("monitoring");
+    assert_eq!(validate_custom_resources(&plain).unwrap(), 3);
+    for monitor in ["serviceMonitor", "podMonitor"] {
+        let rendered = render_chart(&all_features(monitor)).unwrap();
+        assert_eq!(
+            validate_custom_resources(&rendered).unwrap(),
+            2,
+            "{monitor}"
+        );
+    }
+    // And the check can fail: a relabeling action that does not exist, a numeric `for`.
+    let mut broken = plain.clone();
+    let monitor = broken
+        .iter_mut()
+        .find(|o| o["kind"] == "ServiceMonitor")
+        .unwrap();
+    monitor["spec"]["endpoints"][0]["relabelings"][0]["action"] = json!("rename");
+    let rule = broken
+        .iter_mut()
+        .find(|o| o["kind"] == "PrometheusRule")
+        .unwrap();
+    rule["spec"]["groups"][0]["rules"][0]["for"] = json!(600);
+    let err = format!("{:#}", validate_custom_resources(&broken).unwrap_err());
+    assert!(err.contains("1/3 passed"), "{err}");
+    assert!(err.contains("relabelings/0/action"), "{err}");
+    assert!(err.contains("rules/0/for"), "{err}");
 }
 
 #[test]
