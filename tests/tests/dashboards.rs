@@ -4,19 +4,26 @@
 //! runs through Prometheus' HTTP API the way Grafana sends it (variables at their "All" value).
 //! Every query must succeed, and every dashboard query must return data, except those on
 //! metrics that land later (flows, syscalls, the Kubernetes connection: `LANDS_LATER`), which
-//! are only checked for syntax until then. Run as root (the agent loads eBPF programs).
+//! are only checked for syntax until then.
+//!
+//! The agent runs as the DaemonSet runs it: with only the capabilities the manifest adds (as its
+//! bounding set), no_new_privs (`allowPrivilegeEscalation: false`) and the manifest's
+//! environment. Run as root (the agent loads eBPF programs).
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use harness::{curl, kcat, url_encode, wait_until, Agent, MockKafka, Nginx, PgServer, Prometheus};
+use harness::{
+    agent_binary, curl, kcat, url_encode, wait_until, Agent, AgentOptions, MockKafka, Nginx,
+    PgServer, Prometheus, TempDir,
+};
 use serde_json::Value;
 
 use common::{
     alert_rules, dashboard_queries, dashboard_variables, dashboards, deploy_dir,
-    grafana_substitute, only_later_metrics, parse_label_values,
+    grafana_substitute, only_later_metrics, parse_label_values, yaml_file,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -54,6 +61,110 @@ fn expect_exactly(prometheus: &Prometheus, expr: &str, expected: f64) {
     );
 }
 
+/// Capability bit numbers (linux/capability.h) of the names a DaemonSet may add.
+fn capability_bit(name: &str) -> Option<u32> {
+    Some(match name {
+        "DAC_READ_SEARCH" => 2,
+        "SYS_PTRACE" => 19,
+        "SYS_RESOURCE" => 24,
+        "NET_ADMIN" => 12,
+        "PERFMON" => 38,
+        "BPF" => 39,
+        "SYS_ADMIN" => 21,
+        _ => return None,
+    })
+}
+
+/// A `Cap…:` mask from /proc/<pid>/status.
+fn cap_mask(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0)
+}
+
+/// Starts the agent with the plain DaemonSet's capabilities, no_new_privs and environment.
+/// Returns it with the wrapper's directory (which must outlive it).
+fn deployed_agent() -> (Agent, TempDir) {
+    let manifest = deploy_dir().join("kubernetes/04-daemonset.yaml");
+    let daemonset = &yaml_file(&manifest)[0];
+    let container = &daemonset["spec"]["template"]["spec"]["containers"][0];
+    let sc = &container["securityContext"];
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    let added: Vec<&str> = sc["capabilities"]["add"]
+        .as_array()
+        .expect("capabilities.add")
+        .iter()
+        .map(|c| c.as_str().expect("capability name"))
+        .collect();
+    let mut wanted = 0u64;
+    for cap in &added {
+        wanted |= 1 << capability_bit(cap).unwrap_or_else(|| panic!("unknown capability {cap}"));
+    }
+    // This machine may not hold every capability itself (setpriv can only keep what the
+    // bounding set has): the agent gets the manifest's set as far as it is ours to give.
+    let ours = cap_mask(std::process::id(), "CapBnd:");
+    let expected = wanted & ours;
+    if expected != wanted {
+        eprintln!(
+            "note: this machine lacks capabilities {:#x} of the DaemonSet's set; the agent runs without them",
+            wanted & !ours
+        );
+    }
+    let keep: Vec<String> = added
+        .iter()
+        .map(|c| format!("+{}", c.to_lowercase()))
+        .collect();
+    let dir = TempDir::new("deployed-agent").unwrap();
+    let wrapper = dir.path().join("periscope");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec setpriv --bounding-set=-all,{} --inh-caps=-all --no-new-privs '{}' \"$@\"\n",
+            keep.join(","),
+            agent_binary().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    // The manifest's literal environment (the listen address comes from the harness' flag).
+    let env: Vec<(String, String)> = container["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_owned(),
+                e["value"].as_str()?.to_owned(),
+            ))
+        })
+        .filter(|(name, _)| name != "PERISCOPE_METRICS_ADDR")
+        .collect();
+    let agent = Agent::start_with(AgentOptions {
+        bin: Some(wrapper),
+        env,
+        ..AgentOptions::default()
+    })
+    .unwrap();
+    // `exec` kept the pid: this is the agent itself.
+    assert_eq!(
+        cap_mask(agent.pid(), "CapEff:"),
+        expected,
+        "{}",
+        agent.log()
+    );
+    assert_eq!(cap_mask(agent.pid(), "CapBnd:"), expected);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
+    assert!(status.lines().any(|l| l == "NoNewPrivs:\t1"), "{status}");
+    (agent, dir)
+}
+
 #[test]
 fn every_dashboard_query_and_alert_runs_against_real_traffic() {
     let started = Instant::now();
@@ -68,7 +179,7 @@ fn every_dashboard_query_and_alert_runs_against_real_traffic() {
     pg.psql(&["-c", "CREATE TABLE items (id int PRIMARY KEY, name text)"])
         .unwrap();
     let kafka = MockKafka::start();
-    let agent = Agent::start(&[]).unwrap();
+    let (agent, _agent_dir) = deployed_agent();
     let rules = deploy_dir().join("helm/periscope/files/alerts.yaml");
     let prometheus = Prometheus::start("periscope", &[agent.addr()], Some(&rules)).unwrap();
     expect_exactly(&prometheus, r#"up{job="periscope"}"#, 1.0);
