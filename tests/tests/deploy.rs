@@ -465,6 +465,34 @@ fn chart_with_every_feature_validates_and_matches_the_plain_extras() {
 }
 
 #[test]
+fn chart_passes_helm_lint() {
+    // `helm lint` with Helm's own linter: messages are (severity, path, text); severity 1 is
+    // INFO, 2 WARNING, 3 ERROR.
+    const LINT: &str = r#"
+import json, sys
+import helm_python as helm
+json.dump(helm.lint(sys.argv[1]), sys.stdout)
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(LINT)
+        .arg(deploy_dir().join("helm/periscope"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["total_charts_linted"], 1, "{report}");
+    assert_eq!(report["errors"], json!([]), "{report}");
+    for message in report["messages"].as_array().unwrap() {
+        assert!(message["severity"].as_i64().unwrap() < 2, "{message}");
+    }
+}
+
+#[test]
 fn chart_refuses_both_monitors() {
     let err = render_chart(&json!({
         "serviceMonitor": {"enabled": true},
@@ -891,7 +919,7 @@ fn dashboards_are_well_formed() {
             }
             if q.expr.contains("rate(") || q.expr.contains("increase(") {
                 assert!(q.expr.contains("[$__rate_interval]"), "{context}");
-                assert!(!regex_like_fixed_range(&q.expr), "{context}");
+                assert!(!has_fixed_range(&q.expr), "{context}");
             }
             let metrics = metric_names(&q.expr);
             assert!(!metrics.is_empty(), "{context}");
@@ -907,7 +935,7 @@ fn dashboards_are_well_formed() {
 
 /// Whether a fixed range selector such as `[5m]` appears (a regex class like `[45]..` does
 /// not count: no unit follows its digits).
-fn regex_like_fixed_range(expr: &str) -> bool {
+fn has_fixed_range(expr: &str) -> bool {
     expr.match_indices('[').any(|(i, _)| {
         let rest = &expr[i + 1..];
         let digits = rest.chars().take_while(char::is_ascii_digit).count();
