@@ -5,6 +5,7 @@ mod bench_compare;
 mod bench_decode;
 mod bench_pgbench;
 mod bench_syscall;
+mod image;
 mod run;
 mod setup;
 mod syscall_worker;
@@ -38,6 +39,9 @@ enum Cli {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(Bench),
+    /// Build the agent as a static musl binary and write its container image as an OCI
+    /// archive (`target/periscope-image.oci.tar`), without any container daemon.
+    Image(image::ImageArgs),
     /// Run the kernel-level capture tests inside other kernels (Debian 6.1 and 6.12 cloud
     /// kernels by default) under QEMU, and report per kernel and per test.
     Vm(vm::VmArgs),
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
         Cli::Bench(Bench::Pgbench(args)) => bench_pgbench::pgbench(&args),
         Cli::Bench(Bench::Decode(args)) => bench_decode::decode(&args),
         Cli::Bench(Bench::Compare(args)) => bench_compare::compare(&args),
+        Cli::Image(args) => image::image(&args),
         Cli::Vm(args) => vm::vm(&args),
         Cli::BenchWorker {
             workload,

@@ -18,12 +18,14 @@ const APT_PACKAGES: &[&str] = &[
     "wrk",
     "nghttp2-client",
     "curl",
-    "prometheus", // for promtool
+    "prometheus", // promtool, and the server the dashboard tests query
     "bpftool",
     "iproute2",
     "python3",
     "postgresql", // initdb, postgres, psql, pgbench for the Postgres tests
     "kcat",       // an independent Kafka client for the Kafka tests
+    "skopeo",     // reads the OCI archive `cargo xtask image` writes, in its test
+    "umoci",      // unpacks that archive's layer, in the same test
 ];
 
 /// Python packages the tests drive real servers and clients with: (pip name, import name).
@@ -41,7 +43,17 @@ const PYTHON_PACKAGES: &[(&str, &str)] = &[
         "opentelemetry-instrumentation-flask",
         "opentelemetry.instrumentation.flask",
     ),
+    // deploy/ tests: Helm's own template engine (the Go SDK in a wheel; no helm package exists
+    // on Debian bookworm) and Kubernetes' OpenAPI schemas.
+    ("helm-python-sdk", "helm_python"),
+    ("kubernetes-validate", "kubernetes_validate"),
 ];
+
+/// npm packages, installed globally: (package, version). The deploy tests validate the
+/// Prometheus Operator's custom resources (ServiceMonitor, PodMonitor, PrometheusRule) with
+/// these JSON-schema validators generated from the operator's CRDs; no Python or Debian
+/// package carries those schemas.
+const NPM_PACKAGES: &[(&str, &str)] = &[("@kubernetes-models/prometheus-operator", "6.0.0")];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -65,6 +77,7 @@ pub fn setup() -> anyhow::Result<()> {
     bpf_linker()?;
     cargo_fuzz()?;
     python_packages()?;
+    npm_packages()?;
     tracefs()?;
     println!("[setup] done in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
@@ -281,6 +294,31 @@ fn python_packages() -> anyhow::Result<()> {
         bail!("python3 still cannot `{check}` after pip install");
     }
     report(&what, "installed");
+    Ok(())
+}
+
+fn npm_packages() -> anyhow::Result<()> {
+    if probe("npm", &["--version"]).is_none() {
+        report("nodejs npm", "missing");
+        run(cmd("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "--no-install-recommends", "nodejs", "npm"]))?;
+    }
+    let root = probe("npm", &["root", "-g"]).context("npm root -g")?;
+    let root = Path::new(root.trim());
+    for (package, version) in NPM_PACKAGES {
+        let what = format!("npm {package}@{version}");
+        let manifest = root.join(package).join("package.json");
+        let installed = std::fs::read_to_string(&manifest)
+            .is_ok_and(|m| m.contains(&format!("\"version\": \"{version}\"")));
+        if installed {
+            report(&what, "ok");
+            continue;
+        }
+        report(&what, "missing");
+        run(cmd("npm").args(["install", "-g", "--silent", &format!("{package}@{version}")]))?;
+        report(&what, "installed");
+    }
     Ok(())
 }
 

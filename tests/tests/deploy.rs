@@ -1,0 +1,1000 @@
+//! deploy/: the plain manifests and the Helm chart (rendered by Helm's own Go engine) validate
+//! against Kubernetes' OpenAPI schemas, the chart renders exactly the plain manifests by
+//! default, the security settings are the least-privilege set, the alert rules pass promtool
+//! (and fire in its unit tests), and the dashboards are well formed.
+//!
+//! Tools (all installed by `cargo xtask setup`): `kubernetes-validate` and `helm-python-sdk`
+//! (PyPI), `promtool` (Debian's prometheus). No root, no agent, no cluster.
+//!
+//! Custom resources (ServiceMonitor, PodMonitor, PrometheusRule: `monitoring.coreos.com/v1`)
+//! have no schema in kubernetes-validate, which only warns about them; they are excluded from
+//! it by API group and validated instead against the Prometheus Operator's CRD schemas
+//! (`@kubernetes-models/prometheus-operator` on npm, JSON-schema validators generated from the
+//! CRDs: types, enums, patterns and required fields, but unknown fields pass), checked field by
+//! field below, and their rules by promtool.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+use harness::TempDir;
+use serde_json::{json, Value};
+
+use common::{
+    alert_rules, dashboard_queries, dashboard_variables, dashboards, deploy_dir, metric_names,
+    panels, parse_label_values, yaml_docs, yaml_file, KNOWN_METRICS,
+};
+
+/// Oldest and newest Kubernetes versions whose schemas kubernetes-validate ships.
+const KUBERNETES_VERSIONS: &[&str] = &["1.25.0", "1.37.0"];
+const CUSTOM_GROUP: &str = "monitoring.coreos.com/";
+
+const CAPABILITIES: &[&str] = &[
+    "BPF",
+    "PERFMON",
+    "SYS_RESOURCE",
+    "SYS_PTRACE",
+    "DAC_READ_SEARCH",
+];
+const JAEGER_ENDPOINT: &str = "http://jaeger-collector.observability:4317";
+
+fn kube_dir() -> PathBuf {
+    deploy_dir().join("kubernetes")
+}
+
+/// Objects of the plain manifests: the core files (`kubectl apply -f deploy/kubernetes/`),
+/// or those of `monitoring/`.
+fn plain_objects(subdir: &str) -> Vec<Value> {
+    let dir = kube_dir().join(subdir);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files.iter().flat_map(|f| yaml_file(f)).collect()
+}
+
+fn kind_name(object: &Value) -> (String, String) {
+    (
+        object["kind"].as_str().unwrap_or_default().to_owned(),
+        object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    )
+}
+
+/// The one object of `kind` (a copy).
+fn find(objects: &[Value], kind: &str) -> Value {
+    let found: Vec<&Value> = objects.iter().filter(|o| o["kind"] == kind).collect();
+    assert_eq!(found.len(), 1, "expected one {kind}, found {}", found.len());
+    found[0].clone()
+}
+
+/// Renders the chart with Helm's Go template engine (the helm-python-sdk wheel wraps Helm's
+/// own SDK; Debian has no helm package) as release `periscope` in namespace `periscope`.
+/// Returns the objects, or Helm's error.
+fn render_chart(values: &Value) -> anyhow::Result<Vec<Value>> {
+    const RENDER: &str = r#"
+import json, sys
+import helm_python as helm
+with helm.Chart.load(sys.argv[1]) as chart:
+    out = chart.render(json.loads(sys.argv[2]), name="periscope", namespace="periscope")
+json.dump(out, sys.stdout)
+"#;
+    let chart = deploy_dir().join("helm/periscope");
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(RENDER)
+        .arg(&chart)
+        .arg(values.to_string())
+        .output()
+        .context("running python3")?;
+    if !out.status.success() {
+        bail!(
+            "helm render failed (helm-python-sdk: `cargo xtask setup` installs it): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let files: BTreeMap<String, String> =
+        serde_json::from_slice(&out.stdout).context("helm render output")?;
+    let mut objects = Vec::new();
+    for (path, text) in &files {
+        if path.ends_with(".txt") {
+            continue; // NOTES.txt
+        }
+        objects.extend(yaml_docs(text).with_context(|| format!("rendered {path}:\n{text}"))?);
+    }
+    Ok(objects)
+}
+
+/// The chart's labels that the plain manifests do not carry.
+fn without_helm_labels(mut object: Value) -> Value {
+    if let Some(labels) = object["metadata"]["labels"].as_object_mut() {
+        labels.remove("helm.sh/chart");
+        labels.remove("app.kubernetes.io/managed-by");
+    }
+    object
+}
+
+/// Runs kubernetes-validate in strict mode (unknown fields are errors) against every object
+/// that has a schema, for each version in [`KUBERNETES_VERSIONS`]; returns how many objects
+/// were validated.
+fn kubernetes_validate(objects: &[Value]) -> anyhow::Result<usize> {
+    let dir = TempDir::new("validate")?;
+    let mut files = Vec::new();
+    for (i, object) in objects.iter().enumerate() {
+        if object["apiVersion"]
+            .as_str()
+            .is_some_and(|v| v.starts_with(CUSTOM_GROUP))
+        {
+            continue;
+        }
+        let (kind, name) = kind_name(object);
+        let path = dir.path().join(format!("{i:02}-{kind}-{name}.json"));
+        std::fs::write(&path, serde_json::to_string_pretty(object)?)?;
+        files.push(path);
+    }
+    for version in KUBERNETES_VERSIONS {
+        let out = Command::new("kubernetes-validate")
+            .args(["--strict", "-k", version])
+            .args(&files)
+            .output()
+            .context("running kubernetes-validate (`cargo xtask setup` installs it)")?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let passed = stdout.lines().filter(|l| l.starts_with("INFO ")).count();
+        // A missing schema is only a warning for kubernetes-validate: not here.
+        if !out.status.success() || passed != files.len() {
+            bail!(
+                "kubernetes-validate {version}: {passed}/{} passed ({}):\n{stdout}{}",
+                files.len(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    Ok(files.len())
+}
+
+/// Validates the `monitoring.coreos.com/v1` objects among `objects` against the Prometheus
+/// Operator's CRD schemas; returns how many were validated.
+fn validate_custom_resources(objects: &[Value]) -> anyhow::Result<usize> {
+    const PACKAGE: &str = "@kubernetes-models/prometheus-operator";
+    let custom: Vec<&Value> = objects
+        .iter()
+        .filter(|o| {
+            o["apiVersion"]
+                .as_str()
+                .is_some_and(|v| v.starts_with(CUSTOM_GROUP))
+        })
+        .collect();
+    let root = Command::new("npm")
+        .args(["root", "-g"])
+        .output()
+        .context("running npm (`cargo xtask setup` installs it)")?;
+    let module = Path::new(String::from_utf8_lossy(&root.stdout).trim())
+        .join(PACKAGE)
+        .join("monitoring.coreos.com/v1/index.js");
+    if !module.exists() {
+        bail!(
+            "{} is missing: `cargo xtask setup` installs {PACKAGE}",
+            module.display()
+        );
+    }
+    let dir = TempDir::new("crd-validate")?;
+    let input = dir.path().join("objects.json");
+    std::fs::write(&input, serde_json::to_string(&custom)?)?;
+    let script = dir.path().join("validate.mjs");
+    // Imported by file URL: the package's `exports` only cover bare imports.
+    std::fs::write(
+        &script,
+        format!(
+            r#"import {{ readFileSync }} from "node:fs";
+const models = await import("file://{module}");
+let failed = 0;
+for (const object of JSON.parse(readFileSync(process.argv[2], "utf8"))) {{
+  const name = `${{object.kind}}/${{object.metadata?.name}}`;
+  const Model = models[object.kind];
+  if (!Model) {{ console.log(`ERROR ${{name}}: no schema for this kind`); failed++; continue; }}
+  try {{ new Model(object).validate(); console.log(`OK ${{name}}`); }}
+  catch (e) {{ console.log(`ERROR ${{name}}: ${{e.message}}`); failed++; }}
+}}
+process.exit(failed ? 1 : 0);
+"#,
+            module = module.display()
+        ),
+    )?;
+    let out = Command::new("node").arg(&script).arg(&input).output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let ok = stdout.lines().filter(|l| l.starts_with("OK ")).count();
+    if !out.status.success() || ok != custom.len() {
+        bail!(
+            "CRD validation: {ok}/{} passed ({}):\n{stdout}{}",
+            custom.len(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(custom.len())
+}
+
+#[test]
+fn custom_resources_validate_against_the_operator_schemas() {
+    let plain = plain_objects("monitoring");
+    assert_eq!(validate_custom_resources(&plain).unwrap(), 3);
+    for monitor in ["serviceMonitor", "podMonitor"] {
+        let rendered = render_chart(&all_features(monitor)).unwrap();
+        assert_eq!(
+            validate_custom_resources(&rendered).unwrap(),
+            2,
+            "{monitor}"
+        );
+    }
+    // And the check can fail: a relabeling action that does not exist, a numeric `for`.
+    let mut broken = plain.clone();
+    let monitor = broken
+        .iter_mut()
+        .find(|o| o["kind"] == "ServiceMonitor")
+        .unwrap();
+    monitor["spec"]["endpoints"][0]["relabelings"][0]["action"] = json!("rename");
+    let rule = broken
+        .iter_mut()
+        .find(|o| o["kind"] == "PrometheusRule")
+        .unwrap();
+    rule["spec"]["groups"][0]["rules"][0]["for"] = json!(600);
+    let err = format!("{:#}", validate_custom_resources(&broken).unwrap_err());
+    assert!(err.contains("1/3 passed"), "{err}");
+    assert!(err.contains("relabelings/0/action"), "{err}");
+    assert!(err.contains("rules/0/for"), "{err}");
+}
+
+#[test]
+fn plain_manifests_validate_against_the_kubernetes_schemas() {
+    let mut objects = plain_objects("");
+    objects.extend(yaml_file(&kube_dir().join("examples/jaeger.yaml")));
+    let validated = kubernetes_validate(&objects).unwrap();
+    let kinds: BTreeSet<String> = objects.iter().map(|o| kind_name(o).0).collect();
+    assert_eq!(validated, objects.len());
+    assert_eq!(
+        kinds,
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "DaemonSet",
+            "Deployment",
+            "Namespace",
+            "Service",
+            "ServiceAccount"
+        ]
+        .map(String::from)
+        .into()
+    );
+    // Everything of Periscope's but the cluster-scoped objects lives in its namespace.
+    for object in plain_objects("").iter().chain(&plain_objects("monitoring")) {
+        let (kind, name) = kind_name(object);
+        match kind.as_str() {
+            "Namespace" | "ClusterRole" | "ClusterRoleBinding" => {}
+            _ => assert_eq!(
+                object["metadata"]["namespace"], "periscope",
+                "{kind}/{name}"
+            ),
+        }
+    }
+}
+
+#[test]
+fn the_validator_rejects_a_broken_daemonset() {
+    // The check above must be able to fail: an unknown field and a wrong type are caught.
+    let mut objects = plain_objects("");
+    let daemonset = objects
+        .iter_mut()
+        .find(|o| o["kind"] == "DaemonSet")
+        .unwrap();
+    daemonset["spec"]["template"]["spec"]["hostPid"] = json!(true);
+    let err = kubernetes_validate(&objects).unwrap_err();
+    assert!(format!("{err:#}").contains("hostPid"), "{err:#}");
+
+    let mut objects = plain_objects("");
+    let daemonset = objects
+        .iter_mut()
+        .find(|o| o["kind"] == "DaemonSet")
+        .unwrap();
+    daemonset["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]
+        ["add"] = json!("BPF");
+    assert!(kubernetes_validate(&objects).is_err());
+}
+
+#[test]
+fn chart_defaults_render_the_plain_manifests() {
+    let rendered = render_chart(&json!({})).unwrap();
+    assert_eq!(kubernetes_validate(&rendered).unwrap(), rendered.len());
+    let rendered: BTreeMap<(String, String), Value> = rendered
+        .into_iter()
+        .map(|o| (kind_name(&o), without_helm_labels(o)))
+        .collect();
+    // `helm install --create-namespace` makes the Namespace; everything else is the same.
+    let plain: BTreeMap<(String, String), Value> = plain_objects("")
+        .into_iter()
+        .filter(|o| o["kind"] != "Namespace")
+        .map(|o| (kind_name(&o), o))
+        .collect();
+    assert_eq!(
+        rendered.keys().collect::<Vec<_>>(),
+        plain.keys().collect::<Vec<_>>()
+    );
+    for (key, object) in &plain {
+        assert_eq!(
+            &rendered[key], object,
+            "{key:?} differs between the chart and deploy/kubernetes"
+        );
+    }
+}
+
+/// Values with every optional feature on.
+fn all_features(monitor: &str) -> Value {
+    json!({
+        monitor: {"enabled": true, "labels": {"release": "kube-prometheus-stack"}},
+        "prometheusRule": {"enabled": true},
+        "dashboards": {"enabled": true, "namespace": "monitoring"},
+        "otlp": {"endpoint": JAEGER_ENDPOINT},
+        "securityContext": {"privileged": true},
+        "priorityClassName": "system-node-critical",
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}]}]}}},
+        "podAnnotations": {"example.com/team": "observability"},
+        "extraEnv": [{"name": "RUST_BACKTRACE", "value": "1"}],
+        "imagePullSecrets": [{"name": "registry"}],
+        "image": {"repository": "registry.example.com/periscope", "tag": "1.2.3"},
+        "maxSeries": 2000000,
+        "protocols": ["http", "kafka"],
+        "mounts": {"btf": false},
+    })
+}
+
+fn env_of(daemonset: &Value) -> BTreeMap<String, Value> {
+    daemonset["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let value = e
+                .get("value")
+                .cloned()
+                .unwrap_or_else(|| e["valueFrom"].clone());
+            (e["name"].as_str().unwrap().to_owned(), value)
+        })
+        .collect()
+}
+
+#[test]
+fn chart_with_every_feature_validates_and_matches_the_plain_extras() {
+    for monitor in ["serviceMonitor", "podMonitor"] {
+        let rendered = render_chart(&all_features(monitor)).unwrap();
+        let core = kubernetes_validate(&rendered).unwrap();
+        let dashboards = dashboards();
+        // 5 core objects + one ConfigMap per dashboard.
+        assert_eq!(core, 5 + dashboards.len(), "{monitor}");
+
+        // The Prometheus Operator objects are the plain ones, plus the extra label asked for.
+        let plain_monitoring = plain_objects("monitoring");
+        let kind = if monitor == "serviceMonitor" {
+            "ServiceMonitor"
+        } else {
+            "PodMonitor"
+        };
+        for kind in [kind, "PrometheusRule"] {
+            let mut ours = without_helm_labels(find(&rendered, kind));
+            if let Some(labels) = ours["metadata"]["labels"].as_object_mut() {
+                labels.remove("release");
+            }
+            assert_eq!(ours, find(&plain_monitoring, kind), "{kind}");
+        }
+        let other = if monitor == "serviceMonitor" {
+            "PodMonitor"
+        } else {
+            "ServiceMonitor"
+        };
+        assert!(!rendered.iter().any(|o| o["kind"] == other));
+        assert_eq!(
+            find(&rendered, kind)["metadata"]["labels"]["release"],
+            "kube-prometheus-stack"
+        );
+
+        // Dashboards: one ConfigMap each, labelled for Grafana's sidecar, holding the file.
+        let configmaps: Vec<&Value> = rendered
+            .iter()
+            .filter(|o| o["kind"] == "ConfigMap")
+            .collect();
+        assert_eq!(configmaps.len(), dashboards.len());
+        for (name, dashboard) in &dashboards {
+            let cm = configmaps
+                .iter()
+                .find(|c| c["metadata"]["name"] == format!("periscope-dashboard-{name}"))
+                .unwrap_or_else(|| panic!("no ConfigMap for dashboard {name}"));
+            assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+            assert_eq!(cm["metadata"]["namespace"], "monitoring");
+            let data = cm["data"][format!("periscope-{name}.json")]
+                .as_str()
+                .unwrap_or_else(|| panic!("ConfigMap of {name} has no periscope-{name}.json"));
+            let parsed: Value = serde_json::from_str(data).unwrap();
+            assert_eq!(&parsed, dashboard, "{name}");
+        }
+
+        // The DaemonSet with everything on.
+        let daemonset = find(&rendered, "DaemonSet");
+        let pod = &daemonset["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        assert_eq!(container["image"], "registry.example.com/periscope:1.2.3");
+        assert_eq!(pod["priorityClassName"], "system-node-critical");
+        assert_eq!(pod["nodeSelector"]["kubernetes.io/os"], "linux");
+        assert_eq!(pod["imagePullSecrets"][0]["name"], "registry");
+        assert_eq!(
+            daemonset["spec"]["template"]["metadata"]["annotations"]["example.com/team"],
+            "observability"
+        );
+        assert_eq!(
+            container["securityContext"],
+            json!({"runAsUser": 0, "privileged": true, "readOnlyRootFilesystem": true})
+        );
+        let env = env_of(&daemonset);
+        assert_eq!(env["PERISCOPE_MAX_SERIES"], "2000000");
+        assert_eq!(env["PERISCOPE_PROTOCOLS"], "http,kafka");
+        assert_eq!(env["RUST_BACKTRACE"], "1");
+        // The OTLP settings are those of the plain Jaeger example.
+        let patch = &yaml_file(&kube_dir().join("examples/otlp-jaeger-patch.yaml"))[0];
+        for e in patch["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+        {
+            assert_eq!(env[e["name"].as_str().unwrap()], e["value"], "{e}");
+        }
+        // No BTF volume when mounts.btf is off.
+        assert!(!pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == "btf"));
+    }
+}
+
+#[test]
+fn chart_passes_helm_lint() {
+    // `helm lint` with Helm's own linter: messages are (severity, path, text); severity 1 is
+    // INFO, 2 WARNING, 3 ERROR.
+    const LINT: &str = r#"
+import json, sys
+import helm_python as helm
+json.dump(helm.lint(sys.argv[1]), sys.stdout)
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(LINT)
+        .arg(deploy_dir().join("helm/periscope"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["total_charts_linted"], 1, "{report}");
+    assert_eq!(report["errors"], json!([]), "{report}");
+    for message in report["messages"].as_array().unwrap() {
+        assert!(message["severity"].as_i64().unwrap() < 2, "{message}");
+    }
+}
+
+#[test]
+fn chart_refuses_both_monitors() {
+    let err = render_chart(&json!({
+        "serviceMonitor": {"enabled": true},
+        "podMonitor": {"enabled": true},
+    }))
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("not both"), "{err:#}");
+}
+
+/// The security settings every default DaemonSet (plain and chart) must have.
+fn assert_least_privilege(daemonset: &Value) {
+    let pod = &daemonset["spec"]["template"]["spec"];
+    assert_eq!(pod["hostPID"], true);
+    assert_eq!(pod["hostNetwork"], false);
+    assert_eq!(pod["serviceAccountName"], "periscope");
+    assert_eq!(pod["tolerations"], json!([{"operator": "Exists"}]));
+    let containers = pod["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 1);
+    let c = &containers[0];
+    let sc = &c["securityContext"];
+    assert_eq!(sc["runAsUser"], 0);
+    assert_eq!(sc["privileged"], false);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+    let added: Vec<&str> = sc["capabilities"]["add"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(added, CAPABILITIES);
+
+    // Host paths: exactly these, and every mount read-only.
+    let volumes: BTreeMap<&str, &str> = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap(),
+                v["hostPath"]["path"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        volumes,
+        BTreeMap::from([
+            ("btf", "/sys/kernel/btf"),
+            ("tracefs", "/sys/kernel/tracing"),
+            ("debugfs", "/sys/kernel/debug"),
+            ("cgroup", "/sys/fs/cgroup"),
+        ])
+    );
+    for mount in c["volumeMounts"].as_array().unwrap() {
+        let name = mount["name"].as_str().unwrap();
+        assert_eq!(mount["readOnly"], true, "{name}");
+        assert_eq!(mount["mountPath"], volumes[name], "{name}");
+        let propagation = if name == "tracefs" || name == "debugfs" {
+            json!("HostToContainer")
+        } else {
+            Value::Null
+        };
+        assert_eq!(mount["mountPropagation"], propagation, "{name}");
+    }
+
+    // Probes, port, resources, the environment the agent reads.
+    assert_eq!(
+        c["ports"],
+        json!([{"name": "metrics", "containerPort": 9464, "protocol": "TCP"}])
+    );
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["port"], "metrics");
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], "metrics");
+    assert_eq!(
+        c["resources"],
+        json!({"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}})
+    );
+    let env = env_of(daemonset);
+    assert_eq!(
+        env["NODE_NAME"],
+        json!({"fieldRef": {"fieldPath": "spec.nodeName"}})
+    );
+    assert_eq!(env["PERISCOPE_METRICS_ADDR"], "0.0.0.0:9464");
+    assert_eq!(env["PERISCOPE_PROTOCOLS"], "http,postgres,kafka");
+    assert_eq!(env["PERISCOPE_MAX_SERIES"], "10000");
+    assert_eq!(env["PERISCOPE_SERIES_GRACE"], "5m");
+    // Tracing is off by default: no endpoint.
+    assert!(!env.keys().any(|k| k.starts_with("OTEL_")), "{env:?}");
+}
+
+#[test]
+fn daemonset_has_the_least_privilege_settings() {
+    assert_least_privilege(&find(&plain_objects(""), "DaemonSet"));
+    assert_least_privilege(&find(&render_chart(&json!({})).unwrap(), "DaemonSet"));
+}
+
+#[test]
+fn cluster_role_only_reads_what_attribution_needs() {
+    for objects in [plain_objects(""), render_chart(&json!({})).unwrap()] {
+        let role = find(&objects, "ClusterRole");
+        let mut granted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for rule in role["rules"].as_array().unwrap() {
+            let verbs: Vec<&str> = rule["verbs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            assert_eq!(verbs, ["get", "list", "watch"], "{rule}");
+            assert!(rule.get("resourceNames").is_none() && rule.get("nonResourceURLs").is_none());
+            for group in rule["apiGroups"].as_array().unwrap() {
+                for resource in rule["resources"].as_array().unwrap() {
+                    granted
+                        .entry(group.as_str().unwrap().to_owned())
+                        .or_default()
+                        .insert(resource.as_str().unwrap().to_owned());
+                }
+            }
+        }
+        let expected: BTreeMap<String, BTreeSet<String>> = [
+            ("", &["pods", "services"][..]),
+            (
+                "apps",
+                &["daemonsets", "deployments", "replicasets", "statefulsets"][..],
+            ),
+            ("batch", &["cronjobs", "jobs"][..]),
+        ]
+        .into_iter()
+        .map(|(g, rs)| (g.to_owned(), rs.iter().map(|r| r.to_string()).collect()))
+        .collect();
+        assert_eq!(granted, expected);
+        let binding = find(&objects, "ClusterRoleBinding");
+        assert_eq!(
+            binding["roleRef"],
+            json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "periscope"})
+        );
+        assert_eq!(
+            binding["subjects"],
+            json!([{"kind": "ServiceAccount", "name": "periscope", "namespace": "periscope"}])
+        );
+    }
+}
+
+#[test]
+fn monitors_scrape_the_metrics_port_as_job_periscope() {
+    let objects = plain_objects("monitoring");
+    let service = find(&plain_objects(""), "Service");
+    assert_eq!(service["spec"]["clusterIP"], "None");
+    let daemonset = find(&plain_objects(""), "DaemonSet");
+    let pod_labels = &daemonset["spec"]["template"]["metadata"]["labels"];
+    for (kind, endpoints) in [
+        ("ServiceMonitor", "endpoints"),
+        ("PodMonitor", "podMetricsEndpoints"),
+    ] {
+        let monitor = find(&objects, kind);
+        // The alert rules select job="periscope": the job comes from this label's value.
+        let job_label = monitor["spec"]["jobLabel"].as_str().unwrap();
+        assert_eq!(pod_labels[job_label], "periscope", "{kind}");
+        assert_eq!(service["metadata"]["labels"][job_label], "periscope");
+        // The selector matches the pods (PodMonitor) and the Service (ServiceMonitor).
+        let target_labels = if kind == "PodMonitor" {
+            pod_labels
+        } else {
+            &service["metadata"]["labels"]
+        };
+        for (k, v) in monitor["spec"]["selector"]["matchLabels"]
+            .as_object()
+            .unwrap()
+        {
+            assert_eq!(&target_labels[k], v, "{kind} selector {k}");
+        }
+        let endpoint = &monitor["spec"][endpoints][0];
+        assert_eq!(endpoint["port"], "metrics");
+        assert_eq!(endpoint["path"], "/metrics");
+        assert_eq!(
+            monitor["spec"]["namespaceSelector"]["matchNames"],
+            json!(["periscope"])
+        );
+    }
+}
+
+#[test]
+fn alert_rules_pass_promtool_and_match_the_chart() {
+    let rule = find(&plain_objects("monitoring"), "PrometheusRule");
+    let chart_rules = &yaml_file(&deploy_dir().join("helm/periscope/files/alerts.yaml"))[0];
+    assert_eq!(&rule["spec"], chart_rules);
+    let dir = TempDir::new("rules").unwrap();
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(&rules, serde_yaml::to_string(&rule["spec"]).unwrap()).unwrap();
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let names: BTreeSet<String> = alert_rules().into_iter().map(|(n, _)| n).collect();
+    assert!(
+        stdout.contains(&format!("SUCCESS: {} rules found", names.len())),
+        "{stdout}"
+    );
+    assert_eq!(
+        names,
+        [
+            "PeriscopeAgentAbsent",
+            "PeriscopeAgentDown",
+            "PeriscopeHTTPServerErrorRatioHigh",
+            "PeriscopeHTTPServerLatencyP99High",
+            "PeriscopeKafkaErrorRatioHigh",
+            "PeriscopeKernelEventsLost",
+            "PeriscopeKubernetesAPIUnreachable",
+            "PeriscopePostgresErrorRatioHigh",
+            "PeriscopeSeriesDropped",
+        ]
+        .map(String::from)
+        .into()
+    );
+    for group in chart_rules["groups"].as_array().unwrap() {
+        for r in group["rules"].as_array().unwrap() {
+            let name = &r["alert"];
+            assert!(
+                matches!(
+                    r["labels"]["severity"].as_str(),
+                    Some("warning" | "critical")
+                ),
+                "{name}"
+            );
+            for key in ["summary", "description"] {
+                assert!(
+                    r["annotations"][key]
+                        .as_str()
+                        .is_some_and(|s| !s.is_empty()),
+                    "{name} {key}"
+                );
+            }
+            for metric in metric_names(r["expr"].as_str().unwrap()) {
+                assert!(KNOWN_METRICS.contains(&metric.as_str()), "{name}: {metric}");
+            }
+        }
+    }
+}
+
+/// A promtool rule unit test: `series` (promtool's input_series), evaluated at `at`, must fire
+/// exactly `expected` (alertname, labels) alerts.
+fn promtool_test(rules: &Path, dir: &Path, name: &str, series: &str, alerts: &str) {
+    let test = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &test,
+        format!(
+            "rule_files: [{}]\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n{series}\n    alert_rule_test:\n{alerts}\n",
+            rules.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new("promtool")
+        .args(["test", "rules"])
+        .arg(&test)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool test rules ({name}):\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn alerts_fire_exactly_when_they_should() {
+    let dir = TempDir::new("rule-tests").unwrap();
+    let rules = dir.path().join("rules.yaml");
+    std::fs::copy(
+        deploy_dir().join("helm/periscope/files/alerts.yaml"),
+        &rules,
+    )
+    .unwrap();
+    let w = r#"k8s_namespace_name="shop", k8s_owner_kind="Deployment", k8s_owner_name="cart", service_name="cart""#;
+    // 10 requests/s of which 1/s are 500s: 10% > 5%, for longer than `for: 10m`.
+    promtool_test(
+        &rules,
+        dir.path(),
+        "http-5xx",
+        &format!(
+            "      - series: 'http_server_request_duration_seconds_count{{{w}, http_response_status_code=\"200\"}}'\n        values: '0+540x30'\n      - series: 'http_server_request_duration_seconds_count{{{w}, http_response_status_code=\"500\"}}'\n        values: '0+60x30'"
+        ),
+        &format!(
+            "      - eval_time: 25m\n        alertname: PeriscopeHTTPServerErrorRatioHigh\n        exp_alerts:\n          - exp_labels: {{{}}}\n            exp_annotations:\n              summary: More than 5% of HTTP requests fail with 5xx.\n              description: 'shop/cart (cart) answered 10% of its HTTP requests with a 5xx status over the last 5 minutes.'\n      - eval_time: 8m\n        alertname: PeriscopeHTTPServerErrorRatioHigh\n        exp_alerts: []",
+            w.replace('=', ": ") + ", severity: warning"
+        ),
+    );
+    // 1% errors: no alert.
+    promtool_test(
+        &rules,
+        dir.path(),
+        "http-1pct",
+        &format!(
+            "      - series: 'http_server_request_duration_seconds_count{{{w}, http_response_status_code=\"200\"}}'\n        values: '0+594x30'\n      - series: 'http_server_request_duration_seconds_count{{{w}, http_response_status_code=\"503\"}}'\n        values: '0+6x30'"
+        ),
+        "      - eval_time: 25m\n        alertname: PeriscopeHTTPServerErrorRatioHigh\n        exp_alerts: []",
+    );
+    // Postgres: every statement fails; Kafka: none fails.
+    promtool_test(
+        &rules,
+        dir.path(),
+        "pg-kafka",
+        &format!(
+            "      - series: 'db_client_operation_duration_seconds_count{{{w}, db_system_name=\"postgresql\", db_namespace=\"shop\", error_type=\"42P01\"}}'\n        values: '0+60x30'\n      - series: 'messaging_client_operation_duration_seconds_count{{{w}, messaging_system=\"kafka\", messaging_operation_name=\"send\", error_type=\"\"}}'\n        values: '0+600x30'"
+        ),
+        &format!(
+            "      - eval_time: 25m\n        alertname: PeriscopePostgresErrorRatioHigh\n        exp_alerts:\n          - exp_labels: {{{}, db_namespace: shop, severity: warning}}\n            exp_annotations:\n              summary: More than 5% of PostgreSQL statements fail.\n              description: '100% of the statements shop/cart (cart) sent to database shop failed over the last 5 minutes (error_type is the SQLSTATE).'\n      - eval_time: 25m\n        alertname: PeriscopeKafkaErrorRatioHigh\n        exp_alerts: []",
+            w.replace('=', ": ")
+        ),
+    );
+    // The agent: down, losing events, dropping series, cut off from the API server.
+    let agent = r#"job="periscope", instance="10.0.0.7:9464", namespace="periscope", pod="periscope-x", node="n1""#;
+    promtool_test(
+        &rules,
+        dir.path(),
+        "agent",
+        &format!(
+            "      - series: 'up{{{agent}}}'\n        values: '1 1 0x20'\n      - series: 'periscope_kernel_events_lost_total{{{agent}, reason=\"ringbuf_full\"}}'\n        values: '0+10x20'\n      - series: 'periscope_kernel_events_lost_total{{{agent}, reason=\"conn_table_full\"}}'\n        values: '0x20'\n      - series: 'periscope_series_dropped_total{{{agent}, metric=\"http_server_request_duration_seconds\"}}'\n        values: '0 0 0 5 5 5 5'\n      - series: 'periscope_kubernetes_connected{{{agent}}}'\n        values: '1 1 0x20'"
+        ),
+        r#"      - eval_time: 15m
+        alertname: PeriscopeAgentDown
+        exp_alerts:
+          - exp_labels: {job: periscope, instance: '10.0.0.7:9464', namespace: periscope, pod: periscope-x, node: n1, severity: critical}
+            exp_annotations:
+              summary: "A Periscope agent cannot be scraped; its node is unobserved."
+              description: "Prometheus has failed to scrape 10.0.0.7:9464 (node n1) for 5 minutes."
+      - eval_time: 15m
+        alertname: PeriscopeKernelEventsLost
+        exp_alerts:
+          - exp_labels: {namespace: periscope, pod: periscope-x, node: n1, reason: ringbuf_full, severity: warning}
+            exp_annotations:
+              summary: "Periscope is losing kernel events; traffic is undercounted."
+              description: "The agent on n1 (periscope-x) loses 0.167 kernel events/s (ringbuf_full). ringbuf_full: raise PERISCOPE_RINGBUF_BYTES or the CPU limit; *_table_full: the node has more concurrent connections than the kernel tables hold."
+      - eval_time: 5m
+        alertname: PeriscopeSeriesDropped
+        exp_alerts:
+          - exp_labels: {namespace: periscope, pod: periscope-x, node: n1, metric: http_server_request_duration_seconds, severity: warning}
+            exp_annotations:
+              summary: "Periscope's cardinality cap was hit; some observations are dropped."
+              description: "The agent on n1 dropped 5 observations of http_server_request_duration_seconds in 15 minutes because it already has PERISCOPE_MAX_SERIES label sets. Look for a label with unbounded values (routes, tables, topics), or raise the cap."
+      - eval_time: 15m
+        alertname: PeriscopeKubernetesAPIUnreachable
+        exp_alerts:
+          - exp_labels: {namespace: periscope, pod: periscope-x, node: n1, severity: warning}
+            exp_annotations:
+              summary: "Periscope cannot reach the Kubernetes API; new pods are not attributed."
+              description: "The agent on n1 (periscope-x) has not been connected to the Kubernetes API for 5 minutes: series of pods started since then lack k8s_* labels. Check the agent log and its ServiceAccount's RBAC."
+      - eval_time: 15m
+        alertname: PeriscopeAgentAbsent
+        exp_alerts: []"#,
+    );
+}
+
+#[test]
+fn dashboards_are_well_formed() {
+    let dashboards = dashboards();
+    let names: Vec<&str> = dashboards.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["agent", "flows", "http", "kafka", "postgres"]);
+    let mut uids = BTreeSet::new();
+    for (name, dashboard) in &dashboards {
+        assert!(
+            uids.insert(dashboard["uid"].as_str().unwrap().to_owned()),
+            "{name}: duplicate uid"
+        );
+        assert!(dashboard["title"]
+            .as_str()
+            .unwrap()
+            .starts_with("Periscope / "));
+        // Template variables: each with an "All" of `.*`, queried with label_values.
+        let variables = dashboard_variables(dashboard);
+        let expected: &[&str] = if name == "agent" {
+            &["node"]
+        } else {
+            &["namespace", "workload", "service"]
+        };
+        assert_eq!(
+            variables
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>(),
+            expected,
+            "{name}"
+        );
+        for (var, v) in &variables {
+            assert_eq!(v["includeAll"], true, "{name} ${var}");
+            assert_eq!(v["allValue"], ".*", "{name} ${var}");
+            parse_label_values(v["query"]["query"].as_str().unwrap()).unwrap();
+        }
+        let label_of = |var: &str| match var {
+            "namespace" => "k8s_namespace_name",
+            "workload" => "k8s_owner_name",
+            "service" => "service_name",
+            _ => "node",
+        };
+        // Every panel has a query; every query filters by every variable, uses the rate
+        // interval Grafana picks, and names only metrics of the interface.
+        for panel in panels(dashboard) {
+            let targets = panel["targets"].as_array().map_or(&[][..], Vec::as_slice);
+            assert!(
+                targets
+                    .iter()
+                    .any(|t| t["expr"].as_str().is_some_and(|e| !e.trim().is_empty())),
+                "{name}: panel {:?} has no query",
+                panel["title"]
+            );
+            assert_eq!(panel["datasource"]["uid"], "${datasource}");
+        }
+        for q in dashboard_queries(dashboard) {
+            let context = format!("{name} / {}: {}", q.panel, q.expr);
+            for (var, _) in &variables {
+                assert!(
+                    q.expr.contains(&format!("{}=~\"${var}\"", label_of(var))),
+                    "{context}: does not filter by ${var}"
+                );
+            }
+            if q.expr.contains("rate(") || q.expr.contains("increase(") {
+                assert!(q.expr.contains("[$__rate_interval]"), "{context}");
+                assert!(!has_fixed_range(&q.expr), "{context}");
+            }
+            let metrics = metric_names(&q.expr);
+            assert!(!metrics.is_empty(), "{context}");
+            for metric in metrics {
+                assert!(
+                    KNOWN_METRICS.contains(&metric.as_str()),
+                    "{context}: unknown metric {metric}"
+                );
+            }
+        }
+    }
+}
+
+/// Whether a fixed range selector such as `[5m]` appears (a regex class like `[45]..` does
+/// not count: no unit follows its digits).
+fn has_fixed_range(expr: &str) -> bool {
+    expr.match_indices('[').any(|(i, _)| {
+        let rest = &expr[i + 1..];
+        let digits = rest.chars().take_while(char::is_ascii_digit).count();
+        digits > 0
+            && rest[digits..].starts_with(|c: char| "smhdwy".contains(c))
+            && rest[digits + 1..].starts_with(']')
+    })
+}
+
+#[test]
+fn metric_names_are_found_in_expressions() {
+    assert_eq!(
+        metric_names(
+            r#"sum by (le, k8s_owner_name) (rate(http_server_request_duration_seconds_bucket{service_name=~"a.*"}[5m])) or on() vector(0)"#
+        ),
+        ["http_server_request_duration_seconds"]
+    );
+    assert_eq!(
+        metric_names(
+            r#"up{job="periscope"} == 0 and max by (node) (periscope_kubernetes_connected)"#
+        ),
+        ["periscope_kubernetes_connected", "up"]
+    );
+}
+
+#[test]
+fn jaeger_example_points_at_its_collector() {
+    let objects = yaml_file(&kube_dir().join("examples/jaeger.yaml"));
+    let collector = objects
+        .iter()
+        .find(|o| o["kind"] == "Service" && o["metadata"]["name"] == "jaeger-collector")
+        .unwrap();
+    assert_eq!(collector["metadata"]["namespace"], "observability");
+    assert!(collector["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["port"] == 4317));
+    let patch = &yaml_file(&kube_dir().join("examples/otlp-jaeger-patch.yaml"))[0];
+    let container = &patch["spec"]["template"]["spec"]["containers"][0];
+    // A strategic merge patch finds the container by name.
+    let daemonset = find(&plain_objects(""), "DaemonSet");
+    assert_eq!(
+        container["name"],
+        daemonset["spec"]["template"]["spec"]["containers"][0]["name"]
+    );
+    let env: BTreeMap<&str, &str> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap(), e["value"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        env,
+        BTreeMap::from([
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", JAEGER_ENDPOINT),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
+        ])
+    );
+}
