@@ -1,11 +1,13 @@
-//! Who a process is: executable, container id from the cgroup path, service name.
-//! Standalone mode needs nothing but `/proc`.
+//! Who a process is: executable, container id and pod UID from the cgroup path, service
+//! name. Standalone mode needs nothing but `/proc`; [`kubernetes`] adds pod, owner and peer
+//! attribution from the Kubernetes API.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
 pub mod cgroup;
+pub mod kubernetes;
 
 /// Identity of one process (thread group), cached per tgid until it exits.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -17,6 +19,9 @@ pub struct ProcessInfo {
     pub exe_name: String,
     /// Container id when the process runs in a container (from its cgroup path).
     pub container_id: Option<String>,
+    /// Kubernetes pod UID when the process runs in a pod (from its cgroup path), the key for
+    /// [`kubernetes::Attribution::pod`].
+    pub pod_uid: Option<String>,
     /// `service.name`: the executable's name in standalone mode.
     pub service_name: String,
 }
@@ -37,9 +42,9 @@ impl ProcessInfo {
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .map(|n| n.trim_end_matches(" (deleted)").to_owned())
             .unwrap_or_default();
-        let container_id = std::fs::read_to_string(dir.join("cgroup"))
-            .ok()
-            .and_then(|text| cgroup::container_id(&text));
+        let cgroup_file = std::fs::read_to_string(dir.join("cgroup")).ok();
+        let container_id = cgroup_file.as_deref().and_then(cgroup::container_id);
+        let pod_uid = cgroup_file.as_deref().and_then(cgroup::pod_uid);
         let service_name = [&exe_name, &comm]
             .into_iter()
             .find(|s| !s.is_empty())
@@ -50,6 +55,7 @@ impl ProcessInfo {
             comm,
             exe_name,
             container_id,
+            pod_uid,
             service_name,
         }
     }
@@ -114,6 +120,7 @@ mod tests {
         let ghost = ProcessInfo::read(Path::new("/proc"), u32::MAX - 1, None);
         assert_eq!(ghost.service_name, "unknown");
         assert_eq!(ghost.container_id, None);
+        assert_eq!(ghost.pod_uid, None);
         let named = ProcessInfo::read(Path::new("/proc"), u32::MAX - 1, Some("curl"));
         assert_eq!(named.service_name, "curl");
     }
