@@ -86,6 +86,10 @@ pub(crate) enum Msg {
     /// The (re)list is complete.
     InitDone(Watch),
     Failed { watch: Watch, failure: Failure },
+    /// The API server answered this watch's probe after a connection failure. (A resumed
+    /// watch on a quiet resource delivers nothing, so without the probe nothing would say
+    /// that it works again.)
+    Reachable(Watch),
 }
 
 /// A pod anywhere in the cluster, reduced to what its peer entry needs.
@@ -184,6 +188,7 @@ impl Model {
                 }
                 self.listed[watch.index()] = true;
             }
+            Msg::Reachable(watch) => self.healthy[watch.index()] = Some(true),
             Msg::Failed { watch, failure } => match failure {
                 Failure::Connection(error) => {
                     self.healthy[watch.index()] = Some(false);

@@ -4,13 +4,17 @@
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::core::PartialObjectMeta;
 use kube::runtime::watcher::{self, watcher, Event};
-use kube::{Api, Client};
+use kube::api::ListParams;
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -124,59 +128,26 @@ fn spawn_watches(
     let node_config = config
         .clone()
         .fields(&format!("spec.nodeName={}", settings.node_name));
-
-    let pods = |client: &Client, config: watcher::Config| {
-        let api = Api::<Lenient<Pod>>::all(client.clone());
-        move || watcher(api.clone(), config.clone()).boxed()
-    };
-    spawn(
-        tasks,
-        Watch::NodePods,
-        pods(client, node_config),
-        lenient_record(|p| Record::Pod(Box::new(p))),
-        tx,
-        timing,
-    );
-    spawn(
-        tasks,
-        Watch::Pods,
-        pods(client, config.clone()),
-        lenient_record(|p| Record::Pod(Box::new(p))),
-        tx,
-        timing,
-    );
+    let pod = || lenient_record(|p| Record::Pod(Box::new(p)));
+    let pods = Api::<Lenient<Pod>>::all(client.clone());
+    spawn_watch(tasks, Watch::NodePods, pods.clone(), node_config, pod(), tx, timing);
+    spawn_watch(tasks, Watch::Pods, pods, config.clone(), pod(), tx, timing);
     let services = Api::<Lenient<Service>>::all(client.clone());
-    let services_config = config.clone();
-    spawn(
-        tasks,
-        Watch::Services,
-        move || watcher(services.clone(), services_config.clone()).boxed(),
-        lenient_record(Record::Service),
-        tx,
-        timing,
-    );
+    let service = lenient_record(Record::Service);
+    spawn_watch(tasks, Watch::Services, services, config.clone(), service, tx, timing);
     // ReplicaSets and Jobs: only their owner references matter, so only metadata is
     // fetched (`Api<PartialObjectMeta<_>>` asks for PartialObjectMetadata), not specs and
     // statuses.
     let replica_sets = Api::<PartialObjectMeta<ReplicaSet>>::all(client.clone());
-    let rs_config = config.clone();
-    spawn(
-        tasks,
-        Watch::ReplicaSets,
-        move || watcher(replica_sets.clone(), rs_config.clone()).boxed(),
-        |o| (key_of(&o.metadata), Ok(Record::Owner(owner_record(&o)))),
-        tx,
-        timing,
-    );
+    let owner = |o: PartialObjectMeta<ReplicaSet>| {
+        (key_of(&o.metadata), Ok(Record::Owner(owner_record(&o))))
+    };
+    spawn_watch(tasks, Watch::ReplicaSets, replica_sets, config.clone(), owner, tx, timing);
     let jobs = Api::<PartialObjectMeta<Job>>::all(client.clone());
-    spawn(
-        tasks,
-        Watch::Jobs,
-        move || watcher(jobs.clone(), config.clone()).boxed(),
-        |o| (key_of(&o.metadata), Ok(Record::Owner(owner_record(&o)))),
-        tx,
-        timing,
-    );
+    let owner = |o: PartialObjectMeta<Job>| {
+        (key_of(&o.metadata), Ok(Record::Owner(owner_record(&o))))
+    };
+    spawn_watch(tasks, Watch::Jobs, jobs, config, owner, tx, timing);
 }
 
 /// `Lenient<K>` → its key and record (or the decode error).
@@ -189,23 +160,48 @@ fn lenient_record<K: super::convert::Extract>(
     }
 }
 
-type WatchStream<T> = futures::stream::BoxStream<'static, Result<Event<T>, watcher::Error>>;
+type WatchStream<T> = BoxStream<'static, Result<Event<T>, watcher::Error>>;
+type Probe = BoxFuture<'static, Result<(), String>>;
 
-/// Runs one watch in its own task, restarting it if it ever panics.
-fn spawn<T: Send + 'static>(
+/// Runs one watch of `api` in its own task, restarting it if it ever panics.
+fn spawn_watch<K>(
     tasks: &mut JoinSet<()>,
     watch: Watch,
-    make_stream: impl Fn() -> WatchStream<T> + Send + Sync + 'static,
-    to_record: impl Fn(T) -> (Key, Result<Record, String>) + Send + Sync + 'static,
+    api: Api<K>,
+    config: watcher::Config,
+    to_record: impl Fn(K) -> (Key, Result<Record, String>) + Send + Sync + 'static,
     tx: &mpsc::Sender<Msg>,
     timing: &WatchTiming,
-) {
+) where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    // The probe asks for one object of the same selection: it proves the server answers
+    // this watch's requests (and that RBAC allows them), cheaply.
+    let probe_params = ListParams {
+        label_selector: config.label_selector.clone(),
+        field_selector: config.field_selector.clone(),
+        limit: Some(1),
+        ..ListParams::default()
+    };
+    let probe_api = api.clone();
+    let probe = move || -> Probe {
+        let api = probe_api.clone();
+        let params = probe_params.clone();
+        async move {
+            api.list(&params)
+                .await
+                .map(|_| ())
+                .map_err(|e| error_chain(&e))
+        }
+        .boxed()
+    };
+    let make_stream = move || -> WatchStream<K> { watcher(api.clone(), config.clone()).boxed() };
     let tx = tx.clone();
     let timing = timing.clone();
     tasks.spawn(async move {
         let mut backoff = Backoff::new(&timing);
         loop {
-            let run = watch_loop(watch, &make_stream, &to_record, &tx, &timing);
+            let run = watch_loop(watch, &make_stream, &probe, &to_record, &tx, &timing);
             if AssertUnwindSafe(run).catch_unwind().await.is_ok() {
                 return; // the model task is gone: nothing left to feed
             }
@@ -223,6 +219,7 @@ fn spawn<T: Send + 'static>(
 async fn watch_loop<T>(
     watch: Watch,
     make_stream: &(impl Fn() -> WatchStream<T> + Send + Sync),
+    probe: &(impl Fn() -> Probe + Send + Sync),
     to_record: &(impl Fn(T) -> (Key, Result<Record, String>) + Send + Sync),
     tx: &mpsc::Sender<Msg>,
     timing: &WatchTiming,
@@ -268,19 +265,36 @@ async fn watch_loop<T>(
                 Err(error) => {
                     let outcome = classify(&error);
                     log::debug!("kubernetes: {} watch: {outcome:?}", watch.describe());
-                    let mut msgs = Vec::new();
+                    let connection_lost = matches!(outcome.failure, Some(Failure::Connection(_)));
                     if let Some(failure) = outcome.failure {
-                        msgs.push(Msg::Failed { watch, failure });
-                    }
-                    for msg in msgs {
-                        if tx.send(msg).await.is_err() {
+                        if tx.send(Msg::Failed { watch, failure }).await.is_err() {
                             return;
                         }
                     }
                     if outcome.relist {
                         break;
                     }
-                    if outcome.pause {
+                    if connection_lost {
+                        // Back off, probing, until the server answers again; then the watcher
+                        // retries (resuming, or relisting if it must).
+                        loop {
+                            tokio::time::sleep(backoff.next_delay()).await;
+                            let msg = match probe().await {
+                                Ok(()) => Msg::Reachable(watch),
+                                Err(error) => Msg::Failed {
+                                    watch,
+                                    failure: Failure::Connection(error),
+                                },
+                            };
+                            let reachable = matches!(msg, Msg::Reachable(_));
+                            if tx.send(msg).await.is_err() {
+                                return;
+                            }
+                            if reachable {
+                                break;
+                            }
+                        }
+                    } else if outcome.pause {
                         tokio::time::sleep(backoff.next_delay()).await;
                     }
                     continue;
