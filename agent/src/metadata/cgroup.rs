@@ -219,7 +219,9 @@ mod pod_uid_tests {
     #[test]
     fn pod_cgroup_itself_has_uid_but_no_container() {
         // The pause-less pod cgroup (e.g. a process the kubelet put there directly).
-        let text = format!("0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice");
+        let text = format!(
+            "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice"
+        );
         assert_eq!(pod_uid(&text).as_deref(), Some(UID));
         assert_eq!(container_id(&text), None);
     }

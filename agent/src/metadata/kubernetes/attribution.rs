@@ -153,7 +153,11 @@ impl Attribution {
     pub fn pod_count(&self) -> usize {
         let tables = self.read();
         // Mirror pods are reachable under two keys; count pods, not keys.
-        let mut uids: Vec<&str> = tables.pods_by_uid.values().map(|p| p.uid.as_str()).collect();
+        let mut uids: Vec<&str> = tables
+            .pods_by_uid
+            .values()
+            .map(|p| p.uid.as_str())
+            .collect();
         uids.sort_unstable();
         uids.dedup();
         uids.len()
@@ -242,7 +246,8 @@ mod tests {
         a.update(|t| {
             t.pods_by_uid.insert("u1".into(), pod.clone());
             t.pods_by_container.insert("c1".into(), pod.clone());
-            t.pod_peers.insert("10.0.0.7".parse().unwrap(), peer.clone());
+            t.pod_peers
+                .insert("10.0.0.7".parse().unwrap(), peer.clone());
             true
         });
         assert_eq!(a.generation(), 1);

@@ -179,7 +179,13 @@ impl<K: Extract> Resource for Lenient<K> {
 
 /// `ns/name` for messages (`?` for a missing part).
 pub(crate) fn describe_key((namespace, name): &Key) -> String {
-    let or_q = |s: &str| if s.is_empty() { "?".to_owned() } else { s.to_owned() };
+    let or_q = |s: &str| {
+        if s.is_empty() {
+            "?".to_owned()
+        } else {
+            s.to_owned()
+        }
+    };
     format!("{}/{}", or_q(namespace), or_q(name))
 }
 
@@ -354,7 +360,10 @@ mod tests {
     #[test]
     fn pod_fields() {
         let pod = lenient_pod(pod_json());
-        assert_eq!(pod.key(), ("shop".to_owned(), "web-7d4b9c-abcde".to_owned()));
+        assert_eq!(
+            pod.key(),
+            ("shop".to_owned(), "web-7d4b9c-abcde".to_owned())
+        );
         let record = pod.decoded.unwrap();
         assert_eq!(
             record,
@@ -369,10 +378,7 @@ mod tests {
                 }),
                 app_name: Some("storefront".into()),
                 mirror_uid: None,
-                containers: vec![
-                    ("aaa".into(), "init".into()),
-                    ("bbb".into(), "app".into())
-                ],
+                containers: vec![("aaa".into(), "init".into()), ("bbb".into(), "app".into())],
                 ips: vec!["10.1.0.5".parse().unwrap(), "fd00::5".parse().unwrap()],
             }
         );
@@ -394,7 +400,10 @@ mod tests {
         json["status"]["containerStatuses"] = "not a list".into();
         let pod = lenient_pod(json);
         // The key survives, so a later delete still finds the entry.
-        assert_eq!(pod.key(), ("shop".to_owned(), "web-7d4b9c-abcde".to_owned()));
+        assert_eq!(
+            pod.key(),
+            ("shop".to_owned(), "web-7d4b9c-abcde".to_owned())
+        );
         let error = pod.decoded.unwrap_err();
         assert!(
             error.starts_with("Pod shop/web-7d4b9c-abcde: cannot decode: invalid type"),
@@ -417,7 +426,10 @@ mod tests {
 
         let pod = lenient_pod(serde_json::json!("just a string"));
         assert_eq!(pod.key(), (String::new(), String::new()));
-        assert!(pod.decoded.unwrap_err().starts_with("Pod ?/?: cannot decode"));
+        assert!(pod
+            .decoded
+            .unwrap_err()
+            .starts_with("Pod ?/?: cannot decode"));
     }
 
     #[test]

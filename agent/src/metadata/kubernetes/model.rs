@@ -82,10 +82,16 @@ pub(crate) enum Msg {
         key: Key,
         record: Option<Record>,
     },
-    Delete { watch: Watch, key: Key },
+    Delete {
+        watch: Watch,
+        key: Key,
+    },
     /// The (re)list is complete.
     InitDone(Watch),
-    Failed { watch: Watch, failure: Failure },
+    Failed {
+        watch: Watch,
+        failure: Failure,
+    },
     /// The API server answered this watch's probe after a connection failure. (A resumed
     /// watch on a quiet resource delivers nothing, so without the probe nothing would say
     /// that it works again.)
@@ -427,20 +433,28 @@ impl Model {
         let derived: Vec<(Key, Option<Published>)> = std::mem::take(&mut self.dirty_services)
             .into_iter()
             .map(|key| {
-                let peer = self.services.get(&key).filter(|s| !s.ips.is_empty()).map(|s| {
-                    let peer = PeerInfo {
-                        namespace: key.0.clone(),
-                        owner_kind: "Service".to_owned(),
-                        owner_name: key.1.clone(),
-                        service_name: key.1.clone(),
-                        kind: PeerKind::Service,
-                    };
-                    (s.ips.clone(), Arc::new(peer))
-                });
+                let peer = self
+                    .services
+                    .get(&key)
+                    .filter(|s| !s.ips.is_empty())
+                    .map(|s| {
+                        let peer = PeerInfo {
+                            namespace: key.0.clone(),
+                            owner_kind: "Service".to_owned(),
+                            owner_name: key.1.clone(),
+                            service_name: key.1.clone(),
+                            kind: PeerKind::Service,
+                        };
+                        (s.ips.clone(), Arc::new(peer))
+                    });
                 (key, peer)
             })
             .collect();
-        diff_peers(derived, &mut self.service_peer_ips, &mut self.service_ip_owner)
+        diff_peers(
+            derived,
+            &mut self.service_peer_ips,
+            &mut self.service_ip_owner,
+        )
     }
 
     fn announce(&mut self, attribution: &Attribution, events: &dyn Fn(KubeEvent)) {
@@ -704,7 +718,13 @@ mod tests {
     fn owners_resolve_through_replicasets_and_jobs_in_any_order() {
         let mut f = Fixture::new();
         // The pod arrives before its ReplicaSet: it is first attributed to the ReplicaSet.
-        f.pod_both(pod("shop", "web-abc-1", "u1", owner("ReplicaSet", "web-abc"), "10.0.0.1"));
+        f.pod_both(pod(
+            "shop",
+            "web-abc-1",
+            "u1",
+            owner("ReplicaSet", "web-abc"),
+            "10.0.0.1",
+        ));
         assert_eq!(f.owner_of("u1"), s("ReplicaSet", "web-abc", "web-abc"));
         let g = f.attribution.generation();
         f.feed([apply(
@@ -715,7 +735,12 @@ mod tests {
         assert_eq!(f.owner_of("u1"), s("Deployment", "web", "web"));
         assert_eq!(
             f.peer("10.0.0.1"),
-            Some(("Deployment".into(), "web".into(), "web".into(), PeerKind::Pod))
+            Some((
+                "Deployment".into(),
+                "web".into(),
+                "web".into(),
+                PeerKind::Pod
+            ))
         );
         assert!(f.attribution.generation() > g);
 
@@ -737,15 +762,45 @@ mod tests {
             ),
             apply(Watch::Jobs, key("shop", "migrate"), Record::Owner(None)),
         ]);
-        f.pod_both(pod("shop", "report-28000000-x", "u2", owner("Job", "report-28000000"), "10.0.0.2"));
-        f.pod_both(pod("shop", "migrate-y", "u3", owner("Job", "migrate"), "10.0.0.3"));
+        f.pod_both(pod(
+            "shop",
+            "report-28000000-x",
+            "u2",
+            owner("Job", "report-28000000"),
+            "10.0.0.2",
+        ));
+        f.pod_both(pod(
+            "shop",
+            "migrate-y",
+            "u3",
+            owner("Job", "migrate"),
+            "10.0.0.3",
+        ));
         assert_eq!(f.owner_of("u2"), s("CronJob", "report", "report"));
         assert_eq!(f.owner_of("u3"), s("Job", "migrate", "migrate"));
 
         // StatefulSet and DaemonSet are top owners; a Node (mirror pod) or nothing is not.
-        f.pod_both(pod("db", "pg-0", "u4", owner("StatefulSet", "pg"), "10.0.0.4"));
-        f.pod_both(pod("kube-system", "proxy-z", "u5", owner("DaemonSet", "proxy"), "10.0.0.5"));
-        f.pod_both(pod("kube-system", "etcd-node-a", "u6", owner("Node", "node-a"), "10.0.0.6"));
+        f.pod_both(pod(
+            "db",
+            "pg-0",
+            "u4",
+            owner("StatefulSet", "pg"),
+            "10.0.0.4",
+        ));
+        f.pod_both(pod(
+            "kube-system",
+            "proxy-z",
+            "u5",
+            owner("DaemonSet", "proxy"),
+            "10.0.0.5",
+        ));
+        f.pod_both(pod(
+            "kube-system",
+            "etcd-node-a",
+            "u6",
+            owner("Node", "node-a"),
+            "10.0.0.6",
+        ));
         f.pod_both(pod("default", "debug", "u7", None, "10.0.0.7"));
         assert_eq!(f.owner_of("u4"), s("StatefulSet", "pg", "pg"));
         assert_eq!(f.owner_of("u5"), s("DaemonSet", "proxy", "proxy"));
@@ -760,14 +815,25 @@ mod tests {
         assert_eq!(f.owner_of("u1"), s("ReplicaSet", "web-abc", "web-abc"));
         assert_eq!(
             f.peer("10.0.0.1"),
-            Some(("ReplicaSet".into(), "web-abc".into(), "web-abc".into(), PeerKind::Pod))
+            Some((
+                "ReplicaSet".into(),
+                "web-abc".into(),
+                "web-abc".into(),
+                PeerKind::Pod
+            ))
         );
     }
 
     #[test]
     fn app_label_names_the_service_and_mirror_pods_answer_to_their_hash() {
         let mut f = Fixture::new();
-        let mut p = pod("kube-system", "etcd-node-a", "u1", owner("Node", "node-a"), "10.0.0.1");
+        let mut p = pod(
+            "kube-system",
+            "etcd-node-a",
+            "u1",
+            owner("Node", "node-a"),
+            "10.0.0.1",
+        );
         p.app_name = Some("etcd".into());
         p.mirror_uid = Some("0123456789abcdef0123456789abcdef".into());
         f.pod_both(p);
@@ -776,7 +842,10 @@ mod tests {
             .attribution
             .pod(Some("0123456789abcdef0123456789abcdef"), Some("u1-c"))
             .unwrap();
-        assert_eq!((by_hash.uid.as_str(), container.as_deref()), ("u1", Some("app")));
+        assert_eq!(
+            (by_hash.uid.as_str(), container.as_deref()),
+            ("u1", Some("app"))
+        );
         assert_eq!(f.attribution.pod_count(), 1);
     }
 
@@ -786,7 +855,11 @@ mod tests {
         f.feed([Msg::Init(Watch::NodePods)]);
         for (name, uid) in [("a", "ua"), ("b", "ub"), ("c", "uc")] {
             let p = pod("ns", name, uid, None, "10.0.0.1");
-            f.feed([apply(Watch::NodePods, key("ns", name), Record::Pod(Box::new(p)))]);
+            f.feed([apply(
+                Watch::NodePods,
+                key("ns", name),
+                Record::Pod(Box::new(p)),
+            )]);
         }
         f.feed([Msg::InitDone(Watch::NodePods)]);
         assert_eq!(f.attribution.pod_count(), 3);
@@ -813,9 +886,17 @@ mod tests {
     fn a_reused_ip_belongs_to_the_newer_pod() {
         let mut f = Fixture::new();
         let old = pod("ns", "old", "u1", None, "10.0.0.9");
-        f.feed([apply(Watch::Pods, key("ns", "old"), Record::Pod(Box::new(old)))]);
+        f.feed([apply(
+            Watch::Pods,
+            key("ns", "old"),
+            Record::Pod(Box::new(old)),
+        )]);
         let new = pod("ns", "new", "u2", None, "10.0.0.9");
-        f.feed([apply(Watch::Pods, key("ns", "new"), Record::Pod(Box::new(new)))]);
+        f.feed([apply(
+            Watch::Pods,
+            key("ns", "new"),
+            Record::Pod(Box::new(new)),
+        )]);
         // The old pod's delete arrives late; the IP stays with the new pod.
         f.feed([Msg::Delete {
             watch: Watch::Pods,
@@ -838,10 +919,19 @@ mod tests {
         let svc = ServiceRecord {
             ips: vec!["10.96.0.10".parse().unwrap()],
         };
-        f.feed([apply(Watch::Services, key("shop", "db"), Record::Service(svc))]);
+        f.feed([apply(
+            Watch::Services,
+            key("shop", "db"),
+            Record::Service(svc),
+        )]);
         assert_eq!(
             f.peer("10.96.0.10"),
-            Some(("Service".into(), "db".into(), "db".into(), PeerKind::Service))
+            Some((
+                "Service".into(),
+                "db".into(),
+                "db".into(),
+                PeerKind::Service
+            ))
         );
         f.feed([Msg::Delete {
             watch: Watch::Services,

@@ -10,9 +10,9 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::ListParams;
 use kube::core::PartialObjectMeta;
 use kube::runtime::watcher::{self, watcher, Event};
-use kube::api::ListParams;
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
@@ -130,11 +130,27 @@ fn spawn_watches(
         .fields(&format!("spec.nodeName={}", settings.node_name));
     let pod = || lenient_record(|p| Record::Pod(Box::new(p)));
     let pods = Api::<Lenient<Pod>>::all(client.clone());
-    spawn_watch(tasks, Watch::NodePods, pods.clone(), node_config, pod(), tx, timing);
+    spawn_watch(
+        tasks,
+        Watch::NodePods,
+        pods.clone(),
+        node_config,
+        pod(),
+        tx,
+        timing,
+    );
     spawn_watch(tasks, Watch::Pods, pods, config.clone(), pod(), tx, timing);
     let services = Api::<Lenient<Service>>::all(client.clone());
     let service = lenient_record(Record::Service);
-    spawn_watch(tasks, Watch::Services, services, config.clone(), service, tx, timing);
+    spawn_watch(
+        tasks,
+        Watch::Services,
+        services,
+        config.clone(),
+        service,
+        tx,
+        timing,
+    );
     // ReplicaSets and Jobs: only their owner references matter, so only metadata is
     // fetched (`Api<PartialObjectMeta<_>>` asks for PartialObjectMetadata), not specs and
     // statuses.
@@ -142,11 +158,18 @@ fn spawn_watches(
     let owner = |o: PartialObjectMeta<ReplicaSet>| {
         (key_of(&o.metadata), Ok(Record::Owner(owner_record(&o))))
     };
-    spawn_watch(tasks, Watch::ReplicaSets, replica_sets, config.clone(), owner, tx, timing);
+    spawn_watch(
+        tasks,
+        Watch::ReplicaSets,
+        replica_sets,
+        config.clone(),
+        owner,
+        tx,
+        timing,
+    );
     let jobs = Api::<PartialObjectMeta<Job>>::all(client.clone());
-    let owner = |o: PartialObjectMeta<Job>| {
-        (key_of(&o.metadata), Ok(Record::Owner(owner_record(&o))))
-    };
+    let owner =
+        |o: PartialObjectMeta<Job>| (key_of(&o.metadata), Ok(Record::Owner(owner_record(&o))));
     spawn_watch(tasks, Watch::Jobs, jobs, config, owner, tx, timing);
 }
 
@@ -472,7 +495,10 @@ mod tests {
         let bases = [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0, 30.0];
         for (d, base) in delays.iter().zip(bases) {
             let d = d.as_secs_f64();
-            assert!(d >= base * 0.75 - 1e-9 && d <= (base * 1.25).min(30.0), "{d} vs {base}");
+            assert!(
+                d >= base * 0.75 - 1e-9 && d <= (base * 1.25).min(30.0),
+                "{d} vs {base}"
+            );
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(625));
@@ -515,6 +541,17 @@ mod tests {
         )));
         assert!(matches!(bad_event.failure, Some(Failure::Object(_))));
         assert!(!bad_event.pause && !bad_event.relist);
+    }
+
+    /// TLS is rustls with ring: building an https client must find its crypto provider
+    /// (rustls panics when none, or two, are compiled in).
+    #[tokio::test]
+    async fn https_clients_build() {
+        let settings = KubeSettings {
+            api_url: Some("https://127.0.0.1:6443".to_owned()),
+            node_name: "n".to_owned(),
+        };
+        assert!(make_client(&settings, &WatchTiming::default()).is_ok());
     }
 
     #[test]
