@@ -11,7 +11,83 @@ use tokio::signal::unix::{signal, SignalKind};
 use periscope::capture::{self, Capture, Reader};
 use periscope::config::Config;
 use periscope::export::http;
-use periscope::export::prometheus::Metrics;
+use periscope::export::prometheus::{Metrics, ReasonLabel};
+use periscope::metadata::kubernetes::{self, Attribution, KubeEvent, KubeSettings};
+use periscope::metadata::ClusterView;
+
+/// Starts the Kubernetes watch when attribution is on; its state changes become log lines and
+/// self-metrics together.
+fn start_kubernetes(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    registry: &mut Registry,
+) -> anyhow::Result<Option<Arc<dyn ClusterView>>> {
+    if !config.kubernetes_enabled() {
+        return Ok(None);
+    }
+    let node_name = match config.node_name.as_deref().map(str::trim) {
+        Some(name) if !name.is_empty() => name.to_owned(),
+        _ => anyhow::bail!(
+            "Kubernetes attribution is on but NODE_NAME (--node-name) is not set: set it from the \
+             downward API (spec.nodeName), or turn attribution off with --kubernetes off"
+        ),
+    };
+    metrics.register_kubernetes(registry);
+    let attribution = Attribution::new();
+    let settings = KubeSettings {
+        api_url: config.kube_api_url.clone(),
+        node_name: node_name.clone(),
+    };
+    log::info!(
+        "Kubernetes attribution on for node {node_name} (API {})",
+        config.kube_api_url.as_deref().unwrap_or("in-cluster")
+    );
+    let m = metrics.clone();
+    tokio::spawn(kubernetes::run(settings, attribution.clone(), move |event| {
+        match event {
+            KubeEvent::Connected => {
+                m.kubernetes_connected.set(1);
+                log::info!("Kubernetes API server reachable");
+            }
+            KubeEvent::Disconnected { error } => {
+                m.kubernetes_connected.set(0);
+                m.kubernetes_errors
+                    .get_or_create(&ReasonLabel {
+                        reason: "unreachable".to_owned(),
+                    })
+                    .inc();
+                log::warn!("Kubernetes API server unreachable, retrying with backoff: {error}");
+            }
+            KubeEvent::Synced => log::info!("Kubernetes objects listed; attribution ready"),
+            KubeEvent::ObjectError { kind, error } => {
+                m.kubernetes_errors
+                    .get_or_create(&ReasonLabel {
+                        reason: "bad_object".to_owned(),
+                    })
+                    .inc();
+                log::warn!("skipping a {kind} that cannot be used: {error}");
+            }
+        }
+    }));
+    Ok(Some(Arc::new(attribution)))
+}
+
+/// Removes the series of deleted pods once they have been gone for `grace`.
+async fn expire_deleted_pods(
+    metrics: Arc<Metrics>,
+    cluster: Arc<dyn ClusterView>,
+    grace: std::time::Duration,
+) {
+    let period = (grace / 4).clamp(
+        std::time::Duration::from_millis(250),
+        std::time::Duration::from_secs(15),
+    );
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        metrics.expire_pods(|ns, name| cluster.pod_exists(ns, name), grace);
+    }
+}
 
 fn main() {
     let config = Config::parse();
@@ -50,11 +126,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
     metrics.set_max_series(config.max_series);
+    let cluster = start_kubernetes(&config, &metrics, &mut registry)?;
     let state = Arc::new(http::State {
         registry,
         metrics: metrics.clone(),
         ready: AtomicBool::new(false),
-        cluster: None,
+        cluster: cluster.clone(),
     });
     let server = tokio::spawn(http::serve(listener, state.clone()));
 
@@ -72,7 +149,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
             kernel: facts.release.clone(),
         })
         .set(1);
-    let mut reader = Reader::new(maps, metrics);
+    let mut reader = Reader::new(maps, metrics.clone());
+    if let Some(cluster) = &cluster {
+        reader.set_cluster(cluster.clone());
+        tokio::spawn(expire_deleted_pods(
+            metrics.clone(),
+            cluster.clone(),
+            config.series_grace,
+        ));
+    }
     if config.bpf_stats {
         reader.watch_programs(capture.loaded_program_ids());
     }

@@ -1,8 +1,9 @@
 //! Harness for Periscope's end-to-end tests.
 //!
 //! Everything here is blocking `std` code so tests read top to bottom: start real servers
-//! ([`Nginx`], [`PyServer`]), start the agent ([`Agent`]), drive traffic ([`curl`], [`wrk`],
-//! [`tcp_raw`]) and assert on the scraped exposition ([`Metrics`], [`wait_for_metric`]).
+//! ([`Nginx`], [`PyServer`], a Kubernetes API server: [`FakeKubeApi`]), start the agent
+//! ([`Agent`]), drive traffic ([`curl`], [`wrk`], [`tcp_raw`]) and assert on the scraped
+//! exposition ([`Metrics`], [`wait_for_metric`]).
 //!
 //! Every process started here is stopped when its handle is dropped (also when a test
 //! panics), together with any children it forked, and every temporary directory is removed
@@ -15,6 +16,7 @@ mod agent;
 mod cgroup;
 mod http;
 mod kafka;
+mod kube_api;
 mod metrics;
 mod nginx;
 mod postgres;
@@ -35,6 +37,7 @@ pub use agent::{agent_binary, wait_for_metric, Agent, AgentOptions};
 pub use cgroup::TestCgroup;
 pub use http::{curl, http_get, tcp_raw, wait_for_port, HttpResponse};
 pub use kafka::{kcat, python_kafka_client, MockKafka};
+pub use kube_api::{FakeKubeApi, KUBE_APISERVER};
 pub use metrics::{Metrics, Sample};
 pub use nginx::{Nginx, NginxOptions};
 pub use postgres::PgServer;

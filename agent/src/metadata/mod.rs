@@ -1,11 +1,13 @@
-//! Who a process is: executable, container id from the cgroup path, service name.
-//! Standalone mode needs nothing but `/proc`.
+//! Who a process is: executable, container id and pod UID from the cgroup path, service
+//! name. Standalone mode needs nothing but `/proc`; [`kubernetes`] adds pod, owner and peer
+//! attribution from the Kubernetes API.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
 pub mod cgroup;
+pub mod kubernetes;
 
 /// Identity of one process (thread group), cached per tgid until it exits.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -20,7 +22,8 @@ pub struct ProcessInfo {
     /// `service.name`: the executable's name in standalone mode; in a cluster the pod's
     /// `app.kubernetes.io/name` label, else its workload's name.
     pub service_name: String,
-    /// Pod UID from the cgroup path, when the process runs in a Kubernetes pod.
+    /// Kubernetes pod UID when the process runs in a pod (from its cgroup path), the key for
+    /// [`kubernetes::Attribution::pod`].
     pub pod_uid: Option<String>,
     /// Pod, container and workload, once the Kubernetes watch knows the pod.
     pub k8s: Option<Arc<K8sIdentity>>,
@@ -110,11 +113,9 @@ impl ProcessInfo {
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .map(|n| n.trim_end_matches(" (deleted)").to_owned())
             .unwrap_or_default();
-        let cgroup_text = std::fs::read_to_string(dir.join("cgroup")).unwrap_or_default();
-        let container_id = cgroup::container_id(&cgroup_text);
-        // The pod UID parser lands with the Kubernetes watch; until then pods are found by
-        // container id only.
-        let pod_uid = None;
+        let cgroup_file = std::fs::read_to_string(dir.join("cgroup")).ok();
+        let container_id = cgroup_file.as_deref().and_then(cgroup::container_id);
+        let pod_uid = cgroup_file.as_deref().and_then(cgroup::pod_uid);
         let service_name = process_name(&exe_name, &comm);
         ProcessInfo {
             pid,
@@ -251,6 +252,7 @@ mod tests {
         let ghost = ProcessInfo::read(Path::new("/proc"), u32::MAX - 1, None);
         assert_eq!(ghost.service_name, "unknown");
         assert_eq!(ghost.container_id, None);
+        assert_eq!(ghost.pod_uid, None);
         let named = ProcessInfo::read(Path::new("/proc"), u32::MAX - 1, Some("curl"));
         assert_eq!(named.service_name, "curl");
     }
