@@ -43,8 +43,10 @@ fn start_kubernetes(
         config.kube_api_url.as_deref().unwrap_or("in-cluster")
     );
     let m = metrics.clone();
-    tokio::spawn(kubernetes::run(settings, attribution.clone(), move |event| {
-        match event {
+    tokio::spawn(kubernetes::run(
+        settings,
+        attribution.clone(),
+        move |event| match event {
             KubeEvent::Connected => {
                 m.kubernetes_connected.set(1);
                 log::info!("Kubernetes API server reachable");
@@ -67,8 +69,8 @@ fn start_kubernetes(
                     .inc();
                 log::warn!("skipping a {kind} that cannot be used: {error}");
             }
-        }
-    }));
+        },
+    ));
     Ok(Some(Arc::new(attribution)))
 }
 

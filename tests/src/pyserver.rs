@@ -148,13 +148,40 @@ impl PyServer {
 
     /// Like [`PyServer::start`], with extra arguments after the port, returning errors.
     pub fn launch(script: &str, args: &[&str]) -> anyhow::Result<PyServer> {
+        PyServer::launch_in(script, args, None)
+    }
+
+    /// Like [`PyServer::launch`], in a cgroup from its first instruction (as a container's
+    /// process is): a shell moves itself into `cgroup` and execs python.
+    pub fn launch_in_cgroup(
+        script: &str,
+        args: &[&str],
+        cgroup: &crate::TestCgroup,
+    ) -> anyhow::Result<PyServer> {
+        PyServer::launch_in(script, args, Some(cgroup.path()))
+    }
+
+    fn launch_in(
+        script: &str,
+        args: &[&str],
+        cgroup: Option<&std::path::Path>,
+    ) -> anyhow::Result<PyServer> {
         let dir = TempDir::new("py")?;
         let script_path = dir.path().join("server.py");
         std::fs::write(&script_path, script)?;
         let log_path = dir.path().join("server.log");
         let log = File::create(&log_path)?;
         let port = free_port();
-        let mut cmd = Command::new("python3");
+        let mut cmd = match cgroup {
+            Some(dir) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(r#"echo $$ > "$0/cgroup.procs" && exec python3 "$@""#)
+                    .arg(dir);
+                c
+            }
+            None => Command::new("python3"),
+        };
         cmd.arg("-u")
             .arg(&script_path)
             .arg(port.to_string())
