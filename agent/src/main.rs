@@ -49,6 +49,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
+    let flow_metrics = config
+        .flows
+        .then(|| periscope::flows::FlowMetrics::register(&mut registry));
     metrics.set_max_series(config.max_series);
     let state = Arc::new(http::State {
         registry,
@@ -64,7 +67,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         hooks: config.syscall_hooks,
         bpf_stats: config.bpf_stats,
     };
-    let (capture, maps) = Capture::start(&settings, facts.tracefs)?;
+    let (mut capture, maps) = Capture::start(&settings, facts.tracefs)?;
     metrics
         .hooks_info
         .get_or_create(&periscope::export::prometheus::HooksLabels {
@@ -72,6 +75,19 @@ async fn run(config: Config) -> anyhow::Result<()> {
             kernel: facts.release.clone(),
         })
         .set(1);
+    let flows = match flow_metrics {
+        Some(flow_metrics) => {
+            let maps = capture.start_flows()?;
+            let poller = periscope::flows::FlowPoller::new(
+                maps,
+                flow_metrics,
+                metrics.clone(),
+                config.flows_max_series,
+            );
+            Some(tokio::spawn(poller.run(std::time::Duration::from_secs(1))))
+        }
+        None => None,
+    };
     let mut reader = Reader::new(maps, metrics);
     if config.bpf_stats {
         reader.watch_programs(capture.loaded_program_ids());
@@ -99,6 +115,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
     state.ready.store(false, Ordering::Relaxed);
     reader.abort();
     let _ = reader.await;
+    if let Some(flows) = flows {
+        flows.abort();
+        let _ = flows.await;
+    }
     server.abort();
     // Dropping the programs closes their links: nothing stays attached in the kernel.
     drop(capture);
