@@ -29,7 +29,7 @@ use aya_ebpf::{
     bindings::{
         bpf_map_type::BPF_MAP_TYPE_SK_STORAGE, bpf_sock, bpf_sock_ops, BPF_F_CLONE,
         BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE, BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG,
-        BPF_SOCK_OPS_RTT_CB_FLAG, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_RTT_CB_FLAG, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
     },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
@@ -86,6 +86,15 @@ pub struct SockState {
     retrans: u64,
 }
 
+/// Callbacks of an established connection. Bytes must be reported while a connection lives,
+/// not only when it closes, and no single callback sees both directions: an RTT sample
+/// (`RTT_CB`, after an incoming ACK was processed) follows every change of `bytes_acked`, and
+/// the header-length callback of each outgoing segment (no option space is ever reserved, so
+/// nothing is written) follows every change of `bytes_received`, because received data is
+/// acknowledged. The state callback sees the end.
+const LIVE_FLAGS: u32 =
+    BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG;
+
 /// The connection reached ESTABLISHED (it counts as opened, and must count as closed).
 const STATE_ESTABLISHED: u8 = 1;
 /// Its close was counted.
@@ -130,6 +139,7 @@ const OP_PASSIVE_ESTABLISHED_CB: u32 = 5;
 const OP_STATE_CB: u32 = 10;
 const OP_RTT_CB: u32 = 12;
 const OP_PARSE_HDR_OPT_CB: u32 = 13;
+const OP_HDR_OPT_LEN_CB: u32 = 14;
 
 const TCP_SYN_SENT: u32 = 2;
 const TCP_FIN_WAIT1: u32 = 4;
@@ -213,8 +223,13 @@ pub fn receive_reset(ctx: &TracePointContext) -> u32 {
 pub fn sock_ops(ctx: &SockOpsContext) {
     let op = ctx.op();
     match op {
-        OP_TCP_CONNECT_CB | OP_ACTIVE_ESTABLISHED_CB | OP_PASSIVE_ESTABLISHED_CB | OP_STATE_CB
-        | OP_RTT_CB | OP_PARSE_HDR_OPT_CB => {}
+        OP_TCP_CONNECT_CB
+        | OP_ACTIVE_ESTABLISHED_CB
+        | OP_PASSIVE_ESTABLISHED_CB
+        | OP_STATE_CB
+        | OP_RTT_CB
+        | OP_PARSE_HDR_OPT_CB
+        | OP_HDR_OPT_LEN_CB => {}
         _ => return,
     }
     // SAFETY: the context is a valid `bpf_sock_ops`; `sk` is checked for null below.
@@ -247,7 +262,8 @@ pub fn sock_ops(ctx: &SockOpsContext) {
         OP_TCP_CONNECT_CB => {
             state.role = ROLE_CLIENT;
             state.flags = 0;
-            set_flags(ctx, ops, BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG);
+            // Only the end matters before establishment (a refused or timed-out connect).
+            set_flags(ctx, ops, BPF_SOCK_OPS_STATE_CB_FLAG);
         }
         OP_ACTIVE_ESTABLISHED_CB | OP_PASSIVE_ESTABLISHED_CB => {
             state.role = if op == OP_ACTIVE_ESTABLISHED_CB {
@@ -263,19 +279,23 @@ pub fn sock_ops(ctx: &SockOpsContext) {
             state.received = 0;
             // Retransmitted SYNs (or SYN-ACKs, which a child inherits) count too.
             state.retrans = 0;
-            if op == OP_PASSIVE_ESTABLISHED_CB {
-                set_flags(ctx, ops, BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG);
-            }
+            // Every outgoing segment from now on (see `LIVE_FLAGS`).
+            set_flags(ctx, ops, LIVE_FLAGS);
             if let Some(flow) = flow_of(ops, state) {
                 add(&mut flow.opened, 1);
                 add(&mut flow.established, 1);
                 fold(ops, state, flow, ops.state, ops.state);
             }
         }
-        OP_RTT_CB => {
+        OP_RTT_CB | OP_HDR_OPT_LEN_CB => {
+            // The hot path (every ACK and every outgoing segment): one storage lookup, and a
+            // flow lookup only when a counter moved.
             if state.flags & STATE_ESTABLISHED != 0 {
-                if let Some(flow) = flow_of(ops, state) {
-                    fold(ops, state, flow, ops.state, ops.state);
+                let moved = advance(ops, state, ops.state, ops.state);
+                if moved.any() {
+                    if let Some(flow) = flow_of(ops, state) {
+                        moved.add_to(flow);
+                    }
                 }
             }
         }
@@ -286,7 +306,8 @@ pub fn sock_ops(ctx: &SockOpsContext) {
         }
         _ => {
             // SAFETY: args[0..2] of a state callback are the old and new TCP states.
-            let (old, new) = unsafe { (ops.__bindgen_anon_1.args[0], ops.__bindgen_anon_1.args[1]) };
+            let (old, new) =
+                unsafe { (ops.__bindgen_anon_1.args[0], ops.__bindgen_anon_1.args[1]) };
             state_change(ctx, ops, state, old, new);
         }
     }
@@ -299,7 +320,13 @@ fn set_flags(ctx: &SockOpsContext, ops: &bpf_sock_ops, flags: u32) {
     }
 }
 
-fn state_change(ctx: &SockOpsContext, ops: &bpf_sock_ops, state: &mut SockState, old: u32, new: u32) {
+fn state_change(
+    ctx: &SockOpsContext,
+    ops: &bpf_sock_ops,
+    state: &mut SockState,
+    old: u32,
+    new: u32,
+) {
     if new == TCP_FIN_WAIT1 {
         // From now on every incoming segment's flags are seen, to notice the peer's FIN even
         // when it arrives in FIN_WAIT2 (where no state change tells it apart from a timeout).
@@ -359,10 +386,34 @@ fn rtt_bucket(us: u64) -> usize {
     bucket
 }
 
-/// Adds what changed since the last fold. `old`/`new` are the states around this callback
-/// (equal outside state changes): the FIN accounting depends on which one the counters
-/// already reflect.
+/// Increases of a socket's counters since they were last added to its flow.
+struct Moved {
+    sent: u64,
+    received: u64,
+    retrans: u64,
+}
+
+impl Moved {
+    fn any(&self) -> bool {
+        self.sent | self.received | self.retrans != 0
+    }
+
+    fn add_to(&self, flow: &mut FlowStats) {
+        add(&mut flow.bytes_sent, self.sent);
+        add(&mut flow.bytes_received, self.received);
+        add(&mut flow.retransmits, self.retrans);
+    }
+}
+
+/// Adds what changed since the last fold to `flow`.
 fn fold(ops: &bpf_sock_ops, state: &mut SockState, flow: &mut FlowStats, old: u32, new: u32) {
+    advance(ops, state, old, new).add_to(flow);
+}
+
+/// What changed since the last fold, marked as reported. `old`/`new` are the states around
+/// this callback (equal outside state changes): the FIN accounting depends on which one the
+/// counters already reflect.
+fn advance(ops: &bpf_sock_ops, state: &mut SockState, old: u32, new: u32) -> Moved {
     // After a transition to CLOSE the counters still describe the old state.
     let st = if new == TCP_CLOSE { old } else { new };
     // Our FIN is in `bytes_acked` once it was sent and everything up to it was acknowledged.
@@ -385,18 +436,24 @@ fn fold(ops: &bpf_sock_ops, state: &mut SockState, flow: &mut FlowStats, old: u3
         .saturating_sub(state.base_received)
         .saturating_sub(fin_received);
     let retrans = ops.total_retrans as u64;
+    let mut moved = Moved {
+        sent: 0,
+        received: 0,
+        retrans: 0,
+    };
     if sent > state.sent {
-        add(&mut flow.bytes_sent, sent - state.sent);
+        moved.sent = sent - state.sent;
         state.sent = sent;
     }
     if received > state.received {
-        add(&mut flow.bytes_received, received - state.received);
+        moved.received = received - state.received;
         state.received = received;
     }
     if retrans > state.retrans {
-        add(&mut flow.retransmits, retrans - state.retrans);
+        moved.retrans = retrans - state.retrans;
         state.retrans = retrans;
     }
+    moved
 }
 
 /// The flow of this socket, created on first use.

@@ -184,7 +184,6 @@ pub const COUNTER_NAMES: [&str; 5] = [
 ];
 pub const COUNTERS_LEN: u32 = COUNTER_NAMES.len() as u32;
 
-
 /// Log2 buckets of the per-flow RTT histogram: bucket `i` counts connections whose smoothed
 /// RTT at close was in `[2^i, 2^(i+1))` µs (bucket 0 also takes 0 µs, the last one everything
 /// above). 24 buckets reach 8 s.

@@ -77,9 +77,14 @@ impl Capture {
             tp.attach("tcp", "tcp_receive_reset")
                 .context("attaching flow_receive_reset to tcp:tcp_receive_reset")?;
         } else {
-            log::warn!("tcp:tcp_receive_reset has no sock_cookie: refused connects count as timeouts");
+            log::warn!(
+                "tcp:tcp_receive_reset has no sock_cookie: refused connects count as timeouts"
+            );
         }
-        log::info!("flows: sock_ops and sock_create attached to {}", root.display());
+        log::info!(
+            "flows: sock_ops and sock_create attached to {}",
+            root.display()
+        );
         Ok(FlowMaps {
             flows: BpfHashMap::try_from(take(ebpf, "FLOWS")?)?,
             counters: PerCpuArray::try_from(take(ebpf, "FLOW_COUNTERS")?)?,
