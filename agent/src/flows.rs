@@ -169,10 +169,10 @@ impl FlowMetrics {
     }
 }
 
-/// What a flow key resolved to.
+/// What a flow key resolved to (shared: one flow's labels are cloned into several families).
 #[derive(Clone)]
 enum Series {
-    Admitted(FlowLabels),
+    Admitted(Arc<FlowLabels>),
     /// Over `--flows-max-series`: its updates are dropped and counted.
     Dropped,
 }
@@ -272,10 +272,10 @@ impl FlowPoller {
             None => {
                 let labels = self.labels_of(key, &now.comm);
                 let series = if self.admitted.contains(&labels) {
-                    Series::Admitted(labels)
+                    Series::Admitted(Arc::new(labels))
                 } else if self.admitted.len() < self.max_series {
                     self.admitted.insert(labels.clone());
-                    Series::Admitted(labels)
+                    Series::Admitted(Arc::new(labels))
                 } else {
                     Series::Dropped
                 };
@@ -292,6 +292,7 @@ impl FlowPoller {
                 .inc();
             return;
         };
+        let labels: &FlowLabels = &labels;
         let m = &self.metrics;
         let delta = |f: fn(&FlowStats) -> u64| f(now).wrapping_sub(f(before));
         let io = |direction: &str| FlowIoLabels {
@@ -304,20 +305,20 @@ impl FlowPoller {
         };
         add(&m.bytes, &io("transmit"), delta(|s| s.bytes_sent));
         add(&m.bytes, &io("receive"), delta(|s| s.bytes_received));
-        add(&m.opened, &labels, delta(|s| s.opened));
-        add(&m.closed, &labels, delta(|s| s.closed));
-        add(&m.retransmits, &labels, delta(|s| s.retransmits));
+        add(&m.opened, labels, delta(|s| s.opened));
+        add(&m.closed, labels, delta(|s| s.closed));
+        add(&m.retransmits, labels, delta(|s| s.retransmits));
         add(&m.failures, &error("refused"), delta(|s| s.refused));
         add(&m.failures, &error("timeout"), delta(|s| s.timed_out));
         add(&m.failures, &error("reset"), delta(|s| s.reset));
         let open = delta(|s| s.established) as i64;
         if open != 0 || now.opened > 0 {
-            m.established.get_or_create(&labels).inc_by(open);
+            m.established.get_or_create(labels).inc_by(open);
         }
         if now.rtt == before.rtt {
             return;
         }
-        let histogram = m.rtt.get_or_create(&labels);
+        let histogram = m.rtt.get_or_create(labels);
         for bucket in 0..FLOW_RTT_BUCKETS {
             let n = now.rtt[bucket].wrapping_sub(before.rtt[bucket]);
             // The kernel keeps only bucket counts: each sample is taken at its bucket's middle.
