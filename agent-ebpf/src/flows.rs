@@ -22,8 +22,8 @@ use core::ffi::c_void;
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use agent_ebpf::{
-    FlowConfig, FlowKey, FlowStats, COMM_LEN, FLOW_COUNTERS_LEN, FLOW_RTT_BUCKETS, ROLE_CLIENT,
-    ROLE_SERVER,
+    FlowConfig, FlowKey, FlowSockState, FlowStats, COMM_LEN, FLOW_COUNTERS_LEN, FLOW_RTT_BUCKETS,
+    ROLE_CLIENT, ROLE_SERVER,
 };
 use aya_ebpf::{
     bindings::{
@@ -65,26 +65,7 @@ static FLOW_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(FLOW_COUN
 const COUNTER_TABLE_FULL: u32 = 0;
 const COUNTER_STORAGE_FAILED: u32 = 1;
 
-/// What the kernel keeps per socket, in socket local storage (freed with the socket).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct SockState {
-    cgroup_id: u64,
-    tgid: u32,
-    /// `ROLE_*`, set when the connection starts.
-    role: u8,
-    /// `STATE_*` bits.
-    flags: u8,
-    _pad: [u8; 2],
-    comm: [u8; COMM_LEN],
-    /// `bytes_acked` / `bytes_received` when the connection was established (the SYN).
-    base_acked: u64,
-    base_received: u64,
-    /// What was already added to the flow.
-    sent: u64,
-    received: u64,
-    retrans: u64,
-}
+type SockState = FlowSockState;
 
 /// Callbacks of an established connection. Bytes must be reported while a connection lives,
 /// not only when it closes, and no single callback sees both directions: an RTT sample
@@ -255,7 +236,12 @@ pub fn sock_ops(ctx: &SockOpsContext) {
     }
     // SAFETY: a non-null storage pointer is valid for the socket's lifetime.
     let state = unsafe { &mut *state };
-    if state.flags & (STATE_IGNORED | STATE_DONE) != 0 {
+    if state.flags & STATE_IGNORED != 0 {
+        return;
+    }
+    // A socket may connect again after its connection ended (after a failed connect, or a
+    // disconnect with AF_UNSPEC): only a new connect starts it over.
+    if state.flags & STATE_DONE != 0 && op != OP_TCP_CONNECT_CB {
         return;
     }
     match op {

@@ -263,6 +263,29 @@ impl Default for FlowStats {
     }
 }
 
+/// What the kernel keeps per TCP socket, in socket local storage (freed with the socket).
+/// `cgroup/sock_create` fills the owner; userspace fills it for listeners that existed before
+/// start-up (through a duplicate of their fd), so that the sockets they accept are attributed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FlowSockState {
+    pub cgroup_id: u64,
+    pub tgid: u32,
+    /// `ROLE_*`, set when the connection starts.
+    pub role: u8,
+    /// Kernel bookkeeping bits (see `agent-ebpf/src/flows.rs`); 0 from userspace.
+    pub flags: u8,
+    pub _pad: [u8; 2],
+    pub comm: [u8; COMM_LEN],
+    /// `bytes_acked` / `bytes_received` when the connection was established (the SYN).
+    pub base_acked: u64,
+    pub base_received: u64,
+    /// What was already added to the flow.
+    pub sent: u64,
+    pub received: u64,
+    pub retrans: u64,
+}
+
 /// Configuration of the flow programs (a global, set at load time).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -287,4 +310,5 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowStats {}
     unsafe impl aya::Pod for super::FlowConfig {}
+    unsafe impl aya::Pod for super::FlowSockState {}
 }

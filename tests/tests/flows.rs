@@ -536,3 +536,49 @@ fn flows_can_be_turned_off_and_their_series_are_capped() {
     let both = m.sum(OPENED, &with(&c, &[])) > 0.0 && m.sum(OPENED, &with(&s, &[])) > 0.0;
     assert!(!both);
 }
+
+#[test]
+fn connections_accepted_by_a_listener_older_than_the_agent_are_attributed() {
+    let net = NetnsPair::new().unwrap();
+    let dir = TempDir::new("flows").unwrap();
+    let port = free_port();
+    let mut srv = Peer::start(
+        &dir,
+        &net.server_ns,
+        "server",
+        &net.server_ip,
+        port,
+        &[2, 10, 20],
+    );
+    srv.expect("ready");
+    // The listener exists before the agent: no sock_create program saw it.
+    let agent = Agent::start(&[]).unwrap();
+    let mut cli = Peer::start(
+        &dir,
+        &net.client_ns,
+        "client",
+        &net.server_ip,
+        port,
+        &[2, 10, 20, 0],
+    );
+    cli.expect("done");
+    srv.expect("done");
+    let s = server(&port.to_string(), &net.client_ip);
+    expect(&agent, OPENED, &with(&s, &[]), 2.0);
+    expect(
+        &agent,
+        BYTES,
+        &with(&s, &[("network_io_direction", "receive")]),
+        20.0,
+    );
+    let m = agent.metrics();
+    let names: Vec<_> = m
+        .matching(OPENED, &with(&s, &[]))
+        .filter_map(|sample| sample.labels.get("service_name").cloned())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert!(
+        names[0].starts_with("python3"),
+        "the listener's owner was lost: {names:?}"
+    );
+}

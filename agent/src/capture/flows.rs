@@ -7,9 +7,13 @@
 
 use std::path::{Path, PathBuf};
 
-use agent_ebpf::{FlowConfig, FlowKey, FlowStats};
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+
+use agent_ebpf::{FlowConfig, FlowKey, FlowSockState, FlowStats, COMM_LEN};
 use anyhow::Context;
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, SkStorage};
 use aya::programs::{CgroupAttachMode, CgroupSock, SockOps, TracePoint};
 
 use super::{program_of, take, tracepoint_field, Capture};
@@ -85,9 +89,128 @@ impl Capture {
             "flows: sock_ops and sock_create attached to {}",
             root.display()
         );
+        let adopted = adopt_listeners(ebpf, &root)?;
+        log::info!("flows: {adopted} listening sockets from before start-up given their owner");
         Ok(FlowMaps {
             flows: BpfHashMap::try_from(take(ebpf, "FLOWS")?)?,
             counters: PerCpuArray::try_from(take(ebpf, "FLOW_COUNTERS")?)?,
         })
+    }
+}
+
+/// Records the owner of every listening TCP socket that existed before the programs were
+/// attached (`cgroup/sock_create` never saw them), so that the connections they accept are
+/// attributed to their process instead of to no one. The socket is reached through a duplicate
+/// of its file descriptor (`pidfd_getfd`), the only way to name another process's socket to
+/// the socket-storage map. Best effort: a process that exits meanwhile is skipped.
+fn adopt_listeners(ebpf: &mut aya::Ebpf, cgroup_root: &Path) -> anyhow::Result<usize> {
+    let map = ebpf
+        .map_mut("SOCKS")
+        .context("map SOCKS missing from the object")?;
+    let mut socks: SkStorage<&mut MapData, FlowSockState> = SkStorage::try_from(map)?;
+    let proc_root = Path::new("/proc");
+    let me = std::process::id();
+    let mut pids: Vec<u32> = std::fs::read_dir(proc_root)
+        .context("listing /proc")?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|&pid| pid != me)
+        .collect();
+    // The lowest pid first: of the processes sharing a listener (a pre-fork server), the
+    // parent is named.
+    pids.sort_unstable();
+    // Listener inodes per network namespace, read once per namespace.
+    let mut listeners_of_netns: HashMap<u64, HashSet<u64>> = HashMap::new();
+    let mut done: HashSet<u64> = HashSet::new();
+    for pid in pids {
+        let Ok(netns) = std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| m.ino()) else {
+            continue;
+        };
+        let listeners = listeners_of_netns.entry(netns).or_insert_with(|| {
+            crate::conn::listeners::listening_sockets(proc_root, pid)
+                .into_iter()
+                .map(|e| e.inode)
+                .collect()
+        });
+        if listeners.is_empty() {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        let mut owner: Option<FlowSockState> = None;
+        for entry in fds.flatten() {
+            let Some(fd) = entry
+                .file_name()
+                .to_str()
+                .and_then(|f| f.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Some(inode) = std::fs::read_link(entry.path()).ok().and_then(|l| {
+                l.to_str()?
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .parse::<u64>()
+                    .ok()
+            }) else {
+                continue;
+            };
+            if !listeners.contains(&inode) || done.contains(&inode) {
+                continue;
+            }
+            let Some(socket) = duplicate_fd(pid, fd) else {
+                continue;
+            };
+            let state = *owner.get_or_insert_with(|| owner_of(pid, cgroup_root));
+            match socks.insert(&socket, state, 0) {
+                Ok(()) => {
+                    done.insert(inode);
+                }
+                Err(e) => log::debug!("flows: cannot record the owner of {pid}'s fd {fd}: {e}"),
+            }
+        }
+    }
+    Ok(done.len())
+}
+
+/// A duplicate of another process's file descriptor, or `None` if it is gone.
+fn duplicate_fd(pid: u32, fd: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if pidfd < 0 {
+        return None;
+    }
+    // SAFETY: `pidfd` was just returned to us and is owned by nothing else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    use std::os::fd::AsRawFd;
+    // SAFETY: pidfd_getfd takes a pidfd, a target fd and flags, returning a new fd or -1.
+    let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    // SAFETY: on success the new fd is ours alone.
+    (dup >= 0).then(|| unsafe { OwnedFd::from_raw_fd(dup as i32) })
+}
+
+/// What `cgroup/sock_create` would have recorded for a socket created by `pid`.
+fn owner_of(pid: u32, cgroup_root: &Path) -> FlowSockState {
+    let mut comm = [0u8; COMM_LEN];
+    if let Ok(name) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+        let name = name.trim_end().as_bytes();
+        let n = name.len().min(COMM_LEN - 1);
+        comm[..n].copy_from_slice(&name[..n]);
+    }
+    // The cgroup v2 id is the inode number of the cgroup's directory.
+    let cgroup_id = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .ok()
+        .and_then(|text| {
+            let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+            let dir = cgroup_root.join(path.trim_start_matches('/'));
+            std::fs::metadata(dir).ok().map(|m| m.ino())
+        })
+        .unwrap_or(0);
+    FlowSockState {
+        cgroup_id,
+        tgid: pid,
+        comm,
+        ..FlowSockState::default()
     }
 }
