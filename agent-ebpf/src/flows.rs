@@ -23,7 +23,7 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use agent_ebpf::{
     FlowConfig, FlowKey, FlowSockState, FlowStats, COMM_LEN, FLOW_COUNTERS_LEN, FLOW_RTT_BUCKETS,
-    ROLE_CLIENT, ROLE_SERVER,
+    FLOW_SOCK_IGNORED, ROLE_CLIENT, ROLE_SERVER,
 };
 use aya_ebpf::{
     bindings::{
@@ -83,7 +83,7 @@ const STATE_DONE: u8 = 2;
 /// A FIN from the peer was seen by the header callback.
 const STATE_FIN_RX: u8 = 4;
 /// Created by the agent itself: never counted.
-const STATE_IGNORED: u8 = 8;
+const STATE_IGNORED: u8 = FLOW_SOCK_IGNORED;
 
 /// The socket storage map, declared by hand because aya's `SkStorage` has no `BPF_F_CLONE`.
 /// The layout is the libbpf BTF map convention: every field is a pointer whose pointee type

@@ -286,6 +286,9 @@ pub struct FlowSockState {
     pub retrans: u64,
 }
 
+/// `FlowSockState::flags` bit of the agent's own sockets: never counted.
+pub const FLOW_SOCK_IGNORED: u8 = 8;
+
 /// Configuration of the flow programs (a global, set at load time).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]

@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
-use agent_ebpf::{FlowConfig, FlowKey, FlowSockState, FlowStats, COMM_LEN};
+use agent_ebpf::{FlowConfig, FlowKey, FlowSockState, FlowStats, COMM_LEN, FLOW_SOCK_IGNORED};
 use anyhow::Context;
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, SkStorage};
 use aya::programs::{CgroupAttachMode, CgroupSock, SockOps, TracePoint};
@@ -114,7 +114,6 @@ fn adopt_listeners(ebpf: &mut aya::Ebpf, cgroup_root: &Path) -> anyhow::Result<u
         .context("listing /proc")?
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .filter(|&pid| pid != me)
         .collect();
     // The lowest pid first: of the processes sharing a listener (a pre-fork server), the
     // parent is named.
@@ -162,7 +161,11 @@ fn adopt_listeners(ebpf: &mut aya::Ebpf, cgroup_root: &Path) -> anyhow::Result<u
             let Some(socket) = duplicate_fd(pid, fd) else {
                 continue;
             };
-            let state = *owner.get_or_insert_with(|| owner_of(pid, cgroup_root));
+            let mut state = *owner.get_or_insert_with(|| owner_of(pid, cgroup_root));
+            if pid == me {
+                // The metrics endpoint predates the programs: its scrapes are not counted.
+                state.flags = FLOW_SOCK_IGNORED;
+            }
             match socks.insert(&socket, state, 0) {
                 Ok(()) => {
                     done.insert(inode);
