@@ -75,9 +75,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
             kernel: facts.release.clone(),
         })
         .set(1);
-    let flows = match flow_metrics {
-        Some(flow_metrics) => {
-            let maps = capture.start_flows()?;
+    // Flows are an addition to the syscall capture, not a condition for it: a kernel or host
+    // that refuses them (no cgroup v2, no sock_ops) gets a warning and everything else.
+    let flows = match flow_metrics.map(|m| (m, capture.start_flows())) {
+        Some((flow_metrics, Ok(maps))) => {
             let poller = periscope::flows::FlowPoller::new(
                 maps,
                 flow_metrics,
@@ -85,6 +86,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 config.flows_max_series,
             );
             Some(tokio::spawn(poller.run(std::time::Duration::from_secs(1))))
+        }
+        Some((_, Err(e))) => {
+            log::warn!("TCP flows are off: {e:#}");
+            None
         }
         None => None,
     };
