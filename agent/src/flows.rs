@@ -333,45 +333,8 @@ impl FlowPoller {
         }
     }
 
-    /// The labels of a flow. The one place where a flow's owner becomes workload labels.
     fn labels_of(&mut self, key: &FlowKey, comm: &[u8]) -> FlowLabels {
-        let workload = if key.tgid == 0 {
-            // The socket existed before the agent started: its owner was never recorded.
-            WorkloadLabels {
-                service_name: "unknown".to_owned(),
-                ..WorkloadLabels::default()
-            }
-        } else {
-            let comm = comm_str(comm);
-            let hint = (!comm.is_empty()).then_some(comm.as_str());
-            WorkloadLabels::of(&self.processes.get(key.tgid, hint))
-        };
-        let ip = peer_ip(key);
-        let name = self.cluster.as_ref().and_then(|c| c.peer(ip));
-        let peer = match name {
-            Some(name) => FlowPeerLabels {
-                peer_address: String::new(),
-                peer_k8s_namespace_name: name.namespace,
-                peer_k8s_owner_name: name.owner_name,
-                peer_service_name: name.service_name,
-            },
-            None => FlowPeerLabels {
-                peer_address: ip.to_string(),
-                ..FlowPeerLabels::default()
-            },
-        };
-        FlowLabels {
-            workload,
-            network_transport: "tcp".to_owned(),
-            connection_role: match key.role {
-                ROLE_CLIENT => "client",
-                ROLE_SERVER => "server",
-                _ => "unknown",
-            }
-            .to_owned(),
-            server_port: key.server_port,
-            peer,
-        }
+        flow_labels(key, comm, &mut self.processes, self.cluster.as_deref())
     }
 
     /// Removes the kernel flows of exited processes that have no open connection (their last
@@ -393,6 +356,52 @@ impl FlowPoller {
             self.series.remove(&key);
             self.processes.forget(key.tgid);
         }
+    }
+}
+
+/// The labels of a flow: the one place where a flow's owner becomes workload labels and its
+/// peer address becomes peer labels (named by the cluster view when it knows the address).
+pub fn flow_labels(
+    key: &FlowKey,
+    comm: &[u8],
+    processes: &mut ProcessCache,
+    cluster: Option<&dyn ClusterView>,
+) -> FlowLabels {
+    let workload = if key.tgid == 0 {
+        // A socket whose creation was never seen (a listener the agent could not adopt).
+        WorkloadLabels {
+            service_name: "unknown".to_owned(),
+            ..WorkloadLabels::default()
+        }
+    } else {
+        let comm = comm_str(comm);
+        let hint = (!comm.is_empty()).then_some(comm.as_str());
+        WorkloadLabels::of(&processes.get(key.tgid, hint))
+    };
+    let ip = peer_ip(key);
+    let peer = match cluster.and_then(|c| c.peer(ip)) {
+        Some(name) => FlowPeerLabels {
+            peer_address: String::new(),
+            peer_k8s_namespace_name: name.namespace,
+            peer_k8s_owner_name: name.owner_name,
+            peer_service_name: name.service_name,
+        },
+        None => FlowPeerLabels {
+            peer_address: ip.to_string(),
+            ..FlowPeerLabels::default()
+        },
+    };
+    FlowLabels {
+        workload,
+        network_transport: "tcp".to_owned(),
+        connection_role: match key.role {
+            ROLE_CLIENT => "client",
+            ROLE_SERVER => "server",
+            _ => "unknown",
+        }
+        .to_owned(),
+        server_port: key.server_port,
+        peer,
     }
 }
 
@@ -452,6 +461,89 @@ mod tests {
         assert_eq!(bounds.len(), FLOW_RTT_BUCKETS - 1);
         assert_eq!(bounds[0], 2e-6);
         assert_eq!(bounds[9], 1024e-6);
+    }
+
+    struct OnePeer;
+
+    impl ClusterView for OnePeer {
+        fn generation(&self) -> u64 {
+            1
+        }
+        fn identity(
+            &self,
+            _: Option<&str>,
+            _: Option<&str>,
+        ) -> Option<Arc<crate::metadata::K8sIdentity>> {
+            None
+        }
+        fn peer(&self, ip: IpAddr) -> Option<crate::metadata::PeerName> {
+            (ip == IpAddr::from([10, 0, 0, 7])).then(|| crate::metadata::PeerName {
+                namespace: "shop".into(),
+                owner_name: "orders".into(),
+                service_name: "orders-db".into(),
+            })
+        }
+        fn pod_exists(&self, _: &str, _: &str) -> bool {
+            true
+        }
+        fn is_synced(&self) -> bool {
+            true
+        }
+    }
+
+    fn key(peer: [u8; 4], tgid: u32) -> FlowKey {
+        let mut key = FlowKey {
+            tgid,
+            server_port: 5432,
+            role: ROLE_CLIENT,
+            ip_version: 4,
+            ..FlowKey::default()
+        };
+        key.peer[..4].copy_from_slice(&peer);
+        key
+    }
+
+    #[test]
+    fn peers_are_named_by_the_cluster_else_by_address() {
+        let mut processes = ProcessCache::new("/proc");
+        let me = std::process::id();
+        let named = flow_labels(
+            &key([10, 0, 0, 7], me),
+            b"x",
+            &mut processes,
+            Some(&OnePeer),
+        );
+        assert_eq!(named.peer.peer_address, "");
+        assert_eq!(named.peer.peer_service_name, "orders-db");
+        assert_eq!(named.connection_role, "client");
+        assert_eq!(named.server_port, 5432);
+        let by_ip = flow_labels(
+            &key([10, 0, 0, 8], me),
+            b"x",
+            &mut processes,
+            Some(&OnePeer),
+        );
+        assert_eq!(by_ip.peer.peer_address, "10.0.0.8");
+        assert_eq!(by_ip.peer.peer_service_name, "");
+        let standalone = flow_labels(&key([10, 0, 0, 7], me), b"x", &mut processes, None);
+        assert_eq!(standalone.peer.peer_address, "10.0.0.7");
+        // The owner is this very test process.
+        assert_eq!(standalone.workload, named.workload);
+        assert!(!standalone.workload.service_name.is_empty());
+    }
+
+    #[test]
+    fn an_exited_owner_is_named_by_its_comm_and_no_owner_is_unknown() {
+        let mut processes = ProcessCache::new("/proc");
+        let gone = flow_labels(
+            &key([1, 2, 3, 4], u32::MAX - 1),
+            b"curl\0",
+            &mut processes,
+            None,
+        );
+        assert_eq!(gone.workload.service_name, "curl");
+        let nobody = flow_labels(&key([1, 2, 3, 4], 0), b"", &mut processes, None);
+        assert_eq!(nobody.workload.service_name, "unknown");
     }
 
     #[test]
