@@ -34,7 +34,8 @@ def read_exactly(s, n):
 mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 args = [int(a) for a in sys.argv[4:]]
 if mode == "server":  # conns, bytes in, bytes out per connection; out < 0: reset after reading
-    conns, n_in, n_out = args
+    conns, n_in, n_out = args[:3]
+    close_first = len(args) > 3 and args[3] == 1
     srv = socket.socket()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind((host, port))
@@ -48,8 +49,9 @@ if mode == "server":  # conns, bytes in, bytes out per connection; out < 0: rese
             c.close()
             continue
         c.sendall(b"s" * n_out)
-        while c.recv(65536):
-            pass
+        if not close_first:
+            while c.recv(65536):
+                pass
         c.close()
     print("done", flush=True)
 elif mode == "client":  # conns, bytes out, bytes in; waits for a stdin line after connecting
@@ -241,6 +243,66 @@ fn bytes_connections_and_rtt_match_exactly_per_direction_and_peer() {
             "{sample:?}"
         );
     }
+}
+
+#[test]
+fn bytes_are_exact_when_the_server_closes_first() {
+    // The other teardown order: the server's FIN goes first (HTTP/1.0 style), so the client
+    // passes through CLOSE_WAIT and LAST_ACK and the server through FIN_WAIT1/FIN_WAIT2.
+    let agent = Agent::start(&[]).unwrap();
+    let net = NetnsPair::new().unwrap();
+    let dir = TempDir::new("flows").unwrap();
+    let port = free_port();
+    let (conns, up, down) = (5, 777, 99_999);
+    let mut srv = Peer::start(
+        &dir,
+        &net.server_ns,
+        "server",
+        &net.server_ip,
+        port,
+        &[conns, up, down, 1],
+    );
+    srv.expect("ready");
+    let mut cli = Peer::start(
+        &dir,
+        &net.client_ns,
+        "client",
+        &net.server_ip,
+        port,
+        &[conns, up, down, 0],
+    );
+    cli.expect("done");
+    srv.expect("done");
+    let port = port.to_string();
+    let c = client(&port, &net.server_ip);
+    let s = server(&port, &net.client_ip);
+    let (conns, up, down) = (conns as f64, up as f64, down as f64);
+    expect(&agent, CLOSED, &with(&c, &[]), conns);
+    expect(&agent, CLOSED, &with(&s, &[]), conns);
+    expect(
+        &agent,
+        BYTES,
+        &with(&c, &[("network_io_direction", "transmit")]),
+        conns * up,
+    );
+    expect(
+        &agent,
+        BYTES,
+        &with(&c, &[("network_io_direction", "receive")]),
+        conns * down,
+    );
+    expect(
+        &agent,
+        BYTES,
+        &with(&s, &[("network_io_direction", "receive")]),
+        conns * up,
+    );
+    expect(
+        &agent,
+        BYTES,
+        &with(&s, &[("network_io_direction", "transmit")]),
+        conns * down,
+    );
 }
 
 #[test]
