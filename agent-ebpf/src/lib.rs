@@ -184,6 +184,125 @@ pub const COUNTER_NAMES: [&str; 5] = [
 ];
 pub const COUNTERS_LEN: u32 = COUNTER_NAMES.len() as u32;
 
+/// Log2 buckets of the per-flow RTT histogram: bucket `i` counts connections whose smoothed
+/// RTT at close was in `[2^i, 2^(i+1))` µs (bucket 0 also takes 0 µs, the last one everything
+/// above). 24 buckets reach 8 s.
+pub const FLOW_RTT_BUCKETS: usize = 24;
+
+/// The process's role on a flow's connections.
+pub const ROLE_CLIENT: u8 = 1;
+pub const ROLE_SERVER: u8 = 2;
+
+/// A flow: the connections of one process (or cgroup) with one peer address, on one server
+/// port, in one role. Aggregated in the kernel; userspace turns keys into labels.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// cgroup v2 id of the process that created the socket (0 if unknown).
+    pub cgroup_id: u64,
+    /// Thread group that created the socket (for an accepted socket: the listener's creator);
+    /// 0 when the socket existed before the agent started.
+    pub tgid: u32,
+    /// The remote port for client flows, the local port for server flows (host order).
+    pub server_port: u16,
+    /// `ROLE_CLIENT` or `ROLE_SERVER`.
+    pub role: u8,
+    /// 4 or 6: how to read `peer`.
+    pub ip_version: u8,
+    /// The peer's address: IPv4 in the first 4 bytes, or IPv6 (network order).
+    pub peer: [u8; 16],
+}
+
+/// Cumulative counters of one flow, updated by the kernel with atomic adds. Userspace reads
+/// them and exports the increase since its last read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FlowStats {
+    /// Connections that reached ESTABLISHED.
+    pub opened: u64,
+    /// Established connections that closed (any way, including reset).
+    pub closed: u64,
+    /// Connects answered with a reset (SYN_SENT → CLOSE after an RST).
+    pub refused: u64,
+    /// Connects that gave up without an answer (SYN_SENT → CLOSE without an RST).
+    pub timed_out: u64,
+    /// Established connections closed by a reset from the peer.
+    pub reset: u64,
+    /// Retransmitted segments (`tcp_sock.total_retrans`).
+    pub retransmits: u64,
+    /// Payload bytes the peer acknowledged (SYN and FIN excluded).
+    pub bytes_sent: u64,
+    /// Payload bytes received in order (SYN and FIN excluded).
+    pub bytes_received: u64,
+    /// Open connections now: +1 at establishment, -1 at close (two's complement).
+    pub established: u64,
+    /// Sum of the smoothed RTTs observed in `rtt`, in µs.
+    pub rtt_sum_us: u64,
+    /// Smoothed RTT of each connection when it closed (see `FLOW_RTT_BUCKETS`).
+    pub rtt: [u64; FLOW_RTT_BUCKETS],
+    /// `comm` of the creating task: names a process that has already exited.
+    pub comm: [u8; COMM_LEN],
+}
+
+impl Default for FlowStats {
+    fn default() -> Self {
+        FlowStats {
+            opened: 0,
+            closed: 0,
+            refused: 0,
+            timed_out: 0,
+            reset: 0,
+            retransmits: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+            established: 0,
+            rtt_sum_us: 0,
+            rtt: [0; FLOW_RTT_BUCKETS],
+            comm: [0; COMM_LEN],
+        }
+    }
+}
+
+/// What the kernel keeps per TCP socket, in socket local storage (freed with the socket).
+/// `cgroup/sock_create` fills the owner; userspace fills it for listeners that existed before
+/// start-up (through a duplicate of their fd), so that the sockets they accept are attributed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FlowSockState {
+    pub cgroup_id: u64,
+    pub tgid: u32,
+    /// `ROLE_*`, set when the connection starts.
+    pub role: u8,
+    /// Kernel bookkeeping bits (see `agent-ebpf/src/flows.rs`); 0 from userspace.
+    pub flags: u8,
+    pub _pad: [u8; 2],
+    pub comm: [u8; COMM_LEN],
+    /// `bytes_acked` / `bytes_received` when the connection was established (the SYN).
+    pub base_acked: u64,
+    pub base_received: u64,
+    /// What was already added to the flow.
+    pub sent: u64,
+    pub received: u64,
+    pub retrans: u64,
+}
+
+/// `FlowSockState::flags` bit of the agent's own sockets: never counted.
+pub const FLOW_SOCK_IGNORED: u8 = 8;
+
+/// Configuration of the flow programs (a global, set at load time).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FlowConfig {
+    /// The agent's own process: its sockets are not counted.
+    pub self_tgid: u32,
+    /// Offset of `sock_cookie` (8 bytes) in the `tcp:tcp_receive_reset` record, from tracefs.
+    pub reset_cookie_offset: u32,
+}
+
+/// Index of each per-CPU flow counter.
+pub const FLOW_COUNTER_NAMES: [&str; 2] = ["flow_table_full", "flow_storage_failed"];
+pub const FLOW_COUNTERS_LEN: u32 = FLOW_COUNTER_NAMES.len() as u32;
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all are #[repr(C)], Copy, made only of integers, and every bit pattern is valid.
@@ -191,4 +310,8 @@ mod pod {
     unsafe impl aya::Pod for super::ConnInfo {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::EventHeader {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowStats {}
+    unsafe impl aya::Pod for super::FlowConfig {}
+    unsafe impl aya::Pod for super::FlowSockState {}
 }

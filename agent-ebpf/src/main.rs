@@ -4,7 +4,12 @@
 //! the real object is built for `bpfel-unknown-none` by the agent's build script.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// Atomic adds on shared map values (flows.rs): the BPF target has no AtomicU64.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
+#[cfg(target_arch = "bpf")]
+mod flows;
 #[cfg(target_arch = "bpf")]
 mod io;
 
@@ -132,6 +137,26 @@ mod programs {
     #[tracepoint]
     pub fn process_exit(ctx: TracePointContext) -> u32 {
         io::process_exit(&ctx)
+    }
+
+    /// TCP flows: records the owner of each new TCP socket (see `flows.rs`).
+    #[aya_ebpf::macros::cgroup_sock(sock_create)]
+    pub fn flow_sock_create(ctx: aya_ebpf::programs::SockContext) -> i32 {
+        crate::flows::sock_create(&ctx);
+        1 // allow the socket
+    }
+
+    /// TCP flows: connection lifecycle, bytes, retransmits and RTT.
+    #[aya_ebpf::macros::sock_ops]
+    pub fn flow_sock_ops(ctx: aya_ebpf::programs::SockOpsContext) -> u32 {
+        crate::flows::sock_ops(&ctx);
+        1
+    }
+
+    /// TCP flows: which closing sockets were reset.
+    #[tracepoint]
+    pub fn flow_receive_reset(ctx: TracePointContext) -> u32 {
+        crate::flows::receive_reset(&ctx)
     }
 }
 

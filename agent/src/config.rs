@@ -41,6 +41,16 @@ pub struct Config {
     #[arg(long, env = "PERISCOPE_MAX_SERIES", default_value_t = crate::export::prometheus::DEFAULT_MAX_SERIES)]
     pub max_series: usize,
 
+    /// TCP flows: connections, failures, bytes, retransmits and RTT per process and peer,
+    /// aggregated in the kernel (`network_*` metrics). `--flows=false` turns them off.
+    #[arg(long, env = "PERISCOPE_FLOWS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub flows: bool,
+
+    /// At most this many flow label sets; updates of further flows are dropped and counted in
+    /// `periscope_series_dropped_total{metric="network_tcp_flow"}`.
+    #[arg(long, env = "PERISCOPE_FLOWS_MAX_SERIES", default_value_t = crate::flows::DEFAULT_MAX_SERIES)]
+    pub flows_max_series: usize,
+
     /// Kubernetes attribution: `auto` turns it on inside a pod (KUBERNETES_SERVICE_HOST set).
     #[arg(long, env = "PERISCOPE_KUBERNETES", value_enum, default_value = "auto")]
     pub kubernetes: KubernetesMode,

@@ -6,5 +6,6 @@ pub mod config;
 pub mod conn;
 pub mod exchange;
 pub mod export;
+pub mod flows;
 pub mod metadata;
 pub mod protocol;

@@ -127,6 +127,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
+    let flow_metrics = config
+        .flows
+        .then(|| periscope::flows::FlowMetrics::register(&mut registry));
     metrics.set_max_series(config.max_series);
     let cluster = start_kubernetes(&config, &metrics, &mut registry)?;
     let state = Arc::new(http::State {
@@ -143,7 +146,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         hooks: config.syscall_hooks,
         bpf_stats: config.bpf_stats,
     };
-    let (capture, maps) = Capture::start(&settings, facts.tracefs)?;
+    let (mut capture, maps) = Capture::start(&settings, facts.tracefs)?;
     metrics
         .hooks_info
         .get_or_create(&periscope::export::prometheus::HooksLabels {
@@ -151,6 +154,27 @@ async fn run(config: Config) -> anyhow::Result<()> {
             kernel: facts.release.clone(),
         })
         .set(1);
+    // Flows are an addition to the syscall capture, not a condition for it: a kernel or host
+    // that refuses them (no cgroup v2, no sock_ops) gets a warning and everything else.
+    let flows = match flow_metrics.map(|m| (m, capture.start_flows())) {
+        Some((flow_metrics, Ok(maps))) => {
+            let mut poller = periscope::flows::FlowPoller::new(
+                maps,
+                flow_metrics,
+                metrics.clone(),
+                config.flows_max_series,
+            );
+            if let Some(cluster) = &cluster {
+                poller.set_cluster(cluster.clone());
+            }
+            Some(tokio::spawn(poller.run(std::time::Duration::from_secs(1))))
+        }
+        Some((_, Err(e))) => {
+            log::warn!("TCP flows are off: {e:#}");
+            None
+        }
+        None => None,
+    };
     let mut reader = Reader::new(maps, metrics.clone());
     if let Some(cluster) = &cluster {
         reader.set_cluster(cluster.clone());
@@ -186,6 +210,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
     state.ready.store(false, Ordering::Relaxed);
     reader.abort();
     let _ = reader.await;
+    if let Some(flows) = flows {
+        flows.abort();
+        let _ = flows.await;
+    }
     server.abort();
     // Dropping the programs closes their links: nothing stays attached in the kernel.
     drop(capture);

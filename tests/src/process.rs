@@ -37,6 +37,11 @@ impl ChildProcess {
         self.child.stdout.take()
     }
 
+    /// The child's stdin, if it was spawned with `Stdio::piped()` and not taken yet.
+    pub fn take_stdin(&mut self) -> Option<std::process::ChildStdin> {
+        self.child.stdin.take()
+    }
+
     /// `Some(status)` once the child has exited (reaping it), `None` while it runs.
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_compare;
 mod bench_decode;
+mod bench_flows;
 mod bench_pgbench;
 mod bench_syscall;
 mod image;
@@ -71,6 +72,9 @@ enum Bench {
     /// A Flask app under gunicorn and wrk: CPU per request with prometheus-flask-exporter,
     /// with OpenTelemetry tracing, uninstrumented with Periscope, and bare, alternating.
     Compare(bench_compare::CompareArgs),
+    /// TCP flow tracking: CPU per short connection and per MiB on loopback, flows off and on,
+    /// alternating.
+    Flows(bench_flows::FlowsArgs),
 }
 
 fn main() -> ExitCode {
@@ -83,6 +87,7 @@ fn main() -> ExitCode {
         Cli::Bench(Bench::Pgbench(args)) => bench_pgbench::pgbench(&args),
         Cli::Bench(Bench::Decode(args)) => bench_decode::decode(&args),
         Cli::Bench(Bench::Compare(args)) => bench_compare::compare(&args),
+        Cli::Bench(Bench::Flows(args)) => bench_flows::flows(&args),
         Cli::Image(args) => image::image(&args),
         Cli::Vm(args) => vm::vm(&args),
         Cli::BenchWorker {

@@ -21,6 +21,7 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus", // promtool, and the server the dashboard tests query
     "bpftool",
     "iproute2",
+    "iptables", // packet drops between network namespaces in the flow tests
     "python3",
     "postgresql", // initdb, postgres, psql, pgbench for the Postgres tests
     "kcat",       // an independent Kafka client for the Kafka tests

@@ -20,6 +20,7 @@ use aya::{Ebpf, EbpfLoader};
 use crate::conn::{listeners, KernelAction, Tracker};
 use crate::export::prometheus::{DeltaCounter, Metrics, MetricsSink, ReasonLabel};
 
+pub mod flows;
 pub mod preflight;
 
 /// The kernel object built by `build.rs`.
@@ -77,6 +78,8 @@ pub struct Capture {
     _stats: Option<std::os::fd::OwnedFd>,
     /// The mechanism the syscall hooks ended up on (`Btf` or `Raw`).
     pub hooks: HookMode,
+    /// `tcp:tcp_receive_reset` carries a socket cookie (see `flows::flow_config`).
+    reset_cookie: bool,
 }
 
 /// The maps the reader needs, taken out of the `Ebpf` object.
@@ -121,8 +124,10 @@ impl Capture {
             newtask_pid_offset: pid_offset,
             newtask_flags_offset: flags_offset,
         };
+        let flow_config = flows::flow_config(tracefs);
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
+            .override_global("FLOW_CONFIG", &flow_config, true)
             .map_max_entries("EVENTS", settings.ringbuf_bytes)
             .load(OBJECT)
             .context("loading the kernel programs failed (the kernel's verifier log follows)")?;
@@ -162,6 +167,7 @@ impl Capture {
                 ebpf,
                 _stats: stats,
                 hooks,
+                reset_cookie: flow_config.reset_cookie_offset != 0,
             },
             maps,
         ))

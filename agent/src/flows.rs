@@ -1,0 +1,554 @@
+//! TCP flows: reads the kernel's per-flow aggregates (`agent-ebpf/src/flows.rs`) every second
+//! and exports them as `network_*` metrics, labelled by the owning workload and the peer.
+//!
+//! The kernel keeps cumulative counters per (owner process, peer address, server port, role);
+//! this poller exports their increase since its last read, so a flow removed from the kernel
+//! map (its process exited and it has no open connection) loses nothing already exported.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_ebpf::{
+    FlowKey, FlowStats, FLOW_COUNTER_NAMES, FLOW_RTT_BUCKETS, ROLE_CLIENT, ROLE_SERVER,
+};
+use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::capture::flows::FlowMaps;
+use crate::export::labels::WorkloadLabels;
+use crate::export::prometheus::{DeltaCounter, MetricLabel, Metrics, ReasonLabel};
+use crate::metadata::{ClusterView, ProcessCache};
+
+/// Default `--flows-max-series`: distinct flow label sets.
+pub const DEFAULT_MAX_SERIES: usize = 5_000;
+
+/// The name under which dropped flow series are counted in `periscope_series_dropped_total`.
+const SERIES_METRIC: &str = "network_tcp_flow";
+
+/// The labels of one flow series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct FlowLabels {
+    #[prometheus(flatten)]
+    pub workload: WorkloadLabels,
+    /// Always `tcp` for now.
+    pub network_transport: String,
+    /// `client` (the process connected) or `server` (it accepted).
+    pub connection_role: String,
+    /// The remote port of a client flow, the local port of a server flow.
+    pub server_port: u16,
+    #[prometheus(flatten)]
+    pub peer: FlowPeerLabels,
+}
+
+/// The other end of a flow: its IP when the cluster cannot name it, else its namespace,
+/// workload and service (and an empty `peer_address`, so a restarted pod keeps its series).
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct FlowPeerLabels {
+    pub peer_address: String,
+    pub peer_k8s_namespace_name: String,
+    pub peer_k8s_owner_name: String,
+    pub peer_service_name: String,
+}
+
+impl EncodeLabelSet for FlowPeerLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        ("peer_address", self.peer_address.as_str()).encode(encoder.encode_label())?;
+        for (name, value) in [
+            ("peer_k8s_namespace_name", &self.peer_k8s_namespace_name),
+            ("peer_k8s_owner_name", &self.peer_k8s_owner_name),
+            ("peer_service_name", &self.peer_service_name),
+        ] {
+            if !value.is_empty() {
+                (name, value.as_str()).encode(encoder.encode_label())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `network_io_bytes_total` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct FlowIoLabels {
+    #[prometheus(flatten)]
+    pub flow: FlowLabels,
+    /// `transmit` or `receive`.
+    pub network_io_direction: String,
+}
+
+/// `network_tcp_connect_failures_total` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct FlowErrorLabels {
+    #[prometheus(flatten)]
+    pub flow: FlowLabels,
+    /// `refused`, `timeout` or `reset`.
+    pub error_type: String,
+}
+
+/// The flow metrics.
+#[derive(Clone)]
+pub struct FlowMetrics {
+    pub bytes: Family<FlowIoLabels, Counter>,
+    pub opened: Family<FlowLabels, Counter>,
+    pub closed: Family<FlowLabels, Counter>,
+    pub failures: Family<FlowErrorLabels, Counter>,
+    pub established: Family<FlowLabels, Gauge>,
+    pub retransmits: Family<FlowLabels, Counter>,
+    pub rtt: Family<FlowLabels, Histogram>,
+    /// Flow updates the kernel could not record, by reason.
+    pub kernel_lost: Family<ReasonLabel, Counter>,
+}
+
+/// Upper bounds of the RTT histogram's buckets, in seconds: the kernel's log2 µs buckets.
+fn rtt_bounds() -> impl Iterator<Item = f64> {
+    (1..FLOW_RTT_BUCKETS).map(|i| (1u64 << i) as f64 / 1e6)
+}
+
+impl FlowMetrics {
+    /// Creates the flow metrics and registers them.
+    pub fn register(registry: &mut Registry) -> FlowMetrics {
+        let m = FlowMetrics {
+            bytes: Family::default(),
+            opened: Family::default(),
+            closed: Family::default(),
+            failures: Family::default(),
+            established: Family::default(),
+            retransmits: Family::default(),
+            rtt: Family::new_with_constructor(|| Histogram::new(rtt_bounds())),
+            kernel_lost: Family::default(),
+        };
+        registry.register_with_unit(
+            "network_io",
+            "TCP payload bytes per flow: acknowledged by the peer (transmit) or received in order (receive)",
+            Unit::Bytes,
+            m.bytes.clone(),
+        );
+        registry.register(
+            "network_tcp_connections_opened",
+            "TCP connections that reached ESTABLISHED, per flow",
+            m.opened.clone(),
+        );
+        registry.register(
+            "network_tcp_connections_closed",
+            "Established TCP connections that closed (gracefully or by a reset), per flow",
+            m.closed.clone(),
+        );
+        registry.register(
+            "network_tcp_connect_failures",
+            "Failed TCP connections: refused (reset answering the SYN), timeout (no answer), reset (established, then reset by the peer)",
+            m.failures.clone(),
+        );
+        registry.register(
+            "network_tcp_connections_established",
+            "TCP connections open now, per flow",
+            m.established.clone(),
+        );
+        registry.register(
+            "network_tcp_retransmits",
+            "Retransmitted TCP segments, per flow",
+            m.retransmits.clone(),
+        );
+        registry.register_with_unit(
+            "network_tcp_rtt",
+            "Smoothed RTT of each TCP connection when it closed (sum approximated by bucket midpoints)",
+            Unit::Seconds,
+            m.rtt.clone(),
+        );
+        registry.sub_registry_with_prefix("periscope").register(
+            "flow_events_lost",
+            "Flow updates the kernel could not record, by reason",
+            m.kernel_lost.clone(),
+        );
+        m
+    }
+}
+
+/// What a flow key resolved to (shared: one flow's labels are cloned into several families).
+#[derive(Clone)]
+enum Series {
+    Admitted(Arc<FlowLabels>),
+    /// Over `--flows-max-series`: its updates are dropped and counted.
+    Dropped,
+}
+
+/// Reads the flow map and exports it.
+pub struct FlowPoller {
+    maps: FlowMaps,
+    metrics: FlowMetrics,
+    own: Arc<Metrics>,
+    processes: ProcessCache,
+    cluster: Option<Arc<dyn ClusterView>>,
+    /// Cluster generation the cached series were resolved at.
+    generation: u64,
+    last: HashMap<FlowKey, FlowStats>,
+    series: HashMap<FlowKey, Series>,
+    admitted: std::collections::HashSet<FlowLabels>,
+    max_series: usize,
+    lost: Vec<DeltaCounter>,
+}
+
+impl FlowPoller {
+    /// A poller of `maps` exporting into `metrics`, with at most `max_series` flow label sets.
+    pub fn new(
+        maps: FlowMaps,
+        metrics: FlowMetrics,
+        own: Arc<Metrics>,
+        max_series: usize,
+    ) -> FlowPoller {
+        FlowPoller {
+            maps,
+            metrics,
+            own,
+            processes: ProcessCache::new("/proc"),
+            cluster: None,
+            generation: 0,
+            last: HashMap::new(),
+            series: HashMap::new(),
+            admitted: std::collections::HashSet::new(),
+            max_series,
+            lost: FLOW_COUNTER_NAMES
+                .iter()
+                .map(|_| DeltaCounter::default())
+                .collect(),
+        }
+    }
+
+    /// Names owners' pods and peers through the cluster view from now on.
+    pub fn set_cluster(&mut self, cluster: Arc<dyn ClusterView>) {
+        self.processes.set_cluster(cluster.clone());
+        self.cluster = Some(cluster);
+    }
+
+    /// Polls every `interval` until dropped.
+    pub async fn run(mut self, interval: Duration) -> anyhow::Result<()> {
+        let mut tick = tokio::time::interval(interval);
+        let mut polls: u64 = 0;
+        loop {
+            tick.tick().await;
+            polls += 1;
+            self.poll();
+            if polls.is_multiple_of(30) {
+                self.forget_dead();
+            }
+        }
+    }
+
+    /// One read of the kernel map: exports every flow's increase since the last read.
+    pub fn poll(&mut self) {
+        let generation = self.cluster.as_ref().map_or(0, |c| c.generation());
+        if generation != self.generation {
+            // Pods or services may have been named: resolve every flow again.
+            self.generation = generation;
+            self.series.clear();
+        }
+        let current: Vec<(FlowKey, FlowStats)> =
+            self.maps.flows.iter().filter_map(Result::ok).collect();
+        for (key, now) in current {
+            let before = self.last.get(&key).copied().unwrap_or_default();
+            if differs(&before, &now) {
+                self.export(&key, &before, &now);
+            }
+            self.last.insert(key, now);
+        }
+        for (index, name) in FLOW_COUNTER_NAMES.iter().enumerate() {
+            if let Ok(values) = self.maps.counters.get(&(index as u32), 0) {
+                let counter = self.metrics.kernel_lost.get_or_create(&ReasonLabel {
+                    reason: (*name).to_owned(),
+                });
+                self.lost[index].advance(&counter, values.iter().sum());
+            }
+        }
+    }
+
+    fn export(&mut self, key: &FlowKey, before: &FlowStats, now: &FlowStats) {
+        let series = match self.series.get(key) {
+            Some(series) => series.clone(),
+            None => {
+                let labels = self.labels_of(key, &now.comm);
+                let series = if self.admitted.contains(&labels) {
+                    Series::Admitted(Arc::new(labels))
+                } else if self.admitted.len() < self.max_series {
+                    self.admitted.insert(labels.clone());
+                    Series::Admitted(Arc::new(labels))
+                } else {
+                    Series::Dropped
+                };
+                self.series.insert(*key, series.clone());
+                series
+            }
+        };
+        let Series::Admitted(labels) = series else {
+            self.own
+                .series_dropped
+                .get_or_create(&MetricLabel {
+                    metric: SERIES_METRIC.to_owned(),
+                })
+                .inc();
+            return;
+        };
+        let labels: &FlowLabels = &labels;
+        let m = &self.metrics;
+        let delta = |f: fn(&FlowStats) -> u64| f(now).wrapping_sub(f(before));
+        let io = |direction: &str| FlowIoLabels {
+            flow: labels.clone(),
+            network_io_direction: direction.to_owned(),
+        };
+        let error = |kind: &str| FlowErrorLabels {
+            flow: labels.clone(),
+            error_type: kind.to_owned(),
+        };
+        add(&m.bytes, &io("transmit"), delta(|s| s.bytes_sent));
+        add(&m.bytes, &io("receive"), delta(|s| s.bytes_received));
+        add(&m.opened, labels, delta(|s| s.opened));
+        add(&m.closed, labels, delta(|s| s.closed));
+        add(&m.retransmits, labels, delta(|s| s.retransmits));
+        add(&m.failures, &error("refused"), delta(|s| s.refused));
+        add(&m.failures, &error("timeout"), delta(|s| s.timed_out));
+        add(&m.failures, &error("reset"), delta(|s| s.reset));
+        let open = delta(|s| s.established) as i64;
+        if open != 0 || now.opened > 0 {
+            m.established.get_or_create(labels).inc_by(open);
+        }
+        if now.rtt == before.rtt {
+            return;
+        }
+        let histogram = m.rtt.get_or_create(labels);
+        for bucket in 0..FLOW_RTT_BUCKETS {
+            let n = now.rtt[bucket].wrapping_sub(before.rtt[bucket]);
+            // The kernel keeps only bucket counts: each sample is taken at its bucket's middle.
+            let middle = if bucket == 0 {
+                1.0
+            } else {
+                1.5 * (1u64 << bucket) as f64
+            } / 1e6;
+            for _ in 0..n.min(1_000_000) {
+                histogram.observe(middle);
+            }
+        }
+    }
+
+    fn labels_of(&mut self, key: &FlowKey, comm: &[u8]) -> FlowLabels {
+        flow_labels(key, comm, &mut self.processes, self.cluster.as_deref())
+    }
+
+    /// Removes the kernel flows of exited processes that have no open connection (their last
+    /// counts were exported by the poll before), so the map does not fill up over time.
+    fn forget_dead(&mut self) {
+        let dead: Vec<FlowKey> = self
+            .last
+            .iter()
+            .filter(|(key, stats)| {
+                key.tgid != 0
+                    && stats.established == 0
+                    && !Path::new(&format!("/proc/{}", key.tgid)).exists()
+            })
+            .map(|(key, _)| *key)
+            .collect();
+        for key in dead {
+            let _ = self.maps.flows.remove(&key);
+            self.last.remove(&key);
+            self.series.remove(&key);
+            self.processes.forget(key.tgid);
+        }
+    }
+}
+
+/// The labels of a flow: the one place where a flow's owner becomes workload labels and its
+/// peer address becomes peer labels (named by the cluster view when it knows the address).
+pub fn flow_labels(
+    key: &FlowKey,
+    comm: &[u8],
+    processes: &mut ProcessCache,
+    cluster: Option<&dyn ClusterView>,
+) -> FlowLabels {
+    let workload = if key.tgid == 0 {
+        // A socket whose creation was never seen (a listener the agent could not adopt).
+        WorkloadLabels {
+            service_name: "unknown".to_owned(),
+            ..WorkloadLabels::default()
+        }
+    } else {
+        let comm = comm_str(comm);
+        let hint = (!comm.is_empty()).then_some(comm.as_str());
+        WorkloadLabels::of(&processes.get(key.tgid, hint))
+    };
+    let ip = peer_ip(key);
+    let peer = match cluster.and_then(|c| c.peer(ip)) {
+        Some(name) => FlowPeerLabels {
+            peer_address: String::new(),
+            peer_k8s_namespace_name: name.namespace,
+            peer_k8s_owner_name: name.owner_name,
+            peer_service_name: name.service_name,
+        },
+        None => FlowPeerLabels {
+            peer_address: ip.to_string(),
+            ..FlowPeerLabels::default()
+        },
+    };
+    FlowLabels {
+        workload,
+        network_transport: "tcp".to_owned(),
+        connection_role: match key.role {
+            ROLE_CLIENT => "client",
+            ROLE_SERVER => "server",
+            _ => "unknown",
+        }
+        .to_owned(),
+        server_port: key.server_port,
+        peer,
+    }
+}
+
+fn add<L: Clone + std::hash::Hash + Eq>(family: &Family<L, Counter>, labels: &L, n: u64) {
+    if n != 0 {
+        family.get_or_create(labels).inc_by(n);
+    }
+}
+
+fn differs(a: &FlowStats, b: &FlowStats) -> bool {
+    a.opened != b.opened
+        || a.closed != b.closed
+        || a.refused != b.refused
+        || a.timed_out != b.timed_out
+        || a.reset != b.reset
+        || a.retransmits != b.retransmits
+        || a.bytes_sent != b.bytes_sent
+        || a.bytes_received != b.bytes_received
+        || a.established != b.established
+        || a.rtt != b.rtt
+}
+
+/// The peer's address as the kernel stored it (network byte order).
+pub fn peer_ip(key: &FlowKey) -> IpAddr {
+    if key.ip_version == 6 {
+        IpAddr::from(key.peer)
+    } else {
+        IpAddr::from([key.peer[0], key.peer[1], key.peer[2], key.peer[3]])
+    }
+}
+
+fn comm_str(comm: &[u8]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_addresses_from_kernel_bytes() {
+        let mut key = FlowKey {
+            ip_version: 4,
+            ..FlowKey::default()
+        };
+        key.peer[..4].copy_from_slice(&[10, 1, 2, 3]);
+        assert_eq!(peer_ip(&key).to_string(), "10.1.2.3");
+        key.ip_version = 6;
+        key.peer = std::net::Ipv6Addr::LOCALHOST.octets();
+        assert_eq!(peer_ip(&key).to_string(), "::1");
+    }
+
+    #[test]
+    fn rtt_buckets_are_the_kernel_log2_buckets() {
+        let bounds: Vec<f64> = rtt_bounds().collect();
+        assert_eq!(bounds.len(), FLOW_RTT_BUCKETS - 1);
+        assert_eq!(bounds[0], 2e-6);
+        assert_eq!(bounds[9], 1024e-6);
+    }
+
+    struct OnePeer;
+
+    impl ClusterView for OnePeer {
+        fn generation(&self) -> u64 {
+            1
+        }
+        fn identity(
+            &self,
+            _: Option<&str>,
+            _: Option<&str>,
+        ) -> Option<Arc<crate::metadata::K8sIdentity>> {
+            None
+        }
+        fn peer(&self, ip: IpAddr) -> Option<crate::metadata::PeerName> {
+            (ip == IpAddr::from([10, 0, 0, 7])).then(|| crate::metadata::PeerName {
+                namespace: "shop".into(),
+                owner_name: "orders".into(),
+                service_name: "orders-db".into(),
+            })
+        }
+        fn pod_exists(&self, _: &str, _: &str) -> bool {
+            true
+        }
+        fn is_synced(&self) -> bool {
+            true
+        }
+    }
+
+    fn key(peer: [u8; 4], tgid: u32) -> FlowKey {
+        let mut key = FlowKey {
+            tgid,
+            server_port: 5432,
+            role: ROLE_CLIENT,
+            ip_version: 4,
+            ..FlowKey::default()
+        };
+        key.peer[..4].copy_from_slice(&peer);
+        key
+    }
+
+    #[test]
+    fn peers_are_named_by_the_cluster_else_by_address() {
+        let mut processes = ProcessCache::new("/proc");
+        let me = std::process::id();
+        let named = flow_labels(
+            &key([10, 0, 0, 7], me),
+            b"x",
+            &mut processes,
+            Some(&OnePeer),
+        );
+        assert_eq!(named.peer.peer_address, "");
+        assert_eq!(named.peer.peer_service_name, "orders-db");
+        assert_eq!(named.connection_role, "client");
+        assert_eq!(named.server_port, 5432);
+        let by_ip = flow_labels(
+            &key([10, 0, 0, 8], me),
+            b"x",
+            &mut processes,
+            Some(&OnePeer),
+        );
+        assert_eq!(by_ip.peer.peer_address, "10.0.0.8");
+        assert_eq!(by_ip.peer.peer_service_name, "");
+        let standalone = flow_labels(&key([10, 0, 0, 7], me), b"x", &mut processes, None);
+        assert_eq!(standalone.peer.peer_address, "10.0.0.7");
+        // The owner is this very test process.
+        assert_eq!(standalone.workload, named.workload);
+        assert!(!standalone.workload.service_name.is_empty());
+    }
+
+    #[test]
+    fn an_exited_owner_is_named_by_its_comm_and_no_owner_is_unknown() {
+        let mut processes = ProcessCache::new("/proc");
+        let gone = flow_labels(
+            &key([1, 2, 3, 4], u32::MAX - 1),
+            b"curl\0",
+            &mut processes,
+            None,
+        );
+        assert_eq!(gone.workload.service_name, "curl");
+        let nobody = flow_labels(&key([1, 2, 3, 4], 0), b"", &mut processes, None);
+        assert_eq!(nobody.workload.service_name, "unknown");
+    }
+
+    #[test]
+    fn comm_stops_at_nul() {
+        assert_eq!(comm_str(b"curl\0\0\0\0\0\0\0\0\0\0\0\0"), "curl");
+        assert_eq!(comm_str(b"0123456789abcdef"), "0123456789abcdef");
+    }
+}
