@@ -213,6 +213,58 @@ pub(crate) fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
+impl Attribution {
+    /// Whether a pod of that namespace and name is on this node now.
+    pub fn has_pod(&self, namespace: &str, name: &str) -> bool {
+        self.read()
+            .pods_by_uid
+            .values()
+            .any(|p| p.name == name && p.namespace == namespace)
+    }
+}
+
+/// The view the capture pipeline and the exporters read.
+impl crate::metadata::ClusterView for Attribution {
+    fn generation(&self) -> u64 {
+        Attribution::generation(self)
+    }
+
+    fn identity(
+        &self,
+        pod_uid: Option<&str>,
+        container_id: Option<&str>,
+    ) -> Option<Arc<crate::metadata::K8sIdentity>> {
+        let (pod, container) = self.pod(pod_uid, container_id)?;
+        Some(Arc::new(crate::metadata::K8sIdentity {
+            namespace: pod.namespace.clone(),
+            pod_name: pod.name.clone(),
+            pod_uid: pod.uid.clone(),
+            container_name: container.unwrap_or_default(),
+            node_name: pod.node_name.clone(),
+            owner_kind: pod.owner_kind.clone(),
+            owner_name: pod.owner_name.clone(),
+            service_name: pod.service_name.clone(),
+        }))
+    }
+
+    fn peer(&self, ip: IpAddr) -> Option<crate::metadata::PeerName> {
+        let peer = Attribution::peer(self, ip)?;
+        Some(crate::metadata::PeerName {
+            namespace: peer.namespace.clone(),
+            owner_name: peer.owner_name.clone(),
+            service_name: peer.service_name.clone(),
+        })
+    }
+
+    fn pod_exists(&self, namespace: &str, name: &str) -> bool {
+        self.has_pod(namespace, name)
+    }
+
+    fn is_synced(&self) -> bool {
+        Attribution::is_synced(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,57 +316,5 @@ mod tests {
         );
         a.update(|_| false);
         assert_eq!(a.generation(), 1);
-    }
-}
-
-impl Attribution {
-    /// Whether a pod of that namespace and name is on this node now.
-    pub fn has_pod(&self, namespace: &str, name: &str) -> bool {
-        self.read()
-            .pods_by_uid
-            .values()
-            .any(|p| p.name == name && p.namespace == namespace)
-    }
-}
-
-/// The view the capture pipeline and the exporters read.
-impl crate::metadata::ClusterView for Attribution {
-    fn generation(&self) -> u64 {
-        Attribution::generation(self)
-    }
-
-    fn identity(
-        &self,
-        pod_uid: Option<&str>,
-        container_id: Option<&str>,
-    ) -> Option<Arc<crate::metadata::K8sIdentity>> {
-        let (pod, container) = self.pod(pod_uid, container_id)?;
-        Some(Arc::new(crate::metadata::K8sIdentity {
-            namespace: pod.namespace.clone(),
-            pod_name: pod.name.clone(),
-            pod_uid: pod.uid.clone(),
-            container_name: container.unwrap_or_default(),
-            node_name: pod.node_name.clone(),
-            owner_kind: pod.owner_kind.clone(),
-            owner_name: pod.owner_name.clone(),
-            service_name: pod.service_name.clone(),
-        }))
-    }
-
-    fn peer(&self, ip: IpAddr) -> Option<crate::metadata::PeerName> {
-        let peer = Attribution::peer(self, ip)?;
-        Some(crate::metadata::PeerName {
-            namespace: peer.namespace.clone(),
-            owner_name: peer.owner_name.clone(),
-            service_name: peer.service_name.clone(),
-        })
-    }
-
-    fn pod_exists(&self, namespace: &str, name: &str) -> bool {
-        self.has_pod(namespace, name)
-    }
-
-    fn is_synced(&self) -> bool {
-        Attribution::is_synced(self)
     }
 }
