@@ -8,3 +8,4 @@ pub mod exchange;
 pub mod export;
 pub mod metadata;
 pub mod protocol;
+pub mod syscalls;

@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -12,6 +13,7 @@ use periscope::capture::{self, Capture, Reader};
 use periscope::config::Config;
 use periscope::export::http;
 use periscope::export::prometheus::Metrics;
+use periscope::syscalls::{PollerSettings, Poller, SyscallCollector};
 
 fn main() {
     let config = Config::parse();
@@ -50,6 +52,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
     metrics.set_max_series(config.max_series);
+    let syscall_export = SyscallCollector::new();
+    if !config.syscalls.is_empty() {
+        registry.register_collector(Box::new(syscall_export.clone()));
+    }
     let state = Arc::new(http::State {
         registry,
         metrics: metrics.clone(),
@@ -62,8 +68,22 @@ async fn run(config: Config) -> anyhow::Result<()> {
         ringbuf_bytes: config.ringbuf_bytes,
         hooks: config.syscall_hooks,
         bpf_stats: config.bpf_stats,
+        syscalls: (!config.syscalls.is_empty()).then(|| capture::SyscallSettings {
+            filter: config.syscalls.filter(),
+            max_series: config.syscalls_max_series,
+            separate_exit: config.syscalls_separate_exit,
+        }),
     };
-    let (capture, maps) = Capture::start(&settings, facts.tracefs)?;
+    let (mut capture, maps) = Capture::start(&settings, facts.tracefs)?;
+    let poller = capture.take_syscall_table()?.map(|table| {
+        Poller::new(
+            table,
+            syscall_export.shared(),
+            PollerSettings {
+                grace: Duration::from_secs(config.syscalls_grace_seconds),
+            },
+        )
+    });
     metrics
         .hooks_info
         .get_or_create(&periscope::export::prometheus::HooksLabels {
@@ -82,6 +102,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         config.metrics_addr
     );
     let mut reader = tokio::spawn(reader.run());
+    let poller = poller.map(|p| tokio::spawn(p.run()));
     state.ready.store(true, Ordering::Relaxed);
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -98,6 +119,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
     state.ready.store(false, Ordering::Relaxed);
     reader.abort();
     let _ = reader.await;
+    if let Some(poller) = poller {
+        poller.abort();
+        let _ = poller.await;
+    }
     server.abort();
     // Dropping the programs closes their links: nothing stays attached in the kernel.
     drop(capture);

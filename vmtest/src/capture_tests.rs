@@ -194,6 +194,7 @@ impl Session {
             ringbuf_bytes: 8 << 20,
             hooks: mode,
             bpf_stats: false,
+            syscalls: None,
         };
         let (capture, maps) = Capture::start(&settings, facts.tracefs)?;
         let programs = periscope_programs()?.difference(&before).copied().collect();
