@@ -12,6 +12,7 @@
 //! `--test-threads=1`. The harness' own self-test is safe to run in parallel.
 
 mod agent;
+mod cgroup;
 mod http;
 mod kafka;
 mod metrics;
@@ -30,6 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 
 pub use agent::{agent_binary, wait_for_metric, Agent, AgentOptions};
+pub use cgroup::{cgroup2_mount, TestCgroup};
 pub use http::{curl, http_get, tcp_raw, wait_for_port, HttpResponse};
 pub use kafka::{kcat, python_kafka_client, MockKafka};
 pub use metrics::{Metrics, Sample};

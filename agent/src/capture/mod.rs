@@ -628,6 +628,10 @@ fn fold_counters(counters: &PerCpuArray<MapData, u64>, lost: &[DeltaCounter], me
             lost[index].advance(&metrics.kernel_events_sent, total);
         } else if *name == "syscall_table_full" {
             // Syscalls of (cgroup, syscall) pairs beyond --syscalls-max-series: the series cap.
+            // Created at the first drop, as the other metrics' drop counts are.
+            if total == 0 {
+                continue;
+            }
             let counter = metrics.series_dropped.get_or_create(&MetricLabel {
                 metric: crate::syscalls::DURATION_METRIC.to_owned(),
             });
