@@ -361,9 +361,8 @@ pub struct SyscallStats {
 
 // No padding: the kernel copies the value from its stack, and the verifier refuses to read
 // uninitialised stack bytes.
-const _: () = assert!(
-    core::mem::size_of::<SyscallStats>() == 8 + 4 * (ERRNO_CLASSES + LATENCY_BUCKETS)
-);
+const _: () =
+    assert!(core::mem::size_of::<SyscallStats>() == 8 + 4 * (ERRNO_CLASSES + LATENCY_BUCKETS));
 
 #[cfg(feature = "user")]
 mod pod {

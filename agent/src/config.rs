@@ -109,8 +109,7 @@ mod tests {
         let err = Config::try_parse_from(["periscope", "--syscalls", "read,nope"]).unwrap_err();
         assert!(err.to_string().contains("--syscalls"), "{err}");
         assert!(err.to_string().contains("nope"), "{err}");
-        let err =
-            Config::try_parse_from(["periscope", "--syscalls-max-series", "0"]).unwrap_err();
+        let err = Config::try_parse_from(["periscope", "--syscalls-max-series", "0"]).unwrap_err();
         assert!(err.to_string().contains("--syscalls-max-series"), "{err}");
     }
 }

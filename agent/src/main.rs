@@ -13,7 +13,7 @@ use periscope::capture::{self, Capture, Reader};
 use periscope::config::Config;
 use periscope::export::http;
 use periscope::export::prometheus::Metrics;
-use periscope::syscalls::{PollerSettings, Poller, SyscallCollector};
+use periscope::syscalls::{Poller, PollerSettings, SyscallCollector};
 
 fn main() {
     let config = Config::parse();

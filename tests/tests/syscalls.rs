@@ -122,7 +122,10 @@ fn counts_errors_and_latency_of_one_cgroups_syscalls_exactly() {
     );
     // The container id comes from the path, on every series.
     assert_eq!(
-        m.sum(COUNT, &[("cgroup_path", &path), ("container_id", CONTAINER_ID)]),
+        m.sum(
+            COUNT,
+            &[("cgroup_path", &path), ("container_id", CONTAINER_ID)]
+        ),
         1027.0
     );
     // 20 ms sleeps land in (2^24 ns, 2^25 ns] = (16.8 ms, 33.6 ms].
@@ -191,7 +194,10 @@ fn none_attaches_no_syscall_statistics() {
         names.iter().all(|n| !n.starts_with("syscall_")),
         "{names:?}"
     );
-    assert_eq!(m.sum(DROPPED, &[("metric", "syscall_duration_seconds")]), 0.0);
+    assert_eq!(
+        m.sum(DROPPED, &[("metric", "syscall_duration_seconds")]),
+        0.0
+    );
     assert!(
         agent.log().contains("syscall statistics off"),
         "{}",

@@ -72,9 +72,7 @@ impl Mode {
             Mode::Raw => Some(&["--syscall-hooks", "raw", "--syscalls", "none"]),
             Mode::BtfStats => Some(&["--syscall-hooks", "btf"]),
             Mode::RawStats => Some(&["--syscall-hooks", "raw"]),
-            Mode::BtfStatsSeparate => {
-                Some(&["--syscall-hooks", "btf", "--syscalls-separate-exit"])
-            }
+            Mode::BtfStatsSeparate => Some(&["--syscall-hooks", "btf", "--syscalls-separate-exit"]),
         }
     }
 
@@ -450,9 +448,7 @@ fn report(
         };
         out.push_str(&format!("- `{mode}`: {how}\n"));
     }
-    out.push_str(
-        "\nns per syscall, min / **median** / max over rounds:\n\n| workload |",
-    );
+    out.push_str("\nns per syscall, min / **median** / max over rounds:\n\n| workload |");
     for mode in Mode::ALL {
         out.push_str(&format!(" {mode} |"));
     }

@@ -44,6 +44,7 @@ pub const DEFAULT_MAX_SERIES: u32 = 4096;
 pub const DEFAULT_GRACE_SECONDS: u64 = 300;
 
 /// The `default` selection: syscalls that tell where a service spends its time or fails.
+#[rustfmt::skip]
 pub const DEFAULT_SYSCALLS: &[&str] = &[
     // file and socket I/O
     "read", "write", "pread64", "pwrite64", "readv", "writev", "preadv", "pwritev", "preadv2",
@@ -322,12 +323,14 @@ impl Collector for SyscallCollector {
                 for (bucket, count) in buckets.iter_mut().zip(totals.buckets) {
                     bucket.1 = count;
                 }
-                metric.encode_family(labels)?.encode_histogram::<NoLabelSet>(
-                    totals.sum_ns as f64 / 1e9,
-                    totals.count(),
-                    &buckets,
-                    None,
-                )?;
+                metric
+                    .encode_family(labels)?
+                    .encode_histogram::<NoLabelSet>(
+                        totals.sum_ns as f64 / 1e9,
+                        totals.count(),
+                        &buckets,
+                        None,
+                    )?;
             }
         }
         let mut metric = encoder.encode_descriptor(
@@ -420,10 +423,9 @@ impl Poller {
                 Err(e) => log::debug!("syscall statistics: reading an entry: {e}"),
             }
         }
-        if read
-            .iter()
-            .any(|(key, _)| !self.entries.contains_key(key) && self.paths.get(key.cgroup_id).is_none())
-        {
+        if read.iter().any(|(key, _)| {
+            !self.entries.contains_key(key) && self.paths.get(key.cgroup_id).is_none()
+        }) {
             // A cgroup created since the last walk. The walk comes after the read, so any cgroup
             // that made a syscall counted in `read` existed before it and is found, unless it
             // was removed in between.
@@ -457,8 +459,16 @@ impl Poller {
     fn expire(&mut self, now: Instant, exported: &mut Exported) {
         let cgroups: BTreeSet<u64> = self.entries.keys().map(|k| k.cgroup_id).collect();
         self.gone_since.retain(|id, _| cgroups.contains(id));
+        let missing: Vec<u64> = cgroups
+            .into_iter()
+            .filter(|id| !self.paths.exists(*id))
+            .collect();
+        if missing.iter().any(|id| !self.gone_since.contains_key(id)) {
+            // Newly missing: removed, or renamed (then a walk finds it under its new path).
+            self.paths.refresh();
+        }
         let mut expired = BTreeSet::new();
-        for id in cgroups {
+        for id in missing {
             if self.paths.exists(id) {
                 self.gone_since.remove(&id);
                 continue;
@@ -610,13 +620,19 @@ mod tests {
         ] {
             let b = latency_bucket(ns);
             let seconds = ns as f64 / 1e9;
-            assert!(seconds <= bounds[b], "{ns} ns above the bound of bucket {b}");
+            assert!(
+                seconds <= bounds[b],
+                "{ns} ns above the bound of bucket {b}"
+            );
             if b > 0 {
                 assert!(seconds > bounds[b - 1], "{ns} ns fits bucket {}", b - 1);
             }
         }
         // A 20 ms sleep: (16.8 ms, 33.6 ms].
-        assert_eq!(bounds[latency_bucket(20_000_000)], (1u64 << 25) as f64 / 1e9);
+        assert_eq!(
+            bounds[latency_bucket(20_000_000)],
+            (1u64 << 25) as f64 / 1e9
+        );
     }
 
     #[test]
@@ -649,7 +665,10 @@ mod tests {
             assert_eq!(totals.count(), expected);
             assert_eq!(totals.sum_ns, s0 + s1);
         }
-        assert_eq!(totals.errors[3], totals.buckets[0], "errors wrap the same way");
+        assert_eq!(
+            totals.errors[3], totals.buckets[0],
+            "errors wrap the same way"
+        );
     }
 
     #[test]
@@ -679,13 +698,9 @@ mod tests {
             };
             totals.buckets[2] = 3;
             totals.errors[errno_class(2)] = 2;
-            exported.series.insert(
-                labels.clone(),
-                Series {
-                    totals,
-                    entries: 1,
-                },
-            );
+            exported
+                .series
+                .insert(labels.clone(), Series { totals, entries: 1 });
         }
         let mut registry = prometheus_client::registry::Registry::default();
         registry.register_collector(Box::new(collector));

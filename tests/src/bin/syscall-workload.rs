@@ -34,7 +34,9 @@ fn main() {
 
 fn run() -> Result<(), String> {
     let mut args = std::env::args().skip(1);
-    let cgroup = args.next().ok_or("usage: syscall-workload <cgroup dir> <op>=<count>...")?;
+    let cgroup = args
+        .next()
+        .ok_or("usage: syscall-workload <cgroup dir> <op>=<count>...")?;
     let mut ops = Vec::new();
     for arg in args {
         let (op, count) = arg
@@ -83,9 +85,7 @@ fn run() -> Result<(), String> {
             }
             continue;
         }
-        let count: u32 = count
-            .parse()
-            .map_err(|e| format!("{op}={count}: {e}"))?;
+        let count: u32 = count.parse().map_err(|e| format!("{op}={count}: {e}"))?;
         for _ in 0..count {
             // SAFETY: each call passes valid pointers (NUL-terminated paths, a live buffer) or
             // none; the results are checked against what the op expects below.
@@ -101,7 +101,12 @@ fn run() -> Result<(), String> {
                         None,
                     ),
                     "openat-missing" => (
-                        libc::syscall(libc::SYS_openat, libc::AT_FDCWD, missing.as_ptr(), libc::O_RDONLY),
+                        libc::syscall(
+                            libc::SYS_openat,
+                            libc::AT_FDCWD,
+                            missing.as_ptr(),
+                            libc::O_RDONLY,
+                        ),
                         Some(libc::ENOENT),
                     ),
                     "openat-notdir" => (
@@ -137,7 +142,9 @@ fn run() -> Result<(), String> {
             match expected_errno {
                 None if rc < 0 => return Err(format!("{op}: failed with errno {errno:?}")),
                 Some(want) if rc >= 0 || errno != Some(want) => {
-                    return Err(format!("{op}: returned {rc} (errno {errno:?}), expected errno {want}"))
+                    return Err(format!(
+                        "{op}: returned {rc} (errno {errno:?}), expected errno {want}"
+                    ))
                 }
                 _ => {}
             }
