@@ -15,8 +15,11 @@
 
 use agent_ebpf::{
     errno_class, latency_bucket, syscall_errno, Counter, SyscallFilter, SyscallKey, SyscallStats,
-    SYSCALL_NR_LIMIT,
+    ERRNO_CLASSES, SYSCALL_NR_LIMIT,
 };
+
+// The error counters are indexed with a mask.
+const _: () = assert!(ERRNO_CLASSES.is_power_of_two());
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid,
@@ -156,8 +159,15 @@ fn add(stats: &mut SyscallStats, ns: u64, bucket: usize, class: Option<usize>) {
     if let Some(count) = stats.buckets.get_mut(bucket) {
         *count = count.wrapping_add(1);
     }
-    if let Some(errors) = class.and_then(|c| stats.errors.get_mut(c)) {
-        *errors = errors.wrapping_add(1);
+    if let Some(class) = class {
+        // The mask restates class < ERRNO_CLASSES where the verifier needs it: Linux 6.1 loses
+        // the bound of a value spilled across the map lookup. The volatile read keeps the
+        // compiler, which knows the bound, from dropping the mask.
+        // SAFETY: a read of a local.
+        let index = unsafe { core::ptr::read_volatile(&class) } & (ERRNO_CLASSES - 1);
+        if let Some(errors) = stats.errors.get_mut(index) {
+            *errors = errors.wrapping_add(1);
+        }
     }
 }
 
