@@ -23,7 +23,8 @@ use core::ffi::c_void;
 use agent_ebpf::{
     Config, ConnInfo, Counter, EventHeader, EventKind, SockKey, Syscall, COUNTERS_LEN, DIR_EGRESS,
     DIR_INGRESS, HEADER_LEN, MAX_CAPTURE, MAX_IOVECS, OPEN_COMM_OFFSET, OPEN_PAYLOAD_LEN,
-    ORIGIN_ACCEPT, ORIGIN_CONNECT, RECENT_FDS, SOCKADDR_LEN,
+    ORIGIN_ACCEPT, ORIGIN_CONNECT, RECENT_FDS, SOCKADDR_LEN, SYSCALL_STATS_IN_IO_EXIT,
+    SYSCALL_STATS_OFF,
 };
 use aya_ebpf::{
     helpers::{
@@ -45,6 +46,7 @@ static CONFIG: Config = Config {
     capture_bytes: MAX_CAPTURE as u32,
     newtask_pid_offset: 8,
     newtask_flags_offset: 32,
+    syscall_stats: SYSCALL_STATS_OFF,
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -184,14 +186,14 @@ fn arg<R: Regs>(regs: &R, index: usize) -> u64 {
 }
 
 #[inline(always)]
-fn config() -> Config {
+pub fn config() -> Config {
     // SAFETY: CONFIG is a plain global the loader may rewrite before load; read_volatile keeps
     // the compiler from constant-folding the default.
     unsafe { core::ptr::read_volatile(&CONFIG) }
 }
 
 #[inline(always)]
-fn bump(counter: Counter) {
+pub fn bump(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
         unsafe { *slot += 1 };
@@ -209,10 +211,22 @@ fn tgid_of(pid_tgid: u64) -> u32 {
     (pid_tgid >> 32) as u32
 }
 
+/// The syscall number of the current syscall (`orig_ax`).
+#[inline(always)]
+pub fn syscall_nr<R: Regs>(regs: &R) -> u64 {
+    regs.load(ORIG_AX_OFFSET)
+}
+
 /// `sys_exit(regs, ret)`: the syscall's arguments are still in `regs`.
 #[inline(always)]
 pub fn sys_exit<R: Regs>(regs: &R, ret: i64) {
-    match regs.load(ORIG_AX_OFFSET) {
+    let nr = syscall_nr(regs);
+    // Statistics first, so that the capture work below is not part of the measured duration.
+    // The loader sets this once; with a read-only global the verifier drops the dead branch.
+    if config().syscall_stats == SYSCALL_STATS_IN_IO_EXIT {
+        crate::syscalls::on_exit(nr, ret);
+    }
+    match nr {
         nr::READ => on_io(regs, ret, Syscall::Read, DIR_INGRESS, Buffer::Flat),
         nr::RECVFROM => on_io(regs, ret, Syscall::Recvfrom, DIR_INGRESS, Buffer::Flat),
         nr::READV => on_io(regs, ret, Syscall::Readv, DIR_INGRESS, Buffer::Iovec),
@@ -705,10 +719,14 @@ fn on_close(fd: i32) {
     submit(buf, 0);
 }
 
-/// `sched:sched_process_exit`: when a thread-group leader exits, its sockets are gone without
-/// any `close(2)`; userspace drops them from `CONNS`.
+/// `sched:sched_process_exit` (every thread's exit): when a thread-group leader exits, its
+/// sockets are gone without any `close(2)`; userspace drops them from `CONNS`.
 pub fn process_exit(_ctx: &TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
+    if config().syscall_stats != SYSCALL_STATS_OFF {
+        // Every thread's exit passes here: free its syscall start-time slot.
+        crate::syscalls::forget_thread(pid_tgid as u32);
+    }
     if tgid_of(pid_tgid) != pid_tgid as u32 {
         return 0;
     }

@@ -157,7 +157,18 @@ pub struct Config {
     /// tracefs format at load time.
     pub newtask_pid_offset: u32,
     pub newtask_flags_offset: u32,
+    /// Whether and where per-syscall statistics are kept: one of `SYSCALL_STATS_*`.
+    pub syscall_stats: u32,
 }
+
+/// `Config::syscall_stats`: no syscall statistics (no entry hook is attached either).
+pub const SYSCALL_STATS_OFF: u32 = 0;
+/// Statistics are kept by programs of their own on `sys_enter` and `sys_exit` (with the fexit
+/// I/O hooks, which have no every-syscall exit program to share).
+pub const SYSCALL_STATS_SEPARATE: u32 = 1;
+/// The `sys_exit` program of the I/O hooks also keeps the statistics (one program run and one
+/// register read per syscall exit instead of two).
+pub const SYSCALL_STATS_IN_IO_EXIT: u32 = 2;
 
 /// Index of each per-CPU counter of things that could not be delivered.
 #[repr(u32)]
@@ -173,14 +184,21 @@ pub enum Counter {
     ReadUserFailed = 3,
     /// Events written to the ring buffer (for cross-checking with userspace).
     EventsSent = 4,
+    /// Syscalls not counted because the (cgroup, syscall) statistics table was full: the
+    /// series cap (`--syscalls-max-series`) at work.
+    SyscallTableFull = 5,
+    /// Syscalls not timed because the per-thread table of syscall start times was full.
+    SyscallStartsFull = 6,
 }
 
-pub const COUNTER_NAMES: [&str; 5] = [
+pub const COUNTER_NAMES: [&str; 7] = [
     "ringbuf_full",
     "conn_table_full",
     "inflight_table_full",
     "read_user_failed",
     "events_sent",
+    "syscall_table_full",
+    "syscall_starts_full",
 ];
 pub const COUNTERS_LEN: u32 = COUNTER_NAMES.len() as u32;
 
@@ -302,6 +320,167 @@ pub struct FlowConfig {
 /// Index of each per-CPU flow counter.
 pub const FLOW_COUNTER_NAMES: [&str; 2] = ["flow_table_full", "flow_storage_failed"];
 pub const FLOW_COUNTERS_LEN: u32 = FLOW_COUNTER_NAMES.len() as u32;
+/// Syscall numbers below this are covered by [`SyscallFilter`] (x86_64 uses 0–469).
+pub const SYSCALL_NR_LIMIT: usize = 512;
+
+/// Which syscalls get statistics: bit `nr % 64` of `bits[nr / 64]` (a global, set at load
+/// time). A syscall outside it costs the entry and exit hooks one load and one compare.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallFilter {
+    pub bits: [u64; SYSCALL_NR_LIMIT / 64],
+}
+
+impl SyscallFilter {
+    /// Whether syscall `nr` is selected.
+    #[inline(always)]
+    pub fn contains(&self, nr: u64) -> bool {
+        if nr >= SYSCALL_NR_LIMIT as u64 {
+            return false;
+        }
+        match self.bits.get((nr >> 6) as usize) {
+            Some(word) => word & (1u64 << (nr & 63)) != 0,
+            None => false,
+        }
+    }
+
+    /// Selects syscall `nr`; numbers at or above `SYSCALL_NR_LIMIT` are ignored.
+    pub fn insert(&mut self, nr: u32) {
+        if let Some(word) = self.bits.get_mut((nr >> 6) as usize) {
+            *word |= 1u64 << (nr & 63);
+        }
+    }
+
+    /// Whether no syscall is selected.
+    pub fn is_empty(&self) -> bool {
+        self.bits.iter().all(|w| *w == 0)
+    }
+}
+
+/// Key of the syscall statistics table: one cgroup (v2 id, which is its directory's inode
+/// number) and one syscall number.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SyscallKey {
+    pub cgroup_id: u64,
+    pub nr: u32,
+    pub _pad: u32,
+}
+
+/// Latency histogram bounds: bucket 0 holds durations ≤ 2^LATENCY_MIN_SHIFT ns (256 ns), bucket
+/// `i` for 1 ≤ i < LATENCY_BUCKETS - 1 holds (2^(MIN+i-1), 2^(MIN+i)] ns, and the last bucket
+/// everything above 2^LATENCY_MAX_SHIFT ns (~69 s). Upper bounds are inclusive, as Prometheus'
+/// `le` is.
+pub const LATENCY_MIN_SHIFT: u32 = 8;
+pub const LATENCY_MAX_SHIFT: u32 = 36;
+pub const LATENCY_BUCKETS: usize = (LATENCY_MAX_SHIFT - LATENCY_MIN_SHIFT) as usize + 2;
+
+/// The histogram bucket of a duration of `ns` nanoseconds: the smallest `i` with
+/// `ns ≤ 2^(LATENCY_MIN_SHIFT + i)`, capped at the overflow bucket. Loop-free so that the
+/// verifier sees a fixed instruction count.
+#[inline(always)]
+pub fn latency_bucket(ns: u64) -> usize {
+    if ns <= 1u64 << LATENCY_MIN_SHIFT {
+        return 0;
+    }
+    // ceil(log2(ns)) = floor(log2(ns - 1)) + 1 for ns ≥ 2; floor(log2) by binary search.
+    let mut v = ns - 1;
+    let mut log = 0u32;
+    if v >= 1 << 32 {
+        v >>= 32;
+        log += 32;
+    }
+    if v >= 1 << 16 {
+        v >>= 16;
+        log += 16;
+    }
+    if v >= 1 << 8 {
+        v >>= 8;
+        log += 8;
+    }
+    if v >= 1 << 4 {
+        v >>= 4;
+        log += 4;
+    }
+    if v >= 1 << 2 {
+        v >>= 2;
+        log += 2;
+    }
+    if v >= 1 << 1 {
+        log += 1;
+    }
+    let bucket = (log + 1 - LATENCY_MIN_SHIFT) as usize;
+    if bucket >= LATENCY_BUCKETS {
+        LATENCY_BUCKETS - 1
+    } else {
+        bucket
+    }
+}
+
+/// Errno classes counted per syscall; `ERRNO_CLASS_NAMES[i]` is class `i`'s `error_type` label.
+pub const ERRNO_CLASSES: usize = 8;
+pub const ERRNO_CLASS_NAMES: [&str; ERRNO_CLASSES] = [
+    "EAGAIN",
+    "EINTR",
+    "ENOENT",
+    "EBADF",
+    "ETIMEDOUT",
+    "permission",
+    "connection",
+    "other",
+];
+
+/// The class of a syscall error (`errno`, positive):
+/// - `EAGAIN`: would block (EAGAIN = EWOULDBLOCK, and EINPROGRESS of a non-blocking connect);
+/// - `EINTR`: interrupted by a signal, including the kernel-internal restart codes
+///   (ERESTARTSYS and friends) that the exit hook sees before a syscall is restarted;
+/// - `ENOENT`, `EBADF`, `ETIMEDOUT` (futex and socket timeouts) on their own;
+/// - `permission`: EPERM, EACCES;
+/// - `connection`: ECONNREFUSED, ECONNRESET, ECONNABORTED, EPIPE, ENOTCONN, EHOSTUNREACH,
+///   ENETUNREACH;
+/// - `other`: everything else.
+#[inline(always)]
+pub fn errno_class(errno: u64) -> usize {
+    match errno {
+        11 | 115 => 0,
+        4 | 512..=514 | 516 => 1,
+        2 => 2,
+        9 => 3,
+        110 => 4,
+        1 | 13 => 5,
+        111 | 104 | 103 | 32 | 107 | 113 | 101 => 6,
+        _ => 7,
+    }
+}
+
+/// Whether a raw syscall return value is an error (the kernel returns `-errno`, 1..=4095).
+#[inline(always)]
+pub fn syscall_errno(ret: i64) -> Option<u64> {
+    if (-4095..0).contains(&ret) {
+        Some(ret.unsigned_abs())
+    } else {
+        None
+    }
+}
+
+/// Per-CPU value of the syscall statistics table. Counters are u32 and wrap: userspace reads
+/// the table every few seconds and adds the (wrapping) difference of the per-CPU sum to 64-bit
+/// totals, so a wrap is harmless; it halves the table's memory, which is per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallStats {
+    /// Total duration in ns.
+    pub sum_ns: u64,
+    /// Failed calls by errno class (`errno_class`).
+    pub errors: [u32; ERRNO_CLASSES],
+    /// Calls by latency bucket (`latency_bucket`); their sum is the call count.
+    pub buckets: [u32; LATENCY_BUCKETS],
+}
+
+// No padding: the kernel copies the value from its stack, and the verifier refuses to read
+// uninitialised stack bytes.
+const _: () =
+    assert!(core::mem::size_of::<SyscallStats>() == 8 + 4 * (ERRNO_CLASSES + LATENCY_BUCKETS));
 
 #[cfg(feature = "user")]
 mod pod {
@@ -314,4 +493,7 @@ mod pod {
     unsafe impl aya::Pod for super::FlowStats {}
     unsafe impl aya::Pod for super::FlowConfig {}
     unsafe impl aya::Pod for super::FlowSockState {}
+    unsafe impl aya::Pod for super::SyscallFilter {}
+    unsafe impl aya::Pod for super::SyscallKey {}
+    unsafe impl aya::Pod for super::SyscallStats {}
 }

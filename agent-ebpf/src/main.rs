@@ -1,4 +1,4 @@
-//! Entry points of Periscope's kernel programs: thin wrappers over `io.rs`.
+//! Entry points of Periscope's kernel programs: thin wrappers over `io.rs` and `syscalls.rs`.
 //!
 //! On the host this file compiles to an empty binary so that `cargo build --workspace` works;
 //! the real object is built for `bpfel-unknown-none` by the agent's build script.
@@ -12,6 +12,8 @@
 mod flows;
 #[cfg(target_arch = "bpf")]
 mod io;
+#[cfg(target_arch = "bpf")]
+mod syscalls;
 
 #[cfg(target_arch = "bpf")]
 mod programs {
@@ -22,6 +24,7 @@ mod programs {
     };
 
     use crate::io::{self, BtfRegs, Buffer, ProbedRegs};
+    use crate::syscalls;
 
     // Three variants of the same syscall exit handling; the loader picks one at start-up. BTF
     // tracepoints read registers with plain loads; raw tracepoints (no BTF needed) through a
@@ -121,6 +124,41 @@ mod programs {
     pub fn fexit_socket(ctx: FExitContext) -> i32 {
         let regs: *const u8 = ctx.arg(0);
         io::on_socket(&BtfRegs(regs), ctx.arg(1));
+        0
+    }
+
+    // Syscall statistics: the entry hook, in both variants (the syscall number is an argument,
+    // no register read), and an exit hook of its own for when the I/O hooks are fexit programs.
+
+    /// Every syscall entry (BTF variant).
+    #[btf_tracepoint(function = "sys_enter")]
+    pub fn sys_enter_stats_btf(ctx: BtfTracePointContext) -> i32 {
+        let nr: u64 = ctx.arg(1);
+        syscalls::on_enter(nr);
+        0
+    }
+
+    /// Every syscall entry (raw variant).
+    #[raw_tracepoint(tracepoint = "sys_enter")]
+    pub fn sys_enter_stats_raw(ctx: RawTracePointContext) -> i32 {
+        let nr: u64 = ctx.arg(1);
+        syscalls::on_enter(nr);
+        0
+    }
+
+    /// Every syscall exit, statistics only (BTF variant).
+    #[btf_tracepoint(function = "sys_exit")]
+    pub fn sys_exit_stats_btf(ctx: BtfTracePointContext) -> i32 {
+        let regs: *const u8 = ctx.arg(0);
+        syscalls::on_exit(io::syscall_nr(&BtfRegs(regs)), ctx.arg(1));
+        0
+    }
+
+    /// Every syscall exit, statistics only (raw variant).
+    #[raw_tracepoint(tracepoint = "sys_exit")]
+    pub fn sys_exit_stats_raw(ctx: RawTracePointContext) -> i32 {
+        let regs: u64 = ctx.arg(0);
+        syscalls::on_exit(io::syscall_nr(&ProbedRegs(regs as *const u8)), ctx.arg(1));
         0
     }
 

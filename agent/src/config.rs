@@ -67,6 +67,31 @@ pub struct Config {
     /// How long the series of a deleted pod stay before they are removed (e.g. 30s, 5m, 1h).
     #[arg(long, env = "PERISCOPE_SERIES_GRACE", default_value = "5m", value_parser = parse_duration)]
     pub series_grace: std::time::Duration,
+    /// Syscalls to keep per-cgroup statistics for (count, errors by errno class, latency
+    /// histogram): `default` (I/O, network, waiting, memory, files, processes), `none` (no
+    /// syscall hooks at all), or a comma-separated list of x86_64 syscall names, which may
+    /// include `default` (`default,getppid`).
+    #[arg(long, env = "PERISCOPE_SYSCALLS", default_value = "default",
+          value_parser = crate::syscalls::Selection::parse)]
+    pub syscalls: crate::syscalls::Selection,
+
+    /// At most this many (cgroup, syscall) pairs get syscall statistics; calls of further pairs
+    /// are counted in `periscope_series_dropped_total{metric="syscall_duration_seconds"}`. The
+    /// kernel table costs about 160 bytes per pair per CPU.
+    #[arg(long, env = "PERISCOPE_SYSCALLS_MAX_SERIES",
+          default_value_t = crate::syscalls::DEFAULT_MAX_SERIES,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub syscalls_max_series: u32,
+
+    /// Seconds the syscall series of a removed cgroup stay exported before they are dropped.
+    #[arg(long, env = "PERISCOPE_SYSCALLS_GRACE_SECONDS",
+          default_value_t = crate::syscalls::DEFAULT_GRACE_SECONDS)]
+    pub syscalls_grace_seconds: u64,
+
+    /// Keep the syscall statistics' exit side in a kernel program of its own instead of the
+    /// I/O exit program (only to measure the difference).
+    #[arg(long, env = "PERISCOPE_SYSCALLS_SEPARATE_EXIT", hide = true)]
+    pub syscalls_separate_exit: bool,
 
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, env = "PERISCOPE_LOG_LEVEL", default_value = "info")]
@@ -132,6 +157,13 @@ mod tests {
         let c = Config::try_parse_from(["periscope"]).unwrap();
         assert_eq!(c.metrics_addr, "0.0.0.0:9464".parse().unwrap());
         assert_eq!(c.capture_bytes, 4096);
+        assert_eq!(
+            c.syscalls.numbers().count(),
+            crate::syscalls::DEFAULT_SYSCALLS.len()
+        );
+        assert_eq!(c.syscalls_max_series, 4096);
+        let none = Config::try_parse_from(["periscope", "--syscalls", "none"]).unwrap();
+        assert!(none.syscalls.is_empty());
     }
 
     #[test]
@@ -156,5 +188,10 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("m").is_err());
         assert!(parse_duration("-1s").is_err());
+        let err = Config::try_parse_from(["periscope", "--syscalls", "read,nope"]).unwrap_err();
+        assert!(err.to_string().contains("--syscalls"), "{err}");
+        assert!(err.to_string().contains("nope"), "{err}");
+        let err = Config::try_parse_from(["periscope", "--syscalls-max-series", "0"]).unwrap_err();
+        assert!(err.to_string().contains("--syscalls-max-series"), "{err}");
     }
 }

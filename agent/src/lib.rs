@@ -9,3 +9,4 @@ pub mod export;
 pub mod flows;
 pub mod metadata;
 pub mod protocol;
+pub mod syscalls;

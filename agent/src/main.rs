@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -14,6 +15,7 @@ use periscope::export::http;
 use periscope::export::prometheus::{Metrics, ReasonLabel};
 use periscope::metadata::kubernetes::{self, Attribution, KubeEvent, KubeSettings};
 use periscope::metadata::ClusterView;
+use periscope::syscalls::{Poller, PollerSettings, SyscallCollector};
 
 /// Starts the Kubernetes watch when attribution is on; its state changes become log lines and
 /// self-metrics together.
@@ -132,6 +134,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .then(|| periscope::flows::FlowMetrics::register(&mut registry));
     metrics.set_max_series(config.max_series);
     let cluster = start_kubernetes(&config, &metrics, &mut registry)?;
+    let syscall_export = SyscallCollector::new();
+    if !config.syscalls.is_empty() {
+        registry.register_collector(Box::new(syscall_export.clone()));
+    }
     let state = Arc::new(http::State {
         registry,
         metrics: metrics.clone(),
@@ -145,8 +151,22 @@ async fn run(config: Config) -> anyhow::Result<()> {
         ringbuf_bytes: config.ringbuf_bytes,
         hooks: config.syscall_hooks,
         bpf_stats: config.bpf_stats,
+        syscalls: (!config.syscalls.is_empty()).then(|| capture::SyscallSettings {
+            filter: config.syscalls.filter(),
+            max_series: config.syscalls_max_series,
+            separate_exit: config.syscalls_separate_exit,
+        }),
     };
     let (mut capture, maps) = Capture::start(&settings, facts.tracefs)?;
+    let poller = capture.take_syscall_table()?.map(|table| {
+        Poller::new(
+            table,
+            syscall_export.shared(),
+            PollerSettings {
+                grace: Duration::from_secs(config.syscalls_grace_seconds),
+            },
+        )
+    });
     metrics
         .hooks_info
         .get_or_create(&periscope::export::prometheus::HooksLabels {
@@ -194,6 +214,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         config.metrics_addr
     );
     let mut reader = tokio::spawn(reader.run());
+    let poller = poller.map(|p| tokio::spawn(p.run()));
     state.ready.store(true, Ordering::Relaxed);
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -213,6 +234,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(flows) = flows {
         flows.abort();
         let _ = flows.await;
+    }
+    if let Some(poller) = poller {
+        poller.abort();
+        let _ = poller.await;
     }
     server.abort();
     // Dropping the programs closes their links: nothing stays attached in the kernel.

@@ -25,6 +25,7 @@ mod process;
 mod prometheus;
 mod promtool;
 mod pyserver;
+mod scratch_cgroup;
 mod wrk;
 
 use std::net::TcpListener;
@@ -47,6 +48,7 @@ pub use process::{cpu_time, descendants, is_root, rss_bytes, ChildProcess};
 pub use prometheus::{url_encode, Prometheus};
 pub use promtool::promtool_check_metrics;
 pub use pyserver::{PyServer, HTTP_TEST_SERVER};
+pub use scratch_cgroup::{cgroup2_mount, ScratchCgroup};
 pub use wrk::{parse_wrk, run_wrk, wrk, WrkOptions, WrkResult};
 
 /// The workspace root (the directory holding the top-level `Cargo.toml`).

@@ -368,6 +368,10 @@ fn periscope_programs() -> std::collections::BTreeSet<u32> {
     let names = [
         "sys_exit_btf",
         "sys_exit_raw",
+        "sys_enter_stats_btf",
+        "sys_enter_stats_raw",
+        "sys_exit_stats_btf",
+        "sys_exit_stats_raw",
         "fexit_read",
         "fexit_write",
         "sys_enter_close",

@@ -37,6 +37,10 @@ const PROGRAM_NAMES: &[&str] = &[
     "sys_enter_close",
     "task_newtask",
     "process_exit",
+    "sys_enter_stats_btf",
+    "sys_enter_stats_raw",
+    "sys_exit_stats_btf",
+    "sys_exit_stats_raw",
 ];
 
 /// How long the metrics may take to show every exchange after the worker exits.
@@ -131,7 +135,88 @@ fn run_mode(mode: HookMode, facts: &KernelFacts) {
         report::record(&names[i + 1], labels);
     }
     test(&format!("{prefix}.cost"), pipe_cost);
+    test(&format!("{prefix}.syscall-stats"), || {
+        syscall_stats(mode, facts)
+    });
     test(&names[4], || session.detach());
+}
+
+/// Calls the syscall worker makes.
+const SYSCALL_CALLS: u64 = 1000;
+
+/// Syscall statistics on this kernel and hook mechanism: a second capture with statistics for
+/// `getppid` (with fexit I/O hooks they get exit programs of their own), and a worker in a fresh
+/// cgroup that calls it exactly `SYSCALL_CALLS` times.
+fn syscall_stats(mode: HookMode, facts: &KernelFacts) -> Outcome {
+    match syscall_stats_counted(mode, facts) {
+        Ok((how, counted)) if counted == SYSCALL_CALLS => {
+            Outcome::Pass(format!("{counted} getppid counted, statistics on {how}"))
+        }
+        Ok((how, counted)) => Outcome::Fail(format!(
+            "{counted} getppid counted, {SYSCALL_CALLS} made (statistics on {how})"
+        )),
+        Err(e) => Outcome::Fail(format!("{e:#}")),
+    }
+}
+
+fn syscall_stats_counted(mode: HookMode, facts: &KernelFacts) -> anyhow::Result<(String, u64)> {
+    use periscope::syscalls::{
+        cgroup_labels, Exported, Poller, PollerSettings, Selection, SyscallLabels,
+    };
+
+    let settings = Settings {
+        capture_bytes: 4096,
+        ringbuf_bytes: 1 << 20,
+        hooks: mode,
+        bpf_stats: false,
+        syscalls: Some(periscope::capture::SyscallSettings {
+            filter: Selection::parse("getppid")
+                .map_err(anyhow::Error::msg)?
+                .filter(),
+            max_series: 64,
+            separate_exit: false,
+        }),
+    };
+    let (mut capture, _maps) = Capture::start(&settings, facts.tracefs)?;
+    let how = capture.syscall_stats.unwrap_or("off").to_owned();
+    let table = capture
+        .take_syscall_table()?
+        .context("no syscall statistics table")?;
+    let exported = Arc::new(std::sync::Mutex::new(Exported::default()));
+    let mut poller = Poller::new(
+        table,
+        exported.clone(),
+        PollerSettings {
+            grace: Duration::from_secs(60),
+        },
+    );
+    let name = format!("vmtest-{}", mode_name(mode));
+    let dir = std::path::Path::new("/sys/fs/cgroup").join(&name);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let exe = std::env::current_exe().context("finding my own executable")?;
+    let status = Command::new(exe)
+        .args(["--role", "syscall-worker"])
+        .arg(&dir)
+        .arg(SYSCALL_CALLS.to_string())
+        .status()
+        .context("running the syscall worker")?;
+    if !status.success() {
+        bail!("the syscall worker failed: {status}");
+    }
+    poller.poll(Instant::now());
+    let labels = SyscallLabels {
+        syscall: "getppid".into(),
+        cgroup: cgroup_labels(Some(&format!("/{name}"))),
+    };
+    let counted = exported
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .totals(&labels)
+        .map_or(0, |t| t.count());
+    drop(poller);
+    drop(capture);
+    let _ = std::fs::remove_dir(&dir);
+    Ok((how, counted))
 }
 
 /// Iterations of the per-syscall cost loop.
@@ -194,6 +279,7 @@ impl Session {
             ringbuf_bytes: 8 << 20,
             hooks: mode,
             bpf_stats: false,
+            syscalls: None,
         };
         let (capture, maps) = Capture::start(&settings, facts.tracefs)?;
         let programs = periscope_programs()?.difference(&before).copied().collect();

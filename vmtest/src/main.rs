@@ -8,7 +8,8 @@
 //! Run by hand (not as PID 1) it skips the guest set-up and exits with a status instead, which
 //! is handy for trying the tests against the host kernel.
 //!
-//! `--role http-worker threads|fork` is the traffic generator it re-executes itself as.
+//! `--role http-worker threads|fork` is the traffic generator it re-executes itself as, and
+//! `--role syscall-worker <cgroup dir> <n>` the process whose syscalls are counted per cgroup.
 
 mod capture_tests;
 mod report;
@@ -29,6 +30,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        ["--role", "syscall-worker", cgroup, calls] => match worker::syscalls(cgroup, calls) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("syscall-worker: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         [] => {
             let pid1 = std::process::id() == 1;
             if pid1 {
@@ -42,7 +50,7 @@ fn main() -> ExitCode {
             finish(report::done())
         }
         _ => {
-            eprintln!("usage: vmtest            (run the tests; as PID 1 inside a VM)\n       vmtest --role http-worker threads|fork");
+            eprintln!("usage: vmtest            (run the tests; as PID 1 inside a VM)\n       vmtest --role http-worker threads|fork\n       vmtest --role syscall-worker <cgroup dir> <n>");
             ExitCode::from(2)
         }
     }

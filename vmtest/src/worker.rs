@@ -228,3 +228,26 @@ fn request(
     }
     Ok(())
 }
+
+/// `--role syscall-worker <cgroup dir> <n>`: joins the cgroup, calls `getppid` exactly `n`
+/// times and ends with `_exit`, so that the cgroup sees no other selected syscall. The write
+/// that joins goes through a file that is never closed.
+pub fn syscalls(cgroup: &str, calls: &str) -> anyhow::Result<()> {
+    use std::os::fd::IntoRawFd;
+
+    let calls: u32 = calls.parse().context("<n>")?;
+    let mut procs = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("{cgroup}/cgroup.procs"))
+        .with_context(|| format!("opening {cgroup}/cgroup.procs"))?;
+    procs
+        .write_all(format!("{}\n", std::process::id()).as_bytes())
+        .with_context(|| format!("joining {cgroup}"))?;
+    let _ = procs.into_raw_fd();
+    for _ in 0..calls {
+        // SAFETY: getppid has no preconditions.
+        unsafe { libc::syscall(libc::SYS_getppid) };
+    }
+    // SAFETY: ends the process without the runtime's exit-time syscalls.
+    unsafe { libc::_exit(0) }
+}

@@ -1,13 +1,16 @@
 //! `cargo xtask bench syscall`: what do Periscope's kernel hooks add to each syscall?
 //!
 //! Three tight syscall loops ([`Workload`]) run in a worker process pinned to one CPU, first
-//! with no agent, then under a fresh agent with `--syscall-hooks btf`, then `raw`, the order
-//! rotated from round to round (after one discarded warm-up round) so that drift of the
-//! machine hits every mode alike. The hooks run in the context of the worker's syscalls, so
-//! their cost is the difference in ns per syscall; the agent itself sits on another CPU.
+//! with no agent, then under a fresh agent in each [`Mode`]: the I/O hooks alone on
+//! `tp_btf` and on raw tracepoints (`--syscalls none`), the same with per-syscall statistics
+//! (the default selection), and statistics with an exit program of their own. The order is
+//! rotated from round to round (after one discarded warm-up round) so that drift of the machine
+//! hits every mode alike. The hooks run in the context of the worker's syscalls, so their cost
+//! is the difference in ns per syscall; the agent itself sits on another CPU.
 
 use std::fmt;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
 use harness::{agent_binary, Agent, AgentOptions};
@@ -20,37 +23,69 @@ use crate::util::{build_agent, display};
 
 /// The agent's info metric naming the hook mechanism it ended up on.
 const HOOKS_METRIC: &str = "periscope_hooks_info";
+/// Calls counted by the syscall statistics.
+const SYSCALL_COUNT_METRIC: &str = "syscall_duration_seconds_count";
 
-/// How the worker runs: without the agent, or with its hooks on one mechanism.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the worker runs: without the agent, or under an agent started with some arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Mode {
     None,
+    /// I/O hooks on `tp_btf`, no syscall statistics.
     Btf,
+    /// I/O hooks on raw tracepoints, no syscall statistics.
     Raw,
+    /// `tp_btf` I/O hooks with syscall statistics (the default selection) in the same exit
+    /// program.
+    BtfStats,
+    /// The same on raw tracepoints.
+    RawStats,
+    /// `tp_btf` with syscall statistics in an exit program of their own.
+    BtfStatsSeparate,
 }
 
 impl Mode {
-    const ALL: [Mode; 3] = [Mode::None, Mode::Btf, Mode::Raw];
+    const ALL: [Mode; 6] = [
+        Mode::None,
+        Mode::Btf,
+        Mode::Raw,
+        Mode::BtfStats,
+        Mode::RawStats,
+        Mode::BtfStatsSeparate,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Mode::None => "none",
             Mode::Btf => "btf",
             Mode::Raw => "raw",
+            Mode::BtfStats => "btf+stats",
+            Mode::RawStats => "raw+stats",
+            Mode::BtfStatsSeparate => "btf+stats-sep",
         }
     }
 
-    /// The `--syscall-hooks` value, `None` for no agent.
-    fn hooks(self) -> Option<&'static str> {
+    /// The agent's arguments, `None` for no agent.
+    fn args(self) -> Option<&'static [&'static str]> {
         match self {
             Mode::None => None,
-            Mode::Btf => Some("btf"),
-            Mode::Raw => Some("raw"),
+            Mode::Btf => Some(&["--syscall-hooks", "btf", "--syscalls", "none"]),
+            Mode::Raw => Some(&["--syscall-hooks", "raw", "--syscalls", "none"]),
+            Mode::BtfStats => Some(&["--syscall-hooks", "btf"]),
+            Mode::RawStats => Some(&["--syscall-hooks", "raw"]),
+            Mode::BtfStatsSeparate => Some(&["--syscall-hooks", "btf", "--syscalls-separate-exit"]),
         }
+    }
+
+    /// Whether the agent keeps syscall statistics in this mode.
+    fn stats(self) -> bool {
+        matches!(
+            self,
+            Mode::BtfStats | Mode::RawStats | Mode::BtfStatsSeparate
+        )
     }
 
     /// The order of the modes in `round` (0 is the warm-up): rotated by one each round.
-    fn order(round: usize) -> [Mode; 3] {
+    fn order(round: usize) -> [Mode; 6] {
         let mut order = Mode::ALL;
         order.rotate_left(round % Mode::ALL.len());
         order
@@ -66,8 +101,8 @@ impl fmt::Display for Mode {
 /// Options of `cargo xtask bench syscall`.
 #[derive(Debug, clap::Args)]
 pub struct SyscallArgs {
-    /// Measured rounds; each runs every workload without the agent and under each hook
-    /// mechanism.
+    /// Measured rounds; each runs every workload without the agent and under the agent in
+    /// each mode (I/O hooks on btf and raw, with and without syscall statistics).
     #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Loop iterations of the pipe and getppid workloads; tcp-http runs a quarter as many
@@ -109,6 +144,16 @@ struct Check {
     made: u64,
     counted: f64,
     lost: f64,
+}
+
+/// What the syscall statistics saw of a mode's runs: did the statistics path really run?
+struct StatsCheck {
+    round: usize,
+    mode: Mode,
+    /// `write` and `sendto` calls the pipe and tcp-http workloads made.
+    made: u64,
+    /// `write` and `sendto` calls the agent counted, over all cgroups (other processes' too).
+    counted: f64,
 }
 
 struct Measurement {
@@ -164,6 +209,7 @@ pub fn syscall(args: &SyscallArgs) -> anyhow::Result<()> {
     println!("[bench] agent {}", bin.display());
 
     let mut measured = Vec::new();
+    let mut stats_checks = Vec::new();
     for round in 0..=args.rounds {
         let label = if round == 0 {
             "warm-up (discarded)".to_owned()
@@ -171,17 +217,28 @@ pub fn syscall(args: &SyscallArgs) -> anyhow::Result<()> {
             format!("round {round}")
         };
         for mode in Mode::order(round) {
-            let options = mode.hooks().map(|hooks| AgentOptions {
+            let options = mode.args().map(|agent_args| AgentOptions {
                 bin: Some(bin.clone()),
-                args: vec!["--syscall-hooks".into(), hooks.into()],
+                args: agent_args.iter().map(|a| a.to_string()).collect(),
                 cpu: args.agent_cpu.0,
                 ..AgentOptions::default()
             });
-            let (results, hooks) = run_mode(args, options)?;
-            println!(
-                "[bench] {label} {mode:<4}: {}",
-                round_line(&results, &hooks)
-            );
+            let (results, hooks, stats) = run_mode(args, options, mode.stats())?;
+            let mut line = round_line(&results, &hooks);
+            if let Some((made, counted)) = stats {
+                line.push_str(&format!(
+                    "; statistics counted {counted} write+sendto, worker made {made}"
+                ));
+                if round > 0 {
+                    stats_checks.push(StatsCheck {
+                        round,
+                        mode,
+                        made,
+                        counted,
+                    });
+                }
+            }
+            println!("[bench] {label} {mode:<13}: {line}");
             if round > 0 {
                 measured.extend(
                     results
@@ -200,7 +257,12 @@ pub fn syscall(args: &SyscallArgs) -> anyhow::Result<()> {
 
     println!(
         "\n{}",
-        report(args, &format!("{placement}.{warning}"), &measured)
+        report(
+            args,
+            &format!("{placement}.{warning}"),
+            &measured,
+            &stats_checks
+        )
     );
     Ok(())
 }
@@ -208,11 +270,14 @@ pub fn syscall(args: &SyscallArgs) -> anyhow::Result<()> {
 type WorkloadResult = (Workload, WorkerReport, Option<Check>);
 
 /// Runs every workload once, under a fresh agent started with `agent` (none if `None`).
-/// Also returns the hook mechanism the agent reported, if it exports it.
+/// Also returns the hook mechanism the agent reported, if it exports it, and with `stats` the
+/// `write` calls the workloads made and the agent's syscall statistics counted.
+#[allow(clippy::type_complexity)]
 fn run_mode(
     args: &SyscallArgs,
     agent: Option<AgentOptions>,
-) -> anyhow::Result<(Vec<WorkloadResult>, Option<String>)> {
+    stats: bool,
+) -> anyhow::Result<(Vec<WorkloadResult>, Option<String>, Option<(u64, f64)>)> {
     let mut agent = agent.map(Agent::start_with).transpose()?;
     let mut results = Vec::new();
     let mut hooks = None;
@@ -237,6 +302,32 @@ fn run_mode(
         };
         results.push((workload, report, check));
     }
+    let stats = match (&agent, stats) {
+        (Some(agent), true) => {
+            // Each pipe iteration writes once (`write`); each HTTP exchange sends twice (std's
+            // TcpStream writes with `send`, which is the `sendto` syscall).
+            let made: u64 = results
+                .iter()
+                .map(|(workload, report, _)| match workload {
+                    Workload::Pipe => report.syscalls / 2,
+                    Workload::TcpHttp => 2 * report.requests,
+                    Workload::Getppid => 0,
+                })
+                .sum();
+            let mut counted = 0.0;
+            // The agent reads its kernel table every 2 s; other processes' writes count too,
+            // so this can only tell that at least the worker's writes were seen.
+            harness::wait_until(Duration::from_secs(6), Duration::from_millis(250), || {
+                counted = agent.try_metrics().map_or(0.0, |m| {
+                    m.sum(SYSCALL_COUNT_METRIC, &[("syscall", "write")])
+                        + m.sum(SYSCALL_COUNT_METRIC, &[("syscall", "sendto")])
+                });
+                counted >= made as f64
+            });
+            Some((made, counted))
+        }
+        _ => None,
+    };
     if let Some(agent) = agent.as_mut() {
         let status = agent.stop()?;
         if !status.success() {
@@ -246,7 +337,7 @@ fn run_mode(
             );
         }
     }
-    Ok((results, hooks))
+    Ok((results, hooks, stats))
 }
 
 /// Runs `cargo xtask bench-worker <workload> <iterations>` (this very binary), pinned.
@@ -319,7 +410,12 @@ fn describe(workload: Workload) -> &'static str {
     }
 }
 
-fn report(args: &SyscallArgs, placement: &str, measured: &[Measurement]) -> String {
+fn report(
+    args: &SyscallArgs,
+    placement: &str,
+    measured: &[Measurement],
+    stats_checks: &[StatsCheck],
+) -> String {
     let ns = |mode: Mode, workload: Workload| -> Vec<f64> {
         measured
             .iter()
@@ -327,39 +423,61 @@ fn report(args: &SyscallArgs, placement: &str, measured: &[Measurement]) -> Stri
             .map(|m| m.report.ns_per_syscall)
             .collect()
     };
+    let median = |mode: Mode, workload: Workload| spread(&ns(mode, workload)).1;
+    let delta = |mode: Mode, base: Mode, workload: Workload| {
+        let (m, b) = (median(mode, workload), median(base, workload));
+        format!("{:+.1} ns ({:+.0}%)", m - b, 100.0 * (m - b) / b)
+    };
     let mut out = String::new();
     out.push_str("### Syscall overhead: what Periscope's kernel hooks add per syscall\n\n");
     out.push_str(&format!("Command: `{}`\n\n", args.command()));
     out.push_str(&format!(
         "Machine: {}. Placement: {placement} Each round runs every workload in a fresh worker \
-         process without the agent (`none`), then under a fresh agent with `--syscall-hooks \
-         btf`, then `raw` (ready before the workloads, stopped with SIGINT after); the order of \
-         the modes rotates every round, and one warm-up round is discarded. Iterations: {} \
-         (tcp-http: {}).\n\n",
+         process without the agent (`none`) and under a fresh agent in each mode (ready before \
+         the workloads, stopped with SIGINT after); the order of the modes rotates every round, \
+         and one warm-up round is discarded. Iterations: {} (tcp-http: {}).\n\n",
         machine(),
         args.iterations,
         args.iterations_of(Workload::TcpHttp)
     ));
+    out.push_str("Modes:\n");
+    for mode in Mode::ALL {
+        let how = match mode.args() {
+            None => "no agent".to_owned(),
+            Some(a) => format!("`periscope {}`", a.join(" ")),
+        };
+        out.push_str(&format!("- `{mode}`: {how}\n"));
+    }
+    out.push_str("\nns per syscall, min / **median** / max over rounds:\n\n| workload |");
+    for mode in Mode::ALL {
+        out.push_str(&format!(" {mode} |"));
+    }
+    out.push_str("\n|---|");
+    for _ in Mode::ALL {
+        out.push_str("---:|");
+    }
+    out.push('\n');
+    for workload in Workload::ALL {
+        out.push_str(&format!("| {workload} |"));
+        for mode in Mode::ALL {
+            out.push_str(&format!(" {} |", spread_cell(&ns(mode, workload), 1)));
+        }
+        out.push('\n');
+    }
     out.push_str(
-        "ns per syscall, min / **median** / max over rounds; added = median(mode) − \
-         median(none):\n\n\
-         | workload | none | btf | raw | added by btf | added by raw |\n\
-         |---|---:|---:|---:|---:|---:|\n",
+        "\nAdded per syscall (difference of medians). I/O hooks alone against no agent; syscall \
+         statistics against the same hooks without them:\n\n\
+         | workload | btf − none | raw − none | btf+stats − btf | raw+stats − raw | \
+         btf+stats-sep − btf |\n|---|---:|---:|---:|---:|---:|\n",
     );
     for workload in Workload::ALL {
-        let (_, base, _) = spread(&ns(Mode::None, workload));
-        let added = |mode: Mode| {
-            let (_, median, _) = spread(&ns(mode, workload));
-            let delta = median - base;
-            format!("{delta:+.1} ns ({:+.0}%)", 100.0 * delta / base)
-        };
         out.push_str(&format!(
             "| {workload} | {} | {} | {} | {} | {} |\n",
-            spread_cell(&ns(Mode::None, workload), 1),
-            spread_cell(&ns(Mode::Btf, workload), 1),
-            spread_cell(&ns(Mode::Raw, workload), 1),
-            added(Mode::Btf),
-            added(Mode::Raw),
+            delta(Mode::Btf, Mode::None, workload),
+            delta(Mode::Raw, Mode::None, workload),
+            delta(Mode::BtfStats, Mode::Btf, workload),
+            delta(Mode::RawStats, Mode::Raw, workload),
+            delta(Mode::BtfStatsSeparate, Mode::Btf, workload),
         ));
     }
     out.push('\n');
@@ -375,7 +493,7 @@ fn report(args: &SyscallArgs, placement: &str, measured: &[Measurement]) -> Stri
         .iter()
         .filter_map(|m| Some((m.round, m.mode, m.check.as_ref()?)))
         .collect();
-    checks.sort_by_key(|(round, mode, _)| (*round, *mode as u8));
+    checks.sort_by_key(|(round, mode, _)| (*round, *mode));
     let mut suspect = false;
     for (round, mode, c) in checks {
         suspect |= c.counted != c.made as f64 || c.lost != 0.0;
@@ -390,6 +508,29 @@ fn report(args: &SyscallArgs, placement: &str, measured: &[Measurement]) -> Stri
              figures with the agent did not take the full captured path every time.**\n",
         );
     }
+    let short = stats_checks
+        .iter()
+        .filter(|c| c.counted < c.made as f64)
+        .count();
+    out.push_str(&format!(
+        "\nSyscall statistics: in {} of {} runs with statistics, the agent's \
+         `syscall_duration_seconds_count` of `write` and `sendto` (all cgroups, so other \
+         processes' too) reached at least the worker's ({} per run).\n",
+        stats_checks.len() - short,
+        stats_checks.len(),
+        stats_checks.first().map_or(0, |c| c.made),
+    ));
+    if short > 0 {
+        out.push_str(
+            "\n**Warning: some runs with statistics counted fewer writes than the worker made.**\n",
+        );
+        for c in stats_checks.iter().filter(|c| c.counted < c.made as f64) {
+            out.push_str(&format!(
+                "- round {} {}: {} of {}\n",
+                c.round, c.mode, c.counted, c.made
+            ));
+        }
+    }
     out
 }
 
@@ -399,8 +540,14 @@ mod tests {
 
     #[test]
     fn modes_rotate_and_every_round_has_each_once() {
-        assert_eq!(Mode::order(0), [Mode::None, Mode::Btf, Mode::Raw]);
-        assert_eq!(Mode::order(1), [Mode::Btf, Mode::Raw, Mode::None]);
-        assert_eq!(Mode::order(3), Mode::order(0));
+        assert_eq!(Mode::order(0), Mode::ALL);
+        assert_eq!(Mode::order(1)[0], Mode::Btf);
+        assert_eq!(Mode::order(1)[5], Mode::None);
+        assert_eq!(Mode::order(6), Mode::order(0));
+        for round in 0..6 {
+            let mut seen = Mode::order(round).to_vec();
+            seen.sort();
+            assert_eq!(seen, Mode::ALL);
+        }
     }
 }

@@ -61,7 +61,8 @@ enum Bench {
     /// nginx under wrk, alternating rounds without and with the agent.
     Http(bench::HttpArgs),
     /// What the kernel hooks add to each syscall: pipe, getppid and loopback HTTP loops,
-    /// alternating no agent, `--syscall-hooks btf` and `raw`.
+    /// alternating no agent, `--syscall-hooks btf` and `raw`, each with and without syscall
+    /// statistics.
     Syscall(bench_syscall::SyscallArgs),
     /// pgbench (TPC-B) against PostgreSQL in each query mode (simple, extended, prepared),
     /// alternating rounds without and with the agent.

@@ -67,7 +67,16 @@ pub fn build_agent() -> anyhow::Result<()> {
     run(cmd("cargo").args(["build", "--release", "-p", "agent"]))
 }
 
+/// Cargo's target directory: `$CARGO_TARGET_DIR` when set (as in a shared checkout with a
+/// target directory per worktree), else `<workspace>/target`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => root().join("target"),
+    }
+}
+
 /// Where `cargo build --release -p agent` puts the agent.
 pub fn release_agent() -> PathBuf {
-    root().join("target/release/periscope")
+    target_dir().join("release/periscope")
 }

@@ -261,7 +261,7 @@ fn build_vmtest() -> anyhow::Result<PathBuf> {
         run(cmd("rustup").args(["target", "add", MUSL]))?;
     }
     run(cmd("cargo").args(["build", "--release", "-p", "vmtest", "--target", MUSL]))?;
-    Ok(util::root().join(format!("target/{MUSL}/release/vmtest")))
+    Ok(util::target_dir().join(format!("{MUSL}/release/vmtest")))
 }
 
 /// Writes an uncompressed newc cpio archive holding `/init` and the directories it mounts on,

@@ -8,17 +8,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_ebpf::{
-    Config, ConnInfo, EventHeader, EventKind, SockKey, COUNTERS_LEN, COUNTER_NAMES,
-    DRAIN_INTERVAL_MS, HEADER_LEN, IDLE_DRAIN_INTERVAL_MS, MAX_CAPTURE, ORIGIN_PROC,
+    Config, ConnInfo, EventHeader, EventKind, SockKey, SyscallFilter, SyscallKey, SyscallStats,
+    COUNTERS_LEN, COUNTER_NAMES, DRAIN_INTERVAL_MS, HEADER_LEN, IDLE_DRAIN_INTERVAL_MS,
+    MAX_CAPTURE, ORIGIN_PROC, SYSCALL_STATS_IN_IO_EXIT, SYSCALL_STATS_OFF, SYSCALL_STATS_SEPARATE,
 };
 use anyhow::{bail, Context};
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::{BtfTracePoint, FExit, RawTracePoint, TracePoint};
 use aya::Btf;
 use aya::{Ebpf, EbpfLoader};
 
 use crate::conn::{listeners, KernelAction, Tracker};
-use crate::export::prometheus::{DeltaCounter, Metrics, MetricsSink, ReasonLabel};
+use crate::export::prometheus::{DeltaCounter, MetricLabel, Metrics, MetricsSink, ReasonLabel};
 
 pub mod flows;
 pub mod preflight;
@@ -69,7 +70,24 @@ pub struct Settings {
     pub hooks: HookMode,
     /// Turn on the kernel's per-program run-time statistics.
     pub bpf_stats: bool,
+    /// Per-syscall statistics; `None` attaches no syscall statistics program at all.
+    pub syscalls: Option<SyscallSettings>,
 }
+
+/// Kernel side of the per-syscall statistics.
+#[derive(Clone, Debug)]
+pub struct SyscallSettings {
+    /// The syscalls to count (at least one).
+    pub filter: SyscallFilter,
+    /// Size of the (cgroup, syscall) table: the series cap.
+    pub max_series: u32,
+    /// Keep the exit side in a program of its own even when the I/O exit hook could do it
+    /// (for measuring the difference; `--syscalls-separate-exit`).
+    pub separate_exit: bool,
+}
+
+/// The per-thread start-time table's size when syscall statistics are off (it must exist).
+const UNUSED_MAP_ENTRIES: u32 = 1;
 
 /// Loaded and attached kernel programs. Dropping it detaches everything.
 pub struct Capture {
@@ -80,6 +98,8 @@ pub struct Capture {
     pub hooks: HookMode,
     /// `tcp:tcp_receive_reset` carries a socket cookie (see `flows::flow_config`).
     reset_cookie: bool,
+    /// How the syscall statistics programs are attached, if they are.
+    pub syscall_stats: Option<&'static str>,
 }
 
 /// The maps the reader needs, taken out of the `Ebpf` object.
@@ -118,17 +138,39 @@ impl Capture {
                 newtask.display()
             );
         };
+        let syscall_stats = match &settings.syscalls {
+            None => SYSCALL_STATS_OFF,
+            Some(s) if s.filter.is_empty() => bail!("syscall statistics need at least one syscall"),
+            Some(s) if s.max_series == 0 => bail!("--syscalls-max-series must be at least 1"),
+            Some(s) if s.separate_exit => SYSCALL_STATS_SEPARATE,
+            // Also with fexit I/O hooks: then no I/O exit program runs, and the statistics get
+            // exit programs of their own, which do not read this setting.
+            Some(_) => SYSCALL_STATS_IN_IO_EXIT,
+        };
         let config = Config {
             self_tgid: std::process::id(),
             capture_bytes: settings.capture_bytes,
             newtask_pid_offset: pid_offset,
             newtask_flags_offset: flags_offset,
+            syscall_stats,
+        };
+        let filter = settings
+            .syscalls
+            .as_ref()
+            .map(|s| s.filter)
+            .unwrap_or_default();
+        let (stats_entries, starts_entries) = match &settings.syscalls {
+            Some(s) => (s.max_series, SYSCALL_STARTS_ENTRIES),
+            None => (UNUSED_MAP_ENTRIES, UNUSED_MAP_ENTRIES),
         };
         let flow_config = flows::flow_config(tracefs);
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
             .override_global("FLOW_CONFIG", &flow_config, true)
+            .override_global("SYSCALL_FILTER", &filter, true)
             .map_max_entries("EVENTS", settings.ringbuf_bytes)
+            .map_max_entries("SYSCALL_STATS", stats_entries)
+            .map_max_entries("SYSCALL_STARTS", starts_entries)
             .load(OBJECT)
             .context("loading the kernel programs failed (the kernel's verifier log follows)")?;
         for (program, category, name) in TRACEPOINTS {
@@ -142,6 +184,10 @@ impl Capture {
                 .with_context(|| format!("attaching {program} to tracepoint {category}:{name}"))?;
         }
         let hooks = attach_syscall_hooks(&mut ebpf, settings.hooks)?;
+        let syscall_stats = match syscall_stats {
+            SYSCALL_STATS_OFF => None,
+            _ => Some(attach_syscall_stats(&mut ebpf, hooks, syscall_stats)?),
+        };
         let maps = Maps {
             events: RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?,
             conns: BpfHashMap::try_from(take(&mut ebpf, "CONNS")?)?,
@@ -150,10 +196,11 @@ impl Capture {
             counters: PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)?,
         };
         log::info!(
-            "capture: syscall hooks on {}, capture {} B per syscall, ring buffer {} KiB",
+            "capture: syscall hooks on {}, capture {} B per syscall, ring buffer {} KiB; syscall statistics {}",
             hooks.as_str(),
             settings.capture_bytes,
-            settings.ringbuf_bytes / 1024
+            settings.ringbuf_bytes / 1024,
+            syscall_stats.unwrap_or("off")
         );
         let stats = if settings.bpf_stats {
             Some(aya::sys::enable_stats(aya::sys::Stats::RunTime).context(
@@ -168,9 +215,24 @@ impl Capture {
                 _stats: stats,
                 hooks,
                 reset_cookie: flow_config.reset_cookie_offset != 0,
+                syscall_stats,
             },
             maps,
         ))
+    }
+
+    /// The kernel's per-(cgroup, syscall) statistics table, for the syscall poller; `None` when
+    /// syscall statistics are off or the table was already taken.
+    pub fn take_syscall_table(
+        &mut self,
+    ) -> anyhow::Result<Option<PerCpuHashMap<MapData, SyscallKey, SyscallStats>>> {
+        if self.syscall_stats.is_none() {
+            return Ok(None);
+        }
+        match self.ebpf.take_map("SYSCALL_STATS") {
+            Some(map) => Ok(Some(PerCpuHashMap::try_from(map)?)),
+            None => Ok(None),
+        }
     }
 
     /// Number of loaded programs (for the start-up log and tests).
@@ -213,6 +275,63 @@ fn attach_syscall_hooks(ebpf: &mut Ebpf, mode: HookMode) -> anyhow::Result<HookM
     tp.attach("sys_exit")
         .context("attaching sys_exit_raw to raw tracepoint sys_exit")?;
     Ok(HookMode::Raw)
+}
+
+/// Per-thread syscall start times kept by the entry hook: one per thread that made a selected
+/// syscall (freed at thread exit), so this bounds the threads measured at once.
+const SYSCALL_STARTS_ENTRIES: u32 = 65536;
+
+/// Attaches the syscall statistics programs: an entry hook, plus an exit hook of their own
+/// unless the I/O exit program does that work (`SYSCALL_STATS_IN_IO_EXIT`). They use the same
+/// mechanism as the I/O hooks, or with fexit I/O hooks the best tracepoint the kernel takes.
+/// Returns a description for logs and `periscope_hooks_info`.
+fn attach_syscall_stats(
+    ebpf: &mut Ebpf,
+    io_hooks: HookMode,
+    mode: u32,
+) -> anyhow::Result<&'static str> {
+    let separate = mode == SYSCALL_STATS_SEPARATE || io_hooks == HookMode::Fexit;
+    let try_btf = |ebpf: &mut Ebpf| -> anyhow::Result<()> {
+        let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
+        let mut programs = vec![("sys_enter_stats_btf", "sys_enter")];
+        if separate {
+            programs.push(("sys_exit_stats_btf", "sys_exit"));
+        }
+        for (program, tracepoint) in programs {
+            let tp: &mut BtfTracePoint = program_of(ebpf, program)?.try_into()?;
+            tp.load(tracepoint, &btf)
+                .with_context(|| format!("loading {program}"))?;
+            tp.attach()
+                .with_context(|| format!("attaching {program}"))?;
+        }
+        Ok(())
+    };
+    if io_hooks != HookMode::Raw {
+        match try_btf(ebpf) {
+            Ok(()) if separate => return Ok("tp_btf (own exit hook)"),
+            Ok(()) => return Ok("tp_btf (in the I/O exit hook)"),
+            Err(e) if io_hooks == HookMode::Fexit => {
+                log::info!("syscall statistics: BTF tracepoints unavailable ({e:#}); using raw tracepoints");
+            }
+            Err(e) => return Err(e.context("syscall statistics")),
+        }
+    }
+    let mut programs = vec![("sys_enter_stats_raw", "sys_enter")];
+    if separate {
+        programs.push(("sys_exit_stats_raw", "sys_exit"));
+    }
+    for (program, tracepoint) in programs {
+        let tp: &mut RawTracePoint = program_of(ebpf, program)?.try_into()?;
+        tp.load()
+            .with_context(|| format!("the kernel rejected program {program}"))?;
+        tp.attach(tracepoint)
+            .with_context(|| format!("attaching {program} to raw tracepoint {tracepoint}"))?;
+    }
+    Ok(if separate {
+        "raw_tracepoint (own exit hook)"
+    } else {
+        "raw_tracepoint (in the I/O exit hook)"
+    })
 }
 
 /// (program, kernel function) of the fexit variant.
@@ -519,6 +638,16 @@ fn fold_counters(counters: &PerCpuArray<MapData, u64>, lost: &[DeltaCounter], me
         let total: u64 = values.iter().sum();
         if *name == "events_sent" {
             lost[index].advance(&metrics.kernel_events_sent, total);
+        } else if *name == "syscall_table_full" {
+            // Syscalls of (cgroup, syscall) pairs beyond --syscalls-max-series: the series cap.
+            // Created at the first drop, as the other metrics' drop counts are.
+            if total == 0 {
+                continue;
+            }
+            let counter = metrics.series_dropped.get_or_create(&MetricLabel {
+                metric: crate::syscalls::DURATION_METRIC.to_owned(),
+            });
+            lost[index].advance(&counter, total);
         } else {
             let counter = metrics.kernel_events_lost.get_or_create(&ReasonLabel {
                 reason: (*name).to_owned(),
