@@ -51,6 +51,12 @@ pub struct Config {
     #[arg(long, env = "PERISCOPE_FLOWS_MAX_SERIES", default_value_t = crate::flows::DEFAULT_MAX_SERIES)]
     pub flows_max_series: usize,
 
+    /// Protocols to decode: any of `http`, `postgres`, `kafka` (comma-separated), or `none`.
+    /// Connections speaking another protocol are muted in the kernel after their first bytes.
+    #[arg(long, env = "PERISCOPE_PROTOCOLS", default_value = "http,postgres,kafka",
+          value_parser = crate::conn::decoder::Protocols::parse)]
+    pub protocols: crate::conn::decoder::Protocols,
+
     /// Kubernetes attribution: `auto` turns it on inside a pod (KUBERNETES_SERVICE_HOST set).
     #[arg(long, env = "PERISCOPE_KUBERNETES", value_enum, default_value = "auto")]
     pub kubernetes: KubernetesMode,
@@ -68,10 +74,12 @@ pub struct Config {
     #[arg(long, env = "PERISCOPE_SERIES_GRACE", default_value = "5m", value_parser = parse_duration)]
     pub series_grace: std::time::Duration,
     /// Syscalls to keep per-cgroup statistics for (count, errors by errno class, latency
-    /// histogram): `default` (I/O, network, waiting, memory, files, processes), `none` (no
-    /// syscall hooks at all), or a comma-separated list of x86_64 syscall names, which may
-    /// include `default` (`default,getppid`).
-    #[arg(long, env = "PERISCOPE_SYSCALLS", default_value = "default",
+    /// histogram): `none` (the default: no syscall hooks at all), `default` (the interesting
+    /// set: I/O, network, waiting, memory, files, processes), or a comma-separated list of
+    /// x86_64 syscall names, which may include `default` (`default,getppid`). Off by default
+    /// because every syscall of every process then runs an entry hook (about 120 ns here, see
+    /// BENCHMARKS.md).
+    #[arg(long, env = "PERISCOPE_SYSCALLS", default_value = "none",
           value_parser = crate::syscalls::Selection::parse)]
     pub syscalls: crate::syscalls::Selection,
 
@@ -157,10 +165,15 @@ mod tests {
         let c = Config::try_parse_from(["periscope"]).unwrap();
         assert_eq!(c.metrics_addr, "0.0.0.0:9464".parse().unwrap());
         assert_eq!(c.capture_bytes, 4096);
+        assert!(c.syscalls.is_empty(), "syscall statistics are opt-in");
+        assert_eq!(c.protocols, crate::conn::decoder::Protocols::default());
+        let c = Config::try_parse_from(["periscope", "--syscalls", "default"]).unwrap();
         assert_eq!(
             c.syscalls.numbers().count(),
             crate::syscalls::DEFAULT_SYSCALLS.len()
         );
+        let c = Config::try_parse_from(["periscope", "--protocols", "kafka"]).unwrap();
+        assert!(c.protocols.kafka && !c.protocols.http && !c.protocols.postgres);
         assert_eq!(c.syscalls_max_series, 4096);
         let none = Config::try_parse_from(["periscope", "--syscalls", "none"]).unwrap();
         assert!(none.syscalls.is_empty());
@@ -174,6 +187,8 @@ mod tests {
         assert!(err.to_string().contains("--capture-bytes"), "{err}");
         let err = Config::try_parse_from(["periscope", "--metrics-addr", "nope"]).unwrap_err();
         assert!(err.to_string().contains("--metrics-addr"), "{err}");
+        let err = Config::try_parse_from(["periscope", "--protocols", "http,smtp"]).unwrap_err();
+        assert!(err.to_string().contains("--protocols"), "{err}");
         let err = Config::try_parse_from(["periscope", "--series-grace", "5d"]).unwrap_err();
         assert!(err.to_string().contains("--series-grace"), "{err}");
     }

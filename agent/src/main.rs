@@ -159,13 +159,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
     let (mut capture, maps) = Capture::start(&settings, facts.tracefs)?;
     let poller = capture.take_syscall_table()?.map(|table| {
-        Poller::new(
+        let mut poller = Poller::new(
             table,
             syscall_export.shared(),
             PollerSettings {
                 grace: Duration::from_secs(config.syscalls_grace_seconds),
             },
-        )
+        );
+        if let Some(cluster) = &cluster {
+            poller.set_cluster(cluster.clone());
+        }
+        poller
     });
     metrics
         .hooks_info
@@ -196,6 +200,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let mut reader = Reader::new(maps, metrics.clone());
+    reader.set_protocols(config.protocols);
     if let Some(cluster) = &cluster {
         reader.set_cluster(cluster.clone());
         tokio::spawn(expire_deleted_pods(

@@ -145,6 +145,11 @@ fn deployed_agent() -> (Agent, TempDir) {
             ))
         })
         .filter(|(name, _)| name != "PERISCOPE_METRICS_ADDR")
+        // Syscall statistics are off by default (their cost); the syscall panels need them.
+        .map(|(name, value)| match name.as_str() {
+            "PERISCOPE_SYSCALLS" => (name, "default".to_owned()),
+            _ => (name, value),
+        })
         .collect();
     let agent = Agent::start_with(AgentOptions {
         bin: Some(wrapper),

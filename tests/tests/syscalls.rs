@@ -209,7 +209,7 @@ fn none_attaches_no_syscall_statistics() {
 fn default_selection_counts_file_syscalls_but_not_getppid() {
     let cgroup = ScratchCgroup::new("default").unwrap();
     let path = cgroup.path();
-    let agent = Agent::start(&[]).unwrap();
+    let agent = Agent::start(&["--syscalls", "default"]).unwrap();
     workload(&cgroup, &["getppid=10", "openat-missing=3", "close-bad=2"]);
     wait_for_metric(&agent, COUNT, &labels(&path, "openat"), 3.0, WAIT).unwrap();
     wait_for_metric(&agent, COUNT, &labels(&path, "close"), 2.0, WAIT).unwrap();

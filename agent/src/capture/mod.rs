@@ -450,6 +450,11 @@ impl Reader {
         }
     }
 
+    /// Decodes only these protocols.
+    pub fn set_protocols(&mut self, protocols: crate::conn::decoder::Protocols) {
+        self.tracker.set_protocols(protocols);
+    }
+
     /// Names processes' pods and connections' peers through the cluster view from now on.
     pub fn set_cluster(&mut self, cluster: Arc<dyn crate::metadata::ClusterView>) {
         self.tracker.set_cluster(cluster.clone());

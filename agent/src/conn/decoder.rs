@@ -33,14 +33,63 @@ fn role_of(stream: Stream, ingress: bool) -> Role {
 
 /// Tries every enabled protocol on bytes seen on a connection. `mid_stream` connections were
 /// found already open, so their bytes may start anywhere in a conversation.
-pub fn detect(payload: &[u8], ingress: bool, mid_stream: bool) -> Option<Detected> {
-    if let Some(stream) = http1::detect(payload) {
+/// Which protocol decoders are on (`--protocols`); a connection speaking one that is off is
+/// muted like an unknown protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Protocols {
+    pub http: bool,
+    pub postgres: bool,
+    pub kafka: bool,
+}
+
+impl Default for Protocols {
+    fn default() -> Self {
+        Protocols {
+            http: true,
+            postgres: true,
+            kafka: true,
+        }
+    }
+}
+
+impl Protocols {
+    /// `http,postgres,kafka` (any subset, or `none`).
+    pub fn parse(text: &str) -> Result<Protocols, String> {
+        let mut on = Protocols {
+            http: false,
+            postgres: false,
+            kafka: false,
+        };
+        for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match name {
+                "http" => on.http = true,
+                "postgres" | "postgresql" => on.postgres = true,
+                "kafka" => on.kafka = true,
+                "none" => {}
+                other => {
+                    return Err(format!(
+                        "unknown protocol {other:?} (known: http, postgres, kafka, none)"
+                    ))
+                }
+            }
+        }
+        Ok(on)
+    }
+}
+
+pub fn detect(
+    payload: &[u8],
+    ingress: bool,
+    mid_stream: bool,
+    protocols: Protocols,
+) -> Option<Detected> {
+    if let Some(stream) = http1::detect(payload).filter(|_| protocols.http) {
         return Some(Detected {
             role: role_of(stream, ingress),
             decoder: Decoder::Http(Box::default()),
         });
     }
-    if let Some(stream) = postgres::detect(payload, mid_stream) {
+    if let Some(stream) = postgres::detect(payload, mid_stream).filter(|_| protocols.postgres) {
         let decoder = if mid_stream {
             PgDecoder::new_mid_stream()
         } else {
@@ -51,7 +100,7 @@ pub fn detect(payload: &[u8], ingress: bool, mid_stream: bool) -> Option<Detecte
             decoder: Decoder::Postgres(Box::new((decoder, Vec::new()))),
         });
     }
-    if let Some(stream) = kafka::detect(payload) {
+    if let Some(stream) = kafka::detect(payload).filter(|_| protocols.kafka) {
         return Some(Detected {
             role: role_of(stream, ingress),
             decoder: Decoder::Kafka(Box::new((KafkaDecoder::new(), Vec::new()))),

@@ -121,7 +121,14 @@ enum Detection {
 }
 
 /// Recognises the protocol of a connection still being detected; no-op for others.
-fn detect(conn: &mut Conn, ingress: bool, ts: u64, payload: &[u8], len: u64) -> Detection {
+fn detect(
+    conn: &mut Conn,
+    protocols: decoder::Protocols,
+    ingress: bool,
+    ts: u64,
+    payload: &[u8],
+    len: u64,
+) -> Detection {
     let State::Detecting { chunks_seen, held } = &mut conn.state else {
         return Detection::Decided(None);
     };
@@ -139,7 +146,7 @@ fn detect(conn: &mut Conn, ingress: bool, ts: u64, payload: &[u8], len: u64) -> 
         }
         None => payload,
     };
-    match decoder::detect(candidate, ingress, mid_stream) {
+    match decoder::detect(candidate, ingress, mid_stream, protocols) {
         Some(found) => {
             if found.role == Role::Server && conn.origin == agent_ebpf::ORIGIN_CONNECT {
                 // A connected socket serving requests (rare): the server port is ours.
@@ -259,6 +266,7 @@ pub struct Tracker {
     /// Kafka topic names by topic id, learnt from Metadata responses anywhere on the node, to
     /// name the topics of Fetch requests (v13+) that carry only ids.
     topic_names: TopicNames,
+    protocols: decoder::Protocols,
 }
 
 impl Tracker {
@@ -269,7 +277,13 @@ impl Tracker {
             listeners: listeners::ListenerPorts::new(proc_root),
             scratch: Vec::new(),
             topic_names: TopicNames::default(),
+            protocols: decoder::Protocols::default(),
         }
+    }
+
+    /// Decodes only these protocols from now on.
+    pub fn set_protocols(&mut self, protocols: decoder::Protocols) {
+        self.protocols = protocols;
     }
 
     /// Names processes' pods through `cluster` from now on.
@@ -348,7 +362,9 @@ impl Tracker {
             return self.inherit(header, payload, sink, actions);
         }
         let peer = parse_sockaddr(payload);
-        let process = self.processes.get(header.tgid, open_comm(payload));
+        let process = self
+            .processes
+            .get_in(header.tgid, open_comm(payload), header.cgroup_id);
         let server_port = match header.origin {
             agent_ebpf::ORIGIN_ACCEPT => self.listeners.port(header.tgid, header.listen_fd),
             _ => peer.map(|p| p.port()),
@@ -397,7 +413,9 @@ impl Tracker {
             None => (None, None, false, true),
         };
         // A child that served and exited before we got here is still named after its parent.
-        let process = self.processes.get(header.tgid, open_comm(payload));
+        let process = self
+            .processes
+            .get_in(header.tgid, open_comm(payload), header.cgroup_id);
         self.conns.insert(
             header.conn_id,
             Conn {
@@ -463,7 +481,7 @@ impl Tracker {
         }
         let ingress = header.direction == DIR_INGRESS;
         let len = header.ret_len.max(0) as u64;
-        let held = match detect(conn, ingress, header.ts_ns, payload, len) {
+        let held = match detect(conn, self.protocols, ingress, header.ts_ns, payload, len) {
             Detection::Undecided => return,
             Detection::Unknown => {
                 conn.state = State::Muted;

@@ -6,10 +6,10 @@
 
 use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 
-use crate::metadata::{PeerName, ProcessInfo};
+use crate::metadata::{ClusterView, K8sIdentity, PeerName, ProcessInfo};
 
 /// The process (and, in a cluster, the pod, container and workload) a series belongs to.
-#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, PartialOrd, Ord)]
 pub struct WorkloadLabels {
     pub service_name: String,
     pub container_id: String,
@@ -32,14 +32,37 @@ impl WorkloadLabels {
             ..WorkloadLabels::default()
         };
         if let Some(k8s) = &process.k8s {
-            labels.k8s_namespace_name = k8s.namespace.clone();
-            labels.k8s_pod_name = k8s.pod_name.clone();
-            labels.k8s_container_name = k8s.container_name.clone();
-            labels.k8s_node_name = k8s.node_name.clone();
-            labels.k8s_owner_kind = k8s.owner_kind.clone();
-            labels.k8s_owner_name = k8s.owner_name.clone();
+            labels.set_k8s(k8s);
         }
         labels
+    }
+
+    /// The labels of whatever runs in cgroup `path` (v2): its container, and its pod when
+    /// the cluster knows the pod UID or container id found in the path. `service_name` is the
+    /// pod's, or empty (a cgroup is not one executable).
+    pub fn of_cgroup(path: &str, cluster: Option<&dyn ClusterView>) -> WorkloadLabels {
+        let text = format!("0::{path}");
+        let container_id = crate::metadata::cgroup::container_id(&text);
+        let pod_uid = crate::metadata::cgroup::pod_uid(&text);
+        let k8s = cluster.and_then(|c| c.identity(pod_uid.as_deref(), container_id.as_deref()));
+        let mut labels = WorkloadLabels {
+            container_id: container_id.unwrap_or_default(),
+            ..WorkloadLabels::default()
+        };
+        if let Some(k8s) = k8s {
+            labels.service_name = k8s.service_name.clone();
+            labels.set_k8s(&k8s);
+        }
+        labels
+    }
+
+    fn set_k8s(&mut self, k8s: &K8sIdentity) {
+        self.k8s_namespace_name = k8s.namespace.clone();
+        self.k8s_pod_name = k8s.pod_name.clone();
+        self.k8s_container_name = k8s.container_name.clone();
+        self.k8s_node_name = k8s.node_name.clone();
+        self.k8s_owner_kind = k8s.owner_kind.clone();
+        self.k8s_owner_name = k8s.owner_name.clone();
     }
 
     /// The pod this series belongs to, if any: series of deleted pods expire.

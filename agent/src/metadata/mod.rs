@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub mod cgroup;
+pub mod cgroup_paths;
 pub mod kubernetes;
 
 /// Identity of one process (thread group), cached per tgid until it exits.
@@ -102,6 +103,18 @@ impl ProcessInfo {
     /// be read stays empty, and `service_name` falls back to `comm`, then `unknown`.
     /// `comm_hint` is the name the kernel saw, used when the process is already gone.
     pub fn read(proc_root: &Path, pid: u32, comm_hint: Option<&str>) -> ProcessInfo {
+        ProcessInfo::read_with(proc_root, pid, comm_hint, || None)
+    }
+
+    /// Like [`ProcessInfo::read`]; when the process is already gone, its cgroup v2 path comes
+    /// from `cgroup_of_gone` (the kernel's cgroup id for it, resolved), so a client that lived
+    /// for milliseconds is still attributed to its container and pod.
+    pub fn read_with(
+        proc_root: &Path,
+        pid: u32,
+        comm_hint: Option<&str>,
+        cgroup_of_gone: impl FnOnce() -> Option<String>,
+    ) -> ProcessInfo {
         let dir = proc_root.join(pid.to_string());
         let comm = std::fs::read_to_string(dir.join("comm"))
             .map(|s| s.trim_end().to_owned())
@@ -113,7 +126,9 @@ impl ProcessInfo {
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .map(|n| n.trim_end_matches(" (deleted)").to_owned())
             .unwrap_or_default();
-        let cgroup_file = std::fs::read_to_string(dir.join("cgroup")).ok();
+        let cgroup_file = std::fs::read_to_string(dir.join("cgroup"))
+            .ok()
+            .or_else(|| cgroup_of_gone().map(|path| format!("0::{path}\n")));
         let container_id = cgroup_file.as_deref().and_then(cgroup::container_id);
         let pod_uid = cgroup_file.as_deref().and_then(cgroup::pod_uid);
         let service_name = process_name(&exe_name, &comm);
@@ -152,7 +167,13 @@ pub struct ProcessCache {
     proc_root: std::path::PathBuf,
     by_pid: HashMap<u32, Entry>,
     cluster: Option<Arc<dyn ClusterView>>,
+    /// cgroup id → path, for processes gone before their `/proc` entry was read (made on
+    /// first need), and when it was last walked.
+    cgroups: Option<(cgroup_paths::CgroupPaths, std::time::Instant)>,
 }
+
+/// At most one walk of the cgroup tree per this long, however many unknown ids show up.
+const CGROUP_WALK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 struct Entry {
     info: Arc<ProcessInfo>,
@@ -166,6 +187,7 @@ impl ProcessCache {
             proc_root: proc_root.into(),
             by_pid: HashMap::new(),
             cluster: None,
+            cgroups: None,
         }
     }
 
@@ -176,6 +198,25 @@ impl ProcessCache {
     }
 
     pub fn get(&mut self, pid: u32, comm_hint: Option<&str>) -> Arc<ProcessInfo> {
+        self.get_in(pid, comm_hint, 0)
+    }
+
+    /// Like [`ProcessCache::get`], for a process the kernel saw in cgroup `cgroup_id` (v2 id,
+    /// 0 if unknown): used when the process has exited before it could be read.
+    pub fn get_in(
+        &mut self,
+        pid: u32,
+        comm_hint: Option<&str>,
+        cgroup_id: u64,
+    ) -> Arc<ProcessInfo> {
+        if cgroup_id != 0 && !self.by_pid.contains_key(&pid) {
+            let gone = !self.proc_root.join(pid.to_string()).exists();
+            if gone {
+                let path = self.cgroup_path(cgroup_id);
+                let info = ProcessInfo::read_with(&self.proc_root, pid, comm_hint, || path);
+                return self.insert(pid, info);
+            }
+        }
         let generation = self.cluster.as_ref().map_or(0, |c| c.generation());
         let root = &self.proc_root;
         let cluster = &self.cluster;
@@ -201,6 +242,41 @@ impl ProcessCache {
             }
         }
         entry.info.clone()
+    }
+
+    fn insert(&mut self, pid: u32, info: ProcessInfo) -> Arc<ProcessInfo> {
+        let generation = self.cluster.as_ref().map_or(0, |c| c.generation());
+        let k8s = self
+            .cluster
+            .as_ref()
+            .and_then(|c| lookup(c.as_ref(), &info));
+        let info = Arc::new(if k8s.is_some() {
+            info.with_k8s(k8s)
+        } else {
+            info
+        });
+        self.by_pid.insert(
+            pid,
+            Entry {
+                info: info.clone(),
+                generation,
+            },
+        );
+        info
+    }
+
+    /// The cgroup v2 path of `id`, walking the hierarchy again (at most once a second) when it
+    /// is unknown.
+    fn cgroup_path(&mut self, id: u64) -> Option<String> {
+        let now = std::time::Instant::now();
+        let (paths, walked) = self
+            .cgroups
+            .get_or_insert_with(|| (cgroup_paths::CgroupPaths::discover(), now));
+        if paths.get(id).is_none() && now.duration_since(*walked) >= CGROUP_WALK_EVERY {
+            paths.refresh();
+            *walked = now;
+        }
+        paths.get(id).map(str::to_owned)
     }
 
     /// A newer identity for a process first seen as `info`, if the cluster view changed what

@@ -12,7 +12,6 @@
 //! each per-CPU sum to 64-bit totals, so what is exported only ever grows. Entries of cgroups
 //! that were removed are exported for a grace period, then deleted from the kernel table.
 
-pub mod cgroups;
 pub mod table;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -29,7 +28,9 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, LabelSetEnc
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
 
-use cgroups::CgroupPaths;
+use crate::export::labels::WorkloadLabels;
+use crate::metadata::cgroup_paths::CgroupPaths;
+use crate::metadata::ClusterView;
 
 /// How often the kernel table is read. Exported values lag the kernel by at most this much.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
@@ -147,24 +148,24 @@ pub fn syscall_name(nr: u32) -> String {
     }
 }
 
-/// Where syscalls came from. Built in one place, [`cgroup_labels`], so that Kubernetes labels
-/// (pod, namespace, workload) can be added there.
+/// Where syscalls came from. Built in one place, [`cgroup_labels`].
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct CgroupLabels {
     /// The cgroup v2 path (empty when it could not be resolved: the cgroup was gone before the
     /// agent saw it, or the agent cannot see the host's cgroup hierarchy).
     pub cgroup_path: String,
-    /// The container id found in the path, empty for host processes.
-    pub container_id: String,
+    /// Container id from the path, and the pod and workload when the cluster knows it
+    /// (`service_name` is empty outside pods: a cgroup is not one executable).
+    #[prometheus(flatten)]
+    pub workload: WorkloadLabels,
 }
 
 /// The labels of a cgroup's series.
-pub fn cgroup_labels(path: Option<&str>) -> CgroupLabels {
+pub fn cgroup_labels(path: Option<&str>, cluster: Option<&dyn ClusterView>) -> CgroupLabels {
     let path = path.unwrap_or_default();
     CgroupLabels {
         cgroup_path: path.to_owned(),
-        container_id: crate::metadata::cgroup::container_id(&format!("0::{path}"))
-            .unwrap_or_default(),
+        workload: WorkloadLabels::of_cgroup(path, cluster),
     }
 }
 
@@ -383,6 +384,10 @@ pub struct Poller {
     gone_since: HashMap<u64, Instant>,
     exported: Arc<Mutex<Exported>>,
     settings: PollerSettings,
+    /// Names pods; None in standalone mode.
+    cluster: Option<Arc<dyn ClusterView>>,
+    /// The cluster view's generation the entries' labels were made under.
+    labelled_at: u64,
 }
 
 impl Poller {
@@ -399,6 +404,41 @@ impl Poller {
             gone_since: HashMap::new(),
             exported,
             settings,
+            cluster: None,
+            labelled_at: 0,
+        }
+    }
+
+    /// Names the pods of cgroups through `cluster` from now on.
+    pub fn set_cluster(&mut self, cluster: Arc<dyn ClusterView>) {
+        self.cluster = Some(cluster);
+    }
+
+    /// Gives every entry the labels the cluster view now implies (a pod listed after its
+    /// cgroup's first syscalls): later calls count under the new series, earlier ones stay
+    /// where they were counted.
+    fn relabel(&mut self, exported: &mut Exported) {
+        let Some(cluster) = self.cluster.as_deref() else {
+            return;
+        };
+        let generation = cluster.generation();
+        if generation == self.labelled_at {
+            return;
+        }
+        self.labelled_at = generation;
+        for (key, entry) in self.entries.iter_mut() {
+            let labels = SyscallLabels {
+                syscall: entry.labels.syscall.clone(),
+                cgroup: cgroup_labels(self.paths.get(key.cgroup_id), Some(cluster)),
+            };
+            if labels == entry.labels {
+                continue;
+            }
+            if let Some(old) = exported.series.get_mut(&entry.labels) {
+                old.entries = old.entries.saturating_sub(1);
+            }
+            exported.series.entry(labels.clone()).or_default().entries += 1;
+            entry.labels = labels;
         }
     }
 
@@ -435,11 +475,12 @@ impl Poller {
         let Ok(mut exported) = shared.lock() else {
             return;
         };
+        self.relabel(&mut exported);
         for (key, now_folded) in read {
             let entry = self.entries.entry(key).or_insert_with(|| {
                 let labels = SyscallLabels {
                     syscall: syscall_name(key.nr),
-                    cgroup: cgroup_labels(self.paths.get(key.cgroup_id)),
+                    cgroup: cgroup_labels(self.paths.get(key.cgroup_id), self.cluster.as_deref()),
                 };
                 exported.series.entry(labels.clone()).or_default().entries += 1;
                 Entry {
@@ -675,11 +716,11 @@ mod tests {
     fn labels_carry_the_container_id() {
         let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
         let path = format!("/kubepods.slice/kubepods-pod1.slice/cri-containerd-{id}.scope");
-        assert_eq!(cgroup_labels(Some(&path)).container_id, id);
-        assert_eq!(cgroup_labels(Some(&path)).cgroup_path, path);
-        let host = cgroup_labels(Some("/system.slice/ssh.service"));
-        assert_eq!(host.container_id, "");
-        assert_eq!(cgroup_labels(None).cgroup_path, "");
+        assert_eq!(cgroup_labels(Some(&path), None).workload.container_id, id);
+        assert_eq!(cgroup_labels(Some(&path), None).cgroup_path, path);
+        let host = cgroup_labels(Some("/system.slice/ssh.service"), None);
+        assert_eq!(host.workload.container_id, "");
+        assert_eq!(cgroup_labels(None, None).cgroup_path, "");
     }
 
     #[test]
@@ -687,7 +728,7 @@ mod tests {
         let collector = SyscallCollector::new();
         let labels = SyscallLabels {
             syscall: "openat".into(),
-            cgroup: cgroup_labels(Some("/a")),
+            cgroup: cgroup_labels(Some("/a"), None),
         };
         {
             let shared = collector.shared();
@@ -706,7 +747,7 @@ mod tests {
         registry.register_collector(Box::new(collector));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        let series = r#"syscall="openat",cgroup_path="/a",container_id="""#;
+        let series = r#"syscall="openat",cgroup_path="/a",service_name="",container_id="""#;
         for line in [
             "# TYPE syscall_duration_seconds histogram".to_owned(),
             format!("syscall_duration_seconds_count{{{series}}} 3"),
@@ -715,7 +756,7 @@ mod tests {
             format!("syscall_duration_seconds_bucket{{le=\"0.000001024\",{series}}} 3"),
             format!("syscall_duration_seconds_bucket{{le=\"+Inf\",{series}}} 3"),
             "# TYPE syscall_errors counter".to_owned(),
-            r#"syscall_errors_total{syscall="openat",error_type="ENOENT",cgroup_path="/a",container_id=""} 2"#.to_owned(),
+            r#"syscall_errors_total{syscall="openat",error_type="ENOENT",cgroup_path="/a",service_name="",container_id=""} 2"#.to_owned(),
         ] {
             assert!(text.contains(&line), "missing {line:?} in\n{text}");
         }

@@ -90,12 +90,9 @@ impl CgroupPaths {
             .ok()
             .and_then(|text| find_cgroup2_mount(&text));
         match &mount {
-            Some(m) => log::info!(
-                "syscall statistics: cgroup v2 hierarchy at {}",
-                m.mount_point.display()
-            ),
+            Some(m) => log::info!("cgroup v2 hierarchy at {}", m.mount_point.display()),
             None => log::warn!(
-                "syscall statistics: no cgroup2 mount in /proc/self/mountinfo; \
+                "no cgroup2 mount in /proc/self/mountinfo; \
                  cgroup_path and container_id labels will be empty"
             ),
         }
