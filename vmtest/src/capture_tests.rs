@@ -206,7 +206,7 @@ fn syscall_stats_counted(mode: HookMode, facts: &KernelFacts) -> anyhow::Result<
     poller.poll(Instant::now());
     let labels = SyscallLabels {
         syscall: "getppid".into(),
-        cgroup: cgroup_labels(Some(&format!("/{name}"))),
+        cgroup: cgroup_labels(Some(&format!("/{name}")), None),
     };
     let counted = exported
         .lock()
