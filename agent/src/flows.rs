@@ -376,7 +376,7 @@ pub fn flow_labels(
     } else {
         let comm = comm_str(comm);
         let hint = (!comm.is_empty()).then_some(comm.as_str());
-        WorkloadLabels::of(&processes.get(key.tgid, hint))
+        WorkloadLabels::of(&processes.get_in(key.tgid, hint, key.cgroup_id))
     };
     let ip = peer_ip(key);
     let peer = match cluster.and_then(|c| c.peer(ip)) {
