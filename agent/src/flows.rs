@@ -307,7 +307,11 @@ impl FlowPoller {
         add(&m.bytes, &io("receive"), delta(|s| s.bytes_received));
         add(&m.opened, labels, delta(|s| s.opened));
         add(&m.closed, labels, delta(|s| s.closed));
-        add(&m.retransmits, labels, delta(|s| s.retransmits));
+        // Every flow has a retransmit series, at zero if need be: "no retransmits" then reads
+        // as 0 in a rate, not as no data.
+        m.retransmits
+            .get_or_create(labels)
+            .inc_by(delta(|s| s.retransmits));
         add(&m.failures, &error("refused"), delta(|s| s.refused));
         add(&m.failures, &error("timeout"), delta(|s| s.timed_out));
         add(&m.failures, &error("reset"), delta(|s| s.reset));

@@ -38,6 +38,7 @@ const CAPABILITIES: &[&str] = &[
     "SYS_RESOURCE",
     "SYS_PTRACE",
     "DAC_READ_SEARCH",
+    "NET_ADMIN",
 ];
 const JAEGER_ENDPOINT: &str = "http://jaeger-collector.observability:4317";
 
