@@ -78,7 +78,7 @@ impl Drop for TestCgroup {
 }
 
 /// Where a hierarchy is mounted: the cgroup2 mount, or the v1 mount carrying `controller`.
-fn mount_point(fstype: &str, controller: Option<&str>) -> anyhow::Result<PathBuf> {
+pub(crate) fn mount_point(fstype: &str, controller: Option<&str>) -> anyhow::Result<PathBuf> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
     for line in mountinfo.lines() {
         // ... mount-point ... - fstype source super-options

@@ -8,16 +8,7 @@ use anyhow::{bail, Context};
 /// Where the cgroup2 filesystem is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on a
 /// hybrid host), from `/proc/self/mountinfo`.
 pub fn cgroup2_mount() -> anyhow::Result<PathBuf> {
-    let mountinfo =
-        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    mountinfo
-        .lines()
-        .find_map(|line| {
-            let (before, after) = line.split_once(" - ")?;
-            (after.split_whitespace().next()? == "cgroup2")
-                .then(|| before.split_whitespace().nth(4).map(PathBuf::from))?
-        })
-        .context("no cgroup2 filesystem is mounted")
+    crate::cgroup::mount_point("cgroup2", None)
 }
 
 /// A new, empty cgroup `/<parent>/<leaf>` under the cgroup2 mount, removed (leaf, then
