@@ -553,6 +553,24 @@ mod tests {
     }
 
     #[test]
+    fn udp_flows_carry_their_transport_and_role() {
+        let mut processes = ProcessCache::new("/proc");
+        let mut udp = key([10, 0, 0, 9], 0);
+        udp.role = ROLE_SERVER | ROLE_UDP;
+        let labels = flow_labels(&udp, b"", &mut processes, None);
+        assert_eq!(labels.network_transport, "udp");
+        assert_eq!(labels.connection_role, "server");
+        udp.role = ROLE_CLIENT | ROLE_UDP;
+        assert_eq!(
+            flow_labels(&udp, b"", &mut processes, None).connection_role,
+            "client"
+        );
+        let tcp = flow_labels(&key([10, 0, 0, 9], 0), b"", &mut processes, None);
+        assert_eq!(tcp.network_transport, "tcp");
+        assert_eq!(tcp.connection_role, "client");
+    }
+
+    #[test]
     fn comm_stops_at_nul() {
         assert_eq!(comm_str(b"curl\0\0\0\0\0\0\0\0\0\0\0\0"), "curl");
         assert_eq!(comm_str(b"0123456789abcdef"), "0123456789abcdef");

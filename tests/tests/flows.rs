@@ -78,7 +78,7 @@ elif mode == "fail":  # attempts; prints the error of each
             print(type(e).__name__, flush=True)
         s.close()
 elif mode == "udpserver":  # datagrams; answers each with len // 2 + 3 bytes
-    srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    srv = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
     srv.bind((host, port))
     print("ready", flush=True)
     for _ in range(args[0]):
@@ -86,7 +86,7 @@ elif mode == "udpserver":  # datagrams; answers each with len // 2 + 3 bytes
         srv.sendto(b"u" * (len(d) // 2 + 3), peer)
     print("done", flush=True)
 elif mode == "udpclient":  # one datagram of each size, each waiting for its answer
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
     s.settimeout(10)
     for n in args:
         s.sendto(b"c" * n, (host, port))
@@ -666,26 +666,20 @@ fn connections_accepted_by_a_listener_older_than_the_agent_are_attributed() {
 /// fragments (the hooks see them whole: before fragmentation, after reassembly).
 const UDP_SIZES: [i64; 6] = [0, 1, 100, 1472, 4000, 30_000];
 
-/// Runs one UDP exchange of `UDP_SIZES` between the namespaces; returns the server port.
-fn udp_exchange(dir: &TempDir, net: &NetnsPair) -> u16 {
+/// Runs one UDP exchange of `UDP_SIZES` from `client_ns` to a server on `host` in
+/// `server_ns`; returns the server port.
+fn udp_exchange(dir: &TempDir, client_ns: &str, server_ns: &str, host: &str) -> u16 {
     let port = free_port();
     let mut srv = Peer::start(
         dir,
-        &net.server_ns,
+        server_ns,
         "udpserver",
-        &net.server_ip,
+        host,
         port,
         &[UDP_SIZES.len() as i64],
     );
     srv.expect("ready");
-    let mut cli = Peer::start(
-        dir,
-        &net.client_ns,
-        "udpclient",
-        &net.server_ip,
-        port,
-        &UDP_SIZES,
-    );
+    let mut cli = Peer::start(dir, client_ns, "udpclient", host, port, &UDP_SIZES);
     cli.expect("done");
     srv.expect("done");
     port
@@ -698,14 +692,14 @@ fn udp_payload_bytes_match_exactly_per_direction_and_peer() {
 
     // Off by default: no UDP series at all.
     let agent = Agent::start(&[]).unwrap();
-    udp_exchange(&dir, &net);
+    udp_exchange(&dir, &net.client_ns, &net.server_ns, &net.server_ip);
     std::thread::sleep(Duration::from_secs(2));
     let udp = agent.metrics().sum(BYTES, &[("network_transport", "udp")]);
     assert_eq!(udp, 0.0, "UDP bytes counted without --udp-flows");
     drop(agent);
 
     let agent = Agent::start(&["--udp-flows"]).unwrap();
-    let port = udp_exchange(&dir, &net).to_string();
+    let port = udp_exchange(&dir, &net.client_ns, &net.server_ns, &net.server_ip).to_string();
     let sent: i64 = UDP_SIZES.iter().sum();
     let answered: i64 = UDP_SIZES.iter().map(|n| n / 2 + 3).sum();
     let (sent, answered) = (sent as f64, answered as f64);
