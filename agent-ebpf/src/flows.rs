@@ -51,6 +51,15 @@ static FLOW_CONFIG: FlowConfig = FlowConfig {
     udp: 0,
 };
 
+/// `FLOW_CONFIG` as the loader set it.
+#[inline(always)]
+fn config() -> FlowConfig {
+    // SAFETY: a plain global the loader may rewrite before load; read_volatile keeps the
+    // compiler from folding its initial value into the code (a direct read was folded: the
+    // agent's own sockets were compared with tgid 0, the reset cookie read at offset 64).
+    unsafe { core::ptr::read_volatile(&FLOW_CONFIG) }
+}
+
 /// Flows. Userspace removes the ones of exited processes with no open connection.
 #[map]
 static FLOWS: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(16384, 0);
@@ -163,10 +172,7 @@ pub fn sock_create(ctx: &SockContext) {
     // SAFETY: the context of a cgroup/sock program is a valid `bpf_sock`.
     let sk = unsafe { &*ctx.sock };
     let tcp = sk.type_ == SOCK_STREAM && sk.protocol == IPPROTO_TCP;
-    // SAFETY: a plain global the loader may rewrite before load; read_volatile keeps the
-    // compiler from folding its initial value.
-    let udp =
-        sk.protocol == IPPROTO_UDP && unsafe { core::ptr::read_volatile(&FLOW_CONFIG.udp) } != 0;
+    let udp = sk.protocol == IPPROTO_UDP && config().udp != 0;
     if !tcp && !udp {
         return;
     }
@@ -192,7 +198,7 @@ pub fn sock_create(ctx: &SockContext) {
     // SAFETY: no arguments; allowed in cgroup/sock programs.
     state.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     state.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
-    if tgid == FLOW_CONFIG.self_tgid {
+    if tgid == config().self_tgid {
         state.flags = STATE_IGNORED;
     }
 }
@@ -200,8 +206,7 @@ pub fn sock_create(ctx: &SockContext) {
 /// `tcp:tcp_receive_reset`: marks the socket so its close is counted as refused or reset.
 pub fn receive_reset(ctx: &TracePointContext) -> u32 {
     // SAFETY: the offset comes from the tracepoint's tracefs format, read at load time.
-    let Ok(cookie) = (unsafe { ctx.read_at::<u64>(FLOW_CONFIG.reset_cookie_offset as usize) })
-    else {
+    let Ok(cookie) = (unsafe { ctx.read_at::<u64>(config().reset_cookie_offset as usize) }) else {
         return 0;
     };
     let _ = RESETS.insert(&cookie, &1, 0);
