@@ -625,6 +625,10 @@ pub fn udp_skb(ctx: &SkBuffContext, egress: bool) {
         remote
     };
     let payload = (ctx.len() as u64).saturating_sub(header as u64 + 8);
+    if payload == 0 {
+        // Nothing to count: no flow entry for it either.
+        return;
+    }
     if let Some(flow) = flow_at(&key, &state.comm) {
         if egress {
             add(&mut flow.bytes_sent, payload);
