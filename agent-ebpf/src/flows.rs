@@ -23,7 +23,7 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use agent_ebpf::{
     FlowConfig, FlowKey, FlowSockState, FlowStats, COMM_LEN, FLOW_COUNTERS_LEN, FLOW_RTT_BUCKETS,
-    FLOW_SOCK_IGNORED, ROLE_CLIENT, ROLE_SERVER,
+    FLOW_SOCK_IGNORED, ROLE_CLIENT, ROLE_SERVER, ROLE_UDP,
 };
 use aya_ebpf::{
     bindings::{
@@ -34,13 +34,13 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
         generated::{
-            bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_sk_storage_get,
+            bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_sk_fullsock, bpf_sk_storage_get,
             bpf_sock_ops_cb_flags_set,
         },
     },
     macros::{btf_map, map},
     maps::{HashMap, LruHashMap, PerCpuArray},
-    programs::{SockContext, SockOpsContext, TracePointContext},
+    programs::{SkBuffContext, SockContext, SockOpsContext, TracePointContext},
 };
 
 /// Set by the loader (`EbpfLoader::override_global`).
@@ -48,7 +48,17 @@ use aya_ebpf::{
 static FLOW_CONFIG: FlowConfig = FlowConfig {
     self_tgid: 0,
     reset_cookie_offset: 64,
+    udp: 0,
 };
+
+/// `FLOW_CONFIG` as the loader set it.
+#[inline(always)]
+fn config() -> FlowConfig {
+    // SAFETY: a plain global the loader may rewrite before load; read_volatile keeps the
+    // compiler from folding its initial value into the code (a direct read was folded: the
+    // agent's own sockets were compared with tgid 0, the reset cookie read at offset 64).
+    unsafe { core::ptr::read_volatile(&FLOW_CONFIG) }
+}
 
 /// Flows. Userspace removes the ones of exited processes with no open connection.
 #[map]
@@ -136,6 +146,7 @@ const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
 const SOCK_STREAM: u32 = 1;
 const IPPROTO_TCP: u32 = 6;
+const IPPROTO_UDP: u32 = 17;
 const BPF_NOEXIST: u64 = 1;
 
 fn count(index: u32) {
@@ -155,11 +166,14 @@ fn add(field: &mut u64, value: u64) {
     }
 }
 
-/// `cgroup/sock_create`: remembers who created a TCP socket.
+/// `cgroup/sock_create`: remembers who created a TCP socket (and a UDP one with
+/// `--udp-flows`).
 pub fn sock_create(ctx: &SockContext) {
     // SAFETY: the context of a cgroup/sock program is a valid `bpf_sock`.
     let sk = unsafe { &*ctx.sock };
-    if sk.type_ != SOCK_STREAM || sk.protocol != IPPROTO_TCP {
+    let tcp = sk.type_ == SOCK_STREAM && sk.protocol == IPPROTO_TCP;
+    let udp = sk.protocol == IPPROTO_UDP && config().udp != 0;
+    if !tcp && !udp {
         return;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -184,7 +198,7 @@ pub fn sock_create(ctx: &SockContext) {
     // SAFETY: no arguments; allowed in cgroup/sock programs.
     state.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     state.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
-    if tgid == FLOW_CONFIG.self_tgid {
+    if tgid == config().self_tgid {
         state.flags = STATE_IGNORED;
     }
 }
@@ -192,8 +206,7 @@ pub fn sock_create(ctx: &SockContext) {
 /// `tcp:tcp_receive_reset`: marks the socket so its close is counted as refused or reset.
 pub fn receive_reset(ctx: &TracePointContext) -> u32 {
     // SAFETY: the offset comes from the tracepoint's tracefs format, read at load time.
-    let Ok(cookie) = (unsafe { ctx.read_at::<u64>(FLOW_CONFIG.reset_cookie_offset as usize) })
-    else {
+    let Ok(cookie) = (unsafe { ctx.read_at::<u64>(config().reset_cookie_offset as usize) }) else {
         return 0;
     };
     let _ = RESETS.insert(&cookie, &1, 0);
@@ -478,22 +491,149 @@ fn flow_of(ops: &bpf_sock_ops, state: &SockState) -> Option<&'static mut FlowSta
     } else {
         return None;
     }
-    if let Some(flow) = FLOWS.get_ptr_mut(&key) {
+    flow_at(&key, &state.comm)
+}
+
+/// The flow of `key`, created (named by `comm`) on first use.
+fn flow_at(key: &FlowKey, comm: &[u8; COMM_LEN]) -> Option<&'static mut FlowStats> {
+    if let Some(flow) = FLOWS.get_ptr_mut(key) {
         // SAFETY: a hash map value stays valid while the program runs (RCU).
         return Some(unsafe { &mut *flow });
     }
     let fresh = FlowStats {
-        comm: state.comm,
+        comm: *comm,
         ..FlowStats::default()
     };
     // Another CPU may insert the same flow at the same moment: NOEXIST, then look it up.
-    let _ = FLOWS.insert(&key, &fresh, BPF_NOEXIST);
-    match FLOWS.get_ptr_mut(&key) {
+    let _ = FLOWS.insert(key, &fresh, BPF_NOEXIST);
+    match FLOWS.get_ptr_mut(key) {
         // SAFETY: as above.
         Some(flow) => Some(unsafe { &mut *flow }),
         None => {
             count(COUNTER_TABLE_FULL);
             None
+        }
+    }
+}
+
+/// `cgroup_skb/ingress` and `cgroup_skb/egress` (`--udp-flows`): UDP payload bytes per flow.
+///
+/// Both hooks run for every packet of every socket (TCP too), so anything that is not a UDP
+/// full socket leaves at once. The packet starts at its IP header in both directions; egress
+/// runs before IP fragmentation and ingress after reassembly (in the socket's receive path),
+/// so one call is one whole datagram. Counted: `skb->len` minus the IP header and the 8-byte
+/// UDP header, i.e. the UDP payload (a GSO super-packet on egress counts all its segments'
+/// payload). IPv6 datagrams behind extension headers are not counted.
+///
+/// The owner comes from `SOCKS` (`sock_create` records UDP sockets with `--udp-flows`);
+/// a socket from before start-up is counted under tgid 0. The role is decided by the
+/// socket's first datagram: sent first is a `client` (server port = the remote port), received
+/// first is a `server` (server port = its local port).
+pub fn udp_skb(ctx: &SkBuffContext, egress: bool) {
+    // SAFETY: the context of a cgroup_skb program is a valid `__sk_buff`; `sk` is checked.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return;
+    }
+    // SAFETY: `sk` is the context's non-null socket.
+    let sk = unsafe { bpf_sk_fullsock(sk) };
+    if sk.is_null() {
+        return;
+    }
+    // SAFETY: a non-null result of `bpf_sk_fullsock` is a readable full socket.
+    if unsafe { (*sk).protocol } != IPPROTO_UDP {
+        return;
+    }
+    // SAFETY: `sk` is a full socket; no initial value.
+    let state = unsafe {
+        bpf_sk_storage_get(
+            socks(),
+            sk.cast(),
+            core::ptr::null_mut(),
+            BPF_SK_STORAGE_GET_F_CREATE as u64,
+        )
+    }
+    .cast::<SockState>();
+    if state.is_null() {
+        count(COUNTER_STORAGE_FAILED);
+        return;
+    }
+    // SAFETY: a non-null storage pointer is valid for the socket's lifetime.
+    let state = unsafe { &mut *state };
+    if state.flags & STATE_IGNORED != 0 {
+        return;
+    }
+    let mut key = FlowKey {
+        cgroup_id: state.cgroup_id,
+        tgid: state.tgid,
+        server_port: 0,
+        role: 0,
+        ip_version: 4,
+        peer: [0; 16],
+    };
+    let Ok(first) = ctx.load::<u8>(0) else {
+        return;
+    };
+    let header = match first >> 4 {
+        4 => {
+            let (Ok(frag), Ok(proto)) = (ctx.load::<u16>(6), ctx.load::<u8>(9)) else {
+                return;
+            };
+            // A non-first fragment carries no UDP header (never seen at these hooks).
+            if proto as u32 != IPPROTO_UDP || u16::from_be(frag) & 0x1fff != 0 {
+                return;
+            }
+            let Ok(peer) = ctx.load::<[u8; 4]>(if egress { 16 } else { 12 }) else {
+                return;
+            };
+            key.peer[..4].copy_from_slice(&peer);
+            ((first & 0x0f) as u32) * 4
+        }
+        6 => {
+            let Ok(next) = ctx.load::<u8>(6) else {
+                return;
+            };
+            if next as u32 != IPPROTO_UDP {
+                return;
+            }
+            let Ok(peer) = ctx.load::<[u8; 16]>(if egress { 24 } else { 8 }) else {
+                return;
+            };
+            key.ip_version = 6;
+            key.peer = peer;
+            40
+        }
+        _ => return,
+    };
+    let Ok(ports) = ctx.load::<[u8; 4]>(header as usize) else {
+        return;
+    };
+    let source = u16::from_be_bytes([ports[0], ports[1]]);
+    let dest = u16::from_be_bytes([ports[2], ports[3]]);
+    let (local, remote) = if egress {
+        (source, dest)
+    } else {
+        (dest, source)
+    };
+    if state.role == 0 {
+        state.role = if egress { ROLE_CLIENT } else { ROLE_SERVER };
+    }
+    key.role = state.role | ROLE_UDP;
+    key.server_port = if state.role == ROLE_SERVER {
+        local
+    } else {
+        remote
+    };
+    let payload = (ctx.len() as u64).saturating_sub(header as u64 + 8);
+    if payload == 0 {
+        // Nothing to count: no flow entry for it either.
+        return;
+    }
+    if let Some(flow) = flow_at(&key, &state.comm) {
+        if egress {
+            add(&mut flow.bytes_sent, payload);
+        } else {
+            add(&mut flow.bytes_received, payload);
         }
     }
 }

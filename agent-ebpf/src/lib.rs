@@ -210,6 +210,8 @@ pub const FLOW_RTT_BUCKETS: usize = 24;
 /// The process's role on a flow's connections.
 pub const ROLE_CLIENT: u8 = 1;
 pub const ROLE_SERVER: u8 = 2;
+/// Bit of `FlowKey::role` marking a UDP flow (`--udp-flows`); the other bits are `ROLE_*`.
+pub const ROLE_UDP: u8 = 0x80;
 
 /// A flow: the connections of one process (or cgroup) with one peer address, on one server
 /// port, in one role. Aggregated in the kernel; userspace turns keys into labels.
@@ -223,7 +225,7 @@ pub struct FlowKey {
     pub tgid: u32,
     /// The remote port for client flows, the local port for server flows (host order).
     pub server_port: u16,
-    /// `ROLE_CLIENT` or `ROLE_SERVER`.
+    /// `ROLE_CLIENT` or `ROLE_SERVER`, with `ROLE_UDP` set for a UDP flow.
     pub role: u8,
     /// 4 or 6: how to read `peer`.
     pub ip_version: u8,
@@ -315,6 +317,8 @@ pub struct FlowConfig {
     pub self_tgid: u32,
     /// Offset of `sock_cookie` (8 bytes) in the `tcp:tcp_receive_reset` record, from tracefs.
     pub reset_cookie_offset: u32,
+    /// Non-zero with `--udp-flows`: `cgroup/sock_create` records the owner of UDP sockets too.
+    pub udp: u32,
 }
 
 /// Index of each per-CPU flow counter.

@@ -191,6 +191,20 @@ mod programs {
         1
     }
 
+    /// UDP flows (`--udp-flows`): payload bytes received. Always lets the packet through.
+    #[aya_ebpf::macros::cgroup_skb(ingress)]
+    pub fn flow_udp_ingress(ctx: aya_ebpf::programs::SkBuffContext) -> i32 {
+        crate::flows::udp_skb(&ctx, false);
+        1
+    }
+
+    /// UDP flows (`--udp-flows`): payload bytes sent. Always lets the packet through.
+    #[aya_ebpf::macros::cgroup_skb(egress)]
+    pub fn flow_udp_egress(ctx: aya_ebpf::programs::SkBuffContext) -> i32 {
+        crate::flows::udp_skb(&ctx, true);
+        1
+    }
+
     /// TCP flows: which closing sockets were reset.
     #[tracepoint]
     pub fn flow_receive_reset(ctx: TracePointContext) -> u32 {

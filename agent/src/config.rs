@@ -46,6 +46,11 @@ pub struct Config {
     #[arg(long, env = "PERISCOPE_FLOWS", default_value_t = true, action = clap::ArgAction::Set)]
     pub flows: bool,
 
+    /// UDP payload bytes per flow too (`network_io_bytes_total{network_transport="udp"}`).
+    /// Off by default: it adds a cgroup_skb program on every packet in and out, TCP too.
+    #[arg(long, env = "PERISCOPE_UDP_FLOWS")]
+    pub udp_flows: bool,
+
     /// At most this many flow label sets; updates of further flows are dropped and counted in
     /// `periscope_series_dropped_total{metric="network_tcp_flow"}`.
     #[arg(long, env = "PERISCOPE_FLOWS_MAX_SERIES", default_value_t = crate::flows::DEFAULT_MAX_SERIES)]

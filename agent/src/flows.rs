@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_ebpf::{
-    FlowKey, FlowStats, FLOW_COUNTER_NAMES, FLOW_RTT_BUCKETS, ROLE_CLIENT, ROLE_SERVER,
+    FlowKey, FlowStats, FLOW_COUNTER_NAMES, FLOW_RTT_BUCKETS, ROLE_CLIENT, ROLE_SERVER, ROLE_UDP,
 };
 use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -37,9 +37,10 @@ const SERIES_METRIC: &str = "network_tcp_flow";
 pub struct FlowLabels {
     #[prometheus(flatten)]
     pub workload: WorkloadLabels,
-    /// Always `tcp` for now.
+    /// `tcp`, or `udp` (`--udp-flows`).
     pub network_transport: String,
-    /// `client` (the process connected) or `server` (it accepted).
+    /// TCP: `client` (the process connected) or `server` (it accepted). UDP: `client` when the
+    /// socket's first datagram was sent, `server` when it was received.
     pub connection_role: String,
     /// The remote port of a client flow, the local port of a server flow.
     pub server_port: u16,
@@ -125,7 +126,7 @@ impl FlowMetrics {
         };
         registry.register_with_unit(
             "network_io",
-            "TCP payload bytes per flow: acknowledged by the peer (transmit) or received in order (receive)",
+            "Payload bytes per flow: TCP bytes acknowledged by the peer (transmit) or received in order (receive); UDP datagram payload sent or received (--udp-flows)",
             Unit::Bytes,
             m.bytes.clone(),
         );
@@ -397,8 +398,13 @@ pub fn flow_labels(
     };
     FlowLabels {
         workload,
-        network_transport: "tcp".to_owned(),
-        connection_role: match key.role {
+        network_transport: if key.role & ROLE_UDP != 0 {
+            "udp"
+        } else {
+            "tcp"
+        }
+        .to_owned(),
+        connection_role: match key.role & !ROLE_UDP {
             ROLE_CLIENT => "client",
             ROLE_SERVER => "server",
             _ => "unknown",
@@ -548,6 +554,24 @@ mod tests {
         assert_eq!(gone.workload.service_name, "curl");
         let nobody = flow_labels(&key([1, 2, 3, 4], 0), b"", &mut processes, None);
         assert_eq!(nobody.workload.service_name, "unknown");
+    }
+
+    #[test]
+    fn udp_flows_carry_their_transport_and_role() {
+        let mut processes = ProcessCache::new("/proc");
+        let mut udp = key([10, 0, 0, 9], 0);
+        udp.role = ROLE_SERVER | ROLE_UDP;
+        let labels = flow_labels(&udp, b"", &mut processes, None);
+        assert_eq!(labels.network_transport, "udp");
+        assert_eq!(labels.connection_role, "server");
+        udp.role = ROLE_CLIENT | ROLE_UDP;
+        assert_eq!(
+            flow_labels(&udp, b"", &mut processes, None).connection_role,
+            "client"
+        );
+        let tcp = flow_labels(&key([10, 0, 0, 9], 0), b"", &mut processes, None);
+        assert_eq!(tcp.network_transport, "tcp");
+        assert_eq!(tcp.connection_role, "client");
     }
 
     #[test]

@@ -156,6 +156,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             max_series: config.syscalls_max_series,
             separate_exit: config.syscalls_separate_exit,
         }),
+        udp_flows: config.flows && config.udp_flows,
     };
     let (mut capture, maps) = Capture::start(&settings, facts.tracefs)?;
     let poller = capture.take_syscall_table()?.map(|table| {

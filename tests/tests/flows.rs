@@ -77,6 +77,23 @@ elif mode == "fail":  # attempts; prints the error of each
         except OSError as e:
             print(type(e).__name__, flush=True)
         s.close()
+elif mode == "udpserver":  # datagrams; answers each with len // 2 + 3 bytes
+    srv = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    srv.bind((host, port))
+    print("ready", flush=True)
+    for _ in range(args[0]):
+        d, peer = srv.recvfrom(65536)
+        srv.sendto(b"u" * (len(d) // 2 + 3), peer)
+    print("done", flush=True)
+elif mode == "udpclient":  # one datagram of each size, each waiting for its answer
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(10)
+    for n in args:
+        s.sendto(b"c" * n, (host, port))
+        d, _ = s.recvfrom(65536)
+        if len(d) != n // 2 + 3:
+            raise SystemExit(f"answer of {len(d)} bytes to {n}")
+    print("done", flush=True)
 elif mode == "reset":  # bytes out, then wait for the peer's reset
     s = socket.create_connection((host, port), timeout=30)
     s.sendall(b"c" * args[0])
@@ -643,4 +660,98 @@ fn connections_accepted_by_a_listener_older_than_the_agent_are_attributed() {
         names[0].starts_with("python3"),
         "the listener's owner was lost: {names:?}"
     );
+}
+
+/// UDP sizes: empty, small, one full 1500-byte frame, and datagrams the 1500-byte veth MTU
+/// fragments (the hooks see them whole: before fragmentation, after reassembly).
+const UDP_SIZES: [i64; 6] = [0, 1, 100, 1472, 4000, 30_000];
+
+/// Runs one UDP exchange of `UDP_SIZES` from `client_ns` to a server on `host` in
+/// `server_ns`; returns the server port.
+fn udp_exchange(dir: &TempDir, client_ns: &str, server_ns: &str, host: &str) -> u16 {
+    let port = free_port();
+    let mut srv = Peer::start(
+        dir,
+        server_ns,
+        "udpserver",
+        host,
+        port,
+        &[UDP_SIZES.len() as i64],
+    );
+    srv.expect("ready");
+    let mut cli = Peer::start(dir, client_ns, "udpclient", host, port, &UDP_SIZES);
+    cli.expect("done");
+    srv.expect("done");
+    port
+}
+
+#[test]
+fn udp_payload_bytes_match_exactly_per_direction_and_peer() {
+    let net = NetnsPair::new().unwrap();
+    let dir = TempDir::new("flows").unwrap();
+
+    // Off by default: no UDP series at all.
+    let agent = Agent::start(&[]).unwrap();
+    udp_exchange(&dir, &net.client_ns, &net.server_ns, &net.server_ip);
+    std::thread::sleep(Duration::from_secs(2));
+    let udp = agent.metrics().sum(BYTES, &[("network_transport", "udp")]);
+    assert_eq!(udp, 0.0, "UDP bytes counted without --udp-flows");
+    drop(agent);
+
+    let agent = Agent::start(&["--udp-flows"]).unwrap();
+    let port = udp_exchange(&dir, &net.client_ns, &net.server_ns, &net.server_ip).to_string();
+    let sent: i64 = UDP_SIZES.iter().sum();
+    let answered: i64 = UDP_SIZES.iter().map(|n| n / 2 + 3).sum();
+    let (sent, answered) = (sent as f64, answered as f64);
+    let mut c = client(&port, &net.server_ip);
+    let mut s = server(&port, &net.client_ip);
+    for labels in [&mut c, &mut s] {
+        labels[3].1 = "udp".to_owned();
+    }
+    expect(
+        &agent,
+        BYTES,
+        &with(&c, &[("network_io_direction", "transmit")]),
+        sent,
+    );
+    expect(
+        &agent,
+        BYTES,
+        &with(&c, &[("network_io_direction", "receive")]),
+        answered,
+    );
+    expect(
+        &agent,
+        BYTES,
+        &with(&s, &[("network_io_direction", "receive")]),
+        sent,
+    );
+    expect(
+        &agent,
+        BYTES,
+        &with(&s, &[("network_io_direction", "transmit")]),
+        answered,
+    );
+    // Nothing else of ours: every UDP byte from or to our peers is in the four series above.
+    let m = agent.metrics();
+    for peer in [&net.client_ip, &net.server_ip] {
+        let all = m.sum(
+            BYTES,
+            &[("network_transport", "udp"), ("peer_address", peer)],
+        );
+        assert_eq!(all, sent + answered, "UDP bytes with peer {peer}");
+    }
+    // Both ends are python3, named through the socket's creator.
+    for sample in m
+        .matching(BYTES, &with(&c, &[]))
+        .chain(m.matching(BYTES, &with(&s, &[])))
+    {
+        assert!(
+            sample
+                .labels
+                .get("service_name")
+                .is_some_and(|n| n.starts_with("python3")),
+            "{sample:?}"
+        );
+    }
 }

@@ -176,6 +176,7 @@ fn syscall_stats_counted(mode: HookMode, facts: &KernelFacts) -> anyhow::Result<
             max_series: 64,
             separate_exit: false,
         }),
+        udp_flows: false,
     };
     let (mut capture, _maps) = Capture::start(&settings, facts.tracefs)?;
     let how = capture.syscall_stats.unwrap_or("off").to_owned();
@@ -280,6 +281,7 @@ impl Session {
             hooks: mode,
             bpf_stats: false,
             syscalls: None,
+            udp_flows: false,
         };
         let (capture, maps) = Capture::start(&settings, facts.tracefs)?;
         let programs = periscope_programs()?.difference(&before).copied().collect();

@@ -9,6 +9,10 @@
 //! (user + system, from `getrusage`). Both agents run with `--bpf-stats`, which also gives
 //! the flow programs' own run time directly (machine-wide: other traffic on the machine runs
 //! them too).
+//!
+//! `--udp` measures `--udp-flows` instead: the same TCP workloads with flows on, without and
+//! with the UDP programs (two cgroup_skb programs that run on every packet and leave at once
+//! for TCP), so the difference is what UDP flow tracking costs the rest of the traffic.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -21,7 +25,13 @@ use crate::bench::{machine, other_agents, spread_cell, Cpu};
 use crate::util::build_agent;
 
 /// The flow programs whose run time is reported.
-const FLOW_PROGRAMS: [&str; 3] = ["flow_sock_ops", "flow_sock_create", "flow_receive_reset"];
+const FLOW_PROGRAMS: [&str; 5] = [
+    "flow_sock_ops",
+    "flow_sock_create",
+    "flow_receive_reset",
+    "flow_udp_ingress",
+    "flow_udp_egress",
+];
 
 /// Options of `cargo xtask bench flows`.
 #[derive(Debug, clap::Args)]
@@ -35,6 +45,9 @@ pub struct FlowsArgs {
     /// MiB sent over one connection in the bulk workload.
     #[arg(long, default_value_t = 1024)]
     mib: u64,
+    /// Compare flows on without and with `--udp-flows` (instead of flows off and on).
+    #[arg(long)]
+    udp: bool,
     /// CPU for the agent, or `none` (the workload threads are not pinned).
     #[arg(long, default_value = "0")]
     agent_cpu: Cpu,
@@ -89,15 +102,24 @@ pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
         for flows in order {
             let agent = Agent::start_with(AgentOptions {
                 bin: Some(bin.clone()),
-                args: vec![format!("--flows={flows}"), "--bpf-stats".into()],
+                args: if args.udp {
+                    let mut a = vec!["--flows=true".to_owned(), "--bpf-stats".into()];
+                    if flows {
+                        a.push("--udp-flows".into());
+                    }
+                    a
+                } else {
+                    vec![format!("--flows={flows}"), "--bpf-stats".into()]
+                },
                 cpu: args.agent_cpu.0,
                 ..AgentOptions::default()
             })?;
             let conns = measured(&agent, || connections(args.connections))?;
             let bulk = measured(&agent, || bulk(args.mib))?;
             println!(
-                "[bench] round {round}{} flows {}: {:.1} µs CPU/connection, {:.3} ms CPU/MiB; flow programs {:.0} ns/connection, {:.0} ns/MiB",
+                "[bench] round {round}{} {} {}: {:.1} µs CPU/connection, {:.3} ms CPU/MiB; flow programs {:.0} ns/connection, {:.0} ns/MiB",
                 if round == 0 { " (warm-up, discarded)" } else { "" },
+                if args.udp { "udp flows" } else { "flows" },
                 if flows { "on " } else { "off" },
                 per(conns.cpu, args.connections) / 1e3,
                 per(bulk.cpu, args.mib) / 1e6,
@@ -259,8 +281,10 @@ fn report(args: &FlowsArgs, others: &[u32], off: &Mode, on: &Mode) -> String {
     out.push_str(&format!(
         "`{}` — {}; min / **median** / max of {} rounds, flows off and on alternating.{}\n\n",
         format_args!(
-            "cargo xtask bench flows --rounds {} --connections {n} --mib {mib} --agent-cpu {}",
-            args.rounds, args.agent_cpu
+            "cargo xtask bench flows --rounds {} --connections {n} --mib {mib} --agent-cpu {}{}",
+            args.rounds,
+            args.agent_cpu,
+            if args.udp { " --udp" } else { "" }
         ),
         machine(),
         args.rounds,
@@ -270,7 +294,11 @@ fn report(args: &FlowsArgs, others: &[u32], off: &Mode, on: &Mode) -> String {
             format!(" Other Periscope processes were running ({others:?}).")
         }
     ));
-    out.push_str("| | flows off | flows on | on − off (paired) |\n|---|---|---|---|\n");
+    out.push_str(if args.udp {
+        "| | flows on, UDP off | flows on, `--udp-flows` | on − off (paired) |\n|---|---|---|---|\n"
+    } else {
+        "| | flows off | flows on | on − off (paired) |\n|---|---|---|---|\n"
+    });
     let rows: [Row; 6] = [
         ("connection: CPU µs", &conn_cpu, &off.conns, &on.conns, 1),
         ("connection: wall µs", &conn_wall, &off.conns, &on.conns, 1),

@@ -14,7 +14,9 @@ use std::os::unix::fs::MetadataExt;
 use agent_ebpf::{FlowConfig, FlowKey, FlowSockState, FlowStats, COMM_LEN, FLOW_SOCK_IGNORED};
 use anyhow::Context;
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, SkStorage};
-use aya::programs::{CgroupAttachMode, CgroupSock, SockOps, TracePoint};
+use aya::programs::{
+    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, SockOps, TracePoint,
+};
 
 use super::{program_of, take, tracepoint_field, Capture};
 
@@ -29,7 +31,7 @@ pub struct FlowMaps {
 /// The flow programs' load-time configuration: the agent's pid and where the socket cookie
 /// sits in `tcp:tcp_receive_reset` (0 when the tracepoint lacks it; resets are then not told
 /// apart and failed connects count as timeouts).
-pub fn flow_config(tracefs: &str) -> FlowConfig {
+pub fn flow_config(tracefs: &str, udp: bool) -> FlowConfig {
     let format = Path::new(tracefs).join("events/tcp/tcp_receive_reset/format");
     let offset = std::fs::read_to_string(format)
         .ok()
@@ -38,6 +40,7 @@ pub fn flow_config(tracefs: &str) -> FlowConfig {
     FlowConfig {
         self_tgid: std::process::id(),
         reset_cookie_offset: offset,
+        udp: udp as u32,
     }
 }
 
@@ -74,6 +77,21 @@ impl Capture {
             .context("the kernel rejected program flow_sock_ops")?;
         ops.attach(&cgroup, CgroupAttachMode::Single)
             .with_context(|| format!("attaching flow_sock_ops to {}", root.display()))?;
+        if self.udp_flows {
+            // Attached last, after `sock_create` records UDP owners: per-packet hooks, so only
+            // with `--udp-flows`.
+            for (name, kind) in [
+                ("flow_udp_ingress", CgroupSkbAttachType::Ingress),
+                ("flow_udp_egress", CgroupSkbAttachType::Egress),
+            ] {
+                let skb: &mut CgroupSkb = program_of(ebpf, name)?.try_into()?;
+                skb.load()
+                    .with_context(|| format!("the kernel rejected program {name}"))?;
+                skb.attach(&cgroup, kind, CgroupAttachMode::Single)
+                    .with_context(|| format!("attaching {name} to {}", root.display()))?;
+            }
+            log::info!("flows: UDP bytes counted (cgroup_skb ingress and egress)");
+        }
         if reset_cookie {
             let tp: &mut TracePoint = program_of(ebpf, "flow_receive_reset")?.try_into()?;
             tp.load()

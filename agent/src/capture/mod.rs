@@ -72,6 +72,8 @@ pub struct Settings {
     pub bpf_stats: bool,
     /// Per-syscall statistics; `None` attaches no syscall statistics program at all.
     pub syscalls: Option<SyscallSettings>,
+    /// UDP bytes per flow (`--udp-flows`): two per-packet cgroup_skb programs.
+    pub udp_flows: bool,
 }
 
 /// Kernel side of the per-syscall statistics.
@@ -98,6 +100,8 @@ pub struct Capture {
     pub hooks: HookMode,
     /// `tcp:tcp_receive_reset` carries a socket cookie (see `flows::flow_config`).
     reset_cookie: bool,
+    /// `--udp-flows`: `start_flows` attaches the UDP byte counters too.
+    udp_flows: bool,
     /// How the syscall statistics programs are attached, if they are.
     pub syscall_stats: Option<&'static str>,
 }
@@ -163,7 +167,7 @@ impl Capture {
             Some(s) => (s.max_series, SYSCALL_STARTS_ENTRIES),
             None => (UNUSED_MAP_ENTRIES, UNUSED_MAP_ENTRIES),
         };
-        let flow_config = flows::flow_config(tracefs);
+        let flow_config = flows::flow_config(tracefs, settings.udp_flows);
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
             .override_global("FLOW_CONFIG", &flow_config, true)
@@ -215,6 +219,7 @@ impl Capture {
                 _stats: stats,
                 hooks,
                 reset_cookie: flow_config.reset_cookie_offset != 0,
+                udp_flows: settings.udp_flows,
                 syscall_stats,
             },
             maps,
