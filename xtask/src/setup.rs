@@ -44,6 +44,13 @@ const PYTHON_PACKAGES: &[(&str, &str)] = &[
         "opentelemetry-instrumentation-flask",
         "opentelemetry.instrumentation.flask",
     ),
+    // tests/tests/traces.rs: a real OTLP receiver (gRPC and HTTP/protobuf) decoding with the
+    // official OTLP protobuf bindings.
+    (
+        "opentelemetry-proto",
+        "opentelemetry.proto.collector.trace.v1.trace_service_pb2",
+    ),
+    ("grpcio", "grpc"),
     // deploy/ tests: Helm's own template engine (the Go SDK in a wheel; no helm package exists
     // on Debian bookworm) and Kubernetes' OpenAPI schemas.
     ("helm-python-sdk", "helm_python"),
