@@ -362,3 +362,47 @@ fn collector_outage_is_survived_and_counted() {
     );
     assert!(agent.is_running());
 }
+
+/// `--traces-stdout` without a collector: one JSON line per span on the agent's stdout.
+#[test]
+fn spans_as_json_lines_on_stdout() {
+    let server = PyServer::http_test_server();
+    let agent = Agent::start(&["--traces-stdout"]).unwrap();
+    let n = 3;
+    for _ in 0..n {
+        curl(&[&server.url("/status/201")]).unwrap();
+    }
+    let port = i64::from(server.port());
+    let lines = |kind: &str| -> Vec<Value> {
+        agent
+            .log()
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|s| s["kind"] == kind && s["attributes"]["server.port"].as_i64() == Some(port))
+            .collect()
+    };
+    assert!(wait_until(WAIT, Duration::from_millis(200), || lines(
+        "SERVER"
+    )
+    .len()
+        >= n
+        && lines("CLIENT").len() >= n));
+    std::thread::sleep(Duration::from_millis(1000));
+    for kind in ["SERVER", "CLIENT"] {
+        let spans = lines(kind);
+        assert_eq!(spans.len(), n, "{spans:#?}");
+        for s in &spans {
+            assert_eq!(s["name"], "GET /status/{id}");
+            assert_eq!(s["attributes"]["http.response.status_code"], 201);
+            assert_eq!(s["trace_id"].as_str().map(str::len), Some(32));
+            assert_eq!(s["resource"]["telemetry.distro.name"], "periscope");
+        }
+    }
+    let m = agent.metrics();
+    assert_eq!(
+        m.sum("periscope_spans_exported_total", &[]),
+        0.0,
+        "no collector"
+    );
+}
