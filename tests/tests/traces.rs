@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use harness::{
-    curl, free_port, wait_for_metric, wait_until, Agent, AgentOptions, PgServer, PyServer, TempDir,
+    curl, free_port, python_kafka_client, wait_for_metric, wait_until, Agent, AgentOptions,
+    MockKafka, PgServer, PyServer, TempDir,
 };
 use serde_json::Value;
 
@@ -405,4 +406,53 @@ fn spans_as_json_lines_on_stdout() {
         0.0,
         "no collector"
     );
+}
+
+/// Five Produce requests (kafka-python, each acknowledged) → five PRODUCER spans from the
+/// client and five SERVER spans from the broker, `orders publish`, one message each.
+#[test]
+fn kafka_produce_spans() {
+    let receiver = Receiver::start();
+    let kafka = MockKafka::start();
+    let _agent = receiver.agent("grpc");
+    let out = python_kafka_client(
+        &kafka,
+        r#"
+import os
+from kafka import KafkaProducer
+p = KafkaProducer(bootstrap_servers=os.environ["BOOTSTRAP"], acks=1, api_version=(2, 0, 0), linger_ms=0)
+for i in range(5):
+    p.send("orders", b"order %d" % i, partition=0).get(timeout=10)
+p.close()
+print("sent")
+"#,
+    )
+    .unwrap();
+    assert_eq!(out.trim(), "sent");
+    let port = kafka.port();
+    let publish = |kind: u64| -> Vec<Value> {
+        spans_to(&receiver, port, kind)
+            .into_iter()
+            .filter(|s| s["name"] == "orders publish")
+            .collect()
+    };
+    assert!(wait_until(WAIT, Duration::from_millis(200), || publish(4)
+        .len()
+        >= 5
+        && publish(SERVER).len() >= 5));
+    std::thread::sleep(Duration::from_millis(1500));
+    for kind in [4, SERVER] {
+        let spans = publish(kind);
+        assert_eq!(spans.len(), 5, "{spans:#?}");
+        for span in &spans {
+            assert_eq!(attr(span, "messaging.system"), "kafka");
+            assert_eq!(attr(span, "messaging.destination.name"), "orders");
+            assert_eq!(
+                attr(span, "messaging.operation.type").as_str(),
+                (kind == 4).then_some("publish")
+            );
+            assert_eq!(u(attr(span, "messaging.kafka.message.count")), 1);
+            assert_eq!(span["status_code"], 0);
+        }
+    }
 }

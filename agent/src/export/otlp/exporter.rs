@@ -1,7 +1,6 @@
 //! The export task: batches spans and sends them to an OTLP collector, or prints them.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -182,7 +181,7 @@ pub async fn run(
                     }
                     let Some(span) = converter.span(&exchange) else { continue };
                     if settings.stdout {
-                        print_json(&span, &exchange.endpoint.process, &host_name);
+                        print_json(&span, &exchange.endpoint.process, &host_name).await;
                     }
                     if settings.url.is_some() {
                         pending.push((exchange.endpoint.process.clone(), span));
@@ -418,7 +417,9 @@ fn rejected_spans(response: &[u8]) -> u64 {
         .unwrap_or(0)
 }
 
-fn print_json(span: &Span, process: &ProcessInfo, host_name: &str) {
+/// On tokio's blocking pool: a stdout pipe nobody reads stalls this task, never
+/// a runtime worker.
+async fn print_json(span: &Span, process: &ProcessInfo, host_name: &str) {
     let attrs = |list: &[(&'static str, Value)]| {
         serde_json::Value::Object(
             list.iter()
@@ -445,9 +446,14 @@ fn print_json(span: &Span, process: &ProcessInfo, host_name: &str) {
         "status": if span.error.is_some() { "ERROR" } else { "UNSET" },
         "resource": attrs(&resource(process, host_name)),
     });
-    let mut out = std::io::stdout().lock();
+    let mut text = line.to_string();
+    text.push('\n');
     // stdout closed (a pipe whose reader left): spans still go to the collector, if any.
-    let _ = writeln!(out, "{line}");
+    let _ = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        std::io::stdout().lock().write_all(text.as_bytes())
+    })
+    .await;
 }
 
 fn host_name() -> String {
