@@ -195,6 +195,11 @@ fn http_requests_become_spans(protocol: &str) {
         m.text()
     );
     assert_eq!(m.sum("periscope_spans_dropped_total", &[]), 0.0);
+    // The exports themselves are not traced (else each batch would make the next one).
+    for collector in [receiver.http_port, receiver.grpc_port] {
+        let own = [SERVER, CLIENT].map(|kind| spans_to(&receiver, collector, kind).len());
+        assert_eq!(own, [0, 0], "spans of the exports to port {collector}");
+    }
 }
 
 #[test]
