@@ -461,3 +461,72 @@ print("sent")
         }
     }
 }
+
+/// A gateway that calls a backend from the thread handling each request.
+const GATEWAY: &str = r#"
+import sys, urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+backend = int(sys.argv[2])
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        body = b"hello\n"
+        if self.path == "/proxy":
+            with urllib.request.urlopen("http://127.0.0.1:%d/status/200" % backend) as r:
+                body = r.read()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"#;
+
+/// The backend call a gateway thread makes while handling a request is that request's child:
+/// same trace, parent = the server span.
+#[test]
+fn calls_made_while_serving_are_children() {
+    let receiver = Receiver::start();
+    let backend = PyServer::http_test_server();
+    let gateway = PyServer::launch(GATEWAY, &[&backend.port().to_string()]).unwrap();
+    let _agent = receiver.agent("grpc");
+    // The first request only makes the gateway known as a server.
+    curl(&[&gateway.url("/hello")]).unwrap();
+    expect_spans(&receiver, gateway.port(), SERVER, 1);
+    let n = 3;
+    for _ in 0..n {
+        assert_eq!(curl(&[&gateway.url("/proxy")]).unwrap(), "status 200\n");
+    }
+    let servers: Vec<Value> = expect_spans(&receiver, gateway.port(), SERVER, 1 + n)
+        .into_iter()
+        .filter(|s| s["name"] == "GET /proxy")
+        .collect();
+    let calls: Vec<Value> = expect_spans(&receiver, backend.port(), CLIENT, n);
+    assert_eq!(servers.len(), n);
+    for call in &calls {
+        assert_eq!(
+            u(res(call, "process.pid")),
+            u64::from(gateway.pid()),
+            "{call}"
+        );
+        let parent = servers
+            .iter()
+            .find(|s| s["span_id"] == call["parent_span_id"])
+            .unwrap_or_else(|| panic!("no server span is the parent of {call}\n{servers:#?}"));
+        assert_eq!(parent["trace_id"], call["trace_id"]);
+        assert!(u(&parent["start"]) <= u(&call["start"]) && u(&call["end"]) <= u(&parent["end"]));
+    }
+    let parents: std::collections::BTreeSet<String> = calls
+        .iter()
+        .map(|c| c["parent_span_id"].to_string())
+        .collect();
+    assert_eq!(parents.len(), n, "one call per request");
+}

@@ -351,6 +351,7 @@ mod tests {
                 process: process(),
                 peer: Some("10.0.0.2:5000".parse().expect("literal")),
                 server_port: Some(8080),
+                tid: Some(7),
             },
             detail,
         }

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -16,6 +16,7 @@ use crate::metadata::ProcessInfo;
 use super::context::hex;
 use super::convert::{resource, Converter};
 use super::proto::{encode_request, ResourceSpans, Span, Value};
+use super::threads::ThreadParents;
 use super::SpanMetrics;
 
 /// Spans per export request at most.
@@ -170,6 +171,7 @@ pub async fn run(
         Protocol::HttpProtobuf => Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
     };
     let mut pending: Vec<(Arc<ProcessInfo>, Span)> = Vec::new();
+    let mut parents = ThreadParents::default();
     let mut tick = tokio::time::interval(FLUSH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -180,22 +182,22 @@ pub async fn run(
                         continue;
                     }
                     let Some(span) = converter.span(&exchange) else { continue };
-                    if settings.stdout {
-                        print_json(&span, &exchange.endpoint.process, &host_name).await;
-                    }
-                    if settings.url.is_some() {
-                        pending.push((exchange.endpoint.process.clone(), span));
-                    }
+                    let process = exchange.endpoint.process.clone();
+                    parents.offer(process, exchange.endpoint.tid, span, &mut pending);
                     if pending.len() >= MAX_BATCH {
                         flush(&client, &settings, &metrics, &host_name, &mut pending).await;
                     }
                 }
                 None => {
+                    parents.release(Instant::now(), true, &mut pending);
                     flush(&client, &settings, &metrics, &host_name, &mut pending).await;
                     return;
                 }
             },
-            _ = tick.tick() => flush(&client, &settings, &metrics, &host_name, &mut pending).await,
+            _ = tick.tick() => {
+                parents.release(Instant::now(), false, &mut pending);
+                flush(&client, &settings, &metrics, &host_name, &mut pending).await;
+            }
         }
     }
 }
@@ -207,6 +209,11 @@ async fn flush(
     host_name: &str,
     pending: &mut Vec<(Arc<ProcessInfo>, Span)>,
 ) {
+    if settings.stdout {
+        for (process, span) in pending.iter() {
+            print_json(span, process, host_name).await;
+        }
+    }
     let Some(url) = &settings.url else {
         pending.clear();
         return;

@@ -12,6 +12,7 @@ pub mod context;
 pub mod convert;
 pub mod exporter;
 pub mod proto;
+pub mod threads;
 
 use std::sync::Arc;
 
