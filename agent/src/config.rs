@@ -106,6 +106,52 @@ pub struct Config {
     #[arg(long, env = "PERISCOPE_SYSCALLS_SEPARATE_EXIT", hide = true)]
     pub syscalls_separate_exit: bool,
 
+    /// OTLP collector base URL (`http://host:4317` for gRPC, `http://host:4318` for
+    /// HTTP/protobuf). Spans are exported only when this, the traces endpoint or
+    /// `--traces-stdout` is set.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// The traces URL itself (HTTP/protobuf: used as given, no `/v1/traces` appended).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")]
+    pub otlp_traces_endpoint: Option<String>,
+
+    /// OTLP transport: `grpc` or `http/protobuf`.
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_PROTOCOL",
+        value_enum,
+        default_value = "grpc"
+    )]
+    pub otlp_protocol: crate::export::otlp::Protocol,
+
+    /// Extra headers on every export request: `key=value,key2=value2` (values may use `%XX`).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_HEADERS")]
+    pub otlp_headers: Option<String>,
+
+    /// Sampler: `always_on`, `always_off`, `traceidratio`, `parentbased_always_on`,
+    /// `parentbased_always_off` or `parentbased_traceidratio`.
+    #[arg(
+        long,
+        env = "OTEL_TRACES_SAMPLER",
+        default_value = "parentbased_always_on"
+    )]
+    pub traces_sampler: String,
+
+    /// The sampler's ratio for the `*traceidratio` samplers (0.0..=1.0, default 1.0).
+    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG")]
+    pub traces_sampler_arg: Option<String>,
+
+    /// Print every span as one JSON line on stdout (local use; works without a collector).
+    #[arg(long, env = "PERISCOPE_TRACES_STDOUT")]
+    pub traces_stdout: bool,
+
+    /// Exchanges waiting for the span exporter at most; newer ones are dropped and counted in
+    /// `periscope_spans_dropped_total{reason="queue_full"}`.
+    #[arg(long, env = "PERISCOPE_TRACES_QUEUE_SIZE", default_value_t = 8192,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub traces_queue_size: u32,
+
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, env = "PERISCOPE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,

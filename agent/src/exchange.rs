@@ -34,6 +34,9 @@ pub struct Endpoint {
     pub peer: Option<SocketAddr>,
     /// The server's port: the local port for `Role::Server`, the peer's for `Role::Client`.
     pub server_port: Option<u16>,
+    /// The thread whose read or write completed the exchange (for a server, the one that wrote
+    /// the response; for a client, the one that read it), when known.
+    pub tid: Option<u32>,
 }
 
 /// Protocol-specific attributes of an exchange.

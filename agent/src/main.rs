@@ -12,6 +12,9 @@ use tokio::signal::unix::{signal, SignalKind};
 use periscope::capture::{self, Capture, Reader};
 use periscope::config::Config;
 use periscope::export::http;
+use periscope::export::otlp::context::{IdGenerator, Sampler};
+use periscope::export::otlp::convert::{Converter, WallClock};
+use periscope::export::otlp::{exporter, SpanMetrics, SpanSink, TraceSettings};
 use periscope::export::prometheus::{Metrics, ReasonLabel};
 use periscope::metadata::kubernetes::{self, Attribution, KubeEvent, KubeSettings};
 use periscope::metadata::ClusterView;
@@ -127,8 +130,21 @@ async fn run(config: Config) -> anyhow::Result<()> {
         facts.tracefs
     );
 
+    let traces = TraceSettings::new(
+        config.otlp_endpoint.as_deref(),
+        config.otlp_traces_endpoint.as_deref(),
+        config.otlp_protocol,
+        config.otlp_headers.as_deref(),
+        config.traces_stdout,
+    )?;
+    let sampler =
+        Sampler::from_settings(&config.traces_sampler, config.traces_sampler_arg.as_deref())?;
+
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
+    let span_metrics = traces
+        .enabled()
+        .then(|| SpanMetrics::register(&mut registry));
     let flow_metrics = config
         .flows
         .then(|| periscope::flows::FlowMetrics::register(&mut registry));
@@ -210,6 +226,37 @@ async fn run(config: Config) -> anyhow::Result<()> {
             config.series_grace,
         ));
     }
+    let exporter = match span_metrics {
+        Some(span_metrics) => {
+            let (sink, rx) = SpanSink::new(config.traces_queue_size as usize, span_metrics.clone());
+            reader.set_span_sink(sink);
+            let converter = Converter {
+                clock: WallClock::measure(),
+                sampler,
+                ids: IdGenerator::new(),
+            };
+            log::info!(
+                "spans: {}{}",
+                traces
+                    .url
+                    .as_ref()
+                    .map(|u| format!("OTLP {:?} to {u}", traces.protocol))
+                    .unwrap_or_else(|| "no collector".to_owned()),
+                if traces.stdout {
+                    ", JSON lines on stdout"
+                } else {
+                    ""
+                }
+            );
+            Some(tokio::spawn(exporter::run(
+                rx,
+                converter,
+                traces,
+                span_metrics,
+            )))
+        }
+        None => None,
+    };
     if config.bpf_stats {
         reader.watch_programs(capture.loaded_program_ids());
     }
@@ -240,6 +287,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(flows) = flows {
         flows.abort();
         let _ = flows.await;
+    }
+    if let Some(mut exporter) = exporter {
+        // The reader is gone, and with it the queue's sender: the exporter sends what it
+        // holds and ends. A collector that does not answer gets two seconds.
+        if tokio::time::timeout(Duration::from_secs(2), &mut exporter)
+            .await
+            .is_err()
+        {
+            exporter.abort();
+        }
     }
     if let Some(poller) = poller {
         poller.abort();

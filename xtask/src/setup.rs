@@ -27,6 +27,7 @@ const APT_PACKAGES: &[&str] = &[
     "kcat",       // an independent Kafka client for the Kafka tests
     "skopeo",     // reads the OCI archive `cargo xtask image` writes, in its test
     "umoci",      // unpacks that archive's layer, in the same test
+    "musl-tools", // a C compiler for musl: ring (rustls) in the static vmtest and image builds
 ];
 
 /// Python packages the tests drive real servers and clients with: (pip name, import name).
@@ -44,6 +45,13 @@ const PYTHON_PACKAGES: &[(&str, &str)] = &[
         "opentelemetry-instrumentation-flask",
         "opentelemetry.instrumentation.flask",
     ),
+    // tests/tests/traces.rs: a real OTLP receiver (gRPC and HTTP/protobuf) decoding with the
+    // official OTLP protobuf bindings.
+    (
+        "opentelemetry-proto",
+        "opentelemetry.proto.collector.trace.v1.trace_service_pb2",
+    ),
+    ("grpcio", "grpc"),
     // deploy/ tests: Helm's own template engine (the Go SDK in a wheel; no helm package exists
     // on Debian bookworm) and Kubernetes' OpenAPI schemas.
     ("helm-python-sdk", "helm_python"),

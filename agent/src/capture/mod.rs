@@ -20,6 +20,7 @@ use aya::{Ebpf, EbpfLoader};
 
 use crate::conn::{listeners, KernelAction, Tracker};
 use crate::export::prometheus::{DeltaCounter, MetricLabel, Metrics, MetricsSink, ReasonLabel};
+use crate::export::Fanout;
 
 pub mod flows;
 pub mod preflight;
@@ -438,7 +439,7 @@ pub struct Reader {
     /// Programs whose run time is exported (with `--bpf-stats`).
     programs: Vec<(u32, String)>,
     tracker: Tracker,
-    sink: MetricsSink,
+    sink: Fanout,
     lost: Vec<DeltaCounter>,
     actions: Vec<KernelAction>,
 }
@@ -449,7 +450,10 @@ impl Reader {
             maps,
             programs: Vec::new(),
             tracker: Tracker::new(Path::new("/proc")),
-            sink: MetricsSink::new(metrics),
+            sink: Fanout {
+                metrics: MetricsSink::new(metrics),
+                spans: None,
+            },
             lost: (0..COUNTERS_LEN).map(|_| DeltaCounter::default()).collect(),
             actions: Vec::new(),
         }
@@ -463,7 +467,12 @@ impl Reader {
     /// Names processes' pods and connections' peers through the cluster view from now on.
     pub fn set_cluster(&mut self, cluster: Arc<dyn crate::metadata::ClusterView>) {
         self.tracker.set_cluster(cluster.clone());
-        self.sink.set_cluster(cluster);
+        self.sink.metrics.set_cluster(cluster);
+    }
+
+    /// Sends every exchange to this span sink too (OTLP tracing on).
+    pub fn set_span_sink(&mut self, spans: crate::export::otlp::SpanSink) {
+        self.sink.spans = Some(spans);
     }
 
     /// Exports the run time of these kernel programs every second.
@@ -533,9 +542,9 @@ impl Reader {
                 }
                 _ = tick.tick() => {
                     ticks += 1;
-                    fold_counters(&counters, &lost, &sink.metrics);
+                    fold_counters(&counters, &lost, &sink.metrics.metrics);
                     if !programs.is_empty() {
-                        fold_program_stats(&programs, &sink.metrics);
+                        fold_program_stats(&programs, &sink.metrics.metrics);
                     }
                     if ticks.is_multiple_of(30) {
                         tracker.expire_dead(&mut sink, &mut actions);
@@ -552,10 +561,10 @@ impl Reader {
 fn handle_record(
     record: &[u8],
     tracker: &mut Tracker,
-    sink: &mut MetricsSink,
+    sink: &mut Fanout,
     actions: &mut Vec<KernelAction>,
 ) {
-    let metrics = &sink.metrics;
+    let metrics = &sink.metrics.metrics;
     if record.len() < HEADER_LEN {
         metrics.malformed_events.inc();
         return;

@@ -254,6 +254,9 @@ struct Conn {
     process: Arc<ProcessInfo>,
     state: State,
     last_ns: u64,
+    /// Thread of the latest read or write (0 before the first): the thread that completed the
+    /// exchanges emitted from it.
+    last_tid: u32,
 }
 
 /// All connections the agent decodes.
@@ -323,6 +326,7 @@ impl Tracker {
                     held: None,
                 },
                 last_ns: 0,
+                last_tid: 0,
             },
         );
         sink.opened("proc");
@@ -384,6 +388,7 @@ impl Tracker {
                     held: None,
                 },
                 last_ns: header.ts_ns,
+                last_tid: 0,
             },
         );
         sink.opened(origin_name(header.origin));
@@ -436,6 +441,7 @@ impl Tracker {
                     }
                 },
                 last_ns: header.ts_ns,
+                last_tid: 0,
             },
         );
         sink.opened("fork");
@@ -472,10 +478,12 @@ impl Tracker {
                         held: None,
                     },
                     last_ns: header.ts_ns,
+                    last_tid: 0,
                 })
             }
         };
         conn.last_ns = header.ts_ns;
+        conn.last_tid = header.tid;
         if let Some(fresh) = self.processes.refreshed(&conn.process) {
             conn.process = fresh;
         }
@@ -605,6 +613,7 @@ fn emit(conn: &Conn, role: Role, details: &mut Vec<Detail>, sink: &mut dyn Sink)
                 process: conn.process.clone(),
                 peer: conn.peer,
                 server_port: conn.server_port,
+                tid: (conn.last_tid != 0).then_some(conn.last_tid),
             },
             detail,
         };

@@ -1,6 +1,42 @@
-//! Sinks: the Prometheus registry and the HTTP endpoint that serves it.
+//! Sinks: the Prometheus registry and the HTTP endpoint that serves it, and OTLP spans.
 
 pub mod expiry;
 pub mod http;
 pub mod labels;
+pub mod otlp;
 pub mod prometheus;
+
+use crate::conn::{EndReason, MuteReason, Sink};
+use crate::exchange::Exchange;
+use crate::protocol::http1::DecoderStats;
+
+/// The reader's sink: metrics always, spans when tracing is on. Each exchange goes to the
+/// metrics first; the span sink's part is a non-blocking queue send.
+pub struct Fanout {
+    pub metrics: prometheus::MetricsSink,
+    pub spans: Option<otlp::SpanSink>,
+}
+
+impl Sink for Fanout {
+    fn exchange(&mut self, exchange: &Exchange) {
+        self.metrics.exchange(exchange);
+        if let Some(spans) = &self.spans {
+            spans.exchange(exchange);
+        }
+    }
+    fn opened(&mut self, how: &'static str) {
+        self.metrics.opened(how);
+    }
+    fn ended(&mut self, reason: EndReason) {
+        self.metrics.ended(reason);
+    }
+    fn muted(&mut self, reason: MuteReason) {
+        self.metrics.muted(reason);
+    }
+    fn parse_error(&mut self, protocol: &'static str, reason: &'static str) {
+        self.metrics.parse_error(protocol, reason);
+    }
+    fn decoder_stats(&mut self, protocol: &'static str, stats: DecoderStats) {
+        self.metrics.decoder_stats(protocol, stats);
+    }
+}

@@ -1,0 +1,530 @@
+//! One `Exchange` → one span, named and attributed by the OpenTelemetry semantic conventions.
+
+use crate::exchange::{Detail, Exchange, Role};
+use crate::export::prometheus::kafka_error_name;
+use crate::metadata::ProcessInfo;
+
+use super::context::{parse_traceparent, IdGenerator, Sampler, TraceParent};
+use super::proto::{Span, SpanKind, Value};
+
+/// The nine methods of RFC 9110 and PATCH; others are named `_OTHER` as the conventions ask.
+const KNOWN_METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+/// `CLOCK_MONOTONIC` → Unix time, by one offset measured at start-up.
+#[derive(Clone, Copy, Debug)]
+pub struct WallClock {
+    /// Unix ns minus monotonic ns.
+    offset_ns: i128,
+}
+
+impl WallClock {
+    /// Reads `CLOCK_REALTIME`, `CLOCK_MONOTONIC`, `CLOCK_REALTIME` back to back and pairs the
+    /// monotonic reading with the mean of the two realtime ones, so the offset is off by at most
+    /// half the time between the reads (well under a microsecond). Kernel timestamps are
+    /// `bpf_ktime_get_ns`, the same `CLOCK_MONOTONIC`. A later NTP step of the wall clock is not
+    /// followed: spans keep the offset of start-up.
+    pub fn measure() -> WallClock {
+        let before = clock_ns(libc::CLOCK_REALTIME);
+        let mono = clock_ns(libc::CLOCK_MONOTONIC);
+        let after = clock_ns(libc::CLOCK_REALTIME);
+        WallClock {
+            offset_ns: (before + after) / 2 - mono,
+        }
+    }
+
+    /// Unix ns of a monotonic timestamp.
+    pub fn unix_ns(&self, monotonic_ns: u64) -> u64 {
+        (i128::from(monotonic_ns) + self.offset_ns).clamp(0, i128::from(u64::MAX)) as u64
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; clock_gettime only writes it. Both clocks
+    // always exist on Linux, so the call cannot fail.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+/// Turns exchanges into spans: ids, trace context, sampling, names and attributes.
+pub struct Converter {
+    pub clock: WallClock,
+    pub sampler: Sampler,
+    pub ids: IdGenerator,
+}
+
+impl Converter {
+    /// The span for this exchange, or `None` when the sampler drops its trace.
+    pub fn span(&mut self, exchange: &Exchange) -> Option<Span> {
+        let parent = match &exchange.detail {
+            Detail::Http(h) if exchange.role == Role::Server => {
+                h.traceparent.as_deref().and_then(parse_traceparent)
+            }
+            _ => None,
+        };
+        let trace_id = match &parent {
+            Some(p) => p.trace_id,
+            None => self.ids.trace_id(),
+        };
+        if !self.sampler.sample(&trace_id, parent.as_ref()) {
+            return None;
+        }
+        let mut span = describe(exchange, parent.as_ref());
+        span.trace_id = trace_id;
+        span.span_id = self.ids.span_id();
+        span.start_unix_ns = self.clock.unix_ns(exchange.start_ns);
+        span.end_unix_ns = self.clock.unix_ns(exchange.end_ns.max(exchange.start_ns));
+        Some(span)
+    }
+}
+
+/// Name, kind, attributes and status of an exchange's span (ids and times are filled in by
+/// the caller).
+pub fn describe(exchange: &Exchange, parent: Option<&TraceParent>) -> Span {
+    let mut attributes: Vec<(&'static str, Value)> = Vec::with_capacity(12);
+    let server = exchange.role == Role::Server;
+    let peer = exchange.endpoint.peer;
+    let mut trace_state = String::new();
+    let (name, kind, error) = match &exchange.detail {
+        Detail::Http(h) => {
+            let method = if KNOWN_METHODS.contains(&h.method.as_str()) {
+                h.method.as_str()
+            } else {
+                "_OTHER"
+            };
+            attributes.push(("http.request.method", Value::Str(method.to_owned())));
+            if method == "_OTHER" && !h.method.is_empty() {
+                attributes.push(("http.request.method_original", Value::Str(h.method.clone())));
+            }
+            if !h.route.is_empty() {
+                attributes.push(("http.route", Value::Str(h.route.clone())));
+            }
+            if !h.path.is_empty() {
+                attributes.push(("url.path", Value::Str(h.path.clone())));
+            }
+            if h.status != 0 {
+                attributes.push(("http.response.status_code", Value::Int(i64::from(h.status))));
+            }
+            if let Some(host) = h.host.as_deref().map(host_without_port) {
+                attributes.push(("server.address", Value::Str(host.to_owned())));
+            } else if let (false, Some(p)) = (server, peer) {
+                attributes.push(("server.address", Value::Str(p.ip().to_string())));
+            }
+            if h.request_body_bytes > 0 {
+                attributes.push((
+                    "http.request.body.size",
+                    Value::Int(h.request_body_bytes as i64),
+                ));
+            }
+            if h.response_body_bytes > 0 {
+                attributes.push((
+                    "http.response.body.size",
+                    Value::Int(h.response_body_bytes as i64),
+                ));
+            }
+            if parent.is_some() {
+                trace_state = h.tracestate.clone().unwrap_or_default();
+            }
+            let failed = if server {
+                h.status >= 500
+            } else {
+                h.status >= 400
+            };
+            if failed {
+                attributes.push(("error.type", Value::Str(h.status.to_string())));
+            }
+            let base = if method == "_OTHER" { "HTTP" } else { method };
+            let name = if h.route.is_empty() {
+                base.to_owned()
+            } else {
+                format!("{base} {}", h.route)
+            };
+            (name, http_kind(server), failed.then(String::new))
+        }
+        Detail::Postgres(p) => {
+            let st = &p.statement;
+            attributes.push(("db.system.name", Value::Str("postgresql".into())));
+            if let Some(ns) = &p.db_namespace {
+                attributes.push(("db.namespace", Value::Str(ns.clone())));
+            }
+            attributes.push(("db.operation.name", Value::Str(st.operation.clone())));
+            if let Some(c) = &st.collection {
+                attributes.push(("db.collection.name", Value::Str(c.clone())));
+            }
+            if !st.query_summary.is_empty() {
+                attributes.push(("db.query.summary", Value::Str(st.query_summary.clone())));
+            }
+            if !st.query_text.is_empty() {
+                attributes.push(("db.query.text", Value::Str(st.query_text.clone())));
+            }
+            if let Some(rows) = st.rows {
+                attributes.push(("db.response.returned_rows", Value::Int(rows as i64)));
+            }
+            if let Some(code) = &st.error_sqlstate {
+                attributes.push(("db.response.status_code", Value::Str(code.clone())));
+                attributes.push(("error.type", Value::Str(code.clone())));
+            }
+            let name = match &st.collection {
+                Some(c) => format!("{} {c}", st.operation),
+                None => st.operation.clone(),
+            };
+            let error = st.error_sqlstate.as_ref().map(|c| format!("SQLSTATE {c}"));
+            (name, http_kind(server), error)
+        }
+        Detail::Kafka(k) => {
+            attributes.push(("messaging.system", Value::Str("kafka".into())));
+            let topic = k.topics.iter().find_map(|t| t.name.clone());
+            let (operation_type, kind) = match (k.api_name, server) {
+                (_, true) => (None, SpanKind::Server),
+                ("Produce", false) => (Some("publish"), SpanKind::Producer),
+                ("Fetch", false) => (Some("receive"), SpanKind::Consumer),
+                _ => (None, SpanKind::Client),
+            };
+            attributes.push(("messaging.operation.name", Value::Str(k.api_name.into())));
+            if let Some(t) = operation_type {
+                attributes.push(("messaging.operation.type", Value::Str(t.into())));
+            }
+            if let Some(t) = &topic {
+                attributes.push(("messaging.destination.name", Value::Str(t.clone())));
+            }
+            if let Some(id) = &k.client_id {
+                attributes.push(("messaging.client.id", Value::Str(id.clone())));
+            }
+            let records: u64 = k.topics.iter().map(|t| t.record_count).sum();
+            if records > 0 {
+                attributes.push(("messaging.kafka.message.count", Value::Int(records as i64)));
+                attributes.push(("messaging.batch.message_count", Value::Int(records as i64)));
+            }
+            let error = (k.error_code != 0).then(|| kafka_error_name(k.error_code));
+            if let Some(e) = &error {
+                attributes.push(("error.type", Value::Str(e.clone())));
+            }
+            let verb = match (k.api_name, operation_type) {
+                ("Produce", _) => "publish",
+                ("Fetch", _) => "receive",
+                (api, _) => api,
+            };
+            let name = match &topic {
+                Some(t) => format!("{t} {verb}"),
+                None => verb.to_owned(),
+            };
+            (name, kind, error)
+        }
+    };
+    if let Some(port) = exchange.endpoint.server_port {
+        attributes.push(("server.port", Value::Int(i64::from(port))));
+    }
+    if let Some(p) = peer {
+        attributes.push(("network.peer.address", Value::Str(p.ip().to_string())));
+        attributes.push(("network.peer.port", Value::Int(i64::from(p.port()))));
+        if server {
+            attributes.push(("client.address", Value::Str(p.ip().to_string())));
+        }
+    }
+    Span {
+        trace_id: [0; 16],
+        span_id: [0; 8],
+        parent_span_id: parent.map(|p| p.parent_id),
+        trace_state,
+        name,
+        kind,
+        start_unix_ns: 0,
+        end_unix_ns: 0,
+        attributes,
+        error,
+    }
+}
+
+fn http_kind(server: bool) -> SpanKind {
+    if server {
+        SpanKind::Server
+    } else {
+        SpanKind::Client
+    }
+}
+
+/// `example.com:8080` → `example.com`; `[::1]:80` → `::1`.
+fn host_without_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+/// The resource of a process's spans.
+pub fn resource(process: &ProcessInfo, host_name: &str) -> Vec<(&'static str, Value)> {
+    let s = |v: &str| Value::Str(v.to_owned());
+    let mut r = vec![("service.name", s(&process.service_name))];
+    if let Some(k8s) = &process.k8s {
+        let nonempty = [
+            ("service.namespace", &k8s.namespace),
+            ("k8s.namespace.name", &k8s.namespace),
+            ("k8s.pod.name", &k8s.pod_name),
+            ("k8s.pod.uid", &k8s.pod_uid),
+            ("k8s.container.name", &k8s.container_name),
+            ("k8s.node.name", &k8s.node_name),
+        ];
+        for (key, value) in nonempty {
+            if !value.is_empty() {
+                r.push((key, s(value)));
+            }
+        }
+        let owner_key = match k8s.owner_kind.as_str() {
+            "Deployment" => Some("k8s.deployment.name"),
+            "StatefulSet" => Some("k8s.statefulset.name"),
+            "DaemonSet" => Some("k8s.daemonset.name"),
+            "CronJob" => Some("k8s.cronjob.name"),
+            "Job" => Some("k8s.job.name"),
+            _ => None,
+        };
+        if let (Some(key), false) = (owner_key, k8s.owner_name.is_empty()) {
+            r.push((key, s(&k8s.owner_name)));
+        }
+    }
+    if let Some(id) = &process.container_id {
+        r.push(("container.id", s(id)));
+    }
+    if !host_name.is_empty() {
+        r.push(("host.name", s(host_name)));
+    }
+    r.push(("process.pid", Value::Int(i64::from(process.pid))));
+    let exe = if process.exe_name.is_empty() {
+        &process.comm
+    } else {
+        &process.exe_name
+    };
+    r.push(("process.executable.name", s(exe)));
+    r.push(("telemetry.sdk.name", s("periscope")));
+    r.push(("telemetry.sdk.language", s("rust")));
+    r.push(("telemetry.sdk.version", s(env!("CARGO_PKG_VERSION"))));
+    r.push(("telemetry.distro.name", s("periscope")));
+    r.push(("telemetry.distro.version", s(env!("CARGO_PKG_VERSION"))));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exchange::{Endpoint, PostgresDetail};
+    use crate::metadata::K8sIdentity;
+    use crate::protocol::http1::HttpExchange;
+    use crate::protocol::kafka::{KafkaExchange, TopicStats};
+    use crate::protocol::postgres::PgExchange;
+    use std::sync::Arc;
+
+    fn process() -> Arc<ProcessInfo> {
+        Arc::new(ProcessInfo {
+            pid: 7,
+            comm: "shop".into(),
+            exe_name: "shop-bin".into(),
+            container_id: Some("abc".into()),
+            service_name: "shop".into(),
+            pod_uid: Some("uid".into()),
+            k8s: Some(Arc::new(K8sIdentity {
+                namespace: "prod".into(),
+                pod_name: "shop-1".into(),
+                pod_uid: "uid".into(),
+                container_name: "app".into(),
+                node_name: "n1".into(),
+                owner_kind: "StatefulSet".into(),
+                owner_name: "shop".into(),
+                service_name: "shop".into(),
+            })),
+            seq: 1,
+        })
+    }
+
+    fn exchange(role: Role, detail: Detail) -> Exchange {
+        Exchange {
+            role,
+            start_ns: 1,
+            end_ns: 2,
+            endpoint: Endpoint {
+                process: process(),
+                peer: Some("10.0.0.2:5000".parse().expect("literal")),
+                server_port: Some(8080),
+                tid: Some(7),
+            },
+            detail,
+        }
+    }
+
+    fn http(status: u16, method: &str) -> Detail {
+        Detail::Http(HttpExchange {
+            method: method.into(),
+            path: "/users/42".into(),
+            route: "/users/{id}".into(),
+            status,
+            start_ns: 1,
+            end_ns: 2,
+            request_body_bytes: 0,
+            response_body_bytes: 3,
+            host: Some("shop:8080".into()),
+            traceparent: None,
+            tracestate: Some("a=b".into()),
+            complete: true,
+        })
+    }
+
+    fn kafka(api: &'static str, error_code: i16) -> Detail {
+        Detail::Kafka(KafkaExchange {
+            api_key: 0,
+            api_name: api,
+            api_version: 9,
+            correlation_id: 1,
+            client_id: Some("c1".into()),
+            topics: vec![TopicStats {
+                name: Some("orders".into()),
+                topic_id: None,
+                partitions: 1,
+                record_count: 3,
+                error_code,
+            }],
+            acks: None,
+            error_code,
+            metadata_topics: Vec::new(),
+            start_ns: 1,
+            end_ns: 2,
+            request_bytes: 10,
+            response_bytes: 10,
+            complete: true,
+        })
+    }
+
+    fn get<'a>(span: &'a Span, key: &str) -> Option<&'a Value> {
+        span.attributes
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    }
+
+    fn s(v: &str) -> Option<Value> {
+        Some(Value::Str(v.into()))
+    }
+
+    #[test]
+    fn http_spans_are_named_from_the_route_and_fail_by_side() {
+        let span = describe(&exchange(Role::Server, http(503, "GET")), None);
+        assert_eq!(span.name, "GET /users/{id}");
+        assert_eq!(span.kind, SpanKind::Server);
+        assert_eq!(span.error.as_deref(), Some(""));
+        assert_eq!(get(&span, "error.type").cloned(), s("503"));
+        assert_eq!(get(&span, "server.address").cloned(), s("shop"));
+        assert_eq!(get(&span, "client.address").cloned(), s("10.0.0.2"));
+        assert_eq!(get(&span, "server.port").cloned(), Some(Value::Int(8080)));
+        // A tracestate without a valid traceparent is not passed on.
+        assert_eq!(span.trace_state, "");
+        assert!(describe(&exchange(Role::Server, http(404, "GET")), None)
+            .error
+            .is_none());
+        let client = describe(&exchange(Role::Client, http(404, "GET")), None);
+        assert_eq!(client.kind, SpanKind::Client);
+        assert!(client.error.is_some());
+        assert!(get(&client, "client.address").is_none());
+        let odd = describe(&exchange(Role::Server, http(200, "BREW")), None);
+        assert_eq!(odd.name, "HTTP /users/{id}");
+        assert_eq!(get(&odd, "http.request.method").cloned(), s("_OTHER"));
+    }
+
+    #[test]
+    fn kafka_spans_name_topic_and_operation() {
+        let produce = describe(&exchange(Role::Client, kafka("Produce", 0)), None);
+        assert_eq!(produce.name, "orders publish");
+        assert_eq!(produce.kind, SpanKind::Producer);
+        assert_eq!(
+            get(&produce, "messaging.operation.type").cloned(),
+            s("publish")
+        );
+        assert_eq!(
+            get(&produce, "messaging.destination.name").cloned(),
+            s("orders")
+        );
+        assert_eq!(
+            get(&produce, "messaging.kafka.message.count").cloned(),
+            Some(Value::Int(3))
+        );
+        assert!(produce.error.is_none());
+        let fetch = describe(&exchange(Role::Client, kafka("Fetch", 3)), None);
+        assert_eq!(fetch.name, "orders receive");
+        assert_eq!(fetch.kind, SpanKind::Consumer);
+        assert_eq!(
+            get(&fetch, "error.type").cloned(),
+            s("UNKNOWN_TOPIC_OR_PARTITION")
+        );
+        assert!(fetch.error.is_some());
+        assert_eq!(
+            describe(&exchange(Role::Client, kafka("Metadata", 0)), None).kind,
+            SpanKind::Client
+        );
+        assert_eq!(
+            describe(&exchange(Role::Server, kafka("Produce", 0)), None).kind,
+            SpanKind::Server
+        );
+    }
+
+    #[test]
+    fn sqlstate_errors_mark_the_span() {
+        let detail = Detail::Postgres(PostgresDetail {
+            statement: PgExchange {
+                operation: "INSERT".into(),
+                collection: Some("orders".into()),
+                query_summary: "INSERT orders".into(),
+                query_text: "INSERT INTO orders VALUES (?)".into(),
+                statement_name: None,
+                rows: None,
+                error_sqlstate: Some("23505".into()),
+                start_ns: 1,
+                end_ns: 2,
+                request_bytes: 10,
+                response_bytes: 10,
+                complete: true,
+            },
+            db_namespace: Some("shop".into()),
+        });
+        let span = describe(&exchange(Role::Client, detail), None);
+        assert_eq!(span.name, "INSERT orders");
+        assert_eq!(span.error.as_deref(), Some("SQLSTATE 23505"));
+        assert_eq!(get(&span, "error.type").cloned(), s("23505"));
+        assert_eq!(get(&span, "db.namespace").cloned(), s("shop"));
+    }
+
+    #[test]
+    fn the_resource_names_the_pod_and_its_workload() {
+        let r = resource(&process(), "node-a");
+        let get = |key: &str| r.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone());
+        assert_eq!(get("service.name"), s("shop"));
+        assert_eq!(get("service.namespace"), s("prod"));
+        assert_eq!(get("k8s.statefulset.name"), s("shop"));
+        assert_eq!(get("k8s.deployment.name"), None);
+        assert_eq!(get("k8s.container.name"), s("app"));
+        assert_eq!(get("host.name"), s("node-a"));
+        assert_eq!(get("process.executable.name"), s("shop-bin"));
+        assert_eq!(get("process.pid"), Some(Value::Int(7)));
+    }
+
+    #[test]
+    fn hosts_lose_their_port() {
+        assert_eq!(host_without_port("example.com:8080"), "example.com");
+        assert_eq!(host_without_port("example.com"), "example.com");
+        assert_eq!(host_without_port("[::1]:80"), "::1");
+    }
+
+    #[test]
+    fn the_wall_clock_is_close_to_system_time() {
+        let clock = WallClock::measure();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        let mapped = clock.unix_ns(clock_ns(libc::CLOCK_MONOTONIC) as u64) as i128;
+        assert!((mapped - now).abs() < 50_000_000, "{mapped} vs {now}");
+    }
+}

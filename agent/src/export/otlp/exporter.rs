@@ -1,0 +1,521 @@
+//! The export task: batches spans and sends them to an OTLP collector, or prints them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::mpsc;
+
+use crate::exchange::Exchange;
+use crate::metadata::ProcessInfo;
+
+use super::context::hex;
+use super::convert::{resource, Converter};
+use super::proto::{encode_request, ResourceSpans, Span, Value};
+use super::threads::ThreadParents;
+use super::SpanMetrics;
+
+/// Spans per export request at most.
+const MAX_BATCH: usize = 512;
+/// A batch is sent at least this often while spans arrive.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// Attempts per batch (the first and the retries).
+const ATTEMPTS: u32 = 5;
+/// Backoff before the first retry; doubled each time.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// One attempt's time limit (the OTLP exporters' default timeout).
+const TIMEOUT: Duration = Duration::from_secs(10);
+const GRPC_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// `OTEL_EXPORTER_OTLP_PROTOCOL`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// OTLP/gRPC over cleartext HTTP/2.
+    #[value(name = "grpc")]
+    Grpc,
+    /// OTLP/HTTP with a protobuf body.
+    #[value(name = "http/protobuf")]
+    HttpProtobuf,
+}
+
+/// Where and how spans go; built once from the configuration.
+#[derive(Clone, Debug)]
+pub struct TraceSettings {
+    /// The full URL requests are sent to, when a collector is configured.
+    pub url: Option<http::Uri>,
+    pub protocol: Protocol,
+    /// Extra request headers (`OTEL_EXPORTER_OTLP_HEADERS`).
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Print each span as one JSON line on stdout.
+    pub stdout: bool,
+}
+
+impl TraceSettings {
+    /// Resolves the collector URL: the traces endpoint as given (with the gRPC method path
+    /// appended for gRPC), else the base endpoint plus `/v1/traces` (HTTP) or the gRPC method
+    /// path. Only `http://` is supported: a TLS endpoint is refused with that reason.
+    pub fn new(
+        endpoint: Option<&str>,
+        traces_endpoint: Option<&str>,
+        protocol: Protocol,
+        headers: Option<&str>,
+        stdout: bool,
+    ) -> anyhow::Result<TraceSettings> {
+        let url = match (traces_endpoint, endpoint) {
+            (Some(t), _) if !t.trim().is_empty() => {
+                let t = t.trim();
+                Some(match protocol {
+                    Protocol::HttpProtobuf => t.to_owned(),
+                    Protocol::Grpc => format!("{}{GRPC_PATH}", t.trim_end_matches('/')),
+                })
+                .map(|u| (u, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+            }
+            (_, Some(e)) if !e.trim().is_empty() => {
+                let base = e.trim().trim_end_matches('/');
+                Some(match protocol {
+                    Protocol::HttpProtobuf => format!("{base}/v1/traces"),
+                    Protocol::Grpc => format!("{base}{GRPC_PATH}"),
+                })
+                .map(|u| (u, "OTEL_EXPORTER_OTLP_ENDPOINT"))
+            }
+            _ => None,
+        };
+        let url = match url {
+            None => None,
+            Some((u, setting)) => {
+                let uri: http::Uri = u
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("{setting}: {u:?} is not a URL: {e}"))?;
+                if uri.scheme_str() != Some("http") || uri.host().is_none() {
+                    anyhow::bail!(
+                        "{setting}: {u:?} must be an http:// URL with a host (TLS to the \
+                         collector is not supported yet)"
+                    );
+                }
+                Some(uri)
+            }
+        };
+        let mut parsed = Vec::new();
+        for pair in headers
+            .unwrap_or("")
+            .split(',')
+            .filter(|p| !p.trim().is_empty())
+        {
+            let (k, v) = pair.split_once('=').ok_or_else(|| {
+                anyhow::anyhow!("OTEL_EXPORTER_OTLP_HEADERS: {pair:?} is not key=value")
+            })?;
+            let name = http::HeaderName::try_from(k.trim()).map_err(|e| {
+                anyhow::anyhow!("OTEL_EXPORTER_OTLP_HEADERS: bad header name {k:?}: {e}")
+            })?;
+            let value = http::HeaderValue::try_from(percent_decode(v.trim())).map_err(|e| {
+                anyhow::anyhow!("OTEL_EXPORTER_OTLP_HEADERS: bad value for {k:?}: {e}")
+            })?;
+            parsed.push((name, value));
+        }
+        Ok(TraceSettings {
+            url,
+            protocol,
+            headers: parsed,
+            stdout,
+        })
+    }
+
+    /// Whether spans go anywhere; when not, no sink is installed and exchanges cost nothing.
+    pub fn enabled(&self) -> bool {
+        self.url.is_some() || self.stdout
+    }
+}
+
+/// `%XX` escapes, as the OTLP exporter spec allows in header values.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Why an attempt failed, and whether another may succeed.
+struct Failure {
+    message: String,
+    retryable: bool,
+}
+
+/// Drains `rx` until every sender is gone: converts, batches and exports.
+pub async fn run(
+    mut rx: mpsc::Receiver<Exchange>,
+    mut converter: Converter,
+    settings: TraceSettings,
+    metrics: Arc<SpanMetrics>,
+) {
+    let host_name = host_name();
+    let client = match settings.protocol {
+        Protocol::Grpc => Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(HttpConnector::new()),
+        Protocol::HttpProtobuf => Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+    };
+    let mut pending: Vec<(Arc<ProcessInfo>, Span)> = Vec::new();
+    let mut parents = ThreadParents::default();
+    let mut tick = tokio::time::interval(FLUSH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            next = rx.recv() => match next {
+                Some(exchange) => {
+                    if is_own_export(&exchange, settings.url.as_ref()) {
+                        continue;
+                    }
+                    let Some(span) = converter.span(&exchange) else { continue };
+                    let process = exchange.endpoint.process.clone();
+                    parents.offer(process, exchange.endpoint.tid, span, &mut pending);
+                    if pending.len() >= MAX_BATCH {
+                        flush(&client, &settings, &metrics, &host_name, &mut pending).await;
+                    }
+                }
+                None => {
+                    parents.release(Instant::now(), true, &mut pending);
+                    flush(&client, &settings, &metrics, &host_name, &mut pending).await;
+                    return;
+                }
+            },
+            _ = tick.tick() => {
+                parents.release(Instant::now(), false, &mut pending);
+                flush(&client, &settings, &metrics, &host_name, &mut pending).await;
+            }
+        }
+    }
+}
+
+async fn flush(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    settings: &TraceSettings,
+    metrics: &SpanMetrics,
+    host_name: &str,
+    pending: &mut Vec<(Arc<ProcessInfo>, Span)>,
+) {
+    if settings.stdout {
+        for (process, span) in pending.iter() {
+            print_json(span, process, host_name).await;
+        }
+    }
+    let Some(url) = &settings.url else {
+        pending.clear();
+        return;
+    };
+    if pending.is_empty() {
+        return;
+    }
+    let batch = std::mem::take(pending);
+    let count = batch.len() as u64;
+    let body = encode(&batch, host_name);
+    let mut backoff = FIRST_BACKOFF;
+    for attempt in 1..=ATTEMPTS {
+        match tokio::time::timeout(TIMEOUT, send(client, settings, url, body.clone())).await {
+            Ok(Ok(rejected)) => {
+                metrics.exported.inc_by(count.saturating_sub(rejected));
+                if rejected > 0 {
+                    log::warn!("the OTLP collector rejected {rejected} of {count} spans");
+                    metrics.drop_spans("rejected", rejected);
+                }
+                return;
+            }
+            Ok(Err(failure)) => {
+                metrics.export_errors.inc();
+                if !failure.retryable {
+                    log::warn!("OTLP export of {count} spans refused: {}", failure.message);
+                    metrics.drop_spans("rejected", count);
+                    return;
+                }
+                log::warn!(
+                    "OTLP export of {count} spans failed (attempt {attempt}/{ATTEMPTS}): {}",
+                    failure.message
+                );
+            }
+            Err(_) => {
+                metrics.export_errors.inc();
+                log::warn!(
+                    "OTLP export of {count} spans timed out after {TIMEOUT:?} (attempt \
+                     {attempt}/{ATTEMPTS})"
+                );
+            }
+        }
+        if attempt < ATTEMPTS {
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+        }
+    }
+    metrics.drop_spans("export_failed", count);
+}
+
+/// The agent's own traffic (its export requests, scrapes of its endpoint) and the collector's
+/// side of an OTLP/HTTP export: each export would otherwise make spans of its own, exported in
+/// the next batch, and so on forever.
+fn is_own_export(exchange: &Exchange, url: Option<&http::Uri>) -> bool {
+    if exchange.endpoint.process.pid == std::process::id() {
+        return true;
+    }
+    match (&exchange.detail, url) {
+        (crate::exchange::Detail::Http(h), Some(url)) => {
+            exchange.role == crate::exchange::Role::Server
+                && h.path == url.path()
+                && exchange.endpoint.server_port == url.port_u16()
+        }
+        _ => false,
+    }
+}
+
+/// A resource's attributes.
+type Attributes = Vec<(&'static str, Value)>;
+
+/// Groups spans by process (one resource each) and encodes the request.
+fn encode(batch: &[(Arc<ProcessInfo>, Span)], host_name: &str) -> Bytes {
+    let mut order: Vec<u64> = Vec::new();
+    let mut groups: HashMap<u64, (Attributes, Vec<Span>)> = HashMap::new();
+    for (process, span) in batch {
+        let group = groups.entry(process.seq).or_insert_with(|| {
+            order.push(process.seq);
+            (resource(process, host_name), Vec::new())
+        });
+        group.1.push(span.clone());
+    }
+    let resource_spans: Vec<ResourceSpans<'_>> = order
+        .iter()
+        .filter_map(|seq| groups.get(seq))
+        .map(|(resource, spans)| ResourceSpans { resource, spans })
+        .collect();
+    Bytes::from(encode_request(&resource_spans))
+}
+
+/// One attempt. `Ok(rejected spans)` when the collector answered with success.
+async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    settings: &TraceSettings,
+    url: &http::Uri,
+    body: Bytes,
+) -> Result<u64, Failure> {
+    let fail = |message: String, retryable: bool| Failure { message, retryable };
+    let (content_type, body) = match settings.protocol {
+        Protocol::HttpProtobuf => ("application/x-protobuf", body),
+        Protocol::Grpc => {
+            // gRPC length-prefixed message: uncompressed flag, big-endian length.
+            let mut framed = Vec::with_capacity(body.len() + 5);
+            framed.push(0);
+            framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            framed.extend_from_slice(&body);
+            ("application/grpc", Bytes::from(framed))
+        }
+    };
+    let mut request = http::Request::post(url.clone())
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(
+            http::header::USER_AGENT,
+            concat!("periscope/", env!("CARGO_PKG_VERSION")),
+        );
+    if settings.protocol == Protocol::Grpc {
+        request = request.header(http::header::TE, "trailers");
+    }
+    for (name, value) in &settings.headers {
+        request = request.header(name, value);
+    }
+    let request = request
+        .body(Full::new(body))
+        .map_err(|e| fail(format!("building the request: {e}"), false))?;
+    let response = client
+        .request(request)
+        .await
+        .map_err(|e| fail(format!("{e:#}"), true))?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let collected = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| fail(format!("reading the response: {e}"), true))?;
+    match settings.protocol {
+        Protocol::HttpProtobuf => {
+            if status.is_success() {
+                Ok(rejected_spans(&collected.to_bytes()))
+            } else {
+                let retryable = matches!(status.as_u16(), 429 | 502 | 503 | 504);
+                Err(fail(format!("HTTP {status}"), retryable))
+            }
+        }
+        Protocol::Grpc => {
+            let grpc_status = collected
+                .trailers()
+                .and_then(|t| t.get("grpc-status"))
+                .or_else(|| headers.get("grpc-status"))
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u32>().ok());
+            match (status.is_success(), grpc_status) {
+                (true, Some(0)) => {
+                    let bytes = collected.to_bytes();
+                    Ok(rejected_spans(bytes.get(5..).unwrap_or_default()))
+                }
+                (_, Some(code)) => Err(fail(
+                    format!("gRPC status {code}"),
+                    // The codes the OTLP spec lists as retryable.
+                    matches!(code, 1 | 4 | 8 | 10 | 11 | 14 | 15),
+                )),
+                (_, None) => Err(fail(format!("HTTP {status} without a gRPC status"), true)),
+            }
+        }
+    }
+}
+
+/// `ExportTraceServiceResponse.partial_success.rejected_spans`, 0 when absent or unreadable.
+fn rejected_spans(response: &[u8]) -> u64 {
+    // partial_success is field 1 (message); rejected_spans its field 1 (int64).
+    fn varint(b: &[u8], i: &mut usize) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *b.get(*i)?;
+            *i += 1;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    fn field(b: &[u8], want: u64) -> Option<&[u8]> {
+        let mut i = 0;
+        while i < b.len() {
+            let key = varint(b, &mut i)?;
+            match key & 7 {
+                0 if key >> 3 == want => return b.get(i..),
+                0 => {
+                    varint(b, &mut i)?;
+                }
+                1 => i += 8,
+                5 => i += 4,
+                2 => {
+                    let len = varint(b, &mut i)? as usize;
+                    let end = i.checked_add(len)?;
+                    if key >> 3 == want {
+                        return b.get(i..end);
+                    }
+                    i = end;
+                }
+                _ => return None,
+            }
+        }
+        None
+    }
+    field(response, 1)
+        .and_then(|partial| field(partial, 1))
+        .and_then(|rest| varint(rest, &mut 0))
+        .unwrap_or(0)
+}
+
+/// On tokio's blocking pool: a stdout pipe nobody reads stalls this task, never
+/// a runtime worker.
+async fn print_json(span: &Span, process: &ProcessInfo, host_name: &str) {
+    let attrs = |list: &[(&'static str, Value)]| {
+        serde_json::Value::Object(
+            list.iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        Value::Str(s) => serde_json::Value::from(s.as_str()),
+                        Value::Int(i) => serde_json::Value::from(*i),
+                    };
+                    ((*k).to_owned(), v)
+                })
+                .collect(),
+        )
+    };
+    let line = serde_json::json!({
+        "trace_id": hex(&span.trace_id),
+        "span_id": hex(&span.span_id),
+        "parent_span_id": span.parent_span_id.map(|p| hex(&p)),
+        "trace_state": span.trace_state,
+        "name": span.name,
+        "kind": span.kind.as_str(),
+        "start_time_unix_nano": span.start_unix_ns,
+        "end_time_unix_nano": span.end_unix_ns,
+        "attributes": attrs(&span.attributes),
+        "status": if span.error.is_some() { "ERROR" } else { "UNSET" },
+        "resource": attrs(&resource(process, host_name)),
+    });
+    let mut text = line.to_string();
+    text.push('\n');
+    // stdout closed (a pipe whose reader left): spans still go to the collector, if any.
+    let _ = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        std::io::stdout().lock().write_all(text.as_bytes())
+    })
+    .await;
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_resolve_per_protocol() {
+        let s = TraceSettings::new(
+            Some("http://c:4318/"),
+            None,
+            Protocol::HttpProtobuf,
+            None,
+            false,
+        )
+        .expect("valid");
+        assert_eq!(s.url.expect("set").to_string(), "http://c:4318/v1/traces");
+        let s = TraceSettings::new(Some("http://c:4317"), None, Protocol::Grpc, None, false)
+            .expect("valid");
+        assert_eq!(
+            s.url.expect("set").to_string(),
+            format!("http://c:4317{GRPC_PATH}")
+        );
+        let s = TraceSettings::new(
+            Some("http://c:4318"),
+            Some("http://d:9/x"),
+            Protocol::HttpProtobuf,
+            Some("a=b,api-key=x%20y"),
+            false,
+        )
+        .expect("valid");
+        assert_eq!(s.url.expect("set").to_string(), "http://d:9/x");
+        assert_eq!(s.headers.len(), 2);
+        assert_eq!(s.headers[1].1, "x y");
+        assert!(!TraceSettings::new(None, None, Protocol::Grpc, None, false)
+            .expect("valid")
+            .enabled());
+        assert!(TraceSettings::new(Some("https://c"), None, Protocol::Grpc, None, false).is_err());
+        assert!(TraceSettings::new(None, None, Protocol::Grpc, Some("novalue"), false).is_err());
+    }
+
+    #[test]
+    fn partial_success_is_read() {
+        // partial_success { rejected_spans: 3, error_message: "x" }
+        assert_eq!(
+            rejected_spans(&[0x0a, 0x05, 0x08, 0x03, 0x12, 0x01, b'x']),
+            3
+        );
+        assert_eq!(rejected_spans(&[]), 0);
+        assert_eq!(rejected_spans(&[0x0a, 0x09]), 0);
+    }
+}

@@ -1,0 +1,532 @@
+//! End-to-end: spans over OTLP to a real receiver (the official OTLP protobuf bindings behind
+//! grpcio and an HTTP server, `traces/otlp_receiver.py`), from real clients (curl, psql) and
+//! servers (the Python HTTP test server, PostgreSQL) on loopback.
+//!
+//! Other traffic on the machine may be traced as well, so spans are picked by the test
+//! server's port and counted exactly among those.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use harness::{
+    curl, free_port, python_kafka_client, wait_for_metric, wait_until, Agent, AgentOptions,
+    MockKafka, PgServer, PyServer, TempDir,
+};
+use serde_json::Value;
+
+const RECEIVER: &str = include_str!("traces/otlp_receiver.py");
+const WAIT: Duration = Duration::from_secs(20);
+const SERVER: u64 = 2;
+const CLIENT: u64 = 3;
+
+/// The receiver, its two OTLP ports and the file it writes spans to. Restartable on the same
+/// ports.
+struct Receiver {
+    process: Option<PyServer>,
+    http_port: u16,
+    grpc_port: u16,
+    out: PathBuf,
+    _dir: TempDir,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let dir = TempDir::new("otlp").unwrap();
+        let mut r = Receiver {
+            process: None,
+            http_port: free_port(),
+            grpc_port: free_port(),
+            out: dir.path().join("spans.jsonl"),
+            _dir: dir,
+        };
+        r.restart();
+        r
+    }
+
+    fn restart(&mut self) {
+        let args = [
+            self.http_port.to_string(),
+            self.grpc_port.to_string(),
+            self.out.display().to_string(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.process = Some(PyServer::launch(RECEIVER, &args).unwrap_or_else(|e| panic!("{e:#}")));
+    }
+
+    fn stop(&mut self) {
+        self.process = None;
+    }
+
+    fn spans(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("the receiver writes JSON lines"))
+            .collect()
+    }
+
+    fn agent(&self, protocol: &str) -> Agent {
+        let port = if protocol == "grpc" {
+            self.grpc_port
+        } else {
+            self.http_port
+        };
+        Agent::start_with(AgentOptions {
+            env: vec![
+                (
+                    "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+                    format!("http://127.0.0.1:{port}"),
+                ),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL".into(), protocol.into()),
+            ],
+            ..AgentOptions::default()
+        })
+        .unwrap()
+    }
+}
+
+fn attr<'a>(span: &'a Value, key: &str) -> &'a Value {
+    &span["attributes"][key]
+}
+
+fn res<'a>(span: &'a Value, key: &str) -> &'a Value {
+    &span["resource"][key]
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+/// Spans of `kind` whose server port is `port`, sorted by start time.
+fn spans_to(receiver: &Receiver, port: u16, kind: u64) -> Vec<Value> {
+    let mut spans: Vec<Value> = receiver
+        .spans()
+        .into_iter()
+        .filter(|s| {
+            u(&s["kind"]) == kind && attr(s, "server.port").as_u64() == Some(u64::from(port))
+        })
+        .collect();
+    spans.sort_by_key(|s| u(&s["start"]));
+    spans
+}
+
+/// Waits until exactly `n` spans of `kind` to `port` arrived, and stay `n` for another second.
+fn expect_spans(receiver: &Receiver, port: u16, kind: u64, n: usize) -> Vec<Value> {
+    let arrived = wait_until(WAIT, Duration::from_millis(200), || {
+        spans_to(receiver, port, kind).len() >= n
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let spans = spans_to(receiver, port, kind);
+    assert!(
+        arrived && spans.len() == n,
+        "wanted {n} spans of kind {kind} to port {port}, got {}: {spans:#?}",
+        spans.len()
+    );
+    spans
+}
+
+fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// N curl requests → exactly N SERVER and N CLIENT spans, named from the route, attributed,
+/// with wall-clock times inside the test's own window, each client span around its server span.
+fn http_requests_become_spans(protocol: &str) {
+    let receiver = Receiver::start();
+    let server = PyServer::http_test_server();
+    let agent = receiver.agent(protocol);
+    let n = 5;
+    let before = unix_ns();
+    for _ in 0..n {
+        curl(&[&server.url("/sleep/50")]).unwrap();
+    }
+    let after = unix_ns();
+    let port = server.port();
+    let servers = expect_spans(&receiver, port, SERVER, n);
+    let clients = expect_spans(&receiver, port, CLIENT, n);
+    for (s, c) in servers.iter().zip(&clients) {
+        for span in [s, c] {
+            assert_eq!(
+                span["transport"],
+                protocol.split('/').next().unwrap_or(""),
+                "{span}"
+            );
+            assert_eq!(span["name"], "GET /sleep/{id}", "{span}");
+            assert_eq!(attr(span, "http.request.method"), "GET");
+            assert_eq!(attr(span, "http.route"), "/sleep/{id}");
+            assert_eq!(attr(span, "url.path"), "/sleep/50");
+            assert_eq!(u(attr(span, "http.response.status_code")), 200);
+            assert_eq!(attr(span, "server.address"), "127.0.0.1");
+            assert_eq!(attr(span, "network.peer.address"), "127.0.0.1");
+            assert_eq!(span["status_code"], 0, "{span}");
+            assert_eq!(span["parent_span_id"], "", "{span}");
+            assert_eq!(span["trace_id"].as_str().map(str::len), Some(32));
+            assert_eq!(res(span, "telemetry.distro.name"), "periscope");
+            assert!(
+                u(&span["start"]) >= before && u(&span["end"]) <= after,
+                "{span} outside {before}..{after}"
+            );
+            assert!(u(&span["end"]) - u(&span["start"]) >= 50_000_000, "{span}");
+        }
+        assert_eq!(attr(s, "client.address"), "127.0.0.1");
+        assert_eq!(u(res(s, "process.pid")), u64::from(server.pid()));
+        // The service is named after the executable (Debian: python3.11).
+        assert!(res(s, "service.name")
+            .as_str()
+            .is_some_and(|n| n.starts_with("python3")));
+        assert_eq!(res(c, "process.executable.name"), "curl");
+        // Timestamps are taken when syscalls return: the client's first write may return a
+        // moment after the server's read did, hence the 2 ms allowance.
+        let slack = 2_000_000;
+        assert!(
+            u(&c["start"]) <= u(&s["start"]) + slack && u(&s["end"]) <= u(&c["end"]) + slack,
+            "client {c}\nserver {s}"
+        );
+        assert_ne!(s["trace_id"], c["trace_id"]);
+    }
+    let m = agent.metrics();
+    assert_eq!(
+        m.sum("periscope_spans_exported_total", &[]),
+        receiver.spans().len() as f64,
+        "{}",
+        m.text()
+    );
+    assert_eq!(m.sum("periscope_spans_dropped_total", &[]), 0.0);
+    // The exports themselves are not traced (else each batch would make the next one).
+    for collector in [receiver.http_port, receiver.grpc_port] {
+        let own = [SERVER, CLIENT].map(|kind| spans_to(&receiver, collector, kind).len());
+        assert_eq!(own, [0, 0], "spans of the exports to port {collector}");
+    }
+}
+
+#[test]
+fn http_spans_over_grpc() {
+    http_requests_become_spans("grpc");
+}
+
+#[test]
+fn http_spans_over_http_protobuf() {
+    http_requests_become_spans("http/protobuf");
+}
+
+/// A valid incoming `traceparent` puts the server span into that trace under that parent; an
+/// invalid one (upper-case hex) starts a new trace.
+#[test]
+fn incoming_traceparent_is_joined() {
+    let receiver = Receiver::start();
+    let server = PyServer::http_test_server();
+    let _agent = receiver.agent("http/protobuf");
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = "00f067aa0ba902b7";
+    curl(&[
+        "-H",
+        &format!("traceparent: 00-{trace}-{parent}-01"),
+        "-H",
+        "tracestate: vendor=x",
+        &server.url("/a/1"),
+    ])
+    .unwrap();
+    curl(&[
+        "-H",
+        &format!("traceparent: 00-{}-{parent}-01", trace.to_uppercase()),
+        &server.url("/b/2"),
+    ])
+    .unwrap();
+    let servers = expect_spans(&receiver, server.port(), SERVER, 2);
+    let joined = servers
+        .iter()
+        .find(|s| s["name"] == "GET /a/{id}")
+        .expect("the /a span");
+    assert_eq!(joined["trace_id"], trace);
+    assert_eq!(joined["parent_span_id"], parent);
+    assert_eq!(joined["trace_state"], "vendor=x");
+    assert_ne!(joined["span_id"], parent);
+    let fresh = servers
+        .iter()
+        .find(|s| s["name"] == "GET /b/{id}")
+        .expect("the /b span");
+    assert_ne!(
+        fresh["trace_id"].as_str().map(str::to_lowercase),
+        Some(trace.to_owned())
+    );
+    assert_eq!(fresh["parent_span_id"], "");
+}
+
+/// One psql query → one CLIENT span (psql) and one SERVER span (the backend), `SELECT orders`.
+#[test]
+fn postgres_query_spans() {
+    let receiver = Receiver::start();
+    let pg = PgServer::start();
+    pg.psql(&["-c", "CREATE TABLE orders (id int, item text)"])
+        .unwrap();
+    let agent = receiver.agent("grpc");
+    pg.psql(&["-c", "SELECT item FROM orders WHERE id = 42"])
+        .unwrap();
+    let port = pg.port();
+    let spans: Vec<Value> = [SERVER, CLIENT]
+        .into_iter()
+        .flat_map(|kind| {
+            expect_spans(&receiver, port, kind, 1)
+                .into_iter()
+                .filter(|s| s["name"] == "SELECT orders")
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    for span in &spans {
+        assert_eq!(attr(span, "db.system.name"), "postgresql");
+        assert_eq!(attr(span, "db.namespace"), "postgres");
+        assert_eq!(attr(span, "db.operation.name"), "SELECT");
+        assert_eq!(attr(span, "db.collection.name"), "orders");
+        assert_eq!(
+            attr(span, "db.query.text"),
+            "SELECT item FROM orders WHERE id = ?"
+        );
+        assert_eq!(u(attr(span, "db.response.returned_rows")), 0);
+    }
+    assert_eq!(res(&spans[1], "process.executable.name"), "psql");
+    drop(agent);
+}
+
+/// The receiver goes away: capture and metrics go on, failed exports are counted, and spans
+/// made after it is back arrive. Every span is either exported or counted as dropped.
+#[test]
+fn collector_outage_is_survived_and_counted() {
+    let mut receiver = Receiver::start();
+    let server = PyServer::http_test_server();
+    let port = server.port().to_string();
+    let mut agent = receiver.agent("http/protobuf");
+    curl(&[&server.url("/before/1")]).unwrap();
+    expect_spans(&receiver, server.port(), SERVER, 1);
+
+    receiver.stop();
+    let down = 4;
+    for _ in 0..down {
+        curl(&[&server.url("/down/1")]).unwrap();
+    }
+    let labels = [("server_port", port.as_str())];
+    wait_for_metric(
+        &agent,
+        "http_server_request_duration_seconds_count",
+        &labels,
+        1.0 + down as f64,
+        WAIT,
+    )
+    .unwrap();
+    // Five attempts with backoff (0.25 + 0.5 + 1 + 2 s), then the batch is dropped.
+    assert!(
+        wait_until(WAIT, Duration::from_millis(200), || {
+            let m = agent.metrics();
+            m.sum("periscope_span_export_errors_total", &[]) >= 5.0
+                && m.sum(
+                    "periscope_spans_dropped_total",
+                    &[("reason", "export_failed")],
+                ) >= 2.0 * down as f64
+        }),
+        "{}",
+        agent.metrics().text()
+    );
+    assert!(agent.is_running());
+
+    receiver.restart();
+    let after = 3;
+    for _ in 0..after {
+        curl(&[&server.url("/after/1")]).unwrap();
+    }
+    let named = |name: &str| {
+        spans_to(&receiver, server.port(), SERVER)
+            .iter()
+            .filter(|s| s["name"] == name)
+            .count()
+    };
+    assert!(wait_until(WAIT, Duration::from_millis(200), || named(
+        "GET /after/{id}"
+    ) >= after));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(named("GET /after/{id}"), after);
+    assert_eq!(named("GET /before/{id}"), 1);
+    // Spans made while it was down were dropped (counted above), or, for a batch still being
+    // retried when it came back, exported late: never more than were made.
+    assert!(named("GET /down/{id}") < down);
+    wait_for_metric(
+        &agent,
+        "http_server_request_duration_seconds_count",
+        &labels,
+        (1 + down + after) as f64,
+        WAIT,
+    )
+    .unwrap();
+    let m = agent.metrics();
+    assert_eq!(
+        m.sum("periscope_spans_exported_total", &[]),
+        receiver.spans().len() as f64,
+        "{}",
+        m.text()
+    );
+    assert!(agent.is_running());
+}
+
+/// `--traces-stdout` without a collector: one JSON line per span on the agent's stdout.
+#[test]
+fn spans_as_json_lines_on_stdout() {
+    let server = PyServer::http_test_server();
+    let agent = Agent::start(&["--traces-stdout"]).unwrap();
+    let n = 3;
+    for _ in 0..n {
+        curl(&[&server.url("/status/201")]).unwrap();
+    }
+    let port = i64::from(server.port());
+    let lines = |kind: &str| -> Vec<Value> {
+        agent
+            .log()
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|s| s["kind"] == kind && s["attributes"]["server.port"].as_i64() == Some(port))
+            .collect()
+    };
+    assert!(wait_until(WAIT, Duration::from_millis(200), || lines(
+        "SERVER"
+    )
+    .len()
+        >= n
+        && lines("CLIENT").len() >= n));
+    std::thread::sleep(Duration::from_millis(1000));
+    for kind in ["SERVER", "CLIENT"] {
+        let spans = lines(kind);
+        assert_eq!(spans.len(), n, "{spans:#?}");
+        for s in &spans {
+            assert_eq!(s["name"], "GET /status/{id}");
+            assert_eq!(s["attributes"]["http.response.status_code"], 201);
+            assert_eq!(s["trace_id"].as_str().map(str::len), Some(32));
+            assert_eq!(s["resource"]["telemetry.distro.name"], "periscope");
+        }
+    }
+    let m = agent.metrics();
+    assert_eq!(
+        m.sum("periscope_spans_exported_total", &[]),
+        0.0,
+        "no collector"
+    );
+}
+
+/// Five Produce requests (kafka-python, each acknowledged) → five PRODUCER spans from the
+/// client and five SERVER spans from the broker, `orders publish`, one message each.
+#[test]
+fn kafka_produce_spans() {
+    let receiver = Receiver::start();
+    let kafka = MockKafka::start();
+    let _agent = receiver.agent("grpc");
+    let out = python_kafka_client(
+        &kafka,
+        r#"
+import os
+from kafka import KafkaProducer
+p = KafkaProducer(bootstrap_servers=os.environ["BOOTSTRAP"], acks=1, api_version=(2, 0, 0), linger_ms=0)
+for i in range(5):
+    p.send("orders", b"order %d" % i, partition=0).get(timeout=10)
+p.close()
+print("sent")
+"#,
+    )
+    .unwrap();
+    assert_eq!(out.trim(), "sent");
+    let port = kafka.port();
+    let publish = |kind: u64| -> Vec<Value> {
+        spans_to(&receiver, port, kind)
+            .into_iter()
+            .filter(|s| s["name"] == "orders publish")
+            .collect()
+    };
+    assert!(wait_until(WAIT, Duration::from_millis(200), || publish(4)
+        .len()
+        >= 5
+        && publish(SERVER).len() >= 5));
+    std::thread::sleep(Duration::from_millis(1500));
+    for kind in [4, SERVER] {
+        let spans = publish(kind);
+        assert_eq!(spans.len(), 5, "{spans:#?}");
+        for span in &spans {
+            assert_eq!(attr(span, "messaging.system"), "kafka");
+            assert_eq!(attr(span, "messaging.destination.name"), "orders");
+            assert_eq!(
+                attr(span, "messaging.operation.type").as_str(),
+                (kind == 4).then_some("publish")
+            );
+            assert_eq!(u(attr(span, "messaging.kafka.message.count")), 1);
+            assert_eq!(span["status_code"], 0);
+        }
+    }
+}
+
+/// A gateway that calls a backend from the thread handling each request.
+const GATEWAY: &str = r#"
+import sys, urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+backend = int(sys.argv[2])
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        body = b"hello\n"
+        if self.path == "/proxy":
+            with urllib.request.urlopen("http://127.0.0.1:%d/status/200" % backend) as r:
+                body = r.read()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"#;
+
+/// The backend call a gateway thread makes while handling a request is that request's child:
+/// same trace, parent = the server span.
+#[test]
+fn calls_made_while_serving_are_children() {
+    let receiver = Receiver::start();
+    let backend = PyServer::http_test_server();
+    let gateway = PyServer::launch(GATEWAY, &[&backend.port().to_string()]).unwrap();
+    let _agent = receiver.agent("grpc");
+    // The first request only makes the gateway known as a server.
+    curl(&[&gateway.url("/hello")]).unwrap();
+    expect_spans(&receiver, gateway.port(), SERVER, 1);
+    let n = 3;
+    for _ in 0..n {
+        assert_eq!(curl(&[&gateway.url("/proxy")]).unwrap(), "status 200\n");
+    }
+    let servers: Vec<Value> = expect_spans(&receiver, gateway.port(), SERVER, 1 + n)
+        .into_iter()
+        .filter(|s| s["name"] == "GET /proxy")
+        .collect();
+    let calls: Vec<Value> = expect_spans(&receiver, backend.port(), CLIENT, n);
+    assert_eq!(servers.len(), n);
+    for call in &calls {
+        assert_eq!(
+            u(res(call, "process.pid")),
+            u64::from(gateway.pid()),
+            "{call}"
+        );
+        let parent = servers
+            .iter()
+            .find(|s| s["span_id"] == call["parent_span_id"])
+            .unwrap_or_else(|| panic!("no server span is the parent of {call}\n{servers:#?}"));
+        assert_eq!(parent["trace_id"], call["trace_id"]);
+        assert!(u(&parent["start"]) <= u(&call["start"]) && u(&call["end"]) <= u(&parent["end"]));
+    }
+    let parents: std::collections::BTreeSet<String> = calls
+        .iter()
+        .map(|c| c["parent_span_id"].to_string())
+        .collect();
+    assert_eq!(parents.len(), n, "one call per request");
+}

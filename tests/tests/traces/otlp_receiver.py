@@ -1,0 +1,108 @@
+"""A real OTLP trace receiver for the tests: OTLP/HTTP (protobuf) and OTLP/gRPC, decoded with
+the official protobuf bindings (PyPI opentelemetry-proto) and grpcio.
+
+Usage: otlp_receiver.py <ready port> <http port> <grpc port> <output file>
+
+Each received span is appended to the output file as one JSON line (ids in hex, attributes as
+a flat object, the resource's attributes and the transport it came by). The ready port is
+opened last, so once it accepts both OTLP ports are listening.
+"""
+
+import json
+import socket
+import sys
+import threading
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import grpc
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+ready_port, http_port, grpc_port, out_path = (
+    int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+lock = threading.Lock()
+
+
+def value(any_value):
+    kind = any_value.WhichOneof("value")
+    return getattr(any_value, kind) if kind else None
+
+
+def record(request, transport):
+    lines = []
+    for rs in request.resource_spans:
+        resource = {kv.key: value(kv.value) for kv in rs.resource.attributes}
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                lines.append(json.dumps({
+                    "transport": transport,
+                    "scope": ss.scope.name,
+                    "trace_id": span.trace_id.hex(),
+                    "span_id": span.span_id.hex(),
+                    "parent_span_id": span.parent_span_id.hex(),
+                    "trace_state": span.trace_state,
+                    "flags": span.flags,
+                    "name": span.name,
+                    "kind": span.kind,
+                    "start": span.start_time_unix_nano,
+                    "end": span.end_time_unix_nano,
+                    "attributes": {kv.key: value(kv.value) for kv in span.attributes},
+                    "status_code": span.status.code,
+                    "resource": resource,
+                }))
+    with lock, open(out_path, "a") as out:
+        for line in lines:
+            out.write(line + "\n")
+
+
+class Http(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        request = trace_service_pb2.ExportTraceServiceRequest()
+        try:
+            if self.path != "/v1/traces" or \
+                    self.headers.get("Content-Type") != "application/x-protobuf":
+                raise DecodeError("wrong path or content type")
+            request.ParseFromString(body)
+        except DecodeError as e:
+            print("bad request:", self.path, e, flush=True)
+            self.send_response(400)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        record(request, "http")
+        reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args):
+        pass
+
+
+class Traces(trace_service_pb2_grpc.TraceServiceServicer):
+    def Export(self, request, context):
+        record(request, "grpc")
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), grpc_server)
+grpc_server.add_insecure_port(f"127.0.0.1:{grpc_port}")
+grpc_server.start()
+http_server = ThreadingHTTPServer(("127.0.0.1", http_port), Http)
+threading.Thread(target=http_server.serve_forever, daemon=True).start()
+
+ready = socket.socket()
+ready.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ready.bind(("127.0.0.1", ready_port))
+ready.listen(16)
+print("listening", flush=True)
+while True:
+    conn, _ = ready.accept()
+    conn.close()
