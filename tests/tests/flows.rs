@@ -184,6 +184,29 @@ fn expect(agent: &Agent, metric: &str, labels: &[(&str, &str)], value: f64) {
     wait_for_metric(agent, metric, labels, value, WAIT).unwrap();
 }
 
+/// The client sent `up` bytes and received `down`; the server saw the same from its side.
+fn expect_bytes(
+    agent: &Agent,
+    client: &[(&'static str, String)],
+    server: &[(&'static str, String)],
+    up: f64,
+    down: f64,
+) {
+    for (labels, direction, value) in [
+        (client, "transmit", up),
+        (client, "receive", down),
+        (server, "receive", up),
+        (server, "transmit", down),
+    ] {
+        expect(
+            agent,
+            BYTES,
+            &with(labels, &[("network_io_direction", direction)]),
+            value,
+        );
+    }
+}
+
 #[test]
 fn bytes_connections_and_rtt_match_exactly_per_direction_and_peer() {
     let agent = Agent::start(&[]).unwrap();
@@ -215,30 +238,7 @@ fn bytes_connections_and_rtt_match_exactly_per_direction_and_peer() {
     let c = client(&port, &net.server_ip);
     let s = server(&port, &net.client_ip);
     let (conns, up, down) = (conns as f64, up as f64, down as f64);
-    expect(
-        &agent,
-        BYTES,
-        &with(&c, &[("network_io_direction", "transmit")]),
-        conns * up,
-    );
-    expect(
-        &agent,
-        BYTES,
-        &with(&c, &[("network_io_direction", "receive")]),
-        conns * down,
-    );
-    expect(
-        &agent,
-        BYTES,
-        &with(&s, &[("network_io_direction", "receive")]),
-        conns * up,
-    );
-    expect(
-        &agent,
-        BYTES,
-        &with(&s, &[("network_io_direction", "transmit")]),
-        conns * down,
-    );
+    expect_bytes(&agent, &c, &s, conns * up, conns * down);
     for labels in [&c, &s] {
         expect(&agent, OPENED, &with(labels, &[]), conns);
         expect(&agent, CLOSED, &with(labels, &[]), conns);
@@ -296,30 +296,7 @@ fn bytes_are_exact_when_the_server_closes_first() {
     let (conns, up, down) = (conns as f64, up as f64, down as f64);
     expect(&agent, CLOSED, &with(&c, &[]), conns);
     expect(&agent, CLOSED, &with(&s, &[]), conns);
-    expect(
-        &agent,
-        BYTES,
-        &with(&c, &[("network_io_direction", "transmit")]),
-        conns * up,
-    );
-    expect(
-        &agent,
-        BYTES,
-        &with(&c, &[("network_io_direction", "receive")]),
-        conns * down,
-    );
-    expect(
-        &agent,
-        BYTES,
-        &with(&s, &[("network_io_direction", "receive")]),
-        conns * up,
-    );
-    expect(
-        &agent,
-        BYTES,
-        &with(&s, &[("network_io_direction", "transmit")]),
-        conns * down,
-    );
+    expect_bytes(&agent, &c, &s, conns * up, conns * down);
 }
 
 #[test]
