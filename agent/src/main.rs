@@ -15,13 +15,33 @@ use periscope::export::http;
 use periscope::export::otlp::context::{IdGenerator, Sampler};
 use periscope::export::otlp::convert::{Converter, WallClock};
 use periscope::export::otlp::{exporter, SpanMetrics, SpanSink, TraceSettings};
-use periscope::export::prometheus::{Metrics, ReasonLabel};
+use periscope::export::prometheus::Metrics;
+#[cfg(feature = "kubernetes")]
+use periscope::export::prometheus::ReasonLabel;
+#[cfg(feature = "kubernetes")]
 use periscope::metadata::kubernetes::{self, Attribution, KubeEvent, KubeSettings};
 use periscope::metadata::ClusterView;
 use periscope::syscalls::{Poller, PollerSettings, SyscallCollector};
 
+/// A build without the `kubernetes` feature can only run standalone.
+#[cfg(not(feature = "kubernetes"))]
+fn start_kubernetes(
+    config: &Config,
+    _metrics: &Arc<Metrics>,
+    _registry: &mut Registry,
+) -> anyhow::Result<Option<Arc<dyn ClusterView>>> {
+    if config.kubernetes_enabled() {
+        anyhow::bail!(
+            "this build has no Kubernetes support (cargo feature `kubernetes`): run with \
+             --kubernetes off"
+        );
+    }
+    Ok(None)
+}
+
 /// Starts the Kubernetes watch when attribution is on; its state changes become log lines and
 /// self-metrics together.
+#[cfg(feature = "kubernetes")]
 fn start_kubernetes(
     config: &Config,
     metrics: &Arc<Metrics>,

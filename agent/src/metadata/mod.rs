@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 pub mod cgroup;
 pub mod cgroup_paths;
+#[cfg(feature = "kubernetes")]
 pub mod kubernetes;
 
 /// Identity of one process (thread group), cached per tgid until it exits.
@@ -24,7 +25,7 @@ pub struct ProcessInfo {
     /// `app.kubernetes.io/name` label, else its workload's name.
     pub service_name: String,
     /// Kubernetes pod UID when the process runs in a pod (from its cgroup path), the key for
-    /// [`kubernetes::Attribution::pod`].
+    /// Kubernetes attribution (`kubernetes::Attribution::pod`).
     pub pod_uid: Option<String>,
     /// Pod, container and workload, once the Kubernetes watch knows the pod.
     pub k8s: Option<Arc<K8sIdentity>>,
