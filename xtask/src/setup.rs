@@ -27,7 +27,7 @@ const APT_PACKAGES: &[&str] = &[
     "kcat",       // an independent Kafka client for the Kafka tests
     "skopeo",     // reads the OCI archive `cargo xtask image` writes, in its test
     "umoci",      // unpacks that archive's layer, in the same test
-    "musl-tools", // a C compiler for musl: ring (rustls) in the static vmtest and image builds
+    "musl-tools", // a C compiler for musl: ring (rustls) in `cargo xtask image`'s static build
 ];
 
 /// Python packages the tests drive real servers and clients with: (pip name, import name).
