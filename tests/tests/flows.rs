@@ -184,6 +184,29 @@ fn expect(agent: &Agent, metric: &str, labels: &[(&str, &str)], value: f64) {
     wait_for_metric(agent, metric, labels, value, WAIT).unwrap();
 }
 
+/// A server peer in the server namespace and, once it listens, a client peer (`mode`) in the
+/// client namespace, both on `port`.
+fn start_pair(
+    dir: &TempDir,
+    net: &NetnsPair,
+    port: u16,
+    server_args: &[i64],
+    mode: &str,
+    client_args: &[i64],
+) -> (Peer, Peer) {
+    let mut srv = Peer::start(
+        dir,
+        &net.server_ns,
+        "server",
+        &net.server_ip,
+        port,
+        server_args,
+    );
+    srv.expect("ready");
+    let cli = Peer::start(dir, &net.client_ns, mode, &net.server_ip, port, client_args);
+    (srv, cli)
+}
+
 /// The client sent `up` bytes and received `down`; the server saw the same from its side.
 fn expect_bytes(
     agent: &Agent,
@@ -214,21 +237,12 @@ fn bytes_connections_and_rtt_match_exactly_per_direction_and_peer() {
     let dir = TempDir::new("flows").unwrap();
     let port = free_port();
     let (conns, up, down) = (7, 12_345, 54_321);
-    let mut srv = Peer::start(
+    let (mut srv, mut cli) = start_pair(
         &dir,
-        &net.server_ns,
-        "server",
-        &net.server_ip,
+        &net,
         port,
         &[conns, up, down],
-    );
-    srv.expect("ready");
-    let mut cli = Peer::start(
-        &dir,
-        &net.client_ns,
         "client",
-        &net.server_ip,
-        port,
         &[conns, up, down, 0],
     );
     cli.expect("done");
@@ -271,21 +285,12 @@ fn bytes_are_exact_when_the_server_closes_first() {
     let dir = TempDir::new("flows").unwrap();
     let port = free_port();
     let (conns, up, down) = (5, 777, 99_999);
-    let mut srv = Peer::start(
+    let (mut srv, mut cli) = start_pair(
         &dir,
-        &net.server_ns,
-        "server",
-        &net.server_ip,
+        &net,
         port,
         &[conns, up, down, 1],
-    );
-    srv.expect("ready");
-    let mut cli = Peer::start(
-        &dir,
-        &net.client_ns,
         "client",
-        &net.server_ip,
-        port,
         &[conns, up, down, 0],
     );
     cli.expect("done");
@@ -306,21 +311,12 @@ fn long_lived_connections_report_bytes_before_they_close() {
     let dir = TempDir::new("flows").unwrap();
     let port = free_port();
     let (up, down) = (100_000, 3_000);
-    let mut srv = Peer::start(
+    let (mut srv, mut cli) = start_pair(
         &dir,
-        &net.server_ns,
-        "server",
-        &net.server_ip,
+        &net,
         port,
         &[1, up, down],
-    );
-    srv.expect("ready");
-    let mut cli = Peer::start(
-        &dir,
-        &net.client_ns,
         "client",
-        &net.server_ip,
-        port,
         &[1, up, down, 1],
     );
     cli.expect("connected");
@@ -405,23 +401,7 @@ fn refused_timed_out_and_reset_connections_are_told_apart() {
 
     // Established, then reset by the server.
     let reset_port = free_port();
-    let mut srv = Peer::start(
-        &dir,
-        &net.server_ns,
-        "server",
-        &net.server_ip,
-        reset_port,
-        &[1, 10, -1],
-    );
-    srv.expect("ready");
-    let mut cli = Peer::start(
-        &dir,
-        &net.client_ns,
-        "reset",
-        &net.server_ip,
-        reset_port,
-        &[10],
-    );
+    let (mut srv, mut cli) = start_pair(&dir, &net, reset_port, &[1, 10, -1], "reset", &[10]);
     cli.expect("ConnectionResetError");
     srv.expect("done");
 
@@ -462,23 +442,7 @@ fn dropped_packets_are_counted_as_retransmits() {
     let dir = TempDir::new("flows").unwrap();
     let port = free_port();
     let up = 200_000;
-    let mut srv = Peer::start(
-        &dir,
-        &net.server_ns,
-        "server",
-        &net.server_ip,
-        port,
-        &[1, up, 10],
-    );
-    srv.expect("ready");
-    let mut cli = Peer::start(
-        &dir,
-        &net.client_ns,
-        "client",
-        &net.server_ip,
-        port,
-        &[1, up, 10, 1],
-    );
+    let (mut srv, mut cli) = start_pair(&dir, &net, port, &[1, up, 10], "client", &[1, up, 10, 1]);
     cli.expect("connected");
     let before = NetnsPair::retrans_segs(&net.client_ns).unwrap();
     let port_s = port.to_string();
@@ -529,23 +493,8 @@ fn flows_can_be_turned_off_and_their_series_are_capped() {
     let run = |args: &[&str]| {
         let agent = Agent::start(args).unwrap();
         let port = free_port();
-        let mut srv = Peer::start(
-            &dir,
-            &net.server_ns,
-            "server",
-            &net.server_ip,
-            port,
-            &[3, 10, 10],
-        );
-        srv.expect("ready");
-        let mut cli = Peer::start(
-            &dir,
-            &net.client_ns,
-            "client",
-            &net.server_ip,
-            port,
-            &[3, 10, 10, 0],
-        );
+        let (mut srv, mut cli) =
+            start_pair(&dir, &net, port, &[3, 10, 10], "client", &[3, 10, 10, 0]);
         cli.expect("done");
         srv.expect("done");
         (agent, port)
