@@ -21,10 +21,10 @@
 use core::ffi::c_void;
 
 use agent_ebpf::{
-    Config, ConnInfo, Counter, EventHeader, EventKind, SockKey, Syscall, COUNTERS_LEN, DIR_EGRESS,
-    DIR_INGRESS, HEADER_LEN, MAX_CAPTURE, MAX_IOVECS, OPEN_COMM_OFFSET, OPEN_PAYLOAD_LEN,
-    ORIGIN_ACCEPT, ORIGIN_CONNECT, RECENT_FDS, SOCKADDR_LEN, SYSCALL_STATS_IN_IO_EXIT,
-    SYSCALL_STATS_OFF,
+    Config, ConnInfo, Counter, EventHeader, EventKind, LocalAddr, SockKey, Syscall, COUNTERS_LEN,
+    DIR_EGRESS, DIR_INGRESS, HEADER_LEN, MAX_CAPTURE, MAX_IOVECS, OPEN_COMM_OFFSET,
+    OPEN_LOCAL_OFFSET, OPEN_PAYLOAD_LEN, ORIGIN_ACCEPT, ORIGIN_CONNECT, RECENT_FDS, SOCKADDR_LEN,
+    SYSCALL_STATS_IN_IO_EXIT, SYSCALL_STATS_OFF,
 };
 use aya_ebpf::{
     helpers::{
@@ -36,7 +36,7 @@ use aya_ebpf::{
     },
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{SockOpsContext, TracePointContext},
 };
 
 /// Set by the loader (`EbpfLoader::override_global`).
@@ -107,6 +107,11 @@ pub struct RecentFds {
     fds: [i32; RECENT_FDS],
     next: u32,
 }
+
+/// Local addresses of sockets being connected, by connecting thread (`pid_tgid`): written by
+/// `connect_local` inside `connect(2)`, taken by `on_connect` as the same syscall returns.
+#[map]
+static CONNECTING: LruHashMap<u64, LocalAddr> = LruHashMap::with_max_entries(4096, 0);
 
 /// Per-CPU sequence for connection ids.
 #[map]
@@ -560,9 +565,79 @@ fn open_conn(pid_tgid: u64, fd: i32, addr: u64, origin: u8, syscall: Syscall, li
         };
     }
     if let Ok(comm) = bpf_get_current_comm() {
-        buf.payload[OPEN_COMM_OFFSET..OPEN_PAYLOAD_LEN].copy_from_slice(&comm);
+        buf.payload[OPEN_COMM_OFFSET..OPEN_LOCAL_OFFSET].copy_from_slice(&comm);
+    }
+    if origin == ORIGIN_CONNECT {
+        fill_local(pid_tgid, &mut buf.payload);
     }
     submit(buf, OPEN_PAYLOAD_LEN as u64);
+}
+
+/// Writes the connecting socket's own address, as `connect_local` saw it, after the peer's
+/// `sockaddr` already in `payload`: only when it was for this peer port (a stale entry of an
+/// earlier connect of the thread that was not tracked is dropped).
+#[inline(always)]
+fn fill_local(pid_tgid: u64, payload: &mut [u8]) {
+    // SAFETY: copied out at once.
+    let Some(local) = (unsafe { CONNECTING.get(&pid_tgid) }).copied() else {
+        return;
+    };
+    let _ = CONNECTING.remove(&pid_tgid);
+    if payload[2..4] != local.remote_port_be.to_ne_bytes() {
+        return;
+    }
+    let out = &mut payload[OPEN_LOCAL_OFFSET..OPEN_PAYLOAD_LEN];
+    out[0..2].copy_from_slice(&local.family.to_ne_bytes());
+    out[2..4].copy_from_slice(&local.port_be.to_ne_bytes());
+    if local.family == AF_INET {
+        out[4..8].copy_from_slice(&local.addr[0].to_ne_bytes());
+    } else {
+        out[8..12].copy_from_slice(&local.addr[0].to_ne_bytes());
+        out[12..16].copy_from_slice(&local.addr[1].to_ne_bytes());
+        out[16..20].copy_from_slice(&local.addr[2].to_ne_bytes());
+        out[20..24].copy_from_slice(&local.addr[3].to_ne_bytes());
+    }
+}
+
+/// `sock_ops` program: at `BPF_SOCK_OPS_TCP_CONNECT_CB` the kernel has picked the source port
+/// and runs in the thread calling `connect(2)`, so the local address is kept for `on_connect`.
+/// Needs `bpf_get_current_pid_tgid` in `sock_ops` programs (Linux 6.10+); on older kernels the
+/// program is refused and connections just carry no local address.
+pub fn connect_local(ctx: &SockOpsContext) {
+    const OP_TCP_CONNECT_CB: u32 = 3;
+    if ctx.op() != OP_TCP_CONNECT_CB {
+        return;
+    }
+    // SAFETY: the context is a valid `bpf_sock_ops`.
+    let ops = unsafe { &*ctx.ops };
+    let family = ops.family as u16;
+    if family != AF_INET && family != AF_INET6 {
+        return;
+    }
+    // Each field is loaded on its own: the verifier refuses loads through a moved context
+    // pointer, which a copy of the whole array would compile to.
+    // SAFETY: plain loads of context fields.
+    let addr = unsafe {
+        if family == AF_INET {
+            [core::ptr::read_volatile(&ops.local_ip4), 0, 0, 0]
+        } else {
+            [
+                core::ptr::read_volatile(&ops.local_ip6[0]),
+                core::ptr::read_volatile(&ops.local_ip6[1]),
+                core::ptr::read_volatile(&ops.local_ip6[2]),
+                core::ptr::read_volatile(&ops.local_ip6[3]),
+            ]
+        }
+    };
+    let local = LocalAddr {
+        family,
+        port_be: (ops.local_port as u16).to_be(),
+        // The network-order port sits in the upper 16 bits (see `flows.rs`).
+        remote_port_be: (ops.remote_port >> 16) as u16,
+        _pad: 0,
+        addr,
+    };
+    let _ = CONNECTING.insert(&bpf_get_current_pid_tgid(), &local, 0);
 }
 
 #[inline(always)]
@@ -655,7 +730,7 @@ fn inherit(child_pid_tgid: u64, fd: i32, parent: ConnInfo) {
     buf.payload[..OPEN_PAYLOAD_LEN].fill(0);
     buf.payload[..8].copy_from_slice(&parent.conn_id.to_ne_bytes());
     if let Ok(comm) = bpf_get_current_comm() {
-        buf.payload[OPEN_COMM_OFFSET..OPEN_PAYLOAD_LEN].copy_from_slice(&comm);
+        buf.payload[OPEN_COMM_OFFSET..OPEN_LOCAL_OFFSET].copy_from_slice(&comm);
     }
     submit(buf, OPEN_PAYLOAD_LEN as u64);
 }

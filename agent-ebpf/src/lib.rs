@@ -19,8 +19,28 @@ pub const SOCKADDR_LEN: usize = 28;
 /// that exits at once (a `curl`) is still named, even when `/proc` has forgotten it.
 pub const OPEN_COMM_OFFSET: usize = 32;
 pub const COMM_LEN: usize = 16;
-/// Payload length of an `Open` event: sockaddr, padding, comm.
-pub const OPEN_PAYLOAD_LEN: usize = OPEN_COMM_OFFSET + COMM_LEN;
+/// Where a connecting socket's own address sits in an `Open` event from `connect` (a
+/// `sockaddr_in`/`sockaddr_in6`, zeroed when unknown): the server end of the same connection on
+/// this node sees it as its peer, which is how a trace crosses from one process to another.
+pub const OPEN_LOCAL_OFFSET: usize = OPEN_COMM_OFFSET + COMM_LEN;
+/// Payload length of an `Open` event: peer sockaddr, padding, comm, local sockaddr.
+pub const OPEN_PAYLOAD_LEN: usize = OPEN_LOCAL_OFFSET + SOCKADDR_LEN;
+
+/// A connecting socket's local address, as the `sock_ops` connect callback saw it (after the
+/// kernel picked the source port), kept by thread until `connect(2)` returns.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LocalAddr {
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// Local port, network order.
+    pub port_be: u16,
+    /// The peer's port, network order: `connect` checks it against its own argument.
+    pub remote_port_be: u16,
+    pub _pad: u16,
+    /// Local address as the kernel stores it (network order); IPv4 in the first word.
+    pub addr: [u32; 4],
+}
 
 /// The kernel never wakes the reader (that would cost a context switch per event); the reader
 /// drains the ring buffer every `DRAIN_INTERVAL_MS` while events flow, backing off to

@@ -177,6 +177,13 @@ mod programs {
         io::process_exit(&ctx)
     }
 
+    /// The local address of each connecting socket, for `Open` events (see `io::connect_local`).
+    #[aya_ebpf::macros::sock_ops]
+    pub fn connect_local(ctx: aya_ebpf::programs::SockOpsContext) -> u32 {
+        io::connect_local(&ctx);
+        1
+    }
+
     /// TCP flows: records the owner of each new TCP socket (see `flows.rs`).
     #[aya_ebpf::macros::cgroup_sock(sock_create)]
     pub fn flow_sock_create(ctx: aya_ebpf::programs::SockContext) -> i32 {

@@ -37,6 +37,11 @@ pub struct Endpoint {
     /// The thread whose read or write completed the exchange (for a server, the one that wrote
     /// the response; for a client, the one that read it), when known.
     pub tid: Option<u32>,
+    /// The connection's id (unique while the agent runs).
+    pub conn_id: u64,
+    /// For a server exchange: the connection of the client end on this node, when Periscope
+    /// sees it (its `conn_id`); the client exchange whose time holds this one is its caller.
+    pub peer_conn: Option<u64>,
 }
 
 /// Protocol-specific attributes of an exchange.

@@ -14,7 +14,7 @@ use agent_ebpf::{
 };
 use anyhow::{bail, Context};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
-use aya::programs::{BtfTracePoint, FExit, RawTracePoint, TracePoint};
+use aya::programs::{BtfTracePoint, CgroupAttachMode, FExit, RawTracePoint, SockOps, TracePoint};
 use aya::Btf;
 use aya::{Ebpf, EbpfLoader};
 
@@ -189,6 +189,16 @@ impl Capture {
                 .with_context(|| format!("attaching {program} to tracepoint {category}:{name}"))?;
         }
         let hooks = attach_syscall_hooks(&mut ebpf, settings.hooks)?;
+        let local_addresses = match attach_connect_local(&mut ebpf) {
+            Ok(()) => "on",
+            Err(e) => {
+                log::info!(
+                    "capture: client connections carry no local address, so traces do not \
+                     cross from a client to a server on this node ({e:#})"
+                );
+                "off"
+            }
+        };
         let syscall_stats = match syscall_stats {
             SYSCALL_STATS_OFF => None,
             _ => Some(attach_syscall_stats(&mut ebpf, hooks, syscall_stats)?),
@@ -201,7 +211,7 @@ impl Capture {
             counters: PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)?,
         };
         log::info!(
-            "capture: syscall hooks on {}, capture {} B per syscall, ring buffer {} KiB; syscall statistics {}",
+            "capture: syscall hooks on {}, local addresses of connects {local_addresses}, capture {} B per syscall, ring buffer {} KiB; syscall statistics {}",
             hooks.as_str(),
             settings.capture_bytes,
             settings.ringbuf_bytes / 1024,
@@ -256,6 +266,20 @@ impl Capture {
 }
 
 /// Attaches the syscall exit hook with the chosen (or best available) mechanism.
+/// Attaches the `sock_ops` program that gives `Open` events from `connect` the socket's local
+/// address. Refused by kernels before 6.10 (no `bpf_get_current_pid_tgid` in `sock_ops`).
+fn attach_connect_local(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let root = flows::cgroup2_root().context("no cgroup v2 hierarchy is mounted")?;
+    let cgroup = std::fs::File::open(&root)
+        .with_context(|| format!("opening the cgroup v2 root {}", root.display()))?;
+    let ops: &mut SockOps = program_of(ebpf, "connect_local")?.try_into()?;
+    ops.load()
+        .context("the kernel rejected program connect_local")?;
+    ops.attach(&cgroup, CgroupAttachMode::Single)
+        .with_context(|| format!("attaching connect_local to {}", root.display()))?;
+    Ok(())
+}
+
 fn attach_syscall_hooks(ebpf: &mut Ebpf, mode: HookMode) -> anyhow::Result<HookMode> {
     if matches!(mode, HookMode::Auto | HookMode::Fexit) {
         match attach_fexit_hooks(ebpf) {

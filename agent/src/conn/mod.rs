@@ -190,6 +190,7 @@ struct FeedContext<'a> {
     sink: &'a mut dyn Sink,
     actions: &'a mut Vec<KernelAction>,
     conn_id: u64,
+    peer_conn: Option<u64>,
 }
 
 /// Feeds one syscall's bytes to a connection's decoder and reports what it completed.
@@ -232,7 +233,11 @@ fn feed(
         Ok(()) => decoder.stopped(),
     };
     ctx.topic_names.learn_and_resolve(ctx.scratch);
-    emit(conn, role, ctx.scratch, ctx.sink);
+    let ids = ConnIds {
+        conn_id: ctx.conn_id,
+        peer_conn: ctx.peer_conn,
+    };
+    emit(conn, ids, role, ctx.scratch, ctx.sink);
     if let Some(reason) = mute {
         conn.state = State::Muted;
         ctx.actions.push(KernelAction::Mute {
@@ -251,6 +256,8 @@ struct Conn {
     mid_stream: bool,
     peer: Option<SocketAddr>,
     server_port: Option<u16>,
+    /// The socket's own address, for client connections whose `Open` carried it.
+    local: Option<SocketAddr>,
     process: Arc<ProcessInfo>,
     state: State,
     last_ns: u64,
@@ -270,6 +277,9 @@ pub struct Tracker {
     /// name the topics of Fetch requests (v13+) that carry only ids.
     topic_names: TopicNames,
     protocols: decoder::Protocols,
+    /// Client connections by their local address, with the server port they connect to: a
+    /// server connection whose peer is one of them is the other end of the same connection.
+    clients: FxHashMap<SocketAddr, (u64, Option<u16>)>,
 }
 
 impl Tracker {
@@ -281,6 +291,7 @@ impl Tracker {
             scratch: Vec::new(),
             topic_names: TopicNames::default(),
             protocols: decoder::Protocols::default(),
+            clients: FxHashMap::default(),
         }
     }
 
@@ -311,6 +322,10 @@ impl Tracker {
         } else {
             found.remote.port()
         };
+        let local = (!found.is_server).then_some(found.local);
+        if let Some(local) = local {
+            self.clients.insert(local, (conn_id, Some(server_port)));
+        }
         self.conns.insert(
             conn_id,
             Conn {
@@ -320,6 +335,7 @@ impl Tracker {
                 mid_stream: true,
                 peer: Some(found.remote),
                 server_port: Some(server_port),
+                local,
                 process,
                 state: State::Detecting {
                     chunks_seen: 0,
@@ -345,7 +361,7 @@ impl Tracker {
             Some(EventKind::Data) => self.data(header, payload, sink, actions),
             Some(EventKind::Close) => {
                 if let Some(conn) = self.conns.remove(&header.conn_id) {
-                    self.finish(conn, header.ts_ns, EndReason::Closed, sink);
+                    self.finish(header.conn_id, conn, header.ts_ns, EndReason::Closed, sink);
                 }
             }
             Some(EventKind::ProcessExit) => {
@@ -373,6 +389,16 @@ impl Tracker {
             agent_ebpf::ORIGIN_ACCEPT => self.listeners.port(header.tgid, header.listen_fd),
             _ => peer.map(|p| p.port()),
         };
+        let local = match header.origin {
+            agent_ebpf::ORIGIN_CONNECT => payload
+                .get(agent_ebpf::OPEN_LOCAL_OFFSET..)
+                .and_then(parse_sockaddr)
+                .filter(|a| a.port() != 0),
+            _ => None,
+        };
+        if let Some(local) = local {
+            self.clients.insert(local, (header.conn_id, server_port));
+        }
         self.conns.insert(
             header.conn_id,
             Conn {
@@ -382,6 +408,7 @@ impl Tracker {
                 mid_stream: false,
                 peer,
                 server_port,
+                local,
                 process,
                 state: State::Detecting {
                     chunks_seen: 0,
@@ -429,6 +456,7 @@ impl Tracker {
                 origin: header.origin,
                 peer,
                 server_port,
+                local: None,
                 process,
                 // Bytes may already have flowed: detect like a connection found in /proc.
                 mid_stream: seen_data,
@@ -472,6 +500,7 @@ impl Tracker {
                     mid_stream: true,
                     peer: None,
                     server_port: None,
+                    local: None,
                     process,
                     state: State::Detecting {
                         chunks_seen: 0,
@@ -501,12 +530,14 @@ impl Tracker {
             }
             Detection::Decided(held) => held,
         };
+        let peer_conn = peer_conn(conn, &self.clients);
         let mut ctx = FeedContext {
             scratch: &mut self.scratch,
             topic_names: &mut self.topic_names,
             sink,
             actions,
             conn_id: header.conn_id,
+            peer_conn,
         };
         // Bytes held back while the protocol was being recognised go first, in order.
         if let Some(held) = held {
@@ -520,7 +551,20 @@ impl Tracker {
         feed(conn, &mut ctx, ingress, header.ts_ns, payload, len);
     }
 
-    fn finish(&mut self, mut conn: Conn, ts_ns: u64, reason: EndReason, sink: &mut dyn Sink) {
+    fn finish(
+        &mut self,
+        conn_id: u64,
+        mut conn: Conn,
+        ts_ns: u64,
+        reason: EndReason,
+        sink: &mut dyn Sink,
+    ) {
+        let peer_conn = peer_conn(&conn, &self.clients);
+        if let Some(local) = conn.local {
+            if self.clients.get(&local).map(|(id, _)| *id) == Some(conn_id) {
+                self.clients.remove(&local);
+            }
+        }
         if let State::Decoding { role, decoder } = &mut conn.state {
             let role = *role;
             self.scratch.clear();
@@ -530,7 +574,8 @@ impl Tracker {
             if stats != DecoderStats::default() {
                 sink.decoder_stats(decoder.protocol(), stats);
             }
-            emit(&conn, role, &mut self.scratch, sink);
+            let ids = ConnIds { conn_id, peer_conn };
+            emit(&conn, ids, role, &mut self.scratch, sink);
         }
         sink.ended(reason);
     }
@@ -555,7 +600,7 @@ impl Tracker {
                     fd: conn.fd,
                     conn_id: id,
                 });
-                self.finish(conn, ts_ns, EndReason::ProcessExit, sink);
+                self.finish(id, conn, ts_ns, EndReason::ProcessExit, sink);
             }
         }
         self.processes.forget(tgid);
@@ -588,7 +633,7 @@ impl Tracker {
                         fd: conn.fd,
                         conn_id: id,
                     });
-                    self.finish(conn, last, EndReason::Expired, sink);
+                    self.finish(id, conn, last, EndReason::Expired, sink);
                 }
             }
             self.processes.forget(tgid);
@@ -602,7 +647,23 @@ impl Tracker {
     }
 }
 
-fn emit(conn: &Conn, role: Role, details: &mut Vec<Detail>, sink: &mut dyn Sink) {
+/// For a server connection, the client connection on this node that is its other end.
+fn peer_conn(conn: &Conn, clients: &FxHashMap<SocketAddr, (u64, Option<u16>)>) -> Option<u64> {
+    if conn.local.is_some() {
+        return None;
+    }
+    let (id, server_port) = clients.get(&conn.peer?)?;
+    (server_port.is_some() && *server_port == conn.server_port).then_some(*id)
+}
+
+/// A connection's id, and for a server connection the id of its client end on this node.
+#[derive(Clone, Copy)]
+struct ConnIds {
+    conn_id: u64,
+    peer_conn: Option<u64>,
+}
+
+fn emit(conn: &Conn, ids: ConnIds, role: Role, details: &mut Vec<Detail>, sink: &mut dyn Sink) {
     for detail in details.drain(..) {
         let (start_ns, end_ns) = detail.span();
         let exchange = Exchange {
@@ -614,6 +675,12 @@ fn emit(conn: &Conn, role: Role, details: &mut Vec<Detail>, sink: &mut dyn Sink)
                 peer: conn.peer,
                 server_port: conn.server_port,
                 tid: (conn.last_tid != 0).then_some(conn.last_tid),
+                conn_id: ids.conn_id,
+                peer_conn: if role == Role::Server {
+                    ids.peer_conn
+                } else {
+                    None
+                },
             },
             detail,
         };

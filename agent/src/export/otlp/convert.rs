@@ -59,27 +59,24 @@ pub struct Converter {
 }
 
 impl Converter {
-    /// The span for this exchange, or `None` when the sampler drops its trace.
-    pub fn span(&mut self, exchange: &Exchange) -> Option<Span> {
+    /// The span for this exchange, with the `traceparent` its request carried. Sampling waits
+    /// until the span's trace is settled (see `parents`).
+    pub fn span(&mut self, exchange: &Exchange) -> (Span, Option<TraceParent>) {
+        // A server joins the caller's trace; a client request that carries a `traceparent` was
+        // made by instrumented code inside that span (or passed on by a proxy).
         let parent = match &exchange.detail {
-            Detail::Http(h) if exchange.role == Role::Server => {
-                h.traceparent.as_deref().and_then(parse_traceparent)
-            }
+            Detail::Http(h) => h.traceparent.as_deref().and_then(parse_traceparent),
             _ => None,
         };
-        let trace_id = match &parent {
+        let mut span = describe(exchange, parent.as_ref());
+        span.trace_id = match &parent {
             Some(p) => p.trace_id,
             None => self.ids.trace_id(),
         };
-        if !self.sampler.sample(&trace_id, parent.as_ref()) {
-            return None;
-        }
-        let mut span = describe(exchange, parent.as_ref());
-        span.trace_id = trace_id;
         span.span_id = self.ids.span_id();
         span.start_unix_ns = self.clock.unix_ns(exchange.start_ns);
         span.end_unix_ns = self.clock.unix_ns(exchange.end_ns.max(exchange.start_ns));
-        Some(span)
+        (span, parent)
     }
 }
 
@@ -352,6 +349,8 @@ mod tests {
                 peer: Some("10.0.0.2:5000".parse().expect("literal")),
                 server_port: Some(8080),
                 tid: Some(7),
+                conn_id: 1,
+                peer_conn: None,
             },
             detail,
         }

@@ -15,8 +15,8 @@ use crate::metadata::ProcessInfo;
 
 use super::context::hex;
 use super::convert::{resource, Converter};
+use super::parents::{Arrival, Parents};
 use super::proto::{encode_request, ResourceSpans, Span, Value};
-use super::threads::ThreadParents;
 use super::SpanMetrics;
 
 /// Spans per export request at most.
@@ -171,7 +171,7 @@ pub async fn run(
         Protocol::HttpProtobuf => Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
     };
     let mut pending: Vec<(Arc<ProcessInfo>, Span)> = Vec::new();
-    let mut parents = ThreadParents::default();
+    let mut parents = Parents::default();
     let mut tick = tokio::time::interval(FLUSH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -181,21 +181,28 @@ pub async fn run(
                     if is_own_export(&exchange, settings.url.as_ref()) {
                         continue;
                     }
-                    let Some(span) = converter.span(&exchange) else { continue };
-                    let process = exchange.endpoint.process.clone();
-                    parents.offer(process, exchange.endpoint.tid, span, &mut pending);
+                    let (span, remote_parent) = converter.span(&exchange);
+                    let arrival = Arrival {
+                        process: exchange.endpoint.process.clone(),
+                        tid: exchange.endpoint.tid,
+                        conn_id: exchange.endpoint.conn_id,
+                        peer_conn: exchange.endpoint.peer_conn,
+                        remote_parent,
+                        span,
+                    };
+                    parents.offer(arrival, &converter.sampler, &mut pending);
                     if pending.len() >= MAX_BATCH {
                         flush(&client, &settings, &metrics, &host_name, &mut pending).await;
                     }
                 }
                 None => {
-                    parents.release(Instant::now(), true, &mut pending);
+                    parents.release(Instant::now(), true, &converter.sampler, &mut pending);
                     flush(&client, &settings, &metrics, &host_name, &mut pending).await;
                     return;
                 }
             },
             _ = tick.tick() => {
-                parents.release(Instant::now(), false, &mut pending);
+                parents.release(Instant::now(), false, &converter.sampler, &mut pending);
                 flush(&client, &settings, &metrics, &host_name, &mut pending).await;
             }
         }

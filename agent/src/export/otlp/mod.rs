@@ -11,8 +11,8 @@
 pub mod context;
 pub mod convert;
 pub mod exporter;
+pub mod parents;
 pub mod proto;
-pub mod threads;
 
 use std::sync::Arc;
 

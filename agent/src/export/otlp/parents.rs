@@ -1,0 +1,491 @@
+//! Parents without propagation: which span called which, worked out from what the kernel saw.
+//!
+//! Two links are known without any header:
+//! - **Same thread.** A client call made by the thread that is handling a server request is
+//!   that request's child (thread-per-request servers, blocking clients, and event loops while
+//!   one request is in flight on the thread). The thread is the one whose syscall completed
+//!   the exchange; event loops that move a request between threads are not parented.
+//! - **Same connection.** When the client end of a connection was seen on this node, a server
+//!   exchange on the other end is the child of the client exchange whose time holds it.
+//!
+//! A caller finishes after its callees (a server answers after its calls return, a client
+//! reads the answer after the server wrote it), so a span that may still get a parent waits
+//! here until it arrives, or [`HOLD`] has passed. A waiting span is adopted by its parent even
+//! if the parent must wait in turn (nginx's server span waits for curl's client span), and the
+//! trace id is settled only when the root of the tree is known: then the whole tree takes the
+//! root's trace and is sampled once, by the root's trace id.
+//!
+//! A `traceparent` in a request (see `Converter::span`) gives the span its trace and parent
+//! only if the span ends up a root: a link the kernel saw is closer. So a request through curl
+//! (with `-H traceparent`), nginx (which passes the header on) and an app is one tree under
+//! curl's span, in the header's trace. The two ends of a connection are stamped by different
+//! syscalls, so a callee may appear to start a few microseconds before its caller, or end a
+//! few after: the caller's start is moved back to the callee's (the caller's write began
+//! before the callee's read returned) and the callee's end is cut to the caller's (the answer
+//! was delivered by then), so that timings nest.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::metadata::ProcessInfo;
+
+use super::context::{Sampler, TraceParent};
+use super::proto::{Span, SpanKind};
+
+/// How long a span waits for its parent.
+pub const HOLD: Duration = Duration::from_secs(2);
+/// Spans waiting at most; beyond, new spans are sent at once (unparented).
+const MAX_HELD: usize = 4096;
+/// Server pids remembered at most (the set is cleared when full).
+const MAX_SERVERS: usize = 65536;
+/// Clock slack between the two ends of a connection: each end is stamped when its own syscall
+/// returned, so a server may finish reading a request a little before the client's write
+/// returns (the data is delivered inside the client's syscall).
+const CONN_SLACK_NS: u64 = 5_000_000;
+
+/// A span with its process, on its way to a batch.
+pub type Pending = (Arc<ProcessInfo>, Span);
+
+/// A new span and what the kernel knows about where it came from.
+pub struct Arrival {
+    pub process: Arc<ProcessInfo>,
+    /// The thread that completed the exchange.
+    pub tid: Option<u32>,
+    /// The exchange's connection.
+    pub conn_id: u64,
+    /// For a server span: the connection of its client end on this node.
+    pub peer_conn: Option<u64>,
+    /// The `traceparent` of the request, whose trace the span has joined.
+    pub remote_parent: Option<TraceParent>,
+    pub span: Span,
+}
+
+/// A span and the children it adopted, waiting for the tree's trace to be settled.
+struct Node {
+    process: Arc<ProcessInfo>,
+    remote_parent: Option<TraceParent>,
+    span: Span,
+    children: Vec<Node>,
+    /// Spans in this tree.
+    size: usize,
+}
+
+/// What a waiting span waits for.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Wait {
+    /// A server span of this (pid, thread) whose time holds it.
+    Thread(u32, u32),
+    /// A client span on this connection whose time holds it.
+    Conn(u64),
+}
+
+struct Waiting {
+    node: Node,
+    wait: Wait,
+}
+
+/// Spans waiting for their parents.
+#[derive(Default)]
+pub struct Parents {
+    waiting: HashMap<u64, Waiting>,
+    /// Keys of `waiting` by what they wait for.
+    by_wait: HashMap<Wait, Vec<u64>>,
+    /// Keys of `waiting` in arrival order, with their deadlines.
+    deadlines: VecDeque<(Instant, u64)>,
+    next_key: u64,
+    /// Spans held, adopted children included.
+    held: usize,
+    /// Processes seen serving: only their client calls may have a server parent.
+    servers: HashSet<u32>,
+}
+
+impl Parents {
+    /// Takes one span; whatever is settled by it (it, and the trees it completes) goes to
+    /// `out`, sampled.
+    pub fn offer(&mut self, arrival: Arrival, sampler: &Sampler, out: &mut Vec<Pending>) {
+        let pid = arrival.process.pid;
+        let server = arrival.span.kind == SpanKind::Server;
+        let mut node = Node {
+            process: arrival.process,
+            remote_parent: arrival.remote_parent,
+            span: arrival.span,
+            children: Vec::new(),
+            size: 1,
+        };
+        let adopt = match (server, arrival.tid) {
+            (true, Some(tid)) => Some(Wait::Thread(pid, tid)),
+            (true, None) => None,
+            (false, _) => Some(Wait::Conn(arrival.conn_id)),
+        };
+        if let Some(wait) = adopt {
+            self.adopt(wait, &mut node);
+        }
+        if server && arrival.tid.is_some() {
+            if self.servers.len() >= MAX_SERVERS {
+                self.servers.clear();
+            }
+            self.servers.insert(pid);
+        }
+        let wait = match (server, arrival.tid) {
+            (true, _) => arrival.peer_conn.map(Wait::Conn),
+            (false, Some(tid)) if self.servers.contains(&pid) => Some(Wait::Thread(pid, tid)),
+            (false, _) => None,
+        };
+        match wait {
+            Some(wait) if self.held + node.size <= MAX_HELD => {
+                let key = self.next_key;
+                self.next_key += 1;
+                self.held += node.size;
+                self.by_wait.entry(wait).or_default().push(key);
+                self.deadlines.push_back((Instant::now() + HOLD, key));
+                self.waiting.insert(key, Waiting { node, wait });
+            }
+            _ => settle(node, sampler, out),
+        }
+    }
+
+    /// Moves the spans waiting for `wait` whose time `parent` holds under it.
+    fn adopt(&mut self, wait: Wait, parent: &mut Node) {
+        let Some(keys) = self.by_wait.remove(&wait) else {
+            return;
+        };
+        let slack = match wait {
+            Wait::Thread(..) => 0,
+            Wait::Conn(_) => CONN_SLACK_NS,
+        };
+        // A client request has one server end: with requests pipelined on a connection
+        // (Kafka), the oldest waiting server span that fits is this request's.
+        let one = matches!(wait, Wait::Conn(_));
+        let mut left = Vec::new();
+        for key in keys {
+            let Some(w) = self.waiting.get(&key) else {
+                continue;
+            };
+            let child = &w.node.span;
+            let inside = parent.span.start_unix_ns <= child.start_unix_ns + slack
+                && child.end_unix_ns <= parent.span.end_unix_ns + slack;
+            if !inside || (one && !parent.children.is_empty()) {
+                left.push(key);
+                continue;
+            }
+            if let Some(mut w) = self.waiting.remove(&key) {
+                self.held -= w.node.size;
+                if slack > 0 {
+                    let (caller, callee) = (&mut parent.span, &mut w.node.span);
+                    caller.start_unix_ns = caller.start_unix_ns.min(callee.start_unix_ns);
+                    callee.end_unix_ns = callee.end_unix_ns.min(caller.end_unix_ns);
+                    callee.start_unix_ns = callee.start_unix_ns.min(callee.end_unix_ns);
+                }
+                parent.size += w.node.size;
+                parent.children.push(w.node);
+            }
+        }
+        if !left.is_empty() {
+            self.by_wait.insert(wait, left);
+        }
+    }
+
+    /// Settles the spans whose wait is over (all of them with `all`) as roots of their trees.
+    pub fn release(&mut self, now: Instant, all: bool, sampler: &Sampler, out: &mut Vec<Pending>) {
+        while let Some(&(deadline, key)) = self.deadlines.front() {
+            if !all && deadline > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            let Some(w) = self.waiting.remove(&key) else {
+                continue;
+            };
+            self.held -= w.node.size;
+            if let Some(keys) = self.by_wait.get_mut(&w.wait) {
+                keys.retain(|k| *k != key);
+                if keys.is_empty() {
+                    self.by_wait.remove(&w.wait);
+                }
+            }
+            settle(w.node, sampler, out);
+        }
+    }
+
+    /// Spans held now.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+}
+
+/// Sends a root and its descendants: every span takes the root's trace, children point at
+/// their adopter, and the root's trace id decides sampling for all.
+fn settle(root: Node, sampler: &Sampler, out: &mut Vec<Pending>) {
+    if !sampler.sample(&root.span.trace_id, root.remote_parent.as_ref()) {
+        return;
+    }
+    let mut stack = vec![root];
+    while let Some(node) = stack.pop() {
+        for mut child in node.children {
+            child.span.trace_id = node.span.trace_id;
+            child.span.parent_span_id = Some(node.span.span_id);
+            child.span.trace_state.clone_from(&node.span.trace_state);
+            stack.push(child);
+        }
+        out.push((node.process, node.span));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(kind: SpanKind, id: u8, start: u64, end: u64) -> Span {
+        Span {
+            trace_id: [id; 16],
+            span_id: [id; 8],
+            parent_span_id: None,
+            trace_state: String::new(),
+            name: String::new(),
+            kind,
+            start_unix_ns: start,
+            end_unix_ns: end,
+            attributes: Vec::new(),
+            error: None,
+        }
+    }
+
+    fn process(pid: u32) -> Arc<ProcessInfo> {
+        Arc::new(ProcessInfo {
+            pid,
+            comm: String::new(),
+            exe_name: String::new(),
+            container_id: None,
+            service_name: String::new(),
+            pod_uid: None,
+            k8s: None,
+            seq: u64::from(pid),
+        })
+    }
+
+    /// A span of process `pid`, thread `tid`, on connection `conn`.
+    fn arrival(pid: u32, tid: u32, conn: u64, span: Span) -> Arrival {
+        Arrival {
+            process: process(pid),
+            tid: Some(tid),
+            conn_id: conn,
+            peer_conn: None,
+            remote_parent: None,
+            span,
+        }
+    }
+
+    fn ids(out: &[Pending]) -> Vec<u8> {
+        out.iter().map(|(_, s)| s.span_id[0]).collect()
+    }
+
+    fn find(out: &[Pending], id: u8) -> &Span {
+        &out.iter()
+            .find(|(_, s)| s.span_id[0] == id)
+            .expect("span sent")
+            .1
+    }
+
+    #[test]
+    fn a_call_inside_a_request_on_its_thread_becomes_its_child() {
+        let on = Sampler::AlwaysOn;
+        let mut p = Parents::default();
+        let mut out = Vec::new();
+        p.offer(
+            arrival(1, 10, 100, span(SpanKind::Server, 1, 0, 5)),
+            &on,
+            &mut out,
+        );
+        assert_eq!(ids(&out), [1]);
+        out.clear();
+        // Held: the process serves requests.
+        p.offer(
+            arrival(1, 10, 200, span(SpanKind::Client, 2, 20, 30)),
+            &on,
+            &mut out,
+        );
+        // Another thread, and a call outside the request's time: not adopted.
+        p.offer(
+            arrival(1, 11, 201, span(SpanKind::Client, 3, 20, 30)),
+            &on,
+            &mut out,
+        );
+        p.offer(
+            arrival(1, 10, 202, span(SpanKind::Client, 4, 5, 30)),
+            &on,
+            &mut out,
+        );
+        // A process never seen serving: passed on at once.
+        p.offer(
+            arrival(2, 10, 203, span(SpanKind::Client, 5, 20, 30)),
+            &on,
+            &mut out,
+        );
+        assert_eq!(ids(&out), [5]);
+        out.clear();
+        p.offer(
+            arrival(1, 10, 101, span(SpanKind::Server, 6, 10, 40)),
+            &on,
+            &mut out,
+        );
+        assert_eq!(out.len(), 2);
+        let child = find(&out, 2);
+        assert_eq!(child.trace_id, [6; 16]);
+        assert_eq!(child.parent_span_id, Some([6; 8]));
+        out.clear();
+        p.release(Instant::now(), false, &on, &mut out);
+        assert!(out.is_empty());
+        p.release(Instant::now() + HOLD, false, &on, &mut out);
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|(_, s)| s.parent_span_id.is_none()));
+        assert_eq!(p.held(), 0);
+    }
+
+    /// curl → nginx → app: nginx's upstream call (its thread) and the app's server span (the
+    /// connection) arrive before their parents, which arrive leaf first.
+    #[test]
+    fn a_chain_across_processes_becomes_one_trace() {
+        let on = Sampler::AlwaysOn;
+        let mut p = Parents::default();
+        let mut out = Vec::new();
+        // A first request makes nginx (pid 2) and the app (pid 3) known servers.
+        p.offer(
+            arrival(2, 20, 900, span(SpanKind::Server, 90, 0, 1)),
+            &on,
+            &mut out,
+        );
+        p.offer(
+            arrival(3, 30, 901, span(SpanKind::Server, 91, 0, 1)),
+            &on,
+            &mut out,
+        );
+        out.clear();
+        // The app's server span, on the connection nginx opened (conn 22); the app's end of
+        // the connection finished reading a little before nginx's write returned.
+        let mut app = arrival(3, 30, 31, span(SpanKind::Server, 3, 1_000_000, 2_000_000));
+        app.peer_conn = Some(22);
+        p.offer(app, &on, &mut out);
+        // nginx's client span on conn 22 adopts it, and waits for nginx's server span.
+        p.offer(
+            arrival(2, 20, 22, span(SpanKind::Client, 2, 1_000_100, 2_100_000)),
+            &on,
+            &mut out,
+        );
+        // nginx's server span, on the connection curl opened (conn 11).
+        let mut nginx = arrival(2, 20, 21, span(SpanKind::Server, 4, 900_000, 2_200_000));
+        nginx.peer_conn = Some(11);
+        p.offer(nginx, &on, &mut out);
+        assert!(out.is_empty(), "the tree waits for its root");
+        assert_eq!(p.held(), 3);
+        // curl is no server: its span is the root, and settles the tree.
+        p.offer(
+            arrival(1, 10, 11, span(SpanKind::Client, 1, 800_000, 2_300_000)),
+            &on,
+            &mut out,
+        );
+        assert_eq!(out.len(), 4);
+        assert!(out.iter().all(|(_, s)| s.trace_id == [1; 16]));
+        assert_eq!(find(&out, 1).parent_span_id, None);
+        assert_eq!(find(&out, 4).parent_span_id, Some([1; 8]));
+        assert_eq!(find(&out, 2).parent_span_id, Some([4; 8]));
+        assert_eq!(find(&out, 3).parent_span_id, Some([2; 8]));
+        assert_eq!(p.held(), 0);
+    }
+
+    #[test]
+    fn a_seen_caller_wins_over_a_traceparent_and_the_root_samples_the_tree() {
+        let on = Sampler::AlwaysOn;
+        let mut p = Parents::default();
+        let mut out = Vec::new();
+        let header = TraceParent {
+            trace_id: [7; 16],
+            parent_id: [9; 8],
+            sampled: true,
+        };
+        // curl sent the header to nginx: both spans joined its trace.
+        let mut joined = arrival(2, 20, 21, span(SpanKind::Server, 4, 10, 20));
+        joined.peer_conn = Some(11);
+        joined.span.trace_id = header.trace_id;
+        joined.span.parent_span_id = Some(header.parent_id);
+        joined.remote_parent = Some(header);
+        p.offer(joined, &on, &mut out);
+        assert!(out.is_empty());
+        let mut curl = arrival(1, 10, 11, span(SpanKind::Client, 1, 12, 19));
+        curl.span.trace_id = header.trace_id;
+        curl.span.parent_span_id = Some(header.parent_id);
+        curl.remote_parent = Some(header);
+        p.offer(curl, &on, &mut out);
+        assert_eq!(find(&out, 1).parent_span_id, Some([9; 8]));
+        assert_eq!(find(&out, 4).parent_span_id, Some([1; 8]));
+        assert!(out.iter().all(|(_, s)| s.trace_id == [7; 16]));
+        // The ends' clocks are made to nest.
+        assert_eq!(
+            (find(&out, 1).start_unix_ns, find(&out, 1).end_unix_ns),
+            (10, 19)
+        );
+        assert_eq!(
+            (find(&out, 4).start_unix_ns, find(&out, 4).end_unix_ns),
+            (10, 19)
+        );
+        out.clear();
+        // Unseen, the caller named by the header is the parent.
+        let mut alone = arrival(2, 20, 24, span(SpanKind::Server, 8, 30, 40));
+        alone.peer_conn = Some(12);
+        alone.span.parent_span_id = Some(header.parent_id);
+        alone.remote_parent = Some(header);
+        p.offer(alone, &on, &mut out);
+        p.release(Instant::now() + HOLD, false, &on, &mut out);
+        assert_eq!(find(&out, 8).parent_span_id, Some([9; 8]));
+        out.clear();
+        // A dropped root drops the spans it adopted.
+        p.offer(
+            arrival(2, 20, 900, span(SpanKind::Server, 90, 0, 1)),
+            &Sampler::AlwaysOn,
+            &mut out,
+        );
+        out.clear();
+        p.offer(
+            arrival(2, 20, 22, span(SpanKind::Client, 2, 12, 18)),
+            &Sampler::AlwaysOn,
+            &mut out,
+        );
+        p.offer(
+            arrival(2, 20, 23, span(SpanKind::Server, 5, 10, 20)),
+            &Sampler::AlwaysOff,
+            &mut out,
+        );
+        assert!(out.is_empty());
+        assert_eq!(p.held(), 0);
+    }
+
+    #[test]
+    fn a_client_span_adopts_only_server_spans_inside_it() {
+        let on = Sampler::AlwaysOn;
+        let mut p = Parents::default();
+        let mut out = Vec::new();
+        // Two pipelined requests answered before the first answer was read, and a later one.
+        let servers = [
+            (3, 1_000, 2_000),
+            (4, 3_000, 4_000),
+            (5, 50_000_000, 60_000_000),
+        ];
+        for (id, start, end) in servers {
+            let mut server = arrival(3, 30, 31, span(SpanKind::Server, id, start, end));
+            server.peer_conn = Some(22);
+            p.offer(server, &on, &mut out);
+        }
+        let first = arrival(1, 10, 22, span(SpanKind::Client, 1, 0, 10_000_000));
+        p.offer(first, &on, &mut out);
+        assert_eq!(ids(&out), [1, 3], "one server end per request");
+        assert_eq!(p.held(), 2);
+        let second = arrival(1, 10, 22, span(SpanKind::Client, 2, 500, 10_000_000));
+        p.offer(second, &on, &mut out);
+        assert_eq!(ids(&out), [1, 3, 2, 4]);
+        assert_eq!(find(&out, 4).parent_span_id, Some([2; 8]));
+        out.clear();
+        p.release(Instant::now() + HOLD, true, &on, &mut out);
+        assert_eq!(ids(&out), [5]);
+        assert_eq!(out[0].1.parent_span_id, None);
+        assert!(p.by_wait.is_empty());
+    }
+}
