@@ -110,7 +110,8 @@ pub struct HttpArgs {
     /// Length of each wrk run, in seconds.
     #[arg(long, default_value_t = 10)]
     pub(crate) seconds: u64,
-    /// Measured rounds; each runs wrk once without and once with the agent.
+    /// Measured rounds; each runs wrk once per mode (`bench http`: without, then with the
+    /// agent).
     #[arg(long, default_value_t = 3)]
     pub(crate) rounds: usize,
     /// wrk connections (-c), all keep-alive.
