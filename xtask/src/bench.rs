@@ -12,28 +12,36 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use harness::{
-    agent_binary, cpu_time, rss_bytes, run_wrk, Agent, AgentOptions, Nginx, NginxOptions,
-    WrkOptions, WrkResult,
+    cpu_time, rss_bytes, run_wrk, Agent, AgentOptions, Metrics, Nginx, NginxOptions, WrkOptions,
+    WrkResult,
 };
 
-use crate::util::build_agent;
+use crate::util::{bench_agent, build_agent};
 
 pub(crate) const REQUESTS_METRIC: &str = "http_server_request_duration_seconds_count";
+/// The client ends' count: wrk's requests, decoded from wrk's own syscalls.
+pub(crate) const CLIENT_REQUESTS_METRIC: &str = "http_client_request_duration_seconds_count";
 pub(crate) const LOST_METRIC: &str = "periscope_kernel_events_lost_total";
 /// The label that tells nginx's series apart from other servers' on the machine.
 const PORT_LABEL: &str = "server_port";
 
 /// Requests the agent counted for the server on `port`: the series labelled with that
 /// `server_port`, or all series if the agent does not export that label.
-pub(crate) fn requests_counted(metrics: &harness::Metrics, port: u16) -> f64 {
+pub(crate) fn requests_counted(metrics: &Metrics, port: u16) -> f64 {
+    counted_for_port(metrics, REQUESTS_METRIC, port)
+}
+
+/// The sum of `metric` over the series labelled with `server_port` = `port`, or over all
+/// series if the agent does not export that label.
+pub(crate) fn counted_for_port(metrics: &Metrics, metric: &str, port: u16) -> f64 {
     let labelled = metrics
-        .samples(REQUESTS_METRIC)
+        .samples(metric)
         .iter()
         .any(|s| s.labels.contains_key(PORT_LABEL));
     if labelled {
-        metrics.sum(REQUESTS_METRIC, &[(PORT_LABEL, &port.to_string())])
+        metrics.sum(metric, &[(PORT_LABEL, &port.to_string())])
     } else {
-        metrics.sum(REQUESTS_METRIC, &[])
+        metrics.sum(metric, &[])
     }
 }
 
@@ -50,6 +58,25 @@ pub(crate) fn other_agents() -> Vec<u32> {
                 .is_ok_and(|exe| exe.file_name().is_some_and(|n| n == "periscope"))
         })
         .collect()
+}
+
+/// For the report: a warning naming the Periscope processes that were already running (also
+/// printed at once), whose `cost` (e.g. "their overhead is in every column") is in the
+/// figures; empty when there are none.
+pub(crate) fn other_agents_warning(cost: &str) -> String {
+    let others = other_agents();
+    if others.is_empty() {
+        return String::new();
+    }
+    eprintln!("[bench] warning: other periscope processes are running: {others:?}");
+    format!(" **Warning: other Periscope processes were running ({others:?}); {cost}.**")
+}
+
+/// `all` in the order for `round` (0 is the warm-up): rotated by one each round, so that
+/// every item runs in every position as often.
+pub(crate) fn rotated<T, const N: usize>(mut all: [T; N], round: usize) -> [T; N] {
+    all.rotate_left(round % N);
+    all
 }
 
 /// A CPU to pin a process to, or `none`.
@@ -77,15 +104,16 @@ impl fmt::Display for Cpu {
     }
 }
 
-/// Options of `cargo xtask bench http`.
+/// Options of `cargo xtask bench http` (and the nginx/wrk part of `bench traces`).
 #[derive(Debug, clap::Args)]
 pub struct HttpArgs {
     /// Length of each wrk run, in seconds.
     #[arg(long, default_value_t = 10)]
-    seconds: u64,
-    /// Measured rounds; each runs wrk once without and once with the agent.
+    pub(crate) seconds: u64,
+    /// Measured rounds; each runs wrk once per mode (`bench http`: without, then with the
+    /// agent).
     #[arg(long, default_value_t = 3)]
-    rounds: usize,
+    pub(crate) rounds: usize,
     /// wrk connections (-c), all keep-alive.
     #[arg(long, default_value_t = 50)]
     connections: u32,
@@ -111,11 +139,12 @@ pub struct HttpArgs {
 }
 
 impl HttpArgs {
-    /// The full command line, every option spelled out, for the report.
-    fn command(&self) -> String {
+    /// The full command line of `cargo xtask bench <bench>`, every option spelled out (with
+    /// `extra`, the options of that bench alone), for the report.
+    pub(crate) fn command(&self, bench: &str, extra: &str) -> String {
         let mut c = format!(
-            "cargo xtask bench http --seconds {} --rounds {} --connections {} --threads {} \
-             --nginx-cpu {} --wrk-cpu {} --agent-cpu {}",
+            "cargo xtask bench {bench} --seconds {} --rounds {} --connections {} --threads {} \
+             --nginx-cpu {} --wrk-cpu {} --agent-cpu {}{extra}",
             self.seconds,
             self.rounds,
             self.connections,
@@ -132,107 +161,164 @@ impl HttpArgs {
     }
 }
 
-/// What the agent did during one 'with' run.
-struct AgentRun {
-    cpu: Duration,
-    rss_bytes: u64,
-    lost: f64,
-    counted: f64,
+/// What a fresh agent did during one wrk run.
+pub(crate) struct AgentRun {
+    /// The agent's CPU from just before wrk started until it had caught up.
+    pub(crate) cpu: Duration,
+    pub(crate) rss_bytes: u64,
+    pub(crate) lost: f64,
+    /// Requests counted for the server's port during the run.
+    pub(crate) counted: f64,
+    /// Its metrics scraped just before wrk started, just after wrk ended, and once it had
+    /// caught up with the run.
+    pub(crate) before: Metrics,
+    pub(crate) wrk_end: Metrics,
+    pub(crate) settled: Metrics,
+    /// CPU of the watched processes (see [`run_with_agent`]) over wrk's run alone, and over
+    /// the agent's whole window.
+    pub(crate) watched_cpu_wrk: Duration,
+    pub(crate) watched_cpu: Duration,
 }
 
-struct Run {
-    wrk: WrkResult,
-    agent: Option<AgentRun>,
+impl AgentRun {
+    /// How much `metric` (summed over the series matching `labels`) grew during the run.
+    pub(crate) fn delta(&self, metric: &str, labels: &[(&str, &str)]) -> f64 {
+        self.settled.sum(metric, labels) - self.before.sum(metric, labels)
+    }
+}
+
+pub(crate) struct Run {
+    pub(crate) wrk: WrkResult,
+    pub(crate) agent: Option<AgentRun>,
 }
 
 impl Run {
-    fn cpu_us_per_request(&self) -> Option<f64> {
+    pub(crate) fn cpu_us_per_request(&self) -> Option<f64> {
         let a = self.agent.as_ref()?;
         Some(a.cpu.as_secs_f64() * 1e6 / self.wrk.requests.max(1) as f64)
     }
 }
 
+/// nginx answering `return 200` on keep-alive connections, and how to drive it and start
+/// the agent for `bench http` and `bench traces`.
+pub(crate) struct NginxBench {
+    pub(crate) nginx: Nginx,
+    pub(crate) wrk_options: WrkOptions,
+    pub(crate) agent_options: AgentOptions,
+    /// Where everything runs, and a warning if other agents were running, for the report.
+    pub(crate) placement: String,
+}
+
+impl NginxBench {
+    /// Checks the options, sets up the machine, builds the agent (unless told not to),
+    /// starts nginx and prints where everything runs. `extra` are more pinned processes:
+    /// (option, what, CPU).
+    pub(crate) fn start(args: &HttpArgs, extra: &[(&str, &str, Cpu)]) -> anyhow::Result<Self> {
+        if args.rounds == 0 || args.seconds == 0 {
+            bail!("--rounds and --seconds must be at least 1");
+        }
+        crate::setup::setup()?;
+        let bin = bench_agent(args.no_build, build_agent)?;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let pinned = [
+            ("--nginx-cpu", args.nginx_cpu),
+            ("--wrk-cpu", args.wrk_cpu),
+            ("--agent-cpu", args.agent_cpu),
+        ];
+        for (what, cpu) in pinned
+            .into_iter()
+            .chain(extra.iter().map(|&(option, _, cpu)| (option, cpu)))
+        {
+            if cpu.0.is_some_and(|c| c >= cpus) {
+                bail!("{what} {cpu}: this machine has only CPUs 0..{cpus}");
+            }
+        }
+
+        // keepalive_requests: nginx closes a keep-alive connection after 1000 requests by
+        // default; raise it so the whole run is pure keep-alive, as stated.
+        let nginx = Nginx::launch(&NginxOptions {
+            cpu: args.nginx_cpu.0,
+            ..NginxOptions::server(
+                "keepalive_requests 10000000;\n    keepalive_timeout 75s;\n    \
+                 location / { return 200 \"ok\\n\"; }",
+            )
+        })?;
+        let url = nginx.url("/");
+        let warning = other_agents_warning("their overhead is in every column");
+        let on = |cpu: Cpu| match cpu.0 {
+            Some(n) => format!("pinned to CPU {n}"),
+            None => "unpinned".to_owned(),
+        };
+        let extra: String = extra
+            .iter()
+            .map(|&(_, what, cpu)| format!(", {what} {}", on(cpu)))
+            .collect();
+        let placement = format!(
+            "nginx (master + 1 worker) {}, wrk -t{} -c{} {}, agent {}{extra} (taskset); {cpus} \
+             CPUs online",
+            on(args.nginx_cpu),
+            args.threads,
+            args.connections,
+            on(args.wrk_cpu),
+            on(args.agent_cpu)
+        );
+        println!("[bench] {placement}");
+        println!("[bench] target {url}, agent {}", bin.display());
+        Ok(NginxBench {
+            wrk_options: WrkOptions {
+                url,
+                threads: args.threads,
+                connections: args.connections,
+                duration: Duration::from_secs(args.seconds),
+                cpu: args.wrk_cpu.0,
+            },
+            agent_options: AgentOptions {
+                bin: Some(bin),
+                args: args.agent_args.clone(),
+                cpu: args.agent_cpu.0,
+                ..AgentOptions::default()
+            },
+            placement: format!("{placement}.{warning}"),
+            nginx,
+        })
+    }
+
+    /// One wrk run without the agent.
+    pub(crate) fn run_without(&self) -> anyhow::Result<Run> {
+        Ok(Run {
+            wrk: run_wrk(&self.wrk_options)?,
+            agent: None,
+        })
+    }
+
+    /// One wrk run under a fresh agent started with `agent_options`, waiting afterwards for
+    /// the agent to count every request nginx answered.
+    pub(crate) fn run_with(&self, agent_options: &AgentOptions) -> anyhow::Result<Run> {
+        let port = self.nginx.port();
+        run_with_agent(
+            &self.wrk_options,
+            agent_options,
+            port,
+            &[],
+            &CatchUp {
+                progress: &|m| requests_counted(m, port),
+                complete: &|before, now, wrk| {
+                    requests_counted(now, port) - requests_counted(before, port)
+                        >= wrk.requests as f64
+                },
+            },
+        )
+    }
+}
+
 /// Runs the benchmark and prints a Markdown report.
 pub fn http(args: &HttpArgs) -> anyhow::Result<()> {
-    if args.rounds == 0 || args.seconds == 0 {
-        bail!("--rounds and --seconds must be at least 1");
-    }
-    crate::setup::setup()?;
-    let custom_bin = std::env::var_os("PERISCOPE_BIN").is_some_and(|b| !b.is_empty());
-    if !args.no_build && !custom_bin {
-        build_agent()?;
-    }
-    let bin = agent_binary();
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    for (what, cpu) in [
-        ("--nginx-cpu", args.nginx_cpu),
-        ("--wrk-cpu", args.wrk_cpu),
-        ("--agent-cpu", args.agent_cpu),
-    ] {
-        if cpu.0.is_some_and(|c| c >= cpus) {
-            bail!("{what} {cpu}: this machine has only CPUs 0..{cpus}");
-        }
-    }
-
-    // keepalive_requests: nginx closes a keep-alive connection after 1000 requests by
-    // default; raise it so the whole run is pure keep-alive, as stated.
-    let nginx = Nginx::launch(&NginxOptions {
-        cpu: args.nginx_cpu.0,
-        ..NginxOptions::server(
-            "keepalive_requests 10000000;\n    keepalive_timeout 75s;\n    \
-             location / { return 200 \"ok\\n\"; }",
-        )
-    })?;
-    let url = nginx.url("/");
-    let nginx_port = nginx.port();
-    let others = other_agents();
-    let warning = if others.is_empty() {
-        String::new()
-    } else {
-        format!(
-            " **Warning: other Periscope processes were running ({others:?}); their overhead is \
-             in both columns.**"
-        )
-    };
-    if !others.is_empty() {
-        eprintln!("[bench] warning: other periscope processes are running: {others:?}");
-    }
-    let on = |cpu: Cpu| match cpu.0 {
-        Some(n) => format!("pinned to CPU {n}"),
-        None => "unpinned".to_owned(),
-    };
-    let placement = format!(
-        "nginx (master + 1 worker) {}, wrk -t{} -c{} {}, agent {} (taskset); {cpus} CPUs online",
-        on(args.nginx_cpu),
-        args.threads,
-        args.connections,
-        on(args.wrk_cpu),
-        on(args.agent_cpu)
-    );
-    println!("[bench] {placement}");
-    println!("[bench] target {url}, agent {}", bin.display());
-
-    let wrk_options = WrkOptions {
-        url,
-        threads: args.threads,
-        connections: args.connections,
-        duration: Duration::from_secs(args.seconds),
-        cpu: args.wrk_cpu.0,
-    };
-    let agent_options = AgentOptions {
-        bin: Some(bin),
-        args: args.agent_args.clone(),
-        cpu: args.agent_cpu.0,
-        ..AgentOptions::default()
-    };
+    let bench = NginxBench::start(args, &[])?;
     let measure = |label: &str, with_agent: bool| -> anyhow::Result<Run> {
         let run = if with_agent {
-            run_with_agent(&wrk_options, &agent_options, nginx_port)?
+            bench.run_with(&bench.agent_options)?
         } else {
-            Run {
-                wrk: run_wrk(&wrk_options)?,
-                agent: None,
-            }
+            bench.run_without()?
         };
         println!("[bench] {label}: {}", round_line(&run));
         Ok(run)
@@ -246,27 +332,45 @@ pub fn http(args: &HttpArgs) -> anyhow::Result<()> {
         let with = measure(&format!("round {i} with   "), true)?;
         rounds.push((without, with));
     }
-    drop(nginx);
+    let placement = bench.placement.clone();
+    drop(bench);
 
-    println!(
-        "\n{}",
-        report(args, &format!("{placement}.{warning}"), &rounds)
-    );
+    println!("\n{}", report(args, &placement, &rounds));
     Ok(())
 }
 
-fn run_with_agent(
+/// When an agent has caught up with a wrk run.
+pub(crate) struct CatchUp<'a> {
+    /// A figure that still grows while the agent works through the run (drains its ring
+    /// buffer, pairs the last exchanges, exports).
+    pub(crate) progress: &'a dyn Fn(&Metrics) -> f64,
+    /// Whether the run is fully accounted for: (scrape before wrk, scrape now, wrk's report).
+    pub(crate) complete: &'a dyn Fn(&Metrics, &Metrics, &WrkResult) -> bool,
+}
+
+/// Starts a fresh agent, runs wrk, and waits until the agent has caught up (see
+/// [`settle`]); reads the agent's CPU over that whole window, and that of the `watch`ed
+/// processes too (e.g. a collector it exports to).
+pub(crate) fn run_with_agent(
     wrk_options: &WrkOptions,
     agent_options: &AgentOptions,
-    nginx_port: u16,
+    port: u16,
+    watch: &[u32],
+    catch_up: &CatchUp<'_>,
 ) -> anyhow::Result<Run> {
+    let watched = || -> anyhow::Result<Duration> { watch.iter().map(|&p| cpu_time(p)).sum() };
     let mut agent = Agent::start_with(agent_options.clone())?;
     let pid = agent.pid();
-    let counted_before = requests_counted(&agent.try_metrics()?, nginx_port);
+    let before = agent.try_metrics()?;
     let cpu_before = cpu_time(pid)?;
+    let watched_before = watched()?;
     let wrk = run_wrk(wrk_options)?;
-    let metrics = settled_metrics(&agent, nginx_port, counted_before, wrk.requests)?;
+    let watched_wrk_end = watched()?;
+    let (wrk_end, settled) = settle(&agent, catch_up.progress, &|now| {
+        (catch_up.complete)(&before, now, &wrk)
+    })?;
     let cpu = cpu_time(pid)?.saturating_sub(cpu_before);
+    let watched_end = watched()?;
     let rss = rss_bytes(pid)?;
     let status = agent.stop()?;
     if !status.success() {
@@ -280,8 +384,13 @@ fn run_with_agent(
         agent: Some(AgentRun {
             cpu,
             rss_bytes: rss,
-            lost: metrics.sum(LOST_METRIC, &[]),
-            counted: requests_counted(&metrics, nginx_port) - counted_before,
+            lost: settled.sum(LOST_METRIC, &[]),
+            counted: requests_counted(&settled, port) - requests_counted(&before, port),
+            before,
+            wrk_end,
+            settled,
+            watched_cpu_wrk: watched_wrk_end.saturating_sub(watched_before),
+            watched_cpu: watched_end.saturating_sub(watched_before),
         }),
     })
 }
@@ -295,28 +404,44 @@ pub(crate) fn settled_metrics(
     port: u16,
     counted_before: f64,
     expected: u64,
-) -> anyhow::Result<harness::Metrics> {
+) -> anyhow::Result<Metrics> {
+    let (_, settled) = settle(agent, &|m| requests_counted(m, port), &|m| {
+        requests_counted(m, port) - counted_before >= expected as f64
+    })?;
+    Ok(settled)
+}
+
+/// Scrapes the agent every 250 ms until `progress` is the same in two scrapes in a row and
+/// `complete` holds; after 3 s a stable `progress` is enough, and after 10 s it returns
+/// whatever it has. Returns the first scrape (taken at once) and the last.
+fn settle(
+    agent: &Agent,
+    progress: &dyn Fn(&Metrics) -> f64,
+    complete: &dyn Fn(&Metrics) -> bool,
+) -> anyhow::Result<(Metrics, Metrics)> {
     let started = Instant::now();
+    let mut first = None;
     let mut previous = f64::NAN;
     loop {
         let metrics = agent
             .try_metrics()
             .with_context(|| format!("scraping the agent; its log:\n{}", agent.log()))?;
-        let counted = requests_counted(&metrics, port);
-        let stable = counted == previous;
-        previous = counted;
-        let covered = counted - counted_before >= expected as f64;
-        if stable && (covered || started.elapsed() > Duration::from_secs(3)) {
-            return Ok(metrics);
-        }
-        if started.elapsed() > Duration::from_secs(10) {
-            return Ok(metrics);
+        let now = progress(&metrics);
+        let stable = now == previous;
+        previous = now;
+        let done = (stable && (complete(&metrics) || started.elapsed() > Duration::from_secs(3)))
+            || started.elapsed() > Duration::from_secs(10);
+        match first {
+            None if done => return Ok((metrics.clone(), metrics)),
+            None => first = Some(metrics),
+            Some(first) if done => return Ok((first, metrics)),
+            Some(_) => {}
         }
         std::thread::sleep(Duration::from_millis(250));
     }
 }
 
-fn round_line(run: &Run) -> String {
+pub(crate) fn round_line(run: &Run) -> String {
     let w = &run.wrk;
     let mut line = format!(
         "{:.0} req/s, {} requests, p50 {:.3} ms, p99 {:.3} ms",
@@ -381,7 +506,7 @@ fn report(args: &HttpArgs, placement: &str, rounds: &[(Run, Run)]) -> String {
     let dash = "–";
     let mut out = String::new();
     out.push_str("### HTTP: nginx `return 200` under wrk, without and with Periscope\n\n");
-    out.push_str(&format!("Command: `{}`\n\n", args.command()));
+    out.push_str(&format!("Command: `{}`\n\n", args.command("http", "")));
     out.push_str(&format!(
         "Machine: {}. Placement: {placement} Each round runs wrk for {} s without, then with \
          the agent (started fresh, ready before wrk starts, stopped with SIGINT after); \

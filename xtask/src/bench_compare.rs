@@ -22,14 +22,15 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use harness::{
-    agent_binary, cpu_time, descendants, free_port, http_get, run_wrk, Agent, AgentOptions,
-    ChildProcess, TempDir, WrkOptions, WrkResult,
+    cpu_time, descendants, free_port, http_get, run_wrk, Agent, AgentOptions, ChildProcess,
+    TempDir, WrkOptions, WrkResult,
 };
 
 use crate::bench::{
-    machine, other_agents, requests_counted, settled_metrics, spread, spread_cell, Cpu, LOST_METRIC,
+    machine, other_agents_warning, requests_counted, settled_metrics, spread, spread_cell, Cpu,
+    LOST_METRIC,
 };
-use crate::util::{build_agent, probe};
+use crate::util::{bench_agent, build_agent, probe};
 
 /// The route wrk requests (the app's `/users/<int:user_id>`).
 const ROUTE_PATH: &str = "/users/42";
@@ -332,11 +333,7 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<()> {
         bail!("--rounds, --seconds and --workers must be at least 1");
     }
     crate::setup::setup()?;
-    let custom_bin = std::env::var_os("PERISCOPE_BIN").is_some_and(|b| !b.is_empty());
-    if !args.no_build && !custom_bin {
-        build_agent()?;
-    }
-    let bin = agent_binary();
+    let bin = bench_agent(args.no_build, build_agent)?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     for (what, cpu) in [
         ("--app-cpu", args.app_cpu),
@@ -347,16 +344,7 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<()> {
             bail!("{what} {cpu}: this machine has only CPUs 0..{cpus}");
         }
     }
-    let others = other_agents();
-    let warning = if others.is_empty() {
-        String::new()
-    } else {
-        eprintln!("[bench] warning: other periscope processes are running: {others:?}");
-        format!(
-            " **Warning: other Periscope processes were running ({others:?}); their overhead is \
-             in every configuration.**"
-        )
-    };
+    let warning = other_agents_warning("their overhead is in every configuration");
     let on = |cpu: Cpu| match cpu.0 {
         Some(n) => format!("pinned to CPU {n}"),
         None => "unpinned".to_owned(),

@@ -19,10 +19,10 @@ use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use harness::{agent_binary, Agent, AgentOptions};
+use harness::{Agent, AgentOptions};
 
 use crate::bench::{machine, other_agents, spread_cell, Cpu};
-use crate::util::build_agent;
+use crate::util::{bench_agent, build_agent};
 
 /// The flow programs whose run time is reported.
 const FLOW_PROGRAMS: [&str; 5] = [
@@ -81,12 +81,10 @@ pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
     if !harness::is_root() {
         bail!("the agent loads eBPF programs: run as root (try `sudo -E cargo xtask bench flows`)");
     }
-    let custom_bin = std::env::var_os("PERISCOPE_BIN").is_some_and(|b| !b.is_empty());
-    if !args.no_build && !custom_bin {
+    let bin = bench_agent(args.no_build, || {
         crate::setup::setup()?;
-        build_agent()?;
-    }
-    let bin = agent_binary();
+        build_agent()
+    })?;
     let others = other_agents();
     if !others.is_empty() {
         eprintln!("[bench] warning: other periscope processes are running: {others:?}");

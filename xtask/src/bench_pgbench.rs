@@ -14,10 +14,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use harness::{agent_binary, cpu_time, rss_bytes, Agent, AgentOptions, PgServer};
+use harness::{cpu_time, rss_bytes, Agent, AgentOptions, PgServer};
 
-use crate::bench::{machine, other_agents, spread, spread_cell, Cpu, LOST_METRIC};
-use crate::util::{build_agent, display, probe};
+use crate::bench::{machine, other_agents_warning, spread, spread_cell, Cpu, LOST_METRIC};
+use crate::util::{bench_agent, build_agent, display, probe};
 
 /// Operations the agent decoded on the server side, one series per operation and table.
 const STATEMENTS_METRIC: &str = "db_server_operation_duration_seconds_count";
@@ -212,11 +212,7 @@ pub fn pgbench(args: &PgbenchArgs) -> anyhow::Result<()> {
         );
     }
     crate::setup::setup()?;
-    let custom_bin = std::env::var_os("PERISCOPE_BIN").is_some_and(|b| !b.is_empty());
-    if !args.no_build && !custom_bin {
-        build_agent()?;
-    }
-    let bin = agent_binary();
+    let bin = bench_agent(args.no_build, build_agent)?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     for (what, cpu) in [
         ("--pgbench-cpu", args.pgbench_cpu),
@@ -238,16 +234,7 @@ pub fn pgbench(args: &PgbenchArgs) -> anyhow::Result<()> {
     pg.pgbench(&["-i", "-s", "1", "-q"])
         .context("initialising the pgbench tables")?;
 
-    let others = other_agents();
-    let warning = if others.is_empty() {
-        String::new()
-    } else {
-        eprintln!("[bench] warning: other periscope processes are running: {others:?}");
-        format!(
-            " **Warning: other Periscope processes were running ({others:?}); their overhead is \
-             in both columns.**"
-        )
-    };
+    let warning = other_agents_warning("their overhead is in both columns");
     let on = |cpu: Cpu| match cpu.0 {
         Some(n) => format!("pinned to CPU {n}"),
         None => "unpinned".to_owned(),

@@ -13,13 +13,14 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
-use harness::{agent_binary, Agent, AgentOptions};
+use harness::{Agent, AgentOptions};
 
 use crate::bench::{
-    machine, other_agents, requests_counted, settled_metrics, spread, spread_cell, Cpu, LOST_METRIC,
+    machine, other_agents_warning, requests_counted, rotated, settled_metrics, spread, spread_cell,
+    Cpu, LOST_METRIC,
 };
 use crate::syscall_worker::{WorkerReport, Workload};
-use crate::util::{build_agent, display};
+use crate::util::{bench_agent, build_agent, display};
 
 /// The agent's info metric naming the hook mechanism it ended up on.
 const HOOKS_METRIC: &str = "periscope_hooks_info";
@@ -86,9 +87,7 @@ impl Mode {
 
     /// The order of the modes in `round` (0 is the warm-up): rotated by one each round.
     fn order(round: usize) -> [Mode; 6] {
-        let mut order = Mode::ALL;
-        order.rotate_left(round % Mode::ALL.len());
-        order
+        rotated(Mode::ALL, round)
     }
 }
 
@@ -174,28 +173,17 @@ pub fn syscall(args: &SyscallArgs) -> anyhow::Result<()> {
             "the agent loads eBPF programs: run as root (try `sudo -E cargo xtask bench syscall`)"
         );
     }
-    let custom_bin = std::env::var_os("PERISCOPE_BIN").is_some_and(|b| !b.is_empty());
-    if !args.no_build && !custom_bin {
+    let bin = bench_agent(args.no_build, || {
         crate::setup::setup()?;
-        build_agent()?;
-    }
-    let bin = agent_binary();
+        build_agent()
+    })?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     for (what, cpu) in [("--cpu", args.cpu), ("--agent-cpu", args.agent_cpu)] {
         if cpu.0.is_some_and(|c| c >= cpus) {
             bail!("{what} {cpu}: this machine has only CPUs 0..{cpus}");
         }
     }
-    let others = other_agents();
-    let warning = if others.is_empty() {
-        String::new()
-    } else {
-        eprintln!("[bench] warning: other periscope processes are running: {others:?}");
-        format!(
-            " **Warning: other Periscope processes were running ({others:?}); their hooks are \
-             in every column, `none` included.**"
-        )
-    };
+    let warning = other_agents_warning("their hooks are in every column, `none` included");
     let on = |cpu: Cpu| match cpu.0 {
         Some(n) => format!("pinned to CPU {n}"),
         None => "unpinned".to_owned(),

@@ -6,6 +6,7 @@ mod bench_decode;
 mod bench_flows;
 mod bench_pgbench;
 mod bench_syscall;
+mod bench_traces;
 mod image;
 mod run;
 mod setup;
@@ -76,6 +77,9 @@ enum Bench {
     /// TCP flow tracking: CPU per short connection and per MiB on loopback, flows off and on,
     /// alternating.
     Flows(bench_flows::FlowsArgs),
+    /// Span export: nginx under wrk with no agent, tracing off and tracing on (OTLP/gRPC to
+    /// a local receiver), rotating; spans exported per second, dropped, CPU per span.
+    Traces(bench_traces::TracesArgs),
 }
 
 fn main() -> ExitCode {
@@ -89,6 +93,7 @@ fn main() -> ExitCode {
         Cli::Bench(Bench::Decode(args)) => bench_decode::decode(&args),
         Cli::Bench(Bench::Compare(args)) => bench_compare::compare(&args),
         Cli::Bench(Bench::Flows(args)) => bench_flows::flows(&args),
+        Cli::Bench(Bench::Traces(args)) => bench_traces::traces(&args),
         Cli::Image(args) => image::image(&args),
         Cli::Vm(args) => vm::vm(&args),
         Cli::BenchWorker {
@@ -136,6 +141,18 @@ mod tests {
         ));
         assert!(Cli::try_parse_from(["xtask", "bench", "http", "--agent-cpu", "x"]).is_err());
         assert!(Cli::try_parse_from(["xtask", "bench", "syscall", "--cpu", "x"]).is_err());
+        assert!(Cli::try_parse_from([
+            "xtask",
+            "bench",
+            "traces",
+            "--seconds",
+            "3",
+            "--receiver-cpu",
+            "0",
+            "--",
+            "-v"
+        ])
+        .is_ok());
         match Cli::try_parse_from(["xtask", "vm", "--kernel", "6.1", "--kernel", "6.12"]).unwrap() {
             Cli::Vm(args) => assert_eq!((args.kernels.len(), args.timeout), (2, 240)),
             other => panic!("{other:?}"),

@@ -80,3 +80,20 @@ pub fn target_dir() -> PathBuf {
 pub fn release_agent() -> PathBuf {
     target_dir().join("release/periscope")
 }
+
+/// The agent binary a benchmark runs: `$PERISCOPE_BIN` as given; else the release build in
+/// [`target_dir`] (which honours `CARGO_TARGET_DIR`), made by `build` first unless `no_build`.
+pub fn bench_agent(
+    no_build: bool,
+    build: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<PathBuf> {
+    match std::env::var_os("PERISCOPE_BIN") {
+        Some(bin) if !bin.is_empty() => Ok(PathBuf::from(bin)),
+        _ => {
+            if !no_build {
+                build()?;
+            }
+            Ok(release_agent())
+        }
+    }
+}
