@@ -293,13 +293,13 @@ type Attributes = Vec<(&'static str, Value)>;
 /// Groups spans by process (one resource each) and encodes the request.
 fn encode(batch: &[(Arc<ProcessInfo>, Span)], host_name: &str) -> Bytes {
     let mut order: Vec<u64> = Vec::new();
-    let mut groups: HashMap<u64, (Attributes, Vec<Span>)> = HashMap::new();
+    let mut groups: HashMap<u64, (Attributes, Vec<&Span>)> = HashMap::new();
     for (process, span) in batch {
         let group = groups.entry(process.seq).or_insert_with(|| {
             order.push(process.seq);
             (resource(process, host_name), Vec::new())
         });
-        group.1.push(span.clone());
+        group.1.push(span);
     }
     let resource_spans: Vec<ResourceSpans<'_>> = order
         .iter()

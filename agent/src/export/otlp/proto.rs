@@ -54,14 +54,15 @@ pub struct Span {
 /// Spans of one resource (one process).
 pub struct ResourceSpans<'a> {
     pub resource: &'a [(&'static str, Value)],
-    pub spans: &'a [Span],
+    pub spans: &'a [&'a Span],
 }
 
 const SCOPE_NAME: &str = "periscope";
 
 /// Encodes an `ExportTraceServiceRequest`.
 pub fn encode_request(groups: &[ResourceSpans<'_>]) -> Vec<u8> {
-    let mut out = Vec::new();
+    let spans: usize = groups.iter().map(|g| g.spans.len()).sum();
+    let mut out = Vec::with_capacity(512 * spans + 1024);
     for group in groups {
         message(&mut out, 1, |rs| {
             message(rs, 1, |resource| {
@@ -154,12 +155,22 @@ fn string(out: &mut Vec<u8>, field: u32, s: &str) {
     bytes(out, field, s.as_bytes());
 }
 
-/// A length-delimited sub-message, written by `fill` into a scratch buffer first (protobuf
-/// needs its length before its bytes).
+/// A length-delimited sub-message, written by `fill` in place. Protobuf puts the length first,
+/// so one byte is kept for it and the body is moved up when its length needs more (a span, a
+/// batch): no scratch buffer per message, and attributes, which are short, are never moved.
 fn message(out: &mut Vec<u8>, field: u32, fill: impl FnOnce(&mut Vec<u8>)) {
-    let mut inner = Vec::new();
-    fill(&mut inner);
-    bytes(out, field, &inner);
+    tag(out, field, 2);
+    let at = out.len();
+    out.push(0);
+    fill(out);
+    let len = (out.len() - at - 1) as u64;
+    if len < 0x80 {
+        out[at] = len as u8;
+        return;
+    }
+    let mut prefix = Vec::with_capacity(10);
+    varint(&mut prefix, len);
+    out.splice(at..at + 1, prefix);
 }
 
 #[cfg(test)]
@@ -174,6 +185,18 @@ mod tests {
         out.clear();
         varint_field(&mut out, 3, (-1i64) as u64);
         assert_eq!(out.len(), 11);
+    }
+
+    #[test]
+    fn long_messages_get_a_multi_byte_length() {
+        for len in [0usize, 1, 127, 128, 300, 20_000] {
+            let mut out = vec![9];
+            message(&mut out, 1, |m| m.extend(std::iter::repeat_n(7u8, len)));
+            let mut want = vec![9, 0x0a];
+            varint(&mut want, len as u64);
+            want.extend(std::iter::repeat_n(7u8, len));
+            assert_eq!(out, want, "{len}");
+        }
     }
 
     #[test]
