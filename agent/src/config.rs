@@ -108,8 +108,8 @@ pub struct Config {
     pub syscalls_separate_exit: bool,
 
     /// OTLP collector base URL (`http://host:4317` for gRPC, `http://host:4318` for
-    /// HTTP/protobuf). Spans are exported only when this, the traces endpoint or
-    /// `--traces-stdout` is set.
+    /// HTTP/protobuf; `https://` for TLS). Spans are exported only when this, the traces
+    /// endpoint or `--traces-stdout` is set.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
 

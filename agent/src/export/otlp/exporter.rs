@@ -548,8 +548,6 @@ fn host_name() -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     use super::*;
 
     fn none() -> TlsOptions {
@@ -606,14 +604,16 @@ mod tests {
 
     /// A self-signed certificate and its key (`openssl req -x509 -newkey ec`), good as a CA
     /// file and as a client pair alike.
-    fn testdata(file: &str) -> PathBuf {
-        PathBuf::from(concat!(
+    #[cfg(feature = "tls")]
+    fn testdata(file: &str) -> std::path::PathBuf {
+        std::path::PathBuf::from(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/src/export/otlp/testdata"
         ))
         .join(file)
     }
 
+    #[cfg(feature = "tls")]
     fn tls_options(ca: Option<&str>, cert: Option<&str>, key: Option<&str>) -> TlsOptions {
         let setting = |name, file: Option<&str>| file.map(|f| (name, testdata(f)));
         TlsOptions {
