@@ -1,6 +1,7 @@
 //! The agent's one typed configuration: CLI flags, each with an environment variable.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::Parser;
 
@@ -107,8 +108,8 @@ pub struct Config {
     pub syscalls_separate_exit: bool,
 
     /// OTLP collector base URL (`http://host:4317` for gRPC, `http://host:4318` for
-    /// HTTP/protobuf). Spans are exported only when this, the traces endpoint or
-    /// `--traces-stdout` is set.
+    /// HTTP/protobuf; `https://` for TLS). Spans are exported only when this, the traces
+    /// endpoint or `--traces-stdout` is set.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
 
@@ -128,6 +129,44 @@ pub struct Config {
     /// Extra headers on every export request: `key=value,key2=value2` (values may use `%XX`).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_HEADERS")]
     pub otlp_headers: Option<String>,
+
+    /// PEM file of the CA certificates that sign the collector's certificate, trusted on top
+    /// of the system's roots (`https://` endpoints only).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_CERTIFICATE")]
+    pub otlp_certificate: Option<PathBuf>,
+
+    /// The same for traces only; wins over `--otlp-certificate`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")]
+    pub otlp_traces_certificate: Option<PathBuf>,
+
+    /// PEM file of the client certificate (chain) for mutual TLS, with `--otlp-client-key`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE")]
+    pub otlp_client_certificate: Option<PathBuf>,
+
+    /// The same for traces only; wins over `--otlp-client-certificate`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE")]
+    pub otlp_traces_client_certificate: Option<PathBuf>,
+
+    /// PEM file of the client certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_CLIENT_KEY")]
+    pub otlp_client_key: Option<PathBuf>,
+
+    /// The same for traces only; wins over `--otlp-client-key`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY")]
+    pub otlp_traces_client_key: Option<PathBuf>,
+
+    /// gRPC to an endpoint given without a scheme (`host:4317`): plaintext when true, TLS
+    /// when false (the default). Endpoints with `http://` or `https://` ignore it.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_INSECURE", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub otlp_insecure: Option<bool>,
+
+    /// The same for traces only; wins over `--otlp-insecure`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_INSECURE", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub otlp_traces_insecure: Option<bool>,
 
     /// Sampler: `always_on`, `always_off`, `traceidratio`, `parentbased_always_on`,
     /// `parentbased_always_off` or `parentbased_traceidratio`.
@@ -175,6 +214,47 @@ impl Config {
             KubernetesMode::Auto => {
                 self.kube_api_url.is_some() || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
             }
+        }
+    }
+
+    /// The OTLP TLS settings, each traces-specific one winning over the general one, named
+    /// by the variable and flag it came from (for start-up errors).
+    pub fn otlp_tls(&self) -> crate::export::otlp::TlsOptions {
+        fn pick(
+            traces: &Option<PathBuf>,
+            traces_name: &'static str,
+            general: &Option<PathBuf>,
+            general_name: &'static str,
+        ) -> Option<(&'static str, PathBuf)> {
+            match (traces, general) {
+                (Some(p), _) => Some((traces_name, p.clone())),
+                (None, Some(p)) => Some((general_name, p.clone())),
+                (None, None) => None,
+            }
+        }
+        crate::export::otlp::TlsOptions {
+            certificate: pick(
+                &self.otlp_traces_certificate,
+                "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE (--otlp-traces-certificate)",
+                &self.otlp_certificate,
+                "OTEL_EXPORTER_OTLP_CERTIFICATE (--otlp-certificate)",
+            ),
+            client_certificate: pick(
+                &self.otlp_traces_client_certificate,
+                "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE (--otlp-traces-client-certificate)",
+                &self.otlp_client_certificate,
+                "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE (--otlp-client-certificate)",
+            ),
+            client_key: pick(
+                &self.otlp_traces_client_key,
+                "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY (--otlp-traces-client-key)",
+                &self.otlp_client_key,
+                "OTEL_EXPORTER_OTLP_CLIENT_KEY (--otlp-client-key)",
+            ),
+            insecure: self
+                .otlp_traces_insecure
+                .or(self.otlp_insecure)
+                .unwrap_or(false),
         }
     }
 }
@@ -242,6 +322,67 @@ mod tests {
         assert!(err.to_string().contains("--protocols"), "{err}");
         let err = Config::try_parse_from(["periscope", "--series-grace", "5d"]).unwrap_err();
         assert!(err.to_string().contains("--series-grace"), "{err}");
+    }
+
+    #[test]
+    fn otlp_tls_settings() {
+        let c = Config::try_parse_from([
+            "periscope",
+            "--otlp-certificate=/ca.pem",
+            "--otlp-client-certificate=/c.pem",
+            "--otlp-traces-client-certificate=/t.pem",
+            "--otlp-client-key=/c.key",
+            "--otlp-insecure",
+            "--otlp-traces-insecure=false",
+        ])
+        .unwrap();
+        let tls = c.otlp_tls();
+        let (setting, path) = tls.certificate.expect("set");
+        assert!(setting.starts_with("OTEL_EXPORTER_OTLP_CERTIFICATE"));
+        assert_eq!(path, PathBuf::from("/ca.pem"));
+        let (setting, path) = tls.client_certificate.expect("set");
+        assert!(setting.starts_with("OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE"));
+        assert_eq!(path, PathBuf::from("/t.pem"));
+        assert_eq!(tls.client_key.expect("set").1, PathBuf::from("/c.key"));
+        assert!(!tls.insecure, "the traces setting wins");
+        let c = Config::try_parse_from(["periscope", "--otlp-insecure"]).unwrap();
+        assert!(c.otlp_tls().insecure);
+        assert!(
+            !Config::try_parse_from(["periscope"])
+                .unwrap()
+                .otlp_tls()
+                .insecure
+        );
+        // Each flag reads the OpenTelemetry variable of the same name.
+        let command = <Config as clap::CommandFactory>::command();
+        for (flag, var) in [
+            ("otlp-certificate", "OTEL_EXPORTER_OTLP_CERTIFICATE"),
+            (
+                "otlp-traces-certificate",
+                "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+            ),
+            (
+                "otlp-client-certificate",
+                "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+            ),
+            (
+                "otlp-traces-client-certificate",
+                "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+            ),
+            ("otlp-client-key", "OTEL_EXPORTER_OTLP_CLIENT_KEY"),
+            (
+                "otlp-traces-client-key",
+                "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+            ),
+            ("otlp-insecure", "OTEL_EXPORTER_OTLP_INSECURE"),
+            ("otlp-traces-insecure", "OTEL_EXPORTER_OTLP_TRACES_INSECURE"),
+        ] {
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_long() == Some(flag))
+                .unwrap_or_else(|| panic!("--{flag}"));
+            assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(var));
+        }
     }
 
     #[test]

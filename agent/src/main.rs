@@ -156,6 +156,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         config.otlp_protocol,
         config.otlp_headers.as_deref(),
         config.traces_stdout,
+        &config.otlp_tls(),
     )?;
     let sampler =
         Sampler::from_settings(&config.traces_sampler, config.traces_sampler_arg.as_deref())?;

@@ -4,8 +4,11 @@
 //!
 //! Other traffic on the machine may be traced as well, so spans are picked by the test
 //! server's port and counted exactly among those.
+//!
+//! The TLS tests make a CA and certificates with `openssl` at run time ([`Pki`]).
 
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use harness::{
@@ -19,6 +22,88 @@ const WAIT: Duration = Duration::from_secs(20);
 const SERVER: u64 = 2;
 const CLIENT: u64 = 3;
 
+/// A test CA (`ca.pem`), a server certificate it signed for `localhost` and 127.0.0.1
+/// (`server.pem`, `server.key`) and a client certificate it signed (`client.pem`,
+/// `client.key`), made fresh by `openssl` for each test.
+struct Pki {
+    dir: TempDir,
+}
+
+impl Pki {
+    fn generate() -> Pki {
+        let dir = TempDir::new("pki").unwrap();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .expect("openssl (cargo xtask setup installs it)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let ca = [
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=test CA",
+        ];
+        openssl(&[&["req", "-x509"][..], &ec, &ca].concat());
+        std::fs::write(
+            dir.path().join("server.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("client.ext"),
+            "extendedKeyUsage=clientAuth\n",
+        )
+        .unwrap();
+        for name in ["server", "client"] {
+            let file = |ext: &str| format!("{name}.{ext}");
+            let (key, csr, pem, ext) = (file("key"), file("csr"), file("pem"), file("ext"));
+            let subject = format!("/CN={name}");
+            let req = ["-keyout", &key, "-out", &csr, "-subj", &subject];
+            openssl(&[&["req"][..], &ec, &req].concat());
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-extfile",
+                &ext,
+                "-out",
+                &pem,
+            ]);
+        }
+        Pki { dir }
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.path().join(file).display().to_string()
+    }
+}
+
 /// The receiver, its two OTLP ports and the file it writes spans to. Restartable on the same
 /// ports.
 struct Receiver {
@@ -26,17 +111,34 @@ struct Receiver {
     http_port: u16,
     grpc_port: u16,
     out: PathBuf,
+    /// TLS: the server certificate and key, and the client CA when gRPC is mutual TLS.
+    tls: Vec<String>,
     _dir: TempDir,
 }
 
 impl Receiver {
     fn start() -> Receiver {
+        Receiver::start_tls(Vec::new())
+    }
+
+    /// Both ports serve TLS with `pki`'s server certificate; gRPC also demands a client
+    /// certificate signed by its CA when `mutual`.
+    fn start_with_pki(pki: &Pki, mutual: bool) -> Receiver {
+        let mut tls = vec![pki.path("server.pem"), pki.path("server.key")];
+        if mutual {
+            tls.push(pki.path("ca.pem"));
+        }
+        Receiver::start_tls(tls)
+    }
+
+    fn start_tls(tls: Vec<String>) -> Receiver {
         let dir = TempDir::new("otlp").unwrap();
         let mut r = Receiver {
             process: None,
             http_port: free_port(),
             grpc_port: free_port(),
             out: dir.path().join("spans.jsonl"),
+            tls,
             _dir: dir,
         };
         r.restart();
@@ -44,11 +146,12 @@ impl Receiver {
     }
 
     fn restart(&mut self) {
-        let args = [
+        let mut args = vec![
             self.http_port.to_string(),
             self.grpc_port.to_string(),
             self.out.display().to_string(),
         ];
+        args.extend(self.tls.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.process = Some(PyServer::launch(RECEIVER, &args).unwrap_or_else(|e| panic!("{e:#}")));
     }
@@ -66,19 +169,27 @@ impl Receiver {
     }
 
     fn agent(&self, protocol: &str) -> Agent {
+        self.agent_at(protocol, "http://127.0.0.1", &[])
+    }
+
+    /// An agent exporting to `base` (scheme and host) on the protocol's port, with more
+    /// environment variables.
+    fn agent_at(&self, protocol: &str, base: &str, env: &[(&str, String)]) -> Agent {
         let port = if protocol == "grpc" {
             self.grpc_port
         } else {
             self.http_port
         };
+        let mut all = vec![
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+                format!("{base}:{port}"),
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL".into(), protocol.into()),
+        ];
+        all.extend(env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
         Agent::start_with(AgentOptions {
-            env: vec![
-                (
-                    "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
-                    format!("http://127.0.0.1:{port}"),
-                ),
-                ("OTEL_EXPORTER_OTLP_PROTOCOL".into(), protocol.into()),
-            ],
+            env: all,
             ..AgentOptions::default()
         })
         .unwrap()
@@ -671,4 +782,106 @@ fn a_request_through_four_processes_is_one_trace() {
     let traces: std::collections::BTreeSet<String> =
         spans[0].iter().map(|s| s["trace_id"].to_string()).collect();
     assert_eq!(traces.len(), total, "one trace per request");
+}
+
+/// An `https://` collector whose CA is given in `OTEL_EXPORTER_OTLP_CERTIFICATE`: N requests →
+/// exactly N SERVER spans over TLS, every one counted as exported, no export error. gRPC runs
+/// with mutual TLS (the collector demands the client certificate) to `localhost`; OTLP/HTTP
+/// with server TLS only to 127.0.0.1 (the certificate's IP address).
+fn spans_over_tls(protocol: &str) {
+    let pki = Pki::generate();
+    let mutual = protocol == "grpc";
+    let receiver = Receiver::start_with_pki(&pki, mutual);
+    let server = PyServer::http_test_server();
+    let mut env = vec![("OTEL_EXPORTER_OTLP_CERTIFICATE", pki.path("ca.pem"))];
+    let base = if mutual {
+        env.push((
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+            pki.path("client.pem"),
+        ));
+        env.push((
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+            pki.path("client.key"),
+        ));
+        "https://localhost"
+    } else {
+        "https://127.0.0.1"
+    };
+    let agent = receiver.agent_at(protocol, base, &env);
+    let n = 4;
+    for _ in 0..n {
+        curl(&[&server.url("/tls/1")]).unwrap();
+    }
+    let spans = expect_spans(&receiver, server.port(), SERVER, n);
+    for span in &spans {
+        assert_eq!(span["transport"], protocol.split('/').next().unwrap_or(""));
+        assert_eq!(span["name"], "GET /tls/{id}", "{span}");
+    }
+    let m = agent.metrics();
+    assert_eq!(
+        m.sum("periscope_spans_exported_total", &[]),
+        receiver.spans().len() as f64,
+        "{}",
+        m.text()
+    );
+    assert_eq!(m.sum("periscope_span_export_errors_total", &[]), 0.0);
+    assert!(!agent.log().contains("TLS handshake"), "{}", agent.log());
+}
+
+#[test]
+fn spans_over_grpc_with_mutual_tls() {
+    spans_over_tls("grpc");
+}
+
+#[test]
+fn spans_over_https_protobuf() {
+    spans_over_tls("http/protobuf");
+}
+
+/// A collector whose certificate the agent does not trust (its CA is not given): no span
+/// arrives, capture and /metrics go on, failed exports are counted, and the TLS error is
+/// logged once, not once per attempt.
+#[test]
+fn untrusted_collector_certificate_is_counted_not_fatal() {
+    let pki = Pki::generate();
+    let receiver = Receiver::start_with_pki(&pki, false);
+    let server = PyServer::http_test_server();
+    let mut agent = receiver.agent_at("grpc", "https://localhost", &[]);
+    let n = 3;
+    for _ in 0..n {
+        curl(&[&server.url("/untrusted/1")]).unwrap();
+    }
+    let port = server.port().to_string();
+    wait_for_metric(
+        &agent,
+        "http_server_request_duration_seconds_count",
+        &[("server_port", port.as_str())],
+        n as f64,
+        WAIT,
+    )
+    .unwrap();
+    // Two attempts at least, so that a warning per attempt would show as two.
+    assert!(
+        wait_until(WAIT, Duration::from_millis(200), || {
+            agent
+                .metrics()
+                .sum("periscope_span_export_errors_total", &[])
+                >= 2.0
+        }),
+        "{}",
+        agent.metrics().text()
+    );
+    assert!(agent.is_running());
+    assert_eq!(receiver.spans().len(), 0, "{:#?}", receiver.spans());
+    assert_eq!(
+        agent.metrics().sum("periscope_spans_exported_total", &[]),
+        0.0
+    );
+    let log = agent.log();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("TLS handshake with"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(warnings[0].contains("certificate"), "{log}");
 }

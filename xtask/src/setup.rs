@@ -18,6 +18,7 @@ const APT_PACKAGES: &[&str] = &[
     "wrk",
     "nghttp2-client",
     "curl",
+    "openssl",    // the TLS span export tests make their CA and certificates with it
     "prometheus", // promtool, and the server the dashboard tests query
     "bpftool",
     "iproute2",

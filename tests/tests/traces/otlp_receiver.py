@@ -2,6 +2,11 @@
 the official protobuf bindings (PyPI opentelemetry-proto) and grpcio.
 
 Usage: otlp_receiver.py <ready port> <http port> <grpc port> <output file>
+                        [<server cert> <server key> [<client CA>]]
+
+With a server certificate and key (PEM) both ports serve TLS (HTTPS, and gRPC with
+grpc.ssl_server_credentials); with a client CA too, gRPC requires a client certificate signed
+by it (mutual TLS).
 
 Each received span is appended to the output file as one JSON line (ids in hex, attributes as
 a flat object, the resource's attributes and the transport it came by). The ready port is
@@ -10,6 +15,7 @@ opened last, so once it accepts both OTLP ports are listening.
 
 import json
 import socket
+import ssl
 import sys
 import threading
 from concurrent import futures
@@ -21,6 +27,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 
 ready_port, http_port, grpc_port, out_path = (
     int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+cert_path, key_path, client_ca_path = (sys.argv[5:] + [None] * 3)[:3]
 lock = threading.Lock()
 
 
@@ -93,9 +100,24 @@ class Traces(trace_service_pb2_grpc.TraceServiceServicer):
 
 grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
 trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), grpc_server)
-grpc_server.add_insecure_port(f"127.0.0.1:{grpc_port}")
-grpc_server.start()
 http_server = ThreadingHTTPServer(("127.0.0.1", http_port), Http)
+if cert_path:
+    def read(path):
+        with open(path, "rb") as f:
+            return f.read()
+
+    client_ca = read(client_ca_path) if client_ca_path else None
+    credentials = grpc.ssl_server_credentials(
+        [(read(key_path), read(cert_path))], root_certificates=client_ca,
+        require_client_auth=client_ca is not None)
+    grpc_server.add_secure_port(f"127.0.0.1:{grpc_port}", credentials)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    # A failed handshake (an untrusting client) raises in accept(), which the server survives.
+    http_server.socket = context.wrap_socket(http_server.socket, server_side=True)
+else:
+    grpc_server.add_insecure_port(f"127.0.0.1:{grpc_port}")
+grpc_server.start()
 threading.Thread(target=http_server.serve_forever, daemon=True).start()
 
 ready = socket.socket()

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::mpsc;
 
@@ -17,6 +17,7 @@ use super::context::hex;
 use super::convert::{resource, Converter};
 use super::parents::{Arrival, Parents};
 use super::proto::{encode_request, ResourceSpans, Span, Value};
+use super::tls::{self, ClientTls, Connector, TlsOptions};
 use super::SpanMetrics;
 
 /// Spans per export request at most.
@@ -34,7 +35,7 @@ const GRPC_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Ex
 /// `OTEL_EXPORTER_OTLP_PROTOCOL`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Protocol {
-    /// OTLP/gRPC over cleartext HTTP/2.
+    /// OTLP/gRPC over HTTP/2 (TLS for `https://` endpoints, cleartext for `http://`).
     #[value(name = "grpc")]
     Grpc,
     /// OTLP/HTTP with a protobuf body.
@@ -52,22 +53,35 @@ pub struct TraceSettings {
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// Print each span as one JSON line on stdout.
     pub stdout: bool,
+    /// The TLS client configuration, for an `https://` URL.
+    pub tls: Option<ClientTls>,
 }
 
 impl TraceSettings {
     /// Resolves the collector URL: the traces endpoint as given (with the gRPC method path
     /// appended for gRPC), else the base endpoint plus `/v1/traces` (HTTP) or the gRPC method
-    /// path. Only `http://` is supported: a TLS endpoint is refused with that reason.
+    /// path. `https://` means TLS, with the trust and client certificate of `tls`, which are
+    /// read here so that a bad file fails start-up. A gRPC endpoint without a scheme is
+    /// `https://` unless `tls.insecure` (the OTLP exporter spec's `OTEL_EXPORTER_OTLP_INSECURE`).
     pub fn new(
         endpoint: Option<&str>,
         traces_endpoint: Option<&str>,
         protocol: Protocol,
         headers: Option<&str>,
         stdout: bool,
+        tls: &TlsOptions,
     ) -> anyhow::Result<TraceSettings> {
+        // Only the OTLP/gRPC exporter has a scheme-less form (`host:4317`).
+        let with_scheme = |e: &str| match protocol {
+            Protocol::Grpc if !e.contains("://") => {
+                format!("{}://{e}", if tls.insecure { "http" } else { "https" })
+            }
+            _ => e.to_owned(),
+        };
         let url = match (traces_endpoint, endpoint) {
             (Some(t), _) if !t.trim().is_empty() => {
-                let t = t.trim();
+                let t = with_scheme(t.trim());
+                let t = t.as_str();
                 Some(match protocol {
                     Protocol::HttpProtobuf => t.to_owned(),
                     Protocol::Grpc => format!("{}{GRPC_PATH}", t.trim_end_matches('/')),
@@ -75,7 +89,8 @@ impl TraceSettings {
                 .map(|u| (u, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
             }
             (_, Some(e)) if !e.trim().is_empty() => {
-                let base = e.trim().trim_end_matches('/');
+                let e = with_scheme(e.trim());
+                let base = e.trim_end_matches('/');
                 Some(match protocol {
                     Protocol::HttpProtobuf => format!("{base}/v1/traces"),
                     Protocol::Grpc => format!("{base}{GRPC_PATH}"),
@@ -90,14 +105,17 @@ impl TraceSettings {
                 let uri: http::Uri = u
                     .parse()
                     .map_err(|e| anyhow::anyhow!("{setting}: {u:?} is not a URL: {e}"))?;
-                if uri.scheme_str() != Some("http") || uri.host().is_none() {
+                if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
                     anyhow::bail!(
-                        "{setting}: {u:?} must be an http:// URL with a host (TLS to the \
-                         collector is not supported yet)"
+                        "{setting}: {u:?} must be an http:// or https:// URL with a host"
                     );
                 }
                 Some(uri)
             }
+        };
+        let tls = match &url {
+            Some(u) if u.scheme_str() == Some("https") => Some(tls::client_config(tls)?),
+            _ => None,
         };
         let mut parsed = Vec::new();
         for pair in headers
@@ -121,6 +139,7 @@ impl TraceSettings {
             protocol,
             headers: parsed,
             stdout,
+            tls,
         })
     }
 
@@ -154,6 +173,18 @@ fn percent_decode(s: &str) -> String {
 struct Failure {
     message: String,
     retryable: bool,
+    /// The TLS error, when the TLS handshake is what failed.
+    tls: Option<String>,
+}
+
+/// What sends batches: the HTTP client and what it needs, and whether a TLS failure has been
+/// logged already (a collector with a bad certificate would otherwise log every attempt).
+struct Export {
+    client: Client<Connector, Full<Bytes>>,
+    settings: TraceSettings,
+    metrics: Arc<SpanMetrics>,
+    host_name: String,
+    tls_warned: Option<String>,
 }
 
 /// Drains `rx` until every sender is gone: converts, batches and exports.
@@ -163,12 +194,19 @@ pub async fn run(
     settings: TraceSettings,
     metrics: Arc<SpanMetrics>,
 ) {
-    let host_name = host_name();
+    let connector = tls::connector(settings.tls.as_ref(), settings.protocol);
     let client = match settings.protocol {
         Protocol::Grpc => Client::builder(TokioExecutor::new())
             .http2_only(true)
-            .build(HttpConnector::new()),
-        Protocol::HttpProtobuf => Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+            .build(connector),
+        Protocol::HttpProtobuf => Client::builder(TokioExecutor::new()).build(connector),
+    };
+    let mut export = Export {
+        client,
+        settings,
+        metrics,
+        host_name: host_name(),
+        tls_warned: None,
     };
     let mut pending: Vec<(Arc<ProcessInfo>, Span)> = Vec::new();
     let mut parents = Parents::default();
@@ -178,7 +216,7 @@ pub async fn run(
         tokio::select! {
             next = rx.recv() => match next {
                 Some(exchange) => {
-                    if is_own_export(&exchange, settings.url.as_ref()) {
+                    if is_own_export(&exchange, export.settings.url.as_ref()) {
                         continue;
                     }
                     let (span, remote_parent) = converter.span(&exchange);
@@ -192,82 +230,101 @@ pub async fn run(
                     };
                     parents.offer(arrival, &converter.sampler, &mut pending);
                     if pending.len() >= MAX_BATCH {
-                        flush(&client, &settings, &metrics, &host_name, &mut pending).await;
+                        export.flush(&mut pending).await;
                     }
                 }
                 None => {
                     parents.release(Instant::now(), true, &converter.sampler, &mut pending);
-                    flush(&client, &settings, &metrics, &host_name, &mut pending).await;
+                    export.flush(&mut pending).await;
                     return;
                 }
             },
             _ = tick.tick() => {
                 parents.release(Instant::now(), false, &converter.sampler, &mut pending);
-                flush(&client, &settings, &metrics, &host_name, &mut pending).await;
+                export.flush(&mut pending).await;
             }
         }
     }
 }
 
-async fn flush(
-    client: &Client<HttpConnector, Full<Bytes>>,
-    settings: &TraceSettings,
-    metrics: &SpanMetrics,
-    host_name: &str,
-    pending: &mut Vec<(Arc<ProcessInfo>, Span)>,
-) {
-    if settings.stdout {
-        for (process, span) in pending.iter() {
-            print_json(span, process, host_name).await;
-        }
-    }
-    let Some(url) = &settings.url else {
-        pending.clear();
-        return;
-    };
-    if pending.is_empty() {
-        return;
-    }
-    let batch = std::mem::take(pending);
-    let count = batch.len() as u64;
-    let body = encode(&batch, host_name);
-    let mut backoff = FIRST_BACKOFF;
-    for attempt in 1..=ATTEMPTS {
-        match tokio::time::timeout(TIMEOUT, send(client, settings, url, body.clone())).await {
-            Ok(Ok(rejected)) => {
-                metrics.exported.inc_by(count.saturating_sub(rejected));
-                if rejected > 0 {
-                    log::warn!("the OTLP collector rejected {rejected} of {count} spans");
-                    metrics.drop_spans("rejected", rejected);
-                }
-                return;
+impl Export {
+    async fn flush(&mut self, pending: &mut Vec<(Arc<ProcessInfo>, Span)>) {
+        if self.settings.stdout {
+            for (process, span) in pending.iter() {
+                print_json(span, process, &self.host_name).await;
             }
-            Ok(Err(failure)) => {
-                metrics.export_errors.inc();
-                if !failure.retryable {
-                    log::warn!("OTLP export of {count} spans refused: {}", failure.message);
-                    metrics.drop_spans("rejected", count);
+        }
+        let Some(url) = &self.settings.url else {
+            pending.clear();
+            return;
+        };
+        if pending.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(pending);
+        let count = batch.len() as u64;
+        let body = encode(&batch, &self.host_name);
+        let metrics = &self.metrics;
+        let mut backoff = FIRST_BACKOFF;
+        for attempt in 1..=ATTEMPTS {
+            let sent = send(&self.client, &self.settings, url, body.clone());
+            match tokio::time::timeout(TIMEOUT, sent).await {
+                Ok(Ok(rejected)) => {
+                    if self.tls_warned.take().is_some() {
+                        log::info!("TLS to the OTLP collector at {url} works again");
+                    }
+                    metrics.exported.inc_by(count.saturating_sub(rejected));
+                    if rejected > 0 {
+                        log::warn!("the OTLP collector rejected {rejected} of {count} spans");
+                        metrics.drop_spans("rejected", rejected);
+                    }
                     return;
                 }
-                log::warn!(
-                    "OTLP export of {count} spans failed (attempt {attempt}/{ATTEMPTS}): {}",
-                    failure.message
-                );
+                Ok(Err(failure)) => {
+                    metrics.export_errors.inc();
+                    if let Some(tls) = failure.tls {
+                        // Once per distinct error: the certificate won't change between batches.
+                        if self.tls_warned.as_ref() != Some(&tls) {
+                            log::warn!(
+                                "OTLP export: the TLS handshake with {url} failed: {tls}; spans \
+                                 are dropped until it succeeds (further TLS failures are \
+                                 logged at debug level)"
+                            );
+                            self.tls_warned = Some(tls);
+                        } else {
+                            log::debug!(
+                                "OTLP export of {count} spans failed (attempt \
+                                 {attempt}/{ATTEMPTS}): {}",
+                                failure.message
+                            );
+                        }
+                    } else if !failure.retryable {
+                        log::warn!("OTLP export of {count} spans refused: {}", failure.message);
+                        metrics.drop_spans("rejected", count);
+                        return;
+                    } else {
+                        log::warn!(
+                            "OTLP export of {count} spans failed (attempt {attempt}/{ATTEMPTS}): \
+                             {}",
+                            failure.message
+                        );
+                    }
+                }
+                Err(_) => {
+                    metrics.export_errors.inc();
+                    log::warn!(
+                        "OTLP export of {count} spans timed out after {TIMEOUT:?} (attempt \
+                         {attempt}/{ATTEMPTS})"
+                    );
+                }
             }
-            Err(_) => {
-                metrics.export_errors.inc();
-                log::warn!(
-                    "OTLP export of {count} spans timed out after {TIMEOUT:?} (attempt \
-                     {attempt}/{ATTEMPTS})"
-                );
+            if attempt < ATTEMPTS {
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
             }
         }
-        if attempt < ATTEMPTS {
-            tokio::time::sleep(backoff).await;
-            backoff *= 2;
-        }
+        metrics.drop_spans("export_failed", count);
     }
-    metrics.drop_spans("export_failed", count);
 }
 
 /// The agent's own traffic (its export requests, scrapes of its endpoint) and the collector's
@@ -311,12 +368,16 @@ fn encode(batch: &[(Arc<ProcessInfo>, Span)], host_name: &str) -> Bytes {
 
 /// One attempt. `Ok(rejected spans)` when the collector answered with success.
 async fn send(
-    client: &Client<HttpConnector, Full<Bytes>>,
+    client: &Client<Connector, Full<Bytes>>,
     settings: &TraceSettings,
     url: &http::Uri,
     body: Bytes,
 ) -> Result<u64, Failure> {
-    let fail = |message: String, retryable: bool| Failure { message, retryable };
+    let fail = |message: String, retryable: bool| Failure {
+        message,
+        retryable,
+        tls: None,
+    };
     let (content_type, body) = match settings.protocol {
         Protocol::HttpProtobuf => ("application/x-protobuf", body),
         Protocol::Grpc => {
@@ -343,10 +404,11 @@ async fn send(
     let request = request
         .body(Full::new(body))
         .map_err(|e| fail(format!("building the request: {e}"), false))?;
-    let response = client
-        .request(request)
-        .await
-        .map_err(|e| fail(format!("{e:#}"), true))?;
+    let response = client.request(request).await.map_err(|e| Failure {
+        message: causes(&e),
+        retryable: true,
+        tls: tls::tls_cause(&e),
+    })?;
     let status = response.status();
     let headers = response.headers().clone();
     let collected = response
@@ -384,6 +446,21 @@ async fn send(
             }
         }
     }
+}
+
+/// An error and its causes, `: `-separated (the client's own message is only "client error
+/// (Connect)").
+fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(e) = next {
+        let cause = e.to_string();
+        if !text.ends_with(&cause) {
+            text = format!("{text}: {cause}");
+        }
+        next = e.source();
+    }
+    text
 }
 
 /// `ExportTraceServiceResponse.partial_success.rejected_spans`, 0 when absent or unreadable.
@@ -480,6 +557,10 @@ fn host_name() -> String {
 mod tests {
     use super::*;
 
+    fn none() -> TlsOptions {
+        TlsOptions::default()
+    }
+
     #[test]
     fn endpoints_resolve_per_protocol() {
         let s = TraceSettings::new(
@@ -488,11 +569,19 @@ mod tests {
             Protocol::HttpProtobuf,
             None,
             false,
+            &none(),
         )
         .expect("valid");
         assert_eq!(s.url.expect("set").to_string(), "http://c:4318/v1/traces");
-        let s = TraceSettings::new(Some("http://c:4317"), None, Protocol::Grpc, None, false)
-            .expect("valid");
+        let s = TraceSettings::new(
+            Some("http://c:4317"),
+            None,
+            Protocol::Grpc,
+            None,
+            false,
+            &none(),
+        )
+        .expect("valid");
         assert_eq!(
             s.url.expect("set").to_string(),
             format!("http://c:4317{GRPC_PATH}")
@@ -503,16 +592,162 @@ mod tests {
             Protocol::HttpProtobuf,
             Some("a=b,api-key=x%20y"),
             false,
+            &none(),
         )
         .expect("valid");
         assert_eq!(s.url.expect("set").to_string(), "http://d:9/x");
         assert_eq!(s.headers.len(), 2);
         assert_eq!(s.headers[1].1, "x y");
-        assert!(!TraceSettings::new(None, None, Protocol::Grpc, None, false)
+        assert!(
+            !TraceSettings::new(None, None, Protocol::Grpc, None, false, &none())
+                .expect("valid")
+                .enabled()
+        );
+        assert!(
+            TraceSettings::new(None, None, Protocol::Grpc, Some("novalue"), false, &none())
+                .is_err()
+        );
+    }
+
+    /// A self-signed certificate and its key (`openssl req -x509 -newkey ec`), good as a CA
+    /// file and as a client pair alike.
+    #[cfg(feature = "tls")]
+    fn testdata(file: &str) -> std::path::PathBuf {
+        std::path::PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/export/otlp/testdata"
+        ))
+        .join(file)
+    }
+
+    #[cfg(feature = "tls")]
+    fn tls_options(ca: Option<&str>, cert: Option<&str>, key: Option<&str>) -> TlsOptions {
+        let setting = |name, file: Option<&str>| file.map(|f| (name, testdata(f)));
+        TlsOptions {
+            certificate: setting("OTEL_EXPORTER_OTLP_CERTIFICATE", ca),
+            client_certificate: setting("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", cert),
+            client_key: setting("OTEL_EXPORTER_OTLP_CLIENT_KEY", key),
+            insecure: false,
+        }
+    }
+
+    fn settings(endpoint: &str, protocol: Protocol, tls: &TlsOptions) -> anyhow::Result<String> {
+        TraceSettings::new(Some(endpoint), None, protocol, None, false, tls)
+            .map(|s| format!("{} tls={}", s.url.expect("set"), s.tls.is_some()))
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn https_endpoints_use_tls() {
+        let files = tls_options(Some("client.pem"), Some("client.pem"), Some("client.key"));
+        for options in [none(), files] {
+            assert_eq!(
+                settings("https://c:4318", Protocol::HttpProtobuf, &options).expect("valid"),
+                "https://c:4318/v1/traces tls=true"
+            );
+            assert_eq!(
+                settings("https://c:4317", Protocol::Grpc, &options).expect("valid"),
+                format!("https://c:4317{GRPC_PATH} tls=true")
+            );
+            assert_eq!(
+                settings("http://c:4317", Protocol::Grpc, &options).expect("valid"),
+                format!("http://c:4317{GRPC_PATH} tls=false")
+            );
+        }
+        // No scheme: gRPC is TLS unless insecure; OTLP/HTTP has no such form.
+        assert_eq!(
+            settings("c:4317", Protocol::Grpc, &none()).expect("valid"),
+            format!("https://c:4317{GRPC_PATH} tls=true")
+        );
+        let insecure = TlsOptions {
+            insecure: true,
+            ..none()
+        };
+        assert_eq!(
+            settings("c:4317", Protocol::Grpc, &insecure).expect("valid"),
+            format!("http://c:4317{GRPC_PATH} tls=false")
+        );
+        assert!(settings("https://c:4317", Protocol::Grpc, &insecure)
             .expect("valid")
-            .enabled());
-        assert!(TraceSettings::new(Some("https://c"), None, Protocol::Grpc, None, false).is_err());
-        assert!(TraceSettings::new(None, None, Protocol::Grpc, Some("novalue"), false).is_err());
+            .ends_with("tls=true"));
+        assert!(settings("c:4318", Protocol::HttpProtobuf, &none()).is_err());
+        assert!(settings("ftp://c:4318", Protocol::HttpProtobuf, &none()).is_err());
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn bad_tls_files_name_the_setting_and_path() {
+        let error = |options: TlsOptions| {
+            format!(
+                "{:#}",
+                settings("https://c", Protocol::Grpc, &options).expect_err("a bad file")
+            )
+        };
+        let missing = error(tls_options(Some("nope.pem"), None, None));
+        assert!(
+            missing.contains("OTEL_EXPORTER_OTLP_CERTIFICATE")
+                && missing.contains(&testdata("nope.pem").display().to_string())
+                && missing.contains("No such file"),
+            "{missing}"
+        );
+        // A key is not a certificate, and a certificate is not a key.
+        let not_cert = error(tls_options(Some("client.key"), None, None));
+        assert!(
+            not_cert.contains("OTEL_EXPORTER_OTLP_CERTIFICATE") && not_cert.contains("client.key"),
+            "{not_cert}"
+        );
+        let not_key = error(tls_options(None, Some("client.pem"), Some("client.pem")));
+        assert!(
+            not_key.contains("OTEL_EXPORTER_OTLP_CLIENT_KEY") && not_key.contains("client.pem"),
+            "{not_key}"
+        );
+        let not_pem = error(tls_options(None, Some("../mod.rs"), Some("client.key")));
+        assert!(
+            not_pem.contains("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE") && not_pem.contains("mod.rs"),
+            "{not_pem}"
+        );
+        let half = error(tls_options(None, Some("client.pem"), None));
+        assert!(
+            half.contains("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE is set but not its pair"),
+            "{half}"
+        );
+        // Plain http:// never reads the files.
+        assert!(settings(
+            "http://c",
+            Protocol::Grpc,
+            &tls_options(Some("nope.pem"), None, None)
+        )
+        .is_ok());
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn https_needs_the_tls_feature() {
+        assert!(settings("https://c", Protocol::Grpc, &none()).is_err());
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_failures_are_recognised() {
+        let handshake = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        #[derive(Debug, thiserror::Error)]
+        #[error("client error (Connect)")]
+        struct Outer(#[source] std::io::Error);
+        // As hyper-rustls passes it on: tokio-rustls' io::Error in an io::Error of its own.
+        let outer = Outer(std::io::Error::other(handshake));
+        assert_eq!(
+            tls::tls_cause(&outer).as_deref(),
+            Some("invalid peer certificate: UnknownIssuer")
+        );
+        assert_eq!(
+            causes(&outer),
+            "client error (Connect): invalid peer certificate: UnknownIssuer"
+        );
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(tls::tls_cause(&refused), None);
     }
 
     #[test]

@@ -6,13 +6,15 @@
 //! that is down or slow can never hold up capture or metrics. One tokio task
 //! ([`exporter::run`]) drains the queue: it names the span, joins the trace of an incoming W3C
 //! `traceparent`, samples, batches by process (one OTLP resource each) and sends the batch over
-//! gRPC or HTTP/protobuf with retries and backoff.
+//! gRPC or HTTP/protobuf with retries and backoff, over TLS for `https://` endpoints
+//! ([`tls`]).
 
 pub mod context;
 pub mod convert;
 pub mod exporter;
 pub mod parents;
 pub mod proto;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -25,6 +27,7 @@ use crate::exchange::Exchange;
 use crate::export::prometheus::ReasonLabel;
 
 pub use exporter::{Protocol, TraceSettings};
+pub use tls::TlsOptions;
 
 /// The exporter's self-metrics.
 #[derive(Default)]
