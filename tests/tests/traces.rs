@@ -160,9 +160,11 @@ impl Receiver {
         self.process = None;
     }
 
+    /// The spans written so far; a last line still being written is left for the next call.
     fn spans(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.out)
-            .unwrap_or_default()
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        complete
             .lines()
             .map(|l| serde_json::from_str(l).expect("the receiver writes JSON lines"))
             .collect()

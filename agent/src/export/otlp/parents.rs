@@ -43,6 +43,15 @@ const MAX_SERVERS: usize = 65536;
 /// returned, so a server may finish reading a request a little before the client's write
 /// returns (the data is delivered inside the client's syscall).
 const CONN_SLACK_NS: u64 = 5_000_000;
+/// How long a sent client span is kept for a late server end.
+const SENT_KEPT: Duration = Duration::from_millis(500);
+/// Sent client spans kept at most.
+const MAX_SENT: usize = 65536;
+
+/// Whether `child` lies within `start..end`, give or take `slack`.
+fn fits(start: u64, end: u64, child: &Span, slack: u64) -> bool {
+    start <= child.start_unix_ns + slack && child.end_unix_ns <= end + slack
+}
 
 /// A span with its process, on its way to a batch.
 pub type Pending = (Arc<ProcessInfo>, Span);
@@ -64,6 +73,7 @@ pub struct Arrival {
 /// A span and the children it adopted, waiting for the tree's trace to be settled.
 struct Node {
     process: Arc<ProcessInfo>,
+    conn_id: u64,
     remote_parent: Option<TraceParent>,
     span: Span,
     children: Vec<Node>,
@@ -85,6 +95,19 @@ struct Waiting {
     wait: Wait,
 }
 
+/// A client span already sent, kept a moment for a server span of its request that arrives
+/// after it: the two ends' last syscalls return on different CPUs, so the client may read the
+/// answer before the server's write returns.
+struct Sent {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    trace_state: String,
+    start_unix_ns: u64,
+    end_unix_ns: u64,
+    sampled: bool,
+    until: Instant,
+}
+
 /// Spans waiting for their parents.
 #[derive(Default)]
 pub struct Parents {
@@ -98,6 +121,10 @@ pub struct Parents {
     held: usize,
     /// Processes seen serving: only their client calls may have a server parent.
     servers: HashSet<u32>,
+    /// The latest client span sent per connection, while no server span claimed it.
+    sent: HashMap<u64, Sent>,
+    /// Connections of `sent` in the order they were sent, with when they stop being kept.
+    sent_order: VecDeque<(Instant, u64)>,
 }
 
 impl Parents {
@@ -108,24 +135,39 @@ impl Parents {
         let server = arrival.span.kind == SpanKind::Server;
         let mut node = Node {
             process: arrival.process,
+            conn_id: arrival.conn_id,
             remote_parent: arrival.remote_parent,
             span: arrival.span,
             children: Vec::new(),
             size: 1,
         };
-        let adopt = match (server, arrival.tid) {
-            (true, Some(tid)) => Some(Wait::Thread(pid, tid)),
-            (true, None) => None,
-            (false, _) => Some(Wait::Conn(arrival.conn_id)),
-        };
-        if let Some(wait) = adopt {
-            self.adopt(wait, &mut node);
-        }
-        if server && arrival.tid.is_some() {
-            if self.servers.len() >= MAX_SERVERS {
-                self.servers.clear();
+        match (server, arrival.tid) {
+            (true, Some(tid)) => {
+                while let Some(child) = self.take_fitting(Wait::Thread(pid, tid), &node.span) {
+                    node.adopt(child, false);
+                }
+                if self.servers.len() >= MAX_SERVERS {
+                    self.servers.clear();
+                }
+                self.servers.insert(pid);
             }
-            self.servers.insert(pid);
+            (true, None) => {}
+            (false, _) => {
+                if let Some(child) = self.take_fitting(Wait::Conn(node.conn_id), &node.span) {
+                    node.adopt(child, true);
+                }
+            }
+        }
+        if let (true, Some(conn)) = (server, arrival.peer_conn) {
+            if let Some(caller) = self.take_sent(conn, &node.span) {
+                node.span.trace_id = caller.trace_id;
+                node.span.parent_span_id = Some(caller.span_id);
+                node.span.trace_state = caller.trace_state;
+                node.span.end_unix_ns = node.span.end_unix_ns.min(caller.end_unix_ns);
+                node.span.start_unix_ns = node.span.start_unix_ns.min(node.span.end_unix_ns);
+                self.send(node, caller.sampled, out);
+                return;
+            }
         }
         let wait = match (server, arrival.tid) {
             (true, _) => arrival.peer_conn.map(Wait::Conn),
@@ -141,49 +183,48 @@ impl Parents {
                 self.deadlines.push_back((Instant::now() + HOLD, key));
                 self.waiting.insert(key, Waiting { node, wait });
             }
-            _ => settle(node, sampler, out),
+            _ => {
+                let sampled = sampler.sample(&node.span.trace_id, node.remote_parent.as_ref());
+                self.send(node, sampled, out);
+            }
         }
     }
 
-    /// Moves the spans waiting for `wait` whose time `parent` holds under it.
-    fn adopt(&mut self, wait: Wait, parent: &mut Node) {
-        let Some(keys) = self.by_wait.remove(&wait) else {
-            return;
-        };
+    /// Takes the oldest span waiting for `wait` whose time `parent` holds (with the clock
+    /// slack of a connection's two ends for `Wait::Conn`).
+    fn take_fitting(&mut self, wait: Wait, parent: &Span) -> Option<Node> {
         let slack = match wait {
             Wait::Thread(..) => 0,
             Wait::Conn(_) => CONN_SLACK_NS,
         };
-        // A client request has one server end: with requests pipelined on a connection
-        // (Kafka), the oldest waiting server span that fits is this request's.
-        let one = matches!(wait, Wait::Conn(_));
-        let mut left = Vec::new();
-        for key in keys {
-            let Some(w) = self.waiting.get(&key) else {
-                continue;
-            };
-            let child = &w.node.span;
-            let inside = parent.span.start_unix_ns <= child.start_unix_ns + slack
-                && child.end_unix_ns <= parent.span.end_unix_ns + slack;
-            if !inside || (one && !parent.children.is_empty()) {
-                left.push(key);
-                continue;
-            }
-            if let Some(mut w) = self.waiting.remove(&key) {
-                self.held -= w.node.size;
-                if slack > 0 {
-                    let (caller, callee) = (&mut parent.span, &mut w.node.span);
-                    caller.start_unix_ns = caller.start_unix_ns.min(callee.start_unix_ns);
-                    callee.end_unix_ns = callee.end_unix_ns.min(caller.end_unix_ns);
-                    callee.start_unix_ns = callee.start_unix_ns.min(callee.end_unix_ns);
-                }
-                parent.size += w.node.size;
-                parent.children.push(w.node);
-            }
+        let keys = self.by_wait.get_mut(&wait)?;
+        keys.retain(|k| self.waiting.contains_key(k));
+        let at = keys.iter().position(|k| {
+            self.waiting.get(k).is_some_and(|w| {
+                fits(
+                    parent.start_unix_ns,
+                    parent.end_unix_ns,
+                    &w.node.span,
+                    slack,
+                )
+            })
+        });
+        let key = at.map(|i| keys.remove(i));
+        if keys.is_empty() {
+            self.by_wait.remove(&wait);
         }
-        if !left.is_empty() {
-            self.by_wait.insert(wait, left);
+        let w = self.waiting.remove(&key?)?;
+        self.held -= w.node.size;
+        Some(w.node)
+    }
+
+    /// The client span sent on `conn` whose time holds `callee`, if it is still kept.
+    fn take_sent(&mut self, conn: u64, callee: &Span) -> Option<Sent> {
+        let sent = self.sent.get(&conn)?;
+        if !fits(sent.start_unix_ns, sent.end_unix_ns, callee, CONN_SLACK_NS) {
+            return None;
         }
+        self.sent.remove(&conn)
     }
 
     /// Settles the spans whose wait is over (all of them with `all`) as roots of their trees.
@@ -203,8 +244,64 @@ impl Parents {
                     self.by_wait.remove(&w.wait);
                 }
             }
-            settle(w.node, sampler, out);
+            let root = w.node;
+            let sampled = sampler.sample(&root.span.trace_id, root.remote_parent.as_ref());
+            self.send(root, sampled, out);
         }
+        while let Some(&(until, conn)) = self.sent_order.front() {
+            if !all && until > now {
+                break;
+            }
+            self.sent_order.pop_front();
+            // A later span of the connection replaced this one and is kept longer.
+            if self.sent.get(&conn).is_some_and(|s| all || s.until <= now) {
+                self.sent.remove(&conn);
+            }
+        }
+    }
+
+    /// Sends a settled tree, whose root's ids are final, or drops it when not `sampled`: every
+    /// span takes the root's trace and children point at their adopter. A client span without
+    /// its server end yet takes one that arrived after it was adopted, or is kept a moment for
+    /// one still to come.
+    fn send(&mut self, root: Node, sampled: bool, out: &mut Vec<Pending>) {
+        let mut stack = vec![root];
+        while let Some(mut node) = stack.pop() {
+            if node.span.kind != SpanKind::Server && node.children.is_empty() {
+                match self.take_fitting(Wait::Conn(node.conn_id), &node.span) {
+                    Some(child) => node.adopt(child, true),
+                    None => self.keep_sent(&node, sampled),
+                }
+            }
+            for mut child in std::mem::take(&mut node.children) {
+                child.span.trace_id = node.span.trace_id;
+                child.span.parent_span_id = Some(node.span.span_id);
+                child.span.trace_state.clone_from(&node.span.trace_state);
+                stack.push(child);
+            }
+            if sampled {
+                out.push((node.process, node.span));
+            }
+        }
+    }
+
+    /// Keeps a client span a moment for a late server end (see [`Sent`]).
+    fn keep_sent(&mut self, node: &Node, sampled: bool) {
+        if self.sent.len() >= MAX_SENT {
+            return;
+        }
+        let until = Instant::now() + SENT_KEPT;
+        let sent = Sent {
+            trace_id: node.span.trace_id,
+            span_id: node.span.span_id,
+            trace_state: node.span.trace_state.clone(),
+            start_unix_ns: node.span.start_unix_ns,
+            end_unix_ns: node.span.end_unix_ns,
+            sampled,
+            until,
+        };
+        self.sent.insert(node.conn_id, sent);
+        self.sent_order.push_back((until, node.conn_id));
     }
 
     /// Spans held now.
@@ -213,21 +310,18 @@ impl Parents {
     }
 }
 
-/// Sends a root and its descendants: every span takes the root's trace, children point at
-/// their adopter, and the root's trace id decides sampling for all.
-fn settle(root: Node, sampler: &Sampler, out: &mut Vec<Pending>) {
-    if !sampler.sample(&root.span.trace_id, root.remote_parent.as_ref()) {
-        return;
-    }
-    let mut stack = vec![root];
-    while let Some(node) = stack.pop() {
-        for mut child in node.children {
-            child.span.trace_id = node.span.trace_id;
-            child.span.parent_span_id = Some(node.span.span_id);
-            child.span.trace_state.clone_from(&node.span.trace_state);
-            stack.push(child);
+impl Node {
+    /// Makes `child` a child of this span. Across a connection the two ends' clocks are made
+    /// to nest (see the module's doc).
+    fn adopt(&mut self, mut child: Node, across_connection: bool) {
+        if across_connection {
+            let (caller, callee) = (&mut self.span, &mut child.span);
+            caller.start_unix_ns = caller.start_unix_ns.min(callee.start_unix_ns);
+            callee.end_unix_ns = callee.end_unix_ns.min(caller.end_unix_ns);
+            callee.start_unix_ns = callee.start_unix_ns.min(callee.end_unix_ns);
         }
-        out.push((node.process, node.span));
+        self.size += child.size;
+        self.children.push(child);
     }
 }
 
@@ -487,5 +581,56 @@ mod tests {
         assert_eq!(ids(&out), [5]);
         assert_eq!(out[0].1.parent_span_id, None);
         assert!(p.by_wait.is_empty());
+    }
+
+    /// The client read the answer before the server's write returned: the server span comes
+    /// second, whether the client span was sent already or still waits for its own parent.
+    #[test]
+    fn a_server_end_that_arrives_after_its_client_still_becomes_its_child() {
+        let on = Sampler::AlwaysOn;
+        let mut p = Parents::default();
+        let mut out = Vec::new();
+        // curl (no server) is sent at once, then nginx's server span arrives.
+        p.offer(
+            arrival(1, 10, 11, span(SpanKind::Client, 1, 100, 1_000)),
+            &on,
+            &mut out,
+        );
+        let mut nginx = arrival(2, 20, 21, span(SpanKind::Server, 2, 110, 1_020));
+        nginx.peer_conn = Some(11);
+        p.offer(nginx, &on, &mut out);
+        assert_eq!(ids(&out), [1, 2]);
+        assert_eq!(find(&out, 2).parent_span_id, Some([1; 8]));
+        assert_eq!(find(&out, 2).trace_id, [1; 16]);
+        assert_eq!(find(&out, 2).end_unix_ns, 1_000);
+        // Claimed: a second server span of the connection does not take the same parent.
+        let mut again = arrival(2, 20, 21, span(SpanKind::Server, 3, 120, 900));
+        again.peer_conn = Some(11);
+        p.offer(again, &on, &mut out);
+        assert_eq!(ids(&out), [1, 2]);
+        out.clear();
+        p.release(Instant::now() + HOLD, true, &on, &mut out);
+        assert_eq!(ids(&out), [3]);
+        out.clear();
+        // nginx (a known server) calls the app: its client span waits for nginx's request,
+        // the app's server span arrives, then nginx's server span settles the tree.
+        p.offer(
+            arrival(2, 20, 22, span(SpanKind::Client, 4, 200, 800)),
+            &on,
+            &mut out,
+        );
+        let mut app = arrival(3, 30, 31, span(SpanKind::Server, 5, 210, 810));
+        app.peer_conn = Some(22);
+        p.offer(app, &on, &mut out);
+        assert!(out.is_empty());
+        p.offer(
+            arrival(2, 20, 23, span(SpanKind::Server, 6, 150, 900)),
+            &on,
+            &mut out,
+        );
+        assert_eq!(ids(&out), [6, 4, 5]);
+        assert_eq!(find(&out, 5).parent_span_id, Some([4; 8]));
+        assert!(out.iter().all(|(_, s)| s.trace_id == [6; 16]));
+        assert_eq!(p.held(), 0);
     }
 }
