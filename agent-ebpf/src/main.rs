@@ -198,6 +198,16 @@ mod programs {
         1
     }
 
+    /// `flow_sock_ops` and `connect_local` in one program: flows switch on per-segment
+    /// callbacks, and every `sock_ops` program attached runs on each of them, so two programs
+    /// would cost two runs per segment.
+    #[aya_ebpf::macros::sock_ops]
+    pub fn flow_sock_ops_connect(ctx: aya_ebpf::programs::SockOpsContext) -> u32 {
+        io::connect_local(&ctx);
+        crate::flows::sock_ops(&ctx);
+        1
+    }
+
     /// UDP flows (`--udp-flows`): payload bytes received. Always lets the packet through.
     #[aya_ebpf::macros::cgroup_skb(ingress)]
     pub fn flow_udp_ingress(ctx: aya_ebpf::programs::SkBuffContext) -> i32 {

@@ -233,9 +233,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
         Some((_, Err(e))) => {
             log::warn!("TCP flows are off: {e:#}");
+            capture.start_connect_local();
             None
         }
-        None => None,
+        None => {
+            capture.start_connect_local();
+            None
+        }
     };
     let mut reader = Reader::new(maps, metrics.clone());
     reader.set_protocols(config.protocols);

@@ -72,11 +72,18 @@ impl Capture {
         create
             .attach(&cgroup, CgroupAttachMode::Single)
             .with_context(|| format!("attaching flow_sock_create to {}", root.display()))?;
-        let ops: &mut SockOps = program_of(ebpf, "flow_sock_ops")?.try_into()?;
-        ops.load()
-            .context("the kernel rejected program flow_sock_ops")?;
+        // The variant that also reports connects' local addresses needs Linux 6.10+.
+        let with_connect = load_sock_ops(ebpf, "flow_sock_ops_connect");
+        let name = if with_connect.is_ok() {
+            "flow_sock_ops_connect"
+        } else {
+            load_sock_ops(ebpf, "flow_sock_ops")?;
+            "flow_sock_ops"
+        };
+        super::log_local_addresses(with_connect);
+        let ops: &mut SockOps = program_of(ebpf, name)?.try_into()?;
         ops.attach(&cgroup, CgroupAttachMode::Single)
-            .with_context(|| format!("attaching flow_sock_ops to {}", root.display()))?;
+            .with_context(|| format!("attaching {name} to {}", root.display()))?;
         if self.udp_flows {
             // Attached last, after `sock_create` records UDP owners: per-packet hooks, so only
             // with `--udp-flows`.
@@ -114,6 +121,12 @@ impl Capture {
             counters: PerCpuArray::try_from(take(ebpf, "FLOW_COUNTERS")?)?,
         })
     }
+}
+
+fn load_sock_ops(ebpf: &mut aya::Ebpf, name: &str) -> anyhow::Result<()> {
+    let ops: &mut SockOps = program_of(ebpf, name)?.try_into()?;
+    ops.load()
+        .with_context(|| format!("the kernel rejected program {name}"))
 }
 
 /// Records the owner of every listening TCP socket that existed before the programs were

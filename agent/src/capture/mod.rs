@@ -189,16 +189,6 @@ impl Capture {
                 .with_context(|| format!("attaching {program} to tracepoint {category}:{name}"))?;
         }
         let hooks = attach_syscall_hooks(&mut ebpf, settings.hooks)?;
-        let local_addresses = match attach_connect_local(&mut ebpf) {
-            Ok(()) => "on",
-            Err(e) => {
-                log::info!(
-                    "capture: client connections carry no local address, so traces do not \
-                     cross from a client to a server on this node ({e:#})"
-                );
-                "off"
-            }
-        };
         let syscall_stats = match syscall_stats {
             SYSCALL_STATS_OFF => None,
             _ => Some(attach_syscall_stats(&mut ebpf, hooks, syscall_stats)?),
@@ -211,7 +201,7 @@ impl Capture {
             counters: PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)?,
         };
         log::info!(
-            "capture: syscall hooks on {}, local addresses of connects {local_addresses}, capture {} B per syscall, ring buffer {} KiB; syscall statistics {}",
+            "capture: syscall hooks on {}, capture {} B per syscall, ring buffer {} KiB; syscall statistics {}",
             hooks.as_str(),
             settings.capture_bytes,
             settings.ringbuf_bytes / 1024,
@@ -235,6 +225,25 @@ impl Capture {
             },
             maps,
         ))
+    }
+
+    /// Gives `Open` events from `connect` the socket's local address, so that traces cross from
+    /// a client to a server on this node: with flows, `start_flows` does it in the flows'
+    /// `sock_ops` program; without, this attaches a `sock_ops` program of its own. Kernels
+    /// before 6.10 refuse it (no `bpf_get_current_pid_tgid` in `sock_ops`): logged, not fatal.
+    pub fn start_connect_local(&mut self) {
+        let attached = (|| -> anyhow::Result<()> {
+            let root = flows::cgroup2_root().context("no cgroup v2 hierarchy is mounted")?;
+            let cgroup = std::fs::File::open(&root)
+                .with_context(|| format!("opening the cgroup v2 root {}", root.display()))?;
+            let ops: &mut SockOps = program_of(&mut self.ebpf, "connect_local")?.try_into()?;
+            ops.load()
+                .context("the kernel rejected program connect_local")?;
+            ops.attach(&cgroup, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching connect_local to {}", root.display()))?;
+            Ok(())
+        })();
+        log_local_addresses(attached);
     }
 
     /// The kernel's per-(cgroup, syscall) statistics table, for the syscall poller; `None` when
@@ -266,18 +275,15 @@ impl Capture {
 }
 
 /// Attaches the syscall exit hook with the chosen (or best available) mechanism.
-/// Attaches the `sock_ops` program that gives `Open` events from `connect` the socket's local
-/// address. Refused by kernels before 6.10 (no `bpf_get_current_pid_tgid` in `sock_ops`).
-fn attach_connect_local(ebpf: &mut Ebpf) -> anyhow::Result<()> {
-    let root = flows::cgroup2_root().context("no cgroup v2 hierarchy is mounted")?;
-    let cgroup = std::fs::File::open(&root)
-        .with_context(|| format!("opening the cgroup v2 root {}", root.display()))?;
-    let ops: &mut SockOps = program_of(ebpf, "connect_local")?.try_into()?;
-    ops.load()
-        .context("the kernel rejected program connect_local")?;
-    ops.attach(&cgroup, CgroupAttachMode::Single)
-        .with_context(|| format!("attaching connect_local to {}", root.display()))?;
-    Ok(())
+/// Says whether client connections carry their local address (see `start_connect_local`).
+fn log_local_addresses(attached: anyhow::Result<()>) {
+    match attached {
+        Ok(()) => log::info!("capture: connects report their local address"),
+        Err(e) => log::info!(
+            "capture: connects carry no local address, so traces do not cross from a client \
+             to a server on this node ({e:#})"
+        ),
+    }
 }
 
 fn attach_syscall_hooks(ebpf: &mut Ebpf, mode: HookMode) -> anyhow::Result<HookMode> {
