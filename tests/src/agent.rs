@@ -154,6 +154,12 @@ impl Agent {
         read_tail(&self.log_path, 64 * 1024)
     }
 
+    /// The agent's whole output (stdout and log), however long: `--traces-stdout` prints every
+    /// span of the machine, so a test's spans can scroll out of [`Agent::log`]'s tail.
+    pub fn full_log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log_path).unwrap_or_default()).into_owned()
+    }
+
     /// Scrapes and parses `/metrics`; panics (with the agent's log) if that fails.
     pub fn metrics(&self) -> Metrics {
         self.try_metrics()

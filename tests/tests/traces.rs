@@ -508,7 +508,7 @@ fn spans_as_json_lines_on_stdout() {
     let port = i64::from(server.port());
     let lines = |kind: &str| -> Vec<Value> {
         agent
-            .log()
+            .full_log()
             .lines()
             .filter(|l| l.starts_with('{'))
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
