@@ -84,14 +84,18 @@ enum Config {
     Exporter,
     Otel,
     Periscope,
+    /// Periscope with spans on: every request also becomes spans, printed as JSON lines
+    /// (`--traces-stdout`), as the `otel` configuration serialises its spans to JSON.
+    PeriscopeSpans,
     Bare,
 }
 
 impl Config {
-    const ALL: [Config; 4] = [
+    const ALL: [Config; 5] = [
         Config::Exporter,
         Config::Otel,
         Config::Periscope,
+        Config::PeriscopeSpans,
         Config::Bare,
     ];
 
@@ -100,6 +104,7 @@ impl Config {
             Config::Exporter => "exporter",
             Config::Otel => "otel",
             Config::Periscope => "periscope",
+            Config::PeriscopeSpans => "periscope+spans",
             Config::Bare => "bare",
         }
     }
@@ -109,7 +114,16 @@ impl Config {
         match self {
             Config::Exporter => "exporter",
             Config::Otel => "otel",
-            Config::Periscope | Config::Bare => "none",
+            Config::Periscope | Config::PeriscopeSpans | Config::Bare => "none",
+        }
+    }
+
+    /// Whether a Periscope agent runs, and its arguments beyond the bench's own.
+    fn agent_args(self) -> Option<&'static [&'static str]> {
+        match self {
+            Config::Periscope => Some(&[]),
+            Config::PeriscopeSpans => Some(&["--traces-stdout"]),
+            Config::Exporter | Config::Otel | Config::Bare => None,
         }
     }
 }
@@ -426,7 +440,7 @@ fn run_config(
             args.workers
         );
     }
-    if config != Config::Periscope {
+    let Some(extra_args) = config.agent_args() else {
         let before = app.cpu()?;
         let wrk = run_wrk(&wrk_options)?;
         if config == Config::Otel {
@@ -438,9 +452,13 @@ fn run_config(
             app_cpu,
             agent: None,
         });
-    }
+    };
 
-    let mut agent = Agent::start_with(agent_options.clone())?;
+    let mut options = agent_options.clone();
+    options
+        .args
+        .extend(extra_args.iter().map(|a| a.to_string()));
+    let mut agent = Agent::start_with(options)?;
     let pid = agent.pid();
     let counted_before = requests_counted(&agent.try_metrics()?, app.port);
     let app_before = app.cpu()?;
@@ -448,6 +466,10 @@ fn run_config(
     let wrk = run_wrk(&wrk_options)?;
     let app_cpu = app.cpu()?.saturating_sub(app_before);
     let metrics = settled_metrics(&agent, app.port, counted_before, wrk.requests)?;
+    if config == Config::PeriscopeSpans {
+        // The span exporter writes a batch at least every second: count the last one.
+        std::thread::sleep(Duration::from_millis(1500));
+    }
     let agent_cpu = cpu_time(pid)?.saturating_sub(agent_before);
     let status = agent.stop()?;
     if !status.success() {
@@ -524,14 +546,17 @@ fn report(args: &CompareArgs, placement: &str, versions: &str, rounds: &[Vec<Run
          /users/<int:user_id>` with a small JSON body; wrk requests `{ROUTE_PATH}`. gunicorn's \
          sync workers close every connection after one response, so each request is a new TCP \
          connection. Each round runs wrk for {} s against each configuration in turn \
-         (exporter, otel, periscope, bare), each on a freshly started gunicorn (and, for \
-         periscope, a fresh agent), measured once a worker answers; one warm-up round is \
-         discarded. `exporter` = `PrometheusMetrics(app)` (/metrics never scraped); `otel` = \
+         (exporter, otel, periscope, periscope+spans, bare), each on a freshly started \
+         gunicorn (and, for periscope, a fresh agent), measured once a worker answers; one \
+         warm-up round is discarded. `exporter` = `PrometheusMetrics(app)` (/metrics never scraped); `otel` = \
          `FlaskInstrumentor().instrument_app(app)` with a `TracerProvider`, \
          `BatchSpanProcessor` (defaults) and `ConsoleSpanExporter` writing to /dev/null, so \
          every span is serialised to JSON but nothing goes on the network (its CPU is read \
          {:.1} s after wrk ends, so the last batch is exported and counted); `periscope` = \
-         the uninstrumented app with the agent (default arguments); `bare` = the \
+         the uninstrumented app with the agent (default arguments); `periscope+spans` = the \
+         same with `--traces-stdout`, so every request also becomes two spans (gunicorn's \
+         server span and wrk's client span) serialised as JSON lines into the agent's log \
+         file, and its CPU is read once every request is counted; `bare` = the \
          uninstrumented app alone. CPU per request = CPU time of all gunicorn processes \
          (master + workers, /proc utime + stime) + the agent's for periscope, divided by the \
          requests wrk completed.\n\n",
@@ -591,7 +616,7 @@ fn report(args: &CompareArgs, placement: &str, versions: &str, rounds: &[Vec<Run
         out.push('\n');
     }
 
-    let [exporter, otel, periscope, bare] = [0, 1, 2, 3].map(|i| rounds[i].as_slice());
+    let [exporter, otel, periscope, spans, bare] = [0, 1, 2, 3, 4].map(|i| rounds[i].as_slice());
     let total: fn(&Run) -> f64 = Run::total_us;
     let rps: fn(&Run) -> f64 = |r| r.wrk.rps;
     out.push_str("\nTotal CPU per request relative to Periscope:\n\n");
@@ -603,26 +628,38 @@ fn report(args: &CompareArgs, placement: &str, versions: &str, rounds: &[Vec<Run
         "- otel / periscope: {}\n",
         ratio_line(otel, periscope, total)
     ));
+    out.push_str(&format!(
+        "- otel / periscope+spans (both make spans): {}\n",
+        ratio_line(otel, spans, total)
+    ));
     let bare_total = median(bare, total);
     out.push_str(&format!(
         "\nCPU per request added over bare (median − median of bare, {bare_total:.1} µs): \
-         exporter {:+.1} µs, otel {:+.1} µs, periscope {:+.1} µs.\n",
+         exporter {:+.1} µs, otel {:+.1} µs, periscope {:+.1} µs, periscope+spans {:+.1} \
+         µs.\n",
         median(exporter, total) - bare_total,
         median(otel, total) - bare_total,
-        median(periscope, total) - bare_total
+        median(periscope, total) - bare_total,
+        median(spans, total) - bare_total
     ));
     out.push_str("\nThroughput relative to bare:\n\n");
     for (name, runs) in [
         ("exporter", exporter),
         ("otel", otel),
         ("periscope", periscope),
+        ("periscope+spans", spans),
     ] {
         out.push_str(&format!("- {name}: {}\n", ratio_line(runs, bare, rps)));
     }
 
-    let excess: Vec<f64> = periscope.iter().filter_map(Run::counted_excess).collect();
+    let excess: Vec<f64> = periscope
+        .iter()
+        .chain(spans)
+        .filter_map(Run::counted_excess)
+        .collect();
     let lost: Vec<f64> = periscope
         .iter()
+        .chain(spans)
         .filter_map(|r| r.agent.as_ref().map(|a| a.lost))
         .collect();
     let within = excess
@@ -630,7 +667,8 @@ fn report(args: &CompareArgs, placement: &str, versions: &str, rounds: &[Vec<Run
         .all(|&e| (0.0..=f64::from(args.connections)).contains(&e));
     out.push_str(&format!(
         "\nCounts: Periscope's `{}` for the app's port minus wrk's completed requests, per \
-         round: {} (in-flight requests when wrk stops, expected 0…{}): **{}**. Kernel events \
+         round (periscope, then periscope+spans): {} (in-flight requests when wrk stops, \
+         expected 0…{}): **{}**. Kernel events \
          lost: {}.\n",
         crate::bench::REQUESTS_METRIC,
         excess
@@ -670,11 +708,16 @@ mod tests {
     #[test]
     fn configs_are_distinct_and_only_two_are_instrumented_in_process() {
         let names: Vec<&str> = Config::ALL.iter().map(|c| c.name()).collect();
-        assert_eq!(names, ["exporter", "otel", "periscope", "bare"]);
+        assert_eq!(
+            names,
+            ["exporter", "otel", "periscope", "periscope+spans", "bare"]
+        );
         let uninstrumented = Config::ALL
             .iter()
             .filter(|c| c.instrumentation() == "none")
             .count();
-        assert_eq!(uninstrumented, 2);
+        assert_eq!(uninstrumented, 3);
+        let with_agent = Config::ALL.iter().filter(|c| c.agent_args().is_some());
+        assert_eq!(with_agent.count(), 2);
     }
 }
