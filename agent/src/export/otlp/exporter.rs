@@ -249,10 +249,8 @@ pub async fn run(
 
 impl Export {
     async fn flush(&mut self, pending: &mut Vec<(Arc<ProcessInfo>, Span)>) {
-        if self.settings.stdout {
-            for (process, span) in pending.iter() {
-                print_json(span, process, &self.host_name).await;
-            }
+        if self.settings.stdout && !pending.is_empty() {
+            print_json(pending, &self.host_name).await;
         }
         let Some(url) = &self.settings.url else {
             pending.clear();
@@ -510,7 +508,8 @@ fn rejected_spans(response: &[u8]) -> u64 {
 
 /// On tokio's blocking pool: a stdout pipe nobody reads stalls this task, never
 /// a runtime worker.
-async fn print_json(span: &Span, process: &ProcessInfo, host_name: &str) {
+/// Prints a batch as JSON lines, in one write (each process's resource is built once).
+async fn print_json(batch: &[(Arc<ProcessInfo>, Span)], host_name: &str) {
     let attrs = |list: &[(&'static str, Value)]| {
         serde_json::Value::Object(
             list.iter()
@@ -524,21 +523,28 @@ async fn print_json(span: &Span, process: &ProcessInfo, host_name: &str) {
                 .collect(),
         )
     };
-    let line = serde_json::json!({
-        "trace_id": hex(&span.trace_id),
-        "span_id": hex(&span.span_id),
-        "parent_span_id": span.parent_span_id.map(|p| hex(&p)),
-        "trace_state": span.trace_state,
-        "name": span.name,
-        "kind": span.kind.as_str(),
-        "start_time_unix_nano": span.start_unix_ns,
-        "end_time_unix_nano": span.end_unix_ns,
-        "attributes": attrs(&span.attributes),
-        "status": if span.error.is_some() { "ERROR" } else { "UNSET" },
-        "resource": attrs(&resource(process, host_name)),
-    });
-    let mut text = line.to_string();
-    text.push('\n');
+    let mut resources: HashMap<u64, serde_json::Value> = HashMap::new();
+    let mut text = String::new();
+    for (process, span) in batch {
+        let resource = resources
+            .entry(process.seq)
+            .or_insert_with(|| attrs(&resource(process, host_name)));
+        let line = serde_json::json!({
+            "trace_id": hex(&span.trace_id),
+            "span_id": hex(&span.span_id),
+            "parent_span_id": span.parent_span_id.map(|p| hex(&p)),
+            "trace_state": span.trace_state,
+            "name": span.name,
+            "kind": span.kind.as_str(),
+            "start_time_unix_nano": span.start_unix_ns,
+            "end_time_unix_nano": span.end_unix_ns,
+            "attributes": attrs(&span.attributes),
+            "status": if span.error.is_some() { "ERROR" } else { "UNSET" },
+            "resource": resource,
+        });
+        text.push_str(&line.to_string());
+        text.push('\n');
+    }
     // stdout closed (a pipe whose reader left): spans still go to the collector, if any.
     let _ = tokio::task::spawn_blocking(move || {
         use std::io::Write;
