@@ -89,12 +89,12 @@ pub fn describe(exchange: &Exchange, parent: Option<&TraceParent>) -> Span {
     let mut trace_state = String::new();
     let (name, kind, error) = match &exchange.detail {
         Detail::Http(h) => {
-            let method = if KNOWN_METHODS.contains(&h.method.as_str()) {
-                h.method.as_str()
-            } else {
-                "_OTHER"
-            };
-            attributes.push(("http.request.method", Value::Str(method.to_owned())));
+            let method: &'static str = KNOWN_METHODS
+                .iter()
+                .find(|m| **m == h.method)
+                .copied()
+                .unwrap_or("_OTHER");
+            attributes.push(("http.request.method", Value::Static(method)));
             if method == "_OTHER" && !h.method.is_empty() {
                 attributes.push(("http.request.method_original", Value::Str(h.method.clone())));
             }
@@ -110,7 +110,7 @@ pub fn describe(exchange: &Exchange, parent: Option<&TraceParent>) -> Span {
             if let Some(host) = h.host.as_deref().map(host_without_port) {
                 attributes.push(("server.address", Value::Str(host.to_owned())));
             } else if let (false, Some(p)) = (server, peer) {
-                attributes.push(("server.address", Value::Str(p.ip().to_string())));
+                attributes.push(("server.address", Value::Ip(p.ip())));
             }
             if h.request_body_bytes > 0 {
                 attributes.push((
@@ -145,7 +145,7 @@ pub fn describe(exchange: &Exchange, parent: Option<&TraceParent>) -> Span {
         }
         Detail::Postgres(p) => {
             let st = &p.statement;
-            attributes.push(("db.system.name", Value::Str("postgresql".into())));
+            attributes.push(("db.system.name", Value::Static("postgresql")));
             if let Some(ns) = &p.db_namespace {
                 attributes.push(("db.namespace", Value::Str(ns.clone())));
             }
@@ -174,7 +174,7 @@ pub fn describe(exchange: &Exchange, parent: Option<&TraceParent>) -> Span {
             (name, http_kind(server), error)
         }
         Detail::Kafka(k) => {
-            attributes.push(("messaging.system", Value::Str("kafka".into())));
+            attributes.push(("messaging.system", Value::Static("kafka")));
             let topic = k.topics.iter().find_map(|t| t.name.clone());
             let (operation_type, kind) = match (k.api_name, server) {
                 (_, true) => (None, SpanKind::Server),
@@ -182,9 +182,9 @@ pub fn describe(exchange: &Exchange, parent: Option<&TraceParent>) -> Span {
                 ("Fetch", false) => (Some("receive"), SpanKind::Consumer),
                 _ => (None, SpanKind::Client),
             };
-            attributes.push(("messaging.operation.name", Value::Str(k.api_name.into())));
+            attributes.push(("messaging.operation.name", Value::Static(k.api_name)));
             if let Some(t) = operation_type {
-                attributes.push(("messaging.operation.type", Value::Str(t.into())));
+                attributes.push(("messaging.operation.type", Value::Static(t)));
             }
             if let Some(t) = &topic {
                 attributes.push(("messaging.destination.name", Value::Str(t.clone())));
@@ -217,10 +217,10 @@ pub fn describe(exchange: &Exchange, parent: Option<&TraceParent>) -> Span {
         attributes.push(("server.port", Value::Int(i64::from(port))));
     }
     if let Some(p) = peer {
-        attributes.push(("network.peer.address", Value::Str(p.ip().to_string())));
+        attributes.push(("network.peer.address", Value::Ip(p.ip())));
         attributes.push(("network.peer.port", Value::Int(i64::from(p.port()))));
         if server {
-            attributes.push(("client.address", Value::Str(p.ip().to_string())));
+            attributes.push(("client.address", Value::Ip(p.ip())));
         }
     }
     Span {

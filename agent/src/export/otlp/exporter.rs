@@ -514,9 +514,9 @@ async fn print_json(batch: &[(Arc<ProcessInfo>, Span)], host_name: &str) {
         serde_json::Value::Object(
             list.iter()
                 .map(|(k, v)| {
-                    let v = match v {
-                        Value::Str(s) => serde_json::Value::from(s.as_str()),
-                        Value::Int(i) => serde_json::Value::from(*i),
+                    let v = match (v, v.text()) {
+                        (Value::Int(i), _) => serde_json::Value::from(*i),
+                        (_, text) => serde_json::Value::from(text.unwrap_or_default()),
                     };
                     ((*k).to_owned(), v)
                 })

@@ -7,13 +7,39 @@
 //! output with the official Python bindings.
 
 /// An attribute value.
-#[derive(Clone, Debug, PartialEq)]
+/// An attribute value. Strings known at build time and addresses are kept as they are, so that
+/// a span costs no allocation for them.
+#[derive(Clone, Debug)]
 pub enum Value {
     Str(String),
+    Static(&'static str),
+    Ip(std::net::IpAddr),
     Int(i64),
 }
 
-/// `Span.SpanKind`.
+impl Value {
+    /// The text of a string value (`None` for integers).
+    pub fn text(&self) -> Option<std::borrow::Cow<'_, str>> {
+        match self {
+            Value::Str(s) => Some(s.as_str().into()),
+            Value::Static(s) => Some((*s).into()),
+            Value::Ip(ip) => Some(ip.to_string().into()),
+            Value::Int(_) => None,
+        }
+    }
+}
+
+/// Values are equal when they say the same: a `Static` and a `Str` of the same text are.
+impl PartialEq for Value {
+    fn eq(&self, other: &Value) -> bool {
+        match (self, other) {
+            (Value::Int(a), Value::Int(b)) => a == b,
+            (Value::Int(_), _) | (_, Value::Int(_)) => false,
+            _ => self.text() == other.text(),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SpanKind {
     Server = 2,
@@ -118,6 +144,16 @@ fn key_value(out: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
         string(kv, 1, key);
         message(kv, 2, |any| match value {
             Value::Str(s) => string(any, 1, s),
+            Value::Static(s) => string(any, 1, s),
+            Value::Ip(ip) => {
+                use std::io::Write;
+                // An IPv6 address is at most 45 characters.
+                let mut buf = [0u8; 48];
+                let mut cursor = std::io::Cursor::new(&mut buf[..]);
+                let _ = write!(cursor, "{ip}");
+                let len = cursor.position() as usize;
+                bytes(any, 1, &buf[..len]);
+            }
             Value::Int(i) => varint_field(any, 3, *i as u64),
         });
     });
