@@ -462,6 +462,56 @@ fn chart_with_every_feature_validates_and_matches_the_plain_extras() {
             .unwrap()
             .iter()
             .any(|v| v["name"] == "btf"));
+        // No TLS files unless asked for.
+        assert!(!env.contains_key("OTEL_EXPORTER_OTLP_CERTIFICATE"));
+    }
+}
+
+/// An https collector: the CA and the client pair come from Secrets, mounted where the
+/// standard variables point.
+#[test]
+fn chart_mounts_the_collectors_tls_secrets() {
+    let mut values = all_features("serviceMonitor");
+    values["otlp"] = json!({
+        "endpoint": "https://otel-collector.observability:4317",
+        "tls": {"caSecret": "otlp-ca", "clientSecret": "periscope-otlp-client"},
+    });
+    let rendered = render_chart(&values).unwrap();
+    kubernetes_validate(&rendered).unwrap();
+    let daemonset = find(&rendered, "DaemonSet");
+    let env = env_of(&daemonset);
+    let pod = &daemonset["spec"]["template"]["spec"];
+    let mounts = pod["containers"][0]["volumeMounts"].as_array().unwrap();
+    let volumes = pod["volumes"].as_array().unwrap();
+    for (variable, file, volume, secret) in [
+        (
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            "ca.crt",
+            "otlp-ca",
+            "otlp-ca",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+            "tls.crt",
+            "otlp-client",
+            "periscope-otlp-client",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+            "tls.key",
+            "otlp-client",
+            "periscope-otlp-client",
+        ),
+    ] {
+        let mount = mounts
+            .iter()
+            .find(|m| m["name"] == volume)
+            .unwrap_or_else(|| panic!("no mount of {volume}: {mounts:#?}"));
+        let path = format!("{}/{file}", mount["mountPath"].as_str().unwrap());
+        assert_eq!(env[variable], path.as_str(), "{variable}");
+        assert_eq!(mount["readOnly"], true);
+        let v = volumes.iter().find(|v| v["name"] == volume).unwrap();
+        assert_eq!(v["secret"]["secretName"], secret);
     }
 }
 
