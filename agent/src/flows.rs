@@ -111,6 +111,44 @@ fn rtt_bounds() -> impl Iterator<Item = f64> {
     (1..FLOW_RTT_BUCKETS).map(|i| (1u64 << i) as f64 / 1e6)
 }
 
+/// Values to observe for new RTT samples, given per kernel bucket (`counts`, integer µs in
+/// `[2^i, 2^(i+1))`) and their exact total in µs: one value per bucket, each inside its
+/// histogram bucket, placed at the same fraction of every bucket's range so that the values
+/// add up to the kernel's total (the kernel keeps no single samples). Samples above the last
+/// bound (8 s) stay at its lower end.
+fn rtt_samples(counts: &[u64; FLOW_RTT_BUCKETS], sum_us: u64) -> Vec<(f64, u64)> {
+    let last = FLOW_RTT_BUCKETS - 1;
+    // The smallest and largest integer µs of a bucket, the lower end nudged above the bound
+    // below it (histogram buckets include their upper bound).
+    let range = |b: usize| -> (f64, f64) {
+        match b {
+            0 => (0.0, 1.0),
+            b if b == last => ((1u64 << b) as f64 + 1e-3, (1u64 << b) as f64 + 1e-3),
+            b => ((1u64 << b) as f64 + 1e-3, ((1u64 << (b + 1)) - 1) as f64),
+        }
+    };
+    let (mut low, mut high) = (0.0, 0.0);
+    for (b, &n) in counts.iter().enumerate() {
+        let (lo, hi) = range(b);
+        low += n as f64 * lo;
+        high += n as f64 * hi;
+    }
+    let fraction = if high > low {
+        ((sum_us as f64 - low) / (high - low)).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    counts
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(b, &n)| {
+            let (lo, hi) = range(b);
+            ((lo + fraction * (hi - lo)) / 1e6, n)
+        })
+        .collect()
+}
+
 impl FlowMetrics {
     /// Creates the flow metrics and registers them.
     pub fn register(registry: &mut Registry) -> FlowMetrics {
@@ -324,16 +362,11 @@ impl FlowPoller {
             return;
         }
         let histogram = m.rtt.get_or_create(labels);
-        for bucket in 0..FLOW_RTT_BUCKETS {
-            let n = now.rtt[bucket].wrapping_sub(before.rtt[bucket]);
-            // The kernel keeps only bucket counts: each sample is taken at its bucket's middle.
-            let middle = if bucket == 0 {
-                1.0
-            } else {
-                1.5 * (1u64 << bucket) as f64
-            } / 1e6;
+        let counts: [u64; FLOW_RTT_BUCKETS] =
+            std::array::from_fn(|b| now.rtt[b].wrapping_sub(before.rtt[b]));
+        for (seconds, n) in rtt_samples(&counts, delta(|s| s.rtt_sum_us)) {
             for _ in 0..n.min(1_000_000) {
-                histogram.observe(middle);
+                histogram.observe(seconds);
             }
         }
     }
@@ -463,6 +496,28 @@ mod tests {
         key.ip_version = 6;
         key.peer = std::net::Ipv6Addr::LOCALHOST.octets();
         assert_eq!(peer_ip(&key).to_string(), "::1");
+    }
+
+    #[test]
+    fn rtt_samples_keep_their_buckets_and_add_up_to_the_kernel_sum() {
+        let bounds: Vec<f64> = rtt_bounds().collect();
+        let mut counts = [0u64; FLOW_RTT_BUCKETS];
+        // 3 samples of 40–63 µs, 1 of 1000–2047 µs, 2 of 0–1 µs.
+        counts[5] = 3;
+        counts[10] = 1;
+        counts[0] = 2;
+        for sum_us in [3 * 40 + 1000, 3 * 50 + 1500 + 1, 3 * 63 + 2047 + 2] {
+            let samples = rtt_samples(&counts, sum_us);
+            let total: f64 = samples.iter().map(|(v, n)| v * *n as f64).sum();
+            assert!(
+                (total * 1e6 - sum_us as f64).abs() < 0.01,
+                "{sum_us}: {samples:?}"
+            );
+            for (v, n) in samples {
+                let bucket = bounds.iter().position(|b| v <= *b).expect("finite");
+                assert_eq!(counts[bucket], n, "{v} in bucket {bucket}");
+            }
+        }
     }
 
     #[test]
