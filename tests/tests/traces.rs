@@ -170,6 +170,25 @@ impl Receiver {
             .collect()
     }
 
+    /// Waits until the agent's count of exported spans is the number of spans received (the
+    /// agent counts a batch when the answer to it arrives, a moment after the receiver wrote
+    /// it), then returns the agent's metrics.
+    fn agrees_with(&self, agent: &Agent) -> harness::Metrics {
+        let agree = || {
+            agent.metrics().sum("periscope_spans_exported_total", &[]) == self.spans().len() as f64
+        };
+        let agreed = wait_until(WAIT, Duration::from_millis(100), agree);
+        let m = agent.metrics();
+        assert!(
+            agreed,
+            "exported {} spans, the receiver has {}\n{}",
+            m.sum("periscope_spans_exported_total", &[]),
+            self.spans().len(),
+            m.text()
+        );
+        m
+    }
+
     fn agent(&self, protocol: &str) -> Agent {
         self.agent_at(protocol, "http://127.0.0.1", &[])
     }
@@ -303,13 +322,7 @@ fn http_requests_become_spans(protocol: &str) {
     let traces: std::collections::BTreeSet<String> =
         clients.iter().map(|c| c["trace_id"].to_string()).collect();
     assert_eq!(traces.len(), n, "one trace per request");
-    let m = agent.metrics();
-    assert_eq!(
-        m.sum("periscope_spans_exported_total", &[]),
-        receiver.spans().len() as f64,
-        "{}",
-        m.text()
-    );
+    let m = receiver.agrees_with(&agent);
     assert_eq!(m.sum("periscope_spans_dropped_total", &[]), 0.0);
     // The exports themselves are not traced (else each batch would make the next one).
     for collector in [receiver.http_port, receiver.grpc_port] {
@@ -486,13 +499,7 @@ fn collector_outage_is_survived_and_counted() {
         WAIT,
     )
     .unwrap();
-    let m = agent.metrics();
-    assert_eq!(
-        m.sum("periscope_spans_exported_total", &[]),
-        receiver.spans().len() as f64,
-        "{}",
-        m.text()
-    );
+    let m = receiver.agrees_with(&agent);
     assert!(agent.is_running());
 }
 
@@ -819,13 +826,7 @@ fn spans_over_tls(protocol: &str) {
         assert_eq!(span["transport"], protocol.split('/').next().unwrap_or(""));
         assert_eq!(span["name"], "GET /tls/{id}", "{span}");
     }
-    let m = agent.metrics();
-    assert_eq!(
-        m.sum("periscope_spans_exported_total", &[]),
-        receiver.spans().len() as f64,
-        "{}",
-        m.text()
-    );
+    let m = receiver.agrees_with(&agent);
     assert_eq!(m.sum("periscope_span_export_errors_total", &[]), 0.0);
     assert!(!agent.log().contains("TLS handshake"), "{}", agent.log());
 }

@@ -30,6 +30,10 @@ const ATTEMPTS: u32 = 5;
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// One attempt's time limit (the OTLP exporters' default timeout).
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// Batches on their way at once: while one waits for the collector's answer the next is
+/// converted and sent. When all are in flight, conversion waits, the queue fills and the
+/// newest exchanges are dropped and counted (`queue_full`).
+const IN_FLIGHT: u32 = 4;
 const GRPC_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// `OTEL_EXPORTER_OTLP_PROTOCOL`.
@@ -177,14 +181,15 @@ struct Failure {
     tls: Option<String>,
 }
 
-/// What sends batches: the HTTP client and what it needs, and whether a TLS failure has been
-/// logged already (a collector with a bad certificate would otherwise log every attempt).
+/// What sends batches: the HTTP client and what it needs, the batches in flight, and the TLS
+/// failure logged last (a collector with a bad certificate would otherwise log every attempt).
 struct Export {
     client: Client<Connector, Full<Bytes>>,
-    settings: TraceSettings,
+    settings: Arc<TraceSettings>,
     metrics: Arc<SpanMetrics>,
     host_name: String,
-    tls_warned: Option<String>,
+    in_flight: Arc<tokio::sync::Semaphore>,
+    tls_warned: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// Drains `rx` until every sender is gone: converts, batches and exports.
@@ -203,10 +208,11 @@ pub async fn run(
     };
     let mut export = Export {
         client,
-        settings,
+        settings: Arc::new(settings),
         metrics,
         host_name: host_name(),
-        tls_warned: None,
+        in_flight: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT as usize)),
+        tls_warned: Arc::default(),
     };
     let mut pending: Vec<(Arc<ProcessInfo>, Span)> = Vec::new();
     let mut parents = Parents::default();
@@ -236,6 +242,8 @@ pub async fn run(
                 None => {
                     parents.release(Instant::now(), true, &converter.sampler, &mut pending);
                     export.flush(&mut pending).await;
+                    // Every batch in flight has finished once all permits are back.
+                    let _ = export.in_flight.acquire_many(IN_FLIGHT).await;
                     return;
                 }
             },
@@ -248,27 +256,60 @@ pub async fn run(
 }
 
 impl Export {
+    /// Prints and/or sends the pending spans. Sending happens in a task of its own, once one of
+    /// the `IN_FLIGHT` slots is free.
     async fn flush(&mut self, pending: &mut Vec<(Arc<ProcessInfo>, Span)>) {
         if self.settings.stdout && !pending.is_empty() {
             print_json(pending, &self.host_name).await;
         }
-        let Some(url) = &self.settings.url else {
+        if self.settings.url.is_none() {
             pending.clear();
             return;
-        };
+        }
         if pending.is_empty() {
             return;
         }
         let batch = std::mem::take(pending);
         let count = batch.len() as u64;
         let body = encode(&batch, &self.host_name);
+        drop(batch);
+        let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let attempt = Attempt {
+            client: self.client.clone(),
+            settings: self.settings.clone(),
+            metrics: self.metrics.clone(),
+            tls_warned: self.tls_warned.clone(),
+        };
+        tokio::spawn(async move {
+            attempt.send_with_retries(body, count).await;
+            drop(permit);
+        });
+    }
+}
+
+/// What one batch's export needs.
+struct Attempt {
+    client: Client<Connector, Full<Bytes>>,
+    settings: Arc<TraceSettings>,
+    metrics: Arc<SpanMetrics>,
+    tls_warned: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl Attempt {
+    /// Sends one encoded batch of `count` spans, retrying with backoff, and counts the outcome.
+    async fn send_with_retries(&self, body: Bytes, count: u64) {
+        let Some(url) = &self.settings.url else {
+            return;
+        };
         let metrics = &self.metrics;
         let mut backoff = FIRST_BACKOFF;
         for attempt in 1..=ATTEMPTS {
             let sent = send(&self.client, &self.settings, url, body.clone());
             match tokio::time::timeout(TIMEOUT, sent).await {
                 Ok(Ok(rejected)) => {
-                    if self.tls_warned.take().is_some() {
+                    if self.tls_warned().take().is_some() {
                         log::info!("TLS to the OTLP collector at {url} works again");
                     }
                     metrics.exported.inc_by(count.saturating_sub(rejected));
@@ -282,13 +323,14 @@ impl Export {
                     metrics.export_errors.inc();
                     if let Some(tls) = failure.tls {
                         // Once per distinct error: the certificate won't change between batches.
-                        if self.tls_warned.as_ref() != Some(&tls) {
+                        let mut warned = self.tls_warned();
+                        if warned.as_ref() != Some(&tls) {
                             log::warn!(
                                 "OTLP export: the TLS handshake with {url} failed: {tls}; spans \
                                  are dropped until it succeeds (further TLS failures are \
                                  logged at debug level)"
                             );
-                            self.tls_warned = Some(tls);
+                            *warned = Some(tls);
                         } else {
                             log::debug!(
                                 "OTLP export of {count} spans failed (attempt \
@@ -322,6 +364,13 @@ impl Export {
             }
         }
         metrics.drop_spans("export_failed", count);
+    }
+
+    fn tls_warned(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        // A poisoned lock only means a panic while logging: the value is still usable.
+        self.tls_warned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
