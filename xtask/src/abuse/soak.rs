@@ -88,6 +88,23 @@ impl Consumer {
     }
 }
 
+/// One sample of the agent during the load.
+struct Sample {
+    usage: Usage,
+    tracked: f64,
+    lost: f64,
+    /// Sample lines on /metrics: series of every process on the machine, other jobs' too.
+    series: usize,
+}
+
+/// The sample lines of an exposition (every series, every histogram bucket).
+fn series_lines(m: &Metrics) -> usize {
+    m.text()
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .count()
+}
+
 /// The counters the soak checks, read from one scrape.
 #[derive(Debug, Clone, Copy, Default)]
 struct Counts {
@@ -189,21 +206,29 @@ pub(crate) fn soak(env: &Env, args: &SoakArgs) -> anyhow::Result<Report> {
 
     let mut consumer = Consumer { offset: 0 };
     let mut consumed = 0;
-    let mut samples: Vec<(Usage, f64, f64)> = Vec::new();
+    let mut samples: Vec<Sample> = Vec::new();
     let mut next_consume = Duration::from_secs(30);
     let end = Duration::from_secs(seconds);
     while started.elapsed() < end {
         std::thread::sleep(Duration::from_secs(args.sample_seconds).min(end - started.elapsed()));
         let usage = Usage::read(pid, started, cpu_at_start)?;
         let m = agent.try_metrics()?;
-        let (tracked, lost) = (m.sum(TRACKED_METRIC, &[]), m.sum(LOST_METRIC, &[]));
+        let sample = Sample {
+            usage,
+            tracked: m.sum(TRACKED_METRIC, &[]),
+            lost: m.sum(LOST_METRIC, &[]),
+            series: series_lines(&m),
+        };
         println!(
-            "[abuse] soak t={:.0}s RSS {:.1} MB CPU {:.1} s tracked {tracked} lost {lost}",
+            "[abuse] soak t={:.0}s RSS {:.1} MB CPU {:.1} s tracked {} lost {} series {}",
             usage.at,
             usage.rss_bytes as f64 / 1e6,
-            usage.cpu.as_secs_f64()
+            usage.cpu.as_secs_f64(),
+            sample.tracked,
+            sample.lost,
+            sample.series
         );
-        samples.push((usage, tracked, lost));
+        samples.push(sample);
         if started.elapsed() >= next_consume {
             consumed += consumer.drain(&kafka)?;
             next_consume += Duration::from_secs(30);
@@ -260,18 +285,24 @@ pub(crate) fn soak(env: &Env, args: &SoakArgs) -> anyhow::Result<Report> {
     drop(agent);
 
     // Slopes after the warm-up, in MB/hour and CPU percent per hour.
-    let measured: Vec<&(Usage, f64, f64)> = samples
+    let measured: Vec<&Sample> = samples
         .iter()
-        .filter(|s| s.0.at >= WARM_UP.as_secs_f64())
+        .filter(|s| s.usage.at >= WARM_UP.as_secs_f64())
         .collect();
     let rss_points: Vec<(f64, f64)> = measured
         .iter()
-        .map(|(u, _, _)| (u.at / 3600.0, u.rss_bytes as f64 / 1e6))
+        .map(|s| (s.usage.at / 3600.0, s.usage.rss_bytes as f64 / 1e6))
         .collect();
+    let series_slope = slope(
+        &measured
+            .iter()
+            .map(|s| (s.usage.at / 3600.0, s.series as f64))
+            .collect::<Vec<_>>(),
+    );
     let cpu_points: Vec<(f64, f64)> = measured
         .windows(2)
         .map(|w| {
-            let (a, b) = (&w[0].0, &w[1].0);
+            let (a, b) = (&w[0].usage, &w[1].usage);
             let percent = (b.cpu - a.cpu).as_secs_f64() / (b.at - a.at) * 100.0;
             (b.at / 3600.0, percent)
         })
@@ -279,9 +310,11 @@ pub(crate) fn soak(env: &Env, args: &SoakArgs) -> anyhow::Result<Report> {
     let rss_slope = slope(&rss_points);
     let cpu_slope = slope(&cpu_points);
     let mb = |u: &Usage| u.rss_bytes as f64 / 1e6;
-    let first = samples.first().map(|s| mb(&s.0)).unwrap_or(0.0);
-    let last = samples.last().map(|s| mb(&s.0)).unwrap_or(0.0);
-    let max = samples.iter().map(|s| mb(&s.0)).fold(0.0, f64::max);
+    let first = samples.first().map(|s| mb(&s.usage)).unwrap_or(0.0);
+    let last = samples.last().map(|s| mb(&s.usage)).unwrap_or(0.0);
+    let max = samples.iter().map(|s| mb(&s.usage)).fold(0.0, f64::max);
+    let series_first = samples.first().map_or(0, |s| s.series);
+    let series_last = samples.last().map_or(0, |s| s.series);
     let mean_cpu = cpu_points.iter().map(|p| p.1).sum::<f64>() / cpu_points.len().max(1) as f64;
     let exchanges_per_hour = 3600.0
         * (f64::from(args.http_rate)
@@ -302,12 +335,13 @@ pub(crate) fn soak(env: &Env, args: &SoakArgs) -> anyhow::Result<Report> {
         WARM_UP.as_secs()
     ));
     let mut table = String::from(
-        "| t (s) | RSS (MB) | CPU in interval (%) | connections tracked | kernel events lost |\n\
-         |---:|---:|---:|---:|---:|\n",
+        "| t (s) | RSS (MB) | CPU in interval (%) | connections tracked | kernel events lost | series on /metrics |\n\
+         |---:|---:|---:|---:|---:|---:|\n",
     );
     let every = (60 / args.sample_seconds.max(1)).max(1) as usize;
     let mut previous: Option<&Usage> = None;
-    for (i, (u, tracked, lost)) in samples.iter().enumerate() {
+    for (i, s) in samples.iter().enumerate() {
+        let u = &s.usage;
         let interval = previous.map_or(String::from("–"), |p| {
             format!(
                 "{:.1}",
@@ -317,9 +351,12 @@ pub(crate) fn soak(env: &Env, args: &SoakArgs) -> anyhow::Result<Report> {
         previous = Some(u);
         if (i + 1) % every == 0 || i == 0 {
             table.push_str(&format!(
-                "| {:.0} | {:.1} | {interval} | {tracked} | {lost} |\n",
+                "| {:.0} | {:.1} | {interval} | {} | {} | {} |\n",
                 u.at,
-                mb(u)
+                mb(u),
+                s.tracked,
+                s.lost,
+                s.series
             ));
         }
     }
@@ -331,6 +368,7 @@ pub(crate) fn soak(env: &Env, args: &SoakArgs) -> anyhow::Result<Report> {
          | agent CPU, mean over intervals (%) | {mean_cpu:.2} |\n\
          | CPU slope after warm-up (%/hour) | {cpu_slope:+.2} |\n\
          | agent CPU in total (s) | {:.1} |\n\
+         | series on /metrics first / last; slope after warm-up (per hour) | {series_first} / {series_last}; {series_slope:+.0} |\n\
          | HTTP requests (client) / counted server side / client side | {responses} / {} / {} |\n\
          | pgbench transactions → statements / counted | {} → {statements} / {} |\n\
          | Kafka messages sent / counted sent / received by the broker | {sent} / {} / {} |\n\
