@@ -183,7 +183,7 @@ pub(crate) fn cardinality(env: &Env, args: &CardinalityArgs) -> anyhow::Result<R
         "In {attack_seconds:.0} s: a Python client sends {} GETs to `/u/<10 random letters>` \
          (a new connection every 5 requests; {responses} answered), {} curl processes each \
          fetch `/p/<random>`, psql runs {} SELECTs on random nonexistent tables (each an \
-         error) and creates and reads {} random tables (exit {}), and kafka-python produces \
+         error) and creates and reads {} random tables (psql: {}), and kafka-python produces \
          one message to each of {} random topics ({sent} acknowledged). Letters g–z keep \
          every path segment out of the route templating's `{{id}}`, so each is a new route.",
         args.requests,
@@ -221,8 +221,8 @@ pub(crate) fn cardinality(env: &Env, args: &CardinalityArgs) -> anyhow::Result<R
     );
     report.check(
         &format!(
-            "agent RSS ≤ {:.0} MB (the DaemonSet's memory request) throughout",
-            mb(RSS_BOUND_BYTES)
+            "agent RSS ≤ {} MiB (the DaemonSet's memory request) throughout",
+            RSS_BOUND_BYTES >> 20
         ),
         format!("max {:.1} MB", mb(rss_max)),
         rss_max <= RSS_BOUND_BYTES,
