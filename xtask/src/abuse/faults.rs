@@ -4,7 +4,7 @@
 //! never reads) and a scraper reading /metrics one byte a second never hold capture up.
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -95,15 +95,7 @@ struct Script {
 
 impl Script {
     fn start(name: &str, code: &str, args: &[String]) -> anyhow::Result<Script> {
-        let dir = TempDir::new(name)?;
-        let path = dir.path().join(format!("{name}.py"));
-        std::fs::write(&path, code)?;
-        let mut cmd = Command::new("python3");
-        cmd.arg(&path)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
-        let mut process = ChildProcess::spawn(name, &mut cmd)?;
+        let (mut process, dir) = super::python(name, code, args, Stdio::piped())?;
         let stdout = BufReader::new(process.take_stdout().context("stdout")?);
         Ok(Script {
             process,
@@ -161,7 +153,7 @@ pub(crate) fn faults(env: &Env, args: &FaultsArgs) -> anyhow::Result<Report> {
     let port = nginx.port().to_string();
 
     // 1. SIGKILL leaves nothing behind.
-    let mut client = Script::start("held-client", HELD_CLIENT, &[port.clone()])?;
+    let mut client = Script::start("held-client", HELD_CLIENT, std::slice::from_ref(&port))?;
     let mut stdin = client.process.take_stdin().context("stdin")?;
     let connected = client.line()?;
     if connected != "connected" {

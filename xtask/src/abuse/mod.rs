@@ -241,6 +241,25 @@ pub(crate) fn wait_for(
     }
 }
 
+/// Runs Python `code` (written to `<temp dir>/<name>.py`) with `args`, stdout piped; the
+/// temporary directory lives as long as the returned handle is kept.
+pub(crate) fn python(
+    name: &str,
+    code: &str,
+    args: &[String],
+    stdin: Stdio,
+) -> anyhow::Result<(ChildProcess, TempDir)> {
+    let dir = TempDir::new(name)?;
+    let path = dir.path().join(format!("{name}.py"));
+    std::fs::write(&path, code)?;
+    let mut cmd = Command::new("python3");
+    cmd.arg(&path)
+        .args(args)
+        .stdin(stdin)
+        .stdout(Stdio::piped());
+    Ok((ChildProcess::spawn(name, &mut cmd)?, dir))
+}
+
 /// A load generator running as a Python script in the background; [`Load::finish`] waits
 /// for it and returns the number it printed after `key`.
 pub(crate) struct Load {
@@ -251,16 +270,9 @@ pub(crate) struct Load {
 
 impl Load {
     fn spawn(name: &str, script: &str, args: &[String], key: &'static str) -> anyhow::Result<Load> {
-        let dir = TempDir::new(name)?;
-        let path = dir.path().join(format!("{name}.py"));
-        std::fs::write(&path, script)?;
-        let mut cmd = Command::new("python3");
-        cmd.arg(&path)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped());
+        let (process, dir) = python(name, script, args, Stdio::null())?;
         Ok(Load {
-            process: ChildProcess::spawn(name, &mut cmd)?,
+            process,
             key,
             _dir: dir,
         })
