@@ -65,7 +65,10 @@ impl OverloadArgs {
 
 pub(crate) fn overload(env: &Env, args: &OverloadArgs) -> anyhow::Result<Report> {
     let mut report = Report::new(
-        "Overload: a 64 KiB ring buffer under wrk with large responses",
+        &format!(
+            "Overload: a {} KiB ring buffer under wrk with large responses",
+            args.ringbuf_bytes / 1024
+        ),
         &args.command(),
     );
     let body = "x".repeat(args.body_bytes);
