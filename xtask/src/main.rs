@@ -146,6 +146,13 @@ mod tests {
         ));
         assert!(Cli::try_parse_from(["xtask", "bench", "http", "--agent-cpu", "x"]).is_err());
         assert!(Cli::try_parse_from(["xtask", "bench", "syscall", "--cpu", "x"]).is_err());
+        assert!(
+            Cli::try_parse_from(["xtask", "abuse", "soak", "--minutes", "1", "--no-build"]).is_ok()
+        );
+        assert!(Cli::try_parse_from(["xtask", "abuse", "all", "--minutes", "2"]).is_ok());
+        assert!(
+            Cli::try_parse_from(["xtask", "abuse", "overload", "--ringbuf-bytes", "x"]).is_err()
+        );
         assert!(Cli::try_parse_from([
             "xtask",
             "bench",
