@@ -514,6 +514,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn all_parses_every_scenario_with_its_defaults() {
+        use clap::Parser;
+        assert!(soak::SoakArgs::try_parse_from(["soak", "--minutes", "3"]).is_ok());
+        assert!(overload::OverloadArgs::try_parse_from(["overload"]).is_ok());
+        assert!(cardinality::CardinalityArgs::try_parse_from(["cardinality"]).is_ok());
+        assert!(faults::FaultsArgs::try_parse_from(["faults"]).is_ok());
+    }
+
+    #[test]
     fn slope_of_a_line_and_of_too_little() {
         let line: Vec<(f64, f64)> = (0..10).map(|x| (x as f64, 3.0 * x as f64 + 1.0)).collect();
         assert!((slope(&line) - 3.0).abs() < 1e-9);
