@@ -180,6 +180,11 @@ impl Agent {
         self.process.try_wait().is_none()
     }
 
+    /// Kills the agent with SIGKILL (no clean-up of its own runs) and reaps it.
+    pub fn kill(&mut self) -> anyhow::Result<ExitStatus> {
+        self.process.stop(libc::SIGKILL, Duration::from_secs(10))
+    }
+
     /// Stops the agent: SIGINT (its graceful shutdown), then SIGKILL after 10 s. Returns its
     /// exit status; calling it again returns the same status.
     pub fn stop(&mut self) -> anyhow::Result<ExitStatus> {

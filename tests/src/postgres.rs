@@ -114,21 +114,29 @@ impl PgServer {
         self.tool("pgbench", &[], args)
     }
 
+    /// `program -h 127.0.0.1 -p <port> -U postgres` (psql, pgbench, …) for database
+    /// `postgres` without SSL, stdin closed: for callers that spawn or pin it themselves.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+        ])
+        .env("PGSSLMODE", "disable")
+        .env("PGDATABASE", "postgres")
+        .stdin(Stdio::null());
+        cmd
+    }
+
     fn tool(&self, program: &str, first: &[&str], args: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new(program)
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-            ])
+        let out = self
+            .command(program)
             .args(first)
             .args(args)
-            .env("PGSSLMODE", "disable")
-            .env("PGDATABASE", "postgres")
-            .stdin(Stdio::null())
             .output()
             .with_context(|| format!("running {program}"))?;
         if !out.status.success() {

@@ -234,15 +234,7 @@ impl NginxBench {
             }
         }
 
-        // keepalive_requests: nginx closes a keep-alive connection after 1000 requests by
-        // default; raise it so the whole run is pure keep-alive, as stated.
-        let nginx = Nginx::launch(&NginxOptions {
-            cpu: args.nginx_cpu.0,
-            ..NginxOptions::server(
-                "keepalive_requests 10000000;\n    keepalive_timeout 75s;\n    \
-                 location / { return 200 \"ok\\n\"; }",
-            )
-        })?;
+        let nginx = ok_nginx(args.nginx_cpu.0, "")?;
         let url = nginx.url("/");
         let warning = other_agents_warning("their overhead is in every column");
         let on = |cpu: Cpu| match cpu.0 {
@@ -309,6 +301,20 @@ impl NginxBench {
             },
         )
     }
+}
+
+/// nginx answering every path with `200 ok` over keep-alive connections, pinned to `cpu`;
+/// `locations` are more `location` blocks (e.g. a large response for `/big`).
+pub(crate) fn ok_nginx(cpu: Option<usize>, locations: &str) -> anyhow::Result<Nginx> {
+    // keepalive_requests: nginx closes a keep-alive connection after 1000 requests by
+    // default; raise it so that a whole run is pure keep-alive, as stated.
+    Nginx::launch(&NginxOptions {
+        cpu,
+        ..NginxOptions::server(&format!(
+            "keepalive_requests 10000000;\n    keepalive_timeout 75s;\n    \
+             location / {{ return 200 \"ok\\n\"; }}\n    {locations}"
+        ))
+    })
 }
 
 /// Runs the benchmark and prints a Markdown report.
@@ -414,7 +420,7 @@ pub(crate) fn settled_metrics(
 /// Scrapes the agent every 250 ms until `progress` is the same in two scrapes in a row and
 /// `complete` holds; after 3 s a stable `progress` is enough, and after 10 s it returns
 /// whatever it has. Returns the first scrape (taken at once) and the last.
-fn settle(
+pub(crate) fn settle(
     agent: &Agent,
     progress: &dyn Fn(&Metrics) -> f64,
     complete: &dyn Fn(&Metrics) -> bool,

@@ -24,11 +24,11 @@ const STATEMENTS_METRIC: &str = "db_server_operation_duration_seconds_count";
 /// The label that tells this server's series apart from other databases' on the machine.
 const PORT_LABEL: &str = "server_port";
 /// pgbench's built-in TPC-B-like transaction: BEGIN, 3 UPDATEs, SELECT, INSERT, END.
-const STATEMENTS_PER_TRANSACTION: u64 = 7;
+pub(crate) const STATEMENTS_PER_TRANSACTION: u64 = 7;
 /// Queries pgbench makes before the run, whatever the mode and client count: it reads the
 /// scale (`select count(*) from pgbench_branches`) and checks whether pgbench_accounts is
 /// partitioned.
-const SETUP_STATEMENTS: u64 = 2;
+pub(crate) const SETUP_STATEMENTS: u64 = 2;
 
 /// pgbench's `-M` query protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,24 +103,24 @@ impl PgbenchArgs {
 
 /// What pgbench reported for one run.
 #[derive(Debug, Clone, PartialEq)]
-struct PgbenchResult {
+pub(crate) struct PgbenchResult {
     /// `tps = … (without initial connection time)`.
-    tps: f64,
+    pub(crate) tps: f64,
     /// `latency average = … ms`.
-    latency_ms: f64,
+    pub(crate) latency_ms: f64,
     /// `number of transactions actually processed: N/…`, all clients together.
-    transactions: u64,
+    pub(crate) transactions: u64,
 }
 
 impl PgbenchResult {
     /// Every statement the server executed for this run, set-up queries included.
-    fn statements(&self) -> u64 {
+    pub(crate) fn statements(&self) -> u64 {
         self.transactions * STATEMENTS_PER_TRANSACTION + SETUP_STATEMENTS
     }
 }
 
 /// Reads the summary pgbench prints on stdout.
-fn parse_pgbench(stdout: &str) -> anyhow::Result<PgbenchResult> {
+pub(crate) fn parse_pgbench(stdout: &str) -> anyhow::Result<PgbenchResult> {
     let mut tps = None;
     let mut latency_ms = None;
     let mut transactions = None;
@@ -185,7 +185,7 @@ impl Run {
 
 /// Statements the agent counted on the server side of `port`, or `None` if it exports no
 /// server-side database series at all.
-fn statements_counted(metrics: &harness::Metrics, port: u16) -> Option<f64> {
+pub(crate) fn statements_counted(metrics: &harness::Metrics, port: u16) -> Option<f64> {
     let samples = metrics.samples(STATEMENTS_METRIC);
     if samples.is_empty() {
         return None;

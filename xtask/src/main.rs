@@ -1,5 +1,6 @@
 //! `cargo xtask`: Periscope's developer tasks. See `cargo xtask --help`.
 
+mod abuse;
 mod bench;
 mod bench_compare;
 mod bench_decode;
@@ -41,6 +42,9 @@ enum Cli {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(Bench),
+    /// Endurance and abuse scenarios with a bounded duration (soak, overload, cardinality,
+    /// faults, all): each prints a Markdown report and fails when a check fails.
+    Abuse(abuse::AbuseArgs),
     /// Build the agent as a static musl binary and write its container image as an OCI
     /// archive (`target/periscope-image.oci.tar`), without any container daemon.
     Image(image::ImageArgs),
@@ -87,6 +91,7 @@ fn main() -> ExitCode {
         Cli::Setup => setup::setup(),
         Cli::Run { args } => run::run(&args),
         Cli::Test(args) => test::test(&args),
+        Cli::Abuse(args) => abuse::abuse(&args),
         Cli::Bench(Bench::Http(args)) => bench::http(&args),
         Cli::Bench(Bench::Syscall(args)) => bench_syscall::syscall(&args),
         Cli::Bench(Bench::Pgbench(args)) => bench_pgbench::pgbench(&args),
@@ -141,6 +146,13 @@ mod tests {
         ));
         assert!(Cli::try_parse_from(["xtask", "bench", "http", "--agent-cpu", "x"]).is_err());
         assert!(Cli::try_parse_from(["xtask", "bench", "syscall", "--cpu", "x"]).is_err());
+        assert!(
+            Cli::try_parse_from(["xtask", "abuse", "soak", "--minutes", "1", "--no-build"]).is_ok()
+        );
+        assert!(Cli::try_parse_from(["xtask", "abuse", "all", "--minutes", "2"]).is_ok());
+        assert!(
+            Cli::try_parse_from(["xtask", "abuse", "overload", "--ringbuf-bytes", "x"]).is_err()
+        );
         assert!(Cli::try_parse_from([
             "xtask",
             "bench",
