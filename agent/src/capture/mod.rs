@@ -578,6 +578,7 @@ impl Reader {
                     }
                     if ticks.is_multiple_of(30) {
                         tracker.expire_dead(&mut sink, &mut actions);
+                        tracker.expire_closed(monotonic_ns(), CLOSE_LOST_IDLE_NS, &mut sink);
                         apply(&mut actions, &mut conns, &mut muted);
                         forget_dead(&mut conns);
                         forget_dead(&mut sock_types);
@@ -586,6 +587,21 @@ impl Reader {
             }
         }
     }
+}
+
+/// How long a connection must have been idle before `/proc` is asked whether its descriptor
+/// still holds a socket.
+const CLOSE_LOST_IDLE_NS: u64 = 60_000_000_000;
+
+/// `CLOCK_MONOTONIC` now, in ns: the clock of the kernel's event timestamps.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC is always available.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn handle_record(

@@ -52,6 +52,9 @@ pub enum EndReason {
     Closed,
     ProcessExit,
     Expired,
+    /// Its close event was lost (a full ring buffer): a new socket took its descriptor, or the
+    /// descriptor is gone.
+    CloseLost,
 }
 
 impl EndReason {
@@ -60,6 +63,7 @@ impl EndReason {
             EndReason::Closed => "closed",
             EndReason::ProcessExit => "process_exit",
             EndReason::Expired => "expired",
+            EndReason::CloseLost => "close_lost",
         }
     }
 }
@@ -280,6 +284,9 @@ pub struct Tracker {
     /// Client connections by their local address, with the server port they connect to: a
     /// server connection whose peer is one of them is the other end of the same connection.
     clients: FxHashMap<SocketAddr, (u64, Option<u16>)>,
+    /// Conn id by (tgid, fd): a descriptor holds one socket at a time, so a new connection on
+    /// it ends the old one, whose close event was lost.
+    by_fd: FxHashMap<(u32, i32), u64>,
 }
 
 impl Tracker {
@@ -292,6 +299,7 @@ impl Tracker {
             topic_names: TopicNames::default(),
             protocols: decoder::Protocols::default(),
             clients: FxHashMap::default(),
+            by_fd: FxHashMap::default(),
         }
     }
 
@@ -322,6 +330,7 @@ impl Tracker {
         } else {
             found.remote.port()
         };
+        self.claim_fd(found.tgid, found.fd, conn_id, 0, sink);
         let local = (!found.is_server).then_some(found.local);
         if let Some(local) = local {
             self.clients.insert(local, (conn_id, Some(server_port)));
@@ -396,6 +405,7 @@ impl Tracker {
                 .filter(|a| a.port() != 0),
             _ => None,
         };
+        self.claim_fd(header.tgid, header.fd, header.conn_id, header.ts_ns, sink);
         if let Some(local) = local {
             self.clients.insert(local, (header.conn_id, server_port));
         }
@@ -444,6 +454,7 @@ impl Tracker {
             ),
             None => (None, None, false, true),
         };
+        self.claim_fd(header.tgid, header.fd, header.conn_id, header.ts_ns, sink);
         // A child that served and exited before we got here is still named after its parent.
         let process = self
             .processes
@@ -487,6 +498,9 @@ impl Tracker {
         sink: &mut dyn Sink,
         actions: &mut Vec<KernelAction>,
     ) {
+        if !self.conns.contains_key(&header.conn_id) {
+            self.claim_fd(header.tgid, header.fd, header.conn_id, header.ts_ns, sink);
+        }
         let conn = match self.conns.get_mut(&header.conn_id) {
             Some(conn) => conn,
             None => {
@@ -560,6 +574,9 @@ impl Tracker {
         sink: &mut dyn Sink,
     ) {
         let peer_conn = peer_conn(&conn, &self.clients);
+        if self.by_fd.get(&(conn.tgid, conn.fd)) == Some(&conn_id) {
+            self.by_fd.remove(&(conn.tgid, conn.fd));
+        }
         if let Some(local) = conn.local {
             if self.clients.get(&local).map(|(id, _)| *id) == Some(conn_id) {
                 self.clients.remove(&local);
@@ -605,6 +622,48 @@ impl Tracker {
         }
         self.processes.forget(tgid);
         self.listeners.forget(tgid);
+    }
+
+    /// Makes `conn_id` the connection on (tgid, fd); one that held the descriptor before lost
+    /// its close event, and ends now.
+    fn claim_fd(&mut self, tgid: u32, fd: i32, conn_id: u64, ts_ns: u64, sink: &mut dyn Sink) {
+        let Some(old) = self.by_fd.insert((tgid, fd), conn_id) else {
+            return;
+        };
+        if old == conn_id {
+            return;
+        }
+        if let Some(conn) = self.conns.remove(&old) {
+            let ts = ts_ns.max(conn.last_ns);
+            self.finish(old, conn, ts, EndReason::CloseLost, sink);
+            self.by_fd.insert((tgid, fd), conn_id);
+        }
+    }
+
+    /// Ends connections idle for `idle_ns` whose descriptor no longer holds a socket in
+    /// `/proc` (their close event was lost and no new socket took the descriptor). `now_ns` is
+    /// `CLOCK_MONOTONIC`, the kernel's event clock.
+    pub fn expire_closed(&mut self, now_ns: u64, idle_ns: u64, sink: &mut dyn Sink) {
+        let root = self.processes_root();
+        let gone: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| now_ns.saturating_sub(c.last_ns) >= idle_ns)
+            .filter(|(_, c)| {
+                let link = root.join(format!("{}/fd/{}", c.tgid, c.fd));
+                // An exited process is `expire_dead`'s business.
+                root.join(c.tgid.to_string()).exists()
+                    && !std::fs::read_link(link)
+                        .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            if let Some(conn) = self.conns.remove(&id) {
+                let last = conn.last_ns;
+                self.finish(id, conn, last, EndReason::CloseLost, sink);
+            }
+        }
     }
 
     /// Drops connections of processes that no longer exist (their exit event was lost).

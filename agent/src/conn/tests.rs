@@ -53,7 +53,8 @@ fn header(kind: EventKind, conn_id: u64, ts: u64) -> EventHeader {
         ts_ns: ts,
         tgid: PID,
         tid: PID,
-        fd: 5,
+        // One descriptor per connection, as in a real process.
+        fd: conn_id as i32,
         listen_fd: -1,
         ..Default::default()
     }
@@ -85,7 +86,13 @@ impl Harness {
     }
 
     fn open(&mut self, conn_id: u64, origin: u8, port: u16, comm: &str) {
+        self.open_on(conn_id as i32, conn_id, origin, port, comm);
+    }
+
+    /// Like `open`, on descriptor `fd`.
+    fn open_on(&mut self, fd: i32, conn_id: u64, origin: u8, port: u16, comm: &str) {
         let mut h = header(EventKind::Open, conn_id, 1);
+        h.fd = fd;
         h.origin = origin;
         let payload = open_payload(port, comm);
         h.cap_len = payload.len() as u32;
@@ -313,4 +320,22 @@ fn short_bytes_that_cannot_start_a_protocol_are_muted_at_once() {
     h.open(61, ORIGIN_CONNECT, 443, "client");
     h.data(61, DIR_EGRESS, 1, &[0x16, 0x03, 0x01, 0x00, 0xff], 5);
     assert_eq!(h.sink.muted, vec![MuteReason::UnknownProtocol]);
+}
+
+/// The ring buffer was full when a socket closed: the next socket on its descriptor ends it.
+#[test]
+fn a_new_socket_on_a_descriptor_ends_the_one_whose_close_was_lost() {
+    let mut h = Harness::new();
+    h.open_on(5, 9, ORIGIN_CONNECT, 8080, "curl");
+    h.data(9, DIR_EGRESS, 100, REQ, REQ.len());
+    h.data(9, DIR_INGRESS, 350, RESP, RESP.len());
+    // No close event for 9; 10 opens on the same descriptor.
+    h.open_on(5, 10, ORIGIN_CONNECT, 8080, "curl");
+    assert_eq!(h.sink.ended, vec![EndReason::CloseLost]);
+    assert_eq!(h.tracker.len(), 1);
+    assert_eq!(h.sink.exchanges.len(), 1);
+    // Its own close still ends it normally, once.
+    h.close(10, 400);
+    assert_eq!(h.sink.ended, vec![EndReason::CloseLost, EndReason::Closed]);
+    assert!(h.tracker.is_empty());
 }
