@@ -499,7 +499,7 @@ fn collector_outage_is_survived_and_counted() {
         WAIT,
     )
     .unwrap();
-    let m = receiver.agrees_with(&agent);
+    receiver.agrees_with(&agent);
     assert!(agent.is_running());
 }
 
