@@ -79,6 +79,12 @@ pub struct Config {
     /// How long the series of a deleted pod stay before they are removed (e.g. 30s, 5m, 1h).
     #[arg(long, env = "PERISCOPE_SERIES_GRACE", default_value = "5m", value_parser = parse_duration)]
     pub series_grace: std::time::Duration,
+
+    /// HTTP, database and messaging series that see no request for this long are removed
+    /// (series of processes that are gone, of ports or routes seen once); they come back, from
+    /// zero, with their next request. `0` keeps every series (up to --max-series per metric).
+    #[arg(long, env = "PERISCOPE_SERIES_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub series_ttl: std::time::Duration,
     /// Syscalls to keep per-cgroup statistics for (count, errors by errno class, latency
     /// histogram): `none` (the default: no syscall hooks at all), `default` (the interesting
     /// set: I/O, network, waiting, memory, files, processes), or a comma-separated list of

@@ -99,6 +99,19 @@ fn start_kubernetes(
     Ok(Some(Arc::new(attribution)))
 }
 
+/// Removes the series that have seen nothing for `ttl`.
+async fn expire_idle_series(metrics: Arc<Metrics>, ttl: std::time::Duration) {
+    let period = (ttl / 4).clamp(
+        std::time::Duration::from_millis(250),
+        std::time::Duration::from_secs(15),
+    );
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        metrics.expire_idle(ttl);
+    }
+}
+
 /// Removes the series of deleted pods once they have been gone for `grace`.
 async fn expire_deleted_pods(
     metrics: Arc<Metrics>,
@@ -243,6 +256,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
     let mut reader = Reader::new(maps, metrics.clone());
     reader.set_protocols(config.protocols);
+    if !config.series_ttl.is_zero() {
+        tokio::spawn(expire_idle_series(metrics.clone(), config.series_ttl));
+    }
     if let Some(cluster) = &cluster {
         reader.set_cluster(cluster.clone());
         tokio::spawn(expire_deleted_pods(

@@ -585,3 +585,66 @@ fn series_beyond_the_cap_are_dropped_and_counted() {
     assert_eq!(m.samples(SERVER).len(), 5, "{}", m.text());
     assert_eq!(m.sum(SERVER, &[("server_port", &port)]), 5.0);
 }
+
+/// A series that sees no request for `--series-ttl` is removed (and counted), and comes back
+/// from zero with the next request; a series in use is kept.
+#[test]
+fn idle_series_expire_and_come_back_from_zero() {
+    let nginx = nginx();
+    let agent = Agent::start(&["--series-ttl", "3s"]).unwrap();
+    let port = nginx.port().to_string();
+    let (busy, quiet) = (nginx.url("/users/busy"), nginx.url("/users/quiet"));
+    for _ in 0..3 {
+        curl(&["-o", "/dev/null", &quiet]).unwrap();
+    }
+    let quiet_route = [
+        ("server_port", port.as_str()),
+        ("http_route", "/users/quiet"),
+    ];
+    wait_for_metric(&agent, SERVER, &quiet_route, 3.0, WAIT).unwrap();
+    // The busy route gets a request every half second; the quiet one none.
+    let started = std::time::Instant::now();
+    let mut busy_requests = 0;
+    let expired = loop {
+        curl(&["-o", "/dev/null", &busy]).unwrap();
+        busy_requests += 1;
+        let m = agent.metrics();
+        let routes = m.samples(SERVER);
+        if routes
+            .iter()
+            .all(|s| s.labels.get("http_route").map(String::as_str) != Some("/users/quiet"))
+        {
+            break m;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "the quiet series stayed:\n{}",
+            m.text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "removed before the ttl"
+    );
+    // The busy series was kept: every request of it is counted.
+    let busy_route = [
+        ("server_port", port.as_str()),
+        ("http_route", "/users/busy"),
+    ];
+    wait_for_metric(&agent, SERVER, &busy_route, f64::from(busy_requests), WAIT).unwrap();
+    // curl's client series of the quiet route went too.
+    assert!(
+        expired.sum("periscope_series_expired_total", &[]) >= 2.0,
+        "{}",
+        expired.text()
+    );
+    curl(&["-o", "/dev/null", &quiet]).unwrap();
+    wait_for_metric(&agent, SERVER, &quiet_route, 1.0, WAIT).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        agent.metrics().sum(SERVER, &quiet_route),
+        1.0,
+        "counted from zero"
+    );
+}

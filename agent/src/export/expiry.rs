@@ -1,5 +1,8 @@
-//! Series of deleted pods expire: each series that names a pod registers how to remove it, and
-//! a periodic sweep removes the series of pods that have been gone for the grace period.
+//! Series expire two ways. Each series that names a pod registers how to remove it, and a
+//! periodic sweep removes the series of pods that have been gone for the grace period. And
+//! every series registers how to read its activity (a count that grows with each
+//! observation): one whose count has not moved for the idle time-to-live is removed, so that
+//! series of processes that are gone, or of ports and routes seen once, do not pile up.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -12,11 +15,26 @@ pub type PodKey = (String, String);
 
 type Remover = Box<dyn Fn() + Send + Sync>;
 
+/// A series' activity: a count that grows with every observation (0 when it has none yet).
+pub type Activity = Box<dyn Fn() -> u64 + Send + Sync>;
+/// Removes a series; says whether there was one to remove.
+pub type IdleRemover = Box<dyn Fn() -> bool + Send + Sync>;
+
+struct Idle {
+    activity: Activity,
+    remove: IdleRemover,
+    /// The activity at the last sweep (`u64::MAX` before the first), and since when it has
+    /// not moved.
+    last: u64,
+    since: Instant,
+}
+
 /// The removable series of every pod, and when each pod was first seen gone.
 #[derive(Default)]
 pub struct PodSeries {
     removers: Mutex<FxHashMap<PodKey, Vec<Remover>>>,
     gone_since: Mutex<FxHashMap<PodKey, Instant>>,
+    idle: Mutex<Vec<Idle>>,
     /// Bumped whenever series were removed, so series caches holding handles start over.
     epoch: AtomicU64,
 }
@@ -62,6 +80,43 @@ impl PodSeries {
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Relaxed)
     }
+
+    /// Remembers how to tell whether a new series is still used, and how to remove it.
+    pub fn register_idle(&self, activity: Activity, remove: IdleRemover, now: Instant) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(Idle {
+                activity,
+                remove,
+                last: u64::MAX,
+                since: now,
+            });
+        }
+    }
+
+    /// Removes the series whose activity has not moved for `ttl`; returns how many.
+    pub fn sweep_idle(&self, ttl: Duration, now: Instant) -> u64 {
+        let Ok(mut idle) = self.idle.lock() else {
+            return 0;
+        };
+        let mut removed = 0;
+        idle.retain_mut(|series| {
+            let activity = (series.activity)();
+            if activity != series.last {
+                series.last = activity;
+                series.since = now;
+                return true;
+            }
+            if now.duration_since(series.since) < ttl {
+                return true;
+            }
+            removed += u64::from((series.remove)());
+            false
+        });
+        if removed > 0 {
+            self.epoch.fetch_add(1, Ordering::Relaxed);
+        }
+        removed
+    }
 }
 
 #[cfg(test)]
@@ -100,5 +155,39 @@ mod tests {
         assert_eq!(series.sweep(none, grace, t0 + Duration::from_secs(101)), 0);
         assert_eq!(series.sweep(none, grace, t0 + Duration::from_secs(200)), 1);
         assert_eq!(removed.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn series_are_removed_after_a_quiet_ttl_and_not_while_used() {
+        use std::sync::Arc;
+        let series = PodSeries::default();
+        let count = Arc::new(AtomicU64::new(0));
+        let removed = Arc::new(AtomicUsize::new(0));
+        let t0 = Instant::now();
+        let (c, r) = (count.clone(), removed.clone());
+        series.register_idle(
+            Box::new(move || c.load(Ordering::Relaxed)),
+            Box::new(move || r.fetch_add(1, Ordering::Relaxed) == 0),
+            t0,
+        );
+        let ttl = Duration::from_secs(60);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(series.sweep_idle(ttl, at(0)), 0);
+        // Observed now and then: never removed.
+        for minute in 1..5 {
+            count.fetch_add(1, Ordering::Relaxed);
+            assert_eq!(series.sweep_idle(ttl, at(minute * 59)), 0);
+        }
+        // Quiet: removed once the ttl has passed since the count last moved.
+        assert_eq!(series.sweep_idle(ttl, at(4 * 59 + 59)), 0);
+        assert_eq!(series.epoch(), 0);
+        assert_eq!(series.sweep_idle(ttl, at(4 * 59 + 60)), 1);
+        assert_eq!(removed.load(Ordering::Relaxed), 1);
+        assert_eq!(series.epoch(), 1);
+        assert_eq!(
+            series.sweep_idle(ttl, at(1000)),
+            0,
+            "forgotten once removed"
+        );
     }
 }

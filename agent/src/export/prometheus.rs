@@ -489,7 +489,7 @@ impl Metrics {
         );
         own.register(
             "series_expired",
-            "Series removed because their pod was deleted more than --series-grace ago",
+            "Series removed because their pod was deleted more than --series-grace ago, or because they saw nothing for --series-ttl",
             m.series_expired.clone(),
         );
         own.register(
@@ -530,16 +530,14 @@ impl Metrics {
                     return None;
                 }
                 if admission == Admission::New {
-                    self.expire_with_pod(
-                        "http_server_request_duration_seconds",
-                        &labels.workload,
-                        &labels,
-                        &[
-                            &self.http_server_duration,
-                            &self.http_server_request_body,
-                            &self.http_server_response_body,
-                        ],
-                    );
+                    let families = [
+                        &self.http_server_duration,
+                        &self.http_server_request_body,
+                        &self.http_server_response_body,
+                    ];
+                    let metric = "http_server_request_duration_seconds";
+                    self.expire_with_pod(metric, &labels.workload, &labels, &families);
+                    self.expire_when_idle(metric, &labels, &families, Histogram::count);
                 }
                 Some(Series {
                     duration: self.http_server_duration.get_or_create(&labels).clone(),
@@ -564,16 +562,14 @@ impl Metrics {
                     return None;
                 }
                 if admission == Admission::New {
-                    self.expire_with_pod(
-                        "http_client_request_duration_seconds",
-                        &labels.workload,
-                        &labels,
-                        &[
-                            &self.http_client_duration,
-                            &self.http_client_request_body,
-                            &self.http_client_response_body,
-                        ],
-                    );
+                    let families = [
+                        &self.http_client_duration,
+                        &self.http_client_request_body,
+                        &self.http_client_response_body,
+                    ];
+                    let metric = "http_client_request_duration_seconds";
+                    self.expire_with_pod(metric, &labels.workload, &labels, &families);
+                    self.expire_when_idle(metric, &labels, &families, Histogram::count);
                 }
                 Some(Series {
                     duration: self.http_client_duration.get_or_create(&labels).clone(),
@@ -621,7 +617,8 @@ impl Metrics {
         match self.admit(metric, &labels) {
             Admission::Dropped => return None,
             Admission::New => {
-                self.expire_with_pod(metric, &labels.workload, &labels, &[duration, rows])
+                self.expire_with_pod(metric, &labels.workload, &labels, &[duration, rows]);
+                self.expire_when_idle(metric, &labels, &[duration, rows], Histogram::count);
             }
             Admission::Known => {}
         }
@@ -680,6 +677,8 @@ impl Metrics {
             Admission::New => {
                 self.expire_with_pod(metric, &labels.workload, labels, &[duration]);
                 self.expire_with_pod(metric, &labels.workload, labels, &[produced, fetched]);
+                self.expire_when_idle(metric, labels, &[duration], Histogram::count);
+                self.expire_when_idle(metric, labels, &[produced, fetched], Counter::get);
                 true
             }
             Admission::Known => true,
@@ -743,8 +742,51 @@ impl Metrics {
         admission
     }
 
+    /// Registers a new series (`labels` in each of `families`) to be removed once none of its
+    /// families has moved for `--series-ttl`; `activity` reads one metric's count.
+    fn expire_when_idle<L, M, C>(
+        &self,
+        metric: &'static str,
+        labels: &L,
+        families: &[&Family<L, M, C>],
+        activity: fn(&M) -> u64,
+    ) where
+        L: Clone + Hash + Eq + Send + Sync + 'static,
+        M: Send + Sync + 'static,
+        C: prometheus_client::metrics::family::MetricConstructor<M> + Clone + Send + Sync + 'static,
+    {
+        let families: Vec<Family<L, M, C>> = families.iter().map(|f| (*f).clone()).collect();
+        let (read, read_labels) = (families.clone(), labels.clone());
+        let labels = labels.clone();
+        let budget = self.budget.clone();
+        self.pod_series.register_idle(
+            Box::new(move || {
+                read.iter()
+                    .filter_map(|f| f.get(&read_labels).map(|m| activity(&m)))
+                    .sum()
+            }),
+            Box::new(move || {
+                let mut removed = false;
+                for family in &families {
+                    removed |= family.remove(&labels);
+                }
+                if removed {
+                    budget.forget(metric, &labels);
+                }
+                removed
+            }),
+            std::time::Instant::now(),
+        );
+    }
+
+    /// Removes the series that have seen nothing for `ttl` (see `export::expiry`).
+    pub fn expire_idle(&self, ttl: std::time::Duration) {
+        let removed = self.pod_series.sweep_idle(ttl, std::time::Instant::now());
+        self.series_expired.inc_by(removed);
+    }
+
     /// Registers a new series (`labels` in each of `families`) to be removed once its pod has
-    /// been deleted for the grace period; series of processes outside pods never expire.
+    /// been deleted for the grace period.
     fn expire_with_pod<L, M, C>(
         &self,
         metric: &'static str,
