@@ -414,7 +414,7 @@ fn attach_syscall_stats(
     entry: EntryPlan,
 ) -> anyhow::Result<String> {
     let separate = mode == SYSCALL_STATS_SEPARATE || io_hooks == HookMode::Fexit;
-    // Err(why not per-syscall), None when asked for raw_syscalls.
+    // Ok(number of events), or Err(why not per-syscall; `None` when raw_syscalls was asked for).
     let per_syscall = match entry {
         EntryPlan::PerSyscall {
             events, required, ..
