@@ -47,6 +47,7 @@ static CONFIG: Config = Config {
     newtask_pid_offset: 8,
     newtask_flags_offset: 32,
     syscall_stats: SYSCALL_STATS_OFF,
+    syscall_nr_offset: 8,
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;

@@ -179,6 +179,9 @@ pub struct Config {
     pub newtask_flags_offset: u32,
     /// Whether and where per-syscall statistics are kept: one of `SYSCALL_STATS_*`.
     pub syscall_stats: u32,
+    /// Offset of `__syscall_nr` in `syscalls:sys_enter_*` records, read from their tracefs
+    /// format at load time (for the per-syscall statistics entry hook).
+    pub syscall_nr_offset: u32,
 }
 
 /// `Config::syscall_stats`: no syscall statistics (no entry hook is attached either).

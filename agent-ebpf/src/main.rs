@@ -127,8 +127,9 @@ mod programs {
         0
     }
 
-    // Syscall statistics: the entry hook, in both variants (the syscall number is an argument,
-    // no register read), and an exit hook of its own for when the I/O hooks are fexit programs.
+    // Syscall statistics: the entry hook on every syscall, in both variants (the syscall number
+    // is an argument, no register read), or on each selected syscall's own tracepoint; and an
+    // exit hook of its own for when the I/O hooks are fexit programs.
 
     /// Every syscall entry (BTF variant).
     #[btf_tracepoint(function = "sys_enter")]
@@ -144,6 +145,13 @@ mod programs {
         let nr: u64 = ctx.arg(1);
         syscalls::on_enter(nr);
         0
+    }
+
+    /// The entry of one selected syscall: attached to `syscalls:sys_enter_<name>` of each
+    /// selected syscall, so that unselected syscalls run no entry program.
+    #[tracepoint]
+    pub fn sys_enter_stats_tp(ctx: TracePointContext) -> u32 {
+        syscalls::on_enter_event(&ctx)
     }
 
     /// Every syscall exit, statistics only (BTF variant).

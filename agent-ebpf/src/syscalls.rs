@@ -2,13 +2,16 @@
 //! errors by errno class and the total duration, in a per-CPU hash that userspace reads every
 //! few seconds. Nothing goes through the ring buffer.
 //!
-//! The entry hook (`raw_syscalls:sys_enter`) stores the start time of a selected syscall per
-//! thread; the exit hook finds it, computes the duration and adds one call to the
-//! (cgroup, syscall) entry of the current CPU. Syscalls outside the selection ([`SYSCALL_FILTER`])
-//! cost each hook one bit test. With the tp_btf and raw I/O hooks the exit side runs inside the
-//! I/O exit program (`io::sys_exit`), which already reads the syscall number: one program run per
-//! exit instead of two (measured in BENCHMARKS.md). With the fexit I/O hooks it runs in a
-//! `sys_exit` program of its own.
+//! The entry hook stores the start time of a selected syscall per thread; the exit hook finds
+//! it, computes the duration and adds one call to the (cgroup, syscall) entry of the current
+//! CPU. The entry hook is either one program attached to `syscalls:sys_enter_<name>` of each
+//! selected syscall ([`on_enter_event`]), so that other syscalls run no entry program at all,
+//! or, where those events are missing, one program on `raw_syscalls:sys_enter` ([`on_enter`])
+//! that every syscall runs. Syscalls outside the selection ([`SYSCALL_FILTER`]) cost the exit
+//! hook (and that entry hook) one bit test. With the tp_btf and raw I/O hooks the exit side
+//! runs inside the I/O exit program (`io::sys_exit`), which already reads the syscall number:
+//! one program run per exit instead of two (measured in BENCHMARKS.md). With the fexit I/O
+//! hooks it runs in a `sys_exit` program of its own.
 //!
 //! Start times are written in place, never deleted at exit (a delete per syscall costs more than
 //! the lookup); a thread's slot is freed when the thread exits (`sched_process_exit`).
@@ -27,6 +30,8 @@ use aya_ebpf::{
     },
     macros::map,
     maps::{HashMap, PerCpuHashMap},
+    programs::TracePointContext,
+    EbpfContext,
 };
 
 use crate::io::{bump, config};
@@ -72,12 +77,42 @@ fn selected(nr: u64) -> bool {
     word & (1u64 << (nr & 63)) != 0
 }
 
-/// `sys_enter(regs, id)`: remember when a selected syscall started.
+/// `raw_syscalls:sys_enter(regs, id)`, which every syscall runs: remember when a selected
+/// syscall started.
 #[inline(always)]
 pub fn on_enter(nr: u64) {
-    if !selected(nr) {
-        return;
+    if selected(nr) {
+        record_start(nr);
     }
+}
+
+/// `syscalls:sys_enter_<name>`, attached only to the selected syscalls: remember when this one
+/// started. The record holds the syscall number (`__syscall_nr`, an int) at the offset the
+/// loader read from the event's format.
+#[inline(always)]
+pub fn on_enter_event(ctx: &TracePointContext) -> u32 {
+    let offset = config().syscall_nr_offset as usize;
+    let nr = if offset == 8 {
+        // The offset on every kernel we know: a plain context load, no helper call.
+        // SAFETY: offset 8 of a syscall enter record is `__syscall_nr` (checked by the loader
+        // in the format); the verifier checks context loads at constant offsets.
+        unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(8) as *const i32) }
+    } else {
+        // SAFETY: the offset comes from this event's format file; a bad read returns an error.
+        match unsafe { ctx.read_at::<i32>(offset) } {
+            Ok(nr) => nr,
+            Err(_) => return 0,
+        }
+    };
+    if nr >= 0 {
+        record_start(nr as u64);
+    }
+    0
+}
+
+/// Stores the start of syscall `nr` in the current thread's slot.
+#[inline(always)]
+fn record_start(nr: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     if (pid_tgid >> 32) as u32 == config().self_tgid {
         return;
@@ -113,7 +148,7 @@ pub fn on_exit(nr: u64, ret: i64) {
     let Some(slot) = SYSCALL_STARTS.get_ptr_mut(tid) else {
         return;
     };
-    // SAFETY: this thread's own slot (see `on_enter`).
+    // SAFETY: this thread's own slot (see `record_start`).
     let start = unsafe { *slot };
     // A start of another syscall, or one already consumed, is not this call's: the syscall was
     // entered before the hooks were attached, or its entry could not be recorded.

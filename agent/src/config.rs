@@ -89,7 +89,7 @@ pub struct Config {
     /// histogram): `none` (the default: no syscall hooks at all), `default` (the interesting
     /// set: I/O, network, waiting, memory, files, processes), or a comma-separated list of
     /// x86_64 syscall names, which may include `default` (`default,getppid`). Off by default
-    /// because every syscall of every process then runs an entry hook (about 120 ns here, see
+    /// because of the cost per selected syscall (hundreds of ns on the development VM, see
     /// BENCHMARKS.md).
     #[arg(long, env = "PERISCOPE_SYSCALLS", default_value = "none",
           value_parser = crate::syscalls::Selection::parse)]
@@ -112,6 +112,18 @@ pub struct Config {
     /// I/O exit program (only to measure the difference).
     #[arg(long, env = "PERISCOPE_SYSCALLS_SEPARATE_EXIT", hide = true)]
     pub syscalls_separate_exit: bool,
+
+    /// Where the syscall statistics' entry hook goes: `auto` (each selected syscall's own
+    /// `syscalls:sys_enter_<name>` tracepoint when all have one, else `raw_syscalls:sys_enter`),
+    /// `per-syscall` or `raw-syscalls` (only to measure the difference).
+    #[arg(
+        long,
+        env = "PERISCOPE_SYSCALLS_ENTRY",
+        value_enum,
+        default_value = "auto",
+        hide = true
+    )]
+    pub syscalls_entry: crate::capture::SyscallEntry,
 
     /// OTLP collector base URL (`http://host:4317` for gRPC, `http://host:4318` for
     /// HTTP/protobuf; `https://` for TLS). Spans are exported only when this, the traces
@@ -312,6 +324,7 @@ mod tests {
         let c = Config::try_parse_from(["periscope", "--protocols", "kafka"]).unwrap();
         assert!(c.protocols.kafka && !c.protocols.http && !c.protocols.postgres);
         assert_eq!(c.syscalls_max_series, 4096);
+        assert_eq!(c.syscalls_entry, crate::capture::SyscallEntry::Auto);
         let none = Config::try_parse_from(["periscope", "--syscalls", "none"]).unwrap();
         assert!(none.syscalls.is_empty());
     }

@@ -205,6 +205,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             filter: config.syscalls.filter(),
             max_series: config.syscalls_max_series,
             separate_exit: config.syscalls_separate_exit,
+            entry: config.syscalls_entry,
         }),
         udp_flows: config.flows && config.udp_flows,
     };

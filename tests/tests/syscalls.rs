@@ -73,15 +73,35 @@ fn bucket(m: &Metrics, path: &str, syscall: &str, le: f64) -> f64 {
 
 #[test]
 fn counts_errors_and_latency_of_one_cgroups_syscalls_exactly() {
+    // The default entry hook: each selected syscall's own `syscalls:sys_enter_<name>`.
+    counts_exactly(
+        None,
+        "entry hook on the syscalls:sys_enter_* events of the 5 selected",
+    );
+}
+
+#[test]
+fn counts_exactly_with_the_raw_syscalls_entry_hook() {
+    // The fallback for kernels without per-syscall events, forced (a hidden flag).
+    counts_exactly(Some("raw-syscalls"), "entry hook on raw_syscalls:sys_enter");
+}
+
+/// Runs the exact-count workload under an agent with `--syscalls-entry <entry>` (if given),
+/// whose log must say `logged` (the entry hook it chose).
+fn counts_exactly(entry: Option<&str>, logged: &str) {
     let mut cgroup = ScratchCgroup::new(&format!("docker-{CONTAINER_ID}.scope")).unwrap();
     let path = cgroup.path();
-    let agent = Agent::start(&[
+    let mut args = vec![
         "--syscalls",
         "getppid,openat,close,read,nanosleep",
         "--syscalls-grace-seconds",
         "2",
-    ])
-    .unwrap();
+    ];
+    if let Some(entry) = entry {
+        args.extend(["--syscalls-entry", entry]);
+    }
+    let agent = Agent::start(&args).unwrap();
+    assert!(agent.log().contains(logged), "{}", agent.log());
     workload(
         &cgroup,
         &[

@@ -175,11 +175,12 @@ fn syscall_stats_counted(mode: HookMode, facts: &KernelFacts) -> anyhow::Result<
                 .filter(),
             max_series: 64,
             separate_exit: false,
+            entry: periscope::capture::SyscallEntry::Auto,
         }),
         udp_flows: false,
     };
     let (mut capture, _maps) = Capture::start(&settings, facts.tracefs)?;
-    let how = capture.syscall_stats.unwrap_or("off").to_owned();
+    let how = capture.syscall_stats.as_deref().unwrap_or("off").to_owned();
     let table = capture
         .take_syscall_table()?
         .context("no syscall statistics table")?;

@@ -3,7 +3,9 @@
 //! Three tight syscall loops ([`Workload`]) run in a worker process pinned to one CPU, first
 //! with no agent, then under a fresh agent in each [`Mode`]: the I/O hooks alone on
 //! `tp_btf` and on raw tracepoints (`--syscalls none`), the same with per-syscall statistics
-//! (the default selection), and statistics with an exit program of their own. The order is
+//! (the default selection; entry hook on each selected syscall's own tracepoint), statistics
+//! with the entry hook on `raw_syscalls:sys_enter` (which every syscall runs), and statistics
+//! with an exit program of their own. The order is
 //! rotated from round to round (after one discarded warm-up round) so that drift of the machine
 //! hits every mode alike. The hooks run in the context of the worker's syscalls, so their cost
 //! is the difference in ns per syscall; the agent itself sits on another CPU.
@@ -36,20 +38,23 @@ enum Mode {
     /// I/O hooks on raw tracepoints, no syscall statistics.
     Raw,
     /// `tp_btf` I/O hooks with syscall statistics (the default selection) in the same exit
-    /// program.
+    /// program, the entry hook on each selected syscall's `syscalls:sys_enter_<name>`.
     BtfStats,
-    /// The same on raw tracepoints.
+    /// The same with the entry hook on `raw_syscalls:sys_enter`, which every syscall runs.
+    BtfStatsRawEntry,
+    /// `BtfStats` on raw tracepoints.
     RawStats,
     /// `tp_btf` with syscall statistics in an exit program of their own.
     BtfStatsSeparate,
 }
 
 impl Mode {
-    const ALL: [Mode; 6] = [
+    const ALL: [Mode; 7] = [
         Mode::None,
         Mode::Btf,
         Mode::Raw,
         Mode::BtfStats,
+        Mode::BtfStatsRawEntry,
         Mode::RawStats,
         Mode::BtfStatsSeparate,
     ];
@@ -60,6 +65,7 @@ impl Mode {
             Mode::Btf => "btf",
             Mode::Raw => "raw",
             Mode::BtfStats => "btf+stats",
+            Mode::BtfStatsRawEntry => "btf+stats-rawenter",
             Mode::RawStats => "raw+stats",
             Mode::BtfStatsSeparate => "btf+stats-sep",
         }
@@ -71,9 +77,23 @@ impl Mode {
             Mode::None => None,
             Mode::Btf => Some(&["--syscall-hooks", "btf", "--syscalls", "none"]),
             Mode::Raw => Some(&["--syscall-hooks", "raw", "--syscalls", "none"]),
-            Mode::BtfStats => Some(&["--syscall-hooks", "btf"]),
-            Mode::RawStats => Some(&["--syscall-hooks", "raw"]),
-            Mode::BtfStatsSeparate => Some(&["--syscall-hooks", "btf", "--syscalls-separate-exit"]),
+            Mode::BtfStats => Some(&["--syscall-hooks", "btf", "--syscalls", "default"]),
+            Mode::BtfStatsRawEntry => Some(&[
+                "--syscall-hooks",
+                "btf",
+                "--syscalls",
+                "default",
+                "--syscalls-entry",
+                "raw-syscalls",
+            ]),
+            Mode::RawStats => Some(&["--syscall-hooks", "raw", "--syscalls", "default"]),
+            Mode::BtfStatsSeparate => Some(&[
+                "--syscall-hooks",
+                "btf",
+                "--syscalls",
+                "default",
+                "--syscalls-separate-exit",
+            ]),
         }
     }
 
@@ -81,12 +101,12 @@ impl Mode {
     fn stats(self) -> bool {
         matches!(
             self,
-            Mode::BtfStats | Mode::RawStats | Mode::BtfStatsSeparate
+            Mode::BtfStats | Mode::BtfStatsRawEntry | Mode::RawStats | Mode::BtfStatsSeparate
         )
     }
 
     /// The order of the modes in `round` (0 is the warm-up): rotated by one each round.
-    fn order(round: usize) -> [Mode; 6] {
+    fn order(round: usize) -> [Mode; 7] {
         rotated(Mode::ALL, round)
     }
 }
@@ -226,7 +246,7 @@ pub fn syscall(args: &SyscallArgs) -> anyhow::Result<()> {
                     });
                 }
             }
-            println!("[bench] {label} {mode:<13}: {line}");
+            println!("[bench] {label} {mode:<18}: {line}");
             if round > 0 {
                 measured.extend(
                     results
@@ -389,7 +409,8 @@ fn describe(workload: Workload) -> &'static str {
             "`pipe`: 1-byte `write` + `read` on a pipe (an fd Periscope does not track)"
         }
         Workload::Getppid => {
-            "`getppid`: a syscall Periscope ignores (the exit hook still fires and returns at once)"
+            "`getppid`: a syscall Periscope ignores and the default selection leaves out (the exit \
+             hook still fires and returns at once; a `raw_syscalls` entry hook too)"
         }
         Workload::TcpHttp => {
             "`tcp-http`: HTTP request + response over loopback TCP, 4 syscalls on tracked \
@@ -455,15 +476,16 @@ fn report(
     out.push_str(
         "\nAdded per syscall (difference of medians). I/O hooks alone against no agent; syscall \
          statistics against the same hooks without them:\n\n\
-         | workload | btf − none | raw − none | btf+stats − btf | raw+stats − raw | \
-         btf+stats-sep − btf |\n|---|---:|---:|---:|---:|---:|\n",
+         | workload | btf − none | raw − none | btf+stats − btf | btf+stats-rawenter − btf | \
+         raw+stats − raw | btf+stats-sep − btf |\n|---|---:|---:|---:|---:|---:|---:|\n",
     );
     for workload in Workload::ALL {
         out.push_str(&format!(
-            "| {workload} | {} | {} | {} | {} | {} |\n",
+            "| {workload} | {} | {} | {} | {} | {} | {} |\n",
             delta(Mode::Btf, Mode::None, workload),
             delta(Mode::Raw, Mode::None, workload),
             delta(Mode::BtfStats, Mode::Btf, workload),
+            delta(Mode::BtfStatsRawEntry, Mode::Btf, workload),
             delta(Mode::RawStats, Mode::Raw, workload),
             delta(Mode::BtfStatsSeparate, Mode::Btf, workload),
         ));
@@ -530,9 +552,9 @@ mod tests {
     fn modes_rotate_and_every_round_has_each_once() {
         assert_eq!(Mode::order(0), Mode::ALL);
         assert_eq!(Mode::order(1)[0], Mode::Btf);
-        assert_eq!(Mode::order(1)[5], Mode::None);
-        assert_eq!(Mode::order(6), Mode::order(0));
-        for round in 0..6 {
+        assert_eq!(Mode::order(1)[6], Mode::None);
+        assert_eq!(Mode::order(7), Mode::order(0));
+        for round in 0..7 {
             let mut seen = Mode::order(round).to_vec();
             seen.sort();
             assert_eq!(seen, Mode::ALL);

@@ -67,7 +67,7 @@ enum Bench {
     Http(bench::HttpArgs),
     /// What the kernel hooks add to each syscall: pipe, getppid and loopback HTTP loops,
     /// alternating no agent, `--syscall-hooks btf` and `raw`, each with and without syscall
-    /// statistics.
+    /// statistics (entry hook per selected syscall or on every syscall).
     Syscall(bench_syscall::SyscallArgs),
     /// pgbench (TPC-B) against PostgreSQL in each query mode (simple, extended, prepared),
     /// alternating rounds without and with the agent.

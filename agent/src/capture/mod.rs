@@ -10,7 +10,8 @@ use std::time::Duration;
 use agent_ebpf::{
     Config, ConnInfo, EventHeader, EventKind, SockKey, SyscallFilter, SyscallKey, SyscallStats,
     COUNTERS_LEN, COUNTER_NAMES, DRAIN_INTERVAL_MS, HEADER_LEN, IDLE_DRAIN_INTERVAL_MS,
-    MAX_CAPTURE, ORIGIN_PROC, SYSCALL_STATS_IN_IO_EXIT, SYSCALL_STATS_OFF, SYSCALL_STATS_SEPARATE,
+    MAX_CAPTURE, ORIGIN_PROC, SYSCALL_NR_LIMIT, SYSCALL_STATS_IN_IO_EXIT, SYSCALL_STATS_OFF,
+    SYSCALL_STATS_SEPARATE,
 };
 use anyhow::{bail, Context};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
@@ -87,6 +88,83 @@ pub struct SyscallSettings {
     /// Keep the exit side in a program of its own even when the I/O exit hook could do it
     /// (for measuring the difference; `--syscalls-separate-exit`).
     pub separate_exit: bool,
+    /// Where the entry hook goes (`--syscalls-entry`, hidden: for measuring the difference).
+    pub entry: SyscallEntry,
+}
+
+/// Where the syscall statistics' entry hook is attached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyscallEntry {
+    /// Per-syscall tracepoints when every selected syscall has one, else `raw_syscalls`.
+    #[default]
+    Auto,
+    /// One program on `syscalls:sys_enter_<name>` of each selected syscall: unselected
+    /// syscalls run no entry program. Fails if a selected syscall has no such event.
+    PerSyscall,
+    /// One program on `raw_syscalls:sys_enter` (tp_btf or raw tracepoint), which every syscall
+    /// runs only to test whether it is selected.
+    RawSyscalls,
+}
+
+/// The entry hook chosen for a selection on this kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum EntryPlan {
+    /// `syscalls:<event>` for each selected syscall; `__syscall_nr` is at `nr_offset`. With
+    /// `required` (`--syscalls-entry per-syscall`) a failure to attach them is an error, else
+    /// the `raw_syscalls` hook takes over.
+    PerSyscall {
+        events: Vec<String>,
+        nr_offset: u32,
+        required: bool,
+    },
+    /// `raw_syscalls:sys_enter`, and why not the per-syscall events (`None`: asked for).
+    RawSyscalls { why: Option<String> },
+}
+
+/// Chooses the entry hook for `settings`: per-syscall tracepoints if each selected syscall
+/// has one with a `__syscall_nr` field at the same offset, else (with `auto`) the
+/// `raw_syscalls:sys_enter` hook, with an info line naming what was missing.
+fn plan_entry(tracefs: &str, settings: &SyscallSettings) -> anyhow::Result<EntryPlan> {
+    if settings.entry == SyscallEntry::RawSyscalls {
+        return Ok(EntryPlan::RawSyscalls { why: None });
+    }
+    let dir = Path::new(tracefs).join("events/syscalls");
+    let mut events = Vec::new();
+    let mut missing = Vec::new();
+    let mut offsets = std::collections::BTreeSet::new();
+    for nr in (0..SYSCALL_NR_LIMIT as u32).filter(|nr| settings.filter.contains(u64::from(*nr))) {
+        let field = crate::syscalls::enter_event(nr).and_then(|event| {
+            let format = std::fs::read_to_string(dir.join(&event).join("format")).ok()?;
+            Some((event, tracepoint_field(&format, "__syscall_nr", 4)?))
+        });
+        match field {
+            Some((event, offset)) => {
+                events.push(event);
+                offsets.insert(offset);
+            }
+            None => missing.push(crate::syscalls::syscall_name(nr)),
+        }
+    }
+    let why = match (missing.is_empty(), offsets.len()) {
+        (true, 1) => {
+            let nr_offset = offsets.into_iter().next().unwrap_or_default();
+            return Ok(EntryPlan::PerSyscall {
+                events,
+                nr_offset,
+                required: settings.entry == SyscallEntry::PerSyscall,
+            });
+        }
+        (true, _) => "their `__syscall_nr` fields are at different offsets".to_owned(),
+        (false, _) => format!(
+            "no {}/sys_enter_* event with a `__syscall_nr` field for {}",
+            dir.display(),
+            missing.join(", ")
+        ),
+    };
+    if settings.entry == SyscallEntry::PerSyscall {
+        bail!("--syscalls-entry per-syscall: {why}");
+    }
+    Ok(EntryPlan::RawSyscalls { why: Some(why) })
 }
 
 /// The per-thread start-time table's size when syscall statistics are off (it must exist).
@@ -104,7 +182,7 @@ pub struct Capture {
     /// `--udp-flows`: `start_flows` attaches the UDP byte counters too.
     udp_flows: bool,
     /// How the syscall statistics programs are attached, if they are.
-    pub syscall_stats: Option<&'static str>,
+    pub syscall_stats: Option<String>,
 }
 
 /// The maps the reader needs, taken out of the `Ebpf` object.
@@ -152,12 +230,20 @@ impl Capture {
             // exit programs of their own, which do not read this setting.
             Some(_) => SYSCALL_STATS_IN_IO_EXIT,
         };
+        let entry = match &settings.syscalls {
+            Some(s) => Some(plan_entry(tracefs, s)?),
+            None => None,
+        };
         let config = Config {
             self_tgid: std::process::id(),
             capture_bytes: settings.capture_bytes,
             newtask_pid_offset: pid_offset,
             newtask_flags_offset: flags_offset,
             syscall_stats,
+            syscall_nr_offset: match &entry {
+                Some(EntryPlan::PerSyscall { nr_offset, .. }) => *nr_offset,
+                _ => 8,
+            },
         };
         let filter = settings
             .syscalls
@@ -189,9 +275,14 @@ impl Capture {
                 .with_context(|| format!("attaching {program} to tracepoint {category}:{name}"))?;
         }
         let hooks = attach_syscall_hooks(&mut ebpf, settings.hooks)?;
-        let syscall_stats = match syscall_stats {
-            SYSCALL_STATS_OFF => None,
-            _ => Some(attach_syscall_stats(&mut ebpf, hooks, syscall_stats)?),
+        let syscall_stats = match entry {
+            Some(entry) => Some(attach_syscall_stats(
+                &mut ebpf,
+                hooks,
+                syscall_stats,
+                entry,
+            )?),
+            None => None,
         };
         let maps = Maps {
             events: RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?,
@@ -205,7 +296,7 @@ impl Capture {
             hooks.as_str(),
             settings.capture_bytes,
             settings.ringbuf_bytes / 1024,
-            syscall_stats.unwrap_or("off")
+            syscall_stats.as_deref().unwrap_or("off")
         );
         let stats = if settings.bpf_stats {
             Some(aya::sys::enable_stats(aya::sys::Stats::RunTime).context(
@@ -317,24 +408,103 @@ fn attach_syscall_hooks(ebpf: &mut Ebpf, mode: HookMode) -> anyhow::Result<HookM
 /// syscall (freed at thread exit), so this bounds the threads measured at once.
 const SYSCALL_STARTS_ENTRIES: u32 = 65536;
 
-/// Attaches the syscall statistics programs: an entry hook, plus an exit hook of their own
-/// unless the I/O exit program does that work (`SYSCALL_STATS_IN_IO_EXIT`). They use the same
-/// mechanism as the I/O hooks, or with fexit I/O hooks the best tracepoint the kernel takes.
-/// Returns a description for logs and `periscope_hooks_info`.
+/// Attaches the syscall statistics programs: an entry hook (on each selected syscall's own
+/// tracepoint, or on `raw_syscalls:sys_enter`), plus an exit hook of their own unless the I/O
+/// exit program does that work (`SYSCALL_STATS_IN_IO_EXIT`). The `raw_syscalls` programs use
+/// the same mechanism as the I/O hooks, or with fexit I/O hooks the best tracepoint the kernel
+/// takes. Returns a description for logs and tests.
 fn attach_syscall_stats(
     ebpf: &mut Ebpf,
     io_hooks: HookMode,
     mode: u32,
-) -> anyhow::Result<&'static str> {
+    entry: EntryPlan,
+) -> anyhow::Result<String> {
     let separate = mode == SYSCALL_STATS_SEPARATE || io_hooks == HookMode::Fexit;
+    // Ok(number of events), or Err(why not per-syscall; `None` when raw_syscalls was asked for).
+    let per_syscall = match entry {
+        EntryPlan::PerSyscall {
+            events, required, ..
+        } => match attach_per_syscall_entry(ebpf, &events) {
+            Ok(()) => Ok(events.len()),
+            Err(e) if required => return Err(e.context("--syscalls-entry per-syscall")),
+            Err(e) => Err(Some(format!("{e:#}"))),
+        },
+        EntryPlan::RawSyscalls { why } => Err(why),
+    };
+    let mut programs = Vec::new();
+    if per_syscall.is_err() {
+        programs.push("sys_enter");
+    }
+    if separate {
+        programs.push("sys_exit");
+    }
+    let on = attach_stats_tracepoints(ebpf, io_hooks, &programs)?;
+    // The one line that says which entry hook syscalls pay for.
+    let entry = match per_syscall {
+        Ok(events) => {
+            log::info!(
+                "syscall statistics: entry hook on the syscalls:sys_enter_* events of the \
+                 {events} selected syscalls; other syscalls run no entry program"
+            );
+            format!("syscalls:sys_enter_* ({events} events)")
+        }
+        Err(why) => {
+            let because = why.map(|w| format!(" (per-syscall events unusable: {w})"));
+            log::info!(
+                "syscall statistics: entry hook on raw_syscalls:sys_enter ({on}), which every \
+                 syscall runs{}",
+                because.unwrap_or_default()
+            );
+            format!("raw_syscalls:sys_enter ({on})")
+        }
+    };
+    let exit = if separate {
+        format!("own exit hook ({on})")
+    } else {
+        format!("in the I/O exit hook ({})", io_hooks.as_str())
+    };
+    Ok(format!("entry on {entry}, exit {exit}"))
+}
+
+/// Attaches the program `sys_enter_stats_tp` to each of `events` (`syscalls:<event>`), or to
+/// none: on an error the ones attached are detached and the program unloaded again.
+fn attach_per_syscall_entry(ebpf: &mut Ebpf, events: &[String]) -> anyhow::Result<()> {
+    let tp: &mut TracePoint = program_of(ebpf, "sys_enter_stats_tp")?.try_into()?;
+    tp.load()
+        .context("the kernel rejected program sys_enter_stats_tp")?;
+    let mut links = Vec::new();
+    for event in events {
+        match tp.attach("syscalls", event) {
+            Ok(link) => links.push(link),
+            Err(e) => {
+                for link in links {
+                    let _ = tp.detach(link);
+                }
+                let _ = tp.unload();
+                return Err(anyhow::Error::new(e)
+                    .context(format!("attaching sys_enter_stats_tp to syscalls:{event}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Attaches the statistics programs on `raw_syscalls` tracepoints (`"sys_enter"`,
+/// `"sys_exit"`), as BTF tracepoints unless the I/O hooks are raw (or, with fexit I/O hooks,
+/// the kernel refuses them), else as raw tracepoints. Returns the mechanism.
+fn attach_stats_tracepoints(
+    ebpf: &mut Ebpf,
+    io_hooks: HookMode,
+    tracepoints: &[&str],
+) -> anyhow::Result<&'static str> {
+    if tracepoints.is_empty() {
+        return Ok(io_hooks.as_str());
+    }
     let try_btf = |ebpf: &mut Ebpf| -> anyhow::Result<()> {
         let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
-        let mut programs = vec![("sys_enter_stats_btf", "sys_enter")];
-        if separate {
-            programs.push(("sys_exit_stats_btf", "sys_exit"));
-        }
-        for (program, tracepoint) in programs {
-            let tp: &mut BtfTracePoint = program_of(ebpf, program)?.try_into()?;
+        for tracepoint in tracepoints {
+            let program = format!("{tracepoint}_stats_btf");
+            let tp: &mut BtfTracePoint = program_of(ebpf, &program)?.try_into()?;
             tp.load(tracepoint, &btf)
                 .with_context(|| format!("loading {program}"))?;
             tp.attach()
@@ -344,30 +514,22 @@ fn attach_syscall_stats(
     };
     if io_hooks != HookMode::Raw {
         match try_btf(ebpf) {
-            Ok(()) if separate => return Ok("tp_btf (own exit hook)"),
-            Ok(()) => return Ok("tp_btf (in the I/O exit hook)"),
+            Ok(()) => return Ok(HookMode::Btf.as_str()),
             Err(e) if io_hooks == HookMode::Fexit => {
                 log::info!("syscall statistics: BTF tracepoints unavailable ({e:#}); using raw tracepoints");
             }
             Err(e) => return Err(e.context("syscall statistics")),
         }
     }
-    let mut programs = vec![("sys_enter_stats_raw", "sys_enter")];
-    if separate {
-        programs.push(("sys_exit_stats_raw", "sys_exit"));
-    }
-    for (program, tracepoint) in programs {
-        let tp: &mut RawTracePoint = program_of(ebpf, program)?.try_into()?;
+    for tracepoint in tracepoints {
+        let program = format!("{tracepoint}_stats_raw");
+        let tp: &mut RawTracePoint = program_of(ebpf, &program)?.try_into()?;
         tp.load()
             .with_context(|| format!("the kernel rejected program {program}"))?;
         tp.attach(tracepoint)
             .with_context(|| format!("attaching {program} to raw tracepoint {tracepoint}"))?;
     }
-    Ok(if separate {
-        "raw_tracepoint (own exit hook)"
-    } else {
-        "raw_tracepoint (in the I/O exit hook)"
-    })
+    Ok(HookMode::Raw.as_str())
 }
 
 /// (program, kernel function) of the fexit variant.
@@ -724,7 +886,7 @@ fn fold_counters(counters: &PerCpuArray<MapData, u64>, lost: &[DeltaCounter], me
 
 #[cfg(test)]
 mod tests {
-    use super::tracepoint_field;
+    use super::{plan_entry, tracepoint_field, EntryPlan, SyscallEntry, SyscallSettings};
 
     #[test]
     fn reads_offsets_from_a_tracefs_format() {
@@ -744,5 +906,57 @@ mod tests {
         };
         assert!(tracepoint_field(&format, "pid", 4).is_some());
         assert!(tracepoint_field(&format, "clone_flags", 8).is_some());
+    }
+
+    /// A fake tracefs with a `sys_enter_<name>` format for each of `events`.
+    fn fake_tracefs(name: &str, events: &[&str]) -> std::path::PathBuf {
+        let root = std::env::temp_dir().join(format!("periscope-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for event in events {
+            let dir = root.join("events/syscalls").join(event);
+            std::fs::create_dir_all(&dir).unwrap();
+            let format = format!(
+                "name: {event}\nID: 1\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\n\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n"
+            );
+            std::fs::write(dir.join("format"), format).unwrap();
+        }
+        root
+    }
+
+    fn settings(selection: &str, entry: SyscallEntry) -> SyscallSettings {
+        SyscallSettings {
+            filter: crate::syscalls::Selection::parse(selection)
+                .unwrap()
+                .filter(),
+            max_series: 1,
+            separate_exit: false,
+            entry,
+        }
+    }
+
+    #[test]
+    fn the_entry_hook_is_per_syscall_only_if_every_selected_syscall_has_its_event() {
+        let root = fake_tracefs("entry", &["sys_enter_getppid", "sys_enter_sendfile64"]);
+        let tracefs = root.to_str().unwrap();
+        let plan = plan_entry(tracefs, &settings("getppid,sendfile", SyscallEntry::Auto));
+        assert_eq!(
+            plan.unwrap(),
+            EntryPlan::PerSyscall {
+                events: vec!["sys_enter_sendfile64".into(), "sys_enter_getppid".into()],
+                nr_offset: 8,
+                required: false,
+            }
+        );
+        // `getpid` has no event here: everything falls back, and the reason names it.
+        let plan = plan_entry(tracefs, &settings("getppid,getpid", SyscallEntry::Auto)).unwrap();
+        assert!(
+            matches!(&plan, EntryPlan::RawSyscalls { why: Some(why) } if why.ends_with("for getpid")),
+            "{plan:?}"
+        );
+        let err = plan_entry(tracefs, &settings("getpid", SyscallEntry::PerSyscall)).unwrap_err();
+        assert!(err.to_string().contains("getpid"), "{err}");
+        let plan = plan_entry(tracefs, &settings("getppid", SyscallEntry::RawSyscalls)).unwrap();
+        assert_eq!(plan, EntryPlan::RawSyscalls { why: None });
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

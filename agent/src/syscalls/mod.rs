@@ -148,6 +148,24 @@ pub fn syscall_name(nr: u32) -> String {
     }
 }
 
+/// The name of syscall `nr`'s own entry tracepoint (`syscalls:<event>`), `None` for a number
+/// the table does not know. Usually `sys_enter_<name>`, but the kernel names an event after
+/// the `SYSCALL_DEFINE` that implements the syscall, and a few of those differ from the
+/// syscall's name.
+pub fn enter_event(nr: u32) -> Option<String> {
+    let name = table::NAMES.get(nr as usize).filter(|n| !n.is_empty())?;
+    let defined = match *name {
+        "stat" => "newstat",
+        "fstat" => "newfstat",
+        "lstat" => "newlstat",
+        "uname" => "newuname",
+        "sendfile" => "sendfile64",
+        "umount2" => "umount",
+        other => other,
+    };
+    Some(format!("sys_enter_{defined}"))
+}
+
 /// Where syscalls came from. Built in one place, [`cgroup_labels`].
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct CgroupLabels {
@@ -589,6 +607,25 @@ mod tests {
             assert!(seen.insert(*name), "{name} twice");
         }
         const { assert!(table::COUNT <= SYSCALL_NR_LIMIT) };
+    }
+
+    #[test]
+    fn entry_events_are_named_after_the_syscalls_definition() {
+        assert_eq!(enter_event(0).as_deref(), Some("sys_enter_read"));
+        assert_eq!(enter_event(4).as_deref(), Some("sys_enter_newstat"));
+        assert_eq!(enter_event(40).as_deref(), Some("sys_enter_sendfile64"));
+        assert_eq!(enter_event(166).as_deref(), Some("sys_enter_umount"));
+        assert_eq!(enter_event(400), None, "unused on x86_64");
+        assert_eq!(enter_event(9999), None);
+        // Every syscall of the default selection has its event on this kernel (if its tracefs
+        // is visible to the unit tests).
+        let events = std::path::Path::new("/sys/kernel/tracing/events/syscalls");
+        if events.is_dir() {
+            for nr in Selection::parse("default").unwrap().numbers() {
+                let event = enter_event(nr).unwrap();
+                assert!(events.join(&event).is_dir(), "{event} missing");
+            }
+        }
     }
 
     #[test]
