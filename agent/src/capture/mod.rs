@@ -738,9 +738,11 @@ impl Reader {
                     if !programs.is_empty() {
                         fold_program_stats(&programs, &sink.metrics.metrics);
                     }
+                    if ticks.is_multiple_of(5) {
+                        tracker.expire_closed(monotonic_ns(), CLOSE_LOST_IDLE_NS, &mut sink);
+                    }
                     if ticks.is_multiple_of(30) {
                         tracker.expire_dead(&mut sink, &mut actions);
-                        tracker.expire_closed(monotonic_ns(), CLOSE_LOST_IDLE_NS, &mut sink);
                         apply(&mut actions, &mut conns, &mut muted);
                         forget_dead(&mut conns);
                         forget_dead(&mut sock_types);
@@ -752,8 +754,8 @@ impl Reader {
 }
 
 /// How long a connection must have been idle before `/proc` is asked whether its descriptor
-/// still holds a socket.
-const CLOSE_LOST_IDLE_NS: u64 = 60_000_000_000;
+/// still holds a socket (long enough for a close event still in the ring buffer to arrive).
+const CLOSE_LOST_IDLE_NS: u64 = 5_000_000_000;
 
 /// `CLOCK_MONOTONIC` now, in ns: the clock of the kernel's event timestamps.
 fn monotonic_ns() -> u64 {
