@@ -164,7 +164,12 @@ pub(crate) fn soak(env: &Env, args: &SoakArgs) -> anyhow::Result<Report> {
     pg.pgbench(&["-i", "-s", "1", "-q"])
         .context("initialising the pgbench tables")?;
     let kafka = MockKafka::launch()?;
-    let agent = env.agent(&[])?;
+    // Every series must outlive the run for its count to be compared at the end: pgbench's two
+    // set-up statements run once, and their series would expire after the default 5-minute
+    // `--series-ttl`. (Expiry itself: `cardinality` and the http test
+    // `idle_series_expire_and_come_back_from_zero`.)
+    let ttl = format!("{}s", args.minutes * 60 + 600);
+    let agent = env.agent(&["--series-ttl".to_owned(), ttl])?;
     let pid = agent.pid();
     let ports = (nginx.port(), pg.port(), kafka.port());
     let counts = |m: &Metrics| Counts::read(m, ports.0, ports.1, ports.2);
