@@ -122,7 +122,10 @@ pub(crate) fn overload(env: &Env, args: &OverloadArgs) -> anyhow::Result<Report>
     let url = nginx.url("/recovery");
     let mut answered = 0;
     for _ in 0..args.recovery_requests {
-        answered += curl(&[url.as_str()])?.lines().filter(|l| *l == "ok").count();
+        answered += curl(&[url.as_str()])?
+            .lines()
+            .filter(|l| *l == "ok")
+            .count();
         std::thread::sleep(Duration::from_millis(20));
     }
     let n = args.recovery_requests as f64;
