@@ -194,7 +194,7 @@ struct FeedContext<'a> {
     sink: &'a mut dyn Sink,
     actions: &'a mut Vec<KernelAction>,
     conn_id: u64,
-    peer_conn: Option<u64>,
+    clients: &'a Clients,
 }
 
 /// Feeds one syscall's bytes to a connection's decoder and reports what it completed.
@@ -237,11 +237,7 @@ fn feed(
         Ok(()) => decoder.stopped(),
     };
     ctx.topic_names.learn_and_resolve(ctx.scratch);
-    let ids = ConnIds {
-        conn_id: ctx.conn_id,
-        peer_conn: ctx.peer_conn,
-    };
-    emit(conn, ids, role, ctx.scratch, ctx.sink);
+    emit(conn, ctx.conn_id, ctx.clients, role, ctx.scratch, ctx.sink);
     if let Some(reason) = mute {
         conn.state = State::Muted;
         ctx.actions.push(KernelAction::Mute {
@@ -281,9 +277,9 @@ pub struct Tracker {
     /// name the topics of Fetch requests (v13+) that carry only ids.
     topic_names: TopicNames,
     protocols: decoder::Protocols,
-    /// Client connections by their local address, with the server port they connect to: a
-    /// server connection whose peer is one of them is the other end of the same connection.
-    clients: FxHashMap<SocketAddr, (u64, Option<u16>)>,
+    /// Client connections by their local address: a server connection whose peer is one of
+    /// them is the other end of the same connection.
+    clients: Clients,
     /// Conn id by (tgid, fd): a descriptor holds one socket at a time, so a new connection on
     /// it ends the old one, whose close event was lost.
     by_fd: FxHashMap<(u32, i32), u64>,
@@ -544,14 +540,13 @@ impl Tracker {
             }
             Detection::Decided(held) => held,
         };
-        let peer_conn = peer_conn(conn, &self.clients);
         let mut ctx = FeedContext {
             scratch: &mut self.scratch,
             topic_names: &mut self.topic_names,
             sink,
             actions,
             conn_id: header.conn_id,
-            peer_conn,
+            clients: &self.clients,
         };
         // Bytes held back while the protocol was being recognised go first, in order.
         if let Some(held) = held {
@@ -573,7 +568,6 @@ impl Tracker {
         reason: EndReason,
         sink: &mut dyn Sink,
     ) {
-        let peer_conn = peer_conn(&conn, &self.clients);
         if self.by_fd.get(&(conn.tgid, conn.fd)) == Some(&conn_id) {
             self.by_fd.remove(&(conn.tgid, conn.fd));
         }
@@ -591,8 +585,7 @@ impl Tracker {
             if stats != DecoderStats::default() {
                 sink.decoder_stats(decoder.protocol(), stats);
             }
-            let ids = ConnIds { conn_id, peer_conn };
-            emit(&conn, ids, role, &mut self.scratch, sink);
+            emit(&conn, conn_id, &self.clients, role, &mut self.scratch, sink);
         }
         sink.ended(reason);
     }
@@ -706,8 +699,11 @@ impl Tracker {
     }
 }
 
+/// Client connections by their local address, with the server port they connect to.
+type Clients = FxHashMap<SocketAddr, (u64, Option<u16>)>;
+
 /// For a server connection, the client connection on this node that is its other end.
-fn peer_conn(conn: &Conn, clients: &FxHashMap<SocketAddr, (u64, Option<u16>)>) -> Option<u64> {
+fn peer_conn(conn: &Conn, clients: &Clients) -> Option<u64> {
     if conn.local.is_some() {
         return None;
     }
@@ -715,14 +711,23 @@ fn peer_conn(conn: &Conn, clients: &FxHashMap<SocketAddr, (u64, Option<u16>)>) -
     (server_port.is_some() && *server_port == conn.server_port).then_some(*id)
 }
 
-/// A connection's id, and for a server connection the id of its client end on this node.
-#[derive(Clone, Copy)]
-struct ConnIds {
+/// Reports the exchanges a connection completed. A server exchange names the client end of its
+/// connection on this node, looked up only when there is an exchange to report.
+fn emit(
+    conn: &Conn,
     conn_id: u64,
-    peer_conn: Option<u64>,
-}
-
-fn emit(conn: &Conn, ids: ConnIds, role: Role, details: &mut Vec<Detail>, sink: &mut dyn Sink) {
+    clients: &Clients,
+    role: Role,
+    details: &mut Vec<Detail>,
+    sink: &mut dyn Sink,
+) {
+    if details.is_empty() {
+        return;
+    }
+    let peer_conn = match role {
+        Role::Server => peer_conn(conn, clients),
+        Role::Client => None,
+    };
     for detail in details.drain(..) {
         let (start_ns, end_ns) = detail.span();
         let exchange = Exchange {
@@ -734,12 +739,8 @@ fn emit(conn: &Conn, ids: ConnIds, role: Role, details: &mut Vec<Detail>, sink: 
                 peer: conn.peer,
                 server_port: conn.server_port,
                 tid: (conn.last_tid != 0).then_some(conn.last_tid),
-                conn_id: ids.conn_id,
-                peer_conn: if role == Role::Server {
-                    ids.peer_conn
-                } else {
-                    None
-                },
+                conn_id,
+                peer_conn,
             },
             detail,
         };

@@ -536,8 +536,13 @@ impl Metrics {
                         &self.http_server_response_body,
                     ];
                     let metric = "http_server_request_duration_seconds";
-                    self.expire_with_pod(metric, &labels.workload, &labels, &families);
-                    self.expire_when_idle(metric, &labels, &families, Histogram::count);
+                    self.expire(
+                        metric,
+                        &labels.workload,
+                        &labels,
+                        &families,
+                        Histogram::count,
+                    );
                 }
                 Some(Series {
                     duration: self.http_server_duration.get_or_create(&labels).clone(),
@@ -568,8 +573,13 @@ impl Metrics {
                         &self.http_client_response_body,
                     ];
                     let metric = "http_client_request_duration_seconds";
-                    self.expire_with_pod(metric, &labels.workload, &labels, &families);
-                    self.expire_when_idle(metric, &labels, &families, Histogram::count);
+                    self.expire(
+                        metric,
+                        &labels.workload,
+                        &labels,
+                        &families,
+                        Histogram::count,
+                    );
                 }
                 Some(Series {
                     duration: self.http_client_duration.get_or_create(&labels).clone(),
@@ -617,8 +627,14 @@ impl Metrics {
         match self.admit(metric, &labels) {
             Admission::Dropped => return None,
             Admission::New => {
-                self.expire_with_pod(metric, &labels.workload, &labels, &[duration, rows]);
-                self.expire_when_idle(metric, &labels, &[duration, rows], Histogram::count);
+                let families = [duration, rows];
+                self.expire(
+                    metric,
+                    &labels.workload,
+                    &labels,
+                    &families,
+                    Histogram::count,
+                );
             }
             Admission::Known => {}
         }
@@ -675,10 +691,9 @@ impl Metrics {
         let admit = |labels: &MessagingLabels| match self.admit(metric, labels) {
             Admission::Dropped => false,
             Admission::New => {
-                self.expire_with_pod(metric, &labels.workload, labels, &[duration]);
-                self.expire_with_pod(metric, &labels.workload, labels, &[produced, fetched]);
-                self.expire_when_idle(metric, labels, &[duration], Histogram::count);
-                self.expire_when_idle(metric, labels, &[produced, fetched], Counter::get);
+                let workload = &labels.workload;
+                self.expire(metric, workload, labels, &[duration], Histogram::count);
+                self.expire(metric, workload, labels, &[produced, fetched], Counter::get);
                 true
             }
             Admission::Known => true,
@@ -740,6 +755,24 @@ impl Metrics {
                 .inc();
         }
         admission
+    }
+
+    /// Registers a new series (`labels` in each of `families`) for both ways of expiring: with
+    /// its pod, and when idle.
+    fn expire<L, M, C>(
+        &self,
+        metric: &'static str,
+        workload: &WorkloadLabels,
+        labels: &L,
+        families: &[&Family<L, M, C>],
+        activity: fn(&M) -> u64,
+    ) where
+        L: Clone + Hash + Eq + Send + Sync + 'static,
+        M: Send + Sync + 'static,
+        C: prometheus_client::metrics::family::MetricConstructor<M> + Clone + Send + Sync + 'static,
+    {
+        self.expire_with_pod(metric, workload, labels, families);
+        self.expire_when_idle(metric, labels, families, activity);
     }
 
     /// Registers a new series (`labels` in each of `families`) to be removed once none of its
