@@ -492,6 +492,41 @@ pub(crate) fn spread_cell(values: &[f64], decimals: usize) -> String {
     format!("{min:.decimals$} / **{median:.decimals$}** / {max:.decimals$}")
 }
 
+/// Busy CPU time of the whole machine so far (every CPU's user, nice, system, irq and softirq
+/// time from `/proc/stat`; idle, iowait and steal left out).
+pub(crate) fn machine_busy() -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let ticks = parse_busy_ticks(&stat).context("/proc/stat has no aggregate `cpu` line")?;
+    Ok(Duration::from_secs_f64(
+        ticks as f64 / clock_ticks_per_second() as f64,
+    ))
+}
+
+/// `USER_HZ`, the unit of /proc's CPU times.
+pub(crate) fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 {
+        hz as u64
+    } else {
+        100
+    }
+}
+
+fn parse_busy_ticks(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal ... (guest time is inside user).
+    let [user, nice, system, _idle, _iowait, irq, softirq, ..] = fields[..] else {
+        return None;
+    };
+    Some(user + nice + system + irq + softirq)
+}
+
 pub(crate) fn machine() -> String {
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -599,6 +634,14 @@ fn report(args: &HttpArgs, placement: &str, rounds: &[(Run, Run)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn busy_ticks_leave_out_idle_iowait_and_steal() {
+        let stat = "cpu  100 2 30 5000 40 6 7 80 0 0\ncpu0 50 1 15 2500 20 3 3 40 0 0\n";
+        assert_eq!(parse_busy_ticks(stat), Some(100 + 2 + 30 + 6 + 7));
+        assert_eq!(parse_busy_ticks("cpu0 1 2 3 4 5 6 7\n"), None);
+        assert_eq!(parse_busy_ticks("cpu  1 2 x 4 5 6 7\n"), None);
+    }
 
     #[test]
     fn spread_takes_the_middle() {

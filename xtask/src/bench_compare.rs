@@ -2,8 +2,9 @@
 //! done the way teams do it today versus with Periscope?
 //!
 //! One Flask app, served by gunicorn (sync workers) and driven by `wrk --latency` against
-//! `/users/<int:user_id>`, runs in four configurations, alternating within each round (after
-//! one discarded warm-up round) so that drift of the machine hits them all alike:
+//! `/users/<int:user_id>`, runs in five configurations, alternating within each round (after
+//! one discarded warm-up round; each round starts one configuration further along) so that
+//! drift of the machine hits them all alike:
 //!
 //! - `exporter`: `PrometheusMetrics(app)` from prometheus-flask-exporter (its /metrics is
 //!   never scraped: the cost measured is the per-request instrumentation in the process);
@@ -11,10 +12,13 @@
 //!   `TracerProvider` + `BatchSpanProcessor` + `ConsoleSpanExporter` writing to /dev/null
 //!   (spans are serialised, as a real exporter would, but nothing touches the network);
 //! - `periscope`: the app uninstrumented, a fresh Periscope agent running;
+//! - `periscope+spans`: the same, with every request also exported as spans;
 //! - `bare`: the app uninstrumented, no agent.
 //!
-//! The figure compared is CPU per request: all gunicorn processes (master and workers), plus
-//! the agent's for `periscope`, divided by the requests wrk completed.
+//! The figures compared are CPU per request, two ways: all gunicorn processes (master and
+//! workers) plus the agent's, and the whole machine's busy CPU (which also holds wrk and the
+//! kernel programs' cost on the client's side), each divided by the requests wrk completed,
+//! and each also as the cost added over `bare` in the same round.
 
 use std::fmt;
 use std::process::{Command, Stdio};
@@ -27,8 +31,8 @@ use harness::{
 };
 
 use crate::bench::{
-    machine, other_agents_warning, requests_counted, settled_metrics, spread, spread_cell, Cpu,
-    LOST_METRIC,
+    clock_ticks_per_second, machine, machine_busy, other_agents_warning, requests_counted,
+    settled_metrics, spread, spread_cell, Cpu, LOST_METRIC,
 };
 use crate::util::{bench_agent, build_agent, probe};
 
@@ -312,6 +316,9 @@ struct Run {
     wrk: WrkResult,
     /// CPU of all gunicorn processes during the run.
     app_cpu: Duration,
+    /// Busy CPU of the whole machine during the run (wrk, both ends' kernel work, the agent's
+    /// kernel programs wherever they ran), plus what the app or agent still did after it.
+    machine_cpu: Duration,
     agent: Option<AgentRun>,
 }
 
@@ -331,6 +338,11 @@ impl Run {
     /// gunicorn + agent CPU per request, in µs.
     fn total_us(&self) -> f64 {
         self.app_us() + self.agent_us().unwrap_or(0.0)
+    }
+
+    /// The whole machine's busy CPU per request, in µs.
+    fn machine_us(&self) -> f64 {
+        self.per_request_us(self.machine_cpu)
     }
 
     /// Requests the agent counted minus requests wrk completed.
@@ -403,7 +415,8 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<()> {
     // rounds[config][round]
     let mut rounds: Vec<Vec<Run>> = Config::ALL.iter().map(|_| Vec::new()).collect();
     for round in 0..=args.rounds {
-        for (c, config) in Config::ALL.into_iter().enumerate() {
+        for c in round_order(round) {
+            let config = Config::ALL[c];
             if round == 0 {
                 measure("warm-up (discarded)", config)?;
             } else {
@@ -417,6 +430,14 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<()> {
         report(args, &format!("{placement}.{warning}"), &versions, &rounds)
     );
     Ok(())
+}
+
+/// The order of the configurations (indexes into `Config::ALL`) in a round: each round starts
+/// one further along, so that no configuration always follows the same one or always runs
+/// first after the warm-up.
+fn round_order(round: usize) -> impl Iterator<Item = usize> {
+    let n = Config::ALL.len();
+    (0..n).map(move |i| (round + i) % n)
 }
 
 /// Starts a fresh gunicorn (and agent), runs wrk once, and reads the CPU they used.
@@ -441,15 +462,19 @@ fn run_config(
         );
     }
     let Some(extra_args) = config.agent_args() else {
+        let machine_before = machine_busy()?;
         let before = app.cpu()?;
         let wrk = run_wrk(&wrk_options)?;
+        let machine_during = machine_busy()?.saturating_sub(machine_before);
+        let at_end = app.cpu()?;
         if config == Config::Otel {
             std::thread::sleep(OTEL_FLUSH);
         }
-        let app_cpu = app.cpu()?.saturating_sub(before);
+        let after = app.cpu()?;
         return Ok(Run {
             wrk,
-            app_cpu,
+            app_cpu: after.saturating_sub(before),
+            machine_cpu: machine_during + after.saturating_sub(at_end),
             agent: None,
         });
     };
@@ -461,16 +486,20 @@ fn run_config(
     let mut agent = Agent::start_with(options)?;
     let pid = agent.pid();
     let counted_before = requests_counted(&agent.try_metrics()?, app.port);
+    let machine_before = machine_busy()?;
     let app_before = app.cpu()?;
     let agent_before = cpu_time(pid)?;
     let wrk = run_wrk(&wrk_options)?;
+    let machine_during = machine_busy()?.saturating_sub(machine_before);
     let app_cpu = app.cpu()?.saturating_sub(app_before);
+    let agent_at_end = cpu_time(pid)?;
     let metrics = settled_metrics(&agent, app.port, counted_before, wrk.requests)?;
     if config == Config::PeriscopeSpans {
         // The span exporter writes a batch at least every second: count the last one.
         std::thread::sleep(Duration::from_millis(1500));
     }
-    let agent_cpu = cpu_time(pid)?.saturating_sub(agent_before);
+    let agent_after = cpu_time(pid)?;
+    let agent_cpu = agent_after.saturating_sub(agent_before);
     let status = agent.stop()?;
     if !status.success() {
         eprintln!(
@@ -481,6 +510,9 @@ fn run_config(
     Ok(Run {
         wrk,
         app_cpu,
+        // The agent's catch-up after wrk (draining, exporting) counts; the harness's own
+        // polling of /metrics meanwhile does not.
+        machine_cpu: machine_during + agent_after.saturating_sub(agent_at_end),
         agent: Some(AgentRun {
             cpu: agent_cpu,
             lost: metrics.sum(LOST_METRIC, &[]),
@@ -515,7 +547,11 @@ fn round_line(run: &Run) -> String {
             a.counted
         ));
     }
-    line.push_str(&format!("; total {:.1} µs/request", run.total_us()));
+    line.push_str(&format!(
+        "; total {:.1} µs/request; machine {:.1} µs/request",
+        run.total_us(),
+        run.machine_us()
+    ));
     line
 }
 
@@ -524,13 +560,16 @@ fn median(runs: &[Run], f: impl Fn(&Run) -> f64) -> f64 {
     spread(&runs.iter().map(f).collect::<Vec<_>>()).1
 }
 
-/// `**a/b of medians**×` and the per-round ratios, for the ratio lines.
+/// `**a/b of medians**×` and the per-round ratios (min / median / max, and in how many rounds
+/// `a` was the larger), for the ratio lines.
 fn ratio_line(num: &[Run], den: &[Run], f: fn(&Run) -> f64) -> String {
     let per_round: Vec<f64> = num.iter().zip(den).map(|(n, d)| f(n) / f(d)).collect();
     format!(
-        "**{:.2}×** (ratio of medians; per round {})",
+        "**{:.2}×** (ratio of medians; per round {}, above 1 in {} of {})",
         median(num, f) / median(den, f),
-        spread_cell(&per_round, 2)
+        spread_cell(&per_round, 2),
+        per_round.iter().filter(|&&r| r > 1.0).count(),
+        per_round.len()
     )
 }
 
@@ -546,7 +585,8 @@ fn report(args: &CompareArgs, placement: &str, versions: &str, rounds: &[Vec<Run
          /users/<int:user_id>` with a small JSON body; wrk requests `{ROUTE_PATH}`. gunicorn's \
          sync workers close every connection after one response, so each request is a new TCP \
          connection. Each round runs wrk for {} s against each configuration in turn \
-         (exporter, otel, periscope, periscope+spans, bare), each on a freshly started \
+         (exporter, otel, periscope, periscope+spans, bare; each round starts one further \
+         along that list), each on a freshly started \
          gunicorn (and, for periscope, a fresh agent), measured once a worker answers; one \
          warm-up round is discarded. `exporter` = `PrometheusMetrics(app)` (/metrics never scraped); `otel` = \
          `FlaskInstrumentor().instrument_app(app)` with a `TracerProvider`, \
@@ -559,14 +599,18 @@ fn report(args: &CompareArgs, placement: &str, versions: &str, rounds: &[Vec<Run
          file, and its CPU is read once every request is counted; `bare` = the \
          uninstrumented app alone. CPU per request = CPU time of all gunicorn processes \
          (master + workers, /proc utime + stime) + the agent's for periscope, divided by the \
-         requests wrk completed.\n\n",
+         requests wrk completed. Machine CPU per request = busy time of all CPUs (/proc/stat: \
+         user, nice, system, irq, softirq) while wrk ran, plus the app's (otel) or the \
+         agent's CPU after it, divided by the same requests: it also holds wrk and the kernel \
+         work on both ends, including Periscope's kernel programs in wrk's context, which the \
+         per-process figure leaves out.\n\n",
         machine(),
         args.seconds,
         OTEL_FLUSH.as_secs_f64()
     ));
     out.push_str(
-        "| round | config | requests/s | p50 (ms) | p99 (ms) | gunicorn CPU (µs/request) | agent CPU (µs/request) | total CPU (µs/request) | requests counted / wrk |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| round | config | requests/s | p50 (ms) | p99 (ms) | gunicorn CPU (µs/request) | agent CPU (µs/request) | total CPU (µs/request) | machine CPU (µs/request) | requests counted / wrk |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for i in 0..args.rounds {
         for (config, runs) in Config::ALL.iter().zip(rounds) {
@@ -580,25 +624,28 @@ fn report(args: &CompareArgs, placement: &str, versions: &str, rounds: &[Vec<Run
                 _ => (dash.into(), dash.into()),
             };
             out.push_str(&format!(
-                "| {} | {config} | {:.0} | {:.3} | {:.3} | {:.1} | {agent} | {:.1} | {counted} |\n",
+                "| {} | {config} | {:.0} | {:.3} | {:.3} | {:.1} | {agent} | {:.1} | {:.1} | \
+                 {counted} |\n",
                 i + 1,
                 w.rps,
                 w.p50_ms,
                 w.p99_ms,
                 run.app_us(),
-                run.total_us()
+                run.total_us(),
+                run.machine_us()
             ));
         }
     }
 
     type Column = fn(&Run) -> Option<f64>;
-    let rows: [(&str, Column, usize); 6] = [
+    let rows: [(&str, Column, usize); 7] = [
         ("requests/s", |r| Some(r.wrk.rps), 0),
         ("p50 latency (ms)", |r| Some(r.wrk.p50_ms), 3),
         ("p99 latency (ms)", |r| Some(r.wrk.p99_ms), 3),
         ("gunicorn CPU (µs/request)", |r| Some(r.app_us()), 1),
         ("agent CPU (µs/request)", Run::agent_us, 2),
         ("total CPU (µs/request)", |r| Some(r.total_us()), 1),
+        ("machine CPU (µs/request)", |r| Some(r.machine_us()), 1),
     ];
     out.push_str("\nmin / **median** / max over rounds:\n\n| metric |");
     for config in Config::ALL {
@@ -617,31 +664,39 @@ fn report(args: &CompareArgs, placement: &str, versions: &str, rounds: &[Vec<Run
     }
 
     let [exporter, otel, periscope, spans, bare] = [0, 1, 2, 3, 4].map(|i| rounds[i].as_slice());
-    let total: fn(&Run) -> f64 = Run::total_us;
     let rps: fn(&Run) -> f64 = |r| r.wrk.rps;
-    out.push_str("\nTotal CPU per request relative to Periscope:\n\n");
-    out.push_str(&format!(
-        "- exporter / periscope: {}\n",
-        ratio_line(exporter, periscope, total)
-    ));
-    out.push_str(&format!(
-        "- otel / periscope: {}\n",
-        ratio_line(otel, periscope, total)
-    ));
-    out.push_str(&format!(
-        "- otel / periscope+spans (both make spans): {}\n",
-        ratio_line(otel, spans, total)
-    ));
-    let bare_total = median(bare, total);
-    out.push_str(&format!(
-        "\nCPU per request added over bare (median − median of bare, {bare_total:.1} µs): \
-         exporter {:+.1} µs, otel {:+.1} µs, periscope {:+.1} µs, periscope+spans {:+.1} \
-         µs.\n",
-        median(exporter, total) - bare_total,
-        median(otel, total) - bare_total,
-        median(periscope, total) - bare_total,
-        median(spans, total) - bare_total
-    ));
+    let measures: [(&str, fn(&Run) -> f64); 2] = [
+        ("Total CPU (gunicorn + agent)", Run::total_us),
+        ("Machine CPU", Run::machine_us),
+    ];
+    for (what, f) in measures {
+        out.push_str(&format!("\n{what} per request relative to Periscope:\n\n"));
+        out.push_str(&format!(
+            "- exporter / periscope: {}\n",
+            ratio_line(exporter, periscope, f)
+        ));
+        out.push_str(&format!(
+            "- otel / periscope: {}\n",
+            ratio_line(otel, periscope, f)
+        ));
+        out.push_str(&format!(
+            "- otel / periscope+spans (both make spans): {}\n",
+            ratio_line(otel, spans, f)
+        ));
+        let base = median(bare, f);
+        let added = |runs: &[Run]| median(runs, f) - base;
+        out.push_str(&format!(
+            "\n{what} per request added over bare (median − median of bare, {base:.1} µs): \
+             exporter {:+.1} µs, otel {:+.1} µs, periscope {:+.1} µs, periscope+spans {:+.1} \
+             µs; exporter / periscope {}, otel / periscope+spans {}.\n",
+            added(exporter),
+            added(otel),
+            added(periscope),
+            added(spans),
+            added_ratio(added(exporter), added(periscope)),
+            added_ratio(added(otel), added(spans)),
+        ));
+    }
     out.push_str("\nThroughput relative to bare:\n\n");
     for (name, runs) in [
         ("exporter", exporter),
@@ -681,10 +736,7 @@ fn report(args: &CompareArgs, placement: &str, versions: &str, rounds: &[Vec<Run
         spread_cell(&lost, 0)
     ));
     // /proc counts CPU in clock ticks: say how coarse that is at this run length.
-    let hz: u64 = probe("getconf", &["CLK_TCK"])
-        .and_then(|v| v.trim().parse().ok())
-        .filter(|&h| h > 0)
-        .unwrap_or(100);
+    let hz = clock_ticks_per_second();
     let fewest = rounds
         .iter()
         .flatten()
@@ -699,6 +751,16 @@ fn report(args: &CompareArgs, placement: &str, versions: &str, rounds: &[Vec<Run
         1e6 / hz as f64 / fewest as f64
     ));
     out
+}
+
+/// The ratio of two added costs, or why there is none: a difference of medians at or below
+/// zero means the runs' spread hides that cost.
+fn added_ratio(num: f64, den: f64) -> String {
+    if num > 0.0 && den > 0.0 {
+        format!("**{:.1}×**", num / den)
+    } else {
+        "not resolved (an added cost within the spread of bare's runs)".into()
+    }
 }
 
 #[cfg(test)]
@@ -719,5 +781,15 @@ mod tests {
         assert_eq!(uninstrumented, 3);
         let with_agent = Config::ALL.iter().filter(|c| c.agent_args().is_some());
         assert_eq!(with_agent.count(), 2);
+    }
+
+    #[test]
+    fn every_round_runs_each_configuration_once_starting_further_along() {
+        for round in 0..7 {
+            let mut order: Vec<usize> = round_order(round).collect();
+            assert_eq!(order[0], round % Config::ALL.len());
+            order.sort();
+            assert_eq!(order, [0, 1, 2, 3, 4]);
+        }
     }
 }
