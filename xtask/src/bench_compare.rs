@@ -150,9 +150,14 @@ pub struct CompareArgs {
     /// wrk connections (-c); gunicorn's sync workers close each after one request.
     #[arg(long, default_value_t = 16)]
     connections: u32,
-    /// gunicorn sync workers.
+    /// gunicorn workers.
     #[arg(long, default_value_t = 1)]
     workers: u32,
+    /// gunicorn's worker class: `sync` answers one request per connection (every request is
+    /// a new TCP connection), `gthread` (one thread) keeps connections alive, so wrk's
+    /// connections carry request after request.
+    #[arg(long, value_enum, default_value_t = WorkerClass::Sync)]
+    worker_class: WorkerClass,
     /// CPU for gunicorn (master and workers), or `none`.
     #[arg(long, default_value = "1")]
     app_cpu: Cpu,
@@ -171,16 +176,62 @@ pub struct CompareArgs {
     agent_args: Vec<String>,
 }
 
+/// How gunicorn serves connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WorkerClass {
+    Sync,
+    Gthread,
+}
+
+impl WorkerClass {
+    fn name(self) -> &'static str {
+        match self {
+            WorkerClass::Sync => "sync",
+            WorkerClass::Gthread => "gthread",
+        }
+    }
+
+    /// gunicorn's arguments for this class.
+    fn gunicorn_args(self) -> &'static [&'static str] {
+        match self {
+            WorkerClass::Sync => &["--worker-class", "sync"],
+            WorkerClass::Gthread => &[
+                "--worker-class",
+                "gthread",
+                "--threads",
+                "1",
+                "--keep-alive",
+                "30",
+            ],
+        }
+    }
+
+    /// What it means for wrk's connections, for the report.
+    fn connections(self) -> &'static str {
+        match self {
+            WorkerClass::Sync => {
+                "gunicorn's sync workers close every connection after one response, so each \
+                 request is a new TCP connection"
+            }
+            WorkerClass::Gthread => {
+                "gunicorn's gthread worker (one thread, `--keep-alive 30`) keeps connections \
+                 open, so wrk's connections carry request after request"
+            }
+        }
+    }
+}
+
 impl CompareArgs {
     /// The full command line, every option spelled out, for the report.
     fn command(&self) -> String {
         let mut c = format!(
             "cargo xtask bench compare --seconds {} --rounds {} --connections {} --workers {} \
-             --app-cpu {} --wrk-cpu {} --agent-cpu {}",
+             --worker-class {} --app-cpu {} --wrk-cpu {} --agent-cpu {}",
             self.seconds,
             self.rounds,
             self.connections,
             self.workers,
+            self.worker_class.name(),
             self.app_cpu,
             self.wrk_cpu,
             self.agent_cpu
@@ -218,7 +269,9 @@ impl Gunicorn {
             }
             None => Command::new("python3"),
         };
-        cmd.args(["-m", "gunicorn", "--worker-class", "sync", "--workers"])
+        cmd.args(["-m", "gunicorn"])
+            .args(args.worker_class.gunicorn_args())
+            .arg("--workers")
             .arg(args.workers.to_string())
             .arg("--bind")
             .arg(format!("127.0.0.1:{port}"))
@@ -388,9 +441,10 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<()> {
     .map(|v| v.trim().to_owned())
     .unwrap_or_else(|| "unknown versions".into());
     let placement = format!(
-        "gunicorn (master + {} sync worker{}) {}, wrk -t1 -c{} {}, agent {} (taskset); {cpus} \
+        "gunicorn (master + {} {} worker{}) {}, wrk -t1 -c{} {}, agent {} (taskset); {cpus} \
          CPUs online",
         args.workers,
+        args.worker_class.name(),
         if args.workers == 1 { "" } else { "s" },
         on(args.app_cpu),
         args.connections,
@@ -582,9 +636,7 @@ fn report(args: &CompareArgs, placement: &str, versions: &str, rounds: &[Vec<Run
     out.push_str(&format!("Command: `{}`\n\n", args.command()));
     out.push_str(&format!(
         "Machine: {}. Software: {versions}. Placement: {placement} The app answers `GET \
-         /users/<int:user_id>` with a small JSON body; wrk requests `{ROUTE_PATH}`. gunicorn's \
-         sync workers close every connection after one response, so each request is a new TCP \
-         connection. Each round runs wrk for {} s against each configuration in turn \
+         /users/<int:user_id>` with a small JSON body; wrk requests `{ROUTE_PATH}`; {}. Each round runs wrk for {} s against each configuration in turn \
          (exporter, otel, periscope, periscope+spans, bare; each round starts one further \
          along that list), each on a freshly started \
          gunicorn (and, for periscope, a fresh agent), measured once a worker answers; one \
@@ -605,6 +657,7 @@ fn report(args: &CompareArgs, placement: &str, versions: &str, rounds: &[Vec<Run
          work on both ends, including Periscope's kernel programs in wrk's context, which the \
          per-process figure leaves out.\n\n",
         machine(),
+        args.worker_class.connections(),
         args.seconds,
         OTEL_FLUSH.as_secs_f64()
     ));

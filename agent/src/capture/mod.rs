@@ -5,13 +5,13 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agent_ebpf::{
     Config, ConnInfo, EventHeader, EventKind, SockKey, SyscallFilter, SyscallKey, SyscallStats,
-    COUNTERS_LEN, COUNTER_NAMES, DRAIN_INTERVAL_MS, HEADER_LEN, IDLE_DRAIN_INTERVAL_MS,
-    MAX_CAPTURE, ORIGIN_PROC, SYSCALL_NR_LIMIT, SYSCALL_STATS_IN_IO_EXIT, SYSCALL_STATS_OFF,
-    SYSCALL_STATS_SEPARATE,
+    COUNTERS_LEN, COUNTER_NAMES, DRAIN_MAX_INTERVAL_MS, DRAIN_MIN_INTERVAL_MS, DRAIN_TARGET_FILL,
+    HEADER_LEN, MAX_CAPTURE, ORIGIN_PROC, SYSCALL_NR_LIMIT, SYSCALL_STATS_IN_IO_EXIT,
+    SYSCALL_STATS_OFF, SYSCALL_STATS_SEPARATE,
 };
 use anyhow::{bail, Context};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
@@ -188,6 +188,8 @@ pub struct Capture {
 /// The maps the reader needs, taken out of the `Ebpf` object.
 pub struct Maps {
     events: RingBuf<MapData>,
+    /// The ring buffer's size in bytes.
+    ring_bytes: u64,
     conns: BpfHashMap<MapData, SockKey, ConnInfo>,
     muted: BpfHashMap<MapData, u64, u8>,
     sock_types: BpfHashMap<MapData, SockKey, u32>,
@@ -286,6 +288,7 @@ impl Capture {
         };
         let maps = Maps {
             events: RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?,
+            ring_bytes: u64::from(settings.ringbuf_bytes),
             conns: BpfHashMap::try_from(take(&mut ebpf, "CONNS")?)?,
             muted: BpfHashMap::try_from(take(&mut ebpf, "MUTED")?)?,
             sock_types: BpfHashMap::try_from(take(&mut ebpf, "SOCK_TYPES")?)?,
@@ -709,28 +712,31 @@ impl Reader {
         } = self;
         let Maps {
             mut events,
+            ring_bytes,
             mut conns,
             mut muted,
             mut sock_types,
             counters,
         } = maps;
-        // The kernel never wakes us (see agent-ebpf): drain on a timer that speeds up while
-        // events flow and slows down when idle.
-        let busy = Duration::from_millis(DRAIN_INTERVAL_MS);
-        let idle = Duration::from_millis(IDLE_DRAIN_INTERVAL_MS);
-        let mut next_drain = busy;
+        // The kernel never wakes us (see agent-ebpf): drain on a timer paced by the rate
+        // events arrive at.
+        let mut next_drain = Duration::from_millis(DRAIN_MIN_INTERVAL_MS);
+        let mut last_drain = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut ticks: u64 = 0;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(next_drain) => {
-                    let mut drained = 0usize;
+                    let mut drained: u64 = 0;
                     while let Some(item) = events.next() {
                         handle_record(&item, &mut tracker, &mut sink, &mut actions);
-                        drained += 1;
+                        drained += item.len() as u64 + RINGBUF_RECORD_HEADER;
                     }
                     apply(&mut actions, &mut conns, &mut muted);
-                    next_drain = if drained > 0 { busy } else { (next_drain * 2).min(idle) };
+                    let now = Instant::now();
+                    next_drain =
+                        next_drain_in(ring_bytes, drained, now - last_drain, next_drain);
+                    last_drain = now;
                 }
                 _ = tick.tick() => {
                     ticks += 1;
@@ -751,6 +757,22 @@ impl Reader {
             }
         }
     }
+}
+
+/// What a ring-buffer record occupies besides its data (the kernel's `BPF_RINGBUF_HDR_SZ`).
+const RINGBUF_RECORD_HEADER: u64 = 8;
+
+/// How long to wait before the next drain, after `drained` bytes arrived in `elapsed`: until
+/// the ring would be `1 / DRAIN_TARGET_FILL` full at that rate, within the bounds; when nothing
+/// arrived, twice the last wait up to the maximum.
+fn next_drain_in(ring_bytes: u64, drained: u64, elapsed: Duration, last: Duration) -> Duration {
+    let min = Duration::from_millis(DRAIN_MIN_INTERVAL_MS);
+    let max = Duration::from_millis(DRAIN_MAX_INTERVAL_MS);
+    if drained == 0 {
+        return (last * 2).clamp(min, max);
+    }
+    let target = (ring_bytes / DRAIN_TARGET_FILL) as f64;
+    Duration::from_secs_f64(elapsed.as_secs_f64() * target / drained as f64).clamp(min, max)
 }
 
 /// How long a connection must have been idle before `/proc` is asked whether its descriptor
@@ -888,7 +910,28 @@ fn fold_counters(counters: &PerCpuArray<MapData, u64>, lost: &[DeltaCounter], me
 
 #[cfg(test)]
 mod tests {
-    use super::{plan_entry, tracepoint_field, EntryPlan, SyscallEntry, SyscallSettings};
+    use std::time::Duration;
+
+    use super::{
+        next_drain_in, plan_entry, tracepoint_field, EntryPlan, SyscallEntry, SyscallSettings,
+    };
+
+    #[test]
+    fn drains_are_paced_so_the_ring_stays_an_eighth_full() {
+        let ms = Duration::from_millis;
+        let ring = 8 << 20;
+        // 100 KiB in 10 ms: an eighth of 8 MiB takes 100 ms at that rate; capped at 50 ms.
+        assert_eq!(next_drain_in(ring, 100 << 10, ms(10), ms(10)), ms(50));
+        // 512 KiB in 20 ms: 1 MiB in 40 ms.
+        assert_eq!(next_drain_in(ring, 512 << 10, ms(20), ms(20)), ms(40));
+        // Faster than the ring can take at the minimum interval: the minimum.
+        assert_eq!(next_drain_in(ring, 4 << 20, ms(5), ms(5)), ms(5));
+        // A small ring is drained as often as allowed.
+        assert_eq!(next_drain_in(64 << 10, 100 << 10, ms(50), ms(50)), ms(5));
+        // Nothing arrived: back off to the maximum.
+        assert_eq!(next_drain_in(ring, 0, ms(5), ms(5)), ms(10));
+        assert_eq!(next_drain_in(ring, 0, ms(40), ms(40)), ms(50));
+    }
 
     #[test]
     fn reads_offsets_from_a_tracefs_format() {
