@@ -77,6 +77,75 @@ elif MODE != "none":
     raise SystemExit("unknown BENCH_INSTRUMENTATION %r" % MODE)
 "#;
 
+/// The exporter's own CPU per request, measured inside one Python process, where the
+/// machine's drift cannot tell two runs apart: the app's view served through the WSGI test
+/// client by two apps, one with `PrometheusMetrics` and one without, alternating in batches of
+/// `batch` requests (order swapped every round); prints the median over rounds of
+/// (exporter − bare) µs per request.
+const IN_PROCESS: &str = r#"
+import statistics, sys, time
+from flask import Flask, jsonify
+
+def client(name, instrumented):
+    app = Flask(name)
+
+    @app.get("/users/<int:user_id>")
+    def user(user_id):
+        return jsonify(id=user_id, name="user-%d" % user_id, active=True)
+
+    if instrumented:
+        from prometheus_flask_exporter import PrometheusMetrics
+        PrometheusMetrics(app)
+    return app.test_client()
+
+rounds, batch = int(sys.argv[1]), int(sys.argv[2])
+clients = [client("bare", False), client("exporter", True)]
+for c in clients:
+    for _ in range(batch):
+        assert c.get("/users/42").status_code == 200
+added = []
+for r in range(rounds):
+    us = [0.0, 0.0]
+    for i in ([0, 1] if r % 2 == 0 else [1, 0]):
+        start = time.process_time_ns()
+        for _ in range(batch):
+            clients[i].get("/users/42")
+        us[i] = (time.process_time_ns() - start) / batch / 1000
+    added.append(us[1] - us[0])
+print(statistics.median(added))
+"#;
+
+/// Rounds and batch size of [`IN_PROCESS`] per round of the benchmark (~2.5 s).
+const IN_PROCESS_ROUNDS: &str = "100";
+const IN_PROCESS_BATCH: &str = "50";
+
+/// The exporter's own CPU per request in µs, measured by [`IN_PROCESS`] on the app's CPU.
+fn exporter_in_process(args: &CompareArgs) -> anyhow::Result<f64> {
+    let mut cmd = match args.app_cpu.0 {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpu.to_string(), "python3"]);
+            c
+        }
+        None => Command::new("python3"),
+    };
+    let output = cmd
+        .args(["-c", IN_PROCESS, IN_PROCESS_ROUNDS, IN_PROCESS_BATCH])
+        .stdin(Stdio::null())
+        .output()
+        .context("running python3 for the in-process measurement")?;
+    if !output.status.success() {
+        bail!(
+            "the in-process measurement failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.trim()
+        .parse()
+        .with_context(|| format!("the in-process measurement printed {text:?}"))
+}
+
 /// How long the OpenTelemetry configuration idles after wrk before its CPU is read: the
 /// BatchSpanProcessor's schedule delay (5 s by default) plus a margin, so the last partial
 /// batch of spans is exported and its cost counted.
@@ -125,8 +194,8 @@ impl Config {
     /// Whether a Periscope agent runs, and its arguments beyond the bench's own.
     fn agent_args(self) -> Option<&'static [&'static str]> {
         match self {
-            Config::Periscope => Some(&[]),
-            Config::PeriscopeSpans => Some(&["--traces-stdout"]),
+            Config::Periscope => Some(&["--bpf-stats"]),
+            Config::PeriscopeSpans => Some(&["--bpf-stats", "--traces-stdout"]),
             Config::Exporter | Config::Otel | Config::Bare => None,
         }
     }
@@ -357,9 +426,14 @@ fn harness_tail(path: &std::path::Path) -> String {
     }
 }
 
+/// Run time of all of Periscope's kernel programs (`--bpf-stats`), in seconds.
+const KERNEL_TIME_METRIC: &str = "periscope_bpf_program_run_time_seconds_total";
+
 /// What the agent did during one `periscope` run.
 struct AgentRun {
     cpu: Duration,
+    /// Time its kernel programs ran, on every CPU and in every process (`--bpf-stats`).
+    kernel: Duration,
     lost: f64,
     counted: f64,
 }
@@ -386,6 +460,16 @@ impl Run {
 
     fn agent_us(&self) -> Option<f64> {
         self.agent.as_ref().map(|a| self.per_request_us(a.cpu))
+    }
+
+    /// Periscope's kernel programs per request, in µs.
+    fn kernel_us(&self) -> Option<f64> {
+        self.agent.as_ref().map(|a| self.per_request_us(a.kernel))
+    }
+
+    /// Periscope's own cost as measured directly: the agent plus its kernel programs.
+    fn direct_us(&self) -> Option<f64> {
+        Some(self.agent_us()? + self.kernel_us()?)
     }
 
     /// gunicorn + agent CPU per request, in µs.
@@ -468,7 +552,13 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<()> {
 
     // rounds[config][round]
     let mut rounds: Vec<Vec<Run>> = Config::ALL.iter().map(|_| Vec::new()).collect();
+    let mut in_process = Vec::new();
     for round in 0..=args.rounds {
+        if round > 0 {
+            let us = exporter_in_process(args)?;
+            println!("[bench] round {round} exporter in process: +{us:.1} µs/request");
+            in_process.push(us);
+        }
         for c in round_order(round) {
             let config = Config::ALL[c];
             if round == 0 {
@@ -481,7 +571,13 @@ pub fn compare(args: &CompareArgs) -> anyhow::Result<()> {
 
     println!(
         "\n{}",
-        report(args, &format!("{placement}.{warning}"), &versions, &rounds)
+        report(
+            args,
+            &format!("{placement}.{warning}"),
+            &versions,
+            &rounds,
+            &in_process
+        )
     );
     Ok(())
 }
@@ -539,7 +635,9 @@ fn run_config(
         .extend(extra_args.iter().map(|a| a.to_string()));
     let mut agent = Agent::start_with(options)?;
     let pid = agent.pid();
-    let counted_before = requests_counted(&agent.try_metrics()?, app.port);
+    let before = agent.try_metrics()?;
+    let counted_before = requests_counted(&before, app.port);
+    let kernel_before = before.sum(KERNEL_TIME_METRIC, &[]);
     let machine_before = machine_busy()?;
     let app_before = app.cpu()?;
     let agent_before = cpu_time(pid)?;
@@ -548,10 +646,10 @@ fn run_config(
     let app_cpu = app.cpu()?.saturating_sub(app_before);
     let agent_at_end = cpu_time(pid)?;
     let metrics = settled_metrics(&agent, app.port, counted_before, wrk.requests)?;
-    if config == Config::PeriscopeSpans {
-        // The span exporter writes a batch at least every second: count the last one.
-        std::thread::sleep(Duration::from_millis(1500));
-    }
+    // The span exporter writes a batch at least every second, and the kernel programs' run
+    // time is folded in every second: count the last of both.
+    std::thread::sleep(Duration::from_millis(1500));
+    let kernel = agent.try_metrics()?.sum(KERNEL_TIME_METRIC, &[]) - kernel_before;
     let agent_after = cpu_time(pid)?;
     let agent_cpu = agent_after.saturating_sub(agent_before);
     let status = agent.stop()?;
@@ -569,6 +667,7 @@ fn run_config(
         machine_cpu: machine_during + agent_after.saturating_sub(agent_at_end),
         agent: Some(AgentRun {
             cpu: agent_cpu,
+            kernel: Duration::from_secs_f64(kernel.max(0.0)),
             lost: metrics.sum(LOST_METRIC, &[]),
             counted: requests_counted(&metrics, app.port) - counted_before,
         }),
@@ -595,8 +694,10 @@ fn round_line(run: &Run) -> String {
     }
     if let (Some(a), Some(us)) = (&run.agent, run.agent_us()) {
         line.push_str(&format!(
-            "; agent {:.2} s CPU = {us:.2} µs/request, lost events {}, counted {} requests",
+            "; agent {:.2} s CPU = {us:.2} µs/request, kernel programs {:.2} µs/request, lost \
+             events {}, counted {} requests",
             a.cpu.as_secs_f64(),
+            run.kernel_us().unwrap_or(0.0),
             a.lost,
             a.counted
         ));
@@ -627,7 +728,13 @@ fn ratio_line(num: &[Run], den: &[Run], f: fn(&Run) -> f64) -> String {
     )
 }
 
-fn report(args: &CompareArgs, placement: &str, versions: &str, rounds: &[Vec<Run>]) -> String {
+fn report(
+    args: &CompareArgs,
+    placement: &str,
+    versions: &str,
+    rounds: &[Vec<Run>],
+    in_process: &[f64],
+) -> String {
     let dash = "–";
     let mut out = String::new();
     out.push_str(
@@ -645,7 +752,8 @@ fn report(args: &CompareArgs, placement: &str, versions: &str, rounds: &[Vec<Run
          `BatchSpanProcessor` (defaults) and `ConsoleSpanExporter` writing to /dev/null, so \
          every span is serialised to JSON but nothing goes on the network (its CPU is read \
          {:.1} s after wrk ends, so the last batch is exported and counted); `periscope` = \
-         the uninstrumented app with the agent (default arguments); `periscope+spans` = the \
+         the uninstrumented app with the agent (default arguments plus `--bpf-stats`, which \
+         adds two clock reads per kernel program run); `periscope+spans` = the \
          same with `--traces-stdout`, so every request also becomes two spans (gunicorn's \
          server span and wrk's client span) serialised as JSON lines into the agent's log \
          file, and its CPU is read once every request is counted; `bare` = the \
@@ -691,12 +799,14 @@ fn report(args: &CompareArgs, placement: &str, versions: &str, rounds: &[Vec<Run
     }
 
     type Column = fn(&Run) -> Option<f64>;
-    let rows: [(&str, Column, usize); 7] = [
+    let rows: [(&str, Column, usize); 9] = [
         ("requests/s", |r| Some(r.wrk.rps), 0),
         ("p50 latency (ms)", |r| Some(r.wrk.p50_ms), 3),
         ("p99 latency (ms)", |r| Some(r.wrk.p99_ms), 3),
         ("gunicorn CPU (µs/request)", |r| Some(r.app_us()), 1),
         ("agent CPU (µs/request)", Run::agent_us, 2),
+        ("kernel programs (µs/request)", Run::kernel_us, 2),
+        ("agent + kernel programs (µs/request)", Run::direct_us, 2),
         ("total CPU (µs/request)", |r| Some(r.total_us()), 1),
         ("machine CPU (µs/request)", |r| Some(r.machine_us()), 1),
     ];
@@ -750,6 +860,30 @@ fn report(args: &CompareArgs, placement: &str, versions: &str, rounds: &[Vec<Run
             added_ratio(added(otel), added(spans)),
         ));
     }
+    // Each side's own cost, measured where run-to-run drift cannot reach it.
+    let direct: Vec<f64> = periscope.iter().filter_map(Run::direct_us).collect();
+    let per_round: Vec<f64> = in_process.iter().zip(&direct).map(|(e, p)| e / p).collect();
+    out.push_str(&format!(
+        "\nEach one's own cost per request, measured directly rather than as a difference of \
+         runs: prometheus-flask-exporter {} µs (in one Python process on the app's CPU, the \
+         same view through Flask's test client with and without `PrometheusMetrics`, {} \
+         alternating batches of {} requests, median of the differences, once per round); \
+         Periscope {} µs (agent CPU + its kernel programs' run time on every CPU, from \
+         `--bpf-stats`; this leaves out what the kernel spends entering the programs). \
+         Exporter / Periscope: {} (ratio of medians; per round {}, above 1 in {} of {}).\n",
+        spread_cell(in_process, 1),
+        IN_PROCESS_ROUNDS,
+        IN_PROCESS_BATCH,
+        spread_cell(&direct, 1),
+        if direct.is_empty() || in_process.is_empty() {
+            dash.to_owned()
+        } else {
+            format!("**{:.2}×**", spread(in_process).1 / spread(&direct).1)
+        },
+        spread_cell(&per_round, 2),
+        per_round.iter().filter(|&&r| r > 1.0).count(),
+        per_round.len()
+    ));
     out.push_str("\nThroughput relative to bare:\n\n");
     for (name, runs) in [
         ("exporter", exporter),
