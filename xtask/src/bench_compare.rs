@@ -119,17 +119,21 @@ print(statistics.median(added))
 const IN_PROCESS_ROUNDS: &str = "100";
 const IN_PROCESS_BATCH: &str = "50";
 
-/// The exporter's own CPU per request in µs, measured by [`IN_PROCESS`] on the app's CPU.
-fn exporter_in_process(args: &CompareArgs) -> anyhow::Result<f64> {
-    let mut cmd = match args.app_cpu.0 {
+/// `python3`, pinned to `cpu` (through taskset) if one is given.
+fn python_on(cpu: Cpu) -> Command {
+    match cpu.0 {
         Some(cpu) => {
             let mut c = Command::new("taskset");
             c.args(["-c", &cpu.to_string(), "python3"]);
             c
         }
         None => Command::new("python3"),
-    };
-    let output = cmd
+    }
+}
+
+/// The exporter's own CPU per request in µs, measured by [`IN_PROCESS`] on the app's CPU.
+fn exporter_in_process(args: &CompareArgs) -> anyhow::Result<f64> {
+    let output = python_on(args.app_cpu)
         .args(["-c", IN_PROCESS, IN_PROCESS_ROUNDS, IN_PROCESS_BATCH])
         .stdin(Stdio::null())
         .output()
@@ -330,14 +334,7 @@ impl Gunicorn {
         let log_path = dir.path().join("gunicorn.log");
         let log = std::fs::File::create(&log_path)?;
         let port = free_port();
-        let mut cmd = match args.app_cpu.0 {
-            Some(cpu) => {
-                let mut c = Command::new("taskset");
-                c.args(["-c", &cpu.to_string(), "python3"]);
-                c
-            }
-            None => Command::new("python3"),
-        };
+        let mut cmd = python_on(args.app_cpu);
         cmd.args(["-m", "gunicorn"])
             .args(args.worker_class.gunicorn_args())
             .arg("--workers")
@@ -827,8 +824,9 @@ fn report(
     }
 
     let [exporter, otel, periscope, spans, bare] = [0, 1, 2, 3, 4].map(|i| rounds[i].as_slice());
-    let rps: fn(&Run) -> f64 = |r| r.wrk.rps;
-    let measures: [(&str, fn(&Run) -> f64); 2] = [
+    type Measure = fn(&Run) -> f64;
+    let rps: Measure = |r| r.wrk.rps;
+    let measures: [(&str, Measure); 2] = [
         ("Total CPU (gunicorn + agent)", Run::total_us),
         ("Machine CPU", Run::machine_us),
     ];
