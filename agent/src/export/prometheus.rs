@@ -525,33 +525,16 @@ impl Metrics {
                     server_port,
                     workload,
                 };
-                let admission = self.admit("http_server_request_duration_seconds", &labels);
-                if admission == Admission::Dropped {
-                    return None;
-                }
-                if admission == Admission::New {
-                    let families = [
+                self.http_series(
+                    "http_server_request_duration_seconds",
+                    &labels.workload,
+                    &labels,
+                    [
                         &self.http_server_duration,
                         &self.http_server_request_body,
                         &self.http_server_response_body,
-                    ];
-                    let metric = "http_server_request_duration_seconds";
-                    self.expire(
-                        metric,
-                        &labels.workload,
-                        &labels,
-                        &families,
-                        Histogram::count,
-                    );
-                }
-                Some(Series {
-                    duration: self.http_server_duration.get_or_create(&labels).clone(),
-                    request_body: self.http_server_request_body.get_or_create(&labels).clone(),
-                    response_body: self
-                        .http_server_response_body
-                        .get_or_create(&labels)
-                        .clone(),
-                })
+                    ],
+                )
             }
             Role::Client => {
                 let labels = HttpClientLabels {
@@ -562,35 +545,43 @@ impl Metrics {
                     server_port,
                     workload,
                 };
-                let admission = self.admit("http_client_request_duration_seconds", &labels);
-                if admission == Admission::Dropped {
-                    return None;
-                }
-                if admission == Admission::New {
-                    let families = [
+                self.http_series(
+                    "http_client_request_duration_seconds",
+                    &labels.workload,
+                    &labels,
+                    [
                         &self.http_client_duration,
                         &self.http_client_request_body,
                         &self.http_client_response_body,
-                    ];
-                    let metric = "http_client_request_duration_seconds";
-                    self.expire(
-                        metric,
-                        &labels.workload,
-                        &labels,
-                        &families,
-                        Histogram::count,
-                    );
-                }
-                Some(Series {
-                    duration: self.http_client_duration.get_or_create(&labels).clone(),
-                    request_body: self.http_client_request_body.get_or_create(&labels).clone(),
-                    response_body: self
-                        .http_client_response_body
-                        .get_or_create(&labels)
-                        .clone(),
-                })
+                    ],
+                )
             }
         }
+    }
+
+    /// The duration and body-size histograms of an HTTP series (`families` in that order), if
+    /// the budget admits it; a new series is registered for expiry.
+    fn http_series<L>(
+        &self,
+        metric: &'static str,
+        workload: &WorkloadLabels,
+        labels: &L,
+        families: [&HistFamily<L>; 3],
+    ) -> Option<Series>
+    where
+        L: Clone + Hash + Eq + Send + Sync + 'static,
+    {
+        match self.admit(metric, labels) {
+            Admission::Dropped => return None,
+            Admission::New => self.expire(metric, workload, labels, &families, Histogram::count),
+            Admission::Known => {}
+        }
+        let [duration, request_body, response_body] = families;
+        Some(Series {
+            duration: duration.get_or_create(labels).clone(),
+            request_body: request_body.get_or_create(labels).clone(),
+            response_body: response_body.get_or_create(labels).clone(),
+        })
     }
 
     /// Records one SQL statement from the client's or the server process's side.
