@@ -129,6 +129,12 @@ async fn expire_deleted_pods(
     }
 }
 
+/// Stack of the runtime's worker threads, where every decoder runs. No parser recurses on
+/// input-controlled depth (the SQL summariser walks `COPY (COPY (..))` with a loop; its test
+/// runs 350,000 levels on a 64 KiB stack), so the stack a decoder needs does not depend on its
+/// input, and this states it rather than leaving it to tokio's default (the same 2 MiB).
+const WORKER_STACK_BYTES: usize = 2 << 20;
+
 fn main() {
     let config = Config::parse();
     env_logger::Builder::new()
@@ -138,6 +144,7 @@ fn main() {
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_stack_size(WORKER_STACK_BYTES)
         .enable_all()
         .build()
         .expect("a tokio runtime");

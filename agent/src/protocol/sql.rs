@@ -19,10 +19,14 @@ const MAX_NAME_PARTS: usize = 3;
 /// statement with different values read the same.
 ///
 /// Replaced: string constants (`'..'`, `E'..'`, `B'..'`, `X'..'`, `N'..'`, `U&'..'`), dollar-quoted
-/// strings (`$$..$$`, `$tag$..$tag$`) and numbers (`42`, `3.5e-2`, `0x1F`, `1_000`). Kept as
-/// written: identifiers (quoted ones too), keywords including `true`/`false`/`null`, parameters
-/// (`$1`), operators. Comments are removed: they often carry per-request values (sqlcommenter
-/// trace ids). The result is capped at [`MAX_QUERY_TEXT_BYTES`] (cut on a character boundary).
+/// strings (`$$..$$`, `$tag$..$tag$`) and numbers (`42`, `3.5e-2`, `0x1F`, `1_000`); quoted
+/// identifiers that are not plain names (`"jane@example.com"`: other dialects read `".."` as a
+/// string). Kept as written: identifiers (plain quoted ones too), keywords including
+/// `true`/`false`/`null`, parameters (`$1`), operators. Comments are removed: they often carry
+/// per-request values (sqlcommenter trace ids). A plain string holding `\'` ends the text at
+/// `?`: whether the backslash escapes the quote depends on server settings, so where the
+/// literal ends cannot be told. The result is capped at [`MAX_QUERY_TEXT_BYTES`] (cut on a
+/// character boundary).
 pub fn normalize(sql: &str) -> String {
     let b = sql.as_bytes();
     let mut out = String::with_capacity(sql.len().min(MAX_QUERY_TEXT_BYTES));
@@ -46,12 +50,26 @@ pub fn normalize(sql: &str) -> String {
         space = false;
         match c {
             b'\'' => {
-                i = string_end(b, i + 1, false);
+                let end = string_end(b, i + 1, false);
                 out.push('?');
+                if b[i + 1..end].windows(2).any(|w| w == b"\\'") {
+                    // `\'` inside a plain string: a server without standard_conforming_strings
+                    // (or another SQL dialect) reads it as an escaped quote, so where the
+                    // literal ends is ambiguous. Never guess: the rest of the text is withheld.
+                    break;
+                }
+                i = end;
             }
             b'"' => {
                 let end = quoted_ident_end(b, i + 1);
-                out.push_str(&sql[i..end]);
+                let inner = &b[i + 1..end.saturating_sub(1).max(i + 1)];
+                if is_plain_ident(inner) {
+                    out.push_str(&sql[i..end]);
+                } else {
+                    // Not an identifier one would name a table or column with (some dialects
+                    // read `"..."` as a string): withheld like a literal.
+                    out.push('?');
+                }
                 i = end;
             }
             b'$' => match dollar(b, i) {
@@ -168,32 +186,10 @@ pub fn summarize(sql: &str) -> (String, Option<String>) {
     let Some(first) = lx.next_word() else {
         return (String::new(), None);
     };
-    let mut op = first;
-    if op.eq_ignore_ascii_case("WITH") {
-        // The main statement is the first statement keyword outside the CTE bodies' parentheses.
-        const MAIN: [&str; 6] = ["SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "VALUES"];
-        while let Some(tok) = lx.next_top() {
-            if let Tok::Word(w) = tok {
-                if MAIN.iter().any(|m| w.eq_ignore_ascii_case(m)) {
-                    op = w;
-                    break;
-                }
-            }
-        }
-    }
-    let operation = keyword(op);
+    let operation = lx.operation(first);
     let collection = match operation.as_str() {
-        "SELECT" | "VALUES" => lx.find_word("FROM").and_then(|_| lx.table(true)),
-        "INSERT" | "MERGE" => lx.expect_word("INTO").and_then(|_| lx.table(false)),
-        "UPDATE" | "TABLE" => lx.table(false),
-        "DELETE" => lx.expect_word("FROM").and_then(|_| lx.table(false)),
         "COPY" => lx.copy_source(),
-        "TRUNCATE" | "LOCK" => {
-            lx.skip_word("TABLE");
-            lx.table(false)
-        }
-        "CREATE" | "DROP" | "ALTER" => lx.ddl_target(),
-        _ => None,
+        op => lx.collection(op),
     };
     (operation, collection)
 }
@@ -225,6 +221,9 @@ struct Lexer<'a> {
     pos: usize,
     /// Parenthesis depth of the next token.
     depth: u32,
+    /// Depth of the statement being summarised: 0, or inside `COPY (query)` the depth of the
+    /// query. A `)` that would close it ends the statement.
+    floor: u32,
     /// A top-level `;` was passed: the first statement is over.
     done: bool,
 }
@@ -235,6 +234,7 @@ impl<'a> Lexer<'a> {
             sql,
             pos: 0,
             depth: 0,
+            floor: 0,
             done: false,
         }
     }
@@ -279,6 +279,10 @@ impl<'a> Lexer<'a> {
                     self.depth += 1;
                     (i + 1, Tok::Punct(c))
                 }
+                b')' if self.depth == self.floor && self.floor > 0 => {
+                    self.done = true;
+                    return None;
+                }
                 b')' => {
                     self.depth = self.depth.saturating_sub(1);
                     (i + 1, Tok::Punct(c))
@@ -302,12 +306,12 @@ impl<'a> Lexer<'a> {
         }
     }
 
-    /// Next token that is at depth 0 (outside every parenthesis) after it was read.
+    /// Next token of the statement's own level (outside every parenthesis inside it).
     fn next_top(&mut self) -> Option<Tok<'a>> {
         loop {
             let before = self.depth;
             let tok = self.next()?;
-            if before == 0 && self.depth == 0 {
+            if before == self.floor && self.depth == self.floor {
                 return Some(tok);
             }
         }
@@ -383,20 +387,60 @@ impl<'a> Lexer<'a> {
         (!name.is_empty()).then_some(name)
     }
 
+    /// The statement's operation, given its first word: that keyword upper-cased, or for
+    /// `WITH ..` the main statement's keyword after the common table expressions.
+    fn operation(&mut self, first: &'a str) -> String {
+        let mut op = first;
+        if op.eq_ignore_ascii_case("WITH") {
+            // The main statement is the first statement keyword outside the CTE bodies'
+            // parentheses.
+            const MAIN: [&str; 6] = ["SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "VALUES"];
+            while let Some(tok) = self.next_top() {
+                if let Tok::Word(w) = tok {
+                    if MAIN.iter().any(|m| w.eq_ignore_ascii_case(m)) {
+                        op = w;
+                        break;
+                    }
+                }
+            }
+        }
+        keyword(op)
+    }
+
+    /// The main table of a statement whose operation was just read (not `COPY`).
+    fn collection(&mut self, operation: &str) -> Option<String> {
+        match operation {
+            "SELECT" | "VALUES" => self.find_word("FROM").and_then(|_| self.table(true)),
+            "INSERT" | "MERGE" => self.expect_word("INTO").and_then(|_| self.table(false)),
+            "UPDATE" | "TABLE" => self.table(false),
+            "DELETE" => self.expect_word("FROM").and_then(|_| self.table(false)),
+            "TRUNCATE" | "LOCK" => {
+                self.skip_word("TABLE");
+                self.table(false)
+            }
+            "CREATE" | "DROP" | "ALTER" => self.ddl_target(),
+            _ => None,
+        }
+    }
+
     /// `COPY t ..` or `COPY (query) ..`: the table, or the query's table.
+    ///
+    /// The query is summarised in place, with the lexer's floor raised to its parenthesis, so
+    /// that nothing is scanned twice. Nested `COPY (COPY (..))` (not valid SQL, but any pod can
+    /// send it) is walked by this loop, one level per turn: no recursion, linear time.
     fn copy_source(&mut self) -> Option<String> {
-        if self.peek() != Some(Tok::Punct(b'(')) {
-            return self.table(false);
+        loop {
+            if self.peek() != Some(Tok::Punct(b'(')) {
+                return self.table(false);
+            }
+            self.next();
+            self.floor = self.depth;
+            let first = self.next_word()?;
+            let operation = self.operation(first);
+            if operation != "COPY" {
+                return self.collection(&operation);
+            }
         }
-        self.next();
-        let start = self.pos;
-        let depth = self.depth;
-        // Find the matching ')' and summarise the query inside.
-        while self.depth >= depth {
-            self.next()?;
-        }
-        let inner = self.sql.get(start..self.pos.saturating_sub(1))?;
-        summarize(inner).1
     }
 
     /// `CREATE|DROP|ALTER [modifiers] TABLE [IF [NOT] EXISTS] t`, `CREATE .. INDEX .. ON t`.
@@ -431,6 +475,15 @@ fn cap(s: &str, max: usize) -> &str {
         cut -= 1;
     }
     &s[..cut]
+}
+
+/// A quoted identifier kept in query text: ASCII letters, digits, `_` and `$`, at most
+/// [`MAX_IDENT_BYTES`] (`"Orders"`, `"order_items"`), never text such as `"jane@example.com"`.
+fn is_plain_ident(s: &[u8]) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_IDENT_BYTES
+        && s.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'_' || c == b'$')
 }
 
 fn is_ident_start(c: u8) -> bool {
@@ -575,11 +628,18 @@ fn dollar(b: &[u8], i: usize) -> Dollar {
     }
     let delim = &b[i..i + tag_len + 2];
     let body = i + delim.len();
-    let end = b[body..]
-        .windows(delim.len())
-        .position(|w| w == delim)
-        .map_or(b.len(), |n| body + n + delim.len());
-    Dollar::Quote(end)
+    // Only a `$` can start the closing delimiter, and a comparison that runs k bytes into the
+    // tag has passed k bytes without a `$`: linear in the text whatever the tag's length (a
+    // search over every window would be quadratic for a long tag).
+    let mut at = body;
+    while let Some(n) = b[at..].iter().position(|&c| c == b'$') {
+        let start = at + n;
+        if b[start..].starts_with(delim) {
+            return Dollar::Quote(start + delim.len());
+        }
+        at = start + 1;
+    }
+    Dollar::Quote(b.len())
 }
 
 #[cfg(test)]
@@ -604,9 +664,10 @@ mod tests {
                 "SELECT true, false, null, -5",
                 "SELECT true, false, null, -?",
             ),
+            // A quoted name that is not a plain one is withheld: it may be a string.
             (
                 "SELECT \"Weird 'col'\", t1.c2 FROM t1",
-                "SELECT \"Weird 'col'\", t1.c2 FROM t1",
+                "SELECT ?, t1.c2 FROM t1",
             ),
             (
                 "SELECT x'1F', b'101', n'abc', U&'d\\0061t'",
@@ -783,5 +844,81 @@ mod tests {
         assert!(coll.is_none());
         let (_, coll) = summarize(&format!("SELECT * FROM {long}.{long}.{long}.{long}"));
         assert_eq!(coll.map(|c| c.len()), Some(3 * MAX_IDENT_BYTES + 2));
+    }
+
+    /// Runs `f` on a thread with a small stack, so that recursion on input depth would overflow
+    /// it (the agent's decoding threads have a fixed stack too), and fails if it takes longer
+    /// than a linear pass could.
+    fn bounded<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let t = std::time::Instant::now();
+        let out = std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(f)
+            .expect("thread")
+            .join()
+            .expect("no stack overflow, no panic");
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            t.elapsed()
+        );
+        out
+    }
+
+    #[test]
+    fn nested_copy_is_neither_recursive_nor_quadratic() {
+        // The crash of issue 15: ~54 KB of `COPY( COPY( ...` aborted the agent with a stack
+        // overflow. 2 MB of it would take minutes if each level were rescanned.
+        for (levels, tail) in [(9_000, ""), (350_000, ""), (9_000, "SELECT a FROM deep_t")] {
+            let sql = format!("{}{tail}{}", "COPY( ".repeat(levels), ")".repeat(levels));
+            let (op, coll) = bounded(move || summarize(&sql));
+            assert_eq!(op, "COPY");
+            assert_eq!(coll.as_deref(), (!tail.is_empty()).then_some("deep_t"));
+        }
+        let sql = "COPY (COPY (SELECT a FROM t) TO STDOUT) TO STDOUT";
+        assert_eq!(summarize(sql), ("COPY".into(), Some("t".into())));
+        // The query's own parenthesis ends it: the FROM after it belongs to the COPY.
+        let sql = "COPY (SELECT 1) FROM wrong";
+        assert_eq!(summarize(sql), ("COPY".into(), None));
+    }
+
+    #[test]
+    fn long_dollar_tags_are_linear() {
+        // A 100 KB tag over 100 KB of text that almost closes it at every byte: a search over
+        // every window compares ~10^10 bytes.
+        let tag = "a".repeat(100_000);
+        let sql = format!("SELECT ${tag}${} FROM t", "a".repeat(100_000));
+        let sql2 = sql.clone();
+        let (n, (op, coll)) = bounded(move || (normalize(&sql), summarize(&sql2)));
+        assert_eq!(n, "SELECT ?");
+        assert_eq!((op.as_str(), coll), ("SELECT", None));
+        let closed = format!("SELECT ${tag}$ x ${tag}$ FROM t");
+        assert_eq!(normalize(&closed), "SELECT ? FROM t");
+        assert_eq!(summarize(&closed).1.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn private_text_never_leaves_in_query_text() {
+        // Double quotes that hold text rather than a name.
+        assert_eq!(
+            normalize(
+                r#"SELECT "Name", "order_items" FROM "Orders" WHERE email = "jane@example.com""#
+            ),
+            r#"SELECT "Name", "order_items" FROM "Orders" WHERE email = ?"#
+        );
+        assert_eq!(normalize(r#"SELECT "Jane Doe""#), "SELECT ?");
+        // A backslash before a quote: either reading of the literal is withheld.
+        for sql in [
+            r"SELECT * FROM t WHERE a = 'it\'s secret stuff' AND b = 1",
+            r"SELECT * FROM t WHERE a = 'C:\' AND b = 'secret stuff'",
+        ] {
+            let n = normalize(sql);
+            assert_eq!(n, "SELECT * FROM t WHERE a = ?", "{sql}");
+        }
+        // Backslashes elsewhere (regular expressions) change nothing.
+        assert_eq!(
+            normalize(r"SELECT * FROM t WHERE a ~ '\d+' AND b = 2"),
+            "SELECT * FROM t WHERE a ~ ? AND b = ?"
+        );
     }
 }

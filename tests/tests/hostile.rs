@@ -1,0 +1,109 @@
+//! End-to-end: traffic crafted to hurt the agent, sent to real servers on loopback. Any pod on a
+//! node can send such bytes, so each case that once hurt Periscope stays here as a regression
+//! test: the agent must keep running and keep counting ordinary traffic exactly.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use harness::{wait_for_metric, Agent, PgServer};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// One PostgreSQL frontend message: type byte, big-endian length (itself included), body.
+fn pg_message(ty: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![ty];
+    m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+/// Reads backend messages until `ReadyForQuery`; returns the types seen.
+fn read_until_ready(stream: &mut TcpStream) -> Vec<u8> {
+    let mut types = Vec::new();
+    loop {
+        let mut header = [0u8; 5];
+        stream.read_exact(&mut header).expect("a backend message");
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        let mut body = vec![0u8; len.saturating_sub(4)];
+        stream.read_exact(&mut body).expect("its body");
+        types.push(header[0]);
+        if header[0] == b'Z' {
+            return types;
+        }
+    }
+}
+
+/// Opens a protocol-3 session as `postgres` (trust authentication).
+fn pg_session(pg: &PgServer) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", pg.port())).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut body = 196_608u32.to_be_bytes().to_vec();
+    body.extend_from_slice(b"user\0postgres\0database\0postgres\0\0");
+    let mut startup = (body.len() as u32 + 4).to_be_bytes().to_vec();
+    startup.extend_from_slice(&body);
+    stream.write_all(&startup).unwrap();
+    let types = read_until_ready(&mut stream);
+    assert_eq!(types.first(), Some(&b'R'), "{types:?}");
+    stream
+}
+
+/// Issue 15's crash: one Parse message holding ~54 KB of nested `COPY( COPY( …`, written in
+/// 1 KiB pieces, overflowed the stack of the thread that summarised it and aborted the agent.
+#[test]
+fn nested_copy_statement_does_not_crash_the_agent() {
+    let pg = PgServer::start();
+    let mut agent = Agent::start(&[]).unwrap();
+    let port = pg.port().to_string();
+
+    let levels = 9_000;
+    let sql = format!("{}{}", "COPY( ".repeat(levels), ")".repeat(levels));
+    assert!(sql.len() > 54_000);
+    let mut parse = b"\0".to_vec(); // unnamed statement
+    parse.extend_from_slice(sql.as_bytes());
+    parse.extend_from_slice(b"\0\0\0"); // end of text, no parameter types
+    let mut bytes = pg_message(b'P', &parse);
+    bytes.extend(pg_message(b'S', &[]));
+    let mut stream = pg_session(&pg);
+    for piece in bytes.chunks(1024) {
+        stream.write_all(piece).unwrap();
+    }
+    let types = read_until_ready(&mut stream);
+    assert!(types.contains(&b'E'), "the server rejects it: {types:?}");
+    drop(stream);
+
+    // The statement is counted like any other failed one, from both ends, with the server's
+    // SQLSTATE (42601 syntax error) and its operation.
+    for name in [
+        "db_client_operation_duration_seconds_count",
+        "db_server_operation_duration_seconds_count",
+    ] {
+        wait_for_metric(
+            &agent,
+            name,
+            &[
+                ("server_port", &port),
+                ("db_operation_name", "COPY"),
+                ("error_type", "42601"),
+            ],
+            1.0,
+            WAIT,
+        )
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", agent.log()));
+    }
+    assert!(agent.is_running(), "{}", agent.log());
+
+    // Ordinary traffic after it is still counted exactly.
+    for _ in 0..3 {
+        pg.psql(&["-c", "SELECT 1"]).unwrap();
+    }
+    wait_for_metric(
+        &agent,
+        "db_client_operation_duration_seconds_count",
+        &[("server_port", &port), ("db_operation_name", "SELECT")],
+        3.0,
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", agent.log()));
+    assert!(agent.is_running(), "{}", agent.log());
+}
