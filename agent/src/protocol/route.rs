@@ -5,29 +5,39 @@
 //! - the query string and fragment are never part of the template;
 //! - empty segments are dropped, so `//a/b/` → `/a/b`;
 //! - `;params` (servlet-style `;jsessionid=…`) are cut from a segment;
-//! - a segment that looks like an identifier becomes `{id}`: all digits; a UUID; a hex token of
-//!   at least 8 characters (`deadbeef`, `5f2b8c1e9a`, also with `-`/`_`/`.`/`:` separators
-//!   when it has a digit); or any long (>= 16 bytes) token that mixes letters and digits
-//!   (base64-ish tokens, ULIDs, hashed file names);
-//! - other segments are kept, cut to [`MAX_SEGMENT_BYTES`] bytes;
+//! - a segment is kept only when it is clearly a static path word: at most
+//!   [`MAX_WORD_BYTES`] bytes of ASCII letters, digits and `-` `_` `.` `~` `:`, with at least
+//!   one letter and at most [`MAX_WORD_DIGITS`] digits (`v1`, `oauth2`, `index.html`,
+//!   `sha256`, `projects:batchGet`);
+//! - every other segment becomes `{id}`: numbers, UUIDs, hex tokens of 8 or more characters
+//!   (`deadbeef`, also with `-`/`_`/`.`/`:` separators when they have a digit), long tokens
+//!   mixing letters and digits, and anything else that is not a word: e-mail addresses (`@`),
+//!   names with spaces or any `%`-escape, non-ASCII text, `+`/`=`/`,` and other punctuation,
+//!   segments longer than [`MAX_WORD_BYTES`] (opaque tokens, long slugs);
 //! - at most [`MAX_SEGMENTS`] segments are kept; a longer path ends in `/{...}`.
 //!
 //! `*` (the `OPTIONS *` target) stays `*`; an empty path becomes `/`.
+//!
+//! Route labels leave the node, so the rule is deliberately conservative: a segment that
+//! might carry user data is never kept on a guess. A word-like value (`/users/john-smith`)
+//! still looks like a path word and is kept; an application that puts such values in paths
+//! should not be templated by shape alone.
 
 /// Segments kept before the rest of the path collapses to `/{...}`.
 pub const MAX_SEGMENTS: usize = 8;
-/// Longest segment kept verbatim, in bytes (cut at a character boundary).
-pub const MAX_SEGMENT_BYTES: usize = 64;
+/// Longest segment kept as a path word, in bytes; a longer one becomes `{id}`.
+pub const MAX_WORD_BYTES: usize = 32;
+/// Most digits a path word may hold (`v2beta1`, `sha256`); more make it an id (`user12345`).
+pub const MAX_WORD_DIGITS: usize = 3;
 
 const ID: &str = "{id}";
 const REST: &str = "/{...}";
 
-/// Low-cardinality route template of a path (no query string): numeric segments, UUIDs, and hex
-/// segments (>= 8 hex digits, or any hex-looking token containing a digit and length >= 8), and
-/// other id-like tokens (>= 16 bytes mixing digits and letters) become `{id}`; empty path -> "/";
-/// at most [`MAX_SEGMENTS`] segments kept, then "/{...}" is appended; each segment capped to
-/// [`MAX_SEGMENT_BYTES`]; never includes query strings. Examples: "/users/42" -> "/users/{id}",
-/// "/orders/550e8400-e29b-41d4-a716-446655440000/items" -> "/orders/{id}/items", "/" -> "/".
+/// Low-cardinality route template of a path (no query string), by the rules of this module:
+/// path words are kept, every other segment becomes `{id}`; empty path -> "/"; at most
+/// [`MAX_SEGMENTS`] segments kept, then "/{...}" is appended; never includes query strings.
+/// Examples: "/users/42" -> "/users/{id}", "/orders/550e8400-e29b-41d4-a716-446655440000/items"
+/// -> "/orders/{id}/items", "/users/a%40b.com" -> "/users/{id}", "/" -> "/".
 pub fn template(path: &str) -> String {
     let bytes = path.as_bytes();
     // Defensive: callers pass paths without a query, but a template must never carry one.
@@ -63,10 +73,10 @@ pub fn template(path: &str) -> String {
         }
         kept += 1;
         out.push('/');
-        if is_id(segment.as_bytes()) {
-            out.push_str(ID);
+        if is_word(segment.as_bytes()) && !is_id(segment.as_bytes()) {
+            out.push_str(segment);
         } else {
-            out.push_str(cap(segment, MAX_SEGMENT_BYTES));
+            out.push_str(ID);
         }
     }
     if out.is_empty() {
@@ -75,16 +85,14 @@ pub fn template(path: &str) -> String {
     out
 }
 
-/// `s` cut to at most `max` bytes, at a character boundary.
-fn cap(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+/// Whether a segment is clearly a static path word (see the module docs).
+fn is_word(s: &[u8]) -> bool {
+    let allowed =
+        |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':');
+    s.len() <= MAX_WORD_BYTES
+        && s.iter().all(allowed)
+        && s.iter().any(u8::is_ascii_alphabetic)
+        && s.iter().filter(|b| b.is_ascii_digit()).count() <= MAX_WORD_DIGITS
 }
 
 /// Whether a path segment looks like an identifier rather than a fixed part of a route.
@@ -176,10 +184,14 @@ mod tests {
         assert_eq!(template("/s/01ARZ3NDEKTSV4RRFFQ69G5FAV"), "/s/{id}");
         assert_eq!(template("/static/main.8f3a2b1cq.js"), "/static/{id}");
         assert_eq!(template("/t/aGVsbG8gd29ybGQx_-"), "/t/{id}");
-        // Long but letters only: a word-ish slug stays.
+        // Letters only and short enough: a word-ish slug stays; a longer one is an id.
         assert_eq!(
             template("/blog/an-article-about-routing"),
             "/blog/an-article-about-routing"
+        );
+        assert_eq!(
+            template("/blog/an-article-about-routing-in-big-clusters"),
+            "/blog/{id}"
         );
     }
 
@@ -208,15 +220,39 @@ mod tests {
     }
 
     #[test]
-    fn long_segments_are_capped_at_char_boundaries() {
-        let long = "x".repeat(100);
+    fn long_segments_become_id() {
+        let word = "x".repeat(MAX_WORD_BYTES);
+        assert_eq!(template(&format!("/{word}")), format!("/{word}"));
+        let long = "x".repeat(MAX_WORD_BYTES + 1);
+        assert_eq!(template(&format!("/{long}")), "/{id}");
+        assert_eq!(template(&format!("/{}", "é".repeat(40))), "/{id}");
+    }
+
+    #[test]
+    fn personal_data_and_tokens_never_stay() {
+        for path in [
+            "/users/jane.doe@example.com",
+            "/users/jane.doe%40example.com",
+            "/people/Jane%20Doe",
+            "/people/Jane Doe",
+            "/people/Zoë",
+            "/reset/eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig",
+            "/share/Zm9vYmFyYmF6cXV4cXV1eHF1dXhxdXV4",
+            "/search/a+b",
+            "/k/v=1",
+            "/users/user12345",
+            "/x/..",
+        ] {
+            let t = template(path);
+            let (first, rest) = t[1..].split_once('/').unwrap();
+            assert_eq!(rest, "{id}", "{path} -> {t}");
+            assert!(path.starts_with(&format!("/{first}/")), "{path} -> {t}");
+        }
+        // Words with a few digits and API-style custom methods stay.
         assert_eq!(
-            template(&format!("/{long}")),
-            format!("/{}", "x".repeat(64))
+            template("/v2beta1/projects:batchGet/oauth2/sha256"),
+            "/v2beta1/projects:batchGet/oauth2/sha256"
         );
-        let accents = "é".repeat(40); // 80 bytes, 2 per char
-        let t = template(&format!("/{accents}"));
-        assert_eq!(t, format!("/{}", "é".repeat(32)));
     }
 
     #[test]
