@@ -1049,3 +1049,42 @@ fn jaeger_example_points_at_its_collector() {
         ])
     );
 }
+
+#[test]
+fn network_policy_admits_only_the_named_scrapers_to_the_metrics_port() {
+    let from = json!([{
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    }]);
+    let rendered =
+        render_chart(&json!({"networkPolicy": {"enabled": true, "metricsFrom": from}})).unwrap();
+    kubernetes_validate(&rendered).unwrap();
+    let policy = find(&rendered, "NetworkPolicy");
+    let daemonset = find(&rendered, "DaemonSet");
+    // It selects the agent's own pods, by the labels the DaemonSet gives them.
+    let selector = policy["spec"]["podSelector"]["matchLabels"]
+        .as_object()
+        .unwrap();
+    let pod_labels = &daemonset["spec"]["template"]["metadata"]["labels"];
+    assert!(!selector.is_empty());
+    for (key, value) in selector {
+        assert_eq!(&pod_labels[key], value, "{key}");
+    }
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress"]));
+    let rule = &policy["spec"]["ingress"][0];
+    assert_eq!(rule["from"], from);
+    assert_eq!(
+        rule["ports"],
+        json!([{"port": "metrics", "protocol": "TCP"}])
+    );
+    assert_eq!(policy["spec"]["ingress"].as_array().unwrap().len(), 1);
+
+    // Off by default; on without peers is refused (it would cut Prometheus off).
+    let defaults = render_chart(&json!({})).unwrap();
+    assert!(defaults.iter().all(|o| o["kind"] != "NetworkPolicy"));
+    let err = render_chart(&json!({"networkPolicy": {"enabled": true}})).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("networkPolicy.metricsFrom"),
+        "{err:#}"
+    );
+}

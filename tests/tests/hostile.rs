@@ -62,7 +62,7 @@ fn nested_copy_statement_does_not_crash_the_agent() {
     let mut parse = b"\0".to_vec(); // unnamed statement
     parse.extend_from_slice(sql.as_bytes());
     parse.extend_from_slice(b"\0\0\0"); // end of text, no parameter types
-    // Parse, Bind, Execute, Sync, as a driver sends a statement with parameters.
+                                        // Parse, Bind, Execute, Sync, as a driver sends a statement with parameters.
     let mut bytes = pg_message(b'P', &parse);
     bytes.extend(pg_message(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
     bytes.extend(pg_message(b'E', &[0, 0, 0, 0, 0]));
