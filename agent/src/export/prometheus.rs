@@ -1325,3 +1325,6 @@ impl DeltaCounter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
