@@ -233,13 +233,13 @@ fn the_exposition_is_unchanged() {
             truncated_headers: 4,
         },
     );
-    metrics.events_by_kind.data.inc();
-    metrics.events_by_kind.close.inc_by(2);
+    let own = &metrics.self_metrics;
+    own.events_by_kind.data.inc();
+    own.events_by_kind.close.inc_by(2);
     metrics.set_program_stats("sys_exit_read", 10, 2_500_000_000);
     metrics.set_program_stats("sys_exit_read", 15, 3_000_000_000);
-    metrics.kubernetes_connected.set(1);
-    metrics
-        .hooks_info
+    own.kubernetes_connected.set(1);
+    own.hooks_info
         .get_or_create(&HooksLabels {
             syscall_hooks: "tp_btf".into(),
             kernel: "6.1.0".into(),

@@ -1,0 +1,219 @@
+//! Database metrics (`db.*` semantic conventions): operation duration and returned rows, by
+//! system, operation, collection, namespace and error, from the client's side and from the
+//! database server process's.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use super::budget::SeriesBudget;
+use super::cache::{Lookup, Origin, SeriesCache};
+use super::HistFamily;
+use crate::exchange::{Exchange, PostgresDetail, Role};
+use crate::export::labels::{PeerLabels, WorkloadLabels};
+
+/// Semantic-convention buckets for `db.client.operation.duration`.
+pub const DB_DURATION_BUCKETS: [f64; 9] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
+
+/// Buckets for returned-row and message-count histograms.
+pub const COUNT_BUCKETS: [f64; 12] = [
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 5000.0, 10000.0,
+];
+
+fn db_duration_histogram() -> Histogram {
+    Histogram::new(DB_DURATION_BUCKETS)
+}
+
+fn count_histogram() -> Histogram {
+    Histogram::new(COUNT_BUCKETS)
+}
+
+/// Labels of database operation metrics (`db.*` semantic conventions).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DbLabels {
+    pub db_system_name: String,
+    pub db_operation_name: String,
+    pub db_collection_name: String,
+    pub db_namespace: String,
+    /// SQLSTATE of a failed operation, empty when it succeeded.
+    pub error_type: String,
+    /// The database server (client side only).
+    #[prometheus(flatten)]
+    pub peer: PeerLabels,
+    pub server_port: u16,
+    #[prometheus(flatten)]
+    pub workload: WorkloadLabels,
+}
+
+/// The two families of one side (client or server).
+pub struct DbFamilies {
+    pub duration: HistFamily<DbLabels>,
+    pub rows: HistFamily<DbLabels>,
+    /// The name the series budget counts this side under.
+    metric: &'static str,
+}
+
+impl DbFamilies {
+    fn new(metric: &'static str) -> DbFamilies {
+        DbFamilies {
+            duration: Family::new_with_constructor(db_duration_histogram),
+            rows: Family::new_with_constructor(count_histogram),
+            metric,
+        }
+    }
+}
+
+/// The database families of both sides.
+pub struct DbMetrics {
+    pub client: DbFamilies,
+    pub server: DbFamilies,
+}
+
+impl DbMetrics {
+    pub fn register(registry: &mut Registry) -> DbMetrics {
+        let m = DbMetrics {
+            client: DbFamilies::new("db_client_operation_duration_seconds"),
+            server: DbFamilies::new("db_server_operation_duration_seconds"),
+        };
+        registry.register_with_unit(
+            "db_client_operation_duration",
+            "Duration of database operations seen from the client, first request byte sent to last response byte read",
+            Unit::Seconds,
+            m.client.duration.clone(),
+        );
+        registry.register_with_unit(
+            "db_server_operation_duration",
+            "Duration of database operations seen from the server process, first request byte read to last response byte written",
+            Unit::Seconds,
+            m.server.duration.clone(),
+        );
+        registry.register(
+            "db_client_response_returned_rows",
+            "Rows returned by database operations, seen from the client",
+            m.client.rows.clone(),
+        );
+        registry.register(
+            "db_server_response_returned_rows",
+            "Rows returned by database operations, seen from the server process",
+            m.server.rows.clone(),
+        );
+        m
+    }
+
+    /// The histograms of a statement's series, if the budget admits it.
+    fn series(&self, budget: &SeriesBudget, labels: DbLabels, role: Role) -> Option<DbSeries> {
+        let side = match role {
+            Role::Client => &self.client,
+            Role::Server => &self.server,
+        };
+        let families = [&side.duration, &side.rows];
+        let admitted = budget.admit(side.metric, &labels, |expiry| {
+            expiry.register(&labels.workload, &families, Histogram::count)
+        });
+        admitted.then(|| DbSeries {
+            duration: side.duration.get_or_create(&labels).clone(),
+            rows: side.rows.get_or_create(&labels).clone(),
+        })
+    }
+}
+
+/// The histograms one SQL statement updates.
+struct DbSeries {
+    duration: Histogram,
+    rows: Histogram,
+}
+
+/// Owned label values of a cached series.
+struct DbKey {
+    origin: Origin,
+    operation: String,
+    collection: Option<String>,
+    namespace: Option<String>,
+    error: Option<String>,
+}
+
+/// A statement's label values, borrowed.
+#[derive(Hash)]
+struct DbLookup<'a> {
+    origin: Origin,
+    operation: &'a str,
+    collection: Option<&'a str>,
+    namespace: Option<&'a str>,
+    error: Option<&'a str>,
+}
+
+impl Lookup<DbKey> for DbLookup<'_> {
+    fn matches(&self, key: &DbKey) -> bool {
+        self.origin == key.origin
+            && self.operation == key.operation
+            && self.collection == key.collection.as_deref()
+            && self.namespace == key.namespace.as_deref()
+            && self.error == key.error.as_deref()
+    }
+    fn to_owned_key(&self) -> DbKey {
+        let owned = |s: Option<&str>| s.map(str::to_owned);
+        DbKey {
+            origin: self.origin,
+            operation: self.operation.to_owned(),
+            collection: owned(self.collection),
+            namespace: owned(self.namespace),
+            error: owned(self.error),
+        }
+    }
+}
+
+impl DbLookup<'_> {
+    fn labels(&self, exchange: &Exchange, peer: PeerLabels) -> DbLabels {
+        DbLabels {
+            db_system_name: "postgresql".to_owned(),
+            db_operation_name: self.operation.to_owned(),
+            db_collection_name: self.collection.unwrap_or_default().to_owned(),
+            db_namespace: self.namespace.unwrap_or_default().to_owned(),
+            error_type: self.error.unwrap_or_default().to_owned(),
+            peer,
+            server_port: self.origin.port,
+            workload: WorkloadLabels::of(&exchange.endpoint.process),
+        }
+    }
+}
+
+/// Records SQL statements through its series cache.
+#[derive(Default)]
+pub struct DbRecorder {
+    cache: SeriesCache<DbKey, DbSeries>,
+}
+
+impl DbRecorder {
+    /// Observes one statement's duration and returned rows; `peer` names a client's server.
+    pub fn record(
+        &mut self,
+        metrics: &DbMetrics,
+        budget: &SeriesBudget,
+        exchange: &Exchange,
+        pg: &PostgresDetail,
+        peer: impl FnOnce() -> PeerLabels,
+    ) {
+        let error = exchange.error_type();
+        let key = DbLookup {
+            origin: Origin::of(exchange),
+            operation: exchange.operation(),
+            collection: exchange.target(),
+            namespace: pg.db_namespace.as_deref(),
+            error: error.as_deref(),
+        };
+        let create = || metrics.series(budget, key.labels(exchange, peer()), exchange.role);
+        let Some(series) = self.cache.get_or_create(&key, create) else {
+            return;
+        };
+        if let Some(n) = pg.statement.rows {
+            series.rows.observe(n as f64);
+        }
+        series.duration.observe(exchange.duration_seconds());
+    }
+
+    /// Forgets the cached series (their handles or peer names may be stale).
+    pub fn clear(&mut self) {
+        self.cache.clear();
+    }
+}

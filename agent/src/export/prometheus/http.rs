@@ -1,0 +1,267 @@
+//! HTTP metrics (`http.*` semantic conventions): request duration and body sizes, by method,
+//! status, route and port, for servers and (with the server's labels) clients.
+
+use std::hash::Hash;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use super::budget::SeriesBudget;
+use super::cache::{Lookup, Origin, SeriesCache};
+use super::HistFamily;
+use crate::exchange::{Detail, Exchange, Role};
+use crate::export::labels::{PeerLabels, WorkloadLabels};
+
+/// Semantic-convention default buckets for `http.*.request.duration`.
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// Body-size buckets: powers of 4 from 64 B to 64 MiB.
+pub const SIZE_BUCKETS: [f64; 11] = [
+    64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
+    67108864.0,
+];
+
+pub(super) fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+fn size_histogram() -> Histogram {
+    Histogram::new(SIZE_BUCKETS)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpServerLabels {
+    pub http_request_method: String,
+    pub http_response_status_code: u16,
+    pub http_route: String,
+    pub server_port: u16,
+    #[prometheus(flatten)]
+    pub workload: WorkloadLabels,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpClientLabels {
+    pub http_request_method: String,
+    pub http_response_status_code: u16,
+    pub http_route: String,
+    #[prometheus(flatten)]
+    pub peer: PeerLabels,
+    pub server_port: u16,
+    #[prometheus(flatten)]
+    pub workload: WorkloadLabels,
+}
+
+/// The three families of one side (server or client), by its label type.
+pub struct HttpFamilies<L> {
+    pub duration: HistFamily<L>,
+    pub request_body: HistFamily<L>,
+    pub response_body: HistFamily<L>,
+    /// The name the series budget counts this side under.
+    metric: &'static str,
+}
+
+impl<L> HttpFamilies<L>
+where
+    L: Clone + Hash + Eq + Send + Sync + 'static,
+{
+    fn new(metric: &'static str) -> Self {
+        HttpFamilies {
+            duration: Family::new_with_constructor(duration_histogram),
+            request_body: Family::new_with_constructor(size_histogram),
+            response_body: Family::new_with_constructor(size_histogram),
+            metric,
+        }
+    }
+
+    /// The series of `labels`, if the budget admits it; a new one is registered for expiry.
+    fn series(
+        &self,
+        budget: &SeriesBudget,
+        workload: &WorkloadLabels,
+        labels: &L,
+    ) -> Option<HttpSeries> {
+        let families = [&self.duration, &self.request_body, &self.response_body];
+        let admitted = budget.admit(self.metric, labels, |expiry| {
+            expiry.register(workload, &families, Histogram::count)
+        });
+        admitted.then(|| HttpSeries {
+            duration: self.duration.get_or_create(labels).clone(),
+            request_body: self.request_body.get_or_create(labels).clone(),
+            response_body: self.response_body.get_or_create(labels).clone(),
+        })
+    }
+}
+
+/// The HTTP families of both sides.
+pub struct HttpMetrics {
+    pub server: HttpFamilies<HttpServerLabels>,
+    pub client: HttpFamilies<HttpClientLabels>,
+}
+
+impl HttpMetrics {
+    pub fn register(registry: &mut Registry) -> HttpMetrics {
+        let m = HttpMetrics {
+            server: HttpFamilies::new("http_server_request_duration_seconds"),
+            client: HttpFamilies::new("http_client_request_duration_seconds"),
+        };
+        registry.register_with_unit(
+            "http_server_request_duration",
+            "Duration of HTTP server requests, first request byte read to last response byte written",
+            Unit::Seconds,
+            m.server.duration.clone(),
+        );
+        registry.register_with_unit(
+            "http_client_request_duration",
+            "Duration of HTTP client requests, first request byte written to last response byte read",
+            Unit::Seconds,
+            m.client.duration.clone(),
+        );
+        registry.register_with_unit(
+            "http_server_request_body_size",
+            "Size of HTTP server request bodies",
+            Unit::Bytes,
+            m.server.request_body.clone(),
+        );
+        registry.register_with_unit(
+            "http_server_response_body_size",
+            "Size of HTTP server response bodies",
+            Unit::Bytes,
+            m.server.response_body.clone(),
+        );
+        registry.register_with_unit(
+            "http_client_request_body_size",
+            "Size of HTTP client request bodies",
+            Unit::Bytes,
+            m.client.request_body.clone(),
+        );
+        registry.register_with_unit(
+            "http_client_response_body_size",
+            "Size of HTTP client response bodies",
+            Unit::Bytes,
+            m.client.response_body.clone(),
+        );
+        m
+    }
+
+    /// The series of an exchange's labels, if the budget admits it.
+    fn series(
+        &self,
+        budget: &SeriesBudget,
+        exchange: &Exchange,
+        key: &HttpLookup<'_>,
+        peer: PeerLabels,
+    ) -> Option<HttpSeries> {
+        let workload = WorkloadLabels::of(&exchange.endpoint.process);
+        let (method, status, route) = (key.method.to_owned(), key.status, key.route.to_owned());
+        let server_port = key.origin.port;
+        match key.origin.role {
+            Role::Server => {
+                let labels = HttpServerLabels {
+                    http_request_method: method,
+                    http_response_status_code: status,
+                    http_route: route,
+                    server_port,
+                    workload,
+                };
+                self.server.series(budget, &labels.workload, &labels)
+            }
+            Role::Client => {
+                let labels = HttpClientLabels {
+                    http_request_method: method,
+                    http_response_status_code: status,
+                    http_route: route,
+                    peer,
+                    server_port,
+                    workload,
+                };
+                self.client.series(budget, &labels.workload, &labels)
+            }
+        }
+    }
+}
+
+/// The three histograms one exchange updates.
+struct HttpSeries {
+    duration: Histogram,
+    request_body: Histogram,
+    response_body: Histogram,
+}
+
+/// Owned label values of a cached series.
+struct HttpKey {
+    origin: Origin,
+    method: &'static str,
+    status: u16,
+    route: String,
+}
+
+/// An exchange's label values, borrowed.
+#[derive(Hash)]
+struct HttpLookup<'a> {
+    origin: Origin,
+    method: &'static str,
+    status: u16,
+    route: &'a str,
+}
+
+impl Lookup<HttpKey> for HttpLookup<'_> {
+    fn matches(&self, key: &HttpKey) -> bool {
+        self.origin == key.origin
+            && self.status == key.status
+            && self.method == key.method
+            && self.route == key.route
+    }
+    fn to_owned_key(&self) -> HttpKey {
+        HttpKey {
+            origin: self.origin,
+            method: self.method,
+            status: self.status,
+            route: self.route.to_owned(),
+        }
+    }
+}
+
+/// Records HTTP exchanges through its series cache.
+#[derive(Default)]
+pub struct HttpRecorder {
+    cache: SeriesCache<HttpKey, HttpSeries>,
+}
+
+impl HttpRecorder {
+    /// Observes one HTTP exchange's duration and body sizes; `peer` names a client's server.
+    pub fn record(
+        &mut self,
+        metrics: &HttpMetrics,
+        budget: &SeriesBudget,
+        exchange: &Exchange,
+        peer: impl FnOnce() -> PeerLabels,
+    ) {
+        let Detail::Http(http) = &exchange.detail else {
+            return;
+        };
+        let key = HttpLookup {
+            origin: Origin::of(exchange),
+            method: crate::exchange::normalize_method(&http.method),
+            status: http.status,
+            route: exchange.target().unwrap_or_default(),
+        };
+        let create = || metrics.series(budget, exchange, &key, peer());
+        let Some(series) = self.cache.get_or_create(&key, create) else {
+            return;
+        };
+        series.duration.observe(exchange.duration_seconds());
+        series.request_body.observe(exchange.request_size() as f64);
+        series
+            .response_body
+            .observe(exchange.response_size() as f64);
+    }
+
+    /// Forgets the cached series (their handles or peer names may be stale).
+    pub fn clear(&mut self) {
+        self.cache.clear();
+    }
+}
