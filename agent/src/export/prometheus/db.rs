@@ -217,3 +217,79 @@ impl DbRecorder {
         self.cache.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exchange::testkit::{exchange, host_process, pod_process, sql};
+    use crate::exchange::Detail;
+    use crate::export::prometheus::tests::{budget, dropped, samples};
+
+    fn record(recorder: &mut DbRecorder, metrics: &DbMetrics, budget: &SeriesBudget, e: &Exchange) {
+        let Detail::Postgres(pg) = &e.detail else {
+            unreachable!("a SQL exchange")
+        };
+        let peer = || PeerLabels::of(e.server_ip(), None);
+        recorder.record(metrics, budget, e, pg, peer);
+    }
+
+    #[test]
+    fn records_duration_and_rows_by_side_with_the_sqlstate() {
+        let mut registry = Registry::default();
+        let metrics = DbMetrics::register(&mut registry);
+        let (budget, drops) = budget(1);
+        let mut recorder = DbRecorder::default();
+        let client = exchange(
+            Role::Client,
+            host_process(),
+            "192.0.2.5:5432",
+            5432,
+            2,
+            sql("SELECT", Some("users"), Some(4), None, Some("shop")),
+        );
+        let server = exchange(
+            Role::Server,
+            pod_process(),
+            "10.0.0.3:4000",
+            5432,
+            5,
+            sql("UPDATE", None, None, Some("40001"), None),
+        );
+        for e in [&client, &client, &server] {
+            record(&mut recorder, &metrics, &budget, e);
+        }
+        let labels = r#"{db_system_name="postgresql",db_operation_name="SELECT",db_collection_name="users",db_namespace="shop",error_type="",server_address="192.0.2.5",server_port="5432",service_name="psql",container_id=""}"#;
+        assert_eq!(
+            samples(&registry, "db_client_"),
+            [
+                format!("db_client_operation_duration_seconds_count{labels} 2"),
+                format!("db_client_operation_duration_seconds_sum{labels} 0.004"),
+                format!("db_client_response_returned_rows_count{labels} 2"),
+                format!("db_client_response_returned_rows_sum{labels} 8.0"),
+            ]
+        );
+        let server_rows = samples(&registry, "db_server_response_returned_rows_count");
+        assert_eq!(server_rows.len(), 1);
+        assert!(server_rows[0].contains(r#"db_operation_name="UPDATE",db_collection_name="",db_namespace="",error_type="40001",server_address="",server_port="5432""#));
+        assert!(
+            server_rows[0].ends_with("} 0"),
+            "no rows observed: {}",
+            server_rows[0]
+        );
+        // The cap (1 per metric) drops a second client series.
+        let other = exchange(
+            Role::Client,
+            host_process(),
+            "192.0.2.5:5432",
+            5432,
+            2,
+            sql("DELETE", Some("users"), Some(1), None, Some("shop")),
+        );
+        record(&mut recorder, &metrics, &budget, &other);
+        assert_eq!(dropped(&drops, "db_client_operation_duration_seconds"), 1);
+        assert_eq!(
+            samples(&registry, "db_client_operation_duration_seconds_count").len(),
+            1
+        );
+    }
+}

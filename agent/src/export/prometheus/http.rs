@@ -265,3 +265,107 @@ impl HttpRecorder {
         self.cache.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::exchange::testkit::{exchange, host_process, http, pod_process};
+    use crate::export::prometheus::tests::{budget, dropped, samples};
+
+    const WORKLOAD: &str = r#"service_name="shop",container_id="abc",k8s_namespace_name="prod",k8s_pod_name="shop-1",k8s_container_name="app",k8s_node_name="n1",k8s_owner_kind="StatefulSet",k8s_owner_name="shop""#;
+
+    fn server(detail: Detail) -> Exchange {
+        exchange(
+            Role::Server,
+            pod_process(),
+            "10.0.0.2:5000",
+            8080,
+            20,
+            detail,
+        )
+    }
+
+    #[test]
+    fn records_duration_and_body_sizes_by_side() {
+        let mut registry = Registry::default();
+        let metrics = HttpMetrics::register(&mut registry);
+        let (budget, _) = budget(10);
+        let mut recorder = HttpRecorder::default();
+        let peer = || PeerLabels::of(Some([10, 0, 0, 9].into()), None);
+        for _ in 0..2 {
+            let e = server(http("PATCH", 204, "/a/{id}", (100, 0)));
+            recorder.record(&metrics, &budget, &e, peer);
+        }
+        let e = exchange(
+            Role::Client,
+            host_process(),
+            "10.0.0.9:80",
+            80,
+            7,
+            http("X", 502, "", (0, 9)),
+        );
+        recorder.record(&metrics, &budget, &e, peer);
+        let server_labels = format!(
+            r#"{{http_request_method="PATCH",http_response_status_code="204",http_route="/a/{{id}}",server_port="8080",{WORKLOAD}}}"#
+        );
+        assert_eq!(
+            samples(&registry, "http_server_request_duration_seconds"),
+            [
+                format!("http_server_request_duration_seconds_count{server_labels} 2"),
+                format!("http_server_request_duration_seconds_sum{server_labels} 0.04"),
+            ]
+        );
+        assert_eq!(
+            samples(&registry, "http_server_request_body_size_bytes_sum"),
+            [format!(
+                "http_server_request_body_size_bytes_sum{server_labels} 200.0"
+            )]
+        );
+        let client_labels = r#"{http_request_method="_OTHER",http_response_status_code="502",http_route="",server_address="10.0.0.9",server_port="80",service_name="psql",container_id=""}"#;
+        assert_eq!(
+            samples(&registry, "http_client_response_body_size_bytes"),
+            [
+                format!("http_client_response_body_size_bytes_count{client_labels} 1"),
+                format!("http_client_response_body_size_bytes_sum{client_labels} 9.0"),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_series_cap_drops_new_label_sets_and_expiry_frees_their_place() {
+        let mut registry = Registry::default();
+        let metrics = HttpMetrics::register(&mut registry);
+        let (budget, drops) = budget(1);
+        let mut recorder = HttpRecorder::default();
+        let peer = PeerLabels::default;
+        let first = server(http("GET", 200, "/first", (0, 0)));
+        let second = server(http("GET", 200, "/second", (0, 0)));
+        recorder.record(&metrics, &budget, &first, peer);
+        recorder.record(&metrics, &budget, &second, peer);
+        recorder.record(&metrics, &budget, &first, peer);
+        let metric = "http_server_request_duration_seconds";
+        assert_eq!(dropped(&drops, metric), 1);
+        let counts = samples(&registry, "http_server_request_duration_seconds_count");
+        assert_eq!(counts.len(), 1);
+        assert!(counts[0].contains(r#"http_route="/first""#) && counts[0].ends_with(" 2"));
+        // Idle for the ttl (0 here): the first sweep sees the activity, the second removes.
+        budget.expire_idle(Duration::ZERO);
+        assert_eq!(budget.epoch(), 0);
+        budget.expire_idle(Duration::ZERO);
+        assert_eq!(budget.epoch(), 1);
+        assert!(samples(&registry, "http_server_request").is_empty());
+        // The place is free again; the cache must start over to see it.
+        recorder.clear();
+        recorder.record(&metrics, &budget, &second, peer);
+        assert_eq!(dropped(&drops, metric), 1);
+        assert_eq!(
+            samples(&registry, "http_server_request_duration_seconds_count").len(),
+            1
+        );
+        // A deleted pod's series go after the grace period.
+        budget.expire_pods(|_, _| false, Duration::ZERO);
+        assert!(samples(&registry, "http_server_request").is_empty());
+    }
+}

@@ -290,3 +290,113 @@ fn topic_error(kafka: &KafkaExchange, topic: Option<&TopicStats>) -> i16 {
         _ => 0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exchange::testkit::{exchange, kafka, pod_process, topic};
+    use crate::exchange::Detail;
+    use crate::export::prometheus::tests::{budget, dropped, samples};
+
+    const LABELS: &str = r#"server_address="",server_port="9092",service_name="shop",container_id="abc",k8s_namespace_name="prod",k8s_pod_name="shop-1",k8s_container_name="app",k8s_node_name="n1",k8s_owner_kind="StatefulSet",k8s_owner_name="shop""#;
+
+    fn record(
+        recorder: &mut MessagingRecorder,
+        metrics: &MessagingMetrics,
+        budget: &SeriesBudget,
+        detail: Detail,
+    ) {
+        let e = exchange(
+            Role::Server,
+            pod_process(),
+            "10.0.0.4:33000",
+            9092,
+            10,
+            detail,
+        );
+        let Detail::Kafka(k) = &e.detail else {
+            unreachable!("a Kafka exchange")
+        };
+        recorder.record(metrics, budget, &e, k, PeerLabels::default);
+    }
+
+    #[test]
+    fn one_series_per_topic_with_its_error_and_records_once_counted() {
+        let mut registry = Registry::default();
+        let metrics = MessagingMetrics::register(&mut registry);
+        let (budget, drops) = budget(3);
+        let mut recorder = MessagingRecorder::default();
+        let produce = || {
+            kafka(
+                0,
+                "Produce",
+                vec![topic(Some("a"), 2, 0), topic(Some("b"), 0, 3)],
+                3,
+            )
+        };
+        record(&mut recorder, &metrics, &budget, produce());
+        record(&mut recorder, &metrics, &budget, produce());
+        // A Fetch without records makes no delivered series.
+        record(
+            &mut recorder,
+            &metrics,
+            &budget,
+            kafka(1, "Fetch", vec![topic(Some("a"), 0, 0)], 0),
+        );
+        let a = format!(
+            r#"{{messaging_system="kafka",messaging_operation_name="send",messaging_destination_name="a",error_type="",{LABELS}}}"#
+        );
+        let b = format!(
+            r#"{{messaging_system="kafka",messaging_operation_name="send",messaging_destination_name="b",error_type="UNKNOWN_TOPIC_OR_PARTITION",{LABELS}}}"#
+        );
+        let fetch = format!(
+            r#"{{messaging_system="kafka",messaging_operation_name="receive",messaging_destination_name="a",error_type="",{LABELS}}}"#
+        );
+        assert_eq!(
+            samples(
+                &registry,
+                "messaging_server_operation_duration_seconds_count"
+            ),
+            [
+                format!("messaging_server_operation_duration_seconds_count{fetch} 1"),
+                format!("messaging_server_operation_duration_seconds_count{a} 2"),
+                format!("messaging_server_operation_duration_seconds_count{b} 2"),
+            ]
+        );
+        assert_eq!(
+            samples(&registry, "messaging_server_received_messages"),
+            [format!("messaging_server_received_messages_total{a} 4")]
+        );
+        assert!(samples(&registry, "messaging_server_delivered_messages").is_empty());
+        // No topic: one observation without a destination, with the exchange's error; the
+        // cap (3) is reached, so it is dropped.
+        record(
+            &mut recorder,
+            &metrics,
+            &budget,
+            kafka(3, "Metadata", vec![], 5),
+        );
+        assert_eq!(
+            dropped(&drops, "messaging_server_operation_duration_seconds"),
+            1
+        );
+    }
+
+    #[test]
+    fn a_request_level_error_goes_to_every_topic_when_none_failed() {
+        let k = |topics, code| match kafka(0, "Produce", topics, code) {
+            Detail::Kafka(k) => k,
+            _ => unreachable!("a Kafka exchange"),
+        };
+        let ok = k(vec![topic(Some("a"), 1, 0), topic(Some("b"), 1, 0)], 7);
+        assert!(ok.topics.iter().all(|t| topic_error(&ok, Some(t)) == 7));
+        let one_failed = k(vec![topic(Some("a"), 1, 0), topic(Some("b"), 1, 3)], 3);
+        let errors: Vec<i16> = one_failed
+            .topics
+            .iter()
+            .map(|t| topic_error(&one_failed, Some(t)))
+            .collect();
+        assert_eq!(errors, [0, 3]);
+        assert_eq!(topic_error(&k(vec![], 5), None), 5);
+    }
+}

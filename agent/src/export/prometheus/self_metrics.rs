@@ -352,3 +352,53 @@ impl DeltaCounter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::prometheus::tests::samples;
+
+    #[test]
+    fn connection_decoder_and_program_events_count_by_reason() {
+        let mut registry = Registry::default();
+        let m = SelfMetrics::register(&mut registry);
+        m.opened("accept");
+        m.opened("accept");
+        m.ended(EndReason::ProcessExit);
+        m.muted(MuteReason::UnknownProtocol);
+        m.parse_error("kafka", "bad_frame_size");
+        let stats = DecoderStats {
+            unexpected_responses: 3,
+            ..DecoderStats::default()
+        };
+        m.decoder_stats("http1", stats);
+        m.set_program_stats("p", 5, 1_000_000_000);
+        m.set_program_stats("p", 4, 500_000_000);
+        m.set_program_stats("p", 7, 1_500_000_000);
+        let lines = samples(&registry, "periscope_");
+        let want = [
+            r#"periscope_connections_opened_total{reason="accept"} 2"#,
+            r#"periscope_connections_ended_total{reason="process_exit"} 1"#,
+            r#"periscope_connections_muted_total{reason="unknown_protocol"} 1"#,
+            "periscope_connections_tracked 1",
+            r#"periscope_parse_errors_total{protocol="kafka",reason="bad_frame_size"} 1"#,
+            r#"periscope_decoder_anomalies_total{protocol="http1",reason="unexpected_response"} 3"#,
+            r#"periscope_bpf_program_runs_total{program="p"} 7"#,
+            r#"periscope_bpf_program_run_time_seconds_total{program="p"} 1.5"#,
+            r#"periscope_events_read_total{kind="open"} 0"#,
+        ];
+        for line in want {
+            assert!(lines.iter().any(|l| l == line), "{line} not in {lines:#?}");
+        }
+        assert!(samples(&registry, "periscope_kubernetes").is_empty());
+    }
+
+    #[test]
+    fn delta_counters_follow_the_kernel_total() {
+        let (delta, counter) = (DeltaCounter::default(), Counter::default());
+        delta.advance(&counter, 5);
+        delta.advance(&counter, 5);
+        delta.advance(&counter, 9);
+        assert_eq!(counter.get(), 9);
+    }
+}

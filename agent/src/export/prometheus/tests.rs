@@ -8,12 +8,15 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 use super::*;
 use crate::conn::{EndReason, MuteReason, Sink};
 use crate::exchange::testkit::{exchange, host_process, http, kafka, pod_process, sql, topic};
 use crate::exchange::{Detail, Exchange, Role};
+use crate::export::labels::MetricLabel;
 use crate::metadata::{ClusterView, K8sIdentity, PeerName};
 use crate::protocol::http1::DecoderStats;
 
@@ -279,4 +282,30 @@ fn the_exposition_is_unchanged() {
         assert_eq!(w, g, "line {} differs", i + 1);
     }
     assert_eq!(want.len(), got.len(), "line count differs");
+}
+
+/// The sample lines of `registry` whose metric name starts with `prefix`, sorted, without the
+/// histogram buckets.
+pub(crate) fn samples(registry: &Registry, prefix: &str) -> Vec<String> {
+    render(registry)
+        .lines()
+        .filter(|l| l.starts_with(prefix) && !l.contains("_bucket{"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A budget of `max` series per metric, and the drop counter it counts into.
+pub(crate) fn budget(max: usize) -> (SeriesBudget, Family<MetricLabel, Counter>) {
+    let dropped = Family::<MetricLabel, Counter>::default();
+    let budget = SeriesBudget::new(dropped.clone(), Counter::default());
+    budget.set_max(max);
+    (budget, dropped)
+}
+
+/// What `periscope_series_dropped_total{metric}` counted.
+pub(crate) fn dropped(family: &Family<MetricLabel, Counter>, metric: &str) -> u64 {
+    let label = MetricLabel {
+        metric: metric.to_owned(),
+    };
+    family.get(&label).map_or(0, |c| c.get())
 }
