@@ -145,3 +145,20 @@ pub fn kafka(
         complete: true,
     })
 }
+
+/// A server exchange of the pod process on port 8080, from 10.0.0.2:5000, of 20 ms.
+pub fn server(detail: Detail) -> Exchange {
+    exchange(
+        Role::Server,
+        pod_process(),
+        "10.0.0.2:5000",
+        8080,
+        20,
+        detail,
+    )
+}
+
+/// A client exchange of the host process to 10.0.0.9:80, of 20 ms.
+pub fn client(detail: Detail) -> Exchange {
+    exchange(Role::Client, host_process(), "10.0.0.9:80", 80, 20, detail)
+}

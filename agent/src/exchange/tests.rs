@@ -1,20 +1,5 @@
-use super::testkit::{exchange, host_process, http, kafka, pod_process, sql, topic};
+use super::testkit::{client, http, kafka, server, sql, topic};
 use super::*;
-
-fn server(detail: Detail) -> Exchange {
-    exchange(
-        Role::Server,
-        pod_process(),
-        "10.0.0.2:5000",
-        8080,
-        20,
-        detail,
-    )
-}
-
-fn client(detail: Detail) -> Exchange {
-    exchange(Role::Client, host_process(), "10.0.0.9:80", 80, 20, detail)
-}
 
 #[test]
 fn http_operation_target_error_sizes_by_role() {

@@ -299,34 +299,11 @@ pub fn resource(process: &ProcessInfo, host_name: &str) -> Vec<(&'static str, Va
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exchange::testkit::pod_process as process;
     use crate::exchange::{Endpoint, PostgresDetail};
-    use crate::metadata::K8sIdentity;
     use crate::protocol::http1::HttpExchange;
     use crate::protocol::kafka::{KafkaExchange, TopicStats};
     use crate::protocol::postgres::PgExchange;
-    use std::sync::Arc;
-
-    fn process() -> Arc<ProcessInfo> {
-        Arc::new(ProcessInfo {
-            pid: 7,
-            comm: "shop".into(),
-            exe_name: "shop-bin".into(),
-            container_id: Some("abc".into()),
-            service_name: "shop".into(),
-            pod_uid: Some("uid".into()),
-            k8s: Some(Arc::new(K8sIdentity {
-                namespace: "prod".into(),
-                pod_name: "shop-1".into(),
-                pod_uid: "uid".into(),
-                container_name: "app".into(),
-                node_name: "n1".into(),
-                owner_kind: "StatefulSet".into(),
-                owner_name: "shop".into(),
-                service_name: "shop".into(),
-            })),
-            seq: 1,
-        })
-    }
 
     fn exchange(role: Role, detail: Detail) -> Exchange {
         Exchange {

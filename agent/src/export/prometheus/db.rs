@@ -5,7 +5,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
 
 use super::budget::SeriesBudget;
 use super::cache::{Lookup, Origin, SeriesCache};
@@ -76,27 +76,15 @@ impl DbMetrics {
             client: DbFamilies::new("db_client_operation_duration_seconds"),
             server: DbFamilies::new("db_server_operation_duration_seconds"),
         };
-        registry.register_with_unit(
-            "db_client_operation_duration",
-            "Duration of database operations seen from the client, first request byte sent to last response byte read",
-            Unit::Seconds,
-            m.client.duration.clone(),
-        );
-        registry.register_with_unit(
-            "db_server_operation_duration",
-            "Duration of database operations seen from the server process, first request byte read to last response byte written",
-            Unit::Seconds,
-            m.server.duration.clone(),
-        );
-        registry.register(
-            "db_client_response_returned_rows",
-            "Rows returned by database operations, seen from the client",
-            m.client.rows.clone(),
-        );
-        registry.register(
-            "db_server_response_returned_rows",
-            "Rows returned by database operations, seen from the server process",
-            m.server.rows.clone(),
+        register!(registry,
+            "db_client_operation_duration" [Seconds]: m.client.duration,
+                "Duration of database operations seen from the client, first request byte sent to last response byte read";
+            "db_server_operation_duration" [Seconds]: m.server.duration,
+                "Duration of database operations seen from the server process, first request byte read to last response byte written";
+            "db_client_response_returned_rows": m.client.rows,
+                "Rows returned by database operations, seen from the client";
+            "db_server_response_returned_rows": m.server.rows,
+                "Rows returned by database operations, seen from the server process";
         );
         m
     }

@@ -6,7 +6,7 @@ use std::hash::Hash;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
 
 use super::budget::SeriesBudget;
 use super::cache::{Lookup, Origin, SeriesCache};
@@ -108,41 +108,19 @@ impl HttpMetrics {
             server: HttpFamilies::new("http_server_request_duration_seconds"),
             client: HttpFamilies::new("http_client_request_duration_seconds"),
         };
-        registry.register_with_unit(
-            "http_server_request_duration",
-            "Duration of HTTP server requests, first request byte read to last response byte written",
-            Unit::Seconds,
-            m.server.duration.clone(),
-        );
-        registry.register_with_unit(
-            "http_client_request_duration",
-            "Duration of HTTP client requests, first request byte written to last response byte read",
-            Unit::Seconds,
-            m.client.duration.clone(),
-        );
-        registry.register_with_unit(
-            "http_server_request_body_size",
-            "Size of HTTP server request bodies",
-            Unit::Bytes,
-            m.server.request_body.clone(),
-        );
-        registry.register_with_unit(
-            "http_server_response_body_size",
-            "Size of HTTP server response bodies",
-            Unit::Bytes,
-            m.server.response_body.clone(),
-        );
-        registry.register_with_unit(
-            "http_client_request_body_size",
-            "Size of HTTP client request bodies",
-            Unit::Bytes,
-            m.client.request_body.clone(),
-        );
-        registry.register_with_unit(
-            "http_client_response_body_size",
-            "Size of HTTP client response bodies",
-            Unit::Bytes,
-            m.client.response_body.clone(),
+        register!(registry,
+            "http_server_request_duration" [Seconds]: m.server.duration,
+                "Duration of HTTP server requests, first request byte read to last response byte written";
+            "http_client_request_duration" [Seconds]: m.client.duration,
+                "Duration of HTTP client requests, first request byte written to last response byte read";
+            "http_server_request_body_size" [Bytes]: m.server.request_body,
+                "Size of HTTP server request bodies";
+            "http_server_response_body_size" [Bytes]: m.server.response_body,
+                "Size of HTTP server response bodies";
+            "http_client_request_body_size" [Bytes]: m.client.request_body,
+                "Size of HTTP client request bodies";
+            "http_client_response_body_size" [Bytes]: m.client.response_body,
+                "Size of HTTP client response bodies";
         );
         m
     }
@@ -271,21 +249,10 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::exchange::testkit::{exchange, host_process, http, pod_process};
+    use crate::exchange::testkit::{exchange, host_process, http, server};
     use crate::export::prometheus::tests::{budget, dropped, samples};
 
     const WORKLOAD: &str = r#"service_name="shop",container_id="abc",k8s_namespace_name="prod",k8s_pod_name="shop-1",k8s_container_name="app",k8s_node_name="n1",k8s_owner_kind="StatefulSet",k8s_owner_name="shop""#;
-
-    fn server(detail: Detail) -> Exchange {
-        exchange(
-            Role::Server,
-            pod_process(),
-            "10.0.0.2:5000",
-            8080,
-            20,
-            detail,
-        )
-    }
 
     #[test]
     fn records_duration_and_body_sizes_by_side() {

@@ -11,7 +11,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
 
 use super::budget::SeriesBudget;
 use super::cache::{Lookup, Origin, SeriesCache};
@@ -79,37 +79,19 @@ impl MessagingMetrics {
             client: MessagingFamilies::new("messaging_client_operation_duration_seconds"),
             server: MessagingFamilies::new("messaging_server_operation_duration_seconds"),
         };
-        registry.register_with_unit(
-            "messaging_client_operation_duration",
-            "Duration of messaging operations seen from the client",
-            Unit::Seconds,
-            m.client.duration.clone(),
-        );
-        registry.register_with_unit(
-            "messaging_server_operation_duration",
-            "Duration of messaging operations seen from the broker process",
-            Unit::Seconds,
-            m.server.duration.clone(),
-        );
-        registry.register(
-            "messaging_client_sent_messages",
-            "Messages a client sent to the broker (records in Produce requests)",
-            m.client.produced.clone(),
-        );
-        registry.register(
-            "messaging_client_consumed_messages",
-            "Messages a client received from the broker (records in Fetch responses)",
-            m.client.fetched.clone(),
-        );
-        registry.register(
-            "messaging_server_received_messages",
-            "Messages the broker process received (records in Produce requests)",
-            m.server.produced.clone(),
-        );
-        registry.register(
-            "messaging_server_delivered_messages",
-            "Messages the broker process delivered (records in Fetch responses)",
-            m.server.fetched.clone(),
+        register!(registry,
+            "messaging_client_operation_duration" [Seconds]: m.client.duration,
+                "Duration of messaging operations seen from the client";
+            "messaging_server_operation_duration" [Seconds]: m.server.duration,
+                "Duration of messaging operations seen from the broker process";
+            "messaging_client_sent_messages": m.client.produced,
+                "Messages a client sent to the broker (records in Produce requests)";
+            "messaging_client_consumed_messages": m.client.fetched,
+                "Messages a client received from the broker (records in Fetch responses)";
+            "messaging_server_received_messages": m.server.produced,
+                "Messages the broker process received (records in Produce requests)";
+            "messaging_server_delivered_messages": m.server.fetched,
+                "Messages the broker process delivered (records in Fetch responses)";
         );
         m
     }

@@ -23,6 +23,25 @@
 //! [`cache::SERIES_CACHE_MAX`] entries, and whenever series were removed or the cluster view
 //! changed (a cached handle or peer name may be stale).
 
+/// Registers families in `registry`, one line each: `"name" [Unit]: handle, "help";`.
+/// A table rather than one call per family, so that names, units and help texts read as a list.
+macro_rules! register {
+    ($registry:expr, $($name:literal $([$unit:ident])?: $metric:expr, $help:literal;)*) => {$(
+        register!(@one $registry, $name, [$($unit)?], $metric, $help);
+    )*};
+    (@one $registry:expr, $name:literal, [], $metric:expr, $help:literal) => {
+        $registry.register($name, $help, $metric.clone())
+    };
+    (@one $registry:expr, $name:literal, [$unit:ident], $metric:expr, $help:literal) => {
+        $registry.register_with_unit(
+            $name,
+            $help,
+            prometheus_client::registry::Unit::$unit,
+            $metric.clone(),
+        )
+    };
+}
+
 pub mod budget;
 pub mod cache;
 pub mod db;

@@ -9,7 +9,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
 use rustc_hash::FxHashMap;
 
 use crate::conn::{EndReason, MuteReason};
@@ -80,109 +80,49 @@ impl SelfMetrics {
         let mut m = SelfMetrics::default();
         m.events_by_kind = EventCounters::new(&m.events_read);
         let own = registry.sub_registry_with_prefix("periscope");
-        own.register(
-            "events_read",
-            "Ring-buffer events read by userspace, by kind",
-            m.events_read.clone(),
+        register!(own,
+            "events_read": m.events_read,
+                "Ring-buffer events read by userspace, by kind";
+            "kernel_events_lost": m.kernel_events_lost,
+                "Events the kernel programs could not deliver, by reason";
+            "kernel_events_sent": m.kernel_events_sent,
+                "Events the kernel programs wrote to the ring buffer";
+            "captured" [Bytes]: m.captured_bytes,
+                "Payload bytes copied from the kernel";
+            "truncated_captures": m.truncated_captures,
+                "Data events whose payload was cut by the capture limit";
+            "malformed_events": m.malformed_events,
+                "Ring-buffer records that were too short or of an unknown kind";
+            "parse_errors": m.parse_errors,
+                "Connections dropped from decoding because their bytes did not parse";
+            "decoder_anomalies": m.decoder_anomalies,
+                "Recoverable decoder events: resyncs, unpaired requests, unexpected responses, truncated headers";
+            "connections_tracked": m.connections_tracked,
+                "Connections currently tracked in userspace";
+            "connections_opened": m.connections_opened,
+                "Connections that started being tracked, by how they were found";
+            "connections_ended": m.connections_ended,
+                "Connections that stopped being tracked, by reason";
+            "connections_muted": m.connections_muted,
+                "Connections whose capture was switched off in the kernel, by reason";
+            "incomplete_exchanges": m.incomplete_exchanges,
+                "Exchanges whose response was cut short by the connection closing";
+            "bpf_program_runs": m.program_runs,
+                "Times each kernel program ran (with --bpf-stats)";
+            "bpf_program_run_time" [Seconds]: m.program_run_time,
+                "CPU time spent in each kernel program (with --bpf-stats)";
+            "series_dropped": m.series_dropped,
+                "Observations dropped because their metric already had --max-series label sets";
+            "series_expired": m.series_expired,
+                "Series removed because their pod was deleted more than --series-grace ago, or because they saw nothing for --series-ttl";
+            "hooks_info": m.hooks_info,
+                "Which mechanism the syscall hooks use (tp_btf or raw_tracepoint), and the kernel";
         );
-        own.register(
-            "kernel_events_lost",
-            "Events the kernel programs could not deliver, by reason",
-            m.kernel_events_lost.clone(),
-        );
-        own.register(
-            "kernel_events_sent",
-            "Events the kernel programs wrote to the ring buffer",
-            m.kernel_events_sent.clone(),
-        );
-        own.register_with_unit(
-            "captured",
-            "Payload bytes copied from the kernel",
-            Unit::Bytes,
-            m.captured_bytes.clone(),
-        );
-        own.register(
-            "truncated_captures",
-            "Data events whose payload was cut by the capture limit",
-            m.truncated_captures.clone(),
-        );
-        own.register(
-            "malformed_events",
-            "Ring-buffer records that were too short or of an unknown kind",
-            m.malformed_events.clone(),
-        );
-        own.register(
-            "parse_errors",
-            "Connections dropped from decoding because their bytes did not parse",
-            m.parse_errors.clone(),
-        );
-        own.register(
-            "decoder_anomalies",
-            "Recoverable decoder events: resyncs, unpaired requests, unexpected responses, truncated headers",
-            m.decoder_anomalies.clone(),
-        );
-        own.register(
-            "connections_tracked",
-            "Connections currently tracked in userspace",
-            m.connections_tracked.clone(),
-        );
-        own.register(
-            "connections_opened",
-            "Connections that started being tracked, by how they were found",
-            m.connections_opened.clone(),
-        );
-        own.register(
-            "connections_ended",
-            "Connections that stopped being tracked, by reason",
-            m.connections_ended.clone(),
-        );
-        own.register(
-            "connections_muted",
-            "Connections whose capture was switched off in the kernel, by reason",
-            m.connections_muted.clone(),
-        );
-        own.register(
-            "incomplete_exchanges",
-            "Exchanges whose response was cut short by the connection closing",
-            m.incomplete_exchanges.clone(),
-        );
-        own.register(
-            "bpf_program_runs",
-            "Times each kernel program ran (with --bpf-stats)",
-            m.program_runs.clone(),
-        );
-        own.register_with_unit(
-            "bpf_program_run_time",
-            "CPU time spent in each kernel program (with --bpf-stats)",
-            Unit::Seconds,
-            m.program_run_time.clone(),
-        );
-        own.register(
-            "series_dropped",
-            "Observations dropped because their metric already had --max-series label sets",
-            m.series_dropped.clone(),
-        );
-        own.register(
-            "series_expired",
-            "Series removed because their pod was deleted more than --series-grace ago, or because they saw nothing for --series-ttl",
-            m.series_expired.clone(),
-        );
-        own.register(
-            "hooks_info",
-            "Which mechanism the syscall hooks use (tp_btf or raw_tracepoint), and the kernel",
-            m.hooks_info.clone(),
-        );
-        registry.register_with_unit(
-            "process_cpu",
-            "Total user and system CPU time spent by the agent",
-            Unit::Seconds,
-            m.process_cpu_seconds.clone(),
-        );
-        registry.register_with_unit(
-            "process_resident_memory",
-            "Resident memory of the agent",
-            Unit::Bytes,
-            m.process_resident_memory.clone(),
+        register!(registry,
+            "process_cpu" [Seconds]: m.process_cpu_seconds,
+                "Total user and system CPU time spent by the agent";
+            "process_resident_memory" [Bytes]: m.process_resident_memory,
+                "Resident memory of the agent";
         );
         m
     }
@@ -191,15 +131,11 @@ impl SelfMetrics {
     /// standalone agent exports no "disconnected" gauge for alerts to fire on).
     pub fn register_kubernetes(&self, registry: &mut Registry) {
         let own = registry.sub_registry_with_prefix("periscope");
-        own.register(
-            "kubernetes_connected",
-            "1 while the Kubernetes API server answers, 0 while it does not",
-            self.kubernetes_connected.clone(),
-        );
-        own.register(
-            "kubernetes_errors",
-            "Kubernetes watch failures, by reason",
-            self.kubernetes_errors.clone(),
+        register!(own,
+            "kubernetes_connected": self.kubernetes_connected,
+                "1 while the Kubernetes API server answers, 0 while it does not";
+            "kubernetes_errors": self.kubernetes_errors,
+                "Kubernetes watch failures, by reason";
         );
     }
 

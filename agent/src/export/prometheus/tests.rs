@@ -14,7 +14,9 @@ use prometheus_client::registry::Registry;
 
 use super::*;
 use crate::conn::{EndReason, MuteReason, Sink};
-use crate::exchange::testkit::{exchange, host_process, http, kafka, pod_process, sql, topic};
+use crate::exchange::testkit::{
+    exchange, host_process, http, kafka, pod_process, server, sql, topic,
+};
 use crate::exchange::{Detail, Exchange, Role};
 use crate::export::labels::MetricLabel;
 use crate::metadata::{ClusterView, K8sIdentity, PeerName};
@@ -259,14 +261,7 @@ fn the_exposition_is_unchanged() {
         kafka(0, "Produce", vec![topic(Some("new"), 1, 0)], 0),
     ];
     for detail in new_series {
-        sink.exchange(&exchange(
-            Role::Server,
-            pod_process(),
-            "10.0.0.2:5000",
-            8080,
-            20,
-            detail,
-        ));
+        sink.exchange(&server(detail));
     }
     let text = render(&registry);
     let path = concat!(
