@@ -1,11 +1,25 @@
 //! `Exchange`: one request/response pair, the single type every protocol decoder produces.
 //! Metrics and spans are both derived from it, so they always agree.
+//!
+//! # Protocol-neutral view
+//! The semantic-convention values both sinks need are computed here, once: the operation
+//! ([`Exchange::operation`]: normalised HTTP method, SQL operation, Kafka `send`/`receive`/API),
+//! the target ([`Exchange::target`]: route, collection, topic), `error.type`
+//! ([`Exchange::error_type`]: HTTP status by role, SQLSTATE, Kafka error name), the request and
+//! response sizes, whether the exchange is complete, what a Kafka exchange does with messages
+//! ([`Exchange::message_flow`]) and the server's address. A sink that needs a value the view
+//! does not give reads the protocol's detail, and the value then belongs to that sink alone.
+//!
+//! Where the two sinks name the same thing differently today, both names stay: a Kafka Produce
+//! is `messaging_operation_name="send"` on metrics (the operation) and `messaging.operation.name`
+//! `Produce` with type `publish` on spans.
 
-use std::net::SocketAddr;
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use crate::protocol::http1::HttpExchange;
-use crate::protocol::kafka::KafkaExchange;
+use crate::protocol::kafka::{errors as kafka_errors, KafkaExchange};
 use crate::protocol::postgres::PgExchange;
 
 /// Which end of the connection the observed process is.
@@ -94,3 +108,136 @@ impl Exchange {
         self.end_ns.saturating_sub(self.start_ns) as f64 / 1e9
     }
 }
+
+impl Exchange {
+    /// The operation: the normalised HTTP method ([`normalize_method`]), the SQL operation
+    /// (`db.operation.name`), or for Kafka `send` (Produce), `receive` (Fetch), else the API
+    /// name (`messaging.operation.name` of the metrics).
+    pub fn operation(&self) -> &str {
+        match &self.detail {
+            Detail::Http(h) => normalize_method(&h.method),
+            Detail::Postgres(p) => &p.statement.operation,
+            Detail::Kafka(k) => match message_flow(k) {
+                Some(MessageFlow::Send) => "send",
+                Some(MessageFlow::Receive) => "receive",
+                None => k.api_name,
+            },
+        }
+    }
+
+    /// What the operation acts on: the HTTP route (`None` when there is none), the SQL
+    /// statement's main table, or the first Kafka topic that has a name.
+    pub fn target(&self) -> Option<&str> {
+        match &self.detail {
+            Detail::Http(h) => (!h.route.is_empty()).then_some(h.route.as_str()),
+            Detail::Postgres(p) => p.statement.collection.as_deref(),
+            Detail::Kafka(k) => k.topics.iter().find_map(|t| t.name.as_deref()),
+        }
+    }
+
+    /// `error.type` of a failed exchange, `None` for a successful one: the HTTP status code
+    /// when it is 5xx (server) or 4xx and 5xx (client), as the conventions ask; the SQLSTATE;
+    /// the Kafka error name of the exchange's error code ([`kafka_errors::error_type`]).
+    pub fn error_type(&self) -> Option<Cow<'_, str>> {
+        match &self.detail {
+            Detail::Http(h) => {
+                let failed = match self.role {
+                    Role::Server => h.status >= 500,
+                    Role::Client => h.status >= 400,
+                };
+                failed.then(|| Cow::Owned(h.status.to_string()))
+            }
+            Detail::Postgres(p) => p.statement.error_sqlstate.as_deref().map(Cow::Borrowed),
+            Detail::Kafka(k) => kafka_errors::error_type(k.error_code),
+        }
+    }
+
+    /// Bytes of the request: the HTTP body (chunked framing excluded), the PostgreSQL frontend
+    /// messages, the Kafka frame.
+    pub fn request_size(&self) -> u64 {
+        match &self.detail {
+            Detail::Http(h) => h.request_body_bytes,
+            Detail::Postgres(p) => p.statement.request_bytes,
+            Detail::Kafka(k) => k.request_bytes,
+        }
+    }
+
+    /// Bytes of the response, counted as [`Exchange::request_size`] counts the request's.
+    pub fn response_size(&self) -> u64 {
+        match &self.detail {
+            Detail::Http(h) => h.response_body_bytes,
+            Detail::Postgres(p) => p.statement.response_bytes,
+            Detail::Kafka(k) => k.response_bytes,
+        }
+    }
+
+    /// Whether the whole response was seen: false when the connection closed while it was
+    /// coming, or a capture gap cut what the decoder reads of it (the exchange is inexact).
+    pub fn complete(&self) -> bool {
+        match &self.detail {
+            Detail::Http(h) => h.complete,
+            Detail::Postgres(p) => p.statement.complete,
+            Detail::Kafka(k) => k.complete,
+        }
+    }
+
+    /// For a Kafka exchange, whether it sends or receives messages (`None` for other APIs and
+    /// other protocols).
+    pub fn message_flow(&self) -> Option<MessageFlow> {
+        match &self.detail {
+            Detail::Kafka(k) => message_flow(k),
+            _ => None,
+        }
+    }
+
+    /// The server's IP address as the socket shows it: the peer of a client exchange; `None`
+    /// for a server exchange (the server is this process) or when the peer is unknown.
+    pub fn server_ip(&self) -> Option<IpAddr> {
+        match self.role {
+            Role::Client => self.endpoint.peer.map(|p| p.ip()),
+            Role::Server => None,
+        }
+    }
+}
+
+/// What a Kafka exchange does with messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageFlow {
+    /// Produce: the client sends records to the broker.
+    Send,
+    /// Fetch: the client receives records from the broker.
+    Receive,
+}
+
+fn message_flow(k: &KafkaExchange) -> Option<MessageFlow> {
+    match k.api_key {
+        0 => Some(MessageFlow::Send),
+        1 => Some(MessageFlow::Receive),
+        _ => None,
+    }
+}
+
+/// The value of `http.request.method` for a method: the nine methods of RFC 9110 and PATCH
+/// as they are, anything else [`OTHER_METHOD`] (the conventions ask it; it bounds cardinality).
+pub fn normalize_method(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "CONNECT" => "CONNECT",
+        "OPTIONS" => "OPTIONS",
+        "TRACE" => "TRACE",
+        "PATCH" => "PATCH",
+        _ => OTHER_METHOD,
+    }
+}
+
+/// `http.request.method` of a method the conventions do not know.
+pub const OTHER_METHOD: &str = "_OTHER";
+
+#[cfg(test)]
+pub mod testkit;
+#[cfg(test)]
+mod tests;

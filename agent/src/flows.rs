@@ -23,7 +23,8 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::capture::flows::FlowMaps;
 use crate::export::labels::WorkloadLabels;
-use crate::export::prometheus::{DeltaCounter, MetricLabel, Metrics, ReasonLabel};
+use crate::export::labels::{MetricLabel, ReasonLabel};
+use crate::export::prometheus::{DeltaCounter, Metrics};
 use crate::metadata::{ClusterView, ProcessCache};
 
 /// Default `--flows-max-series`: distinct flow label sets.
@@ -324,6 +325,7 @@ impl FlowPoller {
         };
         let Series::Admitted(labels) = series else {
             self.own
+                .self_metrics
                 .series_dropped
                 .get_or_create(&MetricLabel {
                     metric: SERIES_METRIC.to_owned(),

@@ -12,12 +12,12 @@ use tokio::signal::unix::{signal, SignalKind};
 use periscope::capture::{self, Capture, Reader};
 use periscope::config::Config;
 use periscope::export::http;
+#[cfg(feature = "kubernetes")]
+use periscope::export::labels::ReasonLabel;
 use periscope::export::otlp::context::{IdGenerator, Sampler};
 use periscope::export::otlp::convert::{Converter, WallClock};
 use periscope::export::otlp::{exporter, SpanMetrics, SpanSink, TraceSettings};
 use periscope::export::prometheus::Metrics;
-#[cfg(feature = "kubernetes")]
-use periscope::export::prometheus::ReasonLabel;
 #[cfg(feature = "kubernetes")]
 use periscope::metadata::kubernetes::{self, Attribution, KubeEvent, KubeSettings};
 use periscope::metadata::ClusterView;
@@ -73,12 +73,13 @@ fn start_kubernetes(
         attribution.clone(),
         move |event| match event {
             KubeEvent::Connected => {
-                m.kubernetes_connected.set(1);
+                m.self_metrics.kubernetes_connected.set(1);
                 log::info!("Kubernetes API server reachable");
             }
             KubeEvent::Disconnected { error } => {
-                m.kubernetes_connected.set(0);
-                m.kubernetes_errors
+                m.self_metrics.kubernetes_connected.set(0);
+                m.self_metrics
+                    .kubernetes_errors
                     .get_or_create(&ReasonLabel {
                         reason: "unreachable".to_owned(),
                     })
@@ -87,7 +88,8 @@ fn start_kubernetes(
             }
             KubeEvent::Synced => log::info!("Kubernetes objects listed; attribution ready"),
             KubeEvent::ObjectError { kind, error } => {
-                m.kubernetes_errors
+                m.self_metrics
+                    .kubernetes_errors
                     .get_or_create(&ReasonLabel {
                         reason: "bad_object".to_owned(),
                     })
@@ -231,6 +233,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         poller
     });
     metrics
+        .self_metrics
         .hooks_info
         .get_or_create(&periscope::export::prometheus::HooksLabels {
             syscall_hooks: capture.hooks.as_str().to_owned(),

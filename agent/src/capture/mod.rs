@@ -20,7 +20,8 @@ use aya::Btf;
 use aya::{Ebpf, EbpfLoader};
 
 use crate::conn::{listeners, KernelAction, Tracker};
-use crate::export::prometheus::{DeltaCounter, MetricLabel, Metrics, MetricsSink, ReasonLabel};
+use crate::export::labels::{MetricLabel, ReasonLabel};
+use crate::export::prometheus::{DeltaCounter, Metrics, MetricsSink, SelfMetrics};
 use crate::export::Fanout;
 
 pub mod flows;
@@ -740,7 +741,7 @@ impl Reader {
                 }
                 _ = tick.tick() => {
                     ticks += 1;
-                    fold_counters(&counters, &lost, &sink.metrics.metrics);
+                    fold_counters(&counters, &lost, &sink.metrics.metrics.self_metrics);
                     if !programs.is_empty() {
                         fold_program_stats(&programs, &sink.metrics.metrics);
                     }
@@ -796,7 +797,7 @@ fn handle_record(
     sink: &mut Fanout,
     actions: &mut Vec<KernelAction>,
 ) {
-    let metrics = &sink.metrics.metrics;
+    let metrics = &sink.metrics.metrics.self_metrics;
     if record.len() < HEADER_LEN {
         metrics.malformed_events.inc();
         return;
@@ -881,7 +882,11 @@ fn forget_dead<V: aya::Pod>(map: &mut BpfHashMap<MapData, SockKey, V>) {
     }
 }
 
-fn fold_counters(counters: &PerCpuArray<MapData, u64>, lost: &[DeltaCounter], metrics: &Metrics) {
+fn fold_counters(
+    counters: &PerCpuArray<MapData, u64>,
+    lost: &[DeltaCounter],
+    metrics: &SelfMetrics,
+) {
     for (index, name) in COUNTER_NAMES.iter().enumerate() {
         let Ok(values) = counters.get(&(index as u32), 0) else {
             continue;

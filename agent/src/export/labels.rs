@@ -1,5 +1,6 @@
 //! The label sets every workload metric shares: who the process is (`WorkloadLabels`) and,
-//! on client-side metrics, who it talked to (`PeerLabels`).
+//! on client-side metrics, who it talked to (`PeerLabels`); and the one-label sets of
+//! self-metrics any component counts with (`ReasonLabel`, `MetricLabel`).
 //!
 //! Kubernetes labels are written only when known, so a standalone agent's series carry no
 //! empty `k8s_*` labels (Prometheus treats an empty label and a missing one alike).
@@ -7,6 +8,18 @@
 use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 
 use crate::metadata::{ClusterView, K8sIdentity, PeerName, ProcessInfo};
+
+/// `reason`: why something was counted (lost events, dropped spans, watch errors, ...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+/// `metric`: the metric a self-metric speaks of (`periscope_series_dropped_total`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct MetricLabel {
+    pub metric: String,
+}
 
 /// The process (and, in a cluster, the pod, container and workload) a series belongs to.
 #[derive(Clone, Debug, Default, Hash, PartialEq, Eq, PartialOrd, Ord)]

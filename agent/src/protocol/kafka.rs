@@ -49,6 +49,7 @@
 
 mod apis;
 mod body;
+pub mod errors;
 mod wire;
 
 use std::collections::VecDeque;

@@ -1,16 +1,10 @@
 //! One `Exchange` → one span, named and attributed by the OpenTelemetry semantic conventions.
 
-use crate::exchange::{Detail, Exchange, Role};
-use crate::export::prometheus::kafka_error_name;
+use crate::exchange::{normalize_method, Detail, Exchange, MessageFlow, Role, OTHER_METHOD};
 use crate::metadata::ProcessInfo;
 
 use super::context::{parse_traceparent, IdGenerator, Sampler, TraceParent};
 use super::proto::{Span, SpanKind, Value};
-
-/// The nine methods of RFC 9110 and PATCH; others are named `_OTHER` as the conventions ask.
-const KNOWN_METHODS: &[&str] = &[
-    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-];
 
 /// `CLOCK_MONOTONIC` → Unix time, by one offset measured at start-up.
 #[derive(Clone, Copy, Debug)]
@@ -81,25 +75,24 @@ impl Converter {
 }
 
 /// Name, kind, attributes and status of an exchange's span (ids and times are filled in by
-/// the caller).
+/// the caller). The semantic-convention values (operation, target, `error.type`, sizes) come
+/// from the exchange's protocol-neutral view, as the metrics' labels do.
 pub fn describe(exchange: &Exchange, parent: Option<&TraceParent>) -> Span {
     let mut attributes: Vec<(&'static str, Value)> = Vec::with_capacity(12);
     let server = exchange.role == Role::Server;
     let peer = exchange.endpoint.peer;
     let mut trace_state = String::new();
+    let target = exchange.target();
+    let error_type = exchange.error_type();
     let (name, kind, error) = match &exchange.detail {
         Detail::Http(h) => {
-            let method: &'static str = KNOWN_METHODS
-                .iter()
-                .find(|m| **m == h.method)
-                .copied()
-                .unwrap_or("_OTHER");
+            let method = normalize_method(&h.method);
             attributes.push(("http.request.method", Value::Static(method)));
-            if method == "_OTHER" && !h.method.is_empty() {
+            if method == OTHER_METHOD && !h.method.is_empty() {
                 attributes.push(("http.request.method_original", Value::Str(h.method.clone())));
             }
-            if !h.route.is_empty() {
-                attributes.push(("http.route", Value::Str(h.route.clone())));
+            if let Some(route) = target {
+                attributes.push(("http.route", Value::Str(route.to_owned())));
             }
             if !h.path.is_empty() {
                 attributes.push(("url.path", Value::Str(h.path.clone())));
@@ -109,39 +102,34 @@ pub fn describe(exchange: &Exchange, parent: Option<&TraceParent>) -> Span {
             }
             if let Some(host) = h.host.as_deref().map(host_without_port) {
                 attributes.push(("server.address", Value::Str(host.to_owned())));
-            } else if let (false, Some(p)) = (server, peer) {
-                attributes.push(("server.address", Value::Ip(p.ip())));
+            } else if let Some(ip) = exchange.server_ip() {
+                attributes.push(("server.address", Value::Ip(ip)));
             }
-            if h.request_body_bytes > 0 {
-                attributes.push((
-                    "http.request.body.size",
-                    Value::Int(h.request_body_bytes as i64),
-                ));
-            }
-            if h.response_body_bytes > 0 {
-                attributes.push((
-                    "http.response.body.size",
-                    Value::Int(h.response_body_bytes as i64),
-                ));
+            let sizes = [
+                ("http.request.body.size", exchange.request_size()),
+                ("http.response.body.size", exchange.response_size()),
+            ];
+            for (key, size) in sizes {
+                if size > 0 {
+                    attributes.push((key, Value::Int(size as i64)));
+                }
             }
             if parent.is_some() {
                 trace_state = h.tracestate.clone().unwrap_or_default();
             }
-            let failed = if server {
-                h.status >= 500
-            } else {
-                h.status >= 400
-            };
-            if failed {
-                attributes.push(("error.type", Value::Str(h.status.to_string())));
+            if let Some(e) = &error_type {
+                attributes.push(("error.type", Value::Str(e.to_string())));
             }
-            let base = if method == "_OTHER" { "HTTP" } else { method };
-            let name = if h.route.is_empty() {
-                base.to_owned()
+            let base = if method == OTHER_METHOD {
+                "HTTP"
             } else {
-                format!("{base} {}", h.route)
+                method
             };
-            (name, http_kind(server), failed.then(String::new))
+            let name = match target {
+                Some(route) => format!("{base} {route}"),
+                None => base.to_owned(),
+            };
+            (name, http_kind(server), error_type.map(|_| String::new()))
         }
         Detail::Postgres(p) => {
             let st = &p.statement;
@@ -149,9 +137,10 @@ pub fn describe(exchange: &Exchange, parent: Option<&TraceParent>) -> Span {
             if let Some(ns) = &p.db_namespace {
                 attributes.push(("db.namespace", Value::Str(ns.clone())));
             }
-            attributes.push(("db.operation.name", Value::Str(st.operation.clone())));
-            if let Some(c) = &st.collection {
-                attributes.push(("db.collection.name", Value::Str(c.clone())));
+            let operation = exchange.operation();
+            attributes.push(("db.operation.name", Value::Str(operation.to_owned())));
+            if let Some(c) = target {
+                attributes.push(("db.collection.name", Value::Str(c.to_owned())));
             }
             if !st.query_summary.is_empty() {
                 attributes.push(("db.query.summary", Value::Str(st.query_summary.clone())));
@@ -162,32 +151,32 @@ pub fn describe(exchange: &Exchange, parent: Option<&TraceParent>) -> Span {
             if let Some(rows) = st.rows {
                 attributes.push(("db.response.returned_rows", Value::Int(rows as i64)));
             }
-            if let Some(code) = &st.error_sqlstate {
-                attributes.push(("db.response.status_code", Value::Str(code.clone())));
-                attributes.push(("error.type", Value::Str(code.clone())));
+            if let Some(code) = &error_type {
+                attributes.push(("db.response.status_code", Value::Str(code.to_string())));
+                attributes.push(("error.type", Value::Str(code.to_string())));
             }
-            let name = match &st.collection {
-                Some(c) => format!("{} {c}", st.operation),
-                None => st.operation.clone(),
+            let name = match target {
+                Some(c) => format!("{operation} {c}"),
+                None => operation.to_owned(),
             };
-            let error = st.error_sqlstate.as_ref().map(|c| format!("SQLSTATE {c}"));
+            let error = error_type.map(|c| format!("SQLSTATE {c}"));
             (name, http_kind(server), error)
         }
         Detail::Kafka(k) => {
             attributes.push(("messaging.system", Value::Static("kafka")));
-            let topic = k.topics.iter().find_map(|t| t.name.clone());
-            let (operation_type, kind) = match (k.api_name, server) {
+            let flow = exchange.message_flow();
+            let (operation_type, kind) = match (flow, server) {
                 (_, true) => (None, SpanKind::Server),
-                ("Produce", false) => (Some("publish"), SpanKind::Producer),
-                ("Fetch", false) => (Some("receive"), SpanKind::Consumer),
-                _ => (None, SpanKind::Client),
+                (Some(MessageFlow::Send), false) => (Some("publish"), SpanKind::Producer),
+                (Some(MessageFlow::Receive), false) => (Some("receive"), SpanKind::Consumer),
+                (None, false) => (None, SpanKind::Client),
             };
             attributes.push(("messaging.operation.name", Value::Static(k.api_name)));
             if let Some(t) = operation_type {
                 attributes.push(("messaging.operation.type", Value::Static(t)));
             }
-            if let Some(t) = &topic {
-                attributes.push(("messaging.destination.name", Value::Str(t.clone())));
+            if let Some(t) = target {
+                attributes.push(("messaging.destination.name", Value::Str(t.to_owned())));
             }
             if let Some(id) = &k.client_id {
                 attributes.push(("messaging.client.id", Value::Str(id.clone())));
@@ -197,16 +186,16 @@ pub fn describe(exchange: &Exchange, parent: Option<&TraceParent>) -> Span {
                 attributes.push(("messaging.kafka.message.count", Value::Int(records as i64)));
                 attributes.push(("messaging.batch.message_count", Value::Int(records as i64)));
             }
-            let error = (k.error_code != 0).then(|| kafka_error_name(k.error_code));
+            let error = error_type.map(|e| e.into_owned());
             if let Some(e) = &error {
                 attributes.push(("error.type", Value::Str(e.clone())));
             }
-            let verb = match (k.api_name, operation_type) {
-                ("Produce", _) => "publish",
-                ("Fetch", _) => "receive",
-                (api, _) => api,
+            let verb = match flow {
+                Some(MessageFlow::Send) => "publish",
+                Some(MessageFlow::Receive) => "receive",
+                None => k.api_name,
             };
-            let name = match &topic {
+            let name = match target {
                 Some(t) => format!("{t} {verb}"),
                 None => verb.to_owned(),
             };
@@ -310,34 +299,11 @@ pub fn resource(process: &ProcessInfo, host_name: &str) -> Vec<(&'static str, Va
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exchange::testkit::pod_process as process;
     use crate::exchange::{Endpoint, PostgresDetail};
-    use crate::metadata::K8sIdentity;
     use crate::protocol::http1::HttpExchange;
     use crate::protocol::kafka::{KafkaExchange, TopicStats};
     use crate::protocol::postgres::PgExchange;
-    use std::sync::Arc;
-
-    fn process() -> Arc<ProcessInfo> {
-        Arc::new(ProcessInfo {
-            pid: 7,
-            comm: "shop".into(),
-            exe_name: "shop-bin".into(),
-            container_id: Some("abc".into()),
-            service_name: "shop".into(),
-            pod_uid: Some("uid".into()),
-            k8s: Some(Arc::new(K8sIdentity {
-                namespace: "prod".into(),
-                pod_name: "shop-1".into(),
-                pod_uid: "uid".into(),
-                container_name: "app".into(),
-                node_name: "n1".into(),
-                owner_kind: "StatefulSet".into(),
-                owner_name: "shop".into(),
-                service_name: "shop".into(),
-            })),
-            seq: 1,
-        })
-    }
 
     fn exchange(role: Role, detail: Detail) -> Exchange {
         Exchange {
@@ -375,7 +341,13 @@ mod tests {
 
     fn kafka(api: &'static str, error_code: i16) -> Detail {
         Detail::Kafka(KafkaExchange {
-            api_key: 0,
+            // The key of each API name, as the decoder sets both.
+            api_key: match api {
+                "Produce" => 0,
+                "Fetch" => 1,
+                "Metadata" => 3,
+                _ => 18,
+            },
             api_name: api,
             api_version: 9,
             correlation_id: 1,

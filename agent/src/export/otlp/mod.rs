@@ -24,7 +24,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 
 use crate::exchange::Exchange;
-use crate::export::prometheus::ReasonLabel;
+use crate::export::labels::ReasonLabel;
 
 pub use exporter::{Protocol, TraceSettings};
 pub use tls::TlsOptions;
