@@ -129,6 +129,7 @@ impl SeriesBudget {
                     budget: self,
                     metric,
                     labels,
+                    parts: std::cell::Cell::new(0),
                 });
                 true
             }
@@ -161,6 +162,8 @@ pub struct Expiry<'a, L> {
     budget: &'a SeriesBudget,
     metric: &'static str,
     labels: &'a L,
+    /// How many registrations this series made so far: each gets its own key.
+    parts: std::cell::Cell<u8>,
 }
 
 impl<L> Expiry<'_, L>
@@ -169,7 +172,8 @@ where
 {
     /// Registers the series (its labels in each of `families`) for both ways of expiring: with
     /// the pod of `workload`, and once none of `families` has moved for `--series-ttl`;
-    /// `activity` reads one metric's count.
+    /// `activity` reads one metric's count. A series admitted again after it was removed
+    /// replaces its registration.
     pub fn register<M, C>(
         &self,
         workload: &WorkloadLabels,
@@ -179,20 +183,16 @@ where
         M: Send + Sync + 'static,
         C: MetricConstructor<M> + Clone + Send + Sync + 'static,
     {
-        self.with_pod(workload, families);
-        self.when_idle(families, activity);
-    }
-
-    fn when_idle<M, C>(&self, families: &[&Family<L, M, C>], activity: fn(&M) -> u64)
-    where
-        M: Send + Sync + 'static,
-        C: MetricConstructor<M> + Clone + Send + Sync + 'static,
-    {
+        let part = self.parts.get();
+        self.parts.set(part.wrapping_add(1));
+        let key = (self.metric, hash_of(self.labels), part);
         let families: Vec<Family<L, M, C>> = families.iter().map(|f| (*f).clone()).collect();
         let (read, read_labels) = (families.clone(), self.labels.clone());
         let (metric, labels) = (self.metric, self.labels.clone());
         let admitted = self.budget.admitted.clone();
-        self.budget.expiry.register_idle(
+        self.budget.expiry.register(
+            key,
+            workload.pod_key(),
             Box::new(move || {
                 read.iter()
                     .filter_map(|f| f.get(&read_labels).map(|m| activity(&m)))
@@ -203,34 +203,10 @@ where
                 for family in &families {
                     removed |= family.remove(&labels);
                 }
-                if removed {
-                    admitted.forget(metric, &labels);
-                }
+                admitted.forget(metric, &labels);
                 removed
             }),
             Instant::now(),
-        );
-    }
-
-    fn with_pod<M, C>(&self, workload: &WorkloadLabels, families: &[&Family<L, M, C>])
-    where
-        M: Send + Sync + 'static,
-        C: MetricConstructor<M> + Clone + Send + Sync + 'static,
-    {
-        let Some(pod) = workload.pod_key() else {
-            return;
-        };
-        let families: Vec<Family<L, M, C>> = families.iter().map(|f| (*f).clone()).collect();
-        let (metric, labels) = (self.metric, self.labels.clone());
-        let admitted = self.budget.admitted.clone();
-        self.budget.expiry.register(
-            pod,
-            Box::new(move || {
-                for family in &families {
-                    family.remove(&labels);
-                }
-                admitted.forget(metric, &labels);
-            }),
         );
     }
 }
