@@ -187,12 +187,10 @@ pub struct Config {
     pub otlp_traces_insecure: Option<bool>,
 
     /// Sampler: `always_on`, `always_off`, `traceidratio`, `parentbased_always_on`,
-    /// `parentbased_always_off` or `parentbased_traceidratio`.
-    #[arg(
-        long,
-        env = "OTEL_TRACES_SAMPLER",
-        default_value = "parentbased_always_on"
-    )]
+    /// `parentbased_always_off` or `parentbased_traceidratio`. The default decides by trace id
+    /// alone (ratio 1.0 unless `--traces-sampler-arg`): a `parentbased_*` sampler lets every
+    /// caller's `traceparent` flag choose, which suits trusted ingress only.
+    #[arg(long, env = "OTEL_TRACES_SAMPLER", default_value = "traceidratio")]
     pub traces_sampler: String,
 
     /// The sampler's ratio for the `*traceidratio` samplers (0.0..=1.0, default 1.0).

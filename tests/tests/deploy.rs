@@ -1044,7 +1044,7 @@ fn jaeger_example_points_at_its_collector() {
         BTreeMap::from([
             ("OTEL_EXPORTER_OTLP_ENDPOINT", JAEGER_ENDPOINT),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
             ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
         ])
     );

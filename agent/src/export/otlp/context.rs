@@ -250,4 +250,31 @@ mod tests {
         assert_ne!(a, b);
         assert_ne!(ids.span_id(), [0; 8]);
     }
+
+    /// Issue 15: an untrusted caller's `traceparent` must not force sampling. With the
+    /// default sampler (clap's default for `--traces-sampler`) and a ratio, a flag set by the
+    /// caller changes nothing: the trace id alone decides.
+    #[test]
+    fn the_default_sampler_ignores_an_incoming_sampled_flag() {
+        use clap::Parser;
+        let config = crate::config::Config::parse_from(["periscope"]);
+        let sampler = Sampler::from_settings(&config.traces_sampler, Some("0.25")).unwrap();
+        let mut ids = IdGenerator::new();
+        let (mut kept, mut kept_with_flag) = (0, 0);
+        for _ in 0..4000 {
+            let trace_id = ids.trace_id();
+            let forced = TraceParent {
+                trace_id,
+                parent_id: [1; 8],
+                sampled: true,
+            };
+            kept += u32::from(sampler.sample(&trace_id, None));
+            kept_with_flag += u32::from(sampler.sample(&trace_id, Some(&forced)));
+        }
+        assert_eq!(kept, kept_with_flag);
+        assert!((800..1200).contains(&kept), "{kept} of 4000 at 0.25");
+        // Without an argument the default keeps everything.
+        let all = Sampler::from_settings(&config.traces_sampler, None).unwrap();
+        assert!(all.sample(&[7; 16], None));
+    }
 }
