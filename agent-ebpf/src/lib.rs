@@ -528,3 +528,140 @@ mod pod {
     unsafe impl aya::Pod for super::SyscallKey {}
     unsafe impl aya::Pod for super::SyscallStats {}
 }
+
+/// The names of the kernel programs, maps and load-time globals: the one table both sides use.
+///
+/// The kernel crate names each program by its `fn` identifier and each map or global by its
+/// `static` identifier (that is what the aya macros write into the object), so these strings
+/// must match identifiers in `main.rs`, `io.rs`, `syscalls.rs`, `flows.rs` and `common.rs`.
+/// Userspace looks every program and map up through these constants only, and a unit test in
+/// the agent (`capture::names_tests`) parses the embedded object and checks that the table and
+/// the object name the same programs and maps, in both directions.
+pub mod names {
+    /// Program names (`fn` identifiers in `agent-ebpf/src/main.rs`).
+    pub mod program {
+        pub const SYS_EXIT_BTF: &str = "sys_exit_btf";
+        pub const SYS_EXIT_RAW: &str = "sys_exit_raw";
+        pub const FEXIT_READ: &str = "fexit_read";
+        pub const FEXIT_RECVFROM: &str = "fexit_recvfrom";
+        pub const FEXIT_READV: &str = "fexit_readv";
+        pub const FEXIT_RECVMSG: &str = "fexit_recvmsg";
+        pub const FEXIT_WRITE: &str = "fexit_write";
+        pub const FEXIT_SENDTO: &str = "fexit_sendto";
+        pub const FEXIT_WRITEV: &str = "fexit_writev";
+        pub const FEXIT_SENDMSG: &str = "fexit_sendmsg";
+        pub const FEXIT_SENDFILE: &str = "fexit_sendfile";
+        pub const FEXIT_ACCEPT: &str = "fexit_accept";
+        pub const FEXIT_ACCEPT4: &str = "fexit_accept4";
+        pub const FEXIT_CONNECT: &str = "fexit_connect";
+        pub const FEXIT_SOCKET: &str = "fexit_socket";
+        pub const SYS_ENTER_STATS_BTF: &str = "sys_enter_stats_btf";
+        pub const SYS_ENTER_STATS_RAW: &str = "sys_enter_stats_raw";
+        pub const SYS_ENTER_STATS_TP: &str = "sys_enter_stats_tp";
+        pub const SYS_EXIT_STATS_BTF: &str = "sys_exit_stats_btf";
+        pub const SYS_EXIT_STATS_RAW: &str = "sys_exit_stats_raw";
+        pub const SYS_ENTER_CLOSE: &str = "sys_enter_close";
+        pub const TASK_NEWTASK: &str = "task_newtask";
+        pub const PROCESS_EXIT: &str = "process_exit";
+        pub const CONNECT_LOCAL: &str = "connect_local";
+        pub const FLOW_SOCK_CREATE: &str = "flow_sock_create";
+        pub const FLOW_SOCK_OPS: &str = "flow_sock_ops";
+        pub const FLOW_SOCK_OPS_CONNECT: &str = "flow_sock_ops_connect";
+        pub const FLOW_UDP_INGRESS: &str = "flow_udp_ingress";
+        pub const FLOW_UDP_EGRESS: &str = "flow_udp_egress";
+        pub const FLOW_RECEIVE_RESET: &str = "flow_receive_reset";
+    }
+
+    /// Map names (`static` identifiers of `#[map]`/`#[btf_map]` items).
+    pub mod map {
+        pub const CONNS: &str = "CONNS";
+        pub const MUTED: &str = "MUTED";
+        pub const SOCK_TYPES: &str = "SOCK_TYPES";
+        pub const EVENTS: &str = "EVENTS";
+        pub const COUNTERS: &str = "COUNTERS";
+        pub const RECENT: &str = "RECENT";
+        pub const CONNECTING: &str = "CONNECTING";
+        pub const CONN_SEQ: &str = "CONN_SEQ";
+        pub const SCRATCH: &str = "SCRATCH";
+        pub const SYSCALL_STARTS: &str = "SYSCALL_STARTS";
+        pub const SYSCALL_STATS: &str = "SYSCALL_STATS";
+        pub const FLOWS: &str = "FLOWS";
+        pub const RESETS: &str = "RESETS";
+        pub const FLOW_COUNTERS: &str = "FLOW_COUNTERS";
+        pub const SOCKS: &str = "SOCKS";
+    }
+
+    /// Load-time globals the loader rewrites (`EbpfLoader::override_global`).
+    pub mod global {
+        pub const CONFIG: &str = "CONFIG";
+        pub const FLOW_CONFIG: &str = "FLOW_CONFIG";
+        pub const SYSCALL_FILTER: &str = "SYSCALL_FILTER";
+    }
+
+    /// Every program, for checks over the whole table.
+    pub const PROGRAMS: &[&str] = &[
+        program::SYS_EXIT_BTF,
+        program::SYS_EXIT_RAW,
+        program::FEXIT_READ,
+        program::FEXIT_RECVFROM,
+        program::FEXIT_READV,
+        program::FEXIT_RECVMSG,
+        program::FEXIT_WRITE,
+        program::FEXIT_SENDTO,
+        program::FEXIT_WRITEV,
+        program::FEXIT_SENDMSG,
+        program::FEXIT_SENDFILE,
+        program::FEXIT_ACCEPT,
+        program::FEXIT_ACCEPT4,
+        program::FEXIT_CONNECT,
+        program::FEXIT_SOCKET,
+        program::SYS_ENTER_STATS_BTF,
+        program::SYS_ENTER_STATS_RAW,
+        program::SYS_ENTER_STATS_TP,
+        program::SYS_EXIT_STATS_BTF,
+        program::SYS_EXIT_STATS_RAW,
+        program::SYS_ENTER_CLOSE,
+        program::TASK_NEWTASK,
+        program::PROCESS_EXIT,
+        program::CONNECT_LOCAL,
+        program::FLOW_SOCK_CREATE,
+        program::FLOW_SOCK_OPS,
+        program::FLOW_SOCK_OPS_CONNECT,
+        program::FLOW_UDP_INGRESS,
+        program::FLOW_UDP_EGRESS,
+        program::FLOW_RECEIVE_RESET,
+    ];
+
+    /// Every map, for checks over the whole table.
+    pub const MAPS: &[&str] = &[
+        map::CONNS,
+        map::MUTED,
+        map::SOCK_TYPES,
+        map::EVENTS,
+        map::COUNTERS,
+        map::RECENT,
+        map::CONNECTING,
+        map::CONN_SEQ,
+        map::SCRATCH,
+        map::SYSCALL_STARTS,
+        map::SYSCALL_STATS,
+        map::FLOWS,
+        map::RESETS,
+        map::FLOW_COUNTERS,
+        map::SOCKS,
+    ];
+
+    /// Every load-time global.
+    pub const GLOBALS: &[&str] = &[global::CONFIG, global::FLOW_CONFIG, global::SYSCALL_FILTER];
+
+    /// The name the kernel keeps for a program (`BPF_OBJ_NAME_LEN` is 16 with the NUL): what
+    /// `bpftool prog` and `loaded_programs()` show.
+    pub const fn kernel_name(name: &str) -> &[u8] {
+        let bytes = name.as_bytes();
+        if bytes.len() <= 15 {
+            bytes
+        } else {
+            bytes.split_at(15).0
+        }
+    }
+}
