@@ -538,121 +538,90 @@ mod pod {
 /// the agent (`capture::names_tests`) parses the embedded object and checks that the table and
 /// the object name the same programs and maps, in both directions.
 pub mod names {
-    /// Program names (`fn` identifiers in `agent-ebpf/src/main.rs`).
-    pub mod program {
-        pub const SYS_EXIT_BTF: &str = "sys_exit_btf";
-        pub const SYS_EXIT_RAW: &str = "sys_exit_raw";
-        pub const FEXIT_READ: &str = "fexit_read";
-        pub const FEXIT_RECVFROM: &str = "fexit_recvfrom";
-        pub const FEXIT_READV: &str = "fexit_readv";
-        pub const FEXIT_RECVMSG: &str = "fexit_recvmsg";
-        pub const FEXIT_WRITE: &str = "fexit_write";
-        pub const FEXIT_SENDTO: &str = "fexit_sendto";
-        pub const FEXIT_WRITEV: &str = "fexit_writev";
-        pub const FEXIT_SENDMSG: &str = "fexit_sendmsg";
-        pub const FEXIT_SENDFILE: &str = "fexit_sendfile";
-        pub const FEXIT_ACCEPT: &str = "fexit_accept";
-        pub const FEXIT_ACCEPT4: &str = "fexit_accept4";
-        pub const FEXIT_CONNECT: &str = "fexit_connect";
-        pub const FEXIT_SOCKET: &str = "fexit_socket";
-        pub const SYS_ENTER_STATS_BTF: &str = "sys_enter_stats_btf";
-        pub const SYS_ENTER_STATS_RAW: &str = "sys_enter_stats_raw";
-        pub const SYS_ENTER_STATS_TP: &str = "sys_enter_stats_tp";
-        pub const SYS_EXIT_STATS_BTF: &str = "sys_exit_stats_btf";
-        pub const SYS_EXIT_STATS_RAW: &str = "sys_exit_stats_raw";
-        pub const SYS_ENTER_CLOSE: &str = "sys_enter_close";
-        pub const TASK_NEWTASK: &str = "task_newtask";
-        pub const PROCESS_EXIT: &str = "process_exit";
-        pub const CONNECT_LOCAL: &str = "connect_local";
-        pub const FLOW_SOCK_CREATE: &str = "flow_sock_create";
-        pub const FLOW_SOCK_OPS: &str = "flow_sock_ops";
-        pub const FLOW_SOCK_OPS_CONNECT: &str = "flow_sock_ops_connect";
-        pub const FLOW_UDP_INGRESS: &str = "flow_udp_ingress";
-        pub const FLOW_UDP_EGRESS: &str = "flow_udp_egress";
-        pub const FLOW_RECEIVE_RESET: &str = "flow_receive_reset";
+    /// Declares a module of name constants and `ALL`, the list of them.
+    macro_rules! table {
+        ($(#[$doc:meta])* $module:ident { $($name:ident = $value:literal,)+ }) => {
+            $(#[$doc])*
+            pub mod $module {
+                $(pub const $name: &str = $value;)+
+                /// Every name of this table.
+                pub const ALL: &[&str] = &[$($name),+];
+            }
+        };
     }
 
-    /// Map names (`static` identifiers of `#[map]`/`#[btf_map]` items).
-    pub mod map {
-        pub const CONNS: &str = "CONNS";
-        pub const MUTED: &str = "MUTED";
-        pub const SOCK_TYPES: &str = "SOCK_TYPES";
-        pub const EVENTS: &str = "EVENTS";
-        pub const COUNTERS: &str = "COUNTERS";
-        pub const RECENT: &str = "RECENT";
-        pub const CONNECTING: &str = "CONNECTING";
-        pub const CONN_SEQ: &str = "CONN_SEQ";
-        pub const SCRATCH: &str = "SCRATCH";
-        pub const SYSCALL_STARTS: &str = "SYSCALL_STARTS";
-        pub const SYSCALL_STATS: &str = "SYSCALL_STATS";
-        pub const FLOWS: &str = "FLOWS";
-        pub const RESETS: &str = "RESETS";
-        pub const FLOW_COUNTERS: &str = "FLOW_COUNTERS";
-        pub const SOCKS: &str = "SOCKS";
+    table! {
+        /// Program names (`fn` identifiers in `agent-ebpf/src/main.rs`).
+        program {
+            SYS_EXIT_BTF = "sys_exit_btf",
+            SYS_EXIT_RAW = "sys_exit_raw",
+            FEXIT_READ = "fexit_read",
+            FEXIT_RECVFROM = "fexit_recvfrom",
+            FEXIT_READV = "fexit_readv",
+            FEXIT_RECVMSG = "fexit_recvmsg",
+            FEXIT_WRITE = "fexit_write",
+            FEXIT_SENDTO = "fexit_sendto",
+            FEXIT_WRITEV = "fexit_writev",
+            FEXIT_SENDMSG = "fexit_sendmsg",
+            FEXIT_SENDFILE = "fexit_sendfile",
+            FEXIT_ACCEPT = "fexit_accept",
+            FEXIT_ACCEPT4 = "fexit_accept4",
+            FEXIT_CONNECT = "fexit_connect",
+            FEXIT_SOCKET = "fexit_socket",
+            SYS_ENTER_STATS_BTF = "sys_enter_stats_btf",
+            SYS_ENTER_STATS_RAW = "sys_enter_stats_raw",
+            SYS_ENTER_STATS_TP = "sys_enter_stats_tp",
+            SYS_EXIT_STATS_BTF = "sys_exit_stats_btf",
+            SYS_EXIT_STATS_RAW = "sys_exit_stats_raw",
+            SYS_ENTER_CLOSE = "sys_enter_close",
+            TASK_NEWTASK = "task_newtask",
+            PROCESS_EXIT = "process_exit",
+            CONNECT_LOCAL = "connect_local",
+            FLOW_SOCK_CREATE = "flow_sock_create",
+            FLOW_SOCK_OPS = "flow_sock_ops",
+            FLOW_SOCK_OPS_CONNECT = "flow_sock_ops_connect",
+            FLOW_UDP_INGRESS = "flow_udp_ingress",
+            FLOW_UDP_EGRESS = "flow_udp_egress",
+            FLOW_RECEIVE_RESET = "flow_receive_reset",
+        }
     }
 
-    /// Load-time globals the loader rewrites (`EbpfLoader::override_global`).
-    pub mod global {
-        pub const CONFIG: &str = "CONFIG";
-        pub const FLOW_CONFIG: &str = "FLOW_CONFIG";
-        pub const SYSCALL_FILTER: &str = "SYSCALL_FILTER";
+    table! {
+        /// Map names (`static` identifiers of `#[map]`/`#[btf_map]` items).
+        map {
+            CONNS = "CONNS",
+            MUTED = "MUTED",
+            SOCK_TYPES = "SOCK_TYPES",
+            EVENTS = "EVENTS",
+            COUNTERS = "COUNTERS",
+            RECENT = "RECENT",
+            CONNECTING = "CONNECTING",
+            CONN_SEQ = "CONN_SEQ",
+            SCRATCH = "SCRATCH",
+            SYSCALL_STARTS = "SYSCALL_STARTS",
+            SYSCALL_STATS = "SYSCALL_STATS",
+            FLOWS = "FLOWS",
+            RESETS = "RESETS",
+            FLOW_COUNTERS = "FLOW_COUNTERS",
+            SOCKS = "SOCKS",
+        }
+    }
+
+    table! {
+        /// Load-time globals the loader rewrites (`EbpfLoader::override_global`).
+        global {
+            CONFIG = "CONFIG",
+            FLOW_CONFIG = "FLOW_CONFIG",
+            SYSCALL_FILTER = "SYSCALL_FILTER",
+        }
     }
 
     /// Every program, for checks over the whole table.
-    pub const PROGRAMS: &[&str] = &[
-        program::SYS_EXIT_BTF,
-        program::SYS_EXIT_RAW,
-        program::FEXIT_READ,
-        program::FEXIT_RECVFROM,
-        program::FEXIT_READV,
-        program::FEXIT_RECVMSG,
-        program::FEXIT_WRITE,
-        program::FEXIT_SENDTO,
-        program::FEXIT_WRITEV,
-        program::FEXIT_SENDMSG,
-        program::FEXIT_SENDFILE,
-        program::FEXIT_ACCEPT,
-        program::FEXIT_ACCEPT4,
-        program::FEXIT_CONNECT,
-        program::FEXIT_SOCKET,
-        program::SYS_ENTER_STATS_BTF,
-        program::SYS_ENTER_STATS_RAW,
-        program::SYS_ENTER_STATS_TP,
-        program::SYS_EXIT_STATS_BTF,
-        program::SYS_EXIT_STATS_RAW,
-        program::SYS_ENTER_CLOSE,
-        program::TASK_NEWTASK,
-        program::PROCESS_EXIT,
-        program::CONNECT_LOCAL,
-        program::FLOW_SOCK_CREATE,
-        program::FLOW_SOCK_OPS,
-        program::FLOW_SOCK_OPS_CONNECT,
-        program::FLOW_UDP_INGRESS,
-        program::FLOW_UDP_EGRESS,
-        program::FLOW_RECEIVE_RESET,
-    ];
-
+    pub const PROGRAMS: &[&str] = program::ALL;
     /// Every map, for checks over the whole table.
-    pub const MAPS: &[&str] = &[
-        map::CONNS,
-        map::MUTED,
-        map::SOCK_TYPES,
-        map::EVENTS,
-        map::COUNTERS,
-        map::RECENT,
-        map::CONNECTING,
-        map::CONN_SEQ,
-        map::SCRATCH,
-        map::SYSCALL_STARTS,
-        map::SYSCALL_STATS,
-        map::FLOWS,
-        map::RESETS,
-        map::FLOW_COUNTERS,
-        map::SOCKS,
-    ];
-
+    pub const MAPS: &[&str] = map::ALL;
     /// Every load-time global.
-    pub const GLOBALS: &[&str] = &[global::CONFIG, global::FLOW_CONFIG, global::SYSCALL_FILTER];
+    pub const GLOBALS: &[&str] = global::ALL;
 
     /// The name the kernel keeps for a program (`BPF_OBJ_NAME_LEN` is 16 with the NUL): what
     /// `bpftool prog` and `loaded_programs()` show.
