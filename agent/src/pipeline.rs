@@ -262,7 +262,43 @@ impl KernelCounters {
 mod tests {
     use std::time::Duration;
 
-    use super::next_drain_in;
+    use agent_ebpf::COUNTER_NAMES;
+    use prometheus_client::registry::Registry;
+
+    use super::{next_drain_in, KernelCounters};
+    use crate::export::prometheus::Metrics;
+
+    #[test]
+    fn kernel_counters_fold_what_moved_since_the_last_fold() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let mut counters = KernelCounters::default();
+        let index = |name| COUNTER_NAMES.iter().position(|n| *n == name).unwrap();
+        let mut totals = [Some(0); COUNTER_NAMES.len()];
+        counters.fold(&totals, &metrics);
+        let text = crate::internal_events::render(&registry);
+        // Every loss reason is a series from the start; the syscall series cap only once hit.
+        assert!(
+            text.contains("periscope_kernel_events_lost_total{reason=\"ringbuf_full\"} 0\n"),
+            "{text}"
+        );
+        assert!(!text.contains("periscope_series_dropped_total{"), "{text}");
+        totals[index("ringbuf_full")] = Some(5);
+        totals[index("events_sent")] = Some(100);
+        totals[index("syscall_table_full")] = Some(2);
+        counters.fold(&totals, &metrics);
+        totals[index("ringbuf_full")] = Some(7);
+        totals[index("events_sent")] = None; // a failed read changes nothing
+        counters.fold(&totals, &metrics);
+        let text = crate::internal_events::render(&registry);
+        for line in [
+            "periscope_kernel_events_lost_total{reason=\"ringbuf_full\"} 7\n",
+            "periscope_kernel_events_sent_total 100\n",
+            "periscope_series_dropped_total{metric=\"syscall_duration_seconds\"} 2\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+    }
 
     #[test]
     fn drains_are_paced_so_the_ring_stays_an_eighth_full() {
