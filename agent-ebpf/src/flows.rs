@@ -43,6 +43,8 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockContext, SockOpsContext, TracePointContext},
 };
 
+use crate::common::BPF_NOEXIST;
+
 /// Set by the loader (`EbpfLoader::override_global`).
 #[unsafe(no_mangle)]
 static FLOW_CONFIG: FlowConfig = FlowConfig {
@@ -147,7 +149,6 @@ const AF_INET6: u32 = 10;
 const SOCK_STREAM: u32 = 1;
 const IPPROTO_TCP: u32 = 6;
 const IPPROTO_UDP: u32 = 17;
-const BPF_NOEXIST: u64 = 1;
 
 fn count(index: u32) {
     if let Some(slot) = FLOW_COUNTERS.get_ptr_mut(index) {

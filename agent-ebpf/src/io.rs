@@ -21,16 +21,15 @@
 use core::ffi::c_void;
 
 use agent_ebpf::{
-    Config, ConnInfo, Counter, EventHeader, EventKind, LocalAddr, SockKey, Syscall, COUNTERS_LEN,
-    DIR_EGRESS, DIR_INGRESS, HEADER_LEN, MAX_CAPTURE, MAX_IOVECS, OPEN_COMM_OFFSET,
-    OPEN_LOCAL_OFFSET, OPEN_PAYLOAD_LEN, ORIGIN_ACCEPT, ORIGIN_CONNECT, RECENT_FDS, SOCKADDR_LEN,
-    SYSCALL_STATS_IN_IO_EXIT, SYSCALL_STATS_OFF,
+    ConnInfo, Counter, EventHeader, EventKind, LocalAddr, SockKey, Syscall, DIR_EGRESS,
+    DIR_INGRESS, HEADER_LEN, MAX_CAPTURE, MAX_IOVECS, OPEN_COMM_OFFSET, OPEN_LOCAL_OFFSET,
+    OPEN_PAYLOAD_LEN, ORIGIN_ACCEPT, ORIGIN_CONNECT, RECENT_FDS, SOCKADDR_LEN,
 };
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_user,
         generated::{
-            bpf_get_current_cgroup_id, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+            bpf_get_current_cgroup_id, bpf_get_smp_processor_id,
             bpf_probe_read_user as probe_read_user_raw, bpf_ringbuf_output,
         },
     },
@@ -39,16 +38,7 @@ use aya_ebpf::{
     programs::{SockOpsContext, TracePointContext},
 };
 
-/// Set by the loader (`EbpfLoader::override_global`).
-#[unsafe(no_mangle)]
-static CONFIG: Config = Config {
-    self_tgid: 0,
-    capture_bytes: MAX_CAPTURE as u32,
-    newtask_pid_offset: 8,
-    newtask_flags_offset: 32,
-    syscall_stats: SYSCALL_STATS_OFF,
-    syscall_nr_offset: 8,
-};
+use crate::common::{arg, bump, config, now, nr, tgid_of, Regs, BPF_NOEXIST};
 
 const CLONE_THREAD: u64 = 0x0001_0000;
 
@@ -57,25 +47,7 @@ const AF_INET6: u16 = 10;
 const SOCK_STREAM: u32 = 1;
 const EINPROGRESS: i64 = 115;
 const EEXIST: i64 = 17;
-const BPF_NOEXIST: u64 = 1;
 const BPF_RB_NO_WAKEUP: u64 = 1;
-
-/// x86_64 syscall numbers of the syscalls Periscope hooks.
-pub mod nr {
-    pub const READ: u64 = 0;
-    pub const WRITE: u64 = 1;
-    pub const READV: u64 = 19;
-    pub const WRITEV: u64 = 20;
-    pub const SENDFILE: u64 = 40;
-    pub const SOCKET: u64 = 41;
-    pub const CONNECT: u64 = 42;
-    pub const ACCEPT: u64 = 43;
-    pub const SENDTO: u64 = 44;
-    pub const RECVFROM: u64 = 45;
-    pub const SENDMSG: u64 = 46;
-    pub const RECVMSG: u64 = 47;
-    pub const ACCEPT4: u64 = 288;
-}
 
 /// Tracked sockets. Userspace adds the ones that existed before start-up and removes the
 /// ones of processes that exited.
@@ -93,10 +65,6 @@ static SOCK_TYPES: HashMap<SockKey, u32> = HashMap::with_max_entries(65536, 0);
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
-
-/// Things that could not be delivered, per CPU, indexed by `Counter`.
-#[map]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
 
 /// The most recently opened tracked fds of each process, for inheritance at fork.
 #[map]
@@ -150,88 +118,10 @@ pub enum Buffer {
     None,
 }
 
-/// Reads the saved user registers of the current syscall.
-pub trait Regs {
-    fn load(&self, offset: usize) -> u64;
-}
-
-/// Registers behind a BTF-typed pointer (`tp_btf`): plain loads the verifier checks.
-pub struct BtfRegs(pub *const u8);
-
-impl Regs for BtfRegs {
-    #[inline(always)]
-    fn load(&self, offset: usize) -> u64 {
-        // SAFETY: the pointer is the kernel's `struct pt_regs *` typed by BTF; the verifier only
-        // accepts loads at offsets of real fields and guards them against faults.
-        unsafe { core::ptr::read_volatile(self.0.add(offset) as *const u64) }
-    }
-}
-
-/// Registers read through `bpf_probe_read_kernel` (raw tracepoints, no BTF needed).
-pub struct ProbedRegs(pub *const u8);
-
-impl Regs for ProbedRegs {
-    #[inline(always)]
-    fn load(&self, offset: usize) -> u64 {
-        // SAFETY: the helper checks the address and returns an error instead of faulting.
-        unsafe { bpf_probe_read_kernel(self.0.add(offset) as *const u64) }.unwrap_or(0)
-    }
-}
-
-/// Offsets in x86_64 `struct pt_regs` (part of the syscall ABI): the six argument registers
-/// (di, si, dx, r10, r8, r9) and `orig_ax`, which holds the syscall number.
-const ARG_OFFSETS: [usize; 6] = [112, 104, 96, 56, 72, 64];
-const ORIG_AX_OFFSET: usize = 120;
-
+/// A syscall `nr` returned `ret`; its arguments are still in `regs`. `main.rs` calls this from
+/// the exit hooks, after the syscall statistics (see there).
 #[inline(always)]
-fn arg<R: Regs>(regs: &R, index: usize) -> u64 {
-    match ARG_OFFSETS.get(index) {
-        Some(offset) => regs.load(*offset),
-        None => 0,
-    }
-}
-
-#[inline(always)]
-pub fn config() -> Config {
-    // SAFETY: CONFIG is a plain global the loader may rewrite before load; read_volatile keeps
-    // the compiler from constant-folding the default.
-    unsafe { core::ptr::read_volatile(&CONFIG) }
-}
-
-#[inline(always)]
-pub fn bump(counter: Counter) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
-        unsafe { *slot += 1 };
-    }
-}
-
-#[inline(always)]
-fn now() -> u64 {
-    // SAFETY: no preconditions.
-    unsafe { bpf_ktime_get_ns() }
-}
-
-#[inline(always)]
-fn tgid_of(pid_tgid: u64) -> u32 {
-    (pid_tgid >> 32) as u32
-}
-
-/// The syscall number of the current syscall (`orig_ax`).
-#[inline(always)]
-pub fn syscall_nr<R: Regs>(regs: &R) -> u64 {
-    regs.load(ORIG_AX_OFFSET)
-}
-
-/// `sys_exit(regs, ret)`: the syscall's arguments are still in `regs`.
-#[inline(always)]
-pub fn sys_exit<R: Regs>(regs: &R, ret: i64) {
-    let nr = syscall_nr(regs);
-    // Statistics first, so that the capture work below is not part of the measured duration.
-    // The loader sets this once; with a read-only global the verifier drops the dead branch.
-    if config().syscall_stats == SYSCALL_STATS_IN_IO_EXIT {
-        crate::syscalls::on_exit(nr, ret);
-    }
+pub fn on_exit<R: Regs>(regs: &R, nr: u64, ret: i64) {
     match nr {
         nr::READ => on_io(regs, ret, Syscall::Read, DIR_INGRESS, Buffer::Flat),
         nr::RECVFROM => on_io(regs, ret, Syscall::Recvfrom, DIR_INGRESS, Buffer::Flat),
@@ -795,14 +685,9 @@ fn on_close(fd: i32) {
     submit(buf, 0);
 }
 
-/// `sched:sched_process_exit` (every thread's exit): when a thread-group leader exits, its
-/// sockets are gone without any `close(2)`; userspace drops them from `CONNS`.
-pub fn process_exit(_ctx: &TracePointContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if config().syscall_stats != SYSCALL_STATS_OFF {
-        // Every thread's exit passes here: free its syscall start-time slot.
-        crate::syscalls::forget_thread(pid_tgid as u32);
-    }
+/// `sched:sched_process_exit` of thread `pid_tgid` (every thread's exit): when a thread-group
+/// leader exits, its sockets are gone without any `close(2)`; userspace drops them from `CONNS`.
+pub fn process_exit(pid_tgid: u64) -> u32 {
     if tgid_of(pid_tgid) != pid_tgid as u32 {
         return 0;
     }

@@ -528,3 +528,109 @@ mod pod {
     unsafe impl aya::Pod for super::SyscallKey {}
     unsafe impl aya::Pod for super::SyscallStats {}
 }
+
+/// The names of the kernel programs, maps and load-time globals: the one table both sides use.
+///
+/// The kernel crate names each program by its `fn` identifier and each map or global by its
+/// `static` identifier (that is what the aya macros write into the object), so these strings
+/// must match identifiers in `main.rs`, `io.rs`, `syscalls.rs`, `flows.rs` and `common.rs`.
+/// Userspace looks every program and map up through these constants only, and a unit test in
+/// the agent (`capture::names_tests`) parses the embedded object and checks that the table and
+/// the object name the same programs and maps, in both directions.
+pub mod names {
+    /// Declares a module of name constants and `ALL`, the list of them.
+    macro_rules! table {
+        ($(#[$doc:meta])* $module:ident { $($name:ident = $value:literal,)+ }) => {
+            $(#[$doc])*
+            pub mod $module {
+                $(pub const $name: &str = $value;)+
+                /// Every name of this table.
+                pub const ALL: &[&str] = &[$($name),+];
+            }
+        };
+    }
+
+    table! {
+        /// Program names (`fn` identifiers in `agent-ebpf/src/main.rs`).
+        program {
+            SYS_EXIT_BTF = "sys_exit_btf",
+            SYS_EXIT_RAW = "sys_exit_raw",
+            FEXIT_READ = "fexit_read",
+            FEXIT_RECVFROM = "fexit_recvfrom",
+            FEXIT_READV = "fexit_readv",
+            FEXIT_RECVMSG = "fexit_recvmsg",
+            FEXIT_WRITE = "fexit_write",
+            FEXIT_SENDTO = "fexit_sendto",
+            FEXIT_WRITEV = "fexit_writev",
+            FEXIT_SENDMSG = "fexit_sendmsg",
+            FEXIT_SENDFILE = "fexit_sendfile",
+            FEXIT_ACCEPT = "fexit_accept",
+            FEXIT_ACCEPT4 = "fexit_accept4",
+            FEXIT_CONNECT = "fexit_connect",
+            FEXIT_SOCKET = "fexit_socket",
+            SYS_ENTER_STATS_BTF = "sys_enter_stats_btf",
+            SYS_ENTER_STATS_RAW = "sys_enter_stats_raw",
+            SYS_ENTER_STATS_TP = "sys_enter_stats_tp",
+            SYS_EXIT_STATS_BTF = "sys_exit_stats_btf",
+            SYS_EXIT_STATS_RAW = "sys_exit_stats_raw",
+            SYS_ENTER_CLOSE = "sys_enter_close",
+            TASK_NEWTASK = "task_newtask",
+            PROCESS_EXIT = "process_exit",
+            CONNECT_LOCAL = "connect_local",
+            FLOW_SOCK_CREATE = "flow_sock_create",
+            FLOW_SOCK_OPS = "flow_sock_ops",
+            FLOW_SOCK_OPS_CONNECT = "flow_sock_ops_connect",
+            FLOW_UDP_INGRESS = "flow_udp_ingress",
+            FLOW_UDP_EGRESS = "flow_udp_egress",
+            FLOW_RECEIVE_RESET = "flow_receive_reset",
+        }
+    }
+
+    table! {
+        /// Map names (`static` identifiers of `#[map]`/`#[btf_map]` items).
+        map {
+            CONNS = "CONNS",
+            MUTED = "MUTED",
+            SOCK_TYPES = "SOCK_TYPES",
+            EVENTS = "EVENTS",
+            COUNTERS = "COUNTERS",
+            RECENT = "RECENT",
+            CONNECTING = "CONNECTING",
+            CONN_SEQ = "CONN_SEQ",
+            SCRATCH = "SCRATCH",
+            SYSCALL_STARTS = "SYSCALL_STARTS",
+            SYSCALL_STATS = "SYSCALL_STATS",
+            FLOWS = "FLOWS",
+            RESETS = "RESETS",
+            FLOW_COUNTERS = "FLOW_COUNTERS",
+            SOCKS = "SOCKS",
+        }
+    }
+
+    table! {
+        /// Load-time globals the loader rewrites (`EbpfLoader::override_global`).
+        global {
+            CONFIG = "CONFIG",
+            FLOW_CONFIG = "FLOW_CONFIG",
+            SYSCALL_FILTER = "SYSCALL_FILTER",
+        }
+    }
+
+    /// Every program, for checks over the whole table.
+    pub const PROGRAMS: &[&str] = program::ALL;
+    /// Every map, for checks over the whole table.
+    pub const MAPS: &[&str] = map::ALL;
+    /// Every load-time global.
+    pub const GLOBALS: &[&str] = global::ALL;
+
+    /// The name the kernel keeps for a program (`BPF_OBJ_NAME_LEN` is 16 with the NUL): what
+    /// `bpftool prog` and `loaded_programs()` show.
+    pub const fn kernel_name(name: &str) -> &[u8] {
+        let bytes = name.as_bytes();
+        if bytes.len() <= 15 {
+            bytes
+        } else {
+            bytes.split_at(15).0
+        }
+    }
+}

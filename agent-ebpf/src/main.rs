@@ -1,4 +1,12 @@
-//! Entry points of Periscope's kernel programs: thin wrappers over `io.rs` and `syscalls.rs`.
+//! Entry points of Periscope's kernel programs: thin wrappers over `io.rs`, `syscalls.rs` and
+//! `flows.rs`.
+//!
+//! Module graph, in one direction only: `common.rs` (configuration, counters, clock, syscall
+//! registers) is used by `io.rs`, `syscalls.rs` and `flows.rs`, which import nothing from each
+//! other. Where one program runs two bodies, this file calls them in turn: the I/O exit hook
+//! runs the syscall statistics' exit side first (`sys_exit` below), and `process_exit` frees
+//! the exiting thread's statistics slot before the I/O side reports the exit. Program names
+//! are the `fn` identifiers here; userspace finds them through `agent_ebpf::names`.
 //!
 //! On the host this file compiles to an empty binary so that `cargo build --workspace` works;
 //! the real object is built for `bpfel-unknown-none` by the agent's build script.
@@ -9,6 +17,8 @@
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
+mod common;
+#[cfg(target_arch = "bpf")]
 mod flows;
 #[cfg(target_arch = "bpf")]
 mod io;
@@ -17,14 +27,30 @@ mod syscalls;
 
 #[cfg(target_arch = "bpf")]
 mod programs {
-    use agent_ebpf::{Syscall, DIR_EGRESS, DIR_INGRESS};
+    use agent_ebpf::{
+        Syscall, DIR_EGRESS, DIR_INGRESS, SYSCALL_STATS_IN_IO_EXIT, SYSCALL_STATS_OFF,
+    };
     use aya_ebpf::{
+        helpers::bpf_get_current_pid_tgid,
         macros::{btf_tracepoint, fexit, raw_tracepoint, tracepoint},
         programs::{BtfTracePointContext, FExitContext, RawTracePointContext, TracePointContext},
     };
 
-    use crate::io::{self, BtfRegs, Buffer, ProbedRegs};
+    use crate::common::{config, syscall_nr, BtfRegs, ProbedRegs, Regs};
+    use crate::io::{self, Buffer};
     use crate::syscalls;
+
+    /// One syscall exit (tp_btf and raw variants): the syscall's arguments are still in `regs`.
+    #[inline(always)]
+    fn sys_exit<R: Regs>(regs: &R, ret: i64) {
+        let nr = syscall_nr(regs);
+        // Statistics first, so that the capture work is not part of the measured duration.
+        // The loader sets this once; with a read-only global the verifier drops the dead branch.
+        if config().syscall_stats == SYSCALL_STATS_IN_IO_EXIT {
+            syscalls::on_exit(nr, ret);
+        }
+        io::on_exit(regs, nr, ret);
+    }
 
     // Three variants of the same syscall exit handling; the loader picks one at start-up. BTF
     // tracepoints read registers with plain loads; raw tracepoints (no BTF needed) through a
@@ -34,7 +60,7 @@ mod programs {
     #[btf_tracepoint(function = "sys_exit")]
     pub fn sys_exit_btf(ctx: BtfTracePointContext) -> i32 {
         let regs: *const u8 = ctx.arg(0);
-        io::sys_exit(&BtfRegs(regs), ctx.arg(1));
+        sys_exit(&BtfRegs(regs), ctx.arg(1));
         0
     }
 
@@ -42,7 +68,7 @@ mod programs {
     #[raw_tracepoint(tracepoint = "sys_exit")]
     pub fn sys_exit_raw(ctx: RawTracePointContext) -> i32 {
         let regs: u64 = ctx.arg(0);
-        io::sys_exit(&ProbedRegs(regs as *const u8), ctx.arg(1));
+        sys_exit(&ProbedRegs(regs as *const u8), ctx.arg(1));
         0
     }
 
@@ -158,7 +184,7 @@ mod programs {
     #[btf_tracepoint(function = "sys_exit")]
     pub fn sys_exit_stats_btf(ctx: BtfTracePointContext) -> i32 {
         let regs: *const u8 = ctx.arg(0);
-        syscalls::on_exit(io::syscall_nr(&BtfRegs(regs)), ctx.arg(1));
+        syscalls::on_exit(syscall_nr(&BtfRegs(regs)), ctx.arg(1));
         0
     }
 
@@ -166,7 +192,7 @@ mod programs {
     #[raw_tracepoint(tracepoint = "sys_exit")]
     pub fn sys_exit_stats_raw(ctx: RawTracePointContext) -> i32 {
         let regs: u64 = ctx.arg(0);
-        syscalls::on_exit(io::syscall_nr(&ProbedRegs(regs as *const u8)), ctx.arg(1));
+        syscalls::on_exit(syscall_nr(&ProbedRegs(regs as *const u8)), ctx.arg(1));
         0
     }
 
@@ -181,8 +207,13 @@ mod programs {
     }
 
     #[tracepoint]
-    pub fn process_exit(ctx: TracePointContext) -> u32 {
-        io::process_exit(&ctx)
+    pub fn process_exit(_ctx: TracePointContext) -> u32 {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        if config().syscall_stats != SYSCALL_STATS_OFF {
+            // Every thread's exit passes here: free its syscall start-time slot.
+            syscalls::forget_thread(pid_tgid as u32);
+        }
+        io::process_exit(pid_tgid)
     }
 
     /// The local address of each connecting socket, for `Open` events (see `io::connect_local`).

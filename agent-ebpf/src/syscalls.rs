@@ -9,7 +9,7 @@
 //! or, where those events are missing, one program on `raw_syscalls:sys_enter` ([`on_enter`])
 //! that every syscall runs. Syscalls outside the selection ([`SYSCALL_FILTER`]) cost the exit
 //! hook (and that entry hook) one bit test. With the tp_btf and raw I/O hooks the exit side
-//! runs inside the I/O exit program (`io::sys_exit`), which already reads the syscall number:
+//! runs inside the I/O exit program (`sys_exit` in `main.rs`), which already reads the syscall number:
 //! one program run per exit instead of two (measured in BENCHMARKS.md). With the fexit I/O
 //! hooks it runs in a `sys_exit` program of its own.
 //!
@@ -34,7 +34,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 
-use crate::io::{bump, config};
+use crate::common::{bump, config, BPF_NOEXIST};
 
 /// The selected syscalls. Set by the loader (`EbpfLoader::override_global`).
 #[unsafe(no_mangle)]
@@ -42,7 +42,6 @@ static SYSCALL_FILTER: SyscallFilter = SyscallFilter {
     bits: [0; SYSCALL_NR_LIMIT / 64],
 };
 
-const BPF_NOEXIST: u64 = 1;
 const EEXIST: i32 = 17;
 
 /// When a thread entered its current selected syscall, and which one.

@@ -7,6 +7,8 @@ pub mod conn;
 pub mod exchange;
 pub mod export;
 pub mod flows;
+pub mod internal_events;
 pub mod metadata;
+pub mod pipeline;
 pub mod protocol;
 pub mod syscalls;

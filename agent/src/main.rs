@@ -9,18 +9,20 @@ use clap::Parser;
 use prometheus_client::registry::Registry;
 use tokio::signal::unix::{signal, SignalKind};
 
-use periscope::capture::{self, Capture, Reader};
+use periscope::capture::{self, Capture};
 use periscope::config::Config;
 use periscope::export::http;
 #[cfg(feature = "kubernetes")]
-use periscope::export::labels::ReasonLabel;
 use periscope::export::otlp::context::{IdGenerator, Sampler};
 use periscope::export::otlp::convert::{Converter, WallClock};
 use periscope::export::otlp::{exporter, SpanMetrics, SpanSink, TraceSettings};
 use periscope::export::prometheus::Metrics;
 #[cfg(feature = "kubernetes")]
-use periscope::metadata::kubernetes::{self, Attribution, KubeEvent, KubeSettings};
+use periscope::internal_events;
+#[cfg(feature = "kubernetes")]
+use periscope::metadata::kubernetes::{self, Attribution, KubeSettings};
 use periscope::metadata::ClusterView;
+use periscope::pipeline::Reader;
 use periscope::syscalls::{Poller, PollerSettings, SyscallCollector};
 
 /// A build without the `kubernetes` feature can only run standalone.
@@ -71,32 +73,7 @@ fn start_kubernetes(
     tokio::spawn(kubernetes::run(
         settings,
         attribution.clone(),
-        move |event| match event {
-            KubeEvent::Connected => {
-                m.self_metrics.kubernetes_connected.set(1);
-                log::info!("Kubernetes API server reachable");
-            }
-            KubeEvent::Disconnected { error } => {
-                m.self_metrics.kubernetes_connected.set(0);
-                m.self_metrics
-                    .kubernetes_errors
-                    .get_or_create(&ReasonLabel {
-                        reason: "unreachable".to_owned(),
-                    })
-                    .inc();
-                log::warn!("Kubernetes API server unreachable, retrying with backoff: {error}");
-            }
-            KubeEvent::Synced => log::info!("Kubernetes objects listed; attribution ready"),
-            KubeEvent::ObjectError { kind, error } => {
-                m.self_metrics
-                    .kubernetes_errors
-                    .get_or_create(&ReasonLabel {
-                        reason: "bad_object".to_owned(),
-                    })
-                    .inc();
-                log::warn!("skipping a {kind} that cannot be used: {error}");
-            }
-        },
+        move |event| internal_events::kubernetes::emit(event, &m),
     ));
     Ok(Some(Arc::new(attribution)))
 }

@@ -7,41 +7,17 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use agent_ebpf::names;
 use anyhow::{bail, Context};
 use periscope::capture::preflight::{self, KernelFacts};
-use periscope::capture::{Capture, HookMode, Reader, Settings};
+use periscope::capture::{Capture, HookMode, Settings};
 use periscope::export::prometheus::Metrics;
+use periscope::pipeline::Reader;
 use prometheus_client::registry::Registry;
 use tokio::sync::oneshot;
 
 use crate::report::{self, test, Outcome};
 use crate::worker::{self, Serve};
-
-/// Names of Periscope's kernel programs (as the kernel stores them: at most 15 bytes).
-const PROGRAM_NAMES: &[&str] = &[
-    "sys_exit_btf",
-    "sys_exit_raw",
-    "fexit_read",
-    "fexit_recvfrom",
-    "fexit_readv",
-    "fexit_recvmsg",
-    "fexit_write",
-    "fexit_sendto",
-    "fexit_writev",
-    "fexit_sendmsg",
-    "fexit_sendfile",
-    "fexit_accept",
-    "fexit_accept4",
-    "fexit_connect",
-    "fexit_socket",
-    "sys_enter_close",
-    "task_newtask",
-    "process_exit",
-    "sys_enter_stats_btf",
-    "sys_enter_stats_raw",
-    "sys_exit_stats_btf",
-    "sys_exit_stats_raw",
-];
 
 /// How long the metrics may take to show every exchange after the worker exits.
 const SETTLE: Duration = Duration::from_secs(10);
@@ -350,8 +326,11 @@ fn periscope_programs() -> anyhow::Result<BTreeSet<u32>> {
     let mut ids = BTreeSet::new();
     for program in aya::programs::loaded_programs() {
         let program = program.context("listing loaded BPF programs")?;
-        let name = String::from_utf8_lossy(program.name());
-        if PROGRAM_NAMES.contains(&name.as_ref()) {
+        // The kernel keeps at most 15 bytes of a name.
+        if names::PROGRAMS
+            .iter()
+            .any(|name| names::kernel_name(name) == program.name())
+        {
             ids.insert(program.id());
         }
     }

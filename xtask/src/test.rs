@@ -92,10 +92,12 @@ impl Stages {
     }
 }
 
-/// Runs setup, the release build of the agent, the workspace's tests (unit and end-to-end,
-/// one test thread because end-to-end tests share the kernel) and a short fuzz run per target.
+/// Runs the lint gates, setup, the release build of the agent, the workspace's tests (unit and
+/// end-to-end, one test thread because end-to-end tests share the kernel) and a short fuzz run
+/// per target.
 pub fn test(args: &TestArgs) -> anyhow::Result<()> {
     let mut stages = Stages::default();
+    stages.run("lint".into(), lint);
     stages.run("setup".into(), crate::setup::setup);
     stages.run("build agent (release)".into(), build_agent);
     let mut counts = TestCounts::default();
@@ -149,6 +151,22 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
         counts.passed, counts.failed, counts.ignored
     );
     outcome
+}
+
+/// The lint gates: formatting, then clippy with warnings as errors over every target.
+///
+/// Clippy runs with `AYA_BUILD_SKIP=1`: the kernel programs are `#[cfg(target_arch = "bpf")]`,
+/// so a host clippy never lints them either way, and building the kernel object for clippy's
+/// (debug) profile would compile it a second time besides the release build's.
+fn lint() -> anyhow::Result<()> {
+    run(cmd("cargo").args(["fmt", "--all", "--", "--check"]))?;
+    run(cmd("cargo").env("AYA_BUILD_SKIP", "1").args([
+        "clippy",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
 }
 
 /// Totals of cargo test's `test result:` lines.

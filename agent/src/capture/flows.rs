@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
+use agent_ebpf::names::{map, program};
 use agent_ebpf::{FlowConfig, FlowKey, FlowSockState, FlowStats, COMM_LEN, FLOW_SOCK_IGNORED};
 use anyhow::Context;
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, SkStorage};
@@ -65,20 +66,21 @@ impl Capture {
         let cgroup = std::fs::File::open(&root)
             .with_context(|| format!("opening the cgroup v2 root {}", root.display()))?;
         let ebpf = &mut self.ebpf;
-        let create: &mut CgroupSock = program_of(ebpf, "flow_sock_create")?.try_into()?;
+        let create_name = program::FLOW_SOCK_CREATE;
+        let create: &mut CgroupSock = program_of(ebpf, create_name)?.try_into()?;
         create
             .load()
-            .context("the kernel rejected program flow_sock_create")?;
+            .with_context(|| format!("the kernel rejected program {create_name}"))?;
         create
             .attach(&cgroup, CgroupAttachMode::Single)
-            .with_context(|| format!("attaching flow_sock_create to {}", root.display()))?;
+            .with_context(|| format!("attaching {create_name} to {}", root.display()))?;
         // The variant that also reports connects' local addresses needs Linux 6.10+.
-        let with_connect = load_sock_ops(ebpf, "flow_sock_ops_connect");
+        let with_connect = load_sock_ops(ebpf, program::FLOW_SOCK_OPS_CONNECT);
         let name = if with_connect.is_ok() {
-            "flow_sock_ops_connect"
+            program::FLOW_SOCK_OPS_CONNECT
         } else {
-            load_sock_ops(ebpf, "flow_sock_ops")?;
-            "flow_sock_ops"
+            load_sock_ops(ebpf, program::FLOW_SOCK_OPS)?;
+            program::FLOW_SOCK_OPS
         };
         super::log_local_addresses(with_connect);
         let ops: &mut SockOps = program_of(ebpf, name)?.try_into()?;
@@ -88,8 +90,8 @@ impl Capture {
             // Attached last, after `sock_create` records UDP owners: per-packet hooks, so only
             // with `--udp-flows`.
             for (name, kind) in [
-                ("flow_udp_ingress", CgroupSkbAttachType::Ingress),
-                ("flow_udp_egress", CgroupSkbAttachType::Egress),
+                (program::FLOW_UDP_INGRESS, CgroupSkbAttachType::Ingress),
+                (program::FLOW_UDP_EGRESS, CgroupSkbAttachType::Egress),
             ] {
                 let skb: &mut CgroupSkb = program_of(ebpf, name)?.try_into()?;
                 skb.load()
@@ -100,11 +102,12 @@ impl Capture {
             log::info!("flows: UDP bytes counted (cgroup_skb ingress and egress)");
         }
         if reset_cookie {
-            let tp: &mut TracePoint = program_of(ebpf, "flow_receive_reset")?.try_into()?;
+            let name = program::FLOW_RECEIVE_RESET;
+            let tp: &mut TracePoint = program_of(ebpf, name)?.try_into()?;
             tp.load()
-                .context("the kernel rejected program flow_receive_reset")?;
+                .with_context(|| format!("the kernel rejected program {name}"))?;
             tp.attach("tcp", "tcp_receive_reset")
-                .context("attaching flow_receive_reset to tcp:tcp_receive_reset")?;
+                .with_context(|| format!("attaching {name} to tcp:tcp_receive_reset"))?;
         } else {
             log::warn!(
                 "tcp:tcp_receive_reset has no sock_cookie: refused connects count as timeouts"
@@ -117,8 +120,8 @@ impl Capture {
         let adopted = adopt_listeners(ebpf, &root)?;
         log::info!("flows: {adopted} listening sockets from before start-up given their owner");
         Ok(FlowMaps {
-            flows: BpfHashMap::try_from(take(ebpf, "FLOWS")?)?,
-            counters: PerCpuArray::try_from(take(ebpf, "FLOW_COUNTERS")?)?,
+            flows: BpfHashMap::try_from(take(ebpf, map::FLOWS)?)?,
+            counters: PerCpuArray::try_from(take(ebpf, map::FLOW_COUNTERS)?)?,
         })
     }
 }
@@ -136,8 +139,8 @@ fn load_sock_ops(ebpf: &mut aya::Ebpf, name: &str) -> anyhow::Result<()> {
 /// the socket-storage map. Best effort: a process that exits meanwhile is skipped.
 fn adopt_listeners(ebpf: &mut aya::Ebpf, cgroup_root: &Path) -> anyhow::Result<usize> {
     let map = ebpf
-        .map_mut("SOCKS")
-        .context("map SOCKS missing from the object")?;
+        .map_mut(map::SOCKS)
+        .with_context(|| format!("map {} missing from the object", map::SOCKS))?;
     let mut socks: SkStorage<&mut MapData, FlowSockState> = SkStorage::try_from(map)?;
     let proc_root = Path::new("/proc");
     let me = std::process::id();

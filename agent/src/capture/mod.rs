@@ -1,40 +1,43 @@
-//! Loading, attaching and reading the kernel programs. The only module that talks to the kernel.
+//! Loading, probing and attaching the kernel programs, and the typed view of their maps
+//! (`ring`). The only module that talks to the kernel; the event loop that drains the ring
+//! buffer is `crate::pipeline`.
 //!
-//! Everything is attached through tracepoints (perf-event links owned by file descriptors), so
-//! when the agent exits, however it exits, the kernel detaches every program.
+//! Every program and map is named through `agent_ebpf::names`, the table shared with the
+//! kernel crate (checked against the embedded object by `names_tests`).
+//!
+//! Everything is attached through links owned by file descriptors, so when the agent exits,
+//! however it exits, the kernel detaches every program.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
+use agent_ebpf::names::{global, map, program};
 use agent_ebpf::{
-    Config, ConnInfo, EventHeader, EventKind, SockKey, SyscallFilter, SyscallKey, SyscallStats,
-    COUNTERS_LEN, COUNTER_NAMES, DRAIN_MAX_INTERVAL_MS, DRAIN_MIN_INTERVAL_MS, DRAIN_TARGET_FILL,
-    HEADER_LEN, MAX_CAPTURE, ORIGIN_PROC, SYSCALL_NR_LIMIT, SYSCALL_STATS_IN_IO_EXIT,
-    SYSCALL_STATS_OFF, SYSCALL_STATS_SEPARATE,
+    Config, SyscallFilter, SyscallKey, SyscallStats, MAX_CAPTURE, SYSCALL_NR_LIMIT,
+    SYSCALL_STATS_IN_IO_EXIT, SYSCALL_STATS_OFF, SYSCALL_STATS_SEPARATE,
 };
 use anyhow::{bail, Context};
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::maps::{MapData, PerCpuHashMap};
 use aya::programs::{BtfTracePoint, CgroupAttachMode, FExit, RawTracePoint, SockOps, TracePoint};
 use aya::Btf;
 use aya::{Ebpf, EbpfLoader};
 
-use crate::conn::{listeners, KernelAction, Tracker};
-use crate::export::labels::{MetricLabel, ReasonLabel};
-use crate::export::prometheus::{DeltaCounter, Metrics, MetricsSink, SelfMetrics};
-use crate::export::Fanout;
-
 pub mod flows;
 pub mod preflight;
+pub mod ring;
+
+pub use ring::Maps;
+
+#[cfg(test)]
+mod names_tests;
 
 /// The kernel object built by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
 
 /// Classic tracepoints: (program, category, name).
 const TRACEPOINTS: &[(&str, &str, &str)] = &[
-    ("sys_enter_close", "syscalls", "sys_enter_close"),
-    ("task_newtask", "task", "task_newtask"),
-    ("process_exit", "sched", "sched_process_exit"),
+    (program::SYS_ENTER_CLOSE, "syscalls", "sys_enter_close"),
+    (program::TASK_NEWTASK, "task", "task_newtask"),
+    (program::PROCESS_EXIT, "sched", "sched_process_exit"),
 ];
 
 /// How the syscall exit hook is attached. Both run the same code and produce the same
@@ -186,17 +189,6 @@ pub struct Capture {
     pub syscall_stats: Option<String>,
 }
 
-/// The maps the reader needs, taken out of the `Ebpf` object.
-pub struct Maps {
-    events: RingBuf<MapData>,
-    /// The ring buffer's size in bytes.
-    ring_bytes: u64,
-    conns: BpfHashMap<MapData, SockKey, ConnInfo>,
-    muted: BpfHashMap<MapData, u64, u8>,
-    sock_types: BpfHashMap<MapData, SockKey, u32>,
-    counters: PerCpuArray<MapData, u64>,
-}
-
 impl Capture {
     /// Loads the programs and attaches every hook.
     pub fn start(settings: &Settings, tracefs: &str) -> anyhow::Result<(Capture, Maps)> {
@@ -259,12 +251,12 @@ impl Capture {
         };
         let flow_config = flows::flow_config(tracefs, settings.udp_flows);
         let mut ebpf = EbpfLoader::new()
-            .override_global("CONFIG", &config, true)
-            .override_global("FLOW_CONFIG", &flow_config, true)
-            .override_global("SYSCALL_FILTER", &filter, true)
-            .map_max_entries("EVENTS", settings.ringbuf_bytes)
-            .map_max_entries("SYSCALL_STATS", stats_entries)
-            .map_max_entries("SYSCALL_STARTS", starts_entries)
+            .override_global(global::CONFIG, &config, true)
+            .override_global(global::FLOW_CONFIG, &flow_config, true)
+            .override_global(global::SYSCALL_FILTER, &filter, true)
+            .map_max_entries(map::EVENTS, settings.ringbuf_bytes)
+            .map_max_entries(map::SYSCALL_STATS, stats_entries)
+            .map_max_entries(map::SYSCALL_STARTS, starts_entries)
             .load(OBJECT)
             .context("loading the kernel programs failed (the kernel's verifier log follows)")?;
         for (program, category, name) in TRACEPOINTS {
@@ -287,14 +279,7 @@ impl Capture {
             )?),
             None => None,
         };
-        let maps = Maps {
-            events: RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?,
-            ring_bytes: u64::from(settings.ringbuf_bytes),
-            conns: BpfHashMap::try_from(take(&mut ebpf, "CONNS")?)?,
-            muted: BpfHashMap::try_from(take(&mut ebpf, "MUTED")?)?,
-            sock_types: BpfHashMap::try_from(take(&mut ebpf, "SOCK_TYPES")?)?,
-            counters: PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)?,
-        };
+        let maps = Maps::take(&mut ebpf, settings.ringbuf_bytes)?;
         log::info!(
             "capture: syscall hooks on {}, capture {} B per syscall, ring buffer {} KiB; syscall statistics {}",
             hooks.as_str(),
@@ -331,11 +316,12 @@ impl Capture {
             let root = flows::cgroup2_root().context("no cgroup v2 hierarchy is mounted")?;
             let cgroup = std::fs::File::open(&root)
                 .with_context(|| format!("opening the cgroup v2 root {}", root.display()))?;
-            let ops: &mut SockOps = program_of(&mut self.ebpf, "connect_local")?.try_into()?;
+            let name = program::CONNECT_LOCAL;
+            let ops: &mut SockOps = program_of(&mut self.ebpf, name)?.try_into()?;
             ops.load()
-                .context("the kernel rejected program connect_local")?;
+                .with_context(|| format!("the kernel rejected program {name}"))?;
             ops.attach(&cgroup, CgroupAttachMode::Single)
-                .with_context(|| format!("attaching connect_local to {}", root.display()))?;
+                .with_context(|| format!("attaching {name} to {}", root.display()))?;
             Ok(())
         })();
         log_local_addresses(attached);
@@ -349,7 +335,7 @@ impl Capture {
         if self.syscall_stats.is_none() {
             return Ok(None);
         }
-        match self.ebpf.take_map("SYSCALL_STATS") {
+        match self.ebpf.take_map(map::SYSCALL_STATS) {
             Some(map) => Ok(Some(PerCpuHashMap::try_from(map)?)),
             None => Ok(None),
         }
@@ -400,11 +386,12 @@ fn attach_syscall_hooks(ebpf: &mut Ebpf, mode: HookMode) -> anyhow::Result<HookM
             Err(e) => return Err(e.context("--syscall-hooks btf")),
         }
     }
-    let tp: &mut RawTracePoint = program_of(ebpf, "sys_exit_raw")?.try_into()?;
+    let name = program::SYS_EXIT_RAW;
+    let tp: &mut RawTracePoint = program_of(ebpf, name)?.try_into()?;
     tp.load()
-        .context("the kernel rejected program sys_exit_raw")?;
+        .with_context(|| format!("the kernel rejected program {name}"))?;
     tp.attach("sys_exit")
-        .context("attaching sys_exit_raw to raw tracepoint sys_exit")?;
+        .with_context(|| format!("attaching {name} to raw tracepoint sys_exit"))?;
     Ok(HookMode::Raw)
 }
 
@@ -473,9 +460,10 @@ fn attach_syscall_stats(
 /// Attaches the program `sys_enter_stats_tp` to each of `events` (`syscalls:<event>`), or to
 /// none: on an error the ones attached are detached and the program unloaded again.
 fn attach_per_syscall_entry(ebpf: &mut Ebpf, events: &[String]) -> anyhow::Result<()> {
-    let tp: &mut TracePoint = program_of(ebpf, "sys_enter_stats_tp")?.try_into()?;
+    let name = program::SYS_ENTER_STATS_TP;
+    let tp: &mut TracePoint = program_of(ebpf, name)?.try_into()?;
     tp.load()
-        .context("the kernel rejected program sys_enter_stats_tp")?;
+        .with_context(|| format!("the kernel rejected program {name}"))?;
     let mut links = Vec::new();
     for event in events {
         match tp.attach("syscalls", event) {
@@ -485,8 +473,9 @@ fn attach_per_syscall_entry(ebpf: &mut Ebpf, events: &[String]) -> anyhow::Resul
                     let _ = tp.detach(link);
                 }
                 let _ = tp.unload();
-                return Err(anyhow::Error::new(e)
-                    .context(format!("attaching sys_enter_stats_tp to syscalls:{event}")));
+                return Err(
+                    anyhow::Error::new(e).context(format!("attaching {name} to syscalls:{event}"))
+                );
             }
         }
     }
@@ -494,7 +483,7 @@ fn attach_per_syscall_entry(ebpf: &mut Ebpf, events: &[String]) -> anyhow::Resul
 }
 
 /// Attaches the statistics programs on `raw_syscalls` tracepoints (`"sys_enter"`,
-/// `"sys_exit"`), as BTF tracepoints unless the I/O hooks are raw (or, with fexit I/O hooks,
+/// `"sys_exit"`, with the program named in [`stats_programs`]), as BTF tracepoints unless the I/O hooks are raw (or, with fexit I/O hooks,
 /// the kernel refuses them), else as raw tracepoints. Returns the mechanism.
 fn attach_stats_tracepoints(
     ebpf: &mut Ebpf,
@@ -507,8 +496,8 @@ fn attach_stats_tracepoints(
     let try_btf = |ebpf: &mut Ebpf| -> anyhow::Result<()> {
         let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
         for tracepoint in tracepoints {
-            let program = format!("{tracepoint}_stats_btf");
-            let tp: &mut BtfTracePoint = program_of(ebpf, &program)?.try_into()?;
+            let (program, _) = stats_programs(tracepoint)?;
+            let tp: &mut BtfTracePoint = program_of(ebpf, program)?.try_into()?;
             tp.load(tracepoint, &btf)
                 .with_context(|| format!("loading {program}"))?;
             tp.attach()
@@ -526,8 +515,8 @@ fn attach_stats_tracepoints(
         }
     }
     for tracepoint in tracepoints {
-        let program = format!("{tracepoint}_stats_raw");
-        let tp: &mut RawTracePoint = program_of(ebpf, &program)?.try_into()?;
+        let (_, program) = stats_programs(tracepoint)?;
+        let tp: &mut RawTracePoint = program_of(ebpf, program)?.try_into()?;
         tp.load()
             .with_context(|| format!("the kernel rejected program {program}"))?;
         tp.attach(tracepoint)
@@ -536,21 +525,30 @@ fn attach_stats_tracepoints(
     Ok(HookMode::Raw.as_str())
 }
 
+/// (BTF variant, raw variant) of the statistics program on `raw_syscalls:<tracepoint>`.
+fn stats_programs(tracepoint: &str) -> anyhow::Result<(&'static str, &'static str)> {
+    match tracepoint {
+        "sys_enter" => Ok((program::SYS_ENTER_STATS_BTF, program::SYS_ENTER_STATS_RAW)),
+        "sys_exit" => Ok((program::SYS_EXIT_STATS_BTF, program::SYS_EXIT_STATS_RAW)),
+        other => bail!("no syscall statistics program for raw_syscalls:{other}"),
+    }
+}
+
 /// (program, kernel function) of the fexit variant.
 const FEXIT: &[(&str, &str)] = &[
-    ("fexit_read", "__x64_sys_read"),
-    ("fexit_recvfrom", "__x64_sys_recvfrom"),
-    ("fexit_readv", "__x64_sys_readv"),
-    ("fexit_recvmsg", "__x64_sys_recvmsg"),
-    ("fexit_write", "__x64_sys_write"),
-    ("fexit_sendto", "__x64_sys_sendto"),
-    ("fexit_writev", "__x64_sys_writev"),
-    ("fexit_sendmsg", "__x64_sys_sendmsg"),
-    ("fexit_sendfile", "__x64_sys_sendfile64"),
-    ("fexit_accept", "__x64_sys_accept"),
-    ("fexit_accept4", "__x64_sys_accept4"),
-    ("fexit_connect", "__x64_sys_connect"),
-    ("fexit_socket", "__x64_sys_socket"),
+    (program::FEXIT_READ, "__x64_sys_read"),
+    (program::FEXIT_RECVFROM, "__x64_sys_recvfrom"),
+    (program::FEXIT_READV, "__x64_sys_readv"),
+    (program::FEXIT_RECVMSG, "__x64_sys_recvmsg"),
+    (program::FEXIT_WRITE, "__x64_sys_write"),
+    (program::FEXIT_SENDTO, "__x64_sys_sendto"),
+    (program::FEXIT_WRITEV, "__x64_sys_writev"),
+    (program::FEXIT_SENDMSG, "__x64_sys_sendmsg"),
+    (program::FEXIT_SENDFILE, "__x64_sys_sendfile64"),
+    (program::FEXIT_ACCEPT, "__x64_sys_accept"),
+    (program::FEXIT_ACCEPT4, "__x64_sys_accept4"),
+    (program::FEXIT_CONNECT, "__x64_sys_connect"),
+    (program::FEXIT_SOCKET, "__x64_sys_socket"),
 ];
 
 /// Attaches every fexit program, or none: a kernel that refuses one (no trampolines, a
@@ -589,9 +587,11 @@ fn attach_fexit_hooks(ebpf: &mut Ebpf) -> anyhow::Result<()> {
 
 fn attach_btf_hooks(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
-    let tp: &mut BtfTracePoint = program_of(ebpf, "sys_exit_btf")?.try_into()?;
-    tp.load("sys_exit", &btf).context("loading sys_exit_btf")?;
-    tp.attach().context("attaching sys_exit_btf")?;
+    let name = program::SYS_EXIT_BTF;
+    let tp: &mut BtfTracePoint = program_of(ebpf, name)?.try_into()?;
+    tp.load("sys_exit", &btf)
+        .with_context(|| format!("loading {name}"))?;
+    tp.attach().with_context(|| format!("attaching {name}"))?;
     Ok(())
 }
 
@@ -629,314 +629,9 @@ fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
         .with_context(|| format!("map {name} missing from the object"))
 }
 
-/// Reads events until the task is dropped.
-pub struct Reader {
-    maps: Maps,
-    /// Programs whose run time is exported (with `--bpf-stats`).
-    programs: Vec<(u32, String)>,
-    tracker: Tracker,
-    sink: Fanout,
-    lost: Vec<DeltaCounter>,
-    actions: Vec<KernelAction>,
-}
-
-impl Reader {
-    pub fn new(maps: Maps, metrics: Arc<Metrics>) -> Reader {
-        Reader {
-            maps,
-            programs: Vec::new(),
-            tracker: Tracker::new(Path::new("/proc")),
-            sink: Fanout {
-                metrics: MetricsSink::new(metrics),
-                spans: None,
-            },
-            lost: (0..COUNTERS_LEN).map(|_| DeltaCounter::default()).collect(),
-            actions: Vec::new(),
-        }
-    }
-
-    /// Decodes only these protocols.
-    pub fn set_protocols(&mut self, protocols: crate::conn::decoder::Protocols) {
-        self.tracker.set_protocols(protocols);
-    }
-
-    /// Names processes' pods and connections' peers through the cluster view from now on.
-    pub fn set_cluster(&mut self, cluster: Arc<dyn crate::metadata::ClusterView>) {
-        self.tracker.set_cluster(cluster.clone());
-        self.sink.metrics.set_cluster(cluster);
-    }
-
-    /// Sends every exchange to this span sink too (OTLP tracing on).
-    pub fn set_span_sink(&mut self, spans: crate::export::otlp::SpanSink) {
-        self.sink.spans = Some(spans);
-    }
-
-    /// Exports the run time of these kernel programs every second.
-    pub fn watch_programs(&mut self, programs: Vec<(u32, String)>) {
-        self.programs = programs;
-    }
-
-    /// Registers sockets that were open before start-up so their traffic is decoded too.
-    pub fn adopt_existing_sockets(&mut self) -> usize {
-        let mut adopted = 0;
-        let mut next_id: u64 = 1 << 63;
-        for found in listeners::discover_established(Path::new("/proc")) {
-            let key = SockKey {
-                tgid: found.tgid,
-                fd: found.fd,
-            };
-            let info = ConnInfo {
-                conn_id: next_id,
-                origin: ORIGIN_PROC,
-                _pad: [0; 7],
-            };
-            // BPF_NOEXIST: the kernel may already track it if it was opened while attaching.
-            if self.maps.conns.insert(key, info, 1).is_ok() {
-                self.tracker.adopt(next_id, &found, &mut self.sink);
-                next_id += 1;
-                adopted += 1;
-            }
-        }
-        adopted
-    }
-
-    /// The read loop: drains the ring buffer whenever it is readable, and every second folds the
-    /// kernel's per-CPU counters into the self-metrics.
-    pub async fn run(self) -> anyhow::Result<()> {
-        let Reader {
-            maps,
-            programs,
-            mut tracker,
-            mut sink,
-            lost,
-            mut actions,
-        } = self;
-        let Maps {
-            mut events,
-            ring_bytes,
-            mut conns,
-            mut muted,
-            mut sock_types,
-            counters,
-        } = maps;
-        // The kernel never wakes us (see agent-ebpf): drain on a timer paced by the rate
-        // events arrive at.
-        let mut next_drain = Duration::from_millis(DRAIN_MIN_INTERVAL_MS);
-        let mut last_drain = Instant::now();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let mut ticks: u64 = 0;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(next_drain) => {
-                    let mut drained: u64 = 0;
-                    while let Some(item) = events.next() {
-                        handle_record(&item, &mut tracker, &mut sink, &mut actions);
-                        drained += item.len() as u64 + RINGBUF_RECORD_HEADER;
-                    }
-                    apply(&mut actions, &mut conns, &mut muted);
-                    let now = Instant::now();
-                    next_drain =
-                        next_drain_in(ring_bytes, drained, now - last_drain, next_drain);
-                    last_drain = now;
-                }
-                _ = tick.tick() => {
-                    ticks += 1;
-                    fold_counters(&counters, &lost, &sink.metrics.metrics.self_metrics);
-                    if !programs.is_empty() {
-                        fold_program_stats(&programs, &sink.metrics.metrics);
-                    }
-                    if ticks.is_multiple_of(5) {
-                        tracker.expire_closed(monotonic_ns(), CLOSE_LOST_IDLE_NS, &mut sink);
-                    }
-                    if ticks.is_multiple_of(30) {
-                        tracker.expire_dead(&mut sink, &mut actions);
-                        apply(&mut actions, &mut conns, &mut muted);
-                        forget_dead(&mut conns);
-                        forget_dead(&mut sock_types);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// What a ring-buffer record occupies besides its data (the kernel's `BPF_RINGBUF_HDR_SZ`).
-const RINGBUF_RECORD_HEADER: u64 = 8;
-
-/// How long to wait before the next drain, after `drained` bytes arrived in `elapsed`: until
-/// the ring would be `1 / DRAIN_TARGET_FILL` full at that rate, within the bounds; when nothing
-/// arrived, twice the last wait up to the maximum.
-fn next_drain_in(ring_bytes: u64, drained: u64, elapsed: Duration, last: Duration) -> Duration {
-    let min = Duration::from_millis(DRAIN_MIN_INTERVAL_MS);
-    let max = Duration::from_millis(DRAIN_MAX_INTERVAL_MS);
-    if drained == 0 {
-        return (last * 2).clamp(min, max);
-    }
-    let target = (ring_bytes / DRAIN_TARGET_FILL) as f64;
-    Duration::from_secs_f64(elapsed.as_secs_f64() * target / drained as f64).clamp(min, max)
-}
-
-/// How long a connection must have been idle before `/proc` is asked whether its descriptor
-/// still holds a socket (long enough for a close event still in the ring buffer to arrive).
-const CLOSE_LOST_IDLE_NS: u64 = 5_000_000_000;
-
-/// `CLOCK_MONOTONIC` now, in ns: the clock of the kernel's event timestamps.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC is always available.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-fn handle_record(
-    record: &[u8],
-    tracker: &mut Tracker,
-    sink: &mut Fanout,
-    actions: &mut Vec<KernelAction>,
-) {
-    let metrics = &sink.metrics.metrics.self_metrics;
-    if record.len() < HEADER_LEN {
-        metrics.malformed_events.inc();
-        return;
-    }
-    // SAFETY: the record holds at least HEADER_LEN bytes written by the kernel as an
-    // EventHeader; read_unaligned copes with any alignment.
-    let header: EventHeader = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
-    let Some(payload) = record.get(HEADER_LEN..HEADER_LEN + header.cap_len as usize) else {
-        metrics.malformed_events.inc();
-        return;
-    };
-    let by_kind = &metrics.events_by_kind;
-    match EventKind::from_u8(header.kind) {
-        Some(EventKind::Data) => {
-            by_kind.data.inc();
-            metrics.captured_bytes.inc_by(payload.len() as u64);
-            if (payload.len() as i64) < header.ret_len {
-                metrics.truncated_captures.inc();
-            }
-        }
-        Some(EventKind::Open) => {
-            by_kind.open.inc();
-        }
-        Some(EventKind::Close) => {
-            by_kind.close.inc();
-        }
-        Some(EventKind::ProcessExit) => {
-            by_kind.process_exit.inc();
-        }
-        None => {
-            metrics.malformed_events.inc();
-            return;
-        }
-    }
-    tracker.on_event(&header, payload, sink, actions);
-}
-
-fn apply(
-    actions: &mut Vec<KernelAction>,
-    conns: &mut BpfHashMap<MapData, SockKey, ConnInfo>,
-    muted: &mut BpfHashMap<MapData, u64, u8>,
-) {
-    for action in actions.drain(..) {
-        match action {
-            KernelAction::Mute { conn_id } => {
-                if let Err(e) = muted.insert(conn_id, 1, 0) {
-                    log::debug!("cannot mute connection {conn_id}: {e}");
-                }
-            }
-            KernelAction::Forget { tgid, fd, conn_id } => {
-                let key = SockKey { tgid, fd };
-                // Only the socket we knew: the fd may already belong to a new connection.
-                if conns.get(&key, 0).is_ok_and(|info| info.conn_id == conn_id) {
-                    let _ = conns.remove(&key);
-                }
-                let _ = muted.remove(&conn_id);
-            }
-        }
-    }
-}
-
-/// Folds the kernel's per-program run counts and times into the self-metrics.
-fn fold_program_stats(programs: &[(u32, String)], metrics: &Metrics) {
-    for info in aya::programs::loaded_programs().flatten() {
-        let Some((_, name)) = programs.iter().find(|(id, _)| *id == info.id()) else {
-            continue;
-        };
-        metrics.set_program_stats(name, info.run_count(), info.run_time().as_nanos() as u64);
-    }
-}
-
-/// Removes kernel entries of processes that no longer exist (they exited without closing their
-/// sockets), whatever userspace knew of them.
-fn forget_dead<V: aya::Pod>(map: &mut BpfHashMap<MapData, SockKey, V>) {
-    let dead: Vec<SockKey> = map
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| !Path::new(&format!("/proc/{}", k.tgid)).exists())
-        .collect();
-    for key in dead {
-        let _ = map.remove(&key);
-    }
-}
-
-fn fold_counters(
-    counters: &PerCpuArray<MapData, u64>,
-    lost: &[DeltaCounter],
-    metrics: &SelfMetrics,
-) {
-    for (index, name) in COUNTER_NAMES.iter().enumerate() {
-        let Ok(values) = counters.get(&(index as u32), 0) else {
-            continue;
-        };
-        let total: u64 = values.iter().sum();
-        if *name == "events_sent" {
-            lost[index].advance(&metrics.kernel_events_sent, total);
-        } else if *name == "syscall_table_full" {
-            // Syscalls of (cgroup, syscall) pairs beyond --syscalls-max-series: the series cap.
-            // Created at the first drop, as the other metrics' drop counts are.
-            if total == 0 {
-                continue;
-            }
-            let counter = metrics.series_dropped.get_or_create(&MetricLabel {
-                metric: crate::syscalls::DURATION_METRIC.to_owned(),
-            });
-            lost[index].advance(&counter, total);
-        } else {
-            let counter = metrics.kernel_events_lost.get_or_create(&ReasonLabel {
-                reason: (*name).to_owned(),
-            });
-            lost[index].advance(&counter, total);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use super::{
-        next_drain_in, plan_entry, tracepoint_field, EntryPlan, SyscallEntry, SyscallSettings,
-    };
-
-    #[test]
-    fn drains_are_paced_so_the_ring_stays_an_eighth_full() {
-        let ms = Duration::from_millis;
-        let ring = 8 << 20;
-        // 100 KiB in 10 ms: an eighth of 8 MiB takes 100 ms at that rate; capped at 50 ms.
-        assert_eq!(next_drain_in(ring, 100 << 10, ms(10), ms(10)), ms(50));
-        // 512 KiB in 20 ms: 1 MiB in 40 ms.
-        assert_eq!(next_drain_in(ring, 512 << 10, ms(20), ms(20)), ms(40));
-        // Faster than the ring can take at the minimum interval: the minimum.
-        assert_eq!(next_drain_in(ring, 4 << 20, ms(5), ms(5)), ms(5));
-        // A small ring is drained as often as allowed.
-        assert_eq!(next_drain_in(64 << 10, 100 << 10, ms(50), ms(50)), ms(5));
-        // Nothing arrived: back off to the maximum.
-        assert_eq!(next_drain_in(ring, 0, ms(5), ms(5)), ms(10));
-        assert_eq!(next_drain_in(ring, 0, ms(40), ms(40)), ms(50));
-    }
+    use super::{plan_entry, tracepoint_field, EntryPlan, SyscallEntry, SyscallSettings};
 
     #[test]
     fn reads_offsets_from_a_tracefs_format() {

@@ -11,6 +11,9 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::mpsc;
 
 use crate::exchange::Exchange;
+use crate::internal_events::otlp::{
+    ExportFailure, SpanExportFailed, SpanExportRefused, SpanExportRetriesExhausted, SpansExported,
+};
 use crate::metadata::ProcessInfo;
 
 use super::context::hex;
@@ -305,57 +308,62 @@ impl Attempt {
         };
         let metrics = &self.metrics;
         let mut backoff = FIRST_BACKOFF;
+        // Whether the last failure was a TLS error already reported (then quiet, see
+        // `ExportFailure::Tls`).
+        let mut quiet = false;
         for attempt in 1..=ATTEMPTS {
             let sent = send(&self.client, &self.settings, url, body.clone());
+            let failed = |cause| SpanExportFailed {
+                url,
+                count,
+                attempt,
+                attempts: ATTEMPTS,
+                cause,
+            };
             match tokio::time::timeout(TIMEOUT, sent).await {
                 Ok(Ok(rejected)) => {
-                    if self.tls_warned().take().is_some() {
-                        log::info!("TLS to the OTLP collector at {url} works again");
+                    SpansExported {
+                        url,
+                        count,
+                        rejected,
+                        tls_recovered: self.tls_warned().take().is_some(),
                     }
-                    metrics.exported.inc_by(count.saturating_sub(rejected));
-                    if rejected > 0 {
-                        log::warn!("the OTLP collector rejected {rejected} of {count} spans");
-                        metrics.drop_spans("rejected", rejected);
-                    }
+                    .emit(metrics);
                     return;
                 }
                 Ok(Err(failure)) => {
-                    metrics.export_errors.inc();
                     if let Some(tls) = failure.tls {
                         // Once per distinct error: the certificate won't change between batches.
                         let mut warned = self.tls_warned();
-                        if warned.as_ref() != Some(&tls) {
-                            log::warn!(
-                                "OTLP export: the TLS handshake with {url} failed: {tls}; spans \
-                                 are dropped until it succeeds (further TLS failures are \
-                                 logged at debug level)"
-                            );
+                        let first = warned.as_ref() != Some(&tls);
+                        failed(ExportFailure::Tls {
+                            error: &tls,
+                            message: &failure.message,
+                            first,
+                        })
+                        .emit(metrics);
+                        quiet = !first;
+                        if first {
                             *warned = Some(tls);
-                        } else {
-                            log::debug!(
-                                "OTLP export of {count} spans failed (attempt \
-                                 {attempt}/{ATTEMPTS}): {}",
-                                failure.message
-                            );
                         }
                     } else if !failure.retryable {
-                        log::warn!("OTLP export of {count} spans refused: {}", failure.message);
-                        metrics.drop_spans("rejected", count);
+                        SpanExportRefused {
+                            count,
+                            message: &failure.message,
+                        }
+                        .emit(metrics);
                         return;
                     } else {
-                        log::warn!(
-                            "OTLP export of {count} spans failed (attempt {attempt}/{ATTEMPTS}): \
-                             {}",
-                            failure.message
-                        );
+                        quiet = false;
+                        failed(ExportFailure::Retryable {
+                            message: &failure.message,
+                        })
+                        .emit(metrics);
                     }
                 }
                 Err(_) => {
-                    metrics.export_errors.inc();
-                    log::warn!(
-                        "OTLP export of {count} spans timed out after {TIMEOUT:?} (attempt \
-                         {attempt}/{ATTEMPTS})"
-                    );
+                    quiet = false;
+                    failed(ExportFailure::TimedOut { limit: TIMEOUT }).emit(metrics);
                 }
             }
             if attempt < ATTEMPTS {
@@ -363,7 +371,12 @@ impl Attempt {
                 backoff *= 2;
             }
         }
-        metrics.drop_spans("export_failed", count);
+        SpanExportRetriesExhausted {
+            count,
+            attempts: ATTEMPTS,
+            quiet,
+        }
+        .emit(metrics);
     }
 
     fn tls_warned(&self) -> std::sync::MutexGuard<'_, Option<String>> {

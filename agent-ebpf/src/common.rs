@@ -1,0 +1,123 @@
+//! Helpers every program body shares: the loader-set configuration, the per-CPU counters of
+//! things that could not be delivered, the clock, and reading a syscall's saved registers.
+//!
+//! This module imports nothing from the other kernel modules, and `io`, `syscalls` and `flows`
+//! import nothing from each other: only `main.rs` combines their entry points (see there), so
+//! the helper modules form no cycle.
+
+use agent_ebpf::{Config, Counter, COUNTERS_LEN, MAX_CAPTURE, SYSCALL_STATS_OFF};
+use aya_ebpf::{
+    helpers::{bpf_probe_read_kernel, generated::bpf_ktime_get_ns},
+    macros::map,
+    maps::PerCpuArray,
+};
+
+/// Set by the loader (`EbpfLoader::override_global`).
+#[unsafe(no_mangle)]
+static CONFIG: Config = Config {
+    self_tgid: 0,
+    capture_bytes: MAX_CAPTURE as u32,
+    newtask_pid_offset: 8,
+    newtask_flags_offset: 32,
+    syscall_stats: SYSCALL_STATS_OFF,
+    syscall_nr_offset: 8,
+};
+
+/// Things that could not be delivered, per CPU, indexed by `Counter`.
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
+
+/// `BPF_NOEXIST`: a map insert that fails when the key exists.
+pub const BPF_NOEXIST: u64 = 1;
+
+/// x86_64 syscall numbers of the syscalls Periscope hooks.
+pub mod nr {
+    pub const READ: u64 = 0;
+    pub const WRITE: u64 = 1;
+    pub const READV: u64 = 19;
+    pub const WRITEV: u64 = 20;
+    pub const SENDFILE: u64 = 40;
+    pub const SOCKET: u64 = 41;
+    pub const CONNECT: u64 = 42;
+    pub const ACCEPT: u64 = 43;
+    pub const SENDTO: u64 = 44;
+    pub const RECVFROM: u64 = 45;
+    pub const SENDMSG: u64 = 46;
+    pub const RECVMSG: u64 = 47;
+    pub const ACCEPT4: u64 = 288;
+}
+
+/// Reads the saved user registers of the current syscall.
+pub trait Regs {
+    fn load(&self, offset: usize) -> u64;
+}
+
+/// Registers behind a BTF-typed pointer (`tp_btf`): plain loads the verifier checks.
+pub struct BtfRegs(pub *const u8);
+
+impl Regs for BtfRegs {
+    #[inline(always)]
+    fn load(&self, offset: usize) -> u64 {
+        // SAFETY: the pointer is the kernel's `struct pt_regs *` typed by BTF; the verifier only
+        // accepts loads at offsets of real fields and guards them against faults.
+        unsafe { core::ptr::read_volatile(self.0.add(offset) as *const u64) }
+    }
+}
+
+/// Registers read through `bpf_probe_read_kernel` (raw tracepoints, no BTF needed).
+pub struct ProbedRegs(pub *const u8);
+
+impl Regs for ProbedRegs {
+    #[inline(always)]
+    fn load(&self, offset: usize) -> u64 {
+        // SAFETY: the helper checks the address and returns an error instead of faulting.
+        unsafe { bpf_probe_read_kernel(self.0.add(offset) as *const u64) }.unwrap_or(0)
+    }
+}
+
+/// Offsets in x86_64 `struct pt_regs` (part of the syscall ABI): the six argument registers
+/// (di, si, dx, r10, r8, r9) and `orig_ax`, which holds the syscall number.
+const ARG_OFFSETS: [usize; 6] = [112, 104, 96, 56, 72, 64];
+const ORIG_AX_OFFSET: usize = 120;
+
+/// Argument `index` (0-based) of the current syscall.
+#[inline(always)]
+pub fn arg<R: Regs>(regs: &R, index: usize) -> u64 {
+    match ARG_OFFSETS.get(index) {
+        Some(offset) => regs.load(*offset),
+        None => 0,
+    }
+}
+
+/// The syscall number of the current syscall (`orig_ax`).
+#[inline(always)]
+pub fn syscall_nr<R: Regs>(regs: &R) -> u64 {
+    regs.load(ORIG_AX_OFFSET)
+}
+
+#[inline(always)]
+pub fn config() -> Config {
+    // SAFETY: CONFIG is a plain global the loader may rewrite before load; read_volatile keeps
+    // the compiler from constant-folding the default.
+    unsafe { core::ptr::read_volatile(&CONFIG) }
+}
+
+#[inline(always)]
+pub fn bump(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// `CLOCK_MONOTONIC` now, in ns (`bpf_ktime_get_ns`).
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+pub fn tgid_of(pid_tgid: u64) -> u32 {
+    (pid_tgid >> 32) as u32
+}

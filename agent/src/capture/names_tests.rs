@@ -1,0 +1,72 @@
+//! The name table shared with the kernel crate (`agent_ebpf::names`) against the kernel object
+//! this binary embeds: every name in the table is in the object, and every program and map in
+//! the object is in the table. Parsing needs no privileges (loading would).
+
+use std::collections::BTreeSet;
+
+use agent_ebpf::names;
+use aya_obj::btf::BtfKind;
+
+use super::OBJECT;
+
+/// The embedded object, parsed; `None` in a build without kernel programs (`AYA_BUILD_SKIP=1`).
+fn object() -> Option<aya_obj::Object> {
+    if OBJECT.is_empty() {
+        eprintln!("built with AYA_BUILD_SKIP=1: no kernel object to check the names against");
+        return None;
+    }
+    Some(aya_obj::Object::parse(OBJECT).expect("the embedded kernel object parses"))
+}
+
+fn set<'a>(names: impl IntoIterator<Item = &'a str>) -> BTreeSet<&'a str> {
+    names.into_iter().collect()
+}
+
+#[test]
+fn every_program_in_the_object_is_in_the_name_table_and_back() {
+    let Some(object) = object() else { return };
+    let in_object = set(object.programs.keys().map(String::as_str));
+    let in_table = set(names::PROGRAMS.iter().copied());
+    assert_eq!(
+        in_table.len(),
+        names::PROGRAMS.len(),
+        "a program is listed twice"
+    );
+    assert_eq!(in_object, in_table);
+}
+
+#[test]
+fn every_map_in_the_object_is_in_the_name_table_and_back() {
+    let Some(object) = object() else { return };
+    // Sections holding globals (`.rodata`, `.bss`, `.data`) are maps too: they are the
+    // globals' business, checked below.
+    let in_object = set(object
+        .maps
+        .keys()
+        .map(String::as_str)
+        .filter(|name| !name.starts_with('.')));
+    let in_table = set(names::MAPS.iter().copied());
+    assert_eq!(in_table.len(), names::MAPS.len(), "a map is listed twice");
+    assert_eq!(in_object, in_table);
+}
+
+#[test]
+fn every_global_the_loader_sets_is_in_the_object() {
+    let Some(object) = object() else { return };
+    let btf = object.btf.as_ref().expect("the kernel object carries BTF");
+    for global in names::GLOBALS {
+        assert!(
+            btf.id_by_type_name_kind(global, BtfKind::Var).is_ok(),
+            "global {global} is not in the kernel object"
+        );
+    }
+}
+
+#[test]
+fn kernel_names_are_cut_to_fifteen_bytes() {
+    assert_eq!(names::kernel_name("sys_exit_btf"), b"sys_exit_btf");
+    assert_eq!(
+        names::kernel_name(names::program::SYS_ENTER_STATS_BTF),
+        b"sys_enter_stats"
+    );
+}
