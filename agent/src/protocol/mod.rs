@@ -38,6 +38,8 @@ pub mod postgres;
 mod registry;
 pub mod route;
 pub mod sql;
+#[cfg(test)]
+pub(crate) mod testkit;
 mod text;
 
 pub use registry::{session, AnyDecoder, IntoDetail, Protocol, Protocols, Shared, REGISTRY};
@@ -100,6 +102,15 @@ pub enum Stopped {
     Tls,
 }
 
+/// When an exchange happened: what the generic machinery (golden tests, fuzzing, the
+/// connection tracker) needs of every protocol's exchange type.
+pub trait Timed {
+    /// `(start_ns, end_ns)`, as the protocol's timing rules define them.
+    fn span(&self) -> (u64, u64);
+    /// The same, writable: comparisons that must not depend on timing clear them.
+    fn span_mut(&mut self) -> (&mut u64, &mut u64);
+}
+
 /// A decoder's fatal error, as a low-cardinality snake_case metric label.
 pub trait ErrorReason {
     fn reason(&self) -> &'static str;
@@ -118,7 +129,7 @@ pub trait Decoder: Send + 'static {
     /// The `protocol` label of self-metrics ("http1", "postgresql", "kafka").
     const PROTOCOL: &'static str;
     /// What one completed exchange looks like for this protocol.
-    type Exchange: Send + 'static;
+    type Exchange: Timed + Send + 'static;
     /// Why decoding stopped for good; the caller mutes the connection.
     type Error: ErrorReason + Copy + PartialEq + std::fmt::Debug + std::fmt::Display;
 

@@ -48,7 +48,7 @@
 use std::collections::VecDeque;
 
 use super::text::capped_string;
-use super::{route, Chunk, Decoder, ErrorReason, Stopped, Stream};
+use super::{route, Chunk, Decoder, ErrorReason, Stopped, Stream, Timed};
 
 mod detect;
 mod framing;
@@ -107,6 +107,16 @@ pub struct HttpExchange {
     pub tracestate: Option<String>,
     /// false when the connection closed before the response body was complete
     pub complete: bool,
+}
+
+impl Timed for HttpExchange {
+    fn span(&self) -> (u64, u64) {
+        (self.start_ns, self.end_ns)
+    }
+
+    fn span_mut(&mut self) -> (&mut u64, &mut u64) {
+        (&mut self.start_ns, &mut self.end_ns)
+    }
 }
 
 /// Why a stream cannot be decoded as HTTP/1.x.

@@ -1,69 +1,8 @@
 use super::parse::find_byte;
 use super::*;
+use crate::protocol::testkit::{self, Golden};
 
-/// Drives a decoder with synthetic timestamps: chunk number `t` has `first_ns = 10 t` and
-/// `last_ns = 10 t + 5`.
-struct Conn {
-    dec: Http1Decoder,
-    out: Vec<HttpExchange>,
-    t: u64,
-}
-
-impl Conn {
-    fn new() -> Self {
-        Conn {
-            dec: Http1Decoder::new(),
-            out: Vec::new(),
-            t: 0,
-        }
-    }
-
-    fn feed(&mut self, stream: Stream, bytes: &[u8], gap: u64) -> Result<(), DecodeError> {
-        self.t += 1;
-        let chunk = Chunk {
-            stream,
-            first_ns: self.t * 10,
-            last_ns: self.t * 10 + 5,
-            bytes,
-            len: bytes.len() as u64 + gap,
-        };
-        self.dec.feed(&chunk, &mut self.out)
-    }
-
-    fn req(&mut self, bytes: &[u8]) -> &mut Self {
-        self.feed(Stream::Request, bytes, 0)
-            .expect("request decodes");
-        self
-    }
-
-    fn resp(&mut self, bytes: &[u8]) -> &mut Self {
-        self.feed(Stream::Response, bytes, 0)
-            .expect("response decodes");
-        self
-    }
-
-    fn req_gap(&mut self, bytes: &[u8], gap: u64) -> &mut Self {
-        self.feed(Stream::Request, bytes, gap)
-            .expect("request decodes");
-        self
-    }
-
-    fn resp_gap(&mut self, bytes: &[u8], gap: u64) -> &mut Self {
-        self.feed(Stream::Response, bytes, gap)
-            .expect("response decodes");
-        self
-    }
-
-    fn close(&mut self) -> &mut Self {
-        self.t += 1;
-        self.dec.close(self.t * 10, &mut self.out);
-        self
-    }
-
-    fn take(&mut self) -> Vec<HttpExchange> {
-        std::mem::take(&mut self.out)
-    }
-}
+type Conn = testkit::Conn<Http1Decoder>;
 
 /// Compact view of an exchange, without timestamps.
 fn line(x: &HttpExchange) -> String {
@@ -985,160 +924,32 @@ fn feed_after_close_starts_fresh() {
 
 // ---- golden tests over recorded traffic (tests/fixtures/http1, see record.py) ----
 
-use crate::protocol::fixture::Fixture;
-
-fn load_fixtures() -> Vec<Fixture> {
-    crate::protocol::fixture::load("http1")
-}
-
-/// Golden line: fields, then `@start..end` in chunk indices (chunk i has first_ns =
-/// last_ns = i; close happens at the chunk count).
-fn golden_line(x: &HttpExchange) -> String {
-    format!(
-        "{} host={} @{}..{}",
-        line(x),
-        x.host.as_deref().unwrap_or("-"),
-        x.start_ns,
-        x.end_ns
-    )
-}
-
-fn decode_fixture(chunks: &[(Stream, &[u8])]) -> (Vec<HttpExchange>, DecoderStats) {
-    let mut dec = Http1Decoder::new();
-    let mut out = Vec::new();
-    for (i, (stream, bytes)) in chunks.iter().enumerate() {
-        let chunk = Chunk {
-            stream: *stream,
-            first_ns: i as u64,
-            last_ns: i as u64,
-            bytes,
-            len: bytes.len() as u64,
-        };
-        dec.feed(&chunk, &mut out).expect("fixture decodes");
-    }
-    dec.close(chunks.len() as u64, &mut out);
-    (out, dec.take_stats())
-}
+const GOLDEN: Golden<Http1Decoder> = Golden {
+    fixtures: "http1",
+    at_least: 7,
+    line: |x| format!("{} host={}", line(x), x.host.as_deref().unwrap_or("-")),
+    state: |_| None,
+    check: |_, _| {},
+    splits_per_run: usize::MAX,
+    // With a limit above every head, the same requests pair with the same statuses.
+    limits: &[0, 1, 16, 64, 200, 1024],
+    subset_from: None,
+    key: |x| format!("{:?}", (&x.method, &x.path, x.status)),
+};
 
 #[test]
 fn golden_fixtures() {
-    let fixtures = load_fixtures();
-    assert!(fixtures.len() >= 7, "fixtures missing: run record.py");
-    let bless = std::env::var_os("PERISCOPE_BLESS").is_some();
-    for f in &fixtures {
-        let chunks: Vec<(Stream, &[u8])> =
-            f.chunks.iter().map(|(s, b)| (*s, b.as_slice())).collect();
-        let (xs, stats) = decode_fixture(&chunks);
-        let mut got: Vec<String> = xs.iter().map(golden_line).collect();
-        got.push(format!("stats {stats:?}"));
-        let got = got.join("\n") + "\n";
-        let path = crate::protocol::fixture::dir("http1").join(format!("{}.golden", f.name));
-        if bless {
-            std::fs::write(&path, &got).expect("golden writable");
-        }
-        let want = std::fs::read_to_string(&path).expect("golden file");
-        assert_eq!(got, want, "fixture {}", f.name);
-        assert!(xs.iter().all(|x| x.end_ns >= x.start_ns));
-    }
-}
-
-/// Merges consecutive chunks of the same stream into runs.
-fn runs(chunks: &[(Stream, Vec<u8>)]) -> Vec<(Stream, Vec<u8>)> {
-    let mut runs: Vec<(Stream, Vec<u8>)> = Vec::new();
-    for (s, b) in chunks {
-        match runs.last_mut() {
-            Some((last, run)) if last == s => run.extend_from_slice(b),
-            _ => runs.push((*s, b.clone())),
-        }
-    }
-    runs
-}
-
-fn without_times(xs: &[HttpExchange]) -> Vec<String> {
-    xs.iter()
-        .map(|x| format!("{} host={}", line(x), x.host.as_deref().unwrap_or("-")))
-        .collect()
+    testkit::golden_fixtures(&GOLDEN);
 }
 
 #[test]
 fn golden_fixtures_resplit_at_every_byte_boundary() {
-    for f in &load_fixtures() {
-        let chunks: Vec<(Stream, &[u8])> =
-            f.chunks.iter().map(|(s, b)| (*s, b.as_slice())).collect();
-        let want = without_times(&decode_fixture(&chunks).0);
-        let runs = runs(&f.chunks);
-        let merged: Vec<(Stream, &[u8])> = runs.iter().map(|(s, b)| (*s, b.as_slice())).collect();
-        assert_eq!(
-            without_times(&decode_fixture(&merged).0),
-            want,
-            "{} merged",
-            f.name
-        );
-        for r in 0..runs.len() {
-            for k in 1..runs[r].1.len() {
-                let mut split = merged.clone();
-                let (a, b) = runs[r].1.split_at(k);
-                split[r] = (runs[r].0, a);
-                split.insert(r + 1, (runs[r].0, b));
-                assert_eq!(
-                    without_times(&decode_fixture(&split).0),
-                    want,
-                    "{} run {r} split at {k}",
-                    f.name
-                );
-            }
-        }
-        // And everything in one-byte chunks.
-        let bytes: Vec<(Stream, &[u8])> = runs
-            .iter()
-            .flat_map(|(s, b)| b.chunks(1).map(move |c| (*s, c)))
-            .collect();
-        assert_eq!(
-            without_times(&decode_fixture(&bytes).0),
-            want,
-            "{} bytes",
-            f.name
-        );
-    }
+    testkit::golden_fixtures_resplit_at_every_byte_boundary(&GOLDEN);
 }
 
-/// The fixtures as a capture limit would deliver them: each chunk keeps only its first
-/// `limit` bytes, the rest becomes a gap. Whatever the limit: no error, sane timestamps,
-/// never more exchanges than the full capture. With a limit above every head, the same
-/// requests pair with the same statuses.
 #[test]
 fn golden_fixtures_under_a_capture_limit() {
-    for f in &load_fixtures() {
-        let full: Vec<(Stream, &[u8])> = f.chunks.iter().map(|(s, b)| (*s, b.as_slice())).collect();
-        let want = decode_fixture(&full).0;
-        for limit in [0usize, 1, 16, 64, 200, 1024] {
-            let mut dec = Http1Decoder::new();
-            let mut out = Vec::new();
-            for (i, (stream, bytes)) in f.chunks.iter().enumerate() {
-                let chunk = Chunk {
-                    stream: *stream,
-                    first_ns: i as u64,
-                    last_ns: i as u64,
-                    bytes: &bytes[..bytes.len().min(limit)],
-                    len: bytes.len() as u64,
-                };
-                dec.feed(&chunk, &mut out)
-                    .unwrap_or_else(|e| panic!("{} limit {limit}: {e}", f.name));
-            }
-            dec.close(f.chunks.len() as u64, &mut out);
-            assert!(out.len() <= want.len(), "{} limit {limit}", f.name);
-            assert!(out.iter().all(|x| x.end_ns >= x.start_ns));
-            if limit == 1024 {
-                let key = |x: &HttpExchange| (x.method.clone(), x.path.clone(), x.status);
-                assert_eq!(
-                    out.iter().map(key).collect::<Vec<_>>(),
-                    want.iter().map(key).collect::<Vec<_>>(),
-                    "{} limit {limit}",
-                    f.name
-                );
-            }
-        }
-    }
+    testkit::golden_fixtures_under_a_capture_limit(&GOLDEN);
 }
 
 /// Rough throughput: `cargo test --release -p agent --lib http1::tests::throughput -- --ignored --nocapture`.

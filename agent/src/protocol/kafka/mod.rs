@@ -57,7 +57,7 @@ use std::collections::VecDeque;
 
 use super::text::capped_string;
 pub use super::DecoderStats;
-use super::{Chunk, Decoder, ErrorReason, Stream};
+use super::{Chunk, Decoder, ErrorReason, Stream, Timed};
 use body::Summary;
 pub use detect::detect;
 pub use topics::TopicNames;
@@ -140,6 +140,16 @@ pub struct KafkaExchange {
     /// false when the response was cut by close, or a capture gap cut it before the decoder
     /// read what it decodes of its body (the header was still paired).
     pub complete: bool,
+}
+
+impl Timed for KafkaExchange {
+    fn span(&self) -> (u64, u64) {
+        (self.start_ns, self.end_ns)
+    }
+
+    fn span_mut(&mut self) -> (&mut u64, &mut u64) {
+        (&mut self.start_ns, &mut self.end_ns)
+    }
 }
 
 /// Why a stream cannot be decoded as Kafka.

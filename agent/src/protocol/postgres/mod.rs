@@ -71,7 +71,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
-use super::{sql, Chunk, Decoder, ErrorReason, Stopped, Stream};
+use super::{sql, Chunk, Decoder, ErrorReason, Stopped, Stream, Timed};
 
 mod detect;
 mod framing;
@@ -155,6 +155,16 @@ pub struct StartupInfo {
     pub database: Option<String>,
     pub user: Option<String>,
     pub application_name: Option<String>,
+}
+
+impl Timed for PgExchange {
+    fn span(&self) -> (u64, u64) {
+        (self.start_ns, self.end_ns)
+    }
+
+    fn span_mut(&mut self) -> (&mut u64, &mut u64) {
+        (&mut self.start_ns, &mut self.end_ns)
+    }
 }
 
 /// Why a stream cannot be decoded as PostgreSQL.

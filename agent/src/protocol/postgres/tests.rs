@@ -1,4 +1,5 @@
 use super::*;
+use crate::protocol::testkit::{self, Golden};
 
 // ---- message builders ----
 
@@ -119,75 +120,15 @@ fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
     parts.concat()
 }
 
-/// Drives a decoder with synthetic timestamps: chunk number `t` has `first_ns = 10 t` and
-/// `last_ns = 10 t + 5`.
-struct Conn {
-    dec: PgDecoder,
-    out: Vec<PgExchange>,
-    t: u64,
-}
+type Conn = testkit::Conn<PgDecoder>;
 
 impl Conn {
-    fn new() -> Self {
-        Conn {
-            dec: PgDecoder::new(),
-            out: Vec::new(),
-            t: 0,
-        }
-    }
-
     /// A connection past start-up.
     fn logged_in() -> Self {
         let mut c = Conn::new();
         c.req(&startup(&[("user", "alice"), ("database", "shop")]))
             .resp(&login());
         c
-    }
-
-    fn feed(&mut self, stream: Stream, bytes: &[u8], gap: u64) -> Result<(), DecodeError> {
-        self.t += 1;
-        let chunk = Chunk {
-            stream,
-            first_ns: self.t * 10,
-            last_ns: self.t * 10 + 5,
-            bytes,
-            len: bytes.len() as u64 + gap,
-        };
-        self.dec.feed(&chunk, &mut self.out)
-    }
-
-    fn req(&mut self, bytes: &[u8]) -> &mut Self {
-        self.feed(Stream::Request, bytes, 0)
-            .expect("request decodes");
-        self
-    }
-
-    fn resp(&mut self, bytes: &[u8]) -> &mut Self {
-        self.feed(Stream::Response, bytes, 0)
-            .expect("response decodes");
-        self
-    }
-
-    fn req_gap(&mut self, bytes: &[u8], gap: u64) -> &mut Self {
-        self.feed(Stream::Request, bytes, gap)
-            .expect("request decodes");
-        self
-    }
-
-    fn resp_gap(&mut self, bytes: &[u8], gap: u64) -> &mut Self {
-        self.feed(Stream::Response, bytes, gap)
-            .expect("response decodes");
-        self
-    }
-
-    fn close(&mut self) -> &mut Self {
-        self.t += 1;
-        self.dec.close(self.t * 10, &mut self.out);
-        self
-    }
-
-    fn take(&mut self) -> Vec<PgExchange> {
-        std::mem::take(&mut self.out)
     }
 
     fn lines(&mut self) -> Vec<String> {
@@ -1189,188 +1130,40 @@ fn random_bytes_never_panic_and_stay_bounded() {
 
 // ---- golden tests over recorded traffic (tests/fixtures/postgres, see record.py) ----
 
-use crate::protocol::fixture::Fixture;
-
-fn load_fixtures() -> Vec<Fixture> {
-    crate::protocol::fixture::load("postgres")
-}
-
-/// Golden line: fields, then `@start..end` in chunk indices (chunk i has first_ns =
-/// last_ns = i; close happens at the chunk count).
-fn golden_line(x: &PgExchange) -> String {
-    format!(
-        "{} | req={} resp={} @{}..{}",
-        line(x),
-        x.request_bytes,
-        x.response_bytes,
-        x.start_ns,
-        x.end_ns
-    )
-}
-
-struct Decoded {
-    xs: Vec<PgExchange>,
-    stats: DecoderStats,
-    startup: Option<StartupInfo>,
-    tls: bool,
-}
-
-fn decode_fixture(chunks: &[(Stream, &[u8])]) -> Decoded {
-    let mut dec = PgDecoder::new();
-    let mut out = Vec::new();
-    let mut tls = false;
-    for (i, (stream, bytes)) in chunks.iter().enumerate() {
-        let chunk = Chunk {
-            stream: *stream,
-            first_ns: i as u64,
-            last_ns: i as u64,
-            bytes,
-            len: bytes.len() as u64,
-        };
-        dec.feed(&chunk, &mut out).expect("fixture decodes");
-        tls |= dec.is_tls();
-    }
-    let startup = dec.startup().cloned();
-    dec.close(chunks.len() as u64, &mut out);
-    Decoded {
-        xs: out,
-        stats: dec.take_stats(),
-        startup,
-        tls,
-    }
-}
+const GOLDEN: Golden<PgDecoder> = Golden {
+    fixtures: "postgres",
+    at_least: 12,
+    line: |x| {
+        format!(
+            "{} | req={} resp={}",
+            line(x),
+            x.request_bytes,
+            x.response_bytes
+        )
+    },
+    state: |dec| Some(format!("startup {:?} tls={}", dec.startup(), dec.is_tls())),
+    check: |_, _| {},
+    // Every boundary of the big fixtures costs seconds in debug builds: sample them.
+    splits_per_run: 400,
+    // With a limit above every request message, the same statements come out.
+    limits: &[0, 1, 5, 16, 64, 200, 4096],
+    subset_from: None,
+    key: |x| format!("{:?}", (&x.query_summary, &x.error_sqlstate)),
+};
 
 #[test]
 fn golden_fixtures() {
-    let fixtures = load_fixtures();
-    assert!(fixtures.len() >= 12, "fixtures missing: run record.py");
-    let bless = std::env::var_os("PERISCOPE_BLESS").is_some();
-    for f in &fixtures {
-        let chunks: Vec<(Stream, &[u8])> =
-            f.chunks.iter().map(|(s, b)| (*s, b.as_slice())).collect();
-        let d = decode_fixture(&chunks);
-        let mut got: Vec<String> = d.xs.iter().map(golden_line).collect();
-        got.push(format!("startup {:?} tls={}", d.startup, d.tls));
-        got.push(format!("stats {:?}", d.stats));
-        let got = got.join("\n") + "\n";
-        let path = crate::protocol::fixture::dir("postgres").join(format!("{}.golden", f.name));
-        if bless {
-            std::fs::write(&path, &got).expect("golden writable");
-        }
-        let want = std::fs::read_to_string(&path).expect("golden file");
-        assert_eq!(got, want, "fixture {}", f.name);
-        assert!(d.xs.iter().all(|x| x.end_ns >= x.start_ns));
-    }
-}
-
-/// Merges consecutive chunks of the same stream into runs.
-fn runs(chunks: &[(Stream, Vec<u8>)]) -> Vec<(Stream, Vec<u8>)> {
-    let mut runs: Vec<(Stream, Vec<u8>)> = Vec::new();
-    for (s, b) in chunks {
-        match runs.last_mut() {
-            Some((last, run)) if last == s => run.extend_from_slice(b),
-            _ => runs.push((*s, b.clone())),
-        }
-    }
-    runs
-}
-
-fn without_times(d: &Decoded) -> (Vec<String>, DecoderStats) {
-    let xs =
-        d.xs.iter()
-            .map(|x| {
-                format!(
-                    "{} | req={} resp={}",
-                    line(x),
-                    x.request_bytes,
-                    x.response_bytes
-                )
-            })
-            .collect();
-    (xs, d.stats)
+    testkit::golden_fixtures(&GOLDEN);
 }
 
 #[test]
 fn golden_fixtures_resplit_at_every_byte_boundary() {
-    for f in &load_fixtures() {
-        let chunks: Vec<(Stream, &[u8])> =
-            f.chunks.iter().map(|(s, b)| (*s, b.as_slice())).collect();
-        let want = without_times(&decode_fixture(&chunks));
-        let runs = runs(&f.chunks);
-        let merged: Vec<(Stream, &[u8])> = runs.iter().map(|(s, b)| (*s, b.as_slice())).collect();
-        assert_eq!(
-            without_times(&decode_fixture(&merged)),
-            want,
-            "{} merged",
-            f.name
-        );
-        // Every boundary of the big fixtures costs seconds in debug builds: sample them.
-        for r in 0..runs.len() {
-            let len = runs[r].1.len();
-            let step = (len / 400).max(1);
-            for k in (1..len).step_by(step) {
-                let mut split = merged.clone();
-                let (a, b) = runs[r].1.split_at(k);
-                split[r] = (runs[r].0, a);
-                split.insert(r + 1, (runs[r].0, b));
-                assert_eq!(
-                    without_times(&decode_fixture(&split)),
-                    want,
-                    "{} run {r} split at {k}",
-                    f.name
-                );
-            }
-        }
-        let bytes: Vec<(Stream, &[u8])> = runs
-            .iter()
-            .flat_map(|(s, b)| b.chunks(1).map(move |c| (*s, c)))
-            .collect();
-        assert_eq!(
-            without_times(&decode_fixture(&bytes)),
-            want,
-            "{} bytes",
-            f.name
-        );
-    }
+    testkit::golden_fixtures_resplit_at_every_byte_boundary(&GOLDEN);
 }
 
-/// The fixtures as a capture limit would deliver them: each chunk keeps only its first
-/// `limit` bytes, the rest becomes a gap. Whatever the limit: no error, sane timestamps,
-/// never more exchanges than the full capture. With a limit above every request message,
-/// the same statements come out.
 #[test]
 fn golden_fixtures_under_a_capture_limit() {
-    for f in &load_fixtures() {
-        let full: Vec<(Stream, &[u8])> = f.chunks.iter().map(|(s, b)| (*s, b.as_slice())).collect();
-        let want = decode_fixture(&full).xs;
-        for limit in [0usize, 1, 5, 16, 64, 200, 4096] {
-            let mut dec = PgDecoder::new();
-            let mut out = Vec::new();
-            for (i, (stream, bytes)) in f.chunks.iter().enumerate() {
-                let chunk = Chunk {
-                    stream: *stream,
-                    first_ns: i as u64,
-                    last_ns: i as u64,
-                    bytes: &bytes[..bytes.len().min(limit)],
-                    len: bytes.len() as u64,
-                };
-                dec.feed(&chunk, &mut out)
-                    .unwrap_or_else(|e| panic!("{} limit {limit}: {e}", f.name));
-            }
-            dec.close(f.chunks.len() as u64, &mut out);
-            assert!(out.len() <= want.len(), "{} limit {limit}", f.name);
-            assert!(out.iter().all(|x| x.end_ns >= x.start_ns));
-            if limit == 4096 {
-                let key = |x: &PgExchange| (x.query_summary.clone(), x.error_sqlstate.clone());
-                assert_eq!(
-                    out.iter().map(key).collect::<Vec<_>>(),
-                    want.iter().map(key).collect::<Vec<_>>(),
-                    "{} limit {limit}",
-                    f.name
-                );
-            }
-        }
-    }
+    testkit::golden_fixtures_under_a_capture_limit(&GOLDEN);
 }
 
 /// Rough cost: `cargo test --release -p agent --lib postgres::tests::throughput -- --ignored --nocapture`.
