@@ -28,9 +28,11 @@
 //!    compile until it handles the new variant; the compiler lists them.
 //!
 //! A worked example, small enough to read in one go, is the line-based echo protocol in
-//! `example.rs` (test-only): a folder's worth of decoder, a registry entry in a test
+//! `echo/` (test builds only): a folder's worth of decoder, a registry entry in a test
 //! registry, and the same golden harness and connection-level detection as the real ones.
 
+#[cfg(test)]
+pub(crate) mod echo;
 pub mod fixture;
 pub mod http1;
 pub mod kafka;

@@ -15,6 +15,7 @@ use super::postgres::{self, PgDecoder};
 use super::{could_start_with_length, Chunk, Decoder, DecoderStats, ErrorReason, Stopped, Stream};
 
 /// One protocol, as detection, `--protocols` and the tools that replay fixtures see it.
+#[derive(Clone, Copy)]
 pub struct Protocol {
     /// The `protocol` label of self-metrics (the decoder's [`Decoder::PROTOCOL`]).
     pub name: &'static str,
@@ -77,11 +78,11 @@ pub struct Shared {
 pub trait IntoDetail: Decoder + Sized {
     /// `self` is the decoder that completed `exchange`, as it is right after the `feed` or
     /// `close` call that did.
-    fn into_detail(&self, exchange: Self::Exchange, shared: &mut Shared) -> Detail;
+    fn detail(&self, exchange: Self::Exchange, shared: &mut Shared) -> Detail;
 }
 
 impl IntoDetail for Http1Decoder {
-    fn into_detail(&self, exchange: http1::HttpExchange, _: &mut Shared) -> Detail {
+    fn detail(&self, exchange: http1::HttpExchange, _: &mut Shared) -> Detail {
         Detail::Http(exchange)
     }
 }
@@ -89,7 +90,7 @@ impl IntoDetail for Http1Decoder {
 impl IntoDetail for PgDecoder {
     /// Statements with the database the connection's startup message named. After `close`
     /// the decoder is reset, so statements completed by the close carry none.
-    fn into_detail(&self, statement: postgres::PgExchange, _: &mut Shared) -> Detail {
+    fn detail(&self, statement: postgres::PgExchange, _: &mut Shared) -> Detail {
         Detail::Postgres(PostgresDetail {
             statement,
             db_namespace: self.startup().and_then(|s| s.database.clone()),
@@ -98,7 +99,7 @@ impl IntoDetail for PgDecoder {
 }
 
 impl IntoDetail for KafkaDecoder {
-    fn into_detail(&self, mut exchange: kafka::KafkaExchange, shared: &mut Shared) -> Detail {
+    fn detail(&self, mut exchange: kafka::KafkaExchange, shared: &mut Shared) -> Detail {
         shared.kafka_topics.learn_and_resolve(&mut exchange);
         Detail::Kafka(exchange)
     }
@@ -138,7 +139,7 @@ pub fn session<D: IntoDetail>(mid_stream: bool) -> Box<dyn AnyDecoder> {
 impl<D: IntoDetail> Session<D> {
     fn details(&mut self, shared: &mut Shared, out: &mut Vec<Detail>) {
         let decoder = &self.decoder;
-        out.extend(self.found.drain(..).map(|x| decoder.into_detail(x, shared)));
+        out.extend(self.found.drain(..).map(|x| decoder.detail(x, shared)));
     }
 }
 
