@@ -10,7 +10,7 @@
 
 use std::fmt::Debug;
 
-use periscope::protocol::{Chunk, Decoder, DecoderStats, Stream, Timed, REGISTRY};
+use periscope::protocol::{Chunk, DecodeError, Decoder, DecoderStats, Stream, Timed, REGISTRY};
 
 /// One chunk: the stream it belongs to, the bytes the capture limit cut off after it, and the
 /// captured bytes.
@@ -64,7 +64,7 @@ pub fn parse(mut data: &[u8]) -> Vec<Record<'_>> {
 pub struct Outcome<D: Decoder> {
     pub exchanges: Vec<D::Exchange>,
     /// The error decoding stopped at, if any.
-    pub error: Option<D::Error>,
+    pub error: Option<DecodeError>,
     pub stats: DecoderStats,
 }
 

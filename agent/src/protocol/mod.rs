@@ -9,10 +9,10 @@
 //!    Gaps, Errors, as the other decoders do) and holds the decoder state machine; the jobs go
 //!    in files of their own (`framing.rs`, `messages.rs`/`parse.rs`, `detect.rs`), the unit
 //!    tests in a sibling `tests.rs`. The decoder implements [`Decoder`]: its own exchange type
-//!    (whatever the protocol's unit is: a request/response pair, a statement), its own error
-//!    type with a metric-label [`ErrorReason`], [`DecoderStats`] for what it noticed, and
-//!    [`Decoder::stopped`] if the conversation can leave the protocol (an upgrade, TLS). It
-//!    imports nothing outside `protocol::{mod, text, route, sql}`.
+//!    (whatever the protocol's unit is: a request/response pair, a statement), a
+//!    [`DecodeError`] with its own reason labels when it gives up, [`DecoderStats`] for what
+//!    it noticed, and [`Decoder::stopped`] if the conversation can leave the protocol (an
+//!    upgrade, TLS). It imports nothing outside `protocol::{mod, text, route, sql}`.
 //! 2. **Fixtures**: record real clients and servers into `agent/tests/fixtures/<name>/` (see
 //!    the `record.py` next to the others) and run the generic golden harness
 //!    (`testkit::golden_fixtures` and friends) from its `tests.rs` with a golden-line
@@ -113,9 +113,44 @@ pub trait Timed {
     fn span_mut(&mut self) -> (&mut u64, &mut u64);
 }
 
-/// A decoder's fatal error, as a low-cardinality snake_case metric label.
-pub trait ErrorReason {
-    fn reason(&self) -> &'static str;
+/// Implements [`Timed`] for exchange types whose times are their `start_ns` and `end_ns`
+/// fields.
+macro_rules! timed {
+    ($($exchange:ty),+) => {$(
+        impl $crate::protocol::Timed for $exchange {
+            fn span(&self) -> (u64, u64) {
+                (self.start_ns, self.end_ns)
+            }
+
+            fn span_mut(&mut self) -> (&mut u64, &mut u64) {
+                (&mut self.start_ns, &mut self.end_ns)
+            }
+        }
+    )+};
+}
+pub(crate) use timed;
+
+/// Why a decoder gave up on a connection: the caller stops decoding it and counts a parse
+/// error by [`DecodeError::reason`]. After an error a decoder stays failed: `feed` repeats it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The bytes are not this protocol: a stream's first message did not parse. Holds the
+    /// reason label, `not_<protocol>` (each protocol names its own: `http1::NOT_HTTP`, ...).
+    #[error("not this protocol ({0})")]
+    NotProtocol(&'static str),
+    /// The protocol, broken beyond repair after messages were decoded (an impossible length,
+    /// an unknown message type): a snake_case reason each decoder documents.
+    #[error("malformed: {0}")]
+    Malformed(&'static str),
+}
+
+impl DecodeError {
+    /// Low-cardinality snake_case reason, fit for a metric label.
+    pub fn reason(&self) -> &'static str {
+        match *self {
+            DecodeError::NotProtocol(reason) | DecodeError::Malformed(reason) => reason,
+        }
+    }
 }
 
 /// One connection's decoder for one protocol: the two captured byte streams in, in capture
@@ -132,8 +167,6 @@ pub trait Decoder: Send + 'static {
     const PROTOCOL: &'static str;
     /// What one completed exchange looks like for this protocol.
     type Exchange: Timed + Send + 'static;
-    /// Why decoding stopped for good; the caller mutes the connection.
-    type Error: ErrorReason + Copy + PartialEq + std::fmt::Debug + std::fmt::Display;
 
     /// A decoder for a new connection, seen from its first byte (`mid_stream == false`), or
     /// for one found already open, whose bytes may start anywhere in a conversation.
@@ -145,7 +178,7 @@ pub trait Decoder: Send + 'static {
     /// stream is not this protocol or is broken beyond repair: the caller stops decoding the
     /// connection.
     fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Self::Exchange>)
-        -> Result<(), Self::Error>;
+        -> Result<(), DecodeError>;
 
     /// The connection closed at `ts_ns`: flush what can still be completed. The decoder is
     /// then reset (stats are kept) and may be reused.

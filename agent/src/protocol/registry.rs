@@ -12,7 +12,7 @@ use crate::exchange::{Detail, PostgresDetail};
 use super::http1::{self, Http1Decoder};
 use super::kafka::{self, KafkaDecoder, TopicNames};
 use super::postgres::{self, PgDecoder};
-use super::{could_start_with_length, Chunk, Decoder, DecoderStats, ErrorReason, Stopped, Stream};
+use super::{could_start_with_length, Chunk, Decoder, DecoderStats, Stopped, Stream};
 
 /// One protocol, as detection, `--protocols` and the tools that replay fixtures see it.
 #[derive(Clone, Copy)]
@@ -109,7 +109,7 @@ impl IntoDetail for KafkaDecoder {
 pub trait AnyDecoder: Send {
     /// The `protocol` label of self-metrics.
     fn protocol(&self) -> &'static str;
-    /// [`Decoder::feed`], exchanges appended to `out`; an error is its [`ErrorReason`].
+    /// [`Decoder::feed`], exchanges appended to `out`; an error is its reason label.
     fn feed(
         &mut self,
         chunk: &Chunk<'_>,

@@ -6,7 +6,7 @@
 //! runners from its `tests.rs`.
 
 use super::fixture::{self, Fixture};
-use super::{Chunk, Decoder, DecoderStats, Stream, Timed, REGISTRY};
+use super::{Chunk, DecodeError, Decoder, DecoderStats, Stream, Timed, REGISTRY};
 
 /// Drives a decoder with synthetic timestamps: chunk number `t` has `first_ns = 10 t` and
 /// `last_ns = 10 t + 5`; `close` happens at the next `10 t`.
@@ -31,7 +31,7 @@ impl<D: Decoder> Conn<D> {
     }
 
     /// Feeds `bytes` on `stream`, followed by a capture gap of `gap` bytes.
-    pub fn feed(&mut self, stream: Stream, bytes: &[u8], gap: u64) -> Result<(), D::Error> {
+    pub fn feed(&mut self, stream: Stream, bytes: &[u8], gap: u64) -> Result<(), DecodeError> {
         self.t += 1;
         let chunk = Chunk {
             stream,
@@ -149,7 +149,7 @@ impl<D: Decoder> Golden<D> {
         &self,
         chunks: &[(Stream, &[u8])],
         limit: usize,
-    ) -> Result<Decoded<D>, (usize, D::Error)> {
+    ) -> Result<Decoded<D>, (usize, DecodeError)> {
         let mut dec = D::start(false);
         let mut out = Vec::new();
         for (i, (stream, bytes)) in chunks.iter().enumerate() {
@@ -182,6 +182,29 @@ impl<D: Decoder> Golden<D> {
         (d.exchanges.iter().map(self.line).collect(), d.stats)
     }
 }
+
+/// The three golden tests of a protocol, `golden_fixtures`,
+/// `golden_fixtures_resplit_at_every_byte_boundary` and `golden_fixtures_under_a_capture_limit`,
+/// from its [`Golden`].
+macro_rules! golden_tests {
+    ($spec:expr) => {
+        #[test]
+        fn golden_fixtures() {
+            $crate::protocol::testkit::golden_fixtures(&$spec);
+        }
+
+        #[test]
+        fn golden_fixtures_resplit_at_every_byte_boundary() {
+            $crate::protocol::testkit::golden_fixtures_resplit_at_every_byte_boundary(&$spec);
+        }
+
+        #[test]
+        fn golden_fixtures_under_a_capture_limit() {
+            $crate::protocol::testkit::golden_fixtures_under_a_capture_limit(&$spec);
+        }
+    };
+}
+pub(crate) use golden_tests;
 
 /// Every exchange ends no earlier than it starts.
 pub fn assert_ordered_times<X: Timed>(xs: &[X], what: &str) {

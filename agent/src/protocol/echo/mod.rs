@@ -27,7 +27,7 @@
 //! be what was lost).
 //!
 //! # Errors
-//! A line that does not begin with the stream's keyword is [`EchoError::NotEcho`] while
+//! A line that does not begin with the stream's keyword is [`NOT_ECHO`] while
 //! nothing was decoded on that stream, `Malformed("bad_line")` afterwards; a line over
 //! [`MAX_LINE_BYTES`] is `Malformed("line_too_long")`. Errors are sticky.
 
@@ -37,7 +37,7 @@ use crate::exchange::Detail;
 use crate::protocol::http1::HttpExchange;
 
 use super::registry::{session, IntoDetail, Protocol, Shared, REGISTRY};
-use super::{Chunk, Decoder, DecoderStats, ErrorReason, Stream, Timed};
+use super::{Chunk, DecodeError, Decoder, DecoderStats, Stream};
 
 mod detect;
 mod tests;
@@ -62,34 +62,10 @@ pub struct EchoExchange {
     pub end_ns: u64,
 }
 
-impl Timed for EchoExchange {
-    fn span(&self) -> (u64, u64) {
-        (self.start_ns, self.end_ns)
-    }
+super::timed!(EchoExchange);
 
-    fn span_mut(&mut self) -> (&mut u64, &mut u64) {
-        (&mut self.start_ns, &mut self.end_ns)
-    }
-}
-
-/// Why a stream cannot be decoded as echo.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum EchoError {
-    #[error("not echo")]
-    NotEcho,
-    #[error("malformed echo: {0}")]
-    Malformed(&'static str),
-}
-
-/// "not_echo", "bad_line", "line_too_long".
-impl ErrorReason for EchoError {
-    fn reason(&self) -> &'static str {
-        match self {
-            EchoError::NotEcho => "not_echo",
-            EchoError::Malformed(reason) => reason,
-        }
-    }
-}
+/// The stream is not echo; later faults are "bad_line" and "line_too_long".
+pub const NOT_ECHO: DecodeError = DecodeError::NotProtocol("not_echo");
 
 /// One direction: the line being assembled.
 #[derive(Debug, Default)]
@@ -109,7 +85,7 @@ pub struct EchoDecoder {
     req: Half,
     resp: Half,
     pending: VecDeque<(String, u64)>,
-    failed: Option<EchoError>,
+    failed: Option<DecodeError>,
     stats: DecoderStats,
 }
 
@@ -121,7 +97,11 @@ fn keyword(stream: Stream) -> &'static [u8] {
 }
 
 impl EchoDecoder {
-    fn feed_stream(&mut self, c: &Chunk<'_>, out: &mut Vec<EchoExchange>) -> Result<(), EchoError> {
+    fn feed_stream(
+        &mut self,
+        c: &Chunk<'_>,
+        out: &mut Vec<EchoExchange>,
+    ) -> Result<(), DecodeError> {
         let half = match c.stream {
             Stream::Request => &mut self.req,
             Stream::Response => &mut self.resp,
@@ -147,7 +127,7 @@ impl EchoDecoder {
             };
             rest = &rest[part.len()..];
             if half.line.len() + part.len() > MAX_LINE_BYTES {
-                return Err(EchoError::Malformed("line_too_long"));
+                return Err(DecodeError::Malformed("line_too_long"));
             }
             half.line.extend_from_slice(part);
             // Fail fast on what cannot begin a line.
@@ -155,9 +135,9 @@ impl EchoDecoder {
             let n = half.line.len().min(word.len());
             if half.line[..n] != word[..n] {
                 return Err(if half.synced {
-                    EchoError::Malformed("bad_line")
+                    DecodeError::Malformed("bad_line")
                 } else {
-                    EchoError::NotEcho
+                    NOT_ECHO
                 });
             }
             if done {
@@ -222,13 +202,12 @@ impl EchoDecoder {
 impl Decoder for EchoDecoder {
     const PROTOCOL: &'static str = "echo";
     type Exchange = EchoExchange;
-    type Error = EchoError;
 
     fn start(_mid_stream: bool) -> Self {
         Self::default()
     }
 
-    fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Vec<EchoExchange>) -> Result<(), EchoError> {
+    fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Vec<EchoExchange>) -> Result<(), DecodeError> {
         if let Some(e) = self.failed {
             return Err(e);
         }

@@ -47,25 +47,19 @@ fn a_gap_resyncs_at_the_next_line_and_drops_the_waiting() {
 #[test]
 fn errors_stick_and_unanswered_pings_are_unpaired() {
     let mut c = Conn::new();
-    assert_eq!(
-        c.feed(Stream::Request, b"GET /", 0),
-        Err(EchoError::NotEcho)
-    );
-    assert_eq!(
-        c.feed(Stream::Request, b"PING a\n", 0),
-        Err(EchoError::NotEcho)
-    );
+    assert_eq!(c.feed(Stream::Request, b"GET /", 0), Err(NOT_ECHO));
+    assert_eq!(c.feed(Stream::Request, b"PING a\n", 0), Err(NOT_ECHO));
     let mut c = Conn::new();
     c.req(b"PING a\n");
     assert_eq!(
         c.feed(Stream::Request, b"PONG\n", 0),
-        Err(EchoError::Malformed("bad_line"))
+        Err(DecodeError::Malformed("bad_line"))
     );
     let mut c = Conn::new();
     let long = [b"PING ".as_slice(), &[b'x'; MAX_LINE_BYTES]].concat();
     assert_eq!(
         c.feed(Stream::Request, &long, 0),
-        Err(EchoError::Malformed("line_too_long"))
+        Err(DecodeError::Malformed("line_too_long"))
     );
     let mut c = Conn::new();
     for _ in 0..MAX_PENDING + 2 {
@@ -87,20 +81,7 @@ const GOLDEN: Golden<EchoDecoder> = Golden {
     key: |x| x.ping.clone(),
 };
 
-#[test]
-fn golden_fixtures() {
-    testkit::golden_fixtures(&GOLDEN);
-}
-
-#[test]
-fn golden_fixtures_resplit_at_every_byte_boundary() {
-    testkit::golden_fixtures_resplit_at_every_byte_boundary(&GOLDEN);
-}
-
-#[test]
-fn golden_fixtures_under_a_capture_limit() {
-    testkit::golden_fixtures_under_a_capture_limit(&GOLDEN);
-}
+testkit::golden_tests!(GOLDEN);
 
 #[test]
 fn the_extended_registry_detects_echo_after_the_real_protocols() {

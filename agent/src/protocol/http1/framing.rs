@@ -234,7 +234,7 @@ pub(super) struct Half {
     pub(super) start_ok: bool,
     /// `first_ns` of the chunk holding the current message's first byte.
     pub(super) first_ns: u64,
-    /// A start line was decoded on this stream: later garbage is Malformed, not NotHttp.
+    /// A start line was decoded on this stream: later garbage is Malformed, not NOT_HTTP.
     pub(super) synced: bool,
 }
 
@@ -261,7 +261,7 @@ impl Half {
 
     pub(super) fn start_line_error(&self) -> DecodeError {
         match (self.synced, self.stream) {
-            (false, _) => DecodeError::NotHttp,
+            (false, _) => super::NOT_HTTP,
             (true, Stream::Request) => DecodeError::Malformed("bad_request_line"),
             (true, Stream::Response) => DecodeError::Malformed("bad_status_line"),
         }

@@ -35,7 +35,7 @@
 //!   a request body is abandoned (the request is already queued; its body count stays partial).
 //!
 //! # Errors
-//! A start line that is not HTTP/1.x is [`DecodeError::NotHttp`] while nothing was decoded yet on
+//! A start line that is not HTTP/1.x is [`NOT_HTTP`] while nothing was decoded yet on
 //! that stream, `Malformed("bad_request_line" | "bad_status_line")` afterwards. Framing that can
 //! not be trusted (bad or conflicting Content-Length, bad chunk size, head over 16 KiB) is
 //! [`DecodeError::Malformed`]. After an error the decoder stays failed: `feed` repeats the error.
@@ -48,7 +48,8 @@
 use std::collections::VecDeque;
 
 use super::text::capped_string;
-use super::{route, Chunk, Decoder, ErrorReason, Stopped, Stream, Timed};
+pub use super::DecodeError;
+use super::{route, Chunk, Decoder, Stopped, Stream};
 
 mod detect;
 mod framing;
@@ -109,36 +110,13 @@ pub struct HttpExchange {
     pub complete: bool,
 }
 
-impl Timed for HttpExchange {
-    fn span(&self) -> (u64, u64) {
-        (self.start_ns, self.end_ns)
-    }
+super::timed!(HttpExchange);
 
-    fn span_mut(&mut self) -> (&mut u64, &mut u64) {
-        (&mut self.start_ns, &mut self.end_ns)
-    }
-}
-
-/// Why a stream cannot be decoded as HTTP/1.x.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
-    #[error("not HTTP/1.x")]
-    NotHttp,
-    #[error("malformed HTTP/1.x: {0}")]
-    Malformed(&'static str),
-}
-
-/// "not_http", "bad_request_line", "bad_status_line", "bad_header", "bad_content_length",
-/// "conflicting_content_length", "bad_transfer_encoding", "bad_chunk_size", "bad_chunk_end",
-/// "headers_too_large", "trailers_too_large".
-impl ErrorReason for DecodeError {
-    fn reason(&self) -> &'static str {
-        match self {
-            DecodeError::NotHttp => "not_http",
-            DecodeError::Malformed(reason) => reason,
-        }
-    }
-}
+/// The stream is not HTTP/1.x. Once a start line was decoded, faults are
+/// [`DecodeError::Malformed`]: "bad_request_line", "bad_status_line", "bad_header",
+/// "bad_content_length", "conflicting_content_length", "bad_transfer_encoding",
+/// "bad_chunk_size", "bad_chunk_end", "headers_too_large", "trailers_too_large".
+pub const NOT_HTTP: DecodeError = DecodeError::NotProtocol("not_http");
 
 /// The sinks still name it here; it lives in `protocol` with the [`Decoder`] trait.
 pub use super::DecoderStats;
@@ -214,7 +192,6 @@ impl Http1Decoder {
 impl Decoder for Http1Decoder {
     const PROTOCOL: &'static str = "http1";
     type Exchange = HttpExchange;
-    type Error = DecodeError;
 
     /// HTTP/1 needs no state from before: a connection joined mid-stream resynchronises like
     /// after a gap.

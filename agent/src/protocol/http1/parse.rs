@@ -60,8 +60,8 @@ pub(super) fn split_line(b: &[u8]) -> Option<(&[u8], &[u8])> {
 /// Position of the first `needle` in `hay`, eight bytes at a time: heads are scanned for line
 /// feeds on every request, and a byte loop was the decoder's top cost.
 pub(super) fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
-    pub(super) const LO: u64 = 0x0101_0101_0101_0101;
-    pub(super) const HI: u64 = 0x8080_8080_8080_8080;
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
     let pattern = LO * u64::from(needle);
     let mut words = hay.chunks_exact(8);
     let mut offset = 0;
@@ -185,7 +185,7 @@ pub(super) struct Fields<'a> {
 /// line). `framing` false skips Content-Length/Transfer-Encoding (a truncated head's framing is
 /// not used).
 pub(super) fn parse_fields(mut block: &[u8], framing: bool) -> Result<Fields<'_>, DecodeError> {
-    pub(super) const BAD: DecodeError = DecodeError::Malformed("bad_header");
+    const BAD: DecodeError = DecodeError::Malformed("bad_header");
     let mut f = Fields::default();
     while let Some((line, rest)) = split_line(block) {
         block = rest;

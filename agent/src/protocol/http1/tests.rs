@@ -704,7 +704,7 @@ fn framing_errors_are_malformed() {
         DecodeError::Malformed("bad_request_line").reason(),
         "bad_request_line"
     );
-    assert_eq!(DecodeError::NotHttp.reason(), "not_http");
+    assert_eq!(NOT_HTTP.reason(), "not_http");
 }
 
 #[test]
@@ -744,31 +744,18 @@ fn garbage_fails_fast() {
         b"*1\r\n$4\r\nPING\r\n", // redis
         b"GETTING_LONGER_THAN_A_METHOD_CAN_EVER_BE /x HTTP/1.1\r\n",
     ] {
-        assert_eq!(
-            first_error(garbage, b""),
-            Some(DecodeError::NotHttp),
-            "{garbage:?}"
-        );
+        assert_eq!(first_error(garbage, b""), Some(NOT_HTTP), "{garbage:?}");
     }
-    assert_eq!(
-        first_error(GET_A, b"SSH-2.0\r\n"),
-        Some(DecodeError::NotHttp)
-    );
+    assert_eq!(first_error(GET_A, b"SSH-2.0\r\n"), Some(NOT_HTTP));
     // Valid-looking method but not an HTTP/1 request line.
-    assert_eq!(
-        first_error(b"GET /x FTP/1.0\r\n\r\n", b""),
-        Some(DecodeError::NotHttp)
-    );
+    assert_eq!(first_error(b"GET /x FTP/1.0\r\n\r\n", b""), Some(NOT_HTTP));
     assert_eq!(
         first_error(GET_A, b"HTTP/1.1 2000 OK\r\n\r\n"),
-        Some(DecodeError::NotHttp)
+        Some(NOT_HTTP)
     );
     // Garbage split into one-byte chunks fails on the first byte too.
     let mut c = Conn::new();
-    assert_eq!(
-        c.feed(Stream::Request, b"\x16", 0),
-        Err(DecodeError::NotHttp)
-    );
+    assert_eq!(c.feed(Stream::Request, b"\x16", 0), Err(NOT_HTTP));
 }
 
 #[test]
@@ -937,20 +924,7 @@ const GOLDEN: Golden<Http1Decoder> = Golden {
     key: |x| format!("{:?}", (&x.method, &x.path, x.status)),
 };
 
-#[test]
-fn golden_fixtures() {
-    testkit::golden_fixtures(&GOLDEN);
-}
-
-#[test]
-fn golden_fixtures_resplit_at_every_byte_boundary() {
-    testkit::golden_fixtures_resplit_at_every_byte_boundary(&GOLDEN);
-}
-
-#[test]
-fn golden_fixtures_under_a_capture_limit() {
-    testkit::golden_fixtures_under_a_capture_limit(&GOLDEN);
-}
+testkit::golden_tests!(GOLDEN);
 
 /// Rough throughput: `cargo test --release -p agent --lib http1::tests::throughput -- --ignored --nocapture`.
 #[test]

@@ -42,7 +42,7 @@
 //! # Errors
 //! A first request frame whose header is not a plausible Kafka header ([`apis::plausible`],
 //! a client id that fits the frame), or a first frame of either stream with an impossible
-//! size, is [`DecodeError::NotKafka`]; after a frame was decoded the same faults are
+//! size, is [`NOT_KAFKA`]; after a frame was decoded the same faults are
 //! `Malformed("bad_request_header" | "bad_frame_size")`. A body that does not parse is not an
 //! error: framing does not depend on it, so the exchange keeps what was decoded. After an
 //! error the decoder stays failed: `feed` repeats the error.
@@ -56,8 +56,9 @@ mod wire;
 use std::collections::VecDeque;
 
 use super::text::capped_string;
+pub use super::DecodeError;
 pub use super::DecoderStats;
-use super::{Chunk, Decoder, ErrorReason, Stream, Timed};
+use super::{Chunk, Decoder, Stream};
 use body::Summary;
 pub use detect::detect;
 pub use topics::TopicNames;
@@ -142,34 +143,11 @@ pub struct KafkaExchange {
     pub complete: bool,
 }
 
-impl Timed for KafkaExchange {
-    fn span(&self) -> (u64, u64) {
-        (self.start_ns, self.end_ns)
-    }
+super::timed!(KafkaExchange);
 
-    fn span_mut(&mut self) -> (&mut u64, &mut u64) {
-        (&mut self.start_ns, &mut self.end_ns)
-    }
-}
-
-/// Why a stream cannot be decoded as Kafka.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
-    #[error("not Kafka")]
-    NotKafka,
-    #[error("malformed Kafka: {0}")]
-    Malformed(&'static str),
-}
-
-/// "not_kafka", "bad_frame_size", "bad_request_header".
-impl ErrorReason for DecodeError {
-    fn reason(&self) -> &'static str {
-        match self {
-            DecodeError::NotKafka => "not_kafka",
-            DecodeError::Malformed(reason) => reason,
-        }
-    }
-}
+/// The stream is not Kafka. Once a frame was decoded, faults are [`DecodeError::Malformed`]:
+/// "bad_frame_size", "bad_request_header".
+pub const NOT_KAFKA: DecodeError = DecodeError::NotProtocol("not_kafka");
 
 /// A frame being received.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -211,7 +189,7 @@ struct Half {
     first_ns: u64,
     /// `last_ns` of the last chunk that carried bytes of the current frame.
     last_ns: u64,
-    /// A frame was decoded on this stream: later faults are Malformed, not NotKafka.
+    /// A frame was decoded on this stream: later faults are Malformed, not NOT_KAFKA.
     synced: bool,
 }
 
@@ -294,7 +272,6 @@ impl KafkaDecoder {
 impl Decoder for KafkaDecoder {
     const PROTOCOL: &'static str = "kafka";
     type Exchange = KafkaExchange;
-    type Error = DecodeError;
 
     /// A connection joined mid-stream resynchronises like after a gap.
     fn start(_mid_stream: bool) -> Self {
@@ -404,7 +381,7 @@ impl KafkaDecoder {
                         return Err(if h.synced {
                             DecodeError::Malformed("bad_frame_size")
                         } else {
-                            DecodeError::NotKafka
+                            NOT_KAFKA
                         });
                     }
                     h.state = State::Body(Frame {
@@ -564,7 +541,7 @@ impl KafkaDecoder {
         let bad = if self.req.synced {
             DecodeError::Malformed("bad_request_header")
         } else {
-            DecodeError::NotKafka
+            NOT_KAFKA
         };
         let mut r = Reader::new(body);
         let (Ok(api_key), Ok(api_version), Ok(correlation_id)) = (r.i16(), r.i16(), r.i32()) else {

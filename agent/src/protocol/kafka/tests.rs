@@ -879,16 +879,16 @@ fn garbage_is_rejected_and_the_error_sticks() {
     let mut c = Conn::new();
     assert_eq!(
         c.feed(Stream::Request, b"GET / HTTP/1.1\r\n\r\n", 0),
-        Err(DecodeError::NotKafka)
+        Err(NOT_KAFKA)
     );
     assert_eq!(
         c.feed(Stream::Request, &req(12, 0, 1, None).frame(), 0),
-        Err(DecodeError::NotKafka)
+        Err(NOT_KAFKA)
     );
     let mut c = Conn::new();
     assert_eq!(
         c.feed(Stream::Request, &req(99, 0, 1, None).frame(), 0),
-        Err(DecodeError::NotKafka)
+        Err(NOT_KAFKA)
     );
     // After a good frame, faults are Malformed.
     let mut c = Conn::new();
@@ -911,8 +911,8 @@ fn garbage_is_rejected_and_the_error_sticks() {
         &W::default().i16(12).i16(0).i32(2).i16(50).frame(),
         0,
     );
-    assert_eq!(e, Err(DecodeError::NotKafka));
-    assert_eq!(DecodeError::NotKafka.reason(), "not_kafka");
+    assert_eq!(e, Err(NOT_KAFKA));
+    assert_eq!(NOT_KAFKA.reason(), "not_kafka");
     // Unknown API key after sync: an exchange named Unknown.
     let mut c = Conn::new();
     c.req(&req(12, 0, 1, None).frame())
@@ -1001,20 +1001,7 @@ const GOLDEN: Golden<KafkaDecoder> = Golden {
     key: |x| format!("{:?}", (x.api_key, x.api_version, x.correlation_id)),
 };
 
-#[test]
-fn golden_fixtures() {
-    testkit::golden_fixtures(&GOLDEN);
-}
-
-#[test]
-fn golden_fixtures_resplit_at_every_byte_boundary() {
-    testkit::golden_fixtures_resplit_at_every_byte_boundary(&GOLDEN);
-}
-
-#[test]
-fn golden_fixtures_under_a_capture_limit() {
-    testkit::golden_fixtures_under_a_capture_limit(&GOLDEN);
-}
+testkit::golden_tests!(GOLDEN);
 
 /// What the clients did, checked against the decoded fixtures independently of the goldens.
 #[test]

@@ -1,7 +1,10 @@
 //! How each direction's bytes divide into messages: start-up packets and typed messages,
 //! their headers checked, and where a chunk may begin when framing is lost.
 
-use super::*;
+use super::{
+    DecodeError, Stream, CANCEL_REQUEST, GSSENC_REQUEST, MAX_MESSAGE_BYTES, MAX_STARTUP_BYTES,
+    NOT_POSTGRES, PLAUSIBLE_MESSAGES, PROTOCOL_MAJOR_3, SSL_REQUEST,
+};
 
 /// Where a direction is in its byte stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,7 +43,7 @@ pub(super) struct Half {
     pub(super) truncated: bool,
     /// `first_ns` of the chunk holding the current message's first byte.
     pub(super) first_ns: u64,
-    /// A message was decoded in this direction: later garbage is Malformed, not NotPostgres.
+    /// A message was decoded in this direction: later garbage is Malformed, not NOT_POSTGRES.
     pub(super) synced: bool,
 }
 
@@ -62,7 +65,7 @@ impl Half {
         if self.synced {
             DecodeError::Malformed(reason)
         } else {
-            DecodeError::NotPostgres
+            NOT_POSTGRES
         }
     }
 

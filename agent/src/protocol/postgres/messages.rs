@@ -4,7 +4,10 @@
 use std::sync::Arc;
 
 use super::framing::cstr;
-use super::*;
+use super::{
+    sql, PgDecoder, PgExchange, StartupInfo, EMPTY_OPERATION, MAX_PARAM_CHARS, MAX_PENDING,
+    MAX_PORTALS, MAX_PREPARED, UNKNOWN_OPERATION,
+};
 
 /// A statement's SQL, summarised once (per Parse, or per statement of a Query).
 #[derive(Debug)]
@@ -463,7 +466,7 @@ pub(super) fn exchange(
 
 /// Row count of a CommandComplete tag that carries one.
 pub(super) fn tag_rows(tag: &[u8]) -> Option<u64> {
-    pub(super) const COUNTED: [&[u8]; 8] = [
+    const COUNTED: [&[u8]; 8] = [
         b"SELECT", b"INSERT", b"UPDATE", b"DELETE", b"MERGE", b"COPY", b"FETCH", b"MOVE",
     ];
     let first = tag.split(|&c| c == b' ').next()?;

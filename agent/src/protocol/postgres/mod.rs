@@ -58,11 +58,11 @@
 //! nothing (the request direction also syncs at a start-up packet); [`PgDecoder::new`] does the same when the first request bytes are a typed message
 //! rather than a start-up packet, or when response bytes come first. Until the first request is
 //! queued, unmatched responses are not counted. A mid-stream connection that shows no plausible
-//! request in [`MID_STREAM_GIVE_UP_CHUNKS`] request chunks is [`DecodeError::NotPostgres`].
+//! request in [`MID_STREAM_GIVE_UP_CHUNKS`] request chunks is [`NOT_POSTGRES`].
 //!
 //! # Errors
 //! Bytes that are not a start-up packet or a frontend message, or a backend stream whose first
-//! message is not valid, are [`DecodeError::NotPostgres`]; an unknown message type or an
+//! message is not valid, are [`NOT_POSTGRES`]; an unknown message type or an
 //! impossible length once a direction has decoded a message is [`DecodeError::Malformed`]. After
 //! an error the decoder stays failed: `feed` repeats the error.
 
@@ -71,15 +71,18 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
-use super::{sql, Chunk, Decoder, ErrorReason, Stopped, Stream, Timed};
+pub use super::DecodeError;
+use super::{sql, Chunk, Decoder, Stopped, Stream};
 
 mod detect;
 mod framing;
 mod messages;
 
 pub use detect::detect;
-use framing::*;
-use messages::*;
+use framing::{
+    be32, body_start_ok, header_ok, is_message_type, keeps, plausible, startup_packet, Frame, Half,
+};
+use messages::{startup_info, unanswered, Building, Outcome, Pending, Portal, Statement};
 
 /// `truncated_headers` counts messages cut by a gap.
 pub use super::DecoderStats;
@@ -157,35 +160,12 @@ pub struct StartupInfo {
     pub application_name: Option<String>,
 }
 
-impl Timed for PgExchange {
-    fn span(&self) -> (u64, u64) {
-        (self.start_ns, self.end_ns)
-    }
+super::timed!(PgExchange);
 
-    fn span_mut(&mut self) -> (&mut u64, &mut u64) {
-        (&mut self.start_ns, &mut self.end_ns)
-    }
-}
-
-/// Why a stream cannot be decoded as PostgreSQL.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
-    #[error("not PostgreSQL")]
-    NotPostgres,
-    #[error("malformed PostgreSQL message: {0}")]
-    Malformed(&'static str),
-}
-
-/// "not_postgres", "bad_message_type", "bad_message_length", "bad_startup_packet",
-/// "bad_encryption_answer".
-impl ErrorReason for DecodeError {
-    fn reason(&self) -> &'static str {
-        match self {
-            DecodeError::NotPostgres => "not_postgres",
-            DecodeError::Malformed(reason) => reason,
-        }
-    }
-}
+/// The stream is not PostgreSQL. Once a direction decoded a message, faults are
+/// [`DecodeError::Malformed`]: "bad_message_type", "bad_message_length",
+/// "bad_startup_packet", "bad_encryption_answer".
+pub const NOT_POSTGRES: DecodeError = DecodeError::NotProtocol("not_postgres");
 
 /// Decoder for one connection. Feed it every chunk of both directions in capture order.
 #[derive(Debug)]
@@ -277,7 +257,6 @@ impl PgDecoder {
 impl Decoder for PgDecoder {
     const PROTOCOL: &'static str = "postgresql";
     type Exchange = PgExchange;
-    type Error = DecodeError;
 
     fn start(mid_stream: bool) -> Self {
         if mid_stream {
@@ -373,7 +352,7 @@ impl PgDecoder {
                 if c.stream == Stream::Request && !half.synced {
                     self.unsynced_chunks += 1;
                     if self.unsynced_chunks >= MID_STREAM_GIVE_UP_CHUNKS {
-                        return Err(DecodeError::NotPostgres);
+                        return Err(NOT_POSTGRES);
                     }
                 }
                 return Ok(());
@@ -501,7 +480,7 @@ impl PgDecoder {
             }
             return Ok(());
         }
-        Err(DecodeError::NotPostgres)
+        Err(NOT_POSTGRES)
     }
 
     /// A complete header is in `hdr`: validate it and enter the body.

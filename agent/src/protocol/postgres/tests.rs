@@ -922,7 +922,7 @@ fn mid_stream_gives_up_on_garbage() {
         };
         result = dec.feed(&chunk, &mut out);
     }
-    assert_eq!(result, Err(DecodeError::NotPostgres));
+    assert_eq!(result, Err(NOT_POSTGRES));
 }
 
 #[test]
@@ -939,14 +939,11 @@ fn garbage_fails_fast() {
         let mut c = Conn::new();
         assert_eq!(
             c.feed(Stream::Request, bytes, 0),
-            Err(DecodeError::NotPostgres),
+            Err(NOT_POSTGRES),
             "{bytes:?}"
         );
         // Stays failed.
-        assert_eq!(
-            c.feed(Stream::Request, b"", 0),
-            Err(DecodeError::NotPostgres)
-        );
+        assert_eq!(c.feed(Stream::Request, b"", 0), Err(NOT_POSTGRES));
     }
 }
 
@@ -966,7 +963,7 @@ fn framing_errors_after_sync_are_malformed() {
         DecodeError::Malformed("bad_message_length").reason(),
         "bad_message_length"
     );
-    assert_eq!(DecodeError::NotPostgres.reason(), "not_postgres");
+    assert_eq!(NOT_POSTGRES.reason(), "not_postgres");
 }
 
 #[test]
@@ -1151,20 +1148,7 @@ const GOLDEN: Golden<PgDecoder> = Golden {
     key: |x| format!("{:?}", (&x.query_summary, &x.error_sqlstate)),
 };
 
-#[test]
-fn golden_fixtures() {
-    testkit::golden_fixtures(&GOLDEN);
-}
-
-#[test]
-fn golden_fixtures_resplit_at_every_byte_boundary() {
-    testkit::golden_fixtures_resplit_at_every_byte_boundary(&GOLDEN);
-}
-
-#[test]
-fn golden_fixtures_under_a_capture_limit() {
-    testkit::golden_fixtures_under_a_capture_limit(&GOLDEN);
-}
+testkit::golden_tests!(GOLDEN);
 
 /// Rough cost: `cargo test --release -p agent --lib postgres::tests::throughput -- --ignored --nocapture`.
 #[test]
