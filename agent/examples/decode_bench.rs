@@ -46,23 +46,16 @@ fn parse_args() -> Result<Options, String> {
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
+        // A positive number, or an error naming the flag.
+        let positive = |v: String| -> Result<u64, String> {
+            v.parse()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| format!("{arg} {v:?}: expected a positive number"))
+        };
         match arg.as_str() {
-            "--iterations" => {
-                let v = value()?;
-                options.iterations = v
-                    .parse()
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| format!("--iterations {v:?}: expected a positive number"))?;
-            }
-            "--runs" => {
-                let v = value()?;
-                options.runs = v
-                    .parse()
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| format!("--runs {v:?}: expected a positive number"))?;
-            }
+            "--iterations" => options.iterations = positive(value()?)?,
+            "--runs" => options.runs = positive(value()?)? as usize,
             "--fixtures" => options.fixtures = PathBuf::from(value()?),
             "--protocol" => {
                 let v = value()?;

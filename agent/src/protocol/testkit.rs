@@ -79,6 +79,36 @@ impl<D: Decoder> Conn<D> {
     }
 }
 
+/// A small deterministic xorshift generator for the "random bytes never panic" tests.
+pub struct Xorshift(pub u64);
+
+impl Xorshift {
+    pub fn u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Request or response, evenly.
+    pub fn stream(&mut self) -> Stream {
+        if self.u64().is_multiple_of(2) {
+            Stream::Request
+        } else {
+            Stream::Response
+        }
+    }
+
+    /// A capture gap of under 100 kB one time in `one_in`, else none.
+    pub fn gap(&mut self, one_in: u64) -> u64 {
+        if self.u64().is_multiple_of(one_in) {
+            self.u64() % 100_000
+        } else {
+            0
+        }
+    }
+}
+
 /// How one protocol's golden tests run.
 pub struct Golden<D: Decoder> {
     /// The fixture directory, `agent/tests/fixtures/<fixtures>/`.

@@ -1,6 +1,6 @@
 use super::parse::find_byte;
 use super::*;
-use crate::protocol::testkit::{self, Golden};
+use crate::protocol::testkit::{self, Golden, Xorshift};
 
 type Conn = testkit::Conn<Http1Decoder>;
 
@@ -760,33 +760,22 @@ fn garbage_fails_fast() {
 
 #[test]
 fn random_bytes_never_panic_and_stay_bounded() {
-    // Small deterministic xorshift generator; no dependencies.
-    let mut s = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        s
-    };
+    let mut rng = Xorshift(0x9e37_79b9_7f4a_7c15u64);
     let alphabet = b"GET /HTP1.0\r\n:0123456789abcdefContent-Length: chunked;\x00\xff";
     for _ in 0..2000 {
         let mut dec = Http1Decoder::new();
         let mut out = Vec::new();
         for t in 0..20u64 {
-            let len = (next() % 64) as usize;
-            let bytes: Vec<u8> = if next() % 2 == 0 {
-                (0..len).map(|_| next() as u8).collect()
+            let len = (rng.u64() % 64) as usize;
+            let bytes: Vec<u8> = if rng.u64().is_multiple_of(2) {
+                (0..len).map(|_| rng.u64() as u8).collect()
             } else {
                 (0..len)
-                    .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                    .map(|_| alphabet[(rng.u64() % alphabet.len() as u64) as usize])
                     .collect()
             };
-            let stream = if next() % 2 == 0 {
-                Stream::Request
-            } else {
-                Stream::Response
-            };
-            let gap = if next() % 4 == 0 { next() % 100_000 } else { 0 };
+            let stream = rng.stream();
+            let gap = rng.gap(4);
             let chunk = Chunk {
                 stream,
                 first_ns: t * 10,

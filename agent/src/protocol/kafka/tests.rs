@@ -1,5 +1,5 @@
 use super::*;
-use crate::protocol::testkit::{self, Golden};
+use crate::protocol::testkit::{self, Golden, Xorshift};
 
 /// Big-endian message writer for hand-made frames.
 #[derive(Default)]
@@ -928,35 +928,25 @@ fn garbage_is_rejected_and_the_error_sticks() {
 
 #[test]
 fn random_input_never_panics() {
-    let mut seed = 0x1234_5678_9abc_def0u64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut rng = Xorshift(0x1234_5678_9abc_def0u64);
     let valid = produce_req(9, 1, 1, &[("t", &[&[2]])]);
     let valid_resp = produce_resp(9, 1, &[("t", &[0])]);
     for round in 0..3000 {
         let mut dec = KafkaDecoder::new();
         let mut out = Vec::new();
         for t in 0..20u64 {
-            let mut bytes: Vec<u8> = match next() % 3 {
+            let mut bytes: Vec<u8> = match rng.u64() % 3 {
                 0 => valid.clone(),
                 1 => valid_resp.clone(),
-                _ => (0..next() % 64).map(|_| next() as u8).collect(),
+                _ => (0..rng.u64() % 64).map(|_| rng.u64() as u8).collect(),
             };
             if !bytes.is_empty() && round % 2 == 0 {
-                let i = (next() as usize) % bytes.len();
-                bytes[i] = next() as u8;
+                let i = (rng.u64() as usize) % bytes.len();
+                bytes[i] = rng.u64() as u8;
             }
-            let cut = (next() as usize) % (bytes.len() + 1);
-            let stream = if next() % 2 == 0 {
-                Stream::Request
-            } else {
-                Stream::Response
-            };
-            let gap = if next() % 4 == 0 { next() % 100_000 } else { 0 };
+            let cut = (rng.u64() as usize) % (bytes.len() + 1);
+            let stream = rng.stream();
+            let gap = rng.gap(4);
             let chunk = Chunk {
                 stream,
                 first_ns: t * 10,

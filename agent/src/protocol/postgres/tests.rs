@@ -1,5 +1,5 @@
 use super::*;
-use crate::protocol::testkit::{self, Golden};
+use crate::protocol::testkit::{self, Golden, Xorshift};
 
 // ---- message builders ----
 
@@ -1072,14 +1072,8 @@ fn detect_recognises_startup_and_mid_stream_messages() {
 
 #[test]
 fn random_bytes_never_panic_and_stay_bounded() {
-    // xorshift: deterministic pseudo-random chunks, with and without a valid prefix.
-    let mut s = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        s
-    };
+    // Deterministic pseudo-random chunks, with and without a valid prefix.
+    let mut rng = Xorshift(0x2545_f491_4f6c_dd1du64);
     for round in 0..300 {
         let mut dec = if round % 3 == 0 {
             PgDecoder::new_mid_stream()
@@ -1099,22 +1093,18 @@ fn random_bytes_never_panic_and_stay_bounded() {
             let _ = dec.feed(&chunk, &mut out);
         }
         for t in 0..40u64 {
-            let n = (next() % 64) as usize;
-            let mut bytes: Vec<u8> = (0..n).map(|_| next() as u8).collect();
-            if next() % 2 == 0 && !bytes.is_empty() {
+            let n = (rng.u64() % 64) as usize;
+            let mut bytes: Vec<u8> = (0..n).map(|_| rng.u64() as u8).collect();
+            if rng.u64().is_multiple_of(2) && !bytes.is_empty() {
                 // Often start with a real message type.
-                bytes[0] = b"QPBESDCZTCIdn12"[(next() % 15) as usize];
+                bytes[0] = b"QPBESDCZTCIdn12"[(rng.u64() % 15) as usize];
             }
             let chunk = Chunk {
-                stream: if next() % 2 == 0 {
-                    Stream::Request
-                } else {
-                    Stream::Response
-                },
+                stream: rng.stream(),
                 first_ns: t,
                 last_ns: t,
                 bytes: &bytes,
-                len: n as u64 + if next() % 8 == 0 { next() % 100_000 } else { 0 },
+                len: n as u64 + rng.gap(8),
             };
             if dec.feed(&chunk, &mut out).is_err() {
                 break;
