@@ -128,7 +128,8 @@ struct Session<D: Decoder> {
     found: Vec<D::Exchange>,
 }
 
-/// The constructor every registry entry uses: a boxed [`Session`] of `D`.
+/// The constructor every registry entry uses: `D` and the buffer its exchanges are collected in,
+/// boxed.
 pub fn session<D: IntoDetail>(mid_stream: bool) -> Box<dyn AnyDecoder> {
     Box::new(Session {
         decoder: D::start(mid_stream),

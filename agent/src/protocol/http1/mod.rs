@@ -16,7 +16,7 @@
 //! A chunk whose `len` exceeds its captured bytes ends in a gap. Inside a body of known length
 //! (Content-Length, or chunk data) the gap is skipped by count and counted as body bytes. When
 //! framing cannot survive the gap, the stream *resynchronises*: every later chunk is discarded
-//! until one that begins with a message start ([`detect`]). Precisely:
+//! until one that begins with a message start ([`detect()`]). Precisely:
 //! - **Request head cut by a gap** (`truncated_headers` and `resyncs` both +1): the request is
 //!   still queued, from whatever the captured prefix shows: method, path, host and trace headers
 //!   when their lines were captured whole. If even the request line was cut, a placeholder with

@@ -31,7 +31,7 @@
 //!   `complete = false`; a request yields what its prefix showed.
 //! - **A frame whose size prefix falls in a gap** (`truncated_headers` and `resyncs` both +1):
 //!   framing is lost. The stream discards chunks until one that begins with a frame start: a
-//!   request that passes [`detect`], or a response of sane size whose correlation id is
+//!   request that passes [`detect()`], or a response of sane size whose correlation id is
 //!   pending. For the response stream the oldest pending request is dropped as unpaired (its
 //!   response is assumed to be the lost one).
 //! - **Header cut by a gap** (`truncated_headers` +1): a request whose correlation id was
@@ -61,7 +61,7 @@ pub use super::DecoderStats;
 use super::{Chunk, Decoder, Stream};
 use body::Summary;
 pub use detect::detect;
-pub use topics::TopicNames;
+pub use topics::{TopicNames, MAX_TOPIC_NAMES};
 use wire::{Reader, Stop};
 
 /// Most requests waiting for a response on one connection; beyond it the oldest is dropped.

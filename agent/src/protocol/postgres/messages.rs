@@ -55,7 +55,7 @@ pub(super) struct Simple {
     pub(super) start_ns: u64,
     /// Given to the next statement completed (so the first gets the Query's bytes).
     pub(super) request_bytes: u64,
-    /// The SQL (at most [`MAX_BUFFERED_BYTES`]) and its statements as byte ranges, summarised
+    /// The SQL (at most [`MAX_BUFFERED_BYTES`](super::MAX_BUFFERED_BYTES)) and its statements as byte ranges, summarised
     /// when completed so a long script costs no more memory than its text.
     pub(super) sql: Box<str>,
     pub(super) statements: Vec<(u32, u32)>,
