@@ -1,9 +1,12 @@
 //! Decode cost per exchange, from the recorded real traffic in `agent/tests/fixtures`.
 //!
-//! For each protocol, every fixture is loaded once; then each timed run replays all of them
-//! `--iterations` times, each replay through a fresh decoder (as a new connection gets), and
-//! counts the exchanges produced. One untimed run first warms caches and the allocator, and
-//! checks that every fixture decodes.
+//! For each protocol of the registry (`periscope::protocol::REGISTRY`), every fixture is loaded
+//! once; then each timed run replays all of them `--iterations` times, each replay through a
+//! fresh decoder made by the registry entry, as the agent makes one for a new connection, and
+//! counts the exchanges produced. Decoding goes through the same path as in the agent: the
+//! boxed decoder, exchanges turned into `Detail`s (PostgreSQL's database name attached, Kafka
+//! topic ids named). One untimed run first warms caches and the allocator, and checks that
+//! every fixture decodes.
 //!
 //! `cargo xtask bench decode` builds and runs this (release, without the eBPF programs) and
 //! turns its output into a Markdown report: one line per run,
@@ -16,14 +19,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
+use periscope::exchange::Detail;
 use periscope::protocol::fixture::{self, Fixture};
-use periscope::protocol::http1::Http1Decoder;
-use periscope::protocol::kafka::KafkaDecoder;
-use periscope::protocol::postgres::PgDecoder;
-use periscope::protocol::Chunk;
+use periscope::protocol::{Chunk, Protocol, Shared, REGISTRY};
 
-/// The protocols measured, in report order; each is a directory under the fixtures root.
-const PROTOCOLS: [&str; 3] = ["http1", "postgres", "kafka"];
+/// The protocols measured, in report order, by their fixture directory under the fixtures
+/// root (which is also the name reports use).
+fn protocols() -> Vec<&'static str> {
+    REGISTRY.iter().map(|p| p.fixtures).collect()
+}
 
 struct Options {
     iterations: u64,
@@ -42,35 +46,32 @@ fn parse_args() -> Result<Options, String> {
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
+        // A positive number, or an error naming the flag.
+        let positive = |v: String| -> Result<u64, String> {
+            v.parse()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| format!("{arg} {v:?}: expected a positive number"))
+        };
         match arg.as_str() {
-            "--iterations" => {
-                let v = value()?;
-                options.iterations = v
-                    .parse()
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| format!("--iterations {v:?}: expected a positive number"))?;
-            }
-            "--runs" => {
-                let v = value()?;
-                options.runs = v
-                    .parse()
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| format!("--runs {v:?}: expected a positive number"))?;
-            }
+            "--iterations" => options.iterations = positive(value()?)?,
+            "--runs" => options.runs = positive(value()?)? as usize,
             "--fixtures" => options.fixtures = PathBuf::from(value()?),
             "--protocol" => {
                 let v = value()?;
-                if !PROTOCOLS.contains(&v.as_str()) {
-                    return Err(format!("--protocol {v:?}: expected one of {PROTOCOLS:?}"));
+                if !protocols().contains(&v.as_str()) {
+                    return Err(format!(
+                        "--protocol {v:?}: expected one of {:?}",
+                        protocols()
+                    ));
                 }
                 options.protocols.push(v);
             }
             "-h" | "--help" => {
                 println!(
                     "decode_bench [--iterations N] [--runs N] [--fixtures DIR] [--protocol P]…\n\
-                     protocols: {PROTOCOLS:?} (default: all)"
+                     protocols: {:?} (default: all)",
+                    protocols()
                 );
                 std::process::exit(0);
             }
@@ -78,7 +79,7 @@ fn parse_args() -> Result<Options, String> {
         }
     }
     if options.protocols.is_empty() {
-        options.protocols = PROTOCOLS.iter().map(|p| p.to_string()).collect();
+        options.protocols = protocols().iter().map(|p| p.to_string()).collect();
     }
     Ok(options)
 }
@@ -96,41 +97,16 @@ struct Tally {
     errors: u64,
 }
 
-/// The three decoders share one shape (`new`, `feed`, `close`) but no trait; this gives them
-/// one, so the timing loop is written once and monomorphised per decoder.
-trait Decoder {
-    type Exchange;
-    fn new() -> Self;
-    fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Self::Exchange>) -> bool;
-    fn close(&mut self, ts_ns: u64, out: &mut Vec<Self::Exchange>);
-}
-
-macro_rules! decoder {
-    ($ty:ty, $exchange:ty) => {
-        impl Decoder for $ty {
-            type Exchange = $exchange;
-            fn new() -> Self {
-                <$ty>::new()
-            }
-            fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Self::Exchange>) -> bool {
-                <$ty>::feed(self, chunk, out).is_ok()
-            }
-            fn close(&mut self, ts_ns: u64, out: &mut Vec<Self::Exchange>) {
-                <$ty>::close(self, ts_ns, out)
-            }
-        }
-    };
-}
-
-decoder!(Http1Decoder, periscope::protocol::http1::HttpExchange);
-decoder!(KafkaDecoder, periscope::protocol::kafka::KafkaExchange);
-decoder!(PgDecoder, periscope::protocol::postgres::PgExchange);
-
 /// Replays one fixture through a fresh decoder, as one connection: chunk `i` moved at
 /// `i` ns, and the connection closes after the last. Exchanges are dropped here, so their
 /// allocations and frees are part of the cost, as in the agent.
-fn replay<D: Decoder>(fixture: &Fixture, out: &mut Vec<D::Exchange>) -> Tally {
-    let mut decoder = D::new();
+fn replay(
+    protocol: &Protocol,
+    fixture: &Fixture,
+    shared: &mut Shared,
+    out: &mut Vec<Detail>,
+) -> Tally {
+    let mut decoder = (protocol.start)(false);
     let mut failed = false;
     for (i, (stream, bytes)) in fixture.chunks.iter().enumerate() {
         let chunk = Chunk {
@@ -140,12 +116,12 @@ fn replay<D: Decoder>(fixture: &Fixture, out: &mut Vec<D::Exchange>) -> Tally {
             bytes,
             len: bytes.len() as u64,
         };
-        if !decoder.feed(&chunk, out) {
+        if decoder.feed(&chunk, shared, out).is_err() {
             failed = true;
             break;
         }
     }
-    decoder.close(fixture.chunks.len() as u64, out);
+    decoder.close(fixture.chunks.len() as u64, shared, out);
     let exchanges = out.len() as u64;
     black_box(&mut *out).clear();
     Tally {
@@ -154,14 +130,16 @@ fn replay<D: Decoder>(fixture: &Fixture, out: &mut Vec<D::Exchange>) -> Tally {
     }
 }
 
-fn bench<D: Decoder>(protocol: &str, fixtures: &[Fixture], options: &Options) {
+fn bench(protocol: &Protocol, fixtures: &[Fixture], options: &Options) {
+    let name = protocol.fixtures;
     let mut out = Vec::new();
+    let mut shared = Shared::default();
     // Untimed check pass: say which fixtures a decoder rejects, since their cost is partial.
     for f in fixtures {
-        let t = replay::<D>(f, &mut out);
+        let t = replay(protocol, f, &mut shared, &mut out);
         if t.errors > 0 {
             eprintln!(
-                "[decode_bench] warning: {protocol}/{}: the decoder gave up",
+                "[decode_bench] warning: {name}/{}: the decoder gave up",
                 f.name
             );
         }
@@ -173,7 +151,7 @@ fn bench<D: Decoder>(protocol: &str, fixtures: &[Fixture], options: &Options) {
         let started = Instant::now();
         for _ in 0..options.iterations {
             for f in fixtures {
-                let t = replay::<D>(black_box(f), &mut out);
+                let t = replay(protocol, black_box(f), &mut shared, &mut out);
                 tally.exchanges += t.exchanges;
                 tally.errors += t.errors;
             }
@@ -183,7 +161,7 @@ fn bench<D: Decoder>(protocol: &str, fixtures: &[Fixture], options: &Options) {
             continue;
         }
         println!(
-            "protocol={protocol} run={run} fixtures={} replays={} exchanges={} bytes={} errors={} ns={ns}",
+            "protocol={name} run={run} fixtures={} replays={} exchanges={} bytes={} errors={} ns={ns}",
             fixtures.len(),
             options.iterations * fixtures.len() as u64,
             tally.exchanges,
@@ -222,12 +200,11 @@ fn main() -> ExitCode {
             options.runs,
             options.iterations
         );
-        match protocol.as_str() {
-            "http1" => bench::<Http1Decoder>(protocol, &fixtures, &options),
-            "kafka" => bench::<KafkaDecoder>(protocol, &fixtures, &options),
-            "postgres" => bench::<PgDecoder>(protocol, &fixtures, &options),
-            _ => unreachable!("checked in parse_args"),
-        }
+        let entry = REGISTRY
+            .iter()
+            .find(|p| p.fixtures == protocol)
+            .expect("checked in parse_args");
+        bench(entry, &fixtures, &options);
     }
     ExitCode::SUCCESS
 }

@@ -320,7 +320,11 @@ mod tests {
             crate::syscalls::DEFAULT_SYSCALLS.len()
         );
         let c = Config::try_parse_from(["periscope", "--protocols", "kafka"]).unwrap();
-        assert!(c.protocols.kafka && !c.protocols.http && !c.protocols.postgres);
+        assert!(
+            c.protocols.is_on("kafka")
+                && !c.protocols.is_on("http")
+                && !c.protocols.is_on("postgres")
+        );
         assert_eq!(c.syscalls_max_series, 4096);
         assert_eq!(c.syscalls_entry, crate::capture::SyscallEntry::Auto);
         let none = Config::try_parse_from(["periscope", "--syscalls", "none"]).unwrap();

@@ -13,8 +13,7 @@ use agent_ebpf::{EventHeader, EventKind, DIR_INGRESS, ORIGIN_PROC};
 
 use crate::exchange::{Detail, Endpoint, Exchange, Role};
 use crate::metadata::{ProcessCache, ProcessInfo};
-use crate::protocol::http1::DecoderStats;
-use crate::protocol::{Chunk, Stream};
+use crate::protocol::{Chunk, DecoderStats, Shared, Stopped, Stream};
 
 pub mod decoder;
 pub mod listeners;
@@ -33,6 +32,15 @@ pub enum MuteReason {
     Upgraded,
     /// The conversation switched to TLS: nothing left to read in clear text.
     Tls,
+}
+
+impl From<Stopped> for MuteReason {
+    fn from(stopped: Stopped) -> Self {
+        match stopped {
+            Stopped::Upgraded => MuteReason::Upgraded,
+            Stopped::Tls => MuteReason::Tls,
+        }
+    }
 }
 
 impl MuteReason {
@@ -164,7 +172,7 @@ fn detect(
             Detection::Decided(held)
         }
         None if candidate.len() < HOLD_BYTES
-            && decoder::could_be_start(candidate)
+            && decoder::could_be_start(candidate, protocols)
             && len == payload.len() as u64
             && (*chunks_seen as usize) < HOLD_CHUNKS =>
         {
@@ -190,7 +198,7 @@ fn detect(
 /// What feeding a decoder needs besides the connection.
 struct FeedContext<'a> {
     scratch: &'a mut Vec<Detail>,
-    topic_names: &'a mut TopicNames,
+    shared: &'a mut Shared,
     sink: &'a mut dyn Sink,
     actions: &'a mut Vec<KernelAction>,
     conn_id: u64,
@@ -223,7 +231,7 @@ fn feed(
         len,
     };
     ctx.scratch.clear();
-    let result = decoder.feed(&chunk, ctx.scratch);
+    let result = decoder.feed(&chunk, ctx.shared, ctx.scratch);
     let protocol = decoder.protocol();
     let stats = decoder.take_stats();
     if stats != DecoderStats::default() {
@@ -234,9 +242,8 @@ fn feed(
             ctx.sink.parse_error(protocol, reason);
             Some(MuteReason::ParseError)
         }
-        Ok(()) => decoder.stopped(),
+        Ok(()) => decoder.stopped().map(MuteReason::from),
     };
-    ctx.topic_names.learn_and_resolve(ctx.scratch);
     emit(conn, ctx.conn_id, ctx.clients, role, ctx.scratch, ctx.sink);
     if let Some(reason) = mute {
         conn.state = State::Muted;
@@ -273,9 +280,8 @@ pub struct Tracker {
     processes: ProcessCache,
     listeners: listeners::ListenerPorts,
     scratch: Vec<Detail>,
-    /// Kafka topic names by topic id, learnt from Metadata responses anywhere on the node, to
-    /// name the topics of Fetch requests (v13+) that carry only ids.
-    topic_names: TopicNames,
+    /// What decoders learn on one connection and use on others (Kafka topic names by id).
+    shared: Shared,
     protocols: decoder::Protocols,
     /// Client connections by their local address: a server connection whose peer is one of
     /// them is the other end of the same connection.
@@ -292,7 +298,7 @@ impl Tracker {
             processes: ProcessCache::new(proc_root),
             listeners: listeners::ListenerPorts::new(proc_root),
             scratch: Vec::new(),
-            topic_names: TopicNames::default(),
+            shared: Shared::default(),
             protocols: decoder::Protocols::default(),
             clients: FxHashMap::default(),
             by_fd: FxHashMap::default(),
@@ -542,7 +548,7 @@ impl Tracker {
         };
         let mut ctx = FeedContext {
             scratch: &mut self.scratch,
-            topic_names: &mut self.topic_names,
+            shared: &mut self.shared,
             sink,
             actions,
             conn_id: header.conn_id,
@@ -579,8 +585,7 @@ impl Tracker {
         if let State::Decoding { role, decoder } = &mut conn.state {
             let role = *role;
             self.scratch.clear();
-            decoder.close(ts_ns, &mut self.scratch);
-            self.topic_names.learn_and_resolve(&mut self.scratch);
+            decoder.close(ts_ns, &mut self.shared, &mut self.scratch);
             let stats = decoder.take_stats();
             if stats != DecoderStats::default() {
                 sink.decoder_stats(decoder.protocol(), stats);
@@ -745,35 +750,6 @@ fn emit(
             detail,
         };
         sink.exchange(&exchange);
-    }
-}
-
-/// Kafka topic names by id, bounded (the oldest half is dropped when full).
-#[derive(Default)]
-struct TopicNames {
-    names: FxHashMap<[u8; 16], String>,
-}
-
-const TOPIC_NAMES_MAX: usize = 65536;
-
-impl TopicNames {
-    fn learn_and_resolve(&mut self, details: &mut [Detail]) {
-        for detail in details.iter_mut() {
-            let Detail::Kafka(k) = detail else {
-                continue;
-            };
-            for (id, name) in &k.metadata_topics {
-                if self.names.len() >= TOPIC_NAMES_MAX {
-                    self.names.clear();
-                }
-                self.names.insert(*id, name.clone());
-            }
-            for topic in k.topics.iter_mut().filter(|t| t.name.is_none()) {
-                if let Some(name) = topic.topic_id.and_then(|id| self.names.get(&id)) {
-                    topic.name = Some(name.clone());
-                }
-            }
-        }
     }
 }
 

@@ -1,5 +1,6 @@
 use super::*;
 use agent_ebpf::{DIR_EGRESS, OPEN_PAYLOAD_LEN, ORIGIN_ACCEPT, ORIGIN_CONNECT};
+use decoder::Protocols;
 
 /// role, route, status, start, end, server port, service name
 type Seen = (Role, String, u16, u64, u64, Option<u16>, String);
@@ -338,4 +339,37 @@ fn a_new_socket_on_a_descriptor_ends_the_one_whose_close_was_lost() {
     h.close(10, 400);
     assert_eq!(h.sink.ended, vec![EndReason::CloseLost, EndReason::Closed]);
     assert!(h.tracker.is_empty());
+}
+
+/// A protocol added to a registry (the test-only echo protocol, appended to the real ones)
+/// is detected and decoded through the same path as the real ones: detection on the first
+/// bytes (a short prefix held first), the registry's constructor, its `Detail` mapping.
+#[test]
+fn a_protocol_from_an_extended_registry_is_detected() {
+    let mut h = Harness::new();
+    h.tracker
+        .set_protocols(Protocols::all_of(&crate::protocol::echo::TEST_REGISTRY));
+    h.open(70, ORIGIN_CONNECT, 7, "pinger");
+    h.data(70, DIR_EGRESS, 1, b"PI", 2);
+    h.data(70, DIR_EGRESS, 2, b"NG /users/7\n", 12);
+    h.data(70, DIR_INGRESS, 3, b"PONG /users/7\n", 14);
+    h.close(70, 4);
+    assert!(h.sink.muted.is_empty());
+    assert_eq!(
+        h.sink.exchanges,
+        vec![(
+            Role::Client,
+            "/users/7".to_owned(),
+            200,
+            1,
+            3,
+            Some(7),
+            "pinger".to_owned()
+        )]
+    );
+    // Without the extension the same bytes are an unknown protocol.
+    let mut h = Harness::new();
+    h.open(71, ORIGIN_CONNECT, 7, "pinger");
+    h.data(71, DIR_EGRESS, 1, b"PING /users/7\n", 14);
+    assert_eq!(h.sink.muted, vec![MuteReason::UnknownProtocol]);
 }

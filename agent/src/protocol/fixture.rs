@@ -98,8 +98,8 @@ mod tests {
 
     #[test]
     fn every_protocol_has_fixtures() {
-        for protocol in ["http1", "postgres", "kafka"] {
-            assert!(!load(protocol).is_empty(), "{protocol}");
+        for protocol in &super::super::REGISTRY {
+            assert!(!load(protocol.fixtures).is_empty(), "{}", protocol.fixtures);
         }
     }
 }

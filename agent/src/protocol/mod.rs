@@ -1,11 +1,50 @@
 //! Pure protocol decoders: bytes in, exchanges out. No I/O, no clocks, no kernel types.
+//!
+//! Every protocol is a folder (`http1/`, `postgres/`, `kafka/`) holding one [`Decoder`]; the
+//! [`REGISTRY`] lists them in detection order, and the connection tracker (`conn`) knows
+//! protocols only through it.
+//!
+//! # How to add a protocol
+//! 1. **A folder** `protocol/<name>/`: `mod.rs` opens with the design notes (Model, Pairing,
+//!    Gaps, Errors, as the other decoders do) and holds the decoder state machine; the jobs go
+//!    in files of their own (`framing.rs`, `messages.rs`/`parse.rs`, `detect.rs`), the unit
+//!    tests in a sibling `tests.rs`. The decoder implements [`Decoder`]: its own exchange type
+//!    (whatever the protocol's unit is: a request/response pair, a statement), a
+//!    [`DecodeError`] with its own reason labels when it gives up, [`DecoderStats`] for what
+//!    it noticed, and [`Decoder::stopped`] if the conversation can leave the protocol (an
+//!    upgrade, TLS). It imports nothing outside `protocol::{mod, text, route, sql}`.
+//! 2. **Fixtures**: record real clients and servers into `agent/tests/fixtures/<name>/` (see
+//!    the `record.py` next to the others) and run the generic golden harness
+//!    (`testkit::golden_fixtures` and friends) from its `tests.rs` with a golden-line
+//!    formatter; `PERISCOPE_BLESS=1` writes the `.golden` files. Its fuzz target is a few lines
+//!    around `periscope_fuzz::Driver`; `cargo xtask bench decode` picks it up from the registry.
+//! 3. **A registry entry** in `registry.rs`: the self-metric name, the `--protocols` names,
+//!    the fixture directory, `detect` (the first bytes of a connection), `could_start` (too
+//!    few bytes yet, but they may begin this protocol) and the constructor.
+//! 4. **The exchange mapping**: a `Detail` variant in `exchange.rs` and the one
+//!    [`IntoDetail`] impl in `registry.rs` that wraps the protocol's exchange into it (this is
+//!    also where node-wide state such as Kafka's topic names is applied, through [`Shared`]).
+//! 5. **One arm per metric family**: every `match` on `Detail` in the sinks now fails to
+//!    compile until it handles the new variant; the compiler lists them.
+//!
+//! A worked example, small enough to read in one go, is the line-based echo protocol in
+//! `echo/` (test builds only): a folder's worth of decoder, a registry entry in a test
+//! registry, and the same golden harness and connection-level detection as the real ones.
 
+#[cfg(test)]
+pub(crate) mod echo;
 pub mod fixture;
 pub mod http1;
 pub mod kafka;
 pub mod postgres;
+mod registry;
 pub mod route;
 pub mod sql;
+#[cfg(test)]
+pub(crate) mod testkit;
+mod text;
+
+pub use registry::{session, AnyDecoder, IntoDetail, Protocol, Protocols, Shared, REGISTRY};
 
 /// Which half of a connection a chunk of bytes belongs to, from the protocol's point of view
 /// (not the syscall's): the connection tracker maps (direction, role) to this.
@@ -36,5 +75,136 @@ impl Chunk<'_> {
     /// Bytes moved but not captured.
     pub fn gap(&self) -> u64 {
         self.len.saturating_sub(self.bytes.len() as u64)
+    }
+}
+
+/// Non-fatal things a decoder noticed since the last call to [`Decoder::take_stats`]. Every
+/// decoder counts the same four things; what a "header" is depends on the protocol (an HTTP
+/// head, a PostgreSQL message, a Kafka frame header).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecoderStats {
+    /// Framing was lost (counted when it is lost); decoding resumes at the next chunk that
+    /// begins with a message start.
+    pub resyncs: u64,
+    /// Requests that never got a response (closed, or dropped on resync/overflow).
+    pub unpaired_requests: u64,
+    /// Responses with no pending request.
+    pub unexpected_responses: u64,
+    /// Header block cut by a capture gap.
+    pub truncated_headers: u64,
+}
+
+/// Why a decoder stopped decoding a connection without an error: what follows is no longer
+/// this protocol in clear text, and the caller stops capturing it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// The connection switched protocols (HTTP `101 Switching Protocols`, a `CONNECT` tunnel).
+    Upgraded,
+    /// The conversation switched to TLS (a PostgreSQL `SSLRequest` answered `S`).
+    Tls,
+}
+
+/// When an exchange happened: what the generic machinery (golden tests, fuzzing, the
+/// connection tracker) needs of every protocol's exchange type.
+pub trait Timed {
+    /// `(start_ns, end_ns)`, as the protocol's timing rules define them.
+    fn span(&self) -> (u64, u64);
+    /// The same, writable: comparisons that must not depend on timing clear them.
+    fn span_mut(&mut self) -> (&mut u64, &mut u64);
+}
+
+/// Implements [`Timed`] for exchange types whose times are their `start_ns` and `end_ns`
+/// fields.
+macro_rules! timed {
+    ($($exchange:ty),+) => {$(
+        impl $crate::protocol::Timed for $exchange {
+            fn span(&self) -> (u64, u64) {
+                (self.start_ns, self.end_ns)
+            }
+
+            fn span_mut(&mut self) -> (&mut u64, &mut u64) {
+                (&mut self.start_ns, &mut self.end_ns)
+            }
+        }
+    )+};
+}
+pub(crate) use timed;
+
+/// Why a decoder gave up on a connection: the caller stops decoding it and counts a parse
+/// error by [`DecodeError::reason`]. After an error a decoder stays failed: `feed` repeats it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The bytes are not this protocol: a stream's first message did not parse. Holds the
+    /// reason label, `not_<protocol>` (each protocol names its own: `http1::NOT_HTTP`, ...).
+    #[error("not this protocol ({0})")]
+    NotProtocol(&'static str),
+    /// The protocol, broken beyond repair after messages were decoded (an impossible length,
+    /// an unknown message type): a snake_case reason each decoder documents.
+    #[error("malformed: {0}")]
+    Malformed(&'static str),
+}
+
+impl DecodeError {
+    /// Low-cardinality snake_case reason, fit for a metric label.
+    pub fn reason(&self) -> &'static str {
+        match *self {
+            DecodeError::NotProtocol(reason) | DecodeError::Malformed(reason) => reason,
+        }
+    }
+}
+
+/// One connection's decoder for one protocol: the two captured byte streams in, in capture
+/// order, and the protocol's exchanges out.
+///
+/// The contract every decoder keeps (and the generic tests in `testkit` check): chunk
+/// boundaries do not change what is decoded; a capture gap (`Chunk::len` beyond the captured
+/// bytes) is skipped by length or counted in [`DecoderStats`], never an error by itself; an
+/// error is sticky (`feed` repeats it); memory is bounded by constants next to each buffer;
+/// `close` flushes what the end of the connection completes and resets the decoder, keeping
+/// its stats.
+pub trait Decoder: Send + 'static {
+    /// The `protocol` label of self-metrics ("http1", "postgresql", "kafka").
+    const PROTOCOL: &'static str;
+    /// What one completed exchange looks like for this protocol.
+    type Exchange: Timed + Send + 'static;
+
+    /// A decoder for a new connection, seen from its first byte (`mid_stream == false`), or
+    /// for one found already open, whose bytes may start anywhere in a conversation.
+    fn start(mid_stream: bool) -> Self
+    where
+        Self: Sized;
+
+    /// Feeds one syscall's bytes; completed exchanges are pushed to `out`. Err means the
+    /// stream is not this protocol or is broken beyond repair: the caller stops decoding the
+    /// connection.
+    fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Self::Exchange>)
+        -> Result<(), DecodeError>;
+
+    /// The connection closed at `ts_ns`: flush what can still be completed. The decoder is
+    /// then reset (stats are kept) and may be reused.
+    fn close(&mut self, ts_ns: u64, out: &mut Vec<Self::Exchange>);
+
+    /// Counters since the last call, reset.
+    fn take_stats(&mut self) -> DecoderStats;
+
+    /// Set once the conversation left the protocol (an upgrade, TLS): later bytes are ignored
+    /// and the caller stops decoding.
+    fn stopped(&self) -> Option<Stopped> {
+        None
+    }
+}
+
+/// Whether `bytes`, too few for detection to decide, could begin a message that starts with
+/// a big-endian length prefix in a plausible range (Kafka frames, PostgreSQL start-up
+/// packets). TLS records and most other binary protocols fail this at once.
+pub fn could_start_with_length(bytes: &[u8]) -> bool {
+    match bytes {
+        [a, b, c, d, ..] => {
+            let n = u32::from_be_bytes([*a, *b, *c, *d]);
+            (8..=100 << 20).contains(&n)
+        }
+        // Lengths up to 100 MiB start with 0x00..=0x06.
+        [first, ..] => *first <= 0x06,
+        [] => false,
     }
 }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::protocol::testkit::{self, Golden, Xorshift};
 
 /// Big-endian message writer for hand-made frames.
 #[derive(Default)]
@@ -152,67 +153,7 @@ fn produce_resp(ver: i16, corr: i32, topics: &[(&str, &[i16])]) -> Vec<u8> {
     w.i32(0).tags(flex).frame()
 }
 
-struct Conn {
-    dec: KafkaDecoder,
-    out: Vec<KafkaExchange>,
-    t: u64,
-}
-
-impl Conn {
-    fn new() -> Self {
-        Conn {
-            dec: KafkaDecoder::new(),
-            out: Vec::new(),
-            t: 0,
-        }
-    }
-
-    fn feed(&mut self, stream: Stream, bytes: &[u8], gap: u64) -> Result<(), DecodeError> {
-        self.t += 1;
-        let chunk = Chunk {
-            stream,
-            first_ns: self.t * 10,
-            last_ns: self.t * 10 + 5,
-            bytes,
-            len: bytes.len() as u64 + gap,
-        };
-        self.dec.feed(&chunk, &mut self.out)
-    }
-
-    fn req(&mut self, bytes: &[u8]) -> &mut Self {
-        self.feed(Stream::Request, bytes, 0)
-            .expect("request decodes");
-        self
-    }
-
-    fn resp(&mut self, bytes: &[u8]) -> &mut Self {
-        self.feed(Stream::Response, bytes, 0)
-            .expect("response decodes");
-        self
-    }
-
-    fn req_gap(&mut self, bytes: &[u8], gap: u64) -> &mut Self {
-        self.feed(Stream::Request, bytes, gap)
-            .expect("request decodes");
-        self
-    }
-
-    fn resp_gap(&mut self, bytes: &[u8], gap: u64) -> &mut Self {
-        self.feed(Stream::Response, bytes, gap)
-            .expect("response decodes");
-        self
-    }
-
-    fn close(&mut self) -> &mut Self {
-        self.t += 1;
-        self.dec.close(self.t * 10, &mut self.out);
-        self
-    }
-
-    fn take(&mut self) -> Vec<KafkaExchange> {
-        std::mem::take(&mut self.out)
-    }
-}
+type Conn = testkit::Conn<KafkaDecoder>;
 
 fn hex8(id: &[u8; 16]) -> String {
     id[..4].iter().map(|b| format!("{b:02x}")).collect()
@@ -938,16 +879,16 @@ fn garbage_is_rejected_and_the_error_sticks() {
     let mut c = Conn::new();
     assert_eq!(
         c.feed(Stream::Request, b"GET / HTTP/1.1\r\n\r\n", 0),
-        Err(DecodeError::NotKafka)
+        Err(NOT_KAFKA)
     );
     assert_eq!(
         c.feed(Stream::Request, &req(12, 0, 1, None).frame(), 0),
-        Err(DecodeError::NotKafka)
+        Err(NOT_KAFKA)
     );
     let mut c = Conn::new();
     assert_eq!(
         c.feed(Stream::Request, &req(99, 0, 1, None).frame(), 0),
-        Err(DecodeError::NotKafka)
+        Err(NOT_KAFKA)
     );
     // After a good frame, faults are Malformed.
     let mut c = Conn::new();
@@ -970,8 +911,8 @@ fn garbage_is_rejected_and_the_error_sticks() {
         &W::default().i16(12).i16(0).i32(2).i16(50).frame(),
         0,
     );
-    assert_eq!(e, Err(DecodeError::NotKafka));
-    assert_eq!(DecodeError::NotKafka.reason(), "not_kafka");
+    assert_eq!(e, Err(NOT_KAFKA));
+    assert_eq!(NOT_KAFKA.reason(), "not_kafka");
     // Unknown API key after sync: an exchange named Unknown.
     let mut c = Conn::new();
     c.req(&req(12, 0, 1, None).frame())
@@ -987,35 +928,25 @@ fn garbage_is_rejected_and_the_error_sticks() {
 
 #[test]
 fn random_input_never_panics() {
-    let mut seed = 0x1234_5678_9abc_def0u64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut rng = Xorshift(0x1234_5678_9abc_def0u64);
     let valid = produce_req(9, 1, 1, &[("t", &[&[2]])]);
     let valid_resp = produce_resp(9, 1, &[("t", &[0])]);
     for round in 0..3000 {
         let mut dec = KafkaDecoder::new();
         let mut out = Vec::new();
         for t in 0..20u64 {
-            let mut bytes: Vec<u8> = match next() % 3 {
+            let mut bytes: Vec<u8> = match rng.u64() % 3 {
                 0 => valid.clone(),
                 1 => valid_resp.clone(),
-                _ => (0..next() % 64).map(|_| next() as u8).collect(),
+                _ => (0..rng.u64() % 64).map(|_| rng.u64() as u8).collect(),
             };
             if !bytes.is_empty() && round % 2 == 0 {
-                let i = (next() as usize) % bytes.len();
-                bytes[i] = next() as u8;
+                let i = (rng.u64() as usize) % bytes.len();
+                bytes[i] = rng.u64() as u8;
             }
-            let cut = (next() as usize) % (bytes.len() + 1);
-            let stream = if next() % 2 == 0 {
-                Stream::Request
-            } else {
-                Stream::Response
-            };
-            let gap = if next() % 4 == 0 { next() % 100_000 } else { 0 };
+            let cut = (rng.u64() as usize) % (bytes.len() + 1);
+            let stream = rng.stream();
+            let gap = rng.gap(4);
             let chunk = Chunk {
                 stream,
                 first_ns: t * 10,
@@ -1035,80 +966,42 @@ fn random_input_never_panics() {
 
 // ---- golden tests over recorded traffic (tests/fixtures/kafka, see record.py) ----
 
-use crate::protocol::fixture::Fixture;
-
-fn load_fixtures() -> Vec<Fixture> {
-    crate::protocol::fixture::load("kafka")
-}
-
-/// Golden line: fields, then `@start..end` in chunk indices (chunk i has first_ns = last_ns =
-/// i; close happens at the chunk count).
-fn golden_line(x: &KafkaExchange) -> String {
-    format!("{} @{}..{}", line(x), x.start_ns, x.end_ns)
-}
-
-fn decode_fixture(chunks: &[(Stream, &[u8])]) -> (Vec<KafkaExchange>, DecoderStats) {
-    let mut dec = KafkaDecoder::new();
-    let mut out = Vec::new();
-    for (i, (stream, bytes)) in chunks.iter().enumerate() {
-        let chunk = Chunk {
-            stream: *stream,
-            first_ns: i as u64,
-            last_ns: i as u64,
-            bytes,
-            len: bytes.len() as u64,
-        };
-        dec.feed(&chunk, &mut out).expect("fixture decodes");
-    }
-    dec.close(chunks.len() as u64, &mut out);
-    (out, dec.take_stats())
-}
-
-#[test]
-fn golden_fixtures() {
-    let fixtures = load_fixtures();
-    assert!(fixtures.len() >= 10, "fixtures missing: run record.py");
-    let bless = std::env::var_os("PERISCOPE_BLESS").is_some();
-    for f in &fixtures {
-        assert_eq!(detect(&f.chunks[0].1), Some(Stream::Request), "{}", f.name);
-        let chunks: Vec<(Stream, &[u8])> =
-            f.chunks.iter().map(|(s, b)| (*s, b.as_slice())).collect();
-        let (xs, stats) = decode_fixture(&chunks);
-        let mut got: Vec<String> = xs.iter().map(golden_line).collect();
-        got.push(format!("stats {stats:?}"));
-        let got = got.join("\n") + "\n";
-        let path = crate::protocol::fixture::dir("kafka").join(format!("{}.golden", f.name));
-        if bless {
-            std::fs::write(&path, &got).expect("golden writable");
-        }
-        let want = std::fs::read_to_string(&path).expect("golden file");
-        assert_eq!(got, want, "fixture {}", f.name);
+const GOLDEN: Golden<KafkaDecoder> = Golden {
+    fixtures: "kafka",
+    at_least: 10,
+    line,
+    state: |_| None,
+    check: |f, d| {
         // Clients close with requests in flight (a consumer's pending Fetch): unpaired is
         // expected there, but nothing else.
         assert_eq!(
-            (stats.resyncs, stats.truncated_headers),
+            (d.stats.resyncs, d.stats.truncated_headers),
             (0, 0),
             "{}",
             f.name
         );
-        assert_eq!(stats.unexpected_responses, 0, "{}", f.name);
-        assert!(xs.iter().all(|x| x.complete && x.end_ns >= x.start_ns));
-    }
-}
+        assert_eq!(d.stats.unexpected_responses, 0, "{}", f.name);
+        assert!(d.exchanges.iter().all(|x| x.complete), "{}", f.name);
+    },
+    splits_per_run: usize::MAX,
+    // With a limit above every frame header, the same requests pair in the same order; from
+    // 64 on, chunks holding several frames lose the later ones to the gap, the rest pair.
+    limits: &[0, 1, 4, 16, 64, 200, 1024],
+    subset_from: Some(64),
+    key: |x| format!("{:?}", (x.api_key, x.api_version, x.correlation_id)),
+};
+
+testkit::golden_tests!(GOLDEN);
 
 /// What the clients did, checked against the decoded fixtures independently of the goldens.
 #[test]
 fn golden_fixtures_match_what_the_clients_did() {
-    let fixtures = load_fixtures();
+    let fixtures = GOLDEN.load();
     let decode = |prefix: &str| -> Vec<KafkaExchange> {
         fixtures
             .iter()
             .filter(|f| f.name.starts_with(prefix))
-            .flat_map(|f| {
-                let chunks: Vec<(Stream, &[u8])> =
-                    f.chunks.iter().map(|(s, b)| (*s, b.as_slice())).collect();
-                decode_fixture(&chunks).0
-            })
+            .flat_map(|f| GOLDEN.decode(&testkit::slices(&f.chunks)).exchanges)
             .collect()
     };
     let produced = |xs: &[KafkaExchange]| -> u64 {
@@ -1165,107 +1058,6 @@ fn golden_fixtures_match_what_the_clients_did() {
             "Fetch",
         ] {
             assert!(xs.iter().any(|x| x.api_name == api), "{prefix}: no {api}");
-        }
-    }
-}
-
-/// Merges consecutive chunks of the same stream into runs.
-fn runs(chunks: &[(Stream, Vec<u8>)]) -> Vec<(Stream, Vec<u8>)> {
-    let mut runs: Vec<(Stream, Vec<u8>)> = Vec::new();
-    for (s, b) in chunks {
-        match runs.last_mut() {
-            Some((last, run)) if last == s => run.extend_from_slice(b),
-            _ => runs.push((*s, b.clone())),
-        }
-    }
-    runs
-}
-
-fn without_times(xs: &[KafkaExchange]) -> Vec<String> {
-    xs.iter().map(line).collect()
-}
-
-#[test]
-fn golden_fixtures_resplit_at_every_byte_boundary() {
-    for f in &load_fixtures() {
-        let chunks: Vec<(Stream, &[u8])> =
-            f.chunks.iter().map(|(s, b)| (*s, b.as_slice())).collect();
-        let want = without_times(&decode_fixture(&chunks).0);
-        let runs = runs(&f.chunks);
-        let merged: Vec<(Stream, &[u8])> = runs.iter().map(|(s, b)| (*s, b.as_slice())).collect();
-        assert_eq!(
-            without_times(&decode_fixture(&merged).0),
-            want,
-            "{} merged",
-            f.name
-        );
-        for r in 0..runs.len() {
-            for k in 1..runs[r].1.len() {
-                let mut split = merged.clone();
-                let (a, b) = runs[r].1.split_at(k);
-                split[r] = (runs[r].0, a);
-                split.insert(r + 1, (runs[r].0, b));
-                assert_eq!(
-                    without_times(&decode_fixture(&split).0),
-                    want,
-                    "{} run {r} split at {k}",
-                    f.name
-                );
-            }
-        }
-        let bytes: Vec<(Stream, &[u8])> = runs
-            .iter()
-            .flat_map(|(s, b)| b.chunks(1).map(move |c| (*s, c)))
-            .collect();
-        assert_eq!(
-            without_times(&decode_fixture(&bytes).0),
-            want,
-            "{} bytes",
-            f.name
-        );
-    }
-}
-
-/// The fixtures as a capture limit would deliver them: each chunk keeps only its first
-/// `limit` bytes, the rest becomes a gap. Whatever the limit: no error, sane timestamps, never
-/// more exchanges than the full capture. With a limit above every frame header, the same
-/// requests pair in the same order.
-#[test]
-fn golden_fixtures_under_a_capture_limit() {
-    for f in &load_fixtures() {
-        let full: Vec<(Stream, &[u8])> = f.chunks.iter().map(|(s, b)| (*s, b.as_slice())).collect();
-        let want = decode_fixture(&full).0;
-        for limit in [0usize, 1, 4, 16, 64, 200, 1024] {
-            let mut dec = KafkaDecoder::new();
-            let mut out = Vec::new();
-            for (i, (stream, bytes)) in f.chunks.iter().enumerate() {
-                let chunk = Chunk {
-                    stream: *stream,
-                    first_ns: i as u64,
-                    last_ns: i as u64,
-                    bytes: &bytes[..bytes.len().min(limit)],
-                    len: bytes.len() as u64,
-                };
-                dec.feed(&chunk, &mut out)
-                    .unwrap_or_else(|e| panic!("{} limit {limit}: {e}", f.name));
-            }
-            dec.close(f.chunks.len() as u64, &mut out);
-            assert!(out.len() <= want.len(), "{} limit {limit}", f.name);
-            assert!(out.iter().all(|x| x.end_ns >= x.start_ns));
-            if limit >= 64 {
-                let key = |x: &KafkaExchange| (x.api_key, x.api_version, x.correlation_id);
-                let got: Vec<_> = out.iter().map(key).collect();
-                let all: Vec<_> = want.iter().map(key).collect();
-                // Chunks holding several frames lose the later ones to the gap; the rest pair.
-                assert!(
-                    got.iter().all(|k| all.contains(k)),
-                    "{} limit {limit}",
-                    f.name
-                );
-                if limit == 1024 {
-                    assert_eq!(got, all, "{} limit {limit}", f.name);
-                }
-            }
         }
     }
 }

@@ -31,7 +31,7 @@
 //!   `complete = false`; a request yields what its prefix showed.
 //! - **A frame whose size prefix falls in a gap** (`truncated_headers` and `resyncs` both +1):
 //!   framing is lost. The stream discards chunks until one that begins with a frame start: a
-//!   request that passes [`detect`], or a response of sane size whose correlation id is
+//!   request that passes [`detect()`], or a response of sane size whose correlation id is
 //!   pending. For the response stream the oldest pending request is dropped as unpaired (its
 //!   response is assumed to be the lost one).
 //! - **Header cut by a gap** (`truncated_headers` +1): a request whose correlation id was
@@ -42,21 +42,27 @@
 //! # Errors
 //! A first request frame whose header is not a plausible Kafka header ([`apis::plausible`],
 //! a client id that fits the frame), or a first frame of either stream with an impossible
-//! size, is [`DecodeError::NotKafka`]; after a frame was decoded the same faults are
+//! size, is [`NOT_KAFKA`]; after a frame was decoded the same faults are
 //! `Malformed("bad_request_header" | "bad_frame_size")`. A body that does not parse is not an
 //! error: framing does not depend on it, so the exchange keeps what was decoded. After an
 //! error the decoder stays failed: `feed` repeats the error.
 
 mod apis;
 mod body;
+mod detect;
 pub mod errors;
+mod topics;
 mod wire;
 
 use std::collections::VecDeque;
 
-pub use super::http1::DecoderStats;
-use super::{Chunk, Stream};
+use super::text::capped_string;
+pub use super::DecodeError;
+pub use super::DecoderStats;
+use super::{Chunk, Decoder, Stream};
 use body::Summary;
+pub use detect::detect;
+pub use topics::{TopicNames, MAX_TOPIC_NAMES};
 use wire::{Reader, Stop};
 
 /// Most requests waiting for a response on one connection; beyond it the oldest is dropped.
@@ -138,25 +144,11 @@ pub struct KafkaExchange {
     pub complete: bool,
 }
 
-/// Why a stream cannot be decoded as Kafka.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
-    #[error("not Kafka")]
-    NotKafka,
-    #[error("malformed Kafka: {0}")]
-    Malformed(&'static str),
-}
+super::timed!(KafkaExchange);
 
-impl DecodeError {
-    /// Low-cardinality snake_case reason, fit for a metric label: "not_kafka",
-    /// "bad_frame_size", "bad_request_header".
-    pub fn reason(&self) -> &'static str {
-        match self {
-            DecodeError::NotKafka => "not_kafka",
-            DecodeError::Malformed(reason) => reason,
-        }
-    }
-}
+/// The stream is not Kafka. Once a frame was decoded, faults are [`DecodeError::Malformed`]:
+/// "bad_frame_size", "bad_request_header".
+pub const NOT_KAFKA: DecodeError = DecodeError::NotProtocol("not_kafka");
 
 /// A frame being received.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -198,7 +190,7 @@ struct Half {
     first_ns: u64,
     /// `last_ns` of the last chunk that carried bytes of the current frame.
     last_ns: u64,
-    /// A frame was decoded on this stream: later faults are Malformed, not NotKafka.
+    /// A frame was decoded on this stream: later faults are Malformed, not NOT_KAFKA.
     synced: bool,
 }
 
@@ -276,14 +268,20 @@ impl KafkaDecoder {
             stats: DecoderStats::default(),
         }
     }
+}
+
+impl Decoder for KafkaDecoder {
+    const PROTOCOL: &'static str = "kafka";
+    type Exchange = KafkaExchange;
+
+    /// A connection joined mid-stream resynchronises like after a gap.
+    fn start(_mid_stream: bool) -> Self {
+        Self::new()
+    }
 
     /// Feed one syscall's bytes. Err means the stream is not Kafka or broken beyond repair: the
     /// caller stops decoding the connection. Completed exchanges are pushed to `out`.
-    pub fn feed(
-        &mut self,
-        chunk: &Chunk<'_>,
-        out: &mut Vec<KafkaExchange>,
-    ) -> Result<(), DecodeError> {
+    fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Vec<KafkaExchange>) -> Result<(), DecodeError> {
         if let Some(e) = self.failed {
             return Err(e);
         }
@@ -302,7 +300,7 @@ impl KafkaDecoder {
     /// correlation id was captured and pending. Requests without a response (including one
     /// cut mid-frame) are counted as unpaired, not emitted. The decoder is then reset (stats
     /// are kept) and may be reused.
-    pub fn close(&mut self, ts_ns: u64, out: &mut Vec<KafkaExchange>) {
+    fn close(&mut self, ts_ns: u64, out: &mut Vec<KafkaExchange>) {
         if self.failed.is_none() {
             if let State::Body(f) = self.resp.state {
                 if self.resp.buf.len() >= 4 {
@@ -328,11 +326,12 @@ impl KafkaDecoder {
         self.stats = stats;
     }
 
-    /// Counters since the last call, reset.
-    pub fn take_stats(&mut self) -> DecoderStats {
+    fn take_stats(&mut self) -> DecoderStats {
         std::mem::take(&mut self.stats)
     }
+}
 
+impl KafkaDecoder {
     fn half(&mut self, stream: Stream) -> &mut Half {
         match stream {
             Stream::Request => &mut self.req,
@@ -383,7 +382,7 @@ impl KafkaDecoder {
                         return Err(if h.synced {
                             DecodeError::Malformed("bad_frame_size")
                         } else {
-                            DecodeError::NotKafka
+                            NOT_KAFKA
                         });
                     }
                     h.state = State::Body(Frame {
@@ -543,7 +542,7 @@ impl KafkaDecoder {
         let bad = if self.req.synced {
             DecodeError::Malformed("bad_request_header")
         } else {
-            DecodeError::NotKafka
+            NOT_KAFKA
         };
         let mut r = Reader::new(body);
         let (Ok(api_key), Ok(api_version), Ok(correlation_id)) = (r.i16(), r.i16(), r.i32()) else {
@@ -706,65 +705,6 @@ impl KafkaDecoder {
             complete,
         }
     }
-}
-
-/// Cheap protocol detection on the first bytes a connection sends: Some(Stream::Request) if
-/// they begin a plausible Kafka request frame, else None (responses are not detected: they
-/// carry no recognisable marker).
-///
-/// Plausible: a size in 8..=100 MiB; an API key in 0..=74 with a version no higher than a few
-/// past the API's known maximum ([`apis::plausible`]); then, for request header v1/v2, a
-/// client id length of -1 or one that fits the frame, whose captured bytes are printable
-/// ASCII. At least 14 bytes are needed (12 for header v0). HTTP methods and TLS records make
-/// sizes far above 100 MiB; a Postgres startup message (length, 0x0003_0000, "user\0name")
-/// reads as Metadata v0 but its client id length (0x00, first letter of the user name)
-/// overruns the frame or covers a NUL.
-pub fn detect(bytes: &[u8]) -> Option<Stream> {
-    let mut r = Reader::new(bytes);
-    let size = r.i32().ok()?;
-    if !(MIN_REQUEST_FRAME..=MAX_REQUEST_FRAME).contains(&size) {
-        return None;
-    }
-    let api_key = r.i16().ok()?;
-    let api_version = r.i16().ok()?;
-    if !apis::plausible(api_key, api_version) {
-        return None;
-    }
-    r.i32().ok()?; // correlation_id
-    if apis::request_header_version(api_key, api_version) == 0 {
-        return Some(Stream::Request);
-    }
-    let len = r.i16().ok()?;
-    if len < -1 || i32::from(len) > size - 10 {
-        return None;
-    }
-    let len = usize::try_from(len).unwrap_or(0);
-    let rest = r.rest();
-    let captured = &rest[..len.min(rest.len())];
-    captured
-        .iter()
-        .all(|&c| (0x20..0x7f).contains(&c))
-        .then_some(Stream::Request)
-}
-
-/// At most `max` bytes as a String, cut at a character boundary; invalid UTF-8 is replaced.
-fn capped_string(b: &[u8], max: usize) -> String {
-    let b = &b[..b.len().min(max)];
-    let mut s = match std::str::from_utf8(b) {
-        Ok(s) => return s.to_owned(),
-        // The cut fell inside a character: drop the partial character.
-        Err(e) if e.error_len().is_none() => {
-            return String::from_utf8_lossy(&b[..e.valid_up_to()]).into_owned()
-        }
-        Err(_) => String::from_utf8_lossy(b).into_owned(),
-    };
-    // Replacement characters take 3 bytes where the invalid byte took 1: cut again.
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s.truncate(end);
-    s
 }
 
 #[cfg(test)]
