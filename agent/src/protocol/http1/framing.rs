@@ -30,6 +30,33 @@ pub(super) enum Chunked {
 }
 
 impl Chunked {
+    /// Skips `gap` uncaptured bytes when where they end is known: inside chunk data, or in the
+    /// CRLF that closes it (two bytes whose value the protocol fixes, so nothing is guessed).
+    /// Returns the payload bytes skipped; `None` when the gap reaches a size line.
+    fn skip_known(&mut self, gap: u64) -> Option<u64> {
+        let (payload, after_data) = match *self {
+            Chunked::Data(left) if gap <= left => {
+                *self = if gap == left {
+                    Chunked::DataCr
+                } else {
+                    Chunked::Data(left - gap)
+                };
+                return Some(gap);
+            }
+            Chunked::Data(left) => (left, gap - left),
+            Chunked::DataCr => (0, gap),
+            Chunked::DataLf => (0, gap + 1),
+            _ => return None,
+        };
+        // `after_data` bytes of the CRLF that closes the chunk data.
+        *self = match after_data {
+            1 => Chunked::DataLf,
+            2 => Chunked::START,
+            _ => return None,
+        };
+        Some(payload)
+    }
+
     pub(super) const START: Chunked = Chunked::Size {
         value: 0,
         digits: 0,
@@ -183,16 +210,10 @@ impl Body {
                     leftover: gap - *left,
                 },
             ),
-            Body::Chunked(Chunked::Data(left)) if gap <= *left => {
-                let left = *left - gap;
-                *self = Body::Chunked(if left == 0 {
-                    Chunked::DataCr
-                } else {
-                    Chunked::Data(left)
-                });
-                (gap, GapOutcome::Inside)
-            }
-            Body::Chunked(_) => (gap, GapOutcome::Lost),
+            Body::Chunked(state) => match state.skip_known(gap) {
+                Some(payload) => (payload, GapOutcome::Inside),
+                None => (gap, GapOutcome::Lost),
+            },
             Body::UntilClose => (gap, GapOutcome::Inside),
         }
     }

@@ -413,6 +413,48 @@ fn gap_inside_chunk_data_is_skipped() {
     assert_eq!(c.dec.take_stats(), DecoderStats::default());
 }
 
+/// Issue 14: a server writes `size CRLF data CRLF` in one write and the capture window ends
+/// anywhere from inside the data to past its closing CRLF. A gap that ends in that CRLF (two
+/// bytes the protocol fixes) keeps framing: exact body size, the response complete as soon as
+/// its last chunk arrives, nothing counted as lost.
+#[test]
+fn a_gap_ending_in_a_chunks_closing_crlf_keeps_framing() {
+    let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1000\r\n";
+    let data = vec![b'x'; 0x1000];
+    let mut write = head.to_vec();
+    write.extend_from_slice(&data);
+    write.extend_from_slice(b"\r\n");
+    // Captured prefixes ending 3 bytes before the data's end up to just after its CRLF.
+    let data_end = head.len() + data.len();
+    for captured in data_end - 3..=write.len() {
+        let mut c = Conn::new();
+        c.req(GET_A);
+        let gap = (write.len() - captured) as u64;
+        c.resp_gap(&write[..captured], gap);
+        c.resp(b"0\r\n\r\n");
+        let xs = c.take();
+        assert_eq!(
+            lines(&xs),
+            ["GET /a /a 200 req_body=0 resp_body=4096 complete=true"],
+            "captured {captured} of {}",
+            write.len()
+        );
+        assert_eq!(
+            c.dec.take_stats(),
+            DecoderStats::default(),
+            "captured {captured}"
+        );
+    }
+    // A gap that reaches into the next size line still loses framing, and says so.
+    let mut c = Conn::new();
+    c.req(GET_A);
+    let mut more = write.clone();
+    more.extend_from_slice(b"4\r\nabcd\r\n");
+    c.resp_gap(&more[..data_end], (more.len() - data_end) as u64);
+    c.resp(b"0\r\n\r\n");
+    assert_eq!(c.dec.take_stats().resyncs, 1);
+}
+
 #[test]
 fn message_starting_in_a_gap_keeps_pairing() {
     // The second pipelined request starts in the gap of the first's body.
