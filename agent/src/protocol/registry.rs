@@ -88,8 +88,8 @@ impl IntoDetail for Http1Decoder {
 }
 
 impl IntoDetail for PgDecoder {
-    /// Statements with the database the connection's startup message named. After `close`
-    /// the decoder is reset, so statements completed by the close carry none.
+    /// Statements with the database the connection's startup message named (kept through
+    /// `close`, so statements the close completes carry it too).
     fn detail(&self, statement: postgres::PgExchange, _: &mut Shared) -> Detail {
         Detail::Postgres(PostgresDetail {
             statement,

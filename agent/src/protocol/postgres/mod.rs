@@ -304,9 +304,12 @@ impl Decoder for PgDecoder {
         }
         let unpaired: u64 = self.pending.iter().map(unanswered).sum();
         self.stats.unpaired_requests += unpaired;
-        let stats = self.stats;
+        // What the connection was (its stats, and the database its start-up named) outlives
+        // the reset: the statements the close just completed still read the database.
+        let (stats, startup) = (self.stats, self.startup.take());
         *self = Self::new();
         self.stats = stats;
+        self.startup = startup;
     }
 
     fn take_stats(&mut self) -> DecoderStats {

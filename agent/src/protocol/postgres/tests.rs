@@ -1203,3 +1203,44 @@ fn throughput() {
         println!("{name}: {per:.0} ns per statement");
     }
 }
+
+/// Issue 14: a statement completed by the connection's close still names its database (the
+/// reset at close used to drop the start-up info before the close's statements were mapped).
+#[test]
+fn statements_completed_at_close_keep_the_database() {
+    use crate::exchange::Detail;
+    use crate::protocol::{session, Chunk, Shared, Stream};
+    let mut decoder = session::<PgDecoder>(false);
+    let (mut shared, mut out) = (Shared::default(), Vec::new());
+    let mut t = 0;
+    let mut feed = |stream, bytes: &[u8], out: &mut Vec<Detail>| {
+        t += 10;
+        let chunk = Chunk {
+            stream,
+            first_ns: t,
+            last_ns: t,
+            bytes,
+            len: bytes.len() as u64,
+        };
+        decoder.feed(&chunk, &mut shared, out).unwrap();
+    };
+    feed(
+        Stream::Request,
+        &startup(&[("user", "alice"), ("database", "shop")]),
+        &mut out,
+    );
+    feed(Stream::Response, &login(), &mut out);
+    feed(Stream::Request, &query("SELECT * FROM big"), &mut out);
+    feed(
+        Stream::Response,
+        &cat(&[row_desc(), data_row("1")]),
+        &mut out,
+    );
+    assert!(out.is_empty());
+    decoder.close(100, &mut shared, &mut out);
+    let [Detail::Postgres(pg)] = out.as_slice() else {
+        panic!("one statement, completed by the close: {out:?}");
+    };
+    assert!(!pg.statement.complete);
+    assert_eq!(pg.db_namespace.as_deref(), Some("shop"));
+}
