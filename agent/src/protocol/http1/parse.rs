@@ -163,7 +163,12 @@ pub(super) fn split_target(target: &[u8], connect: bool) -> (&[u8], Option<&[u8]
             .unwrap_or(after.len());
         let rest = &after[auth_end..];
         let path = &rest[..cut(rest)];
+        // `user:password@host`: credentials never leave the decoder.
         let authority = &after[..auth_end];
+        let authority = match authority.iter().rposition(|&c| c == b'@') {
+            Some(at) => &authority[at + 1..],
+            None => authority,
+        };
         let path: &[u8] = if path.is_empty() { b"/" } else { path };
         return (path, (!authority.is_empty()).then_some(authority));
     }

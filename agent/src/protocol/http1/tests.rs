@@ -864,6 +864,21 @@ fn query_absolute_form_asterisk() {
         .all(|x| !x.route.contains('?') && !x.path.contains('?')));
 }
 
+/// Issue 15: credentials in an absolute-form target never reach the exchange (and so never a
+/// span's `server.address`).
+#[test]
+fn userinfo_in_an_absolute_target_is_dropped() {
+    let mut c = Conn::new();
+    c.req(b"GET http://alice:s3cret@proxy.example:8080/x HTTP/1.1\r\n\r\n");
+    c.req(b"GET http://token@bare.example HTTP/1.1\r\n\r\n");
+    c.resp(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    c.resp(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    let xs = c.take();
+    assert_eq!(xs[0].host.as_deref(), Some("proxy.example:8080"));
+    assert_eq!(xs[1].host.as_deref(), Some("bare.example"));
+    assert!(!format!("{xs:?}").contains("s3cret") && !format!("{xs:?}").contains("token"));
+}
+
 #[test]
 fn long_method_path_and_headers_are_capped() {
     let long_path = format!("/{}", "p".repeat(1000));
