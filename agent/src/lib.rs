@@ -10,5 +10,6 @@ pub mod flows;
 pub mod internal_events;
 pub mod metadata;
 pub mod pipeline;
+pub mod privileges;
 pub mod protocol;
 pub mod syscalls;

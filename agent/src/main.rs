@@ -121,6 +121,9 @@ fn main() {
         .parse_env("RUST_LOG")
         .format_timestamp_millis()
         .init();
+    if let Err(e) = periscope::privileges::disable_core_dumps() {
+        log::warn!("could not disable core dumps (prctl PR_SET_DUMPABLE): {e}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_stack_size(WORKER_STACK_BYTES)
