@@ -1,9 +1,10 @@
 //! `cargo xtask bench decode`: what does decoding cost per exchange, per protocol?
 //!
 //! The recorded real traffic in `agent/tests/fixtures/<protocol>/*.json` is replayed through
-//! the agent's pure decoders by the example `agent/examples/decode_bench.rs` (see there for
-//! the method), built in release without the eBPF programs and run in a pinned process. This
-//! turns its per-run lines into a Markdown report. No agent, kernel or root is involved.
+//! the agent's decoders, as the protocol registry hands them to the connection tracker, by the
+//! example `agent/examples/decode_bench.rs` (see there for the method), built in release
+//! without the eBPF programs and run in a pinned process. This turns its per-run lines into a
+//! Markdown report. No agent, kernel or root is involved.
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -177,9 +178,10 @@ fn report(args: &DecodeArgs, by_protocol: &[(String, Vec<RunLine>)]) -> String {
         "Machine: {}. One process, {pinned}, runs `agent/examples/decode_bench.rs` (release; \
          built with `AYA_BUILD_SKIP=1` in `{TARGET_DIR}`). For each protocol every fixture in \
          `agent/tests/fixtures/<protocol>/` is replayed {} times per run, each replay through \
-         a fresh decoder as a new connection, one chunk per recorded syscall, then `close`; \
-         exchanges are built and dropped, so their allocations count. {} timed runs after one \
-         discarded warm-up run.\n\n",
+         a fresh decoder from the protocol registry (`protocol::REGISTRY`) as a new connection \
+         gets, one chunk per recorded syscall, then `close`; exchanges are built, turned into \
+         the agent's `Detail`s as the connection tracker gets them, and dropped, so their \
+         allocations count. {} timed runs after one discarded warm-up run.\n\n",
         machine(),
         args.iterations,
         args.runs

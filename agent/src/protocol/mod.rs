@@ -2,7 +2,8 @@
 //!
 //! Every protocol is a folder (`http1/`, `postgres/`, `kafka/`) holding one [`Decoder`]; the
 //! [`REGISTRY`] lists them in detection order, and the connection tracker (`conn`) knows
-//! protocols only through it.
+//! protocols only through it. The decoders import nothing outside `protocol`; `registry.rs` is
+//! the one place here that knows the agent's `exchange::Detail`.
 //!
 //! # How to add a protocol
 //! 1. **A folder** `protocol/<name>/`: `mod.rs` opens with the design notes (Model, Pairing,
@@ -14,10 +15,11 @@
 //!    it noticed, and [`Decoder::stopped`] if the conversation can leave the protocol (an
 //!    upgrade, TLS). It imports nothing outside `protocol::{mod, text, route, sql}`.
 //! 2. **Fixtures**: record real clients and servers into `agent/tests/fixtures/<name>/` (see
-//!    the `record.py` next to the others) and run the generic golden harness
-//!    (`testkit::golden_fixtures` and friends) from its `tests.rs` with a golden-line
-//!    formatter; `PERISCOPE_BLESS=1` writes the `.golden` files. Its fuzz target is a few lines
-//!    around `periscope_fuzz::Driver`; `cargo xtask bench decode` picks it up from the registry.
+//!    the `record.py` next to the others) and run the generic golden harness from its
+//!    `tests.rs`: a `testkit::Golden` (a golden-line formatter, the capture limits to try) and
+//!    `testkit::golden_tests!`; `PERISCOPE_BLESS=1` writes the `.golden` files. Hand-built
+//!    conversations use `testkit::Conn`. Its fuzz target is a few lines around
+//!    `periscope_fuzz::Driver`; `cargo xtask bench decode` picks it up from the registry.
 //! 3. **A registry entry** in `registry.rs`: the self-metric name, the `--protocols` names,
 //!    the fixture directory, `detect` (the first bytes of a connection), `could_start` (too
 //!    few bytes yet, but they may begin this protocol) and the constructor.

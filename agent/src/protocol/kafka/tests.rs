@@ -1061,3 +1061,61 @@ fn golden_fixtures_match_what_the_clients_did() {
         }
     }
 }
+
+/// The node-wide registry: a Metadata exchange on one connection names the topic ids a Fetch
+/// on another carries alone; names already known are kept; the registry is bounded.
+#[test]
+fn topic_names_learnt_from_metadata_name_fetches_elsewhere() {
+    let exchange = |metadata: Vec<([u8; 16], String)>, topics: Vec<TopicStats>| KafkaExchange {
+        api_key: 0,
+        api_name: "x",
+        api_version: 0,
+        correlation_id: 0,
+        client_id: None,
+        topics,
+        acks: None,
+        error_code: 0,
+        metadata_topics: metadata,
+        start_ns: 0,
+        end_ns: 0,
+        request_bytes: 0,
+        response_bytes: 0,
+        complete: true,
+    };
+    let topic = |name: Option<&str>, id: [u8; 16]| TopicStats {
+        name: name.map(str::to_owned),
+        topic_id: Some(id),
+        partitions: 1,
+        record_count: 0,
+        error_code: 0,
+    };
+    let mut names = TopicNames::default();
+    let mut fetch = exchange(
+        Vec::new(),
+        vec![topic(None, [1; 16]), topic(Some("kept"), [2; 16])],
+    );
+    names.learn_and_resolve(&mut fetch);
+    assert_eq!(fetch.topics[0].name, None, "nothing learnt yet");
+    let mut metadata = exchange(
+        vec![([1; 16], "orders".into()), ([2; 16], "other".into())],
+        Vec::new(),
+    );
+    names.learn_and_resolve(&mut metadata);
+    names.learn_and_resolve(&mut fetch);
+    assert_eq!(fetch.topics[0].name.as_deref(), Some("orders"));
+    assert_eq!(fetch.topics[1].name.as_deref(), Some("kept"));
+    // Bounded: when full, everything learnt is dropped and relearnt.
+    let mut names = TopicNames::default();
+    let mut many = exchange(
+        (0..MAX_TOPIC_NAMES as u32 + 1)
+            .map(|i| {
+                let mut id = [0; 16];
+                id[..4].copy_from_slice(&i.to_be_bytes());
+                (id, format!("t{i}"))
+            })
+            .collect(),
+        Vec::new(),
+    );
+    names.learn_and_resolve(&mut many);
+    assert_eq!(names.len(), 1, "the last one, learnt after the drop");
+}
