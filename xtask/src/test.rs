@@ -127,11 +127,15 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
             continue;
         }
         stages.run(name, || {
+            let corpus = fuzz_dir.join("corpus").join(target);
+            let seeds = seed_corpus(target, &corpus)?;
+            println!("fuzz {target}: {seeds} seeds from the recorded fixtures");
             run(cmd("cargo")
                 .current_dir(&fuzz_dir)
                 .env("AYA_BUILD_SKIP", "1")
                 .args(["+nightly", "fuzz", "run", target, "--"])
-                .arg(format!("-max_total_time={}", args.fuzz_seconds)))
+                .arg(format!("-max_total_time={}", args.fuzz_seconds))
+                .args(fuzz_limits(target)))
         });
     }
     if args.no_vm {
@@ -224,6 +228,72 @@ fn run_counting(cmd: &mut std::process::Command) -> anyhow::Result<TestCounts> {
 }
 
 /// The fuzz targets: `fuzz/fuzz_targets/*.rs` file stems, sorted; none if there is no fuzz/.
+/// libFuzzer limits for `target`: a per-input timeout (a slow input fails the run: that is how
+/// a quadratic path is found), a memory limit, and inputs long enough for both to bite. Text
+/// parsers (SQL, routes) get long inputs: a quadratic path shows only on those.
+fn fuzz_limits(target: &str) -> Vec<String> {
+    let max_len = match target {
+        "sql" | "route" => 65_536,
+        "traceparent" => 1_024,
+        _ => 16_384,
+    };
+    vec![
+        "-timeout=10".into(),
+        "-rss_limit_mb=1024".into(),
+        format!("-max_len={max_len}"),
+    ]
+}
+
+/// Writes one seed per recorded fixture of the decoder `target` fuzzes into `corpus`, in the
+/// fuzz input format (`fuzz/src/lib.rs`: a control byte whose bit 0 is the stream, no gap, a
+/// length byte, then up to 255 bytes; longer chunks become several records). Returns how many.
+fn seed_corpus(target: &str, corpus: &Path) -> anyhow::Result<usize> {
+    let fixtures = root().join("agent/tests/fixtures").join(target);
+    if !fixtures.is_dir() {
+        return Ok(0);
+    }
+    std::fs::create_dir_all(corpus).with_context(|| format!("creating {}", corpus.display()))?;
+    let mut seeds = 0;
+    for entry in std::fs::read_dir(&fixtures)?.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)?;
+        let mut seed = Vec::new();
+        for (stream, bytes) in fixture_chunks(&text) {
+            for piece in bytes.chunks(255) {
+                seed.push(u8::from(stream == "response"));
+                seed.push(piece.len() as u8);
+                seed.extend_from_slice(piece);
+            }
+        }
+        let name = path.file_stem().and_then(|n| n.to_str()).unwrap_or("seed");
+        std::fs::write(corpus.join(format!("fixture_{name}")), seed)?;
+        seeds += 1;
+    }
+    Ok(seeds)
+}
+
+/// The `(stream, bytes)` chunks of a fixture file: one `{"stream": …, "hex": …}` object per
+/// line (the fixed shape `agent/src/protocol/fixture.rs` reads).
+fn fixture_chunks(text: &str) -> Vec<(String, Vec<u8>)> {
+    let field = |line: &str, key: &str| -> Option<String> {
+        let rest = &line[line.find(&format!("\"{key}\": \""))? + key.len() + 5..];
+        Some(rest[..rest.find('"')?].to_owned())
+    };
+    text.lines()
+        .filter_map(|line| {
+            let stream = field(line, "stream")?;
+            let hex = field(line, "hex")?;
+            let bytes = (0..hex.len() / 2)
+                .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+                .collect();
+            Some((stream, bytes))
+        })
+        .collect()
+}
+
 fn fuzz_targets(fuzz_dir: &Path) -> anyhow::Result<Vec<String>> {
     let dir = fuzz_dir.join("fuzz_targets");
     if !dir.is_dir() {
@@ -238,6 +308,23 @@ fn fuzz_targets(fuzz_dir: &Path) -> anyhow::Result<Vec<String>> {
         .collect();
     targets.sort();
     Ok(targets)
+}
+
+#[cfg(test)]
+mod seed_tests {
+    #[test]
+    fn fixture_chunks_are_read_in_order() {
+        let text = "{\"scenario\": \"x\", \"chunks\": [\n\
+                    {\"stream\": \"request\", \"hex\": \"4745540a\"},\n\
+                    {\"stream\": \"response\", \"hex\": \"00ff\"}\n]}";
+        assert_eq!(
+            super::fixture_chunks(text),
+            [
+                ("request".to_owned(), b"GET\n".to_vec()),
+                ("response".to_owned(), vec![0, 0xff])
+            ]
+        );
+    }
 }
 
 #[cfg(test)]
