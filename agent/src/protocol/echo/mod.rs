@@ -219,7 +219,7 @@ impl Decoder for EchoDecoder {
     /// PINGs still waiting are counted unpaired; partial lines are dropped.
     fn close(&mut self, _ts_ns: u64, _out: &mut Vec<EchoExchange>) {
         self.stats.unpaired_requests += self.pending.len() as u64;
-        self.stats = std::mem::replace(self, Self::default()).stats;
+        self.stats = std::mem::take(self).stats;
     }
 
     fn take_stats(&mut self) -> DecoderStats {

@@ -249,7 +249,7 @@ impl Decoder for Http1Decoder {
             self.stats.unpaired_requests += 1;
         }
         self.stats.unpaired_requests += self.pending.len() as u64;
-        self.stats = std::mem::replace(self, Self::new()).stats;
+        self.stats = std::mem::take(self).stats;
     }
 
     fn take_stats(&mut self) -> DecoderStats {

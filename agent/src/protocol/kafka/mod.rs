@@ -316,7 +316,7 @@ impl Decoder for KafkaDecoder {
             }
         }
         self.stats.unpaired_requests += self.pending.len() as u64;
-        self.stats = std::mem::replace(self, Self::new()).stats;
+        self.stats = std::mem::take(self).stats;
     }
 
     fn take_stats(&mut self) -> DecoderStats {

@@ -301,7 +301,7 @@ impl Decoder for PgDecoder {
         self.stats.unpaired_requests += unpaired;
         // What the connection was (its stats, and the database its start-up named) outlives
         // the reset: the statements the close just completed still read the database.
-        let old = std::mem::replace(self, Self::new());
+        let old = std::mem::take(self);
         (self.stats, self.startup) = (old.stats, old.startup);
     }
 
