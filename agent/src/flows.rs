@@ -486,6 +486,7 @@ fn comm_str(comm: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metadata::testkit::OnePeer;
 
     #[test]
     fn peer_addresses_from_kernel_bytes() {
@@ -530,33 +531,12 @@ mod tests {
         assert_eq!(bounds[9], 1024e-6);
     }
 
-    struct OnePeer;
-
-    impl ClusterView for OnePeer {
-        fn generation(&self) -> u64 {
-            1
-        }
-        fn identity(
-            &self,
-            _: Option<&str>,
-            _: Option<&str>,
-        ) -> Option<Arc<crate::metadata::K8sIdentity>> {
-            None
-        }
-        fn peer(&self, ip: IpAddr) -> Option<crate::metadata::PeerName> {
-            (ip == IpAddr::from([10, 0, 0, 7])).then(|| crate::metadata::PeerName {
-                namespace: "shop".into(),
-                owner_name: "orders".into(),
-                service_name: "orders-db".into(),
-            })
-        }
-        fn pod_exists(&self, _: &str, _: &str) -> bool {
-            true
-        }
-        fn is_synced(&self) -> bool {
-            true
-        }
-    }
+    /// Names 10.0.0.7 as `shop/orders` behind `orders-db`.
+    const ONE_PEER: OnePeer = OnePeer {
+        generation: 1,
+        ip: [10, 0, 0, 7],
+        service_name: "orders-db",
+    };
 
     fn key(peer: [u8; 4], tgid: u32) -> FlowKey {
         let mut key = FlowKey {
@@ -578,7 +558,7 @@ mod tests {
             &key([10, 0, 0, 7], me),
             b"x",
             &mut processes,
-            Some(&OnePeer),
+            Some(&ONE_PEER),
         );
         assert_eq!(named.peer.peer_address, "");
         assert_eq!(named.peer.peer_service_name, "orders-db");
@@ -588,7 +568,7 @@ mod tests {
             &key([10, 0, 0, 8], me),
             b"x",
             &mut processes,
-            Some(&OnePeer),
+            Some(&ONE_PEER),
         );
         assert_eq!(by_ip.peer.peer_address, "10.0.0.8");
         assert_eq!(by_ip.peer.peer_service_name, "");

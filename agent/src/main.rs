@@ -80,15 +80,7 @@ fn start_kubernetes(
 
 /// Removes the series that have seen nothing for `ttl`.
 async fn expire_idle_series(metrics: Arc<Metrics>, ttl: std::time::Duration) {
-    let period = (ttl / 4).clamp(
-        std::time::Duration::from_millis(250),
-        std::time::Duration::from_secs(15),
-    );
-    let mut tick = tokio::time::interval(period);
-    loop {
-        tick.tick().await;
-        metrics.expire_idle(ttl);
-    }
+    every_quarter_of(ttl, || metrics.expire_idle(ttl)).await
 }
 
 /// Removes the series of deleted pods once they have been gone for `grace`.
@@ -97,14 +89,23 @@ async fn expire_deleted_pods(
     cluster: Arc<dyn ClusterView>,
     grace: std::time::Duration,
 ) {
-    let period = (grace / 4).clamp(
+    every_quarter_of(grace, || {
+        metrics.expire_pods(|ns, name| cluster.pod_exists(ns, name), grace)
+    })
+    .await
+}
+
+/// Runs `sweep` every quarter of `span` (kept between 250 ms and 15 s), so what is due is
+/// removed at most a quarter late.
+async fn every_quarter_of(span: std::time::Duration, mut sweep: impl FnMut()) {
+    let period = (span / 4).clamp(
         std::time::Duration::from_millis(250),
         std::time::Duration::from_secs(15),
     );
     let mut tick = tokio::time::interval(period);
     loop {
         tick.tick().await;
-        metrics.expire_pods(|ns, name| cluster.pod_exists(ns, name), grace);
+        sweep();
     }
 }
 

@@ -266,24 +266,21 @@ mod tests {
     use std::time::Duration;
 
     use agent_ebpf::COUNTER_NAMES;
-    use prometheus_client::registry::Registry;
 
     use super::{next_drain_in, KernelCounters};
-    use crate::export::prometheus::Metrics;
+    use crate::internal_events::testkit::{assert_renders, registered};
 
     #[test]
     fn kernel_counters_fold_what_moved_since_the_last_fold() {
-        let mut registry = Registry::default();
-        let metrics = Metrics::register(&mut registry);
+        let (registry, metrics) = registered();
         let mut counters = KernelCounters::default();
         let index = |name| COUNTER_NAMES.iter().position(|n| *n == name).unwrap();
         let mut totals = [Some(0); COUNTER_NAMES.len()];
         counters.fold(&totals, &metrics);
-        let text = crate::internal_events::render(&registry);
         // Every loss reason is a series from the start; the syscall series cap only once hit.
-        assert!(
-            text.contains("periscope_kernel_events_lost_total{reason=\"ringbuf_full\"} 0\n"),
-            "{text}"
+        let text = assert_renders(
+            &registry,
+            &["periscope_kernel_events_lost_total{reason=\"ringbuf_full\"} 0"],
         );
         assert!(!text.contains("periscope_series_dropped_total{"), "{text}");
         totals[index("ringbuf_full")] = Some(5);
@@ -293,14 +290,14 @@ mod tests {
         totals[index("ringbuf_full")] = Some(7);
         totals[index("events_sent")] = None; // a failed read changes nothing
         counters.fold(&totals, &metrics);
-        let text = crate::internal_events::render(&registry);
-        for line in [
-            "periscope_kernel_events_lost_total{reason=\"ringbuf_full\"} 7\n",
-            "periscope_kernel_events_sent_total 100\n",
-            "periscope_series_dropped_total{metric=\"syscall_duration_seconds\"} 2\n",
-        ] {
-            assert!(text.contains(line), "{line} in {text}");
-        }
+        assert_renders(
+            &registry,
+            &[
+                "periscope_kernel_events_lost_total{reason=\"ringbuf_full\"} 7",
+                "periscope_kernel_events_sent_total 100",
+                "periscope_series_dropped_total{metric=\"syscall_duration_seconds\"} 2",
+            ],
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ use aya::programs::{
 };
 
 use super::{program_of, take, tracepoint_field, Capture};
+use crate::conn::listeners::numeric_name;
 
 /// The maps the flow poller reads.
 pub struct FlowMaps {
@@ -147,7 +148,7 @@ fn adopt_listeners(ebpf: &mut aya::Ebpf, cgroup_root: &Path) -> anyhow::Result<u
     let mut pids: Vec<u32> = std::fs::read_dir(proc_root)
         .context("listing /proc")?
         .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter_map(|e| numeric_name(&e))
         .collect();
     // The lowest pid first: of the processes sharing a listener (a pre-fork server), the
     // parent is named.
@@ -173,11 +174,7 @@ fn adopt_listeners(ebpf: &mut aya::Ebpf, cgroup_root: &Path) -> anyhow::Result<u
         };
         let mut owner: Option<FlowSockState> = None;
         for entry in fds.flatten() {
-            let Some(fd) = entry
-                .file_name()
-                .to_str()
-                .and_then(|f| f.parse::<i32>().ok())
-            else {
+            let Some(fd) = numeric_name::<i32>(&entry) else {
                 continue;
             };
             let Some(inode) = std::fs::read_link(entry.path()).ok().and_then(|l| {

@@ -177,6 +177,11 @@ pub struct FoundSocket {
     pub is_server: bool,
 }
 
+/// The number a /proc entry is named by (a pid, an fd); None for the other entries.
+pub fn numeric_name<T: std::str::FromStr>(entry: &std::fs::DirEntry) -> Option<T> {
+    entry.file_name().to_str()?.parse().ok()
+}
+
 /// Established TCP sockets of every process (but this one), with their fds.
 pub fn discover_established(proc_root: &Path) -> Vec<FoundSocket> {
     let me = std::process::id();
@@ -186,11 +191,7 @@ pub fn discover_established(proc_root: &Path) -> Vec<FoundSocket> {
         return found;
     };
     for entry in dir.flatten() {
-        let Some(tgid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
+        let Some(tgid) = numeric_name::<u32>(&entry) else {
             continue;
         };
         if tgid == me {
@@ -203,11 +204,7 @@ pub fn discover_established(proc_root: &Path) -> Vec<FoundSocket> {
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
         for fd_entry in fds.flatten() {
-            let Some(fd) = fd_entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<i32>().ok())
-            else {
+            let Some(fd) = numeric_name::<i32>(&fd_entry) else {
                 continue;
             };
             let Some(inode) = socket_inode(proc_root, tgid, fd) else {

@@ -83,16 +83,12 @@ impl SyscallSeriesDropped {
 mod tests {
     use std::time::Instant;
 
-    use prometheus_client::registry::Registry;
-
     use super::{KernelEventsLost, LossLogLimits, SyscallSeriesDropped};
-    use crate::export::prometheus::Metrics;
-    use crate::internal_events::render;
+    use crate::internal_events::testkit::{assert_renders, registered};
 
     #[test]
     fn kernel_losses_count_by_reason_and_syscall_drops_by_metric() {
-        let mut registry = Registry::default();
-        let metrics = Metrics::register(&mut registry);
+        let (registry, metrics) = registered();
         let limits = LossLogLimits::default();
         let now = Instant::now();
         for lost in [3, 4] {
@@ -104,15 +100,16 @@ mod tests {
             .emit(&metrics, &limits, now);
         }
         SyscallSeriesDropped { dropped: 2 }.emit(&metrics);
-        let text = render(&registry);
-        assert!(
-            text.contains("periscope_kernel_events_lost_total{reason=\"ringbuf_full\"} 7\n"),
-            "{text}"
-        );
         let dropped = format!(
-            "periscope_series_dropped_total{{metric=\"{}\"}} 2\n",
+            "periscope_series_dropped_total{{metric=\"{}\"}} 2",
             crate::syscalls::DURATION_METRIC
         );
-        assert!(text.contains(&dropped), "{text}");
+        assert_renders(
+            &registry,
+            &[
+                "periscope_kernel_events_lost_total{reason=\"ringbuf_full\"} 7",
+                &dropped,
+            ],
+        );
     }
 }

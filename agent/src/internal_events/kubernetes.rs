@@ -37,25 +37,17 @@ pub fn emit(event: KubeEvent, metrics: &Metrics) {
 
 #[cfg(test)]
 mod tests {
-    use prometheus_client::registry::Registry;
-
     use super::emit;
-    use crate::export::prometheus::Metrics;
-    use crate::internal_events::render;
+    use crate::internal_events::testkit::{assert_renders, registered};
     use crate::metadata::kubernetes::KubeEvent;
 
     #[test]
     fn watch_events_move_the_connection_gauge_and_the_error_counts() {
-        let mut registry = Registry::default();
-        let metrics = Metrics::register(&mut registry);
+        let (mut registry, metrics) = registered();
         metrics.register_kubernetes(&mut registry);
         emit(KubeEvent::Connected, &metrics);
         emit(KubeEvent::Synced, &metrics);
-        let text = render(&registry);
-        assert!(
-            text.contains("periscope_kubernetes_connected 1\n"),
-            "{text}"
-        );
+        assert_renders(&registry, &["periscope_kubernetes_connected 1"]);
         emit(
             KubeEvent::Disconnected {
                 error: "pods watch: connection refused".into(),
@@ -71,18 +63,13 @@ mod tests {
                 &metrics,
             );
         }
-        let text = render(&registry);
-        assert!(
-            text.contains("periscope_kubernetes_connected 0\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("periscope_kubernetes_errors_total{reason=\"unreachable\"} 1\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("periscope_kubernetes_errors_total{reason=\"bad_object\"} 2\n"),
-            "{text}"
+        assert_renders(
+            &registry,
+            &[
+                "periscope_kubernetes_connected 0",
+                "periscope_kubernetes_errors_total{reason=\"unreachable\"} 1",
+                "periscope_kubernetes_errors_total{reason=\"bad_object\"} 2",
+            ],
         );
     }
 }

@@ -69,11 +69,37 @@ impl RateLimit {
     }
 }
 
+/// What every event's test needs: a registry holding the agent's metrics, and a check of the
+/// lines it renders.
 #[cfg(test)]
-pub(crate) fn render(registry: &prometheus_client::registry::Registry) -> String {
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, registry).expect("encoding metrics");
-    text
+pub(crate) mod testkit {
+    use prometheus_client::registry::Registry;
+
+    use crate::export::prometheus::Metrics;
+
+    /// A fresh registry with the agent's metric families in it.
+    pub(crate) fn registered() -> (Registry, Metrics) {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        (registry, metrics)
+    }
+
+    /// The registry's text exposition.
+    pub(crate) fn render(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).expect("encoding metrics");
+        text
+    }
+
+    /// Asserts that `registry` renders each of `lines` as a whole line; returns the text for
+    /// further checks.
+    pub(crate) fn assert_renders(registry: &Registry, lines: &[&str]) -> String {
+        let text = render(registry);
+        for line in lines {
+            assert!(text.lines().any(|l| l == *line), "{line} not in {text}");
+        }
+        text
+    }
 }
 
 #[cfg(test)]

@@ -142,16 +142,12 @@ mod tests {
         SpansExported,
     };
     use crate::export::otlp::SpanMetrics;
-    use crate::internal_events::render;
+    use crate::internal_events::testkit::assert_renders;
 
     fn metrics() -> (Registry, Arc<SpanMetrics>) {
         let mut registry = Registry::default();
         let metrics = SpanMetrics::register(&mut registry);
         (registry, metrics)
-    }
-
-    fn has(text: &str, line: &str) -> bool {
-        text.lines().any(|l| l == line)
     }
 
     #[test]
@@ -165,14 +161,12 @@ mod tests {
             tls_recovered: true,
         }
         .emit(&metrics);
-        let text = render(&registry);
-        assert!(has(&text, "periscope_spans_exported_total 7"), "{text}");
-        assert!(
-            has(
-                &text,
-                r#"periscope_spans_dropped_total{reason="rejected"} 3"#
-            ),
-            "{text}"
+        assert_renders(
+            &registry,
+            &[
+                "periscope_spans_exported_total 7",
+                r#"periscope_spans_dropped_total{reason="rejected"} 3"#,
+            ],
         );
     }
 
@@ -204,8 +198,7 @@ mod tests {
             limit: std::time::Duration::from_secs(10),
         })
         .emit(&metrics);
-        let text = render(&registry);
-        assert!(has(&text, "periscope_span_export_errors_total 4"), "{text}");
+        let text = assert_renders(&registry, &["periscope_span_export_errors_total 4"]);
         assert!(!text.contains("periscope_spans_dropped_total{"), "{text}");
     }
 
@@ -217,14 +210,12 @@ mod tests {
             message: "400 Bad Request",
         }
         .emit(&metrics);
-        let text = render(&registry);
-        assert!(has(&text, "periscope_span_export_errors_total 1"), "{text}");
-        assert!(
-            has(
-                &text,
-                r#"periscope_spans_dropped_total{reason="rejected"} 6"#
-            ),
-            "{text}"
+        assert_renders(
+            &registry,
+            &[
+                "periscope_span_export_errors_total 1",
+                r#"periscope_spans_dropped_total{reason="rejected"} 6"#,
+            ],
         );
     }
 
@@ -239,13 +230,9 @@ mod tests {
             }
             .emit(&metrics);
         }
-        let text = render(&registry);
-        assert!(
-            has(
-                &text,
-                r#"periscope_spans_dropped_total{reason="export_failed"} 10"#
-            ),
-            "{text}"
+        assert_renders(
+            &registry,
+            &[r#"periscope_spans_dropped_total{reason="export_failed"} 10"#],
         );
     }
 }

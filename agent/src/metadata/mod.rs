@@ -312,6 +312,45 @@ impl ProcessCache {
     }
 }
 
+/// A cluster view for tests that names one address, as a workload of `shop/orders`.
+#[cfg(test)]
+pub(crate) mod testkit {
+    use std::net::IpAddr;
+    use std::sync::Arc;
+
+    use super::{ClusterView, K8sIdentity, PeerName};
+
+    /// Names `ip` as a pod of `shop/orders` behind `service_name`; knows no other address, no
+    /// process identity, and every pod exists.
+    pub(crate) struct OnePeer {
+        pub generation: u64,
+        pub ip: [u8; 4],
+        pub service_name: &'static str,
+    }
+
+    impl ClusterView for OnePeer {
+        fn generation(&self) -> u64 {
+            self.generation
+        }
+        fn identity(&self, _: Option<&str>, _: Option<&str>) -> Option<Arc<K8sIdentity>> {
+            None
+        }
+        fn peer(&self, ip: IpAddr) -> Option<PeerName> {
+            (ip == IpAddr::from(self.ip)).then(|| PeerName {
+                namespace: "shop".into(),
+                owner_name: "orders".into(),
+                service_name: self.service_name.into(),
+            })
+        }
+        fn pod_exists(&self, _: &str, _: &str) -> bool {
+            true
+        }
+        fn is_synced(&self) -> bool {
+            true
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -146,6 +146,30 @@ pub enum DecodeError {
     Malformed(&'static str),
 }
 
+/// A decoder's error, sticky: once a feed failed, every later feed repeats the error (the
+/// contract of [`Decoder::feed`]). Reset with the decoder at close.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sticky(Option<DecodeError>);
+
+impl Sticky {
+    /// The earlier failure, if any, as this feed's result.
+    pub fn check(&self) -> Result<(), DecodeError> {
+        self.0.map_or(Ok(()), Err)
+    }
+
+    /// Remembers a feed's failure and passes its result on.
+    pub fn keep(&mut self, result: Result<(), DecodeError>) -> Result<(), DecodeError> {
+        if let Err(e) = result {
+            self.0 = Some(e);
+        }
+        result
+    }
+
+    pub fn is_failed(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
 impl DecodeError {
     /// Low-cardinality snake_case reason, fit for a metric label.
     pub fn reason(&self) -> &'static str {

@@ -107,6 +107,20 @@ impl Xorshift {
             0
         }
     }
+
+    /// `bytes` as the chunk of step `t` (`first_ns = 10t`, `last_ns = 10t + 5`), on a random
+    /// stream, with a capture gap one time in `one_in`.
+    pub fn chunk<'a>(&mut self, t: u64, bytes: &'a [u8], one_in: u64) -> Chunk<'a> {
+        let stream = self.stream();
+        let gap = self.gap(one_in);
+        Chunk {
+            stream,
+            first_ns: t * 10,
+            last_ns: t * 10 + 5,
+            bytes,
+            len: bytes.len() as u64 + gap,
+        }
+    }
 }
 
 /// How one protocol's golden tests run.

@@ -221,20 +221,25 @@ mod tests {
         recorder.record(metrics, budget, e, pg, peer);
     }
 
+    /// A 2 ms statement of a host process to 192.0.2.5:5432.
+    fn client_sql(detail: Detail) -> Exchange {
+        exchange(
+            Role::Client,
+            host_process(),
+            "192.0.2.5:5432",
+            5432,
+            2,
+            detail,
+        )
+    }
+
     #[test]
     fn records_duration_and_rows_by_side_with_the_sqlstate() {
         let mut registry = Registry::default();
         let metrics = DbMetrics::register(&mut registry);
         let (budget, drops) = budget(1);
         let mut recorder = DbRecorder::default();
-        let client = exchange(
-            Role::Client,
-            host_process(),
-            "192.0.2.5:5432",
-            5432,
-            2,
-            sql("SELECT", Some("users"), Some(4), None, Some("shop")),
-        );
+        let client = client_sql(sql("SELECT", Some("users"), Some(4), None, Some("shop")));
         let server = exchange(
             Role::Server,
             pod_process(),
@@ -265,14 +270,7 @@ mod tests {
             server_rows[0]
         );
         // The cap (1 per metric) drops a second client series.
-        let other = exchange(
-            Role::Client,
-            host_process(),
-            "192.0.2.5:5432",
-            5432,
-            2,
-            sql("DELETE", Some("users"), Some(1), None, Some("shop")),
-        );
+        let other = client_sql(sql("DELETE", Some("users"), Some(1), None, Some("shop")));
         record(&mut recorder, &metrics, &budget, &other);
         assert_eq!(dropped(&drops, "db_client_operation_duration_seconds"), 1);
         assert_eq!(

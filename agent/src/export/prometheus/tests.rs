@@ -4,7 +4,6 @@
 //! code before the sink was split by family. Regenerate with `PERISCOPE_BLESS=1` only when a
 //! change of the exposition is intended.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use prometheus_client::encoding::text::encode;
@@ -19,33 +18,15 @@ use crate::exchange::testkit::{
 };
 use crate::exchange::{Detail, Exchange, Role};
 use crate::export::labels::MetricLabel;
-use crate::metadata::{ClusterView, K8sIdentity, PeerName};
+use crate::metadata::testkit::OnePeer;
 use crate::protocol::http1::DecoderStats;
 
 /// Names 10.0.0.9 as a pod of `shop/orders`; knows no other address.
-struct Cluster;
-
-impl ClusterView for Cluster {
-    fn generation(&self) -> u64 {
-        0
-    }
-    fn identity(&self, _: Option<&str>, _: Option<&str>) -> Option<Arc<K8sIdentity>> {
-        None
-    }
-    fn peer(&self, ip: IpAddr) -> Option<PeerName> {
-        (ip == IpAddr::from([10, 0, 0, 9])).then(|| PeerName {
-            namespace: "shop".into(),
-            owner_name: "orders".into(),
-            service_name: "orders-svc".into(),
-        })
-    }
-    fn pod_exists(&self, _: &str, _: &str) -> bool {
-        true
-    }
-    fn is_synced(&self) -> bool {
-        true
-    }
-}
+const CLUSTER: OnePeer = OnePeer {
+    generation: 0,
+    ip: [10, 0, 0, 9],
+    service_name: "orders-svc",
+};
 
 fn incomplete(mut detail: Detail) -> Detail {
     match &mut detail {
@@ -220,7 +201,7 @@ fn the_exposition_is_unchanged() {
     let metrics = Arc::new(Metrics::register(&mut registry));
     metrics.register_kubernetes(&mut registry);
     let mut sink = MetricsSink::new(metrics.clone());
-    sink.set_cluster(Arc::new(Cluster));
+    sink.set_cluster(Arc::new(CLUSTER));
     for exchange in exchanges() {
         sink.exchange(&exchange);
     }

@@ -37,7 +37,7 @@ use crate::exchange::Detail;
 use crate::protocol::http1::HttpExchange;
 
 use super::registry::{session, IntoDetail, Protocol, Shared, REGISTRY};
-use super::{Chunk, DecodeError, Decoder, DecoderStats, Stream};
+use super::{Chunk, DecodeError, Decoder, DecoderStats, Sticky, Stream};
 
 mod detect;
 mod tests;
@@ -85,7 +85,7 @@ pub struct EchoDecoder {
     req: Half,
     resp: Half,
     pending: VecDeque<(String, u64)>,
-    failed: Option<DecodeError>,
+    failed: Sticky,
     stats: DecoderStats,
 }
 
@@ -208,25 +208,18 @@ impl Decoder for EchoDecoder {
     }
 
     fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Vec<EchoExchange>) -> Result<(), DecodeError> {
-        if let Some(e) = self.failed {
-            return Err(e);
-        }
+        self.failed.check()?;
         let result = self.feed_stream(chunk, out);
-        if let Err(e) = result {
-            self.failed = Some(e);
-        }
         debug_assert!(self.req.line.len() <= MAX_LINE_BYTES);
         debug_assert!(self.resp.line.len() <= MAX_LINE_BYTES);
         debug_assert!(self.pending.len() <= MAX_PENDING);
-        result
+        self.failed.keep(result)
     }
 
     /// PINGs still waiting are counted unpaired; partial lines are dropped.
     fn close(&mut self, _ts_ns: u64, _out: &mut Vec<EchoExchange>) {
         self.stats.unpaired_requests += self.pending.len() as u64;
-        let stats = self.stats;
-        *self = Self::default();
-        self.stats = stats;
+        self.stats = std::mem::take(self).stats;
     }
 
     fn take_stats(&mut self) -> DecoderStats {

@@ -49,7 +49,7 @@ use std::collections::VecDeque;
 
 use super::text::capped_string;
 pub use super::DecodeError;
-use super::{route, Chunk, Decoder, Stopped, Stream};
+use super::{route, Chunk, Decoder, Sticky, Stopped, Stream};
 
 mod detect;
 mod framing;
@@ -159,7 +159,7 @@ pub struct Http1Decoder {
     req_body_seq: Option<u64>,
     next_seq: u64,
     upgraded: bool,
-    failed: Option<DecodeError>,
+    failed: Sticky,
     stats: DecoderStats,
     /// The last path and its route: keep-alive connections mostly repeat a path, and the
     /// template is then not recomputed.
@@ -182,7 +182,7 @@ impl Http1Decoder {
             req_body_seq: None,
             next_seq: 0,
             upgraded: false,
-            failed: None,
+            failed: Sticky::default(),
             stats: DecoderStats::default(),
             last_route: None,
         }
@@ -202,9 +202,7 @@ impl Decoder for Http1Decoder {
     /// Feed one syscall's bytes. Err means the stream is not HTTP/1 or broken beyond repair: the
     /// caller stops decoding the connection. Completed exchanges are pushed to `out`.
     fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Vec<HttpExchange>) -> Result<(), DecodeError> {
-        if let Some(e) = self.failed {
-            return Err(e);
-        }
+        self.failed.check()?;
         if self.upgraded {
             return Ok(());
         }
@@ -212,13 +210,10 @@ impl Decoder for Http1Decoder {
             Stream::Request => self.feed_request(chunk),
             Stream::Response => self.feed_response(chunk, out),
         };
-        if let Err(e) = result {
-            self.failed = Some(e);
-        }
         debug_assert!(self.req.head.len() <= MAX_HEAD_BYTES);
         debug_assert!(self.resp.head.len() <= MAX_HEAD_BYTES);
         debug_assert!(self.pending.len() <= MAX_PENDING);
-        result
+        self.failed.keep(result)
     }
 
     /// The connection closed at `ts_ns`: finish a read-until-close response (HTTP/1.0 style, no
@@ -230,7 +225,7 @@ impl Decoder for Http1Decoder {
     /// was incomplete, and a request whose head was incomplete, count as unpaired. The decoder is
     /// then reset (stats are kept) and may be reused.
     fn close(&mut self, ts_ns: u64, out: &mut Vec<HttpExchange>) {
-        if self.failed.is_none() && !self.upgraded {
+        if !self.failed.is_failed() && !self.upgraded {
             match self.resp.state {
                 State::Body(Body::UntilClose) | State::Resync => {
                     if let Some(cur) = self.cur.take() {
@@ -254,9 +249,7 @@ impl Decoder for Http1Decoder {
             self.stats.unpaired_requests += 1;
         }
         self.stats.unpaired_requests += self.pending.len() as u64;
-        let stats = self.stats;
-        *self = Self::new();
-        self.stats = stats;
+        self.stats = std::mem::take(self).stats;
     }
 
     fn take_stats(&mut self) -> DecoderStats {

@@ -816,16 +816,7 @@ fn random_bytes_never_panic_and_stay_bounded() {
                     .map(|_| alphabet[(rng.u64() % alphabet.len() as u64) as usize])
                     .collect()
             };
-            let stream = rng.stream();
-            let gap = rng.gap(4);
-            let chunk = Chunk {
-                stream,
-                first_ns: t * 10,
-                last_ns: t * 10 + 5,
-                bytes: &bytes,
-                len: bytes.len() as u64 + gap,
-            };
-            let _ = dec.feed(&chunk, &mut out);
+            let _ = dec.feed(&rng.chunk(t, &bytes, 4), &mut out);
         }
         dec.close(1000, &mut out);
         for x in &out {

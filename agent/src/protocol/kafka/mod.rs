@@ -59,7 +59,7 @@ use std::collections::VecDeque;
 use super::text::capped_string;
 pub use super::DecodeError;
 pub use super::DecoderStats;
-use super::{Chunk, Decoder, Stream};
+use super::{Chunk, Decoder, Sticky, Stream};
 use body::Summary;
 pub use detect::detect;
 pub use topics::{TopicNames, MAX_TOPIC_NAMES};
@@ -246,7 +246,7 @@ pub struct KafkaDecoder {
     acks0: VecDeque<i32>,
     /// Topic id → name from this connection's Metadata responses.
     topic_names: Vec<([u8; 16], String)>,
-    failed: Option<DecodeError>,
+    failed: Sticky,
     stats: DecoderStats,
 }
 
@@ -264,7 +264,7 @@ impl KafkaDecoder {
             pending: VecDeque::new(),
             acks0: VecDeque::new(),
             topic_names: Vec::new(),
-            failed: None,
+            failed: Sticky::default(),
             stats: DecoderStats::default(),
         }
     }
@@ -282,17 +282,12 @@ impl Decoder for KafkaDecoder {
     /// Feed one syscall's bytes. Err means the stream is not Kafka or broken beyond repair: the
     /// caller stops decoding the connection. Completed exchanges are pushed to `out`.
     fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Vec<KafkaExchange>) -> Result<(), DecodeError> {
-        if let Some(e) = self.failed {
-            return Err(e);
-        }
+        self.failed.check()?;
         let result = self.feed_stream(chunk, out);
-        if let Err(e) = result {
-            self.failed = Some(e);
-        }
         debug_assert!(self.req.buf.len() <= MAX_FRAME_BUFFER);
         debug_assert!(self.resp.buf.len() <= MAX_FRAME_BUFFER);
         debug_assert!(self.pending.len() <= MAX_PENDING);
-        result
+        self.failed.keep(result)
     }
 
     /// The connection closed at `ts_ns`. A response cut mid-frame is emitted with
@@ -301,7 +296,7 @@ impl Decoder for KafkaDecoder {
     /// cut mid-frame) are counted as unpaired, not emitted. The decoder is then reset (stats
     /// are kept) and may be reused.
     fn close(&mut self, ts_ns: u64, out: &mut Vec<KafkaExchange>) {
-        if self.failed.is_none() {
+        if !self.failed.is_failed() {
             if let State::Body(f) = self.resp.state {
                 if self.resp.buf.len() >= 4 {
                     let buf = std::mem::take(&mut self.resp.buf);
@@ -321,9 +316,7 @@ impl Decoder for KafkaDecoder {
             }
         }
         self.stats.unpaired_requests += self.pending.len() as u64;
-        let stats = self.stats;
-        *self = Self::new();
-        self.stats = stats;
+        self.stats = std::mem::take(self).stats;
     }
 
     fn take_stats(&mut self) -> DecoderStats {

@@ -945,16 +945,7 @@ fn random_input_never_panics() {
                 bytes[i] = rng.u64() as u8;
             }
             let cut = (rng.u64() as usize) % (bytes.len() + 1);
-            let stream = rng.stream();
-            let gap = rng.gap(4);
-            let chunk = Chunk {
-                stream,
-                first_ns: t * 10,
-                last_ns: t * 10 + 5,
-                bytes: &bytes[..cut],
-                len: cut as u64 + gap,
-            };
-            let _ = dec.feed(&chunk, &mut out);
+            let _ = dec.feed(&rng.chunk(t, &bytes[..cut], 4), &mut out);
         }
         dec.close(1000, &mut out);
         for x in &out {

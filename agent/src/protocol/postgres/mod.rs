@@ -72,7 +72,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 
 pub use super::DecodeError;
-use super::{sql, Chunk, Decoder, Stopped, Stream};
+use super::{sql, Chunk, Decoder, Sticky, Stopped, Stream};
 
 mod detect;
 mod framing;
@@ -194,7 +194,7 @@ pub struct PgDecoder {
     /// Joined mid-stream and no request queued yet: unmatched responses are not counted.
     joined: bool,
     unsynced_chunks: u32,
-    failed: Option<DecodeError>,
+    failed: Sticky,
     stats: DecoderStats,
 }
 
@@ -227,7 +227,7 @@ impl PgDecoder {
             tls: false,
             joined: false,
             unsynced_chunks: 0,
-            failed: None,
+            failed: Sticky::default(),
             stats: DecoderStats::default(),
         }
     }
@@ -269,21 +269,16 @@ impl Decoder for PgDecoder {
     /// Feed one syscall's bytes. Err means the stream is not PostgreSQL or broken beyond repair:
     /// the caller stops decoding the connection. Completed exchanges are pushed to `out`.
     fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Vec<PgExchange>) -> Result<(), DecodeError> {
-        if let Some(e) = self.failed {
-            return Err(e);
-        }
+        self.failed.check()?;
         if self.tls {
             return Ok(());
         }
         let result = self.feed_chunk(chunk, out);
-        if let Err(e) = result {
-            self.failed = Some(e);
-        }
         debug_assert!(self.req.body.len() <= MAX_BUFFERED_BYTES);
         debug_assert!(self.resp.body.len() <= MAX_BUFFERED_BYTES);
         debug_assert!(self.pending.len() <= 2 * MAX_PENDING + 1);
         debug_assert!(self.prepared.len() <= MAX_PREPARED);
-        result
+        self.failed.keep(result)
     }
 
     /// The connection closed at `ts_ns`. An execution whose response had begun is emitted with
@@ -291,7 +286,7 @@ impl Decoder for PgDecoder {
     /// requests with no response at all are counted unpaired. The decoder is then reset (stats
     /// are kept) and may be reused.
     fn close(&mut self, ts_ns: u64, out: &mut Vec<PgExchange>) {
-        if self.failed.is_none() && !self.tls && self.resp_bytes > 0 {
+        if !self.failed.is_failed() && !self.tls && self.resp_bytes > 0 {
             let end = ts_ns.max(self.resp_last_ns);
             let started = match self.pending.front() {
                 Some(Pending::Exec(_)) => true,
@@ -306,10 +301,8 @@ impl Decoder for PgDecoder {
         self.stats.unpaired_requests += unpaired;
         // What the connection was (its stats, and the database its start-up named) outlives
         // the reset: the statements the close just completed still read the database.
-        let (stats, startup) = (self.stats, self.startup.take());
-        *self = Self::new();
-        self.stats = stats;
-        self.startup = startup;
+        let old = std::mem::take(self);
+        (self.stats, self.startup) = (old.stats, old.startup);
     }
 
     fn take_stats(&mut self) -> DecoderStats {
