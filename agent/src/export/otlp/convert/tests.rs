@@ -1,0 +1,200 @@
+use super::*;
+use crate::exchange::testkit::pod_process as process;
+use crate::exchange::{Endpoint, PostgresDetail};
+use crate::protocol::http1::HttpExchange;
+use crate::protocol::kafka::{KafkaExchange, TopicStats};
+use crate::protocol::postgres::PgExchange;
+
+fn exchange(role: Role, detail: Detail) -> Exchange {
+    Exchange {
+        role,
+        start_ns: 1,
+        end_ns: 2,
+        endpoint: Endpoint {
+            process: process(),
+            peer: Some("10.0.0.2:5000".parse().expect("literal")),
+            server_port: Some(8080),
+            tid: Some(7),
+            conn_id: 1,
+            peer_conn: None,
+        },
+        detail,
+    }
+}
+
+fn http(status: u16, method: &str) -> Detail {
+    Detail::Http(HttpExchange {
+        method: method.into(),
+        path: "/users/42".into(),
+        route: "/users/{id}".into(),
+        status,
+        start_ns: 1,
+        end_ns: 2,
+        request_body_bytes: 0,
+        response_body_bytes: 3,
+        host: Some("shop:8080".into()),
+        traceparent: None,
+        tracestate: Some("a=b".into()),
+        complete: true,
+    })
+}
+
+fn kafka(api: &'static str, error_code: i16) -> Detail {
+    Detail::Kafka(KafkaExchange {
+        // The key of each API name, as the decoder sets both.
+        api_key: match api {
+            "Produce" => 0,
+            "Fetch" => 1,
+            "Metadata" => 3,
+            _ => 18,
+        },
+        api_name: api,
+        api_version: 9,
+        correlation_id: 1,
+        client_id: Some("c1".into()),
+        topics: vec![TopicStats {
+            name: Some("orders".into()),
+            topic_id: None,
+            partitions: 1,
+            record_count: 3,
+            error_code,
+        }],
+        acks: None,
+        error_code,
+        metadata_topics: Vec::new(),
+        start_ns: 1,
+        end_ns: 2,
+        request_bytes: 10,
+        response_bytes: 10,
+        complete: true,
+    })
+}
+
+fn get<'a>(span: &'a Span, key: &str) -> Option<&'a Value> {
+    span.attributes
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+fn s(v: &str) -> Option<Value> {
+    Some(Value::Str(v.into()))
+}
+
+#[test]
+fn http_spans_are_named_from_the_route_and_fail_by_side() {
+    let span = describe(&exchange(Role::Server, http(503, "GET")), None);
+    assert_eq!(span.name, "GET /users/{id}");
+    assert_eq!(span.kind, SpanKind::Server);
+    assert_eq!(span.error.as_deref(), Some(""));
+    assert_eq!(get(&span, "error.type").cloned(), s("503"));
+    assert_eq!(get(&span, "server.address").cloned(), s("shop"));
+    assert_eq!(get(&span, "client.address").cloned(), s("10.0.0.2"));
+    assert_eq!(get(&span, "server.port").cloned(), Some(Value::Int(8080)));
+    // A tracestate without a valid traceparent is not passed on.
+    assert_eq!(span.trace_state, "");
+    assert!(describe(&exchange(Role::Server, http(404, "GET")), None)
+        .error
+        .is_none());
+    let client = describe(&exchange(Role::Client, http(404, "GET")), None);
+    assert_eq!(client.kind, SpanKind::Client);
+    assert!(client.error.is_some());
+    assert!(get(&client, "client.address").is_none());
+    let odd = describe(&exchange(Role::Server, http(200, "BREW")), None);
+    assert_eq!(odd.name, "HTTP /users/{id}");
+    assert_eq!(get(&odd, "http.request.method").cloned(), s("_OTHER"));
+}
+
+#[test]
+fn kafka_spans_name_topic_and_operation() {
+    let produce = describe(&exchange(Role::Client, kafka("Produce", 0)), None);
+    assert_eq!(produce.name, "orders publish");
+    assert_eq!(produce.kind, SpanKind::Producer);
+    assert_eq!(
+        get(&produce, "messaging.operation.type").cloned(),
+        s("publish")
+    );
+    assert_eq!(
+        get(&produce, "messaging.destination.name").cloned(),
+        s("orders")
+    );
+    assert_eq!(
+        get(&produce, "messaging.kafka.message.count").cloned(),
+        Some(Value::Int(3))
+    );
+    assert!(produce.error.is_none());
+    let fetch = describe(&exchange(Role::Client, kafka("Fetch", 3)), None);
+    assert_eq!(fetch.name, "orders receive");
+    assert_eq!(fetch.kind, SpanKind::Consumer);
+    assert_eq!(
+        get(&fetch, "error.type").cloned(),
+        s("UNKNOWN_TOPIC_OR_PARTITION")
+    );
+    assert!(fetch.error.is_some());
+    assert_eq!(
+        describe(&exchange(Role::Client, kafka("Metadata", 0)), None).kind,
+        SpanKind::Client
+    );
+    assert_eq!(
+        describe(&exchange(Role::Server, kafka("Produce", 0)), None).kind,
+        SpanKind::Server
+    );
+}
+
+#[test]
+fn sqlstate_errors_mark_the_span() {
+    let detail = Detail::Postgres(PostgresDetail {
+        statement: PgExchange {
+            operation: "INSERT".into(),
+            collection: Some("orders".into()),
+            query_summary: "INSERT orders".into(),
+            query_text: "INSERT INTO orders VALUES (?)".into(),
+            statement_name: None,
+            rows: None,
+            error_sqlstate: Some("23505".into()),
+            start_ns: 1,
+            end_ns: 2,
+            request_bytes: 10,
+            response_bytes: 10,
+            complete: true,
+        },
+        db_namespace: Some("shop".into()),
+    });
+    let span = describe(&exchange(Role::Client, detail), None);
+    assert_eq!(span.name, "INSERT orders");
+    assert_eq!(span.error.as_deref(), Some("SQLSTATE 23505"));
+    assert_eq!(get(&span, "error.type").cloned(), s("23505"));
+    assert_eq!(get(&span, "db.namespace").cloned(), s("shop"));
+}
+
+#[test]
+fn the_resource_names_the_pod_and_its_workload() {
+    let r = resource(&process(), "node-a");
+    let get = |key: &str| r.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone());
+    assert_eq!(get("service.name"), s("shop"));
+    assert_eq!(get("service.namespace"), s("prod"));
+    assert_eq!(get("k8s.statefulset.name"), s("shop"));
+    assert_eq!(get("k8s.deployment.name"), None);
+    assert_eq!(get("k8s.container.name"), s("app"));
+    assert_eq!(get("host.name"), s("node-a"));
+    assert_eq!(get("process.executable.name"), s("shop-bin"));
+    assert_eq!(get("process.pid"), Some(Value::Int(7)));
+}
+
+#[test]
+fn hosts_lose_their_port() {
+    assert_eq!(host_without_port("example.com:8080"), "example.com");
+    assert_eq!(host_without_port("example.com"), "example.com");
+    assert_eq!(host_without_port("[::1]:80"), "::1");
+}
+
+#[test]
+fn the_wall_clock_is_close_to_system_time() {
+    let clock = WallClock::measure();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0);
+    let mapped = clock.unix_ns(clock_ns(libc::CLOCK_MONOTONIC) as u64) as i128;
+    assert!((mapped - now).abs() < 50_000_000, "{mapped} vs {now}");
+}

@@ -1,0 +1,204 @@
+use super::*;
+
+fn none() -> TlsOptions {
+    TlsOptions::default()
+}
+
+#[test]
+fn endpoints_resolve_per_protocol() {
+    let s = TraceSettings::new(
+        Some("http://c:4318/"),
+        None,
+        Protocol::HttpProtobuf,
+        None,
+        false,
+        &none(),
+    )
+    .expect("valid");
+    assert_eq!(s.url.expect("set").to_string(), "http://c:4318/v1/traces");
+    let s = TraceSettings::new(
+        Some("http://c:4317"),
+        None,
+        Protocol::Grpc,
+        None,
+        false,
+        &none(),
+    )
+    .expect("valid");
+    assert_eq!(
+        s.url.expect("set").to_string(),
+        format!("http://c:4317{GRPC_PATH}")
+    );
+    let s = TraceSettings::new(
+        Some("http://c:4318"),
+        Some("http://d:9/x"),
+        Protocol::HttpProtobuf,
+        Some("a=b,api-key=x%20y"),
+        false,
+        &none(),
+    )
+    .expect("valid");
+    assert_eq!(s.url.expect("set").to_string(), "http://d:9/x");
+    assert_eq!(s.headers.len(), 2);
+    assert_eq!(s.headers[1].1, "x y");
+    assert!(
+        !TraceSettings::new(None, None, Protocol::Grpc, None, false, &none())
+            .expect("valid")
+            .enabled()
+    );
+    assert!(
+        TraceSettings::new(None, None, Protocol::Grpc, Some("novalue"), false, &none()).is_err()
+    );
+}
+
+/// A self-signed certificate and its key (`openssl req -x509 -newkey ec`), good as a CA
+/// file and as a client pair alike.
+#[cfg(feature = "tls")]
+fn testdata(file: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/export/otlp/testdata"
+    ))
+    .join(file)
+}
+
+#[cfg(feature = "tls")]
+fn tls_options(ca: Option<&str>, cert: Option<&str>, key: Option<&str>) -> TlsOptions {
+    let setting = |name, file: Option<&str>| file.map(|f| (name, testdata(f)));
+    TlsOptions {
+        certificate: setting("OTEL_EXPORTER_OTLP_CERTIFICATE", ca),
+        client_certificate: setting("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", cert),
+        client_key: setting("OTEL_EXPORTER_OTLP_CLIENT_KEY", key),
+        insecure: false,
+    }
+}
+
+fn settings(endpoint: &str, protocol: Protocol, tls: &TlsOptions) -> anyhow::Result<String> {
+    TraceSettings::new(Some(endpoint), None, protocol, None, false, tls)
+        .map(|s| format!("{} tls={}", s.url.expect("set"), s.tls.is_some()))
+}
+
+#[cfg(feature = "tls")]
+#[test]
+fn https_endpoints_use_tls() {
+    let files = tls_options(Some("client.pem"), Some("client.pem"), Some("client.key"));
+    for options in [none(), files] {
+        assert_eq!(
+            settings("https://c:4318", Protocol::HttpProtobuf, &options).expect("valid"),
+            "https://c:4318/v1/traces tls=true"
+        );
+        assert_eq!(
+            settings("https://c:4317", Protocol::Grpc, &options).expect("valid"),
+            format!("https://c:4317{GRPC_PATH} tls=true")
+        );
+        assert_eq!(
+            settings("http://c:4317", Protocol::Grpc, &options).expect("valid"),
+            format!("http://c:4317{GRPC_PATH} tls=false")
+        );
+    }
+    // No scheme: gRPC is TLS unless insecure; OTLP/HTTP has no such form.
+    assert_eq!(
+        settings("c:4317", Protocol::Grpc, &none()).expect("valid"),
+        format!("https://c:4317{GRPC_PATH} tls=true")
+    );
+    let insecure = TlsOptions {
+        insecure: true,
+        ..none()
+    };
+    assert_eq!(
+        settings("c:4317", Protocol::Grpc, &insecure).expect("valid"),
+        format!("http://c:4317{GRPC_PATH} tls=false")
+    );
+    assert!(settings("https://c:4317", Protocol::Grpc, &insecure)
+        .expect("valid")
+        .ends_with("tls=true"));
+    assert!(settings("c:4318", Protocol::HttpProtobuf, &none()).is_err());
+    assert!(settings("ftp://c:4318", Protocol::HttpProtobuf, &none()).is_err());
+}
+
+#[cfg(feature = "tls")]
+#[test]
+fn bad_tls_files_name_the_setting_and_path() {
+    let error = |options: TlsOptions| {
+        format!(
+            "{:#}",
+            settings("https://c", Protocol::Grpc, &options).expect_err("a bad file")
+        )
+    };
+    let missing = error(tls_options(Some("nope.pem"), None, None));
+    assert!(
+        missing.contains("OTEL_EXPORTER_OTLP_CERTIFICATE")
+            && missing.contains(&testdata("nope.pem").display().to_string())
+            && missing.contains("No such file"),
+        "{missing}"
+    );
+    // A key is not a certificate, and a certificate is not a key.
+    let not_cert = error(tls_options(Some("client.key"), None, None));
+    assert!(
+        not_cert.contains("OTEL_EXPORTER_OTLP_CERTIFICATE") && not_cert.contains("client.key"),
+        "{not_cert}"
+    );
+    let not_key = error(tls_options(None, Some("client.pem"), Some("client.pem")));
+    assert!(
+        not_key.contains("OTEL_EXPORTER_OTLP_CLIENT_KEY") && not_key.contains("client.pem"),
+        "{not_key}"
+    );
+    let not_pem = error(tls_options(None, Some("../mod.rs"), Some("client.key")));
+    assert!(
+        not_pem.contains("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE") && not_pem.contains("mod.rs"),
+        "{not_pem}"
+    );
+    let half = error(tls_options(None, Some("client.pem"), None));
+    assert!(
+        half.contains("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE is set but not its pair"),
+        "{half}"
+    );
+    // Plain http:// never reads the files.
+    assert!(settings(
+        "http://c",
+        Protocol::Grpc,
+        &tls_options(Some("nope.pem"), None, None)
+    )
+    .is_ok());
+}
+
+#[cfg(not(feature = "tls"))]
+#[test]
+fn https_needs_the_tls_feature() {
+    assert!(settings("https://c", Protocol::Grpc, &none()).is_err());
+}
+
+#[cfg(feature = "tls")]
+#[test]
+fn tls_failures_are_recognised() {
+    let handshake = std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+    );
+    #[derive(Debug, thiserror::Error)]
+    #[error("client error (Connect)")]
+    struct Outer(#[source] std::io::Error);
+    // As hyper-rustls passes it on: tokio-rustls' io::Error in an io::Error of its own.
+    let outer = Outer(std::io::Error::other(handshake));
+    assert_eq!(
+        tls::tls_cause(&outer).as_deref(),
+        Some("invalid peer certificate: UnknownIssuer")
+    );
+    assert_eq!(
+        causes(&outer),
+        "client error (Connect): invalid peer certificate: UnknownIssuer"
+    );
+    let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+    assert_eq!(tls::tls_cause(&refused), None);
+}
+
+#[test]
+fn partial_success_is_read() {
+    // partial_success { rejected_spans: 3, error_message: "x" }
+    assert_eq!(
+        rejected_spans(&[0x0a, 0x05, 0x08, 0x03, 0x12, 0x01, b'x']),
+        3
+    );
+    assert_eq!(rejected_spans(&[]), 0);
+    assert_eq!(rejected_spans(&[0x0a, 0x09]), 0);
+}
