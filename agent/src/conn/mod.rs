@@ -376,7 +376,8 @@ impl Tracker {
                 }
             }
             Some(EventKind::ProcessExit) => {
-                self.process_exit(header.tgid, header.ts_ns, sink, actions)
+                let (tgid, ts) = (header.tgid, Some(header.ts_ns));
+                self.end_process(tgid, ts, EndReason::ProcessExit, sink, actions)
             }
             None => {}
         }
@@ -595,10 +596,13 @@ impl Tracker {
         sink.ended(reason);
     }
 
-    fn process_exit(
+    /// Ends every connection of `tgid` for `reason`, at `ts_ns` or (None) at each one's last
+    /// activity; asks the kernel to forget them, and forgets the process.
+    fn end_process(
         &mut self,
         tgid: u32,
-        ts_ns: u64,
+        ts_ns: Option<u64>,
+        reason: EndReason,
         sink: &mut dyn Sink,
         actions: &mut Vec<KernelAction>,
     ) {
@@ -615,7 +619,8 @@ impl Tracker {
                     fd: conn.fd,
                     conn_id: id,
                 });
-                self.finish(id, conn, ts_ns, EndReason::ProcessExit, sink);
+                let ts = ts_ns.unwrap_or(conn.last_ns);
+                self.finish(id, conn, ts, reason, sink);
             }
         }
         self.processes.forget(tgid);
@@ -676,25 +681,7 @@ impl Tracker {
         dead.sort_unstable();
         dead.dedup();
         for tgid in dead {
-            let ids: Vec<u64> = self
-                .conns
-                .iter()
-                .filter(|(_, c)| c.tgid == tgid)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in ids {
-                if let Some(conn) = self.conns.remove(&id) {
-                    let last = conn.last_ns;
-                    actions.push(KernelAction::Forget {
-                        tgid,
-                        fd: conn.fd,
-                        conn_id: id,
-                    });
-                    self.finish(id, conn, last, EndReason::Expired, sink);
-                }
-            }
-            self.processes.forget(tgid);
-            self.listeners.forget(tgid);
+            self.end_process(tgid, None, EndReason::Expired, sink, actions);
         }
         self.processes.retain_alive();
     }
