@@ -19,12 +19,12 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
 
 use crate::capture::flows::FlowMaps;
 use crate::export::labels::WorkloadLabels;
 use crate::export::labels::{MetricLabel, ReasonLabel};
-use crate::export::prometheus::{DeltaCounter, Metrics};
+use crate::export::prometheus::{register, DeltaCounter, Metrics};
 use crate::metadata::{ClusterView, ProcessCache};
 
 /// Default `--flows-max-series`: distinct flow label sets.
@@ -163,47 +163,25 @@ impl FlowMetrics {
             rtt: Family::new_with_constructor(|| Histogram::new(rtt_bounds())),
             kernel_lost: Family::default(),
         };
-        registry.register_with_unit(
-            "network_io",
-            "Payload bytes per flow: TCP bytes acknowledged by the peer (transmit) or received in order (receive); UDP datagram payload sent or received (--udp-flows)",
-            Unit::Bytes,
-            m.bytes.clone(),
+        register!(registry,
+            "network_io" [Bytes]: m.bytes,
+                "Payload bytes per flow: TCP bytes acknowledged by the peer (transmit) or received in order (receive); UDP datagram payload sent or received (--udp-flows)";
+            "network_tcp_connections_opened": m.opened,
+                "TCP connections that reached ESTABLISHED, per flow";
+            "network_tcp_connections_closed": m.closed,
+                "Established TCP connections that closed (gracefully or by a reset), per flow";
+            "network_tcp_connect_failures": m.failures,
+                "Failed TCP connections: refused (reset answering the SYN), timeout (no answer), reset (established, then reset by the peer)";
+            "network_tcp_connections_established": m.established,
+                "TCP connections open now, per flow";
+            "network_tcp_retransmits": m.retransmits,
+                "Retransmitted TCP segments, per flow";
+            "network_tcp_rtt" [Seconds]: m.rtt,
+                "Smoothed RTT of each TCP connection when it closed (sum approximated by bucket midpoints)";
         );
-        registry.register(
-            "network_tcp_connections_opened",
-            "TCP connections that reached ESTABLISHED, per flow",
-            m.opened.clone(),
-        );
-        registry.register(
-            "network_tcp_connections_closed",
-            "Established TCP connections that closed (gracefully or by a reset), per flow",
-            m.closed.clone(),
-        );
-        registry.register(
-            "network_tcp_connect_failures",
-            "Failed TCP connections: refused (reset answering the SYN), timeout (no answer), reset (established, then reset by the peer)",
-            m.failures.clone(),
-        );
-        registry.register(
-            "network_tcp_connections_established",
-            "TCP connections open now, per flow",
-            m.established.clone(),
-        );
-        registry.register(
-            "network_tcp_retransmits",
-            "Retransmitted TCP segments, per flow",
-            m.retransmits.clone(),
-        );
-        registry.register_with_unit(
-            "network_tcp_rtt",
-            "Smoothed RTT of each TCP connection when it closed (sum approximated by bucket midpoints)",
-            Unit::Seconds,
-            m.rtt.clone(),
-        );
-        registry.sub_registry_with_prefix("periscope").register(
-            "flow_events_lost",
-            "Flow updates the kernel could not record, by reason",
-            m.kernel_lost.clone(),
+        register!(registry.sub_registry_with_prefix("periscope"),
+            "flow_events_lost": m.kernel_lost,
+                "Flow updates the kernel could not record, by reason";
         );
         m
     }

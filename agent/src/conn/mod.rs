@@ -273,6 +273,35 @@ struct Conn {
     last_tid: u32,
 }
 
+impl Conn {
+    /// A connection still detecting its protocol, with no address known yet.
+    fn new(
+        tgid: u32,
+        fd: i32,
+        origin: u8,
+        mid_stream: bool,
+        process: Arc<ProcessInfo>,
+        last_ns: u64,
+    ) -> Conn {
+        Conn {
+            tgid,
+            fd,
+            origin,
+            mid_stream,
+            peer: None,
+            server_port: None,
+            local: None,
+            process,
+            state: State::Detecting {
+                chunks_seen: 0,
+                held: None,
+            },
+            last_ns,
+            last_tid: 0,
+        }
+    }
+}
+
 /// All connections the agent decodes.
 pub struct Tracker {
     /// By conn id (ids come from the kernel, so a fast non-keyed hash is fine).
@@ -340,20 +369,10 @@ impl Tracker {
         self.conns.insert(
             conn_id,
             Conn {
-                tgid: found.tgid,
-                fd: found.fd,
-                origin: ORIGIN_PROC,
-                mid_stream: true,
                 peer: Some(found.remote),
                 server_port: Some(server_port),
                 local,
-                process,
-                state: State::Detecting {
-                    chunks_seen: 0,
-                    held: None,
-                },
-                last_ns: 0,
-                last_tid: 0,
+                ..Conn::new(found.tgid, found.fd, ORIGIN_PROC, true, process, 0)
             },
         );
         sink.opened("proc");
@@ -376,7 +395,8 @@ impl Tracker {
                 }
             }
             Some(EventKind::ProcessExit) => {
-                self.process_exit(header.tgid, header.ts_ns, sink, actions)
+                let (tgid, ts) = (header.tgid, Some(header.ts_ns));
+                self.end_process(tgid, ts, EndReason::ProcessExit, sink, actions)
             }
             None => {}
         }
@@ -414,20 +434,17 @@ impl Tracker {
         self.conns.insert(
             header.conn_id,
             Conn {
-                tgid: header.tgid,
-                fd: header.fd,
-                origin: header.origin,
-                mid_stream: false,
                 peer,
                 server_port,
                 local,
-                process,
-                state: State::Detecting {
-                    chunks_seen: 0,
-                    held: None,
-                },
-                last_ns: header.ts_ns,
-                last_tid: 0,
+                ..Conn::new(
+                    header.tgid,
+                    header.fd,
+                    header.origin,
+                    false,
+                    process,
+                    header.ts_ns,
+                )
             },
         );
         sink.opened(origin_name(header.origin));
@@ -461,30 +478,24 @@ impl Tracker {
         let process = self
             .processes
             .get_in(header.tgid, open_comm(payload), header.cgroup_id);
-        self.conns.insert(
-            header.conn_id,
-            Conn {
-                tgid: header.tgid,
-                fd: header.fd,
-                origin: header.origin,
-                peer,
-                server_port,
-                local: None,
+        // Bytes may already have flowed: detect like a connection found in /proc.
+        let mid_stream = seen_data;
+        let mut conn = Conn {
+            peer,
+            server_port,
+            ..Conn::new(
+                header.tgid,
+                header.fd,
+                header.origin,
+                mid_stream,
                 process,
-                // Bytes may already have flowed: detect like a connection found in /proc.
-                mid_stream: seen_data,
-                state: if muted {
-                    State::Muted
-                } else {
-                    State::Detecting {
-                        chunks_seen: 0,
-                        held: None,
-                    }
-                },
-                last_ns: header.ts_ns,
-                last_tid: 0,
-            },
-        );
+                header.ts_ns,
+            )
+        };
+        if muted {
+            conn.state = State::Muted;
+        }
+        self.conns.insert(header.conn_id, conn);
         sink.opened("fork");
         if muted {
             actions.push(KernelAction::Mute {
@@ -509,22 +520,9 @@ impl Tracker {
                 // The open event was lost (ring buffer full): decode what we can.
                 let process = self.processes.get(header.tgid, None);
                 sink.opened("unknown");
-                self.conns.entry(header.conn_id).or_insert(Conn {
-                    tgid: header.tgid,
-                    fd: header.fd,
-                    origin: header.origin,
-                    mid_stream: true,
-                    peer: None,
-                    server_port: None,
-                    local: None,
-                    process,
-                    state: State::Detecting {
-                        chunks_seen: 0,
-                        held: None,
-                    },
-                    last_ns: header.ts_ns,
-                    last_tid: 0,
-                })
+                let (tgid, fd, origin) = (header.tgid, header.fd, header.origin);
+                let conn = Conn::new(tgid, fd, origin, true, process, header.ts_ns);
+                self.conns.entry(header.conn_id).or_insert(conn)
             }
         };
         conn.last_ns = header.ts_ns;
@@ -595,10 +593,13 @@ impl Tracker {
         sink.ended(reason);
     }
 
-    fn process_exit(
+    /// Ends every connection of `tgid` for `reason`, at `ts_ns` or (None) at each one's last
+    /// activity; asks the kernel to forget them, and forgets the process.
+    fn end_process(
         &mut self,
         tgid: u32,
-        ts_ns: u64,
+        ts_ns: Option<u64>,
+        reason: EndReason,
         sink: &mut dyn Sink,
         actions: &mut Vec<KernelAction>,
     ) {
@@ -615,7 +616,8 @@ impl Tracker {
                     fd: conn.fd,
                     conn_id: id,
                 });
-                self.finish(id, conn, ts_ns, EndReason::ProcessExit, sink);
+                let ts = ts_ns.unwrap_or(conn.last_ns);
+                self.finish(id, conn, ts, reason, sink);
             }
         }
         self.processes.forget(tgid);
@@ -676,25 +678,7 @@ impl Tracker {
         dead.sort_unstable();
         dead.dedup();
         for tgid in dead {
-            let ids: Vec<u64> = self
-                .conns
-                .iter()
-                .filter(|(_, c)| c.tgid == tgid)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in ids {
-                if let Some(conn) = self.conns.remove(&id) {
-                    let last = conn.last_ns;
-                    actions.push(KernelAction::Forget {
-                        tgid,
-                        fd: conn.fd,
-                        conn_id: id,
-                    });
-                    self.finish(id, conn, last, EndReason::Expired, sink);
-                }
-            }
-            self.processes.forget(tgid);
-            self.listeners.forget(tgid);
+            self.end_process(tgid, None, EndReason::Expired, sink, actions);
         }
         self.processes.retain_alive();
     }

@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 
 use crate::exchange::Exchange;
 use crate::export::labels::ReasonLabel;
+use crate::export::prometheus::register;
 
 pub use exporter::{Protocol, TraceSettings};
 pub use tls::TlsOptions;
@@ -47,20 +48,13 @@ impl SpanMetrics {
     pub fn register(registry: &mut Registry) -> Arc<SpanMetrics> {
         let m = Arc::new(SpanMetrics::default());
         let own = registry.sub_registry_with_prefix("periscope");
-        own.register(
-            "spans_exported",
-            "Spans accepted by the OTLP collector",
-            m.exported.clone(),
-        );
-        own.register(
-            "spans_dropped",
-            "Spans lost before export, by reason",
-            m.dropped.clone(),
-        );
-        own.register(
-            "span_export_errors",
-            "Failed OTLP export attempts (retries included)",
-            m.export_errors.clone(),
+        register!(own,
+            "spans_exported": m.exported,
+                "Spans accepted by the OTLP collector";
+            "spans_dropped": m.dropped,
+                "Spans lost before export, by reason";
+            "span_export_errors": m.export_errors,
+                "Failed OTLP export attempts (retries included)";
         );
         m
     }

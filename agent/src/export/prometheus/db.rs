@@ -107,13 +107,13 @@ impl DbMetrics {
 }
 
 /// The histograms one SQL statement updates.
-struct DbSeries {
+pub(super) struct DbSeries {
     duration: Histogram,
     rows: Histogram,
 }
 
 /// Owned label values of a cached series.
-struct DbKey {
+pub(super) struct DbKey {
     origin: Origin,
     operation: String,
     collection: Option<String>,
@@ -167,10 +167,7 @@ impl DbLookup<'_> {
 }
 
 /// Records SQL statements through its series cache.
-#[derive(Default)]
-pub struct DbRecorder {
-    cache: SeriesCache<DbKey, DbSeries>,
-}
+pub(super) type DbRecorder = SeriesCache<DbKey, DbSeries>;
 
 impl DbRecorder {
     /// Observes one statement's duration and returned rows; `peer` names a client's server.
@@ -191,18 +188,13 @@ impl DbRecorder {
             error: error.as_deref(),
         };
         let create = || metrics.series(budget, key.labels(exchange, peer()), exchange.role);
-        let Some(series) = self.cache.get_or_create(&key, create) else {
+        let Some(series) = self.get_or_create(&key, create) else {
             return;
         };
         if let Some(n) = pg.statement.rows {
             series.rows.observe(n as f64);
         }
         series.duration.observe(exchange.duration_seconds());
-    }
-
-    /// Forgets the cached series (their handles or peer names may be stale).
-    pub fn clear(&mut self) {
-        self.cache.clear();
     }
 }
 

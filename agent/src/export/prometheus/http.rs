@@ -163,14 +163,14 @@ impl HttpMetrics {
 }
 
 /// The three histograms one exchange updates.
-struct HttpSeries {
+pub(super) struct HttpSeries {
     duration: Histogram,
     request_body: Histogram,
     response_body: Histogram,
 }
 
 /// Owned label values of a cached series.
-struct HttpKey {
+pub(super) struct HttpKey {
     origin: Origin,
     method: &'static str,
     status: u16,
@@ -204,10 +204,7 @@ impl Lookup<HttpKey> for HttpLookup<'_> {
 }
 
 /// Records HTTP exchanges through its series cache.
-#[derive(Default)]
-pub struct HttpRecorder {
-    cache: SeriesCache<HttpKey, HttpSeries>,
-}
+pub(super) type HttpRecorder = SeriesCache<HttpKey, HttpSeries>;
 
 impl HttpRecorder {
     /// Observes one HTTP exchange's duration and body sizes; `peer` names a client's server.
@@ -228,7 +225,7 @@ impl HttpRecorder {
             route: exchange.target().unwrap_or_default(),
         };
         let create = || metrics.series(budget, exchange, &key, peer());
-        let Some(series) = self.cache.get_or_create(&key, create) else {
+        let Some(series) = self.get_or_create(&key, create) else {
             return;
         };
         series.duration.observe(exchange.duration_seconds());
@@ -236,11 +233,6 @@ impl HttpRecorder {
         series
             .response_body
             .observe(exchange.response_size() as f64);
-    }
-
-    /// Forgets the cached series (their handles or peer names may be stale).
-    pub fn clear(&mut self) {
-        self.cache.clear();
     }
 }
 

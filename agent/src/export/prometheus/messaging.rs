@@ -129,7 +129,7 @@ impl MessagingMetrics {
 }
 
 /// The handles one topic of an exchange updates.
-struct MessagingSeries {
+pub(super) struct MessagingSeries {
     duration: Histogram,
     records: Records,
 }
@@ -144,7 +144,7 @@ enum Records {
 }
 
 /// Owned label values of a cached series.
-struct MessagingKey {
+pub(super) struct MessagingKey {
     origin: Origin,
     operation: String,
     destination: String,
@@ -194,10 +194,7 @@ impl MessagingLookup<'_> {
 }
 
 /// Records Kafka exchanges through its series cache.
-#[derive(Default)]
-pub struct MessagingRecorder {
-    cache: SeriesCache<MessagingKey, MessagingSeries>,
-}
+pub(super) type MessagingRecorder = SeriesCache<MessagingKey, MessagingSeries>;
 
 impl MessagingRecorder {
     /// Observes one Kafka exchange: its duration once per topic it names (or once without a
@@ -229,7 +226,7 @@ impl MessagingRecorder {
                 let labels = key.labels(exchange, peer());
                 metrics.series(budget, labels, exchange.role, flow)
             };
-            let Some(series) = self.cache.get_or_create(&key, create) else {
+            let Some(series) = self.get_or_create(&key, create) else {
                 continue;
             };
             series.duration.observe(seconds);
@@ -239,11 +236,6 @@ impl MessagingRecorder {
                 series.records.resolve(family).inc_by(records);
             }
         }
-    }
-
-    /// Forgets the cached series (their handles or peer names may be stale).
-    pub fn clear(&mut self) {
-        self.cache.clear();
     }
 }
 

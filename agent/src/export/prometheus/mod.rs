@@ -27,7 +27,7 @@
 /// A table rather than one call per family, so that names, units and help texts read as a list.
 macro_rules! register {
     ($registry:expr, $($name:literal $([$unit:ident])?: $metric:expr, $help:literal;)*) => {$(
-        register!(@one $registry, $name, [$($unit)?], $metric, $help);
+        $crate::export::prometheus::register!(@one $registry, $name, [$($unit)?], $metric, $help);
     )*};
     (@one $registry:expr, $name:literal, [], $metric:expr, $help:literal) => {
         $registry.register($name, $help, $metric.clone())
@@ -41,6 +41,7 @@ macro_rules! register {
         )
     };
 }
+pub(crate) use register;
 
 pub mod budget;
 pub mod cache;

@@ -42,24 +42,14 @@ pub(crate) fn exchanges() -> Vec<Exchange> {
     use Role::{Client, Server};
     let pod = pod_process;
     let host = host_process;
+    let get_user = |sizes| {
+        let detail = http("GET", 200, "/users/{id}", sizes);
+        exchange(Server, pod(), "10.0.0.2:5000", 8080, 20, detail)
+    };
     vec![
         // HTTP server: known method, and one normalised to _OTHER with a 5xx.
-        exchange(
-            Server,
-            pod(),
-            "10.0.0.2:5000",
-            8080,
-            20,
-            http("GET", 200, "/users/{id}", (10, 300)),
-        ),
-        exchange(
-            Server,
-            pod(),
-            "10.0.0.2:5000",
-            8080,
-            20,
-            http("GET", 200, "/users/{id}", (0, 5000)),
-        ),
+        get_user((10, 300)),
+        get_user((0, 5000)),
         exchange(
             Server,
             pod(),

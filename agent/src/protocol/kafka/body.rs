@@ -183,6 +183,13 @@ impl Summary {
         }
     }
 
+    /// Reads an `error_code int16` of topic `t`.
+    fn read_error(&mut self, r: &mut Reader<'_>, t: Option<usize>) -> Read<()> {
+        let err = r.i16()?;
+        self.error(t, err);
+        Ok(())
+    }
+
     fn top_error(&mut self, code: i16) {
         if self.top_error == 0 {
             self.top_error = code;
@@ -259,6 +266,28 @@ fn each(
     Ok(())
 }
 
+/// `topics: [topic, partitions: [partition_index int32, ...]]`, the nesting most APIs share:
+/// the topic is a name, or an id where `by_id`; `f` reads a partition's fields after its index.
+/// Both levels end in tagged fields (flexible versions).
+fn topic_partitions(
+    r: &mut Reader<'_>,
+    by_id: bool,
+    flex: bool,
+    s: &mut Summary,
+    mut f: impl FnMut(&mut Reader<'_>, &mut Summary, Option<usize>) -> Read<()>,
+) -> Read<()> {
+    each(r, flex, |r| {
+        let t = s.read_topic(r, by_id, flex)?;
+        each(r, flex, |r| {
+            r.i32()?; // partition_index
+            s.partition(t);
+            f(r, s, t)?;
+            r.tagged_fields(flex)
+        })?;
+        r.tagged_fields(flex)
+    })
+}
+
 /// A `records` field (nullable bytes holding record batches): counts the records whose batch
 /// headers lie in the captured bytes, then skips the field.
 fn records(r: &mut Reader<'_>, flex: bool, s: &mut Summary, t: Option<usize>) -> Read<()> {
@@ -322,44 +351,28 @@ fn produce_request(r: &mut Reader<'_>, v: i16, flex: bool, s: &mut Summary) -> R
     }
     s.acks = Some(r.i16()?);
     r.i32()?; // timeout_ms
-    each(r, flex, |r| {
-        let t = s.read_topic(r, v >= 13, flex)?;
-        each(r, flex, |r| {
-            r.i32()?; // index
-            s.partition(t);
-            records(r, flex, s, t)?;
-            r.tagged_fields(flex)
-        })?;
-        r.tagged_fields(flex)
-    })
+    topic_partitions(r, v >= 13, flex, s, |r, s, t| records(r, flex, s, t))
 }
 
 fn produce_response(r: &mut Reader<'_>, v: i16, flex: bool, s: &mut Summary) -> Read<()> {
-    each(r, flex, |r| {
-        let t = s.read_topic(r, v >= 13, flex)?;
-        each(r, flex, |r| {
-            r.i32()?; // index
-            s.partition(t);
-            let err = r.i16()?;
-            s.error(t, err);
-            r.i64()?; // base_offset
-            if v >= 2 {
-                r.i64()?; // log_append_time_ms
-            }
-            if v >= 5 {
-                r.i64()?; // log_start_offset
-            }
-            if v >= 8 {
-                each(r, flex, |r| {
-                    r.i32()?; // batch_index
-                    r.skip_string(flex)?; // batch_index_error_message
-                    r.tagged_fields(flex)
-                })?;
-                r.skip_string(flex)?; // error_message
-            }
-            r.tagged_fields(flex)
-        })?;
-        r.tagged_fields(flex)
+    topic_partitions(r, v >= 13, flex, s, |r, s, t| {
+        s.read_error(r, t)?;
+        r.i64()?; // base_offset
+        if v >= 2 {
+            r.i64()?; // log_append_time_ms
+        }
+        if v >= 5 {
+            r.i64()?; // log_start_offset
+        }
+        if v >= 8 {
+            each(r, flex, |r| {
+                r.i32()?; // batch_index
+                r.skip_string(flex)?; // batch_index_error_message
+                r.tagged_fields(flex)
+            })?;
+            r.skip_string(flex)?; // error_message
+        }
+        Ok(())
     })
 }
 
@@ -381,25 +394,19 @@ fn fetch_request(r: &mut Reader<'_>, v: i16, flex: bool, s: &mut Summary) -> Rea
         r.i32()?; // session_id
         r.i32()?; // session_epoch
     }
-    each(r, flex, |r| {
-        let t = s.read_topic(r, v >= 13, flex)?;
-        each(r, flex, |r| {
-            r.i32()?; // partition
-            s.partition(t);
-            if v >= 9 {
-                r.i32()?; // current_leader_epoch
-            }
-            r.i64()?; // fetch_offset
-            if v >= 12 {
-                r.i32()?; // last_fetched_epoch
-            }
-            if v >= 5 {
-                r.i64()?; // log_start_offset
-            }
-            r.i32()?; // partition_max_bytes
-            r.tagged_fields(flex)
-        })?;
-        r.tagged_fields(flex)
+    topic_partitions(r, v >= 13, flex, s, |r, _, _| {
+        if v >= 9 {
+            r.i32()?; // current_leader_epoch
+        }
+        r.i64()?; // fetch_offset
+        if v >= 12 {
+            r.i32()?; // last_fetched_epoch
+        }
+        if v >= 5 {
+            r.i64()?; // log_start_offset
+        }
+        r.i32()?; // partition_max_bytes
+        Ok(())
     })
 }
 
@@ -411,34 +418,27 @@ fn fetch_response(r: &mut Reader<'_>, v: i16, flex: bool, s: &mut Summary) -> Re
         s.top_error(r.i16()?);
         r.i32()?; // session_id
     }
-    each(r, flex, |r| {
-        let t = s.read_topic(r, v >= 13, flex)?;
-        each(r, flex, |r| {
-            r.i32()?; // partition_index
-            s.partition(t);
-            let err = r.i16()?;
-            s.error(t, err);
-            r.i64()?; // high_watermark
-            if v >= 4 {
-                r.i64()?; // last_stable_offset
-            }
-            if v >= 5 {
-                r.i64()?; // log_start_offset
-            }
-            if v >= 4 {
-                each(r, flex, |r| {
-                    r.i64()?; // producer_id
-                    r.i64()?; // first_offset
-                    r.tagged_fields(flex)
-                })?;
-            }
-            if v >= 11 {
-                r.i32()?; // preferred_read_replica
-            }
-            records(r, flex, s, t)?;
-            r.tagged_fields(flex)
-        })?;
-        r.tagged_fields(flex)
+    topic_partitions(r, v >= 13, flex, s, |r, s, t| {
+        s.read_error(r, t)?;
+        r.i64()?; // high_watermark
+        if v >= 4 {
+            r.i64()?; // last_stable_offset
+        }
+        if v >= 5 {
+            r.i64()?; // log_start_offset
+        }
+        if v >= 4 {
+            each(r, flex, |r| {
+                r.i64()?; // producer_id
+                r.i64()?; // first_offset
+                r.tagged_fields(flex)
+            })?;
+        }
+        if v >= 11 {
+            r.i32()?; // preferred_read_replica
+        }
+        records(r, flex, s, t)?;
+        Ok(())
     })
 }
 
@@ -449,21 +449,15 @@ fn list_offsets_request(r: &mut Reader<'_>, v: i16, flex: bool, s: &mut Summary)
     if v >= 2 {
         r.i8()?; // isolation_level
     }
-    each(r, flex, |r| {
-        let t = s.read_topic(r, false, flex)?;
-        each(r, flex, |r| {
-            r.i32()?; // partition_index
-            s.partition(t);
-            if v >= 4 {
-                r.i32()?; // current_leader_epoch
-            }
-            r.i64()?; // timestamp
-            if v == 0 {
-                r.i32()?; // max_num_offsets
-            }
-            r.tagged_fields(flex)
-        })?;
-        r.tagged_fields(flex)
+    topic_partitions(r, false, flex, s, |r, _, _| {
+        if v >= 4 {
+            r.i32()?; // current_leader_epoch
+        }
+        r.i64()?; // timestamp
+        if v == 0 {
+            r.i32()?; // max_num_offsets
+        }
+        Ok(())
     })
 }
 
@@ -471,25 +465,18 @@ fn list_offsets_response(r: &mut Reader<'_>, v: i16, flex: bool, s: &mut Summary
     if v >= 2 {
         r.i32()?; // throttle_time_ms
     }
-    each(r, flex, |r| {
-        let t = s.read_topic(r, false, flex)?;
-        each(r, flex, |r| {
-            r.i32()?; // partition_index
-            s.partition(t);
-            let err = r.i16()?;
-            s.error(t, err);
-            if v == 0 {
-                r.skip_fixed_array(flex, 8)?; // old_style_offsets
-            } else {
-                r.i64()?; // timestamp
-                r.i64()?; // offset
-            }
-            if v >= 4 {
-                r.i32()?; // leader_epoch
-            }
-            r.tagged_fields(flex)
-        })?;
-        r.tagged_fields(flex)
+    topic_partitions(r, false, flex, s, |r, s, t| {
+        s.read_error(r, t)?;
+        if v == 0 {
+            r.skip_fixed_array(flex, 8)?; // old_style_offsets
+        } else {
+            r.i64()?; // timestamp
+            r.i64()?; // offset
+        }
+        if v >= 4 {
+            r.i32()?; // leader_epoch
+        }
+        Ok(())
     })
 }
 
@@ -582,22 +569,16 @@ fn offset_commit_request(r: &mut Reader<'_>, v: i16, flex: bool, s: &mut Summary
     if (2..=4).contains(&v) {
         r.i64()?; // retention_time_ms
     }
-    each(r, flex, |r| {
-        let t = s.read_topic(r, false, flex)?;
-        each(r, flex, |r| {
-            r.i32()?; // partition_index
-            s.partition(t);
-            r.i64()?; // committed_offset
-            if v >= 6 {
-                r.i32()?; // committed_leader_epoch
-            }
-            if v == 1 {
-                r.i64()?; // commit_timestamp
-            }
-            r.skip_string(flex)?; // committed_metadata
-            r.tagged_fields(flex)
-        })?;
-        r.tagged_fields(flex)
+    topic_partitions(r, false, flex, s, |r, _, _| {
+        r.i64()?; // committed_offset
+        if v >= 6 {
+            r.i32()?; // committed_leader_epoch
+        }
+        if v == 1 {
+            r.i64()?; // commit_timestamp
+        }
+        r.skip_string(flex)?; // committed_metadata
+        Ok(())
     })
 }
 
@@ -605,16 +586,9 @@ fn offset_commit_response(r: &mut Reader<'_>, v: i16, flex: bool, s: &mut Summar
     if v >= 3 {
         r.i32()?; // throttle_time_ms
     }
-    each(r, flex, |r| {
-        let t = s.read_topic(r, false, flex)?;
-        each(r, flex, |r| {
-            r.i32()?; // partition_index
-            s.partition(t);
-            let err = r.i16()?;
-            s.error(t, err);
-            r.tagged_fields(flex)
-        })?;
-        r.tagged_fields(flex)
+    topic_partitions(r, false, flex, s, |r, s, t| {
+        s.read_error(r, t)?;
+        Ok(())
     })
 }
 
@@ -660,21 +634,14 @@ fn offset_fetch_response_topics(
     flex: bool,
     s: &mut Summary,
 ) -> Read<()> {
-    each(r, flex, |r| {
-        let t = s.read_topic(r, false, flex)?;
-        each(r, flex, |r| {
-            r.i32()?; // partition_index
-            s.partition(t);
-            r.i64()?; // committed_offset
-            if v >= 5 {
-                r.i32()?; // committed_leader_epoch
-            }
-            r.skip_string(flex)?; // metadata
-            let err = r.i16()?;
-            s.error(t, err);
-            r.tagged_fields(flex)
-        })?;
-        r.tagged_fields(flex)
+    topic_partitions(r, false, flex, s, |r, s, t| {
+        r.i64()?; // committed_offset
+        if v >= 5 {
+            r.i32()?; // committed_leader_epoch
+        }
+        r.skip_string(flex)?; // metadata
+        s.read_error(r, t)?;
+        Ok(())
     })
 }
 
