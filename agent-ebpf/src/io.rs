@@ -40,6 +40,8 @@ use aya_ebpf::{
 
 use crate::common::{arg, bump, config, now, nr, tgid_of, Regs, BPF_NOEXIST};
 
+mod framing;
+
 const CLONE_THREAD: u64 = 0x0001_0000;
 
 const AF_INET: u16 = 2;
@@ -119,19 +121,23 @@ pub enum Buffer {
 }
 
 /// A syscall `nr` returned `ret`; its arguments are still in `regs`. `main.rs` calls this from
-/// the exit hooks, after the syscall statistics (see there).
+/// the exit hooks, after the syscall statistics (see there). `FRAMED` programs walk the
+/// messages of framed connections (`framing.rs`); the others capture a prefix only, for
+/// kernels without `bpf_loop`.
 #[inline(always)]
-pub fn on_exit<R: Regs>(regs: &R, nr: u64, ret: i64) {
+pub fn on_exit<R: Regs, const FRAMED: bool>(regs: &R, nr: u64, ret: i64) {
+    use Buffer::{Flat, Iovec, Msghdr};
+    use Syscall::*;
     match nr {
-        nr::READ => on_io(regs, ret, Syscall::Read, DIR_INGRESS, Buffer::Flat),
-        nr::RECVFROM => on_io(regs, ret, Syscall::Recvfrom, DIR_INGRESS, Buffer::Flat),
-        nr::READV => on_io(regs, ret, Syscall::Readv, DIR_INGRESS, Buffer::Iovec),
-        nr::RECVMSG => on_io(regs, ret, Syscall::Recvmsg, DIR_INGRESS, Buffer::Msghdr),
-        nr::WRITE => on_io(regs, ret, Syscall::Write, DIR_EGRESS, Buffer::Flat),
-        nr::SENDTO => on_io(regs, ret, Syscall::Sendto, DIR_EGRESS, Buffer::Flat),
-        nr::WRITEV => on_io(regs, ret, Syscall::Writev, DIR_EGRESS, Buffer::Iovec),
-        nr::SENDMSG => on_io(regs, ret, Syscall::Sendmsg, DIR_EGRESS, Buffer::Msghdr),
-        nr::SENDFILE => on_io(regs, ret, Syscall::Sendfile, DIR_EGRESS, Buffer::None),
+        nr::READ => on_io::<R, FRAMED>(regs, ret, Read, DIR_INGRESS, Flat),
+        nr::RECVFROM => on_io::<R, FRAMED>(regs, ret, Recvfrom, DIR_INGRESS, Flat),
+        nr::READV => on_io::<R, FRAMED>(regs, ret, Readv, DIR_INGRESS, Iovec),
+        nr::RECVMSG => on_io::<R, FRAMED>(regs, ret, Recvmsg, DIR_INGRESS, Msghdr),
+        nr::WRITE => on_io::<R, FRAMED>(regs, ret, Write, DIR_EGRESS, Flat),
+        nr::SENDTO => on_io::<R, FRAMED>(regs, ret, Sendto, DIR_EGRESS, Flat),
+        nr::WRITEV => on_io::<R, FRAMED>(regs, ret, Writev, DIR_EGRESS, Iovec),
+        nr::SENDMSG => on_io::<R, FRAMED>(regs, ret, Sendmsg, DIR_EGRESS, Msghdr),
+        nr::SENDFILE => on_io::<R, FRAMED>(regs, ret, Sendfile, DIR_EGRESS, Buffer::None),
         nr::ACCEPT | nr::ACCEPT4 => on_accept(regs, ret),
         nr::CONNECT => on_connect(regs, ret),
         nr::SOCKET => on_socket(regs, ret),
@@ -139,9 +145,16 @@ pub fn on_exit<R: Regs>(regs: &R, nr: u64, ret: i64) {
     }
 }
 
-/// A read or write returned: if the fd is a tracked, unmuted socket, send its bytes.
+/// A read or write returned: if the fd is a tracked, unmuted socket, send its bytes: framed
+/// (`framing.rs`) when the connection's protocol is, else a prefix.
 #[inline(always)]
-pub fn on_io<R: Regs>(regs: &R, ret: i64, syscall: Syscall, direction: u8, buffer: Buffer) {
+pub fn on_io<R: Regs, const FRAMED: bool>(
+    regs: &R,
+    ret: i64,
+    syscall: Syscall,
+    direction: u8,
+    buffer: Buffer,
+) {
     if ret <= 0 {
         // Errors (EAGAIN above all) and EOF move no bytes.
         return;
@@ -166,26 +179,6 @@ pub fn on_io<R: Regs>(regs: &R, ret: i64, syscall: Syscall, direction: u8, buffe
     };
     // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
     let buf = unsafe { &mut *buf };
-    let limit = (config().capture_bytes as u64)
-        .min(MAX_CAPTURE as u64)
-        .min(ret as u64);
-    let captured = match buffer {
-        Buffer::Flat => copy_flat(buf, arg(regs, 1), limit),
-        Buffer::Iovec => copy_iovec(buf, arg(regs, 1), arg(regs, 2), limit),
-        Buffer::Msghdr => {
-            // struct msghdr (user ABI): msg_iov at offset 16, msg_iovlen at offset 24.
-            let msg = arg(regs, 1);
-            // SAFETY: reading user memory through the helper; failure means no payload.
-            let iov = unsafe { bpf_probe_read_user((msg + 16) as *const u64) }.unwrap_or(0);
-            let iovlen = unsafe { bpf_probe_read_user((msg + 24) as *const u64) }.unwrap_or(0);
-            copy_iovec(buf, iov, iovlen, limit)
-        }
-        Buffer::None => limit,
-    };
-    let captured = if buffer == Buffer::None { 0 } else { captured };
-    if buffer != Buffer::None && captured < limit {
-        bump(Counter::ReadUserFailed);
-    }
     fill_header(
         &mut buf.header,
         pid_tgid,
@@ -198,7 +191,48 @@ pub fn on_io<R: Regs>(regs: &R, ret: i64, syscall: Syscall, direction: u8, buffe
     buf.header.direction = direction;
     buf.header.syscall = syscall as u8;
     buf.header.origin = conn.origin;
+    if FRAMED {
+        let source = match buffer {
+            Buffer::Flat => framing::Source::Flat(arg(regs, 1)),
+            Buffer::Iovec => framing::Source::Iovec(arg(regs, 1), arg(regs, 2)),
+            Buffer::Msghdr => {
+                let (iov, iovlen) = msghdr_iov(arg(regs, 1));
+                framing::Source::Iovec(iov, iovlen)
+            }
+            Buffer::None => framing::Source::None,
+        };
+        let (id, origin) = (conn.conn_id, conn.origin);
+        if framing::frame(buf, id, origin, direction, ret as u64, source) {
+            return;
+        }
+    }
+    let limit = (config().capture_bytes as u64)
+        .min(MAX_CAPTURE as u64)
+        .min(ret as u64);
+    let captured = match buffer {
+        Buffer::Flat => copy_flat(buf, arg(regs, 1), limit),
+        Buffer::Iovec => copy_iovec(buf, arg(regs, 1), arg(regs, 2), limit),
+        Buffer::Msghdr => {
+            let (iov, iovlen) = msghdr_iov(arg(regs, 1));
+            copy_iovec(buf, iov, iovlen, limit)
+        }
+        Buffer::None => limit,
+    };
+    let captured = if buffer == Buffer::None { 0 } else { captured };
+    if buffer != Buffer::None && captured < limit {
+        bump(Counter::ReadUserFailed);
+    }
     submit(buf, captured);
+}
+
+/// The iovec array and count of a user `struct msghdr` (msg_iov at offset 16, msg_iovlen at
+/// offset 24); zeros when unreadable.
+#[inline(always)]
+fn msghdr_iov(msg: u64) -> (u64, u64) {
+    // SAFETY: reading user memory through the helper; failure means no payload.
+    let iov = unsafe { bpf_probe_read_user((msg + 16) as *const u64) }.unwrap_or(0);
+    let iovlen = unsafe { bpf_probe_read_user((msg + 24) as *const u64) }.unwrap_or(0);
+    (iov, iovlen)
 }
 
 /// Copies `limit` (≤ MAX_CAPTURE) bytes from a flat user buffer; returns what was copied.
@@ -285,6 +319,8 @@ fn fill_header(
     header.origin = 0;
     header.listen_fd = -1;
     header.cap_len = 0;
+    header.frame_start = 0;
+    header.frame_end = 0;
 }
 
 /// Sends the header plus `captured` payload bytes.
@@ -431,6 +467,7 @@ fn open_conn(pid_tgid: u64, fd: i32, addr: u64, origin: u8, syscall: Syscall, li
         return;
     }
     remember_recent(key.tgid, fd);
+    framing::start(conn_id);
     let Some(buf) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -602,6 +639,7 @@ fn inherit(child_pid_tgid: u64, fd: i32, parent: ConnInfo) {
         return;
     }
     remember_recent(key.tgid, fd);
+    framing::start(conn_id);
     let Some(buf) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -666,6 +704,7 @@ fn on_close(fd: i32) {
     };
     let _ = CONNS.remove(&key);
     let _ = MUTED.remove(&conn.conn_id);
+    framing::forget(conn.conn_id);
     let Some(buf) = SCRATCH.get_ptr_mut(0) else {
         return;
     };

@@ -148,9 +148,81 @@ pub struct EventHeader {
     pub origin: u8,
     /// For `Open` from accept: the listening socket's fd (to learn the local port).
     pub listen_fd: i32,
+    /// Framed `Data` events (`frame_end > 0`): the part `[frame_start, frame_end)` of the
+    /// syscall's `ret_len` bytes this event accounts for, as a list of [`FrameRecord`]s (see
+    /// there) instead of a prefix. A syscall may need several events, in order; the last one
+    /// ends at `ret_len`. Both 0 for a prefix event.
+    pub frame_start: u32,
+    pub frame_end: u32,
 }
 
 pub const HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
+
+/// One record of a framed event's payload (little-endian, unaligned in the payload).
+///
+/// `count == 0`: the `len` bytes at `offset` of the syscall's bytes follow the record (message
+/// headers and the heads of their bodies, contiguous ones merged into one record).
+/// `count > 0`: a run of `count` whole messages of type `kind` (PostgreSQL `DataRow`/`CopyData`)
+/// that start at `offset` and fill `len` bytes; no bytes follow. Everything between records is
+/// the rest of a message body whose header was delivered: the decoder skips it by length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrameRecord {
+    pub offset: u32,
+    pub len: u32,
+    pub count: u32,
+    pub kind: u8,
+    pub _pad: [u8; 3],
+}
+
+pub const FRAME_RECORD_LEN: usize = core::mem::size_of::<FrameRecord>();
+
+/// Bytes of records a framed event carries before the next event of the same syscall starts.
+pub const FRAME_EVENT_BUDGET: usize = MAX_CAPTURE;
+
+/// Messages (and body continuations) walked per syscall at most; beyond it framing is given
+/// up for the connection's direction (`Counter::FramingBound`).
+pub const MAX_FRAME_STEPS: u32 = 1 << 16;
+
+/// Events one syscall may produce at most (each at most [`FRAME_EVENT_BUDGET`] record bytes).
+pub const MAX_FRAME_EVENTS: u32 = 256;
+
+/// How a direction of a connection is framed in the kernel (`FrameDir::mode`).
+/// Prefix capture, as for any protocol the kernel does not frame (HTTP, unknown).
+pub const FRAME_OFF: u8 = 0;
+/// No byte seen yet: the first request bytes decide.
+pub const FRAME_DETECT: u8 = 1;
+/// PostgreSQL request side before the start-up message: untyped packets (int32 length).
+pub const FRAME_PG_STARTUP: u8 = 2;
+/// PostgreSQL typed messages (type byte, int32 length counting itself).
+pub const FRAME_PG: u8 = 3;
+/// PostgreSQL response side: the one-byte answer to SSLRequest/GSSENCRequest.
+pub const FRAME_PG_ANSWER: u8 = 4;
+/// Kafka frames (int32 size, then that many bytes).
+pub const FRAME_KAFKA: u8 = 5;
+
+/// One direction's framing state, carried from syscall to syscall.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FrameDir {
+    /// Bytes of the current message still to come (0: a header is next).
+    pub skip: u64,
+    /// Of those, how many are still to be captured (the head of the body).
+    pub head_left: u32,
+    /// `FRAME_*`.
+    pub mode: u8,
+    /// Header bytes already seen (a header split across syscalls), in `hdr`.
+    pub have: u8,
+    pub _pad: [u8; 2],
+    pub hdr: [u8; 16],
+}
+
+/// Framing state of a connection, by syscall direction: `[ingress, egress]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FrameState {
+    pub dirs: [FrameDir; 2],
+}
 
 /// Key of the socket table: a file descriptor in a process.
 #[repr(C)]
@@ -216,9 +288,15 @@ pub enum Counter {
     SyscallTableFull = 5,
     /// Syscalls not timed because the per-thread table of syscall start times was full.
     SyscallStartsFull = 6,
+    /// A framed direction met a header that is not its protocol's: framing was given up and
+    /// the direction falls back to prefix capture.
+    FramingLost = 7,
+    /// A framed syscall needed more than `MAX_FRAME_STEPS` steps or `MAX_FRAME_EVENTS`
+    /// events, or had no user buffer (sendfile): framing was given up for the direction.
+    FramingBound = 8,
 }
 
-pub const COUNTER_NAMES: [&str; 7] = [
+pub const COUNTER_NAMES: [&str; 9] = [
     "ringbuf_full",
     "conn_table_full",
     "inflight_table_full",
@@ -226,6 +304,8 @@ pub const COUNTER_NAMES: [&str; 7] = [
     "events_sent",
     "syscall_table_full",
     "syscall_starts_full",
+    "framing_lost",
+    "framing_bound",
 ];
 pub const COUNTERS_LEN: u32 = COUNTER_NAMES.len() as u32;
 
@@ -555,6 +635,8 @@ pub mod names {
         program {
             SYS_EXIT_BTF = "sys_exit_btf",
             SYS_EXIT_RAW = "sys_exit_raw",
+            FRAME_EXIT_BTF = "frame_exit_btf",
+            FRAME_EXIT_RAW = "frame_exit_raw",
             FEXIT_READ = "fexit_read",
             FEXIT_RECVFROM = "fexit_recvfrom",
             FEXIT_READV = "fexit_readv",
@@ -598,6 +680,8 @@ pub mod names {
             CONNECTING = "CONNECTING",
             CONN_SEQ = "CONN_SEQ",
             SCRATCH = "SCRATCH",
+            FRAMES = "FRAMES",
+            WALK = "WALK",
             SYSCALL_STARTS = "SYSCALL_STARTS",
             SYSCALL_STATS = "SYSCALL_STATS",
             FLOWS = "FLOWS",

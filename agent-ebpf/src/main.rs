@@ -42,33 +42,50 @@ mod programs {
 
     /// One syscall exit (tp_btf and raw variants): the syscall's arguments are still in `regs`.
     #[inline(always)]
-    fn sys_exit<R: Regs>(regs: &R, ret: i64) {
+    fn sys_exit<R: Regs, const FRAMED: bool>(regs: &R, ret: i64) {
         let nr = syscall_nr(regs);
         // Statistics first, so that the capture work is not part of the measured duration.
         // The loader sets this once; with a read-only global the verifier drops the dead branch.
         if config().syscall_stats == SYSCALL_STATS_IN_IO_EXIT {
             syscalls::on_exit(nr, ret);
         }
-        io::on_exit(regs, nr, ret);
+        io::on_exit::<R, FRAMED>(regs, nr, ret);
     }
 
-    // Three variants of the same syscall exit handling; the loader picks one at start-up. BTF
+    // Variants of the same syscall exit handling; the loader picks one at start-up. BTF
     // tracepoints read registers with plain loads; raw tracepoints (no BTF needed) through a
-    // helper.
+    // helper. The `frame_*` ones also walk the messages of framed connections (io/framing.rs)
+    // and need `bpf_loop` (5.17+); the `sys_exit_*` ones capture a prefix only.
 
-    /// Every syscall exit (BTF variant).
+    /// Every syscall exit (BTF variant, framing).
     #[btf_tracepoint(function = "sys_exit")]
-    pub fn sys_exit_btf(ctx: BtfTracePointContext) -> i32 {
+    pub fn frame_exit_btf(ctx: BtfTracePointContext) -> i32 {
         let regs: *const u8 = ctx.arg(0);
-        sys_exit(&BtfRegs(regs), ctx.arg(1));
+        sys_exit::<_, true>(&BtfRegs(regs), ctx.arg(1));
         0
     }
 
-    /// Every syscall exit (raw variant).
+    /// Every syscall exit (raw variant, framing).
+    #[raw_tracepoint(tracepoint = "sys_exit")]
+    pub fn frame_exit_raw(ctx: RawTracePointContext) -> i32 {
+        let regs: u64 = ctx.arg(0);
+        sys_exit::<_, true>(&ProbedRegs(regs as *const u8), ctx.arg(1));
+        0
+    }
+
+    /// Every syscall exit (BTF variant, prefix only).
+    #[btf_tracepoint(function = "sys_exit")]
+    pub fn sys_exit_btf(ctx: BtfTracePointContext) -> i32 {
+        let regs: *const u8 = ctx.arg(0);
+        sys_exit::<_, false>(&BtfRegs(regs), ctx.arg(1));
+        0
+    }
+
+    /// Every syscall exit (raw variant, prefix only).
     #[raw_tracepoint(tracepoint = "sys_exit")]
     pub fn sys_exit_raw(ctx: RawTracePointContext) -> i32 {
         let regs: u64 = ctx.arg(0);
-        sys_exit(&ProbedRegs(regs as *const u8), ctx.arg(1));
+        sys_exit::<_, false>(&ProbedRegs(regs as *const u8), ctx.arg(1));
         0
     }
 
@@ -79,7 +96,9 @@ mod programs {
             #[fexit(function = $function)]
             pub fn $name(ctx: FExitContext) -> i32 {
                 let regs: *const u8 = ctx.arg(0);
-                io::on_io(
+                // Framing too: a kernel with trampolines but no `bpf_loop` (5.5–5.16) fails
+                // to load these and falls back to the tracepoints.
+                io::on_io::<_, true>(
                     &BtfRegs(regs),
                     ctx.arg(1),
                     Syscall::$syscall,

@@ -32,6 +32,13 @@ pub struct Config {
     )]
     pub syscall_hooks: crate::capture::HookMode,
 
+    /// Walk the messages of PostgreSQL and Kafka connections in the kernel, so that counts stay
+    /// exact whatever a read or write carries (see the README's design section). Needs
+    /// `bpf_loop` (Linux 5.17+); older kernels capture a prefix per syscall. `--framing=false`
+    /// turns it off (for measuring the difference).
+    #[arg(long, env = "PERISCOPE_FRAMING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub framing: bool,
+
     /// Measure the kernel programs' own run time (BPF_ENABLE_STATS) and export it as
     /// `periscope_bpf_program_run_time_seconds_total`. Costs two clock reads per program run.
     #[arg(long, env = "PERISCOPE_BPF_STATS")]

@@ -190,6 +190,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         capture_bytes: config.capture_bytes,
         ringbuf_bytes: config.ringbuf_bytes,
         hooks: config.syscall_hooks,
+        framing: config.framing,
         bpf_stats: config.bpf_stats,
         syscalls: (!config.syscalls.is_empty()).then(|| capture::SyscallSettings {
             filter: config.syscalls.filter(),

@@ -197,7 +197,9 @@ fn handle_record(
                 .self_metrics
                 .captured_bytes
                 .inc_by(payload.len() as u64);
-            if (payload.len() as i64) < header.ret_len {
+            // A framed event's payload is records, not a prefix: what it skips is whole
+            // bodies, never truncation.
+            if header.frame_end == 0 && (payload.len() as i64) < header.ret_len {
                 metrics.self_metrics.truncated_captures.inc();
             }
         }

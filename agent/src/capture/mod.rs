@@ -74,6 +74,8 @@ pub struct Settings {
     /// Ring-buffer size in bytes (a power of two, at least one page).
     pub ringbuf_bytes: u32,
     pub hooks: HookMode,
+    /// Prefer the exit programs that frame PostgreSQL and Kafka messages (`--framing`).
+    pub framing: bool,
     /// Turn on the kernel's per-program run-time statistics.
     pub bpf_stats: bool,
     /// Per-syscall statistics; `None` attaches no syscall statistics program at all.
@@ -181,6 +183,8 @@ pub struct Capture {
     _stats: Option<std::os::fd::OwnedFd>,
     /// The mechanism the syscall hooks ended up on (`Btf` or `Raw`).
     pub hooks: HookMode,
+    /// The I/O hooks frame PostgreSQL and Kafka messages (`--framing` and `bpf_loop`).
+    pub framing: bool,
     /// `tcp:tcp_receive_reset` carries a socket cookie (see `flows::flow_config`).
     reset_cookie: bool,
     /// `--udp-flows`: `start_flows` attaches the UDP byte counters too.
@@ -269,7 +273,7 @@ impl Capture {
             tp.attach(category, name)
                 .with_context(|| format!("attaching {program} to tracepoint {category}:{name}"))?;
         }
-        let hooks = attach_syscall_hooks(&mut ebpf, settings.hooks)?;
+        let (hooks, framing) = attach_syscall_hooks(&mut ebpf, settings.hooks, settings.framing)?;
         let syscall_stats = match entry {
             Some(entry) => Some(attach_syscall_stats(
                 &mut ebpf,
@@ -281,8 +285,9 @@ impl Capture {
         };
         let maps = Maps::take(&mut ebpf, settings.ringbuf_bytes)?;
         log::info!(
-            "capture: syscall hooks on {}, capture {} B per syscall, ring buffer {} KiB; syscall statistics {}",
+            "capture: syscall hooks on {}, {}, capture {} B per message; ring buffer {} KiB; syscall statistics {}",
             hooks.as_str(),
+            if framing { "PostgreSQL and Kafka framed in the kernel" } else { "prefix capture only" },
             settings.capture_bytes,
             settings.ringbuf_bytes / 1024,
             syscall_stats.as_deref().unwrap_or("off")
@@ -299,6 +304,7 @@ impl Capture {
                 ebpf,
                 _stats: stats,
                 hooks,
+                framing,
                 reset_cookie: flow_config.reset_cookie_offset != 0,
                 udp_flows: settings.udp_flows,
                 syscall_stats,
@@ -367,10 +373,16 @@ fn log_local_addresses(attached: anyhow::Result<()>) {
     }
 }
 
-fn attach_syscall_hooks(ebpf: &mut Ebpf, mode: HookMode) -> anyhow::Result<HookMode> {
-    if matches!(mode, HookMode::Auto | HookMode::Fexit) {
+/// Returns the mechanism and whether the I/O hooks frame messages (`io/framing.rs`).
+fn attach_syscall_hooks(
+    ebpf: &mut Ebpf,
+    mode: HookMode,
+    framing: bool,
+) -> anyhow::Result<(HookMode, bool)> {
+    if matches!(mode, HookMode::Auto | HookMode::Fexit) && framing {
+        // The fexit programs always frame: without `bpf_loop` they fail and tracepoints follow.
         match attach_fexit_hooks(ebpf) {
-            Ok(()) => return Ok(HookMode::Fexit),
+            Ok(()) => return Ok((HookMode::Fexit, true)),
             Err(e) if mode == HookMode::Auto => {
                 log::info!("fexit unavailable ({e:#}); trying BTF tracepoints");
             }
@@ -378,21 +390,54 @@ fn attach_syscall_hooks(ebpf: &mut Ebpf, mode: HookMode) -> anyhow::Result<HookM
         }
     }
     if matches!(mode, HookMode::Auto | HookMode::Btf) {
-        match attach_btf_hooks(ebpf) {
-            Ok(()) => return Ok(HookMode::Btf),
+        match attach_btf_hooks(ebpf, framing) {
+            Ok(framed) => return Ok((HookMode::Btf, framed)),
             Err(e) if mode == HookMode::Auto => {
                 log::info!("BTF tracepoints unavailable ({e:#}); using raw tracepoints");
             }
             Err(e) => return Err(e.context("--syscall-hooks btf")),
         }
     }
-    let name = program::SYS_EXIT_RAW;
+    let load = |ebpf: &mut Ebpf, name: &str| -> anyhow::Result<()> {
+        let tp: &mut RawTracePoint = program_of(ebpf, name)?.try_into()?;
+        tp.load()
+            .with_context(|| format!("the kernel rejected program {name}"))
+    };
+    let (name, framed) = framed_or_prefix(
+        ebpf,
+        framing,
+        program::FRAME_EXIT_RAW,
+        program::SYS_EXIT_RAW,
+        load,
+    )?;
     let tp: &mut RawTracePoint = program_of(ebpf, name)?.try_into()?;
-    tp.load()
-        .with_context(|| format!("the kernel rejected program {name}"))?;
     tp.attach("sys_exit")
         .with_context(|| format!("attaching {name} to raw tracepoint sys_exit"))?;
-    Ok(HookMode::Raw)
+    Ok((HookMode::Raw, framed))
+}
+
+/// Loads the framing variant of an exit program when asked and the kernel accepts it (it
+/// needs `bpf_loop`, Linux 5.17+), else the prefix-only one. Returns the loaded program's name
+/// and whether it frames.
+fn framed_or_prefix(
+    ebpf: &mut Ebpf,
+    framing: bool,
+    framed: &'static str,
+    prefix: &'static str,
+    load: impl Fn(&mut Ebpf, &str) -> anyhow::Result<()>,
+) -> anyhow::Result<(&'static str, bool)> {
+    if framing {
+        match load(ebpf, framed) {
+            Ok(()) => return Ok((framed, true)),
+            Err(e) => log::warn!(
+                "capture: message framing unavailable, falling back to prefix capture: counts \
+                 of PostgreSQL and Kafka exchanges whose syscalls carry several messages past \
+                 the capture window are not exact ({e:#})"
+            ),
+        }
+    }
+    load(ebpf, prefix)?;
+    Ok((prefix, false))
 }
 
 /// Per-thread syscall start times kept by the entry hook: one per thread that made a selected
@@ -585,14 +630,23 @@ fn attach_fexit_hooks(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn attach_btf_hooks(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+fn attach_btf_hooks(ebpf: &mut Ebpf, framing: bool) -> anyhow::Result<bool> {
     let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
-    let name = program::SYS_EXIT_BTF;
+    let load = |ebpf: &mut Ebpf, name: &str| -> anyhow::Result<()> {
+        let tp: &mut BtfTracePoint = program_of(ebpf, name)?.try_into()?;
+        tp.load("sys_exit", &btf)
+            .with_context(|| format!("loading {name}"))
+    };
+    let (name, framed) = framed_or_prefix(
+        ebpf,
+        framing,
+        program::FRAME_EXIT_BTF,
+        program::SYS_EXIT_BTF,
+        load,
+    )?;
     let tp: &mut BtfTracePoint = program_of(ebpf, name)?.try_into()?;
-    tp.load("sys_exit", &btf)
-        .with_context(|| format!("loading {name}"))?;
     tp.attach().with_context(|| format!("attaching {name}"))?;
-    Ok(())
+    Ok(framed)
 }
 
 fn program_of<'a>(

@@ -13,12 +13,14 @@ use agent_ebpf::{EventHeader, EventKind, DIR_INGRESS, ORIGIN_PROC};
 
 use crate::exchange::{Detail, Endpoint, Exchange, Role};
 use crate::metadata::{ProcessCache, ProcessInfo};
-use crate::protocol::{Chunk, DecoderStats, Shared, Stopped, Stream};
+use crate::protocol::{Chunk, DecoderStats, Run, Shared, Stopped, Stream};
 
 pub mod decoder;
 pub mod listeners;
+pub mod pieces;
 
 use decoder::Decoder;
+use pieces::Piece;
 
 /// Data chunks a connection found in `/proc` may take to show a message boundary before it is
 /// given up on: it may have been opened mid-body.
@@ -205,15 +207,9 @@ struct FeedContext<'a> {
     clients: &'a Clients,
 }
 
-/// Feeds one syscall's bytes to a connection's decoder and reports what it completed.
-fn feed(
-    conn: &mut Conn,
-    ctx: &mut FeedContext<'_>,
-    ingress: bool,
-    ts: u64,
-    bytes: &[u8],
-    len: u64,
-) {
+/// Feeds one piece of a syscall's bytes to a connection's decoder and reports what it
+/// completed.
+fn feed(conn: &mut Conn, ctx: &mut FeedContext<'_>, ingress: bool, ts: u64, piece: Piece<'_>) {
     let State::Decoding { role, decoder } = &mut conn.state else {
         return;
     };
@@ -223,15 +219,30 @@ fn feed(
         (Role::Server, false) | (Role::Client, true) => Stream::Response,
     };
     // Both directions are stamped when the syscall returned (see agent-ebpf's io.rs).
-    let chunk = Chunk {
-        stream,
-        first_ns: ts,
-        last_ns: ts,
-        bytes,
-        len,
-    };
     ctx.scratch.clear();
-    let result = decoder.feed(&chunk, ctx.shared, ctx.scratch);
+    let result = match piece {
+        Piece::Bytes { bytes, len } => {
+            let chunk = Chunk {
+                stream,
+                first_ns: ts,
+                last_ns: ts,
+                bytes,
+                len,
+            };
+            decoder.feed(&chunk, ctx.shared, ctx.scratch)
+        }
+        Piece::Run { kind, count, bytes } => {
+            let run = Run {
+                stream,
+                first_ns: ts,
+                last_ns: ts,
+                kind,
+                count,
+                bytes,
+            };
+            decoder.skipped(&run, ctx.shared, ctx.scratch)
+        }
+    };
     let protocol = decoder.protocol();
     let stats = decoder.take_stats();
     if stats != DecoderStats::default() {
@@ -531,8 +542,8 @@ impl Tracker {
             conn.process = fresh;
         }
         let ingress = header.direction == DIR_INGRESS;
-        let len = header.ret_len.max(0) as u64;
-        let held = match detect(conn, self.protocols, ingress, header.ts_ns, payload, len) {
+        let (prefix, len) = pieces::prefix(header, payload);
+        let held = match detect(conn, self.protocols, ingress, header.ts_ns, prefix, len) {
             Detection::Undecided => return,
             Detection::Unknown => {
                 conn.state = State::Muted;
@@ -558,10 +569,19 @@ impl Tracker {
             for (ts, n) in &held.pieces {
                 let bytes = &held.bytes[at..at + n];
                 at += n;
-                feed(conn, &mut ctx, held.ingress, *ts, bytes, *n as u64);
+                let piece = Piece::Bytes {
+                    bytes,
+                    len: *n as u64,
+                };
+                feed(conn, &mut ctx, held.ingress, *ts, piece);
             }
         }
-        feed(conn, &mut ctx, ingress, header.ts_ns, payload, len);
+        for piece in pieces::pieces(header, payload) {
+            if !matches!(conn.state, State::Decoding { .. }) {
+                break;
+            }
+            feed(conn, &mut ctx, ingress, header.ts_ns, piece);
+        }
     }
 
     fn finish(

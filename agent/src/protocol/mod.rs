@@ -80,6 +80,35 @@ impl Chunk<'_> {
     }
 }
 
+/// Whole messages the kernel walked over without capturing them (framed capture: a run of
+/// PostgreSQL `DataRow` or `CopyData` messages inside one syscall). They begin where the
+/// stream's next header was due and fill exactly `bytes` bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Run {
+    pub stream: Stream,
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// The protocol's message type (PostgreSQL's type byte).
+    pub kind: u8,
+    /// How many messages.
+    pub count: u64,
+    /// Their bytes, headers included.
+    pub bytes: u64,
+}
+
+impl Run {
+    /// The same bytes as a capture gap.
+    pub fn as_gap(&self) -> Chunk<'static> {
+        Chunk {
+            stream: self.stream,
+            first_ns: self.first_ns,
+            last_ns: self.last_ns,
+            bytes: &[],
+            len: self.bytes,
+        }
+    }
+}
+
 /// Non-fatal things a decoder noticed since the last call to [`Decoder::take_stats`]. Every
 /// decoder counts the same four things; what a "header" is depends on the protocol (an HTTP
 /// head, a PostgreSQL message, a Kafka frame header).
@@ -205,6 +234,13 @@ pub trait Decoder: Send + 'static {
     /// connection.
     fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Self::Exchange>)
         -> Result<(), DecodeError>;
+
+    /// A run of whole messages the kernel counted instead of capturing (see [`Run`]). Only
+    /// protocols whose messages the kernel frames get runs; the default treats the run as a
+    /// capture gap.
+    fn skipped(&mut self, run: &Run, out: &mut Vec<Self::Exchange>) -> Result<(), DecodeError> {
+        self.feed(&run.as_gap(), out)
+    }
 
     /// The connection closed at `ts_ns`: flush what can still be completed. The decoder is
     /// then reset (stats are kept) and may be reused.

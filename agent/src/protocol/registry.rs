@@ -12,7 +12,7 @@ use crate::exchange::{Detail, PostgresDetail};
 use super::http1::{self, Http1Decoder};
 use super::kafka::{self, KafkaDecoder, TopicNames};
 use super::postgres::{self, PgDecoder};
-use super::{could_start_with_length, Chunk, Decoder, DecoderStats, Stopped, Stream};
+use super::{could_start_with_length, Chunk, Decoder, DecoderStats, Run, Stopped, Stream};
 
 /// One protocol, as detection, `--protocols` and the tools that replay fixtures see it.
 #[derive(Clone, Copy)]
@@ -116,6 +116,13 @@ pub trait AnyDecoder: Send {
         shared: &mut Shared,
         out: &mut Vec<Detail>,
     ) -> Result<(), &'static str>;
+    /// [`Decoder::skipped`], exchanges appended to `out`.
+    fn skipped(
+        &mut self,
+        run: &Run,
+        shared: &mut Shared,
+        out: &mut Vec<Detail>,
+    ) -> Result<(), &'static str>;
     /// [`Decoder::close`], exchanges appended to `out`.
     fn close(&mut self, ts_ns: u64, shared: &mut Shared, out: &mut Vec<Detail>);
     fn take_stats(&mut self) -> DecoderStats;
@@ -156,6 +163,17 @@ impl<D: IntoDetail> AnyDecoder for Session<D> {
         out: &mut Vec<Detail>,
     ) -> Result<(), &'static str> {
         let result = self.decoder.feed(chunk, &mut self.found);
+        self.details(shared, out);
+        result.map_err(|e| e.reason())
+    }
+
+    fn skipped(
+        &mut self,
+        run: &Run,
+        shared: &mut Shared,
+        out: &mut Vec<Detail>,
+    ) -> Result<(), &'static str> {
+        let result = self.decoder.skipped(run, &mut self.found);
         self.details(shared, out);
         result.map_err(|e| e.reason())
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::framing::cstr;
 use super::{
     sql, PgDecoder, PgExchange, StartupInfo, EMPTY_OPERATION, MAX_PARAM_CHARS, MAX_PENDING,
-    MAX_PORTALS, MAX_PREPARED, UNKNOWN_OPERATION,
+    MAX_PENDING_SIMPLE, MAX_PORTALS, MAX_PREPARED, UNKNOWN_OPERATION,
 };
 
 /// A statement's SQL, summarised once (per Parse, or per statement of a Query).
@@ -242,7 +242,16 @@ impl PgDecoder {
 
     pub(super) fn push(&mut self, p: Pending) {
         self.joined = false;
-        if self.pending.len() >= MAX_PENDING {
+        let full = self.pending.len() >= MAX_PENDING
+            || (matches!(p, Pending::Simple(_))
+                && self.pending.len() >= MAX_PENDING_SIMPLE
+                && self
+                    .pending
+                    .iter()
+                    .filter(|q| matches!(q, Pending::Simple(_)))
+                    .count()
+                    >= MAX_PENDING_SIMPLE);
+        if full {
             let n = match p {
                 Pending::Exec(_) => 1,
                 Pending::Simple(ref q) => q.statements.len().max(1) as u64,

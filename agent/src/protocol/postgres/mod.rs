@@ -72,7 +72,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 
 pub use super::DecodeError;
-use super::{sql, Chunk, Decoder, Sticky, Stopped, Stream};
+use super::{sql, Chunk, Decoder, Run, Sticky, Stopped, Stream};
 
 mod detect;
 mod framing;
@@ -91,7 +91,13 @@ pub use super::DecoderStats;
 pub const MAX_BUFFERED_BYTES: usize = 64 * 1024;
 /// Most requests waiting for a response; beyond it executions are only counted (so that later
 /// responses still pair right), and past twice this the oldest are dropped as unpaired.
-pub const MAX_PENDING: usize = 256;
+/// Pipelines (psycopg, pgx, JDBC batches) send a thousand and more before reading; an
+/// execution costs ~64 bytes here (statements are shared), so this bounds a connection's
+/// queue to ~256 KiB.
+pub const MAX_PENDING: usize = 4096;
+/// Most simple Queries waiting among them: each keeps its SQL text (up to
+/// [`MAX_BUFFERED_BYTES`]), so they are bounded apart (64 × 64 KiB = 4 MiB per connection).
+pub const MAX_PENDING_SIMPLE: usize = 64;
 /// Most named prepared statements remembered per connection; beyond it the oldest is evicted.
 pub const MAX_PREPARED: usize = 1024;
 /// Most named portals remembered per connection (they live until the transaction ends).
@@ -279,6 +285,33 @@ impl Decoder for PgDecoder {
         debug_assert!(self.pending.len() <= 2 * MAX_PENDING + 1);
         debug_assert!(self.prepared.len() <= MAX_PREPARED);
         self.failed.keep(result)
+    }
+
+    /// A run of whole DataRow (backend) or CopyData (either side) messages that the kernel
+    /// counted without capturing: they count as rows and bytes exactly as if each had been
+    /// decoded. A run where the direction does not expect a header (framing already lost)
+    /// is a gap.
+    fn skipped(&mut self, run: &Run, out: &mut Vec<PgExchange>) -> Result<(), DecodeError> {
+        self.failed.check()?;
+        if self.tls {
+            return Ok(());
+        }
+        let half = self.half(run.stream);
+        if half.frame != Frame::Header || half.have != 0 || !matches!(run.kind, b'D' | b'd') {
+            return self.feed(&run.as_gap(), out);
+        }
+        half.synced = true;
+        match run.stream {
+            Stream::Request => self.request(run.kind, &[], run.bytes, run.first_ns),
+            Stream::Response => {
+                self.resp_last_ns = run.last_ns;
+                self.resp_bytes += run.bytes;
+                if run.kind == b'D' {
+                    self.data_rows += run.count;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The connection closed at `ts_ns`. An execution whose response had begun is emitted with

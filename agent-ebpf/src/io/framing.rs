@@ -1,0 +1,646 @@
+//! Message framing in the kernel, so that exactness does not depend on read/write sizes.
+//!
+//! A prefix of each syscall's bytes is not enough: one `read` can carry many messages (a
+//! result set, a pipeline), and a header past the prefix is invisible to userspace, which then
+//! loses framing. For the length-prefixed protocols (PostgreSQL, Kafka) the kernel therefore
+//! walks every message of every syscall: it reads each header, captures the header and the
+//! head of its body (up to `Config::capture_bytes`), and skips the rest of the body by length.
+//! PostgreSQL `DataRow`/`CopyData` messages wholly inside a syscall are not captured at all: a
+//! run of them becomes one record (count and bytes). What reaches userspace per message is
+//! therefore bounded, and what reaches it per syscall shrinks for large bodies instead of
+//! growing. See `FrameRecord` for the event layout.
+//!
+//! Framing is decided from a connection's first request bytes, in the kernel itself (userspace
+//! learns a protocol 5–50 ms later, when the first large result may long be gone): a PostgreSQL
+//! start-up packet or a Kafka request header. Anything else (HTTP, unknown protocols,
+//! connections found already open) keeps prefix capture. State per connection and direction
+//! (`FrameDir`) carries a message that spans syscalls: the body bytes still to skip, the head
+//! bytes still to capture, and a header split across two syscalls.
+//!
+//! The walk is one `bpf_loop` (Linux 5.17+) step per message; the loader falls back to the
+//! prefix-only programs where the helper is missing. A header that does not parse, more than
+//! `MAX_FRAME_STEPS` messages or `MAX_FRAME_EVENTS` events in one syscall, or a syscall without
+//! a user buffer (sendfile) give framing up for that direction (counted); the rest of the
+//! syscall becomes a gap and later syscalls are captured by prefix.
+
+use core::ffi::c_void;
+
+use agent_ebpf::{
+    Counter, FrameDir, FrameRecord, FrameState, DIR_EGRESS, DIR_INGRESS, FRAME_DETECT,
+    FRAME_EVENT_BUDGET, FRAME_KAFKA, FRAME_OFF, FRAME_PG, FRAME_PG_ANSWER, FRAME_PG_STARTUP,
+    FRAME_RECORD_LEN, MAX_CAPTURE, MAX_FRAME_EVENTS, MAX_FRAME_STEPS, MAX_IOVECS, ORIGIN_CONNECT,
+};
+use aya_ebpf::{
+    helpers::{
+        bpf_probe_read_user,
+        generated::{bpf_loop, bpf_probe_read_user as probe_read_user_raw},
+    },
+    macros::map,
+    maps::{LruHashMap, PerCpuArray},
+};
+
+use super::{submit, EventBuf, Iovec, SCRATCH};
+use crate::common::{bump, config};
+
+/// Framing state by connection id; an entry exists from `Open` to `close` for connections
+/// seen from their first byte. LRU: a connection whose close was missed ages out.
+#[map]
+static FRAMES: LruHashMap<u64, FrameState> = LruHashMap::with_max_entries(65536, 0);
+
+/// Per-CPU state of the walk in progress (`bpf_loop` callbacks reach it here).
+#[map]
+static WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
+
+/// PostgreSQL start-up codes (the int32 after the length of an untyped packet).
+const PG_SSL_REQUEST: u32 = 80877103;
+const PG_GSSENC_REQUEST: u32 = 80877104;
+const PG_CANCEL_REQUEST: u32 = 80877102;
+const PG_MAX_STARTUP: u32 = 10000;
+/// Largest message length believed (PostgreSQL caps messages at 1 GiB; Kafka far lower).
+const MAX_MESSAGE: u64 = 1 << 30;
+
+/// `Walk::last_rec` when the next capture cannot extend the previous record.
+const NO_RECORD: u64 = u64::MAX;
+/// `Walk::other_mode` when the other direction's mode stays.
+const NO_CHANGE: u8 = 0xff;
+/// The longest head one message gets: it fits a fresh event with its record.
+const MAX_HEAD: u64 = (FRAME_EVENT_BUDGET - FRAME_RECORD_LEN) as u64;
+const MASK: u64 = MAX_CAPTURE as u64 - 1;
+
+const LOST_HEADER: u8 = 1;
+const LOST_BOUND: u8 = 2;
+
+/// Where a syscall's bytes are in user memory.
+#[derive(Clone, Copy)]
+pub enum Source {
+    /// One flat buffer.
+    Flat(u64),
+    /// `struct iovec *`, count.
+    Iovec(u64, u64),
+    /// No user buffer (sendfile).
+    None,
+}
+
+#[repr(C)]
+pub struct Walk {
+    /// User address of each iovec and its end as an offset into the syscall's bytes.
+    bases: [u64; MAX_IOVECS],
+    ends: [u64; MAX_IOVECS],
+    /// The syscall's byte count and the walk's position in them.
+    ret: u64,
+    pos: u64,
+    /// Head bytes captured per message at most.
+    cap: u64,
+    /// Bytes of records in the event being assembled.
+    fill: u64,
+    /// Payload offset of the last data record of this event (`NO_RECORD`: none), and the
+    /// offset in the syscall's bytes where its bytes end: a capture starting there extends it.
+    last_rec: u64,
+    last_end: u64,
+    /// Where the event being assembled starts in the syscall's bytes.
+    frame_start: u64,
+    events: u64,
+    /// The open run of whole uncaptured messages: start, bytes, count, type.
+    run_offset: u64,
+    run_len: u64,
+    run_count: u64,
+    run_kind: u8,
+    /// This direction carries responses (server to client).
+    response: u8,
+    /// New mode for the other direction, or `NO_CHANGE`.
+    other_mode: u8,
+    /// Why framing was given up (`LOST_*`), 0 while it holds.
+    lost: u8,
+    /// Where the header being read began in this syscall (0 when it began in an earlier one).
+    hdr_pos: u64,
+    /// The capture in progress: from this offset, this many bytes still to copy.
+    cap_pos: u64,
+    cap_left: u64,
+    dir: FrameDir,
+}
+
+/// A new connection, seen from its first byte: its first request bytes will decide framing.
+#[inline(always)]
+pub fn start(conn_id: u64) {
+    let mut state = FrameState::default();
+    state.dirs[0].mode = FRAME_DETECT;
+    state.dirs[1].mode = FRAME_DETECT;
+    let _ = FRAMES.insert(&conn_id, &state, 0);
+}
+
+#[inline(always)]
+pub fn forget(conn_id: u64) {
+    let _ = FRAMES.remove(&conn_id);
+}
+
+/// Frames one syscall's `ret` bytes into events (its header already filled in `buf`).
+/// Returns false when the connection's direction is not framed: the caller captures a prefix.
+#[inline(always)]
+pub fn frame(
+    buf: &mut EventBuf,
+    conn_id: u64,
+    origin: u8,
+    direction: u8,
+    ret: u64,
+    source: Source,
+) -> bool {
+    let Some(state) = FRAMES.get_ptr_mut(&conn_id) else {
+        return false;
+    };
+    // SAFETY: a live map value; concurrent syscalls on one socket are not framed consistently
+    // anyway (their bytes interleave), so a lost update only costs framing.
+    let state = unsafe { &mut *state };
+    let request = (origin == ORIGIN_CONNECT) == (direction == DIR_EGRESS);
+    let (this, other) = if direction == DIR_INGRESS {
+        (0usize, 1usize)
+    } else {
+        (1, 0)
+    };
+    if state.dirs[this].mode == FRAME_DETECT {
+        let (req, resp) = if request {
+            detect(source, ret)
+        } else {
+            // The server spoke first: not a protocol framed here.
+            (FRAME_OFF, FRAME_OFF)
+        };
+        let (mine, theirs) = if request { (req, resp) } else { (resp, req) };
+        state.dirs[this].mode = mine;
+        state.dirs[other].mode = theirs;
+    }
+    if state.dirs[this].mode == FRAME_OFF {
+        return false;
+    }
+    let Some(w) = WALK.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: the per-CPU walk slot is ours for the duration of this program.
+    let w = unsafe { &mut *w };
+    if !locate_source(w, source, ret) {
+        state.dirs[this].mode = FRAME_OFF;
+        bump(Counter::FramingBound);
+        return false;
+    }
+    w.ret = ret;
+    w.pos = 0;
+    w.cap = (config().capture_bytes as u64).min(MAX_HEAD);
+    w.fill = 0;
+    w.last_rec = NO_RECORD;
+    w.last_end = 0;
+    w.frame_start = 0;
+    w.events = 0;
+    w.run_count = 0;
+    w.run_len = 0;
+    w.run_offset = 0;
+    w.run_kind = 0;
+    w.response = !request as u8;
+    w.other_mode = NO_CHANGE;
+    w.lost = 0;
+    w.hdr_pos = 0;
+    w.cap_pos = 0;
+    w.cap_left = 0;
+    w.dir = state.dirs[this];
+    // SAFETY: `step` has the callback signature; it reaches its state through per-CPU maps.
+    unsafe {
+        bpf_loop(
+            MAX_FRAME_STEPS,
+            step as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
+    close_run(w, buf);
+    if w.lost == 0 && (w.pos < w.ret || w.cap_left > 0) {
+        w.lost = LOST_BOUND;
+    }
+    if w.lost != 0 {
+        bump(if w.lost == LOST_HEADER {
+            Counter::FramingLost
+        } else {
+            Counter::FramingBound
+        });
+        w.dir = FrameDir::default();
+        w.dir.mode = FRAME_OFF;
+    }
+    flush(w, buf, ret);
+    state.dirs[this] = w.dir;
+    if w.other_mode != NO_CHANGE {
+        state.dirs[other].mode = w.other_mode;
+    }
+    true
+}
+
+/// The framing a connection's first request bytes call for: (request side, response side).
+#[inline(always)]
+fn detect(source: Source, ret: u64) -> (u8, u8) {
+    let (ptr, first_len) = match source {
+        Source::Flat(ptr) => (ptr, ret),
+        Source::Iovec(iov, cnt) if cnt > 0 => {
+            // SAFETY: reading user memory through the helper.
+            match unsafe { bpf_probe_read_user(iov as *const Iovec) } {
+                Ok(first) => (first.base, first.len.min(ret)),
+                _ => return (FRAME_OFF, FRAME_OFF),
+            }
+        }
+        _ => return (FRAME_OFF, FRAME_OFF),
+    };
+    // Every start-up packet and Kafka request has at least 8 bytes (an SSLRequest exactly 8).
+    if first_len < 8 {
+        return (FRAME_OFF, FRAME_OFF);
+    }
+    // SAFETY: reading user memory through the helper.
+    let Ok(b) = (unsafe { bpf_probe_read_user(ptr as *const [u8; 8]) }) else {
+        return (FRAME_OFF, FRAME_OFF);
+    };
+    let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    let code = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
+    let pg_code = match code {
+        PG_SSL_REQUEST | PG_GSSENC_REQUEST | PG_CANCEL_REQUEST => len == 8 || len == 16,
+        // Protocol 3.x, then a parameter name (a Kafka Metadata v0 header has the same first
+        // 8 bytes, followed by a correlation id).
+        _ if code >> 16 == 3 && first_len > 8 => {
+            // SAFETY: reading user memory through the helper.
+            let next = unsafe { bpf_probe_read_user((ptr + 8) as *const u8) }.unwrap_or(0);
+            next.is_ascii_lowercase()
+        }
+        _ => false,
+    };
+    if (8..=PG_MAX_STARTUP).contains(&len) && pg_code {
+        return (FRAME_PG_STARTUP, FRAME_PG);
+    }
+    let api_key = u16::from_be_bytes([b[4], b[5]]);
+    let api_version = u16::from_be_bytes([b[6], b[7]]);
+    if (8..=MAX_MESSAGE as u32).contains(&len) && api_key < 100 && api_version < 40 {
+        return (FRAME_KAFKA, FRAME_KAFKA);
+    }
+    (FRAME_OFF, FRAME_OFF)
+}
+
+/// Fills the walk's iovec table; false when there is no user buffer.
+#[inline(always)]
+fn locate_source(w: &mut Walk, source: Source, ret: u64) -> bool {
+    match source {
+        Source::Flat(ptr) => {
+            w.bases[0] = ptr;
+            w.ends[0] = ret;
+            let mut i = 1;
+            while i < MAX_IOVECS {
+                w.ends[i] = ret;
+                w.bases[i] = 0;
+                i += 1;
+            }
+            true
+        }
+        Source::Iovec(iov, cnt) => {
+            let mut end = 0u64;
+            let mut i = 0;
+            while i < MAX_IOVECS {
+                w.bases[i] = 0;
+                if (i as u64) < cnt {
+                    // SAFETY: reading user memory through the helper.
+                    if let Ok(v) =
+                        unsafe { bpf_probe_read_user((iov + i as u64 * 16) as *const Iovec) }
+                    {
+                        w.bases[i] = v.base;
+                        end += v.len;
+                    }
+                }
+                w.ends[i] = end;
+                i += 1;
+            }
+            true
+        }
+        Source::None => false,
+    }
+}
+
+/// The user address of byte `pos` of the syscall and how many contiguous bytes follow it
+/// there; None past the known iovecs.
+#[inline(always)]
+fn locate(w: &Walk, pos: u64) -> Option<(u64, u64)> {
+    let mut start = 0u64;
+    let mut i = 0;
+    while i < MAX_IOVECS {
+        let end = w.ends[i];
+        if pos < end {
+            return Some((w.bases[i] + (pos - start), end - pos));
+        }
+        start = end;
+        i += 1;
+    }
+    None
+}
+
+/// One step of the walk: one piece of a capture (one copy from user memory), or one piece of
+/// a header, or a body skipped by length. Doing one copy per step keeps what the verifier must
+/// explore per step small. Returns 1 to stop the loop.
+extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(w) = WALK.get_ptr_mut(0) else {
+        return 1;
+    };
+    let Some(buf) = SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: per-CPU slots, ours for the duration of the program.
+    let (w, buf) = unsafe { (&mut *w, &mut *buf) };
+    if w.lost != 0 {
+        return 1;
+    }
+    if w.cap_left > 0 {
+        capture_piece(w, buf);
+        return 0;
+    }
+    if w.pos >= w.ret {
+        return 1;
+    }
+    if w.dir.mode == FRAME_OFF {
+        // The conversation turned to TLS: the rest is not captured, and not framing lost.
+        w.pos = w.ret;
+        return 1;
+    }
+    let left = w.ret - w.pos;
+    if w.dir.skip > 0 {
+        // The rest of a body that began in an earlier syscall: the rest of its head is
+        // captured, the remainder skipped.
+        let n = w.dir.skip.min(left);
+        let head = (w.dir.head_left as u64).min(n);
+        if head > 0 {
+            close_run(w, buf);
+            w.cap_pos = w.pos;
+            w.cap_left = head;
+            w.dir.head_left -= head as u32;
+        }
+        w.dir.skip -= n;
+        w.pos += n;
+        return 0;
+    }
+    let size = header_size(w.dir.mode);
+    let have = (w.dir.have as u64) & 7;
+    if have >= size {
+        w.lost = LOST_HEADER;
+        return 1;
+    }
+    if have == 0 || w.hdr_pos > w.pos {
+        w.hdr_pos = w.pos;
+    }
+    // One piece of the header (a header may straddle iovecs or syscalls).
+    let Some((addr, avail)) = locate(w, w.pos) else {
+        w.lost = LOST_BOUND;
+        return 1;
+    };
+    let n = (size - have).min(avail).min(left);
+    if n == 0 {
+        w.lost = LOST_BOUND;
+        return 1;
+    }
+    let at = have & 7;
+    let n = ((n - 1) & 7) + 1;
+    // SAFETY: at ≤ 7 and n ≤ 8 keep the copy inside the 16-byte `hdr`.
+    let rc = unsafe {
+        probe_read_user_raw(
+            w.dir.hdr.as_mut_ptr().add(at as usize) as *mut c_void,
+            n as u32,
+            addr as *const c_void,
+        )
+    };
+    if rc != 0 {
+        w.lost = LOST_BOUND;
+        return 1;
+    }
+    w.pos += n;
+    w.dir.have = (have + n) as u8;
+    if have + n < size {
+        if w.pos >= w.ret {
+            // The header continues in the next syscall: deliver what is here, keep it.
+            close_run(w, buf);
+            w.cap_pos = w.hdr_pos;
+            w.cap_left = w.pos - w.hdr_pos;
+        }
+        return 0;
+    }
+    // A whole header: `seen` of its bytes are in this syscall, from `hdr_pos`.
+    let seen = w.pos - w.hdr_pos;
+    let whole = seen == size;
+    w.dir.have = 0;
+    let (total, runnable, kind) = parse(w);
+    if total < size {
+        w.lost = LOST_HEADER;
+        return 1;
+    }
+    let body = total - size;
+    if whole && runnable && body <= w.ret - w.pos {
+        w.pos -= size;
+        add_run(w, buf, total, kind);
+        w.pos += total;
+        return 0;
+    }
+    close_run(w, buf);
+    let head = if runnable {
+        0
+    } else {
+        total.min(w.cap).saturating_sub(size)
+    };
+    // The header and the head of the body that are in this syscall are captured (from the
+    // next step on); the rest of the head is captured from the next syscall's first bytes.
+    let here = head.min(w.ret - w.pos);
+    w.cap_pos = w.hdr_pos;
+    w.cap_left = seen + here;
+    w.pos += here;
+    w.dir.head_left = (head - here) as u32;
+    w.dir.skip = body - here;
+    0
+}
+
+/// Copies the next piece of the pending capture (`cap_pos`, `cap_left`) into the event:
+/// extends the previous record when it follows it, else opens a record; sends the event and
+/// starts the next one when this one is full.
+#[inline(always)]
+fn capture_piece(w: &mut Walk, buf: &mut EventBuf) {
+    let pos = w.cap_pos;
+    let extend = w.last_rec != NO_RECORD && w.last_end == pos;
+    let overhead = if extend { 0 } else { FRAME_RECORD_LEN as u64 };
+    if w.fill + overhead >= FRAME_EVENT_BUDGET as u64 {
+        flush(w, buf, pos);
+        return;
+    }
+    let room = FRAME_EVENT_BUDGET as u64 - w.fill - overhead;
+    let Some((addr, avail)) = locate(w, pos) else {
+        w.lost = LOST_BOUND;
+        return;
+    };
+    let want = w.cap_left.min(room).min(avail);
+    if want == 0 {
+        w.lost = LOST_BOUND;
+        return;
+    }
+    if !extend {
+        w.last_rec = w.fill;
+        put_record(
+            w,
+            buf,
+            FrameRecord {
+                offset: pos as u32,
+                len: 0,
+                count: 0,
+                kind: 0,
+                _pad: [0; 3],
+            },
+        );
+    }
+    // fill < FRAME_EVENT_BUDGET = MAX_CAPTURE and want ≤ MAX_CAPTURE: the masks restate that
+    // for the verifier.
+    let at = w.fill & MASK;
+    let m = ((want - 1) & MASK) + 1;
+    // SAFETY: at + m < 2 * MAX_CAPTURE, the payload's length.
+    let rc = unsafe {
+        probe_read_user_raw(
+            buf.payload.as_mut_ptr().add(at as usize) as *mut c_void,
+            m as u32,
+            addr as *const c_void,
+        )
+    };
+    if rc != 0 {
+        w.lost = LOST_BOUND;
+        return;
+    }
+    // The record's `len` field (offset 4) grows by what was copied.
+    let len_at = ((w.last_rec & MASK) + 4) as usize;
+    // SAFETY: len_at + 4 ≤ MAX_CAPTURE + 7, inside the payload.
+    unsafe {
+        let field = buf.payload.as_mut_ptr().add(len_at) as *mut u32;
+        core::ptr::write_unaligned(field, core::ptr::read_unaligned(field) + m as u32);
+    }
+    w.fill += m;
+    w.last_end = pos + m;
+    w.cap_pos = pos + m;
+    w.cap_left -= m;
+}
+
+#[inline(always)]
+fn header_size(mode: u8) -> u64 {
+    match mode {
+        FRAME_PG => 5,
+        FRAME_PG_STARTUP => 8,
+        FRAME_PG_ANSWER => 1,
+        _ => 4,
+    }
+}
+
+/// The message whose header is in `dir.hdr`: (total length with the header, whether it is a
+/// run candidate, its type). A total below the header size means the header is not this
+/// protocol's. Start-up packets and the SSL answer may change modes.
+#[inline(always)]
+fn parse(w: &mut Walk) -> (u64, bool, u8) {
+    let h = w.dir.hdr;
+    match w.dir.mode {
+        FRAME_PG => {
+            let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as u64;
+            if !(4..=MAX_MESSAGE).contains(&len) {
+                return (0, false, 0);
+            }
+            let ty = h[0];
+            let runnable = (ty == b'D' && w.response != 0) || ty == b'd';
+            (len + 1, runnable, ty)
+        }
+        FRAME_PG_STARTUP => {
+            let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
+            let code = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+            if !(8..=PG_MAX_STARTUP).contains(&len) {
+                return (0, false, 0);
+            }
+            match code {
+                PG_SSL_REQUEST | PG_GSSENC_REQUEST => w.other_mode = FRAME_PG_ANSWER,
+                PG_CANCEL_REQUEST => {}
+                _ if code >> 16 == 3 => w.dir.mode = FRAME_PG,
+                _ => return (0, false, 0),
+            }
+            (len as u64, false, 0)
+        }
+        FRAME_PG_ANSWER => match h[0] {
+            b'N' => {
+                w.dir.mode = FRAME_PG;
+                (1, false, 0)
+            }
+            b'S' | b'G' => {
+                // Encrypted from here on: both directions stop being framed.
+                w.dir.mode = FRAME_OFF;
+                w.other_mode = FRAME_OFF;
+                (1, false, 0)
+            }
+            _ => (0, false, 0),
+        },
+        FRAME_KAFKA => {
+            let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as u64;
+            if len == 0 || len > MAX_MESSAGE {
+                return (0, false, 0);
+            }
+            (len + 4, false, 0)
+        }
+        _ => (0, false, 0),
+    }
+}
+
+/// Counts a whole uncaptured message at `w.pos` into the open run, or starts one.
+#[inline(always)]
+fn add_run(w: &mut Walk, buf: &mut EventBuf, total: u64, kind: u8) {
+    if w.run_count > 0 && (w.run_kind != kind || w.run_offset + w.run_len != w.pos) {
+        close_run(w, buf);
+    }
+    if w.run_count == 0 {
+        w.run_offset = w.pos;
+        w.run_len = 0;
+        w.run_kind = kind;
+    }
+    w.run_count += 1;
+    w.run_len += total;
+}
+
+/// Writes the open run as a record.
+#[inline(always)]
+fn close_run(w: &mut Walk, buf: &mut EventBuf) {
+    if w.run_count == 0 {
+        return;
+    }
+    if w.fill + FRAME_RECORD_LEN as u64 > FRAME_EVENT_BUDGET as u64 {
+        let at = w.run_offset;
+        flush(w, buf, at);
+    }
+    let record = FrameRecord {
+        offset: w.run_offset as u32,
+        len: w.run_len as u32,
+        count: w.run_count as u32,
+        kind: w.run_kind,
+        _pad: [0; 3],
+    };
+    put_record(w, buf, record);
+    w.last_rec = NO_RECORD;
+    w.run_count = 0;
+}
+
+#[inline(always)]
+fn put_record(w: &mut Walk, buf: &mut EventBuf, record: FrameRecord) {
+    let at = w.fill & MASK;
+    // SAFETY: at < MAX_CAPTURE and the record is 16 bytes, inside the 2 * MAX_CAPTURE payload.
+    unsafe {
+        core::ptr::write_unaligned(
+            buf.payload.as_mut_ptr().add(at as usize) as *mut FrameRecord,
+            record,
+        )
+    };
+    w.fill += FRAME_RECORD_LEN as u64;
+}
+
+/// Sends the event assembled so far as the part of the syscall up to `end`, and starts the
+/// next one there.
+#[inline(always)]
+fn flush(w: &mut Walk, buf: &mut EventBuf, end: u64) {
+    buf.header.frame_start = w.frame_start as u32;
+    buf.header.frame_end = end as u32;
+    submit(buf, w.fill);
+    w.events += 1;
+    if w.events >= MAX_FRAME_EVENTS as u64 {
+        w.lost = LOST_BOUND;
+    }
+    w.fill = 0;
+    w.last_rec = NO_RECORD;
+    w.frame_start = end;
+}
