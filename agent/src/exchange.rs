@@ -171,6 +171,19 @@ impl Exchange {
         }
     }
 
+    /// The `protocol` label of self-metrics: the decoder's [`Decoder::PROTOCOL`].
+    ///
+    /// [`Decoder::PROTOCOL`]: crate::protocol::Decoder::PROTOCOL
+    pub fn protocol_label(&self) -> &'static str {
+        use crate::protocol::Decoder;
+        use crate::protocol::{http1::Http1Decoder, kafka::KafkaDecoder, postgres::PgDecoder};
+        match &self.detail {
+            Detail::Http(_) => Http1Decoder::PROTOCOL,
+            Detail::Postgres(_) => PgDecoder::PROTOCOL,
+            Detail::Kafka(_) => KafkaDecoder::PROTOCOL,
+        }
+    }
+
     /// Whether the whole response was seen: false when the connection closed while it was
     /// coming, or a capture gap cut what the decoder reads of it (the exchange is inexact).
     pub fn complete(&self) -> bool {

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use harness::{wait_for_metric, Agent, PgServer};
+use harness::{python_kafka_client, wait_for_metric, Agent, MockKafka, PgServer};
 
 const WAIT: Duration = Duration::from_secs(30);
 const BIG_ROWS: u64 = 1_000_000;
@@ -216,4 +216,101 @@ fn python(pg: &PgServer, code: &str) -> String {
         pg.log()
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Client-side and broker-side counts of every Kafka operation once the clients are gone:
+/// the agent sees both ends of each connection, so they must agree exactly.
+fn kafka_ends_agree(agent: &Agent, port: &str) -> Vec<(String, f64)> {
+    std::thread::sleep(Duration::from_secs(3));
+    let m = agent.metrics();
+    let mut by_operation = Vec::new();
+    for sample in m.samples("messaging_client_operation_duration_seconds_count") {
+        let label = |k: &str| sample.labels.get(k).cloned().unwrap_or_default();
+        let op = label("messaging_operation_name");
+        if label("server_port") != port || by_operation.iter().any(|(o, _)| *o == op) {
+            continue;
+        }
+        let labels = [
+            ("server_port", port),
+            ("messaging_operation_name", op.as_str()),
+        ];
+        let client = m.sum("messaging_client_operation_duration_seconds_count", &labels);
+        let server = m.sum("messaging_server_operation_duration_seconds_count", &labels);
+        assert_eq!(
+            client,
+            server,
+            "{op}: client {client}, broker {server}\n{}",
+            m.text()
+        );
+        by_operation.push((op, client));
+    }
+    for reason in [
+        "resync",
+        "unpaired_request",
+        "unexpected_response",
+        "truncated_headers",
+    ] {
+        let n = m.sum(
+            "periscope_decoder_anomalies_total",
+            &[("protocol", "kafka"), ("reason", reason)],
+        );
+        assert_eq!(n, 0.0, "{reason}\n{}", m.text());
+    }
+    assert_eq!(m.sum("periscope_parse_errors_total", &[]), 0.0);
+    by_operation
+}
+
+#[test]
+fn kafka_fetches_of_several_mebibytes_then_more_requests() {
+    let kafka = MockKafka::start();
+    let agent = Agent::start(&[]).unwrap();
+    let port = kafka.port().to_string();
+    // 4,000 messages of 2 KiB (8 MiB), read back by librdkafka and by kafka-python with
+    // fetches of up to 8 MiB, each followed by more requests on the same connections (the
+    // consumers keep fetching until they have everything, then commit and leave).
+    let out = python_kafka_client(
+        &kafka,
+        r#"
+import os
+from confluent_kafka import Producer, Consumer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition as TP
+b = os.environ["BOOTSTRAP"]
+p = Producer({"bootstrap.servers": b, "linger.ms": 20})
+for i in range(4000):
+    p.produce("bulk", b"%06d" % i + b"x" * 2042, partition=0)
+p.flush(30)
+c = Consumer({"bootstrap.servers": b, "group.id": "g1", "enable.auto.commit": False,
+              "fetch.max.bytes": 8 << 20, "max.partition.fetch.bytes": 8 << 20,
+              "receive.message.max.bytes": 16 << 20})
+c.assign([TopicPartition("bulk", 0, 0)])
+n = 0
+while n < 4000:
+    m = c.poll(10)
+    if m is None:
+        break
+    if not m.error():
+        n += 1
+c.close()
+k = KafkaConsumer(bootstrap_servers=b, api_version=(2, 0, 0), enable_auto_commit=False,
+                  fetch_max_bytes=8 << 20, max_partition_fetch_bytes=8 << 20,
+                  consumer_timeout_ms=10000)
+k.assign([TP("bulk", 0)])
+k.seek_to_beginning()
+m = 0
+for _ in k:
+    m += 1
+    if m == 4000:
+        break
+k.close()
+print(n, m)
+"#,
+    )
+    .unwrap();
+    assert_eq!(out.trim(), "4000 4000");
+    let ops = kafka_ends_agree(&agent, &port);
+    assert!(
+        ops.iter().any(|(op, n)| op == "receive" && *n >= 2.0),
+        "{ops:?}"
+    );
+    no_lost_framing(&agent);
 }

@@ -60,8 +60,16 @@ fn run_mode(mode: HookMode, facts: &KernelFacts) {
     let mut skipped = false;
     test(&format!("{prefix}.attach"), || {
         match Session::start(mode, facts) {
+            // Every kernel of the matrix has `bpf_loop` (5.17+): framing must load there.
+            Ok(s) if s.hooks == mode && !s.framing => {
+                Outcome::Fail("the framing exit program did not load".into())
+            }
             Ok(s) if s.hooks == mode => {
-                let detail = format!("hooks={} programs={}", s.hooks.as_str(), s.programs.len());
+                let detail = format!(
+                    "hooks={} framing=on programs={}",
+                    s.hooks.as_str(),
+                    s.programs.len()
+                );
                 session = Some(s);
                 Outcome::Pass(detail)
             }
@@ -144,6 +152,7 @@ fn syscall_stats_counted(mode: HookMode, facts: &KernelFacts) -> anyhow::Result<
         capture_bytes: 4096,
         ringbuf_bytes: 1 << 20,
         hooks: mode,
+        framing: true,
         bpf_stats: false,
         syscalls: Some(periscope::capture::SyscallSettings {
             filter: Selection::parse("getppid")
@@ -242,6 +251,8 @@ struct Session {
     capture: Option<Capture>,
     /// The mechanism the syscall hook ended up on.
     hooks: HookMode,
+    /// The I/O hooks frame PostgreSQL and Kafka messages.
+    framing: bool,
     registry: Registry,
     stop: Option<oneshot::Sender<()>>,
     reader: Option<JoinHandle<anyhow::Result<()>>>,
@@ -256,6 +267,7 @@ impl Session {
             capture_bytes: 4096,
             ringbuf_bytes: 8 << 20,
             hooks: mode,
+            framing: true,
             bpf_stats: false,
             syscalls: None,
             udp_flows: false,
@@ -281,6 +293,7 @@ impl Session {
             })?;
         Ok(Session {
             hooks: capture.hooks,
+            framing: capture.framing,
             capture: Some(capture),
             registry,
             stop: Some(stop),

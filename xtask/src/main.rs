@@ -5,6 +5,7 @@ mod bench;
 mod bench_compare;
 mod bench_decode;
 mod bench_flows;
+mod bench_framing;
 mod bench_pgbench;
 mod bench_syscall;
 mod bench_traces;
@@ -84,6 +85,10 @@ enum Bench {
     /// Span export: nginx under wrk with no agent, tracing off and tracing on (OTLP/gRPC to
     /// a local receiver), rotating; spans exported per second, dropped, CPU per span.
     Traces(bench_traces::TracesArgs),
+    /// Large PostgreSQL result sets under pgbench: no agent, prefix capture
+    /// (`--framing=false`) and in-kernel framing, alternating; CPU, BPF time and bytes copied
+    /// per statement, and rows counted.
+    Framing(bench_framing::FramingArgs),
 }
 
 fn main() -> ExitCode {
@@ -99,6 +104,7 @@ fn main() -> ExitCode {
         Cli::Bench(Bench::Compare(args)) => bench_compare::compare(&args),
         Cli::Bench(Bench::Flows(args)) => bench_flows::flows(&args),
         Cli::Bench(Bench::Traces(args)) => bench_traces::traces(&args),
+        Cli::Bench(Bench::Framing(args)) => bench_framing::framing(&args),
         Cli::Image(args) => image::image(&args),
         Cli::Vm(args) => vm::vm(&args),
         Cli::BenchWorker {

@@ -205,7 +205,9 @@ impl Sink for MetricsSink {
             }
         }
         if !exchange.complete() {
-            metrics.self_metrics.incomplete_exchanges.inc();
+            metrics
+                .self_metrics
+                .inexact(exchange.protocol_label(), "incomplete");
         }
     }
 

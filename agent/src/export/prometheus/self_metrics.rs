@@ -55,7 +55,7 @@ pub struct SelfMetrics {
     pub connections_opened: Family<ReasonLabel, Counter>,
     pub connections_ended: Family<ReasonLabel, Counter>,
     pub connections_muted: Family<ReasonLabel, Counter>,
-    pub incomplete_exchanges: Counter,
+    pub exchanges_inexact: Family<ProtocolReasonLabels, Counter>,
     pub hooks_info: Family<HooksLabels, Gauge>,
     /// Observations dropped by a series cap, by metric (`export::prometheus::budget` and
     /// the pollers' own caps).
@@ -105,8 +105,8 @@ impl SelfMetrics {
                 "Connections that stopped being tracked, by reason";
             "connections_muted": m.connections_muted,
                 "Connections whose capture was switched off in the kernel, by reason";
-            "incomplete_exchanges": m.incomplete_exchanges,
-                "Exchanges whose response was cut short by the connection closing";
+            "exchanges_inexact": m.exchanges_inexact,
+                "Exchanges whose numbers are not exact, by protocol and reason: incomplete (exported, but the response was cut by the connection closing or by what was captured) or unpaired (a request never answered as far as Periscope saw, not exported)";
             "bpf_program_runs": m.program_runs,
                 "Times each kernel program ran (with --bpf-stats)";
             "bpf_program_run_time" [Seconds]: m.program_run_time,
@@ -167,6 +167,13 @@ impl SelfMetrics {
             .inc();
     }
 
+    /// One exchange of `protocol` is inexact for `reason`.
+    pub fn inexact(&self, protocol: &'static str, reason: &'static str) {
+        self.exchanges_inexact
+            .get_or_create(&protocol_reason(protocol, reason))
+            .inc();
+    }
+
     /// Adds a decoder's recoverable anomalies.
     pub fn decoder_stats(&self, protocol: &'static str, stats: DecoderStats) {
         let pairs = [
@@ -181,6 +188,11 @@ impl SelfMetrics {
                     .get_or_create(&protocol_reason(protocol, reason))
                     .inc_by(n);
             }
+        }
+        if stats.unpaired_requests > 0 {
+            self.exchanges_inexact
+                .get_or_create(&protocol_reason(protocol, "unpaired"))
+                .inc_by(stats.unpaired_requests);
         }
     }
 
