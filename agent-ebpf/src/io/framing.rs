@@ -267,6 +267,10 @@ fn detect(source: Source, ret: u64) -> (u8, u8) {
     if (8..=PG_MAX_STARTUP).contains(&len) && pg_code {
         return (FRAME_PG_STARTUP, FRAME_PG);
     }
+    if code >> 16 == 3 && first_len == 8 {
+        // Protocol 3.x without the next byte: PostgreSQL or Kafka Metadata v0, undecided.
+        return (FRAME_OFF, FRAME_OFF);
+    }
     let api_key = u16::from_be_bytes([b[4], b[5]]);
     let api_version = u16::from_be_bytes([b[6], b[7]]);
     if (8..=MAX_MESSAGE as u32).contains(&len) && api_key < 100 && api_version < 40 {

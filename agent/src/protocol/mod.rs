@@ -36,6 +36,8 @@
 #[cfg(test)]
 pub(crate) mod echo;
 pub mod fixture;
+#[cfg(test)]
+pub(crate) mod framed_model;
 pub mod http1;
 pub mod kafka;
 pub mod postgres;

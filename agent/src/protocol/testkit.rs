@@ -6,7 +6,8 @@
 //! runners from its `tests.rs`.
 
 use super::fixture::{self, Fixture};
-use super::{Chunk, DecodeError, Decoder, DecoderStats, Stream, Timed, REGISTRY};
+use super::framed_model::{Piece, Walker};
+use super::{Chunk, DecodeError, Decoder, DecoderStats, Run, Stream, Timed, REGISTRY};
 
 /// Drives a decoder with synthetic timestamps: chunk number `t` has `first_ns = 10 t` and
 /// `last_ns = 10 t + 5`; `close` happens at the next `10 t`.
@@ -249,6 +250,103 @@ macro_rules! golden_tests {
     };
 }
 pub(crate) use golden_tests;
+
+/// The kernel frames this protocol (`agent-ebpf/src/io/framing.rs`): each fixture, delivered
+/// as the kernel's message walk delivers it (`framed_model`), gives the same exchanges as the
+/// full bytes. Tried with the chunks as recorded, with each direction's run of chunks as one
+/// syscall, and with every such run split in two at [`Golden::splits_per_run`] points; with
+/// the default head size the exchanges are identical, with a 16-byte head as many.
+pub fn golden_fixtures_framed<D: Decoder>(spec: &Golden<D>) {
+    for f in &spec.load() {
+        let full = spec.decode(&slices(&f.chunks));
+        let want: Vec<String> = full.exchanges.iter().map(spec.line).collect();
+        let runs = runs(&f.chunks);
+        let mut shapes: Vec<(String, Vec<(Stream, &[u8])>)> = vec![
+            ("as recorded".into(), slices(&f.chunks)),
+            ("merged".into(), slices(&runs)),
+        ];
+        for r in 0..runs.len() {
+            let len = runs[r].1.len();
+            let step = (len / spec.splits_per_run).max(1);
+            for k in (1..len).step_by(step) {
+                let mut split = slices(&runs);
+                let (a, b) = runs[r].1.split_at(k);
+                split[r] = (runs[r].0, a);
+                split.insert(r + 1, (runs[r].0, b));
+                shapes.push((format!("run {r} split at {k}"), split));
+            }
+        }
+        for (shape, syscalls) in &shapes {
+            for cap in [4080, 16] {
+                let got = decode_framed::<D>(syscalls, cap)
+                    .unwrap_or_else(|e| panic!("{} {shape} cap {cap}: {e}", f.name));
+                assert_eq!(got.stats.resyncs, 0, "{} {shape} cap {cap}", f.name);
+                if cap == 4080 {
+                    let got: Vec<String> = got.exchanges.iter().map(spec.line).collect();
+                    assert_eq!(got, want, "{} {shape} cap {cap}", f.name);
+                } else {
+                    // Heads of 16 bytes cut SQL and topics: every exchange is still there.
+                    assert_eq!(got.exchanges.len(), want.len(), "{} {shape} cap {cap}", f.name);
+                }
+            }
+        }
+    }
+}
+
+/// Replays syscalls through the kernel walk model and a fresh decoder.
+fn decode_framed<D: Decoder>(
+    syscalls: &[(Stream, &[u8])],
+    cap: u64,
+) -> Result<Decoded<D>, String> {
+    let mut walker = Walker::new(cap);
+    let mut dec = D::start(false);
+    let mut out = Vec::new();
+    for (i, (stream, bytes)) in syscalls.iter().enumerate() {
+        let t = i as u64;
+        let pieces = walker.syscall(*stream, bytes)?.unwrap_or_else(|| {
+            vec![Piece::Bytes {
+                bytes: bytes.to_vec(),
+                len: bytes.len() as u64,
+            }]
+        });
+        for piece in pieces {
+            match piece {
+                Piece::Bytes { bytes, len } => {
+                    let chunk = Chunk {
+                        stream: *stream,
+                        first_ns: t,
+                        last_ns: t,
+                        bytes: &bytes,
+                        len,
+                    };
+                    dec.feed(&chunk, &mut out).map_err(|e| e.to_string())?;
+                }
+                Piece::Run { kind, count, bytes } => {
+                    let run = Run {
+                        stream: *stream,
+                        first_ns: t,
+                        last_ns: t,
+                        kind,
+                        count,
+                        bytes,
+                    };
+                    dec.skipped(&run, &mut out).map_err(|e| e.to_string())?;
+                }
+            }
+        }
+    }
+    // A first write shorter than a start-up packet or a request header is not framed (the
+    // kernel decides on the first syscall): prefix capture, as the model replays it.
+    if syscalls.first().is_some_and(|(_, b)| b.len() > 8) {
+        assert!(walker.framed(), "the kernel would not frame this fixture");
+    }
+    dec.close(syscalls.len() as u64, &mut out);
+    Ok(Decoded {
+        exchanges: out,
+        stats: dec.take_stats(),
+        state: None,
+    })
+}
 
 /// Every exchange ends no earlier than it starts.
 pub fn assert_ordered_times<X: Timed>(xs: &[X], what: &str) {

@@ -984,6 +984,12 @@ const GOLDEN: Golden<KafkaDecoder> = Golden {
 
 testkit::golden_tests!(GOLDEN);
 
+/// The same fixtures as the kernel's message walk delivers them.
+#[test]
+fn golden_fixtures_framed() {
+    testkit::golden_fixtures_framed(&GOLDEN);
+}
+
 /// What the clients did, checked against the decoded fixtures independently of the goldens.
 #[test]
 fn golden_fixtures_match_what_the_clients_did() {

@@ -1140,6 +1140,12 @@ const GOLDEN: Golden<PgDecoder> = Golden {
 
 testkit::golden_tests!(GOLDEN);
 
+/// The same fixtures as the kernel's message walk delivers them.
+#[test]
+fn golden_fixtures_framed() {
+    testkit::golden_fixtures_framed(&GOLDEN);
+}
+
 /// Rough cost: `cargo test --release -p agent --lib postgres::tests::throughput -- --ignored --nocapture`.
 #[test]
 #[ignore]
