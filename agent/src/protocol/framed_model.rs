@@ -14,8 +14,15 @@ use super::Stream;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Piece {
     /// Captured bytes, then `len - bytes.len()` uncaptured ones.
-    Bytes { bytes: Vec<u8>, len: u64 },
-    Run { kind: u8, count: u64, bytes: u64 },
+    Bytes {
+        bytes: Vec<u8>,
+        len: u64,
+    },
+    Run {
+        kind: u8,
+        count: u64,
+        bytes: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

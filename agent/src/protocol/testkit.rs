@@ -286,7 +286,12 @@ pub fn golden_fixtures_framed<D: Decoder>(spec: &Golden<D>) {
                     assert_eq!(got, want, "{} {shape} cap {cap}", f.name);
                 } else {
                     // Heads of 16 bytes cut SQL and topics: every exchange is still there.
-                    assert_eq!(got.exchanges.len(), want.len(), "{} {shape} cap {cap}", f.name);
+                    assert_eq!(
+                        got.exchanges.len(),
+                        want.len(),
+                        "{} {shape} cap {cap}",
+                        f.name
+                    );
                 }
             }
         }
@@ -294,10 +299,7 @@ pub fn golden_fixtures_framed<D: Decoder>(spec: &Golden<D>) {
 }
 
 /// Replays syscalls through the kernel walk model and a fresh decoder.
-fn decode_framed<D: Decoder>(
-    syscalls: &[(Stream, &[u8])],
-    cap: u64,
-) -> Result<Decoded<D>, String> {
+fn decode_framed<D: Decoder>(syscalls: &[(Stream, &[u8])], cap: u64) -> Result<Decoded<D>, String> {
     let mut walker = Walker::new(cap);
     let mut dec = D::start(false);
     let mut out = Vec::new();
