@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use super::framing::cstr;
 use super::{
-    sql, PgDecoder, PgExchange, StartupInfo, EMPTY_OPERATION, MAX_PARAM_CHARS, MAX_PENDING,
-    MAX_PENDING_SIMPLE, MAX_PORTALS, MAX_PREPARED, UNKNOWN_OPERATION,
+    sql, PgDecoder, PgExchange, StartupInfo, EMPTY_OPERATION, MAX_NAME_BYTES, MAX_PARAM_CHARS,
+    MAX_PENDING, MAX_PENDING_SIMPLE, MAX_PORTALS, MAX_PREPARED, MAX_PREPARED_BYTES, MAX_TEXT_BYTES,
+    UNKNOWN_OPERATION,
 };
 
 /// A statement's SQL, summarised once (per Parse, or per statement of a Query).
@@ -21,13 +22,49 @@ pub(super) struct Statement {
 impl Statement {
     pub(super) fn new(sql: &str) -> Self {
         let (operation, collection) = sql::summarize(sql);
+        let mut text = sql::normalize(sql);
+        if text.len() > MAX_TEXT_BYTES {
+            let mut end = MAX_TEXT_BYTES;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+        }
         Statement {
             summary: summary(&operation, collection.as_deref()),
             operation,
             collection,
-            text: sql::normalize(sql),
+            text,
         }
     }
+
+    /// Bytes this statement keeps.
+    fn size(&self) -> usize {
+        self.operation.len()
+            + self.collection.as_ref().map_or(0, String::len)
+            + self.summary.len()
+            + self.text.len()
+    }
+}
+
+/// What remembering a named statement costs: the name twice (map and order), the statement
+/// and the bookkeeping around them.
+fn prepared_cost(name: &str, statement: &Statement) -> usize {
+    2 * name.len() + statement.size() + 128
+}
+
+/// A statement or portal name as kept: as sent up to [`MAX_NAME_BYTES`], else a short
+/// prefix and a hash of the whole (clients use short names; a long one costs the sender's
+/// own pairing at worst, never the agent's memory).
+pub(super) fn name_key(raw: &[u8]) -> String {
+    use std::hash::{Hash, Hasher};
+    if raw.len() <= MAX_NAME_BYTES {
+        return String::from_utf8_lossy(raw).into_owned();
+    }
+    let mut hasher = rustc_hash::FxHasher::default();
+    raw.hash(&mut hasher);
+    let prefix = String::from_utf8_lossy(&raw[..16]);
+    format!("{prefix}~{:016x}", hasher.finish())
 }
 
 pub(super) fn summary(operation: &str, collection: Option<&str>) -> String {
@@ -118,7 +155,7 @@ impl PgDecoder {
                 if name.is_empty() {
                     self.unnamed = Some(statement);
                 } else {
-                    self.prepare(String::from_utf8_lossy(name).into_owned(), statement);
+                    self.prepare(name_key(name), statement);
                 }
             }
             b'B' => {
@@ -129,7 +166,7 @@ impl PgDecoder {
                 if portal.is_empty() {
                     self.unnamed_portal = bound;
                 } else {
-                    let portal = String::from_utf8_lossy(portal).into_owned();
+                    let portal = name_key(portal);
                     self.portals.retain(|(p, _)| *p != portal);
                     if self.portals.len() >= MAX_PORTALS {
                         self.portals.remove(0);
@@ -166,11 +203,12 @@ impl PgDecoder {
                 let (name, _) = cstr(name);
                 match kind {
                     b'S' if name.is_empty() => self.unnamed = None,
-                    b'S' => {
-                        self.prepared.remove(String::from_utf8_lossy(name).as_ref());
-                    }
+                    b'S' => self.unprepare(&name_key(name)),
                     b'P' if name.is_empty() => self.unnamed_portal = Portal::default(),
-                    b'P' => self.portals.retain(|(p, _)| p.as_bytes() != name),
+                    b'P' => {
+                        let name = name_key(name);
+                        self.portals.retain(|(p, _)| *p != name);
+                    }
                     _ => {}
                 }
             }
@@ -200,30 +238,29 @@ impl PgDecoder {
                 name: None,
             };
         }
-        let known = std::str::from_utf8(name)
-            .ok()
-            .and_then(|n| self.prepared.get(n));
-        match known {
+        let name = name_key(name);
+        match self.prepared.get(&name) {
             Some((p, _)) => p.clone(),
             // Prepared before the capture began (or evicted): name only.
             None => Portal {
                 statement: None,
-                name: Some(String::from_utf8_lossy(name).into()),
+                name: Some(name.into()),
             },
         }
     }
 
+    /// Remembers a named statement. The map is bounded by count ([`MAX_PREPARED`]) and by
+    /// bytes ([`MAX_PREPARED_BYTES`]): the oldest statements go first.
     pub(super) fn prepare(&mut self, name: String, statement: Arc<Statement>) {
-        self.prepared_seq += 1;
-        let seq = self.prepared_seq;
-        if !self.prepared.contains_key(&name) {
-            while self.prepared.len() >= MAX_PREPARED {
-                let Some((old, old_seq)) = self.prepared_order.pop_front() else {
-                    break;
-                };
-                if self.prepared.get(&old).is_some_and(|(_, s)| *s == old_seq) {
-                    self.prepared.remove(&old);
-                }
+        self.unprepare(&name);
+        let cost = prepared_cost(&name, &statement);
+        while self.prepared.len() >= MAX_PREPARED || self.prepared_bytes + cost > MAX_PREPARED_BYTES
+        {
+            let Some((old, old_seq)) = self.prepared_order.pop_front() else {
+                break;
+            };
+            if self.prepared.get(&old).is_some_and(|(_, s)| *s == old_seq) {
+                self.unprepare(&old);
             }
         }
         if self.prepared_order.len() >= 2 * MAX_PREPARED {
@@ -232,12 +269,24 @@ impl PgDecoder {
             self.prepared_order
                 .retain(|(n, s)| prepared.get(n).is_some_and(|(_, cur)| cur == s));
         }
+        self.prepared_seq += 1;
+        let seq = self.prepared_seq;
         self.prepared_order.push_back((name.clone(), seq));
         let bound = Portal {
             statement: Some(statement),
             name: Some(name.as_str().into()),
         };
+        self.prepared_bytes += cost;
         self.prepared.insert(name, (bound, seq));
+    }
+
+    /// Forgets a named statement (closed, replaced or evicted).
+    pub(super) fn unprepare(&mut self, name: &str) {
+        if let Some((portal, _)) = self.prepared.remove(name) {
+            if let Some(statement) = &portal.statement {
+                self.prepared_bytes -= prepared_cost(name, statement);
+            }
+        }
     }
 
     pub(super) fn push(&mut self, p: Pending) {

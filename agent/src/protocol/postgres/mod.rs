@@ -100,6 +100,13 @@ pub const MAX_PENDING: usize = 4096;
 pub const MAX_PENDING_SIMPLE: usize = 64;
 /// Most named prepared statements remembered per connection; beyond it the oldest is evicted.
 pub const MAX_PREPARED: usize = 1024;
+/// Most bytes the remembered statements of one connection keep (names, normalised SQL);
+/// beyond it the oldest are evicted.
+pub const MAX_PREPARED_BYTES: usize = 1 << 20;
+/// Longest statement or portal name kept as sent (see `messages::name_key`).
+pub const MAX_NAME_BYTES: usize = 64;
+/// Longest normalised SQL text kept per statement (`db.query.text` on spans), in bytes.
+pub const MAX_TEXT_BYTES: usize = 4096;
 /// Most named portals remembered per connection (they live until the transaction ends).
 const MAX_PORTALS: usize = 64;
 /// Request chunks a mid-stream connection may show without a plausible frontend message.
@@ -186,6 +193,8 @@ pub struct PgDecoder {
     /// matches the map were closed or replaced.
     prepared_order: VecDeque<(String, u64)>,
     prepared_seq: u64,
+    /// What `prepared` keeps, in bytes (bounded by [`MAX_PREPARED_BYTES`]).
+    prepared_bytes: usize,
     unnamed_portal: Portal,
     portals: Vec<(String, Portal)>,
     /// Backend bytes and DataRows since the last completion.
@@ -223,6 +232,7 @@ impl PgDecoder {
             prepared: FxHashMap::default(),
             prepared_order: VecDeque::new(),
             prepared_seq: 0,
+            prepared_bytes: 0,
             unnamed_portal: Portal::default(),
             portals: Vec::new(),
             resp_bytes: 0,
@@ -284,6 +294,7 @@ impl Decoder for PgDecoder {
         debug_assert!(self.resp.body.len() <= MAX_BUFFERED_BYTES);
         debug_assert!(self.pending.len() <= 2 * MAX_PENDING + 1);
         debug_assert!(self.prepared.len() <= MAX_PREPARED);
+        debug_assert!(self.prepared_bytes <= MAX_PREPARED_BYTES);
         self.failed.keep(result)
     }
 

@@ -1010,6 +1010,36 @@ fn prepared_statement_map_is_bounded() {
     assert!(c.dec.prepared_order.len() <= 2 * MAX_PREPARED + 1);
 }
 
+/// The reproduced memory attack: Parse messages with 60 KB statement names and 60 KB of SQL,
+/// never synced. What one connection keeps stays within its byte caps.
+#[test]
+fn huge_statement_names_and_sql_are_bounded_by_bytes() {
+    let mut c = Conn::logged_in();
+    let sql = format!("SELECT {} FROM t", "x, ".repeat(20_000));
+    for i in 0..200 {
+        let name = format!("{i:04}{}", "n".repeat(60_000));
+        c.req(&parse(&name, &sql));
+        let b = bind("", &name);
+        c.req(&b);
+    }
+    assert!(c.dec.prepared_bytes <= MAX_PREPARED_BYTES);
+    let kept: usize = c.dec.prepared.keys().map(String::len).sum::<usize>()
+        + c.dec
+            .prepared_order
+            .iter()
+            .map(|(n, _)| n.len())
+            .sum::<usize>()
+        + c.dec.portals.iter().map(|(n, _)| n.len()).sum::<usize>();
+    assert!(kept < 64 * 1024, "names keep {kept} bytes");
+    for (portal, _) in c.dec.prepared.values() {
+        let text = &portal.statement.as_ref().unwrap().text;
+        assert!(text.len() <= MAX_TEXT_BYTES);
+    }
+    // A long name still finds its statement.
+    let name = format!("0199{}", "n".repeat(60_000));
+    assert!(c.dec.statement(name.as_bytes()).statement.is_some());
+}
+
 #[test]
 fn pending_overflow_keeps_pairing_aligned() {
     let mut c = Conn::logged_in();
