@@ -261,7 +261,7 @@ pub fn golden_fixtures_framed<D: Decoder>(spec: &Golden<D>) {
         let full = spec.decode(&slices(&f.chunks));
         let want: Vec<String> = full.exchanges.iter().map(spec.line).collect();
         let runs = runs(&f.chunks);
-        let mut shapes: Vec<(String, Vec<(Stream, &[u8])>)> = vec![
+        let mut shapes: Vec<(String, Syscalls)> = vec![
             ("as recorded".into(), slices(&f.chunks)),
             ("merged".into(), slices(&runs)),
         ];
@@ -297,6 +297,9 @@ pub fn golden_fixtures_framed<D: Decoder>(spec: &Golden<D>) {
         }
     }
 }
+
+/// One way of cutting a conversation into syscalls.
+type Syscalls<'a> = Vec<(Stream, &'a [u8])>;
 
 /// Replays syscalls through the kernel walk model and a fresh decoder.
 fn decode_framed<D: Decoder>(syscalls: &[(Stream, &[u8])], cap: u64) -> Result<Decoded<D>, String> {
