@@ -133,6 +133,11 @@ impl Reader {
                     if ticks.is_multiple_of(5) {
                         tracker.expire_closed(monotonic_ns(), CLOSE_LOST_IDLE_NS, &mut sink);
                     }
+                    if ticks.is_multiple_of(10) {
+                        for (map, entries) in maps.occupancy() {
+                            sink.metrics.metrics.self_metrics.map_entries(map, entries);
+                        }
+                    }
                     if ticks.is_multiple_of(30) {
                         tracker.expire_dead(&mut sink, &mut actions);
                         maps.apply(actions.drain(..));

@@ -110,3 +110,46 @@ fn nested_copy_statement_does_not_crash_the_agent() {
     .unwrap_or_else(|e| panic!("{e:#}\n{}", agent.log()));
     assert!(agent.is_running(), "{}", agent.log());
 }
+
+/// Connections the agent mutes (an unknown protocol) that close at once: the mute and the
+/// close land in the same drain, which once left an entry in the kernel's mute table per
+/// connection until the table was full (and muted connections were copied again, uncounted).
+/// The table must be empty once they are all gone.
+#[test]
+fn muted_connections_that_close_at_once_leave_no_kernel_entries() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        for stream in listener.incoming().take(300) {
+            let mut stream = stream.unwrap();
+            let mut buf = [0u8; 64];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(b"SSH-2.0-not-a-protocol-Periscope-decodes\r\n");
+        }
+    });
+    let agent = Agent::start(&[]).unwrap();
+    for _ in 0..300 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"SSH-2.0-OpenSSH_9.2 hello\r\n").unwrap();
+        let mut buf = [0u8; 64];
+        let _ = s.read(&mut buf);
+    }
+    server.join().unwrap();
+    // Every connection was muted (both ends), and is closed now.
+    let m = agent.metrics();
+    assert!(
+        m.sum("periscope_connections_muted_total", &[]) >= 300.0,
+        "{}",
+        m.text()
+    );
+    // The table is counted every 10 s.
+    std::thread::sleep(Duration::from_secs(11));
+    wait_for_metric(
+        &agent,
+        "periscope_kernel_map_entries",
+        &[("map", "MUTED")],
+        0.0,
+        WAIT,
+    )
+    .unwrap();
+}

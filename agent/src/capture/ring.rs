@@ -97,9 +97,22 @@ impl Maps {
     pub fn apply(&mut self, actions: impl IntoIterator<Item = KernelAction>) {
         for action in actions {
             match action {
-                KernelAction::Mute { conn_id } => {
+                KernelAction::Mute { tgid, fd, conn_id } => {
+                    // The kernel drops the entry at close; a close that came first would
+                    // leave it behind. So: only while the socket is still this connection,
+                    // and undone if it closed while the entry went in.
+                    let key = SockKey { tgid, fd };
+                    let live = |conns: &BpfHashMap<MapData, SockKey, ConnInfo>| {
+                        conns.get(&key, 0).is_ok_and(|info| info.conn_id == conn_id)
+                    };
+                    if !live(&self.conns) {
+                        continue;
+                    }
                     if let Err(e) = self.muted.insert(conn_id, 1, 0) {
                         log::debug!("cannot mute connection {conn_id}: {e}");
+                    }
+                    if !live(&self.conns) {
+                        let _ = self.muted.remove(&conn_id);
                     }
                 }
                 KernelAction::Forget { tgid, fd, conn_id } => {
@@ -135,6 +148,15 @@ impl Maps {
     pub fn forget_dead(&mut self) {
         forget_dead(&mut self.conns);
         forget_dead(&mut self.sock_types);
+    }
+
+    /// Entries in the kernel's socket table and mute table (`CONNS`, `MUTED`): what a leak
+    /// would grow.
+    pub fn occupancy(&self) -> [(&'static str, usize); 2] {
+        [
+            (names::map::CONNS, self.conns.keys().count()),
+            (names::map::MUTED, self.muted.keys().count()),
+        ]
     }
 
     /// The kernel's counters (`COUNTER_NAMES` order), summed over CPUs; `None` for one that

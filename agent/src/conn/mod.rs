@@ -81,8 +81,9 @@ impl EndReason {
 /// What the tracker asks of the kernel side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KernelAction {
-    /// Stop copying this connection's bytes.
-    Mute { conn_id: u64 },
+    /// Stop copying this connection's bytes (the socket `fd` of `tgid`, if it is still this
+    /// connection when the action is carried out).
+    Mute { tgid: u32, fd: i32, conn_id: u64 },
     /// Forget the socket (its process is gone).
     Forget { tgid: u32, fd: i32, conn_id: u64 },
 }
@@ -259,6 +260,8 @@ fn feed(conn: &mut Conn, ctx: &mut FeedContext<'_>, ingress: bool, ts: u64, piec
     if let Some(reason) = mute {
         conn.state = State::Muted;
         ctx.actions.push(KernelAction::Mute {
+            tgid: conn.tgid,
+            fd: conn.fd,
             conn_id: ctx.conn_id,
         });
         ctx.sink.muted(reason);
@@ -510,6 +513,8 @@ impl Tracker {
         sink.opened("fork");
         if muted {
             actions.push(KernelAction::Mute {
+                tgid: header.tgid,
+                fd: header.fd,
                 conn_id: header.conn_id,
             });
         }
@@ -548,6 +553,8 @@ impl Tracker {
             Detection::Unknown => {
                 conn.state = State::Muted;
                 actions.push(KernelAction::Mute {
+                    tgid: conn.tgid,
+                    fd: conn.fd,
                     conn_id: header.conn_id,
                 });
                 sink.muted(MuteReason::UnknownProtocol);

@@ -61,6 +61,15 @@ fn header(kind: EventKind, conn_id: u64, ts: u64) -> EventHeader {
     }
 }
 
+/// The mute action for connection `id` of the test process (fd = id, see `header`).
+fn mute(id: u64) -> KernelAction {
+    KernelAction::Mute {
+        tgid: PID,
+        fd: id as i32,
+        conn_id: id,
+    }
+}
+
 fn open_payload(port: u16, comm: &str) -> Vec<u8> {
     let mut p = vec![0u8; OPEN_PAYLOAD_LEN];
     p[0..2].copy_from_slice(&2u16.to_ne_bytes());
@@ -164,7 +173,7 @@ fn unknown_protocols_are_muted_in_the_kernel_once() {
     h.data(4, DIR_EGRESS, 1, b"SSH-2.0-OpenSSH_9.2\r\n", 21);
     h.data(4, DIR_EGRESS, 2, b"more bytes", 10);
     assert_eq!(h.sink.muted, vec![MuteReason::UnknownProtocol]);
-    assert_eq!(h.actions, vec![KernelAction::Mute { conn_id: 4 }]);
+    assert_eq!(h.actions, vec![mute(4)]);
     assert!(h.sink.exchanges.is_empty());
 }
 
@@ -181,7 +190,7 @@ fn malformed_http_is_a_counted_parse_error_and_muted() {
     );
     assert_eq!(h.sink.parse_errors.len(), 1);
     assert_eq!(h.sink.muted, vec![MuteReason::ParseError]);
-    assert_eq!(h.actions, vec![KernelAction::Mute { conn_id: 6 }]);
+    assert_eq!(h.actions, vec![mute(6)]);
 }
 
 #[test]
@@ -292,13 +301,7 @@ fn a_child_of_a_muted_connection_is_muted_too() {
     fork.cap_len = payload.len() as u32;
     h.tracker
         .on_event(&fork, &payload, &mut h.sink, &mut h.actions);
-    assert_eq!(
-        h.actions,
-        vec![
-            KernelAction::Mute { conn_id: 50 },
-            KernelAction::Mute { conn_id: 51 }
-        ]
-    );
+    assert_eq!(h.actions, vec![mute(50), mute(51)]);
 }
 
 #[test]

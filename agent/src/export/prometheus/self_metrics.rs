@@ -17,6 +17,11 @@ use crate::export::labels::{MetricLabel, ReasonLabel};
 use crate::protocol::http1::DecoderStats;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MapLabel {
+    pub map: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProgramLabel {
     pub program: String,
 }
@@ -52,6 +57,7 @@ pub struct SelfMetrics {
     pub parse_errors: Family<ProtocolReasonLabels, Counter>,
     pub decoder_anomalies: Family<ProtocolReasonLabels, Counter>,
     pub connections_tracked: Gauge,
+    pub kernel_map_entries: Family<MapLabel, Gauge>,
     pub connections_opened: Family<ReasonLabel, Counter>,
     pub connections_ended: Family<ReasonLabel, Counter>,
     pub connections_muted: Family<ReasonLabel, Counter>,
@@ -99,6 +105,8 @@ impl SelfMetrics {
                 "Recoverable decoder events: resyncs, unpaired requests, unexpected responses, truncated headers";
             "connections_tracked": m.connections_tracked,
                 "Connections currently tracked in userspace";
+            "kernel_map_entries": m.kernel_map_entries,
+                "Entries in the kernel's socket and mute tables (counted every 10 s)";
             "connections_opened": m.connections_opened,
                 "Connections that started being tracked, by how they were found";
             "connections_ended": m.connections_ended,
@@ -165,6 +173,15 @@ impl SelfMetrics {
         self.parse_errors
             .get_or_create(&protocol_reason(protocol, reason))
             .inc();
+    }
+
+    /// How many entries a kernel map holds now.
+    pub fn map_entries(&self, map: &str, entries: usize) {
+        self.kernel_map_entries
+            .get_or_create(&MapLabel {
+                map: map.to_owned(),
+            })
+            .set(entries as i64);
     }
 
     /// One exchange of `protocol` is inexact for `reason`.
