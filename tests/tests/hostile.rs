@@ -136,12 +136,13 @@ fn muted_connections_that_close_at_once_leave_no_kernel_entries() {
     }
     server.join().unwrap();
     // Every connection was muted (both ends), and is closed now.
-    let m = agent.metrics();
-    assert!(
-        m.sum("periscope_connections_muted_total", &[]) >= 300.0,
-        "{}",
-        m.text()
-    );
+    let muted = harness::wait_until(WAIT, Duration::from_millis(100), || {
+        agent
+            .metrics()
+            .sum("periscope_connections_muted_total", &[])
+            >= 300.0
+    });
+    assert!(muted, "{}", agent.metrics().text());
     // The table is counted every 10 s.
     std::thread::sleep(Duration::from_secs(11));
     wait_for_metric(
