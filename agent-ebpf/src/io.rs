@@ -323,6 +323,8 @@ fn fill_header(
     header.cap_len = 0;
     header.frame_start = 0;
     header.frame_end = 0;
+    header.frame_seq = 0;
+    header._pad = 0;
 }
 
 /// Sends the header plus `captured` payload bytes.

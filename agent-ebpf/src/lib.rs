@@ -154,6 +154,11 @@ pub struct EventHeader {
     /// ends at `ret_len`. Both 0 for a prefix event.
     pub frame_start: u32,
     pub frame_end: u32,
+    /// Framed `Data` events: their number in the connection direction's sequence of framed
+    /// events (wrapping). A gap means events were lost (ring buffer full): userspace then
+    /// knows the decoder's framing is no longer to be trusted.
+    pub frame_seq: u32,
+    pub _pad: u32,
 }
 
 pub const HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
@@ -215,6 +220,9 @@ pub struct FrameDir {
     pub have: u8,
     pub _pad: [u8; 2],
     pub hdr: [u8; 16],
+    /// The next framed event's `EventHeader::frame_seq`.
+    pub seq: u32,
+    pub _pad2: u32,
 }
 
 /// Framing state of a connection, by syscall direction: `[ingress, egress]`.

@@ -232,8 +232,10 @@ pub fn frame(
         } else {
             Counter::FramingBound
         });
+        let seq = w.dir.seq;
         w.dir = FrameDir::default();
         w.dir.mode = FRAME_OFF;
+        w.dir.seq = seq;
     }
     flush(w, buf, ret);
     state.dirs[this] = w.dir;
@@ -699,6 +701,8 @@ fn put_record(w: &mut Walk, buf: &mut EventBuf, record: FrameRecord) {
 fn flush(w: &mut Walk, buf: &mut EventBuf, end: u64) {
     buf.header.frame_start = w.frame_start as u32;
     buf.header.frame_end = end as u32;
+    buf.header.frame_seq = w.dir.seq;
+    w.dir.seq = w.dir.seq.wrapping_add(1);
     submit(buf, w.fill);
     w.events += 1;
     if w.events >= MAX_FRAME_EVENTS as u64 {

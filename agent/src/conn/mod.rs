@@ -98,6 +98,9 @@ pub trait Sink {
     fn muted(&mut self, reason: MuteReason);
     fn parse_error(&mut self, protocol: &'static str, reason: &'static str);
     fn decoder_stats(&mut self, protocol: &'static str, stats: DecoderStats);
+    /// Something made a connection's numbers inexact beyond what its decoder counts itself
+    /// (`events_lost`: framed events of it never arrived).
+    fn inexact(&mut self, _protocol: &'static str, _reason: &'static str) {}
 }
 
 enum State {
@@ -243,6 +246,7 @@ fn feed(conn: &mut Conn, ctx: &mut FeedContext<'_>, ingress: bool, ts: u64, piec
             };
             decoder.skipped(&run, ctx.shared, ctx.scratch)
         }
+        Piece::Lost => decoder.lost(stream, ts, ctx.shared, ctx.scratch),
     };
     let protocol = decoder.protocol();
     let stats = decoder.take_stats();
@@ -285,6 +289,9 @@ struct Conn {
     /// Thread of the latest read or write (0 before the first): the thread that completed the
     /// exchanges emitted from it.
     last_tid: u32,
+    /// The `frame_seq` expected next on each syscall direction (ingress, egress), once a
+    /// framed event was seen there.
+    frame_seq: [Option<u32>; 2],
 }
 
 impl Conn {
@@ -312,6 +319,7 @@ impl Conn {
             },
             last_ns,
             last_tid: 0,
+            frame_seq: [None; 2],
         }
     }
 }
@@ -581,6 +589,17 @@ impl Tracker {
                     len: *n as u64,
                 };
                 feed(conn, &mut ctx, held.ingress, *ts, piece);
+            }
+        }
+        if pieces::is_framed(header) {
+            let direction = usize::from(!ingress);
+            let lost = conn.frame_seq[direction].is_some_and(|next| next != header.frame_seq);
+            conn.frame_seq[direction] = Some(header.frame_seq.wrapping_add(1));
+            if lost {
+                if let State::Decoding { decoder, .. } = &conn.state {
+                    ctx.sink.inexact(decoder.protocol(), "events_lost");
+                }
+                feed(conn, &mut ctx, ingress, header.ts_ns, Piece::Lost);
             }
         }
         for piece in pieces::pieces(header, payload) {

@@ -12,6 +12,8 @@ pub enum Piece<'a> {
     Bytes { bytes: &'a [u8], len: u64 },
     /// `count` whole messages of type `kind`, `bytes` in all, counted instead of captured.
     Run { kind: u8, count: u64, bytes: u64 },
+    /// Framed events of this direction were lost before what follows (never from `pieces`).
+    Lost,
 }
 
 /// Whether the kernel framed this event (see `EventHeader::frame_end`).
@@ -200,6 +202,7 @@ mod tests {
             .map(|p| match p {
                 Piece::Bytes { len, .. } => *len,
                 Piece::Run { bytes, .. } => *bytes,
+                Piece::Lost => 0,
             })
             .sum();
         assert_eq!(total, 300);

@@ -12,11 +12,16 @@ struct Recorded {
     ended: Vec<EndReason>,
     muted: Vec<MuteReason>,
     parse_errors: Vec<&'static str>,
+    /// Exchanges of other protocols, by their target (`SELECT users`, ...).
+    targets: Vec<String>,
+    inexact: Vec<&'static str>,
 }
 
 impl Sink for Recorded {
     fn exchange(&mut self, e: &Exchange) {
         let Detail::Http(h) = &e.detail else {
+            self.targets
+                .push(format!("{} {}", e.operation(), e.target().unwrap_or("")));
             return;
         };
         self.exchanges.push((
@@ -42,6 +47,9 @@ impl Sink for Recorded {
         self.parse_errors.push(reason);
     }
     fn decoder_stats(&mut self, _protocol: &'static str, _stats: DecoderStats) {}
+    fn inexact(&mut self, _protocol: &'static str, reason: &'static str) {
+        self.inexact.push(reason);
+    }
 }
 
 /// A process id that does not exist, so identity comes from the kernel's comm.
@@ -117,6 +125,23 @@ impl Harness {
         h.cap_len = bytes.len() as u32;
         self.tracker
             .on_event(&h, bytes, &mut self.sink, &mut self.actions);
+    }
+
+    /// A framed event covering all of `bytes` as one record, number `seq` of its direction.
+    fn framed(&mut self, conn_id: u64, direction: u8, ts: u64, seq: u32, bytes: &[u8]) {
+        let mut h = header(EventKind::Data, conn_id, ts);
+        h.direction = direction;
+        h.ret_len = bytes.len() as i64;
+        h.frame_end = bytes.len() as u32;
+        h.frame_seq = seq;
+        let record = agent_ebpf::FrameRecord {
+            len: bytes.len() as u32,
+            ..Default::default()
+        };
+        let payload = pieces::encode(&[(record, bytes)]);
+        h.cap_len = payload.len() as u32;
+        self.tracker
+            .on_event(&h, &payload, &mut self.sink, &mut self.actions);
     }
 
     fn close(&mut self, conn_id: u64, ts: u64) {
@@ -375,4 +400,54 @@ fn a_protocol_from_an_extended_registry_is_detected() {
     h.open(71, ORIGIN_CONNECT, 7, "pinger");
     h.data(71, DIR_EGRESS, 1, b"PING /users/7\n", 14);
     assert_eq!(h.sink.muted, vec![MuteReason::UnknownProtocol]);
+}
+
+/// One PostgreSQL message: type, length, body.
+fn pg(ty: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![ty];
+    m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+/// Framed events of one direction that never arrived (ring buffer full) are noticed by their
+/// sequence numbers: counted as inexact, and the decoder resynchronises instead of reading the
+/// next event's messages as the rest of the lost ones; later statements pair exactly again.
+#[test]
+fn lost_framed_events_are_counted_and_the_decoder_resynchronises() {
+    let mut h = Harness::new();
+    h.open(7, ORIGIN_CONNECT, 5432, "psql");
+    let mut startup = Vec::new();
+    let params = b"user\0postgres\0database\0shop\0\0";
+    startup.extend_from_slice(&(8 + params.len() as u32).to_be_bytes());
+    startup.extend_from_slice(&196608u32.to_be_bytes());
+    startup.extend_from_slice(params);
+    h.framed(7, DIR_EGRESS, 10, 0, &startup);
+    let ready = pg(b'Z', b"I");
+    let login = [pg(b'R', &[0, 0, 0, 0]), ready.clone()].concat();
+    h.framed(7, DIR_INGRESS, 20, 0, &login);
+    let answer = [pg(b'C', b"SELECT 1\0"), ready.clone()].concat();
+    let mut t = 30;
+    for (seq, table) in ["a", "b", "c", "d"].into_iter().enumerate() {
+        let query = pg(b'Q', format!("SELECT 1 FROM {table}\0").as_bytes());
+        h.framed(7, DIR_EGRESS, t, seq as u32 + 1, &query);
+        // The answer to the query on `b` is lost.
+        if table != "b" {
+            h.framed(7, DIR_INGRESS, t + 5, seq as u32 + 1, &answer);
+        }
+        t += 10;
+    }
+    h.close(7, t);
+    assert_eq!(h.sink.inexact, vec!["events_lost"]);
+    let targets = &h.sink.targets;
+    assert_eq!(
+        targets.first().map(String::as_str),
+        Some("SELECT a"),
+        "{targets:?}"
+    );
+    assert_eq!(
+        targets.last().map(String::as_str),
+        Some("SELECT d"),
+        "{targets:?}"
+    );
 }

@@ -39,4 +39,7 @@ impl Sink for Fanout {
     fn decoder_stats(&mut self, protocol: &'static str, stats: DecoderStats) {
         self.metrics.decoder_stats(protocol, stats);
     }
+    fn inexact(&mut self, protocol: &'static str, reason: &'static str) {
+        self.metrics.inexact(protocol, reason);
+    }
 }

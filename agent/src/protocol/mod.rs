@@ -244,6 +244,25 @@ pub trait Decoder: Send + 'static {
         self.feed(&run.as_gap(), out)
     }
 
+    /// Bytes of `stream` were lost in unknown amount (framed events that never arrived):
+    /// framing and pairing can no longer be trusted. The default skips a gap longer than any
+    /// message, so the stream resynchronises on the next message start.
+    fn lost(
+        &mut self,
+        stream: Stream,
+        ts_ns: u64,
+        out: &mut Vec<Self::Exchange>,
+    ) -> Result<(), DecodeError> {
+        let gap = Chunk {
+            stream,
+            first_ns: ts_ns,
+            last_ns: ts_ns,
+            bytes: &[],
+            len: 1 << 40,
+        };
+        self.feed(&gap, out)
+    }
+
     /// The connection closed at `ts_ns`: flush what can still be completed. The decoder is
     /// then reset (stats are kept) and may be reused.
     fn close(&mut self, ts_ns: u64, out: &mut Vec<Self::Exchange>);

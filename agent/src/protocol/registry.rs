@@ -123,6 +123,14 @@ pub trait AnyDecoder: Send {
         shared: &mut Shared,
         out: &mut Vec<Detail>,
     ) -> Result<(), &'static str>;
+    /// [`Decoder::lost`], exchanges appended to `out`.
+    fn lost(
+        &mut self,
+        stream: Stream,
+        ts_ns: u64,
+        shared: &mut Shared,
+        out: &mut Vec<Detail>,
+    ) -> Result<(), &'static str>;
     /// [`Decoder::close`], exchanges appended to `out`.
     fn close(&mut self, ts_ns: u64, shared: &mut Shared, out: &mut Vec<Detail>);
     fn take_stats(&mut self) -> DecoderStats;
@@ -174,6 +182,18 @@ impl<D: IntoDetail> AnyDecoder for Session<D> {
         out: &mut Vec<Detail>,
     ) -> Result<(), &'static str> {
         let result = self.decoder.skipped(run, &mut self.found);
+        self.details(shared, out);
+        result.map_err(|e| e.reason())
+    }
+
+    fn lost(
+        &mut self,
+        stream: Stream,
+        ts_ns: u64,
+        shared: &mut Shared,
+        out: &mut Vec<Detail>,
+    ) -> Result<(), &'static str> {
+        let result = self.decoder.lost(stream, ts_ns, &mut self.found);
         self.details(shared, out);
         result.map_err(|e| e.reason())
     }

@@ -230,6 +230,10 @@ impl Sink for MetricsSink {
     fn decoder_stats(&mut self, protocol: &'static str, stats: DecoderStats) {
         self.metrics.self_metrics.decoder_stats(protocol, stats);
     }
+
+    fn inexact(&mut self, protocol: &'static str, reason: &'static str) {
+        self.metrics.self_metrics.inexact(protocol, reason);
+    }
 }
 
 #[cfg(test)]

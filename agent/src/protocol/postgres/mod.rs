@@ -325,6 +325,30 @@ impl Decoder for PgDecoder {
         Ok(())
     }
 
+    /// Bytes lost in unknown amount: that direction resynchronises, and pairing restarts.
+    /// Everything in flight is counted unpaired, so that the responses after the loss cannot
+    /// pair with the wrong requests (a response that arrives for one of them is counted as
+    /// unexpected); requests sent from here on pair exactly.
+    fn lost(
+        &mut self,
+        stream: Stream,
+        _ts_ns: u64,
+        _out: &mut Vec<PgExchange>,
+    ) -> Result<(), DecodeError> {
+        self.failed.check()?;
+        if self.tls {
+            return Ok(());
+        }
+        self.lose_framing(stream);
+        let unpaired: u64 = self.pending.iter().map(unanswered).sum();
+        self.stats.unpaired_requests += unpaired;
+        self.pending.clear();
+        self.building = None;
+        self.resp_bytes = 0;
+        self.data_rows = 0;
+        Ok(())
+    }
+
     /// The connection closed at `ts_ns`. An execution whose response had begun is emitted with
     /// `complete = false` and `end_ns = max(ts_ns, last_ns of the last response chunk)`; queued
     /// requests with no response at all are counted unpaired. The decoder is then reset (stats
