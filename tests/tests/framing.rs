@@ -165,6 +165,37 @@ with psycopg.connect(os.environ["PGURL"], autocommit=True) as c:
     no_lost_framing(&agent);
 }
 
+/// A ring buffer far too small for a million-row result: events are lost, and every loss
+/// that touches a framed connection is noticed (sequence numbers) and counted as inexact
+/// instead of being misread as the messages that follow.
+#[test]
+fn ring_buffer_losses_on_framed_connections_are_counted() {
+    let pg = server();
+    let agent = Agent::start(&["--ringbuf-bytes", "16384"]).unwrap();
+    let out = pg
+        .psql(&[
+            "-At",
+            "-c",
+            "SELECT * FROM big",
+            "-c",
+            "SELECT id FROM small",
+        ])
+        .unwrap();
+    assert_eq!(out.lines().count() as u64, BIG_ROWS + 1);
+    let counted = harness::wait_until(WAIT, Duration::from_millis(200), || {
+        let m = agent.metrics();
+        m.sum(
+            "periscope_kernel_events_lost_total",
+            &[("reason", "ringbuf_full")],
+        ) > 0.0
+            && m.sum(
+                "periscope_exchanges_inexact_total",
+                &[("protocol", "postgresql"), ("reason", "events_lost")],
+            ) > 0.0
+    });
+    assert!(counted, "{}", agent.metrics().text());
+}
+
 fn pgbench_big_select(mode: &str) {
     let pg = server();
     let script =

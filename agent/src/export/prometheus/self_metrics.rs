@@ -114,7 +114,7 @@ impl SelfMetrics {
             "connections_muted": m.connections_muted,
                 "Connections whose capture was switched off in the kernel, by reason";
             "exchanges_inexact": m.exchanges_inexact,
-                "Exchanges whose numbers are not exact, by protocol and reason: incomplete (exported, but the response was cut by the connection closing or by what was captured) or unpaired (a request never answered as far as Periscope saw, not exported)";
+                "Exchanges whose numbers are not exact, by protocol and reason: incomplete (exported, but the response was cut by the connection closing or by what was captured), unpaired (a request never answered as far as Periscope saw, not exported), events_lost (framed events of a connection were lost, ring buffer full: pairing restarted)";
             "bpf_program_runs": m.program_runs,
                 "Times each kernel program ran (with --bpf-stats)";
             "bpf_program_run_time" [Seconds]: m.program_run_time,
