@@ -109,6 +109,25 @@ impl PgServer {
         self.tool("psql", &["-X", "-q", "-v", "ON_ERROR_STOP=1"], args)
     }
 
+    /// Runs a Python snippet (psycopg and friends) with `PGURL` set to this server's
+    /// `postgres` database; returns its stdout, panics with its stderr and the server log if
+    /// it fails.
+    pub fn python(&self, code: &str) -> String {
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(code)
+            .env("PGURL", self.url("postgres"))
+            .output()
+            .expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Runs `pgbench` against database `postgres` with extra arguments; returns stdout.
     pub fn pgbench(&self, args: &[&str]) -> anyhow::Result<String> {
         self.tool("pgbench", &[], args)

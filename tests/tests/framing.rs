@@ -118,7 +118,7 @@ with psycopg.connect(os.environ["PGURL"], autocommit=True) as c:
     print(c.execute("SELECT id FROM small").fetchall()[0][0])
 "#
     );
-    assert_eq!(python(&pg, &script).trim(), "1");
+    assert_eq!(pg.python(&script).trim(), "1");
     let (client, server) = counted_both(&agent, &port, &table("COPY", "big"), 1.0);
     assert_eq!((client, server), (BIG_ROWS as f64, BIG_ROWS as f64));
     let (client, server) = counted_both(&agent, &port, &table("COPY", "sink"), 1.0);
@@ -135,8 +135,7 @@ fn psycopg_pipeline_of_a_thousand_mixed_statements() {
     let port = pg.port().to_string();
     // 500 SELECTs returning 1–50 rows each and 500 INSERTs, all in one pipeline, after a
     // large fetch on the same connection.
-    let out = python(
-        &pg,
+    let out = pg.python(
         r#"
 import os, psycopg
 with psycopg.connect(os.environ["PGURL"], autocommit=True) as c:
@@ -231,22 +230,6 @@ fn pgbench_extended_with_ten_thousand_rows() {
 #[test]
 fn pgbench_prepared_with_ten_thousand_rows() {
     pgbench_big_select("prepared");
-}
-
-fn python(pg: &PgServer, code: &str) -> String {
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(code)
-        .env("PGURL", pg.url("postgres"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        pg.log()
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Client-side and broker-side counts of every Kafka operation once the clients are gone:

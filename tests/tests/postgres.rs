@@ -91,22 +91,6 @@ fn pgbench_prepared_statements() {
     pgbench_is_counted_exactly("prepared");
 }
 
-fn psycopg(pg: &PgServer, code: &str) -> String {
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(code)
-        .env("PGURL", pg.url("postgres"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        pg.log()
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn pipelines_errors_and_copy() {
     let pg = PgServer::start();
@@ -115,8 +99,7 @@ fn pipelines_errors_and_copy() {
     let agent = Agent::start(&[]).unwrap();
     let port = pg.port().to_string();
     // psycopg's pipeline mode: ten Parse/Bind/Execute before one Sync.
-    let out = psycopg(
-        &pg,
+    let out = pg.python(
         r#"
 import os, psycopg
 with psycopg.connect(os.environ["PGURL"], autocommit=True) as c:

@@ -22,7 +22,7 @@
 //! clock ticks, coarse at the default T (the report says how coarse).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -31,7 +31,9 @@ use harness::{cpu_time, rss_bytes, Agent, AgentOptions, Metrics, PgServer, TempD
 use crate::bench::{
     clock_ticks_per_second, machine, other_agents_warning, settle, spread_cell, Cpu, LOST_METRIC,
 };
-use crate::bench_pgbench::{parse_pgbench, PgbenchResult};
+use crate::bench_pgbench::{
+    check_cpus, launch_postgres, parse_pgbench, pgbench_command, placement_of, PgbenchResult,
+};
 use crate::util::{bench_agent, build_agent, display};
 
 /// Rows in table `big`: the largest result size there is.
@@ -217,24 +219,8 @@ pub fn framing(args: &FramingArgs) -> anyhow::Result<()> {
     }
     crate::setup::setup()?;
     let bin = bench_agent(args.no_build, build_agent)?;
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    for (what, cpu) in [
-        ("--pgbench-cpu", args.pgbench_cpu),
-        ("--agent-cpu", args.agent_cpu),
-    ] {
-        if cpu.0.is_some_and(|c| c >= cpus) {
-            bail!("{what} {cpu}: this machine has only CPUs 0..{cpus}");
-        }
-    }
-
-    let pg = PgServer::launch().context("starting PostgreSQL")?;
-    // `15.18 (Debian 15.18-0+deb12u1)`: the number is enough.
-    let version = pg
-        .psql(&["-At", "-c", "SHOW server_version"])
-        .ok()
-        .and_then(|v| v.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into());
-    println!("[bench] PostgreSQL {version} on port {}", pg.port());
+    let cpus = check_cpus(args.pgbench_cpu, args.agent_cpu)?;
+    let (pg, version) = launch_postgres()?;
     pg.psql(&["-c", CREATE_TABLE])
         .context("creating table `big`")?;
 
@@ -252,10 +238,7 @@ pub fn framing(args: &FramingArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
 
     let warning = other_agents_warning("their overhead is in every column");
-    let on = |cpu: Cpu| match cpu.0 {
-        Some(n) => format!("pinned to CPU {n}"),
-        None => "unpinned".to_owned(),
-    };
+    let on = placement_of;
     let placement = format!(
         "pgbench -c1 -j1 {}, PostgreSQL {version} (postmaster + 1 backend) unpinned, agent {} \
          (taskset); {cpus} CPUs online",
@@ -387,33 +370,14 @@ fn run_pgbench(
     script: &Path,
     dir: &Path,
 ) -> anyhow::Result<(PgbenchResult, f64)> {
-    // Not `PgServer::pgbench`: that one cannot pin. Same connection settings.
-    let mut cmd = match args.pgbench_cpu.0 {
-        Some(cpu) => {
-            let mut c = Command::new("taskset");
-            c.args(["-c", &cpu.to_string(), "pgbench"]);
-            c
-        }
-        None => Command::new("pgbench"),
-    };
-    cmd.args([
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &pg.port().to_string(),
-        "-U",
-        "postgres",
-    ])
-    .args(["-n", "-M", "extended", "-c", "1", "-j", "1"])
-    .args(["-t", &args.transactions.to_string()])
-    .arg("-f")
-    .arg(script)
-    .arg("-l")
-    .arg("--log-prefix")
-    .arg(dir.join(LOG_PREFIX))
-    .env("PGSSLMODE", "disable")
-    .env("PGDATABASE", "postgres")
-    .stdin(Stdio::null());
+    let mut cmd = pgbench_command(pg, args.pgbench_cpu);
+    cmd.args(["-n", "-M", "extended", "-c", "1", "-j", "1"])
+        .args(["-t", &args.transactions.to_string()])
+        .arg("-f")
+        .arg(script)
+        .arg("-l")
+        .arg("--log-prefix")
+        .arg(dir.join(LOG_PREFIX));
     let out = cmd
         .output()
         .with_context(|| format!("starting {}", display(&cmd)))?;

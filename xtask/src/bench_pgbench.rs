@@ -200,6 +200,63 @@ pub(crate) fn statements_counted(metrics: &harness::Metrics, port: u16) -> Optio
     )
 }
 
+/// Checks that the CPUs asked for exist; returns how many are online.
+pub(crate) fn check_cpus(pgbench_cpu: Cpu, agent_cpu: Cpu) -> anyhow::Result<usize> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for (what, cpu) in [("--pgbench-cpu", pgbench_cpu), ("--agent-cpu", agent_cpu)] {
+        if cpu.0.is_some_and(|c| c >= cpus) {
+            bail!("{what} {cpu}: this machine has only CPUs 0..{cpus}");
+        }
+    }
+    Ok(cpus)
+}
+
+/// Starts PostgreSQL; returns it with its version number (`15.18`).
+pub(crate) fn launch_postgres() -> anyhow::Result<(PgServer, String)> {
+    let pg = PgServer::launch().context("starting PostgreSQL")?;
+    // `15.18 (Debian 15.18-0+deb12u1)`: the number is enough.
+    let version = pg
+        .psql(&["-At", "-c", "SHOW server_version"])
+        .ok()
+        .and_then(|v| v.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into());
+    println!("[bench] PostgreSQL {version} on port {}", pg.port());
+    Ok((pg, version))
+}
+
+/// "pinned to CPU n" or "unpinned", for the report's placement line.
+pub(crate) fn placement_of(cpu: Cpu) -> String {
+    match cpu.0 {
+        Some(n) => format!("pinned to CPU {n}"),
+        None => "unpinned".to_owned(),
+    }
+}
+
+/// `pgbench` against `pg` over TCP (database `postgres`, no SSL), pinned with taskset to
+/// `cpu`; the caller adds the run's options. Not `PgServer::pgbench`: that one cannot pin.
+pub(crate) fn pgbench_command(pg: &PgServer, cpu: Cpu) -> Command {
+    let mut cmd = match cpu.0 {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpu.to_string(), "pgbench"]);
+            c
+        }
+        None => Command::new("pgbench"),
+    };
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &pg.port().to_string(),
+        "-U",
+        "postgres",
+    ])
+    .env("PGSSLMODE", "disable")
+    .env("PGDATABASE", "postgres")
+    .stdin(Stdio::null());
+    cmd
+}
+
 /// Runs the benchmark and prints a Markdown report.
 pub fn pgbench(args: &PgbenchArgs) -> anyhow::Result<()> {
     if args.rounds == 0 || args.transactions == 0 || args.clients == 0 {
@@ -213,32 +270,13 @@ pub fn pgbench(args: &PgbenchArgs) -> anyhow::Result<()> {
     }
     crate::setup::setup()?;
     let bin = bench_agent(args.no_build, build_agent)?;
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    for (what, cpu) in [
-        ("--pgbench-cpu", args.pgbench_cpu),
-        ("--agent-cpu", args.agent_cpu),
-    ] {
-        if cpu.0.is_some_and(|c| c >= cpus) {
-            bail!("{what} {cpu}: this machine has only CPUs 0..{cpus}");
-        }
-    }
-
-    let pg = PgServer::launch().context("starting PostgreSQL")?;
-    // `15.18 (Debian 15.18-0+deb12u1)`: the number is enough.
-    let version = pg
-        .psql(&["-At", "-c", "SHOW server_version"])
-        .ok()
-        .and_then(|v| v.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into());
-    println!("[bench] PostgreSQL {version} on port {}", pg.port());
+    let cpus = check_cpus(args.pgbench_cpu, args.agent_cpu)?;
+    let (pg, version) = launch_postgres()?;
     pg.pgbench(&["-i", "-s", "1", "-q"])
         .context("initialising the pgbench tables")?;
 
     let warning = other_agents_warning("their overhead is in both columns");
-    let on = |cpu: Cpu| match cpu.0 {
-        Some(n) => format!("pinned to CPU {n}"),
-        None => "unpinned".to_owned(),
-    };
+    let on = placement_of;
     let placement = format!(
         "pgbench -c{} -j1 {}, PostgreSQL {version} (postmaster + {} backend{}) unpinned, agent {} \
          (taskset); {cpus} CPUs online",
@@ -300,29 +338,10 @@ fn run_pgbench(
     pg: &PgServer,
     mode: QueryMode,
 ) -> anyhow::Result<PgbenchResult> {
-    // Not `PgServer::pgbench`: that one cannot pin. Same connection settings.
-    let mut cmd = match args.pgbench_cpu.0 {
-        Some(cpu) => {
-            let mut c = Command::new("taskset");
-            c.args(["-c", &cpu.to_string(), "pgbench"]);
-            c
-        }
-        None => Command::new("pgbench"),
-    };
-    cmd.args([
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &pg.port().to_string(),
-        "-U",
-        "postgres",
-    ])
-    .args(["-n", "-M", mode.name(), "-j", "1"])
-    .args(["-c", &args.clients.to_string()])
-    .args(["-t", &args.transactions.to_string()])
-    .env("PGSSLMODE", "disable")
-    .env("PGDATABASE", "postgres")
-    .stdin(Stdio::null());
+    let mut cmd = pgbench_command(pg, args.pgbench_cpu);
+    cmd.args(["-n", "-M", mode.name(), "-j", "1"])
+        .args(["-c", &args.clients.to_string()])
+        .args(["-t", &args.transactions.to_string()]);
     let out = cmd
         .output()
         .with_context(|| format!("starting {}", display(&cmd)))?;

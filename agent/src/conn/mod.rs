@@ -555,7 +555,9 @@ impl Tracker {
             conn.process = fresh;
         }
         let ingress = header.direction == DIR_INGRESS;
-        let (prefix, len) = pieces::prefix(header, payload);
+        // Parsed once: detection reads the first piece, the decoder gets them all.
+        let pieces = pieces::pieces(header, payload);
+        let (prefix, len) = pieces::prefix(header, &pieces);
         let held = match detect(conn, self.protocols, ingress, header.ts_ns, prefix, len) {
             Detection::Undecided => return,
             Detection::Unknown => {
@@ -602,7 +604,7 @@ impl Tracker {
                 feed(conn, &mut ctx, ingress, header.ts_ns, Piece::Lost);
             }
         }
-        for piece in pieces::pieces(header, payload) {
+        for &piece in pieces.iter() {
             if !matches!(conn.state, State::Decoding { .. }) {
                 break;
             }

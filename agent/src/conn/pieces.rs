@@ -23,26 +23,40 @@ pub fn is_framed(header: &EventHeader) -> bool {
 
 /// The captured bytes that begin the syscall, and the syscall's length: what detection
 /// looks at. A framed event that does not start the syscall with captured bytes has none.
-pub fn prefix<'a>(header: &EventHeader, payload: &'a [u8]) -> (&'a [u8], u64) {
+pub fn prefix<'a>(header: &EventHeader, pieces: &[Piece<'a>]) -> (&'a [u8], u64) {
     let len = header.ret_len.max(0) as u64;
-    if !is_framed(header) {
-        return (payload, len);
-    }
-    match pieces(header, payload).first() {
+    match pieces.first() {
         Some(Piece::Bytes { bytes, .. }) if header.frame_start == 0 => (bytes, len),
         _ => (&[], len),
     }
 }
 
+/// An event's pieces: a prefix event's one without allocating, a framed event's list.
+pub enum Pieces<'a> {
+    One(Piece<'a>),
+    Many(Vec<Piece<'a>>),
+}
+
+impl<'a> std::ops::Deref for Pieces<'a> {
+    type Target = [Piece<'a>];
+
+    fn deref(&self) -> &[Piece<'a>] {
+        match self {
+            Pieces::One(piece) => std::slice::from_ref(piece),
+            Pieces::Many(pieces) => pieces,
+        }
+    }
+}
+
 /// The event's pieces. Records that do not fit the payload or go backwards end the list with
 /// a gap up to the event's end (the kernel never writes them; a gap is the safe reading).
-pub fn pieces<'a>(header: &EventHeader, payload: &'a [u8]) -> Vec<Piece<'a>> {
+pub fn pieces<'a>(header: &EventHeader, payload: &'a [u8]) -> Pieces<'a> {
     let len = header.ret_len.max(0) as u64;
     if !is_framed(header) {
-        return vec![Piece::Bytes {
+        return Pieces::One(Piece::Bytes {
             bytes: payload,
             len: len.max(payload.len() as u64),
-        }];
+        });
     }
     let end = u64::from(header.frame_end);
     let mut cursor = u64::from(header.frame_start);
@@ -78,7 +92,7 @@ pub fn pieces<'a>(header: &EventHeader, payload: &'a [u8]) -> Vec<Piece<'a>> {
         }
     }
     gap(&mut out, end.saturating_sub(cursor));
-    out
+    Pieces::Many(out)
 }
 
 /// Adds `n` uncaptured bytes: to the captured piece before them, else as a piece of its own.
@@ -156,14 +170,15 @@ mod tests {
             ret_len: 10,
             ..Default::default()
         };
-        let pieces = pieces(&header, b"abc");
+        let got = pieces(&header, b"abc");
         assert_eq!(
-            pieces,
+            got.to_vec(),
             vec![Piece::Bytes {
                 bytes: b"abc",
                 len: 10
             }]
         );
+        assert_eq!(prefix(&header, &got), (&b"abc"[..], 10));
     }
 
     #[test]
@@ -176,7 +191,7 @@ mod tests {
         ]);
         let got = pieces(&framed(0, 300, 300), &payload);
         assert_eq!(
-            got,
+            got.to_vec(),
             vec![
                 Piece::Bytes {
                     bytes: b"T0",
@@ -206,7 +221,7 @@ mod tests {
             })
             .sum();
         assert_eq!(total, 300);
-        assert_eq!(prefix(&framed(0, 300, 300), &payload), (&b"T0"[..], 300));
+        assert_eq!(prefix(&framed(0, 300, 300), &got), (&b"T0"[..], 300));
     }
 
     #[test]
@@ -214,7 +229,7 @@ mod tests {
         let payload = encode(&[data(5000, b"hdr")]);
         let got = pieces(&framed(4096, 8192, 9000), &payload);
         assert_eq!(
-            got,
+            got.to_vec(),
             vec![
                 Piece::Bytes {
                     bytes: b"",
@@ -226,7 +241,7 @@ mod tests {
                 },
             ]
         );
-        assert_eq!(prefix(&framed(4096, 8192, 9000), &payload).0, b"");
+        assert_eq!(prefix(&framed(4096, 8192, 9000), &got).0, b"");
     }
 
     #[test]
@@ -234,7 +249,7 @@ mod tests {
         let mut payload = encode(&[data(0, b"ab"), data(1, b"x")]);
         let got = pieces(&framed(0, 10, 10), &payload);
         assert_eq!(
-            got,
+            got.to_vec(),
             vec![Piece::Bytes {
                 bytes: b"ab",
                 len: 10
@@ -243,7 +258,7 @@ mod tests {
         payload.truncate(FRAME_RECORD_LEN + 1);
         let got = pieces(&framed(0, 10, 10), &payload);
         assert_eq!(
-            got,
+            got.to_vec(),
             vec![Piece::Bytes {
                 bytes: b"",
                 len: 10

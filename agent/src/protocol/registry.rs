@@ -153,6 +153,17 @@ pub fn session<D: IntoDetail>(mid_stream: bool) -> Box<dyn AnyDecoder> {
 }
 
 impl<D: IntoDetail> Session<D> {
+    /// After a call into the decoder: its exchanges become details, its error a reason.
+    fn settle(
+        &mut self,
+        result: Result<(), super::DecodeError>,
+        shared: &mut Shared,
+        out: &mut Vec<Detail>,
+    ) -> Result<(), &'static str> {
+        self.details(shared, out);
+        result.map_err(|e| e.reason())
+    }
+
     fn details(&mut self, shared: &mut Shared, out: &mut Vec<Detail>) {
         let decoder = &self.decoder;
         out.extend(self.found.drain(..).map(|x| decoder.detail(x, shared)));
@@ -171,8 +182,7 @@ impl<D: IntoDetail> AnyDecoder for Session<D> {
         out: &mut Vec<Detail>,
     ) -> Result<(), &'static str> {
         let result = self.decoder.feed(chunk, &mut self.found);
-        self.details(shared, out);
-        result.map_err(|e| e.reason())
+        self.settle(result, shared, out)
     }
 
     fn skipped(
@@ -182,8 +192,7 @@ impl<D: IntoDetail> AnyDecoder for Session<D> {
         out: &mut Vec<Detail>,
     ) -> Result<(), &'static str> {
         let result = self.decoder.skipped(run, &mut self.found);
-        self.details(shared, out);
-        result.map_err(|e| e.reason())
+        self.settle(result, shared, out)
     }
 
     fn lost(
@@ -194,8 +203,7 @@ impl<D: IntoDetail> AnyDecoder for Session<D> {
         out: &mut Vec<Detail>,
     ) -> Result<(), &'static str> {
         let result = self.decoder.lost(stream, ts_ns, &mut self.found);
-        self.details(shared, out);
-        result.map_err(|e| e.reason())
+        self.settle(result, shared, out)
     }
 
     fn close(&mut self, ts_ns: u64, shared: &mut Shared, out: &mut Vec<Detail>) {
