@@ -205,6 +205,37 @@ pub const FRAME_PG: u8 = 3;
 pub const FRAME_PG_ANSWER: u8 = 4;
 /// Kafka frames (int32 size, then that many bytes).
 pub const FRAME_KAFKA: u8 = 5;
+/// HTTP/1.x: heads, chunk-size lines and trailers scanned line by line (`HttpScan`), bodies
+/// skipped by Content-Length or chunk size.
+pub const FRAME_HTTP: u8 = 6;
+
+/// One direction's HTTP line scanner (`FrameDir::http`), carried across syscalls: a head, a
+/// chunk-size line or a trailer may be split at any byte.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HttpScan {
+    /// Hash of the current line's field name (or the start line's first token) so far; the
+    /// digit count on a chunk-size line.
+    pub name: u64,
+    /// The current line's number: Content-Length, status code or chunk size.
+    pub value: u64,
+    /// The current line's last eight bytes, lower-cased (CR not included).
+    pub last: u64,
+    /// The message's Content-Length.
+    pub length: u64,
+    /// Bytes of the current line (CR not included).
+    pub line: u32,
+    /// Bytes of the current head, trailer or chunk-size line (bounded).
+    pub bytes: u32,
+    pub status: u16,
+    /// What is being scanned: a head, a chunk-size line, a trailer.
+    pub phase: u8,
+    /// What the current line's bytes are: a field name, a value of interest, the rest.
+    pub field: u8,
+    /// What the current head said (start line seen, HEAD, CONNECT, lengths).
+    pub flags: u8,
+    pub _pad: [u8; 3],
+}
 
 /// One direction's framing state, carried from syscall to syscall.
 #[repr(C)]
@@ -223,6 +254,7 @@ pub struct FrameDir {
     /// The next framed event's `EventHeader::frame_seq`.
     pub seq: u32,
     pub _pad2: u32,
+    pub http: HttpScan,
 }
 
 /// Framing state of a connection, by syscall direction: `[ingress, egress]`.
@@ -230,6 +262,11 @@ pub struct FrameDir {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FrameState {
     pub dirs: [FrameDir; 2],
+    /// HTTP: one bit per request whose response is still to come, oldest lowest: set for
+    /// `HEAD` (its response has no body). `pending` bits are in use.
+    pub heads: u64,
+    pub pending: u32,
+    pub _pad: u32,
 }
 
 /// Key of the socket table: a file descriptor in a process.

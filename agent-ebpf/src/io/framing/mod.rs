@@ -27,7 +27,7 @@ use core::ffi::c_void;
 
 use agent_ebpf::{
     Counter, FrameDir, FrameRecord, FrameState, DIR_EGRESS, DIR_INGRESS, FRAME_DETECT,
-    FRAME_EVENT_BUDGET, FRAME_KAFKA, FRAME_OFF, FRAME_PG, FRAME_PG_ANSWER, FRAME_PG_STARTUP,
+    FRAME_EVENT_BUDGET, FRAME_HTTP, FRAME_KAFKA, FRAME_OFF, FRAME_PG, FRAME_PG_ANSWER, FRAME_PG_STARTUP,
     FRAME_RECORD_LEN, MAX_CAPTURE, MAX_FRAME_EVENTS, MAX_FRAME_STEPS, MAX_IOVECS, ORIGIN_CONNECT,
 };
 use aya_ebpf::{
@@ -40,6 +40,8 @@ use aya_ebpf::{
 };
 
 use super::{submit, EventBuf, Iovec, SCRATCH};
+
+mod http;
 use crate::common::{bump, config};
 
 /// Framing state by connection id; an entry exists from `Open` to `close` for connections
@@ -119,8 +121,13 @@ pub struct Walk {
     other_mode: u8,
     /// Why framing was given up (`LOST_*`), 0 while it holds.
     lost: u8,
-    /// Where the header being read began in this syscall (0 when it began in an earlier one).
+    /// Where the header being read began in this syscall (0 when it began in an earlier one);
+    /// HTTP: where the text not yet captured begins, while `http_open`.
     hdr_pos: u64,
+    http_open: u8,
+    /// The connection's `FrameState::heads` and `pending` (HTTP), written back at the end.
+    heads: u64,
+    pending: u32,
     /// The capture in progress: from this offset, this many bytes still to copy.
     cap_pos: u64,
     cap_left: u64,
@@ -208,6 +215,9 @@ pub fn frame(
     w.other_mode = NO_CHANGE;
     w.lost = 0;
     w.hdr_pos = 0;
+    w.http_open = 0;
+    w.heads = state.heads;
+    w.pending = state.pending;
     w.cap_pos = 0;
     w.cap_left = 0;
     w.win_start = 0;
@@ -239,6 +249,8 @@ pub fn frame(
     }
     flush(w, buf, ret);
     state.dirs[this] = w.dir;
+    state.heads = w.heads;
+    state.pending = w.pending;
     if w.other_mode != NO_CHANGE {
         state.dirs[other].mode = w.other_mode;
     }
@@ -268,6 +280,9 @@ fn detect(source: Source, ret: u64) -> (u8, u8) {
         return (FRAME_OFF, FRAME_OFF);
     };
     let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    if http::is_request_start(len) {
+        return (FRAME_HTTP, FRAME_HTTP);
+    }
     let code = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
     let pg_code = match code {
         PG_SSL_REQUEST | PG_GSSENC_REQUEST | PG_CANCEL_REQUEST => len == 8 || len == 16,
@@ -393,6 +408,9 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
         w.pos += n;
         return 0;
     }
+    if w.dir.mode == FRAME_HTTP {
+        return http::step(w);
+    }
     if w.dir.mode == FRAME_PG && w.dir.have == 0 && extend_run(w) {
         return 0;
     }
@@ -409,31 +427,10 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
     // read-ahead window, refilled here when the header is not in it.
     let mut n = (size - have).min(left);
     if w.pos < w.win_start || w.pos + n > w.win_start + w.win_len {
-        let Some((addr, avail)) = locate(w, w.pos) else {
-            w.lost = LOST_BOUND;
-            return 1;
-        };
-        let fill = (WINDOW as u64).min(avail).min(left);
-        if fill == 0 {
-            w.lost = LOST_BOUND;
+        if !refill_window(w, left) {
             return 1;
         }
-        let m = ((fill - 1) & WINDOW_MASK) + 1;
-        // SAFETY: m ≤ WINDOW, the window's size.
-        let rc = unsafe {
-            probe_read_user_raw(
-                w.win.as_mut_ptr() as *mut c_void,
-                m as u32,
-                addr as *const c_void,
-            )
-        };
-        if rc != 0 {
-            w.lost = LOST_BOUND;
-            return 1;
-        }
-        w.win_start = w.pos;
-        w.win_len = m;
-        n = n.min(m);
+        n = n.min(w.win_len);
     }
     let from = w.pos - w.win_start;
     let mut i = 0u64;
@@ -485,6 +482,46 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
     w.dir.head_left = (head - here) as u32;
     w.dir.skip = body - here;
     0
+}
+
+/// Makes the read-ahead window hold byte `w.pos` on (up to `WINDOW` bytes, `left` at most),
+/// reading it again only when it does not. False (framing lost) when it cannot be read.
+#[inline(always)]
+fn fill_window(w: &mut Walk, left: u64) -> bool {
+    if w.pos >= w.win_start && w.pos < w.win_start + w.win_len {
+        return true;
+    }
+    refill_window(w, left)
+}
+
+/// Reads the read-ahead window from `w.pos`.
+#[inline(always)]
+fn refill_window(w: &mut Walk, left: u64) -> bool {
+    let Some((addr, avail)) = locate(w, w.pos) else {
+        w.lost = LOST_BOUND;
+        return false;
+    };
+    let fill = (WINDOW as u64).min(avail).min(left);
+    if fill == 0 {
+        w.lost = LOST_BOUND;
+        return false;
+    }
+    let m = ((fill - 1) & WINDOW_MASK) + 1;
+    // SAFETY: m ≤ WINDOW, the window's size.
+    let rc = unsafe {
+        probe_read_user_raw(
+            w.win.as_mut_ptr() as *mut c_void,
+            m as u32,
+            addr as *const c_void,
+        )
+    };
+    if rc != 0 {
+        w.lost = LOST_BOUND;
+        return false;
+    }
+    w.win_start = w.pos;
+    w.win_len = m;
+    true
 }
 
 /// The fast path for result rows: while the next PostgreSQL message is whole in the syscall,

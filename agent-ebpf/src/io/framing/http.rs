@@ -1,0 +1,383 @@
+//! HTTP/1.x framing in the kernel: heads, chunk-size lines and trailers are scanned byte by
+//! byte and captured whole; bodies are skipped by Content-Length or chunk size, so a `read`
+//! holding a pipeline of responses gives userspace every head however large the bodies are.
+//!
+//! The scanner (`HttpScan`, one per direction) carries its state across syscalls, so a head
+//! may be split at any byte. It learns only what framing needs, with the same rules as the
+//! userspace decoder (`agent/src/protocol/http1`): the method (`HEAD` responses have no body,
+//! `CONNECT` turns the connection into a tunnel), the status (`1xx` interim, `101`, `204`,
+//! `304`), `Content-Length`, and whether the last transfer coding is `chunked`. What it cannot
+//! follow ends framing for the direction, counted, and later syscalls are captured by prefix:
+//! a response delimited by the connection's close, a tunnel, an upgrade, a head over
+//! `MAX_HEAD` bytes, a bad chunk size.
+
+use agent_ebpf::{HttpScan, FRAME_OFF};
+
+use super::{Walk, LOST_HEADER, WINDOW_MASK};
+
+/// Head bytes at most (the userspace decoder's `MAX_HEAD_BYTES`), also per trailer and per
+/// chunk-size line.
+const MAX_HEAD: u32 = 16 * 1024;
+/// Bytes scanned per step at most (a step also ends at each line feed).
+const SCAN: u64 = 16;
+
+/// `HttpScan::phase`.
+const PHASE_HEAD: u8 = 0;
+const PHASE_CHUNK: u8 = 1;
+const PHASE_TRAILER: u8 = 2;
+
+/// `HttpScan::field`: what the current line's next bytes are.
+const FIELD_START: u8 = 0;
+const FIELD_NAME: u8 = 1;
+const FIELD_STATUS: u8 = 2;
+const FIELD_LENGTH: u8 = 3;
+const FIELD_CODING: u8 = 4;
+const FIELD_CHUNK: u8 = 5;
+const FIELD_REST: u8 = 6;
+
+/// `HttpScan::flags`.
+const SEEN_START: u8 = 1;
+const METHOD_HEAD: u8 = 2;
+const METHOD_CONNECT: u8 = 4;
+const HAS_LENGTH: u8 = 8;
+const HAS_CODING: u8 = 16;
+const CHUNKED: u8 = 32;
+const BAD_NUMBER: u8 = 64;
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// FNV-1a of the bytes with `| 0x20` (ASCII letters lower-cased), as the scanner hashes names.
+const fn hash(s: &[u8]) -> u64 {
+    let mut h = FNV_OFFSET;
+    let mut i = 0;
+    while i < s.len() {
+        h = (h ^ (s[i] | 0x20) as u64).wrapping_mul(FNV_PRIME);
+        i += 1;
+    }
+    h
+}
+
+const CONTENT_LENGTH: u64 = hash(b"content-length");
+const TRANSFER_ENCODING: u64 = hash(b"transfer-encoding");
+const HEAD: u64 = hash(b"HEAD");
+const CONNECT: u64 = hash(b"CONNECT");
+/// "chunked" as the last seven bytes of `HttpScan::last`.
+const CHUNKED_TAIL: u64 = 0x0063_6875_6e6b_6564;
+
+/// Whether a connection's first request bytes (big-endian, first four) start an HTTP/1.x
+/// request the kernel frames. `CONNECT` is left out: it becomes a tunnel at once.
+#[inline(always)]
+pub fn is_request_start(first4: u32) -> bool {
+    matches!(
+        &first4.to_be_bytes(),
+        b"GET " | b"POST" | b"PUT " | b"HEAD" | b"DELE" | b"OPTI" | b"PATC" | b"TRAC"
+    )
+}
+
+/// A fresh scanner for the next message.
+#[inline(always)]
+fn start_message(s: &mut HttpScan) {
+    *s = HttpScan::default();
+    s.name = FNV_OFFSET;
+    s.phase = PHASE_HEAD;
+    s.field = FIELD_START;
+}
+
+/// One step in `FRAME_HTTP` mode: scans up to `SCAN` bytes, stopping after a line feed, and
+/// acts on the line that ended. Scanned text is captured when its head, chunk-size line or
+/// trailer ends, or when the syscall does. Returns 1 to stop the walk.
+#[inline(always)]
+pub fn step(w: &mut Walk) -> i64 {
+    if w.http_open == 0 {
+        w.http_open = 1;
+        w.hdr_pos = w.pos;
+    }
+    let left = w.ret - w.pos;
+    if !super::fill_window(w, left) {
+        return 1;
+    }
+    let from = w.pos - w.win_start;
+    let n = (w.win_start + w.win_len - w.pos).min(left).min(SCAN);
+    let response = w.response != 0;
+    let s = &mut w.dir.http;
+    let mut i = 0u64;
+    let mut line_end = false;
+    while i < SCAN {
+        if i >= n {
+            break;
+        }
+        let c = w.win[((from + i) & WINDOW_MASK) as usize];
+        i += 1;
+        if c == b'\n' {
+            line_end = true;
+            break;
+        }
+        scan_byte(s, c, response);
+    }
+    w.pos += i;
+    s.bytes = s.bytes.saturating_add(i as u32);
+    if s.bytes > MAX_HEAD {
+        w.lost = LOST_HEADER;
+        return 1;
+    }
+    if line_end && !end_line(w) {
+        return 1;
+    }
+    if w.http_open != 0 && w.pos >= w.ret {
+        // The text continues in the next syscall: deliver what is here.
+        capture_text(w);
+    }
+    0
+}
+
+#[inline(always)]
+fn scan_byte(s: &mut HttpScan, c: u8, response: bool) {
+    if c == b'\r' {
+        return;
+    }
+    let lc = c | 0x20;
+    s.last = s.last << 8 | lc as u64;
+    s.line += 1;
+    match s.field {
+        FIELD_NAME => {
+            if c == b':' {
+                s.field = if s.name == CONTENT_LENGTH && s.line == 15 {
+                    s.value = 0;
+                    FIELD_LENGTH
+                } else if s.name == TRANSFER_ENCODING && s.line == 18 {
+                    FIELD_CODING
+                } else {
+                    FIELD_REST
+                };
+            } else {
+                s.name = (s.name ^ lc as u64).wrapping_mul(FNV_PRIME);
+            }
+        }
+        FIELD_START => {
+            if c == b' ' {
+                if response {
+                    s.value = 0;
+                    s.field = FIELD_STATUS;
+                } else {
+                    if s.name == HEAD && s.line == 5 {
+                        s.flags |= METHOD_HEAD;
+                    } else if s.name == CONNECT && s.line == 8 {
+                        s.flags |= METHOD_CONNECT;
+                    }
+                    s.field = FIELD_REST;
+                }
+            } else {
+                s.name = (s.name ^ lc as u64).wrapping_mul(FNV_PRIME);
+            }
+        }
+        FIELD_STATUS => {
+            if c.is_ascii_digit() && s.value < 1000 {
+                s.value = s.value * 10 + (c - b'0') as u64;
+            } else {
+                s.field = FIELD_REST;
+            }
+        }
+        FIELD_LENGTH => {
+            if c.is_ascii_digit() {
+                if s.value < 1 << 56 {
+                    s.value = s.value * 10 + (c - b'0') as u64;
+                } else {
+                    s.flags |= BAD_NUMBER;
+                }
+            } else if c == b',' {
+                s.value = 0;
+            } else if c != b' ' && c != b'\t' {
+                s.flags |= BAD_NUMBER;
+            }
+        }
+        FIELD_CHUNK => {
+            let digit = match c {
+                b'0'..=b'9' => c - b'0',
+                b'a'..=b'f' => c - b'a' + 10,
+                b'A'..=b'F' => c - b'A' + 10,
+                _ => 16,
+            };
+            if digit < 16 && s.name < 16 {
+                s.value = s.value << 4 | digit as u64;
+                s.name += 1;
+            } else if digit < 16 {
+                s.flags |= BAD_NUMBER;
+            } else {
+                // Extensions follow.
+                s.field = FIELD_REST;
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Acts on the line that just ended. Returns false when the walk must stop.
+#[inline(always)]
+fn end_line(w: &mut Walk) -> bool {
+    let response = w.response != 0;
+    let s = &mut w.dir.http;
+    let blank = s.line == 0;
+    let field = s.field;
+    let last = s.last;
+    let value = s.value;
+    let digits = s.name;
+    s.line = 0;
+    s.last = 0;
+    s.value = 0;
+    s.name = FNV_OFFSET;
+    match s.phase {
+        PHASE_CHUNK => {
+            // A chunk-size line: its hex digits (counted in `name`), then extensions.
+            if s.flags & BAD_NUMBER != 0 || digits == 0 {
+                w.lost = LOST_HEADER;
+                return false;
+            }
+            capture_text(w);
+            let s = &mut w.dir.http;
+            s.bytes = 0;
+            if value == 0 {
+                s.phase = PHASE_TRAILER;
+                s.field = FIELD_REST;
+            } else {
+                s.field = FIELD_CHUNK;
+                s.name = 0;
+                // The data and the CRLF after it.
+                w.dir.skip = value + 2;
+            }
+            true
+        }
+        PHASE_TRAILER => {
+            if blank {
+                capture_text(w);
+                start_message(&mut w.dir.http);
+            } else {
+                s.field = FIELD_REST;
+            }
+            true
+        }
+        _ => {
+            if s.flags & SEEN_START == 0 {
+                if blank {
+                    // Blank lines between messages.
+                    s.field = FIELD_START;
+                    return true;
+                }
+                s.flags |= SEEN_START;
+                if response {
+                    s.status = value.min(999) as u16;
+                }
+            } else if field == FIELD_LENGTH {
+                s.flags |= HAS_LENGTH;
+                s.length = value;
+            } else if field == FIELD_CODING {
+                s.flags |= HAS_CODING;
+                let tail = last & 0x00ff_ffff_ffff_ffff;
+                if tail == CHUNKED_TAIL {
+                    s.flags |= CHUNKED;
+                } else {
+                    s.flags &= !CHUNKED;
+                }
+            }
+            s.field = FIELD_NAME;
+            if blank {
+                capture_text(w);
+                end_head(w)
+            } else {
+                true
+            }
+        }
+    }
+}
+
+/// The head just ended: what follows it. Returns false when the walk must stop.
+#[inline(always)]
+fn end_head(w: &mut Walk) -> bool {
+    let s = w.dir.http;
+    start_message(&mut w.dir.http);
+    if s.flags & BAD_NUMBER != 0 {
+        w.lost = LOST_HEADER;
+        return false;
+    }
+    let chunked = s.flags & CHUNKED != 0;
+    if w.response == 0 {
+        if s.flags & METHOD_CONNECT != 0 {
+            return stop_both(w);
+        }
+        // Remember whether its response will have a body.
+        if w.pending < 64 {
+            w.heads |= ((s.flags & METHOD_HEAD != 0) as u64) << (w.pending & 63);
+            w.pending += 1;
+        }
+        if s.flags & HAS_CODING != 0 {
+            if !chunked {
+                w.lost = LOST_HEADER;
+                return false;
+            }
+            w.dir.http.phase = PHASE_CHUNK;
+            w.dir.http.field = FIELD_CHUNK;
+            w.dir.http.name = 0;
+        } else if s.flags & HAS_LENGTH != 0 {
+            w.dir.skip = s.length;
+        }
+        return true;
+    }
+    let status = s.status;
+    if (100..200).contains(&status) && status != 101 {
+        // Interim: the final response follows.
+        return true;
+    }
+    let head_request = if w.pending > 0 {
+        let bit = w.heads & 1;
+        w.heads >>= 1;
+        w.pending -= 1;
+        bit != 0
+    } else {
+        false
+    };
+    if status == 101 {
+        return stop_both(w);
+    }
+    if head_request || status == 204 || status == 304 {
+        return true;
+    }
+    if s.flags & HAS_CODING != 0 {
+        if !chunked {
+            return until_close(w);
+        }
+        w.dir.http.phase = PHASE_CHUNK;
+        w.dir.http.field = FIELD_CHUNK;
+        w.dir.http.name = 0;
+    } else if s.flags & HAS_LENGTH != 0 {
+        w.dir.skip = s.length;
+    } else {
+        return until_close(w);
+    }
+    true
+}
+
+/// A body delimited by the connection's close: everything after the head is body, so this
+/// direction stops being framed (the decoder counts the gap as body).
+#[inline(always)]
+fn until_close(w: &mut Walk) -> bool {
+    w.dir.mode = FRAME_OFF;
+    true
+}
+
+/// A tunnel or another protocol from here on: neither direction is framed any more.
+#[inline(always)]
+fn stop_both(w: &mut Walk) -> bool {
+    w.dir.mode = FRAME_OFF;
+    w.other_mode = FRAME_OFF;
+    true
+}
+
+/// Captures the text scanned since `hdr_pos` (from the next step on).
+#[inline(always)]
+fn capture_text(w: &mut Walk) {
+    if w.http_open != 0 && w.pos > w.hdr_pos {
+        w.cap_pos = w.hdr_pos;
+        w.cap_left = w.pos - w.hdr_pos;
+    }
+    w.http_open = 0;
+}
