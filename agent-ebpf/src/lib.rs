@@ -262,12 +262,24 @@ pub struct FrameDir {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FrameState {
     pub dirs: [FrameDir; 2],
-    /// HTTP: one bit per request whose response is still to come, oldest lowest: set for
-    /// `HEAD` (its response has no body). `pending` bits are in use.
-    pub heads: u64,
-    pub pending: u32,
-    pub _pad: u32,
+    pub http: HttpPipe,
 }
+
+/// HTTP requests whose responses are still to come, as far as framing cares: the response to a
+/// `HEAD` has no body whatever its Content-Length says. Requests and final responses are
+/// numbered from the connection's start; `heads` has a bit per request number, modulo
+/// `HTTP_PIPELINE`, set for a `HEAD` (a `HEAD` more than that many requests ahead of the
+/// responses gives framing up).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HttpPipe {
+    pub requests: u32,
+    pub responses: u32,
+    pub heads: [u64; HTTP_PIPELINE / 64],
+}
+
+/// Requests in flight whose methods framing tracks (a multiple of 64, a power of two).
+pub const HTTP_PIPELINE: usize = 256;
 
 /// Key of the socket table: a file descriptor in a process.
 #[repr(C)]

@@ -339,3 +339,283 @@ print(n, m)
     );
     no_lost_framing(&agent);
 }
+
+// HTTP/1.1: pipelines read with large buffers, so that one `read` holds many responses and
+// most of their bodies, and chunked bodies whose framing falls around the capture window.
+
+/// What a client saw on one connection: per status, responses and body payload bytes.
+#[derive(Debug, Default, PartialEq)]
+struct Seen {
+    by_status: std::collections::BTreeMap<u16, (u64, u64)>,
+}
+
+impl Seen {
+    fn total(&self) -> u64 {
+        self.by_status.values().map(|(n, _)| n).sum()
+    }
+}
+
+/// Parses a stream of responses, `heads[i]` telling whether request `i` was HEAD (its
+/// response has no body whatever its Content-Length says). Chunked bodies count their
+/// payload only.
+fn parse_responses(mut data: &[u8], heads: &[bool]) -> Seen {
+    let mut seen = Seen::default();
+    let mut i = 0;
+    while !data.is_empty() {
+        let end = data
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a whole head")
+            + 4;
+        let head = std::str::from_utf8(&data[..end])
+            .unwrap()
+            .to_ascii_lowercase();
+        data = &data[end..];
+        let status: u16 = head[9..12].parse().unwrap();
+        let field = |name: &str| {
+            head.lines()
+                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+        };
+        let mut payload = 0u64;
+        if !heads[i] {
+            if field("transfer-encoding:").is_some() {
+                loop {
+                    let eol = data.windows(2).position(|w| w == b"\r\n").unwrap();
+                    let line = std::str::from_utf8(&data[..eol]).unwrap();
+                    let size = usize::from_str_radix(line.split(';').next().unwrap(), 16).unwrap();
+                    data = &data[eol + 2..];
+                    if size == 0 {
+                        // Trailer lines up to an empty one.
+                        loop {
+                            let end = data.windows(2).position(|w| w == b"\r\n").unwrap();
+                            data = &data[end + 2..];
+                            if end == 0 {
+                                break;
+                            }
+                        }
+                        break;
+                    }
+                    payload += size as u64;
+                    data = &data[size + 2..];
+                }
+            } else {
+                let n: usize = field("content-length:").unwrap().parse().unwrap();
+                payload = n as u64;
+                data = &data[n..];
+            }
+        }
+        let entry = seen.by_status.entry(status).or_default();
+        entry.0 += 1;
+        entry.1 += payload;
+        i += 1;
+    }
+    assert_eq!(i, heads.len(), "a response per request");
+    seen
+}
+
+/// Sends `requests` in one write and reads everything until the server closes, `buffer`
+/// bytes per `read` at most.
+fn pipeline(port: u16, requests: &[u8], buffer: usize) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(requests).unwrap();
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; buffer];
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Runs Python `code` with `input` on its stdin; returns its stdout.
+fn python_stdio(code: &str, input: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("python3")
+        .args(["-c", code])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+/// Both ends counted exactly what the clients saw: responses and body bytes per status.
+fn http_ends_match(agent: &Agent, port: u16, seen: &Seen) {
+    let port = port.to_string();
+    for (status, (n, bytes)) in &seen.by_status {
+        let status = status.to_string();
+        let l = [
+            ("server_port", port.as_str()),
+            ("http_response_status_code", status.as_str()),
+        ];
+        for side in ["server", "client"] {
+            let count = format!("http_{side}_request_duration_seconds_count");
+            wait_for_metric(agent, &count, &l, *n as f64, WAIT).unwrap();
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let m = agent.metrics();
+        for side in ["server", "client"] {
+            let count = format!("http_{side}_request_duration_seconds_count");
+            assert_eq!(
+                m.sum(&count, &l),
+                *n as f64,
+                "{side} {status}\n{}",
+                m.text()
+            );
+            let body = format!("http_{side}_response_body_size_bytes_sum");
+            assert_eq!(
+                m.sum(&body, &l),
+                *bytes as f64,
+                "{side} {status}\n{}",
+                m.text()
+            );
+        }
+    }
+}
+
+/// 100 pipelined requests (GET and HEAD, files of 0 bytes to 1 MiB, some missing) on one
+/// connection, written at once and read back with 1 MiB and 64 KiB buffers, from Rust and from
+/// Python: nginx reads the pipeline in pieces, the clients read many responses per `read`.
+#[test]
+fn http_pipeline_of_a_hundred_requests_with_bodies_up_to_a_mebibyte() {
+    let root = harness::TempDir::new("pipeline").unwrap();
+    let sizes: Vec<usize> = (0..100)
+        .map(|i| match i % 10 {
+            0 => 0,
+            1 => 1,
+            2 => 4095,
+            3 => 4096,
+            4 => 4097,
+            5 => 100 * i,
+            6 => 65536,
+            7 => 8191 + i,
+            8 => 1 << 20,
+            _ => 300_000 + i,
+        })
+        .collect();
+    for (i, size) in sizes.iter().enumerate() {
+        if i % 13 != 5 {
+            std::fs::write(root.path().join(format!("f{i}")), vec![b'x'; *size]).unwrap();
+        }
+    }
+    let nginx = harness::Nginx::start(&format!(
+        "location /files/ {{ alias {}/; }}",
+        root.path().display()
+    ));
+    let agent = Agent::start(&[]).unwrap();
+    let mut requests = Vec::new();
+    let mut heads = Vec::new();
+    for i in 0..sizes.len() {
+        let head = i % 7 == 3;
+        let method = if head { "HEAD" } else { "GET" };
+        let close = if i + 1 == sizes.len() {
+            "Connection: close\r\n"
+        } else {
+            ""
+        };
+        requests.extend_from_slice(
+            format!("{method} /files/f{i} HTTP/1.1\r\nHost: x\r\nUser-Agent: pipeline-test\r\n{close}\r\n")
+                .as_bytes(),
+        );
+        heads.push(head);
+    }
+    let mut seen = parse_responses(&pipeline(nginx.port(), &requests, 1 << 20), &heads);
+    let python = parse_responses(
+        &python_stdio(
+            &format!(
+                "import socket, sys\n\
+             s = socket.create_connection(('127.0.0.1', {port}))\n\
+             s.sendall(sys.stdin.buffer.read())\n\
+             while True:\n    \
+                 b = s.recv(65536)\n    \
+                 if not b: break\n    \
+                 sys.stdout.buffer.write(b)\n",
+                port = nginx.port()
+            ),
+            &requests,
+        ),
+        &heads,
+    );
+    assert_eq!(seen, python);
+    for (n, bytes) in seen.by_status.values_mut() {
+        *n *= 2;
+        *bytes *= 2;
+    }
+    assert_eq!(seen.total(), 200);
+    assert!(seen.by_status.contains_key(&404), "{seen:?}");
+    http_ends_match(&agent, nginx.port(), &seen);
+    no_lost_framing(&agent);
+}
+
+/// A server that answers each request `GET /c/<d>` with one `write` of a chunked response
+/// whose first chunk's closing CRLF begins `d` bytes after the 4 KiB mark of the write, then
+/// chunks of 5,000 and 3 bytes, and a trailer when `d` is even.
+const CHUNKED_SERVER: &str = r#"
+import socket, sys, threading
+
+def chunk(n):
+    return b"%x\r\n" % n + b"y" * n + b"\r\n"
+
+def reply(path):
+    d = int(path.rsplit(b"/", 1)[1])
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+    first = 4096 - len(head) - len(b"%x\r\n" % 4000) + d
+    end = b"0\r\nx-checksum: 1\r\n\r\n" if d % 2 == 0 else b"0\r\n\r\n"
+    return head + chunk(first) + chunk(5000) + chunk(3) + end
+
+def serve(conn):
+    buf = b""
+    while True:
+        b = conn.recv(65536)
+        if not b:
+            break
+        buf += b
+        while b"\r\n\r\n" in buf:
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            conn.sendall(reply(head.split(b" ")[1]))
+            if b"close" in head.lower():
+                conn.close()
+                return
+    conn.close()
+
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(16)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// Chunked responses whose framing (the CRLF closing a chunk, the next size line) falls at
+/// every offset from 12 bytes before to 12 bytes after the capture window's end, pipelined and
+/// read with a large buffer.
+#[test]
+fn chunked_bodies_with_boundaries_at_every_offset_around_the_capture_window() {
+    let server = harness::PyServer::start(CHUNKED_SERVER);
+    let agent = Agent::start(&[]).unwrap();
+    let offsets: Vec<i32> = (-12..=12).collect();
+    let mut requests = Vec::new();
+    for (i, d) in offsets.iter().enumerate() {
+        let close = if i + 1 == offsets.len() {
+            "Connection: close\r\n"
+        } else {
+            ""
+        };
+        requests
+            .extend_from_slice(format!("GET /c/{d} HTTP/1.1\r\nHost: x\r\n{close}\r\n").as_bytes());
+    }
+    let heads = vec![false; offsets.len()];
+    let seen = parse_responses(&pipeline(server.port(), &requests, 1 << 20), &heads);
+    assert_eq!(seen.total(), offsets.len() as u64);
+    http_ends_match(&agent, server.port(), &seen);
+    no_lost_framing(&agent);
+}

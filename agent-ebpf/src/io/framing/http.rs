@@ -11,9 +11,9 @@
 //! a response delimited by the connection's close, a tunnel, an upgrade, a head over
 //! `MAX_HEAD` bytes, a bad chunk size.
 
-use agent_ebpf::{HttpScan, FRAME_OFF};
+use agent_ebpf::{HttpPipe, HttpScan, FRAME_OFF, HTTP_PIPELINE};
 
-use super::{Walk, LOST_HEADER, WINDOW_MASK};
+use super::{Walk, LOST_BOUND, LOST_HEADER, WINDOW_MASK};
 
 /// Head bytes at most (the userspace decoder's `MAX_HEAD_BYTES`), also per trailer and per
 /// chunk-size line.
@@ -305,9 +305,15 @@ fn end_head(w: &mut Walk) -> bool {
             return stop_both(w);
         }
         // Remember whether its response will have a body.
-        if w.pending < 64 {
-            w.heads |= ((s.flags & METHOD_HEAD != 0) as u64) << (w.pending & 63);
-            w.pending += 1;
+        let number = w.pipe.requests;
+        w.pipe.requests = number.wrapping_add(1);
+        if s.flags & METHOD_HEAD != 0 {
+            if number.wrapping_sub(w.pipe.responses) >= HTTP_PIPELINE as u32 {
+                w.lost = LOST_BOUND;
+                return false;
+            }
+            let bit = number as usize & (HTTP_PIPELINE - 1);
+            w.pipe.heads[(bit >> 6) & (HTTP_PIPELINE / 64 - 1)] |= 1 << (bit & 63);
         }
         if s.flags & HAS_CODING != 0 {
             if !chunked {
@@ -327,14 +333,9 @@ fn end_head(w: &mut Walk) -> bool {
         // Interim: the final response follows.
         return true;
     }
-    let head_request = if w.pending > 0 {
-        let bit = w.heads & 1;
-        w.heads >>= 1;
-        w.pending -= 1;
-        bit != 0
-    } else {
-        false
-    };
+    let number = w.pipe.responses;
+    w.pipe.responses = number.wrapping_add(1);
+    let head_request = answers_head(&mut w.pipe, number);
     if status == 101 {
         return stop_both(w);
     }
@@ -354,6 +355,17 @@ fn end_head(w: &mut Walk) -> bool {
         return until_close(w);
     }
     true
+}
+
+/// Whether final response `number` answers a `HEAD` request (its bit is cleared).
+#[inline(always)]
+fn answers_head(pipe: &mut HttpPipe, number: u32) -> bool {
+    let bit = number as usize & (HTTP_PIPELINE - 1);
+    let word = &mut pipe.heads[(bit >> 6) & (HTTP_PIPELINE / 64 - 1)];
+    let mask = 1u64 << (bit & 63);
+    let head = *word & mask != 0;
+    *word &= !mask;
+    head
 }
 
 /// A body delimited by the connection's close: everything after the head is body, so this

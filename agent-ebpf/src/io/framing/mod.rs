@@ -26,9 +26,10 @@
 use core::ffi::c_void;
 
 use agent_ebpf::{
-    Counter, FrameDir, FrameRecord, FrameState, DIR_EGRESS, DIR_INGRESS, FRAME_DETECT,
-    FRAME_EVENT_BUDGET, FRAME_HTTP, FRAME_KAFKA, FRAME_OFF, FRAME_PG, FRAME_PG_ANSWER, FRAME_PG_STARTUP,
-    FRAME_RECORD_LEN, MAX_CAPTURE, MAX_FRAME_EVENTS, MAX_FRAME_STEPS, MAX_IOVECS, ORIGIN_CONNECT,
+    Counter, FrameDir, FrameRecord, FrameState, HttpPipe, DIR_EGRESS, DIR_INGRESS, FRAME_DETECT,
+    FRAME_EVENT_BUDGET, FRAME_HTTP, FRAME_KAFKA, FRAME_OFF, FRAME_PG, FRAME_PG_ANSWER,
+    FRAME_PG_STARTUP, FRAME_RECORD_LEN, MAX_CAPTURE, MAX_FRAME_EVENTS, MAX_FRAME_STEPS, MAX_IOVECS,
+    ORIGIN_CONNECT,
 };
 use aya_ebpf::{
     helpers::{
@@ -125,9 +126,8 @@ pub struct Walk {
     /// HTTP: where the text not yet captured begins, while `http_open`.
     hdr_pos: u64,
     http_open: u8,
-    /// The connection's `FrameState::heads` and `pending` (HTTP), written back at the end.
-    heads: u64,
-    pending: u32,
+    /// The connection's `FrameState::http`, written back at the end.
+    pipe: HttpPipe,
     /// The capture in progress: from this offset, this many bytes still to copy.
     cap_pos: u64,
     cap_left: u64,
@@ -216,8 +216,7 @@ pub fn frame(
     w.lost = 0;
     w.hdr_pos = 0;
     w.http_open = 0;
-    w.heads = state.heads;
-    w.pending = state.pending;
+    w.pipe = state.http;
     w.cap_pos = 0;
     w.cap_left = 0;
     w.win_start = 0;
@@ -249,8 +248,7 @@ pub fn frame(
     }
     flush(w, buf, ret);
     state.dirs[this] = w.dir;
-    state.heads = w.heads;
-    state.pending = w.pending;
+    state.http = w.pipe;
     if w.other_mode != NO_CHANGE {
         state.dirs[other].mode = w.other_mode;
     }
