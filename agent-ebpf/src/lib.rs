@@ -227,14 +227,13 @@ pub struct HttpScan {
     pub line: u32,
     /// Bytes of the current head, trailer or chunk-size line (bounded).
     pub bytes: u32,
-    pub status: u16,
+    pub status: u32,
     /// What is being scanned: a head, a chunk-size line, a trailer.
     pub phase: u8,
     /// What the current line's bytes are: a field name, a value of interest, the rest.
     pub field: u8,
     /// What the current head said (start line seen, HEAD, CONNECT, lengths).
-    pub flags: u8,
-    pub _pad: [u8; 3],
+    pub flags: u16,
 }
 
 /// One direction's framing state, carried from syscall to syscall.

@@ -33,22 +33,58 @@ enum Mode {
     Pg,
     PgAnswer,
     Kafka,
+    Http,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Dir {
     mode: Mode,
     skip: u64,
     head_left: u64,
     hdr: [u8; 8],
     have: usize,
+    http: Scan,
 }
+
+/// HTTP: what is being scanned (kernel `HttpScan`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Phase {
+    #[default]
+    Head,
+    Chunk,
+    Trailer,
+}
+
+/// One direction's HTTP scan: the current line (CR bytes dropped, as the kernel ignores
+/// them), the text bytes of the current head, trailer or chunk-size line, and what the head
+/// said so far.
+#[derive(Clone, Debug, Default)]
+struct Scan {
+    phase: Phase,
+    line: Vec<u8>,
+    bytes: usize,
+    seen_start: bool,
+    head: bool,
+    connect: bool,
+    length: Option<u64>,
+    chunked: Option<bool>,
+    bad: bool,
+    status: u16,
+}
+
+/// The kernel's bounds (`agent-ebpf/src/io/framing/http.rs`).
+const MAX_HTTP_TEXT: usize = 16 * 1024;
+const HTTP_PIPELINE: u32 = 256;
 
 /// Both directions of one connection, as the kernel keeps them.
 pub struct Walker {
     /// `[request, response]`.
     dirs: [Dir; 2],
     cap: u64,
+    /// HTTP: requests and final responses so far, and the numbers of pending `HEAD`s.
+    requests: u32,
+    responses: u32,
+    heads: std::collections::BTreeSet<u32>,
 }
 
 const SSL: u32 = 80877103;
@@ -63,10 +99,14 @@ impl Walker {
             head_left: 0,
             hdr: [0; 8],
             have: 0,
+            http: Scan::default(),
         };
         Walker {
-            dirs: [dir; 2],
+            dirs: [dir.clone(), dir],
             cap,
+            requests: 0,
+            responses: 0,
+            heads: Default::default(),
         }
     }
 
@@ -93,7 +133,7 @@ impl Walker {
             return Ok(None);
         }
         let mut out = Pieces::default();
-        let mut d = self.dirs[this];
+        let mut d = self.dirs[this].clone();
         let mut other_mode = None;
         let response = stream == Stream::Response;
         let mut pos = 0usize;
@@ -110,6 +150,34 @@ impl Walker {
                 d.head_left -= head as u64;
                 d.skip -= n as u64;
                 pos += n;
+                continue;
+            }
+            if d.mode == Mode::Http {
+                let start = pos;
+                let Some(k) = b[pos..].iter().position(|&c| c == b'\n') else {
+                    d.http.line.extend(b[pos..].iter().filter(|&&c| c != b'\r'));
+                    d.http.bytes += b.len() - pos;
+                    pos = b.len();
+                    out.capture(&b[start..pos]);
+                    if d.http.bytes > MAX_HTTP_TEXT {
+                        return Err(lost(out, 0, b"text bound"));
+                    }
+                    break;
+                };
+                d.http
+                    .line
+                    .extend(b[pos..pos + k].iter().filter(|&&c| c != b'\r'));
+                d.http.bytes += k + 1;
+                pos += k + 1;
+                out.capture(&b[start..pos]);
+                if d.http.bytes > MAX_HTTP_TEXT {
+                    return Err(lost(out, b.len() - pos, b"text bound"));
+                }
+                match self.http_line(&mut d, response) {
+                    Ok(Some(mode)) => other_mode = Some(mode),
+                    Ok(None) => {}
+                    Err(why) => return Err(lost(out, b.len() - pos, why.as_bytes())),
+                }
                 continue;
             }
             let size = match d.mode {
@@ -172,7 +240,7 @@ impl Walker {
                     }
                     (len + 4, false, 0)
                 }
-                Mode::Detect | Mode::Off => unreachable!(),
+                Mode::Detect | Mode::Off | Mode::Http => unreachable!(),
             };
             let body = total - size as u64;
             if whole && runnable && body <= (b.len() - pos) as u64 {
@@ -203,6 +271,134 @@ impl Walker {
     }
 }
 
+impl Walker {
+    /// Acts on the HTTP line that just ended (in `d.http.line`), as the kernel does. Returns
+    /// a new mode for the other direction, or why framing is lost.
+    fn http_line(&mut self, d: &mut Dir, response: bool) -> Result<Option<Mode>, &'static str> {
+        let s = &mut d.http;
+        let line = std::mem::take(&mut s.line);
+        let blank = line.is_empty();
+        match s.phase {
+            Phase::Chunk => {
+                let digits = line.iter().take_while(|c| c.is_ascii_hexdigit()).count();
+                if digits == 0 || digits > 16 {
+                    return Err("bad chunk size");
+                }
+                let size = u64::from_str_radix(std::str::from_utf8(&line[..digits]).unwrap(), 16)
+                    .map_err(|_| "bad chunk size")?;
+                s.bytes = 0;
+                if size == 0 {
+                    s.phase = Phase::Trailer;
+                } else {
+                    d.skip = size.saturating_add(2);
+                }
+                Ok(None)
+            }
+            Phase::Trailer => {
+                if blank {
+                    *s = Scan::default();
+                }
+                Ok(None)
+            }
+            Phase::Head if !s.seen_start => {
+                if blank {
+                    return Ok(None);
+                }
+                s.seen_start = true;
+                let first = line.split(|&c| c == b' ').next().unwrap_or_default();
+                if response {
+                    let rest = line.get(first.len() + 1..).unwrap_or_default();
+                    let mut status = 0u64;
+                    for c in rest.iter().take_while(|c| c.is_ascii_digit()) {
+                        if status >= 1000 {
+                            break;
+                        }
+                        status = status * 10 + u64::from(c - b'0');
+                    }
+                    s.status = status.min(999) as u16;
+                } else if line.len() > first.len() {
+                    s.head = first.eq_ignore_ascii_case(b"head");
+                    s.connect = first.eq_ignore_ascii_case(b"connect");
+                }
+                Ok(None)
+            }
+            Phase::Head if !blank => {
+                let Some(colon) = line.iter().position(|&c| c == b':') else {
+                    return Ok(None);
+                };
+                let lower: Vec<u8> = line[..colon].iter().map(|c| c | 0x20).collect();
+                let value = &line[colon + 1..];
+                if lower == b"content-length" {
+                    let mut n = 0u64;
+                    for &c in value {
+                        match c {
+                            b'0'..=b'9' if n < 1 << 56 => n = n * 10 + u64::from(c - b'0'),
+                            b',' => n = 0,
+                            b' ' | b'\t' => {}
+                            _ => s.bad = true,
+                        }
+                    }
+                    s.length = Some(n);
+                } else if lower == b"transfer-encoding" {
+                    let tail: Vec<u8> = line.iter().rev().take(7).rev().map(|c| c | 0x20).collect();
+                    s.chunked = Some(tail == b"chunked");
+                }
+                Ok(None)
+            }
+            Phase::Head => self.http_head_end(d, response),
+        }
+    }
+
+    /// The head in `d.http` ended: what follows it, as the kernel decides.
+    fn http_head_end(&mut self, d: &mut Dir, response: bool) -> Result<Option<Mode>, &'static str> {
+        let s = std::mem::take(&mut d.http);
+        if s.bad {
+            return Err("bad content-length");
+        }
+        if !response {
+            if s.connect {
+                d.mode = Mode::Off;
+                return Ok(Some(Mode::Off));
+            }
+            let number = self.requests;
+            self.requests += 1;
+            if s.head {
+                if number - self.responses >= HTTP_PIPELINE {
+                    return Err("pipeline bound");
+                }
+                self.heads.insert(number);
+            }
+            match (s.chunked, s.length) {
+                (Some(true), _) => d.http.phase = Phase::Chunk,
+                (Some(false), _) => return Err("request coding not chunked"),
+                (None, Some(n)) => d.skip = n,
+                (None, None) => {}
+            }
+            return Ok(None);
+        }
+        if (100..200).contains(&s.status) && s.status != 101 {
+            return Ok(None);
+        }
+        let number = self.responses;
+        self.responses += 1;
+        let head = self.heads.remove(&number);
+        if s.status == 101 {
+            d.mode = Mode::Off;
+            return Ok(Some(Mode::Off));
+        }
+        if head || s.status == 204 || s.status == 304 {
+            return Ok(None);
+        }
+        match (s.chunked, s.length) {
+            (Some(true), _) => d.http.phase = Phase::Chunk,
+            (None, Some(n)) => d.skip = n,
+            // Until the connection closes: not framed from here on.
+            _ => d.mode = Mode::Off,
+        }
+        Ok(None)
+    }
+}
+
 /// Framing lost at a header (the kernel gives framing up for the direction): recorded
 /// fixtures never do this, so it is an error naming what was delivered and the header.
 fn lost(out: Pieces, rest: usize, hdr: &[u8]) -> String {
@@ -213,6 +409,12 @@ fn lost(out: Pieces, rest: usize, hdr: &[u8]) -> String {
 }
 
 fn detect(b: &[u8]) -> (Mode, Mode) {
+    const METHODS: [&[u8; 4]; 8] = [
+        b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"OPTI", b"PATC", b"TRAC",
+    ];
+    if b.len() >= 8 && METHODS.iter().any(|m| b.starts_with(*m)) {
+        return (Mode::Http, Mode::Http);
+    }
     if b.len() < 8 {
         return (Mode::Off, Mode::Off);
     }

@@ -11,6 +11,8 @@
 //! a response delimited by the connection's close, a tunnel, an upgrade, a head over
 //! `MAX_HEAD` bytes, a bad chunk size.
 
+use core::ptr::write_volatile;
+
 use agent_ebpf::{HttpPipe, HttpScan, FRAME_OFF, HTTP_PIPELINE};
 
 use super::{Walk, LOST_BOUND, LOST_HEADER, WINDOW_MASK};
@@ -36,13 +38,13 @@ const FIELD_CHUNK: u8 = 5;
 const FIELD_REST: u8 = 6;
 
 /// `HttpScan::flags`.
-const SEEN_START: u8 = 1;
-const METHOD_HEAD: u8 = 2;
-const METHOD_CONNECT: u8 = 4;
-const HAS_LENGTH: u8 = 8;
-const HAS_CODING: u8 = 16;
-const CHUNKED: u8 = 32;
-const BAD_NUMBER: u8 = 64;
+const SEEN_START: u16 = 1;
+const METHOD_HEAD: u16 = 2;
+const METHOD_CONNECT: u16 = 4;
+const HAS_LENGTH: u16 = 8;
+const HAS_CODING: u16 = 16;
+const CHUNKED: u16 = 32;
+const BAD_NUMBER: u16 = 64;
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
@@ -78,10 +80,22 @@ pub fn is_request_start(first4: u32) -> bool {
 /// A fresh scanner for the next message.
 #[inline(always)]
 fn start_message(s: &mut HttpScan) {
-    *s = HttpScan::default();
-    s.name = FNV_OFFSET;
-    s.phase = PHASE_HEAD;
-    s.field = FIELD_START;
+    // Field by field, and volatile: the compiler would otherwise merge the zeroing into a
+    // call to `memset`, a BPF subprogram whose frame the call chain of callbacks cannot spare
+    // (512 bytes of stack in all on Linux 6.1, each frame rounded up to 32).
+    // SAFETY: plain stores to fields of a live map value.
+    unsafe {
+        write_volatile(&mut s.name, FNV_OFFSET);
+        write_volatile(&mut s.value, 0);
+        write_volatile(&mut s.last, 0);
+        write_volatile(&mut s.length, 0);
+        write_volatile(&mut s.line, 0);
+        write_volatile(&mut s.bytes, 0);
+        write_volatile(&mut s.status, 0);
+        write_volatile(&mut s.phase, PHASE_HEAD);
+        write_volatile(&mut s.field, FIELD_START);
+        write_volatile(&mut s.flags, 0);
+    }
 }
 
 /// One step in `FRAME_HTTP` mode: scans up to `SCAN` bytes, stopping after a line feed, and
@@ -113,7 +127,10 @@ pub fn step(w: &mut Walk) -> i64 {
             line_end = true;
             break;
         }
-        scan_byte(s, c, response);
+        // The rest of a line whose content framing does not need: only its end matters.
+        if s.field != FIELD_REST {
+            scan_byte(s, c, response);
+        }
     }
     w.pos += i;
     s.bytes = s.bytes.saturating_add(i as u32);
@@ -222,10 +239,14 @@ fn end_line(w: &mut Walk) -> bool {
     let last = s.last;
     let value = s.value;
     let digits = s.name;
-    s.line = 0;
-    s.last = 0;
-    s.value = 0;
-    s.name = FNV_OFFSET;
+    // Volatile for the reason `start_message` gives.
+    // SAFETY: plain stores to fields of a live map value.
+    unsafe {
+        write_volatile(&mut s.line, 0);
+        write_volatile(&mut s.last, 0);
+        write_volatile(&mut s.value, 0);
+        write_volatile(&mut s.name, FNV_OFFSET);
+    }
     match s.phase {
         PHASE_CHUNK => {
             // A chunk-size line: its hex digits (counted in `name`), then extensions.
@@ -238,7 +259,8 @@ fn end_line(w: &mut Walk) -> bool {
             s.bytes = 0;
             if value == 0 {
                 s.phase = PHASE_TRAILER;
-                s.field = FIELD_REST;
+                // Scanned as names, so that an empty line is told from a trailer field.
+                s.field = FIELD_NAME;
             } else {
                 s.field = FIELD_CHUNK;
                 s.name = 0;
@@ -252,7 +274,7 @@ fn end_line(w: &mut Walk) -> bool {
                 capture_text(w);
                 start_message(&mut w.dir.http);
             } else {
-                s.field = FIELD_REST;
+                s.field = FIELD_NAME;
             }
             true
         }
@@ -265,7 +287,7 @@ fn end_line(w: &mut Walk) -> bool {
                 }
                 s.flags |= SEEN_START;
                 if response {
-                    s.status = value.min(999) as u16;
+                    s.status = value.min(999) as u32;
                 }
             } else if field == FIELD_LENGTH {
                 s.flags |= HAS_LENGTH;
@@ -293,21 +315,23 @@ fn end_line(w: &mut Walk) -> bool {
 /// The head just ended: what follows it. Returns false when the walk must stop.
 #[inline(always)]
 fn end_head(w: &mut Walk) -> bool {
-    let s = w.dir.http;
+    let flags = w.dir.http.flags;
+    let status = w.dir.http.status;
+    let length = w.dir.http.length;
     start_message(&mut w.dir.http);
-    if s.flags & BAD_NUMBER != 0 {
+    if flags & BAD_NUMBER != 0 {
         w.lost = LOST_HEADER;
         return false;
     }
-    let chunked = s.flags & CHUNKED != 0;
+    let chunked = flags & CHUNKED != 0;
     if w.response == 0 {
-        if s.flags & METHOD_CONNECT != 0 {
+        if flags & METHOD_CONNECT != 0 {
             return stop_both(w);
         }
         // Remember whether its response will have a body.
         let number = w.pipe.requests;
         w.pipe.requests = number.wrapping_add(1);
-        if s.flags & METHOD_HEAD != 0 {
+        if flags & METHOD_HEAD != 0 {
             if number.wrapping_sub(w.pipe.responses) >= HTTP_PIPELINE as u32 {
                 w.lost = LOST_BOUND;
                 return false;
@@ -315,7 +339,7 @@ fn end_head(w: &mut Walk) -> bool {
             let bit = number as usize & (HTTP_PIPELINE - 1);
             w.pipe.heads[(bit >> 6) & (HTTP_PIPELINE / 64 - 1)] |= 1 << (bit & 63);
         }
-        if s.flags & HAS_CODING != 0 {
+        if flags & HAS_CODING != 0 {
             if !chunked {
                 w.lost = LOST_HEADER;
                 return false;
@@ -323,12 +347,11 @@ fn end_head(w: &mut Walk) -> bool {
             w.dir.http.phase = PHASE_CHUNK;
             w.dir.http.field = FIELD_CHUNK;
             w.dir.http.name = 0;
-        } else if s.flags & HAS_LENGTH != 0 {
-            w.dir.skip = s.length;
+        } else if flags & HAS_LENGTH != 0 {
+            w.dir.skip = length;
         }
         return true;
     }
-    let status = s.status;
     if (100..200).contains(&status) && status != 101 {
         // Interim: the final response follows.
         return true;
@@ -342,15 +365,15 @@ fn end_head(w: &mut Walk) -> bool {
     if head_request || status == 204 || status == 304 {
         return true;
     }
-    if s.flags & HAS_CODING != 0 {
+    if flags & HAS_CODING != 0 {
         if !chunked {
             return until_close(w);
         }
         w.dir.http.phase = PHASE_CHUNK;
         w.dir.http.field = FIELD_CHUNK;
         w.dir.http.name = 0;
-    } else if s.flags & HAS_LENGTH != 0 {
-        w.dir.skip = s.length;
+    } else if flags & HAS_LENGTH != 0 {
+        w.dir.skip = length;
     } else {
         return until_close(w);
     }

@@ -720,13 +720,23 @@ fn close_run(w: &mut Walk, buf: &mut EventBuf) {
 #[inline(always)]
 fn put_record(w: &mut Walk, buf: &mut EventBuf, record: FrameRecord) {
     let at = w.fill & MASK;
-    // SAFETY: at < MAX_CAPTURE and the record is 16 bytes, inside the 2 * MAX_CAPTURE payload.
-    unsafe {
-        core::ptr::write_unaligned(
-            buf.payload.as_mut_ptr().add(at as usize) as *mut FrameRecord,
-            record,
-        )
-    };
+    // Four 32-bit stores (the type byte and its padding as one): storing the struct would
+    // zero the padding with a call to `memset`, a BPF subprogram whose frame the call chain
+    // of callbacks cannot spare (512 bytes of stack in all on Linux 6.1, each frame rounded up
+    // to 32).
+    let words = [record.offset, record.len, record.count, record.kind as u32];
+    let mut i = 0;
+    while i < 4 {
+        // SAFETY: at < MAX_CAPTURE and the record is 16 bytes, inside the 2 * MAX_CAPTURE
+        // payload.
+        unsafe {
+            core::ptr::write_unaligned(
+                buf.payload.as_mut_ptr().add(at as usize + 4 * i) as *mut u32,
+                words[i],
+            )
+        };
+        i += 1;
+    }
     w.fill += FRAME_RECORD_LEN as u64;
 }
 

@@ -963,6 +963,13 @@ const GOLDEN: Golden<Http1Decoder> = Golden {
 
 testkit::golden_tests!(GOLDEN);
 
+/// The same fixtures as the kernel's HTTP framing delivers them (heads and chunk-size lines
+/// captured, bodies skipped), split at every byte.
+#[test]
+fn golden_fixtures_framed() {
+    testkit::golden_fixtures_framed(&GOLDEN);
+}
+
 /// Rough throughput: `cargo test --release -p agent --lib http1::tests::throughput -- --ignored --nocapture`.
 #[test]
 #[ignore]
