@@ -49,9 +49,9 @@ const STATEMENTS_METRIC: &str = "db_server_operation_duration_seconds_count";
 const SERVER_ROWS_METRIC: &str = "db_server_response_returned_rows_sum";
 const CLIENT_ROWS_METRIC: &str = "db_client_response_returned_rows_sum";
 /// The kernel programs' own run time (only with `--bpf-stats`), one series per program.
-const BPF_TIME_METRIC: &str = "periscope_bpf_program_run_time_seconds_total";
+pub(crate) const BPF_TIME_METRIC: &str = "periscope_bpf_program_run_time_seconds_total";
 /// Payload bytes copied from the kernel to the agent.
-const CAPTURED_METRIC: &str = "periscope_captured_bytes_total";
+pub(crate) const CAPTURED_METRIC: &str = "periscope_captured_bytes_total";
 /// The label that tells this server's series apart from other databases' on the machine.
 const PORT_LABEL: &str = "server_port";
 /// File name prefix of pgbench's per-transaction logs (`-l --log-prefix`).
@@ -59,7 +59,7 @@ const LOG_PREFIX: &str = "pgbench_log";
 
 /// What runs next to pgbench.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Variant {
+pub(crate) enum Variant {
     /// No agent.
     Without,
     /// An agent that captures a prefix per syscall (`--framing=false`).
@@ -70,9 +70,9 @@ enum Variant {
 
 impl Variant {
     /// In the order each round runs them.
-    const ALL: [Variant; 3] = [Variant::Without, Variant::Prefix, Variant::Framed];
+    pub(crate) const ALL: [Variant; 3] = [Variant::Without, Variant::Prefix, Variant::Framed];
 
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Variant::Without => "without",
             Variant::Prefix => "prefix",
@@ -81,7 +81,7 @@ impl Variant {
     }
 
     /// The agent's arguments for this variant, before the user's; `None` without an agent.
-    fn agent_args(self) -> Option<&'static [&'static str]> {
+    pub(crate) fn agent_args(self) -> Option<&'static [&'static str]> {
         match self {
             Variant::Without => None,
             Variant::Prefix => Some(&["--framing=false", "--bpf-stats"]),

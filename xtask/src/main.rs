@@ -6,6 +6,7 @@ mod bench_compare;
 mod bench_decode;
 mod bench_flows;
 mod bench_framing;
+mod bench_framing_http;
 mod bench_pgbench;
 mod bench_syscall;
 mod bench_traces;
@@ -89,6 +90,10 @@ enum Bench {
     /// (`--framing=false`) and in-kernel framing, alternating; CPU, BPF time and bytes copied
     /// per statement, and rows counted.
     Framing(bench_framing::FramingArgs),
+    /// HTTP/1.1 pipelining with large bodies (nginx under wrk): no agent, prefix capture
+    /// (`--framing=false`) and in-kernel framing, alternating; CPU, BPF time and bytes copied
+    /// per request by body size, and requests counted.
+    FramingHttp(bench_framing_http::FramingHttpArgs),
 }
 
 fn main() -> ExitCode {
@@ -105,6 +110,7 @@ fn main() -> ExitCode {
         Cli::Bench(Bench::Flows(args)) => bench_flows::flows(&args),
         Cli::Bench(Bench::Traces(args)) => bench_traces::traces(&args),
         Cli::Bench(Bench::Framing(args)) => bench_framing::framing(&args),
+        Cli::Bench(Bench::FramingHttp(args)) => bench_framing_http::framing_http(&args),
         Cli::Image(args) => image::image(&args),
         Cli::Vm(args) => vm::vm(&args),
         Cli::BenchWorker {
