@@ -324,7 +324,7 @@ fn fill_header(
     header.frame_start = 0;
     header.frame_end = 0;
     header.frame_seq = 0;
-    header._pad = 0;
+    header.frame_skipped = 0;
 }
 
 /// Sends the header plus `captured` payload bytes.

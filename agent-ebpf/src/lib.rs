@@ -158,7 +158,10 @@ pub struct EventHeader {
     /// events (wrapping). A gap means events were lost (ring buffer full): userspace then
     /// knows the decoder's framing is no longer to be trusted.
     pub frame_seq: u32,
-    pub _pad: u32,
+    /// Framed `Data` events: body bytes of this direction skipped before this syscall, in
+    /// syscalls that carried nothing but the middle of a body and sent no event (their bytes
+    /// come before `frame_start`).
+    pub frame_skipped: u32,
 }
 
 pub const HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
@@ -252,7 +255,9 @@ pub struct FrameDir {
     pub hdr: [u8; 16],
     /// The next framed event's `EventHeader::frame_seq`.
     pub seq: u32,
-    pub _pad2: u32,
+    /// Body bytes skipped in syscalls that sent no event, for the next event's
+    /// `EventHeader::frame_skipped`.
+    pub skipped: u32,
     pub http: HttpScan,
 }
 

@@ -619,3 +619,37 @@ fn chunked_bodies_with_boundaries_at_every_offset_around_the_capture_window() {
     http_ends_match(&agent, server.port(), &seen);
     no_lost_framing(&agent);
 }
+
+/// nginx with `sendfile on` (the distributions' default) writes each head and sends the body
+/// from the file with no user buffer: the kernel skips those bytes by length and keeps framing.
+#[test]
+fn http_bodies_sent_with_sendfile_keep_framing() {
+    let root = harness::TempDir::new("sendfile").unwrap();
+    let sizes = [0usize, 1, 4097, 65536, 1 << 20, 300_001];
+    for (i, size) in sizes.iter().enumerate() {
+        std::fs::write(root.path().join(format!("f{i}")), vec![b'x'; *size]).unwrap();
+    }
+    let nginx = harness::Nginx::start(&format!(
+        "sendfile on; location /files/ {{ alias {}/; }}",
+        root.path().display()
+    ));
+    let agent = Agent::start(&[]).unwrap();
+    let mut requests = Vec::new();
+    let mut heads = Vec::new();
+    for round in 0..5 {
+        for i in 0..sizes.len() {
+            let head = (round + i) % 4 == 1;
+            let method = if head { "HEAD" } else { "GET" };
+            requests.extend_from_slice(
+                format!("{method} /files/f{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+            );
+            heads.push(head);
+        }
+    }
+    requests.extend_from_slice(b"GET /files/f0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    heads.push(false);
+    let seen = parse_responses(&pipeline(nginx.port(), &requests, 1 << 20), &heads);
+    assert_eq!(seen.total(), heads.len() as u64);
+    http_ends_match(&agent, nginx.port(), &seen);
+    no_lost_framing(&agent);
+}

@@ -62,6 +62,8 @@ pub fn pieces<'a>(header: &EventHeader, payload: &'a [u8]) -> Pieces<'a> {
     let mut cursor = u64::from(header.frame_start);
     let mut out: Vec<Piece<'a>> = Vec::new();
     let mut rest = payload;
+    // Body bytes of syscalls that sent no event come first.
+    gap(&mut out, u64::from(header.frame_skipped));
     while rest.len() >= FRAME_RECORD_LEN {
         let record = record(&rest[..FRAME_RECORD_LEN]);
         rest = &rest[FRAME_RECORD_LEN..];
@@ -179,6 +181,28 @@ mod tests {
             }]
         );
         assert_eq!(prefix(&header, &got), (&b"abc"[..], 10));
+    }
+
+    #[test]
+    fn bytes_skipped_in_syscalls_without_events_come_first() {
+        let payload = encode(&[data(40, b"HTTP")]);
+        let mut header = framed(0, 50, 50);
+        header.frame_skipped = 1000;
+        let got = pieces(&header, &payload);
+        assert_eq!(
+            got.to_vec(),
+            vec![
+                Piece::Bytes {
+                    bytes: b"",
+                    len: 1040
+                },
+                Piece::Bytes {
+                    bytes: b"HTTP",
+                    len: 10
+                },
+            ]
+        );
+        assert_eq!(prefix(&header, &got), (&b""[..], 50));
     }
 
     #[test]

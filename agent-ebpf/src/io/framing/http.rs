@@ -20,7 +20,7 @@ use super::{Walk, LOST_BOUND, LOST_HEADER, WINDOW_MASK};
 /// Head bytes at most (the userspace decoder's `MAX_HEAD_BYTES`), also per trailer and per
 /// chunk-size line.
 const MAX_HEAD: u32 = 16 * 1024;
-/// Bytes scanned per step at most (a step also ends at each line feed).
+/// Bytes scanned per step at most (a step also ends at each line feed framing must act on).
 const SCAN: u64 = 16;
 
 /// `HttpScan::phase`.
@@ -124,6 +124,15 @@ pub fn step(w: &mut Walk) -> i64 {
         let c = w.win[((from + i) & WINDOW_MASK) as usize];
         i += 1;
         if c == b'\n' {
+            if s.field == FIELD_REST
+                && (s.phase == PHASE_TRAILER
+                    || (s.phase == PHASE_HEAD && s.flags & SEEN_START != 0))
+            {
+                // A field line framing ignores ended: the next one starts without leaving
+                // the step (as `end_line` would).
+                next_field_line(s);
+                continue;
+            }
             line_end = true;
             break;
         }
@@ -226,6 +235,20 @@ fn scan_byte(s: &mut HttpScan, c: u8, response: bool) {
             }
         }
         _ => {}
+    }
+}
+
+/// Starts scanning a field line (of a head or a trailer).
+#[inline(always)]
+fn next_field_line(s: &mut HttpScan) {
+    // Volatile for the reason `start_message` gives.
+    // SAFETY: plain stores to fields of a live map value.
+    unsafe {
+        write_volatile(&mut s.line, 0);
+        write_volatile(&mut s.last, 0);
+        write_volatile(&mut s.value, 0);
+        write_volatile(&mut s.name, FNV_OFFSET);
+        write_volatile(&mut s.field, FIELD_NAME);
     }
 }
 

@@ -8,20 +8,22 @@
 //! PostgreSQL `DataRow`/`CopyData` messages wholly inside a syscall are not captured at all: a
 //! run of them becomes one record (count and bytes). What reaches userspace per message is
 //! therefore bounded, and what reaches it per syscall shrinks for large bodies instead of
-//! growing. See `FrameRecord` for the event layout.
+//! growing. HTTP/1.x text heads are scanned instead (`http.rs`) and its bodies skipped by
+//! Content-Length or chunk size. See `FrameRecord` for the event layout.
 //!
 //! Framing is decided from a connection's first request bytes, in the kernel itself (userspace
 //! learns a protocol 5–50 ms later, when the first large result may long be gone): a PostgreSQL
-//! start-up packet or a Kafka request header. Anything else (HTTP, unknown protocols,
-//! connections found already open) keeps prefix capture. State per connection and direction
+//! start-up packet, a Kafka request header or an HTTP/1.x request line. Anything else
+//! (unknown protocols, connections found already open) keeps prefix capture. State per connection and direction
 //! (`FrameDir`) carries a message that spans syscalls: the body bytes still to skip, the head
 //! bytes still to capture, and a header split across two syscalls.
 //!
 //! The walk is one `bpf_loop` (Linux 5.17+) step per message; the loader falls back to the
 //! prefix-only programs where the helper is missing. A header that does not parse, more than
 //! `MAX_FRAME_STEPS` messages or `MAX_FRAME_EVENTS` events in one syscall, or a syscall without
-//! a user buffer (sendfile) give framing up for that direction (counted); the rest of the
-//! syscall becomes a gap and later syscalls are captured by prefix.
+//! a user buffer (sendfile) that does not only send the rest of a body, give framing up for
+//! that direction (counted); the rest of the syscall becomes a gap and later syscalls are
+//! captured by prefix.
 
 use core::ffi::c_void;
 
@@ -189,11 +191,29 @@ pub fn frame(
     if state.dirs[this].mode == FRAME_OFF {
         return false;
     }
+    // A syscall wholly inside a body that it does not finish sends no event: its bytes are
+    // added to the next event's `frame_skipped`. Large bodies then cost events per message,
+    // not per syscall (the syscall that ends the body sends one, with its time).
+    let dir = &mut state.dirs[this];
+    if dir.skip > ret && dir.head_left == 0 && dir.skipped as u64 + ret <= u32::MAX as u64 {
+        dir.skip -= ret;
+        dir.skipped += ret as u32;
+        return true;
+    }
     let Some(w) = WALK.get_ptr_mut(0) else {
         return false;
     };
     // SAFETY: the per-CPU walk slot is ours for the duration of this program.
     let w = unsafe { &mut *w };
+    // No user buffer (sendfile): fine while it only sends the rest of a body, whose bytes
+    // are skipped anyway (nginx serving files: the head is written, the body sent from the
+    // file).
+    let dir = &state.dirs[this];
+    let body_only = dir.skip >= ret && dir.head_left == 0;
+    let source = match source {
+        Source::None if body_only => Source::Flat(0),
+        other => other,
+    };
     if !locate_source(w, source, ret) {
         state.dirs[this].mode = FRAME_OFF;
         bump(Counter::FramingBound);
@@ -242,9 +262,11 @@ pub fn frame(
             Counter::FramingBound
         });
         let seq = w.dir.seq;
+        let skipped = w.dir.skipped;
         w.dir = FrameDir::default();
         w.dir.mode = FRAME_OFF;
         w.dir.seq = seq;
+        w.dir.skipped = skipped;
     }
     flush(w, buf, ret);
     state.dirs[this] = w.dir;
@@ -744,6 +766,8 @@ fn put_record(w: &mut Walk, buf: &mut EventBuf, record: FrameRecord) {
 /// next one there.
 #[inline(always)]
 fn flush(w: &mut Walk, buf: &mut EventBuf, end: u64) {
+    buf.header.frame_skipped = w.dir.skipped;
+    w.dir.skipped = 0;
     buf.header.frame_start = w.frame_start as u32;
     buf.header.frame_end = end as u32;
     buf.header.frame_seq = w.dir.seq;
