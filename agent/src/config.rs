@@ -32,8 +32,8 @@ pub struct Config {
     )]
     pub syscall_hooks: crate::capture::HookMode,
 
-    /// Walk the messages of PostgreSQL and Kafka connections in the kernel, so that counts stay
-    /// exact whatever a read or write carries (see the README's design section). Needs
+    /// Walk the messages of PostgreSQL, Kafka and HTTP/1.x connections in the kernel, so that
+    /// counts stay exact whatever a read or write carries (see the README's design section). Needs
     /// `bpf_loop` (Linux 5.17+); older kernels capture a prefix per syscall. `--framing=false`
     /// turns it off (for measuring the difference).
     #[arg(long, env = "PERISCOPE_FRAMING", default_value_t = true, action = clap::ArgAction::Set)]

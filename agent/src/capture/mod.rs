@@ -74,7 +74,7 @@ pub struct Settings {
     /// Ring-buffer size in bytes (a power of two, at least one page).
     pub ringbuf_bytes: u32,
     pub hooks: HookMode,
-    /// Prefer the exit programs that frame PostgreSQL and Kafka messages (`--framing`).
+    /// Prefer the exit programs that frame PostgreSQL, Kafka and HTTP/1.x messages (`--framing`).
     pub framing: bool,
     /// Turn on the kernel's per-program run-time statistics.
     pub bpf_stats: bool,
@@ -183,7 +183,7 @@ pub struct Capture {
     _stats: Option<std::os::fd::OwnedFd>,
     /// The mechanism the syscall hooks ended up on (`Btf` or `Raw`).
     pub hooks: HookMode,
-    /// The I/O hooks frame PostgreSQL and Kafka messages (`--framing` and `bpf_loop`).
+    /// The I/O hooks frame PostgreSQL, Kafka and HTTP/1.x messages (`--framing` and `bpf_loop`).
     pub framing: bool,
     /// `tcp:tcp_receive_reset` carries a socket cookie (see `flows::flow_config`).
     reset_cookie: bool,
@@ -287,7 +287,7 @@ impl Capture {
         log::info!(
             "capture: syscall hooks on {}, {}, capture {} B per message; ring buffer {} KiB; syscall statistics {}",
             hooks.as_str(),
-            if framing { "PostgreSQL and Kafka framed in the kernel" } else { "prefix capture only" },
+            if framing { "PostgreSQL, Kafka and HTTP/1.x framed in the kernel" } else { "prefix capture only" },
             settings.capture_bytes,
             settings.ringbuf_bytes / 1024,
             syscall_stats.as_deref().unwrap_or("off")
@@ -431,7 +431,7 @@ fn framed_or_prefix(
             Ok(()) => return Ok((framed, true)),
             Err(e) => log::warn!(
                 "capture: message framing unavailable, falling back to prefix capture: counts \
-                 of PostgreSQL and Kafka exchanges whose syscalls carry several messages past \
+                 of PostgreSQL, Kafka and HTTP/1.x exchanges whose syscalls carry several messages past \
                  the capture window are not exact ({e:#})"
             ),
         }
