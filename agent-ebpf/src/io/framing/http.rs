@@ -144,6 +144,10 @@ pub fn step(w: &mut Walk) -> i64 {
             if c != b'\r' {
                 name_byte(s, c);
             }
+        } else if s.field == FIELD_START && c != b' ' && c != b'\r' {
+            // The method or the protocol version: hashed up to its space.
+            s.line += 1;
+            s.name = (s.name ^ (c | 0x20) as u64).wrapping_mul(FNV_PRIME);
         } else if s.field != FIELD_REST {
             if i == 0 {
                 scan_byte(s, c, response);
