@@ -264,24 +264,7 @@ pub fn framing(args: &FramingArgs) -> anyhow::Result<()> {
         anyhow::Ok(run)
     };
 
-    // rounds[size][round] = one run per variant, in `Variant::ALL` order.
-    let mut rounds: Vec<Vec<Vec<Run>>> = args.rows.iter().map(|_| Vec::new()).collect();
-    for round in 0..=args.rounds {
-        let label = if round == 0 {
-            "warm-up (discarded)".to_owned()
-        } else {
-            format!("round {round}")
-        };
-        for (s, (&rows, script)) in args.rows.iter().zip(&scripts).enumerate() {
-            let runs = Variant::ALL
-                .into_iter()
-                .map(|v| measure(&label, rows, script, v))
-                .collect::<anyhow::Result<Vec<Run>>>()?;
-            if round > 0 {
-                rounds[s].push(runs);
-            }
-        }
-    }
+    let rounds = run_rounds(args.rounds, &args.rows, &scripts, measure)?;
     let port = pg.port();
     drop(pg);
 
@@ -290,6 +273,35 @@ pub fn framing(args: &FramingArgs) -> anyhow::Result<()> {
         report(args, &format!("{placement}.{warning}"), port, &rounds)
     );
     Ok(())
+}
+
+/// Runs one discarded warm-up round and `rounds` measured ones; each round runs, per size
+/// (with its script), every variant in `Variant::ALL` order. Returns
+/// `[size][measured round][variant]`.
+pub(crate) fn run_rounds<R>(
+    rounds: usize,
+    sizes: &[u64],
+    scripts: &[PathBuf],
+    measure: impl Fn(&str, u64, &Path, Variant) -> anyhow::Result<R>,
+) -> anyhow::Result<Vec<Vec<Vec<R>>>> {
+    let mut out: Vec<Vec<Vec<R>>> = sizes.iter().map(|_| Vec::new()).collect();
+    for round in 0..=rounds {
+        let label = if round == 0 {
+            "warm-up (discarded)".to_owned()
+        } else {
+            format!("round {round}")
+        };
+        for (s, (&size, script)) in sizes.iter().zip(scripts).enumerate() {
+            let runs = Variant::ALL
+                .into_iter()
+                .map(|v| measure(&label, size, script, v))
+                .collect::<anyhow::Result<Vec<R>>>()?;
+            if round > 0 {
+                out[s].push(runs);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// One pgbench run of `script`, with the agent `variant` asks for.

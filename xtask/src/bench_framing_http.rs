@@ -54,7 +54,7 @@ use crate::bench::{
     requests_counted, settle, spread, spread_cell, Cpu, CLIENT_REQUESTS_METRIC, LOST_METRIC,
     REQUESTS_METRIC,
 };
-use crate::bench_framing::{Variant, BPF_TIME_METRIC, CAPTURED_METRIC};
+use crate::bench_framing::{run_rounds, Variant, BPF_TIME_METRIC, CAPTURED_METRIC};
 use crate::bench_pgbench::placement_of;
 use crate::util::{bench_agent, build_agent, display, probe, root};
 
@@ -317,24 +317,7 @@ pub fn framing_http(args: &FramingHttpArgs) -> anyhow::Result<()> {
         anyhow::Ok(run)
     };
 
-    // rounds[size][round] = one run per variant, in `Variant::ALL` order.
-    let mut rounds: Vec<Vec<Vec<Run>>> = args.body_bytes.iter().map(|_| Vec::new()).collect();
-    for round in 0..=args.rounds {
-        let label = if round == 0 {
-            "warm-up (discarded)".to_owned()
-        } else {
-            format!("round {round}")
-        };
-        for (s, (&size, script)) in args.body_bytes.iter().zip(&scripts).enumerate() {
-            let runs = Variant::ALL
-                .into_iter()
-                .map(|v| measure(&label, size, script, v))
-                .collect::<anyhow::Result<Vec<Run>>>()?;
-            if round > 0 {
-                rounds[s].push(runs);
-            }
-        }
-    }
+    let rounds = run_rounds(args.rounds, &args.body_bytes, &scripts, measure)?;
     drop(nginx);
 
     let setting = Setting {
