@@ -21,15 +21,16 @@
 use core::ffi::c_void;
 
 use agent_ebpf::{
-    ConnInfo, Counter, EventHeader, EventKind, LocalAddr, SockKey, Syscall, DIR_EGRESS,
-    DIR_INGRESS, HEADER_LEN, MAX_CAPTURE, MAX_IOVECS, OPEN_COMM_OFFSET, OPEN_LOCAL_OFFSET,
-    OPEN_PAYLOAD_LEN, ORIGIN_ACCEPT, ORIGIN_CONNECT, RECENT_FDS, SOCKADDR_LEN,
+    ConnInfo, ConnectConfig, Counter, EventHeader, EventKind, LocalAddr, SockKey, Syscall,
+    DIR_EGRESS, DIR_INGRESS, HEADER_LEN, MAX_CAPTURE, MAX_IOVECS, OPEN_COMM_OFFSET,
+    OPEN_LOCAL_OFFSET, OPEN_PAYLOAD_LEN, ORIGIN_ACCEPT, ORIGIN_CONNECT, RECENT_FDS, SOCKADDR_LEN,
 };
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_user,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
         generated::{
             bpf_get_current_cgroup_id, bpf_get_smp_processor_id,
+            bpf_probe_read_kernel as probe_read_kernel_raw,
             bpf_probe_read_user as probe_read_user_raw, bpf_ringbuf_output,
         },
     },
@@ -85,6 +86,32 @@ pub struct RecentFds {
 /// `connect_local` inside `connect(2)`, taken by `on_connect` as the same syscall returns.
 #[map]
 static CONNECTING: LruHashMap<u64, LocalAddr> = LruHashMap::with_max_entries(4096, 0);
+
+/// The socket each thread is connecting (`struct sock` address), by `pid_tgid`: written by
+/// `connect_state` when `connect(2)` moves the socket to SYN-SENT, taken by `on_connect` as the
+/// same syscall returns. The tier for kernels whose `sock_ops` cannot fill `CONNECTING`.
+#[map]
+static CONNECT_SOCK: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// Set by the loader (`EbpfLoader::override_global`); all zero leaves `CONNECT_SOCK` unread.
+#[unsafe(no_mangle)]
+static CONNECT_CONFIG: ConnectConfig = ConnectConfig {
+    state_skaddr_offset: 8,
+    state_newstate_offset: 20,
+    state_protocol_offset: 30,
+    sk_family_offset: 0,
+    sk_dport_offset: 0,
+    sk_num_offset: 0,
+    sk_rcv_saddr_offset: 0,
+    sk_v6_rcv_saddr_offset: 0,
+};
+
+#[inline(always)]
+fn connect_config() -> ConnectConfig {
+    // SAFETY: a plain global the loader may rewrite before load; read_volatile keeps the
+    // compiler from constant-folding the default.
+    unsafe { core::ptr::read_volatile(&CONNECT_CONFIG) }
+}
 
 /// Per-CPU sequence for connection ids.
 #[map]
@@ -508,13 +535,15 @@ fn open_conn(pid_tgid: u64, fd: i32, addr: u64, origin: u8, syscall: Syscall, li
     submit(buf, OPEN_PAYLOAD_LEN as u64);
 }
 
-/// Writes the connecting socket's own address, as `connect_local` saw it, after the peer's
-/// `sockaddr` already in `payload`: only when it was for this peer port (a stale entry of an
+/// Writes the connecting socket's own address after the peer's `sockaddr` already in
+/// `payload`, from `connect_local` (the `sock_ops` tier) or else from the socket `connect_state`
+/// recorded (the tracepoint tier); only when it was for this peer port (a stale entry of an
 /// earlier connect of the thread that was not tracked is dropped).
 #[inline(always)]
 fn fill_local(pid_tgid: u64, payload: &mut [u8]) {
     // SAFETY: copied out at once.
     let Some(local) = (unsafe { CONNECTING.get(&pid_tgid) }).copied() else {
+        fill_local_from_sock(pid_tgid, payload);
         return;
     };
     let _ = CONNECTING.remove(&pid_tgid);
@@ -532,6 +561,79 @@ fn fill_local(pid_tgid: u64, payload: &mut [u8]) {
         out[16..20].copy_from_slice(&local.addr[2].to_ne_bytes());
         out[20..24].copy_from_slice(&local.addr[3].to_ne_bytes());
     }
+}
+
+/// The tracepoint tier of `fill_local`: the source port was picked inside this `connect(2)`,
+/// so the socket holds it now. Reads `struct sock_common` at offsets from the kernel's BTF.
+#[inline(always)]
+fn fill_local_from_sock(pid_tgid: u64, payload: &mut [u8]) {
+    // SAFETY: copied out at once.
+    let Some(sk) = (unsafe { CONNECT_SOCK.get(&pid_tgid) }).copied() else {
+        return;
+    };
+    let _ = CONNECT_SOCK.remove(&pid_tgid);
+    let cfg = connect_config();
+    if cfg.sk_num_offset == 0 {
+        return;
+    }
+    // SAFETY: the helper checks the kernel address; the socket is held by the fd whose
+    // `connect` is returning, and a stale address only yields a port that fails the check.
+    let field = |offset: u32| unsafe { bpf_probe_read_kernel((sk + offset as u64) as *const u16) };
+    let (Ok(family), Ok(dport_be), Ok(port)) = (
+        field(cfg.sk_family_offset),
+        field(cfg.sk_dport_offset),
+        field(cfg.sk_num_offset),
+    ) else {
+        return;
+    };
+    if payload[2..4] != dport_be.to_ne_bytes() || (family != AF_INET && family != AF_INET6) {
+        return;
+    }
+    let out = &mut payload[OPEN_LOCAL_OFFSET..OPEN_PAYLOAD_LEN];
+    out[0..2].copy_from_slice(&family.to_ne_bytes());
+    out[2..4].copy_from_slice(&port.to_be().to_ne_bytes());
+    let (dst, len, offset) = if family == AF_INET {
+        (out[4..8].as_mut_ptr(), 4, cfg.sk_rcv_saddr_offset)
+    } else {
+        (out[8..24].as_mut_ptr(), 16, cfg.sk_v6_rcv_saddr_offset)
+    };
+    // SAFETY: `dst` has `len` bytes; the helper checks the kernel address and zeroes `dst`
+    // when it fails (a zero address, which userspace treats as unknown).
+    unsafe {
+        probe_read_kernel_raw(
+            dst as *mut c_void,
+            len,
+            (sk + offset as u64) as *const c_void,
+        )
+    };
+}
+
+/// `sock:inet_sock_set_state`: a TCP socket enters SYN-SENT inside `connect(2)` (or a
+/// Fast Open `sendmsg`), in the calling thread, so the thread's socket is kept for
+/// `fill_local_from_sock`. Attached only when `connect_local` cannot be (before Linux 6.10).
+pub fn connect_state(ctx: &TracePointContext) -> u32 {
+    const TCP_SYN_SENT: i32 = 2;
+    const IPPROTO_TCP: u16 = 6;
+    let cfg = connect_config();
+    // SAFETY: offsets come from this tracepoint's format file, checked by the loader.
+    let (newstate, protocol) = unsafe {
+        (
+            ctx.read_at::<i32>(cfg.state_newstate_offset as usize),
+            ctx.read_at::<u16>(cfg.state_protocol_offset as usize),
+        )
+    };
+    if newstate != Ok(TCP_SYN_SENT) || protocol != Ok(IPPROTO_TCP) {
+        return 0;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if tgid_of(pid_tgid) == config().self_tgid {
+        return 0;
+    }
+    // SAFETY: as above.
+    if let Ok(sk) = unsafe { ctx.read_at::<u64>(cfg.state_skaddr_offset as usize) } {
+        let _ = CONNECT_SOCK.insert(&pid_tgid, &sk, 0);
+    }
+    0
 }
 
 /// `sock_ops` program: at `BPF_SOCK_OPS_TCP_CONNECT_CB` the kernel has picked the source port

@@ -489,6 +489,27 @@ pub struct FlowConfig {
     pub udp: u32,
 }
 
+/// Where the connect tracepoint tier finds a connecting socket's addresses (a global, set at
+/// load time; see `io::connect_state`). Used on kernels whose `sock_ops` programs cannot name
+/// the connecting thread (before 6.10).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnectConfig {
+    /// Offsets of `skaddr` (8 bytes), `newstate` (4) and `protocol` (2) in the
+    /// `sock:inet_sock_set_state` record, from its tracefs format.
+    pub state_skaddr_offset: u32,
+    pub state_newstate_offset: u32,
+    pub state_protocol_offset: u32,
+    /// Offsets in `struct sock` (its leading `struct sock_common`), from the kernel's BTF:
+    /// `skc_family` (u16), `skc_dport` (network order), `skc_num` (local port, host order),
+    /// `skc_rcv_saddr` (IPv4) and `skc_v6_rcv_saddr` (16 bytes). All zero when unknown.
+    pub sk_family_offset: u32,
+    pub sk_dport_offset: u32,
+    pub sk_num_offset: u32,
+    pub sk_rcv_saddr_offset: u32,
+    pub sk_v6_rcv_saddr_offset: u32,
+}
+
 /// Index of each per-CPU flow counter.
 pub const FLOW_COUNTER_NAMES: [&str; 2] = ["flow_table_full", "flow_storage_failed"];
 pub const FLOW_COUNTERS_LEN: u32 = FLOW_COUNTER_NAMES.len() as u32;
@@ -664,6 +685,7 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowStats {}
     unsafe impl aya::Pod for super::FlowConfig {}
+    unsafe impl aya::Pod for super::ConnectConfig {}
     unsafe impl aya::Pod for super::FlowSockState {}
     unsafe impl aya::Pod for super::SyscallFilter {}
     unsafe impl aya::Pod for super::SyscallKey {}
@@ -720,6 +742,7 @@ pub mod names {
             TASK_NEWTASK = "task_newtask",
             PROCESS_EXIT = "process_exit",
             CONNECT_LOCAL = "connect_local",
+            CONNECT_STATE = "connect_state",
             FLOW_SOCK_CREATE = "flow_sock_create",
             FLOW_SOCK_OPS = "flow_sock_ops",
             FLOW_SOCK_OPS_CONNECT = "flow_sock_ops_connect",
@@ -739,6 +762,7 @@ pub mod names {
             COUNTERS = "COUNTERS",
             RECENT = "RECENT",
             CONNECTING = "CONNECTING",
+            CONNECT_SOCK = "CONNECT_SOCK",
             CONN_SEQ = "CONN_SEQ",
             SCRATCH = "SCRATCH",
             FRAMES = "FRAMES",
@@ -757,6 +781,7 @@ pub mod names {
         global {
             CONFIG = "CONFIG",
             FLOW_CONFIG = "FLOW_CONFIG",
+            CONNECT_CONFIG = "CONNECT_CONFIG",
             SYSCALL_FILTER = "SYSCALL_FILTER",
         }
     }

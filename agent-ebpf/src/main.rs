@@ -242,6 +242,13 @@ mod programs {
         1
     }
 
+    /// The connecting thread's socket, where `connect_local` cannot run (see
+    /// `io::connect_state`).
+    #[tracepoint]
+    pub fn connect_state(ctx: TracePointContext) -> u32 {
+        io::connect_state(&ctx)
+    }
+
     /// TCP flows: records the owner of each new TCP socket (see `flows.rs`).
     #[aya_ebpf::macros::cgroup_sock(sock_create)]
     pub fn flow_sock_create(ctx: aya_ebpf::programs::SockContext) -> i32 {

@@ -32,6 +32,18 @@ pub struct Config {
     )]
     pub syscall_hooks: crate::capture::HookMode,
 
+    /// How connects learn their socket's own address, which links a server span to the client
+    /// span that called it on this node: `sock-ops` (Linux 6.10+), `tracepoint` (reads the
+    /// socket at offsets from the kernel's BTF; any kernel with BTF), `auto` (the first that
+    /// works) or `off`.
+    #[arg(
+        long,
+        env = "PERISCOPE_CONNECT_HOOK",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub connect_hook: crate::capture::ConnectHook,
+
     /// Walk the messages of PostgreSQL, Kafka and HTTP/1.x connections in the kernel, so that
     /// counts stay exact whatever a read or write carries (see the README's design section). Needs
     /// `bpf_loop` (Linux 5.17+); older kernels capture a prefix per syscall. `--framing=false`

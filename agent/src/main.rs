@@ -199,6 +199,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             entry: config.syscalls_entry,
         }),
         udp_flows: config.flows && config.udp_flows,
+        connect_hook: config.connect_hook,
     };
     let (mut capture, maps) = Capture::start(&settings, facts.tracefs)?;
     let poller = capture.take_syscall_table()?.map(|table| {
@@ -214,14 +215,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
         poller
     });
-    metrics
-        .self_metrics
-        .hooks_info
-        .get_or_create(&periscope::export::prometheus::HooksLabels {
-            syscall_hooks: capture.hooks.as_str().to_owned(),
-            kernel: facts.release.clone(),
-        })
-        .set(1);
     // Flows are an addition to the syscall capture, not a condition for it: a kernel or host
     // that refuses them (no cgroup v2, no sock_ops) gets a warning and everything else.
     let flows = match flow_metrics.map(|m| (m, capture.start_flows())) {
@@ -239,14 +232,23 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
         Some((_, Err(e))) => {
             log::warn!("TCP flows are off: {e:#}");
-            capture.start_connect_local();
+            capture.start_connect_local()?;
             None
         }
         None => {
-            capture.start_connect_local();
+            capture.start_connect_local()?;
             None
         }
     };
+    metrics
+        .self_metrics
+        .hooks_info
+        .get_or_create(&periscope::export::prometheus::HooksLabels {
+            syscall_hooks: capture.hooks.as_str().to_owned(),
+            kernel: facts.release.clone(),
+            connect_hook: capture.connect_hook.as_str().to_owned(),
+        })
+        .set(1);
     let mut reader = Reader::new(maps, metrics.clone());
     reader.set_protocols(config.protocols);
     if !config.series_ttl.is_zero() {

@@ -76,17 +76,22 @@ impl Capture {
             .attach(&cgroup, CgroupAttachMode::Single)
             .with_context(|| format!("attaching {create_name} to {}", root.display()))?;
         // The variant that also reports connects' local addresses needs Linux 6.10+.
-        let with_connect = load_sock_ops(ebpf, program::FLOW_SOCK_OPS_CONNECT);
+        let with_connect = if self.connect_asked.allows(super::ConnectHook::SockOps) {
+            load_sock_ops(ebpf, program::FLOW_SOCK_OPS_CONNECT)
+        } else {
+            Err(anyhow::anyhow!("not asked for"))
+        };
         let name = if with_connect.is_ok() {
             program::FLOW_SOCK_OPS_CONNECT
         } else {
             load_sock_ops(ebpf, program::FLOW_SOCK_OPS)?;
             program::FLOW_SOCK_OPS
         };
-        super::log_local_addresses(with_connect);
         let ops: &mut SockOps = program_of(ebpf, name)?.try_into()?;
         ops.attach(&cgroup, CgroupAttachMode::Single)
             .with_context(|| format!("attaching {name} to {}", root.display()))?;
+        self.settle_connect_hook(with_connect)?;
+        let ebpf = &mut self.ebpf;
         if self.udp_flows {
             // Attached last, after `sock_create` records UDP owners: per-packet hooks, so only
             // with `--udp-flows`.

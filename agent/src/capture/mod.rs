@@ -12,7 +12,7 @@ use std::path::Path;
 
 use agent_ebpf::names::{global, map, program};
 use agent_ebpf::{
-    Config, SyscallFilter, SyscallKey, SyscallStats, MAX_CAPTURE, SYSCALL_NR_LIMIT,
+    Config, ConnectConfig, SyscallFilter, SyscallKey, SyscallStats, MAX_CAPTURE, SYSCALL_NR_LIMIT,
     SYSCALL_STATS_IN_IO_EXIT, SYSCALL_STATS_OFF, SYSCALL_STATS_SEPARATE,
 };
 use anyhow::{bail, Context};
@@ -21,6 +21,7 @@ use aya::programs::{BtfTracePoint, CgroupAttachMode, FExit, RawTracePoint, SockO
 use aya::Btf;
 use aya::{Ebpf, EbpfLoader};
 
+mod btf;
 pub mod flows;
 pub mod preflight;
 pub mod ring;
@@ -82,6 +83,40 @@ pub struct Settings {
     pub syscalls: Option<SyscallSettings>,
     /// UDP bytes per flow (`--udp-flows`): two per-packet cgroup_skb programs.
     pub udp_flows: bool,
+    /// How connects learn their socket's own address (`--connect-hook`).
+    pub connect_hook: ConnectHook,
+}
+
+/// How an `Open` event from `connect` gets the connecting socket's own address, which is what
+/// links a server span on this node to the client span that called it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConnectHook {
+    /// `sock-ops` where the kernel accepts it (6.10+), else `tracepoint`, else none.
+    Auto,
+    /// A `sock_ops` program at `TCP_CONNECT_CB` names the connecting thread. Stable contexts
+    /// only; needs `bpf_get_current_pid_tgid` in `sock_ops` (Linux 6.10+) and cgroup v2.
+    SockOps,
+    /// `sock:inet_sock_set_state` keeps the thread's socket when `connect` moves it to
+    /// SYN-SENT, and the `connect` exit reads the picked port and address from it (`struct
+    /// sock_common`, offsets from the kernel's BTF). Needs kernel BTF.
+    Tracepoint,
+    /// None: traces do not cross from a client to a server on this node.
+    Off,
+}
+
+impl ConnectHook {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectHook::Auto => "auto",
+            ConnectHook::SockOps => "sock_ops",
+            ConnectHook::Tracepoint => "tracepoint",
+            ConnectHook::Off => "none",
+        }
+    }
+
+    fn allows(self, tier: ConnectHook) -> bool {
+        self == tier || self == ConnectHook::Auto
+    }
 }
 
 /// Kernel side of the per-syscall statistics.
@@ -191,6 +226,12 @@ pub struct Capture {
     udp_flows: bool,
     /// How the syscall statistics programs are attached, if they are.
     pub syscall_stats: Option<String>,
+    /// `--connect-hook` as asked, and where `ConnectConfig` could not be filled, why.
+    connect_asked: ConnectHook,
+    connect_config_error: Option<String>,
+    /// The tier connects got their local address from (`SockOps`, `Tracepoint` or `Off`),
+    /// once `start_flows` or `start_connect_local` decided.
+    pub connect_hook: ConnectHook,
 }
 
 impl Capture {
@@ -254,9 +295,14 @@ impl Capture {
             None => (UNUSED_MAP_ENTRIES, UNUSED_MAP_ENTRIES),
         };
         let flow_config = flows::flow_config(tracefs, settings.udp_flows);
+        let (connect_config, connect_config_error) = match connect_config(tracefs) {
+            Ok(c) => (c, None),
+            Err(e) => (ConnectConfig::default(), Some(format!("{e:#}"))),
+        };
         let mut ebpf = EbpfLoader::new()
             .override_global(global::CONFIG, &config, true)
             .override_global(global::FLOW_CONFIG, &flow_config, true)
+            .override_global(global::CONNECT_CONFIG, &connect_config, true)
             .override_global(global::SYSCALL_FILTER, &filter, true)
             .map_max_entries(map::EVENTS, settings.ringbuf_bytes)
             .map_max_entries(map::SYSCALL_STATS, stats_entries)
@@ -308,6 +354,9 @@ impl Capture {
                 reset_cookie: flow_config.reset_cookie_offset != 0,
                 udp_flows: settings.udp_flows,
                 syscall_stats,
+                connect_asked: settings.connect_hook,
+                connect_config_error,
+                connect_hook: ConnectHook::Off,
             },
             maps,
         ))
@@ -315,22 +364,87 @@ impl Capture {
 
     /// Gives `Open` events from `connect` the socket's local address, so that traces cross from
     /// a client to a server on this node: with flows, `start_flows` does it in the flows'
-    /// `sock_ops` program; without, this attaches a `sock_ops` program of its own. Kernels
-    /// before 6.10 refuse it (no `bpf_get_current_pid_tgid` in `sock_ops`): logged, not fatal.
-    pub fn start_connect_local(&mut self) {
-        let attached = (|| -> anyhow::Result<()> {
-            let root = flows::cgroup2_root().context("no cgroup v2 hierarchy is mounted")?;
-            let cgroup = std::fs::File::open(&root)
-                .with_context(|| format!("opening the cgroup v2 root {}", root.display()))?;
-            let name = program::CONNECT_LOCAL;
-            let ops: &mut SockOps = program_of(&mut self.ebpf, name)?.try_into()?;
-            ops.load()
-                .with_context(|| format!("the kernel rejected program {name}"))?;
-            ops.attach(&cgroup, CgroupAttachMode::Single)
-                .with_context(|| format!("attaching {name} to {}", root.display()))?;
-            Ok(())
-        })();
-        log_local_addresses(attached);
+    /// `sock_ops` program; without, this attaches a `sock_ops` program of its own, or the
+    /// tracepoint tier where the kernel refuses it (see `ConnectHook`). With `--connect-hook
+    /// auto` a kernel that allows neither is logged, not fatal; an explicit tier must work.
+    pub fn start_connect_local(&mut self) -> anyhow::Result<()> {
+        if self.connect_hook != ConnectHook::Off {
+            return Ok(()); // `start_flows` settled it before failing later
+        }
+        let sock_ops = if self.connect_asked.allows(ConnectHook::SockOps) {
+            (|| -> anyhow::Result<()> {
+                let root = flows::cgroup2_root().context("no cgroup v2 hierarchy is mounted")?;
+                let cgroup = std::fs::File::open(&root)
+                    .with_context(|| format!("opening the cgroup v2 root {}", root.display()))?;
+                let name = program::CONNECT_LOCAL;
+                let ops: &mut SockOps = program_of(&mut self.ebpf, name)?.try_into()?;
+                ops.load()
+                    .with_context(|| format!("the kernel rejected program {name}"))?;
+                ops.attach(&cgroup, CgroupAttachMode::Single)
+                    .with_context(|| format!("attaching {name} to {}", root.display()))?;
+                Ok(())
+            })()
+        } else {
+            Err(anyhow::anyhow!("not asked for"))
+        };
+        self.settle_connect_hook(sock_ops)
+    }
+
+    /// After the `sock_ops` tier was tried (`sock_ops`): attaches the tracepoint tier if that
+    /// failed and it is allowed, records and logs the outcome.
+    fn settle_connect_hook(&mut self, sock_ops: anyhow::Result<()>) -> anyhow::Result<()> {
+        let asked = self.connect_asked;
+        let outcome = match sock_ops {
+            Ok(()) => Ok(ConnectHook::SockOps),
+            Err(_) if asked == ConnectHook::Off => Err(anyhow::anyhow!("--connect-hook off")),
+            Err(e) if asked == ConnectHook::SockOps => Err(e.context("--connect-hook sock-ops")),
+            Err(e) => match self.attach_connect_state() {
+                Ok(()) => {
+                    if asked == ConnectHook::Auto {
+                        log::info!("capture: the sock_ops connect hook is unavailable ({e:#}); using the tracepoint tier");
+                    }
+                    Ok(ConnectHook::Tracepoint)
+                }
+                Err(t) if asked == ConnectHook::Tracepoint => {
+                    return Err(t.context("--connect-hook tracepoint"))
+                }
+                Err(t) => Err(anyhow::anyhow!("sock_ops: {e:#}; tracepoint: {t:#}")),
+            },
+        };
+        match outcome {
+            Ok(tier) => {
+                self.connect_hook = tier;
+                log::info!(
+                    "capture: connects report their local address ({} tier)",
+                    tier.as_str()
+                );
+            }
+            Err(e) => {
+                self.connect_hook = ConnectHook::Off;
+                if asked == ConnectHook::SockOps {
+                    return Err(e);
+                }
+                log::info!(
+                    "capture: connects carry no local address, so traces do not cross from a \
+                     client to a server on this node ({e:#})"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The tracepoint tier: `connect_state` on `sock:inet_sock_set_state`.
+    fn attach_connect_state(&mut self) -> anyhow::Result<()> {
+        if let Some(why) = &self.connect_config_error {
+            bail!("{why}");
+        }
+        let name = program::CONNECT_STATE;
+        let tp: &mut TracePoint = program_of(&mut self.ebpf, name)?.try_into()?;
+        tp.load()
+            .with_context(|| format!("the kernel rejected program {name}"))?;
+        tp.attach("sock", "inet_sock_set_state")
+            .with_context(|| format!("attaching {name} to tracepoint sock:inet_sock_set_state"))?;
+        Ok(())
     }
 
     /// The kernel's per-(cgroup, syscall) statistics table, for the syscall poller; `None` when
@@ -362,15 +476,31 @@ impl Capture {
 }
 
 /// Attaches the syscall exit hook with the chosen (or best available) mechanism.
-/// Says whether client connections carry their local address (see `start_connect_local`).
-fn log_local_addresses(attached: anyhow::Result<()>) {
-    match attached {
-        Ok(()) => log::info!("capture: connects report their local address"),
-        Err(e) => log::info!(
-            "capture: connects carry no local address, so traces do not cross from a client \
-             to a server on this node ({e:#})"
-        ),
-    }
+/// Where the tracepoint tier of `ConnectHook` reads: the `sock:inet_sock_set_state` record's
+/// fields from tracefs, and `struct sock_common`'s from the kernel's BTF.
+fn connect_config(tracefs: &str) -> anyhow::Result<ConnectConfig> {
+    let path = Path::new(tracefs).join("events/sock/inet_sock_set_state/format");
+    let format =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let field = |name: &str, size: u32| {
+        tracepoint_field(&format, name, size)
+            .with_context(|| format!("{}: no `{name}` field of {size} bytes", path.display()))
+    };
+    let btf = btf::Btf::from_sys_fs()?;
+    let sock = |member: &str| -> anyhow::Result<u32> {
+        // `struct sock` starts with its `sock_common`, but check rather than assume.
+        Ok(btf.member_offset("sock", "__sk_common")? + btf.member_offset("sock_common", member)?)
+    };
+    Ok(ConnectConfig {
+        state_skaddr_offset: field("skaddr", 8)?,
+        state_newstate_offset: field("newstate", 4)?,
+        state_protocol_offset: field("protocol", 2)?,
+        sk_family_offset: sock("skc_family")?,
+        sk_dport_offset: sock("skc_dport")?,
+        sk_num_offset: sock("skc_num")?,
+        sk_rcv_saddr_offset: sock("skc_rcv_saddr")?,
+        sk_v6_rcv_saddr_offset: sock("skc_v6_rcv_saddr")?,
+    })
 }
 
 /// Returns the mechanism and whether the I/O hooks frame messages (`io/framing.rs`).

@@ -30,6 +30,8 @@ pub struct ProgramLabel {
 pub struct HooksLabels {
     pub syscall_hooks: String,
     pub kernel: String,
+    /// Where connects get their local address: `sock_ops`, `tracepoint` or `none`.
+    pub connect_hook: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -124,7 +126,7 @@ impl SelfMetrics {
             "series_expired": m.series_expired,
                 "Series removed because their pod was deleted more than --series-grace ago, or because they saw nothing for --series-ttl";
             "hooks_info": m.hooks_info,
-                "Which mechanism the syscall hooks use (tp_btf or raw_tracepoint), and the kernel";
+                "Which mechanism the syscall hooks use (fexit, tp_btf or raw_tracepoint), where connects get their local address (sock_ops, tracepoint or none), and the kernel";
         );
         register!(registry,
             "process_cpu" [Seconds]: m.process_cpu_seconds,

@@ -219,6 +219,7 @@ fn the_exposition_is_unchanged() {
         .get_or_create(&HooksLabels {
             syscall_hooks: "tp_btf".into(),
             kernel: "6.1.0".into(),
+            connect_hook: "tracepoint".into(),
         })
         .set(1);
     // The series cap: a known series still records, a new one is dropped and counted.
