@@ -42,6 +42,7 @@ pub fn run_all() {
     for mode in [HookMode::Fexit, HookMode::Btf, HookMode::Raw] {
         run_mode(mode, &facts);
     }
+    crate::trace_tests::run_all(&facts);
 }
 
 fn mode_name(mode: HookMode) -> &'static str {
@@ -163,6 +164,7 @@ fn syscall_stats_counted(mode: HookMode, facts: &KernelFacts) -> anyhow::Result<
             entry: periscope::capture::SyscallEntry::Auto,
         }),
         udp_flows: false,
+        connect_hook: periscope::capture::ConnectHook::Off,
     };
     let (mut capture, _maps) = Capture::start(&settings, facts.tracefs)?;
     let how = capture.syscall_stats.as_deref().unwrap_or("off").to_owned();
@@ -271,6 +273,7 @@ impl Session {
             bpf_stats: false,
             syscalls: None,
             udp_flows: false,
+            connect_hook: periscope::capture::ConnectHook::Auto,
         };
         let (capture, maps) = Capture::start(&settings, facts.tracefs)?;
         let programs = periscope_programs()?.difference(&before).copied().collect();
@@ -467,7 +470,7 @@ impl std::fmt::Display for Counts {
 /// whether every server exchange carries the worker's port.
 fn http_exact_counts(session: &Session, serve: Serve) -> (Outcome, Outcome) {
     let base = Counts::parse(&encode(&session.registry), 0);
-    let mut worker = match Worker::start(serve) {
+    let mut worker = match Worker::start(&["--role", "http-worker", serve.as_str()]) {
         Ok(worker) => worker,
         Err(e) => return not_run(format!("worker: {e:#}")),
     };
@@ -558,32 +561,41 @@ fn encode(registry: &Registry) -> String {
     text
 }
 
-/// `<self> --role http-worker <serve>`, running.
-struct Worker {
+/// `<self> --role …`, running.
+pub struct Worker {
     child: Child,
     stdout: BufReader<ChildStdout>,
 }
 
 impl Worker {
-    fn start(serve: Serve) -> anyhow::Result<Worker> {
+    pub fn start(args: &[&str]) -> anyhow::Result<Worker> {
         let exe = std::env::current_exe().context("finding my own executable")?;
         let mut child = Command::new(exe)
-            .args(["--role", "http-worker", serve.as_str()])
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .context("starting the worker")?;
+            .with_context(|| format!("starting the worker {args:?}"))?;
         let stdout = BufReader::new(child.stdout.take().context("worker stdout")?);
         Ok(Worker { child, stdout })
     }
 
-    /// Waits until the worker has sent all its traffic (`DONE`); returns its server port.
-    fn wait_traffic(&mut self) -> anyhow::Result<u16> {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The worker's first line, `PORT <n>`.
+    pub fn port(&mut self) -> anyhow::Result<u16> {
         let port_line = self.line()?;
-        let port: u16 = port_line
+        port_line
             .strip_prefix("PORT ")
             .and_then(|p| p.parse().ok())
-            .with_context(|| format!("expected `PORT <n>`, got {port_line:?}"))?;
+            .with_context(|| format!("expected `PORT <n>`, got {port_line:?}"))
+    }
+
+    /// Waits until the worker has sent all its traffic (`DONE`); returns its server port.
+    fn wait_traffic(&mut self) -> anyhow::Result<u16> {
+        let port = self.port()?;
         let done = self.line()?;
         if done != "DONE" {
             bail!("expected `DONE`, got {done:?} (the traffic failed; see its stderr above)");
@@ -591,14 +603,14 @@ impl Worker {
         Ok(port)
     }
 
-    fn line(&mut self) -> anyhow::Result<String> {
+    pub fn line(&mut self) -> anyhow::Result<String> {
         let mut line = String::new();
         self.stdout.read_line(&mut line)?;
         Ok(line.trim_end().to_owned())
     }
 
     /// Closes the worker's stdin (its signal to exit) and waits for it.
-    fn finish(mut self) -> anyhow::Result<()> {
+    pub fn finish(mut self) -> anyhow::Result<()> {
         drop(self.child.stdin.take());
         let deadline = Instant::now() + WORKER_TIMEOUT;
         loop {

@@ -9,11 +9,13 @@
 //! is handy for trying the tests against the host kernel.
 //!
 //! `--role http-worker threads|fork` is the traffic generator it re-executes itself as, and
-//! `--role syscall-worker <cgroup dir> <n>` the process whose syscalls are counted per cgroup.
+//! `--role syscall-worker <cgroup dir> <n>` the process whose syscalls are counted per cgroup;
+//! `--role chain-backend|chain-proxy|chain-client` the three processes of the trace test.
 
 mod capture_tests;
 mod report;
 mod sys;
+mod trace_tests;
 mod worker;
 
 use std::process::ExitCode;
@@ -30,6 +32,11 @@ fn main() -> ExitCode {
                 }
             }
         }
+        ["--role", "chain-backend"] => exit_code("chain-backend", worker::chain_backend()),
+        ["--role", "chain-proxy", backend] => {
+            exit_code("chain-proxy", worker::chain_proxy(backend))
+        }
+        ["--role", "chain-client", proxy] => exit_code("chain-client", worker::chain_client(proxy)),
         ["--role", "syscall-worker", cgroup, calls] => match worker::syscalls(cgroup, calls) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -52,6 +59,16 @@ fn main() -> ExitCode {
         _ => {
             eprintln!("usage: vmtest            (run the tests; as PID 1 inside a VM)\n       vmtest --role http-worker threads|fork\n       vmtest --role syscall-worker <cgroup dir> <n>");
             ExitCode::from(2)
+        }
+    }
+}
+
+fn exit_code(role: &str, result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{role}: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -120,6 +120,15 @@ fn traffic(serve: Serve) -> anyhow::Result<()> {
 
 /// Answers requests on one connection until the peer closes it.
 fn serve_connection(stream: TcpStream) {
+    serve_with(stream, |path| match path.strip_prefix("/items/") {
+        Some(id) => Ok((200, format!("{{\"id\":{id}}}").into_bytes())),
+        None => Ok((404, b"not found".to_vec())),
+    })
+}
+
+/// Answers requests on one connection with `answer(path)` (status, body) until the peer
+/// closes it or `answer` fails.
+fn serve_with(stream: TcpStream, mut answer: impl FnMut(&str) -> anyhow::Result<(u16, Vec<u8>)>) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     // Reads and writes go through the same fd: the agent tracks the fd that accept returned,
@@ -142,30 +151,84 @@ fn serve_connection(stream: TcpStream) {
             }
         }
         let path = request_line.split(' ').nth(1).unwrap_or("");
-        let (status, body) = match path.strip_prefix("/items/") {
-            Some(id) => ("200 OK", format!("{{\"id\":{id}}}")),
-            None => ("404 Not Found", "not found".to_owned()),
+        let Ok((status, body)) = answer(path) else {
+            return;
         };
-        let response = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        let reason = if status == 200 { "OK" } else { "Not Found" };
+        let mut response = format!(
+            "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
             body.len()
-        );
+        )
+        .into_bytes();
+        response.extend_from_slice(&body);
         // One write per response, as most servers do.
-        if writer.write_all(response.as_bytes()).is_err() {
+        if writer.write_all(&response).is_err() {
             return;
         }
     }
 }
 
+/// `--role chain-backend`: the last hop of the chain test. Serves on 127.0.0.1:0 with a
+/// thread per connection, prints `PORT <n>` and lives until its stdin closes.
+pub fn chain_backend() -> anyhow::Result<()> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+    println!("PORT {}", listener.local_addr()?.port());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || serve_connection(stream));
+        }
+    });
+    std::io::copy(&mut std::io::stdin(), &mut std::io::sink())?;
+    Ok(())
+}
+
+/// `--role chain-proxy <backend port>`: the middle hop. Like `chain-backend`, but each request
+/// is answered by sending it on to the backend, from the thread serving the connection, over
+/// one keep-alive backend connection per client connection (as nginx's upstream keepalive).
+pub fn chain_proxy(backend: &str) -> anyhow::Result<()> {
+    let backend: u16 = backend.parse().context("<backend port>")?;
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+    println!("PORT {}", listener.local_addr()?.port());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut upstream: Option<TcpStream> = None;
+                serve_with(stream, |path| {
+                    if upstream.is_none() {
+                        upstream = Some(connect(backend)?);
+                    }
+                    let conn = upstream.as_ref().context("no backend connection")?;
+                    fetch(conn, &mut BufReader::new(conn), path)
+                });
+            });
+        }
+    });
+    std::io::copy(&mut std::io::stdin(), &mut std::io::sink())?;
+    Ok(())
+}
+
+/// `--role chain-client <proxy port>`: the first hop: the fixed mix of `client`, then `DONE`,
+/// then it lives until its stdin closes.
+pub fn chain_client(proxy: &str) -> anyhow::Result<()> {
+    client(proxy.parse().context("<proxy port>")?)?;
+    println!("DONE");
+    std::io::copy(&mut std::io::stdin(), &mut std::io::sink())?;
+    Ok(())
+}
+
+/// Requests the chain test's client sends: every one goes through all three processes.
+pub const CHAIN_REQUESTS: u32 = KEEPALIVE_ITEMS + MISSING + FRESH_ITEMS;
+
+fn connect(port: u16) -> anyhow::Result<TcpStream> {
+    let stream = TcpStream::connect(("127.0.0.1", port)).context("connect")?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    Ok(stream)
+}
+
 /// Sends the fixed request mix and checks every status.
 fn client(port: u16) -> anyhow::Result<()> {
-    let connect = || -> anyhow::Result<TcpStream> {
-        let stream = TcpStream::connect(("127.0.0.1", port)).context("connect")?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        Ok(stream)
-    };
-    let stream = connect()?;
+    let stream = connect(port)?;
     // One reader for the whole connection: it may buffer past a response (it never does
     // here, since each response is read before the next request is sent).
     let mut reader = BufReader::new(&stream);
@@ -178,7 +241,7 @@ fn client(port: u16) -> anyhow::Result<()> {
     drop(reader);
     drop(stream);
     for i in 0..FRESH_ITEMS {
-        let stream = connect()?;
+        let stream = connect(port)?;
         request(
             &stream,
             &mut BufReader::new(&stream),
@@ -189,14 +252,27 @@ fn client(port: u16) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One request; reads the whole response. Writes and reads use the connection's own fd (see
-/// `serve_connection`).
+/// One request; reads the whole response and checks its status.
 fn request(
-    mut stream: &TcpStream,
+    stream: &TcpStream,
     reader: &mut BufReader<&TcpStream>,
     path: &str,
     expect: u16,
 ) -> anyhow::Result<()> {
+    let (status, _) = fetch(stream, reader, path)?;
+    if status != expect {
+        bail!("GET {path}: status {status}, expected {expect}");
+    }
+    Ok(())
+}
+
+/// One request; returns the status and the body. Writes and reads use the connection's own
+/// fd (see `serve_with`).
+fn fetch(
+    mut stream: &TcpStream,
+    reader: &mut BufReader<&TcpStream>,
+    path: &str,
+) -> anyhow::Result<(u16, Vec<u8>)> {
     let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: vmtest\r\n\r\n");
     stream.write_all(req.as_bytes())?;
     let mut status_line = String::new();
@@ -223,10 +299,7 @@ fn request(
     }
     let mut body = vec![0; length];
     reader.read_exact(&mut body)?;
-    if status != expect {
-        bail!("GET {path}: status {status}, expected {expect}");
-    }
-    Ok(())
+    Ok((status, body))
 }
 
 /// `--role syscall-worker <cgroup dir> <n>`: joins the cgroup, calls `getppid` exactly `n`

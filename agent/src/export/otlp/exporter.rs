@@ -18,7 +18,7 @@ use crate::metadata::ProcessInfo;
 
 use super::context::hex;
 use super::convert::{resource, Converter};
-use super::parents::{Arrival, Parents};
+use super::parents::{Arrival, Parents, Pending};
 use super::proto::{encode_request, ResourceSpans, Span, Value};
 use super::tls::{self, ClientTls, Connector, TlsOptions};
 use super::SpanMetrics;
@@ -198,7 +198,7 @@ struct Export {
 /// Drains `rx` until every sender is gone: converts, batches and exports.
 pub async fn run(
     mut rx: mpsc::Receiver<Exchange>,
-    mut converter: Converter,
+    converter: Converter,
     settings: TraceSettings,
     metrics: Arc<SpanMetrics>,
 ) {
@@ -218,7 +218,7 @@ pub async fn run(
         tls_warned: Arc::default(),
     };
     let mut pending: Vec<(Arc<ProcessInfo>, Span)> = Vec::new();
-    let mut parents = Parents::default();
+    let mut stitcher = Stitcher::new(converter);
     let mut tick = tokio::time::interval(FLUSH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -228,22 +228,13 @@ pub async fn run(
                     if is_own_export(&exchange, export.settings.url.as_ref()) {
                         continue;
                     }
-                    let (span, remote_parent) = converter.span(&exchange);
-                    let arrival = Arrival {
-                        process: exchange.endpoint.process.clone(),
-                        tid: exchange.endpoint.tid,
-                        conn_id: exchange.endpoint.conn_id,
-                        peer_conn: exchange.endpoint.peer_conn,
-                        remote_parent,
-                        span,
-                    };
-                    parents.offer(arrival, &converter.sampler, &mut pending);
+                    stitcher.offer(&exchange, &mut pending);
                     if pending.len() >= MAX_BATCH {
                         export.flush(&mut pending).await;
                     }
                 }
                 None => {
-                    parents.release(Instant::now(), true, &converter.sampler, &mut pending);
+                    stitcher.release(Instant::now(), true, &mut pending);
                     export.flush(&mut pending).await;
                     // Every batch in flight has finished once all permits are back.
                     let _ = export.in_flight.acquire_many(IN_FLIGHT).await;
@@ -251,10 +242,45 @@ pub async fn run(
                 }
             },
             _ = tick.tick() => {
-                parents.release(Instant::now(), false, &converter.sampler, &mut pending);
+                stitcher.release(Instant::now(), false, &mut pending);
                 export.flush(&mut pending).await;
             }
         }
+    }
+}
+
+/// Exchanges in, spans with their parents out: conversion and the parent links of `parents`,
+/// without the exporting (the VM tests use it as it is).
+pub struct Stitcher {
+    converter: Converter,
+    parents: Parents,
+}
+
+impl Stitcher {
+    pub fn new(converter: Converter) -> Stitcher {
+        Stitcher {
+            converter,
+            parents: Parents::default(),
+        }
+    }
+
+    /// Adds the exchange's span; spans whose trace is settled are appended to `out`.
+    pub fn offer(&mut self, exchange: &Exchange, out: &mut Vec<Pending>) {
+        let (span, remote_parent) = self.converter.span(exchange);
+        let arrival = Arrival {
+            process: exchange.endpoint.process.clone(),
+            tid: exchange.endpoint.tid,
+            conn_id: exchange.endpoint.conn_id,
+            peer_conn: exchange.endpoint.peer_conn,
+            remote_parent,
+            span,
+        };
+        self.parents.offer(arrival, &self.converter.sampler, out);
+    }
+
+    /// Appends the spans that waited long enough for a parent (all of them with `all`).
+    pub fn release(&mut self, now: Instant, all: bool, out: &mut Vec<Pending>) {
+        self.parents.release(now, all, &self.converter.sampler, out);
     }
 }
 
