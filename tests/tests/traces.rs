@@ -702,6 +702,18 @@ ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
 /// nest. A `traceparent` sent by curl (which nginx passes on) puts the whole tree in its trace.
 #[test]
 fn a_request_through_four_processes_is_one_trace() {
+    request_through_four_processes("auto", "sock_ops");
+}
+
+/// The same with the connect hook for kernels before 6.10 (`--connect-hook tracepoint`).
+#[test]
+fn a_request_through_four_processes_is_one_trace_with_the_tracepoint_connect_hook() {
+    request_through_four_processes("tracepoint", "tracepoint");
+}
+
+/// curl → nginx → Python → PostgreSQL, with `--connect-hook <hook>` (which must end up as
+/// `tier` in `periscope_hooks_info`).
+fn request_through_four_processes(hook: &str, tier: &str) {
     let receiver = Receiver::start();
     let pg = PgServer::start();
     pg.psql(&[
@@ -716,7 +728,13 @@ fn a_request_through_four_processes_is_one_trace() {
         "location / {{ proxy_pass http://127.0.0.1:{}; }}",
         app.port()
     ));
-    let _agent = receiver.agent("grpc");
+    let agent = receiver.agent_at(
+        "grpc",
+        "http://127.0.0.1",
+        &[("PERISCOPE_CONNECT_HOOK", hook.to_owned())],
+    );
+    let info = agent.metrics().samples("periscope_hooks_info");
+    assert_eq!(info[0].labels["connect_hook"], tier, "{info:?}");
     // The first request makes nginx and the app known as servers: only then are the calls
     // their threads make held for a parent.
     assert_eq!(curl(&[&nginx.url("/orders/1")]).unwrap(), "item 1\n");
@@ -791,6 +809,179 @@ fn a_request_through_four_processes_is_one_trace() {
     let traces: std::collections::BTreeSet<String> =
         spans[0].iter().map(|s| s["trace_id"].to_string()).collect();
     assert_eq!(traces.len(), total, "one trace per request");
+}
+
+/// The orders app with one `psycopg_pool.ConnectionPool` of 3 connections shared by all its
+/// request threads, so a database connection serves requests of many threads in turn.
+const POOLED_ORDERS_APP: &str = r#"
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from psycopg_pool import ConnectionPool
+
+pool = ConnectionPool(sys.argv[2], min_size=3, max_size=3, kwargs={"autocommit": True})
+pool.wait()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        order = int(self.path.rsplit("/", 1)[-1]) % 10 + 1
+        with pool.connection() as db:
+            row = db.execute("SELECT item FROM orders WHERE id = %s", (order,)).fetchone()
+        body = (row[0] + "\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"#;
+
+/// One `requests.Session` (a pool of 3 keep-alive connections) shared by 8 threads, each
+/// getting `/orders/<i>` for its share of 1..=N: connections pass from thread to thread.
+const POOLED_CLIENT: &str = r#"
+import sys, threading, requests
+from requests.adapters import HTTPAdapter
+
+port, n = int(sys.argv[1]), int(sys.argv[2])
+session = requests.Session()
+session.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=3, pool_block=True))
+failures = []
+
+
+def work(t):
+    for i in range(1 + t, n + 1, 8):
+        r = session.get(f"http://127.0.0.1:{port}/orders/{i}", timeout=10)
+        if r.status_code != 200:
+            failures.append(i)
+
+
+threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+assert not failures, failures
+"#;
+
+/// `n` requests for `/orders/<first>`… pipelined in one write on one connection; reads all
+/// the answers.
+const PIPELINED_CLIENT: &str = r#"
+import socket, sys
+
+port, first, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+s = socket.create_connection(("127.0.0.1", port))
+s.sendall(b"".join(
+    f"GET /orders/{i} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    for i in range(first, first + n)
+))
+seen = b""
+while seen.count(b"HTTP/1.1 200") < n:
+    chunk = s.recv(65536)
+    assert chunk, "closed early"
+    seen += chunk
+s.close()
+"#;
+
+/// The span of `spans` whose `span_id` is `child`'s parent.
+fn parent_of<'a>(spans: &'a [Value], child: &Value) -> Option<&'a Value> {
+    spans
+        .iter()
+        .find(|s| s["span_id"] == child["parent_span_id"])
+}
+
+/// Connection pools: HTTP keep-alive connections shared by a client's threads, and database
+/// connections shared by a server's threads, and requests pipelined on one connection. Each
+/// server span is the child of exactly the client span of its own request (checked by path
+/// for HTTP; for SQL, one call per request inside its parent's time), never of another
+/// request that used the same connection.
+#[test]
+fn pooled_and_pipelined_connections_parent_each_span_to_its_own_request() {
+    let receiver = Receiver::start();
+    let pg = PgServer::start();
+    pg.psql(&[
+        "-c",
+        "CREATE TABLE orders (id int, item text); \
+         INSERT INTO orders SELECT i, 'item ' || i FROM generate_series(1, 10) i",
+    ])
+    .unwrap();
+    let db_url = format!("{}?sslmode=disable&gssencmode=disable", pg.url("postgres"));
+    let app = PyServer::launch(POOLED_ORDERS_APP, &[&db_url]).unwrap();
+    let _agent = receiver.agent("grpc");
+    // The first request makes the app known as a server (see `calls_made_while_serving…`).
+    assert_eq!(curl(&[&app.url("/orders/0")]).unwrap(), "item 1\n");
+    expect_spans(&receiver, app.port(), SERVER, 1);
+    let (pooled, pipelined) = (64usize, 10usize);
+    let run = |code: &str, args: &[String]| {
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(code)
+            .args(args)
+            .output()
+            .expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(POOLED_CLIENT, &[app.port().to_string(), pooled.to_string()]);
+    let first = 1000;
+    run(
+        PIPELINED_CLIENT,
+        &[
+            app.port().to_string(),
+            first.to_string(),
+            pipelined.to_string(),
+        ],
+    );
+    let total = 1 + pooled + pipelined;
+    let clients = expect_spans(&receiver, app.port(), CLIENT, total);
+    let servers = expect_spans(&receiver, app.port(), SERVER, total);
+    // The query of the very first request has no parent (the app was not known to serve yet).
+    let sql_calls = expect_spans(&receiver, pg.port(), CLIENT, total);
+    let second = u(&servers[1]["start"]);
+    let parented_calls: Vec<Value> = sql_calls
+        .iter()
+        .filter(|c| u(&c["start"]) > second)
+        .cloned()
+        .collect();
+    assert_eq!(parented_calls.len(), total - 1);
+    let sql_servers = expect_spans(&receiver, pg.port(), SERVER, total);
+    // HTTP: by path, which is unique per request.
+    for server in &servers {
+        let path = attr(server, "url.path");
+        let parent = parent_of(&clients, server)
+            .unwrap_or_else(|| panic!("no client span is the parent of {server}"));
+        assert_eq!(attr(parent, "url.path"), path, "{server}\nparent {parent}");
+        assert_eq!(parent["trace_id"], server["trace_id"]);
+    }
+    // SQL: each server request has exactly one query as its child, inside it, and each
+    // query's server end is the child of that query (one each).
+    for (children, parents, what) in [
+        (&parented_calls, &servers, "query made while serving"),
+        (&sql_servers, &sql_calls, "PostgreSQL server span"),
+    ] {
+        let mut seen = std::collections::BTreeSet::new();
+        for child in children {
+            let parent = parent_of(parents, child)
+                .unwrap_or_else(|| panic!("no parent for the {what} {child}"));
+            assert_eq!(parent["trace_id"], child["trace_id"], "{what}");
+            assert!(
+                u(&parent["start"]) <= u(&child["start"]) && u(&child["end"]) <= u(&parent["end"]),
+                "{what} {child} not inside {parent}"
+            );
+            assert!(
+                seen.insert(parent["span_id"].to_string()),
+                "two children of {parent}"
+            );
+        }
+    }
 }
 
 /// An `https://` collector whose CA is given in `OTEL_EXPORTER_OTLP_CERTIFICATE`: N requests →

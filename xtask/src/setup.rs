@@ -36,6 +36,8 @@ const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("flask", "flask"),
     ("gunicorn", "gunicorn"),
     ("psycopg[binary]", "psycopg"),
+    // tests/tests/traces.rs: a connection pool shared by threads.
+    ("psycopg-pool", "psycopg_pool"),
     ("confluent-kafka", "confluent_kafka"),
     ("kafka-python", "kafka"),
     // `cargo xtask bench compare`: the in-process instrumentation Periscope is compared to.
