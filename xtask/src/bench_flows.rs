@@ -13,6 +13,11 @@
 //! `--udp` measures `--udp-flows` instead: the same TCP workloads with flows on, without and
 //! with the UDP programs (two cgroup_skb programs that run on every packet and leave at once
 //! for TCP), so the difference is what UDP flow tracking costs the rest of the traffic.
+//!
+//! `--connect-hook` compares the two ways connects get their local address (for traces across
+//! processes), flows off in both: `--connect-hook sock-ops` (a `sock_ops` program) against
+//! `--connect-hook tracepoint` (`sock:inet_sock_set_state` plus kernel reads at `connect`'s
+//! exit, the tier for kernels before 6.10).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -24,9 +29,12 @@ use harness::{Agent, AgentOptions};
 use crate::bench::{machine, other_agents, spread_cell, Cpu};
 use crate::util::{bench_agent, build_agent};
 
-/// The flow programs whose run time is reported.
-const FLOW_PROGRAMS: [&str; 5] = [
+/// The socket programs whose run time is reported: the flows' and the connect hooks'.
+const FLOW_PROGRAMS: [&str; 8] = [
     "flow_sock_ops",
+    "flow_sock_ops_connect",
+    "connect_local",
+    "connect_state",
     "flow_sock_create",
     "flow_receive_reset",
     "flow_udp_ingress",
@@ -46,8 +54,12 @@ pub struct FlowsArgs {
     #[arg(long, default_value_t = 1024)]
     mib: u64,
     /// Compare flows on without and with `--udp-flows` (instead of flows off and on).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "connect_hook")]
     udp: bool,
+    /// Compare `--connect-hook sock-ops` and `--connect-hook tracepoint`, flows off (instead
+    /// of flows off and on).
+    #[arg(long)]
+    connect_hook: bool,
     /// CPU for the agent, or `none` (the workload threads are not pinned).
     #[arg(long, default_value = "0")]
     agent_cpu: Cpu,
@@ -100,25 +112,16 @@ pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
         for flows in order {
             let agent = Agent::start_with(AgentOptions {
                 bin: Some(bin.clone()),
-                args: if args.udp {
-                    let mut a = vec!["--flows=true".to_owned(), "--bpf-stats".into()];
-                    if flows {
-                        a.push("--udp-flows".into());
-                    }
-                    a
-                } else {
-                    vec![format!("--flows={flows}"), "--bpf-stats".into()]
-                },
+                args: agent_args(args, flows),
                 cpu: args.agent_cpu.0,
                 ..AgentOptions::default()
             })?;
             let conns = measured(&agent, || connections(args.connections))?;
             let bulk = measured(&agent, || bulk(args.mib))?;
             println!(
-                "[bench] round {round}{} {} {}: {:.1} µs CPU/connection, {:.3} ms CPU/MiB; flow programs {:.0} ns/connection, {:.0} ns/MiB",
+                "[bench] round {round}{} {}: {:.1} µs CPU/connection, {:.3} ms CPU/MiB; socket programs {:.0} ns/connection, {:.0} ns/MiB",
                 if round == 0 { " (warm-up, discarded)" } else { "" },
-                if args.udp { "udp flows" } else { "flows" },
-                if flows { "on " } else { "off" },
+                mode_name(args, flows),
                 per(conns.cpu, args.connections) / 1e3,
                 per(bulk.cpu, args.mib) / 1e6,
                 conns.bpf_ns / args.connections as f64,
@@ -134,6 +137,36 @@ pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
     }
     println!("\n{}", report(args, &others, &off, &on));
     Ok(())
+}
+
+/// The agent's arguments for the first (`false`) or second (`true`) column.
+fn agent_args(args: &FlowsArgs, second: bool) -> Vec<String> {
+    let mut a = vec!["--bpf-stats".to_owned()];
+    if args.udp {
+        a.push("--flows=true".into());
+        if second {
+            a.push("--udp-flows".into());
+        }
+    } else if args.connect_hook {
+        a.push("--flows=false".into());
+        a.push("--connect-hook".into());
+        a.push(if second { "tracepoint" } else { "sock-ops" }.into());
+    } else {
+        a.push(format!("--flows={second}"));
+    }
+    a
+}
+
+/// What the first (`false`) or second (`true`) column measures.
+fn mode_name(args: &FlowsArgs, second: bool) -> &'static str {
+    match (args.udp, args.connect_hook, second) {
+        (true, _, false) => "flows on, UDP off",
+        (true, _, true) => "flows on, `--udp-flows`",
+        (_, true, false) => "`--connect-hook sock-ops`",
+        (_, true, true) => "`--connect-hook tracepoint`",
+        (_, _, false) => "flows off",
+        (_, _, true) => "flows on",
+    }
 }
 
 /// ns per unit.
@@ -277,12 +310,18 @@ fn report(args: &FlowsArgs, others: &[u32], off: &Mode, on: &Mode) -> String {
     let bulk_runs = |r: &Run| r.bpf_runs / mib as f64;
     let mut out = String::new();
     out.push_str(&format!(
-        "`{}` — {}; min / **median** / max of {} rounds, flows off and on alternating.{}\n\n",
+        "`{}` — {}; min / **median** / max of {} rounds, the two columns alternating.{}\n\n",
         format_args!(
             "cargo xtask bench flows --rounds {} --connections {n} --mib {mib} --agent-cpu {}{}",
             args.rounds,
             args.agent_cpu,
-            if args.udp { " --udp" } else { "" }
+            if args.udp {
+                " --udp"
+            } else if args.connect_hook {
+                " --connect-hook"
+            } else {
+                ""
+            }
         ),
         machine(),
         args.rounds,
@@ -292,25 +331,25 @@ fn report(args: &FlowsArgs, others: &[u32], off: &Mode, on: &Mode) -> String {
             format!(" Other Periscope processes were running ({others:?}).")
         }
     ));
-    out.push_str(if args.udp {
-        "| | flows on, UDP off | flows on, `--udp-flows` | on − off (paired) |\n|---|---|---|---|\n"
-    } else {
-        "| | flows off | flows on | on − off (paired) |\n|---|---|---|---|\n"
-    });
+    out.push_str(&format!(
+        "| | {} | {} | second − first (paired) |\n|---|---|---|---|\n",
+        mode_name(args, false),
+        mode_name(args, true)
+    ));
     let rows: [Row; 6] = [
         ("connection: CPU µs", &conn_cpu, &off.conns, &on.conns, 1),
         ("connection: wall µs", &conn_wall, &off.conns, &on.conns, 1),
         ("bulk: CPU ms per MiB", &bulk_cpu, &off.bulk, &on.bulk, 3),
         ("bulk: wall ms per MiB", &bulk_wall, &off.bulk, &on.bulk, 3),
         (
-            "flow programs: ns per connection",
+            "socket programs: ns per connection",
             &conn_bpf,
             &off.conns,
             &on.conns,
             0,
         ),
         (
-            "flow programs: ns per MiB",
+            "socket programs: ns per MiB",
             &bulk_bpf,
             &off.bulk,
             &on.bulk,
@@ -333,7 +372,7 @@ fn report(args: &FlowsArgs, others: &[u32], off: &Mode, on: &Mode) -> String {
         }
     };
     out.push_str(&format!(
-        "| flow programs: ns per run (connection / bulk runs) | – | {} / {} | |\n",
+        "| socket programs: ns per run (connection / bulk runs) | – | {} / {} | |\n",
         col(&on.conns, &per_run, 0),
         col(&on.bulk, &per_run, 0)
     ));
