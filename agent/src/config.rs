@@ -32,6 +32,13 @@ pub struct Config {
     )]
     pub syscall_hooks: crate::capture::HookMode,
 
+    /// Once the kernel programs are attached, drop every capability except `CAP_BPF`,
+    /// `CAP_PERFMON`, `CAP_SYS_PTRACE` and `CAP_DAC_READ_SEARCH` (and `CAP_SYS_ADMIN` with
+    /// `--bpf-stats` or before Linux 5.8), in every thread; `--drop-capabilities=false` keeps
+    /// them all.
+    #[arg(long, env = "PERISCOPE_DROP_CAPABILITIES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub drop_capabilities: bool,
+
     /// How connects learn their socket's own address, which links a server span to the client
     /// span that called it on this node: `sock-ops` (Linux 6.10+), `tracepoint` (reads the
     /// socket at offsets from the kernel's BTF; any kernel with BTF), `auto` (the first that

@@ -302,6 +302,21 @@ async fn run(config: Config) -> anyhow::Result<()> {
         capture.program_count(),
         config.metrics_addr
     );
+    if config.drop_capabilities {
+        let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(40);
+        let keep = periscope::privileges::kept_after_start(config.bpf_stats, last_cap);
+        let (kept, dropped) = periscope::privileges::drop_capabilities(keep).context(
+            "dropping capabilities after start-up (--drop-capabilities=false keeps them)",
+        )?;
+        log::info!(
+            "capabilities: kept {}; dropped {} others in every thread",
+            periscope::privileges::names(kept),
+            dropped.count_ones()
+        );
+    }
     let mut reader = tokio::spawn(reader.run());
     let poller = poller.map(|p| tokio::spawn(p.run()));
     state.ready.store(true, Ordering::Relaxed);

@@ -154,3 +154,99 @@ fn muted_connections_that_close_at_once_leave_no_kernel_entries() {
     )
     .unwrap();
 }
+
+/// CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE, CAP_PERFMON and CAP_BPF: what the agent keeps.
+const KEPT_CAPABILITIES: u64 = (1 << 2) | (1 << 19) | (1 << 38) | (1 << 39);
+
+/// After start-up every thread of the agent holds only the capabilities it still uses
+/// (permitted, effective and bounding sets; `no_new_privs` set), and it still does its job
+/// with them: a server started afterwards by another user (`nobody`, whose `/proc` entries
+/// root may read only with the kept capabilities) is counted exactly and named.
+#[test]
+fn capabilities_are_dropped_in_every_thread_and_capture_still_works() {
+    let agent = Agent::start(&[]).unwrap();
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", agent.pid())).unwrap();
+    let mut threads = 0;
+    for task in tasks {
+        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_else(|| panic!("no {name} in {status}"))
+        };
+        for set in ["CapPrm:", "CapEff:", "CapBnd:"] {
+            assert_eq!(
+                u64::from_str_radix(&field(set), 16).unwrap(),
+                KEPT_CAPABILITIES,
+                "{set} of a thread: {status}"
+            );
+        }
+        assert_eq!(field("CapInh:"), "0000000000000000");
+        assert_eq!(field("NoNewPrivs:"), "1");
+        threads += 1;
+    }
+    assert!(threads >= 3, "the runtime's threads too ({threads})");
+    let port = harness::free_port();
+    let dir = harness::TempDir::new("caps").unwrap();
+    std::fs::write(dir.path().join("index.html"), "hello\n").unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let _server = harness::ChildProcess::spawn(
+        "http.server as nobody",
+        std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "/usr/bin/python3",
+            ])
+            .args(["-m", "http.server", "--bind", "127.0.0.1"])
+            .arg(port.to_string())
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    )
+    .unwrap();
+    assert!(
+        harness::wait_for_port(port, WAIT),
+        "http.server did not listen"
+    );
+    let n = 6;
+    for _ in 0..n {
+        harness::curl(&["-o", "/dev/null", &format!("http://127.0.0.1:{port}/")]).unwrap();
+    }
+    let port = port.to_string();
+    let labels = [
+        ("server_port", port.as_str()),
+        ("http_response_status_code", "200"),
+    ];
+    wait_for_metric(
+        &agent,
+        "http_server_request_duration_seconds_count",
+        &labels,
+        n as f64,
+        WAIT,
+    )
+    .unwrap();
+    let series = agent
+        .metrics()
+        .samples("http_server_request_duration_seconds_count");
+    let ours: Vec<_> = series
+        .iter()
+        .filter(|s| s.labels.get("server_port").map(String::as_str) == Some(port.as_str()))
+        .collect();
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    // `/proc/<pid>/exe` of another user's process needs CAP_SYS_PTRACE: without it the name
+    // would fall back to `comm` (`python3`, not the executable's `python3.11`).
+    let exe = std::fs::canonicalize("/usr/bin/python3").unwrap();
+    let exe = exe.file_name().unwrap().to_string_lossy();
+    assert_eq!(
+        ours[0].labels["service_name"], exe,
+        "the server is named after its executable: {ours:?}"
+    );
+}
