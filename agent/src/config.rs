@@ -13,6 +13,19 @@ pub struct Config {
     #[arg(long, env = "PERISCOPE_METRICS_ADDR", default_value = "0.0.0.0:9464")]
     pub metrics_addr: SocketAddr,
 
+    /// Serve the endpoint over HTTPS with this PEM certificate chain (with --metrics-tls-key).
+    #[arg(long, env = "PERISCOPE_METRICS_TLS_CERT")]
+    pub metrics_tls_cert: Option<std::path::PathBuf>,
+
+    /// The PEM private key of --metrics-tls-cert.
+    #[arg(long, env = "PERISCOPE_METRICS_TLS_KEY")]
+    pub metrics_tls_key: Option<std::path::PathBuf>,
+
+    /// /metrics answers 401 unless the request carries `Authorization: Bearer <token>` with the
+    /// token in this file (read at start-up). /healthz and /readyz stay open for probes.
+    #[arg(long, env = "PERISCOPE_METRICS_BEARER_TOKEN_FILE")]
+    pub metrics_bearer_token_file: Option<std::path::PathBuf>,
+
     /// Bytes of payload copied from the kernel per socket read or write (1..=4096).
     #[arg(long, env = "PERISCOPE_CAPTURE_BYTES", default_value_t = 4096,
           value_parser = clap::value_parser!(u32).range(1..=agent_ebpf::MAX_CAPTURE as i64))]

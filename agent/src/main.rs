@@ -139,7 +139,18 @@ fn main() {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    // The endpoint is bound first: a taken port fails before any kernel work.
+    // The endpoint is bound first: a taken port or a bad certificate fails before any kernel
+    // work.
+    let metrics_tls = match (&config.metrics_tls_cert, &config.metrics_tls_key) {
+        (Some(cert), Some(key)) => Some(http::tls(cert, key)?),
+        (None, None) => None,
+        _ => anyhow::bail!("--metrics-tls-cert and --metrics-tls-key go together"),
+    };
+    let bearer_token = config
+        .metrics_bearer_token_file
+        .as_deref()
+        .map(http::bearer_token)
+        .transpose()?;
     let listener = http::bind(config.metrics_addr).await?;
     let facts = capture::preflight::check()?;
     log::info!(
@@ -183,8 +194,22 @@ async fn run(config: Config) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         ready: AtomicBool::new(false),
         cluster: cluster.clone(),
+        bearer_token,
     });
-    let server = tokio::spawn(http::serve(listener, state.clone()));
+    log::info!(
+        "metrics endpoint: {}{}",
+        if metrics_tls.is_some() {
+            "HTTPS"
+        } else {
+            "HTTP"
+        },
+        if state.bearer_token.is_some() {
+            ", /metrics needs the bearer token"
+        } else {
+            ""
+        }
+    );
+    let server = tokio::spawn(http::serve(listener, state.clone(), metrics_tls));
 
     let settings = capture::Settings {
         capture_bytes: config.capture_bytes,

@@ -157,14 +157,25 @@ fn deployed_agent() -> (Agent, TempDir) {
         ..AgentOptions::default()
     })
     .unwrap();
-    // `exec` kept the pid: this is the agent itself.
+    // `exec` kept the pid: this is the agent itself. It started with `expected` and, once
+    // attached, dropped all but BPF, PERFMON, SYS_PTRACE and DAC_READ_SEARCH.
+    let kept_after_start = expected & ((1 << 2) | (1 << 19) | (1 << 38) | (1 << 39));
     assert_eq!(
         cap_mask(agent.pid(), "CapEff:"),
-        expected,
+        kept_after_start,
         "{}",
         agent.log()
     );
+    // The bounding set shrinks only with CAP_SETPCAP, which the DaemonSet does not grant;
+    // with no_new_privs nothing can use what is left of it.
     assert_eq!(cap_mask(agent.pid(), "CapBnd:"), expected);
+    assert!(
+        agent
+            .log()
+            .contains("capabilities: kept dac_read_search, sys_ptrace, perfmon, bpf"),
+        "{}",
+        agent.log()
+    );
     let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
     assert!(status.lines().any(|l| l == "NoNewPrivs:\t1"), "{status}");
     (agent, dir)

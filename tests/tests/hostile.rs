@@ -250,3 +250,111 @@ fn capabilities_are_dropped_in_every_thread_and_capture_still_works() {
         "the server is named after its executable: {ours:?}"
     );
 }
+
+/// `curl` with `args`; returns (HTTP status, body). Status 0 when no HTTP answer came.
+fn curl_status(args: &[&str]) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "5", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// `/metrics` over HTTPS with a bearer token, as kube-rbac-proxy setups scrape: the token is
+/// required (401 without it or with a wrong one, with `WWW-Authenticate: Bearer`), the probes
+/// stay open, and plain HTTP gets no answer.
+#[test]
+fn metrics_endpoint_serves_https_and_demands_the_bearer_token() {
+    let dir = harness::TempDir::new("metrics-tls").unwrap();
+    let (cert, key, token_file) = (
+        dir.path().join("cert.pem"),
+        dir.path().join("key.pem"),
+        dir.path().join("token"),
+    );
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=periscope"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let token = "c2VjcmV0LXNjcmFwZS10b2tlbg";
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let port = harness::free_port();
+    let log = dir.path().join("agent.log");
+    let _agent = harness::ChildProcess::spawn(
+        "agent",
+        std::process::Command::new(harness::agent_binary())
+            .arg("--metrics-addr")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--metrics-tls-cert")
+            .arg(&cert)
+            .arg("--metrics-tls-key")
+            .arg(&key)
+            .arg("--metrics-bearer-token-file")
+            .arg(&token_file)
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("agent.err")).unwrap()),
+    )
+    .unwrap();
+    let url = |path: &str| format!("https://127.0.0.1:{port}{path}");
+    let cacert = cert.to_str().unwrap();
+    let ready = harness::wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+        curl_status(&["--cacert", cacert, &url("/readyz")]).0 == 200
+    });
+    let stderr = || std::fs::read_to_string(dir.path().join("agent.err")).unwrap_or_default();
+    assert!(ready, "not ready over HTTPS: {}", stderr());
+    let bearer = format!("Authorization: Bearer {token}");
+    let (status, body) = curl_status(&["--cacert", cacert, "-H", &bearer, &url("/metrics")]);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("periscope_hooks_info"), "{body}");
+    for args in [
+        vec!["--cacert", cacert, url("/metrics").leak()],
+        vec![
+            "--cacert",
+            cacert,
+            "-H",
+            "Authorization: Bearer c2VjcmV0LXNjcmFwZS10b2tlbh",
+            url("/metrics").leak(),
+        ],
+    ] {
+        let (status, body) = curl_status(&args);
+        assert_eq!(status, 401, "{args:?}: {body}");
+    }
+    let headers = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "--cacert",
+            cacert,
+            &url("/metrics"),
+        ])
+        .output()
+        .unwrap();
+    let headers = String::from_utf8_lossy(&headers.stdout);
+    assert!(headers.contains("WWW-Authenticate: Bearer"), "{headers}");
+    assert_eq!(curl_status(&["--cacert", cacert, &url("/healthz")]).0, 200);
+    let (status, _) = curl_status(&[&format!("http://127.0.0.1:{port}/metrics")]);
+    assert_eq!(status, 0, "plain HTTP must get no HTTP answer");
+}

@@ -2,15 +2,21 @@
 //!
 //! A deliberately small HTTP/1.x server: one request per connection, bounded request size and
 //! time, so that a slow or hostile scraper can never hold the agent up.
+//!
+//! Optionally protected as kube-rbac-proxy users expect: HTTPS with a certificate and key
+//! read at start-up (`--metrics-tls-cert`, `--metrics-tls-key`), and a bearer token that
+//! `/metrics` demands (`--metrics-bearer-token-file`, compared in constant time). `/healthz`
+//! and `/readyz` stay open for the kubelet's probes: they say nothing about other pods.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 use super::prometheus::Metrics;
 
@@ -27,6 +33,87 @@ pub struct State {
     /// series would carry no pod labels. (A later loss of the API server keeps the agent
     /// ready: it serves what it knows and says so in `periscope_kubernetes_connected`.)
     pub cluster: Option<Arc<dyn crate::metadata::ClusterView>>,
+    /// The token `/metrics` requests must carry (`Authorization: Bearer …`), if any.
+    pub bearer_token: Option<Vec<u8>>,
+}
+
+/// The HTTPS side of the endpoint, built once at start-up.
+#[cfg(feature = "tls")]
+pub type Tls = tokio_rustls::TlsAcceptor;
+#[cfg(not(feature = "tls"))]
+pub type Tls = std::convert::Infallible;
+
+/// Reads the certificate chain and key (`--metrics-tls-cert`, `--metrics-tls-key`); an error
+/// names the flag and the file.
+#[cfg(feature = "tls")]
+pub fn tls(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<Tls> {
+    use crate::export::otlp::tls::{pem_certificates, read};
+    use rustls::pki_types::{pem::PemObject, PrivateKeyDer};
+    let chain = pem_certificates("--metrics-tls-cert", cert)?;
+    let key_pem = read("--metrics-tls-key", key)?;
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        anyhow::anyhow!(
+            "--metrics-tls-key: {}: no PEM private key: {e}",
+            key.display()
+        )
+    })?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("TLS: the ring provider")?
+    .with_no_client_auth()
+    .with_single_cert(chain, key_der)
+    .with_context(|| {
+        format!(
+            "--metrics-tls-cert and --metrics-tls-key: {} and {} are not a certificate and its key",
+            cert.display(),
+            key.display()
+        )
+    })?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+#[cfg(not(feature = "tls"))]
+pub fn tls(_cert: &std::path::Path, _key: &std::path::Path) -> anyhow::Result<Tls> {
+    anyhow::bail!("--metrics-tls-cert needs a build with the `tls` cargo feature")
+}
+
+/// The bearer token in `path` (surrounding whitespace trimmed); an empty one is an error.
+pub fn bearer_token(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let text = std::fs::read(path).with_context(|| {
+        format!(
+            "--metrics-bearer-token-file: cannot read {}",
+            path.display()
+        )
+    })?;
+    let token = text.trim_ascii().to_vec();
+    if token.is_empty() {
+        anyhow::bail!("--metrics-bearer-token-file: {} is empty", path.display());
+    }
+    Ok(token)
+}
+
+/// Whether the request head carries `Authorization: Bearer <token>` (constant-time compare).
+fn authorized(request_head: &[u8], token: &[u8]) -> bool {
+    let head = String::from_utf8_lossy(request_head);
+    head.split("\r\n").any(|line| {
+        let Some((name, value)) = line.split_once(':') else {
+            return false;
+        };
+        let value = value.trim().as_bytes();
+        if !name.trim().eq_ignore_ascii_case("authorization") || value.len() < 7 {
+            return false;
+        }
+        let (scheme, given) = value.split_at(7);
+        scheme.eq_ignore_ascii_case(b"bearer ")
+            && given.len() == token.len()
+            && given
+                .iter()
+                .zip(token)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    })
 }
 
 impl State {
@@ -57,8 +144,8 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     })
 }
 
-/// Serves until the task is dropped.
-pub async fn serve(listener: TcpListener, state: Arc<State>) {
+/// Serves until the task is dropped; over HTTPS when `tls` is given.
+pub async fn serve(listener: TcpListener, state: Arc<State>, tls: Option<Tls>) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(conn) => conn,
@@ -69,15 +156,30 @@ pub async fn serve(listener: TcpListener, state: Arc<State>) {
             }
         };
         let state = state.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = tokio::time::timeout(IO_TIMEOUT, handle(stream, &state)).await {
-                log::debug!("metrics endpoint: client timed out: {e}");
+            let served = async {
+                match tls {
+                    #[cfg(feature = "tls")]
+                    Some(acceptor) => handle(acceptor.accept(stream).await?, &state).await,
+                    #[cfg(not(feature = "tls"))]
+                    Some(never) => match never {},
+                    None => handle(stream, &state).await,
+                }
+            };
+            match tokio::time::timeout(IO_TIMEOUT, served).await {
+                Err(e) => log::debug!("metrics endpoint: client timed out: {e}"),
+                Ok(Err(e)) => log::debug!("metrics endpoint: {e}"),
+                Ok(Ok(())) => {}
             }
         });
     }
 }
 
-async fn handle(mut stream: TcpStream, state: &State) -> std::io::Result<()> {
+async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    state: &State,
+) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -112,6 +214,22 @@ async fn handle(mut stream: TcpStream, state: &State) -> std::io::Result<()> {
         .await;
     }
     match path {
+        "/metrics"
+            if state
+                .bearer_token
+                .as_ref()
+                .is_some_and(|t| !authorized(&buf, t)) =>
+        {
+            log::debug!("metrics endpoint: a /metrics request without the bearer token");
+            respond_with(
+                &mut stream,
+                "401 Unauthorized",
+                "text/plain",
+                "WWW-Authenticate: Bearer\r\n",
+                b"bearer token required\n",
+            )
+            .await
+        }
         "/metrics" => {
             state.metrics.refresh_process_stats();
             let mut body = String::with_capacity(64 * 1024);
@@ -192,14 +310,25 @@ pub fn openmetrics_to_prometheus(text: &str) -> String {
     out
 }
 
-async fn respond(
-    stream: &mut TcpStream,
+async fn respond<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     status: &str,
     content_type: &str,
     body: &[u8],
 ) -> std::io::Result<()> {
+    respond_with(stream, status, content_type, "", body).await
+}
+
+/// `respond` with extra header lines (each ending in CRLF).
+async fn respond_with<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: &str,
+    content_type: &str,
+    extra_headers: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
     let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra_headers}Connection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;
@@ -219,6 +348,31 @@ mod tests {
             classic,
             "# HELP x_bytes_total Bytes.\n# TYPE x_bytes_total counter\nx_bytes_total 3\n# HELP g A gauge.\n# TYPE g gauge\ng 1\n"
         );
+    }
+
+    #[test]
+    fn the_bearer_token_must_match_exactly() {
+        let head = |auth: &str| format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{auth}\r\n\r\n");
+        let token = b"s3cret-token";
+        assert!(authorized(
+            head("Authorization: Bearer s3cret-token").as_bytes(),
+            token
+        ));
+        assert!(authorized(
+            head("authorization:  bearer s3cret-token ").as_bytes(),
+            token
+        ));
+        for wrong in [
+            "Authorization: Bearer s3cret-toke",
+            "Authorization: Bearer s3cret-token2",
+            "Authorization: Basic s3cret-token",
+            "Authorization: s3cret-token",
+            "X-Authorization: Bearer s3cret-token",
+            "Authorization: Bearer",
+            "",
+        ] {
+            assert!(!authorized(head(wrong).as_bytes(), token), "{wrong}");
+        }
     }
 
     #[test]

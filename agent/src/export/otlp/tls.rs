@@ -110,13 +110,16 @@ pub fn client_config(_options: &TlsOptions) -> anyhow::Result<ClientTls> {
 
 /// The file, or an error naming the setting and the path.
 #[cfg(feature = "tls")]
-fn read(setting: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn read(setting: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("{setting}: cannot read {}", path.display()))
 }
 
 /// Every certificate in a PEM file; none is an error.
 #[cfg(feature = "tls")]
-fn pem_certificates(setting: &str, path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+pub(crate) fn pem_certificates(
+    setting: &str,
+    path: &Path,
+) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let bytes = read(setting, path)?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
