@@ -799,8 +799,85 @@ pub fn sys_enter_close(ctx: &TracePointContext) -> u32 {
     0
 }
 
+/// `dup2(old, new)` and `dup3(old, new, flags)`: `new` is closed first when it is open and not
+/// `old`, as by `close`, and then holds a copy of `old` (whose I/O through `new` is not
+/// captured). A call that fails leaves `new` open but untracked: a lost connection, never
+/// another file's bytes.
+pub fn sys_enter_dup(ctx: &TracePointContext) -> u32 {
+    // SAFETY: offsets 16 and 24 of a syscall enter record are its first two arguments.
+    let (old, new) = unsafe { (ctx.read_at::<u64>(16), ctx.read_at::<u64>(24)) };
+    if let (Ok(old), Ok(new)) = (old, new) {
+        if old as i32 != new as i32 {
+            on_close_by(new as i32, Syscall::Dup);
+        }
+    }
+    0
+}
+
+/// `close_range(first, last, flags)`: without `CLOSE_RANGE_CLOEXEC` it closes the range. The
+/// kernel cannot walk `CONNS` by process, so userspace ends the tracked connections in the
+/// range and has their entries removed; the event comes before any I/O on a reused descriptor,
+/// so none of it is taken for the old connection. Only processes that have tracked sockets
+/// (`RECENT`) send it.
+pub fn sys_enter_close_range(ctx: &TracePointContext) -> u32 {
+    const CLOSE_RANGE_CLOEXEC: u64 = 1 << 2;
+    // SAFETY: offsets 16, 24 and 32 of a syscall enter record are its first three arguments.
+    let (first, last, flags) = unsafe {
+        (
+            ctx.read_at::<u64>(16),
+            ctx.read_at::<u64>(24),
+            ctx.read_at::<u64>(32),
+        )
+    };
+    let (Ok(first), Ok(last), Ok(flags)) = (first, last, flags) else {
+        return 0;
+    };
+    if flags & CLOSE_RANGE_CLOEXEC != 0 {
+        return 0; // closed at exec: `process_exec`
+    }
+    notify_process(
+        EventKind::CloseRange,
+        Syscall::CloseRange,
+        first as i32,
+        last as u32 as u64,
+    );
+    0
+}
+
+/// `sched:sched_process_exec`: the new program starts without the close-on-exec descriptors;
+/// userspace ends the connections whose descriptor did not survive (same ordering as above).
+pub fn process_exec(_ctx: &TracePointContext) -> u32 {
+    notify_process(EventKind::Exec, Syscall::Exec, -1, 0);
+    0
+}
+
+/// Sends a process-wide event (`fd`, `value` in `conn_id`) if the process has tracked sockets.
+#[inline(always)]
+fn notify_process(kind: EventKind, syscall: Syscall, fd: i32, value: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = tgid_of(pid_tgid);
+    // SAFETY: only presence is checked.
+    if tgid == config().self_tgid || unsafe { RECENT.get(&tgid) }.is_none() {
+        return;
+    }
+    let Some(buf) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
+    let buf = unsafe { &mut *buf };
+    let ts = now();
+    fill_header(&mut buf.header, pid_tgid, kind, value, fd, ts);
+    buf.header.syscall = syscall as u8;
+    submit(buf, 0);
+}
+
 #[inline(always)]
 fn on_close(fd: i32) {
+    on_close_by(fd, Syscall::Close);
+}
+
+#[inline(always)]
+fn on_close_by(fd: i32, syscall: Syscall) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let key = SockKey {
         tgid: tgid_of(pid_tgid),
@@ -828,7 +905,7 @@ fn on_close(fd: i32) {
         fd,
         ts,
     );
-    buf.header.syscall = Syscall::Close as u8;
+    buf.header.syscall = syscall as u8;
     buf.header.origin = conn.origin;
     submit(buf, 0);
 }

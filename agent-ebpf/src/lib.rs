@@ -66,6 +66,11 @@ pub enum EventKind {
     Close = 3,
     /// A thread-group leader exited: all its sockets are gone.
     ProcessExit = 4,
+    /// `close_range(fd, conn_id as last, flags)` without `CLOSE_RANGE_CLOEXEC` closed every
+    /// descriptor from `fd` to the header's `conn_id` (the last one, inclusive).
+    CloseRange = 5,
+    /// The process executed a new program: its close-on-exec descriptors are gone.
+    Exec = 6,
 }
 
 impl EventKind {
@@ -75,6 +80,8 @@ impl EventKind {
             2 => Some(Self::Open),
             3 => Some(Self::Close),
             4 => Some(Self::ProcessExit),
+            5 => Some(Self::CloseRange),
+            6 => Some(Self::Exec),
             _ => None,
         }
     }
@@ -118,6 +125,10 @@ pub enum Syscall {
     Exit = 13,
     /// A socket inherited by a child process at fork (an `Open` event).
     Fork = 14,
+    /// `dup2`/`dup3` closing their target descriptor (a `Close` event).
+    Dup = 15,
+    CloseRange = 16,
+    Exec = 17,
 }
 
 /// Fixed header of every ring-buffer event; for `Data` and `Open` events `cap_len` payload
@@ -740,6 +751,10 @@ pub mod names {
             SYS_EXIT_STATS_RAW = "sys_exit_stats_raw",
             SYS_ENTER_CLOSE = "sys_enter_close",
             TASK_NEWTASK = "task_newtask",
+            SYS_ENTER_DUP2 = "sys_enter_dup2",
+            SYS_ENTER_DUP3 = "sys_enter_dup3",
+            SYS_ENTER_CLOSE_RANGE = "sys_enter_close_range",
+            PROCESS_EXEC = "process_exec",
             PROCESS_EXIT = "process_exit",
             CONNECT_LOCAL = "connect_local",
             CONNECT_STATE = "connect_state",

@@ -221,6 +221,26 @@ mod programs {
     }
 
     #[tracepoint]
+    pub fn sys_enter_dup2(ctx: TracePointContext) -> u32 {
+        io::sys_enter_dup(&ctx)
+    }
+
+    #[tracepoint]
+    pub fn sys_enter_dup3(ctx: TracePointContext) -> u32 {
+        io::sys_enter_dup(&ctx)
+    }
+
+    #[tracepoint]
+    pub fn sys_enter_close_range(ctx: TracePointContext) -> u32 {
+        io::sys_enter_close_range(&ctx)
+    }
+
+    #[tracepoint]
+    pub fn process_exec(ctx: TracePointContext) -> u32 {
+        io::process_exec(&ctx)
+    }
+
+    #[tracepoint]
     pub fn task_newtask(ctx: TracePointContext) -> u32 {
         io::task_newtask(&ctx)
     }

@@ -217,6 +217,12 @@ fn handle_record(
         EventKind::ProcessExit => {
             by_kind.process_exit.inc();
         }
+        EventKind::CloseRange => {
+            by_kind.close_range.inc();
+        }
+        EventKind::Exec => {
+            by_kind.exec.inc();
+        }
     }
     tracker.on_event(&header, payload, sink, actions);
 }

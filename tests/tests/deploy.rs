@@ -515,6 +515,105 @@ fn chart_mounts_the_collectors_tls_secrets() {
     }
 }
 
+/// A protected /metrics: the TLS pair and the token come from Secrets, mounted where the
+/// agent's variables point; the probes switch to HTTPS; both monitors scrape with https, the
+/// CA and server name, and the bearer token.
+#[test]
+fn chart_protects_metrics_with_tls_and_a_bearer_token() {
+    for monitor in ["serviceMonitor", "podMonitor"] {
+        let mut values = all_features(monitor);
+        values["metricsAuth"] = json!({
+            "tlsSecret": "periscope-metrics-tls",
+            "serverName": "periscope.monitoring.svc",
+            "tokenSecret": "periscope-metrics-token",
+        });
+        let rendered = render_chart(&values).unwrap();
+        kubernetes_validate(&rendered).unwrap();
+        let daemonset = find(&rendered, "DaemonSet");
+        let env = env_of(&daemonset);
+        let pod = &daemonset["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        let mounts = container["volumeMounts"].as_array().unwrap();
+        let volumes = pod["volumes"].as_array().unwrap();
+        for (variable, file, volume, secret) in [
+            (
+                "PERISCOPE_METRICS_TLS_CERT",
+                "tls.crt",
+                "metrics-tls",
+                "periscope-metrics-tls",
+            ),
+            (
+                "PERISCOPE_METRICS_TLS_KEY",
+                "tls.key",
+                "metrics-tls",
+                "periscope-metrics-tls",
+            ),
+            (
+                "PERISCOPE_METRICS_BEARER_TOKEN_FILE",
+                "token",
+                "metrics-token",
+                "periscope-metrics-token",
+            ),
+        ] {
+            let mount = mounts.iter().find(|m| m["name"] == volume).unwrap();
+            let path = format!("{}/{file}", mount["mountPath"].as_str().unwrap());
+            assert_eq!(env[variable], path.as_str(), "{variable}");
+            let v = volumes.iter().find(|v| v["name"] == volume).unwrap();
+            assert_eq!(v["secret"]["secretName"], secret);
+            assert!(v["secret"]["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["key"] == file));
+        }
+        for probe in ["livenessProbe", "readinessProbe"] {
+            assert_eq!(container[probe]["httpGet"]["scheme"], "HTTPS", "{probe}");
+        }
+        let kind = if monitor == "serviceMonitor" {
+            "ServiceMonitor"
+        } else {
+            "PodMonitor"
+        };
+        let endpoints = if monitor == "serviceMonitor" {
+            "endpoints"
+        } else {
+            "podMetricsEndpoints"
+        };
+        let endpoint = &find(&rendered, kind)["spec"][endpoints][0];
+        assert_eq!(endpoint["scheme"], "https", "{endpoint}");
+        assert_eq!(
+            endpoint["tlsConfig"]["serverName"],
+            "periscope.monitoring.svc"
+        );
+        assert_eq!(
+            endpoint["tlsConfig"]["ca"]["secret"]["name"],
+            "periscope-metrics-tls"
+        );
+        assert_eq!(endpoint["tlsConfig"]["ca"]["secret"]["key"], "ca.crt");
+        assert_eq!(endpoint["authorization"]["type"], "Bearer");
+        assert_eq!(
+            endpoint["authorization"]["credentials"]["name"],
+            "periscope-metrics-token"
+        );
+        assert_eq!(endpoint["authorization"]["credentials"]["key"], "token");
+    }
+    // Without metricsAuth: plain HTTP everywhere, nothing mounted.
+    let rendered = render_chart(&all_features("serviceMonitor")).unwrap();
+    let daemonset = find(&rendered, "DaemonSet");
+    assert!(!env_of(&daemonset).contains_key("PERISCOPE_METRICS_TLS_CERT"));
+    let endpoint = &find(&rendered, "ServiceMonitor")["spec"]["endpoints"][0];
+    assert!(endpoint.get("scheme").is_none() && endpoint.get("authorization").is_none());
+    assert!(
+        daemonset["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]
+            .get("scheme")
+            .is_none()
+    );
+    // TLS without a server name cannot be verified by pod IP: refused at render time.
+    let mut values = all_features("serviceMonitor");
+    values["metricsAuth"] = json!({"tlsSecret": "periscope-metrics-tls"});
+    assert!(render_chart(&values).is_err());
+}
+
 #[test]
 fn chart_passes_helm_lint() {
     // `helm lint` with Helm's own linter: messages are (severity, path, text); severity 1 is

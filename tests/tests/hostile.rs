@@ -358,3 +358,96 @@ fn metrics_endpoint_serves_https_and_demands_the_bearer_token() {
     let (status, _) = curl_status(&[&format!("http://127.0.0.1:{port}/metrics")]);
     assert_eq!(status, 0, "plain HTTP must get no HTTP answer");
 }
+
+/// A client that makes one real request on a socket, then puts a file on that socket's
+/// descriptor number (`dup2` over it, or `close_range` and a fresh `open`) and moves an
+/// HTTP-looking request and response through the file: the agent must count the real request
+/// and never take the file's bytes for the closed connection's.
+const FD_REUSE_CLIENT: &str = r#"
+import ctypes, os, socket, sys, tempfile
+
+port, mode = int(sys.argv[1]), sys.argv[2]
+s = socket.create_connection(("127.0.0.1", port))
+s.sendall(b"GET /status/200 HTTP/1.1\r\nHost: x\r\n\r\n")
+got = b""
+while b"\r\n\r\n" not in got:
+    got += s.recv(4096)
+assert got.startswith(b"HTTP/1.1 200"), got
+head, _, body = got.partition(b"\r\n\r\n")
+length = [int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")]
+while len(body) < length[0]:
+    body += s.recv(4096)
+fd = s.fileno()
+req = f"GET /leak-{mode} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+path = tempfile.mktemp()
+if mode == "dup2":
+    f = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.dup2(f, fd)
+else:
+    # close_range(2) itself (glibc 2.34+), not Python's os.closerange (a loop of close).
+    assert ctypes.CDLL(None, use_errno=True).close_range(fd, fd, 0) == 0
+    f = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    assert f == fd, (f, fd)
+os.pwrite(fd, resp, len(req))      # not a hooked syscall: sets the "response" up
+os.write(fd, req)                  # egress on the reused descriptor
+assert os.read(fd, 100) == resp    # ingress on it
+os.unlink(path)
+os._exit(0)                        # no close: nothing else tidies the descriptor up
+"#;
+
+#[test]
+fn a_file_on_a_descriptor_reused_after_dup2_or_close_range_is_not_captured() {
+    let server = harness::PyServer::http_test_server();
+    let agent = Agent::start(&[]).unwrap();
+    for mode in ["dup2", "close_range"] {
+        let out = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(FD_REUSE_CLIENT)
+            .arg(server.port().to_string())
+            .arg(mode)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{mode}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let port = server.port().to_string();
+    let labels = [("server_port", port.as_str())];
+    wait_for_metric(
+        &agent,
+        "http_server_request_duration_seconds_count",
+        &labels,
+        2.0,
+        WAIT,
+    )
+    .unwrap();
+    wait_for_metric(
+        &agent,
+        "http_client_request_duration_seconds_count",
+        &labels,
+        2.0,
+        WAIT,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let m = agent.metrics();
+    for name in [
+        "http_server_request_duration_seconds_count",
+        "http_client_request_duration_seconds_count",
+    ] {
+        let leaked: Vec<_> = m
+            .samples(name)
+            .into_iter()
+            .filter(|s| {
+                s.labels
+                    .get("http_route")
+                    .is_some_and(|r| r.contains("leak"))
+            })
+            .collect();
+        assert!(leaked.is_empty(), "{name}: {leaked:?}");
+        assert_eq!(m.sum(name, &labels), 2.0, "{name}");
+    }
+}

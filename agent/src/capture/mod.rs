@@ -37,6 +37,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ag
 /// Classic tracepoints: (program, category, name).
 const TRACEPOINTS: &[(&str, &str, &str)] = &[
     (program::SYS_ENTER_CLOSE, "syscalls", "sys_enter_close"),
+    (program::SYS_ENTER_DUP2, "syscalls", "sys_enter_dup2"),
+    (program::SYS_ENTER_DUP3, "syscalls", "sys_enter_dup3"),
+    (program::PROCESS_EXEC, "sched", "sched_process_exec"),
     (program::TASK_NEWTASK, "task", "task_newtask"),
     (program::PROCESS_EXIT, "sched", "sched_process_exit"),
 ];
@@ -318,6 +321,19 @@ impl Capture {
                 .with_context(|| format!("the kernel rejected program {program}"))?;
             tp.attach(category, name)
                 .with_context(|| format!("attaching {program} to tracepoint {category}:{name}"))?;
+        }
+        // `close_range(2)` came with Linux 5.9: without it there is nothing to follow.
+        let close_range = (|| -> anyhow::Result<()> {
+            let name = program::SYS_ENTER_CLOSE_RANGE;
+            let tp: &mut TracePoint = program_of(&mut ebpf, name)?.try_into()?;
+            tp.load()
+                .with_context(|| format!("the kernel rejected program {name}"))?;
+            tp.attach("syscalls", "sys_enter_close_range")
+                .context("attaching to syscalls:sys_enter_close_range")?;
+            Ok(())
+        })();
+        if let Err(e) = close_range {
+            log::info!("capture: close_range(2) is not followed ({e:#})");
         }
         let (hooks, framing) = attach_syscall_hooks(&mut ebpf, settings.hooks, settings.framing)?;
         let syscall_stats = match entry {

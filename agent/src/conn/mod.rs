@@ -340,6 +340,53 @@ pub struct Tracker {
     /// Conn id by (tgid, fd): a descriptor holds one socket at a time, so a new connection on
     /// it ends the old one, whose close event was lost.
     by_fd: FxHashMap<(u32, i32), u64>,
+    /// Connections ended by `close_range` or `exec`, whose kernel entries go with the next
+    /// actions: bytes still reported under their ids belong to whatever reused the descriptor
+    /// and are dropped (a bounded FIFO).
+    forgotten: Forgotten,
+}
+
+/// The last `FORGOTTEN_CAP` conn ids ended by `close_range` or `exec`.
+#[derive(Default)]
+struct Forgotten {
+    order: std::collections::VecDeque<u64>,
+    ids: rustc_hash::FxHashSet<u64>,
+}
+
+const FORGOTTEN_CAP: usize = 4096;
+
+impl Forgotten {
+    fn insert(&mut self, id: u64) {
+        if self.ids.insert(id) {
+            self.order.push_back(id);
+            if self.order.len() > FORGOTTEN_CAP {
+                if let Some(old) = self.order.pop_front() {
+                    self.ids.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn contains(&self, id: u64) -> bool {
+        self.ids.contains(&id)
+    }
+}
+
+/// Whether descriptor `fd` of `tgid` still holds a socket that an `exec` kept (not
+/// close-on-exec). A socket the new program opened since would be close-on-exec in practice
+/// (`SOCK_CLOEXEC` is every modern runtime's default), so it is not taken for the old one.
+fn survives_exec(proc_root: &std::path::Path, tgid: u32, fd: i32) -> bool {
+    const O_CLOEXEC: u32 = 0o2000000;
+    let is_socket = std::fs::read_link(proc_root.join(format!("{tgid}/fd/{fd}")))
+        .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"));
+    let flags = std::fs::read_to_string(proc_root.join(format!("{tgid}/fdinfo/{fd}")))
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        });
+    is_socket && flags.is_some_and(|f| f & O_CLOEXEC == 0)
 }
 
 impl Tracker {
@@ -353,6 +400,7 @@ impl Tracker {
             protocols: decoder::Protocols::default(),
             clients: FxHashMap::default(),
             by_fd: FxHashMap::default(),
+            forgotten: Forgotten::default(),
         }
     }
 
@@ -419,6 +467,18 @@ impl Tracker {
             Some(EventKind::ProcessExit) => {
                 let (tgid, ts) = (header.tgid, Some(header.ts_ns));
                 self.end_process(tgid, ts, EndReason::ProcessExit, sink, actions)
+            }
+            Some(EventKind::CloseRange) => {
+                let (first, last) = (header.fd as u32, header.conn_id as u32);
+                let closed = |fd: i32| (first..=last).contains(&(fd as u32));
+                self.end_fds(header.tgid, header.ts_ns, closed, sink, actions);
+            }
+            Some(EventKind::Exec) => {
+                let (tgid, root) = (header.tgid, self.processes_root());
+                let closed = |fd: i32| !survives_exec(&root, tgid, fd);
+                self.end_fds(tgid, header.ts_ns, closed, sink, actions);
+                // A new program: named again from its new executable.
+                self.processes.forget(tgid);
             }
             None => {}
         }
@@ -536,6 +596,9 @@ impl Tracker {
         actions: &mut Vec<KernelAction>,
     ) {
         if !self.conns.contains_key(&header.conn_id) {
+            if self.forgotten.contains(header.conn_id) {
+                return; // another file on a descriptor `close_range` or `exec` closed
+            }
             self.claim_fd(header.tgid, header.fd, header.conn_id, header.ts_ns, sink);
         }
         let conn = match self.conns.get_mut(&header.conn_id) {
@@ -670,6 +733,36 @@ impl Tracker {
         }
         self.processes.forget(tgid);
         self.listeners.forget(tgid);
+    }
+
+    /// Ends the connections of `tgid` whose descriptor `closed` says is gone (`close_range`,
+    /// `exec`), asks the kernel to forget them, and drops bytes still reported under their ids.
+    fn end_fds(
+        &mut self,
+        tgid: u32,
+        ts_ns: u64,
+        closed: impl Fn(i32) -> bool,
+        sink: &mut dyn Sink,
+        actions: &mut Vec<KernelAction>,
+    ) {
+        let ids: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.tgid == tgid && closed(c.fd))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(conn) = self.conns.remove(&id) {
+                actions.push(KernelAction::Forget {
+                    tgid,
+                    fd: conn.fd,
+                    conn_id: id,
+                });
+                self.forgotten.insert(id);
+                let ts = ts_ns.max(conn.last_ns);
+                self.finish(id, conn, ts, EndReason::Closed, sink);
+            }
+        }
     }
 
     /// Makes `conn_id` the connection on (tgid, fd); one that held the descriptor before lost

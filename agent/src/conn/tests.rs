@@ -451,3 +451,88 @@ fn lost_framed_events_are_counted_and_the_decoder_resynchronises() {
         "{targets:?}"
     );
 }
+
+/// `close_range` ends exactly the tracked descriptors in its range, asks the kernel to forget
+/// them, and bytes still reported under their ids (another file on the reused descriptor) are
+/// dropped instead of becoming a connection whose open event was "lost".
+#[test]
+fn close_range_ends_the_range_and_drops_bytes_of_reused_descriptors() {
+    let mut h = Harness::new();
+    for id in [3, 5, 9] {
+        h.open(id, ORIGIN_CONNECT, 8080, "app");
+    }
+    h.data(5, DIR_EGRESS, 10, REQ, REQ.len());
+    let mut range = header(EventKind::CloseRange, 8, 20);
+    range.fd = 4; // closes 4..=8
+    h.tracker.on_event(&range, &[], &mut h.sink, &mut h.actions);
+    assert_eq!(h.sink.ended, vec![EndReason::Closed]);
+    assert_eq!(
+        h.actions,
+        vec![KernelAction::Forget {
+            tgid: PID,
+            fd: 5,
+            conn_id: 5
+        }]
+    );
+    assert_eq!(h.tracker.len(), 2);
+    // A file now on descriptor 5, still reported under the old id until the kernel forgets.
+    h.data(5, DIR_EGRESS, 30, b"GET /secret HTTP/1.1\r\n\r\n", 24);
+    assert_eq!(h.tracker.len(), 2);
+    assert!(h.sink.exchanges.is_empty());
+    // `close_range(0, ~0U)` ends the rest.
+    let mut all = header(EventKind::CloseRange, u64::from(u32::MAX), 40);
+    all.fd = 0;
+    h.tracker.on_event(&all, &[], &mut h.sink, &mut h.actions);
+    assert!(h.tracker.is_empty());
+}
+
+/// `exec` ends the connections whose descriptor did not survive: here the test's own process
+/// stands in, with one socket kept open without close-on-exec, one with it, and a plain file.
+#[test]
+fn exec_ends_connections_whose_descriptor_did_not_survive() {
+    use std::os::fd::AsRawFd;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let kept = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let cloexec = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let file = std::fs::File::open("/proc/self/status").unwrap();
+    // SAFETY: clears FD_CLOEXEC on a descriptor this test owns.
+    assert_eq!(
+        unsafe { libc::fcntl(kept.as_raw_fd(), libc::F_SETFD, 0) },
+        0
+    );
+    let me = std::process::id();
+    let mut h = Harness::new();
+    let fds = [
+        kept.as_raw_fd(),
+        cloexec.as_raw_fd(),
+        file.as_raw_fd(),
+        100_000,
+    ];
+    for (i, fd) in fds.iter().enumerate() {
+        let mut open = header(EventKind::Open, i as u64 + 1, 1);
+        open.tgid = me;
+        open.fd = *fd;
+        open.origin = ORIGIN_CONNECT;
+        let payload = open_payload(8080, "app");
+        open.cap_len = payload.len() as u32;
+        h.tracker
+            .on_event(&open, &payload, &mut h.sink, &mut h.actions);
+    }
+    let mut exec = header(EventKind::Exec, 0, 20);
+    exec.tgid = me;
+    exec.fd = -1;
+    h.tracker.on_event(&exec, &[], &mut h.sink, &mut h.actions);
+    let mut forgotten: Vec<i32> = h
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            KernelAction::Forget { fd, .. } => Some(*fd),
+            _ => None,
+        })
+        .collect();
+    forgotten.sort();
+    let mut expected = vec![cloexec.as_raw_fd(), file.as_raw_fd(), 100_000];
+    expected.sort();
+    assert_eq!(forgotten, expected);
+    assert_eq!(h.tracker.len(), 1, "only the socket kept across exec stays");
+}

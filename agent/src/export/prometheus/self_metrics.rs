@@ -285,6 +285,8 @@ pub struct EventCounters {
     pub open: Counter,
     pub close: Counter,
     pub process_exit: Counter,
+    pub close_range: Counter,
+    pub exec: Counter,
 }
 
 impl EventCounters {
@@ -301,6 +303,8 @@ impl EventCounters {
             open: get("open"),
             close: get("close"),
             process_exit: get("process_exit"),
+            close_range: get("close_range"),
+            exec: get("exec"),
         }
     }
 }

@@ -50,3 +50,28 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 {{- define "periscope.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
+
+{{/* How a ServiceMonitor or PodMonitor endpoint reaches a protected /metrics (metricsAuth). */}}
+{{- define "periscope.scrapeAuth" -}}
+{{- with .Values.metricsAuth }}
+{{- if .tlsSecret }}
+{{- if not .serverName }}
+{{- fail "metricsAuth.tlsSecret needs metricsAuth.serverName: a DNS name in the certificate, since agents are scraped by pod IP" }}
+{{- end }}
+scheme: https
+tlsConfig:
+  serverName: {{ .serverName | quote }}
+  ca:
+    secret:
+      name: {{ .tlsSecret | quote }}
+      key: ca.crt
+{{- end }}
+{{- if .tokenSecret }}
+authorization:
+  type: Bearer
+  credentials:
+    name: {{ .tokenSecret | quote }}
+    key: token
+{{- end }}
+{{- end }}
+{{- end }}
