@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agent_ebpf::{
     FlowKey, FlowStats, FLOW_COUNTER_NAMES, FLOW_RTT_BUCKETS, ROLE_CLIENT, ROLE_SERVER, ROLE_UDP,
@@ -209,6 +209,15 @@ pub struct FlowPoller {
     admitted: std::collections::HashSet<FlowLabels>,
     max_series: usize,
     lost: Vec<DeltaCounter>,
+    /// `--series-ttl`: a flow with no open connection whose counts have not moved for this
+    /// long leaves the kernel map, and a label set none of whose flows moved for this long
+    /// leaves the exported series and the admitted set (so a live server with many clients,
+    /// or pods renamed by the cluster view, do not fill either for good). `None` keeps them.
+    idle_ttl: Option<Duration>,
+    /// When each kernel flow's counts last moved (or were first seen).
+    flow_moved: HashMap<FlowKey, Instant>,
+    /// When each admitted label set was last exported to.
+    series_moved: HashMap<FlowLabels, Instant>,
 }
 
 impl FlowPoller {
@@ -234,7 +243,15 @@ impl FlowPoller {
                 .iter()
                 .map(|_| DeltaCounter::default())
                 .collect(),
+            idle_ttl: None,
+            flow_moved: HashMap::new(),
+            series_moved: HashMap::new(),
         }
+    }
+
+    /// Expires idle flows and series after `ttl` (`--series-ttl`; zero keeps them).
+    pub fn set_idle_ttl(&mut self, ttl: Duration) {
+        self.idle_ttl = (!ttl.is_zero()).then_some(ttl);
     }
 
     /// Names owners' pods and peers through the cluster view from now on.
@@ -247,12 +264,20 @@ impl FlowPoller {
     pub async fn run(mut self, interval: Duration) -> anyhow::Result<()> {
         let mut tick = tokio::time::interval(interval);
         let mut polls: u64 = 0;
+        // Sweeps every 30 polls, or four times per TTL when that is shorter.
+        let sweep_every = self
+            .idle_ttl
+            .map_or(30, |ttl| {
+                (ttl.as_secs_f64() / 4.0 / interval.as_secs_f64()) as u64
+            })
+            .clamp(1, 30);
         loop {
             tick.tick().await;
             polls += 1;
             self.poll();
-            if polls.is_multiple_of(30) {
+            if polls.is_multiple_of(sweep_every) {
                 self.forget_dead();
+                self.expire_idle(Instant::now());
             }
         }
     }
@@ -267,10 +292,14 @@ impl FlowPoller {
         }
         let current: Vec<(FlowKey, FlowStats)> =
             self.maps.flows.iter().filter_map(Result::ok).collect();
+        let instant = Instant::now();
         for (key, now) in current {
             let before = self.last.get(&key).copied().unwrap_or_default();
             if differs(&before, &now) {
                 self.export(&key, &before, &now);
+                self.flow_moved.insert(key, instant);
+            } else {
+                self.flow_moved.entry(key).or_insert(instant);
             }
             self.last.insert(key, now);
         }
@@ -311,6 +340,14 @@ impl FlowPoller {
                 .inc();
             return;
         };
+        if self.idle_ttl.is_some() {
+            match self.series_moved.get_mut(&*labels) {
+                Some(moved) => *moved = Instant::now(),
+                None => {
+                    self.series_moved.insert((*labels).clone(), Instant::now());
+                }
+            }
+        }
         let labels: &FlowLabels = &labels;
         let m = &self.metrics;
         let delta = |f: fn(&FlowStats) -> u64| f(now).wrapping_sub(f(before));
@@ -355,6 +392,49 @@ impl FlowPoller {
         flow_labels(key, comm, &mut self.processes, self.cluster.as_deref())
     }
 
+    /// `idle_ttl` at work (see the field): idle kernel flows without an open connection, then
+    /// idle label sets with every series they have.
+    fn expire_idle(&mut self, now: Instant) {
+        let Some(ttl) = self.idle_ttl else {
+            return;
+        };
+        let idle = |moved: &Instant| now.saturating_duration_since(*moved) >= ttl;
+        let flows: Vec<FlowKey> = self
+            .flow_moved
+            .iter()
+            .filter(|(key, moved)| {
+                idle(moved) && self.last.get(key).is_some_and(|s| s.established == 0)
+            })
+            .map(|(key, _)| *key)
+            .collect();
+        for key in flows {
+            // Counts the kernel adds between the last read and this removal are lost; the flow
+            // had none for a whole TTL and has no open connection.
+            let _ = self.maps.flows.remove(&key);
+            self.last.remove(&key);
+            self.series.remove(&key);
+            self.flow_moved.remove(&key);
+        }
+        let stale: Vec<FlowLabels> = self
+            .series_moved
+            .iter()
+            .filter(|(_, moved)| idle(moved))
+            .map(|(labels, _)| labels.clone())
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        let mut removed = 0;
+        for labels in &stale {
+            self.series_moved.remove(labels);
+            self.admitted.remove(labels);
+            removed += remove_flow_series(&self.metrics, labels);
+        }
+        // A cached flow may point at a removed label set: resolve (and admit) it again.
+        self.series.clear();
+        self.own.self_metrics.series_expired.inc_by(removed);
+    }
+
     /// Removes the kernel flows of exited processes that have no open connection (their last
     /// counts were exported by the poll before), so the map does not fill up over time.
     fn forget_dead(&mut self) {
@@ -372,9 +452,33 @@ impl FlowPoller {
             let _ = self.maps.flows.remove(&key);
             self.last.remove(&key);
             self.series.remove(&key);
+            self.flow_moved.remove(&key);
             self.processes.forget(key.tgid);
         }
     }
+}
+
+/// Removes every series of one flow label set from the flow families; returns how many.
+fn remove_flow_series(m: &FlowMetrics, labels: &FlowLabels) -> u64 {
+    let mut removed = 0;
+    for direction in ["transmit", "receive"] {
+        removed += u64::from(m.bytes.remove(&FlowIoLabels {
+            flow: labels.clone(),
+            network_io_direction: direction.to_owned(),
+        }));
+    }
+    for kind in ["refused", "timeout", "reset"] {
+        removed += u64::from(m.failures.remove(&FlowErrorLabels {
+            flow: labels.clone(),
+            error_type: kind.to_owned(),
+        }));
+    }
+    removed += u64::from(m.opened.remove(labels));
+    removed += u64::from(m.closed.remove(labels));
+    removed += u64::from(m.established.remove(labels));
+    removed += u64::from(m.retransmits.remove(labels));
+    removed += u64::from(m.rtt.remove(labels));
+    removed
 }
 
 /// The labels of a flow: the one place where a flow's owner becomes workload labels and its

@@ -253,6 +253,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             if let Some(cluster) = &cluster {
                 poller.set_cluster(cluster.clone());
             }
+            poller.set_idle_ttl(config.series_ttl);
             Some(tokio::spawn(poller.run(std::time::Duration::from_secs(1))))
         }
         Some((_, Err(e))) => {

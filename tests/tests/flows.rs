@@ -542,6 +542,53 @@ fn flows_can_be_turned_off_and_their_series_are_capped() {
     assert!(!both);
 }
 
+/// Flow series that saw nothing for `--series-ttl` go (every series of their label set), and
+/// free their place under `--flows-max-series`. The cap is three: the test's own scrapes of
+/// the agent are one flow that never idles, the first client/server pair the other two; the
+/// second pair is exported only if the first pair's places were freed.
+#[test]
+fn idle_flow_series_expire_and_free_their_place_under_the_cap() {
+    let net = NetnsPair::new().unwrap();
+    let dir = TempDir::new("flows").unwrap();
+    let agent = Agent::start(&["--flows-max-series=3", "--series-ttl=3s"]).unwrap();
+    let exchange = |port: u16| {
+        let (mut srv, mut cli) =
+            start_pair(&dir, &net, port, &[3, 10, 10], "client", &[3, 10, 10, 0]);
+        cli.expect("done");
+        srv.expect("done");
+    };
+    let ours = |port: u16| {
+        let port = port.to_string();
+        agent
+            .metrics()
+            .samples(OPENED)
+            .into_iter()
+            .filter(|s| s.labels.get("server_port") == Some(&port))
+            .count()
+    };
+    let first = free_port();
+    exchange(first);
+    assert!(
+        harness::wait_until(WAIT, Duration::from_millis(200), || ours(first) == 2),
+        "the first pair's flows were not exported: {:?}",
+        agent.metrics().samples(OPENED)
+    );
+    // Idle for the TTL: gone, and counted.
+    assert!(
+        harness::wait_until(WAIT, Duration::from_millis(200), || ours(first) == 0),
+        "the idle flow series stayed"
+    );
+    assert!(agent.metrics().sum("periscope_series_expired_total", &[]) > 0.0);
+    // Their places under the cap are free again.
+    let second = free_port();
+    exchange(second);
+    assert!(
+        harness::wait_until(WAIT, Duration::from_millis(200), || ours(second) == 2),
+        "the second pair was not admitted after the expiry: {:?}",
+        agent.metrics().samples(OPENED)
+    );
+}
+
 #[test]
 fn connections_accepted_by_a_listener_older_than_the_agent_are_attributed() {
     let net = NetnsPair::new().unwrap();
