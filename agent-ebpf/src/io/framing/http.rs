@@ -49,12 +49,18 @@ const BAD_NUMBER: u16 = 64;
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
+/// One FNV-1a step over a byte already lower-cased (`| 0x20`): the scanner's and `hash`'s.
+#[inline(always)]
+const fn fold(h: u64, lower: u8) -> u64 {
+    (h ^ lower as u64).wrapping_mul(FNV_PRIME)
+}
+
 /// FNV-1a of the bytes with `| 0x20` (ASCII letters lower-cased), as the scanner hashes names.
 const fn hash(s: &[u8]) -> u64 {
     let mut h = FNV_OFFSET;
     let mut i = 0;
     while i < s.len() {
-        h = (h ^ (s[i] | 0x20) as u64).wrapping_mul(FNV_PRIME);
+        h = fold(h, s[i] | 0x20);
         i += 1;
     }
     h
@@ -147,7 +153,7 @@ pub fn step(w: &mut Walk) -> i64 {
         } else if s.field == FIELD_START && c != b' ' && c != b'\r' {
             // The method or the protocol version: hashed up to its space.
             s.line += 1;
-            s.name = (s.name ^ (c | 0x20) as u64).wrapping_mul(FNV_PRIME);
+            s.name = fold(s.name, c | 0x20);
         } else if s.field != FIELD_REST {
             if i == 0 {
                 scan_byte(s, c, response);
@@ -188,7 +194,7 @@ fn name_byte(s: &mut HttpScan, c: u8) {
             FIELD_REST
         };
     } else {
-        s.name = (s.name ^ (c | 0x20) as u64).wrapping_mul(FNV_PRIME);
+        s.name = fold(s.name, c | 0x20);
     }
 }
 
@@ -220,7 +226,7 @@ fn scan_byte(s: &mut HttpScan, c: u8, response: bool) {
                     s.field = FIELD_REST;
                 }
             } else {
-                s.name = (s.name ^ lc as u64).wrapping_mul(FNV_PRIME);
+                s.name = fold(s.name, lc);
             }
         }
         FIELD_STATUS => {
