@@ -52,6 +52,13 @@ pub struct Config {
     #[arg(long, env = "PERISCOPE_DROP_CAPABILITIES", default_value_t = true, action = clap::ArgAction::Set)]
     pub drop_capabilities: bool,
 
+    /// At most this many bytes held by all protocol decoders together (buffers, queues, SQL,
+    /// names; estimated). The connection that would take them over stops being decoded and is
+    /// counted in `periscope_connections_muted_total{reason="memory_budget"}`.
+    #[arg(long, env = "PERISCOPE_DECODER_MEMORY_BUDGET",
+          default_value_t = crate::conn::DEFAULT_DECODER_MEMORY_BUDGET)]
+    pub decoder_memory_budget: usize,
+
     /// How connects learn their socket's own address, which links a server span to the client
     /// span that called it on this node: `sock-ops` (Linux 6.10+), `tracepoint` (reads the
     /// socket at offsets from the kernel's BTF; any kernel with BTF), `auto` (the first that

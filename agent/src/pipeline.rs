@@ -64,6 +64,11 @@ impl Reader {
         self.tracker.set_protocols(protocols);
     }
 
+    /// `--decoder-memory-budget`.
+    pub fn set_decoder_memory_budget(&mut self, bytes: usize) {
+        self.tracker.set_decoder_memory_budget(bytes);
+    }
+
     /// Names processes' pods and connections' peers through the cluster view from now on.
     pub fn set_cluster(&mut self, cluster: Arc<dyn crate::metadata::ClusterView>) {
         self.tracker.set_cluster(cluster.clone());
@@ -127,6 +132,11 @@ impl Reader {
                 _ = tick.tick() => {
                     ticks += 1;
                     kernel_counters.fold(&maps.counter_totals(), &sink.metrics.metrics);
+                    sink.metrics
+                        .metrics
+                        .self_metrics
+                        .decoder_memory_bytes
+                        .set(tracker.decoder_memory() as i64);
                     if !programs.is_empty() {
                         fold_program_stats(&programs, &sink.metrics.metrics);
                     }

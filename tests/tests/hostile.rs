@@ -451,3 +451,65 @@ fn a_file_on_a_descriptor_reused_after_dup2_or_close_range_is_not_captured() {
         assert_eq!(m.sum(name, &labels), 2.0, "{name}");
     }
 }
+
+/// Many connections that each leave a request head unfinished make every decoder hold bytes:
+/// together they stay under `--decoder-memory-budget` (the connections past it are muted and
+/// counted), and an ordinary request alongside is still counted exactly.
+#[test]
+fn decoders_stay_within_the_memory_budget_under_many_unfinished_heads() {
+    let server = harness::PyServer::http_test_server();
+    let budget: u64 = 2 << 20;
+    let agent = Agent::start(&["--decoder-memory-budget", &budget.to_string()]).unwrap();
+    let mut head = b"GET /slow HTTP/1.1\r\nHost: x\r\nX-Pad: ".to_vec();
+    head.resize(12_000, b'a');
+    let mut held = Vec::new();
+    for _ in 0..400 {
+        let mut s = TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+        s.write_all(&head).unwrap();
+        held.push(s);
+    }
+    let muted = [("reason", "memory_budget")];
+    let all_seen = harness::wait_until(WAIT, Duration::from_millis(200), || {
+        agent
+            .metrics()
+            .sum("periscope_connections_opened_total", &[])
+            >= 800.0
+    });
+    assert!(
+        all_seen,
+        "the agent did not see both ends of every connection"
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let m = agent.metrics();
+    let memory = m.sum("periscope_decoder_memory_bytes", &[]);
+    assert!(
+        memory <= budget as f64,
+        "decoders hold {memory} B, budget {budget}"
+    );
+    // 400 × 12 kB ≈ 4.8 MB of heads: more than half of them had to go.
+    assert!(m.sum("periscope_connections_muted_total", &muted) >= 150.0);
+    let ok = harness::curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &server.url("/status/200"),
+    ])
+    .unwrap();
+    assert_eq!(ok, "200");
+    let port = server.port().to_string();
+    let labels = [
+        ("server_port", port.as_str()),
+        ("http_response_status_code", "200"),
+    ];
+    wait_for_metric(
+        &agent,
+        "http_client_request_duration_seconds_count",
+        &labels,
+        1.0,
+        WAIT,
+    )
+    .unwrap();
+    drop(held);
+}

@@ -34,6 +34,9 @@ pub enum MuteReason {
     Upgraded,
     /// The conversation switched to TLS: nothing left to read in clear text.
     Tls,
+    /// Decoders together held more than `--decoder-memory-budget`: the connection that
+    /// pushed them over stops being decoded, and its decoder is freed.
+    MemoryBudget,
 }
 
 impl From<Stopped> for MuteReason {
@@ -52,6 +55,7 @@ impl MuteReason {
             MuteReason::ParseError => "parse_error",
             MuteReason::Upgraded => "upgraded",
             MuteReason::Tls => "tls",
+            MuteReason::MemoryBudget => "memory_budget",
         }
     }
 }
@@ -209,7 +213,19 @@ struct FeedContext<'a> {
     actions: &'a mut Vec<KernelAction>,
     conn_id: u64,
     clients: &'a Clients,
+    memory: &'a mut DecoderMemory,
 }
+
+/// What all decoders hold together (the sum of each connection's last `heap_bytes`), and the
+/// most they may (`--decoder-memory-budget`).
+#[derive(Clone, Copy, Debug)]
+pub struct DecoderMemory {
+    pub held: usize,
+    pub budget: usize,
+}
+
+/// Default `--decoder-memory-budget`: 64 MiB.
+pub const DEFAULT_DECODER_MEMORY_BUDGET: usize = 64 << 20;
 
 /// Feeds one piece of a syscall's bytes to a connection's decoder and reports what it
 /// completed.
@@ -249,6 +265,7 @@ fn feed(conn: &mut Conn, ctx: &mut FeedContext<'_>, ingress: bool, ts: u64, piec
         Piece::Lost => decoder.lost(stream, ts, ctx.shared, ctx.scratch),
     };
     let protocol = decoder.protocol();
+    let now = decoder.heap_bytes();
     let stats = decoder.take_stats();
     if stats != DecoderStats::default() {
         ctx.sink.decoder_stats(protocol, stats);
@@ -261,6 +278,18 @@ fn feed(conn: &mut Conn, ctx: &mut FeedContext<'_>, ingress: bool, ts: u64, piec
         Ok(()) => decoder.stopped().map(MuteReason::from),
     };
     emit(conn, ctx.conn_id, ctx.clients, role, ctx.scratch, ctx.sink);
+    // The budget: this decoder's share is updated after every feed; the connection that
+    // takes the total over stops being decoded (its decoder, and what it held, is dropped).
+    ctx.memory.held = ctx.memory.held - conn.held_bytes + now;
+    conn.held_bytes = now;
+    let mute = match mute {
+        None if ctx.memory.held > ctx.memory.budget => Some(MuteReason::MemoryBudget),
+        other => other,
+    };
+    if mute.is_some() {
+        ctx.memory.held -= conn.held_bytes;
+        conn.held_bytes = 0;
+    }
     if let Some(reason) = mute {
         conn.state = State::Muted;
         ctx.actions.push(KernelAction::Mute {
@@ -292,6 +321,8 @@ struct Conn {
     /// The `frame_seq` expected next on each syscall direction (ingress, egress), once a
     /// framed event was seen there.
     frame_seq: [Option<u32>; 2],
+    /// This connection's share of `DecoderMemory::held`.
+    held_bytes: usize,
 }
 
 impl Conn {
@@ -320,6 +351,7 @@ impl Conn {
             last_ns,
             last_tid: 0,
             frame_seq: [None; 2],
+            held_bytes: 0,
         }
     }
 }
@@ -344,6 +376,7 @@ pub struct Tracker {
     /// actions: bytes still reported under their ids belong to whatever reused the descriptor
     /// and are dropped (a bounded FIFO).
     forgotten: Forgotten,
+    memory: DecoderMemory,
 }
 
 /// The last `FORGOTTEN_CAP` conn ids ended by `close_range` or `exec`.
@@ -401,7 +434,21 @@ impl Tracker {
             clients: FxHashMap::default(),
             by_fd: FxHashMap::default(),
             forgotten: Forgotten::default(),
+            memory: DecoderMemory {
+                held: 0,
+                budget: DEFAULT_DECODER_MEMORY_BUDGET,
+            },
         }
+    }
+
+    /// At most `bytes` held by all decoders together (`--decoder-memory-budget`).
+    pub fn set_decoder_memory_budget(&mut self, bytes: usize) {
+        self.memory.budget = bytes;
+    }
+
+    /// What all decoders hold now (an estimate, see `Decoder::heap_bytes`).
+    pub fn decoder_memory(&self) -> usize {
+        self.memory.held
     }
 
     /// Decodes only these protocols from now on.
@@ -642,6 +689,7 @@ impl Tracker {
             actions,
             conn_id: header.conn_id,
             clients: &self.clients,
+            memory: &mut self.memory,
         };
         // Bytes held back while the protocol was being recognised go first, in order.
         if let Some(held) = held {
@@ -686,6 +734,8 @@ impl Tracker {
         if self.by_fd.get(&(conn.tgid, conn.fd)) == Some(&conn_id) {
             self.by_fd.remove(&(conn.tgid, conn.fd));
         }
+        self.memory.held -= conn.held_bytes;
+        conn.held_bytes = 0;
         if let Some(local) = conn.local {
             if self.clients.get(&local).map(|(id, _)| *id) == Some(conn_id) {
                 self.clients.remove(&local);

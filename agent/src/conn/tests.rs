@@ -536,3 +536,43 @@ fn exec_ends_connections_whose_descriptor_did_not_survive() {
     assert_eq!(forgotten, expected);
     assert_eq!(h.tracker.len(), 1, "only the socket kept across exec stays");
 }
+
+/// The global decoder budget: what decoders hold is summed over connections; the one that
+/// takes the sum over the budget is muted (reason `memory_budget`) and its share released,
+/// the others go on, and closing gives the rest back.
+#[test]
+fn the_connection_that_exceeds_the_decoder_memory_budget_is_muted() {
+    let mut h = Harness::new();
+    h.tracker.set_decoder_memory_budget(24 << 10);
+    // Half a request head each (no blank line yet): held until it completes.
+    let partial = |n: usize| {
+        let mut head = b"GET /a HTTP/1.1\r\nHost: a\r\nX-Pad: ".to_vec();
+        head.resize(n, b'x');
+        head
+    };
+    h.open(1, ORIGIN_CONNECT, 8080, "app");
+    h.open(2, ORIGIN_CONNECT, 8080, "app");
+    let first = partial(10_000);
+    h.data(1, DIR_EGRESS, 10, &first, first.len());
+    let held = h.tracker.decoder_memory();
+    assert!((10_000..24 << 10).contains(&held), "{held}");
+    assert!(h.sink.muted.is_empty());
+    let second = partial(15_000);
+    h.data(2, DIR_EGRESS, 20, &second, second.len());
+    assert_eq!(h.sink.muted, vec![MuteReason::MemoryBudget]);
+    assert_eq!(
+        h.tracker.decoder_memory(),
+        held,
+        "the muted share is released"
+    );
+    assert!(matches!(
+        h.actions.last(),
+        Some(KernelAction::Mute { conn_id: 2, .. })
+    ));
+    // The first connection is unharmed: its request completes and pairs.
+    h.data(1, DIR_EGRESS, 30, b"\r\n\r\n", 4);
+    h.data(1, DIR_INGRESS, 40, RESP, RESP.len());
+    assert_eq!(h.sink.exchanges.len(), 1);
+    h.close(1, 50);
+    assert_eq!(h.tracker.decoder_memory(), 0);
+}

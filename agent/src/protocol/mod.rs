@@ -270,6 +270,11 @@ pub trait Decoder: Send + 'static {
     /// Counters since the last call, reset.
     fn take_stats(&mut self) -> DecoderStats;
 
+    /// About how many heap bytes the decoder holds now (buffers, queues, names and SQL it
+    /// keeps), for the tracker's global budget (`--decoder-memory-budget`). An estimate from
+    /// lengths and capacities, cheap enough to ask after every feed.
+    fn heap_bytes(&self) -> usize;
+
     /// Set once the conversation left the protocol (an upgrade, TLS): later bytes are ignored
     /// and the caller stops decoding.
     fn stopped(&self) -> Option<Stopped> {

@@ -135,6 +135,8 @@ pub trait AnyDecoder: Send {
     fn close(&mut self, ts_ns: u64, shared: &mut Shared, out: &mut Vec<Detail>);
     fn take_stats(&mut self) -> DecoderStats;
     fn stopped(&self) -> Option<Stopped>;
+    /// [`Decoder::heap_bytes`].
+    fn heap_bytes(&self) -> usize;
 }
 
 /// A decoder with the buffer its exchanges are collected in before they become details.
@@ -217,6 +219,10 @@ impl<D: IntoDetail> AnyDecoder for Session<D> {
 
     fn stopped(&self) -> Option<Stopped> {
         self.decoder.stopped()
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.decoder.heap_bytes()
     }
 }
 

@@ -59,6 +59,7 @@ pub struct SelfMetrics {
     pub parse_errors: Family<ProtocolReasonLabels, Counter>,
     pub decoder_anomalies: Family<ProtocolReasonLabels, Counter>,
     pub connections_tracked: Gauge,
+    pub decoder_memory_bytes: Gauge,
     pub kernel_map_entries: Family<MapLabel, Gauge>,
     pub connections_opened: Family<ReasonLabel, Counter>,
     pub connections_ended: Family<ReasonLabel, Counter>,
@@ -107,6 +108,8 @@ impl SelfMetrics {
                 "Recoverable decoder events: resyncs, unpaired requests, unexpected responses, truncated headers";
             "connections_tracked": m.connections_tracked,
                 "Connections currently tracked in userspace";
+            "decoder_memory_bytes": m.decoder_memory_bytes,
+                "What the protocol decoders hold together, estimated (capped by --decoder-memory-budget; counted every second)";
             "kernel_map_entries": m.kernel_map_entries,
                 "Entries in the kernel's socket and mute tables (counted every 10 s)";
             "connections_opened": m.connections_opened,

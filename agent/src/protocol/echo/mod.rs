@@ -225,6 +225,16 @@ impl Decoder for EchoDecoder {
     fn take_stats(&mut self) -> DecoderStats {
         std::mem::take(&mut self.stats)
     }
+
+    fn heap_bytes(&self) -> usize {
+        self.req.line.capacity()
+            + self.resp.line.capacity()
+            + self
+                .pending
+                .iter()
+                .map(|(s, _)| 32 + s.capacity())
+                .sum::<usize>()
+    }
 }
 
 /// The mapping a real protocol writes in `registry.rs` next to its own `Detail` variant.

@@ -189,6 +189,18 @@ impl Http1Decoder {
     }
 }
 
+impl Http1Decoder {
+    fn pending_bytes(p: &Pending) -> usize {
+        std::mem::size_of::<Pending>()
+            + p.method.capacity()
+            + p.path.capacity()
+            + p.route.capacity()
+            + p.host.as_ref().map_or(0, String::capacity)
+            + p.traceparent.as_ref().map_or(0, String::capacity)
+            + p.tracestate.as_ref().map_or(0, String::capacity)
+    }
+}
+
 impl Decoder for Http1Decoder {
     const PROTOCOL: &'static str = "http1";
     type Exchange = HttpExchange;
@@ -254,6 +266,21 @@ impl Decoder for Http1Decoder {
 
     fn take_stats(&mut self) -> DecoderStats {
         std::mem::take(&mut self.stats)
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.req.head.capacity()
+            + self.resp.head.capacity()
+            + self.pending.iter().map(Self::pending_bytes).sum::<usize>()
+            + self
+                .cur
+                .as_ref()
+                .and_then(|c| c.req.as_ref())
+                .map_or(0, Self::pending_bytes)
+            + self
+                .last_route
+                .as_ref()
+                .map_or(0, |(a, b)| a.capacity() + b.capacity())
     }
 
     fn stopped(&self) -> Option<Stopped> {

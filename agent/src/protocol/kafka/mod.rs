@@ -322,6 +322,25 @@ impl Decoder for KafkaDecoder {
     fn take_stats(&mut self) -> DecoderStats {
         std::mem::take(&mut self.stats)
     }
+
+    fn heap_bytes(&self) -> usize {
+        self.req.buf.capacity()
+            + self.resp.buf.capacity()
+            + self
+                .pending
+                .iter()
+                .map(|p| {
+                    std::mem::size_of::<Pending>()
+                        + p.client_id.as_ref().map_or(0, String::capacity)
+                })
+                .sum::<usize>()
+            + self.acks0.len() * 4
+            + self
+                .topic_names
+                .iter()
+                .map(|(_, name)| 16 + name.capacity())
+                .sum::<usize>()
+    }
 }
 
 impl KafkaDecoder {

@@ -377,6 +377,26 @@ impl Decoder for PgDecoder {
         std::mem::take(&mut self.stats)
     }
 
+    fn heap_bytes(&self) -> usize {
+        let pending: usize = self
+            .pending
+            .iter()
+            .map(|p| {
+                std::mem::size_of::<messages::Pending>()
+                    + match p {
+                        messages::Pending::Simple(s) => s.sql.len() + s.statements.capacity() * 8,
+                        _ => 0,
+                    }
+            })
+            .sum();
+        self.req.body.capacity()
+            + self.resp.body.capacity()
+            + pending
+            + self.prepared_bytes
+            + self.prepared_order.len() * std::mem::size_of::<(String, u64)>()
+            + self.portals.len() * std::mem::size_of::<(String, messages::Portal)>()
+    }
+
     fn stopped(&self) -> Option<Stopped> {
         self.is_tls().then_some(Stopped::Tls)
     }
