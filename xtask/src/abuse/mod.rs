@@ -10,11 +10,15 @@
 //!   to the kernel's counter, throughput kept, exact counting once load drops.
 //! - `cardinality`: random paths, tables and topics, hundreds of short processes, under a
 //!   low `--max-series`: series capped, drops counted, memory bounded.
+//! - `hostile`: adversarial payloads (thousands of unfinished request heads, a deeply nested
+//!   `COPY`) under default settings: decoder memory within budget, RSS bounded, ordinary
+//!   requests still exact.
 //! - `faults`: SIGKILL leaves no BPF object behind, a restarted agent decodes connections
 //!   opened before it, a stalled OTLP collector and a slow scraper never block capture.
 
 mod cardinality;
 mod faults;
+mod hostile;
 mod overload;
 mod soak;
 
@@ -60,6 +64,8 @@ enum Scenario {
     Cardinality(cardinality::CardinalityArgs),
     /// SIGKILL and restart, connections opened before start, stalled collector, slow scraper.
     Faults(faults::FaultsArgs),
+    /// Unfinished request heads by the thousand and a nested COPY under default settings.
+    Hostile(hostile::HostileArgs),
     /// Every scenario in turn (defaults, with the soak's length from --minutes).
     All {
         /// Length of the soak's load, in minutes.
@@ -81,6 +87,7 @@ pub fn abuse(args: &AbuseArgs) -> anyhow::Result<()> {
         Scenario::Overload(a) => vec![overload::overload(&env, a)?],
         Scenario::Cardinality(a) => vec![cardinality::cardinality(&env, a)?],
         Scenario::Faults(a) => vec![faults::faults(&env, a)?],
+        Scenario::Hostile(a) => vec![hostile::hostile(&env, a)?],
         Scenario::All { minutes } => {
             let minutes = minutes.to_string();
             let parse = |name| [name, "--minutes", minutes.as_str()];
@@ -89,6 +96,7 @@ pub fn abuse(args: &AbuseArgs) -> anyhow::Result<()> {
                 overload::overload(&env, &clap::Parser::try_parse_from(["overload"])?)?,
                 cardinality::cardinality(&env, &clap::Parser::try_parse_from(["cardinality"])?)?,
                 faults::faults(&env, &clap::Parser::try_parse_from(["faults"])?)?,
+                hostile::hostile(&env, &clap::Parser::try_parse_from(["hostile"])?)?,
             ]
         }
     };
