@@ -697,6 +697,20 @@ class Handler(BaseHTTPRequestHandler):
 ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
 "#;
 
+/// PostgreSQL with an `orders` table of 10 rows, and `script` (an orders app) serving from it.
+fn orders_app(script: &str) -> (PgServer, PyServer) {
+    let pg = PgServer::start();
+    pg.psql(&[
+        "-c",
+        "CREATE TABLE orders (id int, item text); \
+         INSERT INTO orders SELECT i, 'item ' || i FROM generate_series(1, 10) i",
+    ])
+    .unwrap();
+    let db_url = format!("{}?sslmode=disable&gssencmode=disable", pg.url("postgres"));
+    let app = PyServer::launch(script, &[&db_url]).unwrap();
+    (pg, app)
+}
+
 /// curl → nginx (reverse proxy) → Python app → PostgreSQL, none of them propagating context:
 /// each request is one trace of six spans, each the child of the one before, with times that
 /// nest. A `traceparent` sent by curl (which nginx passes on) puts the whole tree in its trace.
@@ -715,15 +729,7 @@ fn a_request_through_four_processes_is_one_trace_with_the_tracepoint_connect_hoo
 /// `tier` in `periscope_hooks_info`).
 fn request_through_four_processes(hook: &str, tier: &str) {
     let receiver = Receiver::start();
-    let pg = PgServer::start();
-    pg.psql(&[
-        "-c",
-        "CREATE TABLE orders (id int, item text); \
-         INSERT INTO orders SELECT i, 'item ' || i FROM generate_series(1, 10) i",
-    ])
-    .unwrap();
-    let db_url = format!("{}?sslmode=disable&gssencmode=disable", pg.url("postgres"));
-    let app = PyServer::launch(ORDERS_APP, &[&db_url]).unwrap();
+    let (pg, app) = orders_app(ORDERS_APP);
     let nginx = harness::Nginx::start(&format!(
         "location / {{ proxy_pass http://127.0.0.1:{}; }}",
         app.port()
@@ -903,15 +909,7 @@ fn parent_of<'a>(spans: &'a [Value], child: &Value) -> Option<&'a Value> {
 #[test]
 fn pooled_and_pipelined_connections_parent_each_span_to_its_own_request() {
     let receiver = Receiver::start();
-    let pg = PgServer::start();
-    pg.psql(&[
-        "-c",
-        "CREATE TABLE orders (id int, item text); \
-         INSERT INTO orders SELECT i, 'item ' || i FROM generate_series(1, 10) i",
-    ])
-    .unwrap();
-    let db_url = format!("{}?sslmode=disable&gssencmode=disable", pg.url("postgres"));
-    let app = PyServer::launch(POOLED_ORDERS_APP, &[&db_url]).unwrap();
+    let (pg, app) = orders_app(POOLED_ORDERS_APP);
     let _agent = receiver.agent("grpc");
     // The first request makes the app known as a server (see `calls_made_while_serving…`).
     assert_eq!(curl(&[&app.url("/orders/0")]).unwrap(), "item 1\n");

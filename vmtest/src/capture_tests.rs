@@ -279,21 +279,7 @@ impl Session {
         let programs = periscope_programs()?.difference(&before).copied().collect();
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::register(&mut registry));
-        let reader = Reader::new(maps, metrics);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let reader = std::thread::Builder::new()
-            .name("reader".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                runtime.block_on(async move {
-                    tokio::select! {
-                        result = reader.run() => result,
-                        _ = stopped => Ok(()),
-                    }
-                })
-            })?;
+        let (stop, reader) = spawn_reader(Reader::new(maps, metrics))?;
         Ok(Session {
             hooks: capture.hooks,
             framing: capture.framing,
@@ -335,6 +321,27 @@ impl Session {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// Runs `reader` on a thread of its own (a current-thread runtime) until the sender is used.
+pub fn spawn_reader(
+    reader: Reader,
+) -> anyhow::Result<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)> {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("reader".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                tokio::select! {
+                    result = reader.run() => result,
+                    _ = stopped => Ok(()),
+                }
+            })
+        })?;
+    Ok((stop, thread))
 }
 
 /// Ids of loaded kernel programs named like Periscope's.

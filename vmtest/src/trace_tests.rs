@@ -24,7 +24,6 @@ use periscope::export::otlp::{SpanMetrics, SpanSink};
 use periscope::export::prometheus::Metrics;
 use periscope::pipeline::Reader;
 use prometheus_client::registry::Registry;
-use tokio::sync::oneshot;
 
 use crate::capture_tests::Worker;
 use crate::report::{self, Outcome};
@@ -87,18 +86,10 @@ fn chain(tier: ConnectHook, facts: &KernelFacts) -> Outcome {
     let (sink, mut exchanges) = SpanSink::new(65536, SpanMetrics::register(&mut registry));
     let mut reader = Reader::new(maps, metrics);
     reader.set_span_sink(sink);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let reader = std::thread::spawn(move || -> anyhow::Result<()> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(async move {
-            tokio::select! {
-                result = reader.run() => result,
-                _ = stopped => Ok(()),
-            }
-        })
-    });
+    let (stop, reader) = match crate::capture_tests::spawn_reader(reader) {
+        Ok(started) => started,
+        Err(e) => return Outcome::Fail(format!("reader: {e:#}")),
+    };
     let outcome = (|| -> anyhow::Result<String> {
         let run = run_chain()?;
         let mut stitcher = Stitcher::new(Converter {

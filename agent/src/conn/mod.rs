@@ -764,23 +764,8 @@ impl Tracker {
         sink: &mut dyn Sink,
         actions: &mut Vec<KernelAction>,
     ) {
-        let ids: Vec<u64> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.tgid == tgid)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            if let Some(conn) = self.conns.remove(&id) {
-                actions.push(KernelAction::Forget {
-                    tgid,
-                    fd: conn.fd,
-                    conn_id: id,
-                });
-                let ts = ts_ns.unwrap_or(conn.last_ns);
-                self.finish(id, conn, ts, reason, sink);
-            }
-        }
+        let at = |conn: &Conn| ts_ns.unwrap_or(conn.last_ns);
+        self.end_where(tgid, |_| true, at, reason, sink, actions);
         self.processes.forget(tgid);
         self.listeners.forget(tgid);
     }
@@ -795,24 +780,41 @@ impl Tracker {
         sink: &mut dyn Sink,
         actions: &mut Vec<KernelAction>,
     ) {
+        let at = |conn: &Conn| ts_ns.max(conn.last_ns);
+        for id in self.end_where(tgid, closed, at, EndReason::Closed, sink, actions) {
+            self.forgotten.insert(id);
+        }
+    }
+
+    /// Ends the connections of `tgid` on descriptors `fd_matches` accepts, each at `at(conn)`,
+    /// and asks the kernel to forget them; returns their ids.
+    fn end_where(
+        &mut self,
+        tgid: u32,
+        fd_matches: impl Fn(i32) -> bool,
+        at: impl Fn(&Conn) -> u64,
+        reason: EndReason,
+        sink: &mut dyn Sink,
+        actions: &mut Vec<KernelAction>,
+    ) -> Vec<u64> {
         let ids: Vec<u64> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.tgid == tgid && closed(c.fd))
+            .filter(|(_, c)| c.tgid == tgid && fd_matches(c.fd))
             .map(|(id, _)| *id)
             .collect();
-        for id in ids {
+        for &id in &ids {
             if let Some(conn) = self.conns.remove(&id) {
                 actions.push(KernelAction::Forget {
                     tgid,
                     fd: conn.fd,
                     conn_id: id,
                 });
-                self.forgotten.insert(id);
-                let ts = ts_ns.max(conn.last_ns);
-                self.finish(id, conn, ts, EndReason::Closed, sink);
+                let ts = at(&conn);
+                self.finish(id, conn, ts, reason, sink);
             }
         }
+        ids
     }
 
     /// Makes `conn_id` the connection on (tgid, fd); one that held the descriptor before lost
