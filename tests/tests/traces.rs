@@ -665,15 +665,34 @@ fn calls_made_while_serving_are_children() {
     assert_eq!(parents.len(), n, "one call per request");
 }
 
-/// An app that reads an order from PostgreSQL (its own connection per thread, opened on the
-/// thread's first request) for each `GET /orders/<id>`.
+/// An app that reads an order from PostgreSQL for each `GET /orders/<n>` (row `(n - 1) % 10 +
+/// 1`): on its own connection per thread, opened on the thread's first request, or with
+/// `pooled` as its last argument from one `psycopg_pool.ConnectionPool` of 3 connections shared
+/// by all its request threads (so a database connection serves many threads in turn).
 const ORDERS_APP: &str = r#"
 import sys, threading
 import psycopg
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 db_url = sys.argv[2]
+pooled = sys.argv[-1] == "pooled"
 local = threading.local()
+if pooled:
+    from psycopg_pool import ConnectionPool
+
+    pool = ConnectionPool(db_url, min_size=3, max_size=3, kwargs={"autocommit": True})
+    pool.wait()
+
+QUERY = "SELECT item FROM orders WHERE id = %s"
+
+
+def item(order):
+    if pooled:
+        with pool.connection() as db:
+            return db.execute(QUERY, (order,)).fetchone()[0]
+    if not hasattr(local, "db"):
+        local.db = psycopg.connect(db_url, autocommit=True)
+    return local.db.execute(QUERY, (order,)).fetchone()[0]
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -683,11 +702,8 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self):
-        if not hasattr(local, "db"):
-            local.db = psycopg.connect(db_url, autocommit=True)
-        order = int(self.path.rsplit("/", 1)[-1])
-        row = local.db.execute("SELECT item FROM orders WHERE id = %s", (order,)).fetchone()
-        body = (row[0] + "\n").encode()
+        order = (int(self.path.rsplit("/", 1)[-1]) - 1) % 10 + 1
+        body = (item(order) + "\n").encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -697,8 +713,9 @@ class Handler(BaseHTTPRequestHandler):
 ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
 "#;
 
-/// PostgreSQL with an `orders` table of 10 rows, and `script` (an orders app) serving from it.
-fn orders_app(script: &str) -> (PgServer, PyServer) {
+/// PostgreSQL with an `orders` table of 10 rows, and [`ORDERS_APP`] serving from it (`mode`:
+/// `"pooled"`, or `""` for a connection per thread).
+fn orders_app(mode: &str) -> (PgServer, PyServer) {
     let pg = PgServer::start();
     pg.psql(&[
         "-c",
@@ -707,7 +724,7 @@ fn orders_app(script: &str) -> (PgServer, PyServer) {
     ])
     .unwrap();
     let db_url = format!("{}?sslmode=disable&gssencmode=disable", pg.url("postgres"));
-    let app = PyServer::launch(script, &[&db_url]).unwrap();
+    let app = PyServer::launch(ORDERS_APP, &[&db_url, mode]).unwrap();
     (pg, app)
 }
 
@@ -729,7 +746,7 @@ fn a_request_through_four_processes_is_one_trace_with_the_tracepoint_connect_hoo
 /// `tier` in `periscope_hooks_info`).
 fn request_through_four_processes(hook: &str, tier: &str) {
     let receiver = Receiver::start();
-    let (pg, app) = orders_app(ORDERS_APP);
+    let (pg, app) = orders_app("");
     let nginx = harness::Nginx::start(&format!(
         "location / {{ proxy_pass http://127.0.0.1:{}; }}",
         app.port()
@@ -817,37 +834,6 @@ fn request_through_four_processes(hook: &str, tier: &str) {
     assert_eq!(traces.len(), total, "one trace per request");
 }
 
-/// The orders app with one `psycopg_pool.ConnectionPool` of 3 connections shared by all its
-/// request threads, so a database connection serves requests of many threads in turn.
-const POOLED_ORDERS_APP: &str = r#"
-import sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from psycopg_pool import ConnectionPool
-
-pool = ConnectionPool(sys.argv[2], min_size=3, max_size=3, kwargs={"autocommit": True})
-pool.wait()
-
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        order = int(self.path.rsplit("/", 1)[-1]) % 10 + 1
-        with pool.connection() as db:
-            row = db.execute("SELECT item FROM orders WHERE id = %s", (order,)).fetchone()
-        body = (row[0] + "\n").encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
-"#;
-
 /// One `requests.Session` (a pool of 3 keep-alive connections) shared by 8 threads, each
 /// getting `/orders/<i>` for its share of 1..=N: connections pass from thread to thread.
 const POOLED_CLIENT: &str = r#"
@@ -909,10 +895,10 @@ fn parent_of<'a>(spans: &'a [Value], child: &Value) -> Option<&'a Value> {
 #[test]
 fn pooled_and_pipelined_connections_parent_each_span_to_its_own_request() {
     let receiver = Receiver::start();
-    let (pg, app) = orders_app(POOLED_ORDERS_APP);
+    let (pg, app) = orders_app("pooled");
     let _agent = receiver.agent("grpc");
     // The first request makes the app known as a server (see `calls_made_while_serving…`).
-    assert_eq!(curl(&[&app.url("/orders/0")]).unwrap(), "item 1\n");
+    assert_eq!(curl(&[&app.url("/orders/0")]).unwrap(), "item 10\n");
     expect_spans(&receiver, app.port(), SERVER, 1);
     let (pooled, pipelined) = (64usize, 10usize);
     let run = |code: &str, args: &[String]| {

@@ -271,7 +271,7 @@ impl Decoder for Http1Decoder {
     fn heap_bytes(&self) -> usize {
         self.req.head.capacity()
             + self.resp.head.capacity()
-            + self.pending.iter().map(Self::pending_bytes).sum::<usize>()
+            + super::sampled_bytes(self.pending.iter(), 0, Self::pending_bytes)
             + self
                 .cur
                 .as_ref()

@@ -326,20 +326,11 @@ impl Decoder for KafkaDecoder {
     fn heap_bytes(&self) -> usize {
         self.req.buf.capacity()
             + self.resp.buf.capacity()
-            + self
-                .pending
-                .iter()
-                .map(|p| {
-                    std::mem::size_of::<Pending>()
-                        + p.client_id.as_ref().map_or(0, String::capacity)
-                })
-                .sum::<usize>()
+            + super::sampled_bytes(self.pending.iter(), std::mem::size_of::<Pending>(), |p| {
+                p.client_id.as_ref().map_or(0, String::capacity)
+            })
             + self.acks0.len() * 4
-            + self
-                .topic_names
-                .iter()
-                .map(|(_, name)| 16 + name.capacity())
-                .sum::<usize>()
+            + super::sampled_bytes(self.topic_names.iter(), 40, |(_, name)| name.capacity())
     }
 }
 

@@ -378,17 +378,14 @@ impl Decoder for PgDecoder {
     }
 
     fn heap_bytes(&self) -> usize {
-        let pending: usize = self
-            .pending
-            .iter()
-            .map(|p| {
-                std::mem::size_of::<messages::Pending>()
-                    + match p {
-                        messages::Pending::Simple(s) => s.sql.len() + s.statements.capacity() * 8,
-                        _ => 0,
-                    }
-            })
-            .sum();
+        let pending = super::sampled_bytes(
+            self.pending.iter(),
+            std::mem::size_of::<messages::Pending>(),
+            |p| match p {
+                messages::Pending::Simple(s) => s.sql.len() + s.statements.capacity() * 8,
+                _ => 0,
+            },
+        );
         self.req.body.capacity()
             + self.resp.body.capacity()
             + pending
