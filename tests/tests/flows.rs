@@ -566,6 +566,12 @@ fn idle_flow_series_expire_and_free_their_place_under_the_cap() {
             .filter(|s| s.labels.get("server_port") == Some(&port))
             .count()
     };
+    // Flows other tests left behind on this machine take places too until they idle out:
+    // wait for every series but the scrapes' to go before the first pair.
+    let others_gone = harness::wait_until(WAIT, Duration::from_millis(200), || {
+        agent.metrics().samples(OPENED).len() <= 1
+    });
+    assert!(others_gone, "{:?}", agent.metrics().samples(OPENED));
     let first = free_port();
     exchange(first);
     assert!(
