@@ -88,6 +88,13 @@ pub struct Config {
     #[arg(long, env = "PERISCOPE_MAX_SERIES", default_value_t = crate::export::prometheus::DEFAULT_MAX_SERIES)]
     pub max_series: usize,
 
+    /// At most this many bytes held by the HTTP, database and messaging series together
+    /// (estimated per series, exported as `periscope_series_memory_bytes`); new label sets
+    /// beyond it are dropped and counted in `periscope_series_dropped_total`.
+    #[arg(long, env = "PERISCOPE_SERIES_MEMORY_BUDGET",
+          default_value_t = crate::export::prometheus::DEFAULT_MEMORY_BUDGET)]
+    pub series_memory_budget: usize,
+
     /// TCP flows: connections, failures, bytes, retransmits and RTT per process and peer,
     /// aggregated in the kernel (`network_*` metrics). `--flows=false` turns them off.
     #[arg(long, env = "PERISCOPE_FLOWS", default_value_t = true, action = clap::ArgAction::Set)]

@@ -13,3 +13,5 @@ pub mod pipeline;
 pub mod privileges;
 pub mod protocol;
 pub mod syscalls;
+#[cfg(test)]
+pub mod test_alloc;

@@ -184,6 +184,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .flows
         .then(|| periscope::flows::FlowMetrics::register(&mut registry));
     metrics.set_max_series(config.max_series);
+    metrics.set_series_memory_budget(config.series_memory_budget);
     let cluster = start_kubernetes(&config, &metrics, &mut registry)?;
     let syscall_export = SyscallCollector::new();
     if !config.syscalls.is_empty() {
@@ -195,6 +196,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         ready: AtomicBool::new(false),
         cluster: cluster.clone(),
         bearer_token,
+        scrapes: Arc::new(tokio::sync::Semaphore::new(http::CONCURRENT_SCRAPES)),
     });
     log::info!(
         "metrics endpoint: {}{}",

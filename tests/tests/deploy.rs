@@ -729,7 +729,8 @@ fn assert_least_privilege(daemonset: &Value) {
     );
     assert_eq!(env["PERISCOPE_METRICS_ADDR"], "0.0.0.0:9464");
     assert_eq!(env["PERISCOPE_PROTOCOLS"], "http,postgres,kafka");
-    assert_eq!(env["PERISCOPE_MAX_SERIES"], "10000");
+    assert_eq!(env["PERISCOPE_MAX_SERIES"], "5000");
+    assert_eq!(env["PERISCOPE_SERIES_MEMORY_BUDGET"], "67108864");
     assert_eq!(env["PERISCOPE_SERIES_GRACE"], "5m");
     // Tracing is off by default: no endpoint.
     assert!(!env.keys().any(|k| k.starts_with("OTEL_")), "{env:?}");

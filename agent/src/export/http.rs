@@ -35,6 +35,8 @@ pub struct State {
     pub cluster: Option<Arc<dyn crate::metadata::ClusterView>>,
     /// The token `/metrics` requests must carry (`Authorization: Bearer …`), if any.
     pub bearer_token: Option<Vec<u8>>,
+    /// Turns of the scrapes: [`CONCURRENT_SCRAPES`] encode at once.
+    pub scrapes: Arc<tokio::sync::Semaphore>,
 }
 
 /// The HTTPS side of the endpoint, built once at start-up.
@@ -161,10 +163,10 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, tls: Option<Tls>) {
             let served = async {
                 match tls {
                     #[cfg(feature = "tls")]
-                    Some(acceptor) => handle(acceptor.accept(stream).await?, &state).await,
+                    Some(acceptor) => handle(acceptor.accept(stream).await?, state).await,
                     #[cfg(not(feature = "tls"))]
                     Some(never) => match never {},
-                    None => handle(stream, &state).await,
+                    None => handle(stream, state).await,
                 }
             };
             match tokio::time::timeout(IO_TIMEOUT, served).await {
@@ -178,7 +180,7 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, tls: Option<Tls>) {
 
 async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
-    state: &State,
+    state: Arc<State>,
 ) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
@@ -231,24 +233,10 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
             .await
         }
         "/metrics" => {
-            state.metrics.refresh_process_stats();
-            let mut body = String::with_capacity(64 * 1024);
-            if prometheus_client::encoding::text::encode(&mut body, &state.registry).is_err() {
-                return respond(
-                    &mut stream,
-                    "500 Internal Server Error",
-                    "text/plain",
-                    b"encoding failed\n",
-                )
-                .await;
-            }
-            let head = String::from_utf8_lossy(&buf);
-            if accepts_openmetrics(&head) {
-                respond(&mut stream, "200 OK", OPENMETRICS, body.as_bytes()).await
-            } else {
-                let body = openmetrics_to_prometheus(&body);
-                respond(&mut stream, "200 OK", PROMETHEUS_TEXT, body.as_bytes()).await
-            }
+            let openmetrics = accepts_openmetrics(&String::from_utf8_lossy(&buf));
+            // An HTTP/1.0 client cannot take chunks: its body ends where the connection does.
+            let chunked = !line.ends_with("HTTP/1.0");
+            stream_metrics(&mut stream, state, openmetrics, chunked).await
         }
         "/healthz" => respond(&mut stream, "200 OK", "text/plain", b"ok\n").await,
         "/readyz" => match state.not_ready() {
@@ -281,32 +269,218 @@ fn accepts_openmetrics(request_head: &str) -> bool {
     })
 }
 
-/// Rewrites OpenMetrics text as Prometheus text format 0.0.4: counter families are named with
-/// their `_total` suffix in `# HELP`/`# TYPE`, and `# UNIT` and `# EOF` lines are dropped.
+/// The exposition is sent in chunks of about this many bytes.
+const CHUNK_BYTES: usize = 64 * 1024;
+/// Chunks encoded and not yet sent, per scrape: the most a scrape holds (8 MiB).
+const CHUNKS_QUEUED: usize = 128;
+/// Scrapes encoded at once; more wait their turn (within `IO_TIMEOUT`).
+pub const CONCURRENT_SCRAPES: usize = 2;
+/// How long, over a whole scrape, the encoder may wait for a client that reads slower than it
+/// encodes: the families it is reading cannot take new series meanwhile.
+const SLOW_CLIENT_WAIT: Duration = Duration::from_secs(2);
+
+/// Serves `/metrics` without ever holding the whole exposition: a blocking task encodes the
+/// registry into chunks of [`CHUNK_BYTES`] that are sent (HTTP/1.1 chunked; for HTTP/1.0 the
+/// body ends with the connection) while the next ones are encoded. A client that falls [`CHUNKS_QUEUED`] chunks behind for longer than
+/// [`SLOW_CLIENT_WAIT`], or does not take the whole body within `IO_TIMEOUT`, loses its
+/// scrape: the body ends without its last chunk (an error for the client), counted in
+/// `periscope_scrapes_aborted_total`.
+async fn stream_metrics<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    state: Arc<State>,
+    openmetrics: bool,
+    chunked: bool,
+) -> std::io::Result<()> {
+    let Ok(_turn) = state.scrapes.clone().acquire_owned().await else {
+        return Ok(());
+    };
+    state.metrics.refresh_process_stats();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(CHUNKS_QUEUED);
+    let encoding = state.clone();
+    let encoder = tokio::task::spawn_blocking(move || {
+        let mut writer = ChunkWriter::new(tx, openmetrics);
+        let encoded = prometheus_client::encoding::text::encode(&mut writer, &encoding.registry);
+        let sent = encoded.and_then(|()| writer.finish());
+        if sent.is_err() {
+            encoding.metrics.self_metrics.scrape_aborted();
+        }
+        sent
+    });
+    let content_type = if openmetrics {
+        OPENMETRICS
+    } else {
+        PROMETHEUS_TEXT
+    };
+    let framing = if chunked {
+        "Transfer-Encoding: chunked\r\n"
+    } else {
+        ""
+    };
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\n{framing}Connection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await?;
+    while let Some(chunk) = rx.recv().await {
+        if chunked {
+            let size = format!("{:x}\r\n", chunk.len());
+            stream.write_all(size.as_bytes()).await?;
+        }
+        stream.write_all(chunk.as_bytes()).await?;
+        if chunked {
+            stream.write_all(b"\r\n").await?;
+        }
+    }
+    if !matches!(encoder.await, Ok(Ok(()))) {
+        return Err(std::io::Error::other(
+            "the scraper read slower than the exposition was encoded: scrape aborted",
+        ));
+    }
+    if chunked {
+        stream.write_all(b"0\r\n\r\n").await?;
+    }
+    stream.shutdown().await
+}
+
+/// The encoder's side of a streamed scrape: collects the text into chunks (rewritten to the
+/// classic format unless OpenMetrics was asked for) and queues them for the sender.
+struct ChunkWriter {
+    tx: tokio::sync::mpsc::Sender<String>,
+    chunk: String,
+    /// `None` for OpenMetrics; the rewriter and the incomplete line it waits on for classic.
+    classic: Option<(ClassicText, String)>,
+    /// Time waited for the client so far.
+    waited: Duration,
+}
+
+impl ChunkWriter {
+    fn new(tx: tokio::sync::mpsc::Sender<String>, openmetrics: bool) -> Self {
+        ChunkWriter {
+            tx,
+            chunk: String::with_capacity(CHUNK_BYTES + 4096),
+            classic: (!openmetrics).then(|| (ClassicText::default(), String::new())),
+            waited: Duration::ZERO,
+        }
+    }
+
+    /// Queues the chunk, waiting for room at most what is left of [`SLOW_CLIENT_WAIT`].
+    fn send(&mut self) -> std::fmt::Result {
+        let mut chunk =
+            std::mem::replace(&mut self.chunk, String::with_capacity(CHUNK_BYTES + 4096));
+        loop {
+            match self.tx.try_send(chunk) {
+                Ok(()) => return Ok(()),
+                Err(tokio::sync::mpsc::error::TrySendError::Full(back)) => {
+                    if self.waited >= SLOW_CLIENT_WAIT {
+                        return Err(std::fmt::Error);
+                    }
+                    chunk = back;
+                    let pause = Duration::from_millis(5);
+                    std::thread::sleep(pause);
+                    self.waited += pause;
+                }
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                    return Err(std::fmt::Error)
+                }
+            }
+        }
+    }
+
+    /// Sends what is left.
+    fn finish(mut self) -> std::fmt::Result {
+        if let Some((classic, line)) = &mut self.classic {
+            if !line.is_empty() {
+                classic.line(line, &mut self.chunk);
+            }
+            classic.finish(&mut self.chunk);
+        }
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        self.send()
+    }
+}
+
+impl std::fmt::Write for ChunkWriter {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        match &mut self.classic {
+            None => self.chunk.push_str(s),
+            Some((classic, line)) => {
+                let mut rest = s;
+                while let Some(end) = rest.find('\n') {
+                    line.push_str(&rest[..end]);
+                    classic.line(line, &mut self.chunk);
+                    line.clear();
+                    rest = &rest[end + 1..];
+                }
+                line.push_str(rest);
+            }
+        }
+        if self.chunk.len() >= CHUNK_BYTES {
+            self.send()?;
+        }
+        Ok(())
+    }
+}
+
+/// Rewrites OpenMetrics text as Prometheus text format 0.0.4, a line at a time: counter
+/// families are named with their `_total` suffix in `# HELP`/`# TYPE`, and `# UNIT` and
+/// `# EOF` lines are dropped. (A family's `# HELP` comes before its `# TYPE`: it is held back
+/// until the type says whether it is a counter.)
+#[derive(Default)]
+struct ClassicText {
+    help: Option<String>,
+}
+
+impl ClassicText {
+    fn line(&mut self, line: &str, out: &mut String) {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            return;
+        }
+        if line.starts_with("# HELP ") {
+            self.finish(out);
+            self.help = Some(line.to_owned());
+            return;
+        }
+        let counter = line
+            .strip_prefix("# TYPE ")
+            .and_then(|rest| rest.strip_suffix(" counter"));
+        match (counter, self.help.take()) {
+            (Some(name), help) => {
+                if let Some(help) = help {
+                    let text = help.strip_prefix("# HELP ").unwrap_or_default();
+                    let text = text.strip_prefix(name).unwrap_or(text);
+                    out.push_str(&format!("# HELP {name}_total{text}\n"));
+                }
+                out.push_str(&format!("# TYPE {name}_total counter\n"));
+            }
+            (None, help) => {
+                if let Some(help) = help {
+                    out.push_str(&help);
+                    out.push('\n');
+                }
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+
+    /// Emits a `# HELP` line still held back.
+    fn finish(&mut self, out: &mut String) {
+        if let Some(help) = self.help.take() {
+            out.push_str(&help);
+            out.push('\n');
+        }
+    }
+}
+
+/// Rewrites a whole OpenMetrics text as Prometheus text format 0.0.4 (see [`ClassicText`]).
 pub fn openmetrics_to_prometheus(text: &str) -> String {
-    let counters: std::collections::HashSet<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|rest| rest.strip_suffix(" counter"))
-        .collect();
+    let mut classic = ClassicText::default();
     let mut out = String::with_capacity(text.len());
     for line in text.lines() {
-        if line.starts_with("# UNIT ") || line == "# EOF" {
-            continue;
-        }
-        let rewritten = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
-            let rest = line.strip_prefix(prefix)?;
-            let (name, tail) = rest.split_once(' ')?;
-            counters
-                .contains(name)
-                .then(|| format!("{prefix}{name}_total {tail}"))
-        });
-        match rewritten {
-            Some(line) => out.push_str(&line),
-            None => out.push_str(line),
-        }
-        out.push('\n');
+        classic.line(line, &mut out);
     }
+    classic.finish(&mut out);
     out
 }
 
@@ -339,6 +513,135 @@ async fn respond_with<S: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use prometheus_client::encoding::EncodeLabelSet;
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::family::Family;
+    use tokio::io::AsyncReadExt;
+
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct Wide {
+        name: String,
+    }
+
+    /// An endpoint whose registry holds the agent's metrics and `series` counters with
+    /// 100-byte labels (about 150 bytes of text each).
+    async fn endpoint(series: usize) -> (SocketAddr, Arc<State>) {
+        let mut registry = Registry::default();
+        let metrics = Arc::new(Metrics::register(&mut registry));
+        let wide = Family::<Wide, Counter>::default();
+        registry.register("wide", "Many series", wide.clone());
+        for i in 0..series {
+            let name = format!("{i:0100}");
+            wide.get_or_create(&Wide { name }).inc();
+        }
+        let state = Arc::new(State {
+            registry,
+            metrics,
+            ready: AtomicBool::new(true),
+            cluster: None,
+            bearer_token: None,
+            scrapes: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_SCRAPES)),
+        });
+        let listener = bind("127.0.0.1:0".parse().expect("literal"))
+            .await
+            .expect("binds");
+        let addr = listener.local_addr().expect("bound");
+        tokio::spawn(serve(listener, state.clone(), None));
+        (addr, state)
+    }
+
+    /// The body of a chunked response, or why it is not a whole one.
+    fn dechunk(response: &[u8]) -> Result<String, String> {
+        let text = String::from_utf8_lossy(response);
+        let (head, mut rest) = text.split_once("\r\n\r\n").ok_or("no head")?;
+        if !head.contains("Transfer-Encoding: chunked") {
+            return Err(format!("not chunked: {head}"));
+        }
+        let mut body = String::new();
+        loop {
+            let (size, after) = rest.split_once("\r\n").ok_or("no chunk size")?;
+            let size = usize::from_str_radix(size, 16).map_err(|e| e.to_string())?;
+            if size == 0 {
+                return Ok(body);
+            }
+            let chunk = after.get(..size).ok_or("chunk cut short")?;
+            body.push_str(chunk);
+            rest = after[size..]
+                .strip_prefix("\r\n")
+                .ok_or("no CRLF after a chunk")?;
+        }
+    }
+
+    async fn scrape(addr: SocketAddr, accept: &str) -> Vec<u8> {
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connects");
+        let request = format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{accept}\r\n");
+        stream.write_all(request.as_bytes()).await.expect("sends");
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.expect("reads");
+        response
+    }
+
+    /// The streamed exposition, in many chunks, is exactly the registry's text, in both formats.
+    #[tokio::test]
+    async fn metrics_are_streamed_in_chunks_equal_to_the_whole_text() {
+        let (addr, state) = endpoint(20_000).await;
+        let om = "Accept: application/openmetrics-text;version=1.0.0\r\n";
+        let streamed = dechunk(&scrape(addr, om).await).expect("a whole body");
+        let mut whole = String::new();
+        prometheus_client::encoding::text::encode(&mut whole, &state.registry).expect("encodes");
+        assert!(whole.len() > 20 * CHUNK_BYTES, "{} bytes", whole.len());
+        // The process gauges move between the two renderings; every other line must match.
+        let stable = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| !l.starts_with("periscope_process_") && !l.starts_with("process_"))
+                .map(str::to_owned)
+                .collect()
+        };
+        assert_eq!(stable(&streamed), stable(&whole));
+        let classic = dechunk(&scrape(addr, "").await).expect("a whole body");
+        assert_eq!(stable(&classic), stable(&openmetrics_to_prometheus(&whole)));
+        assert!(classic.contains("# TYPE wide_total counter\nwide_total{name=\"0"));
+        // An HTTP/1.0 client gets the same text, ended by the connection's end.
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connects");
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+            .await
+            .expect("sends");
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.expect("reads");
+        let response = String::from_utf8_lossy(&response);
+        let (head, body) = response.split_once("\r\n\r\n").expect("a head");
+        assert!(!head.contains("chunked"), "{head}");
+        assert_eq!(stable(body), stable(&openmetrics_to_prometheus(&whole)));
+        assert_eq!(state.metrics.self_metrics.scrapes_aborted.get(), 0);
+    }
+
+    /// A scraper that stops reading loses its scrape after `SLOW_CLIENT_WAIT` instead of making
+    /// the agent hold the exposition (or the families' locks) for it; it is counted.
+    #[tokio::test]
+    async fn a_scraper_that_does_not_read_is_cut_off_and_counted() {
+        let (addr, state) = endpoint(300_000).await;
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connects");
+        let request = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+        stream.write_all(request.as_bytes()).await.expect("sends");
+        let deadline = std::time::Instant::now() + IO_TIMEOUT + SLOW_CLIENT_WAIT * 3;
+        while state.metrics.self_metrics.scrapes_aborted.get() == 0 {
+            assert!(std::time::Instant::now() < deadline, "not cut off");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response).await;
+        assert!(dechunk(&response).is_err(), "the body must not look whole");
+        // The endpoint still serves the next scraper.
+        assert!(dechunk(&scrape(addr, "").await).is_ok());
+    }
 
     #[test]
     fn counters_get_their_total_suffix_in_classic_text() {

@@ -7,11 +7,14 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use super::budget::SeriesBudget;
+use super::budget::{SeriesBudget, SeriesKind};
 use super::cache::{Lookup, Origin, SeriesCache};
 use super::HistFamily;
 use crate::exchange::{Exchange, PostgresDetail, Role};
 use crate::export::labels::{PeerLabels, WorkloadLabels};
+
+/// What a series of this family holds besides its label values (measured, see `budget`).
+pub const SERIES_KIND: SeriesKind = SeriesKind { fixed_bytes: 5000 };
 
 /// Semantic-convention buckets for `db.client.operation.duration`.
 pub const DB_DURATION_BUCKETS: [f64; 9] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
@@ -96,7 +99,7 @@ impl DbMetrics {
             Role::Server => &self.server,
         };
         let families = [&side.duration, &side.rows];
-        let admitted = budget.admit(side.metric, &labels, |expiry| {
+        let admitted = budget.admit(side.metric, &labels, SERIES_KIND, |expiry| {
             expiry.register(&labels.workload, &families, Histogram::count)
         });
         admitted.then(|| DbSeries {

@@ -8,11 +8,14 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use super::budget::SeriesBudget;
+use super::budget::{SeriesBudget, SeriesKind};
 use super::cache::{Lookup, Origin, SeriesCache};
 use super::HistFamily;
 use crate::exchange::{Detail, Exchange, Role};
 use crate::export::labels::{PeerLabels, WorkloadLabels};
+
+/// What an HTTP series holds besides its label values (measured, see `budget`).
+pub const SERIES_KIND: SeriesKind = SeriesKind { fixed_bytes: 5200 };
 
 /// Semantic-convention default buckets for `http.*.request.duration`.
 pub const DURATION_BUCKETS: [f64; 14] = [
@@ -85,7 +88,7 @@ where
         labels: &L,
     ) -> Option<HttpSeries> {
         let families = [&self.duration, &self.request_body, &self.response_body];
-        let admitted = budget.admit(self.metric, labels, |expiry| {
+        let admitted = budget.admit(self.metric, labels, SERIES_KIND, |expiry| {
             expiry.register(workload, &families, Histogram::count)
         });
         admitted.then(|| HttpSeries {

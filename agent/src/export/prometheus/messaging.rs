@@ -13,13 +13,16 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use super::budget::SeriesBudget;
+use super::budget::{SeriesBudget, SeriesKind};
 use super::cache::{Lookup, Origin, SeriesCache};
 use super::http::duration_histogram;
 use super::HistFamily;
 use crate::exchange::{Exchange, MessageFlow, Role};
 use crate::export::labels::{PeerLabels, WorkloadLabels};
 use crate::protocol::kafka::{errors, KafkaExchange, TopicStats};
+
+/// What a series of this family holds besides its label values (measured, see `budget`).
+pub const SERIES_KIND: SeriesKind = SeriesKind { fixed_bytes: 5300 };
 
 /// Labels of messaging operation metrics (`messaging.*` semantic conventions).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -112,7 +115,7 @@ impl MessagingMetrics {
         flow: Option<MessageFlow>,
     ) -> Option<MessagingSeries> {
         let side = self.side(role);
-        let admitted = budget.admit(side.metric, &labels, |expiry| {
+        let admitted = budget.admit(side.metric, &labels, SERIES_KIND, |expiry| {
             let workload = &labels.workload;
             expiry.register(workload, &[&side.duration], Histogram::count);
             expiry.register(workload, &[&side.produced, &side.fetched], Counter::get);

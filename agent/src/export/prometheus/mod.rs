@@ -62,7 +62,7 @@ use crate::exchange::{Detail, Exchange};
 use crate::metadata::ClusterView;
 use crate::protocol::http1::DecoderStats;
 
-pub use budget::{SeriesBudget, DEFAULT_MAX_SERIES};
+pub use budget::{SeriesBudget, DEFAULT_MAX_SERIES, DEFAULT_MEMORY_BUDGET};
 pub use self_metrics::{DeltaCounter, EventCounters, HooksLabels, SelfMetrics};
 
 /// A family of histograms made with a fixed constructor (its buckets).
@@ -89,6 +89,7 @@ impl Metrics {
         let series = SeriesBudget::new(
             self_metrics.series_dropped.clone(),
             self_metrics.series_expired.clone(),
+            self_metrics.series_memory.clone(),
         );
         Metrics {
             http,
@@ -108,6 +109,11 @@ impl Metrics {
     /// Sets the cap on label sets per metric (`--max-series`).
     pub fn set_max_series(&self, max: usize) {
         self.series.set_max(max);
+    }
+
+    /// Sets the cap on the bytes of all exchange series (`--series-memory-budget`).
+    pub fn set_series_memory_budget(&self, bytes: usize) {
+        self.series.set_memory_max(bytes);
     }
 
     /// Removes the series that have seen nothing for `ttl` (see `export::expiry`).

@@ -70,6 +70,10 @@ pub struct SelfMetrics {
     /// the pollers' own caps).
     pub series_dropped: Family<MetricLabel, Counter>,
     pub series_expired: Counter,
+    /// The estimated bytes of the exchange families' series (`--series-memory-budget`).
+    pub series_memory: Gauge,
+    /// Scrapes of `/metrics` abandoned because the client read too slowly.
+    pub scrapes_aborted: Counter,
     /// 1 while the Kubernetes API server answers, 0 while it does not.
     pub kubernetes_connected: Gauge,
     /// Kubernetes watch failures, by reason.
@@ -125,7 +129,11 @@ impl SelfMetrics {
             "bpf_program_run_time" [Seconds]: m.program_run_time,
                 "CPU time spent in each kernel program (with --bpf-stats)";
             "series_dropped": m.series_dropped,
-                "Observations dropped because their metric already had --max-series label sets";
+                "Observations dropped because their metric already had --max-series label sets, or all series held --series-memory-budget bytes";
+            "scrapes_aborted": m.scrapes_aborted,
+                "Scrapes of /metrics abandoned because the client read slower than the exposition was encoded";
+            "series_memory" [Bytes]: m.series_memory,
+                "Estimated bytes held by the HTTP, database and messaging series, against --series-memory-budget";
             "series_expired": m.series_expired,
                 "Series removed because their pod was deleted more than --series-grace ago, or because they saw nothing for --series-ttl";
             "hooks_info": m.hooks_info,
@@ -171,6 +179,21 @@ impl SelfMetrics {
     pub fn muted(&self, reason: MuteReason) {
         let label = reason_label(reason.as_str());
         self.connections_muted.get_or_create(&label).inc();
+    }
+
+    /// A scrape of `/metrics` was abandoned: its client read too slowly (logged at most once a
+    /// minute).
+    pub fn scrape_aborted(&self) {
+        static LIMIT: crate::internal_events::RateLimit =
+            crate::internal_events::RateLimit::new(std::time::Duration::from_secs(60));
+        self.scrapes_aborted.inc();
+        if let Some(held) = LIMIT.check(std::time::Instant::now(), 1) {
+            log::warn!(
+                "metrics endpoint: a scrape was abandoned, its client reading slower than the \
+                 exposition is encoded ({held} more since the last line; \
+                 periscope_scrapes_aborted_total)"
+            );
+        }
     }
 
     /// A connection was dropped from decoding because its bytes did not parse.

@@ -264,7 +264,7 @@ pub(crate) fn samples(registry: &Registry, prefix: &str) -> Vec<String> {
 /// A budget of `max` series per metric, and the drop counter it counts into.
 pub(crate) fn budget(max: usize) -> (SeriesBudget, Family<MetricLabel, Counter>) {
     let dropped = Family::<MetricLabel, Counter>::default();
-    let budget = SeriesBudget::new(dropped.clone(), Counter::default());
+    let budget = SeriesBudget::new(dropped.clone(), Counter::default(), Default::default());
     budget.set_max(max);
     (budget, dropped)
 }
@@ -275,4 +275,87 @@ pub(crate) fn dropped(family: &Family<MetricLabel, Counter>, metric: &str) -> u6
         metric: metric.to_owned(),
     };
     family.get(&label).map_or(0, |c| c.get())
+}
+
+/// The series budget's estimate of a series' bytes must cover what recording one really holds
+/// (family entries, histograms, cache entry, expiry registration, the budget's own entry),
+/// without overstating it by much, for every family kind and short and long label values.
+#[test]
+fn series_cost_estimates_bound_what_a_series_holds() {
+    use crate::test_alloc::held_by_this_thread;
+    type Make = fn(&str) -> Exchange;
+    let kinds: [(&str, Make); 4] = [
+        ("http server", |r| server(http("GET", 200, r, (1, 1)))),
+        ("http client", |r| {
+            let detail = http("GET", 200, r, (1, 1));
+            exchange(Role::Client, host_process(), "10.0.0.9:80", 80, 20, detail)
+        }),
+        ("db", |t| {
+            server(sql("SELECT", Some(t), Some(1), None, Some("shop")))
+        }),
+        ("kafka", |t| {
+            server(kafka(0, "Produce", vec![topic(Some(t), 1, 0)], 0))
+        }),
+    ];
+    let mut failures = Vec::new();
+    for (name, make) in kinds {
+        for len in [8usize, 200] {
+            let mut registry = Registry::default();
+            let metrics = Arc::new(Metrics::register(&mut registry));
+            metrics.set_max_series(100_000);
+            let mut sink = MetricsSink::new(metrics.clone());
+            let n = 2000;
+            let exchanges: Vec<Exchange> = (0..n).map(|i| make(&format!("/{i:0len$}"))).collect();
+            sink.exchange(&exchanges[0]);
+            let (held, estimated) = (held_by_this_thread(), metrics.series.memory_bytes());
+            for e in &exchanges[1..] {
+                sink.exchange(e);
+            }
+            let held = (held_by_this_thread() - held) as usize / (n - 1);
+            let estimated = (metrics.series.memory_bytes() - estimated) / (n - 1);
+            if !(held <= estimated && estimated <= held * 13 / 10) {
+                failures.push(format!(
+                    "{name}, {len}-byte label: {held} bytes held per series, {estimated} estimated"
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// `--series-memory-budget`: new label sets beyond the bytes are dropped and counted, known
+/// ones still record, and removing series frees their bytes for new ones.
+#[test]
+fn the_memory_budget_caps_all_series_together() {
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    metrics.set_max_series(100);
+    let one = http::SERIES_KIND.fixed_bytes;
+    metrics.set_series_memory_budget(3 * one + 3 * one / 4);
+    let mut sink = MetricsSink::new(metrics.clone());
+    let get = |route: &str| server(http("GET", 200, route, (1, 1)));
+    for route in ["/a", "/b", "/c", "/d", "/e", "/a"] {
+        sink.exchange(&get(route));
+    }
+    let dropped = |m: &Metrics| {
+        dropped(
+            &m.self_metrics.series_dropped,
+            "http_server_request_duration_seconds",
+        )
+    };
+    assert_eq!(dropped(&metrics), 2, "/d and /e do not fit");
+    let held = metrics.series.memory_bytes();
+    assert!(held > 3 * one && held <= 3 * one + 3 * one / 4, "{held}");
+    assert_eq!(metrics.self_metrics.series_memory.get(), held as i64);
+    let count = samples(&registry, "http_server_request_duration_seconds_count");
+    assert_eq!(count.len(), 3, "{count:?}");
+    assert!(count.iter().any(|l| l.contains("/a") && l.ends_with(" 2")));
+    // The first sweep sees the activity, the second removes.
+    metrics.expire_idle(std::time::Duration::ZERO);
+    metrics.expire_idle(std::time::Duration::ZERO);
+    assert_eq!(metrics.series.memory_bytes(), 0);
+    assert_eq!(metrics.self_metrics.series_memory.get(), 0);
+    sink.exchange(&get("/d"));
+    assert_eq!(dropped(&metrics), 2, "the freed bytes take /d");
+    assert!(metrics.series.memory_bytes() > 0);
 }
