@@ -44,7 +44,7 @@ pub use metrics::{Metrics, Sample};
 pub use netns::NetnsPair;
 pub use nginx::{Nginx, NginxOptions};
 pub use postgres::PgServer;
-pub use process::{cpu_time, descendants, is_root, rss_bytes, ChildProcess};
+pub use process::{cpu_time, descendants, is_root, peak_rss_bytes, rss_bytes, ChildProcess};
 pub use prometheus::{url_encode, Prometheus};
 pub use promtool::promtool_check_metrics;
 pub use pyserver::{PyServer, HTTP_TEST_SERVER};

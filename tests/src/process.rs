@@ -185,12 +185,23 @@ pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
 
 /// Resident set size of process `pid` in bytes (`VmRSS` from `/proc/<pid>/status`).
 pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// The most resident memory `pid` has had since it started (`VmHWM`), in bytes: the peak,
+/// whenever it happened between samples.
+pub fn peak_rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    status_bytes(pid, "VmHWM:")
+}
+
+/// A `… kB` line of `/proc/<pid>/status`, in bytes.
+fn status_bytes(pid: u32, field: &str) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     let line = status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .with_context(|| format!("no VmRSS in {path}"))?;
+        .find(|l| l.starts_with(field))
+        .with_context(|| format!("no {field} in {path}"))?;
     let kib: u64 = line
         .split_whitespace()
         .nth(1)

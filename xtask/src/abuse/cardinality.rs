@@ -60,7 +60,7 @@ impl CardinalityArgs {
 }
 
 /// `n` letters from g–z: never taken for an id by the route templating, never hex.
-fn random_word(n: usize, seed: &mut u64) -> String {
+pub(super) fn random_word(n: usize, seed: &mut u64) -> String {
     (0..n)
         .map(|_| {
             // xorshift64: enough randomness for names, no dependency.

@@ -5,7 +5,11 @@
 //!   connections past it muted and counted) and the agent's RSS under the stated bound.
 //! - A PostgreSQL statement of deeply nested `COPY (COPY (…))`, sent with the extended
 //!   protocol (the Parse that once overflowed the agent's stack): the agent must live on.
-//! - Meanwhile an ordinary client's requests must be counted exactly, on both ends.
+//! - A series flood first: random HTTP routes and random SQL tables, seen at both ends, far
+//!   past `--max-series` and `--series-memory-budget`: the series must stay under the budget
+//!   (the rest dropped and counted), and every later scrape renders them all.
+//! - Meanwhile an ordinary client's requests must be counted exactly, on both ends (their
+//!   series made before the flood), and the agent's peak RSS (`VmHWM`) stay under the bound.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -14,7 +18,7 @@ use std::time::Duration;
 use anyhow::Context;
 use harness::{curl, PgServer};
 
-use super::{wait_for, Env, Report};
+use super::{wait_for, Env, Load, Report, DROPPED_SERIES_METRIC};
 use crate::bench::ok_nginx;
 
 const HEADS: &str = include_str!("unfinished_heads.py");
@@ -39,13 +43,25 @@ pub struct HostileArgs {
     /// Ordinary requests sent while the heads are held, each counted at both ends.
     #[arg(long, default_value_t = 200)]
     requests: usize,
+    /// Requests on distinct random routes in the series flood (a series at each end).
+    #[arg(long, default_value_t = 12_000)]
+    routes: u32,
+    /// Queries on distinct random nonexistent tables in the series flood.
+    #[arg(long, default_value_t = 6_000)]
+    tables: u32,
 }
 
 impl HostileArgs {
     fn command(&self) -> String {
         format!(
-            "cargo xtask abuse hostile --connections {} --head-bytes {} --copy-depth {} --requests {}",
-            self.connections, self.head_bytes, self.copy_depth, self.requests
+            "cargo xtask abuse hostile --connections {} --head-bytes {} --copy-depth {} \
+             --requests {} --routes {} --tables {}",
+            self.connections,
+            self.head_bytes,
+            self.copy_depth,
+            self.requests,
+            self.routes,
+            self.tables
         )
     }
 }
@@ -59,6 +75,59 @@ pub(crate) fn hostile(env: &Env, args: &HostileArgs) -> anyhow::Result<Report> {
     let rss_start = harness::rss_bytes(pid)?;
     // `--decoder-memory-budget`'s default (`agent::conn::DEFAULT_DECODER_MEMORY_BUDGET`).
     let budget: u64 = 64 << 20;
+    // `--series-memory-budget`'s default (`agent::export::prometheus::DEFAULT_MEMORY_BUDGET`).
+    let series_budget: u64 = 64 << 20;
+    let port = nginx.port().to_string();
+    let ok = [("server_port", port.as_str()), ("http_route", "/ok")];
+    let url = nginx.url("/ok");
+
+    // The ordinary requests' series, made before the flood.
+    curl(&[url.as_str()])?;
+    wait_for(&agent, Duration::from_secs(10), |m| {
+        m.sum(SERVER_METRIC, &ok) >= 1.0 && m.sum(CLIENT_METRIC, &ok) >= 1.0
+    })?;
+    let ok_before = agent.try_metrics()?;
+    let ok_before = (
+        ok_before.sum(SERVER_METRIC, &ok),
+        ok_before.sum(CLIENT_METRIC, &ok),
+    );
+
+    // The series flood: random routes (20 per connection) and random tables.
+    let rate = 1000.0;
+    let flood = Load::http(nginx.port(), rate, f64::from(args.routes) / rate, 20, true)?;
+    let mut seed = 0x2545_f491_4f6c_dd1du64 ^ u64::from(std::process::id());
+    let sql: String = (0..args.tables)
+        .map(|_| {
+            format!(
+                "SELECT * FROM missing_{};\n",
+                super::cardinality::random_word(12, &mut seed)
+            )
+        })
+        .collect();
+    let dir = harness::TempDir::new("hostile")?;
+    let file = dir.path().join("tables.sql");
+    std::fs::write(&file, &sql)?;
+    let mut psql = pg.command("psql");
+    psql.args(["-X", "-q", "-f"])
+        .arg(&file)
+        .stderr(Stdio::null());
+    psql.output().context("running psql")?;
+    let routes_answered = flood.finish()?;
+    let (flooded, _) = wait_for(&agent, Duration::from_secs(15), |m| {
+        m.sum(DROPPED_SERIES_METRIC, &[]) > 0.0
+    })?;
+    let series_memory = flooded.sum("periscope_series_memory_bytes", &[]);
+    let series_dropped = flooded.sum(DROPPED_SERIES_METRIC, &[]);
+    let series_held: usize = ["http_server", "http_client", "db_server", "db_client"]
+        .iter()
+        .map(|side| {
+            let name = match *side {
+                "http_server" | "http_client" => format!("{side}_request_duration_seconds_count"),
+                _ => format!("{side}_operation_duration_seconds_count"),
+            };
+            flooded.samples(&name).len()
+        })
+        .sum();
 
     // The nested COPY, with the extended protocol (psycopg sends a Parse when there are
     // parameters to bind).
@@ -107,19 +176,19 @@ pub(crate) fn hostile(env: &Env, args: &HostileArgs) -> anyhow::Result<Report> {
         &[("reason", "memory_budget")],
     );
     let tracked = held.sum(super::TRACKED_METRIC, &[]);
-    let port = nginx.port().to_string();
-    let ok = [("server_port", port.as_str()), ("http_route", "/ok")];
-    let url = nginx.url("/ok");
     let urls: Vec<&str> = std::iter::repeat_n(url.as_str(), args.requests).collect();
     let answered = curl(&urls)?.lines().filter(|l| *l == "ok").count();
     let n = args.requests as f64;
     let (end, _) = wait_for(&agent, Duration::from_secs(15), |m| {
-        m.sum(SERVER_METRIC, &ok) >= n && m.sum(CLIENT_METRIC, &ok) >= n
+        m.sum(SERVER_METRIC, &ok) - ok_before.0 >= n && m.sum(CLIENT_METRIC, &ok) - ok_before.1 >= n
     })?;
     std::thread::sleep(Duration::from_millis(500));
     let end = agent.try_metrics().unwrap_or(end);
-    rss_max = rss_max.max(harness::rss_bytes(pid)?);
-    let counted = (end.sum(SERVER_METRIC, &ok), end.sum(CLIENT_METRIC, &ok));
+    rss_max = rss_max.max(harness::peak_rss_bytes(pid)?);
+    let counted = (
+        end.sum(SERVER_METRIC, &ok) - ok_before.0,
+        end.sum(CLIENT_METRIC, &ok) - ok_before.1,
+    );
     let _ = heads.kill();
     let _ = heads.wait();
     let alive = harness::rss_bytes(pid).is_ok() && agent.try_metrics().is_ok();
@@ -127,7 +196,13 @@ pub(crate) fn hostile(env: &Env, args: &HostileArgs) -> anyhow::Result<Report> {
 
     let mb = |b: f64| b / 1e6;
     report.para(&format!(
-        "{} connections each write a {}-byte request head that never ends to a server that \
+        "Series flood first: a Python client GETs {} random routes `/u/<10 letters g–z>` \
+         ({routes_answered} answered; 20 per connection) and psql queries {} random \
+         nonexistent tables, each seen as server and as client.",
+        args.routes, args.tables
+    ));
+    report.para(&format!(
+        "Then {} connections each write a {}-byte request head that never ends to a server that \
          reads and keeps it (so both ends are decoded: {:.0} MB offered to the decoders), \
          after a PostgreSQL `COPY (` nested {} deep sent as a Parse (the server answered \
          `{copy_outcome}`); while the heads are held, curl fetches `/ok` {} times.",
@@ -139,7 +214,8 @@ pub(crate) fn hostile(env: &Env, args: &HostileArgs) -> anyhow::Result<Report> {
     ));
     report.para(&format!(
         "| figure | value |\n|---|---:|\n\
-         | agent RSS at start / max (MB) | {:.1} / {:.1} |\n\
+         | agent RSS at start / peak (`VmHWM`, MB) | {:.1} / {:.1} |\n\
+         | HTTP and SQL series held / `periscope_series_memory_bytes` / dropped observations | {series_held} / {series_memory} / {series_dropped} |\n\
          | `periscope_decoder_memory_bytes` while held | {decoder_memory} |\n\
          | connections muted for the budget / tracked | {muted} / {tracked} |\n\
          | ordinary requests answered / counted as server / as client | {answered} / {} / {} |",
@@ -159,12 +235,20 @@ pub(crate) fn hostile(env: &Env, args: &HostileArgs) -> anyhow::Result<Report> {
         decoder_memory <= budget as f64,
     );
     report.check(
+        &format!(
+            "series hold ≤ the default series budget ({} MiB), the rest dropped and counted",
+            series_budget >> 20
+        ),
+        format!("{series_memory} bytes, {series_dropped} dropped"),
+        series_memory <= series_budget as f64 && series_dropped > 0.0,
+    );
+    report.check(
         "connections past the budget are muted and counted (> 0)",
         format!("{muted}"),
         muted > 0.0,
     );
     report.check(
-        &format!("agent RSS ≤ {} MiB throughout", RSS_BOUND_BYTES >> 20),
+        &format!("agent peak RSS (`VmHWM`) ≤ {} MiB", RSS_BOUND_BYTES >> 20),
         format!("max {:.1} MB", mb(rss_max as f64)),
         rss_max <= RSS_BOUND_BYTES,
     );
