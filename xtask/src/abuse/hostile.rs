@@ -1,8 +1,10 @@
 //! `cargo xtask abuse hostile`: adversarial payloads against an agent with default settings.
 //!
-//! - Thousands of connections that each leave a large request head unfinished, both of whose
-//!   ends are decoded: decoders together must stay under `--decoder-memory-budget` (the
-//!   connections past it muted and counted) and the agent's RSS under the stated bound.
+//! - Thousands of connections that each leave a large HTTP request head or Kafka frame
+//!   unfinished, both of whose ends are decoded, and PostgreSQL connections that send Parse
+//!   messages with 60 KB statement names and never Sync: decoders together must stay under
+//!   `--decoder-memory-budget` (the connections past it muted and counted) and the agent's
+//!   RSS under the stated bound.
 //! - A PostgreSQL statement of deeply nested `COPY (COPY (…))`, sent with the extended
 //!   protocol (the Parse that once overflowed the agent's stack): the agent must live on.
 //! - A series flood first: random HTTP routes and random SQL tables, seen at both ends, far
@@ -31,12 +33,16 @@ const RSS_BOUND_BYTES: u64 = 256 * 1024 * 1024;
 #[derive(Debug, clap::Parser)]
 #[command(name = "hostile")]
 pub struct HostileArgs {
-    /// Connections that leave a request head unfinished (each decoded at both ends).
-    #[arg(long, default_value_t = 3000)]
+    /// Connections that leave a request head (half HTTP, half Kafka) unfinished (each decoded
+    /// at both ends).
+    #[arg(long, default_value_t = 4000)]
     connections: u32,
     /// Bytes of each unfinished head (the HTTP decoder keeps up to 16 KiB of a head).
     #[arg(long, default_value_t = 15_000)]
     head_bytes: u32,
+    /// PostgreSQL connections that each send 60 Parse messages with 60 KB names, no Sync.
+    #[arg(long, default_value_t = 16)]
+    parse_connections: u32,
     /// Nesting depth of the `COPY (…)` statement.
     #[arg(long, default_value_t = 5000)]
     copy_depth: u32,
@@ -54,10 +60,11 @@ pub struct HostileArgs {
 impl HostileArgs {
     fn command(&self) -> String {
         format!(
-            "cargo xtask abuse hostile --connections {} --head-bytes {} --copy-depth {} \
-             --requests {} --routes {} --tables {}",
+            "cargo xtask abuse hostile --connections {} --head-bytes {} --parse-connections {} \
+             --copy-depth {} --requests {} --routes {} --tables {}",
             self.connections,
             self.head_bytes,
+            self.parse_connections,
             self.copy_depth,
             self.requests,
             self.routes,
@@ -161,12 +168,20 @@ pub(crate) fn hostile(env: &Env, args: &HostileArgs) -> anyhow::Result<Report> {
             args.connections.to_string(),
             args.head_bytes.to_string(),
             "15".to_owned(),
+            pg.port().to_string(),
+            args.parse_connections.to_string(),
+            "60".to_owned(),
+            "60000".to_owned(),
         ])
         .stdout(Stdio::piped())
         .spawn()
         .context("starting the unfinished heads")?;
     let mut line = String::new();
     BufReader::new(heads.stdout.take().context("stdout")?).read_line(&mut line)?;
+    if line.trim() != "held" {
+        let _ = heads.wait();
+        anyhow::bail!("the hostile connections were not all made (see the Python error above)");
+    }
     std::thread::sleep(Duration::from_secs(3));
     let mut rss_max = harness::rss_bytes(pid)?;
     let held = agent.try_metrics()?;
@@ -202,13 +217,17 @@ pub(crate) fn hostile(env: &Env, args: &HostileArgs) -> anyhow::Result<Report> {
         args.routes, args.tables
     ));
     report.para(&format!(
-        "Then {} connections each write a {}-byte request head that never ends to a server that \
-         reads and keeps it (so both ends are decoded: {:.0} MB offered to the decoders), \
-         after a PostgreSQL `COPY (` nested {} deep sent as a Parse (the server answered \
+        "Then {} connections each write a {}-byte HTTP request head (half of them) or Kafka \
+         Produce frame announcing 1 MiB (the other half) that never ends to a server that \
+         reads and keeps it (so both ends are decoded: {:.0} MB offered to the decoders), and \
+         {} PostgreSQL connections each send 60 Parse messages with 60 KB statement names and \
+         no Sync ({:.0} MB more), after a PostgreSQL `COPY (` nested {} deep sent as a Parse (the server answered \
          `{copy_outcome}`); while the heads are held, curl fetches `/ok` {} times.",
         args.connections,
         args.head_bytes,
         2.0 * f64::from(args.connections) * f64::from(args.head_bytes) / 1e6,
+        args.parse_connections,
+        2.0 * f64::from(args.parse_connections) * 60.0 * 60_000.0 / 1e6,
         args.copy_depth,
         args.requests
     ));
