@@ -13,10 +13,13 @@
 //! - `hostile`: adversarial payloads (thousands of unfinished request heads, a deeply nested
 //!   `COPY`) under default settings: decoder memory within budget, RSS bounded, ordinary
 //!   requests still exact.
+//! - `churn`: cluster mode with pods and routes created and deleted for minutes: their series
+//!   go after grace/ttl, series bytes, kernel maps and RSS come back, a steady pod is exact.
 //! - `faults`: SIGKILL leaves no BPF object behind, a restarted agent decodes connections
 //!   opened before it, a stalled OTLP collector and a slow scraper never block capture.
 
 mod cardinality;
+mod churn;
 mod faults;
 mod hostile;
 mod overload;
@@ -66,6 +69,8 @@ enum Scenario {
     Faults(faults::FaultsArgs),
     /// Unfinished request heads by the thousand and a nested COPY under default settings.
     Hostile(hostile::HostileArgs),
+    /// Cluster mode with pods and routes created and deleted for minutes.
+    Churn(churn::ChurnArgs),
     /// Every scenario in turn (defaults, with the soak's length from --minutes).
     All {
         /// Length of the soak's load, in minutes.
@@ -88,6 +93,7 @@ pub fn abuse(args: &AbuseArgs) -> anyhow::Result<()> {
         Scenario::Cardinality(a) => vec![cardinality::cardinality(&env, a)?],
         Scenario::Faults(a) => vec![faults::faults(&env, a)?],
         Scenario::Hostile(a) => vec![hostile::hostile(&env, a)?],
+        Scenario::Churn(a) => vec![churn::churn(&env, a)?],
         Scenario::All { minutes } => {
             let minutes = minutes.to_string();
             let parse = |name| [name, "--minutes", minutes.as_str()];
@@ -97,6 +103,7 @@ pub fn abuse(args: &AbuseArgs) -> anyhow::Result<()> {
                 cardinality::cardinality(&env, &clap::Parser::try_parse_from(["cardinality"])?)?,
                 faults::faults(&env, &clap::Parser::try_parse_from(["faults"])?)?,
                 hostile::hostile(&env, &clap::Parser::try_parse_from(["hostile"])?)?,
+                churn::churn(&env, &clap::Parser::try_parse_from(parse("churn"))?)?,
             ]
         }
     };
