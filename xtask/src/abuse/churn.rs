@@ -205,6 +205,22 @@ pub(crate) fn churn(env: &Env, args: &ChurnArgs) -> anyhow::Result<Report> {
     let counted = agent.try_metrics().unwrap_or(counted);
     let steady_counted = counted.sum(CLIENT_METRIC, &ok);
     let steady_served = counted.sum(SERVER_METRIC, &[("http_route", "/ok")]);
+    // `/ok` client series named otherwise than the steady pod (none if attribution is right).
+    let misnamed: Vec<String> = counted
+        .samples(CLIENT_METRIC)
+        .iter()
+        .filter(|s| s.labels.get("http_route").is_some_and(|r| r == "/ok"))
+        .filter(|s| s.labels.get("k8s_pod_name").is_none_or(|p| p != "steady"))
+        .map(|s| {
+            let label = |k: &str| s.labels.get(k).cloned().unwrap_or_default();
+            format!(
+                "{} requests as pod `{}`, service `{}`",
+                s.value,
+                label("k8s_pod_name"),
+                label("service_name")
+            )
+        })
+        .collect();
 
     // After the churn: every churned series goes within grace or ttl (plus a sweep period).
     let settle = Duration::from_secs(args.grace_seconds.max(args.ttl_seconds) + 30);
@@ -251,7 +267,8 @@ pub(crate) fn churn(env: &Env, args: &ChurnArgs) -> anyhow::Result<Report> {
          | kernel map entries before / after | {map_entries_before} / {map_entries_after} |\n\
          | agent RSS start / end / peak (`VmHWM`) (MB) | {:.1} / {:.1} / {:.1} |\n\
          | RSS slope over the second half (MB/hour) | {rss_slope:+.1} |\n\
-         | steady pod: answered / counted as client / as server | {steady_answered} / {steady_counted} / {steady_served} |",
+         | steady pod: answered / counted as client / as server | {steady_answered} / {steady_counted} / {steady_served} |\n\
+         | steady pod's `/ok` client requests under other names | {} |",
         if settled {
             format!("in {settled_in:.1} s")
         } else {
@@ -259,7 +276,12 @@ pub(crate) fn churn(env: &Env, args: &ChurnArgs) -> anyhow::Result<Report> {
         },
         mb(rss_start),
         mb(rss_end),
-        mb(rss_peak)
+        mb(rss_peak),
+        if misnamed.is_empty() {
+            "none".to_owned()
+        } else {
+            misnamed.join("; ")
+        }
     ));
     report.check(
         "churned pods' series are attributed while they live (> 0 seen)",
