@@ -992,7 +992,7 @@ fn alerts_fire_exactly_when_they_should() {
           - exp_labels: {namespace: periscope, pod: periscope-x, node: n1, metric: http_server_request_duration_seconds, severity: warning}
             exp_annotations:
               summary: "Periscope's cardinality cap was hit; some observations are dropped."
-              description: "The agent on n1 dropped 5 observations of http_server_request_duration_seconds in 15 minutes because it already has PERISCOPE_MAX_SERIES label sets. Look for a label with unbounded values (routes, tables, topics), or raise the cap."
+              description: "The agent on n1 dropped 5 observations of http_server_request_duration_seconds in 15 minutes because it already has PERISCOPE_MAX_SERIES label sets or all series hold PERISCOPE_SERIES_MEMORY_BUDGET bytes (periscope_series_memory_bytes). Look for a label with unbounded values (routes, tables, topics), or raise the cap."
       - eval_time: 15m
         alertname: PeriscopeKubernetesAPIUnreachable
         exp_alerts:
