@@ -668,6 +668,7 @@ fn assert_least_privilege(daemonset: &Value) {
     assert_eq!(sc["allowPrivilegeEscalation"], false);
     assert_eq!(sc["readOnlyRootFilesystem"], true);
     assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(sc["seccompProfile"], json!({"type": "RuntimeDefault"}));
     let added: Vec<&str> = sc["capabilities"]["add"]
         .as_array()
         .unwrap()
