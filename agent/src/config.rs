@@ -263,6 +263,10 @@ pub struct Config {
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, env = "PERISCOPE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+
+    /// Log lines as `text` or as `json` (one object per line: ts, level, target, message).
+    #[arg(long, env = "PERISCOPE_LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: crate::logging::LogFormat,
 }
 
 /// Whether to attribute processes to Kubernetes pods.

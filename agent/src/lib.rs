@@ -8,6 +8,7 @@ pub mod exchange;
 pub mod export;
 pub mod flows;
 pub mod internal_events;
+pub mod logging;
 pub mod metadata;
 pub mod pipeline;
 pub mod privileges;

@@ -117,11 +117,7 @@ const WORKER_STACK_BYTES: usize = 2 << 20;
 
 fn main() {
     let config = Config::parse();
-    env_logger::Builder::new()
-        .parse_filters(&config.log_level)
-        .parse_env("RUST_LOG")
-        .format_timestamp_millis()
-        .init();
+    periscope::logging::builder(&config.log_level, config.log_format).init();
     if let Err(e) = periscope::privileges::disable_core_dumps() {
         log::warn!("could not disable core dumps (prctl PR_SET_DUMPABLE): {e}");
     }
