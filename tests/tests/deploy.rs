@@ -918,6 +918,54 @@ fn promtool_test(rules: &Path, dir: &Path, name: &str, series: &str, alerts: &st
     );
 }
 
+/// With `nameOverride` the monitors name the job after the override (`jobLabel` is
+/// `app.kubernetes.io/name`), and the rendered rules select that job: an agent that is up does
+/// not count as absent, one that is down fires.
+#[test]
+fn alert_rules_follow_the_name_override() {
+    let objects = render_chart(&json!({
+        "nameOverride": "obs-agent",
+        "prometheusRule": {"enabled": true},
+        "serviceMonitor": {"enabled": true},
+    }))
+    .unwrap();
+    let monitor = find(&objects, "ServiceMonitor");
+    assert_eq!(monitor["spec"]["jobLabel"], "app.kubernetes.io/name");
+    assert_eq!(
+        monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"],
+        "obs-agent"
+    );
+    let rule = find(&objects, "PrometheusRule");
+    let text = rule["spec"].to_string();
+    assert!(!text.contains(r#"job=\"periscope\""#), "{text}");
+    let dir = TempDir::new("rule-override").unwrap();
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(&rules, text).unwrap();
+    let agent = r#"job="obs-agent", instance="10.0.0.7:9464", namespace="periscope", pod="obs-agent-x", node="n1""#;
+    promtool_test(
+        &rules,
+        dir.path(),
+        "override",
+        &format!("      - series: 'up{{{agent}}}'\n        values: '1x5 0x20'"),
+        r#"      - eval_time: 4m
+        alertname: PeriscopeAgentAbsent
+        exp_alerts: []
+      - eval_time: 4m
+        alertname: PeriscopeAgentDown
+        exp_alerts: []
+      - eval_time: 15m
+        alertname: PeriscopeAgentDown
+        exp_alerts:
+          - exp_labels: {job: obs-agent, instance: '10.0.0.7:9464', namespace: periscope, pod: obs-agent-x, node: n1, severity: critical}
+            exp_annotations:
+              summary: "A Periscope agent cannot be scraped; its node is unobserved."
+              description: "Prometheus has failed to scrape 10.0.0.7:9464 (node n1) for 5 minutes."
+      - eval_time: 15m
+        alertname: PeriscopeAgentAbsent
+        exp_alerts: []"#,
+    );
+}
+
 #[test]
 fn alerts_fire_exactly_when_they_should() {
     let dir = TempDir::new("rule-tests").unwrap();
