@@ -354,6 +354,20 @@ fn follows_pods_owners_peers_and_services() {
         assert!(r.ends_with("accept=meta"), "{r}");
     }
     assert!(has("watch=true") && has("allowWatchBookmarks=true") && has("timeoutSeconds=5"));
+    // Only list and watch of these four collections: what the ClusterRole grants
+    // (deploy/kubernetes/02-rbac.yaml, the chart's rbac.yaml), nothing more.
+    let collections = [
+        "GET /api/v1/pods?",
+        "GET /api/v1/services?",
+        "GET /apis/apps/v1/replicasets?",
+        "GET /apis/batch/v1/jobs?",
+    ];
+    for r in &requests {
+        assert!(
+            collections.iter().any(|c| r.starts_with(c)),
+            "a request the ClusterRole does not grant: {r}"
+        );
+    }
 
     // A label change renames the service, and bumps the generation.
     let generation = w.attribution.generation();
