@@ -659,6 +659,10 @@ fn assert_least_privilege(daemonset: &Value) {
     assert_eq!(pod["hostNetwork"], false);
     assert_eq!(pod["serviceAccountName"], "periscope");
     assert_eq!(pod["tolerations"], json!([{"operator": "Exists"}]));
+    assert_eq!(
+        pod["nodeSelector"],
+        json!({"kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"})
+    );
     let containers = pod["containers"].as_array().unwrap();
     assert_eq!(containers.len(), 1);
     let c = &containers[0];
