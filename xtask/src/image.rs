@@ -109,17 +109,32 @@ fn agent_version() -> String {
     env!("CARGO_PKG_VERSION").to_owned()
 }
 
+/// The CA bundle the image carries (Debian's `ca-certificates`, on the build machine), so that
+/// an https OTLP collector with a public certificate works without mounting one.
+const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 /// Writes an OCI image archive whose only layer holds `binary` as `/periscope` (mode 0755,
-/// owned by root), with `/periscope` as entrypoint, user 0 and port 9464 exposed. `reference`
+/// owned by root) and the CA bundle at [`CA_BUNDLE`] (`SSL_CERT_FILE` names it), with
+/// `/periscope` as entrypoint, user 0 and port 9464 exposed. `reference`
 /// (e.g. `localhost/periscope:0.1.0`) names the image in `index.json`. Returns the manifest's
 /// digest (`sha256:…`).
 pub fn write_oci_archive(binary: &Path, reference: &str, output: &Path) -> anyhow::Result<String> {
     let program = std::fs::read(binary).with_context(|| format!("reading {}", binary.display()))?;
-    let layer_tar = tar(&[TarEntry {
-        path: "periscope",
-        mode: 0o755,
-        data: &program,
-    }])?;
+    let bundle = std::fs::read(CA_BUNDLE).with_context(|| {
+        format!("reading {CA_BUNDLE} (Debian's ca-certificates package) for the image")
+    })?;
+    let layer_tar = tar(&[
+        TarEntry {
+            path: "periscope",
+            mode: 0o755,
+            data: &program,
+        },
+        TarEntry {
+            path: &CA_BUNDLE[1..],
+            mode: 0o644,
+            data: &bundle,
+        },
+    ])?;
     let diff_id = sha256(&layer_tar);
     let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::best());
     gz.write_all(&layer_tar)?;
@@ -129,6 +144,7 @@ pub fn write_oci_archive(binary: &Path, reference: &str, output: &Path) -> anyho
         concat!(
             r#"{{"created":"{created}","architecture":"amd64","os":"linux","#,
             r#""config":{{"User":"0","Entrypoint":["/periscope"],"#,
+            r#""Env":["SSL_CERT_FILE={bundle}"],"#,
             r#""ExposedPorts":{{"9464/tcp":{{}}}},"#,
             r#""Labels":{{"org.opencontainers.image.title":"periscope","#,
             r#""org.opencontainers.image.version":"{version}"}}}},"#,
@@ -136,6 +152,7 @@ pub fn write_oci_archive(binary: &Path, reference: &str, output: &Path) -> anyho
             r#""history":[{{"created":"{created}","created_by":"cargo xtask image"}}]}}"#
         ),
         created = CREATED,
+        bundle = CA_BUNDLE,
         version = json_escape(reference.rsplit(':').next().unwrap_or_default()),
         diff_id = diff_id,
     )
@@ -348,6 +365,7 @@ mod tests {
             r#""User":"0""#,
             r#""Entrypoint":["/periscope"]"#,
             r#""ExposedPorts":{"9464/tcp":{}}"#,
+            r#""Env":["SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"]"#,
         ] {
             assert!(compact.contains(needle), "{needle} not in:\n{config}");
         }
@@ -383,6 +401,11 @@ mod tests {
         assert_eq!(
             std::fs::read(&unpacked).unwrap(),
             std::fs::read(&binary).unwrap()
+        );
+        assert_eq!(
+            std::fs::read(bundle.join("rootfs").join(&CA_BUNDLE[1..])).unwrap(),
+            std::fs::read(CA_BUNDLE).unwrap(),
+            "the CA bundle"
         );
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&unpacked).unwrap().permissions().mode();
