@@ -858,6 +858,7 @@ fn alert_rules_pass_promtool_and_match_the_chart() {
         [
             "PeriscopeAgentAbsent",
             "PeriscopeAgentDown",
+            "PeriscopeFlowEventsLost",
             "PeriscopeHTTPServerErrorRatioHigh",
             "PeriscopeHTTPServerLatencyP99High",
             "PeriscopeKafkaErrorRatioHigh",
@@ -865,6 +866,7 @@ fn alert_rules_pass_promtool_and_match_the_chart() {
             "PeriscopeKubernetesAPIUnreachable",
             "PeriscopePostgresErrorRatioHigh",
             "PeriscopeSeriesDropped",
+            "PeriscopeSpansDropped",
         ]
         .map(String::from)
         .into()
@@ -1020,7 +1022,7 @@ fn alerts_fire_exactly_when_they_should() {
         dir.path(),
         "agent",
         &format!(
-            "      - series: 'up{{{agent}}}'\n        values: '1 1 0x20'\n      - series: 'periscope_kernel_events_lost_total{{{agent}, reason=\"ringbuf_full\"}}'\n        values: '0+10x20'\n      - series: 'periscope_kernel_events_lost_total{{{agent}, reason=\"conn_table_full\"}}'\n        values: '0x20'\n      - series: 'periscope_series_dropped_total{{{agent}, metric=\"http_server_request_duration_seconds\"}}'\n        values: '0 0 0 5 5 5 5'\n      - series: 'periscope_kubernetes_connected{{{agent}}}'\n        values: '1 1 0x20'"
+            "      - series: 'up{{{agent}}}'\n        values: '1 1 0x20'\n      - series: 'periscope_kernel_events_lost_total{{{agent}, reason=\"ringbuf_full\"}}'\n        values: '0+10x20'\n      - series: 'periscope_kernel_events_lost_total{{{agent}, reason=\"conn_table_full\"}}'\n        values: '0x20'\n      - series: 'periscope_series_dropped_total{{{agent}, metric=\"http_server_request_duration_seconds\"}}'\n        values: '0 0 0 5 5 5 5'\n      - series: 'periscope_kubernetes_connected{{{agent}}}'\n        values: '1 1 0x20'\n      - series: 'periscope_flow_events_lost_total{{{agent}, reason=\"flow_table_full\"}}'\n        values: '0+30x20'\n      - series: 'periscope_spans_dropped_total{{{agent}, reason=\"export_failed\"}}'\n        values: '0+120x20'\n      - series: 'periscope_spans_dropped_total{{{agent}, reason=\"queue_full\"}}'\n        values: '0x20'"
         ),
         r#"      - eval_time: 15m
         alertname: PeriscopeAgentDown
@@ -1050,6 +1052,23 @@ fn alerts_fire_exactly_when_they_should() {
             exp_annotations:
               summary: "Periscope cannot reach the Kubernetes API; new pods are not attributed."
               description: "The agent on n1 (periscope-x) has not been connected to the Kubernetes API for 5 minutes: series of pods started since then lack k8s_* labels. Check the agent log and its ServiceAccount's RBAC."
+      - eval_time: 15m
+        alertname: PeriscopeFlowEventsLost
+        exp_alerts:
+          - exp_labels: {namespace: periscope, pod: periscope-x, node: n1, reason: flow_table_full, severity: warning}
+            exp_annotations:
+              summary: "Periscope is losing TCP flow updates; network_* metrics undercount."
+              description: "The agent on n1 (periscope-x) loses 0.5 flow updates/s (flow_table_full). flow_table_full: the node has more concurrent flows than the kernel flow table holds."
+      - eval_time: 15m
+        alertname: PeriscopeSpansDropped
+        exp_alerts:
+          - exp_labels: {namespace: periscope, pod: periscope-x, node: n1, reason: export_failed, severity: warning}
+            exp_annotations:
+              summary: "Periscope drops spans before they reach the collector."
+              description: "The agent on n1 (periscope-x) drops 2 spans/s (export_failed). export_failed: the OTLP collector is unreachable or refuses them (see periscope_span_export_errors_total and the agent log); queue_full: the collector is slower than the traffic, raise its capacity or PERISCOPE_TRACES_QUEUE_SIZE."
+      - eval_time: 8m
+        alertname: PeriscopeSpansDropped
+        exp_alerts: []
       - eval_time: 15m
         alertname: PeriscopeAgentAbsent
         exp_alerts: []"#,
