@@ -180,6 +180,8 @@ struct Entry {
     info: Arc<ProcessInfo>,
     /// The cluster view's generation when `info.k8s` was looked up.
     generation: u64,
+    /// The kernel's cgroup id for the process when it was read (0: not known).
+    cgroup_id: u64,
 }
 
 impl ProcessCache {
@@ -203,19 +205,32 @@ impl ProcessCache {
     }
 
     /// Like [`ProcessCache::get`], for a process the kernel saw in cgroup `cgroup_id` (v2 id,
-    /// 0 if unknown): used when the process has exited before it could be read.
+    /// 0 if unknown): used when the process has exited before it could be read, and to notice
+    /// that a cached identity is stale. A cgroup other than the one the entry was read in
+    /// means the pid now names another process (reused after an exit no event reported: the
+    /// kernel only reports exits of processes still in its recent-sockets table) or that the
+    /// process moved (`echo $$ > cgroup.procs; exec …`): either way it is read again.
     pub fn get_in(
         &mut self,
         pid: u32,
         comm_hint: Option<&str>,
         cgroup_id: u64,
     ) -> Arc<ProcessInfo> {
+        if cgroup_id != 0 {
+            match self.by_pid.get_mut(&pid) {
+                Some(entry) if entry.cgroup_id == 0 => entry.cgroup_id = cgroup_id,
+                Some(entry) if entry.cgroup_id != cgroup_id => {
+                    self.by_pid.remove(&pid);
+                }
+                _ => {}
+            }
+        }
         if cgroup_id != 0 && !self.by_pid.contains_key(&pid) {
             let gone = !self.proc_root.join(pid.to_string()).exists();
             if gone {
                 let path = self.cgroup_path(cgroup_id);
                 let info = ProcessInfo::read_with(&self.proc_root, pid, comm_hint, || path);
-                return self.insert(pid, info);
+                return self.insert(pid, info, cgroup_id);
             }
         }
         let generation = self.cluster.as_ref().map_or(0, |c| c.generation());
@@ -231,6 +246,7 @@ impl ProcessCache {
                     info
                 }),
                 generation,
+                cgroup_id,
             }
         });
         if entry.generation != generation {
@@ -245,7 +261,7 @@ impl ProcessCache {
         entry.info.clone()
     }
 
-    fn insert(&mut self, pid: u32, info: ProcessInfo) -> Arc<ProcessInfo> {
+    fn insert(&mut self, pid: u32, info: ProcessInfo, cgroup_id: u64) -> Arc<ProcessInfo> {
         let generation = self.cluster.as_ref().map_or(0, |c| c.generation());
         let k8s = self
             .cluster
@@ -261,6 +277,7 @@ impl ProcessCache {
             Entry {
                 info: info.clone(),
                 generation,
+                cgroup_id,
             },
         );
         info
@@ -361,6 +378,25 @@ mod tests {
         assert!(!me.comm.is_empty());
         assert!(!me.exe_name.is_empty());
         assert_eq!(me.service_name, me.exe_name);
+    }
+
+    /// A cached identity is read again when the kernel reports the pid in another cgroup
+    /// (the pid reused by another process, or the process moved), and kept otherwise.
+    #[test]
+    fn a_pid_seen_in_another_cgroup_is_read_again() {
+        let mut cache = ProcessCache::new("/proc");
+        let me = std::process::id();
+        let first = cache.get_in(me, None, 111);
+        assert_eq!(cache.get_in(me, None, 111).seq, first.seq, "cached");
+        assert_eq!(cache.get(me, None).seq, first.seq, "no cgroup said: cached");
+        let moved = cache.get_in(me, None, 222);
+        assert_ne!(moved.seq, first.seq, "read again");
+        assert_eq!(cache.get_in(me, None, 222).seq, moved.seq, "cached again");
+        // An entry read without a cgroup takes the first one the kernel reports.
+        cache.forget(me);
+        let plain = cache.get(me, None);
+        assert_eq!(cache.get_in(me, None, 333).seq, plain.seq);
+        assert_ne!(cache.get_in(me, None, 444).seq, plain.seq);
     }
 
     #[test]
