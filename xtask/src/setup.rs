@@ -24,11 +24,12 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "iptables", // packet drops between network namespaces in the flow tests
     "python3",
-    "postgresql", // initdb, postgres, psql, pgbench for the Postgres tests
-    "kcat",       // an independent Kafka client for the Kafka tests
-    "skopeo",     // reads the OCI archive `cargo xtask image` writes, in its test
-    "umoci",      // unpacks that archive's layer, in the same test
-    "musl-tools", // a C compiler for musl: ring (rustls) in `cargo xtask image`'s static build
+    "postgresql",      // initdb, postgres, psql, pgbench for the Postgres tests
+    "kcat",            // an independent Kafka client for the Kafka tests
+    "skopeo",          // reads the OCI archive `cargo xtask image` writes, in its test
+    "umoci",           // unpacks that archive's layer, in the same test
+    "musl-tools",      // a C compiler for musl: ring (rustls) in `cargo xtask image`'s static build
+    "ca-certificates", // the CA bundle `cargo xtask image` puts in the image
 ];
 
 /// Python packages the tests drive real servers and clients with: (pip name, import name).
