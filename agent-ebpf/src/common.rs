@@ -21,6 +21,7 @@ static CONFIG: Config = Config {
     newtask_flags_offset: 32,
     syscall_stats: SYSCALL_STATS_OFF,
     syscall_nr_offset: 8,
+    tls: 0,
 };
 
 /// Things that could not be delivered, per CPU, indexed by `Counter`.

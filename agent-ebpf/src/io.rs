@@ -42,6 +42,7 @@ use aya_ebpf::{
 use crate::common::{arg, bump, config, now, nr, tgid_of, Regs, BPF_NOEXIST};
 
 mod framing;
+pub mod tls;
 
 const CLONE_THREAD: u64 = 0x0001_0000;
 
@@ -198,6 +199,10 @@ pub fn on_io<R: Regs, const FRAMED: bool>(
     let Some(conn) = (unsafe { CONNS.get(&key) }).copied() else {
         return;
     };
+    // Encrypted bytes moved inside a TLS library call: the uprobes send the plaintext.
+    if config().tls != 0 && tls::in_call(pid_tgid, fd) {
+        return;
+    }
     // SAFETY: only the presence matters.
     if unsafe { MUTED.get(&conn.conn_id) }.is_some() {
         return;

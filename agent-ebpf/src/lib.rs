@@ -129,6 +129,55 @@ pub enum Syscall {
     Dup = 15,
     CloseRange = 16,
     Exec = 17,
+    /// Plaintext returned by a TLS library's read (`SSL_read`, `SSL_read_ex`): a `Data` event
+    /// from a uprobe, on the connection of the socket the library read from.
+    SslRead = 18,
+    /// Plaintext handed to a TLS library's write (`SSL_write`, `SSL_write_ex`).
+    SslWrite = 19,
+}
+
+impl Syscall {
+    /// Whether a `Data` event with this `syscall` byte carries TLS plaintext from a uprobe.
+    pub const fn is_tls(syscall: u8) -> bool {
+        syscall == Syscall::SslRead as u8 || syscall == Syscall::SslWrite as u8
+    }
+}
+
+/// `MUTED` values. Userspace switches a connection off with `MUTED_ALL`, or only its
+/// encrypted socket bytes with `MUTED_CIPHER` (inserted only if absent, so it never
+/// overwrites the kernel's `MUTED_PLAIN`). The TLS uprobes set `MUTED_PLAIN` at a connection's
+/// first plaintext: its socket bytes are muted, its plaintext flows. Syscall hooks treat any
+/// value as muted; the TLS uprobes only `MUTED_ALL`.
+pub const MUTED_ALL: u8 = 1;
+pub const MUTED_CIPHER: u8 = 2;
+pub const MUTED_PLAIN: u8 = 3;
+
+/// A TLS library call in progress on one thread (`TLS_CALLS`, by `pid_tgid`): taken from the
+/// uprobe at the function's entry, completed by the syscall hooks with the socket the library
+/// used, read by the uretprobe.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TlsCall {
+    /// The `SSL *`.
+    pub ssl: u64,
+    /// The plaintext buffer.
+    pub buf: u64,
+    /// `SSL_read_ex`/`SSL_write_ex`: where the byte count is written (0 for the others).
+    pub len_ptr: u64,
+    /// The tracked socket the library read or wrote during the call (-1: none yet).
+    pub fd: i32,
+    /// `DIR_INGRESS` (read) or `DIR_EGRESS` (write).
+    pub direction: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Key of `TLS_FDS`: an `SSL *` of one process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TlsKey {
+    pub ssl: u64,
+    pub tgid: u32,
+    pub _pad: u32,
 }
 
 /// Fixed header of every ring-buffer event; for `Data` and `Open` events `cap_len` payload
@@ -330,6 +379,9 @@ pub struct Config {
     /// Offset of `__syscall_nr` in `syscalls:sys_enter_*` records, read from their tracefs
     /// format at load time (for the per-syscall statistics entry hook).
     pub syscall_nr_offset: u32,
+    /// TLS uprobes are attached (`--tls`): the syscall hooks tell the I/O made inside a TLS
+    /// library call to the uprobes instead of capturing it. 0 or 1.
+    pub tls: u32,
 }
 
 /// `Config::syscall_stats`: no syscall statistics (no entry hook is attached either).
@@ -366,9 +418,12 @@ pub enum Counter {
     /// A framed syscall needed more than `MAX_FRAME_STEPS` steps or `MAX_FRAME_EVENTS`
     /// events, or had no user buffer (sendfile): framing was given up for the direction.
     FramingBound = 8,
+    /// TLS plaintext whose socket was not known (the library call did no I/O on a tracked
+    /// socket, and the `SSL *` was never seen doing any): the plaintext is dropped.
+    TlsUnattributed = 9,
 }
 
-pub const COUNTER_NAMES: [&str; 9] = [
+pub const COUNTER_NAMES: [&str; 10] = [
     "ringbuf_full",
     "conn_table_full",
     "inflight_table_full",
@@ -378,6 +433,7 @@ pub const COUNTER_NAMES: [&str; 9] = [
     "syscall_starts_full",
     "framing_lost",
     "framing_bound",
+    "tls_unattributed",
 ];
 pub const COUNTERS_LEN: u32 = COUNTER_NAMES.len() as u32;
 
@@ -699,6 +755,8 @@ mod pod {
     unsafe impl aya::Pod for super::ConnectConfig {}
     unsafe impl aya::Pod for super::FlowSockState {}
     unsafe impl aya::Pod for super::SyscallFilter {}
+    unsafe impl aya::Pod for super::TlsKey {}
+    unsafe impl aya::Pod for super::TlsCall {}
     unsafe impl aya::Pod for super::SyscallKey {}
     unsafe impl aya::Pod for super::SyscallStats {}
 }
@@ -764,6 +822,11 @@ pub mod names {
             FLOW_UDP_INGRESS = "flow_udp_ingress",
             FLOW_UDP_EGRESS = "flow_udp_egress",
             FLOW_RECEIVE_RESET = "flow_receive_reset",
+            SSL_READ_ENTER = "ssl_read_enter",
+            SSL_READ_EX_ENTER = "ssl_read_ex_enter",
+            SSL_WRITE_ENTER = "ssl_write_enter",
+            SSL_WRITE_EX_ENTER = "ssl_write_ex_enter",
+            SSL_RETURN = "ssl_return",
         }
     }
 
@@ -788,6 +851,8 @@ pub mod names {
             RESETS = "RESETS",
             FLOW_COUNTERS = "FLOW_COUNTERS",
             SOCKS = "SOCKS",
+            TLS_CALLS = "TLS_CALLS",
+            TLS_FDS = "TLS_FDS",
         }
     }
 

@@ -1,5 +1,5 @@
-//! Entry points of Periscope's kernel programs: thin wrappers over `io.rs`, `syscalls.rs` and
-//! `flows.rs`.
+//! Entry points of Periscope's kernel programs: thin wrappers over `io.rs` (with `io/tls.rs`),
+//! `syscalls.rs` and `flows.rs`.
 //!
 //! Module graph, in one direction only: `common.rs` (configuration, counters, clock, syscall
 //! registers) is used by `io.rs`, `syscalls.rs` and `flows.rs`, which import nothing from each
@@ -305,6 +305,39 @@ mod programs {
     pub fn flow_udp_egress(ctx: aya_ebpf::programs::SkBuffContext) -> i32 {
         crate::flows::udp_skb(&ctx, true);
         1
+    }
+
+    // TLS plaintext (io/tls.rs): uprobes at the entry of the library's read and write
+    // functions, one uretprobe at their return.
+
+    #[aya_ebpf::macros::uprobe]
+    pub fn ssl_read_enter(ctx: aya_ebpf::programs::ProbeContext) -> u32 {
+        io::tls::enter(&ctx, DIR_INGRESS, false);
+        0
+    }
+
+    #[aya_ebpf::macros::uprobe]
+    pub fn ssl_read_ex_enter(ctx: aya_ebpf::programs::ProbeContext) -> u32 {
+        io::tls::enter(&ctx, DIR_INGRESS, true);
+        0
+    }
+
+    #[aya_ebpf::macros::uprobe]
+    pub fn ssl_write_enter(ctx: aya_ebpf::programs::ProbeContext) -> u32 {
+        io::tls::enter(&ctx, DIR_EGRESS, false);
+        0
+    }
+
+    #[aya_ebpf::macros::uprobe]
+    pub fn ssl_write_ex_enter(ctx: aya_ebpf::programs::ProbeContext) -> u32 {
+        io::tls::enter(&ctx, DIR_EGRESS, true);
+        0
+    }
+
+    #[aya_ebpf::macros::uretprobe]
+    pub fn ssl_return(ctx: aya_ebpf::programs::RetProbeContext) -> u32 {
+        io::tls::leave(&ctx);
+        0
     }
 
     /// TCP flows: which closing sockets were reset.

@@ -78,6 +78,12 @@ pub struct Config {
     #[arg(long, env = "PERISCOPE_FRAMING", default_value_t = true, action = clap::ArgAction::Set)]
     pub framing: bool,
 
+    /// Decode TLS traffic (HTTPS, PostgreSQL and Kafka over SSL) from uprobes on OpenSSL's
+    /// `SSL_read`/`SSL_write` in every `libssl` processes map and in executables that carry
+    /// those symbols themselves (see the README's TLS section). `--tls=false` turns it off.
+    #[arg(long, env = "PERISCOPE_TLS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub tls: bool,
+
     /// Measure the kernel programs' own run time (BPF_ENABLE_STATS) and export it as
     /// `periscope_bpf_program_run_time_seconds_total`. Costs two clock reads per program run.
     #[arg(long, env = "PERISCOPE_BPF_STATS")]

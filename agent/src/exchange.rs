@@ -56,6 +56,9 @@ pub struct Endpoint {
     /// For a server exchange: the connection of the client end on this node, when Periscope
     /// sees it (its `conn_id`); the client exchange whose time holds this one is its caller.
     pub peer_conn: Option<u64>,
+    /// The bytes were TLS plaintext (from the TLS uprobes): HTTPS, PostgreSQL or Kafka over
+    /// SSL.
+    pub tls: bool,
 }
 
 /// Protocol-specific attributes of an exchange.

@@ -1,5 +1,6 @@
 //! `periscope`: wiring and shutdown. Standalone mode (no Kubernetes) is the default.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -223,6 +224,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }),
         udp_flows: config.flows && config.udp_flows,
         connect_hook: config.connect_hook,
+        tls: config.tls,
     };
     let (mut capture, maps) = Capture::start(&settings, facts.tracefs)?;
     let poller = capture.take_syscall_table()?.map(|table| {
@@ -327,19 +329,74 @@ async fn run(config: Config) -> anyhow::Result<()> {
         capture.program_count(),
         config.metrics_addr
     );
-    if config.drop_capabilities {
-        let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(40);
-        let keep = periscope::privileges::kept_after_start(config.bpf_stats, last_cap);
-        let (kept, dropped) = periscope::privileges::drop_capabilities(keep).context(
-            "dropping capabilities after start-up (--drop-capabilities=false keeps them)",
-        )?;
+    // TLS probes go on files as processes map them: the discovery thread owns the programs
+    // from here on (`capture::tls`), and hears from the reader which processes speak TLS.
+    // Attaching a uprobe needs CAP_SYS_ADMIN, which no other thread keeps: that thread only
+    // reads /proc and ELF symbol tables, never tenants' traffic.
+    let capture = Arc::new(std::sync::Mutex::new(capture));
+    let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40);
+    let keep = periscope::privileges::kept_after_start(config.bpf_stats, last_cap);
+    let mut exempt_threads = Vec::new();
+    let tls_discovery = if capture.lock().is_ok_and(|c| c.tls) {
+        let (pids, heard) = std::sync::mpsc::sync_channel(256);
+        reader.set_tls_pids(pids);
+        let mut discovery = capture::tls::Discovery::new(
+            capture::tls::SharedCapture(capture.clone()),
+            Path::new("/proc"),
+            Some(metrics.clone()),
+        );
+        // Before ready: what runs now, and the node's libraries for what starts later.
+        discovery.probe_host();
+        discovery.scan_all();
         log::info!(
-            "capabilities: kept {}; dropped {} others in every thread",
+            "tls: {} files probed; every libssl mapped later is probed within {} s",
+            discovery.probed(),
+            capture::tls::SCAN_INTERVAL.as_secs()
+        );
+        let restrict = config.drop_capabilities;
+        let (started, tid) = std::sync::mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name("tls-discovery".into())
+            .spawn(move || {
+                let restricted = if restrict {
+                    periscope::privileges::restrict_this_thread(
+                        keep | periscope::privileges::SYS_ADMIN,
+                    )
+                } else {
+                    Ok(())
+                };
+                let _ = started.send((periscope::privileges::this_thread_id(), restricted.is_ok()));
+                if let Err(e) = restricted {
+                    log::warn!("tls: the discovery thread cannot drop its capabilities ({e:#}); TLS libraries mapped from now on are not probed");
+                    return;
+                }
+                capture::tls::run(discovery, heard)
+            })
+            .context("starting the TLS discovery thread")?;
+        if let Ok((tid, true)) = tid.recv() {
+            exempt_threads.push(tid);
+        }
+        Some(thread)
+    } else {
+        None
+    };
+    if config.drop_capabilities {
+        let (kept, dropped) = periscope::privileges::drop_capabilities(keep, &exempt_threads)
+            .context(
+                "dropping capabilities after start-up (--drop-capabilities=false keeps them)",
+            )?;
+        log::info!(
+            "capabilities: kept {}; dropped {} others in every thread{}",
             periscope::privileges::names(kept),
-            dropped.count_ones()
+            dropped.count_ones(),
+            if exempt_threads.is_empty() {
+                ""
+            } else {
+                " (the TLS discovery thread also keeps sys_admin, for attaching uprobes)"
+            }
         );
     }
     let mut reader = tokio::spawn(reader.run());
@@ -379,6 +436,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         let _ = poller.await;
     }
     server.abort();
+    // The reader held the discovery thread's only sender: the thread ends at its next wake.
+    if let Some(thread) = tls_discovery {
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
     // Dropping the programs closes their links: nothing stays attached in the kernel.
     drop(capture);
     log::info!("stopped; every kernel program detached");

@@ -42,6 +42,34 @@ pub struct Reader {
     sink: Fanout,
     kernel_counters: KernelCounters,
     actions: Vec<KernelAction>,
+    /// Processes found speaking TLS without plaintext, for the TLS probe discovery.
+    tls_pids: Option<TlsPids>,
+}
+
+/// Tells the TLS probe discovery (`capture::tls`) about processes whose connections turned
+/// out to be encrypted, each at most once per `TLS_PIDS_FORGET` ticks.
+struct TlsPids {
+    sender: std::sync::mpsc::SyncSender<u32>,
+    sent: rustc_hash::FxHashSet<u32>,
+}
+
+/// Seconds after which a process is named to the discovery again.
+const TLS_PIDS_FORGET: u64 = 60;
+
+impl TlsPids {
+    fn notice(&mut self, actions: &[KernelAction]) {
+        for action in actions {
+            if let KernelAction::MuteSocket {
+                tgid, tls: true, ..
+            } = action
+            {
+                // A full queue drops the hint: the periodic scan still finds the library.
+                if self.sent.insert(*tgid) {
+                    let _ = self.sender.try_send(*tgid);
+                }
+            }
+        }
+    }
 }
 
 impl Reader {
@@ -56,7 +84,16 @@ impl Reader {
             },
             kernel_counters: KernelCounters::default(),
             actions: Vec::new(),
+            tls_pids: None,
         }
+    }
+
+    /// Names processes found speaking TLS to the TLS probe discovery.
+    pub fn set_tls_pids(&mut self, sender: std::sync::mpsc::SyncSender<u32>) {
+        self.tls_pids = Some(TlsPids {
+            sender,
+            sent: Default::default(),
+        });
     }
 
     /// Decodes only these protocols.
@@ -109,6 +146,7 @@ impl Reader {
             mut sink,
             mut kernel_counters,
             mut actions,
+            mut tls_pids,
         } = self;
         let ring_bytes = maps.ring_bytes();
         // The kernel never wakes us (see agent-ebpf): drain on a timer paced by the rate
@@ -123,6 +161,9 @@ impl Reader {
                     let drained = maps.drain(|record| {
                         handle_record(record, &mut tracker, &mut sink, &mut actions);
                     });
+                    if let Some(tls_pids) = &mut tls_pids {
+                        tls_pids.notice(&actions);
+                    }
                     maps.apply(actions.drain(..));
                     let now = Instant::now();
                     next_drain =
@@ -131,6 +172,11 @@ impl Reader {
                 }
                 _ = tick.tick() => {
                     ticks += 1;
+                    if let Some(tls_pids) = &mut tls_pids {
+                        if ticks.is_multiple_of(TLS_PIDS_FORGET) {
+                            tls_pids.sent.clear();
+                        }
+                    }
                     kernel_counters.fold(&maps.counter_totals(), &sink.metrics.metrics);
                     sink.metrics
                         .metrics

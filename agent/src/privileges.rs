@@ -118,7 +118,35 @@ fn permitted() -> std::io::Result<u64> {
 /// Brings the calling thread down to `TARGET`: bounding set, `no_new_privs`, then `capset`.
 /// Only system calls, so it may run in a signal handler.
 fn apply() -> i64 {
-    let target = TARGET.load(Ordering::SeqCst);
+    apply_target(TARGET.load(Ordering::SeqCst))
+}
+
+/// Brings the calling thread, and only it, down to `keep` (as `drop_capabilities` does for
+/// every other thread). For a thread that `drop_capabilities` is then told to leave alone.
+pub fn restrict_this_thread(keep: u64) -> anyhow::Result<()> {
+    if let Ok(last) = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap") {
+        if let Ok(last) = last.trim().parse::<u32>() {
+            LAST_CAP.store(last, Ordering::SeqCst);
+        }
+    }
+    let target = permitted().context("capget")? & keep;
+    if apply_target(target) != 0 {
+        return Err(std::io::Error::last_os_error()).context("capset");
+    }
+    Ok(())
+}
+
+/// This thread's id.
+pub fn this_thread_id() -> i32 {
+    // SAFETY: gettid has no arguments and cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+}
+
+/// `CAP_SYS_ADMIN`, which attaching uprobes needs on the kernels measured (Linux 6.18 refuses
+/// `perf_event_open` of a uprobe with only `CAP_PERFMON`): kept by the TLS discovery thread.
+pub const SYS_ADMIN: u64 = 1 << CAP_SYS_ADMIN;
+
+fn apply_target(target: u64) -> i64 {
     for cap in 0..=LAST_CAP.load(Ordering::SeqCst).min(63) {
         if target & (1 << cap) == 0 {
             // SAFETY: prctl takes integers; it fails harmlessly without CAP_SETPCAP.
@@ -166,9 +194,10 @@ fn thread_caps(status: &str) -> Option<(u64, u64)> {
     Some((field("CapPrm:")?, field("CapEff:")?))
 }
 
-/// Drops every capability outside `keep` in every thread of the process; returns (kept,
-/// dropped) sets. Fails if a thread still holds more after a few seconds.
-pub fn drop_capabilities(keep: u64) -> anyhow::Result<(u64, u64)> {
+/// Drops every capability outside `keep` in every thread of the process but the `exempt`
+/// ones (which restrict themselves, `restrict_this_thread`); returns (kept, dropped) sets.
+/// Fails if a thread still holds more after a few seconds.
+pub fn drop_capabilities(keep: u64, exempt: &[i32]) -> anyhow::Result<(u64, u64)> {
     if let Ok(last) = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap") {
         if let Ok(last) = last.trim().parse::<u32>() {
             LAST_CAP.store(last, Ordering::SeqCst);
@@ -201,6 +230,14 @@ pub fn drop_capabilities(keep: u64) -> anyhow::Result<(u64, u64)> {
             let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
                 continue; // the thread exited
             };
+            let tid = entry
+                .file_name()
+                .to_string_lossy()
+                .parse::<i32>()
+                .unwrap_or(0);
+            if exempt.contains(&tid) {
+                continue;
+            }
             match thread_caps(&status) {
                 Some((prm, eff)) if prm == target && eff == target => {}
                 _ => pending.push(

@@ -26,6 +26,7 @@ mod prometheus;
 mod promtool;
 mod pyserver;
 mod scratch_cgroup;
+pub mod tls;
 mod wrk;
 
 use std::net::TcpListener;

@@ -29,6 +29,16 @@ impl PgServer {
     }
 
     pub fn launch() -> anyhow::Result<PgServer> {
+        PgServer::launch_with(false)
+    }
+
+    /// A server with `ssl=on`, its certificate made by `openssl` for the test; clients choose
+    /// SSL with [`PgServer::command_ssl`] or `sslmode=require` in [`PgServer::url`].
+    pub fn start_ssl() -> PgServer {
+        PgServer::launch_with(true).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    fn launch_with(ssl: bool) -> anyhow::Result<PgServer> {
         ensure_user()?;
         let dir = TempDir::new("pg")?;
         let data = dir.path().join("data");
@@ -44,6 +54,20 @@ impl PgServer {
         if !init.status.success() {
             bail!("initdb failed: {}", String::from_utf8_lossy(&init.stderr));
         }
+        let mut ssl_settings = vec!["-c".to_owned(), "ssl=off".to_owned()];
+        if ssl {
+            let (cert, key) = crate::tls::self_signed(dir.path())?;
+            chown_to_user(&cert)?;
+            chown_to_user(&key)?;
+            ssl_settings = [
+                "ssl=on".to_owned(),
+                format!("ssl_cert_file={}", cert.display()),
+                format!("ssl_key_file={}", key.display()),
+            ]
+            .into_iter()
+            .flat_map(|s| ["-c".to_owned(), s])
+            .collect();
+        }
         let port = free_port();
         let log = std::fs::File::create(&log_path)?;
         chown_to_user(&log_path)?;
@@ -57,14 +81,8 @@ impl PgServer {
             .arg(&data)
             .args(["-p", &port.to_string(), "-k"])
             .arg(dir.path())
-            .args([
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-                "-c",
-                "ssl=off",
-            ])
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .args(&ssl_settings)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -148,6 +166,13 @@ impl PgServer {
         .env("PGSSLMODE", "disable")
         .env("PGDATABASE", "postgres")
         .stdin(Stdio::null());
+        cmd
+    }
+
+    /// As [`PgServer::command`], with `sslmode=require`.
+    pub fn command_ssl(&self, program: &str) -> Command {
+        let mut cmd = self.command(program);
+        cmd.env("PGSSLMODE", "require");
         cmd
     }
 

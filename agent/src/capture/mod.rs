@@ -25,6 +25,7 @@ mod btf;
 pub mod flows;
 pub mod preflight;
 pub mod ring;
+pub mod tls;
 
 pub use ring::Maps;
 
@@ -88,6 +89,8 @@ pub struct Settings {
     pub udp_flows: bool,
     /// How connects learn their socket's own address (`--connect-hook`).
     pub connect_hook: ConnectHook,
+    /// Load the TLS uprobes (`--tls`); `capture::tls` attaches them to files.
+    pub tls: bool,
 }
 
 /// How an `Open` event from `connect` gets the connecting socket's own address, which is what
@@ -235,6 +238,8 @@ pub struct Capture {
     /// The tier connects got their local address from (`SockOps`, `Tracepoint` or `Off`),
     /// once `start_flows` or `start_connect_local` decided.
     pub connect_hook: ConnectHook,
+    /// The TLS uprobes are loaded (`--tls`, and the kernel accepted them).
+    pub tls: bool,
 }
 
 impl Capture {
@@ -287,6 +292,7 @@ impl Capture {
                 Some(EntryPlan::PerSyscall { nr_offset, .. }) => *nr_offset,
                 _ => 8,
             },
+            tls: u32::from(settings.tls),
         };
         let filter = settings
             .syscalls
@@ -345,6 +351,17 @@ impl Capture {
             )?),
             None => None,
         };
+        let tls = settings.tls && {
+            match load_tls(&mut ebpf) {
+                Ok(()) => true,
+                Err(e) => {
+                    log::warn!(
+                        "tls: the TLS uprobes cannot be loaded, TLS traffic is not decoded: {e:#}"
+                    );
+                    false
+                }
+            }
+        };
         let maps = Maps::take(&mut ebpf, settings.ringbuf_bytes)?;
         log::info!(
             "capture: syscall hooks on {}, {}, capture {} B per message; ring buffer {} KiB; syscall statistics {}",
@@ -373,6 +390,7 @@ impl Capture {
                 connect_asked: settings.connect_hook,
                 connect_config_error,
                 connect_hook: ConnectHook::Off,
+                tls,
             },
             maps,
         ))
@@ -474,6 +492,48 @@ impl Capture {
         match self.ebpf.take_map(map::SYSCALL_STATS) {
             Some(map) => Ok(Some(PerCpuHashMap::try_from(map)?)),
             None => Ok(None),
+        }
+    }
+
+    /// Puts the TLS uprobes on `path`'s `SSL_read`/`SSL_write` (required) and `SSL_read_ex`/
+    /// `SSL_write_ex` (where the library has them), entry and return; all or nothing.
+    pub fn probe_tls_file(&mut self, path: &Path) -> Result<tls::Probed, tls::ProbeError> {
+        use aya::programs::{uprobe::UProbeScope, UProbe};
+        let mut probed = tls::Probed { links: Vec::new() };
+        for (symbol, enter, required) in TLS_SYMBOLS {
+            for name in [*enter, program::SSL_RETURN] {
+                let result = program_of(&mut self.ebpf, name)
+                    .and_then(|p| Ok(<&mut UProbe>::try_from(p)?))
+                    .and_then(|p| Ok(p.attach(*symbol, path, UProbeScope::AllProcesses)?));
+                match result {
+                    Ok(link) => probed.links.push((name, link)),
+                    Err(e) if name == *enter && !required => {
+                        log::debug!("tls: {} has no {symbol}: {e:#}", path.display());
+                        break;
+                    }
+                    Err(e) => {
+                        let message = format!("{symbol}: {e:#}");
+                        self.release_tls_file(probed);
+                        return Err(if name == *enter && message.contains("symbol") {
+                            tls::ProbeError::NoSymbols(message)
+                        } else {
+                            tls::ProbeError::Attach(message)
+                        });
+                    }
+                }
+            }
+        }
+        Ok(probed)
+    }
+
+    /// Takes the TLS uprobes off a file.
+    pub fn release_tls_file(&mut self, probed: tls::Probed) {
+        for (name, link) in probed.links {
+            if let Ok(p) = program_of(&mut self.ebpf, name) {
+                if let Ok(p) = <&mut aya::programs::UProbe>::try_from(p) {
+                    let _ = p.detach(link);
+                }
+            }
         }
     }
 
@@ -793,6 +853,29 @@ fn attach_btf_hooks(ebpf: &mut Ebpf, framing: bool) -> anyhow::Result<bool> {
     let tp: &mut BtfTracePoint = program_of(ebpf, name)?.try_into()?;
     tp.attach().with_context(|| format!("attaching {name}"))?;
     Ok(framed)
+}
+
+/// TLS library functions probed: (symbol, entry program, required).
+const TLS_SYMBOLS: &[(&str, &str, bool)] = &[
+    ("SSL_read", program::SSL_READ_ENTER, true),
+    ("SSL_write", program::SSL_WRITE_ENTER, true),
+    ("SSL_read_ex", program::SSL_READ_EX_ENTER, false),
+    ("SSL_write_ex", program::SSL_WRITE_EX_ENTER, false),
+];
+
+/// Loads the TLS uprobes (attached to files later, by `capture::tls`).
+fn load_tls(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let names = TLS_SYMBOLS
+        .iter()
+        .map(|(_, enter, _)| *enter)
+        .chain([program::SSL_RETURN]);
+    for name in names {
+        let probe: &mut aya::programs::UProbe = program_of(ebpf, name)?.try_into()?;
+        probe
+            .load()
+            .with_context(|| format!("the kernel rejected program {name}"))?;
+    }
+    Ok(())
 }
 
 fn program_of<'a>(

@@ -8,7 +8,8 @@
 use std::path::Path;
 
 use agent_ebpf::{
-    names, ConnInfo, EventHeader, EventKind, SockKey, COUNTERS_LEN, HEADER_LEN, ORIGIN_PROC,
+    names, ConnInfo, EventHeader, EventKind, SockKey, COUNTERS_LEN, HEADER_LEN, MUTED_ALL,
+    MUTED_CIPHER, ORIGIN_PROC,
 };
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::Ebpf;
@@ -16,6 +17,9 @@ use aya::Ebpf;
 use crate::conn::KernelAction;
 
 use super::take;
+
+/// `BPF_NOEXIST`: an insert that fails when the key exists.
+const BPF_NOEXIST: u64 = 1;
 
 /// What a ring-buffer record occupies besides its data (the kernel's `BPF_RINGBUF_HDR_SZ`).
 pub const RINGBUF_RECORD_HEADER: u64 = 8;
@@ -98,22 +102,17 @@ impl Maps {
         for action in actions {
             match action {
                 KernelAction::Mute { tgid, fd, conn_id } => {
-                    // The kernel drops the entry at close; a close that came first would
-                    // leave it behind. So: only while the socket is still this connection,
-                    // and undone if it closed while the entry went in.
-                    let key = SockKey { tgid, fd };
-                    let live = |conns: &BpfHashMap<MapData, SockKey, ConnInfo>| {
-                        conns.get(&key, 0).is_ok_and(|info| info.conn_id == conn_id)
-                    };
-                    if !live(&self.conns) {
-                        continue;
-                    }
-                    if let Err(e) = self.muted.insert(conn_id, 1, 0) {
-                        log::debug!("cannot mute connection {conn_id}: {e}");
-                    }
-                    if !live(&self.conns) {
-                        let _ = self.muted.remove(&conn_id);
-                    }
+                    self.mute(SockKey { tgid, fd }, conn_id, MUTED_ALL, 0);
+                }
+                KernelAction::MuteSocket {
+                    tgid,
+                    fd,
+                    conn_id,
+                    tls,
+                } => {
+                    // Only if absent: the kernel's `MUTED_PLAIN` (plaintext flowing) stays.
+                    let value = if tls { MUTED_CIPHER } else { MUTED_ALL };
+                    self.mute(SockKey { tgid, fd }, conn_id, value, BPF_NOEXIST);
                 }
                 KernelAction::Forget { tgid, fd, conn_id } => {
                     let key = SockKey { tgid, fd };
@@ -128,6 +127,26 @@ impl Maps {
                     let _ = self.muted.remove(&conn_id);
                 }
             }
+        }
+    }
+
+    /// Sets the connection's `MUTED` entry to `value`. The kernel drops the entry at close; a
+    /// close that came first would leave it behind. So: only while the socket is still this
+    /// connection, and undone if it closed while the entry went in.
+    fn mute(&mut self, key: SockKey, conn_id: u64, value: u8, flags: u64) {
+        let live = |conns: &BpfHashMap<MapData, SockKey, ConnInfo>| {
+            conns.get(&key, 0).is_ok_and(|info| info.conn_id == conn_id)
+        };
+        if !live(&self.conns) {
+            return;
+        }
+        if let Err(e) = self.muted.insert(conn_id, value, flags) {
+            if flags == 0 {
+                log::debug!("cannot mute connection {conn_id}: {e}");
+            }
+        }
+        if !live(&self.conns) {
+            let _ = self.muted.remove(&conn_id);
         }
     }
 

@@ -88,6 +88,16 @@ pub enum KernelAction {
     /// Stop copying this connection's bytes (the socket `fd` of `tgid`, if it is still this
     /// connection when the action is carried out).
     Mute { tgid: u32, fd: i32, conn_id: u64 },
+    /// As `Mute`, decided on socket bytes before any TLS plaintext was seen: it must not stop
+    /// plaintext the kernel has started sending meanwhile (the kernel's entry wins). With
+    /// `tls` the socket bytes were encrypted: only they stop, plaintext from the TLS uprobes
+    /// keeps coming, and the process may need its probes (`tgid`).
+    MuteSocket {
+        tgid: u32,
+        fd: i32,
+        conn_id: u64,
+        tls: bool,
+    },
     /// Forget the socket (its process is gone).
     Forget { tgid: u32, fd: i32, conn_id: u64 },
 }
@@ -291,12 +301,8 @@ fn feed(conn: &mut Conn, ctx: &mut FeedContext<'_>, ingress: bool, ts: u64, piec
         conn.held_bytes = 0;
     }
     if let Some(reason) = mute {
-        conn.state = State::Muted;
-        ctx.actions.push(KernelAction::Mute {
-            tgid: conn.tgid,
-            fd: conn.fd,
-            conn_id: ctx.conn_id,
-        });
+        let action = conn.mute(ctx.conn_id, reason == MuteReason::Tls);
+        ctx.actions.push(action);
         ctx.sink.muted(reason);
     }
 }
@@ -323,6 +329,10 @@ struct Conn {
     frame_seq: [Option<u32>; 2],
     /// This connection's share of `DecoderMemory::held`.
     held_bytes: usize,
+    /// Its bytes come from the TLS uprobes (plaintext); socket bytes are ignored.
+    tls: bool,
+    /// Muted because its socket bytes are encrypted (plaintext may still come).
+    cipher_muted: bool,
 }
 
 impl Conn {
@@ -352,8 +362,36 @@ impl Conn {
             last_tid: 0,
             frame_seq: [None; 2],
             held_bytes: 0,
+            tls: false,
+            cipher_muted: false,
         }
     }
+
+    /// Stops decoding; `tls`: because its socket bytes are encrypted (plaintext may come).
+    fn mute(&mut self, conn_id: u64, tls: bool) -> KernelAction {
+        self.state = State::Muted;
+        let (tgid, fd) = (self.tgid, self.fd);
+        if self.tls {
+            KernelAction::Mute { tgid, fd, conn_id }
+        } else {
+            self.cipher_muted = tls;
+            KernelAction::MuteSocket {
+                tgid,
+                fd,
+                conn_id,
+                tls,
+            }
+        }
+    }
+}
+
+/// Whether bytes start like a TLS record (handshake, alert, change cipher spec or
+/// application data, version 3.x), or could (nginx peeks at one byte before its handshake).
+fn looks_like_tls(bytes: &[u8]) -> bool {
+    matches!(
+        bytes,
+        [0x14..=0x17] | [0x14..=0x17, 0x03] | [0x14..=0x17, 0x03, 0x00..=0x04, ..]
+    )
 }
 
 /// All connections the agent decodes.
@@ -593,14 +631,15 @@ impl Tracker {
             .and_then(|b| b.try_into().ok())
             .map(u64::from_ne_bytes);
         let parent = parent_id.and_then(|id| self.conns.get(&id));
-        let (peer, server_port, muted, seen_data) = match parent {
+        let (peer, server_port, muted, cipher_muted, seen_data) = match parent {
             Some(p) => (
                 p.peer,
                 p.server_port,
                 matches!(p.state, State::Muted),
+                p.cipher_muted,
                 !matches!(p.state, State::Detecting { chunks_seen: 0, .. }),
             ),
-            None => (None, None, false, true),
+            None => (None, None, false, false, true),
         };
         self.claim_fd(header.tgid, header.fd, header.conn_id, header.ts_ns, sink);
         // A child that served and exited before we got here is still named after its parent.
@@ -621,18 +660,10 @@ impl Tracker {
                 header.ts_ns,
             )
         };
-        if muted {
-            conn.state = State::Muted;
-        }
+        let mute = muted.then(|| conn.mute(header.conn_id, cipher_muted));
         self.conns.insert(header.conn_id, conn);
         sink.opened("fork");
-        if muted {
-            actions.push(KernelAction::Mute {
-                tgid: header.tgid,
-                fd: header.fd,
-                conn_id: header.conn_id,
-            });
-        }
+        actions.extend(mute);
     }
 
     fn data(
@@ -659,6 +690,23 @@ impl Tracker {
                 self.conns.entry(header.conn_id).or_insert(conn)
             }
         };
+        let plaintext = agent_ebpf::Syscall::is_tls(header.syscall);
+        if plaintext != conn.tls {
+            if !plaintext {
+                return; // encrypted bytes of a connection whose plaintext is seen
+            }
+            // The first plaintext: the conversation starts again inside TLS (the kernel
+            // restarted its framing too).
+            self.memory.held -= conn.held_bytes;
+            conn.held_bytes = 0;
+            conn.tls = true;
+            conn.cipher_muted = false;
+            conn.frame_seq = [None; 2];
+            conn.state = State::Detecting {
+                chunks_seen: 0,
+                held: None,
+            };
+        }
         conn.last_ns = header.ts_ns;
         conn.last_tid = header.tid;
         if let Some(fresh) = self.processes.refreshed(&conn.process) {
@@ -671,13 +719,13 @@ impl Tracker {
         let held = match detect(conn, self.protocols, ingress, header.ts_ns, prefix, len) {
             Detection::Undecided => return,
             Detection::Unknown => {
-                conn.state = State::Muted;
-                actions.push(KernelAction::Mute {
-                    tgid: conn.tgid,
-                    fd: conn.fd,
-                    conn_id: header.conn_id,
+                let tls = !conn.tls && looks_like_tls(prefix);
+                actions.push(conn.mute(header.conn_id, tls));
+                sink.muted(if tls {
+                    MuteReason::Tls
+                } else {
+                    MuteReason::UnknownProtocol
                 });
-                sink.muted(MuteReason::UnknownProtocol);
                 return;
             }
             Detection::Decided(held) => held,
@@ -923,6 +971,7 @@ fn emit(
                 tid: (conn.last_tid != 0).then_some(conn.last_tid),
                 conn_id,
                 peer_conn,
+                tls: conn.tls,
             },
             detail,
         };

@@ -15,10 +15,13 @@ struct Recorded {
     /// Exchanges of other protocols, by their target (`SELECT users`, ...).
     targets: Vec<String>,
     inexact: Vec<&'static str>,
+    /// Whether each exchange was TLS plaintext.
+    tls: Vec<bool>,
 }
 
 impl Sink for Recorded {
     fn exchange(&mut self, e: &Exchange) {
+        self.tls.push(e.endpoint.tls);
         let Detail::Http(h) = &e.detail else {
             self.targets
                 .push(format!("{} {}", e.operation(), e.target().unwrap_or("")));
@@ -69,12 +72,14 @@ fn header(kind: EventKind, conn_id: u64, ts: u64) -> EventHeader {
     }
 }
 
-/// The mute action for connection `id` of the test process (fd = id, see `header`).
+/// The mute action for connection `id` of the test process (fd = id, see `header`), decided
+/// on its socket bytes.
 fn mute(id: u64) -> KernelAction {
-    KernelAction::Mute {
+    KernelAction::MuteSocket {
         tgid: PID,
         fd: id as i32,
         conn_id: id,
+        tls: false,
     }
 }
 
@@ -142,6 +147,21 @@ impl Harness {
         h.cap_len = payload.len() as u32;
         self.tracker
             .on_event(&h, &payload, &mut self.sink, &mut self.actions);
+    }
+
+    /// TLS plaintext from the uprobes (`SSL_read`/`SSL_write`).
+    fn plaintext(&mut self, conn_id: u64, direction: u8, ts: u64, bytes: &[u8]) {
+        let mut h = header(EventKind::Data, conn_id, ts);
+        h.direction = direction;
+        h.ret_len = bytes.len() as i64;
+        h.cap_len = bytes.len() as u32;
+        h.syscall = if direction == DIR_INGRESS {
+            agent_ebpf::Syscall::SslRead
+        } else {
+            agent_ebpf::Syscall::SslWrite
+        } as u8;
+        self.tracker
+            .on_event(&h, bytes, &mut self.sink, &mut self.actions);
     }
 
     fn close(&mut self, conn_id: u64, ts: u64) {
@@ -346,8 +366,9 @@ fn a_short_first_read_is_held_until_the_protocol_shows() {
 #[test]
 fn short_bytes_that_cannot_start_a_protocol_are_muted_at_once() {
     let mut h = Harness::new();
-    h.open(61, ORIGIN_CONNECT, 443, "client");
-    h.data(61, DIR_EGRESS, 1, &[0x16, 0x03, 0x01, 0x00, 0xff], 5);
+    h.open(61, ORIGIN_CONNECT, 1080, "client");
+    // No length prefix is negative, no text protocol starts with 0xff.
+    h.data(61, DIR_EGRESS, 1, &[0xff, 0x00, 0x01, 0x02, 0x03], 5);
     assert_eq!(h.sink.muted, vec![MuteReason::UnknownProtocol]);
 }
 
@@ -567,7 +588,7 @@ fn the_connection_that_exceeds_the_decoder_memory_budget_is_muted() {
     );
     assert!(matches!(
         h.actions.last(),
-        Some(KernelAction::Mute { conn_id: 2, .. })
+        Some(KernelAction::MuteSocket { conn_id: 2, .. })
     ));
     // The first connection is unharmed: its request completes and pairs.
     h.data(1, DIR_EGRESS, 30, b"\r\n\r\n", 4);
@@ -575,4 +596,82 @@ fn the_connection_that_exceeds_the_decoder_memory_budget_is_muted() {
     assert_eq!(h.sink.exchanges.len(), 1);
     h.close(1, 50);
     assert_eq!(h.tracker.decoder_memory(), 0);
+}
+
+/// A TLS ClientHello (record header and the start of the handshake).
+const CLIENT_HELLO: &[u8] = &[
+    0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+];
+
+#[test]
+fn tls_connections_mute_their_socket_bytes_and_decode_their_plaintext() {
+    let mut h = Harness::new();
+    h.open(5, ORIGIN_CONNECT, 443, "curl");
+    h.data(5, DIR_EGRESS, 1, CLIENT_HELLO, CLIENT_HELLO.len());
+    assert_eq!(h.sink.muted, vec![MuteReason::Tls]);
+    assert_eq!(
+        h.actions,
+        vec![KernelAction::MuteSocket {
+            tgid: PID,
+            fd: 5,
+            conn_id: 5,
+            tls: true
+        }]
+    );
+    // More handshake bytes are ignored; the plaintext starts the conversation again.
+    h.data(5, DIR_INGRESS, 2, &[0x16, 0x03, 0x03, 0x00, 0x7a], 5);
+    h.plaintext(5, DIR_EGRESS, 10, REQ);
+    // Encrypted bytes after plaintext (an alert, close_notify) are not decoded.
+    h.data(
+        5,
+        DIR_INGRESS,
+        15,
+        &[0x15, 0x03, 0x03, 0x00, 0x02, 0x01, 0x00],
+        7,
+    );
+    h.plaintext(5, DIR_INGRESS, 20, RESP);
+    assert_eq!(h.sink.exchanges.len(), 1, "{:?}", h.sink.exchanges);
+    assert_eq!(
+        (
+            h.sink.exchanges[0].0,
+            h.sink.exchanges[0].2,
+            h.sink.exchanges[0].3
+        ),
+        (Role::Client, 200, 10)
+    );
+    assert_eq!(h.sink.tls, vec![true]);
+    assert_eq!(h.actions.len(), 1, "nothing else asked of the kernel");
+}
+
+#[test]
+fn a_one_byte_peek_at_a_client_hello_is_taken_for_tls() {
+    // nginx peeks at one byte of an HTTPS connection (plain HTTP sent to it?) first.
+    let mut h = Harness::new();
+    h.open(6, ORIGIN_ACCEPT, 40000, "nginx");
+    h.data(6, DIR_INGRESS, 1, &CLIENT_HELLO[..1], 1);
+    assert_eq!(h.sink.muted, vec![MuteReason::Tls]);
+    h.plaintext(6, DIR_INGRESS, 10, REQ);
+    h.plaintext(6, DIR_EGRESS, 20, RESP);
+    assert_eq!(h.sink.exchanges.len(), 1);
+    assert_eq!(h.sink.exchanges[0].0, Role::Server);
+}
+
+#[test]
+fn plaintext_that_is_no_known_protocol_mutes_everything() {
+    let mut h = Harness::new();
+    h.open(7, ORIGIN_CONNECT, 443, "app");
+    h.data(7, DIR_EGRESS, 1, CLIENT_HELLO, CLIENT_HELLO.len());
+    h.plaintext(7, DIR_EGRESS, 10, b"SSH-2.0-OpenSSH_9.2\r\n");
+    assert_eq!(
+        h.sink.muted,
+        vec![MuteReason::Tls, MuteReason::UnknownProtocol]
+    );
+    assert_eq!(
+        h.actions.last(),
+        Some(&KernelAction::Mute {
+            tgid: PID,
+            fd: 7,
+            conn_id: 7
+        })
+    );
 }

@@ -64,6 +64,7 @@ pub fn exchange(
             tid: Some(7),
             conn_id: 1,
             peer_conn: None,
+            tls: false,
         },
         detail,
     }

@@ -27,6 +27,7 @@ pub mod kernel;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
 pub mod otlp;
+pub mod tls;
 
 /// Lets a log line through at most once per `every`, and counts what it held back.
 #[derive(Debug)]

@@ -97,6 +97,12 @@ pub fn describe(exchange: &Exchange, parent: Option<&TraceParent>) -> Span {
             if !h.path.is_empty() {
                 attributes.push(("url.path", Value::Str(h.path.clone())));
             }
+            let scheme = if exchange.endpoint.tls {
+                "https"
+            } else {
+                "http"
+            };
+            attributes.push(("url.scheme", Value::Static(scheme)));
             if h.status != 0 {
                 attributes.push(("http.response.status_code", Value::Int(i64::from(h.status))));
             }

@@ -66,6 +66,10 @@ pub struct SelfMetrics {
     pub connections_muted: Family<ReasonLabel, Counter>,
     pub exchanges_inexact: Family<ProtocolReasonLabels, Counter>,
     pub hooks_info: Family<HooksLabels, Gauge>,
+    /// Files with TLS uprobes (`capture::tls`).
+    pub tls_files_probed: Gauge,
+    /// Files that could not be probed, by reason.
+    pub tls_probe_failures: Family<ReasonLabel, Counter>,
     /// Observations dropped by a series cap, by metric (`export::prometheus::budget` and
     /// the pollers' own caps).
     pub series_dropped: Family<MetricLabel, Counter>,
@@ -136,6 +140,10 @@ impl SelfMetrics {
                 "Estimated bytes held by the HTTP, database and messaging series, against --series-memory-budget";
             "series_expired": m.series_expired,
                 "Series removed because their pod was deleted more than --series-grace ago, or because they saw nothing for --series-ttl";
+            "tls_files_probed": m.tls_files_probed,
+                "Files (shared libraries or executables) whose SSL_read/SSL_write carry Periscope's uprobes";
+            "tls_probe_failures": m.tls_probe_failures,
+                "Files with TLS traffic that could not be probed, by reason: no_symbols, attach_failed, cap_reached";
             "hooks_info": m.hooks_info,
                 "Which mechanism the syscall hooks use (fexit, tp_btf or raw_tracepoint), where connects get their local address (sock_ops, tracepoint or none), and the kernel";
         );

@@ -17,6 +17,7 @@ fn exchange(role: Role, detail: Detail) -> Exchange {
             tid: Some(7),
             conn_id: 1,
             peer_conn: None,
+            tls: false,
         },
         detail,
     }

@@ -1,0 +1,468 @@
+//! TLS plaintext: which files get uprobes on their TLS read and write functions, and when.
+//!
+//! Uprobes belong to a file (an inode), not to a process: one set of probes on a library
+//! covers every process that maps it, now or later, including processes that `dlopen` it
+//! late. So the agent probes each distinct file once:
+//!
+//! - at start, the node's own OpenSSL libraries (`libssl.so*` in the usual library directories
+//!   of `/proc/1/root`), so that host processes started later are covered from their first
+//!   call;
+//! - every `SCAN_INTERVAL`, every `libssl.so*` that some process maps (containers bring their
+//!   own copies; the file is reached through `/proc/<pid>/root`);
+//! - at once, when a tracked connection of a process is found speaking TLS with no plaintext
+//!   seen (the pipeline sends its pid): its maps and its executable are checked, which also
+//!   catches programs that link OpenSSL or BoringSSL statically (nginx builds, node) and keep
+//!   their symbols.
+//!
+//! A file whose symbols are missing or whose probes fail is remembered and not tried again. At
+//! most `MAX_FILES` files are probed; beyond, files are counted and skipped. Files no process
+//! maps any more lose their probes at the next full scan.
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::export::prometheus::Metrics;
+use crate::internal_events::tls::{TlsLibraryProbed, TlsLibraryReleased, TlsProbeFailed};
+
+/// How often every process's mapped files are looked at.
+pub const SCAN_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Files probed at most (each costs 8 uprobes).
+pub const MAX_FILES: usize = 512;
+
+/// Where a node keeps its shared libraries.
+const HOST_LIBRARY_DIRS: &[&str] = &[
+    "usr/lib/x86_64-linux-gnu",
+    "lib/x86_64-linux-gnu",
+    "usr/lib64",
+    "lib64",
+    "usr/lib",
+    "lib",
+    "usr/local/lib",
+    "usr/local/lib64",
+];
+
+/// A file's identity: (device, inode).
+pub type FileId = (u64, u64);
+
+/// Attaches and detaches the TLS probes of one file (`Capture` in the agent).
+pub trait Prober {
+    /// Probes `path`; the handle is given back to `release`.
+    fn probe(&mut self, path: &Path) -> Result<Probed, ProbeError>;
+    fn release(&mut self, probed: Probed);
+}
+
+/// The links of one probed file.
+pub struct Probed {
+    pub links: Vec<(&'static str, aya::programs::uprobe::UProbeLinkId)>,
+}
+
+#[derive(Debug)]
+pub enum ProbeError {
+    /// The file has no `SSL_read`/`SSL_write` symbols (stripped, or not a TLS library).
+    NoSymbols(String),
+    /// The kernel refused the probe.
+    Attach(String),
+}
+
+impl ProbeError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProbeError::NoSymbols(_) => "no_symbols",
+            ProbeError::Attach(_) => "attach_failed",
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            ProbeError::NoSymbols(m) | ProbeError::Attach(m) => m,
+        }
+    }
+}
+
+/// Whether a mapped file's name is an OpenSSL `libssl`: `libssl.so`, `libssl.so.3`, or a
+/// copy vendored into a Python wheel (`libssl-6a9b88ec.so.3`, psycopg's binary package). NSS's
+/// `libssl3.so` is not OpenSSL.
+fn is_libssl(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    match name.strip_prefix("libssl") {
+        Some(rest) => rest.starts_with(".so") || (rest.starts_with('-') && rest.contains(".so")),
+        None => false,
+    }
+}
+
+/// The `libssl` files `/proc/<pid>/maps` names, as absolute paths inside the process's root.
+pub fn mapped_libraries(maps: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in maps.lines() {
+        // address perms offset dev inode path
+        let Some(path) = line.splitn(6, ' ').nth(5).map(str::trim_start) else {
+            continue;
+        };
+        if !path.starts_with('/') || path.ends_with(" (deleted)") || !is_libssl(path) {
+            continue;
+        }
+        if !out.iter().any(|p| p == path) {
+            out.push(path.to_owned());
+        }
+    }
+    out
+}
+
+/// The probed files and the ones that could not be.
+pub struct Discovery<P: Prober> {
+    prober: P,
+    proc_root: PathBuf,
+    probed: HashMap<FileId, (PathBuf, Probed)>,
+    /// Files tried and failed (or over the cap), not tried again.
+    refused: HashSet<FileId>,
+    /// Executables checked for static TLS symbols.
+    checked_exes: HashSet<FileId>,
+    /// The node's own libraries (`probe_host`): probed even while no process maps them.
+    host: HashSet<FileId>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl<P: Prober> Discovery<P> {
+    pub fn new(prober: P, proc_root: &Path, metrics: Option<Arc<Metrics>>) -> Self {
+        Discovery {
+            prober,
+            proc_root: proc_root.to_owned(),
+            probed: HashMap::new(),
+            refused: HashSet::new(),
+            checked_exes: HashSet::new(),
+            host: HashSet::new(),
+            metrics,
+        }
+    }
+
+    /// Files with probes now.
+    pub fn probed(&self) -> usize {
+        self.probed.len()
+    }
+
+    /// Probes the node's own `libssl` files: through the root of process 1 (the node's, for
+    /// an agent in the host's pid namespace), and the agent's own root (the node's, when it
+    /// runs on the host itself; where process 1's root cannot be read).
+    pub fn probe_host(&mut self) {
+        let roots = [self.proc_root.join("1/root"), PathBuf::from("/")];
+        for root in roots {
+            for dir in HOST_LIBRARY_DIRS {
+                let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+                    continue;
+                };
+                for entry in entries.flatten() {
+                    let name = entry.file_name();
+                    if is_libssl(&name.to_string_lossy()) {
+                        if let Some(id) = self.consider(&entry.path()) {
+                            self.host.insert(id);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Probes every `libssl` some process maps, and releases the files none maps any more.
+    pub fn scan_all(&mut self) {
+        let mut seen: HashSet<FileId> = HashSet::new();
+        let Ok(entries) = std::fs::read_dir(&self.proc_root) else {
+            return;
+        };
+        let me = std::process::id();
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid == me {
+                continue;
+            }
+            seen.extend(self.scan_process(pid, false));
+        }
+        // Files of the node that no process maps keep their probes: a later process will.
+        let gone: Vec<FileId> = self
+            .probed
+            .keys()
+            .filter(|id| !seen.contains(id) && !self.host.contains(id))
+            .copied()
+            .collect();
+        for id in gone {
+            if let Some((path, probed)) = self.probed.remove(&id) {
+                self.prober.release(probed);
+                TlsLibraryReleased {
+                    path: &path,
+                    probed: self.probed.len(),
+                }
+                .emit(self.metrics.as_deref());
+            }
+        }
+    }
+
+    /// Probes the `libssl` files process `pid` maps and, with `exe`, its executable if it
+    /// carries TLS symbols itself; returns the ids of the files it maps.
+    pub fn scan_process(&mut self, pid: u32, exe: bool) -> Vec<FileId> {
+        let base = self.proc_root.join(pid.to_string());
+        let Ok(maps) = std::fs::read_to_string(base.join("maps")) else {
+            return Vec::new();
+        };
+        let mut ids = Vec::new();
+        for library in mapped_libraries(&maps) {
+            let path = base.join("root").join(library.trim_start_matches('/'));
+            if let Some(id) = self.consider(&path) {
+                ids.push(id);
+            }
+        }
+        if exe {
+            let path = base.join("exe");
+            if let Ok(meta) = std::fs::metadata(&path) {
+                let id = (meta.dev(), meta.ino());
+                if self.checked_exes.insert(id) && ids.is_empty() {
+                    // Only a program that maps no libssl may carry its own.
+                    if let Some(id) = self.consider_quietly(&path) {
+                        ids.push(id);
+                    }
+                }
+            }
+        }
+        ids
+    }
+
+    /// Probes `path` unless its file was probed or refused before; its id when probed.
+    fn consider(&mut self, path: &Path) -> Option<FileId> {
+        self.consider_with(path, true)
+    }
+
+    /// As `consider`, without counting a file that has no TLS symbols (most executables).
+    fn consider_quietly(&mut self, path: &Path) -> Option<FileId> {
+        self.consider_with(path, false)
+    }
+
+    fn consider_with(&mut self, path: &Path, count_missing: bool) -> Option<FileId> {
+        let meta = std::fs::metadata(path).ok()?;
+        let id = (meta.dev(), meta.ino());
+        if self.probed.contains_key(&id) {
+            return Some(id);
+        }
+        if self.refused.contains(&id) {
+            return None;
+        }
+        if self.probed.len() >= MAX_FILES {
+            self.refused.insert(id);
+            TlsProbeFailed {
+                path,
+                reason: "cap_reached",
+                error: &format!("{MAX_FILES} files are probed already"),
+            }
+            .emit(self.metrics.as_deref());
+            return None;
+        }
+        match self.prober.probe(path) {
+            Ok(probed) => {
+                self.probed.insert(id, (path.to_owned(), probed));
+                TlsLibraryProbed {
+                    path,
+                    probed: self.probed.len(),
+                }
+                .emit(self.metrics.as_deref());
+                Some(id)
+            }
+            Err(e) => {
+                self.refused.insert(id);
+                if count_missing || !matches!(e, ProbeError::NoSymbols(_)) {
+                    TlsProbeFailed {
+                        path,
+                        reason: e.reason(),
+                        error: e.message(),
+                    }
+                    .emit(self.metrics.as_deref());
+                }
+                None
+            }
+        }
+    }
+}
+
+/// The discovery loop, on a thread of its own (probing reads files and may take milliseconds),
+/// after `probe_host` and a first `scan_all`: a full scan every `SCAN_INTERVAL`, a process at once when the pipeline names one. Ends
+/// when the pipeline's sender is dropped.
+pub fn run<P: Prober>(mut discovery: Discovery<P>, pids: Receiver<u32>) {
+    loop {
+        match pids.recv_timeout(SCAN_INTERVAL) {
+            Ok(pid) => {
+                discovery.scan_process(pid, true);
+            }
+            Err(RecvTimeoutError::Timeout) => discovery.scan_all(),
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+/// `Capture` behind a lock, as the discovery thread's prober.
+pub struct SharedCapture(pub Arc<Mutex<super::Capture>>);
+
+impl Prober for SharedCapture {
+    fn probe(&mut self, path: &Path) -> Result<Probed, ProbeError> {
+        let mut capture = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        capture.probe_tls_file(path)
+    }
+
+    fn release(&mut self, probed: Probed) {
+        let mut capture = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        capture.release_tls_file(probed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_libssl_in_maps_lines() {
+        let maps = "\
+7f0000000000-7f0000001000 r--p 00000000 08:01 123 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f0000001000-7f0000002000 r-xp 00001000 08:01 123 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f0000003000-7f0000004000 r-xp 00001000 08:01 124 /usr/lib/x86_64-linux-gnu/libcrypto.so.3
+7f0000005000-7f0000006000 r-xp 00001000 08:01 125 /opt/app/lib/libssl.so.1.1 (deleted)
+7f0000007000-7f0000008000 r-xp 00001000 08:01 126 /opt/my libs/libssl.so
+7f0000009000-7f000000a000 r-xp 00001000 08:01 127 /site-packages/psycopg_binary.libs/libssl-6a9b88ec.so.3
+7f000000b000-7f000000c000 r-xp 00001000 08:01 128 /usr/lib/x86_64-linux-gnu/libssl3.so
+7ffd00000000-7ffd00001000 rw-p 00000000 00:00 0                          [stack]
+";
+        assert_eq!(
+            mapped_libraries(maps),
+            vec![
+                "/usr/lib/x86_64-linux-gnu/libssl.so.3".to_owned(),
+                "/opt/my libs/libssl.so".to_owned(),
+                "/site-packages/psycopg_binary.libs/libssl-6a9b88ec.so.3".to_owned(),
+            ]
+        );
+    }
+
+    /// Probes every file whose name contains "ssl", refuses the others.
+    #[derive(Default)]
+    struct Fake {
+        probed: Arc<Mutex<Vec<PathBuf>>>,
+        released: Arc<Mutex<usize>>,
+    }
+
+    impl Prober for Fake {
+        fn probe(&mut self, path: &Path) -> Result<Probed, ProbeError> {
+            if !path.to_string_lossy().contains("ssl") {
+                return Err(ProbeError::NoSymbols("no SSL_write".into()));
+            }
+            self.probed.lock().unwrap().push(path.to_owned());
+            Ok(Probed { links: Vec::new() })
+        }
+
+        fn release(&mut self, _: Probed) {
+            *self.released.lock().unwrap() += 1;
+        }
+    }
+
+    /// A directory removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let dir =
+                std::env::temp_dir().join(format!("periscope-tls-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A fake /proc with processes mapping `libssl` files of their own roots.
+    fn fake_proc(dir: &Path, processes: &[(u32, &[&str])]) {
+        for (pid, libs) in processes {
+            let base = dir.join(pid.to_string());
+            let mut maps = String::new();
+            for lib in *libs {
+                let file = base.join("root").join(lib.trim_start_matches('/'));
+                std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+                std::fs::write(&file, b"elf").unwrap();
+                maps.push_str(&format!("7f00-7f01 r-xp 0 08:01 1 {lib}\n"));
+            }
+            std::fs::create_dir_all(&base).unwrap();
+            std::fs::write(base.join("maps"), maps).unwrap();
+        }
+    }
+
+    #[test]
+    fn one_probe_per_file_and_released_when_no_process_maps_it() {
+        let dir = Scratch::new("one-probe");
+        let lib = "/usr/lib/libssl.so.3";
+        fake_proc(dir.path(), &[(100, &[lib]), (101, &[lib])]);
+        // Process 102 shares 100's root: the same file through another path.
+        std::fs::create_dir_all(dir.path().join("102")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("100/root"), dir.path().join("102/root"))
+            .unwrap();
+        std::fs::write(
+            dir.path().join("102/maps"),
+            format!("7f00-7f01 r-xp 0 08:01 1 {lib}\n"),
+        )
+        .unwrap();
+        let fake = Fake::default();
+        let (probed, released) = (fake.probed.clone(), fake.released.clone());
+        let mut discovery = Discovery::new(fake, dir.path(), None);
+        discovery.scan_all();
+        // 100 and 102 share one file, 101 has its own copy.
+        assert_eq!(probed.lock().unwrap().len(), 2);
+        assert_eq!(discovery.probed(), 2);
+        discovery.scan_all();
+        assert_eq!(probed.lock().unwrap().len(), 2, "probed again");
+        // Process 101 exits: its copy loses its probes; 100's stays.
+        std::fs::remove_dir_all(dir.path().join("101")).unwrap();
+        discovery.scan_all();
+        assert_eq!(*released.lock().unwrap(), 1);
+        assert_eq!(discovery.probed(), 1);
+    }
+
+    #[test]
+    fn refused_files_are_not_tried_again_and_the_cap_holds() {
+        let dir = Scratch::new("refused");
+        fake_proc(dir.path(), &[(100, &["/usr/lib/libssl.so.3"])]);
+        std::fs::write(dir.path().join("100/exe"), b"elf").unwrap();
+        let fake = Fake::default();
+        let probed = fake.probed.clone();
+        let mut discovery = Discovery::new(fake, dir.path(), None);
+        // The executable has no symbols (the fake refuses it): it is not tried twice.
+        discovery.scan_process(100, true);
+        discovery.scan_process(100, true);
+        assert_eq!(probed.lock().unwrap().len(), 1);
+        assert_eq!(
+            discovery.refused.len(),
+            0,
+            "the exe is only tried without libssl"
+        );
+        // Over the cap: refused and remembered.
+        let many: Vec<(u32, Vec<String>)> = (0..MAX_FILES as u32 + 3)
+            .map(|i| (1000 + i, vec![format!("/l{i}/libssl.so.3")]))
+            .collect();
+        for (pid, libs) in &many {
+            let libs: Vec<&str> = libs.iter().map(String::as_str).collect();
+            fake_proc(dir.path(), &[(*pid, &libs)]);
+        }
+        discovery.scan_all();
+        assert_eq!(discovery.probed(), MAX_FILES);
+        assert_eq!(discovery.refused.len(), 4);
+    }
+}

@@ -1,0 +1,247 @@
+//! End-to-end: TLS traffic decoded from the plaintext the TLS uprobes see. Real servers with
+//! certificates made by `openssl` in the test (nginx HTTPS, PostgreSQL `ssl=on`), real
+//! clients (curl, Python `requests` and `urllib`, psql, psycopg), exact counts on both ends.
+
+use std::process::Command;
+use std::time::Duration;
+
+use harness::{curl, wait_for_metric, Agent, Nginx, PgServer, TempDir};
+
+const HTTP_SERVER: &str = "http_server_request_duration_seconds_count";
+const HTTP_CLIENT: &str = "http_client_request_duration_seconds_count";
+const DB_CLIENT: &str = "db_client_operation_duration_seconds_count";
+const DB_SERVER: &str = "db_server_operation_duration_seconds_count";
+const WAIT: Duration = Duration::from_secs(15);
+
+/// nginx serving HTTPS on its port, with a certificate in `certs`.
+fn https_nginx(certs: &TempDir) -> Nginx {
+    let (cert, key) = harness::tls::self_signed(certs.path()).unwrap();
+    Nginx::start_with_config(&format!(
+        r#"server {{
+            listen 127.0.0.1:@PORT@ ssl;
+            ssl_certificate {};
+            ssl_certificate_key {};
+            location /ok {{ return 200 "ok\n"; }}
+            location /missing {{ return 404; }}
+            location /users/ {{ return 200 "user\n"; }}
+        }}"#,
+        cert.display(),
+        key.display()
+    ))
+}
+
+fn https(nginx: &Nginx, path: &str) -> String {
+    format!("https://127.0.0.1:{}{path}", nginx.port())
+}
+
+fn labels<'a>(port: &'a str, route: &'a str, status: &'a str) -> [(&'a str, &'a str); 3] {
+    [
+        ("server_port", port),
+        ("http_route", route),
+        ("http_response_status_code", status),
+    ]
+}
+
+fn python(code: &str, env: &[(&str, &str)]) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(code)
+        .envs(env.iter().copied())
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn https_from_curl_and_requests_is_counted_exactly_on_both_ends() {
+    let certs = TempDir::new("tls-certs").unwrap();
+    let nginx = https_nginx(&certs);
+    let agent = Agent::start(&[]).unwrap();
+    // curl: a new connection (and process) per request, and one keep-alive run of five.
+    for _ in 0..7 {
+        curl(&["-k", "-o", "/dev/null", &https(&nginx, "/ok")]).unwrap();
+    }
+    for _ in 0..3 {
+        curl(&["-k", "-o", "/dev/null", &https(&nginx, "/missing")]).unwrap();
+    }
+    let urls: Vec<String> = (1..=5)
+        .map(|i| https(&nginx, &format!("/users/{}", 100 + i)))
+        .collect();
+    let mut args = vec!["-k"];
+    for url in &urls {
+        args.extend(["-o", "/dev/null", url.as_str()]);
+    }
+    curl(&args).unwrap();
+    // Python requests (its own OpenSSL calls, SSL_read_ex/SSL_write_ex): a keep-alive session
+    // of six and two one-off requests.
+    python(
+        r#"
+import os, requests, urllib3
+urllib3.disable_warnings()
+url = os.environ["URL"]
+with requests.Session() as s:
+    for _ in range(6):
+        assert s.get(url, verify=False).status_code == 200
+for _ in range(2):
+    assert requests.get(url, verify=False, headers={"Connection": "close"}).status_code == 200
+"#,
+        &[("URL", &https(&nginx, "/ok"))],
+    );
+
+    let port = nginx.port().to_string();
+    for (route, status, n) in [("/ok", "200", 15.0), ("/missing", "404", 3.0)] {
+        wait_for_metric(&agent, HTTP_SERVER, &labels(&port, route, status), n, WAIT).unwrap();
+        wait_for_metric(&agent, HTTP_CLIENT, &labels(&port, route, status), n, WAIT).unwrap();
+    }
+    let users = labels(&port, "/users/{id}", "200");
+    wait_for_metric(&agent, HTTP_SERVER, &users, 5.0, WAIT).unwrap();
+    wait_for_metric(&agent, HTTP_CLIENT, &users, 5.0, WAIT).unwrap();
+    let m = agent.metrics();
+    let on_port = [("server_port", port.as_str())];
+    assert_eq!(m.sum(HTTP_SERVER, &on_port), 23.0, "{}", m.text());
+    assert_eq!(m.sum(HTTP_CLIENT, &on_port), 23.0, "{}", m.text());
+    assert!(m
+        .matching(HTTP_SERVER, &on_port)
+        .all(|s| s.labels["service_name"] == "nginx"));
+    let curl_client = m.sum(
+        HTTP_CLIENT,
+        &[("server_port", &port), ("service_name", "curl")],
+    );
+    assert_eq!(curl_client, 15.0, "{}", m.text());
+    assert!(m.sum("periscope_tls_files_probed", &[]) >= 1.0);
+    assert_eq!(
+        m.sum("periscope_parse_errors_total", &[]),
+        0.0,
+        "{}",
+        m.text()
+    );
+}
+
+#[test]
+fn postgres_over_ssl_is_counted_exactly_from_psql_and_psycopg() {
+    let pg = PgServer::start_ssl();
+    let agent = Agent::start(&[]).unwrap();
+    // psql, simple protocol, SSL required (and checked by the server's own view).
+    for i in 0..4 {
+        let out = pg
+            .command_ssl("psql")
+            .args(["-X", "-A", "-t", "-c"])
+            .arg(format!(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND {i} >= 0"
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "t");
+    }
+    // psycopg, extended protocol (parameters), 30 statements returning 1..=30 rows, then a
+    // pipeline of 20 more on the same SSL connection. psycopg's binary package brings its own
+    // libssl (`psycopg_binary.libs/libssl-<hash>.so.3`), mapped when it is imported: the first
+    // connection names the process to the agent, which probes that copy within a moment (an
+    // exchange before that is not seen: see the README's TLS section).
+    let url = format!("{}?sslmode=require", pg.url("postgres"));
+    let out = python(
+        r#"
+import os, time, psycopg
+psycopg.connect(os.environ["URL"]).close()
+time.sleep(3)
+with psycopg.connect(os.environ["URL"]) as conn:
+    conn.execute("CREATE TEMP TABLE t (n int)")
+    conn.execute("INSERT INTO t SELECT generate_series(1, 30)")
+    total = 0
+    for i in range(1, 31):
+        total += len(conn.execute("SELECT n FROM t WHERE n <= %s", (i,)).fetchall())
+    with conn.pipeline():
+        cursors = [conn.execute("SELECT n FROM t WHERE n <= %s", (i,)) for i in range(1, 21)]
+    total += sum(len(c.fetchall()) for c in cursors)
+    print(total, conn.info.pgconn.ssl_in_use)
+"#,
+        &[("URL", &url)],
+    );
+    assert_eq!(out.trim(), "675 True", "{out}");
+    let port = pg.port().to_string();
+    let select_t = [
+        ("server_port", port.as_str()),
+        ("db_operation_name", "SELECT"),
+        ("db_collection_name", "t"),
+    ];
+    wait_for_metric(&agent, DB_CLIENT, &select_t, 50.0, WAIT).unwrap();
+    wait_for_metric(&agent, DB_SERVER, &select_t, 50.0, WAIT).unwrap();
+    let select_ssl = [
+        ("server_port", port.as_str()),
+        ("db_operation_name", "SELECT"),
+        ("db_collection_name", "pg_stat_ssl"),
+    ];
+    wait_for_metric(&agent, DB_CLIENT, &select_ssl, 4.0, WAIT).unwrap();
+    wait_for_metric(&agent, DB_SERVER, &select_ssl, 4.0, WAIT).unwrap();
+    let m = agent.metrics();
+    for side in ["db_client", "db_server"] {
+        let rows = m.sum(&format!("{side}_response_returned_rows_sum"), &select_t);
+        assert_eq!(rows, 675.0, "{side}: {}", m.text());
+    }
+    assert_eq!(
+        m.sum(
+            DB_CLIENT,
+            &[("server_port", &port), ("db_namespace", "postgres")]
+        ),
+        m.sum(DB_CLIENT, &[("server_port", &port)]),
+        "{}",
+        m.text()
+    );
+}
+
+#[test]
+fn a_private_libssl_loaded_late_is_found_and_probed() {
+    let certs = TempDir::new("tls-certs").unwrap();
+    let nginx = https_nginx(&certs);
+    // A copy of the node's libssl (another inode, as a container's would be), loaded by a
+    // process that starts after the agent and imports `ssl` only later.
+    let lib = TempDir::new("tls-lib").unwrap();
+    let system = [
+        "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+        "/lib/x86_64-linux-gnu/libssl.so.3",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
+    .expect("libssl.so.3 is installed");
+    std::fs::copy(system, lib.path().join("libssl.so.3")).unwrap();
+    let agent = Agent::start(&[]).unwrap();
+    let lib_dir = lib.path().display().to_string();
+    let out = python(
+        r#"
+import os, time
+time.sleep(1)
+import ssl, urllib.request
+assert any(os.environ["LIB"] in l for l in open("/proc/self/maps")), "not the private copy"
+time.sleep(7)  # the agent scans every 5 s
+ctx = ssl._create_unverified_context()
+for _ in range(9):
+    urllib.request.urlopen(os.environ["URL"], context=ctx).read()
+print("done")
+"#,
+        &[
+            ("URL", &https(&nginx, "/ok")),
+            ("LD_LIBRARY_PATH", &lib_dir),
+            ("LIB", &lib_dir),
+        ],
+    );
+    assert_eq!(out.trim(), "done");
+    let port = nginx.port().to_string();
+    let client = [("server_port", port.as_str()), ("http_route", "/ok")];
+    wait_for_metric(&agent, HTTP_CLIENT, &client, 9.0, WAIT).unwrap();
+    let log = agent.log();
+    assert!(
+        log.contains("probing SSL_read/SSL_write in /proc/")
+            && log.contains(&format!("{lib_dir}/libssl.so.3")),
+        "{log}"
+    );
+}
