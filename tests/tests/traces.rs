@@ -733,24 +733,51 @@ fn orders_app(mode: &str) -> (PgServer, PyServer) {
 /// nest. A `traceparent` sent by curl (which nginx passes on) puts the whole tree in its trace.
 #[test]
 fn a_request_through_four_processes_is_one_trace() {
-    request_through_four_processes("auto", "sock_ops");
+    request_through_four_processes("auto", "sock_ops", false);
+}
+
+/// The same with nginx serving HTTPS: its two sides of the first hop are TLS plaintext from
+/// the TLS uprobes, and join the trace like socket bytes do.
+#[test]
+fn a_request_through_https_nginx_is_one_trace() {
+    request_through_four_processes("auto", "sock_ops", true);
 }
 
 /// The same with the connect hook for kernels before 6.10 (`--connect-hook tracepoint`).
 #[test]
 fn a_request_through_four_processes_is_one_trace_with_the_tracepoint_connect_hook() {
-    request_through_four_processes("tracepoint", "tracepoint");
+    request_through_four_processes("tracepoint", "tracepoint", false);
 }
 
 /// curl → nginx → Python → PostgreSQL, with `--connect-hook <hook>` (which must end up as
-/// `tier` in `periscope_hooks_info`).
-fn request_through_four_processes(hook: &str, tier: &str) {
+/// `tier` in `periscope_hooks_info`); with `https` curl speaks HTTPS to nginx.
+fn request_through_four_processes(hook: &str, tier: &str, https: bool) {
     let receiver = Receiver::start();
     let (pg, app) = orders_app("");
-    let nginx = harness::Nginx::start(&format!(
-        "location / {{ proxy_pass http://127.0.0.1:{}; }}",
+    let certs = TempDir::new("nginx-certs").unwrap();
+    let listen = if https {
+        let (cert, key) = harness::tls::self_signed(certs.path()).unwrap();
+        format!(
+            "listen 127.0.0.1:@PORT@ ssl; ssl_certificate {}; ssl_certificate_key {};",
+            cert.display(),
+            key.display()
+        )
+    } else {
+        "listen 127.0.0.1:@PORT@;".to_owned()
+    };
+    let nginx = harness::Nginx::start_with_config(&format!(
+        "server {{ {listen} location / {{ proxy_pass http://127.0.0.1:{}; }} }}",
         app.port()
     ));
+    let url = |path: &str| {
+        let scheme = if https { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}{path}", nginx.port())
+    };
+    let curl = |args: &[&str]| {
+        let mut all = vec!["-k"];
+        all.extend_from_slice(args);
+        curl(&all)
+    };
     let agent = receiver.agent_at(
         "grpc",
         "http://127.0.0.1",
@@ -760,19 +787,19 @@ fn request_through_four_processes(hook: &str, tier: &str) {
     assert_eq!(info[0].labels["connect_hook"], tier, "{info:?}");
     // The first request makes nginx and the app known as servers: only then are the calls
     // their threads make held for a parent.
-    assert_eq!(curl(&[&nginx.url("/orders/1")]).unwrap(), "item 1\n");
+    assert_eq!(curl(&[&url("/orders/1")]).unwrap(), "item 1\n");
     expect_spans(&receiver, app.port(), SERVER, 1);
     let n = 4;
     for i in 2..2 + n {
         assert_eq!(
-            curl(&[&nginx.url(&format!("/orders/{i}"))]).unwrap(),
+            curl(&[&url(&format!("/orders/{i}"))]).unwrap(),
             format!("item {i}\n")
         );
     }
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let header = format!("traceparent: 00-{trace}-00f067aa0ba902b7-01");
     assert_eq!(
-        curl(&["-H", &header, &nginx.url("/orders/9")]).unwrap(),
+        curl(&["-H", &header, &url("/orders/9")]).unwrap(),
         "item 9\n"
     );
     let total = 2 + n;
@@ -794,6 +821,12 @@ fn request_through_four_processes(hook: &str, tier: &str) {
         })
         .collect();
     let execs = ["curl", "nginx", "nginx", "python3", "python3", "postgres"];
+    // The first hop is HTTPS when asked, the second plain HTTP.
+    let schemes = [https, https, false, false];
+    for (hop, tls) in spans.iter().zip(schemes) {
+        let want = if tls { "https" } else { "http" };
+        assert!(hop.iter().all(|s| attr(s, "url.scheme") == want), "{hop:#?}");
+    }
     // Request by request (spans are sorted by start), skipping the first.
     for r in 1..total {
         let chain: Vec<&Value> = spans.iter().map(|hop| &hop[r]).collect();
