@@ -22,6 +22,7 @@ fn https_nginx(certs: &TempDir) -> Nginx {
             ssl_certificate {};
             ssl_certificate_key {};
             location /ok {{ return 200 "ok\n"; }}
+            location /warm {{ return 200 "warm\n"; }}
             location /missing {{ return 404; }}
             location /users/ {{ return 200 "user\n"; }}
         }}"#,
@@ -242,6 +243,55 @@ print("done")
     assert!(
         log.contains("probing SSL_read/SSL_write in /proc/")
             && log.contains(&format!("{lib_dir}/libssl.so.3")),
+        "{log}"
+    );
+}
+
+const STATIC_CLIENT: &str = include_str!("tls/static_client.c");
+
+/// A program with OpenSSL linked in statically maps no libssl: its first TLS connection names
+/// it to the agent, which finds `SSL_read`/`SSL_write` in its own symbol table.
+#[test]
+fn an_executable_with_openssl_linked_in_is_probed_at_its_first_tls_connection() {
+    let certs = TempDir::new("tls-certs").unwrap();
+    let nginx = https_nginx(&certs);
+    let build = TempDir::new("tls-static").unwrap();
+    let source = build.path().join("static_client.c");
+    std::fs::write(&source, STATIC_CLIENT).unwrap();
+    let exe = build.path().join("static_client");
+    let out = Command::new("gcc")
+        .args(["-O1", "-o"])
+        .arg(&exe)
+        .arg(&source)
+        .args([
+            "-Wl,-Bstatic",
+            "-lssl",
+            "-lcrypto",
+            "-Wl,-Bdynamic",
+            "-lpthread",
+            "-ldl",
+        ])
+        .output()
+        .expect("gcc (cargo xtask setup installs it and libssl-dev)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let agent = Agent::start(&[]).unwrap();
+    let n = 6;
+    let out = Command::new(&exe)
+        .args([nginx.port().to_string(), n.to_string(), "3".to_owned()])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "done");
+    let port = nginx.port().to_string();
+    let client = [("server_port", port.as_str()), ("http_route", "/ok")];
+    wait_for_metric(&agent, HTTP_CLIENT, &client, n as f64, WAIT).unwrap();
+    wait_for_metric(&agent, HTTP_SERVER, &client, n as f64, WAIT).unwrap();
+    let log = agent.log();
+    assert!(
+        log.contains("tls: probing SSL_read/SSL_write in /proc/") && log.contains("/exe ("),
         "{log}"
     );
 }

@@ -825,7 +825,10 @@ fn request_through_four_processes(hook: &str, tier: &str, https: bool) {
     let schemes = [https, https, false, false];
     for (hop, tls) in spans.iter().zip(schemes) {
         let want = if tls { "https" } else { "http" };
-        assert!(hop.iter().all(|s| attr(s, "url.scheme") == want), "{hop:#?}");
+        assert!(
+            hop.iter().all(|s| attr(s, "url.scheme") == want),
+            "{hop:#?}"
+        );
     }
     // Request by request (spans are sorted by start), skipping the first.
     for r in 1..total {

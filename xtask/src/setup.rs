@@ -30,6 +30,8 @@ const APT_PACKAGES: &[&str] = &[
     "umoci",           // unpacks that archive's layer, in the same test
     "musl-tools",      // a C compiler for musl: ring (rustls) in `cargo xtask image`'s static build
     "ca-certificates", // the CA bundle `cargo xtask image` puts in the image
+    "gcc",             // tests/tests/tls.rs builds a client with OpenSSL linked in statically
+    "libssl-dev",      // … from these headers and static libraries
 ];
 
 /// Python packages the tests drive real servers and clients with: (pip name, import name).
