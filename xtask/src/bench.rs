@@ -133,6 +133,10 @@ pub struct HttpArgs {
     /// (also implied by PERISCOPE_BIN).
     #[arg(long)]
     no_build: bool,
+    /// nginx serves HTTPS (a certificate made by openssl for the run) and wrk speaks it: the
+    /// agent decodes both ends from the TLS uprobes (`bench http` only).
+    #[arg(long)]
+    pub(crate) https: bool,
     /// Extra arguments for the agent, after `--`.
     #[arg(last = true)]
     agent_args: Vec<String>,
@@ -144,14 +148,15 @@ impl HttpArgs {
     pub(crate) fn command(&self, bench: &str, extra: &str) -> String {
         let mut c = format!(
             "cargo xtask bench {bench} --seconds {} --rounds {} --connections {} --threads {} \
-             --nginx-cpu {} --wrk-cpu {} --agent-cpu {}{extra}",
+             --nginx-cpu {} --wrk-cpu {} --agent-cpu {}{}{extra}",
             self.seconds,
             self.rounds,
             self.connections,
             self.threads,
             self.nginx_cpu,
             self.wrk_cpu,
-            self.agent_cpu
+            self.agent_cpu,
+            if self.https { " --https" } else { "" }
         );
         if !self.agent_args.is_empty() {
             c.push_str(" -- ");
@@ -207,6 +212,8 @@ pub(crate) struct NginxBench {
     pub(crate) agent_options: AgentOptions,
     /// Where everything runs, and a warning if other agents were running, for the report.
     pub(crate) placement: String,
+    /// The certificate nginx serves with `--https`.
+    _certs: Option<harness::TempDir>,
 }
 
 impl NginxBench {
@@ -234,8 +241,27 @@ impl NginxBench {
             }
         }
 
-        let nginx = ok_nginx(args.nginx_cpu.0, "")?;
-        let url = nginx.url("/");
+        let (nginx, url, certs) = if args.https {
+            let certs = harness::TempDir::new("bench-certs")?;
+            let (cert, key) = harness::tls::self_signed(certs.path())?;
+            let nginx = Nginx::launch(&NginxOptions {
+                cpu: args.nginx_cpu.0,
+                http_body: format!(
+                    "server {{\n    listen 127.0.0.1:@PORT@ ssl;\n    ssl_certificate {};\n    \
+                     ssl_certificate_key {};\n    keepalive_requests 10000000;\n    \
+                     keepalive_timeout 75s;\n    location / {{ return 200 \"ok\\n\"; }}\n  }}",
+                    cert.display(),
+                    key.display()
+                ),
+                ..NginxOptions::server("")
+            })?;
+            let url = format!("https://127.0.0.1:{}/", nginx.port());
+            (nginx, url, Some(certs))
+        } else {
+            let nginx = ok_nginx(args.nginx_cpu.0, "")?;
+            let url = nginx.url("/");
+            (nginx, url, None)
+        };
         let warning = other_agents_warning("their overhead is in every column");
         let on = |cpu: Cpu| match cpu.0 {
             Some(n) => format!("pinned to CPU {n}"),
@@ -272,6 +298,7 @@ impl NginxBench {
             },
             placement: format!("{placement}.{warning}"),
             nginx,
+            _certs: certs,
         })
     }
 
@@ -546,7 +573,11 @@ pub(crate) fn machine() -> String {
 fn report(args: &HttpArgs, placement: &str, rounds: &[(Run, Run)]) -> String {
     let dash = "–";
     let mut out = String::new();
-    out.push_str("### HTTP: nginx `return 200` under wrk, without and with Periscope\n\n");
+    out.push_str(if args.https {
+        "### HTTPS: nginx `return 200` over TLS under wrk, without and with Periscope\n\n"
+    } else {
+        "### HTTP: nginx `return 200` under wrk, without and with Periscope\n\n"
+    });
     out.push_str(&format!("Command: `{}`\n\n", args.command("http", "")));
     out.push_str(&format!(
         "Machine: {}. Placement: {placement} Each round runs wrk for {} s without, then with \

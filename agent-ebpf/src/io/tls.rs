@@ -109,17 +109,18 @@ pub fn leave(ctx: &RetProbeContext) {
         tgid,
         _pad: 0,
     };
-    let fd = if call.fd >= 0 {
-        let _ = TLS_FDS.insert(&key, &call.fd, 0);
-        call.fd
-    } else {
-        // SAFETY: copied out at once.
-        match unsafe { TLS_FDS.get(&key) } {
-            Some(fd) => *fd,
-            None => {
-                bump(Counter::TlsUnattributed);
-                return;
-            }
+    // SAFETY: copied out at once.
+    let known = unsafe { TLS_FDS.get(&key) }.copied();
+    let fd = match (call.fd, known) {
+        // An LRU update takes a lock: only when the pair is new or changed.
+        (fd, Some(known)) if fd < 0 || fd == known => known,
+        (fd, _) if fd >= 0 => {
+            let _ = TLS_FDS.insert(&key, &fd, 0);
+            fd
+        }
+        _ => {
+            bump(Counter::TlsUnattributed);
+            return;
         }
     };
     // SAFETY: copied out at once.
