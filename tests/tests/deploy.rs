@@ -39,6 +39,7 @@ const CAPABILITIES: &[&str] = &[
     "SYS_PTRACE",
     "DAC_READ_SEARCH",
     "NET_ADMIN",
+    "SYS_ADMIN",
 ];
 const JAEGER_ENDPOINT: &str = "http://jaeger-collector.observability:4317";
 

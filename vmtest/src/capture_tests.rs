@@ -92,6 +92,7 @@ fn run_mode(mode: HookMode, facts: &KernelFacts) {
         "http-fork",
         "http-fork-port",
         "detach",
+        "tls",
     ]
     .map(|t| format!("{prefix}.{t}"));
     let Some(mut session) = session else {
@@ -119,6 +120,7 @@ fn run_mode(mode: HookMode, facts: &KernelFacts) {
         let labels = labels.unwrap_or_else(|| Outcome::Fail("counts test did not finish".into()));
         report::record(&names[i + 1], labels);
     }
+    test(&names[5], || tls_exact_counts(&mut session));
     test(&format!("{prefix}.cost"), pipe_cost);
     test(&format!("{prefix}.syscall-stats"), || {
         syscall_stats(mode, facts)
@@ -165,6 +167,7 @@ fn syscall_stats_counted(mode: HookMode, facts: &KernelFacts) -> anyhow::Result<
         }),
         udp_flows: false,
         connect_hook: periscope::capture::ConnectHook::Off,
+        tls: false,
     };
     let (mut capture, _maps) = Capture::start(&settings, facts.tracefs)?;
     let how = capture.syscall_stats.as_deref().unwrap_or("off").to_owned();
@@ -274,6 +277,7 @@ impl Session {
             syscalls: None,
             udp_flows: false,
             connect_hook: periscope::capture::ConnectHook::Auto,
+            tls: true,
         };
         let (capture, maps) = Capture::start(&settings, facts.tracefs)?;
         let programs = periscope_programs()?.difference(&before).copied().collect();
@@ -471,6 +475,24 @@ impl std::fmt::Display for Counts {
         }
         Ok(())
     }
+}
+
+/// The TLS uprobes on this kernel: probes this binary's own `SSL_read`/`SSL_write`
+/// (`worker::tls`; the guest has no OpenSSL) and runs the worker's mix through them. Exact
+/// counts on both sides mean the probes attached, the plaintext was attributed to the socket
+/// used inside each call, and the socket bytes were not counted as well.
+fn tls_exact_counts(session: &mut Session) -> Outcome {
+    let Some(capture) = session.capture.as_mut() else {
+        return Outcome::Fail("capture did not start".into());
+    };
+    if !capture.tls {
+        return Outcome::Fail("the TLS uprobes did not load (see the log)".into());
+    }
+    if let Err(e) = capture.probe_tls_file(std::path::Path::new("/proc/self/exe")) {
+        return Outcome::Fail(format!("probing SSL_read/SSL_write: {}", e.message()));
+    }
+    let (exact, _) = http_exact_counts(session, Serve::Tls);
+    exact
 }
 
 /// Runs a worker; returns whether the metrics count exactly its exchanges on both sides, and

@@ -58,6 +58,7 @@ fn chain(tier: ConnectHook, facts: &KernelFacts) -> Outcome {
         syscalls: None,
         udp_flows: false,
         connect_hook: tier,
+        tls: false,
     };
     let (mut capture, maps) = match Capture::start(&settings, facts.tracefs) {
         Ok(started) => started,

@@ -36,6 +36,9 @@ pub enum Serve {
     /// The listener accepts, then forks a child that serves the connection; the client is a
     /// forked process too. Checks that sockets inherited over fork stay tracked.
     Fork,
+    /// As `Threads`, but every read and write goes through this binary's own `SSL_read` and
+    /// `SSL_write` ([`tls`]): the TLS uprobes' test where no OpenSSL exists (the guest).
+    Tls,
 }
 
 impl Serve {
@@ -43,7 +46,8 @@ impl Serve {
         match s {
             "threads" => Ok(Serve::Threads),
             "fork" => Ok(Serve::Fork),
-            other => bail!("http-worker: unknown serving mode {other:?} (threads|fork)"),
+            "tls" => Ok(Serve::Tls),
+            other => bail!("http-worker: unknown serving mode {other:?} (threads|fork|tls)"),
         }
     }
 
@@ -51,6 +55,7 @@ impl Serve {
         match self {
             Serve::Threads => "threads",
             Serve::Fork => "fork",
+            Serve::Tls => "tls",
         }
     }
 }
@@ -73,17 +78,25 @@ fn traffic(serve: Serve) -> anyhow::Result<()> {
         Serve::Threads => {
             std::thread::spawn(move || {
                 for stream in listener.incoming().flatten() {
-                    std::thread::spawn(move || serve_connection(stream));
+                    std::thread::spawn(move || serve_connection::<TcpStream>(stream));
                 }
             });
-            client(port)
+            client::<TcpStream>(port)
+        }
+        Serve::Tls => {
+            std::thread::spawn(move || {
+                for stream in listener.incoming().flatten() {
+                    std::thread::spawn(move || serve_connection::<tls::Stream>(stream));
+                }
+            });
+            client::<tls::Stream>(port)
         }
         Serve::Fork => {
             // Fork the client first, while this process is still single-threaded.
             let client_pid = sys::fork()?;
             if client_pid == 0 {
                 drop(listener);
-                let code = match client(port) {
+                let code = match client::<TcpStream>(port) {
                     Ok(()) => 0,
                     Err(e) => {
                         eprintln!("http-worker client: {e:#}");
@@ -98,7 +111,7 @@ fn traffic(serve: Serve) -> anyhow::Result<()> {
                 let pid = sys::fork()?;
                 if pid == 0 {
                     drop(listener);
-                    serve_connection(stream);
+                    serve_connection::<TcpStream>(stream);
                     sys::exit_child(0);
                 }
                 // The child owns the connection now; the parent's copy must go so that the
@@ -118,9 +131,31 @@ fn traffic(serve: Serve) -> anyhow::Result<()> {
     }
 }
 
+/// A connection the worker reads and writes through: the socket itself, or [`tls::Stream`].
+trait Io: Send + 'static
+where
+    for<'a> &'a Self: Read + Write,
+{
+    fn open(stream: TcpStream) -> Self;
+    fn socket(&self) -> &TcpStream;
+}
+
+impl Io for TcpStream {
+    fn open(stream: TcpStream) -> Self {
+        stream
+    }
+
+    fn socket(&self) -> &TcpStream {
+        self
+    }
+}
+
 /// Answers requests on one connection until the peer closes it.
-fn serve_connection(stream: TcpStream) {
-    serve_with(stream, |path| match path.strip_prefix("/items/") {
+fn serve_connection<S: Io>(stream: TcpStream)
+where
+    for<'a> &'a S: Read + Write,
+{
+    serve_with(S::open(stream), |path| match path.strip_prefix("/items/") {
         Some(id) => Ok((200, format!("{{\"id\":{id}}}").into_bytes())),
         None => Ok((404, b"not found".to_vec())),
     })
@@ -128,9 +163,12 @@ fn serve_connection(stream: TcpStream) {
 
 /// Answers requests on one connection with `answer(path)` (status, body) until the peer
 /// closes it or `answer` fails.
-fn serve_with(stream: TcpStream, mut answer: impl FnMut(&str) -> anyhow::Result<(u16, Vec<u8>)>) {
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+fn serve_with<S: Io>(stream: S, mut answer: impl FnMut(&str) -> anyhow::Result<(u16, Vec<u8>)>)
+where
+    for<'a> &'a S: Read + Write,
+{
+    let _ = stream.socket().set_nodelay(true);
+    let _ = stream.socket().set_read_timeout(Some(IO_TIMEOUT));
     // Reads and writes go through the same fd: the agent tracks the fd that accept returned,
     // not `dup`s of it (`try_clone`), so a cloned stream's I/O would be invisible.
     let mut writer = &stream;
@@ -175,7 +213,7 @@ pub fn chain_backend() -> anyhow::Result<()> {
     println!("PORT {}", listener.local_addr()?.port());
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || serve_connection(stream));
+            std::thread::spawn(move || serve_connection::<TcpStream>(stream));
         }
     });
     std::io::copy(&mut std::io::stdin(), &mut std::io::sink())?;
@@ -210,7 +248,7 @@ pub fn chain_proxy(backend: &str) -> anyhow::Result<()> {
 /// `--role chain-client <proxy port>`: the first hop: the fixed mix of `client`, then `DONE`,
 /// then it lives until its stdin closes.
 pub fn chain_client(proxy: &str) -> anyhow::Result<()> {
-    client(proxy.parse().context("<proxy port>")?)?;
+    client::<TcpStream>(proxy.parse().context("<proxy port>")?)?;
     println!("DONE");
     std::io::copy(&mut std::io::stdin(), &mut std::io::sink())?;
     Ok(())
@@ -227,8 +265,11 @@ fn connect(port: u16) -> anyhow::Result<TcpStream> {
 }
 
 /// Sends the fixed request mix and checks every status.
-fn client(port: u16) -> anyhow::Result<()> {
-    let stream = connect(port)?;
+fn client<S: Io>(port: u16) -> anyhow::Result<()>
+where
+    for<'a> &'a S: Read + Write,
+{
+    let stream = S::open(connect(port)?);
     // One reader for the whole connection: it may buffer past a response (it never does
     // here, since each response is read before the next request is sent).
     let mut reader = BufReader::new(&stream);
@@ -241,7 +282,7 @@ fn client(port: u16) -> anyhow::Result<()> {
     drop(reader);
     drop(stream);
     for i in 0..FRESH_ITEMS {
-        let stream = connect(port)?;
+        let stream = S::open(connect(port)?);
         request(
             &stream,
             &mut BufReader::new(&stream),
@@ -253,12 +294,15 @@ fn client(port: u16) -> anyhow::Result<()> {
 }
 
 /// One request; reads the whole response and checks its status.
-fn request(
-    stream: &TcpStream,
-    reader: &mut BufReader<&TcpStream>,
+fn request<S>(
+    stream: &S,
+    reader: &mut BufReader<&S>,
     path: &str,
     expect: u16,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<()>
+where
+    for<'a> &'a S: Read + Write,
+{
     let (status, _) = fetch(stream, reader, path)?;
     if status != expect {
         bail!("GET {path}: status {status}, expected {expect}");
@@ -268,11 +312,14 @@ fn request(
 
 /// One request; returns the status and the body. Writes and reads use the connection's own
 /// fd (see `serve_with`).
-fn fetch(
-    mut stream: &TcpStream,
-    reader: &mut BufReader<&TcpStream>,
+fn fetch<S>(
+    mut stream: &S,
+    reader: &mut BufReader<&S>,
     path: &str,
-) -> anyhow::Result<(u16, Vec<u8>)> {
+) -> anyhow::Result<(u16, Vec<u8>)>
+where
+    for<'a> &'a S: Read + Write,
+{
     let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: vmtest\r\n\r\n");
     stream.write_all(req.as_bytes())?;
     let mut status_line = String::new();
@@ -323,4 +370,76 @@ pub fn syscalls(cgroup: &str, calls: &str) -> anyhow::Result<()> {
     }
     // SAFETY: ends the process without the runtime's exit-time syscalls.
     unsafe { libc::_exit(0) }
+}
+
+/// Functions named and typed like OpenSSL's `SSL_read` and `SSL_write`, for the TLS uprobes'
+/// test in guests that have no OpenSSL: the agent probes them in this binary as it would in
+/// `libssl`. The "`SSL *`" is the socket's descriptor, and the bytes go to it unchanged (the
+/// test is about the probes and attributing plaintext to the socket used inside the call, not
+/// about encryption, which the host's tests cover with real OpenSSL).
+pub mod tls {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::os::fd::AsRawFd;
+    use std::os::raw::{c_int, c_void};
+
+    /// `int SSL_read(SSL *ssl, void *buf, int num)`.
+    #[unsafe(no_mangle)]
+    #[inline(never)]
+    pub extern "C" fn SSL_read(ssl: *mut c_void, buf: *mut c_void, num: c_int) -> c_int {
+        // SAFETY: the caller passes a buffer of `num` bytes, as OpenSSL's callers do.
+        let n = unsafe { libc::read(ssl as usize as c_int, buf, num.max(0) as usize) };
+        n as c_int
+    }
+
+    /// `int SSL_write(SSL *ssl, const void *buf, int num)`.
+    #[unsafe(no_mangle)]
+    #[inline(never)]
+    pub extern "C" fn SSL_write(ssl: *mut c_void, buf: *const c_void, num: c_int) -> c_int {
+        // SAFETY: as above.
+        let n = unsafe { libc::write(ssl as usize as c_int, buf, num.max(0) as usize) };
+        n as c_int
+    }
+
+    /// A connection whose reads and writes go through `SSL_read`/`SSL_write`.
+    pub struct Stream(TcpStream);
+
+    impl super::Io for Stream {
+        fn open(stream: TcpStream) -> Self {
+            Stream(stream)
+        }
+
+        fn socket(&self) -> &TcpStream {
+            &self.0
+        }
+    }
+
+    fn result(n: c_int) -> std::io::Result<usize> {
+        if n < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    impl Read for &Stream {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let ssl = self.0.as_raw_fd() as usize as *mut c_void;
+            let num = buf.len().min(c_int::MAX as usize) as c_int;
+            // black_box keeps the call a real call of the probed symbol.
+            result(std::hint::black_box(SSL_read)(ssl, buf.as_mut_ptr().cast(), num))
+        }
+    }
+
+    impl Write for &Stream {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let ssl = self.0.as_raw_fd() as usize as *mut c_void;
+            let num = buf.len().min(c_int::MAX as usize) as c_int;
+            result(std::hint::black_box(SSL_write)(ssl, buf.as_ptr().cast(), num))
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
 }
