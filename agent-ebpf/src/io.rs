@@ -207,24 +207,9 @@ pub fn on_io<R: Regs, const FRAMED: bool>(
     if unsafe { MUTED.get(&conn.conn_id) }.is_some() {
         return;
     }
-    let exit_ns = now();
-    let Some(buf) = SCRATCH.get_ptr_mut(0) else {
+    let Some(buf) = data_event(pid_tgid, &conn, fd, ret, direction, syscall) else {
         return;
     };
-    // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
-    let buf = unsafe { &mut *buf };
-    fill_header(
-        &mut buf.header,
-        pid_tgid,
-        EventKind::Data,
-        conn.conn_id,
-        fd,
-        exit_ns,
-    );
-    buf.header.ret_len = ret;
-    buf.header.direction = direction;
-    buf.header.syscall = syscall as u8;
-    buf.header.origin = conn.origin;
     if FRAMED {
         let source = match buffer {
             Buffer::Flat => framing::Source::Flat(arg(regs, 1)),
@@ -257,6 +242,36 @@ pub fn on_io<R: Regs, const FRAMED: bool>(
         bump(Counter::ReadUserFailed);
     }
     submit(buf, captured);
+}
+
+/// The per-CPU scratch event with its header filled for a `Data` event of `conn` on `fd`,
+/// stamped now: `ret` bytes moved in `direction` by `syscall`.
+#[inline(always)]
+fn data_event(
+    pid_tgid: u64,
+    conn: &ConnInfo,
+    fd: i32,
+    ret: i64,
+    direction: u8,
+    syscall: Syscall,
+) -> Option<&'static mut EventBuf> {
+    let buf = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
+    let buf = unsafe { &mut *buf };
+    let ts = now();
+    fill_header(
+        &mut buf.header,
+        pid_tgid,
+        EventKind::Data,
+        conn.conn_id,
+        fd,
+        ts,
+    );
+    buf.header.ret_len = ret;
+    buf.header.direction = direction;
+    buf.header.syscall = syscall as u8;
+    buf.header.origin = conn.origin;
+    Some(buf)
 }
 
 /// The iovec array and count of a user `struct msghdr` (msg_iov at offset 16, msg_iovlen at

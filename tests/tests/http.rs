@@ -334,10 +334,10 @@ time.sleep(30)
 fn garbage_and_unknown_protocols_are_counted_not_fatal() {
     let nginx = nginx();
     let agent = Agent::start(&[]).unwrap();
-    // Not HTTP at all: the connection is muted after its first bytes.
+    // Not HTTP at all (nor a TLS record): the connection is muted after its first bytes.
     let _ = tcp_raw(
         nginx.port(),
-        &[0x16, 0x03, 0x01, 0x00, 0xff, 0, 1, 2],
+        &[0xff, 0xfe, 0x01, 0x00, 0xff, 0, 1, 2],
         Duration::from_secs(2),
     );
     // HTTP-looking, then binary junk in the header block.
@@ -387,6 +387,9 @@ fn periscope_programs() -> std::collections::BTreeSet<u32> {
         "sys_enter_close",
         "task_newtask",
         "process_exit",
+        "ssl_read_enter",
+        "ssl_write_enter",
+        "ssl_return",
     ];
     String::from_utf8_lossy(&out.stdout)
         .lines()

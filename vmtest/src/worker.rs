@@ -294,12 +294,7 @@ where
 }
 
 /// One request; reads the whole response and checks its status.
-fn request<S>(
-    stream: &S,
-    reader: &mut BufReader<&S>,
-    path: &str,
-    expect: u16,
-) -> anyhow::Result<()>
+fn request<S>(stream: &S, reader: &mut BufReader<&S>, path: &str, expect: u16) -> anyhow::Result<()>
 where
     for<'a> &'a S: Read + Write,
 {
@@ -427,7 +422,11 @@ pub mod tls {
             let ssl = self.0.as_raw_fd() as usize as *mut c_void;
             let num = buf.len().min(c_int::MAX as usize) as c_int;
             // black_box keeps the call a real call of the probed symbol.
-            result(std::hint::black_box(SSL_read)(ssl, buf.as_mut_ptr().cast(), num))
+            result(std::hint::black_box(SSL_read)(
+                ssl,
+                buf.as_mut_ptr().cast(),
+                num,
+            ))
         }
     }
 
@@ -435,7 +434,11 @@ pub mod tls {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
             let ssl = self.0.as_raw_fd() as usize as *mut c_void;
             let num = buf.len().min(c_int::MAX as usize) as c_int;
-            result(std::hint::black_box(SSL_write)(ssl, buf.as_ptr().cast(), num))
+            result(std::hint::black_box(SSL_write)(
+                ssl,
+                buf.as_ptr().cast(),
+                num,
+            ))
         }
 
         fn flush(&mut self) -> std::io::Result<()> {

@@ -14,8 +14,7 @@
 //! framing state, so that the plaintext's own first request decides framing.
 
 use agent_ebpf::{
-    Counter, EventKind, SockKey, Syscall, TlsCall, TlsKey, DIR_INGRESS, MAX_CAPTURE, MUTED_ALL,
-    MUTED_PLAIN,
+    Counter, SockKey, Syscall, TlsCall, TlsKey, DIR_INGRESS, MAX_CAPTURE, MUTED_ALL, MUTED_PLAIN,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
@@ -24,8 +23,8 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 
-use super::{copy_flat, fill_header, framing, submit, CONNS, MUTED, SCRATCH};
-use crate::common::{bump, config, now, tgid_of};
+use super::{copy_flat, data_event, framing, submit, CONNS, MUTED};
+use crate::common::{bump, config, tgid_of};
 
 /// TLS library calls in progress, by thread (`pid_tgid`). LRU: a thread that died inside a
 /// call leaves its entry to age out.
@@ -137,27 +136,14 @@ pub fn leave(ctx: &RetProbeContext) {
             framing::start(conn.conn_id);
         }
     }
-    let Some(buf) = SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
-    let buf = unsafe { &mut *buf };
-    fill_header(
-        &mut buf.header,
-        pid_tgid,
-        EventKind::Data,
-        conn.conn_id,
-        fd,
-        now(),
-    );
-    buf.header.ret_len = len as i64;
-    buf.header.direction = call.direction;
-    buf.header.syscall = if call.direction == DIR_INGRESS {
+    let syscall = if call.direction == DIR_INGRESS {
         Syscall::SslRead
     } else {
         Syscall::SslWrite
-    } as u8;
-    buf.header.origin = conn.origin;
+    };
+    let Some(buf) = data_event(pid_tgid, &conn, fd, len as i64, call.direction, syscall) else {
+        return;
+    };
     let source = framing::Source::Flat(call.buf);
     if framing::frame(buf, conn.conn_id, conn.origin, call.direction, len, source) {
         return;
