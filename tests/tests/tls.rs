@@ -295,3 +295,89 @@ fn an_executable_with_openssl_linked_in_is_probed_at_its_first_tls_connection() 
         "{log}"
     );
 }
+
+const KAFKA_TLS_PROXY: &str = include_str!("tls/kafka_tls_proxy.py");
+
+/// Kafka over SSL: librdkafka's mock cluster has no SSL listener, so a TLS-terminating proxy
+/// (`tls/kafka_tls_proxy.py`, Python `ssl`) fronts it and advertises itself. confluent-kafka
+/// produces through it (its wheel's librdkafka carries OpenSSL linked in, found when its first
+/// TLS connection names the process), kafka-python consumes (Python `ssl`, the node's
+/// libssl). Both the clients' plaintext and the proxy's are decoded: exact message counts on
+/// both ends of the TLS hop.
+#[test]
+fn kafka_over_ssl_is_counted_exactly_from_librdkafka_and_kafka_python() {
+    let kafka = harness::MockKafka::start();
+    let certs = TempDir::new("tls-certs").unwrap();
+    let (cert, key) = harness::tls::self_signed(certs.path()).unwrap();
+    let script = certs.path().join("proxy.py");
+    std::fs::write(&script, KAFKA_TLS_PROXY).unwrap();
+    let mut cmd = Command::new("python3");
+    cmd.arg("-u")
+        .arg(&script)
+        .arg(kafka.port().to_string())
+        .arg(&cert)
+        .arg(&key)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped());
+    let mut proxy = harness::ChildProcess::spawn("kafka-tls-proxy", &mut cmd).unwrap();
+    let stdout = proxy.take_stdout().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+    let port: u16 = line.trim().strip_prefix("PORT ").unwrap().parse().unwrap();
+    let bootstrap = format!("127.0.0.1:{port}");
+    let agent = Agent::start(&[]).unwrap();
+    // librdkafka: a warm-up message names the process (see the first test of this file),
+    // then 7 messages, each flushed on its own.
+    let out = python(
+        r#"
+import os, time
+from confluent_kafka import Producer
+p = Producer({"bootstrap.servers": os.environ["BOOTSTRAP"], "security.protocol": "ssl",
+              "enable.ssl.certificate.verification": False, "linger.ms": 0})
+p.produce("warmup", b"w", partition=0); p.flush(10)
+time.sleep(3)
+for i in range(7):
+    p.produce("payments", b"payment %d" % i, partition=0)
+    assert p.flush(10) == 0
+print("sent")
+"#,
+        &[("BOOTSTRAP", &bootstrap)],
+    );
+    assert_eq!(out.trim(), "sent");
+    let out = python(
+        r#"
+import os, ssl
+from kafka import KafkaConsumer, TopicPartition
+ctx = ssl._create_unverified_context()
+c = KafkaConsumer(bootstrap_servers=os.environ["BOOTSTRAP"], security_protocol="SSL",
+                  ssl_context=ctx, api_version=(2, 0, 0), enable_auto_commit=False,
+                  consumer_timeout_ms=5000)
+tp = TopicPartition("payments", 0)
+c.assign([tp])
+c.seek_to_beginning(tp)
+n = 0
+for m in c:
+    n += 1
+    if n == 7:
+        break
+c.close()
+print(n)
+"#,
+        &[("BOOTSTRAP", &bootstrap)],
+    );
+    assert_eq!(out.trim(), "7");
+    let port = port.to_string();
+    let payments = [
+        ("server_port", port.as_str()),
+        ("messaging_system", "kafka"),
+        ("messaging_destination_name", "payments"),
+    ];
+    for (name, n) in [
+        ("messaging_client_sent_messages_total", 7.0),
+        ("messaging_server_received_messages_total", 7.0),
+        ("messaging_client_consumed_messages_total", 7.0),
+        ("messaging_server_delivered_messages_total", 7.0),
+    ] {
+        wait_for_metric(&agent, name, &payments, n, WAIT).unwrap();
+    }
+}

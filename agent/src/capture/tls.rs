@@ -10,9 +10,10 @@
 //! - every `SCAN_INTERVAL`, every `libssl.so*` that some process maps (containers bring their
 //!   own copies; the file is reached through `/proc/<pid>/root`);
 //! - at once, when a tracked connection of a process is found speaking TLS with no plaintext
-//!   seen (the pipeline sends its pid): its maps and its executable are checked, which also
-//!   catches programs that link OpenSSL or BoringSSL statically (nginx builds, node) and keep
-//!   their symbols.
+//!   seen (the pipeline sends its pid): its maps are checked and, if it maps no libssl, its
+//!   executable and every other file it maps executable, which catches OpenSSL or BoringSSL
+//!   linked in statically with their symbols kept (nginx builds, node, the `librdkafka` in
+//!   confluent-kafka's wheel).
 //!
 //! A file whose symbols are missing or whose probes fail is remembered and not tried again. At
 //! most `MAX_FILES` files are probed; beyond, files are counted and skipped. Files no process
@@ -97,13 +98,26 @@ fn is_libssl(path: &str) -> bool {
 
 /// The `libssl` files `/proc/<pid>/maps` names, as absolute paths inside the process's root.
 pub fn mapped_libraries(maps: &str) -> Vec<String> {
+    mapped_files(maps, |path, _| is_libssl(path))
+}
+
+/// Every file `/proc/<pid>/maps` maps executable: where OpenSSL may be linked in (a program, or
+/// a library such as the `librdkafka` of confluent-kafka's wheel, which carries its own).
+pub fn mapped_code(maps: &str) -> Vec<String> {
+    mapped_files(maps, |_, perms| perms.contains('x'))
+}
+
+/// The files of `maps` lines that `keep(path, perms)` accepts, each once.
+fn mapped_files(maps: &str, keep: impl Fn(&str, &str) -> bool) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for line in maps.lines() {
         // address perms offset dev inode path
-        let Some(path) = line.splitn(6, ' ').nth(5).map(str::trim_start) else {
+        let mut fields = line.splitn(6, ' ');
+        let perms = fields.nth(1).unwrap_or("");
+        let Some(path) = fields.nth(3).map(str::trim_start) else {
             continue;
         };
-        if !path.starts_with('/') || path.ends_with(" (deleted)") || !is_libssl(path) {
+        if !path.starts_with('/') || path.ends_with(" (deleted)") || !keep(path, perms) {
             continue;
         }
         if !out.iter().any(|p| p == path) {
@@ -120,10 +134,11 @@ pub struct Discovery<P: Prober> {
     probed: HashMap<FileId, (PathBuf, Probed)>,
     /// Files tried and failed (or over the cap), not tried again.
     refused: HashSet<FileId>,
-    /// Executables checked for static TLS symbols.
-    checked_exes: HashSet<FileId>,
     /// The node's own libraries (`probe_host`): probed even while no process maps them.
     host: HashSet<FileId>,
+    /// Files probed that are not named `libssl` (executables, libraries with OpenSSL linked
+    /// in): a full scan checks every process's code files against them.
+    code: HashSet<FileId>,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -134,8 +149,8 @@ impl<P: Prober> Discovery<P> {
             proc_root: proc_root.to_owned(),
             probed: HashMap::new(),
             refused: HashSet::new(),
-            checked_exes: HashSet::new(),
             host: HashSet::new(),
+            code: HashSet::new(),
             metrics,
         }
     }
@@ -195,6 +210,7 @@ impl<P: Prober> Discovery<P> {
             .copied()
             .collect();
         for id in gone {
+            self.code.remove(&id);
             if let Some((path, probed)) = self.probed.remove(&id) {
                 self.prober.release(probed);
                 TlsLibraryReleased {
@@ -206,9 +222,10 @@ impl<P: Prober> Discovery<P> {
         }
     }
 
-    /// Probes the `libssl` files process `pid` maps and, with `exe`, its executable if it
-    /// carries TLS symbols itself; returns the ids of the files it maps.
-    pub fn scan_process(&mut self, pid: u32, exe: bool) -> Vec<FileId> {
+    /// Probes the `libssl` files process `pid` maps and, with `code` (a process seen speaking
+    /// TLS), when it maps none, whichever of its executable and other code files carries TLS
+    /// symbols itself; returns the ids of the files it maps that are probed.
+    pub fn scan_process(&mut self, pid: u32, code: bool) -> Vec<FileId> {
         let base = self.proc_root.join(pid.to_string());
         let Ok(maps) = std::fs::read_to_string(base.join("maps")) else {
             return Vec::new();
@@ -220,13 +237,38 @@ impl<P: Prober> Discovery<P> {
                 ids.push(id);
             }
         }
-        if exe {
-            let path = base.join("exe");
-            if let Ok(meta) = std::fs::metadata(&path) {
-                let id = (meta.dev(), meta.ino());
-                if self.checked_exes.insert(id) && ids.is_empty() {
-                    // Only a program that maps no libssl may carry its own.
-                    if let Some(id) = self.consider_quietly(&path) {
+        // Files probed for their own TLS symbols stay probed while some process maps them.
+        if !self.code.is_empty() {
+            let mut paths = vec![base.join("exe")];
+            paths.extend(
+                mapped_code(&maps)
+                    .iter()
+                    .map(|file| base.join("root").join(file.trim_start_matches('/'))),
+            );
+            for path in paths {
+                if let Ok(meta) = std::fs::metadata(&path) {
+                    let id = (meta.dev(), meta.ino());
+                    if self.code.contains(&id) {
+                        ids.push(id);
+                    }
+                }
+            }
+        }
+        // A process seen speaking TLS that gave no plaintext uses a TLS library of its own,
+        // whether or not it also maps a libssl (confluent-kafka's Python package loads the
+        // node's, while its librdkafka carries another). Each file is looked at once (a file
+        // without the symbols is remembered as refused).
+        if code {
+            let mut paths = vec![base.join("exe")];
+            paths.extend(
+                mapped_code(&maps)
+                    .iter()
+                    .map(|file| base.join("root").join(file.trim_start_matches('/'))),
+            );
+            for path in paths {
+                if let Some(id) = self.consider_quietly(&path) {
+                    if !ids.contains(&id) {
+                        self.code.insert(id);
                         ids.push(id);
                     }
                 }
@@ -448,11 +490,34 @@ mod tests {
         discovery.scan_process(100, true);
         discovery.scan_process(100, true);
         assert_eq!(probed.lock().unwrap().len(), 1);
+        assert_eq!(discovery.refused.len(), 1);
+        // Its executable and code files are tried once each, and the one with the symbols (the
+        // fake: "ssl" in its path) is probed.
+        std::fs::create_dir_all(dir.path().join("200/root/opt")).unwrap();
+        std::fs::write(dir.path().join("200/root/opt/librdkafka-ssl.so.1"), b"elf").unwrap();
+        std::fs::write(dir.path().join("200/root/opt/libz.so.1"), b"elf").unwrap();
+        std::fs::write(dir.path().join("200/exe"), b"elf2").unwrap();
+        std::fs::write(
+            dir.path().join("200/maps"),
+            "7f00-7f01 r-xp 0 08:01 1 /opt/librdkafka-ssl.so.1\n\
+             7f01-7f02 r--p 0 08:01 1 /opt/librdkafka-ssl.so.1\n\
+             7f02-7f03 r-xp 0 08:01 2 /opt/libz.so.1\n\
+             7f03-7f04 rw-p 0 08:01 3 /opt/data.bin\n",
+        )
+        .unwrap();
+        discovery.scan_process(200, false);
         assert_eq!(
-            discovery.refused.len(),
-            0,
-            "the exe is only tried without libssl"
+            probed.lock().unwrap().len(),
+            1,
+            "only when seen speaking TLS"
         );
+        discovery.scan_process(200, true);
+        discovery.scan_process(200, true);
+        assert_eq!(probed.lock().unwrap().len(), 2);
+        assert!(probed.lock().unwrap()[1].ends_with("librdkafka-ssl.so.1"));
+        // The exe and libz were refused once and remembered.
+        assert_eq!(discovery.refused.len(), 3);
+        discovery.refused.clear();
         // Over the cap: refused and remembered.
         let many: Vec<(u32, Vec<String>)> = (0..MAX_FILES as u32 + 3)
             .map(|i| (1000 + i, vec![format!("/l{i}/libssl.so.3")]))
@@ -463,6 +528,7 @@ mod tests {
         }
         discovery.scan_all();
         assert_eq!(discovery.probed(), MAX_FILES);
-        assert_eq!(discovery.refused.len(), 4);
+        // Two were probed before: 515 new files, 510 places.
+        assert_eq!(discovery.refused.len(), 5);
     }
 }

@@ -696,7 +696,13 @@ impl Tracker {
                 return; // encrypted bytes of a connection whose plaintext is seen
             }
             // The first plaintext: the conversation starts again inside TLS (the kernel
-            // restarted its framing too).
+            // restarted its framing too). A first plaintext that is an answer (a client
+            // reading, a server writing) means the probes came late, after the conversation
+            // began (a library probed once the process was seen speaking TLS): decode it as a
+            // connection joined mid-stream.
+            let answer =
+                (conn.origin == agent_ebpf::ORIGIN_ACCEPT) != (header.direction == DIR_INGRESS);
+            conn.mid_stream |= answer;
             self.memory.held -= conn.held_bytes;
             conn.held_bytes = 0;
             conn.tls = true;

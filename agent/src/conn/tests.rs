@@ -675,3 +675,18 @@ fn plaintext_that_is_no_known_protocol_mutes_everything() {
         })
     );
 }
+
+#[test]
+fn plaintext_that_starts_with_an_answer_is_decoded_as_joined_mid_stream() {
+    // The probes came after the conversation began: the client's first plaintext is the
+    // answer to a request they never saw. The next request/answer pair is counted.
+    let mut h = Harness::new();
+    h.open(8, ORIGIN_CONNECT, 443, "client");
+    h.data(8, DIR_EGRESS, 1, CLIENT_HELLO, CLIENT_HELLO.len());
+    h.plaintext(8, DIR_INGRESS, 10, RESP);
+    h.plaintext(8, DIR_EGRESS, 20, REQ);
+    h.plaintext(8, DIR_INGRESS, 30, RESP);
+    assert_eq!(h.sink.muted, vec![MuteReason::Tls], "not muted again");
+    assert_eq!(h.sink.exchanges.len(), 1, "{:?}", h.sink.exchanges);
+    assert_eq!(h.sink.exchanges[0].3, 20);
+}
