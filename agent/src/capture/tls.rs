@@ -223,55 +223,45 @@ impl<P: Prober> Discovery<P> {
     }
 
     /// Probes the `libssl` files process `pid` maps and, with `code` (a process seen speaking
-    /// TLS), when it maps none, whichever of its executable and other code files carries TLS
+    /// TLS without plaintext), whichever of its executable and other code files carries TLS
     /// symbols itself; returns the ids of the files it maps that are probed.
     pub fn scan_process(&mut self, pid: u32, code: bool) -> Vec<FileId> {
         let base = self.proc_root.join(pid.to_string());
         let Ok(maps) = std::fs::read_to_string(base.join("maps")) else {
             return Vec::new();
         };
+        let in_root = |file: &str| base.join("root").join(file.trim_start_matches('/'));
         let mut ids = Vec::new();
         for library in mapped_libraries(&maps) {
-            let path = base.join("root").join(library.trim_start_matches('/'));
-            if let Some(id) = self.consider(&path) {
+            if let Some(id) = self.consider(&in_root(&library)) {
                 ids.push(id);
             }
         }
-        // Files probed for their own TLS symbols stay probed while some process maps them.
-        if !self.code.is_empty() {
-            let mut paths = vec![base.join("exe")];
-            paths.extend(
-                mapped_code(&maps)
-                    .iter()
-                    .map(|file| base.join("root").join(file.trim_start_matches('/'))),
-            );
-            for path in paths {
-                if let Ok(meta) = std::fs::metadata(&path) {
-                    let id = (meta.dev(), meta.ino());
-                    if self.code.contains(&id) {
-                        ids.push(id);
-                    }
-                }
-            }
+        if self.code.is_empty() && !code {
+            return ids;
         }
-        // A process seen speaking TLS that gave no plaintext uses a TLS library of its own,
-        // whether or not it also maps a libssl (confluent-kafka's Python package loads the
-        // node's, while its librdkafka carries another). Each file is looked at once (a file
-        // without the symbols is remembered as refused).
-        if code {
-            let mut paths = vec![base.join("exe")];
-            paths.extend(
-                mapped_code(&maps)
-                    .iter()
-                    .map(|file| base.join("root").join(file.trim_start_matches('/'))),
-            );
-            for path in paths {
-                if let Some(id) = self.consider_quietly(&path) {
-                    if !ids.contains(&id) {
-                        self.code.insert(id);
-                        ids.push(id);
-                    }
+        let code_files = std::iter::once(base.join("exe"))
+            .chain(mapped_code(&maps).into_iter().map(|file| in_root(&file)));
+        for path in code_files {
+            let id = if code {
+                // A process seen speaking TLS that gave no plaintext uses a TLS library of its
+                // own, whether or not it also maps a libssl (confluent-kafka's Python package
+                // loads the node's, while its librdkafka carries another). Each file is looked
+                // at once (a file without the symbols is remembered as refused).
+                let id = self.consider_quietly(&path);
+                if let Some(id) = id {
+                    self.code.insert(id);
                 }
+                id
+            } else {
+                // Files probed for their own TLS symbols stay probed while a process maps them.
+                std::fs::metadata(&path)
+                    .ok()
+                    .map(|meta| (meta.dev(), meta.ino()))
+                    .filter(|id| self.code.contains(id))
+            };
+            if let Some(id) = id.filter(|id| !ids.contains(id)) {
+                ids.push(id);
             }
         }
         ids
