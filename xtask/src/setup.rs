@@ -43,6 +43,9 @@ const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("psycopg-pool", "psycopg_pool"),
     ("confluent-kafka", "confluent_kafka"),
     ("kafka-python", "kafka"),
+    // tests/tests/tls.rs and traces.rs: an HTTP(S) client most Python services use (named
+    // here rather than left to arrive as another package's dependency).
+    ("requests", "requests"),
     // `cargo xtask bench compare`: the in-process instrumentation Periscope is compared to.
     ("prometheus-flask-exporter", "prometheus_flask_exporter"),
     ("opentelemetry-distro", "opentelemetry.distro"),
