@@ -169,6 +169,10 @@ pub struct TlsCall {
     /// `DIR_INGRESS` (read) or `DIR_EGRESS` (write).
     pub direction: u8,
     pub _pad: [u8; 3],
+    /// When the last socket syscall of the call returned (0: none): the plaintext's time, as
+    /// socket bytes are stamped, rather than the library call's return, which a busy node may
+    /// delay by milliseconds.
+    pub io_ns: u64,
 }
 
 /// Key of `TLS_FDS`: an `SSL *` of one process.

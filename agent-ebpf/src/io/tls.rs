@@ -5,7 +5,8 @@
 //! entry uprobe records the call in `TLS_CALLS` (by thread), the syscall hooks (`on_io`), which
 //! find a tracked socket doing I/O inside a call, write its descriptor into the record instead
 //! of capturing the encrypted bytes, and the return uprobe sends the plaintext as a `Data`
-//! event of that socket's connection, framed like socket bytes (`framing.rs`) when the
+//! event of that socket's connection, stamped when the call's last socket syscall returned (as
+//! socket bytes are), framed like socket bytes (`framing.rs`) when the
 //! connection's plaintext is a framed protocol. A read served from the library's buffer does
 //! no I/O: the `SSL *` → descriptor pairs seen before (`TLS_FDS`) name its socket then.
 //!
@@ -24,7 +25,7 @@ use aya_ebpf::{
 };
 
 use super::{copy_flat, data_event, framing, submit, CONNS, MUTED};
-use crate::common::{bump, config, tgid_of};
+use crate::common::{bump, config, now, tgid_of};
 
 /// TLS library calls in progress, by thread (`pid_tgid`). LRU: a thread that died inside a
 /// call leaves its entry to age out.
@@ -59,6 +60,7 @@ pub fn enter(ctx: &ProbeContext, direction: u8, ex: bool) {
         fd: -1,
         direction,
         _pad: [0; 3],
+        io_ns: 0,
     };
     let _ = TLS_CALLS.insert(&pid_tgid, &call, 0);
 }
@@ -70,7 +72,10 @@ pub fn in_call(pid_tgid: u64, fd: i32) -> bool {
     match TLS_CALLS.get_ptr_mut(&pid_tgid) {
         Some(call) => {
             // SAFETY: a live map value of this thread only.
-            unsafe { (*call).fd = fd };
+            unsafe {
+                (*call).fd = fd;
+                (*call).io_ns = now();
+            }
             true
         }
         None => false,
@@ -144,6 +149,9 @@ pub fn leave(ctx: &RetProbeContext) {
     let Some(buf) = data_event(pid_tgid, &conn, fd, len as i64, call.direction, syscall) else {
         return;
     };
+    if call.io_ns != 0 {
+        buf.header.ts_ns = call.io_ns;
+    }
     let source = framing::Source::Flat(call.buf);
     if framing::frame(buf, conn.conn_id, conn.origin, call.direction, len, source) {
         return;

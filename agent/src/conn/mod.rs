@@ -407,6 +407,10 @@ pub struct Tracker {
     /// Client connections by their local address: a server connection whose peer is one of
     /// them is the other end of the same connection.
     clients: Clients,
+    /// Client connections ended lately, still in `clients` for a while: the server end's last
+    /// exchange may be reported after the client closed (a TLS server's write is stamped when
+    /// `SSL_write` returns, after the client may have read the answer, closed and exited).
+    closed_clients: std::collections::VecDeque<ClosedClient>,
     /// Conn id by (tgid, fd): a descriptor holds one socket at a time, so a new connection on
     /// it ends the old one, whose close event was lost.
     by_fd: FxHashMap<(u32, i32), u64>,
@@ -425,6 +429,17 @@ struct Forgotten {
 }
 
 const FORGOTTEN_CAP: usize = 4096;
+
+/// A client connection ended at `ts_ns`, kept in `Tracker::clients` until `CLOSED_CLIENT_KEPT_NS`
+/// later (or until `CLOSED_CLIENTS_CAP` newer ones ended).
+struct ClosedClient {
+    ts_ns: u64,
+    local: SocketAddr,
+    conn_id: u64,
+}
+
+const CLOSED_CLIENT_KEPT_NS: u64 = 1_000_000_000;
+const CLOSED_CLIENTS_CAP: usize = 4096;
 
 impl Forgotten {
     fn insert(&mut self, id: u64) {
@@ -470,6 +485,7 @@ impl Tracker {
             shared: Shared::default(),
             protocols: decoder::Protocols::default(),
             clients: FxHashMap::default(),
+            closed_clients: Default::default(),
             by_fd: FxHashMap::default(),
             forgotten: Forgotten::default(),
             memory: DecoderMemory {
@@ -790,10 +806,13 @@ impl Tracker {
         }
         self.memory.held -= conn.held_bytes;
         conn.held_bytes = 0;
+        self.forget_closed_clients(ts_ns);
         if let Some(local) = conn.local {
-            if self.clients.get(&local).map(|(id, _)| *id) == Some(conn_id) {
-                self.clients.remove(&local);
-            }
+            self.closed_clients.push_back(ClosedClient {
+                ts_ns,
+                local,
+                conn_id,
+            });
         }
         if let State::Decoding { role, decoder } = &mut conn.state {
             let role = *role;
@@ -806,6 +825,20 @@ impl Tracker {
             emit(&conn, conn_id, &self.clients, role, &mut self.scratch, sink);
         }
         sink.ended(reason);
+    }
+
+    /// Drops from `clients` the ended client connections kept long enough (as of `now_ns`).
+    fn forget_closed_clients(&mut self, now_ns: u64) {
+        while let Some(front) = self.closed_clients.front() {
+            let expired = front.ts_ns.saturating_add(CLOSED_CLIENT_KEPT_NS) < now_ns;
+            if !expired && self.closed_clients.len() < CLOSED_CLIENTS_CAP {
+                break;
+            }
+            if self.clients.get(&front.local).map(|(id, _)| *id) == Some(front.conn_id) {
+                self.clients.remove(&front.local);
+            }
+            self.closed_clients.pop_front();
+        }
     }
 
     /// Ends every connection of `tgid` for `reason`, at `ts_ns` or (None) at each one's last

@@ -17,11 +17,14 @@ struct Recorded {
     inexact: Vec<&'static str>,
     /// Whether each exchange was TLS plaintext.
     tls: Vec<bool>,
+    /// Each exchange's client end on this node.
+    peer_conns: Vec<Option<u64>>,
 }
 
 impl Sink for Recorded {
     fn exchange(&mut self, e: &Exchange) {
         self.tls.push(e.endpoint.tls);
+        self.peer_conns.push(e.endpoint.peer_conn);
         let Detail::Http(h) = &e.detail else {
             self.targets
                 .push(format!("{} {}", e.operation(), e.target().unwrap_or("")));
@@ -689,4 +692,57 @@ fn plaintext_that_starts_with_an_answer_is_decoded_as_joined_mid_stream() {
     assert_eq!(h.sink.muted, vec![MuteReason::Tls], "not muted again");
     assert_eq!(h.sink.exchanges.len(), 1, "{:?}", h.sink.exchanges);
     assert_eq!(h.sink.exchanges[0].3, 20);
+}
+
+/// The server end of a connection whose client end is on this node names it, even when the
+/// server's last write is reported after the client closed (a TLS server's `SSL_write` returns
+/// after the client may have read the answer and exited), until the client's address is
+/// reused or a second has passed.
+#[test]
+fn a_server_exchange_reported_after_its_client_closed_still_names_the_client() {
+    let client_addr: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let server_addr: SocketAddr = "127.0.0.1:8443".parse().unwrap();
+    let exchange = |h: &mut Harness, client: u64, server: u64, t: u64, close_at: u64| {
+        h.data(client, DIR_EGRESS, t, REQ, REQ.len());
+        h.data(server, DIR_INGRESS, t + 1, REQ, REQ.len());
+        h.data(client, DIR_INGRESS, t + 3, RESP, RESP.len());
+        h.close(client, close_at);
+        h.data(server, DIR_EGRESS, t + 2, RESP, RESP.len());
+    };
+    let open = |h: &mut Harness, client: u64, server: u64| {
+        let mut payload = open_payload(server_addr.port(), "curl");
+        payload[agent_ebpf::OPEN_LOCAL_OFFSET..agent_ebpf::OPEN_LOCAL_OFFSET + 2]
+            .copy_from_slice(&2u16.to_ne_bytes());
+        payload[agent_ebpf::OPEN_LOCAL_OFFSET + 2..agent_ebpf::OPEN_LOCAL_OFFSET + 4]
+            .copy_from_slice(&client_addr.port().to_be_bytes());
+        payload[agent_ebpf::OPEN_LOCAL_OFFSET + 4..agent_ebpf::OPEN_LOCAL_OFFSET + 8]
+            .copy_from_slice(&[127, 0, 0, 1]);
+        let mut o = header(EventKind::Open, client, 1);
+        o.origin = ORIGIN_CONNECT;
+        o.cap_len = payload.len() as u32;
+        h.tracker
+            .on_event(&o, &payload, &mut h.sink, &mut h.actions);
+        let found = listeners::FoundSocket {
+            tgid: PID,
+            fd: server as i32,
+            local: server_addr,
+            remote: client_addr,
+            is_server: true,
+        };
+        h.tracker.adopt(server, &found, &mut h.sink);
+    };
+    let mut h = Harness::new();
+    open(&mut h, 1, 2);
+    exchange(&mut h, 1, 2, 100, 110);
+    // The client's exchange (no peer), then the server's naming it.
+    assert_eq!(h.sink.peer_conns, vec![None, Some(1)]);
+    // The same address again, later: the new connection is named.
+    open(&mut h, 3, 4);
+    exchange(&mut h, 3, 4, 200, 210);
+    assert_eq!(h.sink.peer_conns[2..], [None, Some(3)]);
+    // A server write reported more than a second after its client closed is not linked.
+    h.data(4, DIR_INGRESS, 300, REQ, REQ.len());
+    h.close(2, 2_000_000_000);
+    h.data(4, DIR_EGRESS, 2_000_000_001, RESP, RESP.len());
+    assert_eq!(h.sink.peer_conns[4..], [None]);
 }

@@ -22,7 +22,8 @@
 //! syscalls, so a callee may appear to start a few microseconds before its caller, or end a
 //! few after: the caller's start is moved back to the callee's (the caller's write began
 //! before the callee's read returned) and the callee's end is cut to the caller's (the answer
-//! was delivered by then), so that timings nest.
+//! was delivered by then), so that timings nest. A caller already sent (its callee came late)
+//! cannot move: the callee's tree is fitted into the caller's time instead.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -163,8 +164,8 @@ impl Parents {
                 node.span.trace_id = caller.trace_id;
                 node.span.parent_span_id = Some(caller.span_id);
                 node.span.trace_state = caller.trace_state;
-                node.span.end_unix_ns = node.span.end_unix_ns.min(caller.end_unix_ns);
-                node.span.start_unix_ns = node.span.start_unix_ns.min(node.span.end_unix_ns);
+                // The caller is sent and cannot move: the callee's tree is fitted into it.
+                node.fit_within(caller.start_unix_ns, caller.end_unix_ns);
                 self.send(node, caller.sampled, out);
                 return;
             }
@@ -315,13 +316,24 @@ impl Node {
     /// to nest (see the module's doc).
     fn adopt(&mut self, mut child: Node, across_connection: bool) {
         if across_connection {
-            let (caller, callee) = (&mut self.span, &mut child.span);
-            caller.start_unix_ns = caller.start_unix_ns.min(callee.start_unix_ns);
-            callee.end_unix_ns = callee.end_unix_ns.min(caller.end_unix_ns);
-            callee.start_unix_ns = callee.start_unix_ns.min(callee.end_unix_ns);
+            let caller = &mut self.span;
+            caller.start_unix_ns = caller.start_unix_ns.min(child.span.start_unix_ns);
+            child.fit_within(caller.start_unix_ns, caller.end_unix_ns);
         }
         self.size += child.size;
         self.children.push(child);
+    }
+
+    /// Clamps the times of this span and all its descendants into `start..=end`. Clamping is
+    /// monotonic, so spans that nested still nest. Iterative: a tree's depth is not bounded.
+    fn fit_within(&mut self, start: u64, end: u64) {
+        let mut stack = vec![self];
+        while let Some(node) = stack.pop() {
+            let span = &mut node.span;
+            span.start_unix_ns = span.start_unix_ns.clamp(start, end.max(start));
+            span.end_unix_ns = span.end_unix_ns.clamp(start, end.max(start));
+            stack.extend(node.children.iter_mut());
+        }
     }
 }
 

@@ -267,13 +267,16 @@ fn a_server_end_that_arrives_after_its_client_still_becomes_its_child() {
         &on,
         &mut out,
     );
-    let mut nginx = arrival(2, 20, 21, span(SpanKind::Server, 2, 110, 1_020));
+    // Each end stamped by its own call's return: nginx's read seems to start before curl's
+    // write, and to end after curl read the answer.
+    let mut nginx = arrival(2, 20, 21, span(SpanKind::Server, 2, 90, 1_020));
     nginx.peer_conn = Some(11);
     p.offer(nginx, &on, &mut out);
     assert_eq!(ids(&out), [1, 2]);
     assert_eq!(find(&out, 2).parent_span_id, Some([1; 8]));
     assert_eq!(find(&out, 2).trace_id, [1; 16]);
     assert_eq!(find(&out, 2).end_unix_ns, 1_000);
+    assert_eq!(find(&out, 2).start_unix_ns, 100);
     // Claimed: a second server span of the connection does not take the same parent.
     let mut again = arrival(2, 20, 21, span(SpanKind::Server, 3, 120, 900));
     again.peer_conn = Some(11);
@@ -303,4 +306,39 @@ fn a_server_end_that_arrives_after_its_client_still_becomes_its_child() {
     assert_eq!(find(&out, 5).parent_span_id, Some([4; 8]));
     assert!(out.iter().all(|(_, s)| s.trace_id == [6; 16]));
     assert_eq!(p.held(), 0);
+}
+
+/// A server span that comes after its (sent) client is fitted into the client's time with
+/// the calls it made, so that the whole tree still nests.
+#[test]
+fn a_late_server_end_is_fitted_into_its_sent_client_with_its_children() {
+    let on = Sampler::AlwaysOn;
+    let mut p = Parents::default();
+    let mut out = Vec::new();
+    // nginx is known as a server.
+    p.offer(
+        arrival(2, 20, 20, span(SpanKind::Server, 9, 0, 10)),
+        &on,
+        &mut out,
+    );
+    // nginx's call to the app waits for nginx's request; curl's span is sent at once.
+    p.offer(
+        arrival(2, 20, 22, span(SpanKind::Client, 7, 95, 500)),
+        &on,
+        &mut out,
+    );
+    p.offer(
+        arrival(1, 10, 11, span(SpanKind::Client, 1, 100, 1_000)),
+        &on,
+        &mut out,
+    );
+    out.clear();
+    let mut nginx = arrival(2, 20, 21, span(SpanKind::Server, 2, 90, 1_020));
+    nginx.peer_conn = Some(11);
+    p.offer(nginx, &on, &mut out);
+    assert_eq!(ids(&out), [2, 7]);
+    assert_eq!(find(&out, 7).parent_span_id, Some([2; 8]));
+    let times = |id| (find(&out, id).start_unix_ns, find(&out, id).end_unix_ns);
+    assert_eq!(times(2), (100, 1_000));
+    assert_eq!(times(7), (100, 500));
 }
