@@ -248,6 +248,9 @@ fn fuzz_limits(target: &str) -> Vec<String> {
 /// fuzz input format (`fuzz/src/lib.rs`: a control byte whose bit 0 is the stream, no gap, a
 /// length byte, then up to 255 bytes; longer chunks become several records). Returns how many.
 fn seed_corpus(target: &str, corpus: &Path) -> anyhow::Result<usize> {
+    if target == "elf" {
+        return seed_elf(corpus);
+    }
     let fixtures = root().join("agent/tests/fixtures").join(target);
     if !fixtures.is_dir() {
         return Ok(0);
@@ -273,6 +276,28 @@ fn seed_corpus(target: &str, corpus: &Path) -> anyhow::Result<usize> {
         seeds += 1;
     }
     Ok(seeds)
+}
+
+/// The ELF reader's seed: a 2 KiB shared library defining three of the TLS functions, built
+/// with gcc (no seed when gcc is missing: the fuzzer then starts from nothing).
+fn seed_elf(corpus: &Path) -> anyhow::Result<usize> {
+    std::fs::create_dir_all(corpus).with_context(|| format!("creating {}", corpus.display()))?;
+    let source = corpus.join("seed.c.txt");
+    std::fs::write(
+        &source,
+        "int SSL_read(void *s, void *b, int n) { return n; }\n\
+         int SSL_write(void *s, const void *b, int n) { return n; }\n\
+         int SSL_read_ex(void *s, void *b, unsigned long n, unsigned long *r) { *r = n; return 1; }\n",
+    )?;
+    let built = std::process::Command::new("gcc")
+        .args(["-x", "c", "-shared", "-nostdlib", "-fPIC", "-O1"])
+        .args(["-Wl,-z,max-page-size=16", "-Wl,-z,noseparate-code", "-o"])
+        .arg(corpus.join("seed_libssl"))
+        .arg(&source)
+        .status()
+        .is_ok_and(|s| s.success());
+    std::fs::remove_file(&source)?;
+    Ok(usize::from(built))
 }
 
 /// The `(stream, bytes)` chunks of a fixture file: one `{"stream": …, "hex": …}` object per

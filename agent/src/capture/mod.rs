@@ -11,6 +11,7 @@
 use std::path::Path;
 
 use agent_ebpf::names::{global, map, program};
+
 use agent_ebpf::{
     Config, ConnectConfig, SyscallFilter, SyscallKey, SyscallStats, MAX_CAPTURE, SYSCALL_NR_LIMIT,
     SYSCALL_STATS_IN_IO_EXIT, SYSCALL_STATS_OFF, SYSCALL_STATS_SEPARATE,
@@ -22,6 +23,7 @@ use aya::Btf;
 use aya::{Ebpf, EbpfLoader};
 
 mod btf;
+pub mod elf;
 pub mod flows;
 pub mod preflight;
 pub mod ring;
@@ -499,26 +501,29 @@ impl Capture {
     /// `SSL_write_ex` (where the library has them), entry and return; all or nothing.
     pub fn probe_tls_file(&mut self, path: &Path) -> Result<tls::Probed, tls::ProbeError> {
         use aya::programs::{uprobe::UProbeScope, UProbe};
+        // Resolved once, with bounded reads (the file may be hostile): aya would map the file
+        // once per attach.
+        let names: Vec<&str> = TLS_SYMBOLS.iter().map(|(symbol, ..)| *symbol).collect();
+        let offsets = elf::function_offsets(path, &names)?;
         let mut probed = tls::Probed { links: Vec::new() };
-        for (symbol, enter, required) in TLS_SYMBOLS {
+        for ((symbol, enter, required), offset) in TLS_SYMBOLS.iter().zip(offsets) {
+            let Some(offset) = offset else {
+                if *required {
+                    self.release_tls_file(probed);
+                    return Err(tls::ProbeError::NoSymbols(format!("no {symbol}")));
+                }
+                log::debug!("tls: {} has no {symbol}", path.display());
+                continue;
+            };
             for name in [*enter, program::SSL_RETURN] {
                 let result = program_of(&mut self.ebpf, name)
                     .and_then(|p| Ok(<&mut UProbe>::try_from(p)?))
-                    .and_then(|p| Ok(p.attach(*symbol, path, UProbeScope::AllProcesses)?));
+                    .and_then(|p| Ok(p.attach(offset, path, UProbeScope::AllProcesses)?));
                 match result {
                     Ok(link) => probed.links.push((name, link)),
-                    Err(e) if name == *enter && !required => {
-                        log::debug!("tls: {} has no {symbol}: {e:#}", path.display());
-                        break;
-                    }
                     Err(e) => {
-                        let message = format!("{symbol}: {e:#}");
                         self.release_tls_file(probed);
-                        return Err(if name == *enter && message.contains("symbol") {
-                            tls::ProbeError::NoSymbols(message)
-                        } else {
-                            tls::ProbeError::Attach(message)
-                        });
+                        return Err(tls::ProbeError::Attach(format!("{symbol}: {e:#}")));
                     }
                 }
             }

@@ -68,6 +68,20 @@ pub enum ProbeError {
     NoSymbols(String),
     /// The kernel refused the probe.
     Attach(String),
+    /// Not a 64-bit ELF file, or not readable as one.
+    Unreadable(String),
+    /// Its symbol tables exceed the bounds of `capture::elf` (a hostile file, or a huge
+    /// executable: its TLS traffic is not decoded).
+    TooLarge(String),
+}
+
+impl From<super::elf::ElfError> for ProbeError {
+    fn from(e: super::elf::ElfError) -> Self {
+        match e {
+            super::elf::ElfError::NotElf(m) => ProbeError::Unreadable(m),
+            super::elf::ElfError::TooLarge(m) => ProbeError::TooLarge(m),
+        }
+    }
 }
 
 impl ProbeError {
@@ -75,13 +89,24 @@ impl ProbeError {
         match self {
             ProbeError::NoSymbols(_) => "no_symbols",
             ProbeError::Attach(_) => "attach_failed",
+            ProbeError::Unreadable(_) => "unreadable",
+            ProbeError::TooLarge(_) => "too_large",
         }
     }
 
     pub fn message(&self) -> &str {
         match self {
-            ProbeError::NoSymbols(m) | ProbeError::Attach(m) => m,
+            ProbeError::NoSymbols(m)
+            | ProbeError::Attach(m)
+            | ProbeError::Unreadable(m)
+            | ProbeError::TooLarge(m) => m,
         }
+    }
+
+    /// Whether it only says the file is no TLS library (not counted for files tried because
+    /// a process speaks TLS: most of its code files are not).
+    fn not_tls(&self) -> bool {
+        matches!(self, ProbeError::NoSymbols(_) | ProbeError::Unreadable(_))
     }
 }
 
@@ -308,7 +333,7 @@ impl<P: Prober> Discovery<P> {
             }
             Err(e) => {
                 self.refused.insert(id);
-                if count_missing || !matches!(e, ProbeError::NoSymbols(_)) {
+                if count_missing || !e.not_tls() {
                     TlsProbeFailed {
                         path,
                         reason: e.reason(),
