@@ -481,12 +481,9 @@ fn http_ends_match(agent: &Agent, port: u16, seen: &Seen) {
     }
 }
 
-/// 100 pipelined requests (GET and HEAD, files of 0 bytes to 1 MiB, some missing) on one
-/// connection, written at once and read back with 1 MiB and 64 KiB buffers, from Rust and from
-/// Python: nginx reads the pipeline in pieces, the clients read many responses per `read`.
-#[test]
-fn http_pipeline_of_a_hundred_requests_with_bodies_up_to_a_mebibyte() {
-    let root = harness::TempDir::new("pipeline").unwrap();
+/// Files of 0 bytes to 1 MiB (some missing) in `root`, and 100 pipelined requests for them
+/// (GET and HEAD, the last one closing), with which of them are HEAD.
+fn pipelined_files(root: &std::path::Path) -> (Vec<u8>, Vec<bool>) {
     let sizes: Vec<usize> = (0..100)
         .map(|i| match i % 10 {
             0 => 0,
@@ -503,14 +500,9 @@ fn http_pipeline_of_a_hundred_requests_with_bodies_up_to_a_mebibyte() {
         .collect();
     for (i, size) in sizes.iter().enumerate() {
         if i % 13 != 5 {
-            std::fs::write(root.path().join(format!("f{i}")), vec![b'x'; *size]).unwrap();
+            std::fs::write(root.join(format!("f{i}")), vec![b'x'; *size]).unwrap();
         }
     }
-    let nginx = harness::Nginx::start(&format!(
-        "location /files/ {{ alias {}/; }}",
-        root.path().display()
-    ));
-    let agent = Agent::start(&[]).unwrap();
     let mut requests = Vec::new();
     let mut heads = Vec::new();
     for i in 0..sizes.len() {
@@ -527,23 +519,48 @@ fn http_pipeline_of_a_hundred_requests_with_bodies_up_to_a_mebibyte() {
         );
         heads.push(head);
     }
+    (requests, heads)
+}
+
+/// A Python client that sends its stdin in one write on a connection to `port` (TLS with
+/// `tls`) and writes what it reads, `buffer` bytes per read at most, to stdout.
+fn python_pipeline_client(port: u16, tls: bool, buffer: usize) -> String {
+    let wrap = if tls {
+        "import ssl\n\
+         ctx = ssl.create_default_context()\n\
+         ctx.check_hostname = False\n\
+         ctx.verify_mode = ssl.CERT_NONE\n\
+         s = ctx.wrap_socket(s)\n"
+    } else {
+        ""
+    };
+    format!(
+        "import socket, sys\n\
+         s = socket.create_connection(('127.0.0.1', {port}))\n\
+         {wrap}\
+         s.sendall(sys.stdin.buffer.read())\n\
+         while True:\n    \
+             b = s.recv({buffer})\n    \
+             if not b: break\n    \
+             sys.stdout.buffer.write(b)\n"
+    )
+}
+
+/// 100 pipelined requests (GET and HEAD, files of 0 bytes to 1 MiB, some missing) on one
+/// connection, written at once and read back with 1 MiB and 64 KiB buffers, from Rust and from
+/// Python: nginx reads the pipeline in pieces, the clients read many responses per `read`.
+#[test]
+fn http_pipeline_of_a_hundred_requests_with_bodies_up_to_a_mebibyte() {
+    let root = harness::TempDir::new("pipeline").unwrap();
+    let (requests, heads) = pipelined_files(root.path());
+    let nginx = harness::Nginx::start(&format!(
+        "location /files/ {{ alias {}/; }}",
+        root.path().display()
+    ));
+    let agent = Agent::start(&[]).unwrap();
     let mut seen = parse_responses(&pipeline(nginx.port(), &requests, 1 << 20), &heads);
-    let python = parse_responses(
-        &python_stdio(
-            &format!(
-                "import socket, sys\n\
-             s = socket.create_connection(('127.0.0.1', {port}))\n\
-             s.sendall(sys.stdin.buffer.read())\n\
-             while True:\n    \
-                 b = s.recv(65536)\n    \
-                 if not b: break\n    \
-                 sys.stdout.buffer.write(b)\n",
-                port = nginx.port()
-            ),
-            &requests,
-        ),
-        &heads,
-    );
+    let client = python_pipeline_client(nginx.port(), false, 65536);
+    let python = parse_responses(&python_stdio(&client, &requests), &heads);
     assert_eq!(seen, python);
     for (n, bytes) in seen.by_status.values_mut() {
         *n *= 2;
@@ -553,6 +570,49 @@ fn http_pipeline_of_a_hundred_requests_with_bodies_up_to_a_mebibyte() {
     assert!(seen.by_status.contains_key(&404), "{seen:?}");
     http_ends_match(&agent, nginx.port(), &seen);
     no_lost_framing(&agent);
+}
+
+/// The same pipeline over HTTPS (the plaintext of nginx's and Python's `SSL_read_ex`/
+/// `SSL_write_ex`, framed like socket bytes), read back by Python with 1 MiB and 16 KiB
+/// buffers.
+#[test]
+fn https_pipeline_of_a_hundred_requests_with_bodies_up_to_a_mebibyte() {
+    let root = harness::TempDir::new("pipeline").unwrap();
+    let (requests, heads) = pipelined_files(root.path());
+    let certs = harness::TempDir::new("tls-certs").unwrap();
+    let (cert, key) = harness::tls::self_signed(certs.path()).unwrap();
+    let nginx = harness::Nginx::start_with_config(&format!(
+        "server {{ listen 127.0.0.1:@PORT@ ssl; ssl_certificate {}; ssl_certificate_key {}; \
+         location /files/ {{ alias {}/; }} }}",
+        cert.display(),
+        key.display(),
+        root.path().display()
+    ));
+    let agent = Agent::start(&[]).unwrap();
+    let mut seen = Seen::default();
+    for buffer in [1 << 20, 16384] {
+        let client = python_pipeline_client(nginx.port(), true, buffer);
+        let got = parse_responses(&python_stdio(&client, &requests), &heads);
+        for (status, (n, bytes)) in got.by_status {
+            let entry = seen.by_status.entry(status).or_default();
+            entry.0 += n;
+            entry.1 += bytes;
+        }
+    }
+    assert_eq!(seen.total(), 200);
+    assert!(seen.by_status.contains_key(&404), "{seen:?}");
+    http_ends_match(&agent, nginx.port(), &seen);
+    no_lost_framing(&agent);
+    let m = agent.metrics();
+    assert_eq!(
+        m.sum(
+            "periscope_kernel_events_lost_total",
+            &[("reason", "tls_unattributed")]
+        ),
+        0.0,
+        "{}",
+        m.text()
+    );
 }
 
 /// A server that answers each request `GET /c/<d>` with one `write` of a chunked response
