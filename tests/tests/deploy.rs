@@ -1,7 +1,9 @@
 //! deploy/: the plain manifests and the Helm chart (rendered by Helm's own Go engine) validate
 //! against Kubernetes' OpenAPI schemas, the chart renders exactly the plain manifests by
 //! default, the security settings are the least-privilege set, the alert rules pass promtool
-//! (and fire in its unit tests), and the dashboards are well formed.
+//! (and fire in its unit tests) with the chart's threshold and duration values in them, every
+//! alert links to a runbook section of deploy/README.md, and the dashboards are well formed
+//! (every selector filters by the cluster and the other variables).
 //!
 //! Tools (all installed by `cargo xtask setup`): `kubernetes-validate` and `helm-python-sdk`
 //! (PyPI), `promtool` (Debian's prometheus). No root, no agent, no cluster.
@@ -24,8 +26,9 @@ use harness::TempDir;
 use serde_json::{json, Value};
 
 use common::{
-    alert_rules, dashboard_queries, dashboard_variables, dashboards, deploy_dir, metric_names,
-    panels, parse_label_values, yaml_docs, yaml_file, KNOWN_METRICS,
+    alert_groups, alert_rule_objects, alert_rules, dashboard_queries, dashboard_variables,
+    dashboards, deploy_dir, metric_names, panels, parse_label_values, selectors, write_rules_file,
+    yaml_docs, yaml_file, KNOWN_METRICS,
 };
 
 /// Oldest and newest Kubernetes versions whose schemas kubernetes-validate ships.
@@ -830,14 +833,64 @@ fn monitors_scrape_the_metrics_port_as_job_periscope() {
     }
 }
 
+/// `alerts.runbookBaseUrl` of the chart's values.yaml.
+fn runbook_base() -> String {
+    let values = &yaml_file(&deploy_dir().join("helm/periscope/values.yaml"))[0];
+    values["alerts"]["runbookBaseUrl"]
+        .as_str()
+        .expect("alerts.runbookBaseUrl")
+        .to_owned()
+}
+
+/// The runbook_url an alert carries by default: its section of deploy/README.md.
+fn runbook_url(alert: &str) -> String {
+    format!("{}#{}", runbook_base(), alert.to_lowercase())
+}
+
+/// The chart's PrometheusRule, rendered with these `alerts` values.
+fn rendered_rule(alerts: Value) -> anyhow::Result<Value> {
+    let objects = render_chart(&json!({"prometheusRule": {"enabled": true}, "alerts": alerts}))?;
+    Ok(find(&objects, "PrometheusRule"))
+}
+
+/// The rule of `alert` in a PrometheusRule's spec.
+fn rule_named<'a>(spec: &'a Value, alert: &str) -> &'a Value {
+    spec["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+        .find(|r| r["alert"] == alert)
+        .unwrap_or_else(|| panic!("no rule {alert}"))
+}
+
+/// Each alert's key under the chart's `alerts` values.
+const ALERT_KEYS: &[(&str, &str)] = &[
+    ("httpServerErrorRatio", "PeriscopeHTTPServerErrorRatioHigh"),
+    ("httpServerLatencyP99", "PeriscopeHTTPServerLatencyP99High"),
+    ("postgresErrorRatio", "PeriscopePostgresErrorRatioHigh"),
+    ("kafkaErrorRatio", "PeriscopeKafkaErrorRatioHigh"),
+    ("kernelEventsLost", "PeriscopeKernelEventsLost"),
+    ("flowEventsLost", "PeriscopeFlowEventsLost"),
+    ("spansDropped", "PeriscopeSpansDropped"),
+    ("seriesDropped", "PeriscopeSeriesDropped"),
+    (
+        "kubernetesAPIUnreachable",
+        "PeriscopeKubernetesAPIUnreachable",
+    ),
+    ("agentDown", "PeriscopeAgentDown"),
+    ("agentAbsent", "PeriscopeAgentAbsent"),
+];
+
 #[test]
 fn alert_rules_pass_promtool_and_match_the_chart() {
     let rule = find(&plain_objects("monitoring"), "PrometheusRule");
-    let chart_rules = &yaml_file(&deploy_dir().join("helm/periscope/files/alerts.yaml"))[0];
-    assert_eq!(&rule["spec"], chart_rules);
+    // The chart's default values render exactly the plain rules.
+    let chart = rendered_rule(json!({})).unwrap();
+    assert_eq!(rule["spec"], chart["spec"]);
+    assert_eq!(rule["spec"], alert_groups());
     let dir = TempDir::new("rules").unwrap();
-    let rules = dir.path().join("rules.yaml");
-    std::fs::write(&rules, serde_yaml::to_string(&rule["spec"]).unwrap()).unwrap();
+    let rules = write_rules_file(dir.path(), &rule["spec"]);
     let out = Command::new("promtool")
         .args(["check", "rules"])
         .arg(&rules)
@@ -856,43 +909,33 @@ fn alert_rules_pass_promtool_and_match_the_chart() {
     );
     assert_eq!(
         names,
-        [
-            "PeriscopeAgentAbsent",
-            "PeriscopeAgentDown",
-            "PeriscopeFlowEventsLost",
-            "PeriscopeHTTPServerErrorRatioHigh",
-            "PeriscopeHTTPServerLatencyP99High",
-            "PeriscopeKafkaErrorRatioHigh",
-            "PeriscopeKernelEventsLost",
-            "PeriscopeKubernetesAPIUnreachable",
-            "PeriscopePostgresErrorRatioHigh",
-            "PeriscopeSeriesDropped",
-            "PeriscopeSpansDropped",
-        ]
-        .map(String::from)
-        .into()
+        ALERT_KEYS
+            .iter()
+            .map(|(_, alert)| alert.to_string())
+            .collect()
     );
-    for group in chart_rules["groups"].as_array().unwrap() {
-        for r in group["rules"].as_array().unwrap() {
-            let name = &r["alert"];
+    for r in alert_rule_objects() {
+        let name = r["alert"].as_str().unwrap();
+        assert!(
+            matches!(
+                r["labels"]["severity"].as_str(),
+                Some("warning" | "critical")
+            ),
+            "{name}"
+        );
+        for key in ["summary", "description"] {
             assert!(
-                matches!(
-                    r["labels"]["severity"].as_str(),
-                    Some("warning" | "critical")
-                ),
-                "{name}"
+                r["annotations"][key]
+                    .as_str()
+                    .is_some_and(|s| !s.is_empty()),
+                "{name} {key}"
             );
-            for key in ["summary", "description"] {
-                assert!(
-                    r["annotations"][key]
-                        .as_str()
-                        .is_some_and(|s| !s.is_empty()),
-                    "{name} {key}"
-                );
-            }
-            for metric in metric_names(r["expr"].as_str().unwrap()) {
-                assert!(KNOWN_METRICS.contains(&metric.as_str()), "{name}: {metric}");
-            }
+        }
+        assert_eq!(r["annotations"]["runbook_url"], runbook_url(name), "{name}");
+        // Every alert has a `for`, which the chart takes from its values.
+        assert!(r["for"].is_string(), "{name}");
+        for metric in metric_names(r["expr"].as_str().unwrap()) {
+            assert!(KNOWN_METRICS.contains(&metric.as_str()), "{name}: {metric}");
         }
     }
 }
@@ -942,16 +985,22 @@ fn alert_rules_follow_the_name_override() {
     let rule = find(&objects, "PrometheusRule");
     let text = rule["spec"].to_string();
     assert!(!text.contains(r#"job=\"periscope\""#), "{text}");
+    assert!(
+        rule_named(&rule["spec"], "PeriscopeAgentAbsent")["annotations"]["description"]
+            .as_str()
+            .unwrap()
+            .contains(r#"job="obs-agent""#)
+    );
     let dir = TempDir::new("rule-override").unwrap();
-    let rules = dir.path().join("rules.yaml");
-    std::fs::write(&rules, text).unwrap();
+    let rules = write_rules_file(dir.path(), &rule["spec"]);
     let agent = r#"job="obs-agent", instance="10.0.0.7:9464", namespace="periscope", pod="obs-agent-x", node="n1""#;
     promtool_test(
         &rules,
         dir.path(),
         "override",
         &format!("      - series: 'up{{{agent}}}'\n        values: '1x5 0x20'"),
-        r#"      - eval_time: 4m
+        &format!(
+            r#"      - eval_time: 4m
         alertname: PeriscopeAgentAbsent
         exp_alerts: []
       - eval_time: 4m
@@ -960,25 +1009,23 @@ fn alert_rules_follow_the_name_override() {
       - eval_time: 15m
         alertname: PeriscopeAgentDown
         exp_alerts:
-          - exp_labels: {job: obs-agent, instance: '10.0.0.7:9464', namespace: periscope, pod: obs-agent-x, node: n1, severity: critical}
+          - exp_labels: {{job: obs-agent, instance: '10.0.0.7:9464', namespace: periscope, pod: obs-agent-x, node: n1, severity: critical}}
             exp_annotations:
               summary: "A Periscope agent cannot be scraped; its node is unobserved."
-              description: "Prometheus has failed to scrape 10.0.0.7:9464 (node n1) for 5 minutes."
+              description: "Prometheus has failed to scrape 10.0.0.7:9464 (node n1) for 5m."
+              runbook_url: "{}"
       - eval_time: 15m
         alertname: PeriscopeAgentAbsent
         exp_alerts: []"#,
+            runbook_url("PeriscopeAgentDown")
+        ),
     );
 }
 
 #[test]
 fn alerts_fire_exactly_when_they_should() {
     let dir = TempDir::new("rule-tests").unwrap();
-    let rules = dir.path().join("rules.yaml");
-    std::fs::copy(
-        deploy_dir().join("helm/periscope/files/alerts.yaml"),
-        &rules,
-    )
-    .unwrap();
+    let rules = write_rules_file(dir.path(), &alert_groups());
     let w = r#"k8s_namespace_name="shop", k8s_owner_kind="Deployment", k8s_owner_name="cart", service_name="cart""#;
     // 10 requests/s of which 1/s are 500s: 10% > 5%, for longer than `for: 10m`.
     promtool_test(
@@ -989,8 +1036,9 @@ fn alerts_fire_exactly_when_they_should() {
             "      - series: 'http_server_request_duration_seconds_count{{{w}, http_response_status_code=\"200\"}}'\n        values: '0+540x30'\n      - series: 'http_server_request_duration_seconds_count{{{w}, http_response_status_code=\"500\"}}'\n        values: '0+60x30'"
         ),
         &format!(
-            "      - eval_time: 25m\n        alertname: PeriscopeHTTPServerErrorRatioHigh\n        exp_alerts:\n          - exp_labels: {{{}}}\n            exp_annotations:\n              summary: More than 5% of HTTP requests fail with 5xx.\n              description: 'shop/cart (cart) answered 10% of its HTTP requests with a 5xx status over the last 5 minutes.'\n      - eval_time: 8m\n        alertname: PeriscopeHTTPServerErrorRatioHigh\n        exp_alerts: []",
-            w.replace('=', ": ") + ", severity: warning"
+            "      - eval_time: 25m\n        alertname: PeriscopeHTTPServerErrorRatioHigh\n        exp_alerts:\n          - exp_labels: {{{}}}\n            exp_annotations:\n              summary: More than 5% of HTTP requests fail with 5xx.\n              description: 'shop/cart (cart) answered 10% of its HTTP requests with a 5xx status over the last 5 minutes.'\n              runbook_url: {}\n      - eval_time: 8m\n        alertname: PeriscopeHTTPServerErrorRatioHigh\n        exp_alerts: []",
+            w.replace('=', ": ") + ", severity: warning",
+            runbook_url("PeriscopeHTTPServerErrorRatioHigh")
         ),
     );
     // 1% errors: no alert.
@@ -1012,8 +1060,9 @@ fn alerts_fire_exactly_when_they_should() {
             "      - series: 'db_client_operation_duration_seconds_count{{{w}, db_system_name=\"postgresql\", db_namespace=\"shop\", error_type=\"42P01\"}}'\n        values: '0+60x30'\n      - series: 'messaging_client_operation_duration_seconds_count{{{w}, messaging_system=\"kafka\", messaging_operation_name=\"send\", error_type=\"\"}}'\n        values: '0+600x30'"
         ),
         &format!(
-            "      - eval_time: 25m\n        alertname: PeriscopePostgresErrorRatioHigh\n        exp_alerts:\n          - exp_labels: {{{}, db_namespace: shop, severity: warning}}\n            exp_annotations:\n              summary: More than 5% of PostgreSQL statements fail.\n              description: '100% of the statements shop/cart (cart) sent to database shop failed over the last 5 minutes (error_type is the SQLSTATE).'\n      - eval_time: 25m\n        alertname: PeriscopeKafkaErrorRatioHigh\n        exp_alerts: []",
-            w.replace('=', ": ")
+            "      - eval_time: 25m\n        alertname: PeriscopePostgresErrorRatioHigh\n        exp_alerts:\n          - exp_labels: {{{}, db_namespace: shop, severity: warning}}\n            exp_annotations:\n              summary: More than 5% of PostgreSQL statements fail.\n              description: '100% of the statements shop/cart (cart) sent to database shop failed over the last 5 minutes (error_type is the SQLSTATE).'\n              runbook_url: {}\n      - eval_time: 25m\n        alertname: PeriscopeKafkaErrorRatioHigh\n        exp_alerts: []",
+            w.replace('=', ": "),
+            runbook_url("PeriscopePostgresErrorRatioHigh")
         ),
     );
     // The agent: down, losing events, dropping series, cut off from the API server.
@@ -1023,57 +1072,493 @@ fn alerts_fire_exactly_when_they_should() {
         dir.path(),
         "agent",
         &format!(
-            "      - series: 'up{{{agent}}}'\n        values: '1 1 0x20'\n      - series: 'periscope_kernel_events_lost_total{{{agent}, reason=\"ringbuf_full\"}}'\n        values: '0+10x20'\n      - series: 'periscope_kernel_events_lost_total{{{agent}, reason=\"conn_table_full\"}}'\n        values: '0x20'\n      - series: 'periscope_series_dropped_total{{{agent}, metric=\"http_server_request_duration_seconds\"}}'\n        values: '0 0 0 5 5 5 5'\n      - series: 'periscope_kubernetes_connected{{{agent}}}'\n        values: '1 1 0x20'\n      - series: 'periscope_flow_events_lost_total{{{agent}, reason=\"flow_table_full\"}}'\n        values: '0+30x20'\n      - series: 'periscope_spans_dropped_total{{{agent}, reason=\"export_failed\"}}'\n        values: '0+120x20'\n      - series: 'periscope_spans_dropped_total{{{agent}, reason=\"queue_full\"}}'\n        values: '0x20'"
+            "      - series: 'up{{{agent}}}'\n        values: '1 1 0x20'\n      - series: 'periscope_kernel_events_sent_total{{{agent}}}'\n        values: '0+590x20'\n      - series: 'periscope_kernel_events_lost_total{{{agent}, reason=\"ringbuf_full\"}}'\n        values: '0+10x20'\n      - series: 'periscope_kernel_events_lost_total{{{agent}, reason=\"conn_table_full\"}}'\n        values: '0x20'\n      - series: 'periscope_series_dropped_total{{{agent}, metric=\"http_server_request_duration_seconds\"}}'\n        values: '0 0 0 5 5 5 5'\n      - series: 'periscope_kubernetes_connected{{{agent}}}'\n        values: '1 1 0x20'\n      - series: 'periscope_flow_events_lost_total{{{agent}, reason=\"flow_table_full\"}}'\n        values: '0+30x20'\n      - series: 'periscope_spans_dropped_total{{{agent}, reason=\"export_failed\"}}'\n        values: '0+120x20'\n      - series: 'periscope_spans_dropped_total{{{agent}, reason=\"queue_full\"}}'\n        values: '0x20'"
         ),
-        r#"      - eval_time: 15m
+        &format!(
+            r#"      - eval_time: 15m
         alertname: PeriscopeAgentDown
         exp_alerts:
-          - exp_labels: {job: periscope, instance: '10.0.0.7:9464', namespace: periscope, pod: periscope-x, node: n1, severity: critical}
+          - exp_labels: {{job: periscope, instance: '10.0.0.7:9464', namespace: periscope, pod: periscope-x, node: n1, severity: critical}}
             exp_annotations:
               summary: "A Periscope agent cannot be scraped; its node is unobserved."
-              description: "Prometheus has failed to scrape 10.0.0.7:9464 (node n1) for 5 minutes."
+              description: "Prometheus has failed to scrape 10.0.0.7:9464 (node n1) for 5m."
+              runbook_url: "{}"
       - eval_time: 15m
         alertname: PeriscopeKernelEventsLost
         exp_alerts:
-          - exp_labels: {namespace: periscope, pod: periscope-x, node: n1, reason: ringbuf_full, severity: warning}
+          - exp_labels: {{namespace: periscope, pod: periscope-x, node: n1, reason: ringbuf_full, severity: warning}}
             exp_annotations:
-              summary: "Periscope is losing kernel events; traffic is undercounted."
-              description: "The agent on n1 (periscope-x) loses 0.167 kernel events/s (ringbuf_full). ringbuf_full: raise PERISCOPE_RINGBUF_BYTES or the CPU limit; *_table_full: the node has more concurrent connections than the kernel tables hold."
+              summary: "Periscope loses more than 0.1% of its kernel events; traffic is undercounted."
+              description: "The agent on n1 (periscope-x) loses 1.667% of its kernel events (ringbuf_full). ringbuf_full: raise PERISCOPE_RINGBUF_BYTES or the CPU limit; *_table_full: the node has more concurrent connections than the kernel tables hold."
+              runbook_url: "{}"
       - eval_time: 5m
         alertname: PeriscopeSeriesDropped
         exp_alerts:
-          - exp_labels: {namespace: periscope, pod: periscope-x, node: n1, metric: http_server_request_duration_seconds, severity: warning}
+          - exp_labels: {{namespace: periscope, pod: periscope-x, node: n1, metric: http_server_request_duration_seconds, severity: warning}}
             exp_annotations:
               summary: "Periscope's cardinality cap was hit; some observations are dropped."
               description: "The agent on n1 dropped 5 observations of http_server_request_duration_seconds in 15 minutes because it already has PERISCOPE_MAX_SERIES label sets or all series hold PERISCOPE_SERIES_MEMORY_BUDGET bytes (periscope_series_memory_bytes). Look for a label with unbounded values (routes, tables, topics), or raise the cap."
+              runbook_url: "{}"
       - eval_time: 15m
         alertname: PeriscopeKubernetesAPIUnreachable
         exp_alerts:
-          - exp_labels: {namespace: periscope, pod: periscope-x, node: n1, severity: warning}
+          - exp_labels: {{namespace: periscope, pod: periscope-x, node: n1, severity: warning}}
             exp_annotations:
               summary: "Periscope cannot reach the Kubernetes API; new pods are not attributed."
-              description: "The agent on n1 (periscope-x) has not been connected to the Kubernetes API for 5 minutes: series of pods started since then lack k8s_* labels. Check the agent log and its ServiceAccount's RBAC."
+              description: "The agent on n1 (periscope-x) has not been connected to the Kubernetes API for 5m: series of pods started since then lack k8s_* labels. Check the agent log and its ServiceAccount's RBAC."
+              runbook_url: "{}"
       - eval_time: 15m
         alertname: PeriscopeFlowEventsLost
         exp_alerts:
-          - exp_labels: {namespace: periscope, pod: periscope-x, node: n1, reason: flow_table_full, severity: warning}
+          - exp_labels: {{namespace: periscope, pod: periscope-x, node: n1, reason: flow_table_full, severity: warning}}
             exp_annotations:
               summary: "Periscope is losing TCP flow updates; network_* metrics undercount."
               description: "The agent on n1 (periscope-x) loses 0.5 flow updates/s (flow_table_full). flow_table_full: the node has more concurrent flows than the kernel flow table holds."
+              runbook_url: "{}"
       - eval_time: 15m
         alertname: PeriscopeSpansDropped
         exp_alerts:
-          - exp_labels: {namespace: periscope, pod: periscope-x, node: n1, reason: export_failed, severity: warning}
+          - exp_labels: {{namespace: periscope, pod: periscope-x, node: n1, reason: export_failed, severity: warning}}
             exp_annotations:
               summary: "Periscope drops spans before they reach the collector."
               description: "The agent on n1 (periscope-x) drops 2 spans/s (export_failed). export_failed: the OTLP collector is unreachable or refuses them (see periscope_span_export_errors_total and the agent log); queue_full: the collector is slower than the traffic, raise its capacity or PERISCOPE_TRACES_QUEUE_SIZE."
+              runbook_url: "{}"
       - eval_time: 8m
         alertname: PeriscopeSpansDropped
         exp_alerts: []
       - eval_time: 15m
         alertname: PeriscopeAgentAbsent
         exp_alerts: []"#,
+            runbook_url("PeriscopeAgentDown"),
+            runbook_url("PeriscopeKernelEventsLost"),
+            runbook_url("PeriscopeSeriesDropped"),
+            runbook_url("PeriscopeKubernetesAPIUnreachable"),
+            runbook_url("PeriscopeFlowEventsLost"),
+            runbook_url("PeriscopeSpansDropped"),
+        ),
     );
+    // Kernel events: a loss is a ratio of what the kernel sent and lost, so 0.5 events/s lost
+    // out of 1000/s (0.05%) stays under the 0.1% threshold.
+    promtool_test(
+        &rules,
+        dir.path(),
+        "kernel-small-loss",
+        &format!(
+            "      - series: 'periscope_kernel_events_sent_total{{{agent}}}'\n        values: '0+60000x20'\n      - series: 'periscope_kernel_events_lost_total{{{agent}, reason=\"ringbuf_full\"}}'\n        values: '0+30x20'"
+        ),
+        "      - eval_time: 15m\n        alertname: PeriscopeKernelEventsLost\n        exp_alerts: []",
+    );
+}
+
+/// Values other than the defaults for every alert: each threshold, minimum rate and duration.
+fn custom_alert_values() -> Value {
+    json!({
+        "runbookBaseUrl": "https://wiki.example.com/periscope/",
+        "httpServerErrorRatio": {"threshold": 0.2, "minRate": 0.5, "for": "2m"},
+        "httpServerLatencyP99": {"threshold": 2.5, "minRate": 0.25, "for": "15m"},
+        "postgresErrorRatio": {"threshold": 0.1, "minRate": 1, "for": "20m"},
+        "kafkaErrorRatio": {"threshold": 0.15, "minRate": 2, "for": "30m"},
+        "kernelEventsLost": {"threshold": 0.05, "for": "1m"},
+        "flowEventsLost": {"threshold": 3, "for": "7m"},
+        "spansDropped": {"threshold": 4, "for": "11m"},
+        "seriesDropped": {"threshold": 10, "for": "1m"},
+        "kubernetesAPIUnreachable": {"for": "6m"},
+        "agentDown": {"for": "3m"},
+        "agentAbsent": {"for": "1h"},
+    })
+}
+
+/// The numbers an expression compares with (`> 0.05`), in order.
+fn compared_with(expr: &str) -> Vec<f64> {
+    expr.match_indices("> ")
+        .filter_map(|(i, _)| expr[i + 2..].split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+/// The expression with every number it compares with replaced by `N`.
+fn without_comparands(expr: &str) -> String {
+    let mut out = String::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("> ") {
+        out.push_str(&rest[..i + 2]);
+        rest = &rest[i + 2..];
+        let number = rest.find(|c: char| c.is_whitespace()).unwrap_or(rest.len());
+        if rest[..number].parse::<f64>().is_ok() {
+            out.push('N');
+            rest = &rest[number..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Every threshold, minimum rate and `for` of the chart's `alerts` values lands in its rule,
+/// and nothing else changes; promtool shows them at work.
+#[test]
+fn alert_thresholds_and_durations_are_chart_values() {
+    let values = custom_alert_values();
+    let rule = rendered_rule(values.clone()).unwrap();
+    assert_eq!(
+        validate_custom_resources(std::slice::from_ref(&rule)).unwrap(),
+        1
+    );
+    let defaults = alert_groups();
+    for (key, alert) in ALERT_KEYS {
+        let ours = rule_named(&rule["spec"], alert);
+        let default = rule_named(&defaults, alert);
+        let v = &values[key];
+        assert_eq!(ours["for"], v["for"], "{alert}");
+        assert_ne!(
+            default["for"], v["for"],
+            "{alert}: the test value is the default"
+        );
+        let expr = ours["expr"].as_str().unwrap();
+        let default_expr = default["expr"].as_str().unwrap();
+        // The threshold, then the workload alerts' minimum rate, in the expression.
+        let expected: Vec<f64> = ["threshold", "minRate"]
+            .iter()
+            .filter_map(|k| v[k].as_f64())
+            .collect();
+        assert_eq!(compared_with(expr), expected, "{alert}: {expr}");
+        assert_eq!(
+            compared_with(default_expr).len(),
+            expected.len(),
+            "{alert}: {default_expr}"
+        );
+        for (ours, default) in compared_with(expr).iter().zip(compared_with(default_expr)) {
+            assert_ne!(*ours, default, "{alert}: the test value is the default");
+        }
+        assert_eq!(
+            without_comparands(expr),
+            without_comparands(default_expr),
+            "{alert}"
+        );
+        assert_eq!(
+            ours["annotations"]["runbook_url"],
+            format!(
+                "https://wiki.example.com/periscope#{}",
+                alert.to_lowercase()
+            ),
+            "{alert}"
+        );
+    }
+    // The text follows the values.
+    let text = |alert: &str, key: &str| {
+        rule_named(&rule["spec"], alert)["annotations"][key]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    for (alert, summary) in [
+        ("PeriscopeHTTPServerErrorRatioHigh", "More than 20% of"),
+        ("PeriscopePostgresErrorRatioHigh", "More than 10% of"),
+        ("PeriscopeKafkaErrorRatioHigh", "More than 15% of"),
+        ("PeriscopeKernelEventsLost", "loses more than 5% of"),
+        ("PeriscopeHTTPServerLatencyP99High", "above 2.5 s"),
+    ] {
+        assert!(text(alert, "summary").contains(summary), "{alert}");
+    }
+    assert!(text("PeriscopeKubernetesAPIUnreachable", "description").contains("API for 6m:"));
+    assert!(text("PeriscopeAgentDown", "description").ends_with("for 3m."));
+
+    // At work: 10% of 5xx no longer fires at 20%, 25% fires after 2 minutes instead of 10
+    // (the default rules stay silent at 8m, `alerts_fire_exactly_when_they_should`), and an
+    // idle workload failing everything stays below the minimum rate of 0.5 requests/s.
+    let dir = TempDir::new("rule-values").unwrap();
+    let rules = write_rules_file(dir.path(), &rule["spec"]);
+    let series = |owner: &str, ok: u32, failed: u32| {
+        let w = format!(
+            r#"k8s_namespace_name="shop", k8s_owner_kind="Deployment", k8s_owner_name="{owner}", service_name="{owner}""#
+        );
+        format!(
+            "      - series: 'http_server_request_duration_seconds_count{{{w}, http_response_status_code=\"200\"}}'\n        values: '0+{ok}x30'\n      - series: 'http_server_request_duration_seconds_count{{{w}, http_response_status_code=\"500\"}}'\n        values: '0+{failed}x30'"
+        )
+    };
+    promtool_test(
+        &rules,
+        dir.path(),
+        "values",
+        &[
+            series("cart", 540, 60),
+            series("checkout", 450, 150),
+            series("idle", 0, 18),
+        ]
+        .join("\n"),
+        r#"      - eval_time: 8m
+        alertname: PeriscopeHTTPServerErrorRatioHigh
+        exp_alerts:
+          - exp_labels: {k8s_namespace_name: shop, k8s_owner_kind: Deployment, k8s_owner_name: checkout, service_name: checkout, severity: warning}
+            exp_annotations:
+              summary: More than 20% of HTTP requests fail with 5xx.
+              description: 'shop/checkout (checkout) answered 25% of its HTTP requests with a 5xx status over the last 5 minutes.'
+              runbook_url: https://wiki.example.com/periscope#periscopehttpservererrorratiohigh
+      - eval_time: 25m
+        alertname: PeriscopeHTTPServerErrorRatioHigh
+        exp_alerts:
+          - exp_labels: {k8s_namespace_name: shop, k8s_owner_kind: Deployment, k8s_owner_name: checkout, service_name: checkout, severity: warning}
+            exp_annotations:
+              summary: More than 20% of HTTP requests fail with 5xx.
+              description: 'shop/checkout (checkout) answered 25% of its HTTP requests with a 5xx status over the last 5 minutes.'
+              runbook_url: https://wiki.example.com/periscope#periscopehttpservererrorratiohigh"#,
+    );
+
+    // No base URL: no runbook_url.
+    let rule = rendered_rule(json!({"runbookBaseUrl": ""})).unwrap();
+    for r in rule["spec"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+    {
+        assert!(r["annotations"].get("runbook_url").is_none(), "{r}");
+    }
+}
+
+/// Alert values Prometheus or the Operator would not take, or a ratio no error ratio can
+/// reach, are refused at render time with the value's path, the value and the fix.
+#[test]
+fn chart_refuses_bad_alert_values() {
+    for (alerts, expected) in [
+        (
+            json!({"agentDown": {"for": 10}}),
+            "alerts.agentDown.for: 10 is not a Prometheus duration; write it with its unit",
+        ),
+        (
+            json!({"agentAbsent": {"for": "5 minutes"}}),
+            "alerts.agentAbsent.for: 5 minutes is not a Prometheus duration",
+        ),
+        (
+            json!({"httpServerErrorRatio": {"threshold": 5}}),
+            "alerts.httpServerErrorRatio.threshold: 5 is above 1",
+        ),
+        (
+            json!({"kernelEventsLost": {"threshold": "high"}}),
+            "alerts.kernelEventsLost.threshold: high is not a number",
+        ),
+        (
+            json!({"kafkaErrorRatio": {"minRate": -1}}),
+            "alerts.kafkaErrorRatio.minRate: -1 is negative",
+        ),
+    ] {
+        let err = format!("{:#}", rendered_rule(alerts.clone()).unwrap_err());
+        assert!(err.contains(expected), "{alerts}: {err}");
+    }
+    // A latency threshold is in seconds, not a ratio: above 1 is fine.
+    let rule = rendered_rule(json!({"httpServerLatencyP99": {"threshold": 5}})).unwrap();
+    assert_eq!(
+        compared_with(
+            rule_named(&rule["spec"], "PeriscopeHTTPServerLatencyP99High")["expr"]
+                .as_str()
+                .unwrap()
+        ),
+        [5.0, 0.1]
+    );
+    // Without the PrometheusRule, the values are not used (nor checked).
+    render_chart(&json!({"alerts": {"agentDown": {"for": 10}}})).unwrap();
+}
+
+/// One heading of a Markdown file and what it holds.
+#[derive(Debug)]
+struct Section {
+    level: usize,
+    title: String,
+    /// GitHub's anchor for it (`#…` in a link).
+    anchor: String,
+    /// Its first line and the line after its last (the next heading of its level or above).
+    lines: std::ops::Range<usize>,
+    /// Its text, sub-sections included.
+    body: String,
+}
+
+/// GitHub's anchor for a heading: lower case, punctuation (everything but letters, digits,
+/// `-`, `_` and spaces) removed, spaces turned into dashes. Repeats get `-1`, `-2`… (see
+/// [`markdown_sections`]).
+fn github_anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The ATX headings (`## Title`) of a Markdown text outside fenced code blocks, with their
+/// sections.
+fn markdown_sections(text: &str) -> Vec<Section> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut headings = Vec::new();
+    let mut fence: Option<&str> = None;
+    for (i, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_start();
+        if let Some(open) = fence {
+            if trimmed.starts_with(open) {
+                fence = None;
+            }
+            continue;
+        }
+        if trimmed.starts_with("```") || trimmed.starts_with("~~~") {
+            fence = Some(&trimmed[..3]);
+            continue;
+        }
+        let level = line.chars().take_while(|&c| c == '#').count();
+        if (1..=6).contains(&level) && line[level..].starts_with(' ') {
+            headings.push((i, level, line[level..].trim().to_owned()));
+        }
+    }
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut sections = Vec::new();
+    for (n, (start, level, title)) in headings.iter().enumerate() {
+        let end = headings[n + 1..]
+            .iter()
+            .find(|(_, l, _)| l <= level)
+            .map_or(lines.len(), |(i, _, _)| *i);
+        let base = github_anchor(title);
+        let count = seen.entry(base.clone()).or_insert(0);
+        let anchor = if *count == 0 {
+            base
+        } else {
+            format!("{base}-{count}")
+        };
+        *count += 1;
+        sections.push(Section {
+            level: *level,
+            title: title.clone(),
+            anchor,
+            lines: *start..end,
+            body: lines[start + 1..end].join("\n"),
+        });
+    }
+    sections
+}
+
+/// Whether `text` names `metric` (a family: `_count`, `_bucket` or `_sum` may follow) as a
+/// whole name, not as part of another.
+fn mentions_metric(text: &str, metric: &str) -> bool {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    text.match_indices(metric).any(|(i, _)| {
+        let before = text[..i].chars().next_back();
+        let after = &text[i + metric.len()..];
+        before.is_none_or(|c| !ident(c))
+            && (after.chars().next().is_none_or(|c| !ident(c))
+                || ["_count", "_bucket", "_sum"].iter().any(|s| {
+                    after
+                        .strip_prefix(s)
+                        .is_some_and(|rest| rest.chars().next().is_none_or(|c| !ident(c)))
+                }))
+    })
+}
+
+#[test]
+fn github_anchors_follow_githubs_rules() {
+    assert_eq!(github_anchor("PeriscopeAgentDown"), "periscopeagentdown");
+    assert_eq!(
+        github_anchor("2a. Install with kubectl"),
+        "2a-install-with-kubectl"
+    );
+    // The main README links to this one from deploy/README.md's neighbour.
+    assert_eq!(
+        github_anchor("TLS (`--tls`, on by default)"),
+        "tls---tls-on-by-default"
+    );
+    let sections = markdown_sections(
+        "# A\n\n```sh\n# not a heading\n```\n\n## B b\n\ntext\n\n### C\n\n## B b\n\n#no heading\n",
+    );
+    let found: Vec<(usize, &str, &str)> = sections
+        .iter()
+        .map(|s| (s.level, s.title.as_str(), s.anchor.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (1, "A", "a"),
+            (2, "B b", "b-b"),
+            (3, "C", "c"),
+            (2, "B b", "b-b-1")
+        ]
+    );
+    assert_eq!(sections[1].body, "\ntext\n\n### C\n");
+    assert!(mentions_metric("`up{job}`", "up"));
+    assert!(!mentions_metric("upstream", "up"));
+    assert!(mentions_metric(
+        "rate(http_server_request_duration_seconds_bucket[5m])",
+        "http_server_request_duration_seconds"
+    ));
+    assert!(!mentions_metric(
+        "periscope_kernel_events_lost_total_x",
+        "periscope_kernel_events_lost_total"
+    ));
+}
+
+/// Every alert's runbook_url points at a heading of deploy/README.md under "Runbooks", named
+/// after the alert; that section says what it means, its causes, what to check and how to fix
+/// it, and names every metric the alert's expression uses. Every runbook there is an alert's,
+/// and every in-page link of the README lands on a heading.
+#[test]
+fn every_alert_has_a_runbook_section_in_the_readme() {
+    let readme = std::fs::read_to_string(deploy_dir().join("README.md")).unwrap();
+    let sections = markdown_sections(&readme);
+    let by_anchor: BTreeMap<&str, &Section> =
+        sections.iter().map(|s| (s.anchor.as_str(), s)).collect();
+    let runbooks = by_anchor["runbooks"];
+    let runbook_sections: BTreeMap<&str, &Section> = sections
+        .iter()
+        .filter(|s| s.level == runbooks.level + 1 && runbooks.lines.contains(&s.lines.start))
+        .map(|s| (s.title.as_str(), s))
+        .collect();
+    assert!(
+        runbook_base().ends_with("/blob/main/deploy/README.md"),
+        "{}",
+        runbook_base()
+    );
+    let mut alerts = BTreeSet::new();
+    for rule in alert_rule_objects() {
+        let name = rule["alert"].as_str().unwrap();
+        alerts.insert(name.to_owned());
+        let url = rule["annotations"]["runbook_url"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} has no runbook_url"));
+        let (base, anchor) = url.rsplit_once('#').unwrap();
+        assert_eq!(base, runbook_base(), "{name}");
+        let section = by_anchor.get(anchor).unwrap_or_else(|| {
+            panic!("{name}: no heading of deploy/README.md has anchor #{anchor}")
+        });
+        assert_eq!(section.title, name);
+        assert_eq!(
+            runbook_sections.get(name).map(|s| s.lines.start),
+            Some(section.lines.start),
+            "{name}: not under Runbooks"
+        );
+        for part in [
+            "**What it means.**",
+            "**Likely causes",
+            "**What to check.**",
+            "**How to fix.**",
+        ] {
+            assert!(section.body.contains(part), "{name}: no {part}");
+        }
+        for metric in metric_names(rule["expr"].as_str().unwrap()) {
+            assert!(
+                mentions_metric(&section.body, &metric),
+                "{name}: the runbook does not name {metric}"
+            );
+        }
+    }
+    assert_eq!(
+        runbook_sections
+            .keys()
+            .map(|s| s.to_string())
+            .collect::<BTreeSet<_>>(),
+        alerts,
+        "runbooks without an alert"
+    );
+    for (i, _) in readme.match_indices("](#") {
+        let anchor = &readme[i + 3..i + 3 + readme[i + 3..].find(')').unwrap()];
+        assert!(by_anchor.contains_key(anchor), "broken link #{anchor}");
+    }
 }
 
 #[test]
@@ -1091,12 +1576,13 @@ fn dashboards_are_well_formed() {
             .as_str()
             .unwrap()
             .starts_with("Periscope / "));
-        // Template variables: each with an "All" of `.*`, queried with label_values.
+        // Template variables: each with an "All" of `.*`, queried with label_values; the
+        // cluster first, so that the others list what the chosen clusters have.
         let variables = dashboard_variables(dashboard);
         let expected: &[&str] = if name == "agent" {
-            &["node"]
+            &["cluster", "node"]
         } else {
-            &["namespace", "workload", "service"]
+            &["cluster", "namespace", "workload", "service"]
         };
         assert_eq!(
             variables
@@ -1106,19 +1592,36 @@ fn dashboards_are_well_formed() {
             expected,
             "{name}"
         );
-        for (var, v) in &variables {
-            assert_eq!(v["includeAll"], true, "{name} ${var}");
-            assert_eq!(v["allValue"], ".*", "{name} ${var}");
-            parse_label_values(v["query"]["query"].as_str().unwrap()).unwrap();
-        }
         let label_of = |var: &str| match var {
+            "cluster" => "cluster",
             "namespace" => "k8s_namespace_name",
             "workload" => "k8s_owner_name",
             "service" => "service_name",
             _ => "node",
         };
-        // Every panel has a query; every query filters by every variable, uses the rate
-        // interval Grafana picks, and names only metrics of the interface.
+        let filter = |var: &str| format!("{}=~\"${var}\"", label_of(var));
+        for (i, (var, v)) in variables.iter().enumerate() {
+            assert_eq!(v["includeAll"], true, "{name} ${var}");
+            // `.*` also matches a series without the label: with no `cluster` label at all
+            // (one Prometheus) the cluster selector is empty and every query still matches.
+            assert_eq!(v["allValue"], ".*", "{name} ${var}");
+            let query = v["query"]["query"].as_str().unwrap();
+            assert_eq!(v["definition"], query, "{name} ${var}");
+            let (selector, label) = parse_label_values(query).unwrap();
+            assert_eq!(label, label_of(var), "{name} ${var}");
+            // Each lists what the variables before it chose.
+            for (before, _) in &variables[..i] {
+                assert!(
+                    selectors(&selector)
+                        .iter()
+                        .all(|s| s.contains(&filter(before))),
+                    "{name} ${var}: does not filter by ${before}: {query}"
+                );
+            }
+        }
+        // Every panel has a query; every selector of every query filters by every variable,
+        // every metric has a selector, queries use the rate interval Grafana picks, and name
+        // only metrics of the interface.
         for panel in panels(dashboard) {
             let targets = panel["targets"].as_array().map_or(&[][..], Vec::as_slice);
             assert!(
@@ -1132,11 +1635,15 @@ fn dashboards_are_well_formed() {
         }
         for q in dashboard_queries(dashboard) {
             let context = format!("{name} / {}: {}", q.panel, q.expr);
-            for (var, _) in &variables {
-                assert!(
-                    q.expr.contains(&format!("{}=~\"${var}\"", label_of(var))),
-                    "{context}: does not filter by ${var}"
-                );
+            let selectors = selectors(&q.expr);
+            assert!(!selectors.is_empty(), "{context}");
+            for selector in &selectors {
+                for (var, _) in &variables {
+                    assert!(
+                        selector.contains(&filter(var)),
+                        "{context}: {{{selector}}} does not filter by ${var}"
+                    );
+                }
             }
             if q.expr.contains("rate(") || q.expr.contains("increase(") {
                 assert!(q.expr.contains("[$__rate_interval]"), "{context}");
@@ -1149,9 +1656,26 @@ fn dashboards_are_well_formed() {
                     KNOWN_METRICS.contains(&metric.as_str()),
                     "{context}: unknown metric {metric}"
                 );
+                assert!(
+                    !has_bare_metric(&q.expr, &metric),
+                    "{context}: {metric} without a selector"
+                );
             }
         }
     }
+}
+
+/// Whether `metric` (a family: `_count`, `_bucket`, `_sum` may follow) appears in `expr`
+/// without a `{…}` selector right after it, which no variable could filter.
+fn has_bare_metric(expr: &str, metric: &str) -> bool {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    expr.match_indices(metric).any(|(i, _)| {
+        if expr[..i].chars().next_back().is_some_and(ident) {
+            return false;
+        }
+        let rest = expr[i + metric.len()..].trim_start_matches(ident);
+        !rest.starts_with('{')
+    })
 }
 
 /// Whether a fixed range selector such as `[5m]` appears (a regex class like `[45]..` does

@@ -123,17 +123,74 @@ pub fn parse_label_values(query: &str) -> anyhow::Result<(String, String)> {
     Ok((selector.trim().to_owned(), label.trim().to_owned()))
 }
 
-/// The alert rules of the Helm chart's files/alerts.yaml (the plain PrometheusRule holds the
-/// same groups): (alert name, expr).
-pub fn alert_rules() -> Vec<(String, String)> {
-    let path = deploy_dir().join("helm/periscope/files/alerts.yaml");
+/// The `spec` (groups) of the plain PrometheusRule, deploy/kubernetes/monitoring/
+/// prometheusrule.yaml: the rules a Prometheus without the Operator loads, and what the Helm
+/// chart renders with its default values.
+pub fn alert_groups() -> Value {
+    let path = deploy_dir().join("kubernetes/monitoring/prometheusrule.yaml");
     let docs = yaml_file(&path);
+    assert_eq!(docs.len(), 1, "{}: one PrometheusRule", path.display());
+    docs[0]["spec"].clone()
+}
+
+/// Every rule of [`alert_groups`], in order.
+pub fn alert_rule_objects() -> Vec<Value> {
+    let groups = alert_groups();
     let mut out = Vec::new();
-    for group in docs[0]["groups"].as_array().expect("groups") {
-        for rule in group["rules"].as_array().expect("rules") {
+    for group in groups["groups"].as_array().expect("groups") {
+        out.extend(group["rules"].as_array().expect("rules").iter().cloned());
+    }
+    out
+}
+
+/// The alert rules of the plain PrometheusRule (the chart renders the same by default):
+/// (alert name, expr).
+pub fn alert_rules() -> Vec<(String, String)> {
+    alert_rule_objects()
+        .iter()
+        .map(|rule| {
             let name = rule["alert"].as_str().expect("alert name").to_owned();
             let expr = rule["expr"].as_str().expect("expr").to_owned();
-            out.push((name, expr));
+            (name, expr)
+        })
+        .collect()
+}
+
+/// Writes the alert groups as a Prometheus rules file `rules.yaml` in `dir` (what promtool and
+/// Prometheus load); returns its path.
+pub fn write_rules_file(dir: &Path, groups: &Value) -> PathBuf {
+    let path = dir.join("rules.yaml");
+    let text = serde_yaml::to_string(groups).expect("rules as YAML");
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    path
+}
+
+/// The label selectors (`{...}`, without the braces) of a PromQL expression or of a
+/// `label_values(...)` query, in order; braces inside quoted strings do not count.
+pub fn selectors(expr: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut open = None;
+    for (i, c) in expr.char_indices() {
+        if in_string {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_string = true,
+            '{' => open = Some(i + 1),
+            '}' => {
+                if let Some(start) = open.take() {
+                    out.push(&expr[start..i]);
+                }
+            }
+            _ => {}
         }
     }
     out
@@ -148,7 +205,7 @@ pub fn grafana_substitute(expr: &str) -> anyhow::Result<String> {
         .replace("${__rate_interval}", "1m")
         .replace("$__interval", "15s")
         .replace("$__range", "5m");
-    for var in ["namespace", "workload", "service", "node"] {
+    for var in ["cluster", "namespace", "workload", "service", "node"] {
         out = out
             .replace(&format!("${{{var}}}"), ".*")
             .replace(&format!("${var}"), ".*");
@@ -188,6 +245,7 @@ pub const KNOWN_METRICS: &[&str] = &[
     "syscall_duration_seconds",
     "syscall_errors_total",
     "periscope_kernel_events_lost_total",
+    "periscope_kernel_events_sent_total",
     "periscope_events_read_total",
     "periscope_series_dropped_total",
     "periscope_parse_errors_total",
