@@ -22,8 +22,9 @@ use core::ffi::c_void;
 
 use agent_ebpf::{
     ConnInfo, ConnectConfig, Counter, EventHeader, EventKind, LocalAddr, SockKey, Syscall,
-    DIR_EGRESS, DIR_INGRESS, HEADER_LEN, MAX_CAPTURE, MAX_IOVECS, OPEN_COMM_OFFSET,
-    OPEN_LOCAL_OFFSET, OPEN_PAYLOAD_LEN, ORIGIN_ACCEPT, ORIGIN_CONNECT, RECENT_FDS, SOCKADDR_LEN,
+    DIR_EGRESS, DIR_INGRESS, HEADER_LEN, MAX_CAPTURE, MAX_IOVECS, MUTED_ALL, MUTED_CIPHER,
+    OPEN_COMM_OFFSET, OPEN_LOCAL_OFFSET, OPEN_PAYLOAD_LEN, ORIGIN_ACCEPT, ORIGIN_CONNECT,
+    RECENT_FDS, SOCKADDR_LEN,
 };
 use aya_ebpf::{
     helpers::{
@@ -203,8 +204,12 @@ pub fn on_io<R: Regs, const FRAMED: bool>(
     if config().tls != 0 && tls::in_call(pid_tgid, fd) {
         return;
     }
-    // SAFETY: only the presence matters.
-    if unsafe { MUTED.get(&conn.conn_id) }.is_some() {
+    // SAFETY: copied out at once.
+    if let Some(muted) = unsafe { MUTED.get(&conn.conn_id) }.copied() {
+        // A TLS socket's I/O outside library calls: a library on memory BIOs.
+        if muted != MUTED_ALL && config().tls != 0 {
+            tls::outside_call(pid_tgid, fd, &conn, direction);
+        }
         return;
     }
     let Some(buf) = data_event(pid_tgid, &conn, fd, ret, direction, syscall) else {
@@ -240,6 +245,11 @@ pub fn on_io<R: Regs, const FRAMED: bool>(
     let captured = if buffer == Buffer::None { 0 } else { captured };
     if buffer != Buffer::None && captured < limit {
         bump(Counter::ReadUserFailed);
+    }
+    if config().tls != 0 && captured >= 9 && tls::is_client_hello(&buf.payload) {
+        // Encrypted from here on: muted at once, not a drain later (userspace mutes it too),
+        // so that a library on memory BIOs is followed from its first request.
+        let _ = MUTED.insert(&conn.conn_id, &MUTED_CIPHER, BPF_NOEXIST);
     }
     submit(buf, captured);
 }

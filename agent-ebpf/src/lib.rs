@@ -134,6 +134,14 @@ pub enum Syscall {
     SslRead = 18,
     /// Plaintext handed to a TLS library's write (`SSL_write`, `SSL_write_ex`).
     SslWrite = 19,
+    /// Plaintext handed to a TLS library's write whose socket is not known yet: a library on
+    /// memory BIOs (Python `asyncio`, Node.js) writes the ciphertext to the socket itself,
+    /// after the call. The header's `conn_id` is the `SSL *` and `fd` is -1; a
+    /// `TlsBind` event names the connection when the thread's next TLS socket write shows it.
+    SslWriteUnbound = 20,
+    /// A `Data` event without bytes: the `SSL *` in the 8 payload bytes writes to this
+    /// header's connection (its earlier `SslWriteUnbound` plaintext belongs there).
+    TlsBind = 21,
 }
 
 impl Syscall {

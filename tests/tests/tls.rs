@@ -381,3 +381,164 @@ print(n)
         wait_for_metric(&agent, name, &payments, n, WAIT).unwrap();
     }
 }
+
+/// An HTTPS server on Python `asyncio` (TLS on memory BIOs: the event loop reads and writes
+/// the socket itself, `SSL_read`/`SSL_write` do no I/O), answering `/ok…` with 200 and
+/// anything else with 404, keep-alive.
+const ASYNCIO_SERVER: &str = r#"
+import asyncio, ssl, sys
+port, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+
+async def handle(r, w):
+    try:
+        while True:
+            head = await r.readuntil(b"\r\n\r\n")
+            path = head.split(b" ")[1]
+            status = b"200 OK" if path.startswith(b"/ok") else b"404 Not Found"
+            body = b"hello\n"
+            w.write(b"HTTP/1.1 " + status + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            await w.drain()
+    except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+        pass
+    w.close()
+
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", port, ssl=ctx)
+    async with server:
+        await server.serve_forever()
+
+asyncio.run(main())
+"#;
+
+/// An `asyncio` HTTPS client: two keep-alive connections at once on the event loop's one
+/// thread (eight `/ok`, six `/users/<n>`), then five connections of one `/missing` each.
+const ASYNCIO_CLIENT: &str = r#"
+import asyncio, os, ssl
+port = int(os.environ["PORT"])
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+
+async def connection(paths):
+    r, w = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+    for path in paths:
+        w.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await w.drain()
+        head = (await r.readuntil(b"\r\n\r\n")).lower()
+        length = int(head.split(b"content-length:")[1].split(b"\r\n")[0])
+        await r.readexactly(length)
+    w.close()
+    await w.wait_closed()
+
+async def main():
+    await asyncio.gather(
+        connection(["/ok"] * 8),
+        connection([f"/users/{n}" for n in range(1, 7)]),
+    )
+    for _ in range(5):
+        await connection(["/missing"])
+
+asyncio.run(main())
+"#;
+
+/// TLS on memory BIOs (Python `asyncio`; Node.js and others work alike): the plaintext's
+/// socket is the one the thread reads just before `SSL_read`, or writes just after
+/// `SSL_write`. Exact on both ends, with the asyncio end as client (against nginx) and as
+/// server (curl against it), and nothing left unattributed.
+#[test]
+fn tls_on_memory_bios_from_asyncio_is_counted_exactly_on_both_ends() {
+    let certs = TempDir::new("tls-certs").unwrap();
+    let nginx = https_nginx(&certs);
+    let (cert, key) = harness::tls::self_signed(certs.path()).unwrap();
+    let port = harness::free_port();
+    /// Kills the server however the test ends.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Killed(
+        Command::new("python3")
+            .args(["-c", ASYNCIO_SERVER, &port.to_string()])
+            .arg(&cert)
+            .arg(&key)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let up = harness::wait_until(WAIT, Duration::from_millis(50), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(up, "the asyncio server listens");
+    let agent = Agent::start(&[]).unwrap();
+
+    python(ASYNCIO_CLIENT, &[("PORT", &nginx.port().to_string())]);
+    let url = |path: &str| format!("https://127.0.0.1:{port}{path}");
+    for _ in 0..6 {
+        curl(&["-k", "-o", "/dev/null", &url("/ok")]).unwrap();
+    }
+    for _ in 0..3 {
+        curl(&["-k", "-o", "/dev/null", &url("/nope")]).unwrap();
+    }
+    let keep_alive: Vec<String> = (0..4).map(|i| url(&format!("/ok/{i}"))).collect();
+    let mut args = vec!["-k"];
+    for u in &keep_alive {
+        args.extend(["-o", "/dev/null", u.as_str()]);
+    }
+    curl(&args).unwrap();
+
+    // asyncio as client, nginx as server.
+    let nginx_port = nginx.port().to_string();
+    let expected = [
+        ("/ok", "200", 8.0),
+        ("/users/{id}", "200", 6.0),
+        ("/missing", "404", 5.0),
+    ];
+    for (route, status, n) in expected {
+        let l = labels(&nginx_port, route, status);
+        wait_for_metric(&agent, HTTP_SERVER, &l, n, WAIT).unwrap();
+        wait_for_metric(&agent, HTTP_CLIENT, &l, n, WAIT).unwrap();
+    }
+    // curl as client, asyncio as server.
+    let port = port.to_string();
+    for side in [HTTP_SERVER, HTTP_CLIENT] {
+        let ok = [
+            ("server_port", port.as_str()),
+            ("http_response_status_code", "200"),
+        ];
+        wait_for_metric(&agent, side, &ok, 10.0, WAIT).unwrap();
+        let missing = [
+            ("server_port", port.as_str()),
+            ("http_response_status_code", "404"),
+        ];
+        wait_for_metric(&agent, side, &missing, 3.0, WAIT).unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let m = agent.metrics();
+    for (p, n) in [(nginx_port.as_str(), 19.0), (port.as_str(), 13.0)] {
+        for side in [HTTP_SERVER, HTTP_CLIENT] {
+            assert_eq!(
+                m.sum(side, &[("server_port", p)]),
+                n,
+                "{side} {p}\n{}",
+                m.text()
+            );
+        }
+    }
+    assert!(m
+        .matching(HTTP_SERVER, &[("server_port", port.as_str())])
+        .all(|s| s.labels["service_name"].starts_with("python3")));
+    let lost = |reason| m.sum("periscope_kernel_events_lost_total", &[("reason", reason)]);
+    assert_eq!(lost("tls_unattributed"), 0.0, "{}", m.text());
+    assert_eq!(
+        m.sum("periscope_exchanges_inexact_total", &[]),
+        0.0,
+        "{}",
+        m.text()
+    );
+    assert_eq!(m.sum("periscope_parse_errors_total", &[]), 0.0);
+}

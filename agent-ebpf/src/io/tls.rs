@@ -15,7 +15,8 @@
 //! framing state, so that the plaintext's own first request decides framing.
 
 use agent_ebpf::{
-    Counter, SockKey, Syscall, TlsCall, TlsKey, DIR_INGRESS, MAX_CAPTURE, MUTED_ALL, MUTED_PLAIN,
+    ConnInfo, Counter, EventKind, SockKey, Syscall, TlsCall, TlsKey, DIR_EGRESS, DIR_INGRESS,
+    MAX_CAPTURE, MUTED_ALL, MUTED_PLAIN,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
@@ -24,7 +25,7 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 
-use super::{copy_flat, data_event, framing, submit, CONNS, MUTED};
+use super::{copy_flat, data_event, fill_header, framing, submit, CONNS, MUTED, SCRATCH};
 use crate::common::{bump, config, now, tgid_of};
 
 /// TLS library calls in progress, by thread (`pid_tgid`). LRU: a thread that died inside a
@@ -36,6 +37,17 @@ static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(16384,
 /// buffer. LRU: sessions are not followed to their end.
 #[map]
 static TLS_FDS: LruHashMap<TlsKey, i32> = LruHashMap::with_max_entries(65536, 0);
+
+/// The TLS socket each thread last read outside a library call (`pid_tgid` → fd). A library
+/// on memory BIOs (Python `asyncio`, Node.js) reads the socket itself and then decrypts with
+/// an `SSL_read` that does no I/O: that read's socket is the thread's last. LRU.
+#[map]
+static TLS_LAST_READ: LruHashMap<u64, i32> = LruHashMap::with_max_entries(16384, 0);
+
+/// The `SSL *` whose write on this thread (`pid_tgid`) did no I/O: the thread's next TLS
+/// socket write outside a library call carries its ciphertext. LRU.
+#[map]
+static TLS_PENDING_WRITE: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
 
 /// Entry of a read or write: `ssl` in the first argument, the buffer in the second; the
 /// `_ex` forms return the byte count through the fourth.
@@ -122,24 +134,28 @@ pub fn leave(ctx: &RetProbeContext) {
             let _ = TLS_FDS.insert(&key, &fd, 0);
             fd
         }
-        _ => {
-            bump(Counter::TlsUnattributed);
-            return;
-        }
+        // A read that did no I/O, of an `SSL *` never seen doing any: a memory BIO fed from
+        // the socket the thread read last.
+        // SAFETY: copied out at once.
+        _ if call.direction == DIR_INGRESS => match unsafe { TLS_LAST_READ.get(&pid_tgid) } {
+            Some(&fd) => {
+                let _ = TLS_FDS.insert(&key, &fd, 0);
+                fd
+            }
+            None => {
+                bump(Counter::TlsUnattributed);
+                return;
+            }
+        },
+        // A write that did no I/O: sent unbound, bound by the thread's next socket write.
+        _ => return unbound_write(pid_tgid, &call, len),
     };
     // SAFETY: copied out at once.
     let Some(conn) = (unsafe { CONNS.get(&SockKey { tgid, fd }) }).copied() else {
         return;
     };
-    // SAFETY: copied out at once.
-    match unsafe { MUTED.get(&conn.conn_id) }.copied() {
-        Some(MUTED_ALL) => return,
-        Some(MUTED_PLAIN) => {}
-        _ => {
-            // The first plaintext: framing starts again from the plaintext's first request.
-            let _ = MUTED.insert(&conn.conn_id, &MUTED_PLAIN, 0);
-            framing::start(conn.conn_id);
-        }
+    if !plaintext_flows(conn.conn_id) {
+        return;
     }
     let syscall = if call.direction == DIR_INGRESS {
         Syscall::SslRead
@@ -164,4 +180,123 @@ pub fn leave(ctx: &RetProbeContext) {
         bump(Counter::ReadUserFailed);
     }
     submit(buf, captured);
+}
+
+/// Marks the connection as carrying plaintext (`MUTED_PLAIN`) at its first, restarting its
+/// framing from the plaintext's first request. False when the connection is muted entirely.
+#[inline(always)]
+fn plaintext_flows(conn_id: u64) -> bool {
+    // SAFETY: copied out at once.
+    match unsafe { MUTED.get(&conn_id) }.copied() {
+        Some(MUTED_ALL) => false,
+        Some(MUTED_PLAIN) => true,
+        _ => {
+            let _ = MUTED.insert(&conn_id, &MUTED_PLAIN, 0);
+            framing::start(conn_id);
+            true
+        }
+    }
+}
+
+/// A write's plaintext whose socket is not known: sent as `SslWriteUnbound` (prefix only)
+/// under the `SSL *`, and remembered for the thread's next TLS socket write.
+#[inline(always)]
+fn unbound_write(pid_tgid: u64, call: &TlsCall, len: u64) {
+    let _ = TLS_PENDING_WRITE.insert(&pid_tgid, &call.ssl, 0);
+    let ssl = ConnInfo {
+        conn_id: call.ssl,
+        origin: 0,
+        _pad: [0; 7],
+    };
+    let Some(buf) = data_event(
+        pid_tgid,
+        &ssl,
+        -1,
+        len as i64,
+        DIR_EGRESS,
+        Syscall::SslWriteUnbound,
+    ) else {
+        return;
+    };
+    let limit = (config().capture_bytes as u64)
+        .min(MAX_CAPTURE as u64)
+        .min(len);
+    let captured = copy_flat(buf, call.buf, limit);
+    if captured < limit {
+        bump(Counter::ReadUserFailed);
+    }
+    submit(buf, captured);
+}
+
+/// A TLS socket's I/O outside a library call (a library on memory BIOs): a read is
+/// remembered for the thread's next `SSL_read`; a write after an unbound `SSL_write` on the
+/// thread binds that `SSL *` to this socket (a `TlsBind` event).
+#[inline(always)]
+pub fn outside_call(pid_tgid: u64, fd: i32, conn: &ConnInfo, direction: u8) {
+    if direction == DIR_INGRESS {
+        let _ = TLS_LAST_READ.insert(&pid_tgid, &fd, 0);
+        return;
+    }
+    // SAFETY: copied out at once.
+    let Some(ssl) = (unsafe { TLS_PENDING_WRITE.get(&pid_tgid) }).copied() else {
+        return;
+    };
+    let _ = TLS_PENDING_WRITE.remove(&pid_tgid);
+    let key = TlsKey {
+        ssl,
+        tgid: tgid_of(pid_tgid),
+        _pad: 0,
+    };
+    let _ = TLS_FDS.insert(&key, &fd, 0);
+    if !plaintext_flows(conn.conn_id) {
+        return;
+    }
+    let Some(buf) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
+    let buf = unsafe { &mut *buf };
+    fill_header(
+        &mut buf.header,
+        pid_tgid,
+        EventKind::Data,
+        conn.conn_id,
+        fd,
+        now(),
+    );
+    buf.header.direction = DIR_EGRESS;
+    buf.header.syscall = Syscall::TlsBind as u8;
+    buf.header.origin = conn.origin;
+    buf.payload[..8].copy_from_slice(&ssl.to_ne_bytes());
+    submit(buf, 8);
+}
+
+/// Whether captured bytes start with a TLS record holding a ClientHello (see
+/// `is_client_hello_start`), with a handshake no longer than its record.
+#[inline(always)]
+pub fn is_client_hello(payload: &[u8]) -> bool {
+    if payload.len() < 9 {
+        return false;
+    }
+    let record = u16::from_be_bytes([payload[3], payload[4]]) as u32;
+    let hello = u32::from_be_bytes([0, payload[6], payload[7], payload[8]]);
+    is_client_hello_start(&[
+        payload[0], payload[1], payload[2], payload[3], payload[4], payload[5], payload[6],
+        payload[7],
+    ]) && hello + 4 <= record
+}
+
+/// Whether 8 bytes start a TLS record holding a ClientHello: content type 22 (handshake),
+/// version 3.x, a record no longer than TLS allows, handshake type 1, and a handshake length
+/// (its top two bytes here) that fits the record.
+#[inline(always)]
+pub fn is_client_hello_start(b: &[u8; 8]) -> bool {
+    let record = u16::from_be_bytes([b[3], b[4]]) as u32;
+    let hello_top = u16::from_be_bytes([b[6], b[7]]) as u32;
+    b[0] == 22
+        && b[1] == 3
+        && b[2] <= 4
+        && b[5] == 1
+        && (4..=16384 + 2048).contains(&record)
+        && hello_top << 8 <= record
 }

@@ -419,6 +419,68 @@ pub struct Tracker {
     /// and are dropped (a bounded FIFO).
     forgotten: Forgotten,
     memory: DecoderMemory,
+    /// TLS plaintext written before its socket was known (memory BIOs), until bound.
+    unbound: UnboundWrites,
+}
+
+/// `SslWriteUnbound` events waiting for the `TlsBind` that names their connection: at most
+/// `UNBOUND_CAP` events and `UNBOUND_BYTES` payload bytes, each for `UNBOUND_KEPT_NS`.
+#[derive(Default)]
+struct UnboundWrites {
+    order: std::collections::VecDeque<Unbound>,
+    bytes: usize,
+}
+
+struct Unbound {
+    /// (tgid, `SSL *`)
+    key: (u32, u64),
+    header: EventHeader,
+    payload: Vec<u8>,
+}
+
+const UNBOUND_CAP: usize = 1024;
+const UNBOUND_BYTES: usize = 1 << 20;
+const UNBOUND_KEPT_NS: u64 = 1_000_000_000;
+
+impl UnboundWrites {
+    /// Holds one event; what falls out (too old at `header.ts_ns`, or beyond the bounds) is
+    /// counted as lost.
+    fn hold(&mut self, header: &EventHeader, payload: &[u8], sink: &mut dyn Sink) {
+        let now = header.ts_ns;
+        while let Some(front) = self.order.front() {
+            let old = front.header.ts_ns.saturating_add(UNBOUND_KEPT_NS) < now;
+            let full =
+                self.order.len() >= UNBOUND_CAP || self.bytes + payload.len() > UNBOUND_BYTES;
+            if !old && !full {
+                break;
+            }
+            self.bytes -= front.payload.len();
+            self.order.pop_front();
+            sink.inexact("unknown", "tls_unbound_dropped");
+        }
+        self.bytes += payload.len();
+        self.order.push_back(Unbound {
+            key: (header.tgid, header.conn_id),
+            header: *header,
+            payload: payload.to_vec(),
+        });
+    }
+
+    /// Takes the events of `SSL *` `ssl` of `tgid`, oldest first.
+    fn take(&mut self, tgid: u32, ssl: u64) -> Vec<Unbound> {
+        let mut taken = Vec::new();
+        let mut kept = std::collections::VecDeque::with_capacity(self.order.len());
+        for u in self.order.drain(..) {
+            if u.key == (tgid, ssl) {
+                self.bytes -= u.payload.len();
+                taken.push(u);
+            } else {
+                kept.push_back(u);
+            }
+        }
+        self.order = kept;
+        taken
+    }
 }
 
 /// The last `FORGOTTEN_CAP` conn ids ended by `close_range` or `exec`.
@@ -488,6 +550,7 @@ impl Tracker {
             closed_clients: Default::default(),
             by_fd: FxHashMap::default(),
             forgotten: Forgotten::default(),
+            unbound: UnboundWrites::default(),
             memory: DecoderMemory {
                 held: 0,
                 budget: DEFAULT_DECODER_MEMORY_BUDGET,
@@ -689,6 +752,12 @@ impl Tracker {
         sink: &mut dyn Sink,
         actions: &mut Vec<KernelAction>,
     ) {
+        if header.syscall == agent_ebpf::Syscall::SslWriteUnbound as u8 {
+            return self.unbound.hold(header, payload, sink);
+        }
+        if header.syscall == agent_ebpf::Syscall::TlsBind as u8 {
+            return self.tls_bind(header, payload, sink, actions);
+        }
         if !self.conns.contains_key(&header.conn_id) {
             if self.forgotten.contains(header.conn_id) {
                 return; // another file on a descriptor `close_range` or `exec` closed
@@ -790,6 +859,28 @@ impl Tracker {
                 break;
             }
             feed(conn, &mut ctx, ingress, header.ts_ns, piece);
+        }
+    }
+
+    /// The `SSL *` in `payload` writes to `header`'s connection: its held plaintext is
+    /// decoded there, in order, as if the library had written to the socket itself.
+    fn tls_bind(
+        &mut self,
+        header: &EventHeader,
+        payload: &[u8],
+        sink: &mut dyn Sink,
+        actions: &mut Vec<KernelAction>,
+    ) {
+        let Some(ssl) = payload.get(..8).and_then(|b| b.try_into().ok()) else {
+            return;
+        };
+        for held in self.unbound.take(header.tgid, u64::from_ne_bytes(ssl)) {
+            let mut h = held.header;
+            h.conn_id = header.conn_id;
+            h.fd = header.fd;
+            h.origin = header.origin;
+            h.syscall = agent_ebpf::Syscall::SslWrite as u8;
+            self.data(&h, &held.payload, sink, actions);
         }
     }
 

@@ -746,3 +746,54 @@ fn a_server_exchange_reported_after_its_client_closed_still_names_the_client() {
     h.data(4, DIR_EGRESS, 2_000_000_001, RESP, RESP.len());
     assert_eq!(h.sink.peer_conns[4..], [None]);
 }
+
+/// A library on memory BIOs: the first write's plaintext comes before its socket is known
+/// (`SslWriteUnbound`, under its `SSL *`), and is decoded on the connection a `TlsBind`
+/// names, in order. Unbound plaintext never bound is dropped after a second, counted.
+#[test]
+fn plaintext_written_before_its_socket_is_known_is_decoded_once_bound() {
+    let ssl = 0x5555_0000_1000u64;
+    let unbound = |h: &mut Harness, ssl: u64, ts: u64, bytes: &[u8]| {
+        let mut u = header(EventKind::Data, ssl, ts);
+        u.fd = -1;
+        u.direction = DIR_EGRESS;
+        u.syscall = agent_ebpf::Syscall::SslWriteUnbound as u8;
+        u.ret_len = bytes.len() as i64;
+        u.cap_len = bytes.len() as u32;
+        h.tracker.on_event(&u, bytes, &mut h.sink, &mut h.actions);
+    };
+    let bind = |h: &mut Harness, conn: u64, ssl: u64, ts: u64| {
+        let mut b = header(EventKind::Data, conn, ts);
+        b.direction = DIR_EGRESS;
+        b.origin = ORIGIN_CONNECT;
+        b.syscall = agent_ebpf::Syscall::TlsBind as u8;
+        b.cap_len = 8;
+        h.tracker
+            .on_event(&b, &ssl.to_ne_bytes(), &mut h.sink, &mut h.actions);
+    };
+    let mut h = Harness::new();
+    h.open(8, ORIGIN_CONNECT, 443, "python3");
+    h.data(8, DIR_EGRESS, 1, CLIENT_HELLO, CLIENT_HELLO.len());
+    // Another SSL object's write, never bound.
+    unbound(&mut h, ssl + 1, 5, REQ);
+    unbound(&mut h, ssl, 10, REQ);
+    assert!(h.sink.exchanges.is_empty());
+    bind(&mut h, 8, ssl, 11);
+    h.plaintext(8, DIR_INGRESS, 20, RESP);
+    assert_eq!(h.sink.exchanges.len(), 1, "{:?}", h.sink.exchanges);
+    let (role, route, status, start, end, port, _) = &h.sink.exchanges[0];
+    assert_eq!(
+        (*role, route.as_str(), *status, *start, *end, *port),
+        (Role::Client, "/users/{id}", 200, 10, 20, Some(443))
+    );
+    assert_eq!(h.sink.tls, [true]);
+    // The keep-alive's next request is an ordinary plaintext write (the kernel knows the
+    // pair now).
+    h.plaintext(8, DIR_EGRESS, 30, REQ);
+    h.plaintext(8, DIR_INGRESS, 40, RESP);
+    assert_eq!(h.sink.exchanges.len(), 2);
+    assert!(h.sink.inexact.is_empty());
+    // A second later the stray one is dropped and counted.
+    unbound(&mut h, ssl + 2, 2_000_000_000, REQ);
+    assert_eq!(h.sink.inexact, ["tls_unbound_dropped"]);
+}

@@ -42,7 +42,9 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray},
 };
 
-use super::{submit, EventBuf, Iovec, SCRATCH};
+use super::{submit, EventBuf, Iovec, MUTED, SCRATCH};
+use crate::common::BPF_NOEXIST;
+use agent_ebpf::MUTED_CIPHER;
 
 mod http;
 use crate::common::{bump, config};
@@ -55,6 +57,9 @@ static FRAMES: LruHashMap<u64, FrameState> = LruHashMap::with_max_entries(65536,
 /// Per-CPU state of the walk in progress (`bpf_loop` callbacks reach it here).
 #[map]
 static WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
+
+/// `detect`'s answer for a TLS ClientHello (never stored: the connection is muted instead).
+const FRAME_TLS: u8 = 0xfe;
 
 /// PostgreSQL start-up codes (the int32 after the length of an untyped packet).
 const PG_SSL_REQUEST: u32 = 80877103;
@@ -184,6 +189,14 @@ pub fn frame(
             // The server spoke first: not a protocol framed here.
             (FRAME_OFF, FRAME_OFF)
         };
+        let (req, resp) = if req == FRAME_TLS {
+            // Muted at once rather than a drain later (userspace mutes it too), so that a
+            // library on memory BIOs is followed from its first request (`tls.rs`).
+            let _ = MUTED.insert(&conn_id, &MUTED_CIPHER, BPF_NOEXIST);
+            (FRAME_OFF, FRAME_OFF)
+        } else {
+            (req, resp)
+        };
         let (mine, theirs) = if request { (req, resp) } else { (resp, req) };
         state.dirs[this].mode = mine;
         state.dirs[other].mode = theirs;
@@ -299,6 +312,10 @@ fn detect(source: Source, ret: u64) -> (u8, u8) {
     let Ok(b) = (unsafe { bpf_probe_read_user(ptr as *const [u8; 8]) }) else {
         return (FRAME_OFF, FRAME_OFF);
     };
+    if super::tls::is_client_hello_start(&b) {
+        // Encrypted from here on (its first bytes would pass for a Kafka header).
+        return (FRAME_TLS, FRAME_TLS);
+    }
     let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
     if http::is_request_start(len) {
         return (FRAME_HTTP, FRAME_HTTP);
