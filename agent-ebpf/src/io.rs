@@ -208,7 +208,7 @@ pub fn on_io<R: Regs, const FRAMED: bool>(
     if let Some(muted) = unsafe { MUTED.get(&conn.conn_id) }.copied() {
         // A TLS socket's I/O outside library calls: a library on memory BIOs.
         if muted != MUTED_ALL && config().tls != 0 {
-            tls::outside_call(pid_tgid, fd, &conn, direction);
+            tls::outside_call(pid_tgid, fd, direction);
         }
         return;
     }

@@ -137,7 +137,8 @@ pub enum Syscall {
     /// Plaintext handed to a TLS library's write whose socket is not known yet: a library on
     /// memory BIOs (Python `asyncio`, Node.js) writes the ciphertext to the socket itself,
     /// after the call. The header's `conn_id` is the `SSL *` and `fd` is -1; a
-    /// `TlsBind` event names the connection when the thread's next TLS socket write shows it.
+    /// `TlsBind` event names the connection once the thread's next TLS socket write showed
+    /// it (sent by the `SSL *`'s next library call).
     SslWriteUnbound = 20,
     /// A `Data` event without bytes: the `SSL *` in the 8 payload bytes writes to this
     /// header's connection (its earlier `SslWriteUnbound` plaintext belongs there).

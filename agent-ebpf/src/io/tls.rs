@@ -126,13 +126,20 @@ pub fn leave(ctx: &RetProbeContext) {
         _pad: 0,
     };
     // SAFETY: copied out at once.
-    let known = unsafe { TLS_FDS.get(&key) }.copied();
+    let stored = unsafe { TLS_FDS.get(&key) }.copied();
+    // A pair learnt from a socket write after an unbound write, not yet told to userspace.
+    let announce = stored.is_some_and(|fd| fd & UNANNOUNCED != 0);
+    let known = stored.map(|fd| fd & !UNANNOUNCED);
     let fd = match (call.fd, known) {
         // An LRU update takes a lock: only when the pair is new or changed.
-        (fd, Some(known)) if fd < 0 || fd == known => known,
+        (fd, Some(known)) if (fd < 0 || fd == known) && !announce => known,
         (fd, _) if fd >= 0 => {
             let _ = TLS_FDS.insert(&key, &fd, 0);
             fd
+        }
+        (_, Some(known)) => {
+            let _ = TLS_FDS.insert(&key, &known, 0);
+            known
         }
         // A read that did no I/O, of an `SSL *` never seen doing any: a memory BIO fed from
         // the socket the thread read last.
@@ -156,6 +163,9 @@ pub fn leave(ctx: &RetProbeContext) {
     };
     if !plaintext_flows(conn.conn_id) {
         return;
+    }
+    if announce {
+        announce_bind(pid_tgid, &conn, fd, call.ssl);
     }
     let syscall = if call.direction == DIR_INGRESS {
         Syscall::SslRead
@@ -228,11 +238,17 @@ fn unbound_write(pid_tgid: u64, call: &TlsCall, len: u64) {
     submit(buf, captured);
 }
 
+/// `TLS_FDS` flag: the pair was learnt from the socket write that followed an unbound
+/// write, and userspace has not been told (the next library call of the `SSL *` tells it).
+const UNANNOUNCED: i32 = 1 << 30;
+
 /// A TLS socket's I/O outside a library call (a library on memory BIOs): a read is
 /// remembered for the thread's next `SSL_read`; a write after an unbound `SSL_write` on the
-/// thread binds that `SSL *` to this socket (a `TlsBind` event).
+/// thread pairs that `SSL *` with this socket. Only map updates here: this runs in the
+/// syscall exit programs, whose size the oldest verifiers limit; the pair is announced to
+/// userspace (`TlsBind`) by the `SSL *`'s next library call.
 #[inline(always)]
-pub fn outside_call(pid_tgid: u64, fd: i32, conn: &ConnInfo, direction: u8) {
+pub fn outside_call(pid_tgid: u64, fd: i32, direction: u8) {
     if direction == DIR_INGRESS {
         let _ = TLS_LAST_READ.insert(&pid_tgid, &fd, 0);
         return;
@@ -247,10 +263,13 @@ pub fn outside_call(pid_tgid: u64, fd: i32, conn: &ConnInfo, direction: u8) {
         tgid: tgid_of(pid_tgid),
         _pad: 0,
     };
-    let _ = TLS_FDS.insert(&key, &fd, 0);
-    if !plaintext_flows(conn.conn_id) {
-        return;
-    }
+    let _ = TLS_FDS.insert(&key, &(fd | UNANNOUNCED), 0);
+}
+
+/// Tells userspace that `ssl` writes to `conn` (on `fd`): a `TlsBind` event, before the
+/// plaintext of the call that found out.
+#[inline(always)]
+fn announce_bind(pid_tgid: u64, conn: &ConnInfo, fd: i32, ssl: u64) {
     let Some(buf) = SCRATCH.get_ptr_mut(0) else {
         return;
     };

@@ -440,7 +440,9 @@ struct Unbound {
 
 const UNBOUND_CAP: usize = 1024;
 const UNBOUND_BYTES: usize = 1 << 20;
-const UNBOUND_KEPT_NS: u64 = 1_000_000_000;
+/// Long enough for a slow answer: the binding arrives with the `SSL *`'s next library call,
+/// usually the read of the answer.
+const UNBOUND_KEPT_NS: u64 = 30_000_000_000;
 
 impl UnboundWrites {
     /// Holds one event; what falls out (too old at `header.ts_ns`, or beyond the bounds) is
