@@ -542,3 +542,103 @@ fn tls_on_memory_bios_from_asyncio_is_counted_exactly_on_both_ends() {
     );
     assert_eq!(m.sum("periscope_parse_errors_total", &[]), 0.0);
 }
+
+/// Node.js HTTPS (OpenSSL linked into the `node` executable, or the shared `libssl`, by
+/// distribution; its TLS runs on memory BIOs either way) as server, with curl as client, and
+/// as keep-alive client against nginx. The first TLS connection makes the agent probe
+/// `node`; what follows is exact on both ends.
+#[test]
+fn node_https_server_and_client_are_counted_exactly_once_probed() {
+    let certs = TempDir::new("tls-certs").unwrap();
+    let nginx = https_nginx(&certs);
+    let (cert, key) = harness::tls::self_signed(certs.path()).unwrap();
+    let port = harness::free_port();
+    let server_js = format!(
+        "const https = require('https'); const fs = require('fs');\n\
+         https.createServer({{key: fs.readFileSync('{}'), cert: fs.readFileSync('{}')}},\n\
+           (req, res) => {{ res.writeHead(req.url.startsWith('/ok') ? 200 : 404,\n\
+             {{'Content-Length': 6}}); res.end('hello\\n'); }}).listen({port}, '127.0.0.1');\n",
+        key.display(),
+        cert.display()
+    );
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Killed(
+        Command::new("node")
+            .args(["-e", &server_js])
+            .spawn()
+            .unwrap(),
+    );
+    let up = harness::wait_until(WAIT, Duration::from_millis(50), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(up, "the node server listens");
+    let agent = Agent::start(&[]).unwrap();
+    let url = |path: &str| format!("https://127.0.0.1:{port}{path}");
+    // Warm-up: TLS without plaintext from node makes the agent look at its files (a node
+    // with OpenSSL linked in); until node's plaintext shows up on the server side.
+    let port_s = port.to_string();
+    let warm = [("server_port", port_s.as_str()), ("http_route", "/warm")];
+    let probed = harness::wait_until(WAIT, Duration::from_millis(200), || {
+        curl(&["-k", "-o", "/dev/null", &url("/warm")]).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        agent.metrics().sum(HTTP_SERVER, &warm) >= 1.0
+    });
+    assert!(
+        probed,
+        "node's plaintext decoded\n{}",
+        agent.metrics().text()
+    );
+    let ok = [("server_port", port_s.as_str()), ("http_route", "/ok")];
+    let before = agent.metrics();
+    let (server0, client0) = (before.sum(HTTP_SERVER, &ok), before.sum(HTTP_CLIENT, &ok));
+    for _ in 0..8 {
+        curl(&["-k", "-o", "/dev/null", &url("/ok")]).unwrap();
+    }
+    let client_js = format!(
+        "const https = require('https');\n\
+         const agent = new https.Agent({{keepAlive: true, maxSockets: 1}});\n\
+         let n = 0;\n\
+         function one() {{\n\
+           if (n++ >= 12) {{ agent.destroy(); return; }}\n\
+           https.get({{host: '127.0.0.1', port: {}, path: '/users/' + n,\n\
+             rejectUnauthorized: false, agent}}, res => {{ res.resume(); res.on('end', one); }});\n\
+         }}\n\
+         one();\n",
+        nginx.port()
+    );
+    let out = Command::new("node")
+        .args(["-e", &client_js])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    wait_for_metric(&agent, HTTP_SERVER, &ok, server0 + 8.0, WAIT).unwrap();
+    wait_for_metric(&agent, HTTP_CLIENT, &ok, client0 + 8.0, WAIT).unwrap();
+    let nginx_port = nginx.port().to_string();
+    let users = labels(&nginx_port, "/users/{id}", "200");
+    wait_for_metric(&agent, HTTP_SERVER, &users, 12.0, WAIT).unwrap();
+    wait_for_metric(&agent, HTTP_CLIENT, &users, 12.0, WAIT).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let m = agent.metrics();
+    assert_eq!(m.sum(HTTP_SERVER, &ok), server0 + 8.0, "{}", m.text());
+    assert_eq!(m.sum(HTTP_CLIENT, &ok), client0 + 8.0, "{}", m.text());
+    assert_eq!(m.sum(HTTP_CLIENT, &users), 12.0, "{}", m.text());
+    assert!(m
+        .matching(HTTP_CLIENT, &[("server_port", nginx_port.as_str())])
+        .all(|s| s.labels["service_name"] == "node"));
+    let lost = m.sum(
+        "periscope_kernel_events_lost_total",
+        &[("reason", "tls_unattributed")],
+    );
+    assert_eq!(lost, 0.0, "{}", m.text());
+}

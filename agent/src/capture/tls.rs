@@ -103,6 +103,17 @@ impl ProbeError {
         }
     }
 
+    /// Whether the path went away while it was probed (the process mapping it exited): not
+    /// a verdict on the file.
+    fn process_gone(&self) -> bool {
+        match self {
+            ProbeError::Attach(m) | ProbeError::Unreadable(m) => {
+                m.contains("os error 2)") || m.contains("os error 3)")
+            }
+            _ => false,
+        }
+    }
+
     /// Whether it only says the file is no TLS library (not counted for files tried because
     /// a process speaks TLS: most of its code files are not).
     fn not_tls(&self) -> bool {
@@ -332,7 +343,11 @@ impl<P: Prober> Discovery<P> {
                 Some(id)
             }
             Err(e) => {
-                self.refused.insert(id);
+                // A process that exited while its file was probed through `/proc/<pid>/...`:
+                // the file is tried again through the next process that maps it.
+                if !e.process_gone() {
+                    self.refused.insert(id);
+                }
                 if count_missing || !e.not_tls() {
                     TlsProbeFailed {
                         path,
@@ -490,6 +505,41 @@ mod tests {
         std::fs::remove_dir_all(dir.path().join("101")).unwrap();
         discovery.scan_all();
         assert_eq!(*released.lock().unwrap(), 1);
+        assert_eq!(discovery.probed(), 1);
+    }
+
+    /// Fails its first probe as a process exiting under it would.
+    #[derive(Default)]
+    struct GoneOnce {
+        tried: usize,
+    }
+
+    impl Prober for GoneOnce {
+        fn probe(&mut self, _: &Path) -> Result<Probed, ProbeError> {
+            self.tried += 1;
+            if self.tried == 1 {
+                return Err(ProbeError::Attach(
+                    "SSL_read: `perf_event_open` failed: No such file or directory (os error 2)"
+                        .into(),
+                ));
+            }
+            Ok(Probed { links: Vec::new() })
+        }
+
+        fn release(&mut self, _: Probed) {}
+    }
+
+    /// A file whose process exited while it was probed (a short-lived client) is tried again
+    /// through the next process that maps it (the long-lived server of the same program).
+    #[test]
+    fn a_file_whose_process_went_away_during_probing_is_tried_again() {
+        let dir = Scratch::new("gone");
+        fake_proc(dir.path(), &[(100, &["/usr/lib/libssl.so.3"])]);
+        let mut discovery = Discovery::new(GoneOnce::default(), dir.path(), None);
+        discovery.scan_all();
+        assert_eq!(discovery.probed(), 0);
+        assert!(discovery.refused.is_empty());
+        discovery.scan_all();
         assert_eq!(discovery.probed(), 1);
     }
 
