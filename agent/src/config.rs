@@ -203,9 +203,32 @@ pub struct Config {
     )]
     pub otlp_protocol: crate::export::otlp::Protocol,
 
+    /// The same for traces only; wins over `--otlp-protocol`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", value_enum)]
+    pub otlp_traces_protocol: Option<crate::export::otlp::Protocol>,
+
     /// Extra headers on every export request: `key=value,key2=value2` (values may use `%XX`).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_HEADERS")]
     pub otlp_headers: Option<String>,
+
+    /// The same for traces only; wins over `--otlp-headers` (as a whole, as the OTLP exporter
+    /// spec has it).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_HEADERS")]
+    pub otlp_traces_headers: Option<String>,
+
+    /// One export attempt's time limit, in milliseconds (default 10000).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TIMEOUT")]
+    pub otlp_timeout: Option<u64>,
+
+    /// The same for traces only; wins over `--otlp-timeout`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")]
+    pub otlp_traces_timeout: Option<u64>,
+
+    /// Attributes added to every span's resource: `key=value,key2=value2` (values may use
+    /// `%XX`), e.g. `k8s.cluster.name=prod,deployment.environment.name=prod`. A process's own
+    /// attributes (its `service.name`, pod, container) win over these.
+    #[arg(long, env = "OTEL_RESOURCE_ATTRIBUTES")]
+    pub resource_attributes: Option<String>,
 
     /// PEM file of the CA certificates that sign the collector's certificate, trusted on top
     /// of the system's roots (`https://` endpoints only).
@@ -294,6 +317,20 @@ impl Config {
                 self.kube_api_url.is_some() || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
             }
         }
+    }
+
+    /// The OTLP protocol, headers and timeout (ms) of the traces exporter: each
+    /// traces-specific setting wins over the general one, as a whole.
+    pub fn otlp_traces_transport(
+        &self,
+    ) -> (crate::export::otlp::Protocol, Option<&str>, Option<u64>) {
+        (
+            self.otlp_traces_protocol.unwrap_or(self.otlp_protocol),
+            self.otlp_traces_headers
+                .as_deref()
+                .or(self.otlp_headers.as_deref()),
+            self.otlp_traces_timeout.or(self.otlp_timeout),
+        )
     }
 
     /// The OTLP TLS settings, each traces-specific one winning over the general one, named
@@ -460,6 +497,13 @@ mod tests {
             ),
             ("otlp-insecure", "OTEL_EXPORTER_OTLP_INSECURE"),
             ("otlp-traces-insecure", "OTEL_EXPORTER_OTLP_TRACES_INSECURE"),
+            ("otlp-protocol", "OTEL_EXPORTER_OTLP_PROTOCOL"),
+            ("otlp-traces-protocol", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"),
+            ("otlp-headers", "OTEL_EXPORTER_OTLP_HEADERS"),
+            ("otlp-traces-headers", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"),
+            ("otlp-timeout", "OTEL_EXPORTER_OTLP_TIMEOUT"),
+            ("otlp-traces-timeout", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"),
+            ("resource-attributes", "OTEL_RESOURCE_ATTRIBUTES"),
         ] {
             let arg = command
                 .get_arguments()
@@ -467,6 +511,26 @@ mod tests {
                 .unwrap_or_else(|| panic!("--{flag}"));
             assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(var));
         }
+    }
+
+    #[test]
+    fn traces_specific_transport_settings_win() {
+        use crate::export::otlp::Protocol;
+        let c = Config::try_parse_from([
+            "periscope",
+            "--otlp-protocol=grpc",
+            "--otlp-traces-protocol=http/protobuf",
+            "--otlp-headers=a=1",
+            "--otlp-traces-headers=b=2",
+            "--otlp-timeout=500",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.otlp_traces_transport(),
+            (Protocol::HttpProtobuf, Some("b=2"), Some(500))
+        );
+        let c = Config::try_parse_from(["periscope", "--otlp-traces-timeout=7"]).unwrap();
+        assert_eq!(c.otlp_traces_transport(), (Protocol::Grpc, None, Some(7)));
     }
 
     #[test]

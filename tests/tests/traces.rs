@@ -341,6 +341,56 @@ fn http_spans_over_http_protobuf() {
     http_requests_become_spans("http/protobuf");
 }
 
+/// The OpenTelemetry environment: the traces-specific protocol and headers win over the
+/// general ones (spans arrive over HTTP/protobuf with the traces header although the general
+/// settings say gRPC and another header), `OTEL_EXPORTER_OTLP_TIMEOUT` is taken, and
+/// `OTEL_RESOURCE_ATTRIBUTES` joins every resource without overriding a process's own
+/// `service.name`.
+#[test]
+fn opentelemetry_environment_variables_are_honoured() {
+    let receiver = Receiver::start();
+    let server = PyServer::http_test_server();
+    let env = [
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "http/protobuf".to_owned(),
+        ),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=general".to_owned()),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+            "x-tenant=team%20a".to_owned(),
+        ),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "3000".to_owned()),
+        (
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "k8s.cluster.name=ci,deployment.environment.name=test,service.name=nope".to_owned(),
+        ),
+    ];
+    let _agent = receiver.agent_at("http/protobuf", "http://127.0.0.1", &env);
+    for i in 0..3 {
+        curl(&[&server.url(&format!("/a/{i}"))]).unwrap();
+    }
+    let spans = expect_spans(&receiver, server.port(), SERVER, 3);
+    for span in &spans {
+        assert_eq!(span["transport"], "http", "{span}");
+        assert_eq!(span["tenant"], "team a", "{span}");
+        assert_eq!(res(span, "k8s.cluster.name"), "ci", "{span}");
+        assert_eq!(res(span, "deployment.environment.name"), "test", "{span}");
+        assert_ne!(res(span, "service.name"), "nope", "{span}");
+    }
+    // A bad value stops start-up with the setting's name.
+    let out = std::process::Command::new(harness::agent_binary())
+        .args(["--metrics-addr", "127.0.0.1:0"])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
+        .env("OTEL_RESOURCE_ATTRIBUTES", "novalue")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("OTEL_RESOURCE_ATTRIBUTES"), "{stderr}");
+}
+
 /// A valid `traceparent` sent by curl puts curl's span into that trace under that parent, and
 /// the server's span under curl's; an invalid one (upper-case hex) starts a new trace.
 #[test]

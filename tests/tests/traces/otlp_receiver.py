@@ -9,7 +9,8 @@ grpc.ssl_server_credentials); with a client CA too, gRPC requires a client certi
 by it (mutual TLS).
 
 Each received span is appended to the output file as one JSON line (ids in hex, attributes as
-a flat object, the resource's attributes and the transport it came by). The ready port is
+a flat object, the resource's attributes, the transport it came by and the request's
+`x-tenant` header or metadata, if any). The ready port is
 opened last, so once it accepts both OTLP ports are listening.
 """
 
@@ -36,7 +37,7 @@ def value(any_value):
     return getattr(any_value, kind) if kind else None
 
 
-def record(request, transport):
+def record(request, transport, tenant=None):
     lines = []
     for rs in request.resource_spans:
         resource = {kv.key: value(kv.value) for kv in rs.resource.attributes}
@@ -44,6 +45,7 @@ def record(request, transport):
             for span in ss.spans:
                 lines.append(json.dumps({
                     "transport": transport,
+                    "tenant": tenant,
                     "scope": ss.scope.name,
                     "trace_id": span.trace_id.hex(),
                     "span_id": span.span_id.hex(),
@@ -80,7 +82,7 @@ class Http(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        record(request, "http")
+        record(request, "http", self.headers.get("x-tenant"))
         reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")
@@ -94,7 +96,7 @@ class Http(BaseHTTPRequestHandler):
 
 class Traces(trace_service_pb2_grpc.TraceServiceServicer):
     def Export(self, request, context):
-        record(request, "grpc")
+        record(request, "grpc", dict(context.invocation_metadata()).get("x-tenant"))
         return trace_service_pb2.ExportTraceServiceResponse()
 
 

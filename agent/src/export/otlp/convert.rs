@@ -251,8 +251,56 @@ fn host_without_port(host: &str) -> &str {
     }
 }
 
-/// The resource of a process's spans.
-pub fn resource(process: &ProcessInfo, host_name: &str) -> Vec<(&'static str, Value)> {
+/// What every resource of this node carries: the host name, and `OTEL_RESOURCE_ATTRIBUTES`.
+#[derive(Clone, Debug, Default)]
+pub struct NodeResource {
+    pub host_name: String,
+    /// `OTEL_RESOURCE_ATTRIBUTES`, parsed once (keys leaked once, at start-up): added to every
+    /// process's resource unless the process has the key itself (a workload's own
+    /// `service.name` wins over a node-wide one).
+    pub extra: Vec<(&'static str, String)>,
+}
+
+impl NodeResource {
+    /// Parses `OTEL_RESOURCE_ATTRIBUTES` (`key=value,key2=value2`, values `%XX`-escaped as the
+    /// OpenTelemetry spec says); the error names the setting and the bad pair.
+    pub fn new(host_name: String, attributes: Option<&str>) -> anyhow::Result<NodeResource> {
+        let mut extra: Vec<(&'static str, String)> = Vec::new();
+        for pair in attributes
+            .unwrap_or("")
+            .split(',')
+            .filter(|p| !p.trim().is_empty())
+        {
+            let (k, v) = pair
+                .split_once('=')
+                .filter(|(k, _)| !k.trim().is_empty())
+                .ok_or_else(|| {
+                    anyhow::anyhow!("OTEL_RESOURCE_ATTRIBUTES: {pair:?} is not key=value")
+                })?;
+            let key = k.trim();
+            let value = super::exporter::percent_decode(v.trim());
+            match extra.iter_mut().find(|(k, _)| *k == key) {
+                Some(slot) => slot.1 = value,
+                None => extra.push((Box::leak(key.to_owned().into_boxed_str()), value)),
+            }
+        }
+        Ok(NodeResource { host_name, extra })
+    }
+}
+
+/// The resource of a process's spans, with the node's attributes.
+pub fn resource(process: &ProcessInfo, node: &NodeResource) -> Vec<(&'static str, Value)> {
+    let mut r = process_resource(process, &node.host_name);
+    for (key, value) in &node.extra {
+        if !r.iter().any(|(k, _)| k == key) {
+            r.push((key, Value::Str(value.clone())));
+        }
+    }
+    r
+}
+
+/// The attributes of the process itself.
+fn process_resource(process: &ProcessInfo, host_name: &str) -> Vec<(&'static str, Value)> {
     let s = |v: &str| Value::Str(v.to_owned());
     let mut r = vec![("service.name", s(&process.service_name))];
     if let Some(k8s) = &process.k8s {

@@ -17,7 +17,7 @@ use crate::internal_events::otlp::{
 use crate::metadata::ProcessInfo;
 
 use super::context::hex;
-use super::convert::{resource, Converter};
+use super::convert::{resource, Converter, NodeResource};
 use super::parents::{Arrival, Parents, Pending};
 use super::proto::{encode_request, ResourceSpans, Span, Value};
 use super::tls::{self, ClientTls, Connector, TlsOptions};
@@ -62,6 +62,10 @@ pub struct TraceSettings {
     pub stdout: bool,
     /// The TLS client configuration, for an `https://` URL.
     pub tls: Option<ClientTls>,
+    /// One export attempt's time limit (`OTEL_EXPORTER_OTLP_TIMEOUT`).
+    pub timeout: Duration,
+    /// What every span's resource carries besides its process's own attributes.
+    pub resource: NodeResource,
 }
 
 impl TraceSettings {
@@ -147,7 +151,36 @@ impl TraceSettings {
             headers: parsed,
             stdout,
             tls,
+            timeout: TIMEOUT,
+            resource: NodeResource {
+                host_name: host_name(),
+                extra: Vec::new(),
+            },
         })
+    }
+
+    /// One attempt's time limit in milliseconds (`OTEL_EXPORTER_OTLP_TIMEOUT`, default
+    /// 10,000); 0 is refused.
+    pub fn with_timeout_ms(mut self, ms: Option<u64>) -> anyhow::Result<TraceSettings> {
+        match ms {
+            Some(0) => anyhow::bail!(
+                "OTEL_EXPORTER_OTLP_TIMEOUT (--otlp-timeout) must be a number of milliseconds \
+                 above 0"
+            ),
+            Some(ms) => self.timeout = Duration::from_millis(ms),
+            None => {}
+        }
+        Ok(self)
+    }
+
+    /// Adds `OTEL_RESOURCE_ATTRIBUTES` to every resource (see `NodeResource`).
+    pub fn with_resource_attributes(
+        mut self,
+        attributes: Option<&str>,
+    ) -> anyhow::Result<TraceSettings> {
+        self.resource =
+            NodeResource::new(std::mem::take(&mut self.resource.host_name), attributes)?;
+        Ok(self)
     }
 
     /// Whether spans go anywhere; when not, no sink is installed and exchanges cost nothing.
@@ -157,7 +190,7 @@ impl TraceSettings {
 }
 
 /// `%XX` escapes, as the OTLP exporter spec allows in header values.
-fn percent_decode(s: &str) -> String {
+pub(super) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -190,7 +223,7 @@ struct Export {
     client: Client<Connector, Full<Bytes>>,
     settings: Arc<TraceSettings>,
     metrics: Arc<SpanMetrics>,
-    host_name: String,
+    node: NodeResource,
     in_flight: Arc<tokio::sync::Semaphore>,
     tls_warned: Arc<std::sync::Mutex<Option<String>>>,
 }
@@ -203,6 +236,7 @@ pub async fn run(
     metrics: Arc<SpanMetrics>,
 ) {
     let connector = tls::connector(settings.tls.as_ref(), settings.protocol);
+    let export_node = settings.resource.clone();
     let client = match settings.protocol {
         Protocol::Grpc => Client::builder(TokioExecutor::new())
             .http2_only(true)
@@ -213,7 +247,7 @@ pub async fn run(
         client,
         settings: Arc::new(settings),
         metrics,
-        host_name: host_name(),
+        node: export_node.clone(),
         in_flight: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT as usize)),
         tls_warned: Arc::default(),
     };
@@ -289,7 +323,7 @@ impl Export {
     /// the `IN_FLIGHT` slots is free.
     async fn flush(&mut self, pending: &mut Vec<(Arc<ProcessInfo>, Span)>) {
         if self.settings.stdout && !pending.is_empty() {
-            print_json(pending, &self.host_name).await;
+            print_json(pending, &self.node).await;
         }
         if self.settings.url.is_none() {
             pending.clear();
@@ -300,7 +334,7 @@ impl Export {
         }
         let batch = std::mem::take(pending);
         let count = batch.len() as u64;
-        let body = encode(&batch, &self.host_name);
+        let body = encode(&batch, &self.node);
         drop(batch);
         let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
             return;
@@ -346,7 +380,7 @@ impl Attempt {
                 attempts: ATTEMPTS,
                 cause,
             };
-            match tokio::time::timeout(TIMEOUT, sent).await {
+            match tokio::time::timeout(self.settings.timeout, sent).await {
                 Ok(Ok(rejected)) => {
                     SpansExported {
                         url,
@@ -389,7 +423,10 @@ impl Attempt {
                 }
                 Err(_) => {
                     quiet = false;
-                    failed(ExportFailure::TimedOut { limit: TIMEOUT }).emit(metrics);
+                    failed(ExportFailure::TimedOut {
+                        limit: self.settings.timeout,
+                    })
+                    .emit(metrics);
                 }
             }
             if attempt < ATTEMPTS {
@@ -434,13 +471,13 @@ fn is_own_export(exchange: &Exchange, url: Option<&http::Uri>) -> bool {
 type Attributes = Vec<(&'static str, Value)>;
 
 /// Groups spans by process (one resource each) and encodes the request.
-fn encode(batch: &[(Arc<ProcessInfo>, Span)], host_name: &str) -> Bytes {
+fn encode(batch: &[(Arc<ProcessInfo>, Span)], node: &NodeResource) -> Bytes {
     let mut order: Vec<u64> = Vec::new();
     let mut groups: HashMap<u64, (Attributes, Vec<&Span>)> = HashMap::new();
     for (process, span) in batch {
         let group = groups.entry(process.seq).or_insert_with(|| {
             order.push(process.seq);
-            (resource(process, host_name), Vec::new())
+            (resource(process, node), Vec::new())
         });
         group.1.push(span);
     }
@@ -597,7 +634,7 @@ fn rejected_spans(response: &[u8]) -> u64 {
 /// On tokio's blocking pool: a stdout pipe nobody reads stalls this task, never
 /// a runtime worker.
 /// Prints a batch as JSON lines, in one write (each process's resource is built once).
-async fn print_json(batch: &[(Arc<ProcessInfo>, Span)], host_name: &str) {
+async fn print_json(batch: &[(Arc<ProcessInfo>, Span)], node: &NodeResource) {
     let attrs = |list: &[(&'static str, Value)]| {
         serde_json::Value::Object(
             list.iter()
@@ -616,7 +653,7 @@ async fn print_json(batch: &[(Arc<ProcessInfo>, Span)], host_name: &str) {
     for (process, span) in batch {
         let resource = resources
             .entry(process.seq)
-            .or_insert_with(|| attrs(&resource(process, host_name)));
+            .or_insert_with(|| attrs(&resource(process, node)));
         let line = serde_json::json!({
             "trace_id": hex(&span.trace_id),
             "span_id": hex(&span.span_id),

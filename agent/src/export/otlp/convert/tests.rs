@@ -170,7 +170,11 @@ fn sqlstate_errors_mark_the_span() {
 
 #[test]
 fn the_resource_names_the_pod_and_its_workload() {
-    let r = resource(&process(), "node-a");
+    let node = NodeResource {
+        host_name: "node-a".into(),
+        extra: Vec::new(),
+    };
+    let r = resource(&process(), &node);
     let get = |key: &str| r.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone());
     assert_eq!(get("service.name"), s("shop"));
     assert_eq!(get("service.namespace"), s("prod"));
@@ -180,6 +184,34 @@ fn the_resource_names_the_pod_and_its_workload() {
     assert_eq!(get("host.name"), s("node-a"));
     assert_eq!(get("process.executable.name"), s("shop-bin"));
     assert_eq!(get("process.pid"), Some(Value::Int(7)));
+}
+
+/// `OTEL_RESOURCE_ATTRIBUTES` adds node-wide attributes to every resource; a process's own
+/// attributes win, the last of a repeated key wins, `%XX` is decoded, and a pair without `=`
+/// is refused with the setting's name.
+#[test]
+fn resource_attributes_from_the_environment_join_every_resource() {
+    let node = NodeResource::new(
+        "node-a".into(),
+        Some(" k8s.cluster.name=prod%20eu , service.name=agent,team=a,team=b"),
+    )
+    .unwrap();
+    let r = resource(&process(), &node);
+    let get = |key: &str| r.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone());
+    assert_eq!(get("k8s.cluster.name"), s("prod eu"));
+    assert_eq!(get("service.name"), s("shop"));
+    assert_eq!(get("team"), s("b"));
+    assert_eq!(r.iter().filter(|(k, _)| *k == "team").count(), 1);
+    let err = NodeResource::new(String::new(), Some("a=1,nokey")).unwrap_err();
+    assert!(
+        err.to_string().contains("OTEL_RESOURCE_ATTRIBUTES"),
+        "{err}"
+    );
+    assert!(NodeResource::new(String::new(), Some("=v")).is_err());
+    assert!(NodeResource::new(String::new(), None)
+        .unwrap()
+        .extra
+        .is_empty());
 }
 
 #[test]

@@ -202,3 +202,26 @@ fn partial_success_is_read() {
     assert_eq!(rejected_spans(&[]), 0);
     assert_eq!(rejected_spans(&[0x0a, 0x09]), 0);
 }
+
+#[test]
+fn the_export_timeout_is_taken_and_zero_is_refused() {
+    let s = TraceSettings::new(
+        Some("http://c:4318"),
+        None,
+        Protocol::HttpProtobuf,
+        None,
+        false,
+        &none(),
+    )
+    .unwrap();
+    assert_eq!(s.timeout, Duration::from_secs(10));
+    let s = s.with_timeout_ms(Some(2500)).unwrap();
+    assert_eq!(s.timeout, Duration::from_millis(2500));
+    let Err(err) = s.with_timeout_ms(Some(0)) else {
+        panic!("a timeout of 0 is refused");
+    };
+    assert!(
+        err.to_string().contains("OTEL_EXPORTER_OTLP_TIMEOUT"),
+        "{err}"
+    );
+}
