@@ -216,6 +216,14 @@ pub struct Config {
     #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_HEADERS")]
     pub otlp_traces_headers: Option<String>,
 
+    /// Compress export requests: `gzip` or `none` (the default).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_COMPRESSION")]
+    pub otlp_compression: Option<String>,
+
+    /// The same for traces only; wins over `--otlp-compression`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION")]
+    pub otlp_traces_compression: Option<String>,
+
     /// One export attempt's time limit, in milliseconds (default 10000).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_TIMEOUT")]
     pub otlp_timeout: Option<u64>,
@@ -307,6 +315,15 @@ pub enum KubernetesMode {
     Off,
 }
 
+/// The traces exporter's transport settings, as `Config::otlp_traces_transport` resolves them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OtlpTransport<'a> {
+    pub protocol: crate::export::otlp::Protocol,
+    pub headers: Option<&'a str>,
+    pub timeout_ms: Option<u64>,
+    pub compression: Option<&'a str>,
+}
+
 impl Config {
     /// Whether Kubernetes attribution runs, resolving `auto` against the environment.
     pub fn kubernetes_enabled(&self) -> bool {
@@ -319,18 +336,21 @@ impl Config {
         }
     }
 
-    /// The OTLP protocol, headers and timeout (ms) of the traces exporter: each
+    /// The OTLP protocol, headers, timeout (ms) and compression of the traces exporter: each
     /// traces-specific setting wins over the general one, as a whole.
-    pub fn otlp_traces_transport(
-        &self,
-    ) -> (crate::export::otlp::Protocol, Option<&str>, Option<u64>) {
-        (
-            self.otlp_traces_protocol.unwrap_or(self.otlp_protocol),
-            self.otlp_traces_headers
+    pub fn otlp_traces_transport(&self) -> OtlpTransport<'_> {
+        OtlpTransport {
+            protocol: self.otlp_traces_protocol.unwrap_or(self.otlp_protocol),
+            headers: self
+                .otlp_traces_headers
                 .as_deref()
                 .or(self.otlp_headers.as_deref()),
-            self.otlp_traces_timeout.or(self.otlp_timeout),
-        )
+            timeout_ms: self.otlp_traces_timeout.or(self.otlp_timeout),
+            compression: self
+                .otlp_traces_compression
+                .as_deref()
+                .or(self.otlp_compression.as_deref()),
+        }
     }
 
     /// The OTLP TLS settings, each traces-specific one winning over the general one, named
@@ -504,6 +524,11 @@ mod tests {
             ("otlp-timeout", "OTEL_EXPORTER_OTLP_TIMEOUT"),
             ("otlp-traces-timeout", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"),
             ("resource-attributes", "OTEL_RESOURCE_ATTRIBUTES"),
+            ("otlp-compression", "OTEL_EXPORTER_OTLP_COMPRESSION"),
+            (
+                "otlp-traces-compression",
+                "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+            ),
         ] {
             let arg = command
                 .get_arguments()
@@ -527,10 +552,29 @@ mod tests {
         .unwrap();
         assert_eq!(
             c.otlp_traces_transport(),
-            (Protocol::HttpProtobuf, Some("b=2"), Some(500))
+            OtlpTransport {
+                protocol: Protocol::HttpProtobuf,
+                headers: Some("b=2"),
+                timeout_ms: Some(500),
+                compression: None,
+            }
         );
-        let c = Config::try_parse_from(["periscope", "--otlp-traces-timeout=7"]).unwrap();
-        assert_eq!(c.otlp_traces_transport(), (Protocol::Grpc, None, Some(7)));
+        let c = Config::try_parse_from([
+            "periscope",
+            "--otlp-traces-timeout=7",
+            "--otlp-compression=gzip",
+            "--otlp-traces-compression=none",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.otlp_traces_transport(),
+            OtlpTransport {
+                protocol: Protocol::Grpc,
+                headers: None,
+                timeout_ms: Some(7),
+                compression: Some("none"),
+            }
+        );
     }
 
     #[test]

@@ -161,16 +161,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
         facts.tracefs
     );
 
-    let (protocol, headers, timeout_ms) = config.otlp_traces_transport();
+    let transport = config.otlp_traces_transport();
     let traces = TraceSettings::new(
         config.otlp_endpoint.as_deref(),
         config.otlp_traces_endpoint.as_deref(),
-        protocol,
-        headers,
+        transport.protocol,
+        transport.headers,
         config.traces_stdout,
         &config.otlp_tls(),
     )?
-    .with_timeout_ms(timeout_ms)?
+    .with_timeout_ms(transport.timeout_ms)?
+    .with_compression(transport.compression)?
     .with_resource_attributes(config.resource_attributes.as_deref())?;
     let sampler =
         Sampler::from_settings(&config.traces_sampler, config.traces_sampler_arg.as_deref())?;

@@ -391,6 +391,62 @@ fn opentelemetry_environment_variables_are_honoured() {
     assert!(stderr.contains("OTEL_RESOURCE_ATTRIBUTES"), "{stderr}");
 }
 
+/// `OTEL_EXPORTER_OTLP_COMPRESSION=gzip` over both transports: the receiver inflates every
+/// request and gets every span.
+#[test]
+fn gzip_compressed_exports_arrive_over_both_transports() {
+    for protocol in ["http/protobuf", "grpc"] {
+        let receiver = Receiver::start();
+        let server = PyServer::http_test_server();
+        let env = [("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip".to_owned())];
+        let agent = receiver.agent_at(protocol, "http://127.0.0.1", &env);
+        for i in 0..5 {
+            curl(&[&server.url(&format!("/z/{i}"))]).unwrap();
+        }
+        let spans = expect_spans(&receiver, server.port(), SERVER, 5);
+        if protocol == "http/protobuf" {
+            assert!(spans.iter().all(|s| s["encoding"] == "gzip"), "{spans:?}");
+        }
+        let m = receiver.agrees_with(&agent);
+        assert_eq!(m.sum("periscope_span_export_errors_total", &[]), 0.0);
+    }
+}
+
+/// A collector that answers 429 with `Retry-After: 1` is retried after that second, and the
+/// batch then arrives whole.
+#[test]
+fn a_throttling_collector_is_retried_after_its_retry_after() {
+    let receiver = Receiver::start();
+    let server = PyServer::http_test_server();
+    let env = [(
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "x-tenant=throttle-once".to_owned(),
+    )];
+    let agent = receiver.agent_at("http/protobuf", "http://127.0.0.1", &env);
+    for i in 0..3 {
+        curl(&[&server.url(&format!("/t/{i}"))]).unwrap();
+    }
+    for span in expect_spans(&receiver, server.port(), SERVER, 3) {
+        let (received, throttled) = (&span["received_at"], &span["throttled_at"]);
+        let waited = received.as_f64().unwrap() - throttled.as_f64().expect("throttled first");
+        // The backoff alone would have retried within 250 ms.
+        assert!(waited >= 0.95, "retried {waited:.3} s after the 429");
+    }
+    let m = receiver.agrees_with(&agent);
+    assert_eq!(
+        m.sum("periscope_span_export_errors_total", &[]),
+        1.0,
+        "{}",
+        m.text()
+    );
+    assert_eq!(
+        m.sum("periscope_spans_dropped_total", &[]),
+        0.0,
+        "{}",
+        m.text()
+    );
+}
+
 /// A valid `traceparent` sent by curl puts curl's span into that trace under that parent, and
 /// the server's span under curl's; an invalid one (upper-case hex) starts a new trace.
 #[test]

@@ -9,13 +9,18 @@ grpc.ssl_server_credentials); with a client CA too, gRPC requires a client certi
 by it (mutual TLS).
 
 Each received span is appended to the output file as one JSON line (ids in hex, attributes as
-a flat object, the resource's attributes, the transport it came by and the request's
-`x-tenant` header or metadata, if any). The ready port is
+a flat object, the resource's attributes, the transport it came by, the request's `x-tenant`
+header or metadata, if any, and the HTTP request's `Content-Encoding`). OTLP/HTTP bodies may be
+gzip-compressed (gRPC decompresses by itself). An HTTP request with `x-tenant: throttle-once`
+is answered 429 with `Retry-After: 1` the first time (each line then says when, and when it
+was received). The ready port is
 opened last, so once it accepts both OTLP ports are listening.
 """
 
+import gzip
 import json
 import socket
+import time
 import ssl
 import sys
 import threading
@@ -37,7 +42,11 @@ def value(any_value):
     return getattr(any_value, kind) if kind else None
 
 
-def record(request, transport, tenant=None):
+throttled = set()
+throttled_at = [None]
+
+
+def record(request, transport, tenant=None, encoding=None):
     lines = []
     for rs in request.resource_spans:
         resource = {kv.key: value(kv.value) for kv in rs.resource.attributes}
@@ -46,6 +55,9 @@ def record(request, transport, tenant=None):
                 lines.append(json.dumps({
                     "transport": transport,
                     "tenant": tenant,
+                    "encoding": encoding,
+                    "received_at": time.time(),
+                    "throttled_at": throttled_at[0],
                     "scope": ss.scope.name,
                     "trace_id": span.trace_id.hex(),
                     "span_id": span.span_id.hex(),
@@ -70,11 +82,23 @@ class Http(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        tenant = self.headers.get("x-tenant")
+        if tenant == "throttle-once" and tenant not in throttled:
+            throttled.add(tenant)
+            throttled_at[0] = time.time()
+            self.send_response(429)
+            self.send_header("Retry-After", "1")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        encoding = self.headers.get("Content-Encoding")
         request = trace_service_pb2.ExportTraceServiceRequest()
         try:
             if self.path != "/v1/traces" or \
                     self.headers.get("Content-Type") != "application/x-protobuf":
                 raise DecodeError("wrong path or content type")
+            if encoding == "gzip":
+                body = gzip.decompress(body)
             request.ParseFromString(body)
         except DecodeError as e:
             print("bad request:", self.path, e, flush=True)
@@ -82,7 +106,7 @@ class Http(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        record(request, "http", self.headers.get("x-tenant"))
+        record(request, "http", tenant, encoding)
         reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")

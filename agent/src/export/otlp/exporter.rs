@@ -64,6 +64,8 @@ pub struct TraceSettings {
     pub tls: Option<ClientTls>,
     /// One export attempt's time limit (`OTEL_EXPORTER_OTLP_TIMEOUT`).
     pub timeout: Duration,
+    /// Requests are gzip-compressed (`OTEL_EXPORTER_OTLP_COMPRESSION=gzip`).
+    pub gzip: bool,
     /// What every span's resource carries besides its process's own attributes.
     pub resource: NodeResource,
 }
@@ -152,6 +154,7 @@ impl TraceSettings {
             stdout,
             tls,
             timeout: TIMEOUT,
+            gzip: false,
             resource: NodeResource {
                 host_name: host_name(),
                 extra: Vec::new(),
@@ -170,6 +173,19 @@ impl TraceSettings {
             Some(ms) => self.timeout = Duration::from_millis(ms),
             None => {}
         }
+        Ok(self)
+    }
+
+    /// `OTEL_EXPORTER_OTLP_COMPRESSION`: `gzip` or `none` (the default).
+    pub fn with_compression(mut self, compression: Option<&str>) -> anyhow::Result<TraceSettings> {
+        self.gzip = match compression.map(str::trim) {
+            None | Some("") | Some("none") => false,
+            Some("gzip") => true,
+            Some(other) => anyhow::bail!(
+                "OTEL_EXPORTER_OTLP_COMPRESSION (--otlp-compression) must be gzip or none, not \
+                 {other:?}"
+            ),
+        };
         Ok(self)
     }
 
@@ -215,6 +231,43 @@ struct Failure {
     retryable: bool,
     /// The TLS error, when the TLS handshake is what failed.
     tls: Option<String>,
+    /// How long the collector asked to wait (`Retry-After` in seconds, on 429 and 503).
+    retry_after: Option<Duration>,
+}
+
+/// The longest `Retry-After` obeyed: a batch slot is not held longer.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// The wait before the next attempt: the collector's `Retry-After` when it gave one, else
+/// `backoff` with jitter (between half and all of it), so that agents that failed together
+/// do not retry together.
+fn retry_delay(backoff: Duration, retry_after: Option<Duration>, random: u64) -> Duration {
+    match retry_after {
+        Some(wait) => wait.min(MAX_RETRY_AFTER),
+        None => {
+            let half = backoff / 2;
+            half + Duration::from_nanos(random % (half.as_nanos() as u64).max(1))
+        }
+    }
+}
+
+/// The gzip form of an encoded request (what `OTEL_EXPORTER_OTLP_COMPRESSION=gzip` sends).
+fn gzip(body: &[u8]) -> Bytes {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 4),
+        flate2::Compression::fast(),
+    );
+    // Writing to a Vec cannot fail.
+    let _ = encoder.write_all(body);
+    Bytes::from(encoder.finish().unwrap_or_default())
+}
+
+/// A cheap random number for jitter (ids need no better, neither does this).
+fn jitter_random() -> u64 {
+    let mut seed = [0u8; 8];
+    let _ = getrandom::fill(&mut seed);
+    u64::from_ne_bytes(seed)
 }
 
 /// What sends batches: the HTTP client and what it needs, the batches in flight, and the TLS
@@ -335,6 +388,11 @@ impl Export {
         let batch = std::mem::take(pending);
         let count = batch.len() as u64;
         let body = encode(&batch, &self.node);
+        let body = if self.settings.gzip {
+            gzip(&body)
+        } else {
+            body
+        };
         drop(batch);
         let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
             return;
@@ -372,6 +430,7 @@ impl Attempt {
         // `ExportFailure::Tls`).
         let mut quiet = false;
         for attempt in 1..=ATTEMPTS {
+            let mut retry_after = None;
             let sent = send(&self.client, &self.settings, url, body.clone());
             let failed = |cause| SpanExportFailed {
                 url,
@@ -392,6 +451,7 @@ impl Attempt {
                     return;
                 }
                 Ok(Err(failure)) => {
+                    retry_after = failure.retry_after;
                     if let Some(tls) = failure.tls {
                         // Once per distinct error: the certificate won't change between batches.
                         let mut warned = self.tls_warned();
@@ -430,7 +490,7 @@ impl Attempt {
                 }
             }
             if attempt < ATTEMPTS {
-                tokio::time::sleep(backoff).await;
+                tokio::time::sleep(retry_delay(backoff, retry_after, jitter_random())).await;
                 backoff *= 2;
             }
         }
@@ -500,13 +560,14 @@ async fn send(
         message,
         retryable,
         tls: None,
+        retry_after: None,
     };
     let (content_type, body) = match settings.protocol {
         Protocol::HttpProtobuf => ("application/x-protobuf", body),
         Protocol::Grpc => {
-            // gRPC length-prefixed message: uncompressed flag, big-endian length.
+            // gRPC length-prefixed message: compressed flag, big-endian length.
             let mut framed = Vec::with_capacity(body.len() + 5);
-            framed.push(0);
+            framed.push(u8::from(settings.gzip));
             framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
             framed.extend_from_slice(&body);
             ("application/grpc", Bytes::from(framed))
@@ -521,6 +582,12 @@ async fn send(
     if settings.protocol == Protocol::Grpc {
         request = request.header(http::header::TE, "trailers");
     }
+    if settings.gzip {
+        request = match settings.protocol {
+            Protocol::HttpProtobuf => request.header(http::header::CONTENT_ENCODING, "gzip"),
+            Protocol::Grpc => request.header("grpc-encoding", "gzip"),
+        };
+    }
     for (name, value) in &settings.headers {
         request = request.header(name, value);
     }
@@ -531,6 +598,7 @@ async fn send(
         message: causes(&e),
         retryable: true,
         tls: tls::tls_cause(&e),
+        retry_after: None,
     })?;
     let status = response.status();
     let headers = response.headers().clone();
@@ -545,7 +613,16 @@ async fn send(
                 Ok(rejected_spans(&collected.to_bytes()))
             } else {
                 let retryable = matches!(status.as_u16(), 429 | 502 | 503 | 504);
-                Err(fail(format!("HTTP {status}"), retryable))
+                // Seconds only: the HTTP-date form is rare from collectors.
+                let retry_after = headers
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                Err(Failure {
+                    retry_after: retry_after.filter(|_| retryable),
+                    ..fail(format!("HTTP {status}"), retryable)
+                })
             }
         }
         Protocol::Grpc => {

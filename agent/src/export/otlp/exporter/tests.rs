@@ -225,3 +225,56 @@ fn the_export_timeout_is_taken_and_zero_is_refused() {
         "{err}"
     );
 }
+
+/// Retries wait what the collector asked (capped), else the backoff with jitter: between half
+/// and all of it.
+#[test]
+fn retries_honour_retry_after_and_jitter_the_backoff() {
+    let b = Duration::from_millis(400);
+    assert_eq!(
+        retry_delay(b, Some(Duration::from_secs(2)), 7),
+        Duration::from_secs(2)
+    );
+    assert_eq!(
+        retry_delay(b, Some(Duration::from_secs(3600)), 7),
+        MAX_RETRY_AFTER
+    );
+    let delays: Vec<Duration> = (0..64u64)
+        .map(|i| retry_delay(b, None, i.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+        .collect();
+    assert!(delays.iter().all(|d| *d >= b / 2 && *d < b), "{delays:?}");
+    assert!(delays.iter().any(|d| *d != delays[0]), "jittered");
+}
+
+#[test]
+fn compression_is_gzip_or_none() {
+    let base = || {
+        TraceSettings::new(
+            Some("http://c:4318"),
+            None,
+            Protocol::HttpProtobuf,
+            None,
+            false,
+            &none(),
+        )
+        .unwrap()
+    };
+    assert!(base().with_compression(Some("gzip")).unwrap().gzip);
+    assert!(!base().with_compression(Some("none")).unwrap().gzip);
+    assert!(!base().with_compression(None).unwrap().gzip);
+    let Err(err) = base().with_compression(Some("zstd")) else {
+        panic!("zstd is refused");
+    };
+    assert!(
+        err.to_string().contains("OTEL_EXPORTER_OTLP_COMPRESSION"),
+        "{err}"
+    );
+    // What is sent inflates back to the encoded request.
+    let body = vec![7u8; 10_000];
+    let mut out = Vec::new();
+    use std::io::Read;
+    flate2::read::GzDecoder::new(&gzip(&body)[..])
+        .read_to_end(&mut out)
+        .unwrap();
+    assert_eq!(out, body);
+}
