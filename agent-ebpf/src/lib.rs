@@ -866,6 +866,8 @@ pub mod names {
             SOCKS = "SOCKS",
             TLS_CALLS = "TLS_CALLS",
             TLS_FDS = "TLS_FDS",
+            TLS_LAST_READ = "TLS_LAST_READ",
+            TLS_PENDING_WRITE = "TLS_PENDING_WRITE",
         }
     }
 
