@@ -382,6 +382,26 @@ print(n)
     }
 }
 
+/// A server process, killed however the test ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `command` as a server on 127.0.0.1:`port` and waits until it accepts.
+fn serve(command: &mut Command, port: u16) -> Killed {
+    let server = Killed(command.spawn().unwrap());
+    let up = harness::wait_until(WAIT, Duration::from_millis(50), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(up, "the server listens on {port}");
+    server
+}
+
 /// An HTTPS server on Python `asyncio` (TLS on memory BIOs: the event loop reads and writes
 /// the socket itself, `SSL_read`/`SSL_write` do no I/O), answering `/ok…` with 200 and
 /// anything else with 404, keep-alive.
@@ -453,27 +473,14 @@ fn tls_on_memory_bios_from_asyncio_is_counted_exactly_on_both_ends() {
     let nginx = https_nginx(&certs);
     let (cert, key) = harness::tls::self_signed(certs.path()).unwrap();
     let port = harness::free_port();
-    /// Kills the server however the test ends.
-    struct Killed(std::process::Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _server = Killed(
+    let _server = serve(
         Command::new("python3")
             .args(["-c", ASYNCIO_SERVER, &port.to_string()])
             .arg(&cert)
             .arg(&key)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
+            .stdout(std::process::Stdio::null()),
+        port,
     );
-    let up = harness::wait_until(WAIT, Duration::from_millis(50), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    assert!(up, "the asyncio server listens");
     let agent = Agent::start(&[]).unwrap();
 
     python(ASYNCIO_CLIENT, &[("PORT", &nginx.port().to_string())]);
@@ -561,23 +568,7 @@ fn node_https_server_and_client_are_counted_exactly_once_probed() {
         key.display(),
         cert.display()
     );
-    struct Killed(std::process::Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _server = Killed(
-        Command::new("node")
-            .args(["-e", &server_js])
-            .spawn()
-            .unwrap(),
-    );
-    let up = harness::wait_until(WAIT, Duration::from_millis(50), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    assert!(up, "the node server listens");
+    let _server = serve(Command::new("node").args(["-e", &server_js]), port);
     let agent = Agent::start(&[]).unwrap();
     let url = |path: &str| format!("https://127.0.0.1:{port}{path}");
     // Warm-up: TLS without plaintext from node makes the agent look at its files (a node

@@ -203,9 +203,9 @@ fn partial_success_is_read() {
     assert_eq!(rejected_spans(&[0x0a, 0x09]), 0);
 }
 
-#[test]
-fn the_export_timeout_is_taken_and_zero_is_refused() {
-    let s = TraceSettings::new(
+/// Settings for an HTTP/protobuf collector, nothing else set.
+fn http_settings() -> TraceSettings {
+    TraceSettings::new(
         Some("http://c:4318"),
         None,
         Protocol::HttpProtobuf,
@@ -213,7 +213,12 @@ fn the_export_timeout_is_taken_and_zero_is_refused() {
         false,
         &none(),
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn the_export_timeout_is_taken_and_zero_is_refused() {
+    let s = http_settings();
     assert_eq!(s.timeout, Duration::from_secs(10));
     let s = s.with_timeout_ms(Some(2500)).unwrap();
     assert_eq!(s.timeout, Duration::from_millis(2500));
@@ -248,17 +253,7 @@ fn retries_honour_retry_after_and_jitter_the_backoff() {
 
 #[test]
 fn compression_is_gzip_or_none() {
-    let base = || {
-        TraceSettings::new(
-            Some("http://c:4318"),
-            None,
-            Protocol::HttpProtobuf,
-            None,
-            false,
-            &none(),
-        )
-        .unwrap()
-    };
+    let base = http_settings;
     assert!(base().with_compression(Some("gzip")).unwrap().gzip);
     assert!(!base().with_compression(Some("none")).unwrap().gzip);
     assert!(!base().with_compression(None).unwrap().gzip);
