@@ -30,7 +30,7 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
         generated::{
-            bpf_get_current_cgroup_id, bpf_get_smp_processor_id,
+            bpf_get_current_cgroup_id, bpf_get_smp_processor_id, bpf_loop,
             bpf_probe_read_kernel as probe_read_kernel_raw,
             bpf_probe_read_user as probe_read_user_raw, bpf_ringbuf_output,
         },
@@ -235,10 +235,15 @@ pub fn on_io<R: Regs, const FRAMED: bool>(
         .min(ret as u64);
     let captured = match buffer {
         Buffer::Flat => copy_flat(buf, arg(regs, 1), limit),
+        Buffer::Iovec if FRAMED => copy_iovec_looped(arg(regs, 1), arg(regs, 2), limit),
         Buffer::Iovec => copy_iovec(buf, arg(regs, 1), arg(regs, 2), limit),
         Buffer::Msghdr => {
             let (iov, iovlen) = msghdr_iov(arg(regs, 1));
-            copy_iovec(buf, iov, iovlen, limit)
+            if FRAMED {
+                copy_iovec_looped(iov, iovlen, limit)
+            } else {
+                copy_iovec(buf, iov, iovlen, limit)
+            }
         }
         Buffer::None => limit,
     };
@@ -354,6 +359,83 @@ fn copy_iovec(buf: &mut EventBuf, iov_ptr: u64, iovcnt: u64, limit: u64) -> u64 
         off += n;
     }
     off
+}
+
+/// Most iovecs [`copy_iovec_looped`] reads: `IOV_MAX`.
+const MAX_LOOPED_IOVECS: u32 = 1024;
+
+/// What [`iovec_step`] works on. In a per-CPU map, not on the stack: Linux 6.1 counts the
+/// caller's stack and the callback's together (512 bytes in all), and the exit programs'
+/// frames leave no room.
+#[repr(C)]
+pub struct IovecCopy {
+    iov: u64,
+    count: u64,
+    limit: u64,
+    /// Bytes copied so far (the result).
+    off: u64,
+}
+
+#[map]
+static IOVEC_COPY: PerCpuArray<IovecCopy> = PerCpuArray::with_max_entries(1, 0);
+
+/// [`copy_iovec`] over up to `IOV_MAX` iovecs, one `bpf_loop` step each, for the programs
+/// that have `bpf_loop` (Linux 5.17+): gRPC, and other writers that gather many small pieces
+/// (a 9-byte frame header, then its payload) into one `sendmsg`, pass far more than
+/// `MAX_IOVECS`, and the bytes past the eighth would be a gap. Copies into the per-CPU
+/// scratch event.
+#[inline(always)]
+fn copy_iovec_looped(iov: u64, count: u64, limit: u64) -> u64 {
+    let Some(copy) = IOVEC_COPY.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: the per-CPU slot is ours for the duration of this program.
+    let copy = unsafe { &mut *copy };
+    copy.iov = iov;
+    copy.count = count;
+    copy.limit = limit;
+    copy.off = 0;
+    let steps = count.min(u64::from(MAX_LOOPED_IOVECS)) as u32;
+    // SAFETY: `iovec_step` has the callback signature; it reaches its state through the
+    // per-CPU maps.
+    unsafe { bpf_loop(steps, iovec_step as *mut c_void, core::ptr::null_mut(), 0) };
+    copy.off
+}
+
+/// One iovec of [`copy_iovec_looped`]: 0 to go on, 1 to stop.
+extern "C" fn iovec_step(index: u64, _ctx: *mut c_void) -> i64 {
+    let (Some(copy), Some(buf)) = (IOVEC_COPY.get_ptr_mut(0), SCRATCH.get_ptr_mut(0)) else {
+        return 1;
+    };
+    // SAFETY: per-CPU slots, ours for the duration of this program.
+    let (copy, buf) = unsafe { (&mut *copy, &mut *buf) };
+    if index >= copy.count || copy.off >= copy.limit || copy.limit > MAX_CAPTURE as u64 {
+        return 1;
+    }
+    // SAFETY: reading user memory through the helper; failure stops the copy.
+    let Ok(iov) = (unsafe { bpf_probe_read_user((copy.iov + index * 16) as *const Iovec) }) else {
+        return 1;
+    };
+    if iov.len == 0 {
+        return 0;
+    }
+    let want = iov.len.min(copy.limit - copy.off);
+    // As in `copy_iovec`: off < limit ≤ MAX_CAPTURE and 1 ≤ n ≤ MAX_CAPTURE.
+    let at = copy.off & (MAX_CAPTURE as u64 - 1);
+    let n = ((want - 1) & (MAX_CAPTURE as u64 - 1)) + 1;
+    // SAFETY: at + n ≤ 2 * MAX_CAPTURE - 1 < payload length.
+    let rc = unsafe {
+        probe_read_user_raw(
+            buf.payload.as_mut_ptr().add(at as usize) as *mut c_void,
+            n as u32,
+            iov.base as *const c_void,
+        )
+    };
+    if rc != 0 {
+        return 1;
+    }
+    copy.off += n;
+    0
 }
 
 #[inline(always)]

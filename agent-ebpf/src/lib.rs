@@ -858,6 +858,7 @@ pub mod names {
             SCRATCH = "SCRATCH",
             FRAMES = "FRAMES",
             WALK = "WALK",
+            IOVEC_COPY = "IOVEC_COPY",
             SYSCALL_STARTS = "SYSCALL_STARTS",
             SYSCALL_STATS = "SYSCALL_STATS",
             FLOWS = "FLOWS",
