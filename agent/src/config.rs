@@ -118,7 +118,7 @@ pub struct Config {
 
     /// Protocols to decode: any of `http`, `postgres`, `kafka` (comma-separated), or `none`.
     /// Connections speaking another protocol are muted in the kernel after their first bytes.
-    #[arg(long, env = "PERISCOPE_PROTOCOLS", default_value = "http,postgres,kafka",
+    #[arg(long, env = "PERISCOPE_PROTOCOLS", default_value = "http,http2,postgres,kafka",
           value_parser = crate::conn::decoder::Protocols::parse)]
     pub protocols: crate::conn::decoder::Protocols,
 

@@ -143,13 +143,20 @@ impl Exchange {
     /// the Kafka error name of the exchange's error code ([`kafka_errors::error_type`]).
     pub fn error_type(&self) -> Option<Cow<'_, str>> {
         match &self.detail {
-            Detail::Http(h) => {
-                let failed = match self.role {
-                    Role::Server => h.status >= 500,
-                    Role::Client => h.status >= 400,
-                };
-                failed.then(|| Cow::Owned(h.status.to_string()))
-            }
+            Detail::Http(h) => match &h.grpc {
+                // gRPC answers with HTTP 200; the call's own status says whether it failed.
+                Some(g) => g.failed(self.role == Role::Server).then(|| match g.status {
+                    Some(_) => g.status_name(),
+                    None => Cow::Borrowed("_OTHER"),
+                }),
+                None => {
+                    let failed = match self.role {
+                        Role::Server => h.status >= 500,
+                        Role::Client => h.status >= 400 || h.status == 0,
+                    };
+                    failed.then(|| Cow::Owned(h.status.to_string()))
+                }
+            },
             Detail::Postgres(p) => p.statement.error_sqlstate.as_deref().map(Cow::Borrowed),
             Detail::Kafka(k) => kafka_errors::error_type(k.error_code),
         }
@@ -178,9 +185,12 @@ impl Exchange {
     ///
     /// [`Decoder::PROTOCOL`]: crate::protocol::Decoder::PROTOCOL
     pub fn protocol_label(&self) -> &'static str {
+        use crate::protocol::http::HttpVersion;
         use crate::protocol::Decoder;
-        use crate::protocol::{http1::Http1Decoder, kafka::KafkaDecoder, postgres::PgDecoder};
+        use crate::protocol::{http1::Http1Decoder, http2::Http2Decoder};
+        use crate::protocol::{kafka::KafkaDecoder, postgres::PgDecoder};
         match &self.detail {
+            Detail::Http(h) if h.version == HttpVersion::Http2 => Http2Decoder::PROTOCOL,
             Detail::Http(_) => Http1Decoder::PROTOCOL,
             Detail::Postgres(_) => PgDecoder::PROTOCOL,
             Detail::Kafka(_) => KafkaDecoder::PROTOCOL,

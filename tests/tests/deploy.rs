@@ -737,7 +737,7 @@ fn assert_least_privilege(daemonset: &Value) {
         json!({"fieldRef": {"fieldPath": "spec.nodeName"}})
     );
     assert_eq!(env["PERISCOPE_METRICS_ADDR"], "0.0.0.0:9464");
-    assert_eq!(env["PERISCOPE_PROTOCOLS"], "http,postgres,kafka");
+    assert_eq!(env["PERISCOPE_PROTOCOLS"], "http,http2,postgres,kafka");
     assert_eq!(env["PERISCOPE_MAX_SERIES"], "5000");
     assert_eq!(env["PERISCOPE_SERIES_MEMORY_BUDGET"], "67108864");
     assert_eq!(env["PERISCOPE_SERIES_GRACE"], "5m");

@@ -84,6 +84,8 @@ pub fn http(method: &str, status: u16, route: &str, bodies: (u64, u64)) -> Detai
         traceparent: None,
         tracestate: None,
         complete: true,
+        version: Default::default(),
+        grpc: None,
     })
 }
 

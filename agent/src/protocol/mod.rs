@@ -38,7 +38,9 @@ pub(crate) mod echo;
 pub mod fixture;
 #[cfg(test)]
 pub(crate) mod framed_model;
+pub mod http;
 pub mod http1;
+pub mod http2;
 pub mod kafka;
 pub mod postgres;
 mod registry;

@@ -10,6 +10,7 @@ use std::fmt;
 use crate::exchange::{Detail, PostgresDetail};
 
 use super::http1::{self, Http1Decoder};
+use super::http2::{self, Http2Decoder};
 use super::kafka::{self, KafkaDecoder, TopicNames};
 use super::postgres::{self, PgDecoder};
 use super::{could_start_with_length, Chunk, Decoder, DecoderStats, Run, Stopped, Stream};
@@ -38,7 +39,7 @@ pub struct Protocol {
 /// connection's first bytes decodes it. Each `detect` is written to refuse the others' first
 /// bytes (see `kafka::detect` on PostgreSQL start-up packets); the order decides only where
 /// two would accept the same bytes.
-pub static REGISTRY: [Protocol; 3] = [
+pub static REGISTRY: [Protocol; 4] = [
     Protocol {
         name: Http1Decoder::PROTOCOL,
         flags: &["http"],
@@ -46,6 +47,14 @@ pub static REGISTRY: [Protocol; 3] = [
         detect: |bytes, _| http1::detect(bytes),
         could_start: http1::could_start,
         start: session::<Http1Decoder>,
+    },
+    Protocol {
+        name: Http2Decoder::PROTOCOL,
+        flags: &["http2", "grpc"],
+        fixtures: "http2",
+        detect: http2::detect,
+        could_start: http2::could_start,
+        start: session::<Http2Decoder>,
     },
     Protocol {
         name: PgDecoder::PROTOCOL,
@@ -83,6 +92,12 @@ pub trait IntoDetail: Decoder + Sized {
 
 impl IntoDetail for Http1Decoder {
     fn detail(&self, exchange: http1::HttpExchange, _: &mut Shared) -> Detail {
+        Detail::Http(exchange)
+    }
+}
+
+impl IntoDetail for Http2Decoder {
+    fn detail(&self, exchange: super::http::HttpExchange, _: &mut Shared) -> Detail {
         Detail::Http(exchange)
     }
 }
@@ -255,7 +270,7 @@ impl Protocols {
         }
     }
 
-    /// `http,postgres,kafka` (any subset, or `none`), names from [`REGISTRY`]'s `flags`.
+    /// `http,http2,postgres,kafka` (any subset, or `none`), names from [`REGISTRY`]'s `flags`.
     pub fn parse(text: &str) -> Result<Protocols, String> {
         let mut on = Protocols {
             registry: &REGISTRY,
@@ -332,7 +347,7 @@ mod tests {
     #[test]
     fn protocols_flag_parses_names_aliases_and_none() {
         assert_eq!(
-            Protocols::parse("http,postgres,kafka"),
+            Protocols::parse("http,http2,postgres,kafka"),
             Ok(Protocols::default())
         );
         let kafka = Protocols::parse("kafka").unwrap();
@@ -349,14 +364,16 @@ mod tests {
         assert_eq!(Protocols::parse(""), Ok(none));
         assert_eq!(
             Protocols::parse("http,smtp"),
-            Err(r#"unknown protocol "smtp" (known: http, postgres, kafka, none)"#.to_owned())
+            Err(
+                r#"unknown protocol "smtp" (known: http, http2, postgres, kafka, none)"#.to_owned()
+            )
         );
         assert_eq!(
             Protocols::default()
                 .enabled()
                 .map(|p| p.name)
                 .collect::<Vec<_>>(),
-            ["http1", "postgresql", "kafka"]
+            ["http1", "http2", "postgresql", "kafka"]
         );
     }
 

@@ -2,6 +2,7 @@
 
 use crate::exchange::{normalize_method, Detail, Exchange, MessageFlow, Role, OTHER_METHOD};
 use crate::metadata::ProcessInfo;
+use crate::protocol::http::HttpExchange;
 
 use super::context::{parse_traceparent, IdGenerator, Sampler, TraceParent};
 use super::proto::{Span, SpanKind, Value};
@@ -85,6 +86,38 @@ pub fn describe(exchange: &Exchange, parent: Option<&TraceParent>) -> Span {
     let target = exchange.target();
     let error_type = exchange.error_type();
     let (name, kind, error) = match &exchange.detail {
+        Detail::Http(
+            h @ HttpExchange {
+                grpc: Some(grpc), ..
+            },
+        ) => {
+            // RPC conventions: the span is named by `rpc.method`.
+            let method = grpc.rpc_method();
+            attributes.push(("rpc.system.name", Value::Static("grpc")));
+            attributes.push(("rpc.method", Value::Str(method.clone())));
+            if grpc.status.is_some() {
+                attributes.push((
+                    "rpc.status_code",
+                    Value::Str(grpc.status_name().into_owned()),
+                ));
+            }
+            if let Some(host) = h.host.as_deref().map(host_without_port) {
+                attributes.push(("server.address", Value::Str(host.to_owned())));
+            } else if let Some(ip) = exchange.server_ip() {
+                attributes.push(("server.address", Value::Ip(ip)));
+            }
+            attributes.push(("network.protocol.name", Value::Static("http")));
+            attributes.push(("network.protocol.version", Value::Static("2")));
+            if let Some(e) = &error_type {
+                attributes.push(("error.type", Value::Str(e.to_string())));
+            }
+            let name = if method == "_OTHER" {
+                "grpc".to_owned()
+            } else {
+                method
+            };
+            (name, http_kind(server), error_type.map(|_| String::new()))
+        }
         Detail::Http(h) => {
             let method = normalize_method(&h.method);
             attributes.push(("http.request.method", Value::Static(method)));
@@ -103,6 +136,10 @@ pub fn describe(exchange: &Exchange, parent: Option<&TraceParent>) -> Span {
                 "http"
             };
             attributes.push(("url.scheme", Value::Static(scheme)));
+            attributes.push((
+                "network.protocol.version",
+                Value::Static(h.version.as_str()),
+            ));
             if h.status != 0 {
                 attributes.push(("http.response.status_code", Value::Int(i64::from(h.status))));
             }

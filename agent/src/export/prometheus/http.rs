@@ -15,7 +15,7 @@ use crate::exchange::{Detail, Exchange, Role};
 use crate::export::labels::{PeerLabels, WorkloadLabels};
 
 /// What an HTTP series holds besides its label values (measured, see `budget`).
-pub const SERIES_KIND: SeriesKind = SeriesKind { fixed_bytes: 5200 };
+pub const SERIES_KIND: SeriesKind = SeriesKind { fixed_bytes: 5300 };
 
 /// Semantic-convention default buckets for `http.*.request.duration`.
 pub const DURATION_BUCKETS: [f64; 14] = [
@@ -41,6 +41,7 @@ pub struct HttpServerLabels {
     pub http_request_method: String,
     pub http_response_status_code: u16,
     pub http_route: String,
+    pub network_protocol_version: &'static str,
     pub server_port: u16,
     #[prometheus(flatten)]
     pub workload: WorkloadLabels,
@@ -51,6 +52,7 @@ pub struct HttpClientLabels {
     pub http_request_method: String,
     pub http_response_status_code: u16,
     pub http_route: String,
+    pub network_protocol_version: &'static str,
     #[prometheus(flatten)]
     pub peer: PeerLabels,
     pub server_port: u16,
@@ -145,6 +147,7 @@ impl HttpMetrics {
                     http_request_method: method,
                     http_response_status_code: status,
                     http_route: route,
+                    network_protocol_version: key.version,
                     server_port,
                     workload,
                 };
@@ -155,6 +158,7 @@ impl HttpMetrics {
                     http_request_method: method,
                     http_response_status_code: status,
                     http_route: route,
+                    network_protocol_version: key.version,
                     peer,
                     server_port,
                     workload,
@@ -178,6 +182,7 @@ pub(super) struct HttpKey {
     method: &'static str,
     status: u16,
     route: String,
+    version: &'static str,
 }
 
 /// An exchange's label values, borrowed.
@@ -187,6 +192,7 @@ struct HttpLookup<'a> {
     method: &'static str,
     status: u16,
     route: &'a str,
+    version: &'static str,
 }
 
 impl Lookup<HttpKey> for HttpLookup<'_> {
@@ -195,6 +201,7 @@ impl Lookup<HttpKey> for HttpLookup<'_> {
             && self.status == key.status
             && self.method == key.method
             && self.route == key.route
+            && self.version == key.version
     }
     fn to_owned_key(&self) -> HttpKey {
         HttpKey {
@@ -202,6 +209,7 @@ impl Lookup<HttpKey> for HttpLookup<'_> {
             method: self.method,
             status: self.status,
             route: self.route.to_owned(),
+            version: self.version,
         }
     }
 }
@@ -226,6 +234,7 @@ impl HttpRecorder {
             method: crate::exchange::normalize_method(&http.method),
             status: http.status,
             route: exchange.target().unwrap_or_default(),
+            version: http.version.as_str(),
         };
         let create = || metrics.series(budget, exchange, &key, peer());
         let Some(series) = self.get_or_create(&key, create) else {
@@ -270,7 +279,7 @@ mod tests {
         );
         recorder.record(&metrics, &budget, &e, peer);
         let server_labels = format!(
-            r#"{{http_request_method="PATCH",http_response_status_code="204",http_route="/a/{{id}}",server_port="8080",{WORKLOAD}}}"#
+            r#"{{http_request_method="PATCH",http_response_status_code="204",http_route="/a/{{id}}",network_protocol_version="1.1",server_port="8080",{WORKLOAD}}}"#
         );
         assert_eq!(
             samples(&registry, "http_server_request_duration_seconds"),
@@ -285,7 +294,7 @@ mod tests {
                 "http_server_request_body_size_bytes_sum{server_labels} 200.0"
             )]
         );
-        let client_labels = r#"{http_request_method="_OTHER",http_response_status_code="502",http_route="",server_address="10.0.0.9",server_port="80",service_name="psql",container_id=""}"#;
+        let client_labels = r#"{http_request_method="_OTHER",http_response_status_code="502",http_route="",network_protocol_version="1.1",server_address="10.0.0.9",server_port="80",service_name="psql",container_id=""}"#;
         assert_eq!(
             samples(&registry, "http_client_response_body_size_bytes"),
             [

@@ -7,7 +7,7 @@
 //!
 //! # Layout
 //! Each family of metrics is one file that owns its label types, its families and its
-//! recorder: [`http`], [`db`] (SQL), [`messaging`] (Kafka), and [`self_metrics`] (the
+//! recorder: [`http`], [`rpc`] (gRPC), [`db`] (SQL), [`messaging`] (Kafka), and [`self_metrics`] (the
 //! `periscope_*` self-metrics and the agent's process gauges). The values a label holds come
 //! from the exchange's protocol-neutral view (`crate::exchange`), as the span sink's do.
 //!
@@ -48,6 +48,7 @@ pub mod cache;
 pub mod db;
 pub mod http;
 pub mod messaging;
+pub mod rpc;
 pub mod self_metrics;
 
 use std::sync::Arc;
@@ -73,6 +74,7 @@ pub struct Metrics {
     pub http: http::HttpMetrics,
     pub db: db::DbMetrics,
     pub messaging: messaging::MessagingMetrics,
+    pub rpc: rpc::RpcMetrics,
     /// The `periscope_*` self-metrics and the process gauges.
     pub self_metrics: SelfMetrics,
     /// The series cap and expiry of the exchange families.
@@ -85,6 +87,7 @@ impl Metrics {
         let http = http::HttpMetrics::register(registry);
         let db = db::DbMetrics::register(registry);
         let messaging = messaging::MessagingMetrics::register(registry);
+        let rpc = rpc::RpcMetrics::register(registry);
         let self_metrics = SelfMetrics::register(registry);
         let series = SeriesBudget::new(
             self_metrics.series_dropped.clone(),
@@ -95,6 +98,7 @@ impl Metrics {
             http,
             db,
             messaging,
+            rpc,
             self_metrics,
             series,
         }
@@ -144,6 +148,7 @@ pub struct MetricsSink {
     http: http::HttpRecorder,
     db: db::DbRecorder,
     messaging: messaging::MessagingRecorder,
+    rpc: rpc::RpcRecorder,
     /// Names client peers in a cluster; None in standalone mode.
     cluster: Option<Arc<dyn ClusterView>>,
     /// (series-expiry epoch, cluster view generation) the caches were filled under: when
@@ -158,6 +163,7 @@ impl MetricsSink {
             http: http::HttpRecorder::default(),
             db: db::DbRecorder::default(),
             messaging: messaging::MessagingRecorder::default(),
+            rpc: rpc::RpcRecorder::default(),
             cluster: None,
             cache_epoch: (0, 0),
         }
@@ -179,6 +185,7 @@ impl MetricsSink {
             self.http.clear();
             self.db.clear();
             self.messaging.clear();
+            self.rpc.clear();
         }
     }
 }
@@ -198,6 +205,11 @@ impl Sink for MetricsSink {
         let metrics = &self.metrics;
         let peer = || peer_labels(self.cluster.as_deref(), exchange);
         match &exchange.detail {
+            Detail::Http(crate::protocol::http::HttpExchange {
+                grpc: Some(grpc), ..
+            }) => self
+                .rpc
+                .record(&metrics.rpc, &metrics.series, exchange, grpc, peer),
             Detail::Http(_) => self
                 .http
                 .record(&metrics.http, &metrics.series, exchange, peer),

@@ -284,7 +284,7 @@ pub(crate) fn dropped(family: &Family<MetricLabel, Counter>, metric: &str) -> u6
 fn series_cost_estimates_bound_what_a_series_holds() {
     use crate::test_alloc::held_by_this_thread;
     type Make = fn(&str) -> Exchange;
-    let kinds: [(&str, Make); 4] = [
+    let kinds: [(&str, Make); 5] = [
         ("http server", |r| server(http("GET", 200, r, (1, 1)))),
         ("http client", |r| {
             let detail = http("GET", 200, r, (1, 1));
@@ -295,6 +295,17 @@ fn series_cost_estimates_bound_what_a_series_holds() {
         }),
         ("kafka", |t| {
             server(kafka(0, "Produce", vec![topic(Some(t), 1, 0)], 0))
+        }),
+        ("rpc", |m| {
+            let mut detail = http("POST", 200, "/", (1, 1));
+            if let Detail::Http(h) = &mut detail {
+                h.grpc = Some(crate::protocol::http::GrpcCall {
+                    service: "shop.Cart".into(),
+                    method: m.to_owned(),
+                    status: Some(0),
+                });
+            }
+            server(detail)
         }),
     ];
     let mut failures = Vec::new();

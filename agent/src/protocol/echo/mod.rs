@@ -253,6 +253,8 @@ impl IntoDetail for EchoDecoder {
             traceparent: None,
             tracestate: None,
             complete: true,
+            version: Default::default(),
+            grpc: None,
         })
     }
 }

@@ -65,8 +65,6 @@ use parse::{
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Most requests waiting for a response on one connection; beyond it the oldest is dropped.
 pub const MAX_PENDING: usize = 256;
-/// Method of a request whose request line was lost in a capture gap.
-pub const UNKNOWN_METHOD: &str = "UNKNOWN";
 /// Longest method token accepted; longer ones are not HTTP.
 const MAX_METHOD_TOKEN: usize = 32;
 /// Characters of the method kept in [`HttpExchange::method`].
@@ -80,37 +78,7 @@ const MAX_TRACESTATE_BYTES: usize = 512;
 const MAX_CHUNK_EXT_BYTES: u32 = 4096;
 const MAX_TRAILER_BYTES: u32 = MAX_HEAD_BYTES as u32;
 
-/// One HTTP/1.x request/response pair.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HttpExchange {
-    /// As sent, e.g. "GET"; non-standard tokens allowed, cut to 16 characters.
-    /// [`UNKNOWN_METHOD`] when the request line was lost in a capture gap.
-    pub method: String,
-    /// Request-target path without query string or fragment, cut to 256 bytes. `*` for
-    /// `OPTIONS *`, the `host:port` authority for `CONNECT`, empty when unknown.
-    pub path: String,
-    /// Low-cardinality template from [`route::template`]; empty for `CONNECT` and when the path
-    /// is unknown.
-    pub route: String,
-    pub status: u16,
-    /// `first_ns` of the chunk holding the first request byte.
-    pub start_ns: u64,
-    /// `last_ns` of the chunk holding the last response byte (see the module docs for responses
-    /// cut by close or held across a resync).
-    pub end_ns: u64,
-    /// Body payload bytes (chunked framing excluded), including bytes skipped in gaps.
-    pub request_body_bytes: u64,
-    /// Body payload bytes (chunked framing excluded), including bytes skipped in gaps.
-    pub response_body_bytes: u64,
-    /// The authority of an absolute-form target, else the Host header.
-    pub host: Option<String>,
-    pub traceparent: Option<String>,
-    pub tracestate: Option<String>,
-    /// false when the connection closed before the response body was complete
-    pub complete: bool,
-}
-
-super::timed!(HttpExchange);
+pub use super::http::{HttpExchange, HttpVersion, UNKNOWN_METHOD};
 
 /// The stream is not HTTP/1.x. Once a start line was decoded, faults are
 /// [`DecodeError::Malformed`]: "bad_request_line", "bad_status_line", "bad_header",
@@ -143,6 +111,8 @@ struct Current {
     /// None for an unexpected response: framed, then dropped.
     req: Option<Pending>,
     status: u16,
+    /// The status line's version.
+    version: HttpVersion,
     body_bytes: u64,
     /// `last_ns` of the last chunk that carried bytes of this response.
     end_ns: u64,
@@ -690,9 +660,15 @@ impl Http1Decoder {
             self.stats.unexpected_responses += 1;
         }
         let (head_req, connect) = req.as_ref().map_or((false, false), |p| (p.head, p.connect));
+        // The status line's `HTTP/1.x` (checked by `parse_status_line`).
+        let version = match line.get(7) {
+            Some(b'0') => HttpVersion::Http10,
+            _ => HttpVersion::Http11,
+        };
         let cur = Current {
             req,
             status,
+            version,
             body_bytes: 0,
             end_ns: c.last_ns,
         };
@@ -758,6 +734,8 @@ fn emit(cur: Current, end_ns: u64, complete: bool, out: &mut Vec<HttpExchange>) 
         traceparent: p.traceparent,
         tracestate: p.tracestate,
         complete,
+        version: cur.version,
+        grpc: None,
     });
 }
 

@@ -37,6 +37,8 @@ fn http(status: u16, method: &str) -> Detail {
         traceparent: None,
         tracestate: Some("a=b".into()),
         complete: true,
+        version: Default::default(),
+        grpc: None,
     })
 }
 
