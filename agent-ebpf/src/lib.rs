@@ -284,6 +284,11 @@ pub const FRAME_KAFKA: u8 = 5;
 /// HTTP/1.x: heads, chunk-size lines and trailers scanned line by line (`HttpScan`), bodies
 /// skipped by Content-Length or chunk size.
 pub const FRAME_HTTP: u8 = 6;
+/// HTTP/2 client side before its frames: the 24-byte connection preface.
+pub const FRAME_H2_PREFACE: u8 = 7;
+/// HTTP/2 frames (24-bit length, type, flags, stream id, then the payload): every frame's
+/// header is captured, with the head of its payload except for DATA, whose payload is skipped.
+pub const FRAME_H2: u8 = 8;
 
 /// One direction's HTTP line scanner (`FrameDir::http`), carried across syscalls: a head, a
 /// chunk-size line or a trailer may be split at any byte.

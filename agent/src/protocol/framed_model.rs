@@ -34,6 +34,8 @@ enum Mode {
     PgAnswer,
     Kafka,
     Http,
+    H2Preface,
+    H2,
 }
 
 #[derive(Clone, Debug)]
@@ -41,7 +43,7 @@ struct Dir {
     mode: Mode,
     skip: u64,
     head_left: u64,
-    hdr: [u8; 8],
+    hdr: [u8; 16],
     have: usize,
     http: Scan,
 }
@@ -97,7 +99,7 @@ impl Walker {
             mode: Mode::Detect,
             skip: 0,
             head_left: 0,
-            hdr: [0; 8],
+            hdr: [0; 16],
             have: 0,
             http: Scan::default(),
         };
@@ -124,6 +126,8 @@ impl Walker {
         if self.dirs[this].mode == Mode::Detect {
             let (req, resp) = match stream {
                 Stream::Request => detect(b),
+                // An HTTP/2 server's SETTINGS may come first.
+                Stream::Response if is_server_settings(b) => (Mode::H2Preface, Mode::H2),
                 Stream::Response => (Mode::Off, Mode::Off),
             };
             self.dirs[0].mode = req;
@@ -184,6 +188,8 @@ impl Walker {
                 Mode::Pg => 5,
                 Mode::PgStartup => 8,
                 Mode::PgAnswer => 1,
+                Mode::H2Preface => 8,
+                Mode::H2 => 9,
                 _ => 4,
             };
             let hdr_pos = pos;
@@ -240,6 +246,14 @@ impl Walker {
                     }
                     (len + 4, false, 0)
                 }
+                Mode::H2Preface => {
+                    if h[..8] != *b"PRI * HT" {
+                        return Err(lost(out, b.len() - hdr_pos, &d.hdr));
+                    }
+                    d.mode = Mode::H2;
+                    (24, false, 0xff)
+                }
+                Mode::H2 => (u64::from(be32(0) as u32 >> 8) + 9, false, h[3]),
                 Mode::Detect | Mode::Off | Mode::Http => unreachable!(),
             };
             let body = total - size as u64;
@@ -248,8 +262,12 @@ impl Walker {
                 pos += body as usize;
                 continue;
             }
-            let head = if runnable {
+            // HTTP/2 DATA payloads are skipped whole, header blocks captured whole (64 KiB).
+            let h2 = d.mode == Mode::H2;
+            let head = if runnable || (h2 && kind == 0) {
                 0
+            } else if h2 && matches!(kind, 1 | 5 | 9) {
+                total.min(64 * 1024).saturating_sub(size as u64)
             } else {
                 total.min(self.cap).saturating_sub(size as u64)
             };
@@ -408,7 +426,15 @@ fn lost(out: Pieces, rest: usize, hdr: &[u8]) -> String {
     )
 }
 
+/// An HTTP/2 server's first SETTINGS frame (`00 00 LL 04 00 00 00 00`, LL a multiple of 6).
+fn is_server_settings(b: &[u8]) -> bool {
+    b.len() >= 9 && b[0] == 0 && b[1] == 0 && b[2].is_multiple_of(6) && b[3] == 4 && b[4..8] == [0; 4]
+}
+
 fn detect(b: &[u8]) -> (Mode, Mode) {
+    if b.len() >= 8 && b.starts_with(b"PRI * HT") {
+        return (Mode::H2Preface, Mode::H2);
+    }
     const METHODS: [&[u8; 4]; 8] = [
         b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"OPTI", b"PATC", b"TRAC",
     ];

@@ -9,11 +9,16 @@
 //! run of them becomes one record (count and bytes). What reaches userspace per message is
 //! therefore bounded, and what reaches it per syscall shrinks for large bodies instead of
 //! growing. HTTP/1.x text heads are scanned instead (`http.rs`) and its bodies skipped by
-//! Content-Length or chunk size. See `FrameRecord` for the event layout.
+//! Content-Length or chunk size. HTTP/2 is length-prefixed too (9-byte frame headers): every
+//! frame header is captured, with the head of its payload (header blocks, SETTINGS, resets),
+//! except DATA payloads, which are skipped; one `sendmsg` of a gRPC server carrying a large
+//! message and its trailers then still shows the trailers. See `FrameRecord` for the event
+//! layout.
 //!
 //! Framing is decided from a connection's first request bytes, in the kernel itself (userspace
 //! learns a protocol 5–50 ms later, when the first large result may long be gone): a PostgreSQL
-//! start-up packet, a Kafka request header or an HTTP/1.x request line. Anything else
+//! start-up packet, a Kafka request header, an HTTP/1.x request line or the HTTP/2 preface
+//! (or, when the server speaks first, an HTTP/2 server's SETTINGS frame). Anything else
 //! (unknown protocols, connections found already open) keeps prefix capture. State per connection and direction
 //! (`FrameDir`) carries a message that spans syscalls: the body bytes still to skip, the head
 //! bytes still to capture, and a header split across two syscalls.
@@ -29,9 +34,9 @@ use core::ffi::c_void;
 
 use agent_ebpf::{
     Counter, FrameDir, FrameRecord, FrameState, HttpPipe, DIR_EGRESS, DIR_INGRESS, FRAME_DETECT,
-    FRAME_EVENT_BUDGET, FRAME_HTTP, FRAME_KAFKA, FRAME_OFF, FRAME_PG, FRAME_PG_ANSWER,
-    FRAME_PG_STARTUP, FRAME_RECORD_LEN, MAX_CAPTURE, MAX_FRAME_EVENTS, MAX_FRAME_STEPS, MAX_IOVECS,
-    ORIGIN_CONNECT,
+    FRAME_EVENT_BUDGET, FRAME_H2, FRAME_H2_PREFACE, FRAME_HTTP, FRAME_KAFKA, FRAME_OFF, FRAME_PG,
+    FRAME_PG_ANSWER, FRAME_PG_STARTUP, FRAME_RECORD_LEN, MAX_CAPTURE, MAX_FRAME_EVENTS,
+    MAX_FRAME_STEPS, MAX_IOVECS, ORIGIN_CONNECT,
 };
 use aya_ebpf::{
     helpers::{
@@ -85,6 +90,15 @@ const WINDOW: usize = 1024;
 const WINDOW_MASK: u64 = WINDOW as u64 - 1;
 const FAST_ROWS: u32 = 32;
 
+/// HTTP/2 frame type DATA, and the kind the preface is parsed as (no frame type).
+const H2_DATA: u8 = 0;
+const H2_HEADERS: u8 = 1;
+const H2_PUSH_PROMISE: u8 = 5;
+const H2_CONTINUATION: u8 = 9;
+/// The longest HTTP/2 header-block frame captured whole (the decoder's `MAX_BLOCK_BYTES`).
+const H2_MAX_BLOCK: u64 = 64 * 1024;
+const H2_PREFACE_KIND: u8 = 0xff;
+
 const LOST_HEADER: u8 = 1;
 const LOST_BOUND: u8 = 2;
 
@@ -101,9 +115,17 @@ pub enum Source {
 
 #[repr(C)]
 pub struct Walk {
-    /// User address of each iovec and its end as an offset into the syscall's bytes.
+    /// A window of `MAX_IOVECS` iovecs, from iovec number `first` (which starts at offset
+    /// `table_start` of the syscall's bytes): each one's user address and its end as an offset
+    /// into the syscall's bytes. The window slides forward as the walk passes its end, so a
+    /// `sendmsg` of hundreds of pieces (gRPC) is walked whole.
     bases: [u64; MAX_IOVECS],
     ends: [u64; MAX_IOVECS],
+    first: u64,
+    table_start: u64,
+    /// The syscall's `struct iovec *` and count (0 and 0 for a flat buffer).
+    iov: u64,
+    iov_count: u64,
     /// The syscall's byte count and the walk's position in them.
     ret: u64,
     pos: u64,
@@ -186,8 +208,9 @@ pub fn frame(
         let (req, resp) = if request {
             detect(source, ret)
         } else {
-            // The server spoke first: not a protocol framed here.
-            (FRAME_OFF, FRAME_OFF)
+            // The server spoke first: an HTTP/2 server's SETTINGS (gRPC servers do not wait
+            // for the client's preface), else not a protocol framed here.
+            detect_server_first(source, ret)
         };
         let (req, resp) = if req == FRAME_TLS {
             // Muted at once rather than a drain later (userspace mutes it too), so that a
@@ -312,6 +335,9 @@ fn detect(source: Source, ret: u64) -> (u8, u8) {
     let Ok(b) = (unsafe { bpf_probe_read_user(ptr as *const [u8; 8]) }) else {
         return (FRAME_OFF, FRAME_OFF);
     };
+    if &b == b"PRI * HT" {
+        return (FRAME_H2_PREFACE, FRAME_H2);
+    }
     if super::tls::is_client_hello_start(&b) {
         // Encrypted from here on (its first bytes would pass for a Kafka header).
         return (FRAME_TLS, FRAME_TLS);
@@ -347,6 +373,36 @@ fn detect(source: Source, ret: u64) -> (u8, u8) {
     (FRAME_OFF, FRAME_OFF)
 }
 
+/// The framing a server's first bytes call for: HTTP/2 when they are a SETTINGS frame on
+/// stream 0 without flags, of whole settings (`00 00 LL 04 00 00 00 00`).
+#[inline(always)]
+fn detect_server_first(source: Source, ret: u64) -> (u8, u8) {
+    let ptr = match source {
+        Source::Flat(ptr) => ptr,
+        Source::Iovec(iov, cnt) if cnt > 0 => {
+            // SAFETY: reading user memory through the helper.
+            match unsafe { bpf_probe_read_user(iov as *const Iovec) } {
+                Ok(first) if first.len >= 8 => first.base,
+                _ => return (FRAME_OFF, FRAME_OFF),
+            }
+        }
+        _ => return (FRAME_OFF, FRAME_OFF),
+    };
+    if ret < 9 {
+        return (FRAME_OFF, FRAME_OFF);
+    }
+    // SAFETY: reading user memory through the helper.
+    let Ok(b) = (unsafe { bpf_probe_read_user(ptr as *const [u8; 8]) }) else {
+        return (FRAME_OFF, FRAME_OFF);
+    };
+    let settings = b[0] == 0 && b[2] % 6 == 0 && b[3] == 4 && b[4..8] == [0, 0, 0, 0];
+    if b[1] == 0 && settings {
+        (FRAME_H2_PREFACE, FRAME_H2)
+    } else {
+        (FRAME_OFF, FRAME_OFF)
+    }
+}
+
 /// Fills the walk's iovec table; false when there is no user buffer.
 #[inline(always)]
 fn locate_source(w: &mut Walk, source: Source, ret: u64) -> bool {
@@ -360,36 +416,90 @@ fn locate_source(w: &mut Walk, source: Source, ret: u64) -> bool {
                 w.bases[i] = 0;
                 i += 1;
             }
+            w.first = 0;
+            w.table_start = 0;
+            w.iov = 0;
+            w.iov_count = 0;
             true
         }
         Source::Iovec(iov, cnt) => {
-            let mut end = 0u64;
-            let mut i = 0;
-            while i < MAX_IOVECS {
-                w.bases[i] = 0;
-                if (i as u64) < cnt {
-                    // SAFETY: reading user memory through the helper.
-                    if let Ok(v) =
-                        unsafe { bpf_probe_read_user((iov + i as u64 * 16) as *const Iovec) }
-                    {
-                        w.bases[i] = v.base;
-                        end += v.len;
-                    }
-                }
-                w.ends[i] = end;
-                i += 1;
-            }
+            w.iov = iov;
+            w.iov_count = cnt;
+            fill_table(w, 0, 0);
             true
         }
         Source::None => false,
     }
 }
 
+/// Reads `MAX_IOVECS` iovecs from number `first`, the first starting at byte `start`.
+#[inline(always)]
+fn fill_table(w: &mut Walk, first: u64, start: u64) {
+    w.first = first;
+    w.table_start = start;
+    let mut end = start;
+    let mut i = 0;
+    while i < MAX_IOVECS {
+        w.bases[i] = 0;
+        let n = first + i as u64;
+        if n < w.iov_count {
+            // SAFETY: reading user memory through the helper.
+            if let Ok(v) = unsafe { bpf_probe_read_user((w.iov + n * 16) as *const Iovec) } {
+                w.bases[i] = v.base;
+                end += v.len;
+            }
+        }
+        w.ends[i] = end;
+        i += 1;
+    }
+}
+
 /// The user address of byte `pos` of the syscall and how many contiguous bytes follow it
-/// there; None past the known iovecs.
+/// there; None outside the iovec window (see [`slide`]).
 #[inline(always)]
 fn locate(w: &Walk, pos: u64) -> Option<(u64, u64)> {
-    let mut start = 0u64;
+    in_table(w, pos)
+}
+
+/// Slides the iovec window one iovec forward when the walk's next byte is past it. One slide
+/// (one user read) is one step of the walk: the verifier sees a single read here, and
+/// `MAX_FRAME_STEPS` bounds the slides with the rest. True when it slid (or framing was lost:
+/// no more iovecs, or an unreadable one).
+#[inline(always)]
+fn slide(w: &mut Walk) -> bool {
+    let at = if w.cap_left > 0 { w.cap_pos } else { w.pos };
+    if at >= w.ret || at < w.ends[MAX_IOVECS - 1] {
+        return false;
+    }
+    let next = w.first + MAX_IOVECS as u64;
+    if next >= w.iov_count {
+        w.lost = LOST_BOUND;
+        return true;
+    }
+    // SAFETY: reading user memory through the helper.
+    let Ok(v) = (unsafe { bpf_probe_read_user((w.iov + next * 16) as *const Iovec) }) else {
+        w.lost = LOST_BOUND;
+        return true;
+    };
+    w.table_start = w.ends[0];
+    let mut i = 0;
+    while i < MAX_IOVECS - 1 {
+        w.bases[i] = w.bases[i + 1];
+        w.ends[i] = w.ends[i + 1];
+        i += 1;
+    }
+    w.bases[MAX_IOVECS - 1] = v.base;
+    w.ends[MAX_IOVECS - 1] = w.ends[MAX_IOVECS - 2] + v.len;
+    w.first += 1;
+    true
+}
+
+#[inline(always)]
+fn in_table(w: &Walk, pos: u64) -> Option<(u64, u64)> {
+    if pos < w.table_start {
+        return None;
+    }
+    let mut start = w.table_start;
     let mut i = 0;
     while i < MAX_IOVECS {
         let end = w.ends[i];
@@ -416,6 +526,9 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
     let (w, buf) = unsafe { (&mut *w, &mut *buf) };
     if w.lost != 0 {
         return 1;
+    }
+    if slide(w) {
+        return 0;
     }
     if w.cap_left > 0 {
         capture_piece(w, buf);
@@ -452,7 +565,7 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
         return 0;
     }
     let size = header_size(w.dir.mode);
-    let have = (w.dir.have as u64) & 7;
+    let have = (w.dir.have as u64) & 15;
     if have >= size {
         w.lost = LOST_HEADER;
         return 1;
@@ -462,7 +575,8 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
     }
     // One piece of the header (a header may straddle iovecs or syscalls), from the
     // read-ahead window, refilled here when the header is not in it.
-    let mut n = (size - have).min(left);
+    // At most 8 bytes a step (an HTTP/2 header, 9 bytes, takes two).
+    let mut n = (size - have).min(left).min(8);
     if w.pos < w.win_start || w.pos + n > w.win_start + w.win_len {
         if !refill_window(w, left) {
             return 1;
@@ -505,8 +619,14 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
         return 0;
     }
     close_run(w, buf);
-    let head = if runnable {
+    // An HTTP/2 DATA frame's payload is only counted (its header says how long it is); a
+    // header block is captured whole up to `H2_MAX_BLOCK` whatever the capture limit, since
+    // HPACK cannot skip one (it may fill several events).
+    let h2 = w.dir.mode == FRAME_H2;
+    let head = if runnable || (h2 && kind == H2_DATA) {
         0
+    } else if h2 && (kind == H2_HEADERS || kind == H2_PUSH_PROMISE || kind == H2_CONTINUATION) {
+        total.min(H2_MAX_BLOCK).saturating_sub(size)
     } else {
         total.min(w.cap).saturating_sub(size)
     };
@@ -661,6 +781,8 @@ fn header_size(mode: u8) -> u64 {
         FRAME_PG => 5,
         FRAME_PG_STARTUP => 8,
         FRAME_PG_ANSWER => 1,
+        FRAME_H2_PREFACE => 8,
+        FRAME_H2 => 9,
         _ => 4,
     }
 }
@@ -714,6 +836,17 @@ fn parse(w: &mut Walk) -> (u64, bool, u8) {
                 return (0, false, 0);
             }
             (len + 4, false, 0)
+        }
+        FRAME_H2_PREFACE => {
+            if h[..8] != *b"PRI * HT" {
+                return (0, false, 0);
+            }
+            w.dir.mode = FRAME_H2;
+            (24, false, H2_PREFACE_KIND)
+        }
+        FRAME_H2 => {
+            let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as u64;
+            (len + 9, false, h[3])
         }
         _ => (0, false, 0),
     }

@@ -14,13 +14,23 @@ const MAX_FIRST_SETTINGS: u8 = 10;
 
 /// `Some(Stream::Request)` for bytes that start the client preface; `Some(Stream::Response)`
 /// for a server's first frame, a SETTINGS frame without flags on stream 0, which servers
-/// such as gRPC's send without waiting for the client's preface. Only on a connection seen
-/// from its start (mid-stream, a SETTINGS frame can be anywhere).
+/// such as gRPC's send without waiting for the client's preface. On a connection found
+/// already open: a chunk that is exactly a chain of plausible frames with a HEADERS frame
+/// among them, whose first field says the side (`frames::exact_chain_side`).
 pub fn detect(bytes: &[u8], mid_stream: bool) -> Option<Stream> {
     if bytes.len() >= DETECTED && bytes.starts_with(&PREFACE[..DETECTED]) {
         return Some(Stream::Request);
     }
-    (!mid_stream && is_server_settings(bytes)).then_some(Stream::Response)
+    if is_server_settings(bytes) && (!mid_stream || super::frames::is_exact_chain(bytes)) {
+        // Mid-stream too: a TLS connection whose first plaintext is the server's (gRPC and
+        // nginx send their SETTINGS first) counts as joined late, yet a chunk of exactly
+        // whole frames opening with SETTINGS is the start of HTTP/2.
+        return Some(Stream::Response);
+    }
+    if mid_stream {
+        return super::frames::exact_chain_side(bytes);
+    }
+    None
 }
 
 /// `00 00 LL 04 00 00 00 00 00`: SETTINGS, no flags, stream 0, a whole number of settings.

@@ -306,3 +306,65 @@ fn plausible(h: &Header) -> bool {
         _ => false,
     }
 }
+
+/// For a connection found already open: when `bytes` are exactly a chain of plausible frames
+/// (nothing left over) holding a whole HEADERS frame, the side that sent them, told by the
+/// header block's first field: a request's pseudo-headers (`:authority`, `:method`, `:path`,
+/// `:scheme`, static entries 1–7) or a response's `:status` (8–14), indexed or as a literal's
+/// name, as every encoder writes them first. None when that cannot be told.
+pub fn exact_chain_side(bytes: &[u8]) -> Option<super::Stream> {
+    let mut at = 0usize;
+    let mut side = None;
+    while at + 9 <= bytes.len() {
+        let mut head = [0u8; 9];
+        head.copy_from_slice(&bytes[at..at + 9]);
+        let h = Header::parse(&head);
+        if !plausible(&h) || head[5] & 0x80 != 0 {
+            return None;
+        }
+        let end = at + 9 + h.len as usize;
+        if end > bytes.len() {
+            return None;
+        }
+        if h.kind == HEADERS && side.is_none() {
+            let payload = &bytes[at + 9..end];
+            let skip = usize::from(h.has(PADDED)) + if h.has(PRIORITY_FLAG) { 5 } else { 0 };
+            side = payload
+                .get(skip)
+                .and_then(|&first| side_of_first_field(first));
+        }
+        at = end;
+    }
+    if at != bytes.len() {
+        return None;
+    }
+    side
+}
+
+/// The static-table index a header block's first byte refers to (indexed field, or a
+/// literal's indexed name), as a side.
+fn side_of_first_field(b: u8) -> Option<super::Stream> {
+    let index = match b {
+        0x80..=0xff => b & 0x7f,
+        0x40..=0x7f => b & 0x3f,
+        0x00..=0x1f => b & 0x0f,
+        // A dynamic table size update first: not told here.
+        _ => return None,
+    };
+    match index {
+        1..=7 => Some(super::Stream::Request),
+        8..=14 => Some(super::Stream::Response),
+        _ => None,
+    }
+}
+
+/// Whether `bytes` are exactly a chain of plausible frames, nothing left over.
+pub fn is_exact_chain(bytes: &[u8]) -> bool {
+    plausible_chain(bytes, bytes.len() as u64) && {
+        let mut at = 0usize;
+        while at + 9 <= bytes.len() {
+            at += 9 + u32::from_be_bytes([0, bytes[at], bytes[at + 1], bytes[at + 2]]) as usize;
+        }
+        at == bytes.len()
+    }
+}

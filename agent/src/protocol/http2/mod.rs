@@ -75,6 +75,8 @@ const MAX_PATH_BYTES: usize = 256;
 const MAX_HOST_BYTES: usize = 256;
 const MAX_TRACEPARENT_BYTES: usize = 128;
 const MAX_TRACESTATE_BYTES: usize = 512;
+/// Streams remembered as reset (see `Http2Decoder::reset`).
+const RECENT_RESETS: usize = 8;
 
 /// The client did not start with the connection preface.
 pub const NOT_HTTP2: DecodeError = DecodeError::NotProtocol("not_http2");
@@ -132,6 +134,10 @@ pub struct Http2Decoder {
     resp: Dir,
     streams: BTreeMap<u32, StreamState>,
     stats: DecoderStats,
+    /// The last streams ended by a reset: their peer's frames may still be on the way (the
+    /// answer to a request its client cancelled), which is not an unexpected response.
+    reset: [u32; RECENT_RESETS],
+    reset_next: usize,
     /// Scratch of `feed`: the frames a chunk ended and their kept payloads.
     seen: Vec<Seen>,
     arena: Vec<u8>,
@@ -150,6 +156,8 @@ impl Decoder for Http2Decoder {
             resp: Dir::new(mid_stream),
             streams: BTreeMap::new(),
             stats: DecoderStats::default(),
+            reset: [0; RECENT_RESETS],
+            reset_next: 0,
             seen: Vec::new(),
             arena: Vec::new(),
         }
@@ -229,6 +237,16 @@ impl Http2Decoder {
             Stream::Response => &mut self.resp,
         };
         if dir.reader.lost {
+            if chunk.stream == Stream::Request && bytes.starts_with(PREFACE) {
+                // A connection taken for one joined late starts after all (TLS whose server
+                // spoke first): its frames follow the preface, and the tables are complete
+                // from here (an unknown table tracks every entry it sees inserted).
+                bytes = &bytes[PREFACE.len()..];
+                if bytes.is_empty() && gap == 0 {
+                    dir.reader.lost = false;
+                    return Ok(());
+                }
+            }
             if !frames::plausible_chain(bytes, bytes.len() as u64 + gap) {
                 return Ok(());
             }
@@ -372,6 +390,8 @@ impl Http2Decoder {
                     }
                     _ => None,
                 };
+                self.reset[self.reset_next % RECENT_RESETS] = h.stream;
+                self.reset_next += 1;
                 if let Some(s) = self.streams.remove(&h.stream) {
                     match s.reset(code, f.last_ns) {
                         Some(x) => out.push(x),
@@ -470,8 +490,8 @@ impl Http2Decoder {
 
     fn response_headers(&mut self, id: u32, fields: streams::Fields) {
         let Some(s) = self.streams.get_mut(&id) else {
-            // A pushed stream, or a request lost with framing.
-            if id % 2 == 1 {
+            // A pushed stream, a stream reset a moment ago, or a request lost with framing.
+            if id % 2 == 1 && !self.reset.contains(&id) {
                 self.stats.unexpected_responses += 1;
             }
             return;

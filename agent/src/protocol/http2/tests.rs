@@ -344,6 +344,64 @@ fn lost_framing_resumes_at_plausible_frames_and_never_guesses_from_the_table() {
 }
 
 #[test]
+fn a_connection_found_open_is_recognised_by_a_chunk_of_whole_frames() {
+    let request = frame(frames::HEADERS, frames::END_HEADERS, 9, &[0x83, 0x86, 0xbe]);
+    let mut chunk = request.clone();
+    chunk.extend(data(9, true, 20));
+    assert_eq!(detect(&chunk, true), Some(Stream::Request));
+    let response = frame(frames::HEADERS, frames::END_HEADERS, 9, &[0x88, 0xc0]);
+    assert_eq!(detect(&response, true), Some(Stream::Response));
+    // Not exactly whole frames, no HEADERS, or another protocol's bytes: not recognised.
+    assert_eq!(detect(&chunk[..chunk.len() - 1], true), None);
+    assert_eq!(detect(&data(9, true, 20), true), None);
+    assert_eq!(
+        detect(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", true),
+        None
+    );
+    assert_eq!(
+        detect(&[0, 0, 0, 20, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0], true),
+        None
+    );
+    // A connection seen from its start is not recognised that way.
+    assert_eq!(detect(&chunk, false), None);
+}
+
+/// TLS whose server speaks first: the connection is taken for one joined late, yet it is
+/// decoded whole from the server's SETTINGS and the client's preface on.
+#[test]
+fn a_late_looking_start_with_the_preface_decodes_everything() {
+    assert_eq!(detect(&settings(), true), Some(Stream::Response));
+    let mut c = Conn::with(Http2Decoder::start(true));
+    c.resp(&settings());
+    let mut first = preface();
+    let mut block = vec![0x82];
+    block.extend(indexed_literal(":path", "/indexed"));
+    first.extend(frame(
+        frames::HEADERS,
+        frames::END_HEADERS | frames::END_STREAM,
+        1,
+        &block,
+    ));
+    c.req(&first);
+    c.resp(&headers(1, true, &[(":status", "200")]));
+    // The dynamic entry the first request inserted is known.
+    c.req(&frame(
+        frames::HEADERS,
+        frames::END_HEADERS | frames::END_STREAM,
+        3,
+        &[0x82, 0xbe],
+    ));
+    c.resp(&headers(3, true, &[(":status", "200")]));
+    assert_eq!(
+        lines(&c.take()),
+        [
+            "GET /indexed /indexed 200 req_body=0 resp_body=0 complete=true",
+            "GET /indexed /indexed 200 req_body=0 resp_body=0 complete=true",
+        ]
+    );
+}
+
+#[test]
 fn a_connection_adopted_mid_stream_decodes_static_and_literal_fields_only() {
     let mut c = Conn::with(Http2Decoder::start(true));
     // Bytes that do not start a frame are skipped until ones that do.
@@ -406,7 +464,12 @@ fn not_a_preface_is_not_http2_and_errors_stick() {
         &[0, 3, 0, 0, 0, 100, 0, 4, 0, 1, 0, 0],
     );
     assert_eq!(detect(&settings, false), Some(Stream::Response));
-    assert_eq!(detect(&settings, true), None);
+    // Mid-stream only when it is whole frames and nothing else.
+    assert_eq!(detect(&settings, true), Some(Stream::Response));
+    let mut trailing = settings.clone();
+    trailing.extend_from_slice(b"garbage!!");
+    assert_eq!(detect(&trailing, true), None);
+    assert_eq!(detect(&trailing, false), Some(Stream::Response));
     assert!(could_start(&settings[..5]));
     assert_eq!(detect(&frame(frames::SETTINGS, 1, 0, &[]), false), None);
 }
@@ -454,6 +517,13 @@ const GOLDEN: Golden<Http2Decoder> = Golden {
 };
 
 testkit::golden_tests!(GOLDEN);
+
+/// The same fixtures as the kernel's HTTP/2 framing delivers them (every frame header, the
+/// heads of non-DATA payloads, DATA payloads skipped), split at every byte.
+#[test]
+fn golden_fixtures_framed() {
+    testkit::golden_fixtures_framed(&GOLDEN);
+}
 
 /// Under any capture limit, an exchange is one the whole bytes give, or says what it does not
 /// know: an unknown method, an empty path or status 0. Never another method, path or status.
