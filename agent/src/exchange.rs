@@ -197,6 +197,14 @@ impl Exchange {
         }
     }
 
+    /// The exchange's stream on a multiplexed connection (HTTP/2), 0 elsewhere.
+    pub fn stream_id(&self) -> u32 {
+        match &self.detail {
+            Detail::Http(h) => h.stream_id.unwrap_or(0),
+            _ => 0,
+        }
+    }
+
     /// Whether the whole response was seen: false when the connection closed while it was
     /// coming, or a capture gap cut what the decoder reads of it (the exchange is inexact).
     pub fn complete(&self) -> bool {

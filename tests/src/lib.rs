@@ -14,6 +14,7 @@
 
 mod agent;
 mod cgroup;
+mod grpc;
 mod http;
 mod kafka;
 mod kube_api;
@@ -38,6 +39,7 @@ use anyhow::Context;
 
 pub use agent::{agent_binary, wait_for_metric, Agent, AgentOptions};
 pub use cgroup::TestCgroup;
+pub use grpc::GrpcServer;
 pub use http::{curl, http_get, tcp_raw, wait_for_port, HttpResponse};
 pub use kafka::{kcat, python_kafka_client, MockKafka};
 pub use kube_api::{FakeKubeApi, KUBE_APISERVER};
@@ -50,7 +52,7 @@ pub use prometheus::{url_encode, Prometheus};
 pub use promtool::promtool_check_metrics;
 pub use pyserver::{PyServer, HTTP_TEST_SERVER};
 pub use scratch_cgroup::{cgroup2_mount, ScratchCgroup};
-pub use wrk::{parse_wrk, run_wrk, wrk, WrkOptions, WrkResult};
+pub use wrk::{parse_h2load, parse_wrk, run_h2load, run_wrk, wrk, WrkOptions, WrkResult};
 
 /// The workspace root (the directory holding the top-level `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {

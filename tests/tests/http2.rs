@@ -2,129 +2,16 @@
 //! (Python `grpcio`, nginx with `http2`), real clients (`grpcio`, curl, h2load), exact counts
 //! per method and status on both ends.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use harness::{wait_for_metric, Agent, Nginx, TempDir};
+use harness::{wait_for_metric, Agent, GrpcServer, Nginx, TempDir};
 
 const RPC_SERVER: &str = "rpc_server_call_duration_seconds_count";
 const RPC_CLIENT: &str = "rpc_client_call_duration_seconds_count";
 const HTTP_SERVER: &str = "http_server_request_duration_seconds_count";
 const HTTP_CLIENT: &str = "http_client_request_duration_seconds_count";
 const WAIT: Duration = Duration::from_secs(20);
-
-/// A gRPC server on `grpcio` (generic handlers, raw-bytes messages, no generated stubs):
-/// `Say` echoes, `Lookup` aborts NOT_FOUND (a Trailers-Only response), `Slow` sleeps 300 ms,
-/// `Stream` answers five messages, `Collect` sums a client stream, `Chat` echoes a bidi
-/// stream, `Big` answers the size it is asked for.
-const GRPC_SERVER: &str = r#"
-import sys, time
-from concurrent import futures
-import grpc
-
-def say(req, ctx): return req
-def lookup(req, ctx): ctx.abort(grpc.StatusCode.NOT_FOUND, "nope")
-def slow(req, ctx):
-    time.sleep(0.3)
-    return req
-def stream(req, ctx):
-    for i in range(5): yield req + bytes([i])
-def collect(reqs, ctx): return b"%d" % sum(len(r) for r in reqs)
-def chat(reqs, ctx):
-    for r in reqs: yield r
-def big(req, ctx): return b"r" * int(req)
-
-ident = lambda b: b
-handlers = {
-    "Say": grpc.unary_unary_rpc_method_handler(say, ident, ident),
-    "Lookup": grpc.unary_unary_rpc_method_handler(lookup, ident, ident),
-    "Slow": grpc.unary_unary_rpc_method_handler(slow, ident, ident),
-    "Stream": grpc.unary_stream_rpc_method_handler(stream, ident, ident),
-    "Collect": grpc.stream_unary_rpc_method_handler(collect, ident, ident),
-    "Chat": grpc.stream_stream_rpc_method_handler(chat, ident, ident),
-    "Big": grpc.unary_unary_rpc_method_handler(big, ident, ident),
-}
-server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("periscope.test.Echo", handlers),))
-server.add_insecure_port("127.0.0.1:" + sys.argv[1])
-server.start()
-server.wait_for_termination()
-"#;
-
-/// The client: every call shape on one channel (one connection), checking each answer.
-const GRPC_CLIENT: &str = r#"
-import os, grpc
-ident = lambda b: b
-ch = grpc.insecure_channel("127.0.0.1:" + os.environ["PORT"])
-m = lambda kind, name: getattr(ch, kind)("/periscope.test.Echo/" + name, request_serializer=ident, response_deserializer=ident)
-say = m("unary_unary", "Say")
-for i in range(12):
-    assert say(b"hello %d" % i) == b"hello %d" % i
-futures = [say.future(b"x" * i) for i in range(20)]
-assert [len(f.result()) for f in futures] == list(range(20))
-for _ in range(4):
-    try:
-        m("unary_unary", "Lookup")(b"k")
-        raise SystemExit("Lookup succeeded")
-    except grpc.RpcError as e:
-        assert e.code() == grpc.StatusCode.NOT_FOUND, e
-for _ in range(2):
-    try:
-        m("unary_unary", "Slow")(b"z", timeout=0.05)
-        raise SystemExit("Slow succeeded")
-    except grpc.RpcError as e:
-        assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, e
-for _ in range(3):
-    assert len(list(m("unary_stream", "Stream")(b"s"))) == 5
-for _ in range(3):
-    assert m("stream_unary", "Collect")(iter([b"ab", b"cde", b"f"])) == b"6"
-for _ in range(2):
-    assert list(m("stream_stream", "Chat")(iter([b"1", b"22", b"333", b"4444"]))) == [b"1", b"22", b"333", b"4444"]
-big = m("unary_unary", os.environ.get("BIG_METHOD", "Big"))
-for n in [int(x) for x in os.environ.get("BIG", "").split(",") if x]:
-    assert len(big(b"%d" % n)) == n
-ch.close()
-"#;
-
-/// A running child, killed on drop.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn grpc_server() -> (Killed, u16) {
-    let port = harness::free_port();
-    let server = Killed(
-        Command::new("python3")
-            .args(["-c", GRPC_SERVER, &port.to_string()])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let up = harness::wait_until(WAIT, Duration::from_millis(50), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    assert!(up, "the gRPC server listens on {port}");
-    (server, port)
-}
-
-fn grpc_client(port: u16, env: &[(&str, &str)]) {
-    let out = Command::new("python3")
-        .args(["-c", GRPC_CLIENT])
-        .env("PORT", port.to_string())
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "the gRPC client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn rpc<'a>(port: &'a str, method: &'a str, status: &'a str) -> [(&'a str, &'a str); 3] {
     [
@@ -139,12 +26,12 @@ fn rpc<'a>(port: &'a str, method: &'a str, status: &'a str) -> [(&'a str, &'a st
 /// method and status on the server's side and on the client's.
 #[test]
 fn grpc_calls_of_every_shape_are_counted_exactly_on_both_ends() {
-    let (_server, port) = grpc_server();
+    let server = GrpcServer::start();
     let agent = Agent::start(&[]).unwrap();
     // Large messages too: one DATA frame each, sent with the trailers in one `sendmsg` of
     // many iovecs; the kernel walks the frames, so the trailers are seen.
-    grpc_client(port, &[("BIG", "100000,1000000,70000")]);
-    let port = port.to_string();
+    server.run_client(&[("BIG", "100000,1000000,70000")]);
+    let port = server.port().to_string();
     let expected = [
         ("periscope.test.Echo/Big", "OK", 3.0),
         ("periscope.test.Echo/Say", "OK", 32.0),

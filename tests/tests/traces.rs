@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use harness::{
     curl, free_port, python_kafka_client, wait_for_metric, wait_until, Agent, AgentOptions,
-    MockKafka, PgServer, PyServer, TempDir,
+    GrpcServer, MockKafka, PgServer, PyServer, TempDir,
 };
 use serde_json::Value;
 
@@ -1204,4 +1204,59 @@ fn untrusted_collector_certificate_is_counted_not_fatal() {
         .collect();
     assert_eq!(warnings.len(), 1, "{log}");
     assert!(warnings[0].contains("certificate"), "{log}");
+}
+
+/// gRPC: ten concurrent calls on one HTTP/2 connection (their times overlap, so only the
+/// stream pairs the two ends) and one carrying a `traceparent` in its metadata. Exactly one
+/// SERVER and one CLIENT span per call, named by `rpc.method`, each server span the child of
+/// its own call's client span.
+#[test]
+fn grpc_calls_become_spans_paired_by_stream() {
+    let receiver = Receiver::start();
+    let server = GrpcServer::start();
+    let _agent = receiver.agent("grpc");
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    server.run_python(
+        r#"
+import os, grpc
+ident = lambda b: b
+ch = grpc.insecure_channel("127.0.0.1:" + os.environ["PORT"])
+nap = ch.unary_unary("/periscope.test.Echo/Nap", request_serializer=ident, response_deserializer=ident)
+calls = [nap.future(b"x" * (i + 1)) for i in range(10)]
+assert [len(c.result()) for c in calls] == [i + 1 for i in range(10)]
+tp = "00-" + os.environ["TRACE"] + "-00f067aa0ba902b7-01"
+assert nap(b"traced", metadata=(("traceparent", tp),)) == b"traced"
+ch.close()
+"#,
+        &[("TRACE", trace)],
+    );
+    let port = server.port();
+    let servers = expect_spans(&receiver, port, SERVER, 11);
+    let clients = expect_spans(&receiver, port, CLIENT, 11);
+    for span in servers.iter().chain(&clients) {
+        assert_eq!(span["name"], "periscope.test.Echo/Nap", "{span}");
+        assert_eq!(attr(span, "rpc.system.name"), "grpc");
+        assert_eq!(attr(span, "rpc.method"), "periscope.test.Echo/Nap");
+        assert_eq!(attr(span, "rpc.status_code"), "OK");
+        assert_eq!(attr(span, "network.protocol.version"), "2");
+        assert_eq!(span["status_code"], 0, "{span}");
+    }
+    // Each server span's parent is a distinct client span, in the same trace, whose time
+    // holds it.
+    let mut parents = std::collections::BTreeSet::new();
+    for s in &servers {
+        let parent = clients
+            .iter()
+            .find(|c| c["span_id"] == s["parent_span_id"])
+            .unwrap_or_else(|| panic!("no client parent for {s}"));
+        assert_eq!(s["trace_id"], parent["trace_id"]);
+        assert!(u(&parent["start"]) <= u(&s["start"]) && u(&s["end"]) <= u(&parent["end"]));
+        parents.insert(parent["span_id"].to_string());
+    }
+    assert_eq!(parents.len(), 11, "one client span per server span");
+    assert_eq!(
+        clients.iter().filter(|c| c["trace_id"] == trace).count(),
+        1,
+        "the traced call joins its traceparent"
+    );
 }

@@ -137,6 +137,14 @@ pub struct HttpArgs {
     /// agent decodes both ends from the TLS uprobes (`bench http` only).
     #[arg(long)]
     pub(crate) https: bool,
+    /// nginx speaks HTTP/2 (`listen … http2`: h2c prior knowledge, or ALPN `h2` with
+    /// `--https`) and h2load replaces wrk, with `--streams` concurrent streams per connection
+    /// (`bench http` only).
+    #[arg(long)]
+    pub(crate) h2: bool,
+    /// Concurrent streams per connection with `--h2` (h2load -m).
+    #[arg(long, default_value_t = 10)]
+    streams: u32,
     /// Extra arguments for the agent, after `--`.
     #[arg(last = true)]
     agent_args: Vec<String>,
@@ -158,6 +166,9 @@ impl HttpArgs {
             self.agent_cpu,
             if self.https { " --https" } else { "" }
         );
+        if self.h2 {
+            c.push_str(&format!(" --h2 --streams {}", self.streams));
+        }
         if !self.agent_args.is_empty() {
             c.push_str(" -- ");
             c.push_str(&self.agent_args.join(" "));
@@ -247,16 +258,28 @@ impl NginxBench {
             let nginx = Nginx::launch(&NginxOptions {
                 cpu: args.nginx_cpu.0,
                 http_body: format!(
-                    "server {{\n    listen 127.0.0.1:@PORT@ ssl;\n    ssl_certificate {};\n    \
+                    "server {{\n    listen 127.0.0.1:@PORT@ ssl{h2};\n    ssl_certificate {};\n    \
                      ssl_certificate_key {};\n    keepalive_requests 10000000;\n    \
                      keepalive_timeout 75s;\n    location / {{ return 200 \"ok\\n\"; }}\n  }}",
                     cert.display(),
-                    key.display()
+                    key.display(),
+                    h2 = if args.h2 { " http2" } else { "" },
                 ),
                 ..NginxOptions::server("")
             })?;
             let url = format!("https://127.0.0.1:{}/", nginx.port());
             (nginx, url, Some(certs))
+        } else if args.h2 {
+            let nginx = Nginx::launch(&NginxOptions {
+                cpu: args.nginx_cpu.0,
+                http_body: "server {\n    listen 127.0.0.1:@PORT@ http2;\n    \
+                            keepalive_requests 10000000;\n    keepalive_timeout 75s;\n    \
+                            location / { return 200 \"ok\\n\"; }\n  }"
+                    .to_owned(),
+                ..NginxOptions::server("")
+            })?;
+            let url = nginx.url("/");
+            (nginx, url, None)
         } else {
             let nginx = ok_nginx(args.nginx_cpu.0, "")?;
             let url = nginx.url("/");
@@ -271,9 +294,14 @@ impl NginxBench {
             .iter()
             .map(|&(_, what, cpu)| format!(", {what} {}", on(cpu)))
             .collect();
+        let client = if args.h2 {
+            format!("h2load -m{}", args.streams)
+        } else {
+            "wrk".to_owned()
+        };
         let placement = format!(
-            "nginx (master + 1 worker) {}, wrk -t{} -c{} {}, agent {}{extra} (taskset); {cpus} \
-             CPUs online",
+            "nginx (master + 1 worker) {}, {client} -t{} -c{} {}, agent {}{extra} (taskset); \
+             {cpus} CPUs online",
             on(args.nginx_cpu),
             args.threads,
             args.connections,
@@ -289,6 +317,7 @@ impl NginxBench {
                 connections: args.connections,
                 duration: Duration::from_secs(args.seconds),
                 cpu: args.wrk_cpu.0,
+                h2_streams: args.h2.then_some(args.streams),
             },
             agent_options: AgentOptions {
                 bin: Some(bin),
@@ -573,10 +602,17 @@ pub(crate) fn machine() -> String {
 fn report(args: &HttpArgs, placement: &str, rounds: &[(Run, Run)]) -> String {
     let dash = "–";
     let mut out = String::new();
-    out.push_str(if args.https {
-        "### HTTPS: nginx `return 200` over TLS under wrk, without and with Periscope\n\n"
-    } else {
-        "### HTTP: nginx `return 200` under wrk, without and with Periscope\n\n"
+    out.push_str(match (args.https, args.h2) {
+        (true, false) => {
+            "### HTTPS: nginx `return 200` over TLS under wrk, without and with Periscope\n\n"
+        }
+        (false, false) => "### HTTP: nginx `return 200` under wrk, without and with Periscope\n\n",
+        (true, true) => {
+            "### HTTP/2 over TLS: nginx `return 200` under h2load, without and with Periscope\n\n"
+        }
+        (false, true) => {
+            "### HTTP/2 (h2c): nginx `return 200` under h2load, without and with Periscope\n\n"
+        }
     });
     out.push_str(&format!("Command: `{}`\n\n", args.command("http", "")));
     out.push_str(&format!(

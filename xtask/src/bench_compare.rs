@@ -600,6 +600,7 @@ fn run_config(
         connections: args.connections,
         duration: Duration::from_secs(args.seconds),
         cpu: args.wrk_cpu.0,
+        h2_streams: None,
     };
     let workers = app.pids().len() - 1;
     if workers != args.workers as usize {

@@ -86,6 +86,7 @@ pub fn http(method: &str, status: u16, route: &str, bodies: (u64, u64)) -> Detai
         complete: true,
         version: Default::default(),
         grpc: None,
+        stream_id: None,
     })
 }
 

@@ -428,7 +428,12 @@ fn lost(out: Pieces, rest: usize, hdr: &[u8]) -> String {
 
 /// An HTTP/2 server's first SETTINGS frame (`00 00 LL 04 00 00 00 00`, LL a multiple of 6).
 fn is_server_settings(b: &[u8]) -> bool {
-    b.len() >= 9 && b[0] == 0 && b[1] == 0 && b[2].is_multiple_of(6) && b[3] == 4 && b[4..8] == [0; 4]
+    b.len() >= 9
+        && b[0] == 0
+        && b[1] == 0
+        && b[2].is_multiple_of(6)
+        && b[3] == 4
+        && b[4..8] == [0; 4]
 }
 
 fn detect(b: &[u8]) -> (Mode, Mode) {

@@ -71,6 +71,9 @@ pub struct HttpExchange {
     pub complete: bool,
     pub version: HttpVersion,
     pub grpc: Option<GrpcCall>,
+    /// The HTTP/2 stream: both ends of a connection number it alike, which is how a server
+    /// span finds its client span on a multiplexed connection.
+    pub stream_id: Option<u32>,
 }
 
 super::timed!(HttpExchange);

@@ -220,6 +220,7 @@ pub(crate) fn faults(env: &Env, args: &FaultsArgs) -> anyhow::Result<Report> {
         connections: args.connections,
         duration: Duration::from_secs(args.seconds),
         cpu: None,
+        h2_streams: None,
     };
     let (wrk, scrapes) = std::thread::scope(|s| {
         let wrk = s.spawn(|| run_wrk(&wrk_options));

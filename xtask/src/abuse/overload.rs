@@ -79,6 +79,7 @@ pub(crate) fn overload(env: &Env, args: &OverloadArgs) -> anyhow::Result<Report>
         connections: args.connections,
         duration: Duration::from_secs(args.seconds),
         cpu: None,
+        h2_streams: None,
     };
     let port = nginx.port();
 

@@ -359,6 +359,7 @@ impl Stitcher {
             tid: exchange.endpoint.tid,
             conn_id: exchange.endpoint.conn_id,
             peer_conn: exchange.endpoint.peer_conn,
+            stream: exchange.stream_id(),
             remote_parent,
             span,
         };

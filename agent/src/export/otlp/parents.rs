@@ -6,7 +6,8 @@
 //!   one request is in flight on the thread). The thread is the one whose syscall completed
 //!   the exchange; event loops that move a request between threads are not parented.
 //! - **Same connection.** When the client end of a connection was seen on this node, a server
-//!   exchange on the other end is the child of the client exchange whose time holds it.
+//!   exchange on the other end is the child of the client exchange whose time holds it; on a
+//!   multiplexed connection (HTTP/2), the one of the same stream.
 //!
 //! A caller finishes after its callees (a server answers after its calls return, a client
 //! reads the answer after the server wrote it), so a span that may still get a parent waits
@@ -66,6 +67,9 @@ pub struct Arrival {
     pub conn_id: u64,
     /// For a server span: the connection of its client end on this node.
     pub peer_conn: Option<u64>,
+    /// The exchange's stream on a multiplexed connection (HTTP/2), 0 elsewhere: both ends of
+    /// a connection number a stream alike.
+    pub stream: u32,
     /// The `traceparent` of the request, whose trace the span has joined.
     pub remote_parent: Option<TraceParent>,
     pub span: Span,
@@ -74,7 +78,7 @@ pub struct Arrival {
 /// A span and the children it adopted, waiting for the tree's trace to be settled.
 struct Node {
     process: Arc<ProcessInfo>,
-    conn_id: u64,
+    conn: Link,
     remote_parent: Option<TraceParent>,
     span: Span,
     children: Vec<Node>,
@@ -82,13 +86,16 @@ struct Node {
     size: usize,
 }
 
+/// A connection and a stream on it (0 where streams are not multiplexed).
+type Link = (u64, u32);
+
 /// What a waiting span waits for.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Wait {
     /// A server span of this (pid, thread) whose time holds it.
     Thread(u32, u32),
-    /// A client span on this connection whose time holds it.
-    Conn(u64),
+    /// A client span on this connection and stream whose time holds it.
+    Conn(Link),
 }
 
 struct Waiting {
@@ -122,10 +129,11 @@ pub struct Parents {
     held: usize,
     /// Processes seen serving: only their client calls may have a server parent.
     servers: HashSet<u32>,
-    /// The latest client span sent per connection, while no server span claimed it.
-    sent: HashMap<u64, Sent>,
-    /// Connections of `sent` in the order they were sent, with when they stop being kept.
-    sent_order: VecDeque<(Instant, u64)>,
+    /// The latest client span sent per connection and stream, while no server span claimed
+    /// it.
+    sent: HashMap<Link, Sent>,
+    /// Keys of `sent` in the order they were sent, with when they stop being kept.
+    sent_order: VecDeque<(Instant, Link)>,
 }
 
 impl Parents {
@@ -136,7 +144,7 @@ impl Parents {
         let server = arrival.span.kind == SpanKind::Server;
         let mut node = Node {
             process: arrival.process,
-            conn_id: arrival.conn_id,
+            conn: (arrival.conn_id, arrival.stream),
             remote_parent: arrival.remote_parent,
             span: arrival.span,
             children: Vec::new(),
@@ -154,12 +162,13 @@ impl Parents {
             }
             (true, None) => {}
             (false, _) => {
-                if let Some(child) = self.take_fitting(Wait::Conn(node.conn_id), &node.span) {
+                if let Some(child) = self.take_fitting(Wait::Conn(node.conn), &node.span) {
                     node.adopt(child, true);
                 }
             }
         }
-        if let (true, Some(conn)) = (server, arrival.peer_conn) {
+        let peer = arrival.peer_conn.map(|conn| (conn, arrival.stream));
+        if let (true, Some(conn)) = (server, peer) {
             if let Some(caller) = self.take_sent(conn, &node.span) {
                 node.span.trace_id = caller.trace_id;
                 node.span.parent_span_id = Some(caller.span_id);
@@ -171,7 +180,7 @@ impl Parents {
             }
         }
         let wait = match (server, arrival.tid) {
-            (true, _) => arrival.peer_conn.map(Wait::Conn),
+            (true, _) => peer.map(Wait::Conn),
             (false, Some(tid)) if self.servers.contains(&pid) => Some(Wait::Thread(pid, tid)),
             (false, _) => None,
         };
@@ -220,7 +229,7 @@ impl Parents {
     }
 
     /// The client span sent on `conn` whose time holds `callee`, if it is still kept.
-    fn take_sent(&mut self, conn: u64, callee: &Span) -> Option<Sent> {
+    fn take_sent(&mut self, conn: Link, callee: &Span) -> Option<Sent> {
         let sent = self.sent.get(&conn)?;
         if !fits(sent.start_unix_ns, sent.end_unix_ns, callee, CONN_SLACK_NS) {
             return None;
@@ -269,7 +278,7 @@ impl Parents {
         let mut stack = vec![root];
         while let Some(mut node) = stack.pop() {
             if node.span.kind != SpanKind::Server && node.children.is_empty() {
-                match self.take_fitting(Wait::Conn(node.conn_id), &node.span) {
+                match self.take_fitting(Wait::Conn(node.conn), &node.span) {
                     Some(child) => node.adopt(child, true),
                     None => self.keep_sent(&node, sampled),
                 }
@@ -301,8 +310,8 @@ impl Parents {
             sampled,
             until,
         };
-        self.sent.insert(node.conn_id, sent);
-        self.sent_order.push_back((until, node.conn_id));
+        self.sent.insert(node.conn, sent);
+        self.sent_order.push_back((until, node.conn));
     }
 
     /// Spans held now.

@@ -255,6 +255,7 @@ impl IntoDetail for EchoDecoder {
             complete: true,
             version: Default::default(),
             grpc: None,
+            stream_id: None,
         })
     }
 }

@@ -736,6 +736,7 @@ fn emit(cur: Current, end_ns: u64, complete: bool, out: &mut Vec<HttpExchange>) 
         complete,
         version: cur.version,
         grpc: None,
+        stream_id: None,
     });
 }
 

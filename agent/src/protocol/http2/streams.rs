@@ -114,6 +114,7 @@ impl Side {
 /// A stream whose request was seen.
 #[derive(Debug)]
 pub struct StreamState {
+    id: u32,
     request: Fields,
     start_ns: u64,
     request_body: u64,
@@ -126,8 +127,9 @@ pub struct StreamState {
 }
 
 impl StreamState {
-    pub fn open(_id: u32, start_ns: u64, request: Fields) -> StreamState {
+    pub fn open(id: u32, start_ns: u64, request: Fields) -> StreamState {
         StreamState {
+            id,
             request,
             start_ns,
             request_body: 0,
@@ -247,6 +249,7 @@ impl StreamState {
             complete,
             version: HttpVersion::Http2,
             grpc,
+            stream_id: Some(self.id),
         })
     }
 }

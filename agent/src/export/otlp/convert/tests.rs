@@ -39,6 +39,7 @@ fn http(status: u16, method: &str) -> Detail {
         complete: true,
         version: Default::default(),
         grpc: None,
+        stream_id: None,
     })
 }
 

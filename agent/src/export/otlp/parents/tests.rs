@@ -35,6 +35,7 @@ fn arrival(pid: u32, tid: u32, conn: u64, span: Span) -> Arrival {
         tid: Some(tid),
         conn_id: conn,
         peer_conn: None,
+        stream: 0,
         remote_parent: None,
         span,
     }
@@ -341,4 +342,29 @@ fn a_late_server_end_is_fitted_into_its_sent_client_with_its_children() {
     let times = |id| (find(&out, id).start_unix_ns, find(&out, id).end_unix_ns);
     assert_eq!(times(2), (100, 1_000));
     assert_eq!(times(7), (100, 500));
+}
+
+/// HTTP/2: concurrent streams on one connection overlap in time, so time alone would pair a
+/// server span with any of them; the stream number pairs each with its own.
+#[test]
+fn multiplexed_streams_pair_by_stream_not_by_time() {
+    let on = Sampler::AlwaysOn;
+    let mut p = Parents::default();
+    let mut out = Vec::new();
+    // Two server spans on the server end (conn 31) of client conn 22: stream 3, then 1.
+    for (id, stream) in [(13u8, 3u32), (11, 1)] {
+        let mut server = arrival(3, 30, 31, span(SpanKind::Server, id, 1_000_000, 2_000_000));
+        server.peer_conn = Some(22);
+        server.stream = stream;
+        p.offer(server, &on, &mut out);
+    }
+    // The client spans, both holding both servers' times: stream 1 first.
+    for (id, stream) in [(1u8, 1u32), (3, 3)] {
+        let mut client = arrival(1, 10, 22, span(SpanKind::Client, id, 900_000, 2_100_000));
+        client.stream = stream;
+        p.offer(client, &on, &mut out);
+    }
+    assert_eq!(find(&out, 11).parent_span_id, Some([1; 8]));
+    assert_eq!(find(&out, 13).parent_span_id, Some([3; 8]));
+    assert_eq!(p.held(), 0);
 }
