@@ -616,10 +616,11 @@ fn report(args: &HttpArgs, placement: &str, rounds: &[(Run, Run)]) -> String {
     });
     out.push_str(&format!("Command: `{}`\n\n", args.command("http", "")));
     out.push_str(&format!(
-        "Machine: {}. Placement: {placement} Each round runs wrk for {} s without, then with \
-         the agent (started fresh, ready before wrk starts, stopped with SIGINT after); \
+        "Machine: {}. Placement: {placement} Each round runs {} for {} s without, then with \
+         the agent (started fresh, ready before the load starts, stopped with SIGINT after); \
          one warm-up round is discarded.\n\n",
         machine(),
+        if args.h2 { "h2load" } else { "wrk" },
         args.seconds
     ));
     out.push_str(
