@@ -18,14 +18,24 @@ pub struct GrpcServer {
 impl GrpcServer {
     /// Starts the server and waits (20 s at most) until it accepts; panics if it does not.
     pub fn start() -> GrpcServer {
+        GrpcServer::start_on(None)
+    }
+
+    /// The same, pinned to `cpu` with `taskset` (benchmarks).
+    pub fn start_on(cpu: Option<usize>) -> GrpcServer {
         let port = free_port();
-        let process = ChildProcess::spawn(
-            "grpc echo server",
-            Command::new("python3")
-                .args(["-c", SERVER, &port.to_string()])
-                .stdout(Stdio::null()),
-        )
-        .unwrap_or_else(|e| panic!("{e:#}"));
+        let mut cmd = match cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpu.to_string(), "python3"]);
+                c
+            }
+            None => Command::new("python3"),
+        };
+        cmd.args(["-c", SERVER, &port.to_string()])
+            .stdout(Stdio::null());
+        let process =
+            ChildProcess::spawn("grpc echo server", &mut cmd).unwrap_or_else(|e| panic!("{e:#}"));
         let up = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });

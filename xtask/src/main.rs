@@ -7,6 +7,7 @@ mod bench_decode;
 mod bench_flows;
 mod bench_framing;
 mod bench_framing_http;
+mod bench_grpc;
 mod bench_pgbench;
 mod bench_syscall;
 mod bench_traces;
@@ -67,6 +68,9 @@ enum Cli {
 enum Bench {
     /// nginx under wrk, alternating rounds without and with the agent.
     Http(bench::HttpArgs),
+    /// gRPC unary calls from a grpcio client to a grpcio server (one HTTP/2 connection),
+    /// without and with the agent.
+    Grpc(bench_grpc::GrpcArgs),
     /// What the kernel hooks add to each syscall: pipe, getppid and loopback HTTP loops,
     /// alternating no agent, `--syscall-hooks btf` and `raw`, each with and without syscall
     /// statistics (entry hook per selected syscall or on every syscall).
@@ -103,6 +107,7 @@ fn main() -> ExitCode {
         Cli::Test(args) => test::test(&args),
         Cli::Abuse(args) => abuse::abuse(&args),
         Cli::Bench(Bench::Http(args)) => bench::http(&args),
+        Cli::Bench(Bench::Grpc(args)) => bench_grpc::grpc(&args),
         Cli::Bench(Bench::Syscall(args)) => bench_syscall::syscall(&args),
         Cli::Bench(Bench::Pgbench(args)) => bench_pgbench::pgbench(&args),
         Cli::Bench(Bench::Decode(args)) => bench_decode::decode(&args),
