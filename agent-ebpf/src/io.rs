@@ -337,26 +337,10 @@ fn copy_iovec(buf: &mut EventBuf, iov_ptr: u64, iovcnt: u64, limit: u64) -> u64 
             break;
         };
         i += 1;
-        if iov.len == 0 {
-            continue;
+        match copy_one_iovec(buf, &iov, off, limit) {
+            Some(n) => off += n,
+            None => break,
         }
-        let want = iov.len.min(limit - off);
-        // off < limit ≤ MAX_CAPTURE and 1 ≤ n ≤ MAX_CAPTURE, so off + n < 2 * MAX_CAPTURE:
-        // the masks restate that for the verifier.
-        let at = off & (MAX_CAPTURE as u64 - 1);
-        let n = ((want - 1) & (MAX_CAPTURE as u64 - 1)) + 1;
-        // SAFETY: at + n ≤ 2 * MAX_CAPTURE - 1 < payload length.
-        let rc = unsafe {
-            probe_read_user_raw(
-                buf.payload.as_mut_ptr().add(at as usize) as *mut c_void,
-                n as u32,
-                iov.base as *const c_void,
-            )
-        };
-        if rc != 0 {
-            break;
-        }
-        off += n;
     }
     off
 }
@@ -416,12 +400,27 @@ extern "C" fn iovec_step(index: u64, _ctx: *mut c_void) -> i64 {
     let Ok(iov) = (unsafe { bpf_probe_read_user((copy.iov + index * 16) as *const Iovec) }) else {
         return 1;
     };
-    if iov.len == 0 {
-        return 0;
+    match copy_one_iovec(buf, &iov, copy.off, copy.limit) {
+        Some(n) => {
+            copy.off += n;
+            0
+        }
+        None => 1,
     }
-    let want = iov.len.min(copy.limit - copy.off);
-    // As in `copy_iovec`: off < limit ≤ MAX_CAPTURE and 1 ≤ n ≤ MAX_CAPTURE.
-    let at = copy.off & (MAX_CAPTURE as u64 - 1);
+}
+
+/// Appends the bytes of one iovec (up to `limit` in all) to the event's `off` bytes: how many
+/// (0 for an empty iovec), or None when user memory could not be read. `off < limit ≤
+/// MAX_CAPTURE`.
+#[inline(always)]
+fn copy_one_iovec(buf: &mut EventBuf, iov: &Iovec, off: u64, limit: u64) -> Option<u64> {
+    if iov.len == 0 {
+        return Some(0);
+    }
+    let want = iov.len.min(limit - off);
+    // off < limit ≤ MAX_CAPTURE and 1 ≤ n ≤ MAX_CAPTURE, so off + n < 2 * MAX_CAPTURE: the
+    // masks restate that for the verifier.
+    let at = off & (MAX_CAPTURE as u64 - 1);
     let n = ((want - 1) & (MAX_CAPTURE as u64 - 1)) + 1;
     // SAFETY: at + n ≤ 2 * MAX_CAPTURE - 1 < payload length.
     let rc = unsafe {
@@ -431,11 +430,7 @@ extern "C" fn iovec_step(index: u64, _ctx: *mut c_void) -> i64 {
             iov.base as *const c_void,
         )
     };
-    if rc != 0 {
-        return 1;
-    }
-    copy.off += n;
-    0
+    (rc == 0).then_some(n)
 }
 
 #[inline(always)]

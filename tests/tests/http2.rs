@@ -88,42 +88,64 @@ fn nginx_h2c_from_h2load_and_curl_is_counted_exactly_per_status() {
     );
     let agent = Agent::start(&[]).unwrap();
     let url = |path: &str| format!("http://127.0.0.1:{}{path}", nginx.port());
-    let h2load = Command::new("h2load")
-        .args(["-n", "300", "-c", "3", "-m", "10", &url("/ok")])
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&h2load.stdout);
-    assert!(
-        report.contains("300 succeeded") && report.contains("300 2xx"),
-        "{report}"
-    );
+    h2load(&url("/ok"), 300, 3);
     for path in ["/missing", "/missing", "/users/7", "/users/8"] {
         harness::curl(&["--http2-prior-knowledge", "-o", "/dev/null", &url(path)]).unwrap();
     }
-    let port = nginx.port().to_string();
-    let http = |route: &'static str, status: &'static str| {
-        [
-            ("server_port", port.clone()),
-            ("http_route", route.to_owned()),
-            ("http_response_status_code", status.to_owned()),
-            ("network_protocol_version", "2".to_owned()),
-        ]
-    };
-    for (route, status, n) in [
-        ("/ok", "200", 300.0),
-        ("/missing", "404", 2.0),
-        ("/users/{id}", "200", 2.0),
-    ] {
-        let l = http(route, status);
-        let l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        wait_for_metric(&agent, HTTP_SERVER, &l, n, WAIT).unwrap();
-        wait_for_metric(&agent, HTTP_CLIENT, &l, n, WAIT).unwrap();
+    let expected = [
+        (Some("/ok"), "200", 300.0),
+        (Some("/missing"), "404", 2.0),
+        (Some("/users/{id}"), "200", 2.0),
+    ];
+    counted_on_both_ends_as_http2(&agent, nginx.port(), &expected, 304.0);
+}
+
+/// `h2load -n <n> -c <connections> -m 10 <url>`, every request answered 2xx.
+fn h2load(url: &str, n: u32, connections: u32) {
+    let out = Command::new("h2load")
+        .args([
+            "-n",
+            &n.to_string(),
+            "-c",
+            &connections.to_string(),
+            "-m",
+            "10",
+            url,
+        ])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains(&format!("{n} succeeded")) && report.contains(&format!("{n} 2xx")),
+        "{report}"
+    );
+}
+
+/// Waits until the server and the client ends each counted `n` HTTP/2 requests per
+/// (route, status) on `port`, then checks that they counted exactly `total` in all, and that
+/// nothing failed to parse.
+fn counted_on_both_ends_as_http2(
+    agent: &Agent,
+    port: u16,
+    expected: &[(Option<&str>, &str, f64)],
+    total: f64,
+) {
+    let port = port.to_string();
+    for &(route, status, n) in expected {
+        let mut l = vec![
+            ("server_port", port.as_str()),
+            ("http_response_status_code", status),
+            ("network_protocol_version", "2"),
+        ];
+        l.extend(route.map(|r| ("http_route", r)));
+        wait_for_metric(agent, HTTP_SERVER, &l, n, WAIT).unwrap();
+        wait_for_metric(agent, HTTP_CLIENT, &l, n, WAIT).unwrap();
     }
     std::thread::sleep(Duration::from_secs(1));
     let m = agent.metrics();
     let on_port = [("server_port", port.as_str())];
     for side in [HTTP_SERVER, HTTP_CLIENT] {
-        assert_eq!(m.sum(side, &on_port), 304.0, "{side}\n{}", m.text());
+        assert_eq!(m.sum(side, &on_port), total, "{side}\n{}", m.text());
     }
     assert_eq!(
         m.sum("periscope_parse_errors_total", &[]),
@@ -158,32 +180,7 @@ fn https_with_http2_from_curl_and_h2load_is_counted_exactly() {
     for _ in 0..2 {
         harness::curl(&["-k", "--http2", "-o", "/dev/null", &url("/missing")]).unwrap();
     }
-    let h2load = Command::new("h2load")
-        .args(["-n", "100", "-c", "2", "-m", "10", &url("/ok")])
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&h2load.stdout);
-    assert!(report.contains("100 succeeded"), "{report}");
-    let port = nginx.port().to_string();
-    for (status, n) in [("200", 105.0), ("404", 2.0)] {
-        let l = [
-            ("server_port", port.as_str()),
-            ("http_response_status_code", status),
-            ("network_protocol_version", "2"),
-        ];
-        wait_for_metric(&agent, HTTP_SERVER, &l, n, WAIT).unwrap();
-        wait_for_metric(&agent, HTTP_CLIENT, &l, n, WAIT).unwrap();
-    }
-    std::thread::sleep(Duration::from_secs(1));
-    let m = agent.metrics();
-    let on_port = [("server_port", port.as_str())];
-    for side in [HTTP_SERVER, HTTP_CLIENT] {
-        assert_eq!(m.sum(side, &on_port), 107.0, "{side}\n{}", m.text());
-    }
-    assert_eq!(
-        m.sum("periscope_parse_errors_total", &[]),
-        0.0,
-        "{}",
-        m.text()
-    );
+    h2load(&url("/ok"), 100, 2);
+    let expected = [(None, "200", 105.0), (None, "404", 2.0)];
+    counted_on_both_ends_as_http2(&agent, nginx.port(), &expected, 107.0);
 }

@@ -274,6 +274,47 @@ impl Reader {
 /// for that type, and they chain up to the end of the capture (`len` bytes moved in all).
 /// A false positive resumes framing on garbage, so this asks for at least one whole header.
 pub fn plausible_chain(bytes: &[u8], len: u64) -> bool {
+    match chain(bytes, len, &mut |_, _| {}) {
+        Some((end, frames)) => frames > 0 && (end >= bytes.len() || bytes.len() - end < 9),
+        None => false,
+    }
+}
+
+/// Whether `bytes` are exactly a chain of plausible frames, nothing left over.
+pub fn is_exact_chain(bytes: &[u8]) -> bool {
+    chain(bytes, bytes.len() as u64, &mut |_, _| {})
+        .is_some_and(|(end, frames)| frames > 0 && end == bytes.len())
+}
+
+/// For a connection found already open: when `bytes` are exactly a chain of plausible frames
+/// (nothing left over) holding a whole HEADERS frame, the side that sent them, told by the
+/// header block's first field: a request's pseudo-headers (`:authority`, `:method`, `:path`,
+/// `:scheme`, static entries 1–7) or a response's `:status` (8–14), indexed or as a literal's
+/// name, as every encoder writes them first. None when that cannot be told.
+pub fn exact_chain_side(bytes: &[u8]) -> Option<super::Stream> {
+    let mut side = None;
+    let end = chain(bytes, bytes.len() as u64, &mut |h, payload| {
+        if h.kind == HEADERS && side.is_none() {
+            let skip = usize::from(h.has(PADDED)) + if h.has(PRIORITY_FLAG) { 5 } else { 0 };
+            side = payload
+                .get(skip)
+                .and_then(|&first| side_of_first_field(first));
+        }
+    });
+    match end {
+        Some((end, _)) if end == bytes.len() => side,
+        _ => None,
+    }
+}
+
+/// Walks the frame headers in `bytes` (`len` bytes moved in all), calling `on_frame` with
+/// each header and the part of its payload that `bytes` hold: where the chain ends and how
+/// many frames it has, or None at a header that is not plausible or a frame past `len`.
+fn chain(
+    bytes: &[u8],
+    len: u64,
+    on_frame: &mut dyn FnMut(&Header, &[u8]),
+) -> Option<(usize, usize)> {
     let mut at = 0usize;
     let mut frames = 0;
     while at + 9 <= bytes.len() {
@@ -281,15 +322,17 @@ pub fn plausible_chain(bytes: &[u8], len: u64) -> bool {
         head.copy_from_slice(&bytes[at..at + 9]);
         let h = Header::parse(&head);
         if !plausible(&h) || head[5] & 0x80 != 0 {
-            return false;
+            return None;
         }
+        let end = at + 9 + h.len as usize;
+        if end as u64 > len {
+            return None;
+        }
+        on_frame(&h, &bytes[(at + 9).min(bytes.len())..end.min(bytes.len())]);
         frames += 1;
-        at += 9 + h.len as usize;
-        if at as u64 > len {
-            return false;
-        }
+        at = end;
     }
-    frames > 0 && (at >= bytes.len() || bytes.len() - at < 9)
+    Some((at, frames))
 }
 
 fn plausible(h: &Header) -> bool {
@@ -307,40 +350,6 @@ fn plausible(h: &Header) -> bool {
     }
 }
 
-/// For a connection found already open: when `bytes` are exactly a chain of plausible frames
-/// (nothing left over) holding a whole HEADERS frame, the side that sent them, told by the
-/// header block's first field: a request's pseudo-headers (`:authority`, `:method`, `:path`,
-/// `:scheme`, static entries 1–7) or a response's `:status` (8–14), indexed or as a literal's
-/// name, as every encoder writes them first. None when that cannot be told.
-pub fn exact_chain_side(bytes: &[u8]) -> Option<super::Stream> {
-    let mut at = 0usize;
-    let mut side = None;
-    while at + 9 <= bytes.len() {
-        let mut head = [0u8; 9];
-        head.copy_from_slice(&bytes[at..at + 9]);
-        let h = Header::parse(&head);
-        if !plausible(&h) || head[5] & 0x80 != 0 {
-            return None;
-        }
-        let end = at + 9 + h.len as usize;
-        if end > bytes.len() {
-            return None;
-        }
-        if h.kind == HEADERS && side.is_none() {
-            let payload = &bytes[at + 9..end];
-            let skip = usize::from(h.has(PADDED)) + if h.has(PRIORITY_FLAG) { 5 } else { 0 };
-            side = payload
-                .get(skip)
-                .and_then(|&first| side_of_first_field(first));
-        }
-        at = end;
-    }
-    if at != bytes.len() {
-        return None;
-    }
-    side
-}
-
 /// The static-table index a header block's first byte refers to (indexed field, or a
 /// literal's indexed name), as a side.
 fn side_of_first_field(b: u8) -> Option<super::Stream> {
@@ -355,16 +364,5 @@ fn side_of_first_field(b: u8) -> Option<super::Stream> {
         1..=7 => Some(super::Stream::Request),
         8..=14 => Some(super::Stream::Response),
         _ => None,
-    }
-}
-
-/// Whether `bytes` are exactly a chain of plausible frames, nothing left over.
-pub fn is_exact_chain(bytes: &[u8]) -> bool {
-    plausible_chain(bytes, bytes.len() as u64) && {
-        let mut at = 0usize;
-        while at + 9 <= bytes.len() {
-            at += 9 + u32::from_be_bytes([0, bytes[at], bytes[at + 1], bytes[at + 2]]) as usize;
-        }
-        at == bytes.len()
     }
 }
