@@ -43,7 +43,7 @@ impl Default for AgentOptions {
             args: Vec::new(),
             env: Vec::new(),
             cpu: None,
-            ready_timeout: Duration::from_secs(30),
+            ready_timeout: Duration::from_secs(60),
             require_ready: true,
         }
     }
@@ -61,7 +61,7 @@ pub struct Agent {
 
 impl Agent {
     /// Starts `$PERISCOPE_BIN --metrics-addr 127.0.0.1:<port> <extra_args>` and waits up to
-    /// 30 s until `GET /readyz` answers 200. Fails, quoting the agent's log, if it exits or
+    /// 60 s until `GET /readyz` answers 200. Fails, quoting the agent's log, if it exits or
     /// does not become ready in time.
     pub fn start(extra_args: &[&str]) -> anyhow::Result<Agent> {
         Agent::start_with(AgentOptions {

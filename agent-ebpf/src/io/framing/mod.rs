@@ -527,7 +527,10 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
     if w.lost != 0 {
         return 1;
     }
-    if slide(w) {
+    // HTTP/1 text is scanned without sliding the iovec window (its writers pass few iovecs,
+    // and the scan's states through a slide took the raw-tracepoint program past the
+    // verifier's million instructions on 6.18).
+    if w.dir.mode != FRAME_HTTP && slide(w) {
         return 0;
     }
     if w.cap_left > 0 {
