@@ -583,9 +583,12 @@ mod tests {
         // The exe and libz were refused once and remembered.
         assert_eq!(discovery.refused.len(), 3);
         discovery.refused.clear();
-        // Over the cap: refused and remembered.
+        // Over the cap: refused and remembered. The fake pids start above the test's own,
+        // which `scan_all` skips (with pids from 1000, a test process numbered ~1500, as in a
+        // fresh CI machine, lost one of them).
+        let base = std::process::id() + 1;
         let many: Vec<(u32, Vec<String>)> = (0..MAX_FILES as u32 + 3)
-            .map(|i| (1000 + i, vec![format!("/l{i}/libssl.so.3")]))
+            .map(|i| (base + i, vec![format!("/l{i}/libssl.so.3")]))
             .collect();
         for (pid, libs) in &many {
             let libs: Vec<&str> = libs.iter().map(String::as_str).collect();
