@@ -368,7 +368,7 @@ impl Capture {
         log::info!(
             "capture: syscall hooks on {}, {}, capture {} B per message; ring buffer {} KiB; syscall statistics {}",
             hooks.as_str(),
-            if framing { "PostgreSQL, Kafka and HTTP/1.x framed in the kernel" } else { "prefix capture only" },
+            if framing { "PostgreSQL, Kafka, HTTP/1.x and HTTP/2 framed in the kernel" } else { "prefix capture only" },
             settings.capture_bytes,
             settings.ringbuf_bytes / 1024,
             syscall_stats.as_deref().unwrap_or("off")
@@ -642,7 +642,7 @@ fn framed_or_prefix(
             Ok(()) => return Ok((framed, true)),
             Err(e) => log::warn!(
                 "capture: message framing unavailable, falling back to prefix capture: counts \
-                 of PostgreSQL, Kafka and HTTP/1.x exchanges whose syscalls carry several messages past \
+                 of PostgreSQL, Kafka, HTTP/1.x and HTTP/2 exchanges whose syscalls carry several messages past \
                  the capture window are not exact ({e:#})"
             ),
         }
