@@ -289,6 +289,10 @@ pub const FRAME_H2_PREFACE: u8 = 7;
 /// HTTP/2 frames (24-bit length, type, flags, stream id, then the payload): every frame's
 /// header is captured, with the head of its payload except for DATA, whose payload is skipped.
 pub const FRAME_H2: u8 = 8;
+/// The server side after a `101 Switching Protocols`: HTTP/2 (an `h2c` upgrade) when its first
+/// frame is the server's SETTINGS, else not framed any more (a WebSocket). The client side
+/// waits for the preface (`FRAME_H2_PREFACE`) and, without it, is not framed either.
+pub const FRAME_H2_UPGRADE: u8 = 9;
 
 /// One direction's HTTP line scanner (`FrameDir::http`), carried across syscalls: a head, a
 /// chunk-size line or a trailer may be split at any byte.

@@ -1,11 +1,11 @@
-//! End-to-end: HTTP/2 and gRPC in clear text (`h2c` with prior knowledge). Real servers
+//! End-to-end: HTTP/2 and gRPC in clear text (`h2c` with prior knowledge or by `Upgrade`). Real servers
 //! (Python `grpcio`, nginx with `http2`), real clients (`grpcio`, curl, h2load), exact counts
 //! per method and status on both ends.
 
 use std::process::Command;
 use std::time::Duration;
 
-use harness::{wait_for_metric, Agent, GrpcServer, Nginx, TempDir};
+use harness::{wait_for_metric, Agent, GrpcServer, Nginx, PyServer, TempDir};
 
 const RPC_SERVER: &str = "rpc_server_call_duration_seconds_count";
 const RPC_CLIENT: &str = "rpc_client_call_duration_seconds_count";
@@ -98,6 +98,81 @@ fn nginx_h2c_from_h2load_and_curl_is_counted_exactly_per_status() {
         (Some("/users/{id}"), "200", 2.0),
     ];
     counted_on_both_ends_as_http2(&agent, nginx.port(), &expected, 304.0);
+}
+
+/// An ASGI app under hypercorn, which accepts `Upgrade: h2c`: `/missing` answers 404, `/big`
+/// 1 MB, any other path 200 with its path as the body.
+const HYPERCORN_H2C: &str = r#"
+import asyncio, sys
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    status = 404 if scope["path"] == "/missing" else 200
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain")]})
+    body = b"x" * 1_000_000 if scope["path"] == "/big" else scope["path"].encode()
+    await send({"type": "http.response.body", "body": body})
+
+config = Config()
+config.bind = [f"127.0.0.1:{sys.argv[1]}"]
+asyncio.run(serve(app, config))
+"#;
+
+/// `Upgrade: h2c` (curl `--http2` and `nghttp -u` on `http://` URLs): the upgrade request is
+/// answered on HTTP/2 stream 1, so each request is one HTTP/2 exchange (no `101` of its own),
+/// and the requests after it on the connection are ordinary streams.
+#[test]
+fn h2c_upgrade_from_curl_and_nghttp_is_counted_exactly() {
+    let server = PyServer::start(HYPERCORN_H2C);
+    let agent = Agent::start(&[]).unwrap();
+    for path in ["/ok", "/ok", "/ok", "/missing", "/users/7"] {
+        let out = Command::new("curl")
+            .args(["-sS", "--http2", "-o", "/dev/null", "-w", "%{http_version}"])
+            .arg(server.url(path))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "2", "{out:?}");
+    }
+    // One connection: 1 MB by the upgrade (stream 1), then /users/8 and /missing as streams
+    // 3 and 5, sent while stream 1's DATA frames are still coming: the kernel frames HTTP/2
+    // after the 101, so the frames behind the large ones in a syscall are seen.
+    let out = Command::new("nghttp")
+        .args(["-u", "-n"])
+        .args([
+            server.url("/big"),
+            server.url("/users/8"),
+            server.url("/missing"),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let expected = [
+        (Some("/ok"), "200", 3.0),
+        (Some("/big"), "200", 1.0),
+        (Some("/missing"), "404", 2.0),
+        (Some("/users/{id}"), "200", 2.0),
+    ];
+    counted_on_both_ends_as_http2(&agent, server.port(), &expected, 8.0);
+    let m = agent.metrics();
+    let port = server.port().to_string();
+    let switching = [
+        ("server_port", port.as_str()),
+        ("http_response_status_code", "101"),
+    ];
+    assert_eq!(m.sum(HTTP_SERVER, &switching), 0.0, "{}", m.text());
+    // Nothing lost, unpaired or cut on the way (on any connection of the machine: the agent
+    // and the test's own are all there is).
+    assert_eq!(
+        m.sum("periscope_decoder_anomalies_total", &[]),
+        0.0,
+        "{}",
+        m.text()
+    );
 }
 
 /// `h2load -n <n> -c <connections> -m 10 <url>`, every request answered 2xx.

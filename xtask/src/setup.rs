@@ -61,6 +61,8 @@ const PYTHON_PACKAGES: &[(&str, &str)] = &[
         "opentelemetry.proto.collector.trace.v1.trace_service_pb2",
     ),
     ("grpcio", "grpc"),
+    // tests/tests/http2.rs: an ASGI server that accepts `Upgrade: h2c` (nginx does not).
+    ("hypercorn", "hypercorn"),
     // deploy/ tests: Helm's own template engine (the Go SDK in a wheel; no helm package exists
     // on Debian bookworm) and Kubernetes' OpenAPI schemas.
     ("helm-python-sdk", "helm_python"),

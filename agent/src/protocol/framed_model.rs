@@ -36,6 +36,8 @@ enum Mode {
     Http,
     H2Preface,
     H2,
+    /// The server side after a 101 (`FRAME_H2_UPGRADE`).
+    H2Upgrade,
 }
 
 #[derive(Clone, Debug)]
@@ -87,6 +89,8 @@ pub struct Walker {
     requests: u32,
     responses: u32,
     heads: std::collections::BTreeSet<u32>,
+    /// The first bytes chose a framing mode.
+    framed_from_start: bool,
 }
 
 const SSL: u32 = 80877103;
@@ -109,12 +113,14 @@ impl Walker {
             requests: 0,
             responses: 0,
             heads: Default::default(),
+            framed_from_start: false,
         }
     }
 
-    /// Whether the kernel would frame this connection (after its first bytes).
+    /// Whether the kernel framed this connection from its first bytes (an upgrade may end
+    /// the framing later).
     pub fn framed(&self) -> bool {
-        self.dirs[0].mode != Mode::Off
+        self.framed_from_start
     }
 
     /// One syscall's bytes on `stream`. None: not framed, the kernel captures a prefix.
@@ -132,6 +138,7 @@ impl Walker {
             };
             self.dirs[0].mode = req;
             self.dirs[1].mode = resp;
+            self.framed_from_start = req != Mode::Off;
         }
         if self.dirs[this].mode == Mode::Off {
             return Ok(None);
@@ -189,7 +196,7 @@ impl Walker {
                 Mode::PgStartup => 8,
                 Mode::PgAnswer => 1,
                 Mode::H2Preface => 8,
-                Mode::H2 => 9,
+                Mode::H2 | Mode::H2Upgrade => 9,
                 _ => 4,
             };
             let hdr_pos = pos;
@@ -248,12 +255,24 @@ impl Walker {
                 }
                 Mode::H2Preface => {
                     if h[..8] != *b"PRI * HT" {
-                        return Err(lost(out, b.len() - hdr_pos, &d.hdr));
+                        // Not HTTP/2 (a WebSocket after its 101): not framed from here.
+                        d.mode = Mode::Off;
+                        (8, false, 0)
+                    } else {
+                        d.mode = Mode::H2;
+                        (24, false, 0xff)
                     }
-                    d.mode = Mode::H2;
-                    (24, false, 0xff)
                 }
                 Mode::H2 => (u64::from(be32(0) as u32 >> 8) + 9, false, h[3]),
+                Mode::H2Upgrade => {
+                    if h[3] == 4 && h[4] == 0 && h[5..9] == [0, 0, 0, 0] {
+                        d.mode = Mode::H2;
+                        (u64::from(be32(0) as u32 >> 8) + 9, false, h[3])
+                    } else {
+                        d.mode = Mode::Off;
+                        (9, false, h[3])
+                    }
+                }
                 Mode::Detect | Mode::Off | Mode::Http => unreachable!(),
             };
             let body = total - size as u64;
@@ -401,8 +420,8 @@ impl Walker {
         self.responses += 1;
         let head = self.heads.remove(&number);
         if s.status == 101 {
-            d.mode = Mode::Off;
-            return Ok(Some(Mode::Off));
+            d.mode = Mode::H2Upgrade;
+            return Ok(Some(Mode::H2Preface));
         }
         if head || s.status == 204 || s.status == 304 {
             return Ok(None);

@@ -129,6 +129,15 @@ pub struct DecoderStats {
     pub truncated_headers: u64,
 }
 
+impl std::ops::AddAssign for DecoderStats {
+    fn add_assign(&mut self, other: DecoderStats) {
+        self.resyncs += other.resyncs;
+        self.unpaired_requests += other.unpaired_requests;
+        self.unexpected_responses += other.unexpected_responses;
+        self.truncated_headers += other.truncated_headers;
+    }
+}
+
 /// Why a decoder stopped decoding a connection without an error: what follows is no longer
 /// this protocol in clear text, and the caller stops capturing it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

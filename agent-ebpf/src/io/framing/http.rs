@@ -8,12 +8,15 @@
 //! `CONNECT` turns the connection into a tunnel), the status (`1xx` interim, `101`, `204`,
 //! `304`), `Content-Length`, and whether the last transfer coding is `chunked`. What it cannot
 //! follow ends framing for the direction, counted, and later syscalls are captured by prefix:
-//! a response delimited by the connection's close, a tunnel, an upgrade, a head over
-//! `MAX_HEAD` bytes, a bad chunk size.
+//! a response delimited by the connection's close, a tunnel, a head over `MAX_HEAD` bytes, a
+//! bad chunk size. After a `101` the next bytes decide: HTTP/2 frames (an `h2c` upgrade) are
+//! framed on, anything else (a WebSocket) is not.
 
 use core::ptr::write_volatile;
 
-use agent_ebpf::{HttpPipe, HttpScan, FRAME_OFF, HTTP_PIPELINE};
+use agent_ebpf::{
+    HttpPipe, HttpScan, FRAME_H2_PREFACE, FRAME_H2_UPGRADE, FRAME_OFF, HTTP_PIPELINE,
+};
 
 use super::{Walk, LOST_BOUND, LOST_HEADER, WINDOW_MASK};
 
@@ -415,7 +418,10 @@ fn end_head(w: &mut Walk) -> bool {
     w.pipe.responses = number.wrapping_add(1);
     let head_request = answers_head(&mut w.pipe, number);
     if status == 101 {
-        return stop_both(w);
+        // Perhaps HTTP/2 from here (`Upgrade: h2c`): the next bytes tell (`FRAME_H2_UPGRADE`).
+        w.dir.mode = FRAME_H2_UPGRADE;
+        w.other_mode = FRAME_H2_PREFACE;
+        return true;
     }
     if head_request || status == 204 || status == 304 {
         return true;

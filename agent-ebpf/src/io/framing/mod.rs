@@ -34,9 +34,9 @@ use core::ffi::c_void;
 
 use agent_ebpf::{
     Counter, FrameDir, FrameRecord, FrameState, HttpPipe, DIR_EGRESS, DIR_INGRESS, FRAME_DETECT,
-    FRAME_EVENT_BUDGET, FRAME_H2, FRAME_H2_PREFACE, FRAME_HTTP, FRAME_KAFKA, FRAME_OFF, FRAME_PG,
-    FRAME_PG_ANSWER, FRAME_PG_STARTUP, FRAME_RECORD_LEN, MAX_CAPTURE, MAX_FRAME_EVENTS,
-    MAX_FRAME_STEPS, MAX_IOVECS, ORIGIN_CONNECT,
+    FRAME_EVENT_BUDGET, FRAME_H2, FRAME_H2_PREFACE, FRAME_H2_UPGRADE, FRAME_HTTP, FRAME_KAFKA,
+    FRAME_OFF, FRAME_PG, FRAME_PG_ANSWER, FRAME_PG_STARTUP, FRAME_RECORD_LEN, MAX_CAPTURE,
+    MAX_FRAME_EVENTS, MAX_FRAME_STEPS, MAX_IOVECS, ORIGIN_CONNECT,
 };
 use aya_ebpf::{
     helpers::{
@@ -93,6 +93,7 @@ const FAST_ROWS: u32 = 32;
 /// HTTP/2 frame type DATA, and the kind the preface is parsed as (no frame type).
 const H2_DATA: u8 = 0;
 const H2_HEADERS: u8 = 1;
+const H2_SETTINGS: u8 = 4;
 const H2_PUSH_PROMISE: u8 = 5;
 const H2_CONTINUATION: u8 = 9;
 /// The longest HTTP/2 header-block frame captured whole (the decoder's `MAX_BLOCK_BYTES`).
@@ -785,7 +786,7 @@ fn header_size(mode: u8) -> u64 {
         FRAME_PG_STARTUP => 8,
         FRAME_PG_ANSWER => 1,
         FRAME_H2_PREFACE => 8,
-        FRAME_H2 => 9,
+        FRAME_H2 | FRAME_H2_UPGRADE => 9,
         _ => 4,
     }
 }
@@ -842,10 +843,29 @@ fn parse(w: &mut Walk) -> (u64, bool, u8) {
         }
         FRAME_H2_PREFACE => {
             if h[..8] != *b"PRI * HT" {
-                return (0, false, 0);
+                // Not HTTP/2 after all (a WebSocket after its 101): its header is captured,
+                // and the rest is not framed.
+                w.dir.mode = FRAME_OFF;
+                return (8, false, 0);
             }
             w.dir.mode = FRAME_H2;
             (24, false, H2_PREFACE_KIND)
+        }
+        FRAME_H2_UPGRADE => {
+            // Flags and stream id zero, without a temporary array (Linux 6.1 counts every
+            // stack byte of the caller and this callback together against 512).
+            let zero = h[4] | h[5] | h[6] | h[7] | h[8];
+            w.dir.mode = if h[3] == H2_SETTINGS && zero == 0 {
+                FRAME_H2
+            } else {
+                FRAME_OFF
+            };
+            let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as u64;
+            (
+                if w.dir.mode == FRAME_H2 { len + 9 } else { 9 },
+                false,
+                h[3],
+            )
         }
         FRAME_H2 => {
             let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as u64;

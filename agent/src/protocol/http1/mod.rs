@@ -41,12 +41,17 @@
 //! [`DecodeError::Malformed`]. After an error the decoder stays failed: `feed` repeats the error.
 //!
 //! # Upgrades
-//! `101 Switching Protocols`, or a `2xx` to `CONNECT`, completes the exchange and makes
+//! `101 Switching Protocols` to `h2c` (the request's and the response's `Upgrade` both list
+//! it) hands the connection to an HTTP/2 decoder, which every later byte goes to (the rest of
+//! the 101's chunk included): the upgrade request becomes stream 1, whose HTTP/2 response
+//! completes it, so one request makes one exchange, reported as HTTP/2 (RFC 7540 §3.2). Any
+//! other `101 Switching Protocols`, or a `2xx` to `CONNECT`, completes the exchange and makes
 //! [`Http1Decoder::upgraded`] true; later bytes are ignored. After a `CONNECT` request the
 //! request stream ignores bytes (tunnel data may be sent optimistically) until the response.
 
 use std::collections::VecDeque;
 
+use super::http2::{Http2Decoder, Upgrade};
 use super::text::capped_string;
 pub use super::DecodeError;
 use super::{route, Chunk, Decoder, Sticky, Stopped, Stream};
@@ -103,6 +108,8 @@ struct Pending {
     body_bytes: u64,
     head: bool,
     connect: bool,
+    /// Asked for `Upgrade: h2c`.
+    h2c: bool,
 }
 
 /// The response being received (head done), or held across a resync.
@@ -129,6 +136,9 @@ pub struct Http1Decoder {
     req_body_seq: Option<u64>,
     next_seq: u64,
     upgraded: bool,
+    /// After `101 Switching Protocols` to `h2c`: the connection's HTTP/2 decoder, which every
+    /// later byte goes to.
+    h2: Option<Box<Http2Decoder>>,
     failed: Sticky,
     stats: DecoderStats,
     /// The last path and its route: keep-alive connections mostly repeat a path, and the
@@ -152,6 +162,7 @@ impl Http1Decoder {
             req_body_seq: None,
             next_seq: 0,
             upgraded: false,
+            h2: None,
             failed: Sticky::default(),
             stats: DecoderStats::default(),
             last_route: None,
@@ -185,6 +196,9 @@ impl Decoder for Http1Decoder {
     /// caller stops decoding the connection. Completed exchanges are pushed to `out`.
     fn feed(&mut self, chunk: &Chunk<'_>, out: &mut Vec<HttpExchange>) -> Result<(), DecodeError> {
         self.failed.check()?;
+        if let Some(h2) = self.h2.as_mut() {
+            return h2.feed(chunk, out);
+        }
         if self.upgraded {
             return Ok(());
         }
@@ -207,6 +221,10 @@ impl Decoder for Http1Decoder {
     /// was incomplete, and a request whose head was incomplete, count as unpaired. The decoder is
     /// then reset (stats are kept) and may be reused.
     fn close(&mut self, ts_ns: u64, out: &mut Vec<HttpExchange>) {
+        if let Some(h2) = self.h2.as_mut() {
+            h2.close(ts_ns, out);
+            self.stats += h2.take_stats();
+        }
         if !self.failed.is_failed() && !self.upgraded {
             match self.resp.state {
                 State::Body(Body::UntilClose) | State::Resync => {
@@ -235,11 +253,15 @@ impl Decoder for Http1Decoder {
     }
 
     fn take_stats(&mut self) -> DecoderStats {
+        if let Some(h2) = self.h2.as_mut() {
+            self.stats += h2.take_stats();
+        }
         std::mem::take(&mut self.stats)
     }
 
     fn heap_bytes(&self) -> usize {
-        self.req.head.capacity()
+        self.h2.as_ref().map_or(0, |h2| h2.heap_bytes())
+            + self.req.head.capacity()
             + self.resp.head.capacity()
             + super::sampled_bytes(self.pending.iter(), 0, Self::pending_bytes)
             + self
@@ -428,6 +450,7 @@ impl Http1Decoder {
             body_bytes: 0,
             head: method == b"HEAD",
             connect,
+            h2c: fields.upgrade_h2c,
         });
         self.req.state = match body {
             _ if connect => State::Tunnel,
@@ -456,6 +479,7 @@ impl Http1Decoder {
             body_bytes: 0,
             head: false,
             connect: false,
+            h2c: false,
         });
     }
 
@@ -538,6 +562,15 @@ impl Http1Decoder {
                             pos += consumed;
                         }
                         HeadAt::Partial => pos = data.len(),
+                    }
+                    if let Some(h2) = self.h2.as_mut() {
+                        // The server's first HTTP/2 frames may follow the 101 in one write.
+                        let rest = Chunk {
+                            bytes: &data[pos..],
+                            len: c.len - pos as u64,
+                            ..*c
+                        };
+                        return h2.feed(&rest, out);
                     }
                     if self.upgraded {
                         return Ok(());
@@ -672,6 +705,20 @@ impl Http1Decoder {
             body_bytes: 0,
             end_ns: c.last_ns,
         };
+        if status == 101 && fields.upgrade_h2c && cur.req.as_ref().is_some_and(|p| p.h2c) {
+            // The request becomes HTTP/2 stream 1: one exchange, answered in HTTP/2.
+            let p = cur.req.expect("checked above");
+            self.h2 = Some(Box::new(Http2Decoder::after_upgrade(Upgrade {
+                method: p.method,
+                path: p.path,
+                host: p.host,
+                traceparent: p.traceparent,
+                tracestate: p.tracestate,
+                start_ns: p.start_ns,
+                request_body_bytes: p.body_bytes,
+            })));
+            return Ok(());
+        }
         if status == 101 || (connect && (200..300).contains(&status)) {
             emit(cur, c.last_ns, true, out);
             self.upgraded = true;

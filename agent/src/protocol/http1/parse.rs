@@ -184,6 +184,8 @@ pub(super) struct Fields<'a> {
     pub(super) content_length: Option<u64>,
     /// Some(whether the final transfer coding is chunked) when Transfer-Encoding was present.
     pub(super) chunked: Option<bool>,
+    /// `Upgrade` lists `h2c`.
+    pub(super) upgrade_h2c: bool,
 }
 
 /// Parses header field lines up to the empty line (or, for a truncated head, the last complete
@@ -215,6 +217,11 @@ pub(super) fn parse_fields(mut block: &[u8], framing: bool) -> Result<Fields<'_>
         // Dispatch on length first: most fields are none of ours.
         match name.len() {
             4 if name.eq_ignore_ascii_case(b"host") => f.host = Some(value),
+            7 if name.eq_ignore_ascii_case(b"upgrade") => {
+                f.upgrade_h2c = value
+                    .split(|&c| c == b',')
+                    .any(|t| trim(t).eq_ignore_ascii_case(b"h2c"))
+            }
             10 if name.eq_ignore_ascii_case(b"tracestate") => f.tracestate = Some(value),
             11 if name.eq_ignore_ascii_case(b"traceparent") => f.traceparent = Some(value),
             14 if framing && name.eq_ignore_ascii_case(b"content-length") => {

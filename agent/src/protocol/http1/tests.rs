@@ -164,6 +164,50 @@ fn switching_protocols_completes_and_upgrades() {
 }
 
 #[test]
+fn h2c_upgrade_refused_or_to_another_protocol() {
+    const ASK_H2C: &[u8] = b"GET /a HTTP/1.1\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n";
+    // A server that does not speak h2c answers in HTTP/1.1: the connection stays HTTP/1.
+    let mut c = Conn::new();
+    c.req(ASK_H2C).resp(OK_5);
+    c.req(GET_A).resp(OK_5);
+    assert!(!c.dec.upgraded());
+    assert_eq!(lines(&c.take()).len(), 2);
+    // A 101 to something else than asked (or a 101 to h2c nobody asked for) is an upgrade
+    // the decoder does not follow: the 101 completes the exchange.
+    let mut c = Conn::new();
+    c.req(ASK_H2C);
+    c.resp(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n");
+    assert!(c.dec.upgraded());
+    let mut c = Conn::new();
+    c.req(GET_A);
+    c.resp(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n");
+    assert!(c.dec.upgraded());
+    assert_eq!(
+        lines(&c.take()),
+        ["GET /a /a 101 req_body=0 resp_body=0 complete=true"]
+    );
+    // Accepted (`Upgrade` lists tokens, any case): the 101 is no exchange of its own, and the
+    // client's next bytes must be the HTTP/2 preface.
+    let mut c = Conn::new();
+    c.req(b"POST /a HTTP/1.1\r\nUpgrade: foo, H2C\r\nContent-Length: 3\r\n\r\nabc");
+    c.resp(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n");
+    assert!(!c.dec.upgraded());
+    assert!(c.take().is_empty());
+    let mut out = Vec::new();
+    let not_h2 = c.dec.feed(
+        &Chunk {
+            stream: Stream::Request,
+            first_ns: 9,
+            last_ns: 9,
+            bytes: b"GET /b HTTP/1.1\r\n\r\n",
+            len: 19,
+        },
+        &mut out,
+    );
+    assert!(not_h2.is_err(), "{not_h2:?}");
+}
+
+#[test]
 fn connect_tunnel() {
     let mut c = Conn::new();
     // Tunnel bytes may follow the CONNECT before the proxy answers.

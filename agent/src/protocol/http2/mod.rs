@@ -143,6 +143,17 @@ pub struct Http2Decoder {
     arena: Vec<u8>,
 }
 
+impl std::fmt::Debug for Http2Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Http2Decoder")
+            .field("mid_stream", &self.mid_stream)
+            .field("preface_left", &self.preface_left)
+            .field("open_streams", &self.streams.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Decoder for Http2Decoder {
     const PROTOCOL: &'static str = "http2";
     type Exchange = HttpExchange;
@@ -200,6 +211,40 @@ impl Decoder for Http2Decoder {
                 std::mem::size_of::<StreamState>() + 48,
                 StreamState::heap_bytes,
             )
+    }
+}
+
+/// The HTTP/1.1 request that asked for `Upgrade: h2c` and was answered `101`: it becomes
+/// stream 1, half-closed from the client, whose response comes in HTTP/2 (RFC 7540 §3.2).
+#[derive(Debug, Default)]
+pub struct Upgrade {
+    pub method: String,
+    pub path: String,
+    pub host: Option<String>,
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+    pub start_ns: u64,
+    pub request_body_bytes: u64,
+}
+
+impl Http2Decoder {
+    /// The decoder of a connection that switched to HTTP/2 after `upgrade`: both tables are
+    /// known from here (HPACK starts afresh), the client owes the preface, and stream 1 waits
+    /// for its response.
+    pub fn after_upgrade(upgrade: Upgrade) -> Http2Decoder {
+        let mut d = Http2Decoder::start(false);
+        let fields = streams::Fields {
+            method: Some(upgrade.method),
+            path: Some(upgrade.path),
+            authority: upgrade.host,
+            traceparent: upgrade.traceparent,
+            tracestate: upgrade.tracestate,
+            ..streams::Fields::default()
+        };
+        let mut stream = StreamState::open(1, upgrade.start_ns, fields);
+        stream.add_body(Side::Request, upgrade.request_body_bytes);
+        d.streams.insert(1, stream);
+        d
     }
 }
 
