@@ -135,7 +135,8 @@ pub struct Http2Decoder {
     streams: BTreeMap<u32, StreamState>,
     stats: DecoderStats,
     /// The last streams ended by a reset: their peer's frames may still be on the way (the
-    /// answer to a request its client cancelled), which is not an unexpected response.
+    /// answer to a request its client cancelled), which is not an unexpected response; and
+    /// the last responses counted as unexpected, whose trailers are not counted again.
     reset: [u32; RECENT_RESETS],
     reset_next: usize,
     /// Scratch of `feed`: the frames a chunk ended and their kept payloads.
@@ -538,6 +539,9 @@ impl Http2Decoder {
             // A pushed stream, a stream reset a moment ago, or a request lost with framing.
             if id % 2 == 1 && !self.reset.contains(&id) {
                 self.stats.unexpected_responses += 1;
+                // Its trailers are the same response: counted once.
+                self.reset[self.reset_next % RECENT_RESETS] = id;
+                self.reset_next += 1;
             }
             return;
         };

@@ -422,6 +422,13 @@ fn a_connection_adopted_mid_stream_decodes_static_and_literal_fields_only() {
             "GET /x /x 200 req_body=0 resp_body=0 complete=true",
         ]
     );
+    // A response (head and trailers) whose request came before the agent: one unexpected
+    // response, not two.
+    c.resp(&headers(45, false, &[(":status", "200")]));
+    c.resp(&data(45, false, 5));
+    c.resp(&headers(45, true, &[("grpc-status", "0")]));
+    assert!(c.take().is_empty());
+    assert_eq!(c.dec.take_stats().unexpected_responses, 1);
 }
 
 #[test]
