@@ -292,10 +292,33 @@ pub struct Config {
     pub traces_stdout: bool,
 
     /// Exchanges waiting for the span exporter at most; newer ones are dropped and counted in
-    /// `periscope_spans_dropped_total{reason="queue_full"}`.
-    #[arg(long, env = "PERISCOPE_TRACES_QUEUE_SIZE", default_value_t = 8192,
+    /// `periscope_spans_dropped_total{reason="queue_full"}`. Default 8192, or
+    /// `OTEL_BSP_MAX_QUEUE_SIZE`.
+    #[arg(long, env = "PERISCOPE_TRACES_QUEUE_SIZE",
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub traces_queue_size: u32,
+    pub traces_queue_size: Option<u32>,
+
+    /// The OpenTelemetry SDK's name for `--traces-queue-size`, which wins over it.
+    #[arg(long, env = "OTEL_BSP_MAX_QUEUE_SIZE", hide = true,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub bsp_max_queue_size: Option<u32>,
+
+    /// Most spans in one export request (OpenTelemetry's batch span processor setting).
+    #[arg(long, env = "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub traces_batch_size: u32,
+
+    /// Milliseconds between two exports while spans arrive (a full batch goes at once). The
+    /// OpenTelemetry SDKs default to 5000; Periscope to 1000, so that spans show soon.
+    #[arg(long, env = "OTEL_BSP_SCHEDULE_DELAY", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub traces_schedule_delay: u64,
+
+    /// Milliseconds one batch's export may take in all, retries included; a batch not
+    /// exported by then is dropped and counted (`export_failed`).
+    #[arg(long, env = "OTEL_BSP_EXPORT_TIMEOUT", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub traces_export_timeout: u64,
 
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, env = "PERISCOPE_LOG_LEVEL", default_value = "info")]
@@ -351,6 +374,13 @@ impl Config {
                 .as_deref()
                 .or(self.otlp_compression.as_deref()),
         }
+    }
+
+    /// `--traces-queue-size`, else `OTEL_BSP_MAX_QUEUE_SIZE`, else 8192.
+    pub fn traces_queue(&self) -> usize {
+        self.traces_queue_size
+            .or(self.bsp_max_queue_size)
+            .unwrap_or(8192) as usize
     }
 
     /// The OTLP TLS settings, each traces-specific one winning over the general one, named
@@ -536,6 +566,45 @@ mod tests {
                 .unwrap_or_else(|| panic!("--{flag}"));
             assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(var));
         }
+    }
+
+    #[test]
+    fn batch_span_processor_settings_by_their_opentelemetry_names() {
+        let c = Config::try_parse_from(["periscope"]).unwrap();
+        assert_eq!(c.traces_queue(), 8192);
+        assert_eq!(
+            (
+                c.traces_batch_size,
+                c.traces_schedule_delay,
+                c.traces_export_timeout
+            ),
+            (512, 1000, 30_000)
+        );
+        let command = <Config as clap::CommandFactory>::command();
+        for (flag, var) in [
+            ("bsp-max-queue-size", "OTEL_BSP_MAX_QUEUE_SIZE"),
+            ("traces-queue-size", "PERISCOPE_TRACES_QUEUE_SIZE"),
+            ("traces-batch-size", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"),
+            ("traces-schedule-delay", "OTEL_BSP_SCHEDULE_DELAY"),
+            ("traces-export-timeout", "OTEL_BSP_EXPORT_TIMEOUT"),
+        ] {
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_long() == Some(flag))
+                .unwrap_or_else(|| panic!("--{flag}"));
+            assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(var));
+        }
+        let c = Config::try_parse_from(["periscope", "--bsp-max-queue-size=100"]).unwrap();
+        assert_eq!(c.traces_queue(), 100);
+        let c = Config::try_parse_from([
+            "periscope",
+            "--bsp-max-queue-size=100",
+            "--traces-queue-size=7",
+        ])
+        .unwrap();
+        assert_eq!(c.traces_queue(), 7);
+        let err = Config::try_parse_from(["periscope", "--traces-batch-size=0"]).unwrap_err();
+        assert!(err.to_string().contains("--traces-batch-size"), "{err}");
     }
 
     #[test]

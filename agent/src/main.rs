@@ -16,7 +16,7 @@ use periscope::export::http;
 #[cfg(feature = "kubernetes")]
 use periscope::export::otlp::context::{IdGenerator, Sampler};
 use periscope::export::otlp::convert::{Converter, WallClock};
-use periscope::export::otlp::{exporter, SpanMetrics, SpanSink, TraceSettings};
+use periscope::export::otlp::{exporter, Batching, SpanMetrics, SpanSink, TraceSettings};
 use periscope::export::prometheus::Metrics;
 #[cfg(feature = "kubernetes")]
 use periscope::internal_events;
@@ -172,7 +172,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
     )?
     .with_timeout_ms(transport.timeout_ms)?
     .with_compression(transport.compression)?
-    .with_resource_attributes(config.resource_attributes.as_deref())?;
+    .with_resource_attributes(config.resource_attributes.as_deref())?
+    .with_batching(Batching {
+        max_spans: config.traces_batch_size as usize,
+        schedule_delay: Duration::from_millis(config.traces_schedule_delay),
+        export_timeout: Duration::from_millis(config.traces_export_timeout),
+    });
     let sampler =
         Sampler::from_settings(&config.traces_sampler, config.traces_sampler_arg.as_deref())?;
 
@@ -295,7 +300,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     let exporter = match span_metrics {
         Some(span_metrics) => {
-            let (sink, rx) = SpanSink::new(config.traces_queue_size as usize, span_metrics.clone());
+            let (sink, rx) = SpanSink::new(config.traces_queue(), span_metrics.clone());
             reader.set_span_sink(sink);
             let converter = Converter {
                 clock: WallClock::measure(),

@@ -391,6 +391,77 @@ fn opentelemetry_environment_variables_are_honoured() {
     assert!(stderr.contains("OTEL_RESOURCE_ATTRIBUTES"), "{stderr}");
 }
 
+/// The batch span processor's settings by their OpenTelemetry names: batches of at most
+/// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans, sent every `OTEL_BSP_SCHEDULE_DELAY` ms; and a batch
+/// whose collector is unreachable is given up after `OTEL_BSP_EXPORT_TIMEOUT` ms, long before
+/// its five attempts with backoff (0.25 + 0.5 + 1 + 2 s) would have run out.
+#[test]
+fn batch_span_processor_settings_are_honoured() {
+    let receiver = Receiver::start();
+    let server = PyServer::http_test_server();
+    let env = [
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2".to_owned()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+    ];
+    let agent = receiver.agent_at("http/protobuf", "http://127.0.0.1", &env);
+    for i in 0..7 {
+        curl(&[&server.url(&format!("/b/{i}"))]).unwrap();
+    }
+    // Server and client spans: 14 in requests of at most 2 spans.
+    expect_spans(&receiver, server.port(), SERVER, 7);
+    expect_spans(&receiver, server.port(), CLIENT, 7);
+    let mut per_request = std::collections::BTreeMap::<u64, usize>::new();
+    for span in receiver.spans() {
+        *per_request.entry(u(&span["request"])).or_default() += 1;
+    }
+    assert!(per_request.len() >= 7, "{per_request:?}");
+    assert!(per_request.values().all(|&n| n <= 2), "{per_request:?}");
+    receiver.agrees_with(&agent);
+    drop(agent);
+
+    let env = [
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "http://127.0.0.1:1".to_owned(),
+        ),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()),
+        ("OTEL_BSP_EXPORT_TIMEOUT", "300".to_owned()),
+    ];
+    let agent = Agent::start_with(AgentOptions {
+        env: env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect(),
+        ..AgentOptions::default()
+    })
+    .unwrap();
+    curl(&[&server.url("/unreachable")]).unwrap();
+    let dropped = |m: &harness::Metrics| {
+        m.sum(
+            "periscope_spans_dropped_total",
+            &[("reason", "export_failed")],
+        )
+    };
+    let started = std::time::Instant::now();
+    assert!(wait_until(WAIT, Duration::from_millis(50), || {
+        dropped(&agent.metrics()) >= 2.0
+    }));
+    // Flushed within a second, then given up: two attempts (at 0, then after a jittered
+    // 0.125-0.25 s), as the next one (0.25-0.5 s later again) would start past 0.3 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let m = agent.metrics();
+    assert_eq!(
+        m.sum("periscope_span_export_errors_total", &[]),
+        2.0,
+        "{}",
+        m.text()
+    );
+}
+
 /// `OTEL_EXPORTER_OTLP_COMPRESSION=gzip` over both transports: the receiver inflates every
 /// request and gets every span.
 #[test]

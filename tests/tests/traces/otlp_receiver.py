@@ -46,14 +46,21 @@ throttled = set()
 throttled_at = [None]
 
 
+requests_seen = [0]
+
+
 def record(request, transport, tenant=None, encoding=None):
     lines = []
+    with lock:
+        requests_seen[0] += 1
+        number = requests_seen[0]
     for rs in request.resource_spans:
         resource = {kv.key: value(kv.value) for kv in rs.resource.attributes}
         for ss in rs.scope_spans:
             for span in ss.spans:
                 lines.append(json.dumps({
                     "transport": transport,
+                    "request": number,
                     "tenant": tenant,
                     "encoding": encoding,
                     "received_at": time.time(),

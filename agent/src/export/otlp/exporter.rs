@@ -23,11 +23,7 @@ use super::proto::{encode_request, ResourceSpans, Span, Value};
 use super::tls::{self, ClientTls, Connector, TlsOptions};
 use super::SpanMetrics;
 
-/// Spans per export request at most.
-const MAX_BATCH: usize = 512;
-/// A batch is sent at least this often while spans arrive.
-const FLUSH_EVERY: Duration = Duration::from_secs(1);
-/// Attempts per batch (the first and the retries).
+/// Attempts per batch at most (the first and the retries), within `Batching::export_timeout`.
 const ATTEMPTS: u32 = 5;
 /// Backoff before the first retry; doubled each time.
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
@@ -68,6 +64,29 @@ pub struct TraceSettings {
     pub gzip: bool,
     /// What every span's resource carries besides its process's own attributes.
     pub resource: NodeResource,
+    pub batching: Batching,
+}
+
+/// How spans are batched and how long a batch's export may take: the OpenTelemetry batch
+/// span processor's settings (`OTEL_BSP_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batching {
+    /// Spans per export request at most; a full batch is sent at once.
+    pub max_spans: usize,
+    /// A batch is sent at least this often while spans arrive.
+    pub schedule_delay: Duration,
+    /// One batch's export, every attempt and the waits between them, ends by then.
+    pub export_timeout: Duration,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Batching {
+            max_spans: 512,
+            schedule_delay: Duration::from_secs(1),
+            export_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 impl TraceSettings {
@@ -155,6 +174,7 @@ impl TraceSettings {
             tls,
             timeout: TIMEOUT,
             gzip: false,
+            batching: Batching::default(),
             resource: NodeResource {
                 host_name: host_name(),
                 extra: Vec::new(),
@@ -197,6 +217,12 @@ impl TraceSettings {
         self.resource =
             NodeResource::new(std::mem::take(&mut self.resource.host_name), attributes)?;
         Ok(self)
+    }
+
+    /// Sets the batch span processor's settings.
+    pub fn with_batching(mut self, batching: Batching) -> TraceSettings {
+        self.batching = batching;
+        self
     }
 
     /// Whether spans go anywhere; when not, no sink is installed and exchanges cost nothing.
@@ -290,6 +316,7 @@ pub async fn run(
 ) {
     let connector = tls::connector(settings.tls.as_ref(), settings.protocol);
     let export_node = settings.resource.clone();
+    let batching = settings.batching;
     let client = match settings.protocol {
         Protocol::Grpc => Client::builder(TokioExecutor::new())
             .http2_only(true)
@@ -306,7 +333,7 @@ pub async fn run(
     };
     let mut pending: Vec<(Arc<ProcessInfo>, Span)> = Vec::new();
     let mut stitcher = Stitcher::new(converter);
-    let mut tick = tokio::time::interval(FLUSH_EVERY);
+    let mut tick = tokio::time::interval(batching.schedule_delay);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -316,7 +343,7 @@ pub async fn run(
                         continue;
                     }
                     stitcher.offer(&exchange, &mut pending);
-                    if pending.len() >= MAX_BATCH {
+                    if pending.len() >= batching.max_spans {
                         export.flush(&mut pending).await;
                     }
                 }
@@ -383,10 +410,16 @@ impl Export {
             pending.clear();
             return;
         }
-        if pending.is_empty() {
-            return;
+        // Batches of `max_spans` at most: a release of waiting spans may bring more at once.
+        while !pending.is_empty() {
+            let n = pending.len().min(self.settings.batching.max_spans);
+            let batch: Vec<_> = pending.drain(..n).collect();
+            self.send(batch).await;
         }
-        let batch = std::mem::take(pending);
+    }
+
+    /// Encodes one batch and sends it in a task of its own.
+    async fn send(&mut self, batch: Vec<(Arc<ProcessInfo>, Span)>) {
         let count = batch.len() as u64;
         let body = encode(&batch, &self.node);
         let body = if self.settings.gzip {
@@ -426,12 +459,20 @@ impl Attempt {
             return;
         };
         let metrics = &self.metrics;
+        let deadline = Instant::now() + self.settings.batching.export_timeout;
         let mut backoff = FIRST_BACKOFF;
+        let mut attempts = 0;
         // Whether the last failure was a TLS error already reported (then quiet, see
         // `ExportFailure::Tls`).
         let mut quiet = false;
         for attempt in 1..=ATTEMPTS {
+            attempts = attempt;
             let mut retry_after = None;
+            // Each attempt within what is left of the batch's export timeout.
+            let limit = self
+                .settings
+                .timeout
+                .min(deadline.saturating_duration_since(Instant::now()));
             let sent = send(&self.client, &self.settings, url, body.clone());
             let failed = |cause| SpanExportFailed {
                 url,
@@ -440,7 +481,7 @@ impl Attempt {
                 attempts: ATTEMPTS,
                 cause,
             };
-            match tokio::time::timeout(self.settings.timeout, sent).await {
+            match tokio::time::timeout(limit, sent).await {
                 Ok(Ok(rejected)) => {
                     SpansExported {
                         url,
@@ -484,20 +525,23 @@ impl Attempt {
                 }
                 Err(_) => {
                     quiet = false;
-                    failed(ExportFailure::TimedOut {
-                        limit: self.settings.timeout,
-                    })
-                    .emit(metrics);
+                    failed(ExportFailure::TimedOut { limit }).emit(metrics);
                 }
             }
-            if attempt < ATTEMPTS {
-                tokio::time::sleep(retry_delay(backoff, retry_after, jitter_random())).await;
-                backoff *= 2;
+            if attempt == ATTEMPTS {
+                break;
             }
+            let delay = retry_delay(backoff, retry_after, jitter_random());
+            if Instant::now() + delay >= deadline {
+                // The next attempt would start after the export timeout.
+                break;
+            }
+            tokio::time::sleep(delay).await;
+            backoff *= 2;
         }
         SpanExportRetriesExhausted {
             count,
-            attempts: ATTEMPTS,
+            attempts,
             quiet,
         }
         .emit(metrics);

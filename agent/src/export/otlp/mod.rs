@@ -27,7 +27,7 @@ use crate::exchange::Exchange;
 use crate::export::labels::ReasonLabel;
 use crate::export::prometheus::register;
 
-pub use exporter::{Protocol, TraceSettings};
+pub use exporter::{Batching, Protocol, TraceSettings};
 pub use tls::TlsOptions;
 
 /// The exporter's self-metrics.
