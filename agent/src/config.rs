@@ -238,6 +238,11 @@ pub struct Config {
     #[arg(long, env = "OTEL_RESOURCE_ATTRIBUTES")]
     pub resource_attributes: Option<String>,
 
+    /// The agent's own `service.name`, in `target_info` on /metrics (default `periscope`, or
+    /// the `service.name` of `OTEL_RESOURCE_ATTRIBUTES`). Workloads keep their own names.
+    #[arg(long, env = "OTEL_SERVICE_NAME")]
+    pub service_name: Option<String>,
+
     /// PEM file of the CA certificates that sign the collector's certificate, trusted on top
     /// of the system's roots (`https://` endpoints only).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_CERTIFICATE")]

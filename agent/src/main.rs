@@ -183,6 +183,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
+    periscope::export::prometheus::target::register(
+        &mut registry,
+        &periscope::export::prometheus::target::Target {
+            service_name: config.service_name.as_deref(),
+            host_name: &traces.resource.host_name,
+            attributes: &traces.resource.extra,
+        },
+    );
     let span_metrics = traces
         .enabled()
         .then(|| SpanMetrics::register(&mut registry));

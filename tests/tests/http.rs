@@ -248,6 +248,39 @@ fn exposition_passes_promtool() {
     promtool_check_metrics(agent.metrics().text()).unwrap();
 }
 
+/// The agent describes itself: `target_info` with its `service_name` (`OTEL_SERVICE_NAME`),
+/// version, host and `OTEL_RESOURCE_ATTRIBUTES`; `periscope_build_info`; and the workloads keep
+/// their own service names.
+#[test]
+fn the_agent_describes_itself_in_target_info() {
+    let nginx = nginx();
+    let agent = Agent::start_with(harness::AgentOptions {
+        env: vec![
+            ("OTEL_SERVICE_NAME".into(), "edge-agent".into()),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES".into(),
+                "k8s.cluster.name=ci".into(),
+            ),
+        ],
+        ..harness::AgentOptions::default()
+    })
+    .unwrap();
+    curl(&["-o", "/dev/null", &nginx.url("/ok")]).unwrap();
+    expect_both(&agent, nginx.port(), "/ok", "200", 1.0);
+    let m = agent.metrics();
+    let info = m.samples("target_info");
+    assert_eq!(info.len(), 1, "{}", m.text());
+    assert_eq!(info[0].labels["service_name"], "edge-agent");
+    assert_eq!(info[0].labels["k8s_cluster_name"], "ci");
+    assert!(!info[0].labels["service_version"].is_empty());
+    assert_eq!(info[0].value, 1.0);
+    assert_eq!(m.sum("periscope_build_info", &[]), 1.0, "{}", m.text());
+    for s in m.samples(SERVER) {
+        assert_ne!(s.labels["service_name"], "edge-agent", "{}", m.text());
+    }
+    promtool_check_metrics(m.text()).unwrap();
+}
+
 #[test]
 fn both_hook_mechanisms_give_identical_counts() {
     let nginx = nginx();

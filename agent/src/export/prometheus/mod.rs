@@ -50,6 +50,7 @@ pub mod http;
 pub mod messaging;
 pub mod rpc;
 pub mod self_metrics;
+pub mod target;
 
 use std::sync::Arc;
 
