@@ -9,6 +9,15 @@ use clap::Parser;
 #[derive(Clone, Debug, Parser)]
 #[command(name = "periscope", version, about)]
 pub struct Config {
+    /// A YAML file of settings, keyed by the long flag names (`capture-bytes: 512`); a flag or
+    /// an environment variable wins over it.
+    #[arg(long, env = "PERISCOPE_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Print the settings in effect, each with where it came from, and exit.
+    #[arg(long)]
+    pub print_config: bool,
+
     /// Address of the /metrics, /healthz and /readyz endpoint.
     #[arg(long, env = "PERISCOPE_METRICS_ADDR", default_value = "0.0.0.0:9464")]
     pub metrics_addr: SocketAddr,

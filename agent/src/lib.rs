@@ -3,6 +3,7 @@
 
 pub mod capture;
 pub mod config;
+pub mod config_file;
 pub mod conn;
 pub mod exchange;
 pub mod export;

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
 use prometheus_client::registry::Registry;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -117,7 +116,18 @@ async fn every_quarter_of(span: std::time::Duration, mut sweep: impl FnMut()) {
 const WORKER_STACK_BYTES: usize = 2 << 20;
 
 fn main() {
-    let config = Config::parse();
+    let loaded = match periscope::config_file::load() {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("periscope: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    if loaded.print_requested() {
+        print!("{}", loaded.print());
+        return;
+    }
+    let config = loaded.config;
     periscope::logging::builder(&config.log_level, config.log_format).init();
     if let Err(e) = periscope::privileges::disable_core_dumps() {
         log::warn!("could not disable core dumps (prctl PR_SET_DUMPABLE): {e}");

@@ -503,6 +503,70 @@ fn bad_flags_name_the_setting() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--capture-bytes"));
 }
 
+/// A configuration file applies below flags: HTTP switched off by the file is not decoded,
+/// while the harness's `--metrics-addr` flag wins over the file's; `--print-config` says where
+/// each value came from; a bad value stops start-up naming the key.
+#[test]
+fn a_configuration_file_applies_below_flags() {
+    let nginx = nginx();
+    let dir = harness::TempDir::new("config").unwrap();
+    let file = dir.path().join("periscope.yaml");
+    std::fs::write(
+        &file,
+        "protocols: [postgres]\nmetrics-addr: 127.0.0.1:1\nflows: false\n",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let agent = Agent::start(&["--config", path]).unwrap();
+    for _ in 0..3 {
+        curl(&["-o", "/dev/null", &nginx.url("/ok")]).unwrap();
+    }
+    assert!(harness::wait_until(
+        WAIT,
+        Duration::from_millis(100),
+        || {
+            agent.metrics().sum(
+                "periscope_connections_muted_total",
+                &[("reason", "unknown_protocol")],
+            ) >= 3.0
+        }
+    ));
+    let m = agent.metrics();
+    assert_eq!(m.sum(SERVER, &[]), 0.0, "{}", m.text());
+    assert_eq!(m.sum("network_tcp_connections_opened_total", &[]), 0.0);
+
+    let out = std::process::Command::new(harness::agent_binary())
+        .args([
+            "--config",
+            path,
+            "--metrics-addr=127.0.0.1:2",
+            "--print-config",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let printed = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "protocols: \"postgres\"  # file",
+        "metrics-addr: \"127.0.0.1:2\"  # flag",
+        "capture-bytes: \"4096\"  # default",
+    ] {
+        assert!(printed.contains(line), "{line}\n{printed}");
+    }
+
+    std::fs::write(&file, "capture-bytes: 100000\n").unwrap();
+    let out = std::process::Command::new(harness::agent_binary())
+        .args(["--config", path])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(path) && err.contains("key `capture-bytes`: bad value \"100000\""),
+        "{err}"
+    );
+}
+
 #[test]
 fn without_privileges_the_missing_capability_is_named() {
     use std::os::unix::process::CommandExt;
