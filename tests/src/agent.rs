@@ -265,3 +265,44 @@ pub fn wait_for_metric(
         read_tail(&agent.log_path, 4096)
     )
 }
+
+/// A client whose connections were open before the agent started (see
+/// [`start_agent_mid_client`]); killed on drop.
+pub struct EarlyClient(std::process::Child);
+
+impl Drop for EarlyClient {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `client`, a program that opens its connections, prints `connected`, waits until the
+/// file named by `$PERISCOPE_GO` exists, makes the calls the test counts and prints `done`;
+/// starts the agent (with `agent_args`) between the two, and returns once it printed `done`.
+/// The agent then finds the connections already open (in /proc) and adopts them mid-stream.
+pub fn start_agent_mid_client(
+    client: &mut Command,
+    agent_args: &[&str],
+) -> anyhow::Result<(Agent, EarlyClient)> {
+    use std::io::BufRead;
+    let dir = TempDir::new("early-client")?;
+    let go = dir.path().join("go");
+    let mut child = EarlyClient(
+        client
+            .env("PERISCOPE_GO", &go)
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting the early client")?,
+    );
+    let mut out = std::io::BufReader::new(child.0.stdout.take().expect("piped"));
+    let mut line = String::new();
+    out.read_line(&mut line)?;
+    anyhow::ensure!(line.trim() == "connected", "the client said {line:?}");
+    let agent = Agent::start(agent_args)?;
+    std::fs::write(&go, b"")?;
+    line.clear();
+    out.read_line(&mut line)?;
+    anyhow::ensure!(line.trim() == "done", "the client said {line:?}");
+    Ok((agent, child))
+}

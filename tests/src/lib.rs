@@ -37,7 +37,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 
-pub use agent::{agent_binary, wait_for_metric, Agent, AgentOptions};
+pub use agent::{
+    agent_binary, start_agent_mid_client, wait_for_metric, Agent, AgentOptions, EarlyClient,
+};
 pub use cgroup::TestCgroup;
 pub use grpc::GrpcServer;
 pub use http::{curl, http_get, tcp_raw, wait_for_port, HttpResponse};

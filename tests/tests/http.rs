@@ -330,40 +330,24 @@ def get(path):
         data += s.recv(4096)
 get("/ok")
 print("connected", flush=True)
-while not __import__("os").path.exists(sys.argv[2]):
+while not __import__("os").path.exists(__import__("os").environ["PERISCOPE_GO"]):
     time.sleep(0.05)
 for _ in range(3):
     get("/ok")
 print("done", flush=True)
 time.sleep(30)
 "#;
-    let dir = harness::TempDir::new("preexisting").unwrap();
-    let flag = dir.path().join("go");
-    let script_path = dir.path().join("client.py");
-    std::fs::write(&script_path, script).unwrap();
-    let mut client = std::process::Command::new("python3")
-        .arg(&script_path)
-        .arg(nginx.port().to_string())
-        .arg(&flag)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(client.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-    assert_eq!(line.trim(), "connected");
-
-    let agent = Agent::start(&[]).unwrap();
-    std::fs::write(&flag, b"").unwrap();
-    line.clear();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-    assert_eq!(line.trim(), "done");
+    let (agent, _client) = harness::start_agent_mid_client(
+        std::process::Command::new("python3")
+            .args(["-c", script])
+            .arg(nginx.port().to_string()),
+        &[],
+    )
+    .unwrap();
     // Only the three requests made after start-up, on the adopted connection, both ends.
     expect_both(&agent, nginx.port(), "/ok", "200", 3.0);
     let m = agent.metrics();
     assert!(m.sum("periscope_connections_opened_total", &[("reason", "proc")]) >= 2.0);
-    let _ = client.kill();
-    let _ = client.wait();
 }
 
 #[test]

@@ -269,8 +269,6 @@ fn https_with_http2_from_curl_and_h2load_is_counted_exactly() {
 #[test]
 fn a_grpc_connection_adopted_mid_stream_is_counted_without_invented_names() {
     let server = GrpcServer::start();
-    let dir = TempDir::new("adopted-grpc").unwrap();
-    let flag = dir.path().join("go");
     let client = r#"
 import os, sys, time, grpc
 ident = lambda b: b
@@ -279,7 +277,7 @@ m = lambda name: ch.unary_unary("/periscope.test.Echo/" + name, request_serializ
 for i in range(5):
     assert m("Say")(b"before %d" % i) == b"before %d" % i
 print("connected", flush=True)
-while not os.path.exists(os.environ["FLAG"]):
+while not os.path.exists(os.environ["PERISCOPE_GO"]):
     time.sleep(0.05)
 for i in range(10):
     assert m("Say")(b"after %d" % i) == b"after %d" % i
@@ -292,22 +290,13 @@ for _ in range(3):
 print("done", flush=True)
 time.sleep(30)
 "#;
-    let mut client = Command::new("python3")
-        .args(["-c", client])
-        .env("PORT", server.port().to_string())
-        .env("FLAG", &flag)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(client.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-    assert_eq!(line.trim(), "connected");
-    let agent = Agent::start(&[]).unwrap();
-    std::fs::write(&flag, b"").unwrap();
-    line.clear();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-    assert_eq!(line.trim(), "done");
+    let (agent, _client) = harness::start_agent_mid_client(
+        Command::new("python3")
+            .args(["-c", client])
+            .env("PORT", server.port().to_string()),
+        &[],
+    )
+    .unwrap();
     let port = server.port().to_string();
     let on_port = [("server_port", port.as_str())];
     let sides = [(RPC_SERVER, HTTP_SERVER), (RPC_CLIENT, HTTP_CLIENT)];
@@ -370,6 +359,4 @@ time.sleep(30)
         "the unknown fields are counted\n{}",
         m.text()
     );
-    let _ = client.kill();
-    let _ = client.wait();
 }

@@ -157,36 +157,24 @@ with psycopg.connect(os.environ["PGURL"], autocommit=True) as c:
 fn a_connection_open_before_start_up_is_decoded() {
     let pg = PgServer::start();
     pg.psql(&["-c", "CREATE TABLE early (id int)"]).unwrap();
-    let dir = harness::TempDir::new("pg-early").unwrap();
-    let flag = dir.path().join("go");
     let script = r#"
 import os, sys, time, psycopg
 c = psycopg.connect(os.environ["PGURL"], autocommit=True)
 c.execute("SELECT 1")
 print("connected", flush=True)
-while not os.path.exists(sys.argv[1]):
+while not os.path.exists(os.environ["PERISCOPE_GO"]):
     time.sleep(0.05)
 for i in range(3):
     c.execute("SELECT id FROM early").fetchall()
 print("done", flush=True)
 "#;
-    let mut child = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(&flag)
-        .env("PGURL", pg.url("postgres"))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-    assert_eq!(line.trim(), "connected");
-    let agent = Agent::start(&[]).unwrap();
-    std::fs::write(&flag, b"").unwrap();
-    line.clear();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-    assert_eq!(line.trim(), "done");
+    let (agent, _client) = harness::start_agent_mid_client(
+        std::process::Command::new("python3")
+            .args(["-c", script])
+            .env("PGURL", pg.url("postgres")),
+        &[],
+    )
+    .unwrap();
     let port = pg.port().to_string();
     expect_both(
         &agent,
@@ -197,5 +185,4 @@ print("done", flush=True)
         ],
         3.0,
     );
-    let _ = child.wait();
 }
