@@ -50,3 +50,15 @@ pub fn detect(
 pub fn could_be_start(bytes: &[u8], protocols: Protocols) -> bool {
     protocols.registry().iter().any(|p| (p.could_start)(bytes))
 }
+
+/// A connection found already open whose role its socket tells: the first enabled protocol
+/// whose `joins_mid_stream` takes bytes that [`detect`] could not place.
+pub fn join_mid_stream(payload: &[u8], role: Role, protocols: Protocols) -> Option<Detected> {
+    protocols
+        .enabled()
+        .find(|p| (p.joins_mid_stream)(payload))
+        .map(|p| Detected {
+            role,
+            decoder: (p.start)(true),
+        })
+}

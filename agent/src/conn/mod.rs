@@ -161,6 +161,7 @@ fn detect(
     payload: &[u8],
     len: u64,
 ) -> Detection {
+    let proc_role = conn.proc_role;
     let State::Detecting { chunks_seen, held } = &mut conn.state else {
         return Detection::Decided(None);
     };
@@ -178,7 +179,11 @@ fn detect(
         }
         None => payload,
     };
-    match decoder::detect(candidate, ingress, mid_stream, protocols) {
+    let found = decoder::detect(candidate, ingress, mid_stream, protocols).or_else(|| {
+        let role = proc_role.filter(|_| mid_stream)?;
+        decoder::join_mid_stream(candidate, role, protocols)
+    });
+    match found {
         Some(found) => {
             if found.role == Role::Server && conn.origin == agent_ebpf::ORIGIN_CONNECT {
                 // A connected socket serving requests (rare): the server port is ours.
@@ -333,6 +338,9 @@ struct Conn {
     tls: bool,
     /// Muted because its socket bytes are encrypted (plaintext may still come).
     cipher_muted: bool,
+    /// Found open in `/proc` at start-up: the role its socket tells (a local port that
+    /// listens is a server's).
+    proc_role: Option<Role>,
 }
 
 impl Conn {
@@ -364,6 +372,7 @@ impl Conn {
             held_bytes: 0,
             tls: false,
             cipher_muted: false,
+            proc_role: None,
         }
     }
 
@@ -608,6 +617,11 @@ impl Tracker {
                 peer: Some(found.remote),
                 server_port: Some(server_port),
                 local,
+                proc_role: Some(if found.is_server {
+                    Role::Server
+                } else {
+                    Role::Client
+                }),
                 ..Conn::new(found.tgid, found.fd, ORIGIN_PROC, true, process, 0)
             },
         );

@@ -797,3 +797,52 @@ fn plaintext_written_before_its_socket_is_known_is_decoded_once_bound() {
     unbound(&mut h, ssl + 2, 31_000_000_000, REQ);
     assert_eq!(h.sink.inexact, ["tls_unbound_dropped"]);
 }
+
+/// An HTTP/2 connection found open at start-up (a gRPC channel): the first request seen opens
+/// its header block with a reference to the table the agent never saw, which does not tell
+/// the side. The socket does (its local port listens), so the chunk of whole frames is decoded
+/// as the request it is, and the call is counted, with no invented path.
+#[test]
+fn an_adopted_http2_connection_takes_its_side_from_the_socket() {
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, flags]);
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    };
+    let run = |is_server: bool| {
+        let mut h = Harness::new();
+        let found = listeners::FoundSocket {
+            tgid: PID,
+            fd: 5,
+            local: "127.0.0.1:50051".parse().unwrap(),
+            remote: "127.0.0.1:40000".parse().unwrap(),
+            is_server,
+        };
+        h.tracker.adopt(5, &found, &mut h.sink);
+        // HEADERS (END_HEADERS) opening with dynamic entry 67, then `:method POST`; DATA
+        // (END_STREAM) of a 5-byte gRPC message.
+        let mut request = frame(1, 0x4, 3, &[0xc3, 0x83]);
+        request.extend(frame(0, 0x1, 3, &[0, 0, 0, 0, 0]));
+        // `:status 200`, END_HEADERS | END_STREAM.
+        let response = frame(1, 0x5, 3, &[0x88]);
+        h.data(5, DIR_INGRESS, 10, &request, request.len());
+        h.data(5, DIR_EGRESS, 20, &response, response.len());
+        h
+    };
+    let h = run(true);
+    assert_eq!(h.sink.exchanges.len(), 1, "{:?}", h.sink.exchanges);
+    let (role, route, status, start, end, _, _) = &h.sink.exchanges[0];
+    assert_eq!(
+        (*role, route.as_str(), *status, *start, *end),
+        (Role::Server, "", 200, 10, 20)
+    );
+    // A client socket with the same bytes the other way round is not a server.
+    let h = run(false);
+    assert!(
+        h.sink.exchanges.iter().all(|x| x.0 == Role::Client),
+        "{:?}",
+        h.sink.exchanges
+    );
+}

@@ -31,6 +31,11 @@ pub struct Protocol {
     /// Whether `bytes`, too few for `detect` to decide, could still begin this protocol:
     /// the connection's bytes are then held until more arrive.
     pub could_start: fn(bytes: &[u8]) -> bool,
+    /// On a connection found already open whose socket tells the side (its local port is a
+    /// listening one, or not): whether `bytes`, which `detect` could not place, are this
+    /// protocol all the same. An HTTP/2 chunk whose header block opens with a reference to the
+    /// table the agent never saw says nothing of its side, but is whole frames.
+    pub joins_mid_stream: fn(bytes: &[u8]) -> bool,
     /// A decoder for a connection `detect` recognised.
     pub start: fn(mid_stream: bool) -> Box<dyn AnyDecoder>,
 }
@@ -46,6 +51,7 @@ pub static REGISTRY: [Protocol; 4] = [
         fixtures: "http1",
         detect: |bytes, _| http1::detect(bytes),
         could_start: http1::could_start,
+        joins_mid_stream: |_| false,
         start: session::<Http1Decoder>,
     },
     Protocol {
@@ -54,6 +60,7 @@ pub static REGISTRY: [Protocol; 4] = [
         fixtures: "http2",
         detect: http2::detect,
         could_start: http2::could_start,
+        joins_mid_stream: http2::joins_mid_stream,
         start: session::<Http2Decoder>,
     },
     Protocol {
@@ -62,6 +69,7 @@ pub static REGISTRY: [Protocol; 4] = [
         fixtures: "postgres",
         detect: postgres::detect,
         could_start: could_start_with_length,
+        joins_mid_stream: |_| false,
         start: session::<PgDecoder>,
     },
     Protocol {
@@ -70,6 +78,7 @@ pub static REGISTRY: [Protocol; 4] = [
         fixtures: "kafka",
         detect: |bytes, _| kafka::detect(bytes),
         could_start: could_start_with_length,
+        joins_mid_stream: |_| false,
         start: session::<KafkaDecoder>,
     },
 ];

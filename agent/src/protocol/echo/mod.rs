@@ -267,6 +267,7 @@ pub const ECHO: Protocol = Protocol {
     fixtures: "echo",
     detect: |bytes, _| detect(bytes),
     could_start,
+    joins_mid_stream: |_| false,
     start: session::<EchoDecoder>,
 };
 

@@ -57,3 +57,9 @@ pub fn could_start(bytes: &[u8]) -> bool {
     head[..n].copy_from_slice(&bytes[..n]);
     bytes.len() < 9 && is_server_settings(&head)
 }
+
+/// On a connection found already open whose side the socket tells: a chunk that is exactly a
+/// chain of plausible frames holding a HEADERS frame (see `Protocol::joins_mid_stream`).
+pub fn joins_mid_stream(bytes: &[u8]) -> bool {
+    super::frames::is_exact_chain_with_headers(bytes)
+}

@@ -286,6 +286,15 @@ pub fn is_exact_chain(bytes: &[u8]) -> bool {
         .is_some_and(|(end, frames)| frames > 0 && end == bytes.len())
 }
 
+/// Whether `bytes` are exactly a chain of plausible frames with a HEADERS frame among them.
+pub fn is_exact_chain_with_headers(bytes: &[u8]) -> bool {
+    let mut headers = false;
+    let end = chain(bytes, bytes.len() as u64, &mut |h, _| {
+        headers |= h.kind == HEADERS;
+    });
+    headers && end.is_some_and(|(end, _)| end == bytes.len())
+}
+
 /// For a connection found already open: when `bytes` are exactly a chain of plausible frames
 /// (nothing left over) holding a whole HEADERS frame, the side that sent them, told by the
 /// header block's first field: a request's pseudo-headers (`:authority`, `:method`, `:path`,

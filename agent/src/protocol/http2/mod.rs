@@ -60,7 +60,7 @@ mod frames;
 mod hpack;
 mod streams;
 
-pub use detect::{could_start, detect, PREFACE};
+pub use detect::{could_start, detect, joins_mid_stream, PREFACE};
 use frames::{Outcome, Payload, Reader};
 use hpack::Hpack;
 use streams::{Side, StreamState};
