@@ -22,7 +22,9 @@
 //!    `periscope_fuzz::Driver`; `cargo xtask bench decode` picks it up from the registry.
 //! 3. **A registry entry** in `registry.rs`: the self-metric name, the `--protocols` names,
 //!    the fixture directory, `detect` (the first bytes of a connection), `could_start` (too
-//!    few bytes yet, but they may begin this protocol) and the constructor.
+//!    few bytes yet, but they may begin this protocol), `joins_mid_stream` (bytes of a
+//!    connection found open that only the socket can place; `|_| false` for most) and the
+//!    constructor.
 //! 4. **The exchange mapping**: a `Detail` variant in `exchange.rs` and the one
 //!    [`IntoDetail`] impl in `registry.rs` that wraps the protocol's exchange into it (this is
 //!    also where node-wide state such as Kafka's topic names is applied, through [`Shared`]).

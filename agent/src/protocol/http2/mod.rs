@@ -1,4 +1,5 @@
-//! HTTP/2 decoder (RFC 9113, cleartext `h2c` with prior knowledge, and the plaintext of TLS
+//! HTTP/2 decoder (RFC 9113, cleartext `h2c` with prior knowledge or after an `Upgrade: h2c`
+//! the HTTP/1 decoder hands over ([`Http2Decoder::after_upgrade`]), and the plaintext of TLS
 //! `h2`): two captured byte streams of one connection in, one [`HttpExchange`] per stream out,
 //! with the gRPC call it carried.
 //!
