@@ -519,6 +519,72 @@ fn chart_mounts_the_collectors_tls_secrets() {
     }
 }
 
+/// Values `config` become the agent's configuration file: a ConfigMap mounted where
+/// `PERISCOPE_CONFIG` points, a checksum that rolls the pods when it changes, and a file the
+/// real agent reads (its `--print-config` shows each key as coming from the file). Without
+/// `config`, none of it is rendered.
+#[test]
+fn chart_values_config_becomes_the_agents_configuration_file() {
+    let mut values = all_features("serviceMonitor");
+    values["config"] = json!({"traces-batch-size": 100, "protocols": ["http", "postgres"]});
+    let rendered = render_chart(&values).unwrap();
+    kubernetes_validate(&rendered).unwrap();
+    let config_map = |objects: &[Value]| {
+        objects
+            .iter()
+            .find(|o| o["kind"] == "ConfigMap" && o["data"]["config.yaml"].is_string())
+            .cloned()
+    };
+    let map = config_map(&rendered).expect("the configuration file's ConfigMap");
+    let text = map["data"]["config.yaml"].as_str().unwrap();
+    let daemonset = find(&rendered, "DaemonSet");
+    let env = env_of(&daemonset);
+    let pod = &daemonset["spec"]["template"]["spec"];
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "config")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        env["PERISCOPE_CONFIG"],
+        format!("{}/config.yaml", mount["mountPath"].as_str().unwrap()).as_str()
+    );
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "config")
+        .unwrap()
+        .clone();
+    assert_eq!(volume["configMap"]["name"], map["metadata"]["name"]);
+    let annotations = &daemonset["spec"]["template"]["metadata"]["annotations"];
+    assert!(annotations["checksum/config"].is_string(), "{annotations}");
+
+    let dir = harness::TempDir::new("chart-config").unwrap();
+    let file = dir.path().join("config.yaml");
+    std::fs::write(&file, text).unwrap();
+    let out = Command::new(harness::agent_binary())
+        .arg("--print-config")
+        .env("PERISCOPE_CONFIG", &file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "traces-batch-size: \"100\"  # file",
+        "protocols: \"http,postgres\"  # file",
+    ] {
+        assert!(printed.contains(line), "{line}\n{printed}");
+    }
+
+    values["config"] = json!({});
+    let rendered = render_chart(&values).unwrap();
+    assert!(config_map(&rendered).is_none());
+    assert!(!env_of(&find(&rendered, "DaemonSet")).contains_key("PERISCOPE_CONFIG"));
+}
+
 /// A protected /metrics: the TLS pair and the token come from Secrets, mounted where the
 /// agent's variables point; the probes switch to HTTPS; both monitors scrape with https, the
 /// CA and server name, and the bearer token.
