@@ -19,3 +19,36 @@ pub(super) fn capped_string(b: &[u8], max: usize) -> String {
     s.truncate(end);
     s
 }
+
+/// RFC 9110 token character.
+pub(super) fn is_tchar(c: u8) -> bool {
+    TCHAR[usize::from(c)]
+}
+
+const TCHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        table[c] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        c += 1;
+    }
+    table
+};

@@ -1,6 +1,7 @@
 //! Parsing a head: start lines, header fields and the byte-level helpers under them.
 
 use super::{DecodeError, Stream, MAX_METHOD_TOKEN};
+use crate::protocol::text::is_tchar;
 
 /// Whether the first bytes of a head can begin a start line: Some(true) decided yes,
 /// Some(false) undecided so far (too few bytes), None no.
@@ -261,36 +262,3 @@ pub(super) fn hex_value(c: u8) -> Option<u8> {
         _ => None,
     }
 }
-
-/// RFC 9110 token character.
-pub(super) fn is_tchar(c: u8) -> bool {
-    TCHAR[usize::from(c)]
-}
-
-pub(super) const TCHAR: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut c = 0;
-    while c < 256 {
-        let b = c as u8;
-        table[c] = b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'!' | b'#'
-                    | b'$'
-                    | b'%'
-                    | b'&'
-                    | b'\''
-                    | b'*'
-                    | b'+'
-                    | b'-'
-                    | b'.'
-                    | b'^'
-                    | b'_'
-                    | b'`'
-                    | b'|'
-                    | b'~'
-            );
-        c += 1;
-    }
-    table
-};

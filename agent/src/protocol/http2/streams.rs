@@ -5,6 +5,7 @@ use super::{
     capped_string, route, GrpcCall, HttpExchange, HttpVersion, Stream, MAX_HOST_BYTES,
     MAX_METHOD_CHARS, MAX_PATH_BYTES, MAX_TRACEPARENT_BYTES, MAX_TRACESTATE_BYTES, UNKNOWN_METHOD,
 };
+use crate::protocol::text::is_tchar;
 
 /// gRPC status codes the decoder itself assigns (from resets).
 const GRPC_CANCELLED: u32 = 1;
@@ -36,11 +37,11 @@ impl Fields {
     /// One decoded field.
     pub fn take(&mut self, name: &[u8], value: &[u8]) {
         match name {
+            // A method is a token (RFC 9110); anything else is not one, and is not
+            // turned into a label value.
             b":method" => {
-                self.method = Some(capped_string(
-                    &value[..value.len().min(MAX_METHOD_CHARS)],
-                    usize::MAX,
-                ))
+                self.method = (!value.is_empty() && value.iter().all(|&c| is_tchar(c)))
+                    .then(|| capped_string(value, MAX_METHOD_CHARS))
             }
             b":path" => {
                 let end = value

@@ -506,6 +506,28 @@ fn bounded_streams_and_hostile_frames_never_panic() {
     }
 }
 
+/// A `:method` that is not a token is no method (found by the fuzzer: invalid UTF-8 there grew
+/// past the cap when made a string); a long token is capped.
+#[test]
+fn a_method_that_is_not_a_token_is_unknown_and_a_long_one_is_capped() {
+    let long = "X".repeat(40);
+    for (method, want) in [
+        ("GET", "GET"),
+        ("w\u{ff}\0\u{11}10S@\npc-", UNKNOWN_METHOD),
+        ("GE T", UNKNOWN_METHOD),
+        ("", UNKNOWN_METHOD),
+        (long.as_str(), &long[..MAX_METHOD_CHARS]),
+    ] {
+        let mut c = Conn::new();
+        c.req(&preface());
+        c.resp(&settings());
+        c.req(&headers(1, true, &[(":method", method), (":path", "/p")]));
+        let xs = c.resp(&headers(1, true, &[(":status", "200")])).take();
+        assert_eq!(xs.len(), 1, "{method:?}");
+        assert_eq!(xs[0].method, want, "{method:?}");
+    }
+}
+
 // ---- golden tests over recorded traffic (tests/fixtures/http2, see record.py) ----
 
 const GOLDEN: Golden<Http2Decoder> = Golden {
