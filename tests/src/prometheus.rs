@@ -55,6 +55,8 @@ impl Prometheus {
             ))
             .arg(format!("--web.listen-address={addr}"))
             .args(["--storage.tsdb.retention.time=1h", "--log.level=warn"])
+            // Exemplars are kept (and OpenMetrics asked for, as on every scrape).
+            .arg("--enable-feature=exemplar-storage")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -108,6 +110,21 @@ impl Prometheus {
     pub fn query(&self, expr: &str) -> anyhow::Result<String> {
         self.get(&format!("/api/v1/query?query={}", url_encode(expr)))
             .with_context(|| format!("query {expr}"))
+    }
+
+    /// Exemplars of the series `expr` selects over the last `seconds`, through
+    /// `/api/v1/query_exemplars`: the raw JSON answer.
+    pub fn query_exemplars(&self, expr: &str, seconds: u64) -> anyhow::Result<String> {
+        let end = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs()
+            + 1;
+        let start = end.saturating_sub(seconds);
+        self.get(&format!(
+            "/api/v1/query_exemplars?query={}&start={start}&end={end}",
+            url_encode(expr)
+        ))
+        .with_context(|| format!("query_exemplars {expr}"))
     }
 
     /// The server's log so far, for assertion messages.

@@ -331,6 +331,85 @@ fn http_requests_become_spans(protocol: &str) {
     }
 }
 
+/// Exemplars: a real Prometheus (exemplar storage on) scrapes the agent in OpenMetrics; the
+/// latency buckets of the server's and the client's series carry exemplars whose trace and
+/// span ids are those of spans the collector received, of the same kind and port, with a
+/// value inside the bucket. The classic text format carries none.
+#[test]
+fn latency_buckets_carry_exemplars_of_exported_spans() {
+    let receiver = Receiver::start();
+    let server = PyServer::http_test_server();
+    let agent = receiver.agent("grpc");
+    let prometheus = harness::Prometheus::start("periscope", &[agent.addr()], None).unwrap();
+    let port = server.port();
+    // Two latency buckets (le 0.025 and le 0.25) on each side.
+    for path in [
+        "/sleep/5",
+        "/sleep/5",
+        "/sleep/5",
+        "/sleep/120",
+        "/sleep/120",
+    ] {
+        curl(&[&server.url(path)]).unwrap();
+    }
+    let servers = expect_spans(&receiver, port, SERVER, 5);
+    let clients = expect_spans(&receiver, port, CLIENT, 5);
+    for (metric, spans) in [
+        ("http_server_request_duration_seconds_bucket", &servers),
+        ("http_client_request_duration_seconds_bucket", &clients),
+    ] {
+        let expr = format!("{metric}{{server_port=\"{port}\"}}");
+        let mut answer = Value::Null;
+        let found = wait_until(WAIT, Duration::from_millis(500), || {
+            let text = prometheus.query_exemplars(&expr, 300).unwrap();
+            answer = serde_json::from_str(&text).expect("JSON");
+            exemplars_of(&answer).len() >= 2
+        });
+        assert!(
+            found,
+            "no exemplars for {expr}: {answer}\n{}",
+            prometheus.log()
+        );
+        for (le, labels, value) in exemplars_of(&answer) {
+            let span = spans
+                .iter()
+                .find(|s| s["span_id"] == labels["span_id"])
+                .unwrap_or_else(|| panic!("exemplar {labels} names no span sent: {spans:#?}"));
+            assert_eq!(span["trace_id"], labels["trace_id"], "{span}");
+            assert!(value <= le && value > 0.0, "{value} in bucket {le}");
+        }
+        let buckets: std::collections::BTreeSet<String> = exemplars_of(&answer)
+            .iter()
+            .map(|(le, _, _)| le.to_string())
+            .collect();
+        assert_eq!(buckets.len(), 2, "{answer}");
+    }
+    let classic = harness::http_get(agent.addr(), "/metrics", Duration::from_secs(10)).unwrap();
+    assert!(
+        !classic.text().contains(" # {"),
+        "exemplars in classic text"
+    );
+}
+
+/// (bucket bound, labels, value) of every exemplar in a `query_exemplars` answer.
+fn exemplars_of(answer: &Value) -> Vec<(f64, Value, f64)> {
+    let mut out = Vec::new();
+    for series in answer["data"].as_array().into_iter().flatten() {
+        let le = series["seriesLabels"]["le"]
+            .as_str()
+            .and_then(|l| l.parse::<f64>().ok())
+            .unwrap_or(f64::INFINITY);
+        for e in series["exemplars"].as_array().into_iter().flatten() {
+            let value = e["value"]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(-1.0);
+            out.push((le, e["labels"].clone(), value));
+        }
+    }
+    out
+}
+
 #[test]
 fn http_spans_over_grpc() {
     http_requests_become_spans("grpc");

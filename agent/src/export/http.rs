@@ -458,7 +458,7 @@ impl ClassicText {
                     out.push_str(&help);
                     out.push('\n');
                 }
-                out.push_str(line);
+                out.push_str(without_exemplar(line));
                 out.push('\n');
             }
         }
@@ -471,6 +471,25 @@ impl ClassicText {
             out.push('\n');
         }
     }
+}
+
+/// A sample line without its exemplar (` # {...} value [timestamp]`), which the classic format
+/// does not have. Label values may hold ` # `: only a `#` outside quotes starts one.
+fn without_exemplar(line: &str) -> &str {
+    if line.starts_with('#') {
+        return line;
+    }
+    let (mut quoted, mut escaped) = (false, false);
+    for (i, c) in line.bytes().enumerate() {
+        match c {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b'#' if !quoted => return line[..i].trim_end_matches(' '),
+            _ => {}
+        }
+    }
+    line
 }
 
 /// Rewrites a whole OpenMetrics text as Prometheus text format 0.0.4 (see [`ClassicText`]).
@@ -650,6 +669,25 @@ mod tests {
         assert_eq!(
             classic,
             "# HELP x_bytes_total Bytes.\n# TYPE x_bytes_total counter\nx_bytes_total 3\n# HELP g A gauge.\n# TYPE g gauge\ng 1\n"
+        );
+    }
+
+    #[test]
+    fn exemplars_are_left_out_of_classic_text() {
+        let om = concat!(
+            "# HELP d_seconds D.\n# TYPE d_seconds histogram\n# UNIT d_seconds seconds\n",
+            "d_seconds_bucket{route=\"/a # {b}\\\" # x\",le=\"0.1\"} 3 # {trace_id=\"ab\",span_id=\"cd\"} 0.07 1764900000.123\n",
+            "d_seconds_bucket{le=\"+Inf\"} 5\n",
+            "d_seconds_count 5\n# EOF\n",
+        );
+        assert_eq!(
+            openmetrics_to_prometheus(om),
+            concat!(
+                "# HELP d_seconds D.\n# TYPE d_seconds histogram\n",
+                "d_seconds_bucket{route=\"/a # {b}\\\" # x\",le=\"0.1\"} 3\n",
+                "d_seconds_bucket{le=\"+Inf\"} 5\n",
+                "d_seconds_count 5\n",
+            )
         );
     }
 

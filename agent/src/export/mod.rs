@@ -19,9 +19,9 @@ pub struct Fanout {
 
 impl Sink for Fanout {
     fn exchange(&mut self, exchange: &Exchange) {
-        self.metrics.exchange(exchange);
+        let exemplar = self.metrics.record(exchange, self.spans.is_some());
         if let Some(spans) = &self.spans {
-            spans.exchange(exchange);
+            spans.exchange(exchange, exemplar);
         }
     }
     fn opened(&mut self, how: &'static str) {

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -11,6 +11,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::mpsc;
 
 use crate::exchange::Exchange;
+use crate::export::prometheus::histogram::{ExemplarTarget, SpanIds};
 use crate::internal_events::otlp::{
     ExportFailure, SpanExportFailed, SpanExportRefused, SpanExportRetriesExhausted, SpansExported,
 };
@@ -21,7 +22,7 @@ use super::convert::{resource, Converter, NodeResource};
 use super::parents::{Arrival, Parents, Pending};
 use super::proto::{encode_request, ResourceSpans, Span, Value};
 use super::tls::{self, ClientTls, Connector, TlsOptions};
-use super::SpanMetrics;
+use super::{Queued, SpanMetrics};
 
 /// Attempts per batch at most (the first and the retries), within `Batching::export_timeout`.
 const ATTEMPTS: u32 = 5;
@@ -309,7 +310,7 @@ struct Export {
 
 /// Drains `rx` until every sender is gone: converts, batches and exports.
 pub async fn run(
-    mut rx: mpsc::Receiver<Exchange>,
+    mut rx: mpsc::Receiver<Queued>,
     converter: Converter,
     settings: TraceSettings,
     metrics: Arc<SpanMetrics>,
@@ -338,11 +339,11 @@ pub async fn run(
     loop {
         tokio::select! {
             next = rx.recv() => match next {
-                Some(exchange) => {
+                Some((exchange, exemplar)) => {
                     if is_own_export(&exchange, export.settings.url.as_ref()) {
                         continue;
                     }
-                    stitcher.offer(&exchange, &mut pending);
+                    stitcher.offer(&exchange, exemplar, &mut pending);
                     if pending.len() >= batching.max_spans {
                         export.flush(&mut pending).await;
                     }
@@ -364,23 +365,45 @@ pub async fn run(
 }
 
 /// Exchanges in, spans with their parents out: conversion and the parent links of `parents`,
-/// without the exporting (the VM tests use it as it is).
+/// without the exporting (the VM tests use it as it is). A span that is sent (sampled, its
+/// trace settled) becomes the exemplar of the duration series its exchange was counted in.
 pub struct Stitcher {
     converter: Converter,
     parents: Parents,
+    /// Exemplar targets of spans not sent yet, by span id, with when they came.
+    exemplars: HashMap<[u8; 8], (ExemplarTarget, Instant)>,
 }
+
+/// Exemplar targets kept at most (spans held for a parent are bounded by `parents` too).
+const MAX_EXEMPLAR_TARGETS: usize = 16384;
+/// How long an exemplar target waits for its span to be sent: longer than a span is held for
+/// its parent. A span that was not sampled leaves its target to this.
+const EXEMPLAR_TARGET_TTL: Duration = Duration::from_secs(10);
 
 impl Stitcher {
     pub fn new(converter: Converter) -> Stitcher {
         Stitcher {
             converter,
             parents: Parents::default(),
+            exemplars: HashMap::new(),
         }
     }
 
     /// Adds the exchange's span; spans whose trace is settled are appended to `out`.
-    pub fn offer(&mut self, exchange: &Exchange, out: &mut Vec<Pending>) {
+    pub fn offer(
+        &mut self,
+        exchange: &Exchange,
+        exemplar: Option<ExemplarTarget>,
+        out: &mut Vec<Pending>,
+    ) {
+        let sent = out.len();
         let (span, remote_parent) = self.converter.span(exchange);
+        if let Some(target) = exemplar {
+            if self.exemplars.len() < MAX_EXEMPLAR_TARGETS {
+                self.exemplars
+                    .insert(span.span_id, (target, Instant::now()));
+            }
+        }
         let arrival = Arrival {
             process: exchange.endpoint.process.clone(),
             tid: exchange.endpoint.tid,
@@ -391,11 +414,33 @@ impl Stitcher {
             span,
         };
         self.parents.offer(arrival, &self.converter.sampler, out);
+        self.set_exemplars(&out[sent..]);
     }
 
     /// Appends the spans that waited long enough for a parent (all of them with `all`).
     pub fn release(&mut self, now: Instant, all: bool, out: &mut Vec<Pending>) {
+        let sent = out.len();
         self.parents.release(now, all, &self.converter.sampler, out);
+        self.set_exemplars(&out[sent..]);
+        self.exemplars
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < EXEMPLAR_TARGET_TTL);
+    }
+
+    /// The spans just sent become their series' exemplars.
+    fn set_exemplars(&mut self, sent: &[Pending]) {
+        if self.exemplars.is_empty() {
+            return;
+        }
+        for (_, span) in sent {
+            if let Some((target, _)) = self.exemplars.remove(&span.span_id) {
+                let ids = SpanIds {
+                    trace_id: span.trace_id,
+                    span_id: span.span_id,
+                };
+                let end = UNIX_EPOCH + Duration::from_nanos(span.end_unix_ns);
+                target.set(ids, end);
+            }
+        }
     }
 }
 

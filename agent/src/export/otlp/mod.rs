@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 
 use crate::exchange::Exchange;
 use crate::export::labels::ReasonLabel;
+use crate::export::prometheus::histogram::ExemplarTarget;
 use crate::export::prometheus::register;
 
 pub use exporter::{Batching, Protocol, TraceSettings};
@@ -69,22 +70,25 @@ impl SpanMetrics {
     }
 }
 
+/// An exchange on its way to the span exporter, with where its span's exemplar would go.
+pub type Queued = (Exchange, Option<ExemplarTarget>);
+
 /// Hands exchanges to the span exporter without ever waiting for it.
 pub struct SpanSink {
-    queue: mpsc::Sender<Exchange>,
+    queue: mpsc::Sender<Queued>,
     metrics: Arc<SpanMetrics>,
 }
 
 impl SpanSink {
     /// A sink and the receiving end its exporter drains; the queue holds `capacity` exchanges.
-    pub fn new(capacity: usize, metrics: Arc<SpanMetrics>) -> (SpanSink, mpsc::Receiver<Exchange>) {
+    pub fn new(capacity: usize, metrics: Arc<SpanMetrics>) -> (SpanSink, mpsc::Receiver<Queued>) {
         let (queue, rx) = mpsc::channel(capacity.max(1));
         (SpanSink { queue, metrics }, rx)
     }
 
     /// Queues one exchange; a full queue drops it (the newest) and counts it.
-    pub fn exchange(&self, exchange: &Exchange) {
-        if let Err(e) = self.queue.try_send(exchange.clone()) {
+    pub fn exchange(&self, exchange: &Exchange, exemplar: Option<ExemplarTarget>) {
+        if let Err(e) = self.queue.try_send((exchange.clone(), exemplar)) {
             let reason = match e {
                 mpsc::error::TrySendError::Full(_) => "queue_full",
                 mpsc::error::TrySendError::Closed(_) => "exporter_stopped",
@@ -96,7 +100,7 @@ impl SpanSink {
 
 impl crate::conn::Sink for SpanSink {
     fn exchange(&mut self, exchange: &Exchange) {
-        SpanSink::exchange(self, exchange);
+        SpanSink::exchange(self, exchange, None);
     }
     // Connection bookkeeping is the metrics sink's business; spans only need exchanges.
     fn opened(&mut self, _how: &'static str) {}

@@ -2,9 +2,9 @@
 //! system, operation, collection, namespace and error, from the client's side and from the
 //! database server process's.
 
+use super::histogram::{ExemplarTarget, Histogram};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::budget::{SeriesBudget, SeriesKind};
@@ -25,11 +25,11 @@ pub const COUNT_BUCKETS: [f64; 12] = [
 ];
 
 fn db_duration_histogram() -> Histogram {
-    Histogram::new(DB_DURATION_BUCKETS)
+    Histogram::new(&DB_DURATION_BUCKETS)
 }
 
 fn count_histogram() -> Histogram {
-    Histogram::new(COUNT_BUCKETS)
+    Histogram::new(&COUNT_BUCKETS)
 }
 
 /// Labels of database operation metrics (`db.*` semantic conventions).
@@ -181,7 +181,8 @@ impl DbRecorder {
         exchange: &Exchange,
         pg: &PostgresDetail,
         peer: impl FnOnce() -> PeerLabels,
-    ) {
+        exemplar: bool,
+    ) -> Option<ExemplarTarget> {
         let error = exchange.error_type();
         let key = DbLookup {
             origin: Origin::of(exchange),
@@ -191,13 +192,12 @@ impl DbRecorder {
             error: error.as_deref(),
         };
         let create = || metrics.series(budget, key.labels(exchange, peer()), exchange.role);
-        let Some(series) = self.get_or_create(&key, create) else {
-            return;
-        };
+        let series = self.get_or_create(&key, create)?;
         if let Some(n) = pg.statement.rows {
             series.rows.observe(n as f64);
         }
         series.duration.observe(exchange.duration_seconds());
+        exemplar.then(|| ExemplarTarget::new(&series.duration, exchange.duration_seconds()))
     }
 }
 
@@ -213,7 +213,7 @@ mod tests {
             unreachable!("a SQL exchange")
         };
         let peer = || PeerLabels::of(e.server_ip(), None);
-        recorder.record(metrics, budget, e, pg, peer);
+        recorder.record(metrics, budget, e, pg, peer, false);
     }
 
     /// A 2 ms statement of a host process to 192.0.2.5:5432.

@@ -3,9 +3,9 @@
 
 use std::hash::Hash;
 
+use super::histogram::{ExemplarTarget, Histogram};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::budget::{SeriesBudget, SeriesKind};
@@ -15,7 +15,7 @@ use crate::exchange::{Detail, Exchange, Role};
 use crate::export::labels::{PeerLabels, WorkloadLabels};
 
 /// What an HTTP series holds besides its label values (measured, see `budget`).
-pub const SERIES_KIND: SeriesKind = SeriesKind { fixed_bytes: 5300 };
+pub const SERIES_KIND: SeriesKind = SeriesKind { fixed_bytes: 4900 };
 
 /// Semantic-convention default buckets for `http.*.request.duration`.
 pub const DURATION_BUCKETS: [f64; 14] = [
@@ -29,11 +29,11 @@ pub const SIZE_BUCKETS: [f64; 11] = [
 ];
 
 pub(super) fn duration_histogram() -> Histogram {
-    Histogram::new(DURATION_BUCKETS)
+    Histogram::new(&DURATION_BUCKETS)
 }
 
 fn size_histogram() -> Histogram {
-    Histogram::new(SIZE_BUCKETS)
+    Histogram::new(&SIZE_BUCKETS)
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -225,9 +225,10 @@ impl HttpRecorder {
         budget: &SeriesBudget,
         exchange: &Exchange,
         peer: impl FnOnce() -> PeerLabels,
-    ) {
+        exemplar: bool,
+    ) -> Option<ExemplarTarget> {
         let Detail::Http(http) = &exchange.detail else {
-            return;
+            return None;
         };
         let key = HttpLookup {
             origin: Origin::of(exchange),
@@ -237,14 +238,13 @@ impl HttpRecorder {
             version: http.version.as_str(),
         };
         let create = || metrics.series(budget, exchange, &key, peer());
-        let Some(series) = self.get_or_create(&key, create) else {
-            return;
-        };
+        let series = self.get_or_create(&key, create)?;
         series.duration.observe(exchange.duration_seconds());
         series.request_body.observe(exchange.request_size() as f64);
         series
             .response_body
             .observe(exchange.response_size() as f64);
+        exemplar.then(|| ExemplarTarget::new(&series.duration, exchange.duration_seconds()))
     }
 }
 
@@ -267,7 +267,7 @@ mod tests {
         let peer = || PeerLabels::of(Some([10, 0, 0, 9].into()), None);
         for _ in 0..2 {
             let e = server(http("PATCH", 204, "/a/{id}", (100, 0)));
-            recorder.record(&metrics, &budget, &e, peer);
+            recorder.record(&metrics, &budget, &e, peer, false);
         }
         let e = exchange(
             Role::Client,
@@ -277,7 +277,7 @@ mod tests {
             7,
             http("X", 502, "", (0, 9)),
         );
-        recorder.record(&metrics, &budget, &e, peer);
+        recorder.record(&metrics, &budget, &e, peer, false);
         let server_labels = format!(
             r#"{{http_request_method="PATCH",http_response_status_code="204",http_route="/a/{{id}}",network_protocol_version="1.1",server_port="8080",{WORKLOAD}}}"#
         );
@@ -313,9 +313,9 @@ mod tests {
         let peer = PeerLabels::default;
         let first = server(http("GET", 200, "/first", (0, 0)));
         let second = server(http("GET", 200, "/second", (0, 0)));
-        recorder.record(&metrics, &budget, &first, peer);
-        recorder.record(&metrics, &budget, &second, peer);
-        recorder.record(&metrics, &budget, &first, peer);
+        recorder.record(&metrics, &budget, &first, peer, false);
+        recorder.record(&metrics, &budget, &second, peer, false);
+        recorder.record(&metrics, &budget, &first, peer, false);
         let metric = "http_server_request_duration_seconds";
         assert_eq!(dropped(&drops, metric), 1);
         let counts = samples(&registry, "http_server_request_duration_seconds_count");
@@ -329,7 +329,7 @@ mod tests {
         assert!(samples(&registry, "http_server_request").is_empty());
         // The place is free again; the cache must start over to see it.
         recorder.clear();
-        recorder.record(&metrics, &budget, &second, peer);
+        recorder.record(&metrics, &budget, &second, peer, false);
         assert_eq!(dropped(&drops, metric), 1);
         assert_eq!(
             samples(&registry, "http_server_request_duration_seconds_count").len(),

@@ -7,10 +7,10 @@
 //! error; the exchange's error goes to every topic when no topic failed (a request-level
 //! failure such as a timeout).
 
+use super::histogram::{ExemplarTarget, Histogram};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::budget::{SeriesBudget, SeriesKind};
@@ -210,7 +210,9 @@ impl MessagingRecorder {
         exchange: &Exchange,
         kafka: &KafkaExchange,
         peer: impl Fn() -> PeerLabels,
-    ) {
+        exemplar: bool,
+    ) -> Option<ExemplarTarget> {
+        let mut target = None;
         let origin = Origin::of(exchange);
         let flow = exchange.message_flow();
         let seconds = exchange.duration_seconds();
@@ -233,12 +235,17 @@ impl MessagingRecorder {
                 continue;
             };
             series.duration.observe(seconds);
+            // The exemplar names the span in the first topic's series.
+            if exemplar && target.is_none() {
+                target = Some(ExemplarTarget::new(&series.duration, seconds));
+            }
             let records = topic.map_or(0, |t| t.record_count);
             if let (Some(flow), true) = (flow, records > 0) {
                 let family = metrics.side(exchange.role).records(flow);
                 series.records.resolve(family).inc_by(records);
             }
         }
+        target
     }
 }
 
@@ -294,7 +301,7 @@ mod tests {
         let Detail::Kafka(k) = &e.detail else {
             unreachable!("a Kafka exchange")
         };
-        recorder.record(metrics, budget, &e, k, PeerLabels::default);
+        recorder.record(metrics, budget, &e, k, PeerLabels::default, false);
     }
 
     #[test]

@@ -46,6 +46,7 @@ pub(crate) use register;
 pub mod budget;
 pub mod cache;
 pub mod db;
+pub mod histogram;
 pub mod http;
 pub mod messaging;
 pub mod rpc;
@@ -54,8 +55,8 @@ pub mod target;
 
 use std::sync::Arc;
 
+use histogram::{ExemplarTarget, Histogram};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::labels::PeerLabels;
@@ -200,34 +201,45 @@ pub(crate) fn peer_labels(cluster: Option<&dyn ClusterView>, exchange: &Exchange
     PeerLabels::of(Some(ip), name.as_ref())
 }
 
-impl Sink for MetricsSink {
-    fn exchange(&mut self, exchange: &Exchange) {
+impl MetricsSink {
+    /// Records one exchange; with `exemplar`, also says where its span's exemplar would go
+    /// (the duration series it was counted in), for the span exporter to set once the span is
+    /// sampled (see [`histogram`]).
+    pub fn record(&mut self, exchange: &Exchange, exemplar: bool) -> Option<ExemplarTarget> {
         self.check_cache_epoch();
         let metrics = &self.metrics;
         let peer = || peer_labels(self.cluster.as_deref(), exchange);
-        match &exchange.detail {
+        let series = &metrics.series;
+        let target = match &exchange.detail {
             Detail::Http(crate::protocol::http::HttpExchange {
                 grpc: Some(grpc), ..
             }) => self
                 .rpc
-                .record(&metrics.rpc, &metrics.series, exchange, grpc, peer),
+                .record(&metrics.rpc, series, exchange, grpc, peer, exemplar),
             Detail::Http(_) => self
                 .http
-                .record(&metrics.http, &metrics.series, exchange, peer),
+                .record(&metrics.http, series, exchange, peer, exemplar),
             Detail::Postgres(pg) => {
                 self.db
-                    .record(&metrics.db, &metrics.series, exchange, pg, peer)
+                    .record(&metrics.db, series, exchange, pg, peer, exemplar)
             }
             Detail::Kafka(kafka) => {
                 self.messaging
-                    .record(&metrics.messaging, &metrics.series, exchange, kafka, peer)
+                    .record(&metrics.messaging, series, exchange, kafka, peer, exemplar)
             }
-        }
+        };
         if !exchange.complete() {
             metrics
                 .self_metrics
                 .inexact(exchange.protocol_label(), "incomplete");
         }
+        target
+    }
+}
+
+impl Sink for MetricsSink {
+    fn exchange(&mut self, exchange: &Exchange) {
+        self.record(exchange, false);
     }
 
     fn opened(&mut self, reason: &'static str) {

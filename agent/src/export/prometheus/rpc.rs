@@ -2,9 +2,9 @@
 //! `rpc.method` and `rpc.status_code`, for servers and (with the server's labels) clients. A
 //! gRPC call is counted here only, not in the HTTP families.
 
+use super::histogram::{ExemplarTarget, Histogram};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::budget::{SeriesBudget, SeriesKind};
@@ -118,7 +118,8 @@ impl RpcRecorder {
         exchange: &Exchange,
         grpc: &GrpcCall,
         peer: impl FnOnce() -> PeerLabels,
-    ) {
+        exemplar: bool,
+    ) -> Option<ExemplarTarget> {
         let method = grpc.rpc_method();
         let key = RpcLookup {
             origin: Origin::of(exchange),
@@ -140,9 +141,9 @@ impl RpcRecorder {
             };
             metrics.series(budget, &labels, exchange.role)
         };
-        if let Some(duration) = self.get_or_create(&key, create) {
-            duration.observe(exchange.duration_seconds());
-        }
+        let duration = self.get_or_create(&key, create)?;
+        duration.observe(exchange.duration_seconds());
+        exemplar.then(|| ExemplarTarget::new(duration, exchange.duration_seconds()))
     }
 }
 
@@ -177,7 +178,7 @@ mod tests {
                 crate::exchange::Detail::Http(h) => h.grpc.clone().unwrap(),
                 _ => unreachable!(),
             };
-            recorder.record(&metrics, &budget, e, &g, PeerLabels::default);
+            recorder.record(&metrics, &budget, e, &g, PeerLabels::default, false);
         };
         for status in [Some(0), Some(0), Some(5), Some(4)] {
             record(&mut recorder, &server(grpc(status)));

@@ -273,3 +273,49 @@ fn compression_is_gzip_or_none() {
         .unwrap();
     assert_eq!(out, body);
 }
+
+/// A sent span becomes the exemplar of the series its exchange was counted in, with the ids
+/// it was sent with; a span that was not sampled names nothing.
+#[test]
+fn a_sent_span_is_its_series_exemplar_and_an_unsampled_one_is_not() {
+    use super::super::context::{IdGenerator, Sampler};
+    use super::super::convert::WallClock;
+    use crate::exchange::testkit::{http, server};
+    use crate::export::prometheus::histogram::Histogram;
+
+    static BOUNDS: [f64; 2] = [0.1, 1.0];
+    for (sampler, named) in [(Sampler::AlwaysOn, true), (Sampler::AlwaysOff, false)] {
+        let mut stitcher = Stitcher::new(Converter {
+            clock: WallClock::measure(),
+            sampler,
+            ids: IdGenerator::new(),
+        });
+        let histogram = Histogram::new(&BOUNDS);
+        let exchange = server(http("GET", 200, "/a", (0, 0)));
+        histogram.observe(exchange.duration_seconds());
+        let target = ExemplarTarget::new(&histogram, exchange.duration_seconds());
+        let mut out = Vec::new();
+        stitcher.offer(&exchange, Some(target), &mut out);
+        stitcher.release(Instant::now(), true, &mut out);
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("d", "D", histogram.clone());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+        match out.first() {
+            Some((_, span)) if named => {
+                let want = format!(
+                    "trace_id=\"{}\",span_id=\"{}\"",
+                    hex(&span.trace_id),
+                    hex(&span.span_id)
+                );
+                assert!(text.contains(&want), "{text}");
+            }
+            None if !named => assert!(!text.contains(" # {"), "{text}"),
+            other => panic!("sampled {named}: {other:?}"),
+        }
+        // An unsampled span's target waits out its time.
+        assert_eq!(stitcher.exemplars.len(), usize::from(!named));
+        stitcher.release(Instant::now() + EXEMPLAR_TARGET_TTL, true, &mut out);
+        assert!(stitcher.exemplars.is_empty());
+    }
+}
