@@ -206,18 +206,30 @@ pub fn describe(exchange: &Exchange, parent: Option<&TraceParent>) -> Span {
             (name, http_kind(server), error)
         }
         Detail::Kafka(k) => {
+            // Messaging conventions 1.27+: `messaging.operation.name` is the system's name of
+            // the operation and the span is `{messaging.operation.name} {destination}`. A
+            // Produce is `send` and a Fetch `receive` (type `send`/`receive`; `publish` is
+            // deprecated), the operation the metrics count; another API is its own operation,
+            // without a type. The conventions have no attribute for the Kafka API itself, so
+            // it is kept in `periscope.kafka.api_name`.
             attributes.push(("messaging.system", Value::Static("kafka")));
+            let operation = exchange.operation();
             let flow = exchange.message_flow();
+            // The broker's span (SERVER) has no operation type: the types describe a client's
+            // part in the flow of messages, and the conventions define no broker-side spans.
+            // A receive stays CONSUMER, as before, although the 1.27+ span-kind table gives
+            // `receive` CLIENT (CONSUMER being for `process`).
             let (operation_type, kind) = match (flow, server) {
                 (_, true) => (None, SpanKind::Server),
-                (Some(MessageFlow::Send), false) => (Some("publish"), SpanKind::Producer),
-                (Some(MessageFlow::Receive), false) => (Some("receive"), SpanKind::Consumer),
+                (Some(f @ MessageFlow::Send), false) => (Some(f), SpanKind::Producer),
+                (Some(f @ MessageFlow::Receive), false) => (Some(f), SpanKind::Consumer),
                 (None, false) => (None, SpanKind::Client),
             };
-            attributes.push(("messaging.operation.name", Value::Static(k.api_name)));
-            if let Some(t) = operation_type {
-                attributes.push(("messaging.operation.type", Value::Static(t)));
+            attributes.push(("messaging.operation.name", Value::Str(operation.to_owned())));
+            if let Some(f) = operation_type {
+                attributes.push(("messaging.operation.type", Value::Static(f.as_str())));
             }
+            attributes.push(("periscope.kafka.api_name", Value::Static(k.api_name)));
             if let Some(t) = target {
                 attributes.push(("messaging.destination.name", Value::Str(t.to_owned())));
             }
@@ -233,14 +245,9 @@ pub fn describe(exchange: &Exchange, parent: Option<&TraceParent>) -> Span {
             if let Some(e) = &error {
                 attributes.push(("error.type", Value::Str(e.clone())));
             }
-            let verb = match flow {
-                Some(MessageFlow::Send) => "publish",
-                Some(MessageFlow::Receive) => "receive",
-                None => k.api_name,
-            };
             let name = match target {
-                Some(t) => format!("{t} {verb}"),
-                None => verb.to_owned(),
+                Some(t) => format!("{operation} {t}"),
+                None => operation.to_owned(),
             };
             (name, kind, error)
         }

@@ -49,6 +49,7 @@ fn kafka(api: &'static str, error_code: i16) -> Detail {
         api_key: match api {
             "Produce" => 0,
             "Fetch" => 1,
+            "ListOffsets" => 2,
             "Metadata" => 3,
             _ => 18,
         },
@@ -109,14 +110,25 @@ fn http_spans_are_named_from_the_route_and_fail_by_side() {
     assert_eq!(get(&odd, "http.request.method").cloned(), s("_OTHER"));
 }
 
+/// Messaging conventions 1.27+: `{messaging.operation.name} {destination}`, a Produce is
+/// `send` (type `send`, not the deprecated `publish`), a Fetch `receive`; the Kafka API name
+/// is kept in `periscope.kafka.api_name`.
 #[test]
-fn kafka_spans_name_topic_and_operation() {
+fn kafka_spans_are_named_by_operation_then_topic() {
     let produce = describe(&exchange(Role::Client, kafka("Produce", 0)), None);
-    assert_eq!(produce.name, "orders publish");
+    assert_eq!(produce.name, "send orders");
     assert_eq!(produce.kind, SpanKind::Producer);
     assert_eq!(
+        get(&produce, "messaging.operation.name").cloned(),
+        s("send")
+    );
+    assert_eq!(
         get(&produce, "messaging.operation.type").cloned(),
-        s("publish")
+        s("send")
+    );
+    assert_eq!(
+        get(&produce, "periscope.kafka.api_name").cloned(),
+        s("Produce")
     );
     assert_eq!(
         get(&produce, "messaging.destination.name").cloned(),
@@ -128,21 +140,49 @@ fn kafka_spans_name_topic_and_operation() {
     );
     assert!(produce.error.is_none());
     let fetch = describe(&exchange(Role::Client, kafka("Fetch", 3)), None);
-    assert_eq!(fetch.name, "orders receive");
+    assert_eq!(fetch.name, "receive orders");
     assert_eq!(fetch.kind, SpanKind::Consumer);
+    assert_eq!(
+        get(&fetch, "messaging.operation.name").cloned(),
+        s("receive")
+    );
+    assert_eq!(
+        get(&fetch, "messaging.operation.type").cloned(),
+        s("receive")
+    );
+    assert_eq!(get(&fetch, "periscope.kafka.api_name").cloned(), s("Fetch"));
     assert_eq!(
         get(&fetch, "error.type").cloned(),
         s("UNKNOWN_TOPIC_OR_PARTITION")
     );
     assert!(fetch.error.is_some());
+    // Another API is its own operation, without a type.
+    let other = describe(&exchange(Role::Client, kafka("ListOffsets", 0)), None);
+    assert_eq!(other.kind, SpanKind::Client);
+    assert_eq!(other.name, "ListOffsets orders");
     assert_eq!(
-        describe(&exchange(Role::Client, kafka("Metadata", 0)), None).kind,
-        SpanKind::Client
+        get(&other, "messaging.operation.name").cloned(),
+        s("ListOffsets")
     );
-    assert_eq!(
-        describe(&exchange(Role::Server, kafka("Produce", 0)), None).kind,
-        SpanKind::Server
-    );
+    assert!(get(&other, "messaging.operation.type").is_none());
+    // The broker's span is named alike, SERVER, without a type.
+    let broker = describe(&exchange(Role::Server, kafka("Produce", 0)), None);
+    assert_eq!(broker.name, "send orders");
+    assert_eq!(broker.kind, SpanKind::Server);
+    assert_eq!(get(&broker, "messaging.operation.name").cloned(), s("send"));
+    assert!(get(&broker, "messaging.operation.type").is_none());
+}
+
+/// Without a topic the span is the operation alone.
+#[test]
+fn kafka_spans_without_a_topic_are_the_operation() {
+    let mut detail = kafka("Produce", 0);
+    if let Detail::Kafka(k) = &mut detail {
+        k.topics[0].name = None;
+    }
+    let span = describe(&exchange(Role::Client, detail), None);
+    assert_eq!(span.name, "send");
+    assert!(get(&span, "messaging.destination.name").is_none());
 }
 
 #[test]
