@@ -303,6 +303,9 @@ fn http_requests_become_spans(protocol: &str) {
             assert!(u(&span["end"]) - u(&span["start"]) >= 50_000_000, "{span}");
         }
         assert_eq!(attr(s, "client.address"), "127.0.0.1");
+        // `url.full` on the client span only (curl's Host is `127.0.0.1:<port>`).
+        assert_eq!(attr(c, "url.full"), server.url("/sleep/50").as_str(), "{c}");
+        assert!(attr(s, "url.full").is_null(), "{s}");
         assert_eq!(u(res(s, "process.pid")), u64::from(server.pid()));
         // The service is named after the executable (Debian: python3.11).
         assert!(res(s, "service.name")

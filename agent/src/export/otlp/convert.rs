@@ -1,5 +1,7 @@
 //! One `Exchange` → one span, named and attributed by the OpenTelemetry semantic conventions.
 
+use std::net::IpAddr;
+
 use crate::exchange::{normalize_method, Detail, Exchange, MessageFlow, Role, OTHER_METHOD};
 use crate::metadata::ProcessInfo;
 use crate::protocol::http::HttpExchange;
@@ -136,6 +138,16 @@ pub fn describe(exchange: &Exchange, parent: Option<&TraceParent>) -> Span {
                 "http"
             };
             attributes.push(("url.scheme", Value::Static(scheme)));
+            // HTTP conventions: a client span carries `url.full` (required), a server span
+            // `url.path` and `url.scheme` only.
+            if !server {
+                let socket = exchange
+                    .server_ip()
+                    .map(|ip| (ip, exchange.endpoint.server_port));
+                if let Some(url) = url_full(scheme, h.host.as_deref(), socket, &h.path) {
+                    attributes.push(("url.full", Value::Str(url)));
+                }
+            }
             attributes.push((
                 "network.protocol.version",
                 Value::Static(h.version.as_str()),
@@ -284,8 +296,52 @@ fn http_kind(server: bool) -> SpanKind {
     }
 }
 
-/// `example.com:8080` → `example.com`; `[::1]:80` → `::1`.
+/// `url.full` of a client request: `scheme://authority/path`, or `None` when the path is
+/// unknown or not a path (`OPTIONS *`, a CONNECT's authority). The authority is the request's
+/// own (absolute-form target, `:authority` or Host), else the server's address on the socket
+/// (IPv6 in brackets, the port left out when it is the scheme's default). Userinfo is never
+/// included, even when a Host header carries it, and there is no query string: the decoder
+/// drops it (and the secrets it may hold), so the path has none.
+fn url_full(
+    scheme: &str,
+    host: Option<&str>,
+    socket: Option<(IpAddr, Option<u16>)>,
+    path: &str,
+) -> Option<String> {
+    if !path.starts_with('/') {
+        return None;
+    }
+    let usable = |a: &&str| {
+        !a.is_empty()
+            && !a
+                .bytes()
+                .any(|b| matches!(b, b'/' | b'?' | b'#' | b'\\') || b <= b' ' || b == 0x7f)
+    };
+    if let Some(authority) = host.map(without_userinfo).filter(usable) {
+        return Some(format!("{scheme}://{authority}{path}"));
+    }
+    let (ip, port) = socket?;
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    let host = match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    };
+    Some(match port {
+        Some(p) if p != default_port => format!("{scheme}://{host}:{p}{path}"),
+        _ => format!("{scheme}://{host}{path}"),
+    })
+}
+
+/// `user:password@example.com` → `example.com`: credentials are never exported.
+fn without_userinfo(authority: &str) -> &str {
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host)
+}
+
+/// `example.com:8080` → `example.com`; `[::1]:80` → `::1`; `user@example.com` → `example.com`.
 fn host_without_port(host: &str) -> &str {
+    let host = without_userinfo(host);
     if let Some(rest) = host.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);
     }

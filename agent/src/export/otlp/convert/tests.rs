@@ -110,6 +110,100 @@ fn http_spans_are_named_from_the_route_and_fail_by_side() {
     assert_eq!(get(&odd, "http.request.method").cloned(), s("_OTHER"));
 }
 
+fn with_http(detail: Detail, f: impl FnOnce(&mut HttpExchange)) -> Detail {
+    match detail {
+        Detail::Http(mut h) => {
+            f(&mut h);
+            Detail::Http(h)
+        }
+        other => other,
+    }
+}
+
+/// HTTP conventions: `url.full` is required on a client span, and a server span has none.
+#[test]
+fn http_client_spans_carry_the_full_url() {
+    let client = describe(&exchange(Role::Client, http(200, "GET")), None);
+    assert_eq!(
+        get(&client, "url.full").cloned(),
+        s("http://shop:8080/users/42")
+    );
+    let server = describe(&exchange(Role::Server, http(200, "GET")), None);
+    assert!(get(&server, "url.full").is_none());
+    assert_eq!(get(&server, "url.path").cloned(), s("/users/42"));
+    assert_eq!(get(&server, "url.scheme").cloned(), s("http"));
+    // Over TLS the scheme is https.
+    let mut tls = exchange(Role::Client, http(200, "GET"));
+    tls.endpoint.tls = true;
+    assert_eq!(
+        get(&describe(&tls, None), "url.full").cloned(),
+        s("https://shop:8080/users/42")
+    );
+}
+
+/// Credentials in a Host header (or `:authority`) reach neither `url.full` nor
+/// `server.address`.
+#[test]
+fn userinfo_never_reaches_a_span() {
+    let detail = with_http(http(200, "GET"), |h| {
+        h.host = Some("alice:s3cret@shop:8080".into())
+    });
+    let span = describe(&exchange(Role::Client, detail), None);
+    assert_eq!(
+        get(&span, "url.full").cloned(),
+        s("http://shop:8080/users/42")
+    );
+    assert_eq!(get(&span, "server.address").cloned(), s("shop"));
+    let leaked = span
+        .attributes
+        .iter()
+        .any(|(_, v)| matches!(v, Value::Str(v) if v.contains("s3cret") || v.contains("alice")));
+    assert!(!leaked, "{:?}", span.attributes);
+}
+
+/// Without a usable Host the URL is built from the server's address on the socket: IPv6 in
+/// brackets, the scheme's default port left out. A path that is not one (`OPTIONS *`, a
+/// CONNECT's authority) or is unknown gives no URL.
+#[test]
+fn without_a_host_the_url_names_the_socket() {
+    let no_host = |h: &mut HttpExchange| h.host = None;
+    let span = describe(
+        &exchange(Role::Client, with_http(http(200, "GET"), no_host)),
+        None,
+    );
+    assert_eq!(
+        get(&span, "url.full").cloned(),
+        s("http://10.0.0.2:8080/users/42")
+    );
+    let bad_host = |h: &mut HttpExchange| h.host = Some("shop/evil path".into());
+    let span = describe(
+        &exchange(Role::Client, with_http(http(200, "GET"), bad_host)),
+        None,
+    );
+    assert_eq!(
+        get(&span, "url.full").cloned(),
+        s("http://10.0.0.2:8080/users/42")
+    );
+    let mut v6 = exchange(Role::Client, with_http(http(200, "GET"), no_host));
+    v6.endpoint.peer = Some("[2001:db8::1]:443".parse().expect("literal"));
+    v6.endpoint.server_port = Some(443);
+    v6.endpoint.tls = true;
+    assert_eq!(
+        get(&describe(&v6, None), "url.full").cloned(),
+        s("https://[2001:db8::1]/users/42")
+    );
+    v6.endpoint.server_port = Some(8443);
+    assert_eq!(
+        get(&describe(&v6, None), "url.full").cloned(),
+        s("https://[2001:db8::1]:8443/users/42")
+    );
+    for path in ["*", "shop:443", ""] {
+        let detail = with_http(http(200, "OPTIONS"), |h| h.path = path.into());
+        let span = describe(&exchange(Role::Client, detail), None);
+        assert!(get(&span, "url.full").is_none(), "{path:?}");
+    }
+}
+
 /// Messaging conventions 1.27+: `{messaging.operation.name} {destination}`, a Produce is
 /// `send` (type `send`, not the deprecated `publish`), a Fetch `receive`; the Kafka API name
 /// is kept in `periscope.kafka.api_name`.
@@ -262,6 +356,7 @@ fn hosts_lose_their_port() {
     assert_eq!(host_without_port("example.com:8080"), "example.com");
     assert_eq!(host_without_port("example.com"), "example.com");
     assert_eq!(host_without_port("[::1]:80"), "::1");
+    assert_eq!(host_without_port("u:p@example.com:8080"), "example.com");
 }
 
 #[test]
