@@ -312,6 +312,10 @@ fn http_requests_become_spans(protocol: &str) {
             .as_str()
             .is_some_and(|n| n.starts_with("python3")));
         assert_eq!(res(c, "process.executable.name"), "curl");
+        // `telemetry.sdk.language` is the workload's, by its executable's name: the Python
+        // server's is `python`, curl's (C) is not told.
+        assert_eq!(res(s, "telemetry.sdk.language"), "python", "{s}");
+        assert!(res(c, "telemetry.sdk.language").is_null(), "{c}");
         // curl is seen on this node: its span is the root, the server's its child, and the
         // times nest.
         assert_eq!(c["parent_span_id"], "", "{c}");

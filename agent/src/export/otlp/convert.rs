@@ -436,14 +436,18 @@ fn process_resource(process: &ProcessInfo, host_name: &str) -> Vec<(&'static str
         r.push(("host.name", s(host_name)));
     }
     r.push(("process.pid", Value::Int(i64::from(process.pid))));
-    let exe = if process.exe_name.is_empty() {
-        &process.comm
-    } else {
-        &process.exe_name
-    };
-    r.push(("process.executable.name", s(exe)));
+    r.push(("process.executable.name", s(process.executable_name())));
+    // `telemetry.sdk.*` and `telemetry.distro.*` name what produced the telemetry: Periscope,
+    // as OBI (`opentelemetry-ebpf-instrumentation`) and Beyla name themselves.
+    // `telemetry.sdk.language` is different: backends read it as the language of the service
+    // (its icon, its runtime views), so it is the *instrumented process's* language, as OBI
+    // sets it, and never `rust` (the agent's own, which said every workload was Rust). It is
+    // set only when the executable's name tells (`python3.11`, `java`, `node`, …), else left
+    // out rather than guessed, although the conventions list it as required for an SDK.
     r.push(("telemetry.sdk.name", s("periscope")));
-    r.push(("telemetry.sdk.language", s("rust")));
+    if let Some(language) = process.language() {
+        r.push(("telemetry.sdk.language", Value::Static(language)));
+    }
     r.push(("telemetry.sdk.version", s(env!("CARGO_PKG_VERSION"))));
     r.push(("telemetry.distro.name", s("periscope")));
     r.push(("telemetry.distro.version", s(env!("CARGO_PKG_VERSION"))));

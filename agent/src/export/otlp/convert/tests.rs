@@ -323,6 +323,40 @@ fn the_resource_names_the_pod_and_its_workload() {
     assert_eq!(get("process.pid"), Some(Value::Int(7)));
 }
 
+/// `telemetry.sdk.language` is the workload's language, when its executable's name tells,
+/// never the agent's own `rust`; the SDK and the distribution are Periscope.
+#[test]
+fn the_sdk_language_is_the_workloads_not_the_agents() {
+    let node = NodeResource::default();
+    let get = |p: &ProcessInfo, key: &str| {
+        resource(p, &node)
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    };
+    let shop = process();
+    assert_eq!(get(&shop, "telemetry.sdk.language"), None);
+    assert_eq!(get(&shop, "telemetry.sdk.name"), s("periscope"));
+    assert_eq!(get(&shop, "telemetry.distro.name"), s("periscope"));
+    assert_eq!(
+        get(&shop, "telemetry.sdk.version"),
+        s(env!("CARGO_PKG_VERSION"))
+    );
+    let python = ProcessInfo {
+        exe_name: "python3.11".into(),
+        ..(*shop).clone()
+    };
+    assert_eq!(get(&python, "telemetry.sdk.language"), s("python"));
+    // An unreadable executable falls back to comm, as `process.executable.name` does.
+    let java = ProcessInfo {
+        exe_name: String::new(),
+        comm: "java".into(),
+        ..(*shop).clone()
+    };
+    assert_eq!(get(&java, "process.executable.name"), s("java"));
+    assert_eq!(get(&java, "telemetry.sdk.language"), s("java"));
+}
+
 /// `OTEL_RESOURCE_ATTRIBUTES` adds node-wide attributes to every resource; a process's own
 /// attributes win, the last of a repeated key wins, `%XX` is decoded, and a pair without `=`
 /// is refused with the setting's name.
