@@ -10,9 +10,10 @@
 //! ([`Exchange::message_flow`]) and the server's address. A sink that needs a value the view
 //! does not give reads the protocol's detail, and the value then belongs to that sink alone.
 //!
-//! Where the two sinks name the same thing differently today, both names stay: a Kafka Produce
-//! is `messaging_operation_name="send"` on metrics (the operation) and `messaging.operation.name`
-//! `Produce` with type `publish` on spans.
+//! Both sinks name a Kafka exchange by this operation: a Produce is
+//! `messaging_operation_name="send"` on metrics and `messaging.operation.name` `send` (type
+//! `send`, span `send {topic}`) on spans; the spans keep the API name (`Produce`) in
+//! `periscope.kafka.api_name`.
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
@@ -120,11 +121,7 @@ impl Exchange {
         match &self.detail {
             Detail::Http(h) => normalize_method(&h.method),
             Detail::Postgres(p) => &p.statement.operation,
-            Detail::Kafka(k) => match message_flow(k) {
-                Some(MessageFlow::Send) => "send",
-                Some(MessageFlow::Receive) => "receive",
-                None => k.api_name,
-            },
+            Detail::Kafka(k) => message_flow(k).map_or(k.api_name, MessageFlow::as_str),
         }
     }
 
@@ -241,6 +238,17 @@ pub enum MessageFlow {
     Send,
     /// Fetch: the client receives records from the broker.
     Receive,
+}
+
+impl MessageFlow {
+    /// `send` or `receive`: both the operation (`messaging.operation.name`) and its type
+    /// (`messaging.operation.type`) in the messaging conventions.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageFlow::Send => "send",
+            MessageFlow::Receive => "receive",
+        }
+    }
 }
 
 fn message_flow(k: &KafkaExchange) -> Option<MessageFlow> {

@@ -303,12 +303,19 @@ fn http_requests_become_spans(protocol: &str) {
             assert!(u(&span["end"]) - u(&span["start"]) >= 50_000_000, "{span}");
         }
         assert_eq!(attr(s, "client.address"), "127.0.0.1");
+        // `url.full` on the client span only (curl's Host is `127.0.0.1:<port>`).
+        assert_eq!(attr(c, "url.full"), server.url("/sleep/50").as_str(), "{c}");
+        assert!(attr(s, "url.full").is_null(), "{s}");
         assert_eq!(u(res(s, "process.pid")), u64::from(server.pid()));
         // The service is named after the executable (Debian: python3.11).
         assert!(res(s, "service.name")
             .as_str()
             .is_some_and(|n| n.starts_with("python3")));
         assert_eq!(res(c, "process.executable.name"), "curl");
+        // `telemetry.sdk.language` is the workload's, by its executable's name: the Python
+        // server's is `python`, curl's (C) is not told.
+        assert_eq!(res(s, "telemetry.sdk.language"), "python", "{s}");
+        assert!(res(c, "telemetry.sdk.language").is_null(), "{c}");
         // curl is seen on this node: its span is the root, the server's its child, and the
         // times nest.
         assert_eq!(c["parent_span_id"], "", "{c}");
@@ -804,7 +811,8 @@ fn spans_as_json_lines_on_stdout() {
 }
 
 /// Five Produce requests (kafka-python, each acknowledged) → five PRODUCER spans from the
-/// client and five SERVER spans from the broker, `orders publish`, one message each.
+/// client and five SERVER spans from the broker, `send orders` (messaging conventions 1.27+),
+/// one message each.
 #[test]
 fn kafka_produce_spans() {
     let receiver = Receiver::start();
@@ -825,26 +833,28 @@ print("sent")
     .unwrap();
     assert_eq!(out.trim(), "sent");
     let port = kafka.port();
-    let publish = |kind: u64| -> Vec<Value> {
+    let send = |kind: u64| -> Vec<Value> {
         spans_to(&receiver, port, kind)
             .into_iter()
-            .filter(|s| s["name"] == "orders publish")
+            .filter(|s| s["name"] == "send orders")
             .collect()
     };
-    assert!(wait_until(WAIT, Duration::from_millis(200), || publish(4)
+    assert!(wait_until(WAIT, Duration::from_millis(200), || send(4)
         .len()
         >= 5
-        && publish(SERVER).len() >= 5));
+        && send(SERVER).len() >= 5));
     std::thread::sleep(Duration::from_millis(1500));
     for kind in [4, SERVER] {
-        let spans = publish(kind);
+        let spans = send(kind);
         assert_eq!(spans.len(), 5, "{spans:#?}");
         for span in &spans {
             assert_eq!(attr(span, "messaging.system"), "kafka");
             assert_eq!(attr(span, "messaging.destination.name"), "orders");
+            assert_eq!(attr(span, "messaging.operation.name"), "send");
+            assert_eq!(attr(span, "periscope.kafka.api_name"), "Produce");
             assert_eq!(
                 attr(span, "messaging.operation.type").as_str(),
-                (kind == 4).then_some("publish")
+                (kind == 4).then_some("send")
             );
             assert_eq!(u(attr(span, "messaging.kafka.message.count")), 1);
             assert_eq!(span["status_code"], 0);

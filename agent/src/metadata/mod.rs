@@ -10,6 +10,7 @@ pub mod cgroup;
 pub mod cgroup_paths;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
+pub mod language;
 
 /// Identity of one process (thread group), cached per tgid until it exits.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -143,6 +144,21 @@ impl ProcessInfo {
             k8s: None,
             seq: next_seq(),
         }
+    }
+
+    /// `process.executable.name`: the executable's base name, else `comm`.
+    pub fn executable_name(&self) -> &str {
+        if self.exe_name.is_empty() {
+            &self.comm
+        } else {
+            &self.exe_name
+        }
+    }
+
+    /// The language the process is written in, when its executable's name tells
+    /// ([`language::from_executable`]).
+    pub fn language(&self) -> Option<&'static str> {
+        language::from_executable(self.executable_name())
     }
 
     /// The same process with its Kubernetes identity set (or cleared): a new value with a new

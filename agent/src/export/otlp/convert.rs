@@ -1,5 +1,7 @@
 //! One `Exchange` → one span, named and attributed by the OpenTelemetry semantic conventions.
 
+use std::net::IpAddr;
+
 use crate::exchange::{normalize_method, Detail, Exchange, MessageFlow, Role, OTHER_METHOD};
 use crate::metadata::ProcessInfo;
 use crate::protocol::http::HttpExchange;
@@ -136,6 +138,16 @@ pub fn describe(exchange: &Exchange, parent: Option<&TraceParent>) -> Span {
                 "http"
             };
             attributes.push(("url.scheme", Value::Static(scheme)));
+            // HTTP conventions: a client span carries `url.full` (required), a server span
+            // `url.path` and `url.scheme` only.
+            if !server {
+                let socket = exchange
+                    .server_ip()
+                    .map(|ip| (ip, exchange.endpoint.server_port));
+                if let Some(url) = url_full(scheme, h.host.as_deref(), socket, &h.path) {
+                    attributes.push(("url.full", Value::Str(url)));
+                }
+            }
             attributes.push((
                 "network.protocol.version",
                 Value::Static(h.version.as_str()),
@@ -206,18 +218,30 @@ pub fn describe(exchange: &Exchange, parent: Option<&TraceParent>) -> Span {
             (name, http_kind(server), error)
         }
         Detail::Kafka(k) => {
+            // Messaging conventions 1.27+: `messaging.operation.name` is the system's name of
+            // the operation and the span is `{messaging.operation.name} {destination}`. A
+            // Produce is `send` and a Fetch `receive` (type `send`/`receive`; `publish` is
+            // deprecated), the operation the metrics count; another API is its own operation,
+            // without a type. The conventions have no attribute for the Kafka API itself, so
+            // it is kept in `periscope.kafka.api_name`.
             attributes.push(("messaging.system", Value::Static("kafka")));
+            let operation = exchange.operation();
             let flow = exchange.message_flow();
+            // The broker's span (SERVER) has no operation type: the types describe a client's
+            // part in the flow of messages, and the conventions define no broker-side spans.
+            // A receive stays CONSUMER, as before, although the 1.27+ span-kind table gives
+            // `receive` CLIENT (CONSUMER being for `process`).
             let (operation_type, kind) = match (flow, server) {
                 (_, true) => (None, SpanKind::Server),
-                (Some(MessageFlow::Send), false) => (Some("publish"), SpanKind::Producer),
-                (Some(MessageFlow::Receive), false) => (Some("receive"), SpanKind::Consumer),
+                (Some(f @ MessageFlow::Send), false) => (Some(f), SpanKind::Producer),
+                (Some(f @ MessageFlow::Receive), false) => (Some(f), SpanKind::Consumer),
                 (None, false) => (None, SpanKind::Client),
             };
-            attributes.push(("messaging.operation.name", Value::Static(k.api_name)));
-            if let Some(t) = operation_type {
-                attributes.push(("messaging.operation.type", Value::Static(t)));
+            attributes.push(("messaging.operation.name", Value::Str(operation.to_owned())));
+            if let Some(f) = operation_type {
+                attributes.push(("messaging.operation.type", Value::Static(f.as_str())));
             }
+            attributes.push(("periscope.kafka.api_name", Value::Static(k.api_name)));
             if let Some(t) = target {
                 attributes.push(("messaging.destination.name", Value::Str(t.to_owned())));
             }
@@ -233,14 +257,9 @@ pub fn describe(exchange: &Exchange, parent: Option<&TraceParent>) -> Span {
             if let Some(e) = &error {
                 attributes.push(("error.type", Value::Str(e.clone())));
             }
-            let verb = match flow {
-                Some(MessageFlow::Send) => "publish",
-                Some(MessageFlow::Receive) => "receive",
-                None => k.api_name,
-            };
             let name = match target {
-                Some(t) => format!("{t} {verb}"),
-                None => verb.to_owned(),
+                Some(t) => format!("{operation} {t}"),
+                None => operation.to_owned(),
             };
             (name, kind, error)
         }
@@ -277,8 +296,52 @@ fn http_kind(server: bool) -> SpanKind {
     }
 }
 
-/// `example.com:8080` → `example.com`; `[::1]:80` → `::1`.
+/// `url.full` of a client request: `scheme://authority/path`, or `None` when the path is
+/// unknown or not a path (`OPTIONS *`, a CONNECT's authority). The authority is the request's
+/// own (absolute-form target, `:authority` or Host), else the server's address on the socket
+/// (IPv6 in brackets, the port left out when it is the scheme's default). Userinfo is never
+/// included, even when a Host header carries it, and there is no query string: the decoder
+/// drops it (and the secrets it may hold), so the path has none.
+fn url_full(
+    scheme: &str,
+    host: Option<&str>,
+    socket: Option<(IpAddr, Option<u16>)>,
+    path: &str,
+) -> Option<String> {
+    if !path.starts_with('/') {
+        return None;
+    }
+    let usable = |a: &&str| {
+        !a.is_empty()
+            && !a
+                .bytes()
+                .any(|b| matches!(b, b'/' | b'?' | b'#' | b'\\') || b <= b' ' || b == 0x7f)
+    };
+    if let Some(authority) = host.map(without_userinfo).filter(usable) {
+        return Some(format!("{scheme}://{authority}{path}"));
+    }
+    let (ip, port) = socket?;
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    let host = match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    };
+    Some(match port {
+        Some(p) if p != default_port => format!("{scheme}://{host}:{p}{path}"),
+        _ => format!("{scheme}://{host}{path}"),
+    })
+}
+
+/// `user:password@example.com` → `example.com`: credentials are never exported.
+fn without_userinfo(authority: &str) -> &str {
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host)
+}
+
+/// `example.com:8080` → `example.com`; `[::1]:80` → `::1`; `user@example.com` → `example.com`.
 fn host_without_port(host: &str) -> &str {
+    let host = without_userinfo(host);
     if let Some(rest) = host.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);
     }
@@ -373,14 +436,18 @@ fn process_resource(process: &ProcessInfo, host_name: &str) -> Vec<(&'static str
         r.push(("host.name", s(host_name)));
     }
     r.push(("process.pid", Value::Int(i64::from(process.pid))));
-    let exe = if process.exe_name.is_empty() {
-        &process.comm
-    } else {
-        &process.exe_name
-    };
-    r.push(("process.executable.name", s(exe)));
+    r.push(("process.executable.name", s(process.executable_name())));
+    // `telemetry.sdk.*` and `telemetry.distro.*` name what produced the telemetry: Periscope,
+    // as OBI (`opentelemetry-ebpf-instrumentation`) and Beyla name themselves.
+    // `telemetry.sdk.language` is different: backends read it as the language of the service
+    // (its icon, its runtime views), so it is the *instrumented process's* language, as OBI
+    // sets it, and never `rust` (the agent's own, which said every workload was Rust). It is
+    // set only when the executable's name tells (`python3.11`, `java`, `node`, …), else left
+    // out rather than guessed, although the conventions list it as required for an SDK.
     r.push(("telemetry.sdk.name", s("periscope")));
-    r.push(("telemetry.sdk.language", s("rust")));
+    if let Some(language) = process.language() {
+        r.push(("telemetry.sdk.language", Value::Static(language)));
+    }
     r.push(("telemetry.sdk.version", s(env!("CARGO_PKG_VERSION"))));
     r.push(("telemetry.distro.name", s("periscope")));
     r.push(("telemetry.distro.version", s(env!("CARGO_PKG_VERSION"))));
