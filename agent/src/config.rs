@@ -334,6 +334,46 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub traces_export_timeout: u64,
 
+    /// Metric exporters, comma-separated: `prometheus` (the /metrics endpoint, the default,
+    /// always served) and `otlp` (push to the OTLP collector as well); `none` is accepted.
+    #[arg(long, env = "OTEL_METRICS_EXPORTER", default_value = "prometheus")]
+    pub metrics_exporter: String,
+
+    /// The metrics URL itself (HTTP/protobuf: used as given, no `/v1/metrics` appended);
+    /// setting it turns the OTLP push on.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")]
+    pub otlp_metrics_endpoint: Option<String>,
+
+    /// OTLP transport of the metrics push; wins over `--otlp-protocol`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", value_enum)]
+    pub otlp_metrics_protocol: Option<crate::export::otlp::Protocol>,
+
+    /// Extra headers on metrics pushes; wins over `--otlp-headers` (as a whole).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_METRICS_HEADERS")]
+    pub otlp_metrics_headers: Option<String>,
+
+    /// Compression of metrics pushes (`gzip` or `none`); wins over `--otlp-compression`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION")]
+    pub otlp_metrics_compression: Option<String>,
+
+    /// One metrics push attempt's time limit in milliseconds; wins over `--otlp-timeout`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT")]
+    pub otlp_metrics_timeout: Option<u64>,
+
+    /// Aggregation temporality of pushed metrics: only `cumulative` (the default).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE")]
+    pub otlp_metrics_temporality: Option<String>,
+
+    /// Milliseconds between two OTLP metrics pushes.
+    #[arg(long, env = "OTEL_METRIC_EXPORT_INTERVAL", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub metrics_export_interval: u64,
+
+    /// Milliseconds one metrics push may take, retries included.
+    #[arg(long, env = "OTEL_METRIC_EXPORT_TIMEOUT", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub metrics_export_timeout: u64,
+
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, env = "PERISCOPE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -397,9 +437,54 @@ impl Config {
             .unwrap_or(8192) as usize
     }
 
+    /// The OTLP protocol, headers, timeout (ms) and compression of the metrics push: each
+    /// metrics-specific setting wins over the general one, as a whole.
+    pub fn otlp_metrics_transport(&self) -> OtlpTransport<'_> {
+        OtlpTransport {
+            protocol: self.otlp_metrics_protocol.unwrap_or(self.otlp_protocol),
+            headers: self
+                .otlp_metrics_headers
+                .as_deref()
+                .or(self.otlp_headers.as_deref()),
+            timeout_ms: self.otlp_metrics_timeout.or(self.otlp_timeout),
+            compression: self
+                .otlp_metrics_compression
+                .as_deref()
+                .or(self.otlp_compression.as_deref()),
+        }
+    }
+
+    /// Whether metrics are pushed over OTLP: `otlp` in `--metrics-exporter`, or a metrics
+    /// endpoint of their own. An unknown exporter name is an error naming the variable.
+    pub fn metrics_push(&self) -> anyhow::Result<bool> {
+        let mut otlp = self.otlp_metrics_endpoint.is_some();
+        for name in self.metrics_exporter.split(',').map(str::trim) {
+            match name {
+                "otlp" => otlp = true,
+                "prometheus" | "none" | "" => {}
+                other => anyhow::bail!(
+                    "OTEL_METRICS_EXPORTER (--metrics-exporter): {other:?} is not an exporter \
+                     (prometheus, otlp, none)"
+                ),
+            }
+        }
+        Ok(otlp)
+    }
+
     /// The OTLP TLS settings, each traces-specific one winning over the general one, named
     /// by the variable and flag it came from (for start-up errors).
     pub fn otlp_tls(&self) -> crate::export::otlp::TlsOptions {
+        self.otlp_tls_of(true)
+    }
+
+    /// The OTLP TLS settings of the metrics push: the general ones (there are no
+    /// metrics-specific certificate settings).
+    pub fn otlp_metrics_tls(&self) -> crate::export::otlp::TlsOptions {
+        self.otlp_tls_of(false)
+    }
+
+    fn otlp_tls_of(&self, traces: bool) -> crate::export::otlp::TlsOptions {
+        let specific = |p: &Option<PathBuf>| if traces { p.clone() } else { None };
         fn pick(
             traces: &Option<PathBuf>,
             traces_name: &'static str,
@@ -414,25 +499,26 @@ impl Config {
         }
         crate::export::otlp::TlsOptions {
             certificate: pick(
-                &self.otlp_traces_certificate,
+                &specific(&self.otlp_traces_certificate),
                 "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE (--otlp-traces-certificate)",
                 &self.otlp_certificate,
                 "OTEL_EXPORTER_OTLP_CERTIFICATE (--otlp-certificate)",
             ),
             client_certificate: pick(
-                &self.otlp_traces_client_certificate,
+                &specific(&self.otlp_traces_client_certificate),
                 "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE (--otlp-traces-client-certificate)",
                 &self.otlp_client_certificate,
                 "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE (--otlp-client-certificate)",
             ),
             client_key: pick(
-                &self.otlp_traces_client_key,
+                &specific(&self.otlp_traces_client_key),
                 "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY (--otlp-traces-client-key)",
                 &self.otlp_client_key,
                 "OTEL_EXPORTER_OTLP_CLIENT_KEY (--otlp-client-key)",
             ),
             insecure: self
                 .otlp_traces_insecure
+                .filter(|_| traces)
                 .or(self.otlp_insecure)
                 .unwrap_or(false),
         }

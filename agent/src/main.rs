@@ -15,7 +15,9 @@ use periscope::export::http;
 #[cfg(feature = "kubernetes")]
 use periscope::export::otlp::context::{IdGenerator, Sampler};
 use periscope::export::otlp::convert::{Converter, WallClock};
-use periscope::export::otlp::{exporter, Batching, SpanMetrics, SpanSink, TraceSettings};
+use periscope::export::otlp::{
+    self as otlp, exporter, Batching, Signal, SpanMetrics, SpanSink, TraceSettings,
+};
 use periscope::export::prometheus::Metrics;
 #[cfg(feature = "kubernetes")]
 use periscope::internal_events;
@@ -190,6 +192,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     });
     let sampler =
         Sampler::from_settings(&config.traces_sampler, config.traces_sampler_arg.as_deref())?;
+    let push = metrics_push_settings(&config)?;
 
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
@@ -204,6 +207,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let span_metrics = traces
         .enabled()
         .then(|| SpanMetrics::register(&mut registry));
+    let push_metrics = push
+        .as_ref()
+        .map(|_| otlp::metrics::PushMetrics::register(&mut registry));
     let flow_metrics = config
         .flows
         .then(|| periscope::flows::FlowMetrics::register(&mut registry));
@@ -222,6 +228,19 @@ async fn run(config: Config) -> anyhow::Result<()> {
         bearer_token,
         scrapes: Arc::new(tokio::sync::Semaphore::new(http::CONCURRENT_SCRAPES)),
     });
+    if let (Some(push), Some(push_metrics)) = (push, push_metrics) {
+        log::info!(
+            "metrics: OTLP {:?} push to {} every {:?}",
+            push.transport.protocol,
+            push.transport
+                .url
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            push.interval
+        );
+        tokio::spawn(otlp::metrics::run(state.clone(), push, push_metrics));
+    }
     log::info!(
         "metrics endpoint: {}{}",
         if metrics_tls.is_some() {
@@ -471,4 +490,38 @@ async fn run(config: Config) -> anyhow::Result<()> {
     drop(capture);
     log::info!("stopped; every kernel program detached");
     outcome
+}
+
+/// The OTLP metrics push, when `OTEL_METRICS_EXPORTER` has `otlp` or a metrics endpoint is
+/// set; its settings' errors name their variable.
+fn metrics_push_settings(config: &Config) -> anyhow::Result<Option<otlp::metrics::PushSettings>> {
+    otlp::metrics::check_temporality(config.otlp_metrics_temporality.as_deref())?;
+    if !config.metrics_push()? {
+        return Ok(None);
+    }
+    let t = config.otlp_metrics_transport();
+    let transport = TraceSettings::for_signal(
+        Signal::Metrics,
+        config.otlp_endpoint.as_deref(),
+        config.otlp_metrics_endpoint.as_deref(),
+        t.protocol,
+        t.headers,
+        false,
+        &config.otlp_metrics_tls(),
+    )?
+    .with_timeout_ms(t.timeout_ms)?
+    .with_compression(t.compression)?
+    .with_resource_attributes(config.resource_attributes.as_deref())?;
+    if transport.url.is_none() {
+        anyhow::bail!(
+            "OTEL_METRICS_EXPORTER=otlp (--metrics-exporter) needs a collector: set \
+             OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
+        );
+    }
+    Ok(Some(otlp::metrics::PushSettings {
+        agent: otlp::metrics::agent_resource(config.service_name.as_deref(), &transport),
+        transport,
+        interval: Duration::from_millis(config.metrics_export_interval),
+        timeout: Duration::from_millis(config.metrics_export_timeout),
+    }))
 }

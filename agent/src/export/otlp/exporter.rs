@@ -35,6 +35,41 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// newest exchanges are dropped and counted (`queue_full`).
 const IN_FLIGHT: u32 = 4;
 const GRPC_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+const METRICS_GRPC_PATH: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+
+/// Which OTLP signal a [`TraceSettings`] sends: its paths and the variable naming its own
+/// endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    Traces,
+    Metrics,
+}
+
+impl Signal {
+    /// The OTLP/HTTP path appended to a base endpoint.
+    fn http_path(self) -> &'static str {
+        match self {
+            Signal::Traces => "/v1/traces",
+            Signal::Metrics => "/v1/metrics",
+        }
+    }
+
+    /// The gRPC method.
+    fn grpc_path(self) -> &'static str {
+        match self {
+            Signal::Traces => GRPC_PATH,
+            Signal::Metrics => METRICS_GRPC_PATH,
+        }
+    }
+
+    /// The signal's own endpoint variable, for errors.
+    fn endpoint_variable(self) -> &'static str {
+        match self {
+            Signal::Traces => "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            Signal::Metrics => "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+        }
+    }
+}
 
 /// `OTEL_EXPORTER_OTLP_PROTOCOL`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -47,7 +82,8 @@ pub enum Protocol {
     HttpProtobuf,
 }
 
-/// Where and how spans go; built once from the configuration.
+/// Where and how spans (or, with [`TraceSettings::for_signal`], metrics) go; built once from
+/// the configuration.
 #[derive(Clone, Debug)]
 pub struct TraceSettings {
     /// The full URL requests are sent to, when a collector is configured.
@@ -104,6 +140,28 @@ impl TraceSettings {
         stdout: bool,
         tls: &TlsOptions,
     ) -> anyhow::Result<TraceSettings> {
+        TraceSettings::for_signal(
+            Signal::Traces,
+            endpoint,
+            traces_endpoint,
+            protocol,
+            headers,
+            stdout,
+            tls,
+        )
+    }
+
+    /// As [`TraceSettings::new`], for `signal`: its own endpoint (`signal_endpoint`) is used
+    /// as given, the base endpoint gets the signal's path.
+    pub fn for_signal(
+        signal: Signal,
+        endpoint: Option<&str>,
+        traces_endpoint: Option<&str>,
+        protocol: Protocol,
+        headers: Option<&str>,
+        stdout: bool,
+        tls: &TlsOptions,
+    ) -> anyhow::Result<TraceSettings> {
         // Only the OTLP/gRPC exporter has a scheme-less form (`host:4317`).
         let with_scheme = |e: &str| match protocol {
             Protocol::Grpc if !e.contains("://") => {
@@ -117,16 +175,18 @@ impl TraceSettings {
                 let t = t.as_str();
                 Some(match protocol {
                     Protocol::HttpProtobuf => t.to_owned(),
-                    Protocol::Grpc => format!("{}{GRPC_PATH}", t.trim_end_matches('/')),
+                    Protocol::Grpc => {
+                        format!("{}{}", t.trim_end_matches('/'), signal.grpc_path())
+                    }
                 })
-                .map(|u| (u, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+                .map(|u| (u, signal.endpoint_variable()))
             }
             (_, Some(e)) if !e.trim().is_empty() => {
                 let e = with_scheme(e.trim());
                 let base = e.trim_end_matches('/');
                 Some(match protocol {
-                    Protocol::HttpProtobuf => format!("{base}/v1/traces"),
-                    Protocol::Grpc => format!("{base}{GRPC_PATH}"),
+                    Protocol::HttpProtobuf => format!("{base}{}", signal.http_path()),
+                    Protocol::Grpc => format!("{base}{}", signal.grpc_path()),
                 })
                 .map(|u| (u, "OTEL_EXPORTER_OTLP_ENDPOINT"))
             }
@@ -253,13 +313,13 @@ pub(super) fn percent_decode(s: &str) -> String {
 }
 
 /// Why an attempt failed, and whether another may succeed.
-struct Failure {
-    message: String,
-    retryable: bool,
+pub(super) struct Failure {
+    pub(super) message: String,
+    pub(super) retryable: bool,
     /// The TLS error, when the TLS handshake is what failed.
-    tls: Option<String>,
+    pub(super) tls: Option<String>,
     /// How long the collector asked to wait (`Retry-After` in seconds, on 429 and 503).
-    retry_after: Option<Duration>,
+    pub(super) retry_after: Option<Duration>,
 }
 
 /// The longest `Retry-After` obeyed: a batch slot is not held longer.
@@ -268,7 +328,11 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// The wait before the next attempt: the collector's `Retry-After` when it gave one, else
 /// `backoff` with jitter (between half and all of it), so that agents that failed together
 /// do not retry together.
-fn retry_delay(backoff: Duration, retry_after: Option<Duration>, random: u64) -> Duration {
+pub(super) fn retry_delay(
+    backoff: Duration,
+    retry_after: Option<Duration>,
+    random: u64,
+) -> Duration {
     match retry_after {
         Some(wait) => wait.min(MAX_RETRY_AFTER),
         None => {
@@ -279,7 +343,7 @@ fn retry_delay(backoff: Duration, retry_after: Option<Duration>, random: u64) ->
 }
 
 /// The gzip form of an encoded request (what `OTEL_EXPORTER_OTLP_COMPRESSION=gzip` sends).
-fn gzip(body: &[u8]) -> Bytes {
+pub(super) fn gzip(body: &[u8]) -> Bytes {
     use std::io::Write;
     let mut encoder = flate2::write::GzEncoder::new(
         Vec::with_capacity(body.len() / 4),
@@ -291,7 +355,7 @@ fn gzip(body: &[u8]) -> Bytes {
 }
 
 /// A cheap random number for jitter (ids need no better, neither does this).
-fn jitter_random() -> u64 {
+pub(super) fn jitter_random() -> u64 {
     let mut seed = [0u8; 8];
     let _ = getrandom::fill(&mut seed);
     u64::from_ne_bytes(seed)
@@ -315,15 +379,9 @@ pub async fn run(
     settings: TraceSettings,
     metrics: Arc<SpanMetrics>,
 ) {
-    let connector = tls::connector(settings.tls.as_ref(), settings.protocol);
     let export_node = settings.resource.clone();
     let batching = settings.batching;
-    let client = match settings.protocol {
-        Protocol::Grpc => Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .build(connector),
-        Protocol::HttpProtobuf => Client::builder(TokioExecutor::new()).build(connector),
-    };
+    let client = client(&settings);
     let mut export = Export {
         client,
         settings: Arc::new(settings),
@@ -361,6 +419,20 @@ pub async fn run(
                 export.flush(&mut pending).await;
             }
         }
+    }
+}
+
+/// The client every export goes through.
+pub(super) type OtlpClient = Client<Connector, Full<Bytes>>;
+
+/// The HTTP client for `settings`' collector: HTTP/2 only for gRPC, TLS for `https://`.
+pub(super) fn client(settings: &TraceSettings) -> OtlpClient {
+    let connector = tls::connector(settings.tls.as_ref(), settings.protocol);
+    match settings.protocol {
+        Protocol::Grpc => Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(connector),
+        Protocol::HttpProtobuf => Client::builder(TokioExecutor::new()).build(connector),
     }
 }
 
@@ -640,7 +712,7 @@ fn encode(batch: &[(Arc<ProcessInfo>, Span)], node: &NodeResource) -> Bytes {
 }
 
 /// One attempt. `Ok(rejected spans)` when the collector answered with success.
-async fn send(
+pub(super) async fn send(
     client: &Client<Connector, Full<Bytes>>,
     settings: &TraceSettings,
     url: &http::Uri,

@@ -12,6 +12,7 @@
 pub mod context;
 pub mod convert;
 pub mod exporter;
+pub mod metrics;
 pub mod parents;
 pub mod proto;
 pub mod tls;
@@ -28,7 +29,7 @@ use crate::export::labels::ReasonLabel;
 use crate::export::prometheus::histogram::ExemplarTarget;
 use crate::export::prometheus::register;
 
-pub use exporter::{Batching, Protocol, TraceSettings};
+pub use exporter::{Batching, Protocol, Signal, TraceSettings};
 pub use tls::TlsOptions;
 
 /// The exporter's self-metrics.

@@ -83,7 +83,7 @@ pub struct ResourceSpans<'a> {
     pub spans: &'a [&'a Span],
 }
 
-const SCOPE_NAME: &str = "periscope";
+pub(super) const SCOPE_NAME: &str = "periscope";
 
 /// Encodes an `ExportTraceServiceRequest`.
 pub fn encode_request(groups: &[ResourceSpans<'_>]) -> Vec<u8> {
@@ -139,7 +139,7 @@ fn encode_span(out: &mut Vec<u8>, span: &Span) {
     out.extend_from_slice(&1u32.to_le_bytes());
 }
 
-fn key_value(out: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
+pub(super) fn key_value(out: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
     message(out, field, |kv| {
         string(kv, 1, key);
         message(kv, 2, |any| match value {
@@ -159,11 +159,11 @@ fn key_value(out: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
     });
 }
 
-fn tag(out: &mut Vec<u8>, field: u32, wire_type: u8) {
+pub(super) fn tag(out: &mut Vec<u8>, field: u32, wire_type: u8) {
     varint(out, (u64::from(field) << 3) | u64::from(wire_type));
 }
 
-fn varint(out: &mut Vec<u8>, mut v: u64) {
+pub(super) fn varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -171,30 +171,30 @@ fn varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn varint_field(out: &mut Vec<u8>, field: u32, v: u64) {
+pub(super) fn varint_field(out: &mut Vec<u8>, field: u32, v: u64) {
     tag(out, field, 0);
     varint(out, v);
 }
 
-fn fixed64(out: &mut Vec<u8>, field: u32, v: u64) {
+pub(super) fn fixed64(out: &mut Vec<u8>, field: u32, v: u64) {
     tag(out, field, 1);
     out.extend_from_slice(&v.to_le_bytes());
 }
 
-fn bytes(out: &mut Vec<u8>, field: u32, b: &[u8]) {
+pub(super) fn bytes(out: &mut Vec<u8>, field: u32, b: &[u8]) {
     tag(out, field, 2);
     varint(out, b.len() as u64);
     out.extend_from_slice(b);
 }
 
-fn string(out: &mut Vec<u8>, field: u32, s: &str) {
+pub(super) fn string(out: &mut Vec<u8>, field: u32, s: &str) {
     bytes(out, field, s.as_bytes());
 }
 
 /// A length-delimited sub-message, written by `fill` in place. Protobuf puts the length first,
 /// so one byte is kept for it and the body is moved up when its length needs more (a span, a
 /// batch): no scratch buffer per message, and attributes, which are short, are never moved.
-fn message(out: &mut Vec<u8>, field: u32, fill: impl FnOnce(&mut Vec<u8>)) {
+pub(super) fn message(out: &mut Vec<u8>, field: u32, fill: impl FnOnce(&mut Vec<u8>)) {
     tag(out, field, 2);
     let at = out.len();
     out.push(0);
