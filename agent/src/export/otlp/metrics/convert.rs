@@ -193,6 +193,10 @@ pub fn convert(
     let mut seen = HashMap::new();
     for family in families {
         let Some(kind) = family.kind else { continue };
+        // The agent's own resource, which the push carries as such.
+        if family.name == "target_info" {
+            continue;
+        }
         let name = otel_name(&family.name, &family.unit);
         for series in &family.series {
             let (resource, attributes) = split_labels(&series.labels);
@@ -352,6 +356,9 @@ http_server_request_duration_seconds_sum{http_request_method="GET",http_response
 http_server_request_duration_seconds_count{http_request_method="GET",http_response_status_code="200",http_route="/a",server_port="8080",service_name="shop",container_id="",k8s_namespace_name="prod",k8s_owner_kind="Deployment",k8s_owner_name="shop"} 2
 http_server_request_duration_seconds_bucket{le="0.1",http_request_method="GET",http_response_status_code="200",http_route="/a",server_port="8080",service_name="shop",container_id="",k8s_namespace_name="prod",k8s_owner_kind="Deployment",k8s_owner_name="shop"} 1
 http_server_request_duration_seconds_bucket{le="+Inf",http_request_method="GET",http_response_status_code="200",http_route="/a",server_port="8080",service_name="shop",container_id="",k8s_namespace_name="prod",k8s_owner_kind="Deployment",k8s_owner_name="shop"} 2
+# HELP target_info Target metadata.
+# TYPE target_info gauge
+target_info{service_name="periscope"} 1
 # HELP periscope_connections_opened Connections.
 # TYPE periscope_connections_opened counter
 periscope_connections_opened_total{how="accept"} 3

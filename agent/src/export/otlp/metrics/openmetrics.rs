@@ -328,6 +328,52 @@ target_info{service_name="x"} 1
         assert_eq!(families[2].series[0].value, Value::Number(1.5));
     }
 
+    /// Label values come from tenants' traffic (routes, topics): whatever they hold, the
+    /// registry's escaping and this parser give them back as they were.
+    #[test]
+    fn any_label_value_comes_back_as_encoded() {
+        use prometheus_client::metrics::counter::Counter;
+        use prometheus_client::metrics::family::Family as PromFamily;
+        let mut rng = crate::protocol::testkit::Xorshift(3);
+        let alphabet = [
+            'a', '"', '\\', '\n', '}', '{', ' ', '#', ',', '=', 'é', '\u{0}',
+        ];
+        let mut values: Vec<String> = vec![
+            "} # {trace_id=\"x\"} 1".into(),
+            "\\\"".into(),
+            String::new(),
+        ];
+        for _ in 0..200 {
+            let n = (rng.u64() % 12) as usize;
+            values.push(
+                (0..n)
+                    .map(|_| alphabet[(rng.u64() % alphabet.len() as u64) as usize])
+                    .collect(),
+            );
+        }
+        let mut registry = prometheus_client::registry::Registry::default();
+        let family: PromFamily<Vec<(String, String)>, Counter> = PromFamily::default();
+        registry.register("c", "C", family.clone());
+        for (i, v) in values.iter().enumerate() {
+            family
+                .get_or_create(&vec![
+                    ("route".to_owned(), v.clone()),
+                    ("i".to_owned(), i.to_string()),
+                ])
+                .inc_by(i as u64 + 1);
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let families = parse(&text);
+        assert_eq!(families.len(), 1);
+        assert_eq!(families[0].series.len(), values.len());
+        for series in &families[0].series {
+            let i: usize = series.labels[1].1.parse().unwrap();
+            assert_eq!(series.labels[0].1, values[i], "{text}");
+            assert_eq!(series.value, Value::Number(i as f64 + 1.0));
+        }
+    }
+
     #[test]
     fn garbage_lines_are_skipped() {
         for text in [
