@@ -16,8 +16,8 @@ pub const OTLP_RECEIVER: &str = include_str!("otlp_receiver.py");
 /// How long [`Receiver::agrees_with`] waits for the agent's count to match.
 const WAIT: Duration = Duration::from_secs(20);
 
-/// The receiver, its two OTLP ports and the file it writes spans to. Restartable on the same
-/// ports. Dropping it stops it.
+/// The receiver, its two OTLP ports and the files it writes spans and metric data points to.
+/// Restartable on the same ports. Dropping it stops it.
 #[derive(Debug)]
 pub struct Receiver {
     process: Option<PyServer>,
@@ -90,6 +90,14 @@ impl Receiver {
     /// The spans written so far; a last line still being written is left for the next call.
     pub fn spans(&self) -> Vec<Value> {
         json_lines(&self.out)
+    }
+
+    /// The metric data points written so far, one per line (the fields are listed in
+    /// `otlp_receiver.py`); a last line still being written is left for the next call.
+    pub fn metric_points(&self) -> Vec<Value> {
+        let mut path = self.out.clone().into_os_string();
+        path.push(".metrics.jsonl");
+        json_lines(std::path::Path::new(&path))
     }
 
     /// Waits until the agent's count of exported spans is the number of spans received (the

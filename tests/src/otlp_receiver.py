@@ -1,5 +1,5 @@
-"""A real OTLP trace receiver for the tests: OTLP/HTTP (protobuf) and OTLP/gRPC, decoded with
-the official protobuf bindings (PyPI opentelemetry-proto) and grpcio.
+"""A real OTLP receiver for the tests, traces and metrics: OTLP/HTTP (protobuf) and OTLP/gRPC,
+decoded with the official protobuf bindings (PyPI opentelemetry-proto) and grpcio.
 
 Usage: otlp_receiver.py <ready port> <http port> <grpc port> <output file>
                         [<server cert> <server key> [<client CA>]]
@@ -8,38 +8,73 @@ With a server certificate and key (PEM) both ports serve TLS (HTTPS, and gRPC wi
 grpc.ssl_server_credentials); with a client CA too, gRPC requires a client certificate signed
 by it (mutual TLS).
 
-Each received span is appended to the output file as one JSON line (ids in hex, attributes as
-a flat object, the resource's attributes, the transport it came by, the request's `x-tenant`
-header or metadata, if any, and the HTTP request's `Content-Encoding`). OTLP/HTTP bodies may be
-gzip-compressed (gRPC decompresses by itself). An HTTP request with `x-tenant: throttle-once`
-is answered 429 with `Retry-After: 1` the first time (each line then says when, and when it
-was received). The ready port is
-opened last, so once it accepts both OTLP ports are listening.
+Traces (`POST /v1/traces`, `TraceService/Export`): each received span is appended to the
+output file as one JSON line (ids in hex, attributes as a flat object, the resource's
+attributes, the transport it came by, the request's `x-tenant` header or metadata, if any, and
+the HTTP request's `Content-Encoding`).
+
+Metrics (`POST /v1/metrics`, `MetricsService/Export`): each received data point is appended to
+`<output file>.metrics.jsonl` as one JSON line: the metric's `name`, `unit`, `description` and
+`type` (`sum`, `gauge`, `histogram`, `exponential_histogram` or `summary`); `temporality` (the
+enum number) and, for sums, `is_monotonic`; for sums and gauges the `value` and whether it was
+sent as a `double` or an `int` (`value_kind`); for histograms `count`, `sum`, `bucket_counts`,
+`explicit_bounds`, `min` and `max` (null when absent); `start` and `time` (unix ns), `flags`,
+`exemplars`, `attributes`, `resource` and `scope`, and the request's `transport`, `tenant` and
+`encoding` as for spans. Non-finite numbers are written as the strings "NaN", "+Inf", "-Inf"
+(JSON has no such numbers).
+
+Every line of either file carries `request`, the sequence number of the export request it came
+in (one counter for both signals), and `received_at`. OTLP/HTTP bodies may be gzip-compressed
+(gRPC decompresses by itself). An HTTP request with `x-tenant: throttle-once` is answered 429
+with `Retry-After: 1` the first time (each line then says when, `throttled_at`). The ready port
+is opened last, so once it accepts both OTLP ports are listening.
 """
 
 import gzip
 import json
+import math
 import socket
 import time
 import ssl
 import sys
 import threading
+import zlib
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
 from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.metrics.v1 import (
+    metrics_service_pb2, metrics_service_pb2_grpc)
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 ready_port, http_port, grpc_port, out_path = (
     int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+metrics_path = out_path + ".metrics.jsonl"
 cert_path, key_path, client_ca_path = (sys.argv[5:] + [None] * 3)[:3]
 lock = threading.Lock()
 
 
 def value(any_value):
     kind = any_value.WhichOneof("value")
-    return getattr(any_value, kind) if kind else None
+    if kind == "array_value":
+        return [value(v) for v in any_value.array_value.values]
+    if kind == "kvlist_value":
+        return attributes(any_value.kvlist_value.values)
+    if kind == "bytes_value":
+        return any_value.bytes_value.hex()
+    return num(getattr(any_value, kind)) if kind else None
+
+
+def attributes(key_values):
+    return {kv.key: value(kv.value) for kv in key_values}
+
+
+def num(x):
+    """A float JSON can carry: non-finite values as strings."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return "NaN" if math.isnan(x) else ("+Inf" if x > 0 else "-Inf")
+    return x
 
 
 throttled = set()
@@ -49,13 +84,23 @@ throttled_at = [None]
 requests_seen = [0]
 
 
-def record(request, transport, tenant=None, encoding=None):
-    lines = []
+def next_request():
     with lock:
         requests_seen[0] += 1
-        number = requests_seen[0]
+        return requests_seen[0]
+
+
+def append(path, lines):
+    with lock, open(path, "a") as out:
+        for line in lines:
+            out.write(line + "\n")
+
+
+def record_spans(request, transport, tenant=None, encoding=None):
+    number = next_request()
+    lines = []
     for rs in request.resource_spans:
-        resource = {kv.key: value(kv.value) for kv in rs.resource.attributes}
+        resource = attributes(rs.resource.attributes)
         for ss in rs.scope_spans:
             for span in ss.spans:
                 lines.append(json.dumps({
@@ -75,13 +120,112 @@ def record(request, transport, tenant=None, encoding=None):
                     "kind": span.kind,
                     "start": span.start_time_unix_nano,
                     "end": span.end_time_unix_nano,
-                    "attributes": {kv.key: value(kv.value) for kv in span.attributes},
+                    "attributes": attributes(span.attributes),
                     "status_code": span.status.code,
                     "resource": resource,
                 }))
-    with lock, open(out_path, "a") as out:
-        for line in lines:
-            out.write(line + "\n")
+    append(out_path, lines)
+
+
+def exemplars(point):
+    return [{
+        "trace_id": e.trace_id.hex(),
+        "span_id": e.span_id.hex(),
+        "time": e.time_unix_nano,
+        "value": num(getattr(e, e.WhichOneof("value"))) if e.WhichOneof("value") else None,
+        "attributes": attributes(e.filtered_attributes),
+    } for e in point.exemplars]
+
+
+def optional(point, field):
+    return num(getattr(point, field)) if point.HasField(field) else None
+
+
+def point_fields(kind, data, point):
+    """What a data point of a metric of `kind` (its `data`: the Sum, Gauge, … message) says."""
+    fields = {
+        "start": point.start_time_unix_nano,
+        "time": point.time_unix_nano,
+        "flags": point.flags,
+        "attributes": attributes(point.attributes),
+    }
+    if kind != "gauge" and kind != "summary":
+        fields["temporality"] = data.aggregation_temporality
+    if kind == "sum":
+        fields["is_monotonic"] = data.is_monotonic
+    if kind in ("sum", "gauge"):
+        which = point.WhichOneof("value")
+        fields["value_kind"] = {"as_double": "double", "as_int": "int"}.get(which)
+        fields["value"] = num(getattr(point, which)) if which else None
+    if kind == "histogram":
+        fields.update({
+            "count": point.count,
+            "sum": optional(point, "sum"),
+            "bucket_counts": list(point.bucket_counts),
+            "explicit_bounds": [num(b) for b in point.explicit_bounds],
+            "min": optional(point, "min"),
+            "max": optional(point, "max"),
+        })
+    if kind == "exponential_histogram":
+        fields.update({
+            "count": point.count,
+            "sum": optional(point, "sum"),
+            "scale": point.scale,
+            "zero_count": point.zero_count,
+            "positive": {"offset": point.positive.offset,
+                         "bucket_counts": list(point.positive.bucket_counts)},
+            "negative": {"offset": point.negative.offset,
+                         "bucket_counts": list(point.negative.bucket_counts)},
+            "min": optional(point, "min"),
+            "max": optional(point, "max"),
+        })
+    if kind == "summary":
+        fields.update({
+            "count": point.count,
+            "sum": num(point.sum),
+            "quantiles": [[q.quantile, num(q.value)] for q in point.quantile_values],
+        })
+    if kind != "summary":
+        fields["exemplars"] = exemplars(point)
+    return fields
+
+
+def record_metrics(request, transport, tenant=None, encoding=None):
+    number = next_request()
+    lines = []
+    for rm in request.resource_metrics:
+        resource = attributes(rm.resource.attributes)
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                kind = metric.WhichOneof("data")
+                data = getattr(metric, kind) if kind else None
+                for point in (data.data_points if data else []):
+                    line = {
+                        "transport": transport,
+                        "request": number,
+                        "tenant": tenant,
+                        "encoding": encoding,
+                        "received_at": time.time(),
+                        "throttled_at": throttled_at[0],
+                        "scope": sm.scope.name,
+                        "name": metric.name,
+                        "unit": metric.unit,
+                        "description": metric.description,
+                        "type": kind,
+                        "resource": resource,
+                    }
+                    line.update(point_fields(kind, data, point))
+                    lines.append(json.dumps(line, allow_nan=False))
+    append(metrics_path, lines)
+
+
+# Path → (request message, response message, recorder).
+SIGNALS = {
+    "/v1/traces": (trace_service_pb2.ExportTraceServiceRequest,
+                   trace_service_pb2.ExportTraceServiceResponse, record_spans),
+    "/v1/metrics": (metrics_service_pb2.ExportMetricsServiceRequest,
+                    metrics_service_pb2.ExportMetricsServiceResponse, record_metrics),
+}
 
 
 class Http(BaseHTTPRequestHandler):
@@ -99,22 +243,23 @@ class Http(BaseHTTPRequestHandler):
             self.end_headers()
             return
         encoding = self.headers.get("Content-Encoding")
-        request = trace_service_pb2.ExportTraceServiceRequest()
+        signal = SIGNALS.get(self.path)
         try:
-            if self.path != "/v1/traces" or \
+            if signal is None or \
                     self.headers.get("Content-Type") != "application/x-protobuf":
                 raise DecodeError("wrong path or content type")
             if encoding == "gzip":
                 body = gzip.decompress(body)
+            request = signal[0]()
             request.ParseFromString(body)
-        except DecodeError as e:
+        except (DecodeError, OSError, EOFError, zlib.error) as e:
             print("bad request:", self.path, e, flush=True)
             self.send_response(400)
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        record(request, "http", tenant, encoding)
-        reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+        signal[2](request, "http", tenant, encoding)
+        reply = signal[1]().SerializeToString()
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")
         self.send_header("Content-Length", str(len(reply)))
@@ -125,14 +270,25 @@ class Http(BaseHTTPRequestHandler):
         pass
 
 
+def grpc_tenant(context):
+    return dict(context.invocation_metadata()).get("x-tenant")
+
+
 class Traces(trace_service_pb2_grpc.TraceServiceServicer):
     def Export(self, request, context):
-        record(request, "grpc", dict(context.invocation_metadata()).get("x-tenant"))
+        record_spans(request, "grpc", grpc_tenant(context))
         return trace_service_pb2.ExportTraceServiceResponse()
+
+
+class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
+    def Export(self, request, context):
+        record_metrics(request, "grpc", grpc_tenant(context))
+        return metrics_service_pb2.ExportMetricsServiceResponse()
 
 
 grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
 trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), grpc_server)
+metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), grpc_server)
 http_server = ThreadingHTTPServer(("127.0.0.1", http_port), Http)
 if cert_path:
     def read(path):
