@@ -93,11 +93,24 @@ impl Receiver {
     }
 
     /// The metric data points written so far, one per line (the fields are listed in
-    /// `otlp_receiver.py`); a last line still being written is left for the next call.
+    /// `otlp_receiver.py`), in the order received. Only whole requests: the points of a request
+    /// still being written are left for the next call, so the last request seen is a whole
+    /// export.
     pub fn metric_points(&self) -> Vec<Value> {
         let mut path = self.out.clone().into_os_string();
         path.push(".metrics.jsonl");
-        json_lines(std::path::Path::new(&path))
+        let points = json_lines(std::path::Path::new(&path));
+        let mut seen = std::collections::BTreeMap::<u64, u64>::new();
+        for p in &points {
+            *seen.entry(p["request"].as_u64().unwrap_or(0)).or_default() += 1;
+        }
+        points
+            .into_iter()
+            .filter(|p| {
+                p["request_points"].as_u64()
+                    == seen.get(&p["request"].as_u64().unwrap_or(0)).copied()
+            })
+            .collect()
     }
 
     /// Waits until the agent's count of exported spans is the number of spans received (the

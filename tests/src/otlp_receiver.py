@@ -24,7 +24,9 @@ sent as a `double` or an `int` (`value_kind`); for histograms `count`, `sum`, `b
 (JSON has no such numbers).
 
 Every line of either file carries `request`, the sequence number of the export request it came
-in (one counter for both signals), and `received_at`. OTLP/HTTP bodies may be gzip-compressed
+in (one counter for both signals), and `received_at`; a metrics line also `request_points`, the
+number of data points in its request, so that a reader can tell a request it sees only part of
+(a large request's lines reach the file in more than one write). OTLP/HTTP bodies may be gzip-compressed
 (gRPC decompresses by itself). An HTTP request with `x-tenant: throttle-once` is answered 429
 with `Retry-After: 1` the first time (each line then says when, `throttled_at`). The ready port
 is opened last, so once it accepts both OTLP ports are listening.
@@ -215,8 +217,10 @@ def record_metrics(request, transport, tenant=None, encoding=None):
                         "resource": resource,
                     }
                     line.update(point_fields(kind, data, point))
-                    lines.append(json.dumps(line, allow_nan=False))
-    append(metrics_path, lines)
+                    lines.append(line)
+    for line in lines:
+        line["request_points"] = len(lines)
+    append(metrics_path, [json.dumps(line, allow_nan=False) for line in lines])
 
 
 # Path → (request message, response message, recorder).

@@ -474,7 +474,7 @@ fn otlp_receiver_writes_metric_points_and_spans() {
         );
         has(
             &request[1],
-            json!({"name": "periscope.metric_exports", "type": "sum",
+            json!({"name": "periscope.metric_exports", "type": "sum", "request_points": 4,
             "is_monotonic": true, "temporality": 2, "value": 3.0, "value_kind": "double",
             "attributes": {"result": "ok"}}),
         );
