@@ -1,9 +1,10 @@
 //! Harness for Periscope's end-to-end tests.
 //!
 //! Everything here is blocking `std` code so tests read top to bottom: start real servers
-//! ([`Nginx`], [`PyServer`], a Kubernetes API server: [`FakeKubeApi`]), start the agent
-//! ([`Agent`]), drive traffic ([`curl`], [`wrk`], [`tcp_raw`]) and assert on the scraped
-//! exposition ([`Metrics`], [`wait_for_metric`]).
+//! ([`Nginx`], [`PyServer`], a Kubernetes API server: [`FakeKubeApi`], an OTLP collector:
+//! [`Receiver`]), start the agent ([`Agent`]), drive traffic ([`curl`], [`wrk`], [`tcp_raw`])
+//! and assert on the scraped exposition ([`Metrics`], [`wait_for_metric`]) or on what the
+//! collector received.
 //!
 //! Every process started here is stopped when its handle is dropped (also when a test
 //! panics), together with any children it forked, and every temporary directory is removed
@@ -21,6 +22,7 @@ mod kube_api;
 mod metrics;
 mod netns;
 mod nginx;
+mod otlp;
 mod postgres;
 mod process;
 mod prometheus;
@@ -48,6 +50,7 @@ pub use kube_api::{FakeKubeApi, KUBE_APISERVER};
 pub use metrics::{Metrics, Sample};
 pub use netns::NetnsPair;
 pub use nginx::{Nginx, NginxOptions};
+pub use otlp::{Receiver, OTLP_RECEIVER};
 pub use postgres::PgServer;
 pub use process::{cpu_time, descendants, is_root, peak_rss_bytes, rss_bytes, ChildProcess};
 pub use prometheus::{url_encode, Prometheus};

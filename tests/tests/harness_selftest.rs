@@ -1,5 +1,6 @@
-//! Tests of the harness itself: real nginx, the Python test server, curl, wrk and promtool,
-//! and the exposition parser. None of them needs the agent (a stand-in plays its part).
+//! Tests of the harness itself: real nginx, the Python test server, the OTLP receiver, curl,
+//! wrk and promtool, and the exposition parser. None of them needs the agent (a stand-in plays
+//! its part).
 
 use std::time::{Duration, Instant};
 
@@ -347,4 +348,150 @@ fn agent_lifecycle_with_a_stand_in() {
 fn free_ports_are_bindable() {
     let port = free_port();
     std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+}
+
+/// Sends one hand-built `ExportMetricsServiceRequest` four times (gRPC, gRPC with gzip,
+/// OTLP/HTTP, OTLP/HTTP with gzip) and one span over OTLP/HTTP; then sends bodies the receiver
+/// must refuse (exit status 3 if it takes one).
+const OTLP_CLIENT: &str = r#"
+import gzip, sys, urllib.error, urllib.request, grpc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+http_port, grpc_port = sys.argv[1], sys.argv[2]
+
+
+def kv(key, v):
+    a = AnyValue(int_value=v) if isinstance(v, int) else AnyValue(string_value=v)
+    return KeyValue(key=key, value=a)
+
+
+r = metrics_service_pb2.ExportMetricsServiceRequest()
+rm = r.resource_metrics.add()
+rm.resource.attributes.extend([kv("service.name", "python3.11")])
+sm = rm.scope_metrics.add()
+h = sm.metrics.add(name="http.server.request.duration", unit="s", description="Duration")
+h.histogram.aggregation_temporality = 2
+h.histogram.data_points.add(
+    start_time_unix_nano=10, time_unix_nano=20, count=7, sum=0.5, bucket_counts=[5, 0, 2],
+    explicit_bounds=[0.005, 0.01]).attributes.extend(
+        [kv("http.request.method", "GET"), kv("http.response.status_code", 404)])
+s = sm.metrics.add(name="periscope.metric_exports")
+s.sum.aggregation_temporality = 2
+s.sum.is_monotonic = True
+s.sum.data_points.add(as_double=3.0, start_time_unix_nano=10, time_unix_nano=20).attributes \
+    .extend([kv("result", "ok")])
+sm.metrics.add(name="g").gauge.data_points.add(as_int=-5, time_unix_nano=30)
+q = sm.metrics.add(name="q")
+q.summary.data_points.add(count=1, sum=float("inf"))
+body = r.SerializeToString()
+
+stub = metrics_service_pb2_grpc.MetricsServiceStub(grpc.insecure_channel("127.0.0.1:" + grpc_port))
+stub.Export(r, metadata=(("x-tenant", "t"),))
+stub.Export(r, compression=grpc.Compression.Gzip)
+
+
+def post(path, data, encoding=None):
+    headers = {"Content-Type": "application/x-protobuf"}
+    if encoding:
+        headers["Content-Encoding"] = encoding
+    url = "http://127.0.0.1:" + http_port + path
+    return urllib.request.urlopen(urllib.request.Request(url, data, headers, method="POST"))
+
+
+post("/v1/metrics", body)
+post("/v1/metrics", gzip.compress(body), "gzip")
+traces = trace_service_pb2.ExportTraceServiceRequest()
+traces.resource_spans.add().scope_spans.add().spans.add(name="GET /", trace_id=b"\1" * 16)
+post("/v1/traces", traces.SerializeToString())
+for path, data, encoding in [("/v1/logs", body, None), ("/v1/metrics", b"\xff\xff", None),
+                             ("/v1/metrics", body, "gzip")]:
+    try:
+        post(path, data, encoding)
+        sys.exit(3)
+    except urllib.error.HTTPError as e:
+        assert e.code == 400, e.code
+"#;
+
+/// The OTLP receiver decodes metrics over both transports, with and without gzip, writes one
+/// JSON line per data point with its request's sequence number, and keeps spans apart.
+#[test]
+fn otlp_receiver_writes_metric_points_and_spans() {
+    use serde_json::json;
+    let receiver = harness::Receiver::start();
+    let out = std::process::Command::new("python3")
+        .args(["-c", OTLP_CLIENT])
+        .args([
+            receiver.http_port().to_string(),
+            receiver.grpc_port().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let points = receiver.metric_points();
+    assert_eq!(points.len(), 16, "{points:#?}");
+    let sent: Vec<(u64, &str, Option<&str>, Option<&str>)> = points
+        .chunks(4)
+        .map(|request| {
+            let p = &request[0];
+            assert!(request.iter().all(|q| q["request"] == p["request"]));
+            (
+                p["request"].as_u64().unwrap(),
+                p["transport"].as_str().unwrap(),
+                p["encoding"].as_str(),
+                p["tenant"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            (1, "grpc", None, Some("t")),
+            (2, "grpc", None, None),
+            (3, "http", None, None),
+            (4, "http", Some("gzip"), None),
+        ]
+    );
+    let has = |point: &serde_json::Value, fields: serde_json::Value| {
+        for (key, want) in fields.as_object().unwrap() {
+            assert_eq!(&point[key], want, "{key} of {point}");
+        }
+    };
+    for request in points.chunks(4) {
+        let h = &request[0];
+        has(
+            h,
+            json!({"name": "http.server.request.duration", "unit": "s",
+            "description": "Duration", "type": "histogram", "temporality": 2, "count": 7,
+            "sum": 0.5, "bucket_counts": [5, 0, 2], "explicit_bounds": [0.005, 0.01],
+            "start": 10, "time": 20, "resource": {"service.name": "python3.11"},
+            "attributes": {"http.request.method": "GET", "http.response.status_code": 404}}),
+        );
+        has(
+            &request[1],
+            json!({"name": "periscope.metric_exports", "type": "sum", "request_points": 4,
+            "is_monotonic": true, "temporality": 2, "value": 3.0, "value_kind": "double",
+            "attributes": {"result": "ok"}}),
+        );
+        has(
+            &request[2],
+            json!({"name": "g", "type": "gauge", "value": -5, "value_kind": "int",
+            "temporality": null, "time": 30}),
+        );
+        has(
+            &request[3],
+            json!({"name": "q", "type": "summary", "sum": "+Inf"}),
+        );
+    }
+    let spans = receiver.spans();
+    assert_eq!(spans.len(), 1, "{spans:#?}");
+    has(
+        &spans[0],
+        json!({"name": "GET /", "request": 5, "transport": "http"}),
+    );
 }

@@ -1,221 +1,25 @@
-//! End-to-end: spans over OTLP to a real receiver (the official OTLP protobuf bindings behind
-//! grpcio and an HTTP server, `traces/otlp_receiver.py`), from real clients (curl, psql) and
-//! servers (the Python HTTP test server, PostgreSQL) on loopback.
+//! End-to-end: spans over OTLP to a real receiver ([`Receiver`]: the official OTLP protobuf
+//! bindings behind grpcio and an HTTP server), from real clients (curl, psql) and servers (the
+//! Python HTTP test server, PostgreSQL) on loopback.
 //!
 //! Other traffic on the machine may be traced as well, so spans are picked by the test
 //! server's port and counted exactly among those.
 //!
 //! The TLS tests make a CA and certificates with `openssl` at run time ([`Pki`]).
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use harness::tls::Pki;
 use harness::{
-    curl, free_port, python_kafka_client, wait_for_metric, wait_until, Agent, AgentOptions,
-    GrpcServer, MockKafka, PgServer, PyServer, TempDir,
+    curl, python_kafka_client, wait_for_metric, wait_until, Agent, AgentOptions, GrpcServer,
+    MockKafka, PgServer, PyServer, Receiver, TempDir,
 };
 use serde_json::Value;
 
-const RECEIVER: &str = include_str!("traces/otlp_receiver.py");
 const WAIT: Duration = Duration::from_secs(20);
 const SERVER: u64 = 2;
 const CLIENT: u64 = 3;
-
-/// A test CA (`ca.pem`), a server certificate it signed for `localhost` and 127.0.0.1
-/// (`server.pem`, `server.key`) and a client certificate it signed (`client.pem`,
-/// `client.key`), made fresh by `openssl` for each test.
-struct Pki {
-    dir: TempDir,
-}
-
-impl Pki {
-    fn generate() -> Pki {
-        let dir = TempDir::new("pki").unwrap();
-        let openssl = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(dir.path())
-                .output()
-                .expect("openssl (cargo xtask setup installs it)");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        let ca = [
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=test CA",
-        ];
-        openssl(&[&["req", "-x509"][..], &ec, &ca].concat());
-        std::fs::write(
-            dir.path().join("server.ext"),
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-        )
-        .unwrap();
-        std::fs::write(
-            dir.path().join("client.ext"),
-            "extendedKeyUsage=clientAuth\n",
-        )
-        .unwrap();
-        for name in ["server", "client"] {
-            let file = |ext: &str| format!("{name}.{ext}");
-            let (key, csr, pem, ext) = (file("key"), file("csr"), file("pem"), file("ext"));
-            let subject = format!("/CN={name}");
-            let req = ["-keyout", &key, "-out", &csr, "-subj", &subject];
-            openssl(&[&["req"][..], &ec, &req].concat());
-            openssl(&[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "1",
-                "-extfile",
-                &ext,
-                "-out",
-                &pem,
-            ]);
-        }
-        Pki { dir }
-    }
-
-    fn path(&self, file: &str) -> String {
-        self.dir.path().join(file).display().to_string()
-    }
-}
-
-/// The receiver, its two OTLP ports and the file it writes spans to. Restartable on the same
-/// ports.
-struct Receiver {
-    process: Option<PyServer>,
-    http_port: u16,
-    grpc_port: u16,
-    out: PathBuf,
-    /// TLS: the server certificate and key, and the client CA when gRPC is mutual TLS.
-    tls: Vec<String>,
-    _dir: TempDir,
-}
-
-impl Receiver {
-    fn start() -> Receiver {
-        Receiver::start_tls(Vec::new())
-    }
-
-    /// Both ports serve TLS with `pki`'s server certificate; gRPC also demands a client
-    /// certificate signed by its CA when `mutual`.
-    fn start_with_pki(pki: &Pki, mutual: bool) -> Receiver {
-        let mut tls = vec![pki.path("server.pem"), pki.path("server.key")];
-        if mutual {
-            tls.push(pki.path("ca.pem"));
-        }
-        Receiver::start_tls(tls)
-    }
-
-    fn start_tls(tls: Vec<String>) -> Receiver {
-        let dir = TempDir::new("otlp").unwrap();
-        let mut r = Receiver {
-            process: None,
-            http_port: free_port(),
-            grpc_port: free_port(),
-            out: dir.path().join("spans.jsonl"),
-            tls,
-            _dir: dir,
-        };
-        r.restart();
-        r
-    }
-
-    fn restart(&mut self) {
-        let mut args = vec![
-            self.http_port.to_string(),
-            self.grpc_port.to_string(),
-            self.out.display().to_string(),
-        ];
-        args.extend(self.tls.iter().cloned());
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.process = Some(PyServer::launch(RECEIVER, &args).unwrap_or_else(|e| panic!("{e:#}")));
-    }
-
-    fn stop(&mut self) {
-        self.process = None;
-    }
-
-    /// The spans written so far; a last line still being written is left for the next call.
-    fn spans(&self) -> Vec<Value> {
-        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
-        let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
-        complete
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("the receiver writes JSON lines"))
-            .collect()
-    }
-
-    /// Waits until the agent's count of exported spans is the number of spans received (the
-    /// agent counts a batch when the answer to it arrives, a moment after the receiver wrote
-    /// it), then returns the agent's metrics.
-    fn agrees_with(&self, agent: &Agent) -> harness::Metrics {
-        let agree = || {
-            agent.metrics().sum("periscope_spans_exported_total", &[]) == self.spans().len() as f64
-        };
-        let agreed = wait_until(WAIT, Duration::from_millis(100), agree);
-        let m = agent.metrics();
-        assert!(
-            agreed,
-            "exported {} spans, the receiver has {}\n{}",
-            m.sum("periscope_spans_exported_total", &[]),
-            self.spans().len(),
-            m.text()
-        );
-        m
-    }
-
-    fn agent(&self, protocol: &str) -> Agent {
-        self.agent_at(protocol, "http://127.0.0.1", &[])
-    }
-
-    /// An agent exporting to `base` (scheme and host) on the protocol's port, with more
-    /// environment variables.
-    fn agent_at(&self, protocol: &str, base: &str, env: &[(&str, String)]) -> Agent {
-        let port = if protocol == "grpc" {
-            self.grpc_port
-        } else {
-            self.http_port
-        };
-        let mut all = vec![
-            (
-                "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
-                format!("{base}:{port}"),
-            ),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL".into(), protocol.into()),
-        ];
-        all.extend(env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
-        Agent::start_with(AgentOptions {
-            env: all,
-            ..AgentOptions::default()
-        })
-        .unwrap()
-    }
-}
 
 fn attr<'a>(span: &'a Value, key: &str) -> &'a Value {
     &span["attributes"][key]
@@ -332,7 +136,7 @@ fn http_requests_become_spans(protocol: &str) {
     let m = receiver.agrees_with(&agent);
     assert_eq!(m.sum("periscope_spans_dropped_total", &[]), 0.0);
     // The exports themselves are not traced (else each batch would make the next one).
-    for collector in [receiver.http_port, receiver.grpc_port] {
+    for collector in [receiver.http_port(), receiver.grpc_port()] {
         let own = [SERVER, CLIENT].map(|kind| spans_to(&receiver, collector, kind).len());
         assert_eq!(own, [0, 0], "spans of the exports to port {collector}");
     }
