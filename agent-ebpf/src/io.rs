@@ -65,6 +65,14 @@ static CONNS: HashMap<SockKey, ConnInfo> = HashMap::with_max_entries(65536, 0);
 #[map]
 static MUTED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
 
+/// Processes whose connections are not tracked (`--exclude-*`, `--include-*`), by tgid, with
+/// the cgroup id the process had when userspace excluded it: a new connection of such a
+/// process is never copied. The cgroup must match, so that a reused pid elsewhere is not
+/// taken for the excluded process; `exec` removes the entry (the new program is judged
+/// again), and userspace removes those of processes that exited.
+#[map]
+static EXCLUDED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
+
 /// Socket type of AF_INET/AF_INET6 sockets created since start-up, so that `connect` on a
 /// UDP socket is not tracked.
 #[map]
@@ -594,6 +602,13 @@ fn open_conn(pid_tgid: u64, fd: i32, addr: u64, origin: u8, syscall: Syscall, li
         tgid: tgid_of(pid_tgid),
         fd,
     };
+    // SAFETY: the value is copied out.
+    if let Some(cgroup) = unsafe { EXCLUDED.get(&key.tgid) }.copied() {
+        // SAFETY: bpf_get_current_cgroup_id has no preconditions.
+        if cgroup == unsafe { bpf_get_current_cgroup_id() } {
+            return;
+        }
+    }
     let conn_id = next_conn_id();
     let info = ConnInfo {
         conn_id,
@@ -954,6 +969,7 @@ pub fn sys_enter_close_range(ctx: &TracePointContext) -> u32 {
 /// `sched:sched_process_exec`: the new program starts without the close-on-exec descriptors;
 /// userspace ends the connections whose descriptor did not survive (same ordering as above).
 pub fn process_exec(_ctx: &TracePointContext) -> u32 {
+    let _ = EXCLUDED.remove(&tgid_of(bpf_get_current_pid_tgid()));
     notify_process(EventKind::Exec, Syscall::Exec, -1, 0);
     0
 }

@@ -857,6 +857,7 @@ pub mod names {
         map {
             CONNS = "CONNS",
             MUTED = "MUTED",
+            EXCLUDED = "EXCLUDED",
             SOCK_TYPES = "SOCK_TYPES",
             EVENTS = "EVENTS",
             COUNTERS = "COUNTERS",

@@ -334,6 +334,68 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub traces_export_timeout: u64,
 
+    /// Watch only processes in these Kubernetes namespaces (comma-separated; default: all).
+    /// Processes outside any pod are then not watched.
+    #[arg(long, env = "PERISCOPE_INCLUDE_NAMESPACES", value_delimiter = ',')]
+    pub include_namespaces: Vec<String>,
+
+    /// Do not watch processes in these namespaces; `--exclude-namespaces=` watches them all.
+    #[arg(
+        long,
+        env = "PERISCOPE_EXCLUDE_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "kube-system"
+    )]
+    pub exclude_namespaces: Vec<String>,
+
+    /// Watch only pods matching this label selector (`app=web,tier!=batch,canary,!legacy`:
+    /// every term must hold).
+    #[arg(long, env = "PERISCOPE_INCLUDE_POD_LABELS",
+          value_parser = crate::selection::parse_selector)]
+    pub include_pod_labels: Option<crate::selection::Selector>,
+
+    /// Do not watch pods matching this label selector (every term must hold).
+    #[arg(long, env = "PERISCOPE_EXCLUDE_POD_LABELS",
+          value_parser = crate::selection::parse_selector)]
+    pub exclude_pod_labels: Option<crate::selection::Selector>,
+
+    /// Watch only these workloads: `name` or `Kind/name` (`Deployment/web`), comma-separated.
+    #[arg(long, env = "PERISCOPE_INCLUDE_WORKLOADS", value_delimiter = ',')]
+    pub include_workloads: Vec<String>,
+
+    /// Do not watch these workloads (`name` or `Kind/name`).
+    #[arg(long, env = "PERISCOPE_EXCLUDE_WORKLOADS", value_delimiter = ',')]
+    pub exclude_workloads: Vec<String>,
+
+    /// Watch only these containers (by their name in the pod spec).
+    #[arg(long, env = "PERISCOPE_INCLUDE_CONTAINERS", value_delimiter = ',')]
+    pub include_containers: Vec<String>,
+
+    /// Do not watch these containers (`istio-proxy`, …).
+    #[arg(long, env = "PERISCOPE_EXCLUDE_CONTAINERS", value_delimiter = ',')]
+    pub exclude_containers: Vec<String>,
+
+    /// Watch only these executables: glob patterns (`*`) over the executable's name, or its
+    /// path when the pattern has a `/` (`python3*,/opt/*/bin/java`).
+    #[arg(long, env = "PERISCOPE_INCLUDE_EXECUTABLES", value_delimiter = ',')]
+    pub include_executables: Vec<String>,
+
+    /// Do not watch these executables (default: the monitoring stack's scrapers and
+    /// collectors); `--exclude-executables=` watches them too.
+    #[arg(long, env = "PERISCOPE_EXCLUDE_EXECUTABLES", value_delimiter = ',',
+          default_value = crate::selection::DEFAULT_EXCLUDED_EXECUTABLES)]
+    pub exclude_executables: Vec<String>,
+
+    /// Watch only connections to these server ports (`80,8000-8100`).
+    #[arg(long, env = "PERISCOPE_INCLUDE_PORTS", value_delimiter = ',',
+          value_parser = crate::selection::parse_ports)]
+    pub include_ports: Vec<crate::selection::Ports>,
+
+    /// Do not watch connections to these server ports.
+    #[arg(long, env = "PERISCOPE_EXCLUDE_PORTS", value_delimiter = ',',
+          value_parser = crate::selection::parse_ports)]
+    pub exclude_ports: Vec<crate::selection::Ports>,
+
     /// Metric exporters, comma-separated: `prometheus` (the /metrics endpoint, the default,
     /// always served) and `otlp` (push to the OTLP collector as well); `none` is accepted.
     #[arg(long, env = "OTEL_METRICS_EXPORTER", default_value = "prometheus")]
@@ -435,6 +497,50 @@ impl Config {
         self.traces_queue_size
             .or(self.bsp_max_queue_size)
             .unwrap_or(8192) as usize
+    }
+
+    /// What is watched (`--include-*`, `--exclude-*`).
+    pub fn selection(&self) -> crate::selection::Selection {
+        use crate::selection::{parse_workload, Lists, Selection};
+        let names = |v: &[String]| -> Vec<String> {
+            v.iter()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        let lists = |include: &[String], exclude: &[String]| Lists {
+            include: names(include),
+            exclude: names(exclude),
+        };
+        let selectors = |s: &Option<crate::selection::Selector>| {
+            s.iter()
+                .filter(|s| !s.0.is_empty())
+                .map(|s| s.0.clone())
+                .collect()
+        };
+        Selection {
+            namespaces: lists(&self.include_namespaces, &self.exclude_namespaces),
+            labels: Lists {
+                include: selectors(&self.include_pod_labels),
+                exclude: selectors(&self.exclude_pod_labels),
+            },
+            workloads: Lists {
+                include: names(&self.include_workloads)
+                    .iter()
+                    .map(|w| parse_workload(w))
+                    .collect(),
+                exclude: names(&self.exclude_workloads)
+                    .iter()
+                    .map(|w| parse_workload(w))
+                    .collect(),
+            },
+            containers: lists(&self.include_containers, &self.exclude_containers),
+            executables: lists(&self.include_executables, &self.exclude_executables),
+            ports: Lists {
+                include: self.include_ports.clone(),
+                exclude: self.exclude_ports.clone(),
+            },
+        }
     }
 
     /// The OTLP protocol, headers, timeout (ms) and compression of the metrics push: each

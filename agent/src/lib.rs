@@ -14,6 +14,7 @@ pub mod metadata;
 pub mod pipeline;
 pub mod privileges;
 pub mod protocol;
+pub mod selection;
 pub mod syscalls;
 #[cfg(test)]
 pub mod test_alloc;

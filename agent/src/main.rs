@@ -323,6 +323,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .set(1);
     let mut reader = Reader::new(maps, metrics.clone());
     reader.set_protocols(config.protocols);
+    reader.set_selection(config.selection());
     reader.set_decoder_memory_budget(config.decoder_memory_budget);
     if !config.series_ttl.is_zero() {
         tokio::spawn(expire_idle_series(metrics.clone(), config.series_ttl));

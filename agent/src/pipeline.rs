@@ -96,6 +96,11 @@ impl Reader {
         });
     }
 
+    /// Watches only what `selection` admits (`--include-*`, `--exclude-*`).
+    pub fn set_selection(&mut self, selection: crate::selection::Selection) {
+        self.tracker.set_selection(selection);
+    }
+
     /// Decodes only these protocols.
     pub fn set_protocols(&mut self, protocols: crate::conn::decoder::Protocols) {
         self.tracker.set_protocols(protocols);
@@ -128,11 +133,13 @@ impl Reader {
         let mut next_id: u64 = 1 << 63;
         for found in listeners::discover_established(Path::new("/proc")) {
             if self.maps.adopt(found.tgid, found.fd, next_id) {
-                self.tracker.adopt(next_id, &found, &mut self.sink);
+                self.tracker
+                    .adopt(next_id, &found, &mut self.sink, &mut self.actions);
                 next_id += 1;
                 adopted += 1;
             }
         }
+        self.maps.apply(self.actions.drain(..));
         adopted
     }
 

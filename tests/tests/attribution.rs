@@ -294,3 +294,48 @@ fn api_server_down_at_start_then_pods_come_and_go() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Choosing what is watched in a cluster: by workload, and by a pod label selector (which
+/// leaves out processes that are in no pod, such as a client on the host).
+#[test]
+fn workloads_and_pod_labels_choose_what_is_watched() {
+    let api = FakeKubeApi::start();
+    apply_web(&api, false);
+    apply_db(&api);
+    let web_cgroup = TestCgroup::v2_systemd("burstable", WEB_UID, WEB_CID).unwrap();
+    let db_cgroup = TestCgroup::v1_cgroupfs("besteffort", DB_UID, DB_CID).unwrap();
+    let web = PyServer::launch_in_cgroup(HTTP_TEST_SERVER, &[], &web_cgroup).unwrap();
+    let db = PyServer::launch_in_cgroup(HTTP_TEST_SERVER, &["0.0.0.0"], &db_cgroup).unwrap();
+    let web_pod = [("k8s_owner_name", "web")];
+    let db_pod = [("k8s_owner_name", "db")];
+
+    let agent = Agent::start_with(agent_options(
+        &api,
+        &["--exclude-workloads", "StatefulSet/db"],
+    ))
+    .unwrap();
+    get(web.port(), "127.0.0.1", 4);
+    get(db.port(), "127.0.0.1", 3);
+    wait_for_metric(&agent, SERVER, &web_pod, 4.0, WAIT).unwrap();
+    // The host's curl is in no pod: an exclude list leaves it watched.
+    wait_for_metric(&agent, CLIENT, &[("service_name", "curl")], 7.0, WAIT).unwrap();
+    let m = agent.metrics();
+    assert_eq!(m.sum(SERVER, &db_pod), 0.0, "{}", m.text());
+    assert_eq!(m.sum(SERVER, &[]), 4.0, "{}", m.text());
+    drop(agent);
+
+    let selector = "app.kubernetes.io/name=storefront";
+    let agent =
+        Agent::start_with(agent_options(&api, &["--include-pod-labels", selector])).unwrap();
+    get(web.port(), "127.0.0.1", 5);
+    get(db.port(), "127.0.0.1", 2);
+    curl_in(&web_cgroup, &format!("http://127.0.0.3:{}/", db.port()), 3);
+    wait_for_metric(&agent, SERVER, &web_pod, 5.0, WAIT).unwrap();
+    wait_for_metric(&agent, CLIENT, &[("k8s_owner_name", "web")], 3.0, WAIT).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let m = agent.metrics();
+    assert_eq!(m.sum(SERVER, &db_pod), 0.0, "{}", m.text());
+    // Only the web pod's own client calls: the host's curl (and this test, scraping the
+    // agent) are in no pod.
+    assert_eq!(m.sum(CLIENT, &[]), 3.0, "{}", m.text());
+}

@@ -251,6 +251,86 @@ fn exposition_passes_promtool() {
 /// The agent describes itself: `target_info` with its `service_name` (`OTEL_SERVICE_NAME`),
 /// version, host and `OTEL_RESOURCE_ATTRIBUTES`; `periscope_build_info`; and the workloads keep
 /// their own service names.
+/// `--exclude-executables` and `--exclude-ports`: nginx (excluded by name) is not watched,
+/// in the kernel: its first connection reveals it and is muted, and the 19 after it are never
+/// tracked, so nothing of them is copied. A server on an excluded port is muted per
+/// connection, on both ends. curl, which is watched, still counts every request to nginx.
+#[test]
+fn excluded_processes_and_ports_are_not_watched() {
+    let nginx = nginx();
+    let other = PyServer::http_test_server();
+    let agent = Agent::start(&[
+        "--exclude-executables",
+        "nginx",
+        "--exclude-ports",
+        &other.port().to_string(),
+    ])
+    .unwrap();
+    let excluded = [("reason", "excluded")];
+    curl(&["-o", "/dev/null", &nginx.url("/ok")]).unwrap();
+    wait_for_metric(
+        &agent,
+        "periscope_connections_muted_total",
+        &excluded,
+        1.0,
+        WAIT,
+    )
+    .unwrap();
+    for _ in 0..19 {
+        curl(&["-o", "/dev/null", &nginx.url("/ok")]).unwrap();
+    }
+    for _ in 0..5 {
+        curl(&["-o", "/dev/null", &other.url("/status/200")]).unwrap();
+    }
+    let port = nginx.port().to_string();
+    wait_for_metric(&agent, CLIENT, &labels(&port, "/ok", "200"), 20.0, WAIT).unwrap();
+    // The 5 connections to the excluded port, each muted at both ends.
+    wait_for_metric(
+        &agent,
+        "periscope_connections_muted_total",
+        &excluded,
+        11.0,
+        WAIT,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let m = agent.metrics();
+    assert_eq!(
+        m.sum("periscope_connections_muted_total", &excluded),
+        11.0,
+        "nginx's later connections were tracked: {}",
+        m.text()
+    );
+    assert_eq!(
+        m.sum(SERVER, &[("server_port", &port)]),
+        0.0,
+        "{}",
+        m.text()
+    );
+    let other_port = other.port().to_string();
+    let to_other = [("server_port", other_port.as_str())];
+    assert_eq!(m.sum(SERVER, &to_other) + m.sum(CLIENT, &to_other), 0.0);
+}
+
+/// `--include-ports`: only connections to that server port are watched.
+#[test]
+fn an_include_list_of_ports_watches_only_those() {
+    let nginx = nginx();
+    let other = PyServer::http_test_server();
+    let port = nginx.port().to_string();
+    let agent = Agent::start(&["--include-ports", &port]).unwrap();
+    for _ in 0..4 {
+        curl(&["-o", "/dev/null", &nginx.url("/ok")]).unwrap();
+        curl(&["-o", "/dev/null", &other.url("/status/200")]).unwrap();
+    }
+    expect_both(&agent, nginx.port(), "/ok", "200", 4.0);
+    let m = agent.metrics();
+    let other_port = other.port().to_string();
+    let to_other = [("server_port", other_port.as_str())];
+    assert_eq!(m.sum(SERVER, &to_other) + m.sum(CLIENT, &to_other), 0.0);
+    assert_eq!(m.sum(SERVER, &[]), 4.0, "{}", m.text());
+}
+
 #[test]
 fn the_agent_describes_itself_in_target_info() {
     let nginx = nginx();

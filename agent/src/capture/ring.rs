@@ -65,6 +65,7 @@ pub struct Maps {
     ring_bytes: u64,
     conns: BpfHashMap<MapData, SockKey, ConnInfo>,
     muted: BpfHashMap<MapData, u64, u8>,
+    excluded: BpfHashMap<MapData, u32, u64>,
     sock_types: BpfHashMap<MapData, SockKey, u32>,
     counters: PerCpuArray<MapData, u64>,
 }
@@ -76,6 +77,7 @@ impl Maps {
             ring_bytes: u64::from(ring_bytes),
             conns: BpfHashMap::try_from(take(ebpf, names::map::CONNS)?)?,
             muted: BpfHashMap::try_from(take(ebpf, names::map::MUTED)?)?,
+            excluded: BpfHashMap::try_from(take(ebpf, names::map::EXCLUDED)?)?,
             sock_types: BpfHashMap::try_from(take(ebpf, names::map::SOCK_TYPES)?)?,
             counters: PerCpuArray::try_from(take(ebpf, names::map::COUNTERS)?)?,
         })
@@ -125,6 +127,12 @@ impl Maps {
                         let _ = self.conns.remove(&key);
                     }
                     let _ = self.muted.remove(&conn_id);
+                }
+                KernelAction::Exclude { tgid, cgroup_id } => {
+                    let _ = self.excluded.insert(tgid, cgroup_id, 0);
+                }
+                KernelAction::Unexclude { tgid } => {
+                    let _ = self.excluded.remove(&tgid);
                 }
             }
         }

@@ -37,6 +37,8 @@ pub enum MuteReason {
     /// Decoders together held more than `--decoder-memory-budget`: the connection that
     /// pushed them over stops being decoded, and its decoder is freed.
     MemoryBudget,
+    /// Not watched (`--include-*`, `--exclude-*`).
+    Excluded,
 }
 
 impl From<Stopped> for MuteReason {
@@ -56,6 +58,7 @@ impl MuteReason {
             MuteReason::Upgraded => "upgraded",
             MuteReason::Tls => "tls",
             MuteReason::MemoryBudget => "memory_budget",
+            MuteReason::Excluded => "excluded",
         }
     }
 }
@@ -100,6 +103,11 @@ pub enum KernelAction {
     },
     /// Forget the socket (its process is gone).
     Forget { tgid: u32, fd: i32, conn_id: u64 },
+    /// Track no new connection of `tgid` while it is in cgroup `cgroup_id` (it is not
+    /// watched).
+    Exclude { tgid: u32, cgroup_id: u64 },
+    /// Forget an exclusion (the process is gone).
+    Unexclude { tgid: u32 },
 }
 
 /// Everything the tracker reports to the sinks.
@@ -430,6 +438,10 @@ pub struct Tracker {
     memory: DecoderMemory,
     /// TLS plaintext written before its socket was known (memory BIOs), until bound.
     unbound: UnboundWrites,
+    /// What is watched.
+    selection: crate::selection::Selection,
+    /// Processes excluded in the kernel, whose exclusion goes when they do.
+    excluded: rustc_hash::FxHashSet<u32>,
 }
 
 /// `SslWriteUnbound` events waiting for the `TlsBind` that names their connection: at most
@@ -562,6 +574,8 @@ impl Tracker {
             by_fd: FxHashMap::default(),
             forgotten: Forgotten::default(),
             unbound: UnboundWrites::default(),
+            selection: crate::selection::Selection::default(),
+            excluded: Default::default(),
             memory: DecoderMemory {
                 held: 0,
                 budget: DEFAULT_DECODER_MEMORY_BUDGET,
@@ -584,6 +598,40 @@ impl Tracker {
         self.protocols = protocols;
     }
 
+    /// Watches only what `selection` admits from now on.
+    pub fn set_selection(&mut self, selection: crate::selection::Selection) {
+        self.selection = selection;
+    }
+
+    /// Judges a new connection by its process and server port: one not watched is muted,
+    /// and a process not watched is excluded in the kernel (in `cgroup_id`, when known) so
+    /// that its later connections are never copied.
+    fn select(
+        &mut self,
+        conn_id: u64,
+        conn: &mut Conn,
+        cgroup_id: u64,
+        sink: &mut dyn Sink,
+        actions: &mut Vec<KernelAction>,
+    ) {
+        use crate::selection::Verdict;
+        match self.selection.judge(&conn.process, conn.server_port) {
+            Verdict::Watch | Verdict::Undecided => return,
+            // Every time: a tracked connection of an excluded process means the kernel's entry
+            // is gone (an `exec` removed it) or names another cgroup.
+            Verdict::ExcludeProcess if cgroup_id != 0 => {
+                self.excluded.insert(conn.tgid);
+                actions.push(KernelAction::Exclude {
+                    tgid: conn.tgid,
+                    cgroup_id,
+                });
+            }
+            Verdict::ExcludeProcess | Verdict::ExcludeConnection => {}
+        }
+        actions.push(conn.mute(conn_id, false));
+        sink.muted(MuteReason::Excluded);
+    }
+
     /// Names processes' pods through `cluster` from now on.
     pub fn set_cluster(&mut self, cluster: Arc<dyn crate::metadata::ClusterView>) {
         self.processes.set_cluster(cluster);
@@ -599,7 +647,13 @@ impl Tracker {
 
     /// A connection that existed before start-up, found in `/proc` and registered in the kernel
     /// table by the capture layer.
-    pub fn adopt(&mut self, conn_id: u64, found: &listeners::FoundSocket, sink: &mut dyn Sink) {
+    pub fn adopt(
+        &mut self,
+        conn_id: u64,
+        found: &listeners::FoundSocket,
+        sink: &mut dyn Sink,
+        actions: &mut Vec<KernelAction>,
+    ) {
         let process = self.processes.get(found.tgid, None);
         let server_port = if found.is_server {
             found.local.port()
@@ -611,21 +665,21 @@ impl Tracker {
         if let Some(local) = local {
             self.clients.insert(local, (conn_id, Some(server_port)));
         }
-        self.conns.insert(
-            conn_id,
-            Conn {
-                peer: Some(found.remote),
-                server_port: Some(server_port),
-                local,
-                proc_role: Some(if found.is_server {
-                    Role::Server
-                } else {
-                    Role::Client
-                }),
-                ..Conn::new(found.tgid, found.fd, ORIGIN_PROC, true, process, 0)
-            },
-        );
+        let mut conn = Conn {
+            peer: Some(found.remote),
+            server_port: Some(server_port),
+            local,
+            proc_role: Some(if found.is_server {
+                Role::Server
+            } else {
+                Role::Client
+            }),
+            ..Conn::new(found.tgid, found.fd, ORIGIN_PROC, true, process, 0)
+        };
         sink.opened("proc");
+        // The kernel's cgroup id is not known here: the process's next connection excludes it.
+        self.select(conn_id, &mut conn, 0, sink, actions);
+        self.conns.insert(conn_id, conn);
     }
 
     /// Handles one ring-buffer event. `payload` is the captured prefix (`cap_len` bytes).
@@ -657,8 +711,10 @@ impl Tracker {
                 let (tgid, root) = (header.tgid, self.processes_root());
                 let closed = |fd: i32| !survives_exec(&root, tgid, fd);
                 self.end_fds(tgid, header.ts_ns, closed, sink, actions);
-                // A new program: named again from its new executable.
+                // A new program: named again from its new executable (and judged again: the
+                // kernel dropped its exclusion).
                 self.processes.forget(tgid);
+                self.excluded.remove(&tgid);
             }
             None => {}
         }
@@ -693,23 +749,22 @@ impl Tracker {
         if let Some(local) = local {
             self.clients.insert(local, (header.conn_id, server_port));
         }
-        self.conns.insert(
-            header.conn_id,
-            Conn {
-                peer,
-                server_port,
-                local,
-                ..Conn::new(
-                    header.tgid,
-                    header.fd,
-                    header.origin,
-                    false,
-                    process,
-                    header.ts_ns,
-                )
-            },
-        );
+        let mut conn = Conn {
+            peer,
+            server_port,
+            local,
+            ..Conn::new(
+                header.tgid,
+                header.fd,
+                header.origin,
+                false,
+                process,
+                header.ts_ns,
+            )
+        };
         sink.opened(origin_name(header.origin));
+        self.select(header.conn_id, &mut conn, header.cgroup_id, sink, actions);
+        self.conns.insert(header.conn_id, conn);
     }
 
     /// A child process inherited a tracked socket at fork: it continues its parent's
@@ -756,9 +811,12 @@ impl Tracker {
             )
         };
         let mute = muted.then(|| conn.mute(header.conn_id, cipher_muted));
-        self.conns.insert(header.conn_id, conn);
         sink.opened("fork");
         actions.extend(mute);
+        if !muted {
+            self.select(header.conn_id, &mut conn, header.cgroup_id, sink, actions);
+        }
+        self.conns.insert(header.conn_id, conn);
     }
 
     fn data(
@@ -962,6 +1020,9 @@ impl Tracker {
         self.end_where(tgid, |_| true, at, reason, sink, actions);
         self.processes.forget(tgid);
         self.listeners.forget(tgid);
+        if self.excluded.remove(&tgid) {
+            actions.push(KernelAction::Unexclude { tgid });
+        }
     }
 
     /// Ends the connections of `tgid` whose descriptor `closed` says is gone (`close_range`,

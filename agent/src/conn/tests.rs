@@ -729,7 +729,7 @@ fn a_server_exchange_reported_after_its_client_closed_still_names_the_client() {
             remote: client_addr,
             is_server: true,
         };
-        h.tracker.adopt(server, &found, &mut h.sink);
+        h.tracker.adopt(server, &found, &mut h.sink, &mut h.actions);
     };
     let mut h = Harness::new();
     open(&mut h, 1, 2);
@@ -820,7 +820,7 @@ fn an_adopted_http2_connection_takes_its_side_from_the_socket() {
             remote: "127.0.0.1:40000".parse().unwrap(),
             is_server,
         };
-        h.tracker.adopt(5, &found, &mut h.sink);
+        h.tracker.adopt(5, &found, &mut h.sink, &mut h.actions);
         // HEADERS (END_HEADERS) opening with dynamic entry 67, then `:method POST`; DATA
         // (END_STREAM) of a 5-byte gRPC message.
         let mut request = frame(1, 0x4, 3, &[0xc3, 0x83]);
@@ -845,4 +845,59 @@ fn an_adopted_http2_connection_takes_its_side_from_the_socket() {
         "{:?}",
         h.sink.exchanges
     );
+}
+
+/// `--exclude-ports` mutes the connection; `--exclude-executables` mutes it and excludes its
+/// process in the kernel (in the cgroup the kernel saw it in) until the process exits.
+#[test]
+fn connections_not_watched_are_muted_and_their_process_excluded_in_the_kernel() {
+    use crate::selection::{Lists, Ports, Selection};
+    let selection = Selection {
+        executables: Lists {
+            include: vec![],
+            exclude: vec!["pg*".into()],
+        },
+        ports: Lists {
+            include: vec![],
+            exclude: vec![Ports(9000, 9100)],
+        },
+        ..Selection::default()
+    };
+    let mut h = Harness::new();
+    h.tracker.set_selection(selection.clone());
+    h.open(1, ORIGIN_CONNECT, 80, "curl");
+    h.open(2, ORIGIN_CONNECT, 9050, "curl");
+    assert_eq!(h.sink.muted, vec![MuteReason::Excluded]);
+    assert_eq!(h.actions, vec![mute(2)]);
+    h.data(1, DIR_EGRESS, 1, REQ, REQ.len());
+    let response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    h.data(1, DIR_INGRESS, 2, response, response.len());
+    h.data(2, DIR_EGRESS, 3, REQ, REQ.len());
+    h.data(2, DIR_INGRESS, 4, response, response.len());
+    assert_eq!(h.sink.exchanges.len(), 1, "only the watched port");
+
+    let mut h = Harness::new();
+    h.tracker.set_selection(selection);
+    let mut open = header(EventKind::Open, 3, 1);
+    open.origin = ORIGIN_CONNECT;
+    open.cgroup_id = 77;
+    let payload = open_payload(5432, "pgbench");
+    open.cap_len = payload.len() as u32;
+    h.tracker
+        .on_event(&open, &payload, &mut h.sink, &mut h.actions);
+    assert_eq!(h.sink.muted, vec![MuteReason::Excluded]);
+    assert_eq!(
+        h.actions,
+        vec![
+            KernelAction::Exclude {
+                tgid: PID,
+                cgroup_id: 77
+            },
+            mute(3)
+        ]
+    );
+    h.actions.clear();
+    let exit = header(EventKind::ProcessExit, 0, 50);
+    h.tracker.on_event(&exit, &[], &mut h.sink, &mut h.actions);
+    assert!(h.actions.contains(&KernelAction::Unexclude { tgid: PID }));
 }

@@ -15,6 +15,7 @@ pub fn pod_process() -> Arc<ProcessInfo> {
         pid: 7,
         comm: "shop".into(),
         exe_name: "shop-bin".into(),
+        exe_path: "/app/shop-bin".into(),
         container_id: Some("abc".into()),
         service_name: "shop".into(),
         pod_uid: Some("uid".into()),
@@ -27,6 +28,7 @@ pub fn pod_process() -> Arc<ProcessInfo> {
             owner_kind: "StatefulSet".into(),
             owner_name: "shop".into(),
             service_name: "shop".into(),
+            labels: Vec::new(),
         })),
         seq: 1_000_001,
     })
@@ -37,6 +39,7 @@ pub fn host_process() -> Arc<ProcessInfo> {
         pid: 8,
         comm: "psql".into(),
         exe_name: String::new(),
+        exe_path: String::new(),
         container_id: None,
         service_name: "psql".into(),
         pod_uid: None,

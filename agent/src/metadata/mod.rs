@@ -20,6 +20,8 @@ pub struct ProcessInfo {
     pub comm: String,
     /// Base name of `/proc/<pid>/exe` (empty when unreadable, e.g. a kernel thread).
     pub exe_name: String,
+    /// `/proc/<pid>/exe` (empty when unreadable).
+    pub exe_path: String,
     /// Container id when the process runs in a container (from its cgroup path).
     pub container_id: Option<String>,
     /// `service.name`: the executable's name in standalone mode; in a cluster the pod's
@@ -49,6 +51,8 @@ pub struct K8sIdentity {
     pub owner_name: String,
     /// `app.kubernetes.io/name`, else the owner's name.
     pub service_name: String,
+    /// The pod's labels (bounded), for `--include-pod-labels` and `--exclude-pod-labels`.
+    pub labels: Vec<(String, String)>,
 }
 
 /// The remote end of a connection, named by the cluster (a pod or a Service).
@@ -123,11 +127,14 @@ impl ProcessInfo {
             .ok()
             .or_else(|| comm_hint.map(str::to_owned))
             .unwrap_or_default();
-        let exe_name = std::fs::read_link(dir.join("exe"))
-            .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .map(|n| n.trim_end_matches(" (deleted)").to_owned())
+        let exe_path = std::fs::read_link(dir.join("exe"))
+            .map(|p| {
+                p.to_string_lossy()
+                    .trim_end_matches(" (deleted)")
+                    .to_owned()
+            })
             .unwrap_or_default();
+        let exe_name = exe_path.rsplit('/').next().unwrap_or_default().to_owned();
         let cgroup_file = std::fs::read_to_string(dir.join("cgroup"))
             .ok()
             .or_else(|| cgroup_of_gone().map(|path| format!("0::{path}\n")));
@@ -138,6 +145,7 @@ impl ProcessInfo {
             pid,
             comm,
             exe_name,
+            exe_path,
             container_id,
             service_name,
             pod_uid,

@@ -25,6 +25,8 @@ pub struct PodInfo {
     pub owner_name: String,
     /// The label `app.kubernetes.io/name`, else `owner_name`.
     pub service_name: String,
+    /// The pod's labels (bounded, sorted by key).
+    pub labels: Vec<(String, String)>,
     /// Container id (the hex part of `containerd://<id>`, `cri-o://<id>`, `docker://<id>`)
     /// → container name, for regular, init and ephemeral containers that have started.
     pub containers: BTreeMap<String, String>,
@@ -244,6 +246,7 @@ impl crate::metadata::ClusterView for Attribution {
             owner_kind: pod.owner_kind.clone(),
             owner_name: pod.owner_name.clone(),
             service_name: pod.service_name.clone(),
+            labels: pod.labels.clone(),
         }))
     }
 

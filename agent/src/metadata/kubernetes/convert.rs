@@ -31,6 +31,11 @@ pub(crate) struct Owner {
     pub(crate) name: String,
 }
 
+/// Labels kept per pod at most, and the longest key or value kept (the API server allows
+/// 317-byte keys and 63-byte values).
+pub(crate) const MAX_LABELS: usize = 64;
+const MAX_LABEL_BYTES: usize = 320;
+
 /// What a pod contributes: its identity, workload, containers and IPs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct PodRecord {
@@ -42,6 +47,9 @@ pub(crate) struct PodRecord {
     pub(crate) controller: Option<Owner>,
     /// The `app.kubernetes.io/name` label, if set and not empty.
     pub(crate) app_name: Option<String>,
+    /// The pod's labels (for `--include-pod-labels`/`--exclude-pod-labels`), at most
+    /// [`MAX_LABELS`], sorted by key.
+    pub(crate) labels: Vec<(String, String)>,
     /// For a mirror pod, the UID of its static pod (what its cgroup is named after).
     pub(crate) mirror_uid: Option<String>,
     /// (container id without the runtime prefix, container name).
@@ -238,6 +246,16 @@ impl Extract for Pod {
                 .cloned()
         };
         let app_name = label(&self.metadata.labels, APP_NAME_LABEL);
+        // Bounded: the API server limits label sizes, but a pod's count of them is not.
+        let labels = self
+            .metadata
+            .labels
+            .iter()
+            .flatten()
+            .filter(|(k, v)| k.len() <= MAX_LABEL_BYTES && v.len() <= MAX_LABEL_BYTES)
+            .take(MAX_LABELS)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let mirror_uid = label(&self.metadata.annotations, MIRROR_ANNOTATION);
         let controller = controller_of(self.metadata.owner_references.as_deref());
         let spec = self.spec.unwrap_or_default();
@@ -280,6 +298,7 @@ impl Extract for Pod {
             node_name: spec.node_name.unwrap_or_default(),
             controller,
             app_name,
+            labels,
             mirror_uid,
             containers,
             ips,
@@ -377,6 +396,10 @@ mod tests {
                     name: "web-7d4b9c".into()
                 }),
                 app_name: Some("storefront".into()),
+                labels: vec![
+                    ("app.kubernetes.io/name".into(), "storefront".into()),
+                    ("pod-template-hash".into(), "7d4b9c".into()),
+                ],
                 mirror_uid: None,
                 containers: vec![("aaa".into(), "init".into()), ("bbb".into(), "app".into())],
                 ips: vec!["10.1.0.5".parse().unwrap(), "fd00::5".parse().unwrap()],

@@ -366,6 +366,7 @@ impl Model {
             owner_kind: owner.kind,
             owner_name: owner.name,
             containers: pod.containers.iter().cloned().collect(),
+            labels: pod.labels.clone(),
         }
     }
 

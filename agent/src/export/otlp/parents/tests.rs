@@ -20,6 +20,7 @@ fn process(pid: u32) -> Arc<ProcessInfo> {
         pid,
         comm: String::new(),
         exe_name: String::new(),
+        exe_path: String::new(),
         container_id: None,
         service_name: String::new(),
         pod_uid: None,

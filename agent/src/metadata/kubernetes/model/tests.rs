@@ -21,6 +21,7 @@ fn pod(ns: &str, name: &str, uid: &str, controller: Option<Owner>, ip: &str) -> 
         node_name: "node-a".to_owned(),
         controller,
         app_name: None,
+        labels: Vec::new(),
         mirror_uid: None,
         containers: vec![(format!("{uid}-c"), "app".to_owned())],
         ips: vec![ip.parse().unwrap()],
