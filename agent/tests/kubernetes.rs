@@ -295,6 +295,7 @@ fn follows_pods_owners_peers_and_services() {
         owner_kind: "Deployment".into(),
         owner_name: "web".into(),
         service_name: "storefront".into(),
+        labels: vec![("app.kubernetes.io/name".into(), "storefront".into())],
         containers: [
             (CID_WEB.to_owned(), "app".to_owned()),
             (CID_SIDECAR.to_owned(), "sidecar".to_owned()),
