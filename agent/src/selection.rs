@@ -282,6 +282,7 @@ mod tests {
             comm: exe.to_owned(),
             exe_name: exe.to_owned(),
             exe_path: path.to_owned(),
+            env_service_name: None,
             container_id: pod.as_ref().map(|_| "c1".to_owned()),
             service_name: exe.to_owned(),
             pod_uid: pod.as_ref().map(|p| p.pod_uid.clone()),

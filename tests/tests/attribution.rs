@@ -74,8 +74,9 @@ fn apply_web(api: &FakeKubeApi, silently: bool) {
     }
 }
 
-/// The db StatefulSet's pod (no name label: its service is the owner's name) and a Service
-/// `db-svc` with ClusterIP 127.0.0.4.
+/// The db StatefulSet's pod and a Service `db-svc` with ClusterIP 127.0.0.4. The pod names its
+/// service in the annotation the OpenTelemetry Kubernetes conventions give, which wins over its
+/// `app.kubernetes.io/instance` label (and over the owner's name): `orders-db`.
 fn apply_db(api: &FakeKubeApi) {
     let mut db = pod(
         "db-0",
@@ -85,6 +86,8 @@ fn apply_db(api: &FakeKubeApi) {
         &format!("cri-o://{DB_CID}"),
     );
     db["metadata"]["ownerReferences"] = owner("StatefulSet", "db", "sts-db");
+    db["metadata"]["labels"] = json!({"app.kubernetes.io/instance": "orders-eu"});
+    db["metadata"]["annotations"] = json!({"resource.opentelemetry.io/service.name": "orders-db"});
     api.apply(&db.to_string());
     let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": meta("db-svc", "svc-db"),
                      "spec": {"type": "ClusterIP", "clusterIP": "127.0.0.4",
@@ -164,7 +167,7 @@ fn pods_workloads_and_peers_are_named_from_real_cgroups() {
         ("k8s_container_name", "server"),
         ("k8s_owner_kind", "StatefulSet"),
         ("k8s_owner_name", "db"),
-        ("service_name", "db"),
+        ("service_name", "orders-db"),
         ("container_id", DB_CID),
     ];
     wait_for_metric(&agent, SERVER, &web_labels, 7.0, WAIT).unwrap();
@@ -192,7 +195,7 @@ fn pods_workloads_and_peers_are_named_from_real_cgroups() {
     let to_pod = to(&[
         ("peer_k8s_namespace_name", NS),
         ("peer_k8s_owner_name", "db"),
-        ("peer_service_name", "db"),
+        ("peer_service_name", "orders-db"),
         ("server_address", ""),
     ]);
     let to_service = to(&[

@@ -312,6 +312,30 @@ fn excluded_processes_and_ports_are_not_watched() {
     assert_eq!(m.sum(SERVER, &to_other) + m.sum(CLIENT, &to_other), 0.0);
 }
 
+/// A process that names itself (`OTEL_SERVICE_NAME` in its environment, as its own SDK would
+/// read it) is that service; another keeps its executable's name.
+#[test]
+fn a_process_named_by_its_environment_is_that_service() {
+    let nginx = nginx();
+    let agent = Agent::start(&[]).unwrap();
+    let url = nginx.url("/ok");
+    let status = std::process::Command::new("curl")
+        .args(["-sf", "-o", "/dev/null", &url])
+        .env("OTEL_SERVICE_NAME", "edge-probe")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    curl(&["-o", "/dev/null", &url]).unwrap();
+    let port = nginx.port().to_string();
+    let named = [
+        ("server_port", port.as_str()),
+        ("service_name", "edge-probe"),
+    ];
+    wait_for_metric(&agent, CLIENT, &named, 1.0, WAIT).unwrap();
+    let plain = [("server_port", port.as_str()), ("service_name", "curl")];
+    wait_for_metric(&agent, CLIENT, &plain, 1.0, WAIT).unwrap();
+}
+
 /// `--include-ports`: only connections to that server port are watched.
 #[test]
 fn an_include_list_of_ports_watches_only_those() {

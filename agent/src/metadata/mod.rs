@@ -22,6 +22,9 @@ pub struct ProcessInfo {
     pub exe_name: String,
     /// `/proc/<pid>/exe` (empty when unreadable).
     pub exe_path: String,
+    /// The service name the process gives itself: `OTEL_SERVICE_NAME`, else `service.name` in
+    /// `OTEL_RESOURCE_ATTRIBUTES`, from its environment (what its own SDK would use).
+    pub env_service_name: Option<String>,
     /// Container id when the process runs in a container (from its cgroup path).
     pub container_id: Option<String>,
     /// `service.name`: the executable's name in standalone mode; in a cluster the pod's
@@ -140,12 +143,16 @@ impl ProcessInfo {
             .or_else(|| cgroup_of_gone().map(|path| format!("0::{path}\n")));
         let container_id = cgroup_file.as_deref().and_then(cgroup::container_id);
         let pod_uid = cgroup_file.as_deref().and_then(cgroup::pod_uid);
-        let service_name = process_name(&exe_name, &comm);
+        let env_service_name = env_service_name(&dir);
+        let service_name = env_service_name
+            .clone()
+            .unwrap_or_else(|| process_name(&exe_name, &comm));
         ProcessInfo {
             pid,
             comm,
             exe_name,
             exe_path,
+            env_service_name,
             container_id,
             service_name,
             pod_uid,
@@ -172,8 +179,9 @@ impl ProcessInfo {
     /// The same process with its Kubernetes identity set (or cleared): a new value with a new
     /// `seq`, so series caches keyed on it start over.
     pub fn with_k8s(&self, k8s: Option<Arc<K8sIdentity>>) -> ProcessInfo {
-        let service_name = match &k8s {
-            Some(id) if !id.service_name.is_empty() => id.service_name.clone(),
+        let service_name = match (&self.env_service_name, &k8s) {
+            (Some(own), _) => own.clone(),
+            (None, Some(id)) if !id.service_name.is_empty() => id.service_name.clone(),
             _ => process_name(&self.exe_name, &self.comm),
         };
         ProcessInfo {
@@ -183,6 +191,47 @@ impl ProcessInfo {
             ..self.clone()
         }
     }
+}
+
+/// How much of a process's environment is read at most, and the longest service name kept.
+const ENVIRON_BYTES: u64 = 128 * 1024;
+const MAX_SERVICE_NAME: usize = 128;
+
+/// `OTEL_SERVICE_NAME`, else `service.name` of `OTEL_RESOURCE_ATTRIBUTES`, from
+/// `<dir>/environ` (the environment the process started with); `None` when unset, empty or
+/// unreadable. Only these two variables are looked at, and nothing else is kept.
+fn env_service_name(dir: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut environ = Vec::new();
+    std::fs::File::open(dir.join("environ"))
+        .ok()?
+        .take(ENVIRON_BYTES)
+        .read_to_end(&mut environ)
+        .ok()?;
+    service_name_in_environ(&environ)
+}
+
+fn service_name_in_environ(environ: &[u8]) -> Option<String> {
+    let var = |name: &[u8]| {
+        environ
+            .split(|&b| b == 0)
+            .find_map(|entry| entry.strip_prefix(name)?.strip_prefix(b"="))
+    };
+    let keep = |v: &[u8]| {
+        let v = String::from_utf8_lossy(v).trim().to_owned();
+        (!v.is_empty() && v.len() <= MAX_SERVICE_NAME && !v.chars().any(char::is_control))
+            .then_some(v)
+    };
+    if let Some(name) = var(b"OTEL_SERVICE_NAME").and_then(keep) {
+        return Some(name);
+    }
+    var(b"OTEL_RESOURCE_ATTRIBUTES")?
+        .split(|&b| b == b',')
+        .find_map(|pair| {
+            let pair = pair.trim_ascii();
+            pair.strip_prefix(b"service.name=")
+        })
+        .and_then(keep)
 }
 
 /// Process identities by tgid, read once and dropped when the process exits. With a cluster
@@ -395,6 +444,57 @@ pub(crate) mod testkit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A workload's own `OTEL_SERVICE_NAME` (or `service.name` in `OTEL_RESOURCE_ATTRIBUTES`)
+    /// names it before its pod does, as its own SDK would.
+    #[test]
+    fn the_process_environment_names_the_service_first() {
+        let env = |vars: &[&str]| service_name_in_environ(vars.join("\0").as_bytes());
+        assert_eq!(
+            env(&["PATH=/bin", "OTEL_SERVICE_NAME=checkout"]).as_deref(),
+            Some("checkout")
+        );
+        assert_eq!(
+            env(&["OTEL_RESOURCE_ATTRIBUTES=deployment.environment=prod, service.name=cart"])
+                .as_deref(),
+            Some("cart")
+        );
+        assert_eq!(
+            env(&[
+                "OTEL_SERVICE_NAME=a",
+                "OTEL_RESOURCE_ATTRIBUTES=service.name=b"
+            ])
+            .as_deref(),
+            Some("a")
+        );
+        assert_eq!(env(&["OTEL_SERVICE_NAME=", "XOTEL_SERVICE_NAME=x"]), None);
+        assert_eq!(env(&["OTEL_SERVICE_NAME=a\tb"]), None);
+        assert_eq!(
+            env(&[&format!("OTEL_SERVICE_NAME={}", "x".repeat(200))]),
+            None
+        );
+        let me = ProcessInfo::read(Path::new("/proc"), std::process::id(), None);
+        let named = ProcessInfo {
+            env_service_name: Some("checkout".into()),
+            ..me
+        };
+        let pod = K8sIdentity {
+            service_name: "storefront".into(),
+            ..K8sIdentity::default()
+        };
+        assert_eq!(
+            named.with_k8s(Some(Arc::new(pod.clone()))).service_name,
+            "checkout"
+        );
+        let unnamed = ProcessInfo {
+            env_service_name: None,
+            ..named
+        };
+        assert_eq!(
+            unnamed.with_k8s(Some(Arc::new(pod))).service_name,
+            "storefront"
+        );
+    }
 
     #[test]
     fn reads_own_process() {

@@ -16,7 +16,11 @@ use kube::Resource;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
-/// The label whose value becomes `service_name`.
+/// Where a pod's metadata names its service, in the order of the OpenTelemetry Kubernetes
+/// conventions (`service.name`): the annotation, then the well-known labels `instance` and
+/// `name`. The owner's name comes after them (`Model::pod_info`).
+pub(crate) const SERVICE_NAME_ANNOTATION: &str = "resource.opentelemetry.io/service.name";
+pub(crate) const APP_INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
 pub(crate) const APP_NAME_LABEL: &str = "app.kubernetes.io/name";
 /// The annotation a mirror pod carries: the UID its static pod runs under (in cgroups).
 pub(crate) const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
@@ -45,7 +49,9 @@ pub(crate) struct PodRecord {
     pub(crate) node_name: String,
     /// The owner reference with `controller: true`, if any.
     pub(crate) controller: Option<Owner>,
-    /// The `app.kubernetes.io/name` label, if set and not empty.
+    /// The service name the pod's metadata gives: the `resource.opentelemetry.io/service.name`
+    /// annotation, else the `app.kubernetes.io/instance` label, else `app.kubernetes.io/name`
+    /// (the first set and not empty).
     pub(crate) app_name: Option<String>,
     /// The pod's labels (for `--include-pod-labels`/`--exclude-pod-labels`), at most
     /// [`MAX_LABELS`], sorted by key.
@@ -245,7 +251,9 @@ impl Extract for Pod {
                 .filter(|v| !v.is_empty())
                 .cloned()
         };
-        let app_name = label(&self.metadata.labels, APP_NAME_LABEL);
+        let app_name = label(&self.metadata.annotations, SERVICE_NAME_ANNOTATION)
+            .or_else(|| label(&self.metadata.labels, APP_INSTANCE_LABEL))
+            .or_else(|| label(&self.metadata.labels, APP_NAME_LABEL));
         // Bounded: the API server limits label sizes, but a pod's count of them is not.
         let labels = self
             .metadata
@@ -374,6 +382,30 @@ mod tests {
                 ]
             }
         })
+    }
+
+    /// `service.name` by the OpenTelemetry Kubernetes conventions: the annotation, then the
+    /// `instance` label, then the `name` label (an empty one does not count).
+    #[test]
+    fn the_service_name_follows_the_conventions_order() {
+        let service = |annotation: Option<&str>, instance: Option<&str>| {
+            let mut json = pod_json();
+            if let Some(a) = annotation {
+                json["metadata"]["annotations"] =
+                    serde_json::json!({ "resource.opentelemetry.io/service.name": a });
+            }
+            if let Some(i) = instance {
+                json["metadata"]["labels"]["app.kubernetes.io/instance"] = i.into();
+            }
+            lenient_pod(json).decoded.unwrap().app_name
+        };
+        assert_eq!(service(None, None).as_deref(), Some("storefront"));
+        assert_eq!(service(None, Some("shop-eu")).as_deref(), Some("shop-eu"));
+        assert_eq!(
+            service(Some("checkout"), Some("shop-eu")).as_deref(),
+            Some("checkout")
+        );
+        assert_eq!(service(Some(""), Some("")).as_deref(), Some("storefront"));
     }
 
     #[test]

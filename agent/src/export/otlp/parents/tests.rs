@@ -21,6 +21,7 @@ fn process(pid: u32) -> Arc<ProcessInfo> {
         comm: String::new(),
         exe_name: String::new(),
         exe_path: String::new(),
+        env_service_name: None,
         container_id: None,
         service_name: String::new(),
         pod_uid: None,
