@@ -313,27 +313,37 @@ fn excluded_processes_and_ports_are_not_watched() {
 }
 
 /// A process that names itself (`OTEL_SERVICE_NAME` in its environment, as its own SDK would
-/// read it) is that service; another keeps its executable's name.
+/// read it) is that service: a Python server started with it. Another (curl) keeps its
+/// executable's name.
 #[test]
 fn a_process_named_by_its_environment_is_that_service() {
-    let nginx = nginx();
+    let port = harness::free_port();
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args([
+        "-m",
+        "http.server",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+    ])
+    .env("OTEL_SERVICE_NAME", "edge-files")
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    let _server = harness::ChildProcess::spawn("python3 -m http.server", &mut cmd).unwrap();
+    assert!(harness::wait_for_port(port, Duration::from_secs(15)));
     let agent = Agent::start(&[]).unwrap();
-    let url = nginx.url("/ok");
-    let status = std::process::Command::new("curl")
-        .args(["-sf", "-o", "/dev/null", &url])
-        .env("OTEL_SERVICE_NAME", "edge-probe")
-        .status()
-        .unwrap();
-    assert!(status.success());
-    curl(&["-o", "/dev/null", &url]).unwrap();
-    let port = nginx.port().to_string();
+    let url = format!("http://127.0.0.1:{port}/");
+    for _ in 0..3 {
+        curl(&["-o", "/dev/null", &url]).unwrap();
+    }
+    let port = port.to_string();
     let named = [
         ("server_port", port.as_str()),
-        ("service_name", "edge-probe"),
+        ("service_name", "edge-files"),
     ];
-    wait_for_metric(&agent, CLIENT, &named, 1.0, WAIT).unwrap();
+    wait_for_metric(&agent, SERVER, &named, 3.0, WAIT).unwrap();
     let plain = [("server_port", port.as_str()), ("service_name", "curl")];
-    wait_for_metric(&agent, CLIENT, &plain, 1.0, WAIT).unwrap();
+    wait_for_metric(&agent, CLIENT, &plain, 3.0, WAIT).unwrap();
 }
 
 /// `--include-ports`: only connections to that server port are watched.
