@@ -108,6 +108,13 @@ pub fn parse(text: &str) -> Vec<Family> {
     }
     families.retain(|f| f.kind.is_some_and(|k| k != Kind::Other));
     for family in &mut families {
+        // A histogram is whole: increasing finite bounds, then `+Inf`, a count for each.
+        family.series.retain(|s| match &s.value {
+            Value::Histogram { bounds, counts, .. } => {
+                counts.len() == bounds.len() + 1 && bounds.windows(2).all(|w| w[0] < w[1])
+            }
+            Value::Number(_) => true,
+        });
         for series in &mut family.series {
             // Cumulative bucket counts (as exposed) → per bucket.
             if let Value::Histogram { counts, .. } = &mut series.value {
@@ -372,6 +379,14 @@ target_info{service_name="x"} 1
             assert_eq!(series.labels[0].1, values[i], "{text}");
             assert_eq!(series.value, Value::Number(i as f64 + 1.0));
         }
+    }
+
+    #[test]
+    fn a_histogram_that_is_not_whole_is_left_out() {
+        let text = "# TYPE h histogram\nh_bucket{le=\"x\"} 1\nh_bucket{le=\"y\"} 1\nh_count 1\n# TYPE g gauge\ng 1\n";
+        let families = parse(text);
+        assert!(families[0].series.is_empty());
+        assert_eq!(families[1].series.len(), 1);
     }
 
     #[test]
