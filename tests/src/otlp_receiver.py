@@ -28,7 +28,8 @@ in (one counter for both signals), and `received_at`; a metrics line also `reque
 number of data points in its request, so that a reader can tell a request it sees only part of
 (a large request's lines reach the file in more than one write). OTLP/HTTP bodies may be gzip-compressed
 (gRPC decompresses by itself). An HTTP request with `x-tenant: throttle-once` is answered 429
-with `Retry-After: 1` the first time (each line then says when, `throttled_at`). The ready port
+with `Retry-After: 1` the first time, and a gRPC export with that metadata
+RESOURCE_EXHAUSTED with a `google.rpc.RetryInfo` of 1 s the first time (each line then says when, `throttled_at`). The ready port
 is opened last, so once it accepts both OTLP ports are listening.
 """
 
@@ -278,9 +279,35 @@ def grpc_tenant(context):
     return dict(context.invocation_metadata()).get("x-tenant")
 
 
+def proto_field(number, payload):
+    """One length-delimited protobuf field (payloads here are under 128 bytes)."""
+    return bytes([(number << 3) | 2, len(payload)]) + payload
+
+
+def retry_info_status(code, seconds):
+    """A google.rpc.Status with a google.rpc.RetryInfo of `seconds`, encoded by hand (the
+    googleapis protos are not installed): what `grpc-status-details-bin` carries."""
+    delay = bytes([0x08, seconds])  # Duration.seconds
+    retry_info = proto_field(1, delay)  # RetryInfo.retry_delay
+    detail = proto_field(1, b"type.googleapis.com/google.rpc.RetryInfo") + proto_field(2, retry_info)
+    return bytes([0x08, code]) + proto_field(2, b"throttled") + proto_field(3, detail)
+
+
 class Traces(trace_service_pb2_grpc.TraceServiceServicer):
     def Export(self, request, context):
-        record_spans(request, "grpc", grpc_tenant(context))
+        tenant = grpc_tenant(context)
+        if tenant == "throttle-once":
+            with lock:
+                first = tenant not in throttled
+                if first:
+                    throttled.add(tenant)
+                    throttled_at[0] = time.time()
+            if first:
+                # RESOURCE_EXHAUSTED is retryable only with a RetryInfo, which says 1 s.
+                context.set_trailing_metadata(
+                    (("grpc-status-details-bin", retry_info_status(8, 1)),))
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "throttled")
+        record_spans(request, "grpc", tenant)
         return trace_service_pb2.ExportTraceServiceResponse()
 
 

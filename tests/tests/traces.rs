@@ -377,13 +377,24 @@ fn gzip_compressed_exports_arrive_over_both_transports() {
 /// batch then arrives whole.
 #[test]
 fn a_throttling_collector_is_retried_after_its_retry_after() {
+    a_throttling_collector_is_retried_when_it_says("http/protobuf");
+}
+
+/// The gRPC form: RESOURCE_EXHAUSTED with a `google.rpc.RetryInfo` of 1 s in
+/// `grpc-status-details-bin` (retryable only because of it, as the OTLP spec says).
+#[test]
+fn a_throttling_grpc_collector_is_retried_after_its_retry_info() {
+    a_throttling_collector_is_retried_when_it_says("grpc");
+}
+
+fn a_throttling_collector_is_retried_when_it_says(protocol: &str) {
     let receiver = Receiver::start();
     let server = PyServer::http_test_server();
     let env = [(
         "OTEL_EXPORTER_OTLP_HEADERS",
         "x-tenant=throttle-once".to_owned(),
     )];
-    let agent = receiver.agent_at("http/protobuf", "http://127.0.0.1", &env);
+    let agent = receiver.agent_at(protocol, "http://127.0.0.1", &env);
     for i in 0..3 {
         curl(&[&server.url(&format!("/t/{i}"))]).unwrap();
     }
@@ -391,7 +402,10 @@ fn a_throttling_collector_is_retried_after_its_retry_after() {
         let (received, throttled) = (&span["received_at"], &span["throttled_at"]);
         let waited = received.as_f64().unwrap() - throttled.as_f64().expect("throttled first");
         // The backoff alone would have retried within 250 ms.
-        assert!(waited >= 0.95, "retried {waited:.3} s after the 429");
+        assert!(
+            waited >= 0.95,
+            "retried {waited:.3} s after the throttling answer"
+        );
     }
     let m = receiver.agrees_with(&agent);
     assert_eq!(

@@ -799,11 +799,25 @@ pub(super) async fn send(
                     let bytes = collected.to_bytes();
                     Ok(rejected_spans(bytes.get(5..).unwrap_or_default()))
                 }
-                (_, Some(code)) => Err(fail(
-                    format!("gRPC status {code}"),
-                    // The codes the OTLP spec lists as retryable.
-                    matches!(code, 1 | 4 | 8 | 10 | 11 | 14 | 15),
-                )),
+                (_, Some(code)) => {
+                    // `google.rpc.RetryInfo` in the status details: how long to wait.
+                    let retry_info = collected
+                        .trailers()
+                        .and_then(|t| t.get("grpc-status-details-bin"))
+                        .or_else(|| headers.get("grpc-status-details-bin"))
+                        .and_then(|v| base64_decode(v.as_bytes()))
+                        .and_then(|details| retry_info_delay(&details));
+                    // The codes the OTLP spec lists as retryable; RESOURCE_EXHAUSTED only
+                    // when the server said when to retry.
+                    let retryable = match code {
+                        8 => retry_info.is_some(),
+                        _ => matches!(code, 1 | 4 | 10 | 11 | 14 | 15),
+                    };
+                    Err(Failure {
+                        retry_after: retry_info.filter(|_| retryable),
+                        ..fail(format!("gRPC status {code}"), retryable)
+                    })
+                }
                 (_, None) => Err(fail(format!("HTTP {status} without a gRPC status"), true)),
             }
         }
@@ -825,49 +839,109 @@ fn causes(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// `ExportTraceServiceResponse.partial_success.rejected_spans`, 0 when absent or unreadable.
+/// `ExportTraceServiceResponse.partial_success.rejected_spans` (and the metrics response's
+/// `rejected_data_points`, at the same place), 0 when absent or unreadable.
 fn rejected_spans(response: &[u8]) -> u64 {
     // partial_success is field 1 (message); rejected_spans its field 1 (int64).
-    fn varint(b: &[u8], i: &mut usize) -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = *b.get(*i)?;
-            *i += 1;
-            v |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Some(v);
-            }
+    field(response, 1)
+        .and_then(|partial| field(partial, 1))
+        .and_then(|rest| varint(rest, &mut 0))
+        .unwrap_or(0)
+}
+
+/// The `retry_delay` of a `google.rpc.RetryInfo` among the details of a `google.rpc.Status`
+/// (the `grpc-status-details-bin` trailer), at most [`MAX_RETRY_AFTER`].
+fn retry_info_delay(status: &[u8]) -> Option<Duration> {
+    const RETRY_INFO: &[u8] = b"type.googleapis.com/google.rpc.RetryInfo";
+    // Status.details is field 3 (repeated Any: type_url 1, value 2); RetryInfo.retry_delay is
+    // field 1 (Duration: seconds 1, nanos 2).
+    let info = fields(status, 3).find(|any| field(any, 1) == Some(RETRY_INFO))?;
+    let delay = field(field(info, 2)?, 1)?;
+    let seconds = field(delay, 1).and_then(|v| varint(v, &mut 0)).unwrap_or(0);
+    let nanos = field(delay, 2).and_then(|v| varint(v, &mut 0)).unwrap_or(0);
+    let delay = Duration::from_secs(seconds.min(MAX_RETRY_AFTER.as_secs()))
+        + Duration::from_nanos(nanos % 1_000_000_000);
+    Some(delay.min(MAX_RETRY_AFTER))
+}
+
+fn varint(b: &[u8], i: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*i)?;
+        *i += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(v);
         }
-        None
     }
-    fn field(b: &[u8], want: u64) -> Option<&[u8]> {
-        let mut i = 0;
+    None
+}
+
+/// The first occurrence of protobuf field `want` in message `b`: a varint field's bytes from
+/// its value on, a length-delimited field's contents.
+fn field(b: &[u8], want: u64) -> Option<&[u8]> {
+    fields(b, want).next()
+}
+
+/// Every occurrence of field `want` (see [`field`]); stops at the first malformed byte.
+fn fields(b: &[u8], want: u64) -> impl Iterator<Item = &[u8]> {
+    let mut i = 0;
+    std::iter::from_fn(move || {
         while i < b.len() {
             let key = varint(b, &mut i)?;
             match key & 7 {
-                0 if key >> 3 == want => return b.get(i..),
+                0 if key >> 3 == want => {
+                    let at = i;
+                    varint(b, &mut i)?;
+                    return b.get(at..);
+                }
                 0 => {
                     varint(b, &mut i)?;
                 }
-                1 => i += 8,
-                5 => i += 4,
+                1 => i = i.checked_add(8)?,
+                5 => i = i.checked_add(4)?,
                 2 => {
-                    let len = varint(b, &mut i)? as usize;
+                    let len = usize::try_from(varint(b, &mut i)?).ok()?;
+                    let start = i;
                     let end = i.checked_add(len)?;
-                    if key >> 3 == want {
-                        return b.get(i..end);
-                    }
                     i = end;
+                    if key >> 3 == want {
+                        return b.get(start..end);
+                    }
                 }
                 _ => return None,
             }
         }
         None
+    })
+}
+
+/// Base64 (standard alphabet, padding optional), as gRPC sends `-bin` metadata; `None` for
+/// anything else.
+fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
+    let text = text
+        .strip_suffix(b"==")
+        .or(text.strip_suffix(b"="))
+        .unwrap_or(text);
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for &c in text {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
     }
-    field(response, 1)
-        .and_then(|partial| field(partial, 1))
-        .and_then(|rest| varint(rest, &mut 0))
-        .unwrap_or(0)
+    Some(out)
 }
 
 /// On tokio's blocking pool: a stdout pipe nobody reads stalls this task, never

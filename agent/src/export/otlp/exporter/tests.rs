@@ -319,3 +319,24 @@ fn a_sent_span_is_its_series_exemplar_and_an_unsampled_one_is_not() {
         assert!(stitcher.exemplars.is_empty());
     }
 }
+
+/// `grpc-status-details-bin` (unpadded base64, as gRPC sends it): a `google.rpc.Status` whose
+/// second detail is a `RetryInfo` of 2.5 s (the first, a `DebugInfo`, is skipped).
+#[test]
+fn retry_info_in_the_status_details_says_how_long_to_wait() {
+    let trailer = b"CAgSCXRocm90dGxlZBosCih0eXBlLmdvb2dsZWFwaXMuY29tL2dvb2dsZS5ycGMuRGVidWdJbmZvEgAaNgoodHlwZS5nb29nbGVhcGlzLmNvbS9nb29nbGUucnBjLlJldHJ5SW5mbxIKCggIAhCAyrXuAQ";
+    let status = base64_decode(trailer).expect("base64");
+    assert_eq!(retry_info_delay(&status), Some(Duration::from_millis(2500)));
+    // Without a RetryInfo, or garbled: nothing.
+    assert_eq!(retry_info_delay(&status[..20]), None);
+    assert_eq!(retry_info_delay(b"\x08\x08"), None);
+    assert_eq!(base64_decode(b"not base64!"), None);
+    assert_eq!(base64_decode(b"aGk="), Some(b"hi".to_vec()));
+    // Random bytes never panic.
+    let mut rng = crate::protocol::testkit::Xorshift(11);
+    for _ in 0..2000 {
+        let n = (rng.u64() % 64) as usize;
+        let bytes: Vec<u8> = (0..n).map(|_| rng.u64() as u8).collect();
+        let _ = retry_info_delay(&bytes);
+    }
+}
