@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let families = parse(text);
     let mut starts = StartTimes::default();
-    let batch = convert(&families, &Vec::new(), &mut starts, 1, 2);
+    let batch = convert(&families, &Vec::new(), &[], &mut starts, 1, 2);
     for (_, metrics) in &batch.resources {
         for metric in metrics {
             for point in &metric.points {

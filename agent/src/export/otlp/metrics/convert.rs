@@ -180,10 +180,13 @@ impl StartTimes {
 }
 
 /// Converts parsed families into OTLP metrics grouped by resource. `agent` is the resource of
-/// series without workload labels (the agent's own).
+/// series without workload labels (the agent's own); every workload's resource also carries
+/// `node` (`OTEL_RESOURCE_ATTRIBUTES`: `k8s.cluster.name`, …) where it has no value of its own,
+/// as the spans' resources do.
 pub fn convert(
     families: &[Family],
     agent: &Resource,
+    node: &[(&'static str, String)],
     starts: &mut StartTimes,
     agent_start_ns: u64,
     now_ns: u64,
@@ -223,10 +226,16 @@ pub fn convert(
                 let attrs = if resource.is_empty() {
                     agent.clone()
                 } else {
-                    resource
+                    let mut attrs: Resource = resource
                         .iter()
                         .map(|(k, v)| (*k, Attr::Str(v.clone())))
-                        .collect()
+                        .collect();
+                    for (key, value) in node {
+                        if !attrs.iter().any(|(k, _)| k == key) {
+                            attrs.push((key, Attr::Str(value.clone())));
+                        }
+                    }
+                    attrs
                 };
                 batch.resources.push((attrs, Vec::new()));
                 batch.resources.len() - 1
@@ -372,7 +381,11 @@ periscope_connections_opened_total{how="accept"} 3
     #[test]
     fn workload_labels_are_the_resource_and_the_rest_attributes() {
         let mut starts = StartTimes::default();
-        let batch = convert(&parse(TEXT), &agent(), &mut starts, 100, 1000);
+        let node = [
+            ("k8s.cluster.name", "eu-1".to_owned()),
+            ("service.name", "not-this".to_owned()),
+        ];
+        let batch = convert(&parse(TEXT), &agent(), &node, &mut starts, 100, 1000);
         assert_eq!(batch.resources.len(), 2);
         let (resource, metrics) = &batch.resources[0];
         assert_eq!(
@@ -381,6 +394,7 @@ periscope_connections_opened_total{how="accept"} 3
                 ("service.name", Attr::Str("shop".into())),
                 ("k8s.namespace.name", Attr::Str("prod".into())),
                 ("k8s.deployment.name", Attr::Str("shop".into())),
+                ("k8s.cluster.name", Attr::Str("eu-1".into())),
             ]
         );
         let m = &metrics[0];
@@ -421,20 +435,20 @@ periscope_connections_opened_total{how="accept"} 3
     #[test]
     fn a_series_keeps_its_start_until_it_resets_and_a_new_one_starts_at_the_last_export() {
         let mut starts = StartTimes::default();
-        let first = convert(&parse(TEXT), &agent(), &mut starts, 100, 1000);
+        let first = convert(&parse(TEXT), &agent(), &[], &mut starts, 100, 1000);
         let start = |b: &Batch, r: usize| b.resources[r].1[0].points[0].start_ns;
         assert_eq!(start(&first, 1), 100);
-        let second = convert(&parse(TEXT), &agent(), &mut starts, 100, 2000);
+        let second = convert(&parse(TEXT), &agent(), &[], &mut starts, 100, 2000);
         assert_eq!(start(&second, 1), 100, "same series, same start");
         let reset = TEXT.replace("{how=\"accept\"} 3", "{how=\"accept\"} 1");
-        let third = convert(&parse(&reset), &agent(), &mut starts, 100, 3000);
+        let third = convert(&parse(&reset), &agent(), &[], &mut starts, 100, 3000);
         assert_eq!(
             start(&third, 1),
             2000,
             "a reset starts at the previous export"
         );
         let new = TEXT.replace("accept", "connect");
-        let fourth = convert(&parse(&new), &agent(), &mut starts, 100, 4000);
+        let fourth = convert(&parse(&new), &agent(), &[], &mut starts, 100, 4000);
         assert_eq!(
             start(&fourth, 1),
             3000,

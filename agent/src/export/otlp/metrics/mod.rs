@@ -162,7 +162,15 @@ async fn collect(
     .ok()?;
     let families = openmetrics::parse(&text);
     let now_ns = unix_ns(SystemTime::now());
-    let batch = convert::convert(&families, &settings.agent, starts, agent_start_ns, now_ns);
+    let node = &settings.transport.resource.extra;
+    let batch = convert::convert(
+        &families,
+        &settings.agent,
+        node,
+        starts,
+        agent_start_ns,
+        now_ns,
+    );
     Some(Bytes::from(proto::encode_request(&batch, now_ns)))
 }
 
