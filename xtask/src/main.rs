@@ -9,6 +9,7 @@ mod bench_framing;
 mod bench_framing_http;
 mod bench_grpc;
 mod bench_pgbench;
+mod bench_scale;
 mod bench_syscall;
 mod bench_traces;
 mod image;
@@ -98,6 +99,9 @@ enum Bench {
     /// (`--framing=false`) and in-kernel framing, alternating; CPU, BPF time and bytes copied
     /// per request by body size, and requests counted.
     FramingHttp(bench_framing_http::FramingHttpArgs),
+    /// Many connections in many processes (each in a cgroup): the agent's RSS and CPU at set-up,
+    /// idle and active, requests counted.
+    Scale(bench_scale::ScaleArgs),
 }
 
 fn main() -> ExitCode {
@@ -116,6 +120,7 @@ fn main() -> ExitCode {
         Cli::Bench(Bench::Traces(args)) => bench_traces::traces(&args),
         Cli::Bench(Bench::Framing(args)) => bench_framing::framing(&args),
         Cli::Bench(Bench::FramingHttp(args)) => bench_framing_http::framing_http(&args),
+        Cli::Bench(Bench::Scale(args)) => bench_scale::scale(&args),
         Cli::Image(args) => image::image(&args),
         Cli::Vm(args) => vm::vm(&args),
         Cli::BenchWorker {
