@@ -8,7 +8,8 @@
 //!   of `/proc/1/root`), so that host processes started later are covered from their first
 //!   call;
 //! - every `SCAN_INTERVAL`, every `libssl.so*` that some process maps (containers bring their
-//!   own copies; the file is reached through `/proc/<pid>/root`);
+//!   own copies; the file is reached through `/proc/<pid>/root`); a process whose start time
+//!   and virtual size did not move since its maps were last read is not read again;
 //! - at once, when a tracked connection of a process is found speaking TLS with no plaintext
 //!   seen (the pipeline sends its pid): its maps are checked and, if it maps no libssl, its
 //!   executable and every other file it maps executable, which catches OpenSSL or BoringSSL
@@ -175,7 +176,30 @@ pub struct Discovery<P: Prober> {
     /// Files probed that are not named `libssl` (executables, libraries with OpenSSL linked
     /// in): a full scan checks every process's code files against them.
     code: HashSet<FileId>,
+    /// Processes whose maps a full scan read, by pid: their start time and virtual size then,
+    /// the [`Discovery::generation`] then, and the probed files they mapped. A later full scan
+    /// reads the maps again only if one of the three moved: mapping a library (a `dlopen`)
+    /// grows the virtual size, so an idle process costs one read of its `stat` instead of its
+    /// `maps` (1,000 processes: ~0.4 s of CPU per scan otherwise).
+    scanned: HashMap<u32, (ProcessShape, u64, Vec<FileId>)>,
+    /// Moves whenever what a process's scan would find may have changed: a file probed or
+    /// released, or a probe that failed because its process went away (to be tried again).
+    generation: u64,
     metrics: Option<Arc<Metrics>>,
+}
+
+/// A process's start time and virtual size (`/proc/<pid>/stat` fields 22 and 23).
+type ProcessShape = (u64, u64);
+
+/// `(starttime, vsize)` from `/proc/<pid>/stat`; `None` when unreadable.
+fn process_shape(stat: &str) -> Option<ProcessShape> {
+    // The command name may hold spaces and parentheses: fields are counted after the last `)`.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_ascii_whitespace();
+    // `rest` starts at field 3 (state): starttime is field 22, vsize field 23.
+    let start = fields.nth(19)?.parse().ok()?;
+    let vsize = fields.next()?.parse().ok()?;
+    Some((start, vsize))
 }
 
 impl<P: Prober> Discovery<P> {
@@ -187,6 +211,8 @@ impl<P: Prober> Discovery<P> {
             refused: HashSet::new(),
             host: HashSet::new(),
             code: HashSet::new(),
+            scanned: HashMap::new(),
+            generation: 0,
             metrics,
         }
     }
@@ -225,6 +251,7 @@ impl<P: Prober> Discovery<P> {
             return;
         };
         let me = std::process::id();
+        let mut present = HashSet::new();
         for entry in entries.flatten() {
             let Some(pid) = entry
                 .file_name()
@@ -236,8 +263,31 @@ impl<P: Prober> Discovery<P> {
             if pid == me {
                 continue;
             }
-            seen.extend(self.scan_process(pid, false));
+            present.insert(pid);
+            let stat = std::fs::read_to_string(self.proc_root.join(format!("{pid}/stat")));
+            let shape = stat.ok().as_deref().and_then(process_shape);
+            match (shape, self.scanned.get(&pid)) {
+                (Some(now), Some((then, generation, ids)))
+                    if now == *then && *generation == self.generation =>
+                {
+                    seen.extend(ids.iter().copied());
+                    continue;
+                }
+                _ => {}
+            }
+            let generation = self.generation;
+            let ids = self.scan_process(pid, false);
+            match shape {
+                Some(shape) if self.generation == generation => {
+                    self.scanned.insert(pid, (shape, generation, ids.clone()));
+                }
+                _ => {
+                    self.scanned.remove(&pid);
+                }
+            }
+            seen.extend(ids);
         }
+        self.scanned.retain(|pid, _| present.contains(pid));
         // Files of the node that no process maps keep their probes: a later process will.
         let gone: Vec<FileId> = self
             .probed
@@ -248,6 +298,7 @@ impl<P: Prober> Discovery<P> {
         for id in gone {
             self.code.remove(&id);
             if let Some((path, probed)) = self.probed.remove(&id) {
+                self.generation += 1;
                 self.prober.release(probed);
                 TlsLibraryReleased {
                     path: &path,
@@ -286,7 +337,10 @@ impl<P: Prober> Discovery<P> {
                 // at once (a file without the symbols is remembered as refused).
                 let id = self.consider_quietly(&path);
                 if let Some(id) = id {
-                    self.code.insert(id);
+                    if self.code.insert(id) {
+                        // Every process's code files are now checked against it.
+                        self.generation += 1;
+                    }
                 }
                 id
             } else {
@@ -334,6 +388,7 @@ impl<P: Prober> Discovery<P> {
         }
         match self.prober.probe(path) {
             Ok(probed) => {
+                self.generation += 1;
                 self.probed.insert(id, (path.to_owned(), probed));
                 TlsLibraryProbed {
                     path,
@@ -345,7 +400,9 @@ impl<P: Prober> Discovery<P> {
             Err(e) => {
                 // A process that exited while its file was probed through `/proc/<pid>/...`:
                 // the file is tried again through the next process that maps it.
-                if !e.process_gone() {
+                if e.process_gone() {
+                    self.generation += 1;
+                } else {
                     self.refused.insert(id);
                 }
                 if count_missing || !e.not_tls() {
@@ -476,6 +533,47 @@ mod tests {
             std::fs::create_dir_all(&base).unwrap();
             std::fs::write(base.join("maps"), maps).unwrap();
         }
+    }
+
+    /// A full scan reads the maps of a process again only when its start time or virtual size
+    /// moved (a library mapped late grows it), or what was probed changed.
+    #[test]
+    fn an_unchanged_process_is_not_read_again_and_a_grown_one_is() {
+        let dir = Scratch::new("unchanged");
+        let lib = "/usr/lib/libssl.so.3";
+        fake_proc(dir.path(), &[(100, &[]), (101, &[lib])]);
+        let stat = |pid: u32, vsize: u64| {
+            let line = format!(
+                "{pid} (py (thon)) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 4242 {vsize} 100 0"
+            );
+            std::fs::write(dir.path().join(format!("{pid}/stat")), line).unwrap();
+        };
+        stat(100, 1000);
+        stat(101, 1000);
+        let fake = Fake::default();
+        let probed = fake.probed.clone();
+        let mut discovery = Discovery::new(fake, dir.path(), None);
+        discovery.scan_all();
+        assert_eq!(probed.lock().unwrap().len(), 1);
+        // A generation moved (101's file was probed): everything is read once more.
+        discovery.scan_all();
+        assert_eq!(discovery.scanned.len(), 2);
+        // 100 maps the library late, but its size did not move: not read (a test of the
+        // shortcut, not a real process: mapping grows it). 101 keeps its file probed.
+        let late = "/usr/lib/late/libssl.so.3";
+        fake_proc(dir.path(), &[(100, &[late])]);
+        discovery.scan_all();
+        assert_eq!(probed.lock().unwrap().len(), 1);
+        assert_eq!(discovery.probed(), 1, "101's file stays probed");
+        // Now it grew: read again, and the late library is probed.
+        stat(100, 5000);
+        discovery.scan_all();
+        assert_eq!(probed.lock().unwrap().len(), 2);
+        assert_eq!(
+            process_shape("7 (a) b) R 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 99 77 1"),
+            Some((99, 77))
+        );
+        assert_eq!(process_shape("garbage"), None);
     }
 
     #[test]
