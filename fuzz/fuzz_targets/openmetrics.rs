@@ -7,8 +7,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use periscope::export::otlp::metrics::convert::{convert, PointValue, StartTimes};
-use periscope::export::otlp::metrics::openmetrics::parse;
+use periscope::export::otlp::metrics::convert::{convert, StartTimes};
+use periscope::export::otlp::metrics::openmetrics::{parse, Value};
 use periscope::export::otlp::metrics::proto::encode_request;
 
 fuzz_target!(|data: &[u8]| {
@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     for (_, metrics) in &batch.resources {
         for metric in metrics {
             for point in &metric.points {
-                if let PointValue::Histogram { bounds, counts, .. } = &point.value {
+                if let Value::Histogram { bounds, counts, .. } = &point.value {
                     assert_eq!(counts.len(), bounds.len() + 1, "{point:?}");
                 }
             }

@@ -100,27 +100,14 @@ pub struct Metric {
 pub struct Point {
     pub attributes: Vec<(String, Attr)>,
     pub start_ns: u64,
-    pub value: PointValue,
+    pub value: Value,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum PointValue {
-    Number(f64),
-    Histogram {
-        bounds: Vec<f64>,
-        counts: Vec<u64>,
-        sum: f64,
-        count: u64,
-    },
-}
-
-impl PointValue {
-    /// What a reset shows as: a count or value below the last one seen.
-    fn level(&self) -> f64 {
-        match self {
-            PointValue::Number(v) => *v,
-            PointValue::Histogram { count, .. } => *count as f64,
-        }
+/// What a reset shows as: a count or value below the last one seen.
+fn level(value: &Value) -> f64 {
+    match value {
+        Value::Number(v) => *v,
+        Value::Histogram { count, .. } => *count as f64,
     }
 }
 
@@ -203,24 +190,11 @@ pub fn convert(
         let name = otel_name(&family.name, &family.unit);
         for series in &family.series {
             let (resource, attributes) = split_labels(&series.labels);
-            let value = match &series.value {
-                Value::Number(v) => PointValue::Number(*v),
-                Value::Histogram {
-                    bounds,
-                    counts,
-                    sum,
-                    count,
-                } => PointValue::Histogram {
-                    bounds: bounds.clone(),
-                    counts: counts.clone(),
-                    sum: *sum,
-                    count: *count,
-                },
-            };
+            let value = series.value.clone();
             let key = format!("{name}{resource:?}{attributes:?}");
             let start_ns = match kind {
                 Kind::Gauge => now_ns,
-                _ => starts.start(key, value.level(), agent_start_ns, &mut seen),
+                _ => starts.start(key, level(&value), agent_start_ns, &mut seen),
             };
             let slot = *index.entry(resource.clone()).or_insert_with(|| {
                 let attrs = if resource.is_empty() {
@@ -414,7 +388,7 @@ periscope_connections_opened_total{how="accept"} 3
         assert_eq!(m.points[0].start_ns, 100);
         assert_eq!(
             m.points[0].value,
-            PointValue::Histogram {
+            Value::Histogram {
                 bounds: vec![0.1],
                 counts: vec![1, 1],
                 sum: 0.5,
@@ -425,7 +399,7 @@ periscope_connections_opened_total{how="accept"} 3
         assert_eq!(resource, &agent());
         assert_eq!(metrics[0].name, "periscope.connections_opened");
         assert_eq!(metrics[0].kind, Kind::Counter);
-        assert_eq!(metrics[0].points[0].value, PointValue::Number(3.0));
+        assert_eq!(metrics[0].points[0].value, Value::Number(3.0));
         assert_eq!(
             metrics[0].points[0].attributes,
             vec![("how".to_owned(), Attr::Str("accept".into()))]

@@ -37,7 +37,7 @@ pub struct Series {
     pub value: Value,
 }
 
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Value {
     Number(f64),
     /// Bucket bounds (without `+Inf`) and counts per bucket (not cumulative; one more than

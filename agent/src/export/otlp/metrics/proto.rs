@@ -2,8 +2,8 @@
 //! Field numbers are those of `opentelemetry/proto/metrics/v1/metrics.proto`; the end-to-end
 //! tests decode the output with the official Python bindings.
 
-use super::convert::{Batch, Metric, PointValue};
-use super::openmetrics::Kind;
+use super::convert::{Batch, Metric};
+use super::openmetrics::{Kind, Value};
 use crate::export::otlp::proto::{
     fixed64, key_value, message, string, tag, varint, varint_field, SCOPE_NAME,
 };
@@ -52,7 +52,7 @@ fn encode_metric(out: &mut Vec<u8>, metric: &Metric, now_ns: u64) {
     message(out, field, |data| {
         for point in &metric.points {
             message(data, 1, |p| match &point.value {
-                PointValue::Number(v) => {
+                Value::Number(v) => {
                     fixed64(p, 2, point.start_ns);
                     fixed64(p, 3, now_ns);
                     fixed64(p, 4, v.to_bits());
@@ -60,7 +60,7 @@ fn encode_metric(out: &mut Vec<u8>, metric: &Metric, now_ns: u64) {
                         key_value(p, 7, key, value);
                     }
                 }
-                PointValue::Histogram {
+                Value::Histogram {
                     bounds,
                     counts,
                     sum,
