@@ -196,8 +196,10 @@ impl DbRecorder {
         if let Some(n) = pg.statement.rows {
             series.rows.observe(n as f64);
         }
-        series.duration.observe(exchange.duration_seconds());
-        exemplar.then(|| ExemplarTarget::new(&series.duration, exchange.duration_seconds()))
+        let seconds = exchange.duration_seconds();
+        series
+            .duration
+            .observe_with_exemplar(seconds, exemplar, exchange.end_ns)
     }
 }
 

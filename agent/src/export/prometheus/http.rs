@@ -239,12 +239,14 @@ impl HttpRecorder {
         };
         let create = || metrics.series(budget, exchange, &key, peer());
         let series = self.get_or_create(&key, create)?;
-        series.duration.observe(exchange.duration_seconds());
         series.request_body.observe(exchange.request_size() as f64);
         series
             .response_body
             .observe(exchange.response_size() as f64);
-        exemplar.then(|| ExemplarTarget::new(&series.duration, exchange.duration_seconds()))
+        let seconds = exchange.duration_seconds();
+        series
+            .duration
+            .observe_with_exemplar(seconds, exemplar, exchange.end_ns)
     }
 }
 

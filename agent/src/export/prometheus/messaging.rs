@@ -234,11 +234,12 @@ impl MessagingRecorder {
             let Some(series) = self.get_or_create(&key, create) else {
                 continue;
             };
-            series.duration.observe(seconds);
             // The exemplar names the span in the first topic's series.
-            if exemplar && target.is_none() {
-                target = Some(ExemplarTarget::new(&series.duration, seconds));
-            }
+            let offer = exemplar && target.is_none();
+            let offered = series
+                .duration
+                .observe_with_exemplar(seconds, offer, exchange.end_ns);
+            target = target.or(offered);
             let records = topic.map_or(0, |t| t.record_count);
             if let (Some(flow), true) = (flow, records > 0) {
                 let family = metrics.side(exchange.role).records(flow);

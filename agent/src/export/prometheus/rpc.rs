@@ -142,8 +142,7 @@ impl RpcRecorder {
             metrics.series(budget, &labels, exchange.role)
         };
         let duration = self.get_or_create(&key, create)?;
-        duration.observe(exchange.duration_seconds());
-        exemplar.then(|| ExemplarTarget::new(duration, exchange.duration_seconds()))
+        duration.observe_with_exemplar(exchange.duration_seconds(), exemplar, exchange.end_ns)
     }
 }
 
