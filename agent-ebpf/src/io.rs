@@ -1,15 +1,15 @@
 //! Socket tracking and payload capture, from syscall entry and exit hooks.
 //!
 //! Tracked sockets live in `CONNS`, keyed by (tgid, fd). Everything happens when a syscall
-//! returns, because on x86_64 the saved argument registers (`struct pt_regs`) are still intact
-//! then: one hook on syscall exit sees the arguments and the result together, so no state is
+//! returns, because the saved argument registers (`struct pt_regs`) are still intact then (on
+//! arm64 all but `x0`, which the entry code also keeps in `orig_x0`): one hook on syscall exit sees the arguments and the result together, so no state is
 //! kept between entry and exit, and there is no entry hook at all. Both directions are
 //! therefore timestamped when the syscall returns (the bytes were handed to, or taken from, the
 //! kernel). Only `close` is caught at entry, by its own tracepoint, so the socket is forgotten
 //! before another thread can be given the same fd number.
 //!
 //! Where the kernel allows BPF trampolines, the same handlers run as `fexit` programs on the
-//! hooked syscalls' own functions (`__x64_sys_read`, ...), so other syscalls pay nothing.
+//! hooked syscalls' own functions (`__x64_sys_read`, `__arm64_sys_read`, ...), so other syscalls pay nothing.
 //! Otherwise one exit hook runs for every syscall on the machine, and the common case (a syscall
 //! Periscope does not care about, or an fd it does not track) is kept to a register read, a
 //! compare and, for I/O syscalls, one hash lookup. That hook attaches as a BTF tracepoint

@@ -90,7 +90,9 @@ mod programs {
     }
 
     // The fexit variant: one program per hooked syscall function, so that no other syscall runs
-    // any BPF code. Each receives the syscall's saved registers (BTF-typed) and its return value.
+    // any BPF code. The functions named here are x86_64's, but only the section name carries
+    // them: the loader attaches each program to its architecture's function (`capture::FEXIT`,
+    // `__arm64_sys_read` on arm64). Each receives the syscall's saved registers (BTF-typed) and its return value.
     macro_rules! fexit_io {
         ($name:ident, $function:literal, $syscall:ident, $direction:ident, $buffer:ident) => {
             #[fexit(function = $function)]

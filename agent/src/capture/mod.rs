@@ -40,7 +40,6 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ag
 /// Classic tracepoints: (program, category, name).
 const TRACEPOINTS: &[(&str, &str, &str)] = &[
     (program::SYS_ENTER_CLOSE, "syscalls", "sys_enter_close"),
-    (program::SYS_ENTER_DUP2, "syscalls", "sys_enter_dup2"),
     (program::SYS_ENTER_DUP3, "syscalls", "sys_enter_dup3"),
     (program::PROCESS_EXEC, "sched", "sched_process_exec"),
     (program::TASK_NEWTASK, "task", "task_newtask"),
@@ -247,8 +246,8 @@ pub struct Capture {
 impl Capture {
     /// Loads the programs and attaches every hook.
     pub fn start(settings: &Settings, tracefs: &str) -> anyhow::Result<(Capture, Maps)> {
-        if !cfg!(target_arch = "x86_64") {
-            bail!("Periscope's syscall hooks read x86_64 registers; this architecture is not supported yet");
+        if !cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
+            bail!("Periscope's syscall hooks read x86_64 or arm64 registers; this architecture is not supported yet");
         }
         if OBJECT.is_empty() {
             bail!("this binary was built with AYA_BUILD_SKIP=1 and holds no kernel programs; rebuild it with `cargo xtask run`");
@@ -329,6 +328,15 @@ impl Capture {
                 .with_context(|| format!("the kernel rejected program {program}"))?;
             tp.attach(category, name)
                 .with_context(|| format!("attaching {program} to tracepoint {category}:{name}"))?;
+        }
+        // arm64 has no `dup2` (only `dup3`): the generic syscall table left it out.
+        if cfg!(target_arch = "x86_64") {
+            let name = program::SYS_ENTER_DUP2;
+            let tp: &mut TracePoint = program_of(&mut ebpf, name)?.try_into()?;
+            tp.load()
+                .with_context(|| format!("the kernel rejected program {name}"))?;
+            tp.attach("syscalls", "sys_enter_dup2")
+                .context("attaching to syscalls:sys_enter_dup2")?;
         }
         // `close_range(2)` came with Linux 5.9: without it there is nothing to follow.
         let close_range = (|| -> anyhow::Result<()> {
@@ -790,32 +798,41 @@ fn stats_programs(tracepoint: &str) -> anyhow::Result<(&'static str, &'static st
     }
 }
 
-/// (program, kernel function) of the fexit variant.
+/// (program, syscall) of the fexit variant; the kernel function is [`SYSCALL_FUNCTION`] + the
+/// syscall.
 const FEXIT: &[(&str, &str)] = &[
-    (program::FEXIT_READ, "__x64_sys_read"),
-    (program::FEXIT_RECVFROM, "__x64_sys_recvfrom"),
-    (program::FEXIT_READV, "__x64_sys_readv"),
-    (program::FEXIT_RECVMSG, "__x64_sys_recvmsg"),
-    (program::FEXIT_WRITE, "__x64_sys_write"),
-    (program::FEXIT_SENDTO, "__x64_sys_sendto"),
-    (program::FEXIT_WRITEV, "__x64_sys_writev"),
-    (program::FEXIT_SENDMSG, "__x64_sys_sendmsg"),
-    (program::FEXIT_SENDFILE, "__x64_sys_sendfile64"),
-    (program::FEXIT_ACCEPT, "__x64_sys_accept"),
-    (program::FEXIT_ACCEPT4, "__x64_sys_accept4"),
-    (program::FEXIT_CONNECT, "__x64_sys_connect"),
-    (program::FEXIT_SOCKET, "__x64_sys_socket"),
+    (program::FEXIT_READ, "read"),
+    (program::FEXIT_RECVFROM, "recvfrom"),
+    (program::FEXIT_READV, "readv"),
+    (program::FEXIT_RECVMSG, "recvmsg"),
+    (program::FEXIT_WRITE, "write"),
+    (program::FEXIT_SENDTO, "sendto"),
+    (program::FEXIT_WRITEV, "writev"),
+    (program::FEXIT_SENDMSG, "sendmsg"),
+    (program::FEXIT_SENDFILE, "sendfile64"),
+    (program::FEXIT_ACCEPT, "accept"),
+    (program::FEXIT_ACCEPT4, "accept4"),
+    (program::FEXIT_CONNECT, "connect"),
+    (program::FEXIT_SOCKET, "socket"),
 ];
+
+/// How the kernel names a syscall's function on this architecture (`__x64_sys_read`).
+const SYSCALL_FUNCTION: &str = if cfg!(target_arch = "aarch64") {
+    "__arm64_sys_"
+} else {
+    "__x64_sys_"
+};
 
 /// Attaches every fexit program, or none: a kernel that refuses one (no trampolines, a
 /// lockdown, EPERM as on the development VM) gets everything detached again.
 fn attach_fexit_hooks(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
     let mut attached = Vec::new();
-    for (program, function) in FEXIT {
+    for (program, syscall) in FEXIT {
+        let function = format!("{SYSCALL_FUNCTION}{syscall}");
         let fexit: &mut FExit = program_of(ebpf, program)?.try_into()?;
         let result = fexit
-            .load(function, &btf)
+            .load(&function, &btf)
             .with_context(|| format!("loading {program} on {function}"))
             .and_then(|()| {
                 fexit

@@ -40,6 +40,8 @@ pub const MAX_FILES: usize = 512;
 const HOST_LIBRARY_DIRS: &[&str] = &[
     "usr/lib/x86_64-linux-gnu",
     "lib/x86_64-linux-gnu",
+    "usr/lib/aarch64-linux-gnu",
+    "lib/aarch64-linux-gnu",
     "usr/lib64",
     "lib64",
     "usr/lib",

@@ -44,7 +44,9 @@ pub const DEFAULT_MAX_SERIES: u32 = 4096;
 /// Default `--syscalls-grace-seconds`: how long a removed cgroup's series stay exported.
 pub const DEFAULT_GRACE_SECONDS: u64 = 300;
 
-/// The `default` selection: syscalls that tell where a service spends its time or fails.
+/// The `default` selection: syscalls that tell where a service spends its time or fails. Names
+/// the running architecture lacks are left out (arm64: `poll`, `select`, `epoll_wait`, `open`,
+/// `fork`, `vfork`; their successors are in the list).
 #[rustfmt::skip]
 pub const DEFAULT_SYSCALLS: &[&str] = &[
     // file and socket I/O
@@ -65,7 +67,8 @@ pub const DEFAULT_SYSCALLS: &[&str] = &[
     "clone", "clone3", "fork", "vfork", "execve", "execveat", "wait4",
 ];
 
-/// Which syscalls get statistics (`--syscalls`): none, or a set of x86_64 syscall numbers.
+/// Which syscalls get statistics (`--syscalls`): none, or a set of syscall numbers (of this
+/// architecture).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Selection {
     nrs: BTreeSet<u32>,
@@ -88,13 +91,13 @@ impl Selection {
         }
         let mut nrs = BTreeSet::new();
         for item in items {
-            let names: &[&str] = match item {
-                "default" => DEFAULT_SYSCALLS,
+            match item {
+                // Those this architecture has (arm64 has no `open`, `poll`, `fork`, ...).
+                "default" => nrs.extend(DEFAULT_SYSCALLS.iter().filter_map(|n| selectable(n).ok())),
                 "none" => return Err("`none` cannot be combined with syscall names".to_owned()),
-                name => &[name][..],
-            };
-            for name in names {
-                nrs.insert(selectable(name)?);
+                name => {
+                    nrs.insert(selectable(name)?);
+                }
             }
         }
         Ok(Selection { nrs })
@@ -135,12 +138,17 @@ fn selectable(name: &str) -> Result<u32, String> {
     let nr = table::NAMES
         .iter()
         .position(|n| !n.is_empty() && *n == name)
-        .ok_or_else(|| format!("unknown syscall {name:?} (x86_64 names, e.g. openat)"))?;
+        .ok_or_else(|| {
+            format!(
+                "unknown syscall {name:?} ({} names, e.g. openat)",
+                std::env::consts::ARCH
+            )
+        })?;
     debug_assert!(nr < SYSCALL_NR_LIMIT);
     Ok(nr as u32)
 }
 
-/// The x86_64 name of syscall `nr` (`nr_<n>` for a number the table does not know).
+/// The name of syscall `nr` on this architecture (`nr_<n>` for a number the table does not know).
 pub fn syscall_name(nr: u32) -> String {
     match table::NAMES.get(nr as usize) {
         Some(name) if !name.is_empty() => (*name).to_owned(),
@@ -154,15 +162,10 @@ pub fn syscall_name(nr: u32) -> String {
 /// syscall's name.
 pub fn enter_event(nr: u32) -> Option<String> {
     let name = table::NAMES.get(nr as usize).filter(|n| !n.is_empty())?;
-    let defined = match *name {
-        "stat" => "newstat",
-        "fstat" => "newfstat",
-        "lstat" => "newlstat",
-        "uname" => "newuname",
-        "sendfile" => "sendfile64",
-        "umount2" => "umount",
-        other => other,
-    };
+    let defined = table::EVENTS
+        .iter()
+        .find(|(syscall, _)| syscall == name)
+        .map_or(*name, |(_, event)| event);
     Some(format!("sys_enter_{defined}"))
 }
 

@@ -3,8 +3,7 @@
 //!
 //! Generated from `asm/unistd_64.h` (Linux 6.1 headers, numbers 0–450) plus the entries added
 //! since (uretprobe 335, uprobe 336, cachestat 451 … file_setattr 469). Numbers 337–423 are
-//! unused on x86_64. Other architectures number their syscalls differently (arm64 uses the
-//! generic table, where `read` is 63); they would need a table of their own.
+//! unused on x86_64.
 
 /// One past the highest syscall number in [`NAMES`].
 pub const COUNT: usize = 470;
@@ -481,4 +480,14 @@ pub const NAMES: [&str; COUNT] = [
     "open_tree_attr",          // 467
     "file_getattr",            // 468
     "file_setattr",            // 469
+];
+
+/// Syscalls whose entry tracepoint is named after a `SYSCALL_DEFINE` of another name.
+pub const EVENTS: &[(&str, &str)] = &[
+    ("stat", "newstat"),
+    ("fstat", "newfstat"),
+    ("lstat", "newlstat"),
+    ("uname", "newuname"),
+    ("sendfile", "sendfile64"),
+    ("umount2", "umount"),
 ];
