@@ -39,6 +39,7 @@ pub fn run_all() {
         if facts.btf { "yes" } else { "no" }
     ));
     test("none.cost", pipe_cost);
+    test("syscalls.default-events", || default_syscall_events(&facts));
     for mode in [HookMode::Fexit, HookMode::Btf, HookMode::Raw] {
         run_mode(mode, &facts);
     }
@@ -82,6 +83,18 @@ fn run_mode(mode: HookMode, facts: &KernelFacts) {
             Err(e) if matches!(mode, HookMode::Btf | HookMode::Fexit) && !facts.btf => {
                 skipped = true;
                 Outcome::Skip(format!("kernel has no BTF: {e:#}"))
+            }
+            // arm64 has BPF trampolines for kernel functions only from 6.4 (ftrace direct
+            // calls): before, attaching answers ENOTSUPP and `auto` uses tp_btf.
+            Err(e)
+                if mode == HookMode::Fexit
+                    && cfg!(target_arch = "aarch64")
+                    && format!("{e:#}").contains("os error 524") =>
+            {
+                skipped = true;
+                Outcome::Skip(format!(
+                    "no fexit on kernel functions (arm64 before 6.4): {e:#}"
+                ))
             }
             Err(e) => Outcome::Fail(format!("{e:#}")),
         }
@@ -134,6 +147,57 @@ const SYSCALL_CALLS: u64 = 1000;
 /// Syscall statistics on this kernel and hook mechanism: a second capture with statistics for
 /// `getppid` (with fexit I/O hooks they get exit programs of their own), and a worker in a fresh
 /// cgroup that calls it exactly `SYSCALL_CALLS` times.
+/// Every syscall of the `default` statistics selection has its entry event under the name the
+/// agent's table of this architecture gives it (the entry hook attaches to those events).
+fn default_syscall_events(facts: &KernelFacts) -> Outcome {
+    use periscope::syscalls::{enter_event, syscall_name, Selection};
+
+    let selection = match Selection::parse("default") {
+        Ok(s) => s,
+        Err(e) => return Outcome::Fail(e),
+    };
+    let events = std::path::Path::new(facts.tracefs).join("events/syscalls");
+    let mut missing = Vec::new();
+    let mut found = 0;
+    let mut newer = Vec::new();
+    for nr in selection.numbers() {
+        match enter_event(nr) {
+            Some(event) if events.join(&event).is_dir() => found += 1,
+            // Newer than this kernel (futex_wait came with 6.7): only ones it has must have
+            // their event. Only such syscalls are called, with null arguments.
+            Some(_) if !kernel_has_syscall(nr) => newer.push(syscall_name(nr)),
+            Some(event) => missing.push(format!("{} ({nr}): no {event}", syscall_name(nr))),
+            None => missing.push(format!("{nr}: not in the table")),
+        }
+    }
+    if missing.is_empty() {
+        Outcome::Pass(format!(
+            "{found} events; newer than this kernel: {}",
+            if newer.is_empty() {
+                "none".to_owned()
+            } else {
+                newer.join(", ")
+            }
+        ))
+    } else {
+        Outcome::Fail(missing.join(", "))
+    }
+}
+
+/// Whether the running kernel implements syscall `nr`: called with null arguments it fails
+/// with anything but `ENOSYS`. Only for the syscalls whose event was missing (`futex_wait` and
+/// the like, harmless with null arguments).
+fn kernel_has_syscall(nr: u32) -> bool {
+    // These would make a process even with null arguments: every kernel has them.
+    let name = periscope::syscalls::syscall_name(nr);
+    if ["clone", "clone3", "fork", "vfork"].contains(&name.as_str()) {
+        return true;
+    }
+    // SAFETY: null and zero arguments; see above for which syscalls get here.
+    let ret = unsafe { libc::syscall(libc::c_long::from(nr as i32), 0, 0, 0, 0, 0, 0) };
+    !(ret == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS))
+}
+
 fn syscall_stats(mode: HookMode, facts: &KernelFacts) -> Outcome {
     match syscall_stats_counted(mode, facts) {
         Ok((how, counted)) if counted == SYSCALL_CALLS => {

@@ -13,8 +13,8 @@ pub struct TestArgs {
     /// Seconds of fuzzing per fuzz target (0 skips fuzzing).
     #[arg(long, default_value_t = 30)]
     pub fuzz_seconds: u64,
-    /// Skip the kernel matrix (`cargo xtask vm`: the capture tests in the Debian 6.1 and 6.12
-    /// kernels under QEMU).
+    /// Skip the kernel matrices (`cargo xtask vm`: the capture tests in the Debian 6.1 and
+    /// 6.12 x86_64 kernels and the 6.1 arm64 kernel under QEMU).
     #[arg(long)]
     pub no_vm: bool,
 }
@@ -139,11 +139,20 @@ pub fn test(args: &TestArgs) -> anyhow::Result<()> {
         });
     }
     if args.no_vm {
-        stages.skip("kernel matrix (cargo xtask vm)".into(), "--no-vm");
+        stages.skip("kernel matrices (cargo xtask vm)".into(), "--no-vm");
     } else {
-        stages.run("kernel matrix (cargo xtask vm)".into(), || {
+        stages.run("kernel matrix x86_64 (cargo xtask vm)".into(), || {
             crate::vm::vm(&crate::vm::VmArgs {
                 kernels: vec!["6.1".into(), "6.12".into()],
+                arches: vec![crate::vm::Arch::X86_64],
+                timeout: 240,
+            })
+        });
+        // One arm64 kernel, the oldest: each arm64 guest takes about 3 minutes under TCG.
+        stages.run("kernel matrix arm64 (cargo xtask vm)".into(), || {
+            crate::vm::vm(&crate::vm::VmArgs {
+                kernels: vec!["6.1".into()],
+                arches: vec![crate::vm::Arch::Aarch64],
                 timeout: 240,
             })
         });

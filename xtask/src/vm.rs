@@ -6,6 +6,11 @@
 //! the tests and prints one `VMTEST …` line per result on the serial console (see
 //! `vmtest/src/report.rs`). Everything runs under TCG, never KVM, so it works wherever QEMU does
 //! and its timings mean nothing.
+//!
+//! Two architectures: x86_64 kernels boot in `qemu-system-x86_64`, arm64 ones (`*-arm64`) in
+//! `qemu-system-aarch64` (`virt` machine) with `vmtest` cross-built for
+//! `aarch64-unknown-linux-musl` (Debian's `gcc-aarch64-linux-gnu` links it), so its kernel
+//! programs are built for arm64 too (syscall numbers, `struct pt_regs`).
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -19,13 +24,85 @@ use anyhow::{bail, Context};
 
 use crate::util::{self, cmd, probe, run};
 
-const MUSL: &str = "x86_64-unknown-linux-musl";
+/// The architectures guests run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Arch {
+    #[value(name = "x86_64")]
+    X86_64,
+    #[value(name = "aarch64", alias = "arm64")]
+    Aarch64,
+}
+
+impl Arch {
+    /// The architecture of a Debian kernel release (`6.1.0-57-cloud-arm64`).
+    fn of_release(release: &str) -> Arch {
+        if release.ends_with("-arm64") {
+            Arch::Aarch64
+        } else {
+            Arch::X86_64
+        }
+    }
+
+    /// Debian's name (package suffix and `dpkg` architecture).
+    fn debian(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "amd64",
+            Arch::Aarch64 => "arm64",
+        }
+    }
+
+    pub fn musl(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64-unknown-linux-musl",
+            Arch::Aarch64 => "aarch64-unknown-linux-musl",
+        }
+    }
+
+    fn qemu(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "qemu-system-x86_64",
+            Arch::Aarch64 => "qemu-system-aarch64",
+        }
+    }
+
+    /// The Debian package holding [`Arch::qemu`].
+    fn qemu_package(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "qemu-system-x86",
+            Arch::Aarch64 => "qemu-system-arm",
+        }
+    }
+
+    /// Machine options and the serial console's name.
+    fn machine(self) -> (&'static [&'static str], &'static str) {
+        match self {
+            Arch::X86_64 => (&[], "ttyS0"),
+            Arch::Aarch64 => (&["-machine", "virt", "-cpu", "max"], "ttyAMA0"),
+        }
+    }
+
+    /// The console driver the guest needs, with what breaks without it.
+    fn console_config(self) -> (&'static str, &'static str) {
+        match self {
+            Arch::X86_64 => (
+                "CONFIG_SERIAL_8250_CONSOLE",
+                "no serial console: no results",
+            ),
+            Arch::Aarch64 => (
+                "CONFIG_SERIAL_AMBA_PL011_CONSOLE",
+                "no serial console: no results",
+            ),
+        }
+    }
+}
 
 /// Kernel series tested by default: (version prefix, Debian meta-package that depends on the
-/// current kernel of the series).
-const SERIES: &[(&str, &str)] = &[
-    ("6.1", "linux-image-cloud-amd64"),
-    ("6.12", "linux-image-6.12-cloud-amd64"),
+/// current kernel of the series, its architecture).
+const SERIES: &[(&str, &str, Arch)] = &[
+    ("6.1", "linux-image-cloud-amd64", Arch::X86_64),
+    ("6.12", "linux-image-6.12-cloud-amd64", Arch::X86_64),
+    ("6.1", "linux-image-cloud-arm64", Arch::Aarch64),
+    ("6.12", "linux-image-6.12-cloud-arm64", Arch::Aarch64),
 ];
 
 /// Kernel options the tests need, with what breaks without them.
@@ -39,10 +116,6 @@ const NEEDED_CONFIG: &[(&str, &str)] = &[
     ),
     ("CONFIG_BLK_DEV_INITRD", "cannot boot an initramfs"),
     ("CONFIG_DEVTMPFS", "no /dev in the guest"),
-    (
-        "CONFIG_SERIAL_8250_CONSOLE",
-        "no serial console: no results",
-    ),
 ];
 
 #[derive(Debug, clap::Args)]
@@ -51,7 +124,11 @@ pub struct VmArgs {
     /// the 6.1 and 6.12 cloud kernels plus every kernel already cached.
     #[arg(long = "kernel", value_name = "VERSION")]
     pub kernels: Vec<String>,
-    /// Seconds one guest may run before it is killed and counted as failed.
+    /// Only kernels of this architecture (repeatable). Default: both.
+    #[arg(long = "arch", value_name = "ARCH")]
+    pub arches: Vec<Arch>,
+    /// Seconds one guest may run before it is killed and counted as failed (arm64 guests,
+    /// emulated instruction by instruction, get twice as long).
     #[arg(long, default_value_t = 240, value_name = "SECONDS")]
     pub timeout: u64,
 }
@@ -60,17 +137,30 @@ pub fn vm(args: &VmArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let cache = util::root().join("target/vm-cache");
     fs::create_dir_all(cache.join("kernels"))?;
-    ensure_qemu()?;
-    let kernels = select_kernels(&cache, &args.kernels)?;
-    let init = build_vmtest()?;
-    let initramfs = cache.join("initramfs.cpio");
-    write_initramfs(&init, &initramfs)?;
+    let kernels = select_kernels(&cache, &args.kernels, &args.arches)?;
+    let arches: BTreeSet<Arch> = kernels.iter().map(|k| k.arch).collect();
+    let mut initramfs = Vec::new();
+    for arch in arches {
+        ensure_tools(arch)?;
+        let init = build_vmtest(arch)?;
+        let path = cache.join(format!("initramfs-{}.cpio", arch.debian()));
+        write_initramfs(&init, &path)?;
+        initramfs.push((arch, path));
+    }
 
     let mut results = Vec::new();
-    let timeout = Duration::from_secs(args.timeout);
     for kernel in &kernels {
         check_config(kernel);
-        let mut run = boot(kernel, &initramfs, timeout)?;
+        let initramfs = &initramfs
+            .iter()
+            .find(|(arch, _)| *arch == kernel.arch)
+            .expect("an initramfs per architecture")
+            .1;
+        let timeout = Duration::from_secs(match kernel.arch {
+            Arch::X86_64 => args.timeout,
+            Arch::Aarch64 => args.timeout * 2,
+        });
+        let mut run = boot(kernel, initramfs, timeout)?;
         if run.ended_early() {
             // A guest that stops before reporting, with no test failed (seen once in CI on
             // 6.12 under TCG, not reproduced in 6 local runs), is booted once more. Its console
@@ -82,7 +172,7 @@ pub fn vm(args: &VmArgs) -> anyhow::Result<()> {
                 run.tests.len(),
                 run.tail.join("\n")
             );
-            run = boot(kernel, &initramfs, timeout)?;
+            run = boot(kernel, initramfs, timeout)?;
         }
         results.push(run);
     }
@@ -106,36 +196,86 @@ pub fn vm(args: &VmArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Installs QEMU if missing (idempotent).
-fn ensure_qemu() -> anyhow::Result<()> {
-    if probe("qemu-system-x86_64", &["--version"]).is_some() {
-        return Ok(());
+/// Installs what guests of `arch` need if missing (idempotent): QEMU, and for arm64 the cross
+/// linker and the Rust target (the musl target of the host comes with `xtask setup`).
+fn ensure_tools(arch: Arch) -> anyhow::Result<()> {
+    let mut packages = Vec::new();
+    if probe(arch.qemu(), &["--version"]).is_none() {
+        packages.push(arch.qemu_package());
     }
-    let install = || {
-        run(cmd("apt-get")
-            .args([
-                "install",
-                "-y",
-                "--no-install-recommends",
-                "qemu-system-x86",
-            ])
-            .env("DEBIAN_FRONTEND", "noninteractive"))
-    };
-    if install().is_err() {
-        run(cmd("apt-get").arg("update"))?;
-        install()?;
+    if !packages.is_empty() {
+        let install = || {
+            run(cmd("apt-get")
+                .args(["install", "-y", "--no-install-recommends"])
+                .args(&packages)
+                .env("DEBIAN_FRONTEND", "noninteractive"))
+        };
+        if install().is_err() {
+            run(cmd("apt-get").arg("update"))?;
+            install()?;
+        }
+    }
+    ensure_cross_tools(arch)
+}
+
+/// Installs what building a static binary for `arch` needs if missing (idempotent): the Rust
+/// musl target, and for arm64 the cross compiler with its C headers (ring, in the agent,
+/// compiles C; glibc's headers serve its freestanding code, musl's runtime comes with Rust).
+pub fn ensure_cross_tools(arch: Arch) -> anyhow::Result<()> {
+    let headers = Path::new("/usr/aarch64-linux-gnu/include/stdint.h");
+    if arch == Arch::Aarch64
+        && (probe(CROSS_LINKER, &["--version"]).is_none() || !headers.is_file())
+    {
+        let install = || {
+            run(cmd("apt-get")
+                .args(["install", "-y", "--no-install-recommends"])
+                .args(["gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross"])
+                .env("DEBIAN_FRONTEND", "noninteractive"))
+        };
+        if install().is_err() {
+            run(cmd("apt-get").arg("update"))?;
+            install()?;
+        }
+    }
+    let installed = probe("rustup", &["target", "list", "--installed"]).unwrap_or_default();
+    if !installed.lines().any(|l| l.trim() == arch.musl()) {
+        run(cmd("rustup").args(["target", "add", arch.musl()]))?;
     }
     Ok(())
 }
+
+/// Points a cargo build for `arch`'s musl target at the cross linker and C compiler (ring, in
+/// the agent, builds C).
+pub fn cross_env(arch: Arch, build: &mut Command) {
+    if arch == Arch::Aarch64 {
+        build
+            .env(
+                "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER",
+                CROSS_LINKER,
+            )
+            .env("CC_aarch64_unknown_linux_musl", CROSS_LINKER)
+            .env("AR_aarch64_unknown_linux_musl", "aarch64-linux-gnu-ar");
+    }
+}
+
+/// Links the arm64 `vmtest` (Rust's musl target brings its own C runtime; gcc only links).
+const CROSS_LINKER: &str = "aarch64-linux-gnu-gcc";
 
 /// A kernel ready to boot.
 struct Kernel {
     release: String,
     dir: PathBuf,
+    arch: Arch,
 }
 
-/// Cached kernels matching the selectors, fetching a known series when nothing cached matches.
-fn select_kernels(cache: &Path, selectors: &[String]) -> anyhow::Result<Vec<Kernel>> {
+/// Cached kernels matching the selectors (and architectures, when given), fetching a known
+/// series when nothing cached matches.
+fn select_kernels(
+    cache: &Path,
+    selectors: &[String],
+    arches: &[Arch],
+) -> anyhow::Result<Vec<Kernel>> {
+    let wanted = |arch: Arch| arches.is_empty() || arches.contains(&arch);
     let kernels_dir = cache.join("kernels");
     let cached = || -> anyhow::Result<BTreeSet<String>> {
         let mut releases = BTreeSet::new();
@@ -145,10 +285,15 @@ fn select_kernels(cache: &Path, selectors: &[String]) -> anyhow::Result<Vec<Kern
                 releases.insert(entry.file_name().to_string_lossy().into_owned());
             }
         }
+        releases.retain(|r| wanted(Arch::of_release(r)));
         Ok(releases)
     };
     let selectors: Vec<String> = if selectors.is_empty() {
-        let mut all: Vec<String> = SERIES.iter().map(|(s, _)| (*s).to_owned()).collect();
+        let mut all: Vec<String> = SERIES
+            .iter()
+            .filter(|(.., arch)| wanted(*arch))
+            .map(|(s, ..)| (*s).to_owned())
+            .collect();
         all.extend(cached()?);
         all
     } else {
@@ -163,9 +308,9 @@ fn select_kernels(cache: &Path, selectors: &[String]) -> anyhow::Result<Vec<Kern
             .collect();
         if found.is_empty() {
             // `6.1` names a series; `6.1.0-56` names a kernel inside one.
-            for (series, meta) in SERIES {
+            for (series, meta, arch) in SERIES.iter().filter(|(.., arch)| wanted(*arch)) {
                 if version_matches(series, selector) || version_matches(selector, series) {
-                    let release = fetch_kernel(&kernels_dir, meta, &mut apt_updated)?;
+                    let release = fetch_kernel(&kernels_dir, meta, *arch, &mut apt_updated)?;
                     if version_matches(&release, selector) {
                         found.push(release);
                     }
@@ -173,7 +318,10 @@ fn select_kernels(cache: &Path, selectors: &[String]) -> anyhow::Result<Vec<Kern
             }
         }
         if found.is_empty() {
-            let known: Vec<&str> = SERIES.iter().map(|(s, _)| *s).collect();
+            let known: Vec<String> = SERIES
+                .iter()
+                .map(|(s, _, arch)| format!("{s} {}", arch.debian()))
+                .collect();
             bail!(
                 "--kernel {selector}: no cached kernel matches and the known series ({}) do not provide it; cached: {:?}",
                 known.join(", "),
@@ -186,6 +334,7 @@ fn select_kernels(cache: &Path, selectors: &[String]) -> anyhow::Result<Vec<Kern
         .into_iter()
         .map(|release| Kernel {
             dir: kernels_dir.join(&release),
+            arch: Arch::of_release(&release),
             release,
         })
         .collect())
@@ -200,14 +349,30 @@ fn version_matches(release: &str, prefix: &str) -> bool {
 }
 
 /// Downloads the kernel `meta` depends on and keeps its `vmlinuz` and `config`; returns the
-/// release (`uname -r`).
-fn fetch_kernel(kernels_dir: &Path, meta: &str, apt_updated: &mut bool) -> anyhow::Result<String> {
-    let package = match kernel_package(meta) {
+/// release (`uname -r`). A foreign architecture's packages need it added to dpkg (which only
+/// widens what `apt-get update` indexes; nothing of it is installed).
+fn fetch_kernel(
+    kernels_dir: &Path,
+    meta: &str,
+    arch: Arch,
+    apt_updated: &mut bool,
+) -> anyhow::Result<String> {
+    let native = probe("dpkg", &["--print-architecture"]).unwrap_or_default();
+    if native.trim() != arch.debian() {
+        let foreign = probe("dpkg", &["--print-foreign-architectures"]).unwrap_or_default();
+        if !foreign.lines().any(|l| l.trim() == arch.debian()) {
+            run(cmd("dpkg").args(["--add-architecture", arch.debian()]))?;
+            run(cmd("apt-get").arg("update"))?;
+            *apt_updated = true;
+        }
+    }
+    let meta = format!("{meta}:{}", arch.debian());
+    let package = match kernel_package(&meta, arch) {
         Some(p) => p,
         None if !*apt_updated => {
             run(cmd("apt-get").arg("update"))?;
             *apt_updated = true;
-            kernel_package(meta).with_context(|| format!("apt knows no package {meta}"))?
+            kernel_package(&meta, arch).with_context(|| format!("apt knows no package {meta}"))?
         }
         None => bail!("apt knows no package {meta}"),
     };
@@ -223,7 +388,7 @@ fn fetch_kernel(kernels_dir: &Path, meta: &str, apt_updated: &mut bool) -> anyho
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)?;
     run(Command::new("apt-get")
-        .args(["download", &package])
+        .args(["download", &format!("{package}:{}", arch.debian())])
         .current_dir(&work))?;
     let deb = fs::read_dir(&work)?
         .filter_map(Result::ok)
@@ -242,12 +407,15 @@ fn fetch_kernel(kernels_dir: &Path, meta: &str, apt_updated: &mut bool) -> anyho
     Ok(release)
 }
 
-/// The `linux-image-<release>` package a meta-package depends on.
-fn kernel_package(meta: &str) -> Option<String> {
+/// The `linux-image-<release>` package a meta-package (`<name>:<arch>`) depends on, without
+/// the `:<arch>` that apt adds to a foreign architecture's packages.
+fn kernel_package(meta: &str, arch: Arch) -> Option<String> {
     let out = probe("apt-cache", &["depends", meta])?;
+    let suffix = format!("-{}", arch.debian());
     out.lines().find_map(|line| {
         let dep = line.trim().strip_prefix("Depends:")?.trim();
-        (dep.starts_with("linux-image-") && dep.ends_with("-amd64")).then(|| dep.to_owned())
+        let dep = dep.split(':').next().unwrap_or(dep);
+        (dep.starts_with("linux-image-") && dep.ends_with(&suffix)).then(|| dep.to_owned())
     })
 }
 
@@ -261,7 +429,11 @@ fn check_config(kernel: &Kernel) {
         return;
     };
     let mut missing = 0;
-    for (option, consequence) in NEEDED_CONFIG {
+    let needed = NEEDED_CONFIG
+        .iter()
+        .copied()
+        .chain([kernel.arch.console_config()]);
+    for (option, consequence) in needed.clone() {
         let set = config
             .lines()
             .any(|l| l == format!("{option}=y") || l == format!("{option}=m"));
@@ -271,19 +443,25 @@ fn check_config(kernel: &Kernel) {
         }
     }
     if missing == 0 {
-        let names: Vec<&str> = NEEDED_CONFIG.iter().map(|(o, _)| *o).collect();
+        let names: Vec<&str> = needed.map(|(o, _)| o).collect();
         println!("{}: kernel config has {}", kernel.release, names.join(" "));
     }
 }
 
-/// Builds `vmtest` as a static musl binary; returns its path.
-fn build_vmtest() -> anyhow::Result<PathBuf> {
-    let installed = probe("rustup", &["target", "list", "--installed"]).unwrap_or_default();
-    if !installed.lines().any(|l| l.trim() == MUSL) {
-        run(cmd("rustup").args(["target", "add", MUSL]))?;
-    }
-    run(cmd("cargo").args(["build", "--release", "-p", "vmtest", "--target", MUSL]))?;
-    Ok(util::target_dir().join(format!("{MUSL}/release/vmtest")))
+/// Builds `vmtest` as a static musl binary for `arch`; returns its path.
+fn build_vmtest(arch: Arch) -> anyhow::Result<PathBuf> {
+    let mut build = cmd("cargo");
+    build.args([
+        "build",
+        "--release",
+        "-p",
+        "vmtest",
+        "--target",
+        arch.musl(),
+    ]);
+    cross_env(arch, &mut build);
+    run(&mut build)?;
+    Ok(util::target_dir().join(format!("{}/release/vmtest", arch.musl())))
 }
 
 /// Writes an uncompressed newc cpio archive holding `/init` and the directories it mounts on,
@@ -375,15 +553,17 @@ impl KernelRun {
 /// Boots `kernel` with the initramfs and collects the results from its serial console.
 fn boot(kernel: &Kernel, initramfs: &Path, timeout: Duration) -> anyhow::Result<KernelRun> {
     println!("\n== {} (QEMU, TCG) ==", kernel.release);
-    let mut qemu = Command::new("qemu-system-x86_64");
+    let mut qemu = Command::new(kernel.arch.qemu());
+    let (machine, console) = kernel.arch.machine();
     // TCG, never KVM: guests crash under KVM on this host, and TCG runs anywhere.
-    qemu.args(["-accel", "tcg", "-m", "1024", "-smp", "2", "-kernel"])
+    qemu.args(machine)
+        .args(["-accel", "tcg", "-m", "1024", "-smp", "2", "-kernel"])
         .arg(kernel.dir.join("vmlinuz"))
         .arg("-initrd")
         .arg(initramfs)
         .args([
             "-append",
-            "console=ttyS0 panic=-1 quiet",
+            &format!("console={console} panic=-1 quiet"),
             "-nographic",
             "-no-reboot",
             "-nic",
@@ -394,7 +574,9 @@ fn boot(kernel: &Kernel, initramfs: &Path, timeout: Duration) -> anyhow::Result<
         .stderr(Stdio::piped());
     println!("$ {}", util::display(&qemu));
     let started = Instant::now();
-    let mut child = qemu.spawn().context("starting qemu-system-x86_64")?;
+    let mut child = qemu
+        .spawn()
+        .with_context(|| format!("starting {}", kernel.arch.qemu()))?;
     let (tx, rx) = mpsc::channel::<String>();
     for stream in [
         child
