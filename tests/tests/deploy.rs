@@ -729,9 +729,14 @@ fn assert_least_privilege(daemonset: &Value) {
     assert_eq!(pod["hostNetwork"], false);
     assert_eq!(pod["serviceAccountName"], "periscope");
     assert_eq!(pod["tolerations"], json!([{"operator": "Exists"}]));
+    assert_eq!(pod["nodeSelector"], json!({"kubernetes.io/os": "linux"}));
     assert_eq!(
-        pod["nodeSelector"],
-        json!({"kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"})
+        pod["affinity"],
+        json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [{
+            "key": "kubernetes.io/arch", "operator": "In", "values": ["amd64", "arm64"]
+        }]}]}}}),
+        "the image's architectures"
     );
     let containers = pod["containers"].as_array().unwrap();
     assert_eq!(containers.len(), 1);

@@ -1,13 +1,18 @@
 //! `cargo xtask image`: the agent's container image, built without a container daemon.
 //!
-//! The agent is built as a static musl binary, and the image is written by hand as an OCI
-//! image layout in a tar archive (`oci-archive`): `oci-layout`, `index.json` and three blobs (one
-//! gzip layer holding `/periscope`, the image config, the manifest). It is what
-//! `deploy/Containerfile` describes (FROM scratch, USER 0, ENTRYPOINT /periscope), and is
-//! reproducible: every timestamp is the epoch, so the same binary gives the same digests.
+//! The agent is built as a static musl binary for each architecture (x86_64 and arm64 by
+//! default; arm64 is cross-linked with Debian's `gcc-aarch64-linux-gnu`), and the image is
+//! written by hand as an OCI image layout in a tar archive (`oci-archive`): `oci-layout`,
+//! `index.json` and per architecture three blobs (one gzip layer holding `/periscope`, the
+//! image config, the manifest). With more than one architecture, `index.json` names one image
+//! index blob that lists the per-architecture manifests with their platforms (a multi-arch
+//! image: a node pulls its own). It is what `deploy/Containerfile` describes (FROM scratch,
+//! USER 0, ENTRYPOINT /periscope), and is reproducible: every timestamp is the epoch, so the
+//! same binaries give the same digests.
 //!
-//! Push or load it with the usual tools, e.g. `skopeo copy oci-archive:<file>
-//! docker://<registry>/periscope:<tag>`, or `ctr -n k8s.io images import <file>` on a node.
+//! Push or load it with the usual tools, e.g. `skopeo copy --all oci-archive:<file>
+//! docker://<registry>/periscope:<tag>` (`--all`: every architecture), or
+//! `ctr -n k8s.io images import --all-platforms <file>` on a node.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,9 +21,8 @@ use anyhow::{bail, Context};
 use flate2::write::GzEncoder;
 use sha2::{Digest, Sha256};
 
-use crate::util::{cmd, probe, root, run};
-
-const MUSL: &str = "x86_64-unknown-linux-musl";
+use crate::util::{cmd, root, run};
+use crate::vm::Arch;
 /// The image's name in `index.json` (`org.opencontainers.image.ref.name`), without the tag.
 /// `localhost/` is how podman and CRI-O name images that come from no registry; the manifests
 /// in deploy/ use the same name.
@@ -29,8 +33,11 @@ const CREATED: &str = "1970-01-01T00:00:00Z";
 /// Options of `cargo xtask image`.
 #[derive(Debug, clap::Args)]
 pub struct ImageArgs {
+    /// Architectures of the image (repeatable) [default: x86_64 and aarch64].
+    #[arg(long = "arch", value_name = "ARCH")]
+    pub arches: Vec<Arch>,
     /// Put this binary in the image instead of building the agent (it should be static: the
-    /// image has nothing else in it).
+    /// image has nothing else in it); needs exactly one `--arch`, the binary's.
     #[arg(long)]
     pub binary: Option<PathBuf>,
     /// Where to write the archive [default: <cargo target dir>/periscope-image.oci.tar].
@@ -41,20 +48,32 @@ pub struct ImageArgs {
     pub tag: Option<String>,
 }
 
-/// Builds the static agent (unless `--binary`), writes the archive and prints its digest.
+/// Builds the static agent per architecture (unless `--binary`), writes the archive and
+/// prints its digest.
 pub fn image(args: &ImageArgs) -> anyhow::Result<()> {
-    let binary = match &args.binary {
-        Some(binary) => binary.clone(),
-        None => build_static_agent()?,
+    let arches = if args.arches.is_empty() {
+        vec![Arch::X86_64, Arch::Aarch64]
+    } else {
+        args.arches.clone()
+    };
+    let binaries = match &args.binary {
+        Some(binary) if arches.len() == 1 && !args.arches.is_empty() => {
+            vec![(arches[0], binary.clone())]
+        }
+        Some(_) => bail!("--binary needs exactly one --arch: the binary's"),
+        None => arches
+            .iter()
+            .map(|arch| Ok((*arch, build_static_agent(*arch)?)))
+            .collect::<anyhow::Result<Vec<_>>>()?,
     };
     let output = args
         .output
         .clone()
         .unwrap_or_else(|| target_dir().join("periscope-image.oci.tar"));
     let tag = args.tag.clone().unwrap_or_else(agent_version);
-    let digest = write_oci_archive(&binary, &format!("{IMAGE_NAME}:{tag}"), &output)?;
+    let digest = write_oci_archive(&binaries, &format!("{IMAGE_NAME}:{tag}"), &output)?;
     println!(
-        "[image] {} ({IMAGE_NAME}:{tag}, manifest {digest})",
+        "[image] {} ({IMAGE_NAME}:{tag}, digest {digest})",
         output.display()
     );
     println!(
@@ -64,15 +83,13 @@ pub fn image(args: &ImageArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `cargo build --release -p agent --target x86_64-unknown-linux-musl`: a static-pie binary
+/// `cargo build --release -p agent --target <arch>-unknown-linux-musl`: a static-pie binary
 /// (musl links statically by default), eBPF programs embedded as usual by the agent's
-/// build script.
-fn build_static_agent() -> anyhow::Result<PathBuf> {
-    let installed = probe("rustup", &["target", "list", "--installed"]).unwrap_or_default();
-    if !installed.lines().any(|l| l.trim() == MUSL) {
-        run(cmd("rustup").args(["target", "add", MUSL]))?;
-    }
-    run(cmd("cargo").args([
+/// build script, built for the same architecture (`bpf_target_arch`).
+fn build_static_agent(arch: Arch) -> anyhow::Result<PathBuf> {
+    crate::vm::ensure_cross_tools(arch)?;
+    let mut build = cmd("cargo");
+    build.args([
         "build",
         "--release",
         "-p",
@@ -80,9 +97,11 @@ fn build_static_agent() -> anyhow::Result<PathBuf> {
         "--bin",
         "periscope",
         "--target",
-        MUSL,
-    ]))?;
-    let binary = target_dir().join(MUSL).join("release/periscope");
+        arch.musl(),
+    ]);
+    crate::vm::cross_env(arch, &mut build);
+    run(&mut build)?;
+    let binary = target_dir().join(arch.musl()).join("release/periscope");
     if !binary.is_file() {
         bail!("cargo reported success but {} is missing", binary.display());
     }
@@ -113,16 +132,115 @@ fn agent_version() -> String {
 /// an https OTLP collector with a public certificate works without mounting one.
 const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
-/// Writes an OCI image archive whose only layer holds `binary` as `/periscope` (mode 0755,
-/// owned by root) and the CA bundle at [`CA_BUNDLE`] (`SSL_CERT_FILE` names it), with
-/// `/periscope` as entrypoint, user 0 and port 9464 exposed. `reference`
-/// (e.g. `localhost/periscope:0.1.0`) names the image in `index.json`. Returns the manifest's
-/// digest (`sha256:…`).
-pub fn write_oci_archive(binary: &Path, reference: &str, output: &Path) -> anyhow::Result<String> {
-    let program = std::fs::read(binary).with_context(|| format!("reading {}", binary.display()))?;
+/// One architecture's image: its blobs and the manifest's descriptor (its fields, without the
+/// braces, so that annotations can join them).
+struct PlatformImage {
+    layer: Vec<u8>,
+    config: Vec<u8>,
+    manifest: Vec<u8>,
+    descriptor: String,
+}
+
+/// Writes an OCI image archive with, per `(architecture, binary)`, one layer holding the
+/// binary as `/periscope` (mode 0755, owned by root) and the CA bundle at [`CA_BUNDLE`]
+/// (`SSL_CERT_FILE` names it), with `/periscope` as entrypoint, user 0 and port 9464 exposed.
+/// `reference` (e.g. `localhost/periscope:0.1.0`) names the image in `index.json`. Returns the
+/// digest `reference` points at (`sha256:…`): the manifest's for one architecture, the image
+/// index's for several.
+pub fn write_oci_archive(
+    binaries: &[(Arch, PathBuf)],
+    reference: &str,
+    output: &Path,
+) -> anyhow::Result<String> {
     let bundle = std::fs::read(CA_BUNDLE).with_context(|| {
         format!("reading {CA_BUNDLE} (Debian's ca-certificates package) for the image")
     })?;
+    let version = json_escape(reference.rsplit(':').next().unwrap_or_default());
+    let images = binaries
+        .iter()
+        .map(|(arch, binary)| platform_image(*arch, binary, &bundle, &version))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let reference = json_escape(reference);
+    // Two names for the same thing: the OCI annotation (skopeo, podman) and containerd's
+    // (`ctr images import`).
+    let annotations = format!(
+        r#""annotations":{{"org.opencontainers.image.ref.name":"{reference}","io.containerd.image.name":"{reference}"}}"#
+    );
+    let (top, nested_index, digest) = match images.as_slice() {
+        [one] => (
+            format!("{{{},{annotations}}}", one.descriptor),
+            None,
+            sha256(&one.manifest),
+        ),
+        _ => {
+            let manifests: Vec<String> = images
+                .iter()
+                .map(|i| format!("{{{}}}", i.descriptor))
+                .collect();
+            let nested = format!(
+                r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{}]}}"#,
+                manifests.join(",")
+            )
+            .into_bytes();
+            let digest = sha256(&nested);
+            (
+                format!(
+                    r#"{{"mediaType":"application/vnd.oci.image.index.v1+json","digest":"{digest}","size":{},{annotations}}}"#,
+                    nested.len()
+                ),
+                Some(nested),
+                digest,
+            )
+        }
+    };
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{top}]}}"#
+    )
+    .into_bytes();
+
+    let blob_path = |data: &[u8]| format!("blobs/sha256/{}", &sha256(data)["sha256:".len()..]);
+    let mut blobs: Vec<(String, &[u8])> = Vec::new();
+    for image in &images {
+        for data in [&image.layer, &image.config, &image.manifest] {
+            blobs.push((blob_path(data), data));
+        }
+    }
+    if let Some(nested) = &nested_index {
+        blobs.push((blob_path(nested), nested));
+    }
+    let mut entries = vec![
+        TarEntry {
+            path: "oci-layout",
+            mode: 0o644,
+            data: br#"{"imageLayoutVersion":"1.0.0"}"#,
+        },
+        TarEntry {
+            path: "index.json",
+            mode: 0o644,
+            data: &index,
+        },
+    ];
+    entries.extend(blobs.iter().map(|(path, data)| TarEntry {
+        path,
+        mode: 0o644,
+        data,
+    }));
+    let archive = tar(&entries)?;
+    if let Some(dir) = output.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(output, archive).with_context(|| format!("writing {}", output.display()))?;
+    Ok(digest)
+}
+
+/// The layer, config and manifest of `binary` for `arch`.
+fn platform_image(
+    arch: Arch,
+    binary: &Path,
+    bundle: &[u8],
+    version: &str,
+) -> anyhow::Result<PlatformImage> {
+    let program = std::fs::read(binary).with_context(|| format!("reading {}", binary.display()))?;
     let layer_tar = tar(&[
         TarEntry {
             path: "periscope",
@@ -132,17 +250,22 @@ pub fn write_oci_archive(binary: &Path, reference: &str, output: &Path) -> anyho
         TarEntry {
             path: &CA_BUNDLE[1..],
             mode: 0o644,
-            data: &bundle,
+            data: bundle,
         },
     ])?;
     let diff_id = sha256(&layer_tar);
     let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::best());
     gz.write_all(&layer_tar)?;
     let layer = gz.finish().context("compressing the layer")?;
+    // OCI platform: Go's GOARCH names, and arm64's variant.
+    let platform = match arch {
+        Arch::X86_64 => r#""architecture":"amd64","os":"linux""#,
+        Arch::Aarch64 => r#""architecture":"arm64","os":"linux","variant":"v8""#,
+    };
 
     let config = format!(
         concat!(
-            r#"{{"created":"{created}","architecture":"amd64","os":"linux","#,
+            r#"{{"created":"{created}",{platform},"#,
             r#""config":{{"User":"0","Entrypoint":["/periscope"],"#,
             r#""Env":["SSL_CERT_FILE={bundle}"],"#,
             r#""ExposedPorts":{{"9464/tcp":{{}}}},"#,
@@ -152,8 +275,9 @@ pub fn write_oci_archive(binary: &Path, reference: &str, output: &Path) -> anyho
             r#""history":[{{"created":"{created}","created_by":"cargo xtask image"}}]}}"#
         ),
         created = CREATED,
+        platform = platform,
         bundle = CA_BUNDLE,
-        version = json_escape(reference.rsplit(':').next().unwrap_or_default()),
+        version = version,
         diff_id = diff_id,
     )
     .into_bytes();
@@ -169,58 +293,17 @@ pub fn write_oci_archive(binary: &Path, reference: &str, output: &Path) -> anyho
         layer.len(),
     )
     .into_bytes();
-    let manifest_digest = sha256(&manifest);
-    let reference = json_escape(reference);
-    // Two names for the same thing: the OCI annotation (skopeo, podman) and containerd's
-    // (`ctr images import`).
-    let index = format!(
-        concat!(
-            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","#,
-            r#""manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","#,
-            r#""digest":"{}","size":{},"platform":{{"architecture":"amd64","os":"linux"}},"#,
-            r#""annotations":{{"org.opencontainers.image.ref.name":"{r}","io.containerd.image.name":"{r}"}}}}]}}"#
-        ),
-        manifest_digest,
+    let descriptor = format!(
+        r#""mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{}","size":{},"platform":{{{platform}}}"#,
+        sha256(&manifest),
         manifest.len(),
-        r = reference,
-    )
-    .into_bytes();
-
-    let blob_path = |data: &[u8]| format!("blobs/sha256/{}", &sha256(data)["sha256:".len()..]);
-    let (layer_path, config_path, manifest_path) =
-        (blob_path(&layer), blob_path(&config), blob_path(&manifest));
-    let archive = tar(&[
-        TarEntry {
-            path: "oci-layout",
-            mode: 0o644,
-            data: br#"{"imageLayoutVersion":"1.0.0"}"#,
-        },
-        TarEntry {
-            path: "index.json",
-            mode: 0o644,
-            data: &index,
-        },
-        TarEntry {
-            path: &layer_path,
-            mode: 0o644,
-            data: &layer,
-        },
-        TarEntry {
-            path: &config_path,
-            mode: 0o644,
-            data: &config,
-        },
-        TarEntry {
-            path: &manifest_path,
-            mode: 0o644,
-            data: &manifest,
-        },
-    ])?;
-    if let Some(dir) = output.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    std::fs::write(output, archive).with_context(|| format!("writing {}", output.display()))?;
-    Ok(manifest_digest)
+    );
+    Ok(PlatformImage {
+        layer,
+        config,
+        manifest,
+        descriptor,
+    })
 }
 
 /// `sha256:<hex>` of `data`.
@@ -335,13 +418,14 @@ mod tests {
     fn skopeo_and_umoci_read_the_archive() {
         // Any real executable will do; a small one keeps the (unoptimised) gzip quick.
         let binary = std::path::PathBuf::from("/usr/bin/true");
+        let binaries = [(Arch::X86_64, binary.clone())];
         let dir = harness::TempDir::new("oci").unwrap();
         let archive = dir.path().join("image.oci.tar");
-        let digest = write_oci_archive(&binary, "localhost/periscope:9.9.9", &archive).unwrap();
+        let digest = write_oci_archive(&binaries, "localhost/periscope:9.9.9", &archive).unwrap();
         // Reproducible: the same input gives the same manifest.
         let again = dir.path().join("again.oci.tar");
         assert_eq!(
-            write_oci_archive(&binary, "localhost/periscope:9.9.9", &again).unwrap(),
+            write_oci_archive(&binaries, "localhost/periscope:9.9.9", &again).unwrap(),
             digest
         );
         assert_eq!(
@@ -416,5 +500,59 @@ mod tests {
             compact.contains(r#""args":["/periscope"]"#),
             "{runtime_config}"
         );
+    }
+
+    /// Two architectures: the name points at an image index listing both manifests with their
+    /// platforms, and skopeo picks each one's own binary by platform.
+    #[test]
+    fn a_multi_arch_archive_lists_each_platform() {
+        let dir = harness::TempDir::new("oci-multi").unwrap();
+        // Stand-ins for the two binaries: different content, so the layers differ.
+        let (amd64, arm64) = (dir.path().join("amd64"), dir.path().join("arm64"));
+        std::fs::write(&amd64, b"amd64 binary").unwrap();
+        std::fs::write(&arm64, b"arm64 binary").unwrap();
+        let binaries = [(Arch::X86_64, amd64), (Arch::Aarch64, arm64)];
+        let archive = dir.path().join("image.oci.tar");
+        let digest = write_oci_archive(&binaries, "localhost/periscope:9.9.9", &archive).unwrap();
+        let source = format!(
+            "oci-archive:{}:localhost/periscope:9.9.9",
+            archive.display()
+        );
+        let raw = tool("skopeo", &["inspect", "--raw", &source]);
+        let compact: String = raw.split_whitespace().collect();
+        assert!(
+            compact.contains(r#""mediaType":"application/vnd.oci.image.index.v1+json""#),
+            "{raw}"
+        );
+        assert_eq!(
+            compact
+                .matches(r#""mediaType":"application/vnd.oci.image.manifest.v1+json""#)
+                .count(),
+            2,
+            "{raw}"
+        );
+        let mut layers = Vec::new();
+        for (arch, variant) in [("amd64", None), ("arm64", Some("v8"))] {
+            let mut args = vec!["--override-arch", arch];
+            if let Some(variant) = variant {
+                args.extend(["--override-variant", variant]);
+            }
+            args.extend(["inspect", &source]);
+            let inspect = tool("skopeo", &args);
+            assert!(
+                inspect.contains(&format!(r#""Architecture": "{arch}""#)),
+                "{arch}: {inspect}"
+            );
+            let layer = inspect
+                .split("\"Layers\": [")
+                .nth(1)
+                .and_then(|rest| rest.split('"').nth(1))
+                .unwrap_or_else(|| panic!("no layer in {inspect}"))
+                .to_owned();
+            layers.push(layer);
+        }
+        assert_ne!(layers[0], layers[1], "each platform has its own layer");
+        let index = tool("tar", &["-xOf", archive.to_str().unwrap(), "index.json"]);
+        assert!(index.contains(&digest), "{index}");
     }
 }
