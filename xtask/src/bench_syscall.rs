@@ -35,6 +35,9 @@ enum Mode {
     None,
     /// I/O hooks on `tp_btf`, no syscall statistics.
     Btf,
+    /// `Btf` without kernel framing (`--framing=false`): a prefix per syscall, as on kernels
+    /// before 5.17; the difference to `Btf` is what walking the messages costs.
+    BtfPrefix,
     /// I/O hooks on raw tracepoints, no syscall statistics.
     Raw,
     /// `tp_btf` I/O hooks with syscall statistics (the default selection) in the same exit
@@ -49,9 +52,10 @@ enum Mode {
 }
 
 impl Mode {
-    const ALL: [Mode; 7] = [
+    const ALL: [Mode; 8] = [
         Mode::None,
         Mode::Btf,
+        Mode::BtfPrefix,
         Mode::Raw,
         Mode::BtfStats,
         Mode::BtfStatsRawEntry,
@@ -63,6 +67,7 @@ impl Mode {
         match self {
             Mode::None => "none",
             Mode::Btf => "btf",
+            Mode::BtfPrefix => "btf-prefix",
             Mode::Raw => "raw",
             Mode::BtfStats => "btf+stats",
             Mode::BtfStatsRawEntry => "btf+stats-rawenter",
@@ -76,6 +81,13 @@ impl Mode {
         match self {
             Mode::None => None,
             Mode::Btf => Some(&["--syscall-hooks", "btf", "--syscalls", "none"]),
+            Mode::BtfPrefix => Some(&[
+                "--syscall-hooks",
+                "btf",
+                "--syscalls",
+                "none",
+                "--framing=false",
+            ]),
             Mode::Raw => Some(&["--syscall-hooks", "raw", "--syscalls", "none"]),
             Mode::BtfStats => Some(&["--syscall-hooks", "btf", "--syscalls", "default"]),
             Mode::BtfStatsRawEntry => Some(&[
@@ -106,7 +118,7 @@ impl Mode {
     }
 
     /// The order of the modes in `round` (0 is the warm-up): rotated by one each round.
-    fn order(round: usize) -> [Mode; 7] {
+    fn order(round: usize) -> [Mode; 8] {
         rotated(Mode::ALL, round)
     }
 }
@@ -476,13 +488,15 @@ fn report(
     out.push_str(
         "\nAdded per syscall (difference of medians). I/O hooks alone against no agent; syscall \
          statistics against the same hooks without them:\n\n\
-         | workload | btf − none | raw − none | btf+stats − btf | btf+stats-rawenter − btf | \
-         raw+stats − raw | btf+stats-sep − btf |\n|---|---:|---:|---:|---:|---:|---:|\n",
+         | workload | btf − none | btf − btf-prefix (framing) | raw − none | btf+stats − btf | \
+         btf+stats-rawenter − btf | raw+stats − raw | btf+stats-sep − btf |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for workload in Workload::ALL {
         out.push_str(&format!(
-            "| {workload} | {} | {} | {} | {} | {} | {} |\n",
+            "| {workload} | {} | {} | {} | {} | {} | {} | {} |\n",
             delta(Mode::Btf, Mode::None, workload),
+            delta(Mode::Btf, Mode::BtfPrefix, workload),
             delta(Mode::Raw, Mode::None, workload),
             delta(Mode::BtfStats, Mode::Btf, workload),
             delta(Mode::BtfStatsRawEntry, Mode::Btf, workload),
@@ -552,9 +566,9 @@ mod tests {
     fn modes_rotate_and_every_round_has_each_once() {
         assert_eq!(Mode::order(0), Mode::ALL);
         assert_eq!(Mode::order(1)[0], Mode::Btf);
-        assert_eq!(Mode::order(1)[6], Mode::None);
-        assert_eq!(Mode::order(7), Mode::order(0));
-        for round in 0..7 {
+        assert_eq!(Mode::order(1)[7], Mode::None);
+        assert_eq!(Mode::order(8), Mode::order(0));
+        for round in 0..8 {
             let mut seen = Mode::order(round).to_vec();
             seen.sort();
             assert_eq!(seen, Mode::ALL);
