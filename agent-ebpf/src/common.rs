@@ -172,3 +172,69 @@ pub fn now() -> u64 {
 pub fn tgid_of(pid_tgid: u64) -> u32 {
     (pid_tgid >> 32) as u32
 }
+
+// Moving memory without `memcpy`/`memset`. LLVM turns a struct copy, a `Default` value or a
+// run of stores to neighbouring fields into a call to `memcpy`, `memmove` or `memset`, which
+// on BPF are subprograms that move ONE BYTE per iteration (about five instructions a byte).
+// The framing walk's state copies alone cost ~400 ns per framed syscall that way (half of what
+// framing added to a small HTTP exchange). Volatile stores of whole words cannot be merged
+// back into such a call. A unit test (`capture::names_tests`) keeps them out of the object.
+
+/// Stores `value` at `dst` so that the compiler cannot merge it with neighbouring stores.
+#[inline(always)]
+pub fn store<T>(dst: &mut T, value: T) {
+    // SAFETY: `dst` is a valid, aligned, exclusive reference.
+    unsafe { core::ptr::write_volatile(dst, value) }
+}
+
+/// `*dst = *src` for a plain-data value of whole 8-byte words, a word at a time.
+#[inline(always)]
+pub fn copy_words<T: Copy>(dst: &mut T, src: &T) {
+    const { assert!(core::mem::size_of::<T>() % 8 == 0 && core::mem::align_of::<T>() >= 8) };
+    let d = dst as *mut T as *mut u64;
+    let s = src as *const T as *const u64;
+    let mut i = 0;
+    while i < core::mem::size_of::<T>() / 8 {
+        // SAFETY: both point at size_of::<T>() bytes aligned to 8 (checked above).
+        unsafe { core::ptr::write_volatile(d.add(i), core::ptr::read_volatile(s.add(i))) };
+        i += 1;
+    }
+}
+
+/// A `T` of all zeros in `slot`, written word by word (`T::default()` became a `memset`
+/// call). Use it where it is: moving the value out lets LLVM, which knows it is zeros, build
+/// the copy with a `memset` again.
+#[inline(always)]
+pub fn zeroed_in<T: Copy>(slot: &mut core::mem::MaybeUninit<T>) -> &mut T {
+    // SAFETY: all zeros is a valid `T` (the callers' plain-data structs), and every byte is
+    // written before it is read.
+    unsafe {
+        zero_words(slot.as_mut_ptr());
+        slot.assume_init_mut()
+    }
+}
+
+/// The current task's `comm`, written straight into `dst` (zeros when the helper fails).
+/// aya's `bpf_get_current_comm` returns a zero-initialised array: a `memset` call and a copy.
+#[inline(always)]
+pub fn current_comm(dst: &mut [u8; 16]) {
+    // SAFETY: `dst` is 16 writable bytes; the helper zeroes them on failure.
+    unsafe { aya_ebpf::helpers::generated::bpf_get_current_comm(dst.as_mut_ptr() as *mut _, 16) };
+}
+
+/// Zeroes `size_of::<T>()` bytes at `dst` (whole 8-byte words), a word at a time.
+///
+/// # Safety
+/// `dst` points at writable memory for a `T`, and the all-zero bytes are a valid `T` (the
+/// `#[repr(C)]` plain-data structs of `agent_ebpf`).
+#[inline(always)]
+pub unsafe fn zero_words<T>(dst: *mut T) {
+    const { assert!(core::mem::size_of::<T>() % 8 == 0 && core::mem::align_of::<T>() >= 8) };
+    let d = dst as *mut u64;
+    let mut i = 0;
+    while i < core::mem::size_of::<T>() / 8 {
+        // SAFETY: the caller's `dst` points at size_of::<T>() writable bytes aligned to 8.
+        unsafe { core::ptr::write_volatile(d.add(i), 0) };
+        i += 1;
+    }
+}

@@ -20,6 +20,7 @@
 
 use core::ffi::c_void;
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
+use core::mem::MaybeUninit;
 
 use agent_ebpf::{
     FlowConfig, FlowKey, FlowSockState, FlowStats, COMM_LEN, FLOW_COUNTERS_LEN, FLOW_RTT_BUCKETS,
@@ -32,7 +33,7 @@ use aya_ebpf::{
         BPF_SOCK_OPS_RTT_CB_FLAG, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
     },
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_pid_tgid,
         generated::{
             bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_sk_fullsock, bpf_sk_storage_get,
             bpf_sock_ops_cb_flags_set,
@@ -43,7 +44,7 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockContext, SockOpsContext, TracePointContext},
 };
 
-use crate::common::BPF_NOEXIST;
+use crate::common::{current_comm, store, zeroed_in, BPF_NOEXIST};
 
 /// Set by the loader (`EbpfLoader::override_global`).
 #[unsafe(no_mangle)]
@@ -198,7 +199,7 @@ pub fn sock_create(ctx: &SockContext) {
     state.tgid = tgid;
     // SAFETY: no arguments; allowed in cgroup/sock programs.
     state.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    state.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    current_comm(&mut state.comm);
     if tgid == config().self_tgid {
         state.flags = STATE_IGNORED;
     }
@@ -275,8 +276,9 @@ pub fn sock_ops(ctx: &SockOpsContext) {
             state.flags = STATE_ESTABLISHED;
             state.base_acked = ops.bytes_acked;
             state.base_received = ops.bytes_received;
-            state.sent = 0;
-            state.received = 0;
+            // `store`: plain stores here became a `memset` call.
+            store(&mut state.sent, 0);
+            store(&mut state.received, 0);
             // Retransmitted SYNs (or SYN-ACKs, which a child inherits) count too.
             state.retrans = 0;
             // Every outgoing segment from now on (see `LIVE_FLAGS`).
@@ -436,36 +438,28 @@ fn advance(ops: &bpf_sock_ops, state: &mut SockState, old: u32, new: u32) -> Mov
         .saturating_sub(state.base_received)
         .saturating_sub(fin_received);
     let retrans = ops.total_retrans as u64;
-    let mut moved = Moved {
-        sent: 0,
-        received: 0,
-        retrans: 0,
+    // Each delta computed before the struct is built: a `Moved` of zeros filled in afterwards
+    // was a `memset` call on every ACK.
+    let moved = Moved {
+        sent: sent.saturating_sub(state.sent),
+        received: received.saturating_sub(state.received),
+        retrans: retrans.saturating_sub(state.retrans),
     };
-    if sent > state.sent {
-        moved.sent = sent - state.sent;
-        state.sent = sent;
-    }
-    if received > state.received {
-        moved.received = received - state.received;
-        state.received = received;
-    }
-    if retrans > state.retrans {
-        moved.retrans = retrans - state.retrans;
-        state.retrans = retrans;
-    }
+    state.sent = state.sent.max(sent);
+    state.received = state.received.max(received);
+    state.retrans = state.retrans.max(retrans);
     moved
 }
 
 /// The flow of this socket, created on first use.
 fn flow_of(ops: &bpf_sock_ops, state: &SockState) -> Option<&'static mut FlowStats> {
-    let mut key = FlowKey {
-        cgroup_id: state.cgroup_id,
-        tgid: state.tgid,
-        server_port: 0,
-        role: state.role,
-        ip_version: 4,
-        peer: [0; 16],
-    };
+    // Zeroed word by word: `peer: [0; 16]` became a `memset` call.
+    let mut slot = MaybeUninit::uninit();
+    let key: &mut FlowKey = zeroed_in(&mut slot);
+    key.cgroup_id = state.cgroup_id;
+    key.tgid = state.tgid;
+    key.role = state.role;
+    key.ip_version = 4;
     if state.role == ROLE_SERVER {
         // `local_port` is in host order.
         key.server_port = ops.local_port as u16;
@@ -492,7 +486,7 @@ fn flow_of(ops: &bpf_sock_ops, state: &SockState) -> Option<&'static mut FlowSta
     } else {
         return None;
     }
-    flow_at(&key, &state.comm)
+    flow_at(key, &state.comm)
 }
 
 /// The flow of `key`, created (named by `comm`) on first use.
@@ -501,12 +495,12 @@ fn flow_at(key: &FlowKey, comm: &[u8; COMM_LEN]) -> Option<&'static mut FlowStat
         // SAFETY: a hash map value stays valid while the program runs (RCU).
         return Some(unsafe { &mut *flow });
     }
-    let fresh = FlowStats {
-        comm: *comm,
-        ..FlowStats::default()
-    };
+    // Zeroed word by word, in place: `..FlowStats::default()` became a `memset` call.
+    let mut slot = MaybeUninit::uninit();
+    let fresh: &mut FlowStats = zeroed_in(&mut slot);
+    fresh.comm = *comm;
     // Another CPU may insert the same flow at the same moment: NOEXIST, then look it up.
-    let _ = FLOWS.insert(key, &fresh, BPF_NOEXIST);
+    let _ = FLOWS.insert(key, fresh, BPF_NOEXIST);
     match FLOWS.get_ptr_mut(key) {
         // SAFETY: as above.
         Some(flow) => Some(unsafe { &mut *flow }),
@@ -564,14 +558,12 @@ pub fn udp_skb(ctx: &SkBuffContext, egress: bool) {
     if state.flags & STATE_IGNORED != 0 {
         return;
     }
-    let mut key = FlowKey {
-        cgroup_id: state.cgroup_id,
-        tgid: state.tgid,
-        server_port: 0,
-        role: 0,
-        ip_version: 4,
-        peer: [0; 16],
-    };
+    // Zeroed word by word: `peer: [0; 16]` became a `memset` call.
+    let mut slot = MaybeUninit::uninit();
+    let key: &mut FlowKey = zeroed_in(&mut slot);
+    key.cgroup_id = state.cgroup_id;
+    key.tgid = state.tgid;
+    key.ip_version = 4;
     let Ok(first) = ctx.load::<u8>(0) else {
         return;
     };
@@ -630,7 +622,7 @@ pub fn udp_skb(ctx: &SkBuffContext, egress: bool) {
         // Nothing to count: no flow entry for it either.
         return;
     }
-    if let Some(flow) = flow_at(&key, &state.comm) {
+    if let Some(flow) = flow_at(key, &state.comm) {
         if egress {
             add(&mut flow.bytes_sent, payload);
         } else {

@@ -28,7 +28,7 @@ use agent_ebpf::{
 };
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
         generated::{
             bpf_get_current_cgroup_id, bpf_get_smp_processor_id, bpf_loop,
             bpf_probe_read_kernel as probe_read_kernel_raw,
@@ -40,7 +40,9 @@ use aya_ebpf::{
     programs::{SockOpsContext, TracePointContext},
 };
 
-use crate::common::{arg, bump, config, now, nr, tgid_of, Regs, BPF_NOEXIST};
+use crate::common::{
+    arg, bump, config, current_comm, now, nr, store, tgid_of, zeroed_in, Regs, BPF_NOEXIST,
+};
 
 mod framing;
 pub mod tls;
@@ -450,23 +452,39 @@ fn fill_header(
     fd: i32,
     ts: u64,
 ) {
-    header.kind = kind as u8;
-    header.tgid = tgid_of(pid_tgid);
-    header.tid = pid_tgid as u32;
-    header.fd = fd;
-    header.conn_id = conn_id;
-    header.ts_ns = ts;
-    header.cgroup_id = 0;
-    header.ret_len = 0;
-    header.direction = 0;
-    header.syscall = 0;
-    header.origin = 0;
-    header.listen_fd = -1;
-    header.cap_len = 0;
-    header.frame_start = 0;
-    header.frame_end = 0;
-    header.frame_seq = 0;
-    header.frame_skipped = 0;
+    // Field by field (`common::store`): plain stores here were merged into byte-at-a-time
+    // `memset` calls.
+    store(&mut header.kind, kind as u8);
+    store(&mut header.tgid, tgid_of(pid_tgid));
+    store(&mut header.tid, pid_tgid as u32);
+    store(&mut header.fd, fd);
+    store(&mut header.conn_id, conn_id);
+    store(&mut header.ts_ns, ts);
+    store(&mut header.cgroup_id, 0);
+    store(&mut header.ret_len, 0);
+    store(&mut header.direction, 0);
+    store(&mut header.syscall, 0);
+    store(&mut header.origin, 0);
+    store(&mut header.listen_fd, -1);
+    store(&mut header.cap_len, 0);
+    store(&mut header.frame_start, 0);
+    store(&mut header.frame_end, 0);
+    store(&mut header.frame_seq, 0);
+    store(&mut header.frame_skipped, 0);
+}
+
+/// Zeroes an `Open` event's payload a word at a time (`fill(0)` was a byte-at-a-time
+/// `memset` call).
+#[inline(always)]
+fn zero_open_payload(buf: &mut EventBuf) {
+    const { assert!(HEADER_LEN % 8 == 0 && 2 * MAX_CAPTURE >= OPEN_PAYLOAD_LEN.div_ceil(8) * 8) };
+    let words = buf.payload.as_mut_ptr() as *mut u64;
+    let mut i = 0;
+    while i < OPEN_PAYLOAD_LEN.div_ceil(8) {
+        // SAFETY: inside the payload, which starts 8-aligned (the header is whole words).
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+        i += 1;
+    }
 }
 
 /// Sends the header plus `captured` payload bytes.
@@ -610,13 +628,13 @@ fn open_conn(pid_tgid: u64, fd: i32, addr: u64, origin: u8, syscall: Syscall, li
         }
     }
     let conn_id = next_conn_id();
-    let info = ConnInfo {
-        conn_id,
-        origin,
-        _pad: [0; 7],
-    };
+    // Zeroed in place: `_pad: [0; 7]` became a `memset` call.
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let info: &mut ConnInfo = zeroed_in(&mut slot);
+    info.conn_id = conn_id;
+    info.origin = origin;
     // BPF_NOEXIST: a repeated connect on a socket already tracked keeps its identity.
-    if let Err(e) = CONNS.insert(&key, &info, BPF_NOEXIST) {
+    if let Err(e) = CONNS.insert(&key, info, BPF_NOEXIST) {
         if e as i64 != -EEXIST {
             bump(Counter::ConnTableFull);
         }
@@ -637,7 +655,7 @@ fn open_conn(pid_tgid: u64, fd: i32, addr: u64, origin: u8, syscall: Syscall, li
     buf.header.syscall = syscall as u8;
     buf.header.listen_fd = listen_fd;
     // Payload: sockaddr (zeroed when unreadable), padding, comm.
-    buf.payload[..OPEN_PAYLOAD_LEN].fill(0);
+    zero_open_payload(buf);
     if addr != 0 {
         // SAFETY: SOCKADDR_LEN < payload length; the helper validates the user address.
         unsafe {
@@ -648,8 +666,10 @@ fn open_conn(pid_tgid: u64, fd: i32, addr: u64, origin: u8, syscall: Syscall, li
             )
         };
     }
-    if let Ok(comm) = bpf_get_current_comm() {
-        buf.payload[OPEN_COMM_OFFSET..OPEN_LOCAL_OFFSET].copy_from_slice(&comm);
+    if let Some(comm) = buf.payload.get_mut(OPEN_COMM_OFFSET..OPEN_LOCAL_OFFSET) {
+        if let Ok(comm) = <&mut [u8; 16]>::try_from(comm) {
+            current_comm(comm);
+        }
     }
     if origin == ORIGIN_CONNECT {
         fill_local(pid_tgid, &mut buf.payload);
@@ -811,12 +831,20 @@ fn remember_recent(tgid: u32, fd: i32) {
             (*recent).next = (*recent).next.wrapping_add(1);
         },
         None => {
-            let mut recent = RecentFds {
-                fds: [-1; RECENT_FDS],
-                next: 1,
-            };
-            recent.fds[0] = fd;
-            let _ = RECENT.insert(&tgid, &recent, 0);
+            // Element by element: an array literal became a `memset` call.
+            let mut recent = core::mem::MaybeUninit::<RecentFds>::uninit();
+            let r = recent.as_mut_ptr();
+            // SAFETY: every field of the plain-data struct is written before the insert reads
+            // it.
+            unsafe {
+                core::ptr::write_volatile(&raw mut (*r).next, 1);
+                let mut i = 0;
+                while i < RECENT_FDS {
+                    core::ptr::write_volatile(&raw mut (*r).fds[i], if i == 0 { fd } else { -1 });
+                    i += 1;
+                }
+                let _ = RECENT.insert(&tgid, recent.assume_init_ref(), 0);
+            }
         }
     }
 }
@@ -861,12 +889,12 @@ fn inherit(child_pid_tgid: u64, fd: i32, parent: ConnInfo) {
         fd,
     };
     let conn_id = next_conn_id();
-    let info = ConnInfo {
-        conn_id,
-        origin: parent.origin,
-        _pad: [0; 7],
-    };
-    if CONNS.insert(&key, &info, BPF_NOEXIST).is_err() {
+    // Zeroed in place: `_pad: [0; 7]` became a `memset` call.
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let info: &mut ConnInfo = zeroed_in(&mut slot);
+    info.conn_id = conn_id;
+    info.origin = parent.origin;
+    if CONNS.insert(&key, info, BPF_NOEXIST).is_err() {
         return;
     }
     remember_recent(key.tgid, fd);
@@ -887,10 +915,12 @@ fn inherit(child_pid_tgid: u64, fd: i32, parent: ConnInfo) {
     );
     buf.header.origin = parent.origin;
     buf.header.syscall = Syscall::Fork as u8;
-    buf.payload[..OPEN_PAYLOAD_LEN].fill(0);
+    zero_open_payload(buf);
     buf.payload[..8].copy_from_slice(&parent.conn_id.to_ne_bytes());
-    if let Ok(comm) = bpf_get_current_comm() {
-        buf.payload[OPEN_COMM_OFFSET..OPEN_LOCAL_OFFSET].copy_from_slice(&comm);
+    if let Some(comm) = buf.payload.get_mut(OPEN_COMM_OFFSET..OPEN_LOCAL_OFFSET) {
+        if let Ok(comm) = <&mut [u8; 16]>::try_from(comm) {
+            current_comm(comm);
+        }
     }
     submit(buf, OPEN_PAYLOAD_LEN as u64);
 }

@@ -26,7 +26,7 @@ use aya_ebpf::{
 };
 
 use super::{copy_flat, data_event, fill_header, framing, submit, CONNS, MUTED, SCRATCH};
-use crate::common::{bump, config, now, tgid_of};
+use crate::common::{bump, config, now, tgid_of, zeroed_in};
 
 /// TLS library calls in progress, by thread (`pid_tgid`). LRU: a thread that died inside a
 /// call leaves its entry to age out.
@@ -65,16 +65,15 @@ pub fn enter(ctx: &ProbeContext, direction: u8, ex: bool) {
     } else {
         0
     };
-    let call = TlsCall {
-        ssl,
-        buf,
-        len_ptr,
-        fd: -1,
-        direction,
-        _pad: [0; 3],
-        io_ns: 0,
-    };
-    let _ = TLS_CALLS.insert(&pid_tgid, &call, 0);
+    // Zeroed word by word: `_pad: [0; 3]` became a `memset` call.
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let call: &mut TlsCall = zeroed_in(&mut slot);
+    call.ssl = ssl;
+    call.buf = buf;
+    call.len_ptr = len_ptr;
+    call.fd = -1;
+    call.direction = direction;
+    let _ = TLS_CALLS.insert(&pid_tgid, call, 0);
 }
 
 /// A syscall on tracked socket `fd` moved bytes: if the thread is inside a TLS library call,

@@ -70,3 +70,46 @@ fn kernel_names_are_cut_to_fifteen_bytes() {
         b"sys_enter_stats"
     );
 }
+
+/// LLVM turns struct copies, `Default` values and runs of stores into calls to `memcpy`,
+/// `memmove` or `memset`, which on BPF are subprograms that move one byte per iteration: they
+/// cost ~400 ns on every framed syscall before they were taken out (`agent-ebpf/src/common.rs`,
+/// `store` and `copy_words`). No program may call one again. (The functions themselves stay in
+/// the object, unused: the linker keeps compiler_builtins' exported symbols.)
+#[test]
+fn no_program_calls_a_byte_at_a_time_memory_function() {
+    use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget};
+    if OBJECT.is_empty() {
+        return;
+    }
+    let file = object::File::parse(OBJECT).expect("the embedded kernel object parses");
+    let banned = ["memcpy", "memmove", "memset", "memcmp", "bcmp"];
+    let mut calls = Vec::new();
+    let mut relocations = 0;
+    for section in file.sections() {
+        for (offset, relocation) in section.relocations() {
+            relocations += 1;
+            let RelocationTarget::Symbol(index) = relocation.target() else {
+                continue;
+            };
+            let symbol = file.symbol_by_index(index).expect("a relocation's symbol");
+            let name = symbol.name().unwrap_or_default();
+            if banned.contains(&name) {
+                calls.push(format!(
+                    "{} +{offset:#x} calls {name}",
+                    section.name().unwrap_or("?")
+                ));
+            }
+        }
+    }
+    // Calls between functions are relocations: without any, this test could not fail.
+    assert!(
+        relocations > 100,
+        "only {relocations} relocations in the object"
+    );
+    assert!(
+        calls.is_empty(),
+        "byte-at-a-time memory functions are called (a struct copy or a run of stores; see \
+         agent-ebpf/src/common.rs): {calls:#?}"
+    );
+}
