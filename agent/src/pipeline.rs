@@ -3,8 +3,8 @@
 //! tracking asks for back to capture.
 //!
 //! Model: one task owns the [`Tracker`], the sinks and the kernel tables ([`Maps`]). Two timers
-//! drive it. The drain timer is paced by the rate events arrive at, so that the ring stays
-//! about `1 / DRAIN_TARGET_FILL` full ([`next_drain_in`]): the kernel never wakes us (see
+//! drive it. The drain timer is paced by the rate events arrive at, so that the ring is drained
+//! in short bursts ([`next_drain_in`], `DRAIN_BURST_BYTES`): the kernel never wakes us (see
 //! `agent-ebpf`), which saves a wake-up per event at the cost of latency bounded by
 //! `DRAIN_MAX_INTERVAL_MS`. The one-second tick folds the kernel's per-CPU counters and
 //! (with `--bpf-stats`) the programs' run times into the self-metrics, and now and then expires
@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent_ebpf::{
-    EventKind, COUNTERS_LEN, COUNTER_NAMES, DRAIN_MAX_INTERVAL_MS, DRAIN_MIN_INTERVAL_MS,
-    DRAIN_TARGET_FILL,
+    EventKind, COUNTERS_LEN, COUNTER_NAMES, DRAIN_BURST_BYTES, DRAIN_MAX_INTERVAL_MS,
+    DRAIN_MIN_INTERVAL_MS, DRAIN_TARGET_FILL,
 };
 
 use crate::capture::ring::{program_stats, Record};
@@ -213,15 +213,15 @@ impl Reader {
 }
 
 /// How long to wait before the next drain, after `drained` bytes arrived in `elapsed`: until
-/// the ring would be `1 / DRAIN_TARGET_FILL` full at that rate, within the bounds; when nothing
-/// arrived, twice the last wait up to the maximum.
+/// `DRAIN_BURST_BYTES` (at most `1 / DRAIN_TARGET_FILL` of the ring) would arrive at that rate,
+/// within the bounds; when nothing arrived, twice the last wait up to the maximum.
 fn next_drain_in(ring_bytes: u64, drained: u64, elapsed: Duration, last: Duration) -> Duration {
     let min = Duration::from_millis(DRAIN_MIN_INTERVAL_MS);
     let max = Duration::from_millis(DRAIN_MAX_INTERVAL_MS);
     if drained == 0 {
         return (last * 2).clamp(min, max);
     }
-    let target = (ring_bytes / DRAIN_TARGET_FILL) as f64;
+    let target = (ring_bytes / DRAIN_TARGET_FILL).min(DRAIN_BURST_BYTES) as f64;
     Duration::from_secs_f64(elapsed.as_secs_f64() * target / drained as f64).clamp(min, max)
 }
 
@@ -377,17 +377,17 @@ mod tests {
     }
 
     #[test]
-    fn drains_are_paced_so_the_ring_stays_an_eighth_full() {
+    fn drains_are_paced_to_short_bursts() {
         let ms = Duration::from_millis;
         let ring = 8 << 20;
-        // 100 KiB in 10 ms: an eighth of 8 MiB takes 100 ms at that rate; capped at 50 ms.
-        assert_eq!(next_drain_in(ring, 100 << 10, ms(10), ms(10)), ms(50));
-        // 512 KiB in 20 ms: 1 MiB in 40 ms.
-        assert_eq!(next_drain_in(ring, 512 << 10, ms(20), ms(20)), ms(40));
-        // Faster than the ring can take at the minimum interval: the minimum.
-        assert_eq!(next_drain_in(ring, 4 << 20, ms(5), ms(5)), ms(5));
-        // A small ring is drained as often as allowed.
-        assert_eq!(next_drain_in(64 << 10, 100 << 10, ms(50), ms(50)), ms(5));
+        // 100 KiB in 10 ms: 64 KiB take 6.4 ms at that rate.
+        assert_eq!(next_drain_in(ring, 100 << 10, ms(10), ms(10)), ms(6) + ms(4) / 10);
+        // 4 KiB in 10 ms (a few hundred requests a second): 64 KiB take 160 ms; capped at 50.
+        assert_eq!(next_drain_in(ring, 4 << 10, ms(10), ms(10)), ms(50));
+        // 64 MB/s (80k requests/s): the minimum, 1 ms (64 KiB, ~0.1 ms of decoding).
+        assert_eq!(next_drain_in(ring, 320 << 10, ms(5), ms(5)), ms(1));
+        // A small ring: an eighth of it per drain (8 KiB of 64 KiB: 100 KiB in 50 ms → 4 ms).
+        assert_eq!(next_drain_in(64 << 10, 100 << 10, ms(50), ms(50)), ms(4));
         // Nothing arrived: back off to the maximum.
         assert_eq!(next_drain_in(ring, 0, ms(5), ms(5)), ms(10));
         assert_eq!(next_drain_in(ring, 0, ms(40), ms(40)), ms(50));
