@@ -169,21 +169,24 @@ pub enum Buffer {
 pub fn on_exit<R: Regs, const FRAMED: bool>(regs: &R, nr: u64, ret: i64) {
     use Buffer::{Flat, Iovec, Msghdr};
     use Syscall::*;
-    match nr {
-        nr::READ => on_io::<R, FRAMED>(regs, ret, Read, DIR_INGRESS, Flat),
-        nr::RECVFROM => on_io::<R, FRAMED>(regs, ret, Recvfrom, DIR_INGRESS, Flat),
-        nr::READV => on_io::<R, FRAMED>(regs, ret, Readv, DIR_INGRESS, Iovec),
-        nr::RECVMSG => on_io::<R, FRAMED>(regs, ret, Recvmsg, DIR_INGRESS, Msghdr),
-        nr::WRITE => on_io::<R, FRAMED>(regs, ret, Write, DIR_EGRESS, Flat),
-        nr::SENDTO => on_io::<R, FRAMED>(regs, ret, Sendto, DIR_EGRESS, Flat),
-        nr::WRITEV => on_io::<R, FRAMED>(regs, ret, Writev, DIR_EGRESS, Iovec),
-        nr::SENDMSG => on_io::<R, FRAMED>(regs, ret, Sendmsg, DIR_EGRESS, Msghdr),
-        nr::SENDFILE => on_io::<R, FRAMED>(regs, ret, Sendfile, DIR_EGRESS, Buffer::None),
-        nr::ACCEPT | nr::ACCEPT4 => on_accept(regs, ret),
-        nr::CONNECT => on_connect(regs, ret),
-        nr::SOCKET => on_socket(regs, ret),
-        _ => {}
-    }
+    // One call of `on_io` for every I/O syscall, not one inlined copy per syscall: each copy
+    // had its own `bpf_loop` call site, whose callback the verifier walked again.
+    let (syscall, direction, buffer) = match nr {
+        nr::READ => (Read, DIR_INGRESS, Flat),
+        nr::RECVFROM => (Recvfrom, DIR_INGRESS, Flat),
+        nr::READV => (Readv, DIR_INGRESS, Iovec),
+        nr::RECVMSG => (Recvmsg, DIR_INGRESS, Msghdr),
+        nr::WRITE => (Write, DIR_EGRESS, Flat),
+        nr::SENDTO => (Sendto, DIR_EGRESS, Flat),
+        nr::WRITEV => (Writev, DIR_EGRESS, Iovec),
+        nr::SENDMSG => (Sendmsg, DIR_EGRESS, Msghdr),
+        nr::SENDFILE => (Sendfile, DIR_EGRESS, Buffer::None),
+        nr::ACCEPT | nr::ACCEPT4 => return on_accept(regs, ret),
+        nr::CONNECT => return on_connect(regs, ret),
+        nr::SOCKET => return on_socket(regs, ret),
+        _ => return,
+    };
+    on_io::<R, FRAMED>(regs, ret, syscall, direction, buffer);
 }
 
 /// A read or write returned: if the fd is a tracked, unmuted socket, send its bytes: framed
