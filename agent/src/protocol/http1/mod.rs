@@ -3,9 +3,10 @@
 //! # Model
 //! Each stream (requests, responses) is a small state machine: `Start` (between messages) →
 //! `Head` (start line + header fields) → `Body` (skipped by count) → `Start`. Only a head that is
-//! split across chunks is copied (into a per-stream buffer capped at [`MAX_HEAD_BYTES`]); a head
-//! that fits one chunk is parsed in place, and bodies are never buffered. Memory per decoder is
-//! therefore bounded by two head buffers plus the pending queue ([`MAX_PENDING`] entries).
+//! split across chunks is copied (into a per-stream buffer capped at [`MAX_HEAD_BYTES`], released
+//! once the head is parsed); a head that fits one chunk is parsed in place, and bodies are never
+//! buffered. Memory per decoder is therefore bounded by two head buffers plus the pending queue
+//! ([`MAX_PENDING`] entries, released when empty): an idle keep-alive connection holds neither.
 //!
 //! A request enters the pending queue as soon as its head is complete (not when its body is), so
 //! that a response that comes before the request body is finished (`100 Continue`, an early
@@ -310,10 +311,9 @@ impl Http1Decoder {
                         pos += end;
                     }
                     HeadAt::Buffered(consumed) => {
+                        // Taken for good: an idle stream keeps no buffer.
                         let head = std::mem::take(&mut self.req.head);
                         let result = self.request_head(&head, false);
-                        self.req.head = head;
-                        self.req.head.clear();
                         result?;
                         pos += consumed;
                     }
@@ -353,10 +353,9 @@ impl Http1Decoder {
                 State::Head => {
                     self.stats.truncated_headers += 1;
                     self.stats.resyncs += 1;
+                    // Taken for good: an idle stream keeps no buffer.
                     let head = std::mem::take(&mut self.req.head);
                     let result = self.request_head(&head, true);
-                    self.req.head = head;
-                    self.req.head.clear();
                     return result;
                 }
                 State::Body(mut body) => {
@@ -565,10 +564,9 @@ impl Http1Decoder {
                             pos += end;
                         }
                         HeadAt::Buffered(consumed) => {
+                            // Taken for good: an idle stream keeps no buffer.
                             let head = std::mem::take(&mut self.resp.head);
                             let result = self.response_head(&head, c, false, out);
-                            self.resp.head = head;
-                            self.resp.head.clear();
                             result?;
                             pos += consumed;
                         }
@@ -631,10 +629,9 @@ impl Http1Decoder {
                 State::Head => {
                     self.stats.truncated_headers += 1;
                     self.stats.resyncs += 1;
+                    // Taken for good: an idle stream keeps no buffer.
                     let head = std::mem::take(&mut self.resp.head);
                     let result = self.response_head(&head, c, true, out);
-                    self.resp.head = head;
-                    self.resp.head.clear();
                     return result;
                 }
                 State::Body(mut body) => {
