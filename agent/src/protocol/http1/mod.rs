@@ -132,7 +132,9 @@ pub struct Http1Decoder {
     req: Half,
     resp: Half,
     pending: VecDeque<Pending>,
-    cur: Option<Current>,
+    /// Boxed: a connection is idle between responses most of the time, and the 200 bytes of a
+    /// `Current` would be in every decoder (responses without a body never store one).
+    cur: Option<Box<Current>>,
     /// The request whose body the request stream is reading, by sequence number.
     req_body_seq: Option<u64>,
     next_seq: u64,
@@ -231,13 +233,13 @@ impl Decoder for Http1Decoder {
                 State::Body(Body::UntilClose) | State::Resync => {
                     if let Some(cur) = self.cur.take() {
                         let end = cur.end_ns;
-                        emit(cur, end, true, out);
+                        emit(*cur, end, true, out);
                     }
                 }
                 State::Body(_) => {
                     if let Some(cur) = self.cur.take() {
                         let end = cur.end_ns.max(ts_ns);
-                        emit(cur, end, false, out);
+                        emit(*cur, end, false, out);
                     }
                 }
                 _ => {}
@@ -533,7 +535,7 @@ impl Http1Decoder {
                 // The held response (if any) ended with the previous chunk.
                 if let Some(cur) = self.cur.take() {
                     let end = cur.end_ns;
-                    emit(cur, end, true, out);
+                    emit(*cur, end, true, out);
                 }
                 self.resp.state = State::Start;
             }
@@ -742,7 +744,7 @@ impl Http1Decoder {
             return Ok(());
         }
         if truncated {
-            self.cur = Some(cur);
+            self.cur = Some(Box::new(cur));
             self.resp.state = State::Resync;
             return Ok(());
         }
@@ -757,7 +759,7 @@ impl Http1Decoder {
             (None, Some(n)) => Body::Length(n),
             (None, None) => Body::UntilClose,
         };
-        self.cur = Some(cur);
+        self.cur = Some(Box::new(cur));
         self.resp.state = State::Body(body);
         Ok(())
     }
@@ -765,7 +767,7 @@ impl Http1Decoder {
     fn finish_response(&mut self, out: &mut Vec<HttpExchange>) {
         if let Some(cur) = self.cur.take() {
             let end = cur.end_ns;
-            emit(cur, end, true, out);
+            emit(*cur, end, true, out);
         }
         self.resp.state = State::Start;
     }
