@@ -390,7 +390,11 @@ fn an_idle_connection_keeps_no_buffers() {
     assert_eq!(c.dec.req.head.capacity(), 0);
     assert_eq!(c.dec.resp.head.capacity(), 0);
     assert_eq!(c.dec.pending.capacity(), 0);
-    let route = c.dec.last_route.as_ref().map_or(0, |(p, r)| p.capacity() + r.capacity());
+    let route = c
+        .dec
+        .last_route
+        .as_ref()
+        .map_or(0, |(p, r)| p.capacity() + r.capacity());
     assert_eq!(c.dec.heap_bytes(), route);
 }
 
