@@ -3,9 +3,10 @@
 //! # Model
 //! Each stream (requests, responses) is a small state machine: `Start` (between messages) →
 //! `Head` (start line + header fields) → `Body` (skipped by count) → `Start`. Only a head that is
-//! split across chunks is copied (into a per-stream buffer capped at [`MAX_HEAD_BYTES`]); a head
-//! that fits one chunk is parsed in place, and bodies are never buffered. Memory per decoder is
-//! therefore bounded by two head buffers plus the pending queue ([`MAX_PENDING`] entries).
+//! split across chunks is copied (into a per-stream buffer capped at [`MAX_HEAD_BYTES`], released
+//! once the head is parsed); a head that fits one chunk is parsed in place, and bodies are never
+//! buffered. Memory per decoder is therefore bounded by two head buffers plus the pending queue
+//! ([`MAX_PENDING`] entries, released when empty): an idle keep-alive connection holds neither.
 //!
 //! A request enters the pending queue as soon as its head is complete (not when its body is), so
 //! that a response that comes before the request body is finished (`100 Continue`, an early
@@ -131,7 +132,9 @@ pub struct Http1Decoder {
     req: Half,
     resp: Half,
     pending: VecDeque<Pending>,
-    cur: Option<Current>,
+    /// Boxed: a connection is idle between responses most of the time, and the 200 bytes of a
+    /// `Current` would be in every decoder (responses without a body never store one).
+    cur: Option<Box<Current>>,
     /// The request whose body the request stream is reading, by sequence number.
     req_body_seq: Option<u64>,
     next_seq: u64,
@@ -230,13 +233,13 @@ impl Decoder for Http1Decoder {
                 State::Body(Body::UntilClose) | State::Resync => {
                     if let Some(cur) = self.cur.take() {
                         let end = cur.end_ns;
-                        emit(cur, end, true, out);
+                        emit(*cur, end, true, out);
                     }
                 }
                 State::Body(_) => {
                     if let Some(cur) = self.cur.take() {
                         let end = cur.end_ns.max(ts_ns);
-                        emit(cur, end, false, out);
+                        emit(*cur, end, false, out);
                     }
                 }
                 _ => {}
@@ -310,10 +313,9 @@ impl Http1Decoder {
                         pos += end;
                     }
                     HeadAt::Buffered(consumed) => {
+                        // Taken for good: an idle stream keeps no buffer.
                         let head = std::mem::take(&mut self.req.head);
                         let result = self.request_head(&head, false);
-                        self.req.head = head;
-                        self.req.head.clear();
                         result?;
                         pos += consumed;
                     }
@@ -353,10 +355,9 @@ impl Http1Decoder {
                 State::Head => {
                     self.stats.truncated_headers += 1;
                     self.stats.resyncs += 1;
+                    // Taken for good: an idle stream keeps no buffer.
                     let head = std::mem::take(&mut self.req.head);
                     let result = self.request_head(&head, true);
-                    self.req.head = head;
-                    self.req.head.clear();
                     return result;
                 }
                 State::Body(mut body) => {
@@ -483,6 +484,17 @@ impl Http1Decoder {
         });
     }
 
+    /// The oldest pending request. An emptied queue gives its buffer back: a keep-alive
+    /// connection is idle with no request pending most of the time, and would otherwise keep
+    /// room for four (~700 B).
+    fn pop_pending(&mut self) -> Option<Pending> {
+        let p = self.pending.pop_front();
+        if self.pending.is_empty() {
+            self.pending = VecDeque::new();
+        }
+        p
+    }
+
     fn push_pending(&mut self, p: Pending) {
         if self.pending.len() >= MAX_PENDING {
             self.pending.pop_front();
@@ -523,7 +535,7 @@ impl Http1Decoder {
                 // The held response (if any) ended with the previous chunk.
                 if let Some(cur) = self.cur.take() {
                     let end = cur.end_ns;
-                    emit(cur, end, true, out);
+                    emit(*cur, end, true, out);
                 }
                 self.resp.state = State::Start;
             }
@@ -554,10 +566,9 @@ impl Http1Decoder {
                             pos += end;
                         }
                         HeadAt::Buffered(consumed) => {
+                            // Taken for good: an idle stream keeps no buffer.
                             let head = std::mem::take(&mut self.resp.head);
                             let result = self.response_head(&head, c, false, out);
-                            self.resp.head = head;
-                            self.resp.head.clear();
                             result?;
                             pos += consumed;
                         }
@@ -611,7 +622,7 @@ impl Http1Decoder {
                     // A response starts in the gap; assume it answered the oldest request.
                     self.stats.truncated_headers += 1;
                     self.stats.resyncs += 1;
-                    if self.pending.pop_front().is_some() {
+                    if self.pop_pending().is_some() {
                         self.stats.unpaired_requests += 1;
                     }
                     self.resp.state = State::Resync;
@@ -620,10 +631,9 @@ impl Http1Decoder {
                 State::Head => {
                     self.stats.truncated_headers += 1;
                     self.stats.resyncs += 1;
+                    // Taken for good: an idle stream keeps no buffer.
                     let head = std::mem::take(&mut self.resp.head);
                     let result = self.response_head(&head, c, true, out);
-                    self.resp.head = head;
-                    self.resp.head.clear();
                     return result;
                 }
                 State::Body(mut body) => {
@@ -672,7 +682,7 @@ impl Http1Decoder {
         };
         let Some((line, rest)) = split_line(head) else {
             // Only reachable when truncated: the status line itself was cut.
-            if self.pending.pop_front().is_some() {
+            if self.pop_pending().is_some() {
                 self.stats.unpaired_requests += 1;
             }
             self.resp.state = State::Resync;
@@ -688,7 +698,7 @@ impl Http1Decoder {
             self.resp.state = after;
             return Ok(());
         }
-        let req = self.pending.pop_front();
+        let req = self.pop_pending();
         if req.is_none() {
             self.stats.unexpected_responses += 1;
         }
@@ -734,7 +744,7 @@ impl Http1Decoder {
             return Ok(());
         }
         if truncated {
-            self.cur = Some(cur);
+            self.cur = Some(Box::new(cur));
             self.resp.state = State::Resync;
             return Ok(());
         }
@@ -749,7 +759,7 @@ impl Http1Decoder {
             (None, Some(n)) => Body::Length(n),
             (None, None) => Body::UntilClose,
         };
-        self.cur = Some(cur);
+        self.cur = Some(Box::new(cur));
         self.resp.state = State::Body(body);
         Ok(())
     }
@@ -757,7 +767,7 @@ impl Http1Decoder {
     fn finish_response(&mut self, out: &mut Vec<HttpExchange>) {
         if let Some(cur) = self.cur.take() {
             let end = cur.end_ns;
-            emit(cur, end, true, out);
+            emit(*cur, end, true, out);
         }
         self.resp.state = State::Start;
     }

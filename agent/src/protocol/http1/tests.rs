@@ -378,6 +378,26 @@ fn split_at_every_byte_boundary() {
     }
 }
 
+/// Between messages a keep-alive connection holds no buffer: not the head buffers a split head
+/// used, not the pending queue (only the last route, kept to skip recomputing it).
+#[test]
+fn an_idle_connection_keeps_no_buffers() {
+    let mut c = Conn::new();
+    let (a, b) = GET_A.split_at(7);
+    let (x, y) = OK_5.split_at(20);
+    c.req(a).req(b).resp(x).resp(y);
+    assert_eq!(c.take().len(), 1);
+    assert_eq!(c.dec.req.head.capacity(), 0);
+    assert_eq!(c.dec.resp.head.capacity(), 0);
+    assert_eq!(c.dec.pending.capacity(), 0);
+    let route = c
+        .dec
+        .last_route
+        .as_ref()
+        .map_or(0, |(p, r)| p.capacity() + r.capacity());
+    assert_eq!(c.dec.heap_bytes(), route);
+}
+
 #[test]
 fn split_at_every_pair_of_boundaries() {
     let req = b"POST /x HTTP/1.1\r\nContent-Length: 2\r\n\r\nab";
