@@ -381,7 +381,10 @@ mod tests {
         let ms = Duration::from_millis;
         let ring = 8 << 20;
         // 100 KiB in 10 ms: 64 KiB take 6.4 ms at that rate.
-        assert_eq!(next_drain_in(ring, 100 << 10, ms(10), ms(10)), ms(6) + ms(4) / 10);
+        assert_eq!(
+            next_drain_in(ring, 100 << 10, ms(10), ms(10)),
+            ms(6) + ms(4) / 10
+        );
         // 4 KiB in 10 ms (a few hundred requests a second): 64 KiB take 160 ms; capped at 50.
         assert_eq!(next_drain_in(ring, 4 << 10, ms(10), ms(10)), ms(50));
         // 64 MB/s (80k requests/s): the minimum, 1 ms (64 KiB, ~0.1 ms of decoding).
