@@ -134,7 +134,6 @@ fn main() {
     if let Err(e) = periscope::privileges::disable_core_dumps() {
         log::warn!("could not disable core dumps (prctl PR_SET_DUMPABLE): {e}");
     }
-    one_malloc_arena();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_stack_size(WORKER_STACK_BYTES)
@@ -526,19 +525,4 @@ fn metrics_push_settings(config: &Config) -> anyhow::Result<Option<otlp::metrics
         interval: Duration::from_millis(config.metrics_export_interval),
         timeout: Duration::from_millis(config.metrics_export_timeout),
     }))
-}
-
-/// glibc gives each thread that allocates an arena of its own, and memory freed in one arena
-/// serves only that arena's threads: the pipeline task moves between the runtime's workers,
-/// so under load every worker's arena grew to the decoders' working set. With 20,000 tracked
-/// sockets (`cargo xtask bench scale`) the agent's RSS peaked at 73–83 MB with one arena per
-/// thread, at 65 MB with a single arena, with the same CPU per request (thread caches keep the
-/// arena's lock off the common path). Before any thread starts. musl (the static image) has
-/// one allocator for all threads anyway.
-fn one_malloc_arena() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only sets an allocator parameter; called before other threads exist.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-    }
 }
