@@ -711,12 +711,7 @@ fn a_server_exchange_reported_after_its_client_closed_still_names_the_client() {
     };
     let open = |h: &mut Harness, client: u64, server: u64| {
         let mut payload = open_payload(server_addr.port(), "curl");
-        payload[agent_ebpf::OPEN_LOCAL_OFFSET..agent_ebpf::OPEN_LOCAL_OFFSET + 2]
-            .copy_from_slice(&2u16.to_ne_bytes());
-        payload[agent_ebpf::OPEN_LOCAL_OFFSET + 2..agent_ebpf::OPEN_LOCAL_OFFSET + 4]
-            .copy_from_slice(&client_addr.port().to_be_bytes());
-        payload[agent_ebpf::OPEN_LOCAL_OFFSET + 4..agent_ebpf::OPEN_LOCAL_OFFSET + 8]
-            .copy_from_slice(&[127, 0, 0, 1]);
+        set_local_v4(&mut payload, client_addr.port());
         let mut o = header(EventKind::Open, client, 1);
         o.origin = ORIGIN_CONNECT;
         o.cap_len = payload.len() as u32;
@@ -915,12 +910,7 @@ fn an_idle_keep_alive_connection_holds_little() {
         let (client, server) = (2 * i + 1, 2 * i + 2);
         let mut payload = open_payload(8080, "client");
         let port = 10_000 + i as u16;
-        payload[agent_ebpf::OPEN_LOCAL_OFFSET..agent_ebpf::OPEN_LOCAL_OFFSET + 2]
-            .copy_from_slice(&2u16.to_ne_bytes());
-        payload[agent_ebpf::OPEN_LOCAL_OFFSET + 2..agent_ebpf::OPEN_LOCAL_OFFSET + 4]
-            .copy_from_slice(&port.to_be_bytes());
-        payload[agent_ebpf::OPEN_LOCAL_OFFSET + 4..agent_ebpf::OPEN_LOCAL_OFFSET + 8]
-            .copy_from_slice(&[127, 0, 0, 1]);
+        set_local_v4(&mut payload, port);
         let mut o = header(EventKind::Open, client, 1);
         o.origin = ORIGIN_CONNECT;
         o.cap_len = payload.len() as u32;
@@ -977,4 +967,13 @@ fn an_idle_keep_alive_connection_holds_little() {
         h.tracker.by_fd.capacity(),
     );
     assert!(per_conn <= 1_600, "{per_conn} B per connection");
+}
+
+/// Writes an `Open` payload's local address: 127.0.0.1 on `port` (AF_INET, as the kernel
+/// reports a connect's local address).
+fn set_local_v4(payload: &mut [u8], port: u16) {
+    let at = agent_ebpf::OPEN_LOCAL_OFFSET;
+    payload[at..at + 2].copy_from_slice(&2u16.to_ne_bytes());
+    payload[at + 2..at + 4].copy_from_slice(&port.to_be_bytes());
+    payload[at + 4..at + 8].copy_from_slice(&[127, 0, 0, 1]);
 }
