@@ -117,6 +117,60 @@ async fn every_quarter_of(span: std::time::Duration, mut sweep: impl FnMut()) {
 /// input, and this states it rather than leaving it to tokio's default (the same 2 MiB).
 const WORKER_STACK_BYTES: usize = 2 << 20;
 
+/// The event reader on a thread of its own, with a single-threaded runtime for its timers.
+///
+/// On the multi-threaded runtime the reader moved between the workers, and glibc serves each
+/// thread from its own arena: every arena grew to the decoders' working set (`bench scale`:
+/// the active phase's peak). On one thread, decoding allocates from one arena, and the
+/// workers keep the exporters and the HTTP server.
+struct DecodeThread {
+    /// The reader's outcome; closed without one if it panicked.
+    done: tokio::sync::oneshot::Receiver<anyhow::Result<()>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DecodeThread {
+    fn start(reader: Reader, stack: usize) -> anyhow::Result<Self> {
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .context("building the event reader's runtime")?;
+        let thread = std::thread::Builder::new()
+            .name("decode".into())
+            .stack_size(stack)
+            .spawn(move || {
+                let outcome = runtime.block_on(async move {
+                    tokio::select! {
+                        result = reader.run() => Some(result),
+                        _ = stop_rx => None,
+                    }
+                });
+                // Stopped: the reader, its sinks and the exporter queue's sender are dropped
+                // here, on the thread that allocated them.
+                if let Some(result) = outcome {
+                    let _ = done_tx.send(result);
+                }
+            })
+            .context("starting the event reader's thread")?;
+        Ok(Self {
+            done,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the reader (if it still runs) and waits for its thread to end.
+    async fn stop(&mut self) {
+        self.stop.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
 fn main() {
     let loaded = match periscope::config_file::load() {
         Ok(loaded) => loaded,
@@ -446,7 +500,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             }
         );
     }
-    let mut reader = tokio::spawn(reader.run());
+    let mut reader = DecodeThread::start(reader, WORKER_STACK_BYTES)?;
     let poller = poller.map(|p| tokio::spawn(p.run()));
     state.ready.store(true, Ordering::Relaxed);
 
@@ -455,15 +509,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let outcome = tokio::select! {
         _ = sigterm.recv() => Ok(()),
         _ = sigint.recv() => Ok(()),
-        result = &mut reader => match result {
+        result = &mut reader.done => match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.context("the event reader stopped")),
-            Err(e) => Err(anyhow::anyhow!("the event reader panicked: {e}")),
+            Err(_) => Err(anyhow::anyhow!("the event reader panicked")),
         },
     };
     state.ready.store(false, Ordering::Relaxed);
-    reader.abort();
-    let _ = reader.await;
+    reader.stop().await;
     if let Some(flows) = flows {
         flows.abort();
         let _ = flows.await;

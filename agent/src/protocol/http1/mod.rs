@@ -500,6 +500,13 @@ impl Http1Decoder {
             self.pending.pop_front();
             self.stats.unpaired_requests += 1;
         }
+        if self.pending.capacity() == 0 {
+            // Room for one: a keep-alive connection has one request in flight most of the
+            // time, and the default first growth (four) held 700 B on every connection with a
+            // request outstanding (`bench scale`: 14 MB at 20,000 sockets, freed and
+            // fragmented again after every exchange).
+            self.pending.reserve_exact(1);
+        }
         self.pending.push_back(p);
     }
 
