@@ -349,6 +349,9 @@ struct Conn {
     /// Found open in `/proc` at start-up: the role its socket tells (a local port that
     /// listens is a server's).
     proc_role: Option<Role>,
+    /// `/proc` checks that found its descriptor still a socket since its last bytes
+    /// (`Tracker::expire_closed` backs off by it).
+    close_checks: u16,
 }
 
 impl Conn {
@@ -381,6 +384,7 @@ impl Conn {
             tls: false,
             cipher_muted: false,
             proc_role: None,
+            close_checks: 0,
         }
     }
 
@@ -874,6 +878,7 @@ impl Tracker {
         }
         conn.last_ns = header.ts_ns;
         conn.last_tid = header.tid;
+        conn.close_checks = 0;
         if let Some(fresh) = self.processes.refreshed(&conn.process) {
             conn.process = fresh;
         }
@@ -1093,19 +1098,22 @@ impl Tracker {
     /// `CLOCK_MONOTONIC`, the kernel's event clock.
     pub fn expire_closed(&mut self, now_ns: u64, idle_ns: u64, sink: &mut dyn Sink) {
         let root = self.processes_root();
-        let gone: Vec<u64> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| now_ns.saturating_sub(c.last_ns) >= idle_ns)
-            .filter(|(_, c)| {
-                let link = root.join(format!("{}/fd/{}", c.tgid, c.fd));
-                // An exited process is `expire_dead`'s business.
-                root.join(c.tgid.to_string()).exists()
-                    && !std::fs::read_link(link)
-                        .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
-            })
-            .map(|(id, _)| *id)
-            .collect();
+        let mut gone = Vec::new();
+        for (id, c) in self.conns.iter_mut() {
+            let idle = now_ns.saturating_sub(c.last_ns);
+            if idle < close_check_due(idle_ns, c.close_checks) {
+                continue;
+            }
+            let link = root.join(format!("{}/fd/{}", c.tgid, c.fd));
+            if std::fs::read_link(link).is_ok_and(|t| t.to_string_lossy().starts_with("socket:")) {
+                c.close_checks = c.close_checks.saturating_add(1);
+                continue;
+            }
+            // An exited process is `expire_dead`'s business.
+            if root.join(c.tgid.to_string()).exists() {
+                gone.push(*id);
+            }
+        }
         for id in gone {
             if let Some(conn) = self.conns.remove(&id) {
                 let last = conn.last_ns;
@@ -1117,14 +1125,11 @@ impl Tracker {
     /// Drops connections of processes that no longer exist (their exit event was lost).
     pub fn expire_dead(&mut self, sink: &mut dyn Sink, actions: &mut Vec<KernelAction>) {
         let root = self.processes_root();
-        let mut dead: Vec<u32> = self
-            .conns
-            .values()
-            .map(|c| c.tgid)
-            .filter(|tgid| !root.join(tgid.to_string()).exists())
-            .collect();
+        // One look per process, not per connection (10,000 connections of 1,000 processes).
+        let mut dead: Vec<u32> = self.conns.values().map(|c| c.tgid).collect();
         dead.sort_unstable();
         dead.dedup();
+        dead.retain(|tgid| !root.join(tgid.to_string()).exists());
         for tgid in dead {
             self.end_process(tgid, None, EndReason::Expired, sink, actions);
         }
@@ -1134,6 +1139,20 @@ impl Tracker {
     fn processes_root(&self) -> std::path::PathBuf {
         self.listeners.proc_root().to_path_buf()
     }
+}
+
+/// How long a connection must have been idle for its `checks + 1`-th `/proc` check: `idle_ns`,
+/// then twice as long after each check that found it open, up to 32 times, then every
+/// 16 × `idle_ns` more (5 s, 10, 20, 40, 80, 160, 240, 320 s… with the reader's 5 s). A close
+/// event is lost only when the ring buffer overflowed; checking every idle connection every
+/// 5 s cost 40 ms of CPU a second at 20,000 idle sockets (`bench scale`).
+fn close_check_due(idle_ns: u64, checks: u16) -> u64 {
+    let factor = if checks < 5 {
+        1u64 << checks
+    } else {
+        16 * (u64::from(checks) - 3)
+    };
+    idle_ns.saturating_mul(factor)
 }
 
 /// Client connections by their local address, with the server port they connect to.

@@ -977,3 +977,55 @@ fn set_local_v4(payload: &mut [u8], port: u16) {
     payload[at + 2..at + 4].copy_from_slice(&port.to_be_bytes());
     payload[at + 4..at + 8].copy_from_slice(&[127, 0, 0, 1]);
 }
+
+#[test]
+fn close_checks_double_then_come_every_sixteen_idle_periods() {
+    let due: Vec<u64> = (0..9).map(|n| close_check_due(5, n)).collect();
+    assert_eq!(due, vec![5, 10, 20, 40, 80, 160, 240, 320, 400]);
+    assert_eq!(
+        close_check_due(5, u16::MAX),
+        5 * 16 * (u64::from(u16::MAX) - 3)
+    );
+}
+
+/// An idle connection whose close event was lost is found by asking `/proc` whether its
+/// descriptor still holds a socket; one that does is asked again only after twice the idle
+/// time (20,000 idle sockets were asked every 5 s).
+#[test]
+fn an_idle_connection_is_checked_for_a_lost_close_with_back_off() {
+    const S: u64 = 1_000_000_000;
+    let root = std::env::temp_dir().join(format!("periscope-close-checks-{}", std::process::id()));
+    let fd_dir = root.join(format!("{PID}/fd"));
+    std::fs::create_dir_all(&fd_dir).unwrap();
+    let link = fd_dir.join("70");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink("socket:[4242]", &link).unwrap();
+    let mut h = Harness::new();
+    h.tracker = Tracker::new(&root);
+    h.open(70, ORIGIN_CONNECT, 8080, "client");
+    h.data(70, DIR_EGRESS, S, REQ, REQ.len());
+    h.data(70, DIR_INGRESS, S, RESP, RESP.len());
+    // Idle 5 s: checked, still a socket.
+    h.tracker.expire_closed(6 * S, 5 * S, &mut h.sink);
+    assert_eq!(h.tracker.len(), 1);
+    // The socket is closed, its close event lost.
+    std::fs::remove_file(&link).unwrap();
+    // Idle 9 s: the next check is due at 10 s idle.
+    h.tracker.expire_closed(10 * S, 5 * S, &mut h.sink);
+    assert_eq!(h.tracker.len(), 1);
+    h.tracker.expire_closed(11 * S, 5 * S, &mut h.sink);
+    assert!(h.tracker.is_empty());
+    assert_eq!(h.sink.ended, vec![EndReason::CloseLost]);
+    assert_eq!(h.sink.exchanges.len(), 1);
+    // Bytes start the back-off over.
+    std::os::unix::fs::symlink("socket:[4243]", &link).unwrap();
+    h.open(70, ORIGIN_CONNECT, 8080, "client");
+    h.data(70, DIR_EGRESS, 20 * S, REQ, REQ.len());
+    h.tracker.expire_closed(25 * S, 5 * S, &mut h.sink);
+    h.tracker.expire_closed(30 * S, 5 * S, &mut h.sink);
+    h.data(70, DIR_INGRESS, 31 * S, RESP, RESP.len());
+    std::fs::remove_file(&link).unwrap();
+    h.tracker.expire_closed(36 * S, 5 * S, &mut h.sink);
+    assert!(h.tracker.is_empty());
+    let _ = std::fs::remove_dir_all(&root);
+}
