@@ -197,10 +197,16 @@ impl Maps {
 }
 
 fn forget_dead<V: aya::Pod>(map: &mut BpfHashMap<MapData, SockKey, V>) {
+    // One look per process, not per socket (10,000 sockets of 1,000 processes).
+    let mut alive: std::collections::HashMap<u32, bool> = std::collections::HashMap::new();
     let dead: Vec<SockKey> = map
         .keys()
         .filter_map(Result::ok)
-        .filter(|k| !Path::new(&format!("/proc/{}", k.tgid)).exists())
+        .filter(|k| {
+            !*alive
+                .entry(k.tgid)
+                .or_insert_with(|| Path::new(&format!("/proc/{}", k.tgid)).exists())
+        })
         .collect();
     for key in dead {
         let _ = map.remove(&key);
