@@ -44,6 +44,10 @@ pub struct WrkOptions {
     /// Speak HTTP/2 instead: `h2load` with this many concurrent streams per connection
     /// ([`run_h2load`]).
     pub h2_streams: Option<u32>,
+    /// Paced load: each connection waits this many milliseconds after a response before it
+    /// sends its next request (wrk's Lua `delay()`; the latency wrk reports starts when the
+    /// request is written, after the wait). None: as fast as the server answers.
+    pub delay_ms: Option<u32>,
 }
 
 /// Runs `wrk -t<threads> -c<conns> -d<duration> --latency <url>`; panics if it fails.
@@ -55,6 +59,7 @@ pub fn wrk(url: &str, threads: u32, conns: u32, duration: Duration) -> WrkResult
         duration,
         cpu: None,
         h2_streams: None,
+        delay_ms: None,
     })
     .unwrap_or_else(|e| panic!("{e:#}"))
 }
@@ -79,11 +84,28 @@ pub fn run_wrk(options: &WrkOptions) -> anyhow::Result<WrkResult> {
             options.connections.max(options.threads).max(1)
         ))
         .arg(format!("-d{seconds}s"))
-        .arg("--latency")
-        .arg(&options.url);
+        .arg("--latency");
+    let script = match options.delay_ms {
+        Some(ms) => {
+            let path = std::env::temp_dir().join(format!(
+                "periscope-wrk-delay-{}-{ms}.lua",
+                std::process::id()
+            ));
+            std::fs::write(&path, format!("function delay()\n  return {ms}\nend\n"))
+                .with_context(|| format!("writing {}", path.display()))?;
+            cmd.arg("-s").arg(&path);
+            Some(path)
+        }
+        None => None,
+    };
+    cmd.arg(&options.url);
     let output = cmd
         .output()
-        .with_context(|| format!("running {cmd:?} (is wrk installed? `cargo xtask setup`)"))?;
+        .with_context(|| format!("running {cmd:?} (is wrk installed? `cargo xtask setup`)"));
+    if let Some(path) = script {
+        let _ = std::fs::remove_file(path);
+    }
+    let output = output?;
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     if !output.status.success() {
         bail!(

@@ -145,6 +145,12 @@ pub struct HttpArgs {
     /// Concurrent streams per connection with `--h2` (h2load -m).
     #[arg(long, default_value_t = 10)]
     streams: u32,
+    /// A paced load instead of a saturating one: each wrk connection waits this many
+    /// milliseconds after a response before its next request (a Lua `delay()`), so both
+    /// modes serve about the same rate and the latency columns compare the same load (the
+    /// tail-latency penalty a service below saturation sees). Not with `--h2`.
+    #[arg(long)]
+    pub(crate) delay_ms: Option<u32>,
     /// Extra arguments for the agent, after `--`.
     #[arg(last = true)]
     agent_args: Vec<String>,
@@ -168,6 +174,9 @@ impl HttpArgs {
         );
         if self.h2 {
             c.push_str(&format!(" --h2 --streams {}", self.streams));
+        }
+        if let Some(ms) = self.delay_ms {
+            c.push_str(&format!(" --delay-ms {ms}"));
         }
         if !self.agent_args.is_empty() {
             c.push_str(" -- ");
@@ -235,6 +244,9 @@ impl NginxBench {
         if args.rounds == 0 || args.seconds == 0 {
             bail!("--rounds and --seconds must be at least 1");
         }
+        if args.h2 && args.delay_ms.is_some() {
+            bail!("--delay-ms paces wrk; h2load (--h2) is not paced");
+        }
         crate::setup::setup()?;
         let bin = bench_agent(args.no_build, build_agent)?;
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -294,10 +306,12 @@ impl NginxBench {
             .iter()
             .map(|&(_, what, cpu)| format!(", {what} {}", on(cpu)))
             .collect();
-        let client = if args.h2 {
-            format!("h2load -m{}", args.streams)
-        } else {
-            "wrk".to_owned()
+        let client = match (args.h2, args.delay_ms) {
+            (true, _) => format!("h2load -m{}", args.streams),
+            (false, Some(ms)) => {
+                format!("wrk (paced: {ms} ms between a response and the next request)")
+            }
+            (false, None) => "wrk".to_owned(),
         };
         let placement = format!(
             "nginx (master + 1 worker) {}, {client} -t{} -c{} {}, agent {}{extra} (taskset); \
@@ -318,6 +332,7 @@ impl NginxBench {
                 duration: Duration::from_secs(args.seconds),
                 cpu: args.wrk_cpu.0,
                 h2_streams: args.h2.then_some(args.streams),
+                delay_ms: args.delay_ms,
             },
             agent_options: AgentOptions {
                 bin: Some(bin),

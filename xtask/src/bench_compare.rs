@@ -601,6 +601,7 @@ fn run_config(
         duration: Duration::from_secs(args.seconds),
         cpu: args.wrk_cpu.0,
         h2_streams: None,
+        delay_ms: None,
     };
     let workers = app.pids().len() - 1;
     if workers != args.workers as usize {

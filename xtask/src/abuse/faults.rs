@@ -221,6 +221,7 @@ pub(crate) fn faults(env: &Env, args: &FaultsArgs) -> anyhow::Result<Report> {
         duration: Duration::from_secs(args.seconds),
         cpu: None,
         h2_streams: None,
+        delay_ms: None,
     };
     let (wrk, scrapes) = std::thread::scope(|s| {
         let wrk = s.spawn(|| run_wrk(&wrk_options));

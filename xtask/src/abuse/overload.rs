@@ -82,6 +82,7 @@ pub(crate) fn overload(env: &Env, args: &OverloadArgs) -> anyhow::Result<Report>
         duration: Duration::from_secs(args.seconds),
         cpu: None,
         h2_streams: None,
+        delay_ms: None,
     };
     let port = nginx.port();
 
