@@ -172,6 +172,7 @@ impl Reader {
                         tls_pids.notice(&actions);
                     }
                     maps.apply(actions.drain(..));
+                    sink.flush();
                     let now = Instant::now();
                     next_drain =
                         next_drain_in(ring_bytes, drained, now - last_drain, next_drain);
@@ -206,6 +207,7 @@ impl Reader {
                         maps.apply(actions.drain(..));
                         maps.forget_dead();
                     }
+                    sink.flush();
                 }
             }
         }

@@ -102,11 +102,13 @@ fn chain(tier: ConnectHook, facts: &KernelFacts) -> Outcome {
         let (mut offered, mut spans) = (0usize, Vec::new());
         let started = Instant::now();
         while offered < expected && started.elapsed() < SETTLE {
-            while let Ok((exchange, exemplar)) = exchanges.try_recv() {
-                if run.pids.contains(&exchange.endpoint.process.pid) {
-                    offered += 1;
+            while let Some(batch) = exchanges.try_recv() {
+                for (exchange, exemplar) in batch {
+                    if run.pids.contains(&exchange.endpoint.process.pid) {
+                        offered += 1;
+                    }
+                    stitcher.offer(&exchange, exemplar, &mut spans);
                 }
-                stitcher.offer(&exchange, exemplar, &mut spans);
             }
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -11,16 +11,25 @@ use crate::exchange::Exchange;
 use crate::protocol::http1::DecoderStats;
 
 /// The reader's sink: metrics always, spans when tracing is on. Each exchange goes to the
-/// metrics first; the span sink's part is a non-blocking queue send.
+/// metrics first; the span sink's part is a clone into a bounded queue, sent on at `flush`.
 pub struct Fanout {
     pub metrics: prometheus::MetricsSink,
     pub spans: Option<otlp::SpanSink>,
 }
 
+impl Fanout {
+    /// Hands the exchanges of this drain to the span exporter (see [`otlp::SpanSink`]).
+    pub fn flush(&mut self) {
+        if let Some(spans) = &mut self.spans {
+            spans.flush();
+        }
+    }
+}
+
 impl Sink for Fanout {
     fn exchange(&mut self, exchange: &Exchange) {
         let exemplar = self.metrics.record(exchange, self.spans.is_some());
-        if let Some(spans) = &self.spans {
+        if let Some(spans) = &mut self.spans {
             spans.exchange(exchange, exemplar);
         }
     }

@@ -8,7 +8,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokio::sync::mpsc;
 
 use crate::exchange::Exchange;
 use crate::export::prometheus::histogram::{ExemplarTarget, SpanIds};
@@ -22,7 +21,7 @@ use super::convert::{resource, Converter, NodeResource};
 use super::parents::{Arrival, Parents, Pending};
 use super::proto::{encode_request, ResourceSpans, Span, Value};
 use super::tls::{self, ClientTls, Connector, TlsOptions};
-use super::{Queued, SpanMetrics};
+use super::{SpanMetrics, SpanQueue};
 
 /// Attempts per batch at most (the first and the retries), within `Batching::export_timeout`.
 const ATTEMPTS: u32 = 5;
@@ -374,7 +373,7 @@ struct Export {
 
 /// Drains `rx` until every sender is gone: converts, batches and exports.
 pub async fn run(
-    mut rx: mpsc::Receiver<Queued>,
+    mut rx: SpanQueue,
     converter: Converter,
     settings: TraceSettings,
     metrics: Arc<SpanMetrics>,
@@ -397,13 +396,15 @@ pub async fn run(
     loop {
         tokio::select! {
             next = rx.recv() => match next {
-                Some((exchange, exemplar)) => {
-                    if is_own_export(&exchange, export.settings.url.as_ref()) {
-                        continue;
-                    }
-                    stitcher.offer(&exchange, exemplar, &mut pending);
-                    if pending.len() >= batching.max_spans {
-                        export.flush(&mut pending).await;
+                Some(batch) => {
+                    for (exchange, exemplar) in batch {
+                        if is_own_export(&exchange, export.settings.url.as_ref()) {
+                            continue;
+                        }
+                        stitcher.offer(&exchange, exemplar, &mut pending);
+                        if pending.len() >= batching.max_spans {
+                            export.flush(&mut pending).await;
+                        }
                     }
                 }
                 None => {

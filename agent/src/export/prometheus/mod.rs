@@ -268,4 +268,4 @@ impl Sink for MetricsSink {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
