@@ -247,8 +247,10 @@ pub const HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
 ///
 /// `count == 0`: the `len` bytes at `offset` of the syscall's bytes follow the record (message
 /// headers and the heads of their bodies, contiguous ones merged into one record).
-/// `count > 0`: a run of `count` whole messages of type `kind` (PostgreSQL `DataRow`/`CopyData`)
-/// that start at `offset` and fill `len` bytes; no bytes follow. Everything between records is
+/// `count > 0` or `kind != 0`: a run of `count` whole messages of type `kind` (PostgreSQL
+/// `DataRow`/`CopyData`) that start at `offset` and fill `len` bytes, or the part of a Kafka
+/// Fetch response's `records` field inside the syscall (`RUN_KAFKA_RECORDS`, `count` its
+/// records, possibly none); no bytes follow. Everything between records is
 /// the rest of a message body whose header was delivered: the decoder skips it by length.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -323,6 +325,77 @@ pub struct HttpScan {
     pub field: u8,
     /// What the current head said (start line seen, HEAD, CONNECT, lengths).
     pub flags: u16,
+}
+
+/// One direction's walk of a Kafka Fetch response (see `agent-ebpf/src/io/framing/kafka.rs`),
+/// carried across syscalls. It lives in the storage of `FrameDir::http`, which a Kafka
+/// connection does not use (`kafka_scan`): the map entry of every connection stays the same
+/// size.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KafkaScan {
+    /// Bytes of the response still to come (0: not walking one).
+    pub left: u32,
+    /// Bytes to pass over before the next field is read.
+    pub skip: u32,
+    /// The field being read so far (big-endian integer or uvarint), and its bytes so far.
+    pub acc: u32,
+    /// Bytes of the current `records` field still to come.
+    pub records: u32,
+    /// Elements left: topics, partitions of the current topic, aborted transactions of the
+    /// current partition, tagged fields of the current section.
+    pub topics: u32,
+    pub partitions: u32,
+    pub aborted: u32,
+    pub tags: u32,
+    /// The current record batch's `batchLength`.
+    pub batch: u32,
+    /// `KAFKA_*` phase of the walk, and the phase a tagged-field section returns to.
+    pub phase: u8,
+    pub after: u8,
+    /// The Fetch response's version.
+    pub version: u8,
+    pub have: u8,
+}
+
+/// Kafka Fetch requests whose responses are still to come on a connection, as the walk
+/// needs them: correlation id and version + 1 (0: a free slot). It lives in the storage of
+/// `FrameState::http` (`kafka_pipe`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KafkaPipe {
+    pub correlation: [u32; KAFKA_FETCHES],
+    pub version: [u8; KAFKA_FETCHES],
+}
+
+/// Fetch requests in flight per connection that the walk can follow (consumers keep one per
+/// broker connection; an older one is forgotten and its response captured by prefix).
+pub const KAFKA_FETCHES: usize = 8;
+
+/// The run kind of a Kafka `records` field (or the part of one inside a syscall): `count` is
+/// the records of the batches whose headers lie in it.
+pub const RUN_KAFKA_RECORDS: u8 = b'R';
+
+const _: () = assert!(core::mem::size_of::<KafkaScan>() <= core::mem::size_of::<HttpScan>());
+const _: () = assert!(core::mem::size_of::<KafkaPipe>() <= core::mem::size_of::<HttpPipe>());
+
+impl FrameDir {
+    /// The Kafka walk's state (a Kafka connection has no HTTP scan).
+    #[inline(always)]
+    pub fn kafka_scan(&mut self) -> &mut KafkaScan {
+        // SAFETY: `KafkaScan` is plain data no larger than `HttpScan` and less aligned;
+        // every bit pattern is valid for both.
+        unsafe { &mut *(&mut self.http as *mut HttpScan as *mut KafkaScan) }
+    }
+}
+
+impl HttpPipe {
+    /// The Kafka Fetch requests in flight (a Kafka connection has no HTTP pipeline).
+    #[inline(always)]
+    pub fn kafka_pipe(&mut self) -> &mut KafkaPipe {
+        // SAFETY: as for `FrameDir::kafka_scan`.
+        unsafe { &mut *(self as *mut HttpPipe as *mut KafkaPipe) }
+    }
 }
 
 /// One direction's framing state, carried from syscall to syscall.

@@ -337,6 +337,175 @@ print(n, m)
         ops.iter().any(|(op, n)| op == "receive" && *n >= 2.0),
         "{ops:?}"
     );
+    // Every record fetched is counted once, on both ends, although the responses are MiBs
+    // (the kernel walks each Fetch response's batches).
+    let m = agent.metrics();
+    let topic = [("messaging_destination_name", "bulk")];
+    for family in [
+        "messaging_client_consumed_messages_total",
+        "messaging_server_delivered_messages_total",
+        "messaging_client_sent_messages_total",
+        "messaging_server_received_messages_total",
+    ] {
+        let want = if family.contains("consumed") || family.contains("delivered") {
+            4000.0
+        } else {
+            2000.0
+        };
+        assert_eq!(m.sum(family, &topic), want, "{family}\n{}", m.text());
+    }
+    // (Unpaired requests are long-poll Fetches the clients abandoned at close, see above.)
+    let inexact = m.sum(
+        "periscope_exchanges_inexact_total",
+        &[("protocol", "kafka"), ("reason", "incomplete")],
+    );
+    assert_eq!(inexact, 0.0, "{}", m.text());
+    no_lost_framing(&agent);
+}
+
+/// A Kafka peer pair in Python that speaks Fetch in every response layout (versions 0 to 17:
+/// legacy messages, aborted transactions, flexible versions with tagged fields everywhere,
+/// topic ids), each response ~15 KB with 230 records in whole batches and a partial batch
+/// the count must leave out, written and read in pieces that split fields, batch headers
+/// and varints at many offsets. The kernel sees real syscalls on both ends.
+const KAFKA_FETCH_LAYOUTS: &str = r#"
+import socket, struct, threading, time, random
+VERSIONS = [(0, True), (3, True), (4, False), (7, False), (11, False), (12, False),
+            (13, False), (16, False), (17, False)]
+TOPIC_ID = b"\xcd" * 16
+def uv(n):
+    out = b""
+    while n >= 0x80:
+        out += bytes([(n & 0x7f) | 0x80]); n >>= 7
+    return out + bytes([n])
+def ln(flex, n, w=4):
+    return uv(n + 1) if flex else struct.pack(">i" if w == 4 else ">h", n)
+def tags(flex):
+    return uv(1) + uv(7) + uv(3) + b"tag" if flex else b""
+def batch(n, pad):
+    rest = struct.pack(">ibihiqqqhii", 0, 2, 0, 0, n - 1, 1, 1, -1, -1, -1, n) + b"\x5a" * pad
+    return struct.pack(">qi", 0, len(rest)) + rest
+def legacy(pad):
+    rest = struct.pack(">ibbq", 0, 1, 0, 1) + b"\x33" * pad
+    return struct.pack(">qi", 0, len(rest)) + rest
+def frame(b):
+    return struct.pack(">i", len(b)) + b
+def request(v, corr):
+    f = v >= 12
+    b = struct.pack(">hhih", 1, v, corr, 1) + b"c" + tags(f)
+    b += struct.pack(">iii", -1, 500, 1)
+    if v >= 3: b += struct.pack(">i", 50 << 20)
+    if v >= 4: b += b"\x00"
+    if v >= 7: b += struct.pack(">ii", 0, -1)
+    b += ln(f, 1) + (TOPIC_ID if v >= 13 else ln(f, 4, 2) + b"bulk") + ln(f, 3)
+    for p in range(3):
+        b += struct.pack(">i", p)
+        if v >= 9: b += struct.pack(">i", -1)
+        b += struct.pack(">q", 0)
+        if v >= 12: b += struct.pack(">i", -1)
+        if v >= 5: b += struct.pack(">q", -1)
+        b += struct.pack(">i", 8 << 20) + tags(f)
+    b += tags(f)
+    if v >= 7: b += ln(f, 0)
+    if v >= 11: b += ln(f, 0, 2)
+    return frame(b + tags(f))
+def response(v, corr, old):
+    f = v >= 12
+    b = struct.pack(">i", corr) + tags(f)
+    if v >= 1: b += struct.pack(">i", 0)
+    if v >= 7: b += struct.pack(">hi", 0, 7)
+    b += ln(f, 1) + (TOPIC_ID if v >= 13 else ln(f, 4, 2) + b"bulk") + ln(f, 3)
+    big = b"".join(batch(5, 200) for _ in range(40)) + batch(7, 100)[:90]
+    small = b"".join(legacy(20) for _ in range(30)) if old else b"".join(batch(3, 50) for _ in range(10))
+    for p, records in [(0, big), (1, b""), (2, small)]:
+        b += struct.pack(">ihq", p, 0, 1000)
+        if v >= 4: b += struct.pack(">q", 1000)
+        if v >= 5: b += struct.pack(">q", 0)
+        if v >= 4:
+            b += ln(f, 2)
+            for t in range(2): b += struct.pack(">qq", t, t * 10) + tags(f)
+        if v >= 11: b += struct.pack(">i", -1)
+        b += ln(f, len(records)) + records + tags(f)
+    return frame(b + tags(f) + tags(f))
+rng = random.Random(7)
+def server_cuts(plan, n):
+    if plan == 2: return list(range(1000, n, 1000))
+    if plan == 3: return list(range(7, 300, 7))
+    if plan == 4: return sorted(rng.sample(range(1, n), 3))
+    if plan == 5: return list(range(300, 1500, 61))
+    return []
+CLIENT_READ = [1 << 20, 13, 1 << 20, 1 << 20, 97, 1 << 20]
+def recv_exact(s, n, size):
+    out = b""
+    while len(out) < n:
+        got = s.recv(min(size, n - len(out)))
+        if not got: raise EOFError
+        out += got
+    return out
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(16)
+def serve():
+    while True:
+        c, _ = srv.accept()
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            while True:
+                n = struct.unpack(">i", recv_exact(c, 4, 4))[0]
+                body = recv_exact(c, n, 1 << 20)
+                v, corr = struct.unpack(">hi", body[2:8])
+                out = response(v, corr, dict(VERSIONS)[v])
+                at = 0
+                for cut in server_cuts(corr % 6, len(out)) + [len(out)]:
+                    c.sendall(out[at:cut]); at = cut
+                    time.sleep(0.001)
+        except EOFError:
+            c.close()
+threading.Thread(target=serve, daemon=True).start()
+records = 0
+for v, _ in VERSIONS:
+    s = socket.create_connection(srv.getsockname())
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for corr in range(6):
+        s.sendall(request(v, corr))
+        size = CLIENT_READ[corr]
+        n = struct.unpack(">i", recv_exact(s, 4, 4))[0]
+        recv_exact(s, n, size)
+        records += 230
+    s.close()
+print(records)
+"#;
+
+#[test]
+fn kafka_fetch_records_exact_in_every_response_layout() {
+    let agent = Agent::start(&[]).unwrap();
+    let out = std::process::Command::new("python3")
+        .args(["-c", KAFKA_FETCH_LAYOUTS])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "12420");
+    let fetches = [("messaging_operation_name", "receive")];
+    for side in ["client", "server"] {
+        let name = format!("messaging_{side}_operation_duration_seconds_count");
+        wait_for_metric(&agent, &name, &fetches, 54.0, WAIT).unwrap();
+    }
+    let m = agent.metrics();
+    for family in [
+        "messaging_client_consumed_messages_total",
+        "messaging_server_delivered_messages_total",
+    ] {
+        assert_eq!(m.sum(family, &[]), 12420.0, "{family}\n{}", m.text());
+    }
+    let inexact = m.sum(
+        "periscope_exchanges_inexact_total",
+        &[("protocol", "kafka")],
+    );
+    assert_eq!(inexact, 0.0, "{}", m.text());
     no_lost_framing(&agent);
 }
 

@@ -73,7 +73,7 @@ pub fn pieces<'a>(header: &EventHeader, payload: &'a [u8]) -> Pieces<'a> {
         }
         gap(&mut out, offset - cursor);
         cursor = offset;
-        if record.count > 0 {
+        if record.count > 0 || record.kind != 0 {
             out.push(Piece::Run {
                 kind: record.kind,
                 count: u64::from(record.count),
@@ -164,6 +164,38 @@ mod tests {
             _pad: [0; 3],
         };
         (record, &[])
+    }
+
+    #[test]
+    fn a_run_without_messages_is_still_a_run() {
+        // A Kafka `records` field's part inside a syscall may hold no batch header.
+        assert_eq!(
+            agent_ebpf::RUN_KAFKA_RECORDS,
+            crate::protocol::kafka::RECORDS_RUN
+        );
+        let record = FrameRecord {
+            offset: 4,
+            len: 100,
+            count: 0,
+            kind: agent_ebpf::RUN_KAFKA_RECORDS,
+            _pad: [0; 3],
+        };
+        let payload = encode(&[data(0, b"abcd"), (record, &[])]);
+        let got = pieces(&framed(0, 104, 104), &payload);
+        assert_eq!(
+            got.to_vec(),
+            vec![
+                Piece::Bytes {
+                    bytes: b"abcd",
+                    len: 4
+                },
+                Piece::Run {
+                    kind: b'R',
+                    count: 0,
+                    bytes: 100
+                },
+            ]
+        );
     }
 
     #[test]

@@ -48,6 +48,8 @@ struct Dir {
     hdr: [u8; 16],
     have: usize,
     http: Scan,
+    /// A Kafka Fetch response being walked.
+    fetch: Option<FetchBody>,
 }
 
 /// HTTP: what is being scanned (kernel `HttpScan`).
@@ -89,6 +91,8 @@ pub struct Walker {
     requests: u32,
     responses: u32,
     heads: std::collections::BTreeSet<u32>,
+    /// Kafka: Fetch requests in flight, (correlation id, version), in the kernel's slots.
+    fetches: [Option<(u32, u8)>; 8],
     /// The first bytes chose a framing mode.
     framed_from_start: bool,
 }
@@ -106,6 +110,7 @@ impl Walker {
             hdr: [0; 16],
             have: 0,
             http: Scan::default(),
+            fetch: None,
         };
         Walker {
             dirs: [dir.clone(), dir],
@@ -113,6 +118,7 @@ impl Walker {
             requests: 0,
             responses: 0,
             heads: Default::default(),
+            fetches: [None; 8],
             framed_from_start: false,
         }
     }
@@ -131,6 +137,24 @@ impl Walker {
         };
         if self.dirs[this].mode == Mode::Detect {
             let (req, resp) = match stream {
+                // A Kafka broker reads a request's size alone: the next read decides, from
+                // the size and its first bytes, and the header carries on from the size.
+                Stream::Request if self.dirs[0].have == 4 => {
+                    let mut first = self.dirs[0].hdr[..4].to_vec();
+                    first.extend_from_slice(b);
+                    match detect(&first) {
+                        found @ ((Mode::Kafka, _) | (Mode::PgStartup, _)) if b.len() >= 4 => found,
+                        _ => {
+                            self.dirs[0].have = 0;
+                            (Mode::Off, Mode::Off)
+                        }
+                    }
+                }
+                Stream::Request if b.len() == 4 => {
+                    self.dirs[0].hdr[..4].copy_from_slice(b);
+                    self.dirs[0].have = 4;
+                    return Ok(None);
+                }
                 Stream::Request => detect(b),
                 // An HTTP/2 server's SETTINGS may come first.
                 Stream::Response if is_server_settings(b) => (Mode::H2Preface, Mode::H2),
@@ -153,6 +177,15 @@ impl Walker {
                 break;
             }
             let left = b.len() - pos;
+            if let Some(f) = &mut d.fetch {
+                let n = f.left().min(left);
+                f.walk(&b[pos..pos + n], self.cap, &mut out)?;
+                pos += n;
+                if f.left() == 0 {
+                    d.fetch = None;
+                }
+                continue;
+            }
             if d.skip > 0 {
                 let n = d.skip.min(left as u64) as usize;
                 let head = d.head_left.min(n as u64) as usize;
@@ -197,6 +230,9 @@ impl Walker {
                 Mode::PgAnswer => 1,
                 Mode::H2Preface => 8,
                 Mode::H2 | Mode::H2Upgrade => 9,
+                // Length and correlation id; a request's api key and version between them.
+                Mode::Kafka if response => 8,
+                Mode::Kafka => 12,
                 _ => 4,
             };
             let hdr_pos = pos;
@@ -248,8 +284,25 @@ impl Walker {
                 },
                 Mode::Kafka => {
                     let len = be32(0);
-                    if len == 0 || len > 1 << 30 {
+                    if !(size as u64 - 4..=1 << 30).contains(&len) {
                         return Err(lost(out, b.len() - hdr_pos, &d.hdr));
+                    }
+                    let correlation = if response { be32(4) } else { be32(8) } as u32;
+                    let slot = |f: &Option<(u32, u8)>| f.is_some_and(|(c, _)| c == correlation);
+                    if !response {
+                        let (key, version) = (be32(4) >> 16, be32(4) & 0xffff);
+                        if key == 1 && version <= 17 {
+                            let at = self.fetches.iter().position(Option::is_none);
+                            let at = at.unwrap_or(correlation as usize & 7);
+                            self.fetches[at] = Some((correlation, version as u8));
+                        }
+                    } else if let Some(at) = self.fetches.iter().position(slot) {
+                        let version = self.fetches[at].take().unwrap().1;
+                        if len > 4 {
+                            out.capture(&b[hdr_pos..pos]);
+                            d.fetch = Some(FetchBody::new(version, len - 4, be32(4) as u32));
+                            continue;
+                        }
                     }
                     (len + 4, false, 0)
                 }
@@ -541,4 +594,264 @@ impl Pieces {
             }),
         }
     }
+}
+
+/// A Kafka Fetch response the kernel walks (`agent-ebpf/src/io/framing/kafka.rs`): its fields
+/// are captured, each `records` field delivered as runs (one per syscall it spans) counting
+/// the records of the batches whose headers end in that syscall. Modelled differently from
+/// the kernel's field-by-field walk: every syscall re-parses the body so far by the schema
+/// ([`fetch_layout`]) and classifies its own bytes from that.
+#[derive(Clone, Debug)]
+struct FetchBody {
+    version: u8,
+    /// The body after the size prefix, as far as seen (correlation id first).
+    seen: Vec<u8>,
+    /// Its length.
+    len: usize,
+}
+
+/// A `records` field: start, length, and its whole batches as (the offset just past the
+/// header bytes that count them, their records).
+type RecordsField = (usize, usize, Vec<(usize, u64)>);
+
+/// Where a Fetch response's `records` fields are, and where its schema ends.
+#[derive(Debug, Default)]
+struct Layout {
+    fields: Vec<RecordsField>,
+    end: Option<usize>,
+}
+
+impl FetchBody {
+    fn new(version: u8, rest: u64, correlation: u32) -> Self {
+        FetchBody {
+            version,
+            seen: correlation.to_be_bytes().to_vec(),
+            len: rest as usize + 4,
+        }
+    }
+
+    fn left(&self) -> usize {
+        self.len - self.seen.len()
+    }
+
+    /// The next `b.len()` bytes of the body, as the kernel delivers them.
+    fn walk(&mut self, b: &[u8], cap: u64, out: &mut Pieces) -> Result<(), String> {
+        let from = self.seen.len();
+        self.seen.extend_from_slice(b);
+        let to = self.seen.len();
+        let layout = fetch_layout(&self.seen, self.version)
+            .map_err(|e| format!("framing lost in a Fetch response: {e} (after {:?})", out.0))?;
+        let mut i = from;
+        while i < to {
+            let field = layout.fields.iter().find(|f| f.0 <= i && i < f.0 + f.1);
+            if let Some((start, len, batches)) = field {
+                let until = (start + len).min(to);
+                let count = batches
+                    .iter()
+                    .filter(|(point, _)| *point > from && *point <= to)
+                    .map(|(_, n)| n)
+                    .sum();
+                out.0.push(Piece::Run {
+                    kind: b'R',
+                    count,
+                    bytes: (until - i) as u64,
+                });
+                i = until;
+                continue;
+            }
+            if let Some(end) = layout.end.filter(|&e| i >= e) {
+                // After the schema: a head of `cap` bytes, the rest skipped.
+                let head_end = (end + cap as usize).min(to);
+                if i < head_end {
+                    out.capture(&self.seen[i..head_end]);
+                    i = head_end;
+                }
+                out.gap((to - i) as u64);
+                break;
+            }
+            let next = layout
+                .fields
+                .iter()
+                .map(|f| f.0)
+                .filter(|&s| s > i)
+                .chain(layout.end.filter(|&e| e > i))
+                .min()
+                .unwrap_or(to)
+                .min(to);
+            out.capture(&self.seen[i..next]);
+            i = next;
+        }
+        Ok(())
+    }
+}
+
+/// The layout of a Fetch response body of `version` as far as `p` (a prefix of it) shows it,
+/// by the message schema; Err where the kernel gives framing up.
+fn fetch_layout(p: &[u8], version: u8) -> Result<Layout, &'static str> {
+    let mut layout = Layout::default();
+    match fetch_fields(p, u16::from(version), &mut layout) {
+        Err(Short::Bad(why)) => Err(why),
+        _ => Ok(layout),
+    }
+}
+
+enum Short {
+    /// The prefix ends here.
+    End,
+    Bad(&'static str),
+}
+
+struct Cursor<'a> {
+    p: &'a [u8],
+    at: usize,
+}
+
+impl Cursor<'_> {
+    fn byte(&mut self) -> Result<u8, Short> {
+        let b = *self.p.get(self.at).ok_or(Short::End)?;
+        self.at += 1;
+        Ok(b)
+    }
+
+    fn int(&mut self, width: usize) -> Result<u64, Short> {
+        let mut v = 0;
+        for _ in 0..width {
+            v = v << 8 | u64::from(self.byte()?);
+        }
+        Ok(v)
+    }
+
+    fn uvarint(&mut self) -> Result<u64, Short> {
+        let mut v = 0;
+        for i in 0..5 {
+            let b = self.byte()?;
+            if i == 4 && b > 0x0f {
+                return Err(Short::Bad("varint"));
+            }
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        unreachable!()
+    }
+
+    /// Skips `n` bytes; the prefix may end inside them.
+    fn skip(&mut self, n: u64) -> Result<(), Short> {
+        self.at = self.at.saturating_add(n as usize);
+        if self.at > self.p.len() {
+            return Err(Short::End);
+        }
+        Ok(())
+    }
+
+    /// A length or count, null as 0: compact, or `width` bytes with -1 for null.
+    fn length(&mut self, flex: bool, width: usize) -> Result<u64, Short> {
+        if flex {
+            return Ok(self.uvarint()?.saturating_sub(1));
+        }
+        let v = self.int(width)?;
+        let null = if width == 2 { 0xffff } else { 0xffff_ffff };
+        match v {
+            _ if v == null => Ok(0),
+            _ if v > null >> 1 => Err(Short::Bad("negative length")),
+            _ => Ok(v),
+        }
+    }
+
+    fn tags(&mut self) -> Result<(), Short> {
+        for _ in 0..self.uvarint()? {
+            self.uvarint()?;
+            let size = self.uvarint()?;
+            self.skip(size)?;
+        }
+        Ok(())
+    }
+}
+
+fn fetch_fields(p: &[u8], v: u16, layout: &mut Layout) -> Result<(), Short> {
+    let flex = v >= 12;
+    let mut c = Cursor { p, at: 0 };
+    c.int(4)?; // correlation id
+    if flex {
+        c.tags()?;
+    }
+    c.skip(if v >= 7 {
+        10
+    } else if v >= 1 {
+        4
+    } else {
+        0
+    })?;
+    for _ in 0..c.length(flex, 4)? {
+        if v >= 13 {
+            c.skip(16)?;
+        } else {
+            let n = c.length(flex, 2)?;
+            c.skip(n)?;
+        }
+        for _ in 0..c.length(flex, 4)? {
+            c.skip(14 + if v >= 4 { 8 } else { 0 } + if v >= 5 { 8 } else { 0 })?;
+            if v >= 4 {
+                let n = c.length(flex, 4)?;
+                if flex {
+                    for _ in 0..n {
+                        c.skip(16)?;
+                        c.tags()?;
+                    }
+                } else if n > 1 << 24 {
+                    return Err(Short::Bad("aborted transactions"));
+                } else {
+                    c.skip(16 * n)?;
+                }
+            }
+            if v >= 11 {
+                c.skip(4)?;
+            }
+            let len = c.length(flex, 4)? as usize;
+            let start = c.at;
+            layout.fields.push((start, len, Vec::new()));
+            let batches = &mut layout.fields.last_mut().unwrap().2;
+            let end = start + len;
+            let mut at = start;
+            let be = |i: usize, w: usize| -> Result<u64, Short> {
+                let bytes = p.get(i..i + w).ok_or(Short::End)?;
+                Ok(bytes.iter().fold(0, |v, &b| v << 8 | u64::from(b)))
+            };
+            // Whole batches only; a partial one at the end counts nothing.
+            while at + 17 <= end {
+                let blen = be(at + 8, 4)? as usize;
+                if blen > end - at - 12 {
+                    break;
+                }
+                if blen < 5 {
+                    return Err(Short::Bad("batch length"));
+                }
+                match be(at + 16, 1)? {
+                    2 if blen >= 49 => {
+                        let n = be(at + 57, 4)?;
+                        if n > i32::MAX as u64 {
+                            return Err(Short::Bad("records count"));
+                        }
+                        batches.push((at + 61, n));
+                    }
+                    0 | 1 => batches.push((at + 17, 1)),
+                    _ => return Err(Short::Bad("magic")),
+                }
+                at += 12 + blen;
+            }
+            c.skip(len as u64)?;
+            if flex {
+                c.tags()?;
+            }
+        }
+        if flex {
+            c.tags()?;
+        }
+    }
+    if flex {
+        c.tags()?;
+    }
+    layout.end = Some(c.at);
+    Ok(())
 }

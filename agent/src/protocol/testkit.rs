@@ -302,7 +302,10 @@ pub fn golden_fixtures_framed<D: Decoder>(spec: &Golden<D>) {
 type Syscalls<'a> = Vec<(Stream, &'a [u8])>;
 
 /// Replays syscalls through the kernel walk model and a fresh decoder.
-fn decode_framed<D: Decoder>(syscalls: &[(Stream, &[u8])], cap: u64) -> Result<Decoded<D>, String> {
+pub fn decode_framed<D: Decoder>(
+    syscalls: &[(Stream, &[u8])],
+    cap: u64,
+) -> Result<Decoded<D>, String> {
     let mut walker = Walker::new(cap);
     let mut dec = D::start(false);
     let mut out = Vec::new();

@@ -52,6 +52,7 @@ use crate::common::BPF_NOEXIST;
 use agent_ebpf::MUTED_CIPHER;
 
 mod http;
+mod kafka;
 use crate::common::{bump, config, copy_words, store, zero_words};
 
 /// Framing state by connection id; an entry exists from `Open` to `close` for connections
@@ -161,6 +162,8 @@ pub struct Walk {
     /// The capture in progress: from this offset, this many bytes still to copy.
     cap_pos: u64,
     cap_left: u64,
+    /// Kafka Fetch walk: where the structure bytes not yet captured begin.
+    kstart: u64,
     /// The read-ahead window: `win_len` bytes of the syscall from `win_start`.
     win_start: u64,
     win_len: u64,
@@ -211,7 +214,15 @@ pub fn frame(
         (1, 0)
     };
     if state.dirs[this].mode == FRAME_DETECT {
-        let (req, resp) = if request {
+        let (req, resp) = if request && state.dirs[this].have == 4 {
+            detect_after_size(source, ret, &mut state.dirs[this])
+        } else if request && ret == 4 {
+            // A Kafka broker (the JVM's `NetworkReceive`) reads a request's size alone, then
+            // the rest: the size is kept, and the next read decides (this one is captured by
+            // prefix, which the decoder reads the same way).
+            keep_size(source, &mut state.dirs[this]);
+            return false;
+        } else if request {
             detect(source, ret)
         } else {
             // The server spoke first: an HTTP/2 server's SETTINGS (gRPC servers do not wait
@@ -285,6 +296,7 @@ pub fn frame(
     store(&mut w.cap_left, 0);
     store(&mut w.win_start, 0);
     store(&mut w.win_len, 0);
+    store(&mut w.kstart, 0);
     copy_words(&mut w.dir, &state.dirs[this]);
     // SAFETY: `step` has the callback signature; it reaches its state through per-CPU maps.
     unsafe {
@@ -325,16 +337,8 @@ pub fn frame(
 /// The framing a connection's first request bytes call for: (request side, response side).
 #[inline(always)]
 fn detect(source: Source, ret: u64) -> (u8, u8) {
-    let (ptr, first_len) = match source {
-        Source::Flat(ptr) => (ptr, ret),
-        Source::Iovec(iov, cnt) if cnt > 0 => {
-            // SAFETY: reading user memory through the helper.
-            match unsafe { bpf_probe_read_user(iov as *const Iovec) } {
-                Ok(first) => (first.base, first.len.min(ret)),
-                _ => return (FRAME_OFF, FRAME_OFF),
-            }
-        }
-        _ => return (FRAME_OFF, FRAME_OFF),
+    let Some((ptr, first_len)) = first_bytes(source, ret) else {
+        return (FRAME_OFF, FRAME_OFF);
     };
     // Every start-up packet and Kafka request has at least 8 bytes (an SSLRequest exactly 8).
     if first_len < 8 {
@@ -355,6 +359,14 @@ fn detect(source: Source, ret: u64) -> (u8, u8) {
     if http::is_request_start(len) {
         return (FRAME_HTTP, FRAME_HTTP);
     }
+    length_prefixed(&b, first_len, ptr + 8)
+}
+
+/// A PostgreSQL start-up packet or a Kafka request header in a connection's first 8 bytes
+/// (`first_len` of them readable in a row, the 9th at `next`).
+#[inline(always)]
+fn length_prefixed(b: &[u8; 8], first_len: u64, next: u64) -> (u8, u8) {
+    let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
     let code = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
     let pg_code = match code {
         PG_SSL_REQUEST | PG_GSSENC_REQUEST | PG_CANCEL_REQUEST => len == 8 || len == 16,
@@ -362,7 +374,7 @@ fn detect(source: Source, ret: u64) -> (u8, u8) {
         // 8 bytes, followed by a correlation id).
         _ if code >> 16 == 3 && first_len > 8 => {
             // SAFETY: reading user memory through the helper.
-            let next = unsafe { bpf_probe_read_user((ptr + 8) as *const u8) }.unwrap_or(0);
+            let next = unsafe { bpf_probe_read_user(next as *const u8) }.unwrap_or(0);
             next.is_ascii_lowercase()
         }
         _ => false,
@@ -380,6 +392,63 @@ fn detect(source: Source, ret: u64) -> (u8, u8) {
         return (FRAME_KAFKA, FRAME_KAFKA);
     }
     (FRAME_OFF, FRAME_OFF)
+}
+
+/// Where a syscall's first bytes are in user memory, and how many follow there.
+#[inline(always)]
+fn first_bytes(source: Source, ret: u64) -> Option<(u64, u64)> {
+    match source {
+        Source::Flat(ptr) => Some((ptr, ret)),
+        Source::Iovec(iov, cnt) if cnt > 0 => {
+            // SAFETY: reading user memory through the helper.
+            match unsafe { bpf_probe_read_user(iov as *const Iovec) } {
+                Ok(first) => Some((first.base, first.len.min(ret))),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Keeps a first request read of 4 bytes (a Kafka request's size) in `dir.hdr`.
+#[inline(always)]
+fn keep_size(source: Source, dir: &mut FrameDir) {
+    let Some((ptr, 4..)) = first_bytes(source, 4) else {
+        return;
+    };
+    // SAFETY: reading user memory through the helper.
+    if let Ok(b) = unsafe { bpf_probe_read_user(ptr as *const [u8; 4]) } {
+        dir.hdr[0] = b[0];
+        dir.hdr[1] = b[1];
+        dir.hdr[2] = b[2];
+        dir.hdr[3] = b[3];
+        dir.have = 4;
+    }
+}
+
+/// The framing the read after a kept size calls for, from the size and this read's first
+/// bytes, as [`detect`] decides for length-prefixed protocols (a Kafka request, or a
+/// PostgreSQL start-up packet whose reader took its length first); the header then carries
+/// on from the size (`dir.have` stays 4).
+#[inline(always)]
+fn detect_after_size(source: Source, ret: u64, dir: &mut FrameDir) -> (u8, u8) {
+    let h = dir.hdr;
+    let found = match first_bytes(source, ret) {
+        // SAFETY: reading user memory through the helper.
+        Some((ptr, first_len @ 4..)) => match unsafe { bpf_probe_read_user(ptr as *const [u8; 4]) }
+        {
+            Ok(b) => {
+                let head = [h[0], h[1], h[2], h[3], b[0], b[1], b[2], b[3]];
+                length_prefixed(&head, first_len + 4, ptr + 4)
+            }
+            _ => (FRAME_OFF, FRAME_OFF),
+        },
+        _ => (FRAME_OFF, FRAME_OFF),
+    };
+    if found.0 == FRAME_OFF {
+        dir.have = 0;
+    }
+    found
 }
 
 /// The framing a server's first bytes call for: HTTP/2 when they are a SETTINGS frame on
@@ -554,6 +623,9 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
         w.pos = w.ret;
         return 1;
     }
+    if w.dir.mode == FRAME_KAFKA && kafka::walking(w) {
+        return kafka::step(w, buf);
+    }
     let left = w.ret - w.pos;
     if w.dir.skip > 0 {
         // The rest of a body that began in an earlier syscall: the rest of its head is
@@ -576,7 +648,7 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
     if w.dir.mode == FRAME_PG && w.dir.have == 0 && extend_run(w) {
         return 0;
     }
-    let size = header_size(w.dir.mode);
+    let size = header_size(w.dir.mode, w.response != 0);
     let have = (w.dir.have as u64) & 15;
     if have >= size {
         w.lost = LOST_HEADER;
@@ -622,6 +694,14 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
     if total < size {
         w.lost = LOST_HEADER;
         return 1;
+    }
+    if w.dir.mode == FRAME_KAFKA && kafka::walking(w) {
+        // A Fetch response: its header is captured, its fields walked from the next step.
+        close_run(w, buf);
+        w.cap_pos = w.hdr_pos;
+        w.cap_left = seen;
+        w.kstart = w.pos;
+        return 0;
     }
     let body = total - size;
     if whole && runnable && body <= w.ret - w.pos {
@@ -788,8 +868,11 @@ fn capture_piece(w: &mut Walk, buf: &mut EventBuf) {
 }
 
 #[inline(always)]
-fn header_size(mode: u8) -> u64 {
+fn header_size(mode: u8, response: bool) -> u64 {
     match mode {
+        // Length and correlation id; a request's api key and version between them.
+        FRAME_KAFKA if response => 8,
+        FRAME_KAFKA => 12,
         FRAME_PG => 5,
         FRAME_PG_STARTUP => 8,
         FRAME_PG_ANSWER => 1,
@@ -847,6 +930,11 @@ fn parse(w: &mut Walk) -> (u64, bool, u8) {
             if len == 0 || len > MAX_MESSAGE {
                 return (0, false, 0);
             }
+            if w.response == 0 {
+                kafka::request(w);
+            } else {
+                kafka::response(w, len);
+            }
             (len + 4, false, 0)
         }
         FRAME_H2_PREFACE => {
@@ -901,7 +989,8 @@ fn add_run(w: &mut Walk, buf: &mut EventBuf, total: u64, kind: u8) {
 /// Writes the open run as a record.
 #[inline(always)]
 fn close_run(w: &mut Walk, buf: &mut EventBuf) {
-    if w.run_count == 0 {
+    // A Kafka `records` run may count no record (the part of a batch in this syscall).
+    if w.run_count == 0 && w.run_len == 0 {
         return;
     }
     if w.fill + FRAME_RECORD_LEN as u64 > FRAME_EVENT_BUDGET as u64 {
@@ -917,7 +1006,8 @@ fn close_run(w: &mut Walk, buf: &mut EventBuf) {
     };
     put_record(w, buf, record);
     w.last_rec = NO_RECORD;
-    w.run_count = 0;
+    store(&mut w.run_count, 0);
+    store(&mut w.run_len, 0);
 }
 
 #[inline(always)]

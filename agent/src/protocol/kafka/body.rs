@@ -62,6 +62,9 @@ pub struct Summary {
     /// First non-zero per-topic or per-partition error code in the response.
     pub first_error: i16,
     pub metadata_topics: Vec<([u8; 16], String)>,
+    /// A `records` field of the response was neither captured whole nor counted by the
+    /// kernel.
+    pub inexact_records: bool,
 }
 
 impl Summary {
@@ -74,6 +77,7 @@ impl Summary {
             top_error: 0,
             first_error: 0,
             metadata_topics: Vec::new(),
+            inexact_records: false,
         }
     }
 
@@ -288,15 +292,18 @@ fn topic_partitions(
     })
 }
 
-/// A `records` field (nullable bytes holding record batches): counts the records whose batch
-/// headers lie in the captured bytes, then skips the field.
+/// A `records` field (nullable bytes holding record batches): counts its records (from the
+/// captured batch headers, or the kernel's count of a walked field), then skips the field.
 fn records(r: &mut Reader<'_>, flex: bool, s: &mut Summary, t: Option<usize>) -> Read<()> {
     let Some(len) = r.bytes_len(flex)? else {
         return Ok(());
     };
-    let captured = &r.rest()[..len.min(r.remaining())];
-    s.records(t, count_records(captured, len));
-    r.skip(len)
+    let (n, exact, passed) = r.records(len);
+    s.records(t, n);
+    if s.phase == Phase::Response {
+        s.inexact_records |= !exact;
+    }
+    passed
 }
 
 /// Size of a magic v2 record batch header up to and including `recordsCount`.

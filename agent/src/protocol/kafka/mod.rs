@@ -39,6 +39,14 @@
 //!   response will count as unexpected. A response whose correlation id was not captured
 //!   drops the oldest pending request as unpaired.
 //!
+//! - **Fetch responses walked by the kernel** (framed capture, `agent-ebpf/src/io/framing/
+//!   kafka.rs`) arrive as their captured fields with each `records` field a run
+//!   ([`Decoder::skipped`] of kind `RECORDS_RUN`): the run is a hole in the frame's
+//!   buffer ([`wire::Hole`], at most [`MAX_HOLES`] per frame) that carries its record count,
+//!   and the body parser passes over it, so the records of every partition are counted
+//!   exactly whatever the response's size. A `records` field neither captured whole nor one
+//!   hole makes the exchange incomplete.
+//!
 //! # Errors
 //! A first request frame whose header is not a plausible Kafka header ([`apis::plausible`],
 //! a client id that fits the frame), or a first frame of either stream with an impossible
@@ -59,11 +67,11 @@ use std::collections::VecDeque;
 use super::text::capped_string;
 pub use super::DecodeError;
 pub use super::DecoderStats;
-use super::{Chunk, Decoder, Sticky, Stream};
+use super::{Chunk, Decoder, Run, Sticky, Stream};
 use body::Summary;
 pub use detect::detect;
 pub use topics::{TopicNames, MAX_TOPIC_NAMES};
-use wire::{Reader, Stop};
+use wire::{Hole, Reader, Stop};
 
 /// Most requests waiting for a response on one connection; beyond it the oldest is dropped.
 pub const MAX_PENDING: usize = 1024;
@@ -88,6 +96,11 @@ const MIN_RESPONSE_FRAME: i32 = 4;
 const MAX_KNOWN_TOPIC_IDS: usize = 256;
 /// Correlation ids of recent acks=0 Produce requests remembered (see the module docs).
 pub const MAX_ACKS0_IDS: usize = 16;
+/// The kind of a run that is (the part of a syscall inside) a Fetch response's `records`
+/// field, its count the field's records (the kernel's `RUN_KAFKA_RECORDS`).
+pub const RECORDS_RUN: u8 = b'R';
+/// Holes (kernel-counted `records` fields) kept per frame; beyond it a run is a capture gap.
+pub const MAX_HOLES: usize = 1024;
 /// A buffer grown past this by one large frame is released after the frame.
 const KEEP_BUFFER_CAPACITY: usize = 64 * 1024;
 
@@ -186,6 +199,8 @@ struct Half {
     state: State,
     /// The current frame's body prefix, when it spans chunks.
     buf: Vec<u8>,
+    /// The runs of the kernel's walk inside `buf` (Fetch responses' `records` fields).
+    holes: Vec<Hole>,
     /// `first_ns` of the chunk holding the current frame's first byte.
     first_ns: u64,
     /// `last_ns` of the last chunk that carried bytes of the current frame.
@@ -199,6 +214,7 @@ impl Half {
         Half {
             state: START,
             buf: Vec::new(),
+            holes: Vec::new(),
             first_ns: 0,
             last_ns: 0,
             synced: false,
@@ -210,6 +226,11 @@ impl Half {
             self.buf = Vec::new();
         } else {
             self.buf.clear();
+        }
+        if self.holes.capacity() > 16 {
+            self.holes = Vec::new();
+        } else {
+            self.holes.clear();
         }
     }
 }
@@ -300,12 +321,13 @@ impl Decoder for KafkaDecoder {
             if let State::Body(f) = self.resp.state {
                 if self.resp.buf.len() >= 4 {
                     let buf = std::mem::take(&mut self.resp.buf);
+                    let holes = std::mem::take(&mut self.resp.holes);
                     let end_ns = ts_ns.max(self.resp.last_ns);
                     let cut = Cut {
                         prefix: true,
                         lost: true,
                     };
-                    self.response_frame(&buf, f.size, cut, end_ns, out);
+                    self.response_frame(&buf, &holes, f.size, cut, end_ns, out);
                 }
             }
             if matches!(
@@ -319,6 +341,47 @@ impl Decoder for KafkaDecoder {
         self.stats = std::mem::take(self).stats;
     }
 
+    /// A `records` field walked by the kernel (see the module docs): a hole in the response
+    /// frame's buffer. Any other run, or one that does not fit the frame, is a capture gap.
+    fn skipped(&mut self, run: &Run, out: &mut Vec<KafkaExchange>) -> Result<(), DecodeError> {
+        self.failed.check()?;
+        if run.kind == RECORDS_RUN && run.stream == Stream::Response {
+            let h = &mut self.resp;
+            if let State::Body(mut f) = h.state {
+                let at = h.buf.len();
+                let fits = run.bytes <= u64::from(f.size - f.seen) && !f.gap && !f.capped;
+                let room = h.holes.len() < MAX_HOLES;
+                let joined = match h.holes.last_mut() {
+                    Some(last) if fits && last.at == at => {
+                        last.len += run.bytes;
+                        last.records += run.count;
+                        true
+                    }
+                    _ if fits && room => {
+                        h.holes.push(Hole {
+                            at,
+                            len: run.bytes,
+                            records: run.count,
+                        });
+                        true
+                    }
+                    _ => false,
+                };
+                if joined {
+                    f.seen += run.bytes as u32;
+                    h.last_ns = run.last_ns;
+                    h.state = State::Body(f);
+                    if f.seen < f.size {
+                        return Ok(());
+                    }
+                    let result = self.end_buffered_frame(Stream::Response, f, run.last_ns, out);
+                    return self.failed.keep(result);
+                }
+            }
+        }
+        self.feed(&run.as_gap(), out)
+    }
+
     fn take_stats(&mut self) -> DecoderStats {
         std::mem::take(&mut self.stats)
     }
@@ -326,6 +389,7 @@ impl Decoder for KafkaDecoder {
     fn heap_bytes(&self) -> usize {
         self.req.buf.capacity()
             + self.resp.buf.capacity()
+            + self.resp.holes.capacity() * std::mem::size_of::<Hole>()
             + super::sampled_bytes(self.pending.iter(), std::mem::size_of::<Pending>(), |p| {
                 p.client_id.as_ref().map_or(0, String::capacity)
             })
@@ -414,7 +478,8 @@ impl KafkaDecoder {
                             gap -= (left - take) as u64;
                         }
                         h.state = START;
-                        self.frame(stream, &data[pos..pos + take], f.size, cut, c.last_ns, out)?;
+                        let body = &data[pos..pos + take];
+                        self.frame(stream, body, &[], f.size, cut, c.last_ns, out)?;
                         pos += take;
                         continue;
                     }
@@ -451,13 +516,15 @@ impl KafkaDecoder {
         let h = self.half(stream);
         h.state = START;
         let buf = std::mem::take(&mut h.buf);
+        let holes = std::mem::take(&mut h.holes);
         let cut = Cut {
             prefix: f.gap || f.capped,
             lost: f.gap,
         };
-        let result = self.frame(stream, &buf, f.size, cut, end_ns, out);
+        let result = self.frame(stream, &buf, &holes, f.size, cut, end_ns, out);
         let h = self.half(stream);
         h.buf = buf;
+        h.holes = holes;
         h.release_buffer();
         result
     }
@@ -516,10 +583,12 @@ impl KafkaDecoder {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn frame(
         &mut self,
         stream: Stream,
         body: &[u8],
+        holes: &[Hole],
         size: u32,
         cut: Cut,
         end_ns: u64,
@@ -528,7 +597,7 @@ impl KafkaDecoder {
         match stream {
             Stream::Request => self.request_frame(body, size, cut, end_ns, out),
             Stream::Response => {
-                self.response_frame(body, size, cut, end_ns, out);
+                self.response_frame(body, holes, size, cut, end_ns, out);
                 Ok(())
             }
         }
@@ -614,12 +683,13 @@ impl KafkaDecoder {
     fn response_frame(
         &mut self,
         body: &[u8],
+        holes: &[Hole],
         size: u32,
         cut: Cut,
         end_ns: u64,
         out: &mut Vec<KafkaExchange>,
     ) {
-        let mut r = Reader::new(body);
+        let mut r = Reader::with_holes(body, holes);
         let Ok(correlation_id) = r.i32() else {
             // The correlation id was not captured: assume the oldest request was answered.
             self.stats.truncated_headers += 1;
@@ -655,7 +725,8 @@ impl KafkaDecoder {
         }
         .and_then(|()| body::response(p.api_key, p.api_version, &mut r, &mut p.summary));
         p.summary.finish();
-        let complete = !(cut.lost && decoded.is_err());
+        let cut_short = cut.lost && decoded.is_err();
+        let complete = !cut_short && !p.summary.inexact_records;
         if p.api_key == apis::METADATA {
             self.learn_topic_ids(&p.summary.metadata_topics);
         }

@@ -1116,3 +1116,256 @@ fn topic_names_learnt_from_metadata_name_fetches_elsewhere() {
     names.learn_and_resolve(&mut many);
     assert_eq!(names.len(), 1, "the last one, learnt after the drop");
 }
+
+/// A record batch of `n` records with `pad` payload bytes.
+fn fat_batch(n: i32, pad: usize) -> Vec<u8> {
+    let mut b = batch(n);
+    b.extend(std::iter::repeat_n(0x5a, pad));
+    let len = (b.len() - 12) as i32;
+    b[8..12].copy_from_slice(&len.to_be_bytes());
+    b
+}
+
+/// A legacy (magic 1) message: one record.
+fn legacy_message(pad: usize) -> Vec<u8> {
+    let mut m = W::default()
+        .i64(0)
+        .i32(0)
+        .i32(0)
+        .i8(1)
+        .i8(0)
+        .i64(1)
+        .i32(-1)
+        .0;
+    m.extend(std::iter::repeat_n(0x33, pad));
+    let len = (m.len() - 12) as i32;
+    m[8..12].copy_from_slice(&len.to_be_bytes());
+    m
+}
+
+/// A Fetch request of version `v` for partitions 0..3 of topic "bulk" (or its id).
+fn fetch_request(v: i16, corr: i32, id: [u8; 16]) -> Vec<u8> {
+    let f = v >= 12;
+    let mut w = req(1, v, corr, Some("c")).i32(-1).i32(500).i32(1);
+    if v >= 3 {
+        w = w.i32(50 << 20);
+    }
+    if v >= 4 {
+        w = w.i8(0);
+    }
+    if v >= 7 {
+        w = w.i32(0).i32(-1);
+    }
+    w = w.len(f, 1);
+    w = if v >= 13 {
+        w.raw(&id)
+    } else {
+        w.str(f, Some("bulk"))
+    };
+    w = w.len(f, 3);
+    for p in 0..3 {
+        w = w.i32(p);
+        if v >= 9 {
+            w = w.i32(-1);
+        }
+        w = w.i64(0);
+        if v >= 12 {
+            w = w.i32(-1);
+        }
+        if v >= 5 {
+            w = w.i64(-1);
+        }
+        w = w.i32(8 << 20).tags(f);
+    }
+    w = w.tags(f);
+    if v >= 7 {
+        w = w.len(f, 0);
+    }
+    if v >= 11 {
+        w = w.str(f, Some(""));
+    }
+    w.tags(f).frame()
+}
+
+/// The Fetch response: partition 0 holds 40 batches of 5 records and a partial batch (not
+/// counted), partition 1 nothing, partition 2 ten batches of 3 (or, before magic v2 existed
+/// for the client, 30 legacy messages); 230 records. Aborted transactions and, in flexible
+/// versions, tagged fields with data, in every place they may be.
+fn fetch_response(v: i16, corr: i32, id: [u8; 16], legacy: bool) -> Vec<u8> {
+    let f = v >= 12;
+    let tagged = |w: W| {
+        if f {
+            w.uvarint(1).uvarint(7).uvarint(3).raw(b"tag")
+        } else {
+            w
+        }
+    };
+    let mut w = tagged(W::default().i32(corr));
+    if v >= 1 {
+        w = w.i32(0);
+    }
+    if v >= 7 {
+        w = w.i16(0).i32(7);
+    }
+    w = w.len(f, 1);
+    w = if v >= 13 {
+        w.raw(&id)
+    } else {
+        w.str(f, Some("bulk"))
+    };
+    w = w.len(f, 3);
+    let mut big = Vec::new();
+    for _ in 0..40 {
+        big.extend(fat_batch(5, 200));
+    }
+    big.extend(&fat_batch(7, 100)[..90]);
+    let mut small = Vec::new();
+    if legacy {
+        for _ in 0..30 {
+            small.extend(legacy_message(20));
+        }
+    } else {
+        for _ in 0..10 {
+            small.extend(fat_batch(3, 50));
+        }
+    }
+    for (p, records) in [(0, &big[..]), (1, &[][..]), (2, &small[..])] {
+        w = w.i32(p).i16(0).i64(1000);
+        if v >= 4 {
+            w = w.i64(1000);
+        }
+        if v >= 5 {
+            w = w.i64(0);
+        }
+        if v >= 4 {
+            w = w.len(f, 2);
+            for t in 0..2 {
+                w = tagged(w.i64(t).i64(t * 10));
+            }
+        }
+        if v >= 11 {
+            w = w.i32(-1);
+        }
+        w = tagged(w.len(f, records.len()).raw(records));
+    }
+    tagged(tagged(w)).frame()
+}
+
+/// Records a conversation's exchanges counted, over all topics, and whether each was
+/// complete.
+fn fetched(xs: &[KafkaExchange]) -> Vec<(u64, bool)> {
+    xs.iter()
+        .filter(|x| x.api_key == apis::FETCH)
+        .map(|x| (x.topics.iter().map(|t| t.record_count).sum(), x.complete))
+        .collect()
+}
+
+#[test]
+fn fetch_records_are_exact_at_any_size_when_the_kernel_walks_them() {
+    let id = [0xcd; 16];
+    for (v, legacy) in [
+        (0, true),
+        (3, true),
+        (4, false),
+        (7, false),
+        (11, false),
+        (12, false),
+        (13, false),
+        (16, false),
+        (17, false),
+    ] {
+        let request = fetch_request(v, 9, id);
+        let response = fetch_response(v, 9, id, legacy);
+        assert!(response.len() > 10_000);
+        // Captured by prefix (4 KiB), the records past it are not counted: the exchange says
+        // so.
+        let mut c = Conn::new();
+        c.req(&request);
+        c.resp_gap(&response[..4096], response.len() as u64 - 4096);
+        let got = fetched(&c.take());
+        assert!(
+            got.len() == 1 && got[0].0 < 230 && !got[0].1,
+            "v{v} by prefix: {got:?}"
+        );
+        // Walked by the kernel: exact, whatever the syscalls' sizes and the head size.
+        let n = response.len();
+        let mut cuts: Vec<Vec<usize>> = vec![vec![]];
+        for k in (1..n).filter(|k| *k < 400 || *k > n - 400 || k % 11 == 0) {
+            cuts.push(vec![k]);
+        }
+        for k in (1..n - 61).step_by(97) {
+            cuts.push(vec![k, k + 1 + k % 60]);
+        }
+        for cut in &cuts {
+            let mut syscalls = vec![(Stream::Request, &request[..])];
+            let mut from = 0;
+            for &k in cut.iter().chain([n].iter()) {
+                syscalls.push((Stream::Response, &response[from..k]));
+                from = k;
+            }
+            for cap in [16, 4080] {
+                let got = testkit::decode_framed::<KafkaDecoder>(&syscalls, cap)
+                    .unwrap_or_else(|e| panic!("v{v} cut {cut:?} cap {cap}: {e}"));
+                assert_eq!(
+                    fetched(&got.exchanges),
+                    vec![(230, true)],
+                    "v{v} cut {cut:?} cap {cap}"
+                );
+                assert_eq!(got.stats, DecoderStats::default(), "v{v} cut {cut:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn fetch_responses_pipelined_after_other_requests_are_walked_by_correlation_id() {
+    // Two Fetch requests in flight with a Metadata between them, all answered in one read,
+    // then a Produce: each Fetch is counted exactly, nothing else is disturbed.
+    let id = [0xcd; 16];
+    let mut requests = fetch_request(11, 1, id);
+    requests.extend(req(3, 1, 2, Some("c")).len(false, 0).frame());
+    requests.extend(fetch_request(11, 3, id));
+    let mut responses = fetch_response(11, 1, id, false);
+    responses.extend(resp(3, 1, 2).len(false, 0).i32(-1).len(false, 0).frame());
+    responses.extend(fetch_response(11, 3, id, false));
+    let produce = produce_req(3, 4, 1, &[("bulk", &[&[2, 3]])]);
+    let produced = produce_resp(3, 4, &[("bulk", &[0])]);
+    let syscalls = vec![
+        (Stream::Request, &requests[..]),
+        (Stream::Response, &responses[..]),
+        (Stream::Request, &produce[..]),
+        (Stream::Response, &produced[..]),
+    ];
+    let got = testkit::decode_framed::<KafkaDecoder>(&syscalls, 4080).unwrap();
+    assert_eq!(fetched(&got.exchanges), vec![(230, true), (230, true)]);
+    assert_eq!(got.exchanges.len(), 4);
+    assert_eq!(got.stats, DecoderStats::default());
+}
+
+#[test]
+fn records_runs_that_do_not_fit_the_frame_are_gaps() {
+    // A run where no Fetch response is being received, or longer than the frame's rest, is a
+    // capture gap: never a count.
+    let run = Run {
+        stream: Stream::Response,
+        first_ns: 1,
+        last_ns: 1,
+        kind: RECORDS_RUN,
+        count: 5,
+        bytes: 100,
+    };
+    let request = fetch_request(11, 1, [0; 16]);
+    let response = fetch_response(11, 1, [0; 16], false);
+    let mut c = Conn::new();
+    c.req(&request).resp(&response[..60]);
+    let over = Run {
+        bytes: response.len() as u64,
+        ..run
+    };
+    c.dec.skipped(&over, &mut c.out).unwrap();
+    // Between frames: a gap in the response stream (framing lost), not a count.
+    c.dec.skipped(&run, &mut c.out).unwrap();
+    c.close();
+    let out = c.take();
+    assert_eq!(fetched(&out), vec![(0, false)]);
+}

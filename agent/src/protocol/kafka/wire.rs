@@ -15,24 +15,54 @@ pub enum Stop {
 
 pub type Read<T> = Result<T, Stop>;
 
-/// A cursor over a frame body (or its captured prefix).
+/// Bytes of a frame body that the kernel walked over instead of capturing: (the parts of) a
+/// Fetch response's `records` field, `len` bytes holding `records` records, which come before
+/// byte `at` of the captured bytes (`RUN_KAFKA_RECORDS` runs; adjacent ones are merged).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hole {
+    pub at: usize,
+    pub len: u64,
+    pub records: u64,
+}
+
+/// A cursor over a frame body (or its captured prefix), with the holes the kernel left in it.
+/// Reading a value that a hole interrupts runs short; skipping passes over holes.
 #[derive(Debug)]
 pub struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
+    holes: &'a [Hole],
+    /// The next hole, and how many of its bytes were passed over.
+    hole: usize,
+    into: u64,
 }
 
 impl<'a> Reader<'a> {
     pub fn new(buf: &'a [u8]) -> Self {
-        Reader { buf, pos: 0 }
+        Self::with_holes(buf, &[])
     }
 
-    pub fn remaining(&self) -> usize {
-        self.buf.len() - self.pos
+    /// `holes` in order of `at`.
+    pub fn with_holes(buf: &'a [u8], holes: &'a [Hole]) -> Self {
+        Reader {
+            buf,
+            pos: 0,
+            holes,
+            hole: 0,
+            into: 0,
+        }
+    }
+
+    /// Captured bytes from the cursor to the next hole (or the end).
+    fn contiguous(&self) -> usize {
+        self.holes
+            .get(self.hole)
+            .map_or(self.buf.len(), |h| h.at.min(self.buf.len()))
+            .saturating_sub(self.pos)
     }
 
     pub fn take(&mut self, n: usize) -> Read<&'a [u8]> {
-        if n > self.remaining() {
+        if n > self.contiguous() {
             return Err(Stop::Short);
         }
         let out = &self.buf[self.pos..self.pos + n];
@@ -40,13 +70,59 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
-    /// What is left, without consuming it.
+    /// The captured bytes from the cursor to the next hole, without consuming them.
     pub fn rest(&self) -> &'a [u8] {
-        &self.buf[self.pos..]
+        &self.buf[self.pos..self.pos + self.contiguous()]
     }
 
+    /// Passes over `n` bytes, captured ones and holes alike.
     pub fn skip(&mut self, n: usize) -> Read<()> {
-        self.take(n).map(|_| ())
+        let mut n = n as u64;
+        while n > 0 {
+            if let Some(h) = self.holes.get(self.hole).filter(|h| h.at == self.pos) {
+                let k = (h.len - self.into).min(n);
+                self.into += k;
+                n -= k;
+                if self.into == h.len {
+                    self.hole += 1;
+                    self.into = 0;
+                }
+                continue;
+            }
+            let k = (self.contiguous() as u64).min(n);
+            if k == 0 {
+                return Err(Stop::Short);
+            }
+            self.pos += k as usize;
+            n -= k;
+        }
+        Ok(())
+    }
+
+    /// A `records` field of `len` bytes at the cursor, passed over: the records of its whole
+    /// record batches, whether that count is exact, and whether the field could be passed
+    /// over. The count is exact when the field is captured whole, or is exactly whole holes
+    /// (the kernel counted its batches); a field partly captured counts the batches whose
+    /// headers were (a prefix capture), and runs short if the rest is missing.
+    pub fn records(&mut self, len: usize) -> (u64, bool, Read<()>) {
+        let mut left = len as u64;
+        let mut count = 0;
+        while let Some(h) = self.holes.get(self.hole).filter(|h| h.at == self.pos) {
+            if left == 0 || self.into != 0 || h.len > left {
+                break;
+            }
+            count += h.records;
+            left -= h.len;
+            self.hole += 1;
+        }
+        if left == len as u64 {
+            let captured = &self.rest()[..len.min(self.contiguous())];
+            count += super::body::count_records(captured, len);
+            let whole = captured.len() == len;
+            return (count, whole, self.skip(len));
+        }
+        // Holes and captured bytes mixed, or part of a hole: not what the kernel sends.
+        (count, left == 0, self.skip(left as usize))
     }
 
     fn array<const N: usize>(&mut self) -> Read<[u8; N]> {
