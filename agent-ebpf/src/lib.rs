@@ -327,7 +327,7 @@ pub struct HttpScan {
     pub flags: u16,
 }
 
-/// One direction's walk of a Kafka Fetch response (see `agent-ebpf/src/io/framing/kafka.rs`),
+/// One direction's walk of a Kafka Fetch response or Produce request (see `agent-ebpf/src/io/framing/kafka.rs`),
 /// carried across syscalls. It lives in the storage of `FrameDir::http`, which a Kafka
 /// connection does not use (`kafka_scan`): the map entry of every connection stays the same
 /// size.
@@ -353,10 +353,16 @@ pub struct KafkaScan {
     /// `KAFKA_*` phase of the walk, and the phase a tagged-field section returns to.
     pub phase: u8,
     pub after: u8,
-    /// The Fetch response's version.
+    /// The message's version.
     pub version: u8,
     pub have: u8,
+    /// What is walked: a Fetch response (`KAFKA_WALK_FETCH`) or a Produce request
+    /// (`KAFKA_WALK_PRODUCE`).
+    pub api: u8,
 }
+
+pub const KAFKA_WALK_FETCH: u8 = 1;
+pub const KAFKA_WALK_PRODUCE: u8 = 0;
 
 /// Kafka Fetch requests whose responses are still to come on a connection, as the walk
 /// needs them: correlation id and version + 1 (0: a free slot). It lives in the storage of

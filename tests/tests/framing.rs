@@ -366,8 +366,9 @@ print(n, m)
 /// A Kafka peer pair in Python that speaks Fetch in every response layout (versions 0 to 17:
 /// legacy messages, aborted transactions, flexible versions with tagged fields everywhere,
 /// topic ids), each response ~15 KB with 230 records in whole batches and a partial batch
-/// the count must leave out, written and read in pieces that split fields, batch headers
-/// and varints at many offsets. The kernel sees real syscalls on both ends.
+/// the count must leave out, then Produce requests of ~15 KB and 230 records over three
+/// partitions (versions 3 to 13), all written and read in pieces that split fields, batch
+/// headers and varints at many offsets. The kernel sees real syscalls on both ends.
 const KAFKA_FETCH_LAYOUTS: &str = r#"
 import socket, struct, threading, time, random
 VERSIONS = [(0, True), (3, True), (4, False), (7, False), (11, False), (12, False),
@@ -409,6 +410,20 @@ def request(v, corr):
     if v >= 7: b += ln(f, 0)
     if v >= 11: b += ln(f, 0, 2)
     return frame(b + tags(f))
+def produce(v, corr):
+    f = v >= 9
+    b = struct.pack(">hhih", 0, v, corr, 1) + b"p" + tags(f)
+    if v >= 3: b += uv(0) if f else struct.pack(">h", -1)
+    b += struct.pack(">hi", 1, 30000) + ln(f, 1)
+    b += (TOPIC_ID if v >= 13 else ln(f, 4, 2) + b"bulk") + ln(f, 3)
+    big = b"".join(batch(5, 200) for _ in range(40))
+    small = b"".join(batch(3, 50) for _ in range(10))
+    for p, records in [(0, big), (1, b""), (2, small)]:
+        b += struct.pack(">i", p) + ln(f, len(records)) + records + tags(f)
+    return frame(b + tags(f) + tags(f))
+def produced(v, corr):
+    f = v >= 9
+    return frame(struct.pack(">i", corr) + tags(f) + ln(f, 0) + struct.pack(">i", 0) + tags(f))
 def response(v, corr, old):
     f = v >= 12
     b = struct.pack(">i", corr) + tags(f)
@@ -428,7 +443,7 @@ def response(v, corr, old):
         b += ln(f, len(records)) + records + tags(f)
     return frame(b + tags(f) + tags(f))
 rng = random.Random(7)
-def server_cuts(plan, n):
+def cuts(plan, n):
     if plan == 2: return list(range(1000, n, 1000))
     if plan == 3: return list(range(7, 300, 7))
     if plan == 4: return sorted(rng.sample(range(1, n), 3))
@@ -449,14 +464,20 @@ def serve():
     while True:
         c, _ = srv.accept()
         c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        served = 0
         try:
             while True:
+                # The size alone first, as a JVM broker reads, then the rest in pieces.
                 n = struct.unpack(">i", recv_exact(c, 4, 4))[0]
-                body = recv_exact(c, n, 1 << 20)
-                v, corr = struct.unpack(">hi", body[2:8])
+                body = recv_exact(c, n, CLIENT_READ[served % 6])
+                served += 1
+                key, v, corr = struct.unpack(">hhi", body[:8])
+                if key == 0:
+                    c.sendall(produced(v, corr))
+                    continue
                 out = response(v, corr, dict(VERSIONS)[v])
                 at = 0
-                for cut in server_cuts(corr % 6, len(out)) + [len(out)]:
+                for cut in cuts(corr % 6, len(out)) + [len(out)]:
                     c.sendall(out[at:cut]); at = cut
                     time.sleep(0.001)
         except EOFError:
@@ -473,7 +494,21 @@ for v, _ in VERSIONS:
         recv_exact(s, n, size)
         records += 230
     s.close()
-print(records)
+sent = 0
+for v in [3, 7, 9, 13]:
+    s = socket.create_connection(srv.getsockname())
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for corr in range(6):
+        out = produce(v, corr)
+        at = 0
+        for cut in cuts(corr % 6, len(out)) + [len(out)]:
+            s.sendall(out[at:cut]); at = cut
+            time.sleep(0.001)
+        n = struct.unpack(">i", recv_exact(s, 4, 4))[0]
+        recv_exact(s, n, 1 << 20)
+        sent += 230
+    s.close()
+print(records, sent)
 "#;
 
 #[test]
@@ -488,18 +523,22 @@ fn kafka_fetch_records_exact_in_every_response_layout() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "12420");
-    let fetches = [("messaging_operation_name", "receive")];
-    for side in ["client", "server"] {
-        let name = format!("messaging_{side}_operation_duration_seconds_count");
-        wait_for_metric(&agent, &name, &fetches, 54.0, WAIT).unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "12420 5520");
+    for (op, n) in [("receive", 54.0), ("send", 24.0)] {
+        for side in ["client", "server"] {
+            let name = format!("messaging_{side}_operation_duration_seconds_count");
+            let labels = [("messaging_operation_name", op)];
+            wait_for_metric(&agent, &name, &labels, n, WAIT).unwrap();
+        }
     }
     let m = agent.metrics();
-    for family in [
-        "messaging_client_consumed_messages_total",
-        "messaging_server_delivered_messages_total",
+    for (family, n) in [
+        ("messaging_client_consumed_messages_total", 12420.0),
+        ("messaging_server_delivered_messages_total", 12420.0),
+        ("messaging_client_sent_messages_total", 5520.0),
+        ("messaging_server_received_messages_total", 5520.0),
     ] {
-        assert_eq!(m.sum(family, &[]), 12420.0, "{family}\n{}", m.text());
+        assert_eq!(m.sum(family, &[]), n, "{family}\n{}", m.text());
     }
     let inexact = m.sum(
         "periscope_exchanges_inexact_total",

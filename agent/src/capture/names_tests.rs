@@ -113,3 +113,73 @@ fn no_program_calls_a_byte_at_a_time_memory_function() {
          agent-ebpf/src/common.rs): {calls:#?}"
     );
 }
+
+/// Bytes of stack a BPF function uses: the deepest `r10 - off` its loads and stores reach.
+fn stack_depth(code: &[u8]) -> u64 {
+    let mut deepest = 0i64;
+    let mut at = 0;
+    while at + 8 <= code.len() {
+        let insn = &code[at..at + 8];
+        let (class, dst, src) = (insn[0] & 7, insn[1] & 0xf, insn[1] >> 4);
+        let off = i64::from(i16::from_le_bytes([insn[2], insn[3]]));
+        // LDX reads from `src + off`; ST and STX write to `dst + off`.
+        let base = match class {
+            1 => src,
+            2 | 3 => dst,
+            _ => 0,
+        };
+        if base == 10 && off < 0 {
+            deepest = deepest.max(-off);
+        }
+        // A 64-bit immediate load takes two instruction slots.
+        at += if insn[0] == 0x18 { 16 } else { 8 };
+    }
+    deepest as u64
+}
+
+/// Linux 6.1 (and every kernel before 6.5 or so) counts a program's stack and its `bpf_loop`
+/// callback's together against 512 bytes, each frame rounded up to 32: the framing walk's
+/// callback (`io::framing::step`) and every program that may call it must fit, or the loader
+/// falls back to prefix capture on those kernels (6.18 does not notice; `cargo xtask vm`
+/// does).
+#[test]
+fn the_framing_walk_fits_the_stack_of_older_kernels() {
+    use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
+    if OBJECT.is_empty() {
+        return;
+    }
+    let file = object::File::parse(OBJECT).expect("the embedded kernel object parses");
+    let depth_of = |symbol: &object::Symbol<'_, '_>| {
+        let section = file
+            .section_by_index(symbol.section_index().expect("a function's section"))
+            .expect("the section");
+        let data = section.data().expect("the section's bytes");
+        let start = symbol.address() as usize;
+        stack_depth(&data[start..start + symbol.size() as usize])
+    };
+    let rounded = |n: u64| n.div_ceil(32) * 32;
+    let step = file
+        .symbols()
+        .find(|s| {
+            s.kind() == SymbolKind::Text && s.name().is_ok_and(|n| n.contains("framing4step"))
+        })
+        .expect("the framing walk's callback");
+    let callback = depth_of(&step);
+    assert!(callback > 0, "the callback's stack was not measured");
+    let mut checked = 0;
+    for program in file.symbols().filter(|s| {
+        s.kind() == SymbolKind::Text
+            && s.is_global()
+            && s.name()
+                .is_ok_and(|n| n.starts_with("frame_exit") || n.starts_with("fexit_"))
+    }) {
+        let depth = depth_of(&program);
+        let name = program.name().unwrap_or("?");
+        assert!(
+            rounded(depth) + rounded(callback) <= 512,
+            "{name}: {depth} bytes of stack and the walk's callback {callback}: over 512 together"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 2, "only {checked} framed programs found");
+}

@@ -291,6 +291,13 @@ impl Walker {
                     let slot = |f: &Option<(u32, u8)>| f.is_some_and(|(c, _)| c == correlation);
                     if !response {
                         let (key, version) = (be32(4) >> 16, be32(4) & 0xffff);
+                        if key == 0 && version <= 13 && len > 8 {
+                            // A Produce request: walked from its header on.
+                            out.capture(&b[hdr_pos..pos]);
+                            let walk = FetchBody::new(version as u8, len - 8, correlation, true);
+                            d.fetch = Some(walk);
+                            continue;
+                        }
                         if key == 1 && version <= 17 {
                             let at = self.fetches.iter().position(Option::is_none);
                             let at = at.unwrap_or(correlation as usize & 7);
@@ -300,7 +307,8 @@ impl Walker {
                         let version = self.fetches[at].take().unwrap().1;
                         if len > 4 {
                             out.capture(&b[hdr_pos..pos]);
-                            d.fetch = Some(FetchBody::new(version, len - 4, be32(4) as u32));
+                            let walk = FetchBody::new(version, len - 4, correlation, false);
+                            d.fetch = Some(walk);
                             continue;
                         }
                     }
@@ -596,14 +604,16 @@ impl Pieces {
     }
 }
 
-/// A Kafka Fetch response the kernel walks (`agent-ebpf/src/io/framing/kafka.rs`): its fields
-/// are captured, each `records` field delivered as runs (one per syscall it spans) counting
+/// A Kafka Fetch response or Produce request the kernel walks
+/// (`agent-ebpf/src/io/framing/kafka.rs`): its fields are captured, each `records` field delivered as runs (one per syscall it spans) counting
 /// the records of the batches whose headers end in that syscall. Modelled differently from
 /// the kernel's field-by-field walk: every syscall re-parses the body so far by the schema
 /// ([`fetch_layout`]) and classifies its own bytes from that.
 #[derive(Clone, Debug)]
 struct FetchBody {
     version: u8,
+    /// A Produce request (else a Fetch response).
+    produce: bool,
     /// The body after the size prefix, as far as seen (correlation id first).
     seen: Vec<u8>,
     /// Its length.
@@ -622,9 +632,10 @@ struct Layout {
 }
 
 impl FetchBody {
-    fn new(version: u8, rest: u64, correlation: u32) -> Self {
+    fn new(version: u8, rest: u64, correlation: u32, produce: bool) -> Self {
         FetchBody {
             version,
+            produce,
             seen: correlation.to_be_bytes().to_vec(),
             len: rest as usize + 4,
         }
@@ -639,8 +650,8 @@ impl FetchBody {
         let from = self.seen.len();
         self.seen.extend_from_slice(b);
         let to = self.seen.len();
-        let layout = fetch_layout(&self.seen, self.version)
-            .map_err(|e| format!("framing lost in a Fetch response: {e} (after {:?})", out.0))?;
+        let layout = fetch_layout(&self.seen, self.version, self.produce)
+            .map_err(|e| format!("framing lost in a walked message: {e} (after {:?})", out.0))?;
         let mut i = from;
         while i < to {
             let field = layout.fields.iter().find(|f| f.0 <= i && i < f.0 + f.1);
@@ -685,11 +696,12 @@ impl FetchBody {
     }
 }
 
-/// The layout of a Fetch response body of `version` as far as `p` (a prefix of it) shows it,
-/// by the message schema; Err where the kernel gives framing up.
-fn fetch_layout(p: &[u8], version: u8) -> Result<Layout, &'static str> {
+/// The layout of a Fetch response (or Produce request) body of `version`, correlation id
+/// first, as far as `p` (a prefix of it) shows it, by the message schema; Err where the
+/// kernel gives framing up.
+fn fetch_layout(p: &[u8], version: u8, produce: bool) -> Result<Layout, &'static str> {
     let mut layout = Layout::default();
-    match fetch_fields(p, u16::from(version), &mut layout) {
+    match fetch_fields(p, u16::from(version), produce, &mut layout) {
         Err(Short::Bad(why)) => Err(why),
         _ => Ok(layout),
     }
@@ -769,20 +781,34 @@ impl Cursor<'_> {
     }
 }
 
-fn fetch_fields(p: &[u8], v: u16, layout: &mut Layout) -> Result<(), Short> {
-    let flex = v >= 12;
+fn fetch_fields(p: &[u8], v: u16, produce: bool, layout: &mut Layout) -> Result<(), Short> {
+    let flex = v >= if produce { 9 } else { 12 };
     let mut c = Cursor { p, at: 0 };
     c.int(4)?; // correlation id
-    if flex {
-        c.tags()?;
-    }
-    c.skip(if v >= 7 {
-        10
-    } else if v >= 1 {
-        4
+    if produce {
+        let client_id = c.length(false, 2)?;
+        c.skip(client_id)?;
+        if flex {
+            c.tags()?;
+        }
+        if v >= 3 {
+            let transactional_id = c.length(flex, 2)?;
+            c.skip(transactional_id)?;
+        }
+        c.skip(6)?; // acks, timeout_ms
     } else {
-        0
-    })?;
+        if flex {
+            c.tags()?;
+        }
+        let top = if v >= 7 {
+            10
+        } else if v >= 1 {
+            4
+        } else {
+            0
+        };
+        c.skip(top)?;
+    }
     for _ in 0..c.length(flex, 4)? {
         if v >= 13 {
             c.skip(16)?;
@@ -791,8 +817,12 @@ fn fetch_fields(p: &[u8], v: u16, layout: &mut Layout) -> Result<(), Short> {
             c.skip(n)?;
         }
         for _ in 0..c.length(flex, 4)? {
-            c.skip(14 + if v >= 4 { 8 } else { 0 } + if v >= 5 { 8 } else { 0 })?;
-            if v >= 4 {
+            if produce {
+                c.skip(4)?; // partition_index
+            } else {
+                c.skip(14 + if v >= 4 { 8 } else { 0 } + if v >= 5 { 8 } else { 0 })?;
+            }
+            if v >= 4 && !produce {
                 let n = c.length(flex, 4)?;
                 if flex {
                     for _ in 0..n {
@@ -805,7 +835,7 @@ fn fetch_fields(p: &[u8], v: u16, layout: &mut Layout) -> Result<(), Short> {
                     c.skip(16 * n)?;
                 }
             }
-            if v >= 11 {
+            if v >= 11 && !produce {
                 c.skip(4)?;
             }
             let len = c.length(flex, 4)? as usize;

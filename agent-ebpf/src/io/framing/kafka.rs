@@ -1,10 +1,12 @@
-//! The walk of a Kafka Fetch response, so that its records are counted at any size.
+//! The walk of Kafka Fetch responses and Produce requests, so that their records are counted
+//! at any size.
 //!
-//! A Fetch response of several MiB holds, per topic and partition, a `records` field of record
-//! batches; the head of the response shows only the first. The request side remembers each
-//! Fetch request's correlation id and version (`KafkaPipe`, eight in flight per connection);
-//! the response that answers one is walked field by field, by the version's schema (fixed
-//! fields, strings, arrays, and in flexible versions, v12+, uvarints and tagged fields), as
+//! A Fetch response or a Produce request of several MiB holds, per topic and partition, a
+//! `records` field of record batches; the head of the message shows only the first. A Produce
+//! request is walked from its header on. For Fetch, the request side remembers each Fetch
+//! request's correlation id and version (`KafkaPipe`, eight in flight per connection), and the
+//! response that answers one is walked. The walk goes field by field, by the version's schema
+//! (fixed fields, strings, arrays, and in flexible versions, uvarints and tagged fields), as
 //! the decoder reads it (`agent/src/protocol/kafka/body.rs`):
 //! - everything outside `records` fields is captured (a few dozen bytes per partition);
 //! - each `records` field becomes a run (`RUN_KAFKA_RECORDS`), one per syscall it spans, whose
@@ -19,17 +21,23 @@
 //! record batch of an unknown magic, a length that is negative or past its field, gives
 //! framing up for the direction (`LOST_HEADER`, counted).
 
-use agent_ebpf::RUN_KAFKA_RECORDS;
+use agent_ebpf::{KafkaScan, KAFKA_WALK_FETCH, KAFKA_WALK_PRODUCE, RUN_KAFKA_RECORDS};
 
 use crate::common::store;
 
 use super::{close_run, EventBuf, Walk, LOST_HEADER, WINDOW_MASK};
 
-/// Fetch's API key, and the newest version whose response schema is known.
+/// Fetch's API key, and the newest version whose response schema is known; the same for
+/// Produce's requests (flexible from v9).
 const FETCH: u16 = 1;
 const MAX_VERSION: u16 = 17;
+const PRODUCE: u16 = 0;
+const MAX_PRODUCE_VERSION: u16 = 13;
 
-/// Phases of the walk (`KafkaScan::phase`); 0 is "not walking".
+/// Phases of the walk (`KafkaScan::phase`); 0 is "not walking". A Produce request starts at
+/// `CLIENT_ID`, a Fetch response at `TOP` (or its header's tagged fields).
+const CLIENT_ID: u8 = 1;
+const TRANSACTION: u8 = 18;
 const TOP: u8 = 2;
 const TOPICS: u8 = 3;
 const TOPIC: u8 = 4;
@@ -64,13 +72,25 @@ const BATCH_AFTER_LEN: u32 = 49;
 const MAGIC_AT: u32 = 4;
 const COUNT_AT: u32 = 45;
 
-/// The request header was read (length, api key, version, correlation id in `hdr`): a Fetch
-/// is remembered for its response.
+/// The request header was read (length, api key, version, correlation id in `hdr`): a
+/// Produce request is walked, a Fetch remembered for its response. `len` is the request's
+/// length field.
 #[inline(always)]
-pub fn request(w: &mut Walk) {
+pub fn request(w: &mut Walk, len: u64) {
     let h = w.dir.hdr;
     let api_key = u16::from_be_bytes([h[4], h[5]]);
     let version = u16::from_be_bytes([h[6], h[7]]);
+    if api_key == PRODUCE && version <= MAX_PRODUCE_VERSION && len > 8 {
+        let k = w.dir.kafka_scan();
+        store(&mut k.left, (len - 8) as u32);
+        store(&mut k.version, version as u8);
+        store(&mut k.api, KAFKA_WALK_PRODUCE);
+        store(&mut k.skip, 0);
+        store(&mut k.acc, 0);
+        store(&mut k.have, 0);
+        store(&mut k.phase, CLIENT_ID);
+        return;
+    }
     if api_key != FETCH || version > MAX_VERSION {
         return;
     }
@@ -117,6 +137,7 @@ pub fn response(w: &mut Walk, len: u64) {
     let k = w.dir.kafka_scan();
     store(&mut k.left, (len - 4) as u32);
     store(&mut k.version, version - 1);
+    store(&mut k.api, KAFKA_WALK_FETCH);
     store(&mut k.skip, 0);
     store(&mut k.acc, 0);
     store(&mut k.have, 0);
@@ -130,8 +151,37 @@ pub fn walking(w: &mut Walk) -> bool {
     w.dir.kafka_scan().phase != 0
 }
 
-/// One step of the walk: the rest of a field to pass over, then at most one field read.
-/// Returns 1 to stop the loop.
+/// `field`'s answer for phases that read nothing.
+const NO_FIELD: u8 = 0xff;
+/// `field`'s width of an unsigned varint.
+const VARINT: u8 = 0;
+
+/// Whether the message's version is a flexible one (compact lengths, tagged fields).
+#[inline(always)]
+fn flexible(k: &KafkaScan) -> bool {
+    k.version >= if k.api == KAFKA_WALK_PRODUCE { 9 } else { 12 }
+}
+
+/// What the phase reads: its width (`VARINT`, 1, 2 or 4 bytes, `NO_FIELD`), and whether it
+/// is a length or count (null reads as 0, compact in flexible versions when `compact`).
+#[inline(always)]
+fn field(phase: u8, version: u8, flex: bool) -> (u8, bool, bool) {
+    match phase {
+        TAGS | TAG | TAG_SIZE => (VARINT, false, false),
+        TOPICS | PARTITIONS | ABORTED | RECORDS_LEN => (4, true, flex),
+        TOPIC if version < 13 => (2, true, flex),
+        // The request header's client id is never compact.
+        CLIENT_ID => (2, true, false),
+        TRANSACTION if version >= 3 => (2, true, flex),
+        BATCH_LEN | COUNT => (4, false, false),
+        MAGIC => (1, false, false),
+        _ => (NO_FIELD, false, false),
+    }
+}
+
+/// One step of the walk: the rest of a field to pass over, then at most one field read, then
+/// what the phase does with it. (One place reads: each inlined copy of the read multiplied
+/// what the verifier walks.) Returns 1 to stop the loop.
 #[inline(always)]
 pub fn step(w: &mut Walk, buf: &mut EventBuf) -> i64 {
     let k = w.dir.kafka_scan();
@@ -148,29 +198,56 @@ pub fn step(w: &mut Walk, buf: &mut EventBuf) -> i64 {
             return settle(w, buf);
         }
     }
+    if w.dir.kafka_scan().phase == BATCH_LEN && batch_fast(w) {
+        return settle(w, buf);
+    }
+    // Only the width stays live across the read (which may call a helper): what the phase
+    // does with the value is worked out again after it, to spare the callback's stack
+    // (Linux 6.1: 512 bytes for the program and its callback frames together).
     let k = w.dir.kafka_scan();
-    let flex = k.version >= 12;
+    let (width, _, compact) = field(k.phase, k.version, flexible(k));
+    let mut raw = 0u32;
+    if width != NO_FIELD {
+        match read(w, if compact { VARINT } else { width }) {
+            Some(v) => raw = v,
+            None => return pause(w),
+        }
+    }
+    let k = w.dir.kafka_scan();
+    let produce = k.api == KAFKA_WALK_PRODUCE;
+    let flex = flexible(k);
+    let (width, length, compact) = field(k.phase, k.version, flex);
+    let mut value = raw;
+    if length && compact {
+        value = raw.saturating_sub(1);
+    } else if length {
+        // -1 is null (read as 0); other negative lengths are not Kafka's.
+        let null = if width == 2 { 0xffff } else { u32::MAX };
+        if raw == null {
+            value = 0;
+        } else if raw > null >> 1 {
+            return lose(w);
+        }
+    }
+    let k = w.dir.kafka_scan();
     match k.phase {
+        CLIENT_ID => {
+            k.skip = value;
+            k.phase = if flex { TAGS } else { TRANSACTION };
+            k.after = TRANSACTION;
+        }
+        TRANSACTION => {
+            // transactional_id (v3+), acks, timeout_ms
+            k.skip = value.saturating_add(6);
+            k.phase = TOPICS;
+        }
         TAGS => {
-            let Some(n) = read(w, 0) else {
-                return pause(w);
-            };
-            let k = w.dir.kafka_scan();
-            k.tags = n;
-            k.phase = if n == 0 { k.after } else { TAG };
+            k.tags = value;
+            k.phase = if value == 0 { k.after } else { TAG };
         }
-        TAG => {
-            if read(w, 0).is_none() {
-                return pause(w);
-            }
-            w.dir.kafka_scan().phase = TAG_SIZE;
-        }
+        TAG => k.phase = TAG_SIZE,
         TAG_SIZE => {
-            let Some(n) = read(w, 0) else {
-                return pause(w);
-            };
-            let k = w.dir.kafka_scan();
-            k.skip = n;
+            k.skip = value;
             k.phase = TAG_NEXT;
         }
         TAG_NEXT => {
@@ -189,52 +266,38 @@ pub fn step(w: &mut Walk, buf: &mut EventBuf) -> i64 {
             k.phase = TOPICS;
         }
         TOPICS => {
-            let Some(n) = read_length(w, flex, 4) else {
-                return pause(w);
-            };
-            let k = w.dir.kafka_scan();
-            k.topics = n;
-            k.phase = if n == 0 { END } else { TOPIC };
+            k.topics = value;
+            k.phase = if value == 0 { END } else { TOPIC };
         }
         TOPIC => {
-            if k.version >= 13 {
-                k.skip = 16; // topic_id
-            } else {
-                let Some(n) = read_length(w, flex, 2) else {
-                    return pause(w);
-                };
-                w.dir.kafka_scan().skip = n; // topic name
-            }
-            w.dir.kafka_scan().phase = PARTITIONS;
+            // The topic id (v13+), or the name's bytes.
+            k.skip = if k.version >= 13 { 16 } else { value };
+            k.phase = PARTITIONS;
         }
         PARTITIONS => {
-            let Some(n) = read_length(w, flex, 4) else {
-                return pause(w);
-            };
-            let k = w.dir.kafka_scan();
-            k.partitions = n;
-            k.phase = if n == 0 { TOPIC_END } else { PARTITION };
+            k.partitions = value;
+            k.phase = if value == 0 { TOPIC_END } else { PARTITION };
+        }
+        PARTITION if produce => {
+            k.skip = 4; // partition_index
+            k.phase = RECORDS_LEN;
         }
         PARTITION => {
             // partition_index, error_code, high_watermark[, last_stable_offset]
             // [, log_start_offset]
             let v = k.version;
             k.skip = 14 + if v >= 4 { 8 } else { 0 } + if v >= 5 { 8 } else { 0 };
-            k.phase = if v >= 4 { ABORTED } else { RECORDS_LEN };
+            k.phase = if v >= 4 { ABORTED } else { PREFERRED };
         }
         ABORTED => {
-            let Some(n) = read_length(w, flex, 4) else {
-                return pause(w);
-            };
-            let k = w.dir.kafka_scan();
             if flex {
-                k.aborted = n;
-                k.phase = if n == 0 { PREFERRED } else { ABORTED_ONE };
-            } else if n > (1 << 24) {
+                k.aborted = value;
+                k.phase = if value == 0 { PREFERRED } else { ABORTED_ONE };
+            } else if value > (1 << 24) {
                 return lose(w);
             } else {
                 // producer_id, first_offset
-                k.skip = n * 16;
+                k.skip = value * 16;
                 k.phase = PREFERRED;
             }
         }
@@ -256,14 +319,10 @@ pub fn step(w: &mut Walk, buf: &mut EventBuf) -> i64 {
             k.phase = RECORDS_LEN;
         }
         RECORDS_LEN => {
-            let Some(n) = read_length(w, flex, 4) else {
-                return pause(w);
-            };
+            k.records = value;
+            k.phase = if value == 0 { PARTITION_END } else { BATCH };
             // What came before the field is captured; the field is a run.
             capture(w);
-            let k = w.dir.kafka_scan();
-            k.records = n;
-            k.phase = if n == 0 { PARTITION_END } else { BATCH };
         }
         PARTITION_END => {
             k.phase = if flex { TAGS } else { PARTITION_NEXT };
@@ -292,9 +351,9 @@ pub fn step(w: &mut Walk, buf: &mut EventBuf) -> i64 {
         BATCH => {
             if k.records == 0 {
                 // The field ended.
+                k.phase = PARTITION_END;
                 close_run(w, buf);
                 w.kstart = w.pos;
-                w.dir.kafka_scan().phase = PARTITION_END;
             } else if k.records < 12 + MAGIC_AT + 1 {
                 // Too short for a batch or a legacy message: a partial one, not counted.
                 k.skip = k.records;
@@ -304,55 +363,38 @@ pub fn step(w: &mut Walk, buf: &mut EventBuf) -> i64 {
             }
         }
         BATCH_LEN => {
-            if batch_fast(w) {
-                return 0;
-            }
-            let Some(len) = read(w, 4) else {
-                return pause(w);
-            };
-            let k = w.dir.kafka_scan();
-            if len > k.records {
+            if value > k.records {
                 // A partial batch ends the field: passed over, not counted.
                 k.skip = k.records;
                 k.phase = BATCH;
-            } else if len < BATCH_AFTER_LEN.min(MAGIC_AT + 1) {
+            } else if value < MAGIC_AT + 1 {
                 return lose(w);
             } else {
-                k.batch = len;
+                k.batch = value;
                 k.skip = MAGIC_AT;
                 k.phase = MAGIC;
             }
         }
         MAGIC => {
-            let Some(magic) = read(w, 1) else {
-                return pause(w);
-            };
-            let k = w.dir.kafka_scan();
-            match magic {
-                2 if k.batch >= BATCH_AFTER_LEN => {
-                    k.skip = COUNT_AT - MAGIC_AT - 1;
-                    k.phase = COUNT;
-                }
-                0 | 1 => {
-                    // A legacy message: one record.
-                    k.skip = k.batch - MAGIC_AT - 1;
-                    k.phase = BATCH;
-                    w.run_count += 1;
-                }
-                _ => return lose(w),
+            if value == 2 && k.batch >= BATCH_AFTER_LEN {
+                k.skip = COUNT_AT - MAGIC_AT - 1;
+                k.phase = COUNT;
+            } else if value <= 1 {
+                // A legacy message: one record.
+                k.skip = k.batch - MAGIC_AT - 1;
+                k.phase = BATCH;
+                w.run_count += 1;
+            } else {
+                return lose(w);
             }
         }
         COUNT => {
-            let Some(count) = read(w, 4) else {
-                return pause(w);
-            };
-            if count > i32::MAX as u32 {
+            if value > i32::MAX as u32 {
                 return lose(w);
             }
-            let k = w.dir.kafka_scan();
             k.skip = k.batch - BATCH_AFTER_LEN;
             k.phase = BATCH;
-            w.run_count += count as u64;
+            w.run_count += value as u64;
         }
         _ => {
             // DONE: whatever follows the schema is captured as a message head would be.
@@ -481,26 +523,6 @@ fn read(w: &mut Walk, width: u8) -> Option<u32> {
     store(&mut k.acc, 0);
     store(&mut k.have, 0);
     Some(value)
-}
-
-/// An array's element count or a string's or bytes' length, null as 0: compact (uvarint of
-/// length + 1) in flexible versions, else `width` big-endian bytes with -1 for null.
-/// Framing is lost on other negative lengths.
-#[inline(always)]
-fn read_length(w: &mut Walk, flex: bool, width: u8) -> Option<u32> {
-    let v = read(w, if flex { 0 } else { width })?;
-    if flex {
-        return Some(v.saturating_sub(1));
-    }
-    let null = if width == 2 { 0xffff } else { u32::MAX };
-    if v == null {
-        return Some(0);
-    }
-    if (width == 2 && v > 0x7fff) || v > i32::MAX as u32 {
-        w.lost = LOST_HEADER;
-        return None;
-    }
-    Some(v)
 }
 
 /// A whole batch header in the read-ahead window (`batchLength` at `pos`): read in one step.

@@ -931,7 +931,7 @@ fn parse(w: &mut Walk) -> (u64, bool, u8) {
                 return (0, false, 0);
             }
             if w.response == 0 {
-                kafka::request(w);
+                kafka::request(w, len);
             } else {
                 kafka::response(w, len);
             }

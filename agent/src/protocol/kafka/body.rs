@@ -62,8 +62,8 @@ pub struct Summary {
     /// First non-zero per-topic or per-partition error code in the response.
     pub first_error: i16,
     pub metadata_topics: Vec<([u8; 16], String)>,
-    /// A `records` field of the response was neither captured whole nor counted by the
-    /// kernel.
+    /// A `records` field (a Produce request's, a Fetch response's) was neither captured whole
+    /// nor counted by the kernel.
     pub inexact_records: bool,
 }
 
@@ -300,9 +300,7 @@ fn records(r: &mut Reader<'_>, flex: bool, s: &mut Summary, t: Option<usize>) ->
     };
     let (n, exact, passed) = r.records(len);
     s.records(t, n);
-    if s.phase == Phase::Response {
-        s.inexact_records |= !exact;
-    }
+    s.inexact_records |= !exact;
     passed
 }
 

@@ -153,7 +153,9 @@ pub struct KafkaExchange {
     pub request_bytes: u64,
     pub response_bytes: u64,
     /// false when the response was cut by close, or a capture gap cut it before the decoder
-    /// read what it decodes of its body (the header was still paired).
+    /// read what it decodes of its body (the header was still paired), or a `records` field
+    /// of the Produce request or Fetch response was neither captured whole nor counted by the
+    /// kernel's walk (its record count is a lower bound).
     pub complete: bool,
 }
 
@@ -345,8 +347,8 @@ impl Decoder for KafkaDecoder {
     /// frame's buffer. Any other run, or one that does not fit the frame, is a capture gap.
     fn skipped(&mut self, run: &Run, out: &mut Vec<KafkaExchange>) -> Result<(), DecodeError> {
         self.failed.check()?;
-        if run.kind == RECORDS_RUN && run.stream == Stream::Response {
-            let h = &mut self.resp;
+        if run.kind == RECORDS_RUN {
+            let h = self.half(run.stream);
             if let State::Body(mut f) = h.state {
                 let at = h.buf.len();
                 let fits = run.bytes <= u64::from(f.size - f.seen) && !f.gap && !f.capped;
@@ -374,7 +376,7 @@ impl Decoder for KafkaDecoder {
                     if f.seen < f.size {
                         return Ok(());
                     }
-                    let result = self.end_buffered_frame(Stream::Response, f, run.last_ns, out);
+                    let result = self.end_buffered_frame(run.stream, f, run.last_ns, out);
                     return self.failed.keep(result);
                 }
             }
@@ -389,7 +391,7 @@ impl Decoder for KafkaDecoder {
     fn heap_bytes(&self) -> usize {
         self.req.buf.capacity()
             + self.resp.buf.capacity()
-            + self.resp.holes.capacity() * std::mem::size_of::<Hole>()
+            + (self.req.holes.capacity() + self.resp.holes.capacity()) * std::mem::size_of::<Hole>()
             + super::sampled_bytes(self.pending.iter(), std::mem::size_of::<Pending>(), |p| {
                 p.client_id.as_ref().map_or(0, String::capacity)
             })
@@ -595,7 +597,7 @@ impl KafkaDecoder {
         out: &mut Vec<KafkaExchange>,
     ) -> Result<(), DecodeError> {
         match stream {
-            Stream::Request => self.request_frame(body, size, cut, end_ns, out),
+            Stream::Request => self.request_frame(body, holes, size, cut, end_ns, out),
             Stream::Response => {
                 self.response_frame(body, holes, size, cut, end_ns, out);
                 Ok(())
@@ -606,6 +608,7 @@ impl KafkaDecoder {
     fn request_frame(
         &mut self,
         body: &[u8],
+        holes: &[Hole],
         size: u32,
         cut: Cut,
         end_ns: u64,
@@ -616,7 +619,7 @@ impl KafkaDecoder {
         } else {
             NOT_KAFKA
         };
-        let mut r = Reader::new(body);
+        let mut r = Reader::with_holes(body, holes);
         let (Ok(api_key), Ok(api_version), Ok(correlation_id)) = (r.i16(), r.i16(), r.i32()) else {
             // Only reachable with a cut prefix: a full frame has at least these 8 bytes.
             self.stats.truncated_headers += 1;
@@ -668,7 +671,8 @@ impl KafkaDecoder {
                 self.acks0.pop_front();
             }
             self.acks0.push_back(correlation_id);
-            let x = self.exchange(p, 0, end_ns, true);
+            let complete = !p.summary.inexact_records;
+            let x = self.exchange(p, 0, end_ns, complete);
             out.push(x);
             return Ok(());
         }
