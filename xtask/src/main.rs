@@ -7,6 +7,7 @@ mod bench_decode;
 mod bench_flows;
 mod bench_framing;
 mod bench_framing_http;
+mod bench_framing_kafka;
 mod bench_grpc;
 mod bench_pgbench;
 mod bench_scale;
@@ -99,6 +100,10 @@ enum Bench {
     /// (`--framing=false`) and in-kernel framing, alternating; CPU, BPF time and bytes copied
     /// per request by body size, and requests counted.
     FramingHttp(bench_framing_http::FramingHttpArgs),
+    /// Large Kafka Fetch responses between two Python peers: no agent, prefix capture
+    /// (`--framing=false`) and in-kernel framing, alternating; CPU, BPF time and bytes copied
+    /// per fetch by response size, and records counted.
+    FramingKafka(bench_framing_kafka::FramingKafkaArgs),
     /// Many connections in many processes (each in a cgroup): the agent's RSS and CPU at set-up,
     /// idle and active, requests counted.
     Scale(bench_scale::ScaleArgs),
@@ -120,6 +125,7 @@ fn main() -> ExitCode {
         Cli::Bench(Bench::Traces(args)) => bench_traces::traces(&args),
         Cli::Bench(Bench::Framing(args)) => bench_framing::framing(&args),
         Cli::Bench(Bench::FramingHttp(args)) => bench_framing_http::framing_http(&args),
+        Cli::Bench(Bench::FramingKafka(args)) => bench_framing_kafka::framing_kafka(&args),
         Cli::Bench(Bench::Scale(args)) => bench_scale::scale(&args),
         Cli::Image(args) => image::image(&args),
         Cli::Vm(args) => vm::vm(&args),

@@ -6,7 +6,9 @@
 //! walks every message of every syscall: it reads each header, captures the header and the
 //! head of its body (up to `Config::capture_bytes`), and skips the rest of the body by length.
 //! PostgreSQL `DataRow`/`CopyData` messages wholly inside a syscall are not captured at all: a
-//! run of them becomes one record (count and bytes). What reaches userspace per message is
+//! run of them becomes one record (count and bytes). Kafka Fetch responses and Produce
+//! requests are walked field by field instead (`kafka.rs`): their `records` fields become runs
+//! counting the records of their batches. What reaches userspace per message is
 //! therefore bounded, and what reaches it per syscall shrinks for large bodies instead of
 //! growing. HTTP/1.x text heads are scanned instead (`http.rs`) and its bodies skipped by
 //! Content-Length or chunk size. HTTP/2 is length-prefixed too (9-byte frame headers): every
@@ -15,7 +17,8 @@
 //! message and its trailers then still shows the trailers. See `FrameRecord` for the event
 //! layout.
 //!
-//! Framing is decided from a connection's first request bytes, in the kernel itself (userspace
+//! Framing is decided from a connection's first request bytes (or a first read of exactly 4
+//! bytes, a Kafka broker's read of a request's size, and the read after it), in the kernel itself (userspace
 //! learns a protocol 5–50 ms later, when the first large result may long be gone): a PostgreSQL
 //! start-up packet, a Kafka request header, an HTTP/1.x request line or the HTTP/2 preface
 //! (or, when the server speaks first, an HTTP/2 server's SETTINGS frame). Anything else
