@@ -198,7 +198,8 @@ pub fn step(w: &mut Walk, buf: &mut EventBuf) -> i64 {
             return settle(w, buf);
         }
     }
-    if w.dir.kafka_scan().phase == BATCH_LEN && batch_fast(w) {
+    let phase = w.dir.kafka_scan().phase;
+    if (phase == BATCH || phase == BATCH_LEN) && batch_fast(w) {
         return settle(w, buf);
     }
     // Only the width stays live across the read (which may call a helper): what the phase
@@ -525,27 +526,31 @@ fn read(w: &mut Walk, width: u8) -> Option<u32> {
     Some(value)
 }
 
-/// A whole batch header in the read-ahead window (`batchLength` at `pos`): read in one step.
-/// False when it is not there (split, or the window ends first): the field-by-field path reads
-/// it.
+/// A whole batch header in the syscall (at `pos`: from `baseOffset` in phase `BATCH`, from
+/// `batchLength` in `BATCH_LEN`): read in this one step, from a read of at most `HEADER_READ`
+/// bytes (batches are often kilobytes long: a full window per batch would copy mostly
+/// records). False when it is not there (split, or the iovec ends first): the field-by-field
+/// path reads it.
 #[inline(always)]
 fn batch_fast(w: &mut Walk) -> bool {
-    // `batchLength` and the 49 bytes after it, up to `recordsCount`.
-    const NEED: u64 = 4 + BATCH_AFTER_LEN as u64;
+    const HEADER_READ: u64 = 128;
     let k = w.dir.kafka_scan();
-    if k.have != 0 || (k.records as u64) < NEED || (k.left as u64) < NEED {
+    // From `batchLength`: it and the 49 bytes after it, up to `recordsCount`.
+    let base = if k.phase == BATCH { 8u64 } else { 0 };
+    let need = base + 4 + BATCH_AFTER_LEN as u64;
+    if k.have != 0 || (k.records as u64) < need || (k.left as u64) < need {
         return false;
     }
     let avail = (w.ret - w.pos).min(k.left as u64);
-    if avail < NEED || !super::fill_window(w, avail) {
+    if avail < need || !super::fill_window(w, avail) {
         return false;
     }
-    if w.win_start + w.win_len < w.pos + NEED
-        && (!super::refill_window(w, avail) || w.win_len < NEED)
+    if w.win_start + w.win_len < w.pos + need
+        && (!super::refill_window(w, avail.min(HEADER_READ)) || w.win_len < need)
     {
         return false;
     }
-    let from = w.pos - w.win_start;
+    let from = w.pos - w.win_start + base;
     let at = |i: u64| w.win[((from + i) & WINDOW_MASK) as usize];
     let len = u32::from_be_bytes([at(0), at(1), at(2), at(3)]);
     let magic = at(MAGIC_AT as u64 + 4);
@@ -556,13 +561,14 @@ fn batch_fast(w: &mut Walk) -> bool {
         at(COUNT_AT as u64 + 7),
     ]);
     let k = w.dir.kafka_scan();
-    if magic != 2 || len < BATCH_AFTER_LEN || len > k.records - 4 || count > i32::MAX as u32 {
+    let room = k.records - (base as u32 + 4);
+    if magic != 2 || len < BATCH_AFTER_LEN || len > room || count > i32::MAX as u32 {
         return false;
     }
     // The batch is whole in the field: counted, and passed over from its length field on.
     k.skip = len;
     k.phase = BATCH;
     w.run_count += count as u64;
-    advance(w, 4);
+    advance(w, base + 4);
     true
 }
