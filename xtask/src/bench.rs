@@ -60,6 +60,19 @@ pub(crate) fn other_agents() -> Vec<u32> {
         .collect()
 }
 
+/// The end of a reproducing command line: ` --no-build` and ` -- <agent args>` when given.
+pub(crate) fn command_tail(no_build: bool, agent_args: &[String]) -> String {
+    let mut tail = String::new();
+    if no_build {
+        tail.push_str(" --no-build");
+    }
+    if !agent_args.is_empty() {
+        tail.push_str(" -- ");
+        tail.push_str(&agent_args.join(" "));
+    }
+    tail
+}
+
 /// For the report: a warning naming the Periscope processes that were already running (also
 /// printed at once), whose `cost` (e.g. "their overhead is in every column") is in the
 /// figures; empty when there are none.

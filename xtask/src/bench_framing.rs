@@ -29,7 +29,8 @@ use anyhow::{bail, Context};
 use harness::{cpu_time, rss_bytes, Agent, AgentOptions, Metrics, PgServer, TempDir};
 
 use crate::bench::{
-    clock_ticks_per_second, machine, other_agents_warning, settle, spread_cell, Cpu, LOST_METRIC,
+    clock_ticks_per_second, command_tail, machine, other_agents_warning, settle, spread_cell, Cpu,
+    LOST_METRIC,
 };
 use crate::bench_pgbench::{
     check_cpus, launch_postgres, parse_pgbench, pgbench_command, placement_of, PgbenchResult,
@@ -132,13 +133,7 @@ impl FramingArgs {
             self.pgbench_cpu,
             self.agent_cpu
         );
-        if self.no_build {
-            c.push_str(" --no-build");
-        }
-        if !self.agent_args.is_empty() {
-            c.push_str(" -- ");
-            c.push_str(&self.agent_args.join(" "));
-        }
+        c.push_str(&command_tail(self.no_build, &self.agent_args));
         c
     }
 }

@@ -50,9 +50,9 @@ use harness::{
 };
 
 use crate::bench::{
-    clock_ticks_per_second, counted_for_port, machine, ok_nginx, other_agents_warning,
-    requests_counted, settle, spread, spread_cell, Cpu, CLIENT_REQUESTS_METRIC, LOST_METRIC,
-    REQUESTS_METRIC,
+    clock_ticks_per_second, command_tail, counted_for_port, machine, ok_nginx,
+    other_agents_warning, requests_counted, settle, spread, spread_cell, Cpu,
+    CLIENT_REQUESTS_METRIC, LOST_METRIC, REQUESTS_METRIC,
 };
 use crate::bench_framing::{run_rounds, Variant, BPF_TIME_METRIC, CAPTURED_METRIC};
 use crate::bench_pgbench::placement_of;
@@ -123,13 +123,7 @@ impl FramingHttpArgs {
             self.wrk_cpu,
             self.agent_cpu
         );
-        if self.no_build {
-            c.push_str(" --no-build");
-        }
-        if !self.agent_args.is_empty() {
-            c.push_str(" -- ");
-            c.push_str(&self.agent_args.join(" "));
-        }
+        c.push_str(&command_tail(self.no_build, &self.agent_args));
         c
     }
 

@@ -1003,7 +1003,9 @@ fn close_run(w: &mut Walk, buf: &mut EventBuf) {
     let record = FrameRecord {
         offset: w.run_offset as u32,
         len: w.run_len as u32,
-        count: w.run_count as u32,
+        // Saturated: a Kafka `records` run sums what its batches claim (up to 2^31 - 1
+        // each, whatever a peer sends).
+        count: w.run_count.min(u32::MAX as u64) as u32,
         kind: w.run_kind,
         _pad: [0; 3],
     };

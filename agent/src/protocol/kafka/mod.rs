@@ -356,7 +356,7 @@ impl Decoder for KafkaDecoder {
                 let joined = match h.holes.last_mut() {
                     Some(last) if fits && last.at == at => {
                         last.len += run.bytes;
-                        last.records += run.count;
+                        last.records = last.records.saturating_add(run.count);
                         true
                     }
                     _ if fits && room => {

@@ -106,12 +106,12 @@ impl<'a> Reader<'a> {
     /// headers were (a prefix capture), and runs short if the rest is missing.
     pub fn records(&mut self, len: usize) -> (u64, bool, Read<()>) {
         let mut left = len as u64;
-        let mut count = 0;
+        let mut count = 0u64;
         while let Some(h) = self.holes.get(self.hole).filter(|h| h.at == self.pos) {
             if left == 0 || self.into != 0 || h.len > left {
                 break;
             }
-            count += h.records;
+            count = count.saturating_add(h.records);
             left -= h.len;
             self.hole += 1;
         }
