@@ -167,6 +167,9 @@ pub struct Walk {
     cap_left: u64,
     /// Kafka Fetch walk: where the structure bytes not yet captured begin.
     kstart: u64,
+    /// Kafka walk: a value passed through memory, so that the verifier does not explore the
+    /// code after it once per constant it may have (`kafka::opaque`).
+    kopaque: u64,
     /// The read-ahead window: `win_len` bytes of the syscall from `win_start`.
     win_start: u64,
     win_len: u64,
