@@ -1144,6 +1144,17 @@ fn legacy_message(pad: usize) -> Vec<u8> {
     m
 }
 
+/// A topics array of one topic, "bulk" (or, from v13, its id), for Fetch and Produce of
+/// version `v`; its partitions follow.
+fn bulk_topic(w: W, v: i16, flex: bool, id: [u8; 16]) -> W {
+    let w = w.len(flex, 1);
+    if v >= 13 {
+        w.raw(&id)
+    } else {
+        w.str(flex, Some("bulk"))
+    }
+}
+
 /// A Fetch request of version `v` for partitions 0..3 of topic "bulk" (or its id).
 fn fetch_request(v: i16, corr: i32, id: [u8; 16]) -> Vec<u8> {
     let f = v >= 12;
@@ -1157,13 +1168,7 @@ fn fetch_request(v: i16, corr: i32, id: [u8; 16]) -> Vec<u8> {
     if v >= 7 {
         w = w.i32(0).i32(-1);
     }
-    w = w.len(f, 1);
-    w = if v >= 13 {
-        w.raw(&id)
-    } else {
-        w.str(f, Some("bulk"))
-    };
-    w = w.len(f, 3);
+    w = bulk_topic(w, v, f, id).len(f, 3);
     for p in 0..3 {
         w = w.i32(p);
         if v >= 9 {
@@ -1208,13 +1213,7 @@ fn fetch_response(v: i16, corr: i32, id: [u8; 16], legacy: bool) -> Vec<u8> {
     if v >= 7 {
         w = w.i16(0).i32(7);
     }
-    w = w.len(f, 1);
-    w = if v >= 13 {
-        w.raw(&id)
-    } else {
-        w.str(f, Some("bulk"))
-    };
-    w = w.len(f, 3);
+    w = bulk_topic(w, v, f, id).len(f, 3);
     let mut big = Vec::new();
     for _ in 0..40 {
         big.extend(fat_batch(5, 200));
@@ -1379,13 +1378,7 @@ fn big_produce_request(v: i16, corr: i32, id: [u8; 16]) -> Vec<u8> {
     if v >= 3 {
         w = w.str(f, None);
     }
-    w = w.i16(1).i32(30_000).len(f, 1);
-    w = if v >= 13 {
-        w.raw(&id)
-    } else {
-        w.str(f, Some("bulk"))
-    };
-    w = w.len(f, 2);
+    w = bulk_topic(w.i16(1).i32(30_000), v, f, id).len(f, 2);
     let big: Vec<u8> = (0..40).flat_map(|_| fat_batch(5, 200)).collect();
     let small: Vec<u8> = (0..10).flat_map(|_| fat_batch(3, 50)).collect();
     for (p, records) in [(0, &big), (1, &small)] {
