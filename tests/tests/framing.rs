@@ -921,3 +921,100 @@ fn http_bodies_sent_with_sendfile_keep_framing() {
     http_ends_match(&agent, nginx.port(), &seen);
     no_lost_framing(&agent);
 }
+
+const SPELLINGS_SERVER: &str = r#"
+import socket, sys, threading
+
+HEADS = [
+    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n",
+    b"HTTP/1.1 200\r\ncontent-length:%d\r\n\r\n",
+    b"HTTP/1.1 201 Created\r\nContent-Length:  000%d\r\n\r\n",
+    b"HTTP/1.0 200 OK\r\nCONTENT-LENGTH: %d\r\nContent-Type: x\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Lengthy: 7\r\nContent-Length: %d\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: %d\t\r\n\r\n",
+    b"HTTP/1.1 202 Accepted\r\nServer: x\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"X-A-Rather-Long-Header-Name: some value\r\nContent-Length: %d\r\nConnection: keep-alive\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length:\t%d\r\n\r\n",
+]
+
+def reply(path):
+    _, _, variant, size = path.split(b"/")
+    variant, size = int(variant), int(size)
+    if variant == len(HEADS):
+        chunk = b"%x\r\n" % size + b"c" * size + b"\r\n" if size else b""
+        return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk + b"0\r\n\r\n"
+    return HEADS[variant] % size + b"b" * size
+
+def serve(conn):
+    buf = b""
+    while True:
+        b = conn.recv(1 << 20)
+        if not b:
+            break
+        buf += b
+        while b"\r\n\r\n" in buf:
+            head, rest = buf.split(b"\r\n\r\n", 1)
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.lower() == b"content-length":
+                    length = int(value)
+            if len(rest) < length:
+                break
+            buf = rest[length:]
+            conn.sendall(reply(head.split(b" ")[1]))
+            if b"close" in head.lower():
+                conn.close()
+                return
+    conn.close()
+
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(16)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// Heads in the spellings the kernel scan takes in words (a response's `HTTP/1.1 ddd `, `GET`
+/// and `POST`, Content-Length's name and digits, names it skips) and in the ones it leaves to
+/// its byte scan (no reason phrase, no space or two, tabs, leading zeros, HTTP/1.0, upper
+/// case, a name that only begins as Content-Length, seven-digit lengths, chunked), with
+/// bodies past the capture window, pipelined both ways: every message is counted once, with
+/// its exact body size, at both ends.
+#[test]
+fn heads_in_every_spelling_the_word_scan_takes_or_leaves_frame_exactly() {
+    let server = harness::PyServer::start(SPELLINGS_SERVER);
+    let agent = Agent::start(&[]).unwrap();
+    let variants = 9;
+    let sizes = [0usize, 1, 5000, 1_234_567, 65535];
+    let mut requests = Vec::new();
+    let mut count = 0;
+    for variant in 0..variants {
+        for size in sizes {
+            for post in [false, true] {
+                let target = format!("/v/{variant}/{size}");
+                let head = if post {
+                    format!("POST {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n")
+                } else {
+                    format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1:18080\r\n")
+                };
+                requests.extend_from_slice(head.as_bytes());
+                count += 1;
+                if count == variants * sizes.len() * 2 {
+                    requests.extend_from_slice(b"Connection: close\r\n");
+                }
+                requests.extend_from_slice(b"\r\n");
+                if post {
+                    requests.extend_from_slice(&[b'p'; 5000]);
+                }
+            }
+        }
+    }
+    let heads = vec![false; count];
+    let seen = parse_responses(&pipeline(server.port(), &requests, 1 << 20), &heads);
+    assert_eq!(seen.total(), count as u64);
+    http_ends_match(&agent, server.port(), &seen);
+    no_lost_framing(&agent);
+}

@@ -136,7 +136,7 @@ pub struct SyscallArgs {
     /// each mode (I/O hooks on btf and raw, with and without syscall statistics).
     #[arg(long, default_value_t = 5)]
     rounds: usize,
-    /// Loop iterations of the pipe and getppid workloads; tcp-http runs a quarter as many
+    /// Loop iterations of the pipe and getppid workloads; tcp-http and tcp-nginx run a quarter as many
     /// (it makes 4 syscalls per iteration), so each workload runs for a similar time.
     #[arg(long, default_value_t = 1_000_000)]
     iterations: u64,
@@ -164,7 +164,7 @@ impl SyscallArgs {
 
     fn iterations_of(&self, workload: Workload) -> u64 {
         match workload {
-            Workload::TcpHttp => (self.iterations / 4).max(1),
+            Workload::TcpHttp | Workload::TcpNginx => (self.iterations / 4).max(1),
             Workload::Pipe | Workload::Getppid => self.iterations,
         }
     }
@@ -330,7 +330,7 @@ fn run_mode(
                 .iter()
                 .map(|(workload, report, _)| match workload {
                     Workload::Pipe => report.syscalls / 2,
-                    Workload::TcpHttp => 2 * report.requests,
+                    Workload::TcpHttp | Workload::TcpNginx => 2 * report.requests,
                     Workload::Getppid => 0,
                 })
                 .sum();
@@ -427,6 +427,10 @@ fn describe(workload: Workload) -> &'static str {
         Workload::TcpHttp => {
             "`tcp-http`: HTTP request + response over loopback TCP, 4 syscalls on tracked \
              sockets, payload copied to the ring buffer"
+        }
+        Workload::TcpNginx => {
+            "`tcp-nginx`: the same with the request wrk sends and the response nginx answers in \
+             `bench http` (a 160-byte head), verbatim"
         }
     }
 }

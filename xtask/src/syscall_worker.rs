@@ -24,10 +24,18 @@ pub enum Workload {
     /// An HTTP/1.1 request and response over a loopback TCP connection: 4 syscalls on
     /// sockets Periscope tracks and decodes.
     TcpHttp,
+    /// The same with the messages `bench http`'s wrk and nginx exchange (a 160-byte response
+    /// head), so that the per-syscall cost of scanning real heads is measured.
+    TcpNginx,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 3] = [Workload::Pipe, Workload::Getppid, Workload::TcpHttp];
+    pub const ALL: [Workload; 4] = [
+        Workload::Pipe,
+        Workload::Getppid,
+        Workload::TcpHttp,
+        Workload::TcpNginx,
+    ];
 
     /// The name on the command line.
     pub fn name(self) -> &'static str {
@@ -35,6 +43,7 @@ impl Workload {
             Workload::Pipe => "pipe",
             Workload::Getppid => "getppid",
             Workload::TcpHttp => "tcp-http",
+            Workload::TcpNginx => "tcp-nginx",
         }
     }
 }
@@ -47,6 +56,11 @@ impl fmt::Display for Workload {
 
 const REQUEST: &[u8] = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n";
 const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+/// What wrk sends nginx in `bench http`, and nginx's answer (`return 200 "ok"`), verbatim.
+const WRK_REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:18080\r\n\r\n";
+const NGINX_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\n\
+    Date: Sat, 05 Dec 2026 21:21:50 GMT\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\
+    Connection: keep-alive\r\n\r\nok";
 
 /// What one worker run measured.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,7 +126,8 @@ pub fn worker(workload: Workload, iterations: u64) -> anyhow::Result<()> {
     let report = match workload {
         Workload::Pipe => pipe(iterations)?,
         Workload::Getppid => getppid(iterations),
-        Workload::TcpHttp => tcp_http(iterations)?,
+        Workload::TcpHttp => tcp_http(iterations, REQUEST, RESPONSE)?,
+        Workload::TcpNginx => tcp_http(iterations, WRK_REQUEST, NGINX_RESPONSE)?,
     };
     println!("{report}");
     Ok(())
@@ -158,7 +173,7 @@ fn getppid(iterations: u64) -> WorkerReport {
 
 /// One thread, blocking sockets: each write lands in the peer's receive buffer on loopback
 /// before the call returns, so the other end's read never waits.
-fn tcp_http(iterations: u64) -> anyhow::Result<WorkerReport> {
+fn tcp_http(iterations: u64, request: &[u8], response: &[u8]) -> anyhow::Result<WorkerReport> {
     let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
     let mut client = TcpStream::connect(("127.0.0.1", port)).context("connecting")?;
@@ -169,10 +184,10 @@ fn tcp_http(iterations: u64) -> anyhow::Result<WorkerReport> {
     let mut syscalls = 0u64;
     let started = Instant::now();
     for _ in 0..iterations {
-        syscalls += write_whole(&mut client, REQUEST)?;
-        syscalls += read_whole(&mut server, &mut buf[..REQUEST.len()])?;
-        syscalls += write_whole(&mut server, RESPONSE)?;
-        syscalls += read_whole(&mut client, &mut buf[..RESPONSE.len()])?;
+        syscalls += write_whole(&mut client, request)?;
+        syscalls += read_whole(&mut server, &mut buf[..request.len()])?;
+        syscalls += write_whole(&mut server, response)?;
+        syscalls += read_whole(&mut client, &mut buf[..response.len()])?;
     }
     Ok(WorkerReport {
         ns_per_syscall: per_syscall(started, syscalls),
@@ -231,8 +246,10 @@ mod tests {
             assert_eq!(report.syscalls, syscalls);
             assert!(report.ns_per_syscall > 0.0);
         }
-        let tcp = tcp_http(10).unwrap();
-        assert_eq!((tcp.syscalls, tcp.requests), (40, 10));
-        assert!(tcp.server_port.is_some());
+        for (request, response) in [(REQUEST, RESPONSE), (WRK_REQUEST, NGINX_RESPONSE)] {
+            let tcp = tcp_http(10, request, response).unwrap();
+            assert_eq!((tcp.syscalls, tcp.requests), (40, 10));
+            assert!(tcp.server_port.is_some());
+        }
     }
 }

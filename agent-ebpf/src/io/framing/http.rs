@@ -23,7 +23,8 @@ use super::{Walk, LOST_BOUND, LOST_HEADER, WINDOW_MASK};
 /// Head bytes at most (the userspace decoder's `MAX_HEAD_BYTES`), also per trailer and per
 /// chunk-size line.
 const MAX_HEAD: u32 = 16 * 1024;
-/// Bytes scanned per step at most (a step also ends at each line feed framing must act on).
+/// Bytes scanned per step at most, or words skipped (a step also ends at each line feed
+/// framing must act on).
 const SCAN: u64 = 16;
 
 /// `HttpScan::phase`.
@@ -73,6 +74,44 @@ const CONTENT_LENGTH: u64 = hash(b"content-length");
 const TRANSFER_ENCODING: u64 = hash(b"transfer-encoding");
 const HEAD: u64 = hash(b"HEAD");
 const CONNECT: u64 = hash(b"CONNECT");
+/// The first eight bytes of the two names framing reads, lower-cased as `LOWER` does it.
+const CONTENT_: u64 = u64::from_le_bytes(*b"content-");
+const TRANSFER: u64 = u64::from_le_bytes(*b"transfer");
+/// `| 0x20` on each byte of a word (what the scanner's `fold` does to each name byte).
+const LOWER: u64 = 0x2020_2020_2020_2020;
+const GET_: u64 = u32::from_le_bytes(*b"GET ") as u64;
+const POST_: u64 = 0x20_5453_4f50;
+const LENGTH: u64 = 0x6874_676e_656c;
+const HTTP11: u64 = u64::from_le_bytes(*b"HTTP/1.1");
+/// A byte repeated in each byte of a word.
+const LF: u64 = 0x0a0a_0a0a_0a0a_0a0a;
+const CR: u64 = 0x0d0d_0d0d_0d0d_0d0d;
+const ZEROS: u64 = 0x3030_3030_3030_3030;
+
+/// Whether any byte of `x` is the byte `repeated` repeats (exact: the carries of the
+/// subtraction can only mark bytes above a true match).
+#[inline(always)]
+fn has_byte(x: u64, repeated: u64) -> bool {
+    let y = x ^ repeated;
+    y.wrapping_sub(0x0101_0101_0101_0101) & !y & 0x8080_8080_8080_8080 != 0
+}
+
+/// Eight window bytes from window offset `at` as a little-endian word (the program runs on
+/// little-endian machines only), from two aligned loads: a word load at an offset the
+/// verifier cannot prove aligned would be split into byte loads. Bytes past the window's
+/// filled part are garbage; callers read only words within it.
+#[inline(always)]
+fn word_at(w: &Walk, at: u64) -> u64 {
+    let a = at & !7;
+    let shift = (at & 7) * 8;
+    // Shifted in two steps, so that a shift of 0 takes nothing from the next word (a
+    // shift by 64 is not one).
+    w.aligned_word(a) >> shift | (w.aligned_word(a + 8) << (63 - shift)) << 1
+}
+
+// `word_at` builds words little-endian.
+const _: () = assert!(cfg!(target_endian = "little"));
+
 /// "chunked" as the last seven bytes of `HttpScan::last`.
 const CHUNKED_TAIL: u64 = 0x0063_6875_6e6b_6564;
 
@@ -121,19 +160,24 @@ pub fn step(w: &mut Walk) -> i64 {
         return 1;
     }
     let from = w.pos - w.win_start;
-    let n = (w.win_start + w.win_len - w.pos).min(left).min(SCAN);
+    let n = (w.win_start + w.win_len - w.pos).min(left);
+    let words = fast(w, from, n);
+    let words = w.opaque(words);
+    let from = from + words;
+    let n = n - words;
     let response = w.response != 0;
-    let s = &mut w.dir.http;
     let mut i = 0u64;
     let mut line_end = false;
-    // The loop handles what most head bytes are (field names, values framing ignores, line
-    // ends) with few branches; a byte of a value framing reads (start line, status, lengths,
-    // chunk sizes) stops it and, first in a step, takes `scan_byte` alone. The verifier walks
-    // the loop once per iteration and the step once per caller state: branches here multiply.
+    // The loop handles what most of the other head bytes are (field names, line ends, the
+    // digits of a status or a Content-Length) with few branches; any other byte of a value
+    // framing reads (the spaces of the start line, chunk sizes, a bad digit) stops it and,
+    // first in a step, takes `scan_byte` alone. The verifier walks the loop once per
+    // iteration and the step once per caller state: branches here multiply.
     while i < SCAN {
         if i >= n {
             break;
         }
+        let s = &mut w.dir.http;
         let c = w.win[((from + i) & WINDOW_MASK) as usize];
         if c == b'\n' {
             i += 1;
@@ -141,10 +185,10 @@ pub fn step(w: &mut Walk) -> i64 {
                 && (s.phase == PHASE_TRAILER
                     || (s.phase == PHASE_HEAD && s.flags & SEEN_START != 0))
             {
-                // A field line framing ignores ended: the next one starts without leaving
-                // the step (as `end_line` would).
+                // A field line framing ignores ended: the next one starts (as `end_line`
+                // would start it), from the next step, whose `skip_words` may pass it whole.
                 next_field_line(s);
-                continue;
+                break;
             }
             line_end = true;
             break;
@@ -166,8 +210,16 @@ pub fn step(w: &mut Walk) -> i64 {
         }
         i += 1;
     }
-    w.pos += i;
-    s.bytes = s.bytes.saturating_add(i as u32);
+    w.pos += words + i;
+    end_step(w, words + i, line_end)
+}
+
+/// What ends every step: the head's byte budget, the line that ended, the text to deliver
+/// when the syscall ends inside it. Returns 1 to stop the walk.
+#[inline(always)]
+fn end_step(w: &mut Walk, scanned: u64, line_end: bool) -> i64 {
+    let s = &mut w.dir.http;
+    s.bytes = s.bytes.saturating_add(scanned as u32);
     if s.bytes > MAX_HEAD {
         w.lost = LOST_HEADER;
         return 1;
@@ -180,6 +232,143 @@ pub fn step(w: &mut Walk) -> i64 {
         capture_text(w);
     }
     0
+}
+
+/// What the scan takes faster than a byte a step, from the window's offset `from` (`n`
+/// bytes there), with the same outcome as `scan_byte` and `name_byte`:
+/// - a response's start line up to its reason (`HTTP/1.1 200 `), a request's method when it
+///   is `GET` or `POST`;
+/// - the digits of a Content-Length (up to eight);
+/// - eight bytes at a time, what the scan would pass over without acting on it: the bytes of
+///   a value framing ignores up to its line's end, and a field line whose name (seen at its
+///   start, whole in eight bytes without a line end) does not begin as one of the two names
+///   framing reads, as `name_byte` would decide at its colon (and a line without a colon ends
+///   as one with it would).
+///
+/// Returns the bytes taken (0: the byte scan goes on). Branches are few and the result
+/// passes through memory (`Walk::opaque`), so the verifier walks the byte scan after it once.
+#[inline(always)]
+fn fast(w: &mut Walk, from: u64, n: u64) -> u64 {
+    if n < 8 {
+        return 0;
+    }
+    let x = word_at(w, from);
+    let next = word_at(w, from + 8);
+    let response = w.response != 0;
+    let s = &mut w.dir.http;
+    let field = s.field;
+    if field == FIELD_START {
+        if s.line != 0 {
+            return 0;
+        }
+        if !response {
+            let method = if x & 0xffff_ffff == GET_ {
+                4
+            } else if x & 0xff_ffff_ffff == POST_ {
+                5
+            } else {
+                return 0;
+            };
+            // The method, hashed by the scan, only matters when it is HEAD or CONNECT.
+            s.line = method as u32;
+            s.field = FIELD_REST;
+            return method;
+        }
+        // " ddd " as digit values: a space (0x20 ^ 0x30 = 0x10), three digits, a space.
+        let y = next ^ ZEROS;
+        if n < 16
+            || x != HTTP11
+            || y & 0xff != 0x10
+            || (y >> 32) & 0xff != 0x10
+            || non_digits(y >> 8) & 0x0080_8080 != 0
+        {
+            return 0;
+        }
+        s.value = ((y >> 8) & 0xff) * 100 + ((y >> 16) & 0xff) * 10 + ((y >> 24) & 0xff);
+        s.line = 13;
+        s.field = FIELD_REST;
+        return 13;
+    }
+    if field == FIELD_LENGTH {
+        if s.value != 0 {
+            return 0;
+        }
+        // A space before the value (ignored by the scan), up to six digits, a carriage
+        // return after them (ignored too).
+        let lead = (x & 0xff == b' ' as u64) as u64;
+        let y = (x >> (8 * lead)) ^ ZEROS | 0x8080 << 48;
+        // The digits before the first other byte: the bits below its top bit, a byte each.
+        let others = non_digits(y);
+        let below = (others & others.wrapping_neg()).wrapping_sub(1);
+        let k = popcount(below) / 8;
+        // The k digits at the top of a word, zeros (leading ones) below: its eight-digit
+        // number is theirs.
+        let shift = 64 - 8 * k;
+        let top = (y << (shift / 2)) << (shift - shift / 2);
+        s.value = eight_digits(top);
+        s.line += k as u32;
+        let end = lead + k;
+        let cr = (k > 0 && (x >> (8 * end)) & 0xff == b'\r' as u64) as u64;
+        return end + cr;
+    }
+    let words = n / 8;
+    if field == FIELD_NAME && s.line == 0 {
+        let lower = x | LOWER;
+        if has_byte(x, LF) || has_byte(x, CR) || lower == TRANSFER {
+            return 0;
+        }
+        if lower == CONTENT_ {
+            // Content-Length (its colon not folded), or another name.
+            let rest = next & 0x00ff_ffff_ffff_ffff;
+            if has_byte(rest | 0xff << 56, LF) || has_byte(rest | 0xff << 56, CR) {
+                return 0;
+            }
+            if (rest | LOWER) & 0x0000_ffff_ffff_ffff == LENGTH && rest >> 48 == b':' as u64 {
+                s.field = FIELD_LENGTH;
+                s.line = 15;
+                s.value = 0;
+                return 15;
+            }
+        }
+        s.field = FIELD_REST;
+        // Not a blank line.
+        s.line = 1;
+    } else if field != FIELD_REST {
+        return 0;
+    }
+    // Counted in words, so that the verifier sees one state per round.
+    let mut j = 0u64;
+    while j < SCAN {
+        if j >= words || has_byte(word_at(w, from + 8 * j), LF) {
+            break;
+        }
+        j += 1;
+    }
+    8 * j
+}
+
+/// The bytes of `y` (bytes XOR '0', so a digit is its value) that are not digits, as their
+/// top bits.
+#[inline(always)]
+fn non_digits(y: u64) -> u64 {
+    // A byte under 0x80 plus 0x76 reaches 0x80 exactly when it is 10 or more; no carries.
+    (((y & 0x7f7f_7f7f_7f7f_7f7f) + 0x7676_7676_7676_7676) | y) & 0x8080_8080_8080_8080
+}
+
+#[inline(always)]
+fn popcount(x: u64) -> u64 {
+    let x = x - ((x >> 1) & 0x5555_5555_5555_5555);
+    let x = (x & 0x3333_3333_3333_3333) + ((x >> 2) & 0x3333_3333_3333_3333);
+    let x = (x + (x >> 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+    x.wrapping_mul(0x0101_0101_0101_0101) >> 56
+}
+
+/// The number eight digit values spell, the first (most significant) in the lowest byte.
+#[inline(always)]
+fn eight_digits(v: u64) -> u64 {
+    let v = (v & 0x0f0f_0f0f_0f0f_0f0f).wrapping_mul(2561) >> 8;
+    let v = (v & 0x00ff_00ff_00ff_00ff).wrapping_mul(6_553_601) >> 16;
+    (v & 0x0000_ffff_0000_ffff).wrapping_mul(42_949_672_960_001) >> 32
 }
 
 /// A byte of a field name: hashed; the colon decides what the value is to framing.

@@ -156,18 +156,6 @@ const NO_FIELD: u8 = 0xff;
 /// `field`'s width of an unsigned varint.
 const VARINT: u8 = 0;
 
-/// `value`, passed through the walk's memory: the verifier tracks constants in registers and
-/// would walk what follows once per constant the value may be (the field widths, the batch
-/// header's offset); through memory it is one unknown number, walked once.
-#[inline(always)]
-fn opaque(w: &mut Walk, value: u64) -> u64 {
-    // SAFETY: a field of the walk's per-CPU slot.
-    unsafe {
-        core::ptr::write_volatile(&mut w.kopaque, value);
-        core::ptr::read_volatile(&w.kopaque)
-    }
-}
-
 /// Whether the message's version is a flexible one (compact lengths, tagged fields).
 #[inline(always)]
 fn flexible(k: &KafkaScan) -> bool {
@@ -221,7 +209,7 @@ pub fn step(w: &mut Walk, buf: &mut EventBuf) -> i64 {
     let (width, _, compact) = field(k.phase, k.version, flexible(k));
     let mut raw = 0u32;
     if width != NO_FIELD {
-        let width = opaque(w, if compact { VARINT } else { width } as u64) as u8;
+        let width = w.opaque(if compact { VARINT } else { width } as u64) as u8;
         match read(w, width) {
             Some(v) => raw = v,
             None => return pause(w),
@@ -550,7 +538,7 @@ fn batch_fast(w: &mut Walk) -> bool {
     let k = w.dir.kafka_scan();
     // From `batchLength`: it and the 49 bytes after it, up to `recordsCount`.
     let base = if k.phase == BATCH { 8u64 } else { 0 };
-    let base = opaque(w, base) & 8;
+    let base = w.opaque(base) & 8;
     let need = base + 4 + BATCH_AFTER_LEN as u64;
     let k = w.dir.kafka_scan();
     if k.have != 0 || (k.records as u64) < need || (k.left as u64) < need {

@@ -167,14 +167,41 @@ pub struct Walk {
     cap_left: u64,
     /// Kafka Fetch walk: where the structure bytes not yet captured begin.
     kstart: u64,
-    /// Kafka walk: a value passed through memory, so that the verifier does not explore the
-    /// code after it once per constant it may have (`kafka::opaque`).
-    kopaque: u64,
+    /// A value passed through memory, so that the verifier does not explore the code after it
+    /// once per constant it may have (`Walk::opaque`).
+    opaque_slot: u64,
     /// The read-ahead window: `win_len` bytes of the syscall from `win_start`.
     win_start: u64,
     win_len: u64,
     win: [u8; WINDOW],
     dir: FrameDir,
+}
+
+// `Walk::aligned_word` reads the window by aligned words.
+const _: () = assert!(core::mem::offset_of!(Walk, win) % 8 == 0);
+
+impl Walk {
+    /// `value`, passed through the walk's memory: the verifier tracks constants in registers
+    /// and would walk what follows once per constant the value may be (the Kafka walk's
+    /// field widths and batch header offset, the words HTTP's scan skipped); through memory
+    /// it is one unknown number, walked once.
+    #[inline(always)]
+    fn opaque(&mut self, value: u64) -> u64 {
+        // SAFETY: a field of the walk's per-CPU slot.
+        unsafe {
+            core::ptr::write_volatile(&mut self.opaque_slot, value);
+            core::ptr::read_volatile(&self.opaque_slot)
+        }
+    }
+
+    /// The window's aligned word at byte `a` (a multiple of 8; wrapped into the window).
+    #[inline(always)]
+    fn aligned_word(&self, a: u64) -> u64 {
+        let i = (a & (WINDOW_MASK & !7)) as usize;
+        // SAFETY: i + 8 ≤ WINDOW, and `win` is 8-aligned (`Walk` is, and the assertion above
+        // holds its offset).
+        unsafe { core::ptr::read(self.win.as_ptr().add(i) as *const u64) }
+    }
 }
 
 /// A new connection, seen from its first byte: its first request bytes will decide framing.
