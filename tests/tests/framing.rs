@@ -823,31 +823,31 @@ fn https_pipeline_of_a_hundred_requests_with_bodies_up_to_a_mebibyte() {
     );
 }
 
-/// A server that answers each request `GET /c/<d>` with one `write` of a chunked response
-/// whose first chunk's closing CRLF begins `d` bytes after the 4 KiB mark of the write, then
-/// chunks of 5,000 and 3 bytes, and a trailer when `d` is even.
-const CHUNKED_SERVER: &str = r#"
-import socket, sys, threading
+/// A Python server answering each request on a connection in order with `reply(path)`, which
+/// `reply` (Python source) defines; request bodies (by Content-Length) are read and dropped, and
+/// a request saying `close` ends the connection after its response.
+fn reply_server(reply: &str) -> String {
+    format!("import socket, sys, threading\n{reply}\n{REPLY_LOOP}")
+}
 
-def chunk(n):
-    return b"%x\r\n" % n + b"y" * n + b"\r\n"
-
-def reply(path):
-    d = int(path.rsplit(b"/", 1)[1])
-    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
-    first = 4096 - len(head) - len(b"%x\r\n" % 4000) + d
-    end = b"0\r\nx-checksum: 1\r\n\r\n" if d % 2 == 0 else b"0\r\n\r\n"
-    return head + chunk(first) + chunk(5000) + chunk(3) + end
-
+const REPLY_LOOP: &str = r#"
 def serve(conn):
     buf = b""
     while True:
-        b = conn.recv(65536)
+        b = conn.recv(1 << 20)
         if not b:
             break
         buf += b
         while b"\r\n\r\n" in buf:
-            head, buf = buf.split(b"\r\n\r\n", 1)
+            head, rest = buf.split(b"\r\n\r\n", 1)
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.lower() == b"content-length":
+                    length = int(value)
+            if len(rest) < length:
+                break
+            buf = rest[length:]
             conn.sendall(reply(head.split(b" ")[1]))
             if b"close" in head.lower():
                 conn.close()
@@ -863,12 +863,28 @@ while True:
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 "#;
 
+/// `reply` for a server that answers each request `GET /c/<d>` with one `write` of a chunked response
+/// whose first chunk's closing CRLF begins `d` bytes after the 4 KiB mark of the write, then
+/// chunks of 5,000 and 3 bytes, and a trailer when `d` is even.
+const CHUNKED_REPLY: &str = r#"
+
+def chunk(n):
+    return b"%x\r\n" % n + b"y" * n + b"\r\n"
+
+def reply(path):
+    d = int(path.rsplit(b"/", 1)[1])
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+    first = 4096 - len(head) - len(b"%x\r\n" % 4000) + d
+    end = b"0\r\nx-checksum: 1\r\n\r\n" if d % 2 == 0 else b"0\r\n\r\n"
+    return head + chunk(first) + chunk(5000) + chunk(3) + end
+"#;
+
 /// Chunked responses whose framing (the CRLF closing a chunk, the next size line) falls at
 /// every offset from 12 bytes before to 12 bytes after the capture window's end, pipelined and
 /// read with a large buffer.
 #[test]
 fn chunked_bodies_with_boundaries_at_every_offset_around_the_capture_window() {
-    let server = harness::PyServer::start(CHUNKED_SERVER);
+    let server = harness::PyServer::start(&reply_server(CHUNKED_REPLY));
     let agent = Agent::start(&[]).unwrap();
     let offsets: Vec<i32> = (-12..=12).collect();
     let mut requests = Vec::new();
@@ -922,8 +938,7 @@ fn http_bodies_sent_with_sendfile_keep_framing() {
     no_lost_framing(&agent);
 }
 
-const SPELLINGS_SERVER: &str = r#"
-import socket, sys, threading
+const SPELLINGS_REPLY: &str = r#"
 
 HEADS = [
     b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n",
@@ -944,37 +959,6 @@ def reply(path):
         chunk = b"%x\r\n" % size + b"c" * size + b"\r\n" if size else b""
         return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk + b"0\r\n\r\n"
     return HEADS[variant] % size + b"b" * size
-
-def serve(conn):
-    buf = b""
-    while True:
-        b = conn.recv(1 << 20)
-        if not b:
-            break
-        buf += b
-        while b"\r\n\r\n" in buf:
-            head, rest = buf.split(b"\r\n\r\n", 1)
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.lower() == b"content-length":
-                    length = int(value)
-            if len(rest) < length:
-                break
-            buf = rest[length:]
-            conn.sendall(reply(head.split(b" ")[1]))
-            if b"close" in head.lower():
-                conn.close()
-                return
-    conn.close()
-
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", int(sys.argv[1])))
-s.listen(16)
-while True:
-    c, _ = s.accept()
-    threading.Thread(target=serve, args=(c,), daemon=True).start()
 "#;
 
 /// Heads in the spellings the kernel scan takes in words (a response's `HTTP/1.1 ddd `, `GET`
@@ -985,7 +969,7 @@ while True:
 /// its exact body size, at both ends.
 #[test]
 fn heads_in_every_spelling_the_word_scan_takes_or_leaves_frame_exactly() {
-    let server = harness::PyServer::start(SPELLINGS_SERVER);
+    let server = harness::PyServer::start(&reply_server(SPELLINGS_REPLY));
     let agent = Agent::start(&[]).unwrap();
     let variants = 9;
     let sizes = [0usize, 1, 5000, 1_234_567, 65535];

@@ -293,23 +293,7 @@ fn fast(w: &mut Walk, from: u64, n: u64) -> u64 {
         if s.value != 0 {
             return 0;
         }
-        // A space before the value (ignored by the scan), up to six digits, a carriage
-        // return after them (ignored too).
-        let lead = (x & 0xff == b' ' as u64) as u64;
-        let y = (x >> (8 * lead)) ^ ZEROS | 0x8080 << 48;
-        // The digits before the first other byte: the bits below its top bit, a byte each.
-        let others = non_digits(y);
-        let below = (others & others.wrapping_neg()).wrapping_sub(1);
-        let k = popcount(below) / 8;
-        // The k digits at the top of a word, zeros (leading ones) below: its eight-digit
-        // number is theirs.
-        let shift = 64 - 8 * k;
-        let top = (y << (shift / 2)) << (shift - shift / 2);
-        s.value = eight_digits(top);
-        s.line += k as u32;
-        let end = lead + k;
-        let cr = (k > 0 && (x >> (8 * end)) & 0xff == b'\r' as u64) as u64;
-        return end + cr;
+        return length_value(s, x);
     }
     let words = n / 8;
     if field == FIELD_NAME && s.line == 0 {
@@ -324,10 +308,17 @@ fn fast(w: &mut Walk, from: u64, n: u64) -> u64 {
                 return 0;
             }
             if (rest | LOWER) & 0x0000_ffff_ffff_ffff == LENGTH && rest >> 48 == b':' as u64 {
+                // The value too, when its word is in the window (else no digit in it).
+                let value = if n >= 23 {
+                    word_at(w, from + 15)
+                } else {
+                    0x8080_8080_8080_8080
+                };
+                let s = &mut w.dir.http;
                 s.field = FIELD_LENGTH;
                 s.line = 15;
                 s.value = 0;
-                return 15;
+                return 15 + length_value(s, value);
             }
         }
         s.field = FIELD_REST;
@@ -345,6 +336,28 @@ fn fast(w: &mut Walk, from: u64, n: u64) -> u64 {
         j += 1;
     }
     8 * j
+}
+
+/// A Content-Length value from its start (`x`: its first eight bytes, `value` still 0): a
+/// space before it (ignored by the scan), up to six digits, a carriage return after them
+/// (ignored too). Returns the bytes taken.
+#[inline(always)]
+fn length_value(s: &mut HttpScan, x: u64) -> u64 {
+    let lead = (x & 0xff == b' ' as u64) as u64;
+    let y = (x >> (8 * lead)) ^ ZEROS | 0x8080 << 48;
+    // The digits before the first other byte: the bits below its top bit, a byte each.
+    let others = non_digits(y);
+    let below = (others & others.wrapping_neg()).wrapping_sub(1);
+    let k = popcount(below) / 8;
+    // The k digits at the top of a word, zeros (leading ones) below: its eight-digit number
+    // is theirs.
+    let shift = 64 - 8 * k;
+    let top = (y << (shift / 2)) << (shift - shift / 2);
+    s.value = eight_digits(top);
+    s.line += k as u32;
+    let end = lead + k;
+    let cr = (k > 0 && (x >> (8 * end)) & 0xff == b'\r' as u64) as u64;
+    end + cr
 }
 
 /// The bytes of `y` (bytes XOR '0', so a digit is its value) that are not digits, as their

@@ -44,7 +44,10 @@ use agent_ebpf::{
 use aya_ebpf::{
     helpers::{
         bpf_probe_read_user,
-        generated::{bpf_loop, bpf_probe_read_user as probe_read_user_raw},
+        generated::{
+            bpf_loop, bpf_probe_read_kernel as probe_read_kernel_raw,
+            bpf_probe_read_user as probe_read_user_raw,
+        },
     },
     macros::map,
     maps::{LruHashMap, PerCpuArray},
@@ -875,13 +878,24 @@ fn capture_piece(w: &mut Walk, buf: &mut EventBuf) {
     // for the verifier.
     let at = w.fill & MASK;
     let m = ((want - 1) & MASK) + 1;
-    // SAFETY: at + m < 2 * MAX_CAPTURE, the payload's length.
-    let rc = unsafe {
-        probe_read_user_raw(
-            buf.payload.as_mut_ptr().add(at as usize) as *mut c_void,
-            m as u32,
-            addr as *const c_void,
-        )
+    let dst = buf.payload.as_mut_ptr().wrapping_add(at as usize) as *mut c_void;
+    // Bytes already in the read-ahead window (HTTP heads, most headers) are copied from it:
+    // a read of kernel memory skips the checks a read of user memory makes of its
+    // destination (hardened usercopy), ~3% of a framed exchange's CPU in a profile.
+    let rc = if pos >= w.win_start && pos + m <= w.win_start + w.win_len {
+        let from = (pos - w.win_start) & WINDOW_MASK;
+        // SAFETY: at + m < 2 * MAX_CAPTURE, the payload's length; the source lies in the
+        // window's filled part.
+        unsafe {
+            probe_read_kernel_raw(
+                dst,
+                m as u32,
+                w.win.as_ptr().wrapping_add(from as usize) as *const c_void,
+            )
+        }
+    } else {
+        // SAFETY: at + m < 2 * MAX_CAPTURE, the payload's length.
+        unsafe { probe_read_user_raw(dst, m as u32, addr as *const c_void) }
     };
     if rc != 0 {
         w.lost = LOST_BOUND;
