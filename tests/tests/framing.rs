@@ -1002,3 +1002,37 @@ fn heads_in_every_spelling_the_word_scan_takes_or_leaves_frame_exactly() {
     http_ends_match(&agent, server.port(), &seen);
     no_lost_framing(&agent);
 }
+
+/// Requests whose head is split into two `write`s right after `Content-` (and after each
+/// other byte of `Content-Length: 5000`), with a pause so the server reads them apart: the
+/// word scan must not decide a name from bytes the syscall does not hold. Every body is
+/// skipped by its length, so every request after it is counted once.
+#[test]
+fn heads_split_inside_the_content_length_name_frame_exactly() {
+    use std::io::Write;
+    let server = harness::PyServer::start(&reply_server(SPELLINGS_REPLY));
+    let agent = Agent::start(&[]).unwrap();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+    s.set_nodelay(true).unwrap();
+    let head = b"POST /v/0/7 HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n";
+    let name_at = head.windows(8).position(|w| w == b"Content-").unwrap();
+    let splits: Vec<usize> = (name_at + 1..name_at + 21).collect();
+    for &split in &splits {
+        s.write_all(&head[..split]).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        let mut rest = head[split..].to_vec();
+        rest.extend_from_slice(&[b'p'; 5000]);
+        rest.extend_from_slice(b"GET /v/0/3 HTTP/1.1\r\nHost: x\r\n\r\n");
+        s.write_all(&rest).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    s.write_all(b"GET /v/0/0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut s, &mut out).unwrap();
+    let heads = vec![false; 2 * splits.len() + 1];
+    let seen = parse_responses(&out, &heads);
+    assert_eq!(seen.total(), heads.len() as u64);
+    http_ends_match(&agent, server.port(), &seen);
+    no_lost_framing(&agent);
+}

@@ -168,10 +168,10 @@ pub fn step(w: &mut Walk) -> i64 {
     let response = w.response != 0;
     let mut i = 0u64;
     let mut line_end = false;
-    // The loop handles what most of the other head bytes are (field names, line ends, the
-    // digits of a status or a Content-Length) with few branches; any other byte of a value
-    // framing reads (the spaces of the start line, chunk sizes, a bad digit) stops it and,
-    // first in a step, takes `scan_byte` alone. The verifier walks the loop once per
+    // The loop handles what most of the other head bytes are (field names, line ends) with
+    // few branches; any other byte of a value framing reads (the start line's spaces, a
+    // status or Content-Length `fast` left, chunk sizes) stops it and, first in a step, takes
+    // `scan_byte` alone. The verifier walks the loop once per
     // iteration and the step once per caller state: branches here multiply.
     while i < SCAN {
         if i >= n {
@@ -186,7 +186,7 @@ pub fn step(w: &mut Walk) -> i64 {
                     || (s.phase == PHASE_HEAD && s.flags & SEEN_START != 0))
             {
                 // A field line framing ignores ended: the next one starts (as `end_line`
-                // would start it), from the next step, whose `skip_words` may pass it whole.
+                // would start it), from the next step, whose `fast` may pass it whole.
                 next_field_line(s);
                 break;
             }
@@ -238,7 +238,7 @@ fn end_step(w: &mut Walk, scanned: u64, line_end: bool) -> i64 {
 /// bytes there), with the same outcome as `scan_byte` and `name_byte`:
 /// - a response's start line up to its reason (`HTTP/1.1 200 `), a request's method when it
 ///   is `GET` or `POST`;
-/// - the digits of a Content-Length (up to eight);
+/// - a Content-Length line's name, a space, up to six digits and its carriage return;
 /// - eight bytes at a time, what the scan would pass over without acting on it: the bytes of
 ///   a value framing ignores up to its line's end, and a field line whose name (seen at its
 ///   start, whole in eight bytes without a line end) does not begin as one of the two names
@@ -303,8 +303,10 @@ fn fast(w: &mut Walk, from: u64, n: u64) -> u64 {
         }
         if lower == CONTENT_ {
             // Content-Length (its colon not folded), or another name.
+            // Its next seven bytes must be in this syscall: past `n`, the window holds
+            // stale bytes.
             let rest = next & 0x00ff_ffff_ffff_ffff;
-            if has_byte(rest | 0xff << 56, LF) || has_byte(rest | 0xff << 56, CR) {
+            if n < 15 || has_byte(rest | 0xff << 56, LF) || has_byte(rest | 0xff << 56, CR) {
                 return 0;
             }
             if (rest | LOWER) & 0x0000_ffff_ffff_ffff == LENGTH && rest >> 48 == b':' as u64 {
