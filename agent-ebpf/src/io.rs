@@ -75,8 +75,10 @@ static MUTED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
 #[map]
 static EXCLUDED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
 
-/// Socket type of AF_INET/AF_INET6 sockets created since start-up, so that `connect` on a
-/// UDP socket is not tracked.
+/// Socket type of AF_INET/AF_INET6 sockets other than streams created since start-up, so that
+/// `connect` on a UDP socket is not tracked. Streams, by far the most sockets, are left out:
+/// no locked insert when one is created, and no locked delete when it closes (a lookup finds
+/// nothing); an absent entry reads as "a stream, or not known".
 #[map]
 static SOCK_TYPES: HashMap<SockKey, u32> = HashMap::with_max_entries(65536, 0);
 
@@ -942,7 +944,24 @@ pub fn on_socket<R: Regs>(regs: &R, ret: i64) {
         tgid: tgid_of(bpf_get_current_pid_tgid()),
         fd: ret as i32,
     };
-    let _ = SOCK_TYPES.insert(&key, &(arg(regs, 1) as u32), 0);
+    let ty = arg(regs, 1) as u32;
+    if ty & 0xf != SOCK_STREAM {
+        let _ = SOCK_TYPES.insert(&key, &ty, 0);
+    } else {
+        // A stale entry of an earlier socket on this descriptor (closed without `close(2)`,
+        // by `close_range` or `exec`) must not make this stream look like a datagram socket.
+        forget_if_present(&SOCK_TYPES, &key);
+    }
+}
+
+/// Removes `key` if it is there. A hash map delete takes the bucket's lock even when the key
+/// is absent; a lookup takes none, and on the close path the key usually is absent.
+#[inline(always)]
+fn forget_if_present<K, V>(map: &HashMap<K, V>, key: &K) {
+    // SAFETY: only presence is checked.
+    if unsafe { map.get(key) }.is_some() {
+        let _ = map.remove(key);
+    }
 }
 
 /// `syscalls:sys_enter_close`: forget the socket before its number can be reused. The record
@@ -1039,13 +1058,17 @@ fn on_close_by(fd: i32, syscall: Syscall) {
         tgid: tgid_of(pid_tgid),
         fd,
     };
-    let _ = SOCK_TYPES.remove(&key);
+    forget_if_present(&SOCK_TYPES, &key);
     // SAFETY: copied out before removal.
     let Some(conn) = (unsafe { CONNS.get(&key) }).copied() else {
         return;
     };
     let _ = CONNS.remove(&key);
-    let _ = MUTED.remove(&conn.conn_id);
+    // Most connections were never muted: look before taking the LRU map's lock to delete.
+    // SAFETY: only presence is checked.
+    if unsafe { MUTED.get(&conn.conn_id) }.is_some() {
+        let _ = MUTED.remove(&conn.conn_id);
+    }
     framing::forget(conn.conn_id);
     let Some(buf) = SCRATCH.get_ptr_mut(0) else {
         return;

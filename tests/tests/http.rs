@@ -859,3 +859,66 @@ fn idle_series_expire_and_come_back_from_zero() {
         "counted from zero"
     );
 }
+
+#[test]
+fn connected_udp_sockets_are_not_taken_for_connections_nor_is_their_descriptor_later() {
+    let nginx = nginx();
+    let agent = Agent::start(&[]).unwrap();
+    // A UDP "server" that answers every datagram with an HTTP response, a UDP client that
+    // `connect`s to it and sends HTTP requests with `write`/`read` (the syscalls a TCP client
+    // uses). Then a second UDP socket is closed with `close_range` (no `close(2)` for the
+    // kernel's close hook to see) and a TCP socket takes its descriptor number: that socket's
+    // requests must be counted.
+    let script = r#"
+import ctypes, os, socket, sys
+nginx = int(sys.argv[1])
+srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+srv.bind(("127.0.0.1", 0))
+udp_port = srv.getsockname()[1]
+cli = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+cli.connect(("127.0.0.1", udp_port))
+for _ in range(3):
+    os.write(cli.fileno(), b"GET /udp HTTP/1.1\r\nHost: x\r\n\r\n")
+    _, peer = srv.recvfrom(4096)
+    srv.sendto(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n", peer)
+    assert os.read(cli.fileno(), 4096).endswith(b"ok\n")
+stale = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+fd = stale.fileno()
+libc = ctypes.CDLL(None, use_errno=True)
+SYS_close_range = 436  # the same number on x86_64 and arm64
+assert libc.syscall(SYS_close_range, fd, fd, 0) == 0, ctypes.get_errno()
+stale.detach()
+tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+assert tcp.fileno() == fd, (tcp.fileno(), fd)
+tcp.connect(("127.0.0.1", nginx))
+for _ in range(2):
+    tcp.sendall(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    while not data.endswith(b"ok\n"):
+        data += tcp.recv(4096)
+print(udp_port, flush=True)
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(nginx.port().to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let udp_port = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    // The TCP socket on the reused descriptor: its two requests, as client (and nginx's end).
+    expect_both(&agent, nginx.port(), "/ok", "200", 2.0);
+    // By then the UDP exchanges, made before, were read too: none is an HTTP request.
+    let m = agent.metrics();
+    for metric in [SERVER, CLIENT] {
+        assert_eq!(
+            m.sum(metric, &[("server_port", udp_port.as_str())]),
+            0.0,
+            "{}",
+            m.text()
+        );
+    }
+}
