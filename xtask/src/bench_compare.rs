@@ -20,6 +20,7 @@
 //! kernel programs' cost on the client's side), each divided by the requests wrk completed,
 //! and each also as the cost added over `bare` in the same round.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -27,7 +28,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use harness::{
     cpu_time, descendants, free_port, http_get, run_wrk, Agent, AgentOptions, ChildProcess,
-    TempDir, WrkOptions, WrkResult,
+    Metrics, TempDir, WrkOptions, WrkResult,
 };
 
 use crate::bench::{
@@ -425,12 +426,48 @@ fn harness_tail(path: &std::path::Path) -> String {
 
 /// Run time of all of Periscope's kernel programs (`--bpf-stats`), in seconds.
 const KERNEL_TIME_METRIC: &str = "periscope_bpf_program_run_time_seconds_total";
+/// How many times each kernel program ran (`--bpf-stats`).
+const KERNEL_RUNS_METRIC: &str = "periscope_bpf_program_runs_total";
+
+/// Runs and run time (s) of each kernel program, by program name.
+type Programs = BTreeMap<String, (f64, f64)>;
+
+fn programs(metrics: &Metrics) -> Programs {
+    let mut out = Programs::new();
+    for (metric, time) in [(KERNEL_RUNS_METRIC, false), (KERNEL_TIME_METRIC, true)] {
+        for sample in metrics.samples(metric) {
+            let Some(name) = sample.labels.get("program") else {
+                continue;
+            };
+            let entry = out.entry(name.clone()).or_default();
+            if time {
+                entry.1 += sample.value;
+            } else {
+                entry.0 += sample.value;
+            }
+        }
+    }
+    out
+}
+
+/// What each program did between `before` and `after`.
+fn programs_delta(before: &Programs, after: &Programs) -> Programs {
+    after
+        .iter()
+        .map(|(name, &(runs, time))| {
+            let (r0, t0) = before.get(name).copied().unwrap_or_default();
+            (name.clone(), (runs - r0, time - t0))
+        })
+        .collect()
+}
 
 /// What the agent did during one `periscope` run.
 struct AgentRun {
     cpu: Duration,
     /// Time its kernel programs ran, on every CPU and in every process (`--bpf-stats`).
     kernel: Duration,
+    /// The same per program, with their runs.
+    programs: Programs,
     lost: f64,
     counted: f64,
 }
@@ -637,6 +674,7 @@ fn run_config(
     let before = agent.try_metrics()?;
     let counted_before = requests_counted(&before, app.port);
     let kernel_before = before.sum(KERNEL_TIME_METRIC, &[]);
+    let programs_before = programs(&before);
     let machine_before = machine_busy()?;
     let app_before = app.cpu()?;
     let agent_before = cpu_time(pid)?;
@@ -648,7 +686,9 @@ fn run_config(
     // The span exporter writes a batch at least every second, and the kernel programs' run
     // time is folded in every second: count the last of both.
     std::thread::sleep(Duration::from_millis(1500));
-    let kernel = agent.try_metrics()?.sum(KERNEL_TIME_METRIC, &[]) - kernel_before;
+    let last = agent.try_metrics()?;
+    let kernel = last.sum(KERNEL_TIME_METRIC, &[]) - kernel_before;
+    let programs = programs_delta(&programs_before, &programs(&last));
     let agent_after = cpu_time(pid)?;
     let agent_cpu = agent_after.saturating_sub(agent_before);
     let status = agent.stop()?;
@@ -667,10 +707,65 @@ fn run_config(
         agent: Some(AgentRun {
             cpu: agent_cpu,
             kernel: Duration::from_secs_f64(kernel.max(0.0)),
+            programs,
             lost: metrics.sum(LOST_METRIC, &[]),
             counted: requests_counted(&metrics, app.port) - counted_before,
         }),
     })
+}
+
+/// Where `periscope`'s kernel time per request went, program by program (medians over
+/// rounds), largest first.
+fn program_table(runs: &[Run]) -> String {
+    let mut names: Vec<&String> = runs
+        .iter()
+        .filter_map(|r| r.agent.as_ref())
+        .flat_map(|a| a.programs.keys())
+        .collect();
+    names.sort();
+    names.dedup();
+    let per_request = |run: &Run, value: f64| value / run.wrk.requests.max(1) as f64;
+    let mut rows: Vec<(f64, String)> = names
+        .into_iter()
+        .filter_map(|name| {
+            let of = |f: &dyn Fn(&Run, (f64, f64)) -> f64| -> Vec<f64> {
+                runs.iter()
+                    .filter_map(|r| {
+                        let p = r.agent.as_ref()?.programs.get(name)?;
+                        Some(f(r, *p))
+                    })
+                    .collect()
+            };
+            let us = of(&|r, (_, time)| per_request(r, time) * 1e6);
+            let runs_per = of(&|r, (n, _)| per_request(r, n));
+            let ns_per_run = of(&|_, (n, time)| if n > 0.0 { time * 1e9 / n } else { 0.0 });
+            let median_us = spread(&us).1;
+            (median_us >= 0.005).then(|| {
+                (
+                    median_us,
+                    format!(
+                        "| `{name}` | {} | {} | {} |\n",
+                        spread_cell(&runs_per, 1),
+                        spread_cell(&us, 2),
+                        spread_cell(&ns_per_run, 0)
+                    ),
+                )
+            })
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut out = String::from(
+        "\nPeriscope's kernel programs per request (`periscope` runs, min / **median** / max \
+         over rounds; machine-wide, so both ends of every connection, from `--bpf-stats`):\n\n\
+         | program | runs per request | µs per request | ns per run |\n|---|---:|---:|---:|\n",
+    );
+    for (_, row) in rows {
+        out.push_str(&row);
+    }
+    out
 }
 
 fn round_line(run: &Run) -> String {
@@ -884,6 +979,7 @@ fn report(
         per_round.iter().filter(|&&r| r > 1.0).count(),
         per_round.len()
     ));
+    out.push_str(&program_table(periscope));
     out.push_str("\nThroughput relative to bare:\n\n");
     for (name, runs) in [
         ("exporter", exporter),
@@ -953,6 +1049,26 @@ fn added_ratio(num: f64, den: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn program_runs_and_time_are_taken_per_program_as_differences() {
+        let exposition = |runs: u32, secs: f64| {
+            Metrics::parse(&format!(
+                "periscope_bpf_program_runs_total{{program=\"a\"}} {runs}\n\
+                 periscope_bpf_program_runs_total{{program=\"b\"}} 7\n\
+                 periscope_bpf_program_run_time_seconds_total{{program=\"a\"}} {secs}\n\
+                 periscope_bpf_program_run_time_seconds_total{{program=\"b\"}} 0.5\n"
+            ))
+            .unwrap()
+        };
+        let delta = programs_delta(
+            &programs(&exposition(10, 1.0)),
+            &programs(&exposition(25, 1.25)),
+        );
+        assert_eq!(delta.len(), 2);
+        assert_eq!(delta["a"], (15.0, 0.25));
+        assert_eq!(delta["b"], (0.0, 0.0));
+    }
 
     #[test]
     fn configs_are_distinct_and_only_two_are_instrumented_in_process() {
