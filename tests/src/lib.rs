@@ -52,7 +52,9 @@ pub use netns::NetnsPair;
 pub use nginx::{Nginx, NginxOptions};
 pub use otlp::{Receiver, OTLP_RECEIVER};
 pub use postgres::PgServer;
-pub use process::{cpu_time, descendants, is_root, peak_rss_bytes, rss_bytes, ChildProcess};
+pub use process::{
+    cpu_time, descendants, is_root, output_ok, peak_rss_bytes, rss_bytes, ChildProcess,
+};
 pub use prometheus::{url_encode, Prometheus};
 pub use promtool::promtool_check_metrics;
 pub use pyserver::{PyServer, HTTP_TEST_SERVER};

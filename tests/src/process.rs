@@ -1,6 +1,6 @@
 //! Child processes that never outlive their handle, and a few `/proc` readers.
 
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Output};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -208,4 +208,21 @@ fn status_bytes(pid: u32, field: &str) -> anyhow::Result<u64> {
         .and_then(|v| v.parse().ok())
         .with_context(|| format!("malformed line in {path}: {line:?}"))?;
     Ok(kib * 1024)
+}
+
+/// Runs `cmd` to completion and returns what it printed; an error naming the program and
+/// holding its standard error when it exits unsuccessfully.
+pub fn output_ok(cmd: &mut Command) -> anyhow::Result<Output> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let out = cmd
+        .output()
+        .with_context(|| format!("starting {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
 }

@@ -693,17 +693,13 @@ import json, sys
 import helm_python as helm
 json.dump(helm.lint(sys.argv[1]), sys.stdout)
 "#;
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(LINT)
-        .arg(deploy_dir().join("helm/periscope"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = harness::output_ok(
+        Command::new("python3")
+            .arg("-c")
+            .arg(LINT)
+            .arg(deploy_dir().join("helm/periscope")),
+    )
+    .unwrap();
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["total_charts_linted"], 1, "{report}");
     assert_eq!(report["errors"], json!([]), "{report}");

@@ -514,15 +514,9 @@ print(records, sent)
 #[test]
 fn kafka_fetch_records_exact_in_every_response_layout() {
     let agent = Agent::start(&[]).unwrap();
-    let out = std::process::Command::new("python3")
-        .args(["-c", KAFKA_FETCH_LAYOUTS])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out =
+        harness::output_ok(std::process::Command::new("python3").args(["-c", KAFKA_FETCH_LAYOUTS]))
+            .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "12420 5520");
     for (op, n) in [("receive", 54.0), ("send", 24.0)] {
         for side in ["client", "server"] {

@@ -420,19 +420,15 @@ for path, data, encoding in [("/v1/logs", body, None), ("/v1/metrics", b"\xff\xf
 fn otlp_receiver_writes_metric_points_and_spans() {
     use serde_json::json;
     let receiver = harness::Receiver::start();
-    let out = std::process::Command::new("python3")
-        .args(["-c", OTLP_CLIENT])
-        .args([
-            receiver.http_port().to_string(),
-            receiver.grpc_port().to_string(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    harness::output_ok(
+        std::process::Command::new("python3")
+            .args(["-c", OTLP_CLIENT])
+            .args([
+                receiver.http_port().to_string(),
+                receiver.grpc_port().to_string(),
+            ]),
+    )
+    .unwrap();
     let points = receiver.metric_points();
     assert_eq!(points.len(), 16, "{points:#?}");
     let sent: Vec<(u64, &str, Option<&str>, Option<&str>)> = points

@@ -898,16 +898,12 @@ for _ in range(2):
         data += tcp.recv(4096)
 print(udp_port, flush=True)
 "#;
-    let out = std::process::Command::new("python3")
-        .args(["-c", script])
-        .arg(nginx.port().to_string())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = harness::output_ok(
+        std::process::Command::new("python3")
+            .args(["-c", script])
+            .arg(nginx.port().to_string()),
+    )
+    .unwrap();
     let udp_port = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     // The TCP socket on the reused descriptor: its two requests, as client (and nginx's end).
     expect_both(&agent, nginx.port(), "/ok", "200", 2.0);

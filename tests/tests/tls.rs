@@ -603,16 +603,7 @@ fn node_https_server_and_client_are_counted_exactly_once_probed() {
          one();\n",
         nginx.port()
     );
-    let out = Command::new("node")
-        .args(["-e", &client_js])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-
+    harness::output_ok(Command::new("node").args(["-e", &client_js])).unwrap();
     wait_for_metric(&agent, HTTP_SERVER, &ok, server0 + 8.0, WAIT).unwrap();
     wait_for_metric(&agent, HTTP_CLIENT, &ok, client0 + 8.0, WAIT).unwrap();
     let nginx_port = nginx.port().to_string();
