@@ -177,19 +177,8 @@ impl PgServer {
     }
 
     fn tool(&self, program: &str, first: &[&str], args: &[&str]) -> anyhow::Result<String> {
-        let out = self
-            .command(program)
-            .args(first)
-            .args(args)
-            .output()
-            .with_context(|| format!("running {program}"))?;
-        if !out.status.success() {
-            bail!(
-                "{program} {args:?} failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        let out = crate::output_ok(self.command(program).args(first).args(args))
+            .with_context(|| format!("{program} {args:?}"))?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
